@@ -1,0 +1,431 @@
+"""The agent registry: every rule about agents lives here, and every change is audited.
+
+Authority (API.md "Humans"): an admin may do anything; an auditor may only read; a
+supervisor may read, suspend, resume and kill the agents they own or supervise, and may
+also update, clone and retire the agents they own. A supervisor creates agents only for
+themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tether.agents.fingerprint import normalize
+from tether.agents.model import TERMINAL, Agent, RiskTier, Status, next_status, spiffe_id
+from tether.agents.models import AgentRow
+from tether.agents.schemas import AgentCreate, AgentUpdate
+from tether.agents.store import DatabaseAgentStore
+from tether.audit.events import EventType, NewEvent
+from tether.audit.ledger import Ledger
+from tether.clock import Clock, from_micros, to_micros
+from tether.db import Database
+from tether.errors import (
+    AgentNotFound,
+    AgentRevoked,
+    Forbidden,
+    InvalidTransition,
+    RiskTierProhibited,
+    ValidationFailed,
+)
+from tether.ids import IdPrefix, new_id
+from tether.jsonutil import canonical_text, loads
+from tether.pagination import Page, decode_cursor, encode_cursor
+from tether.principals import Principal, Role
+from tether.users.models import UserRow
+from tether.users.store import DatabaseUserStore
+
+# Default re-certification interval by risk tier (days), when the caller gives none.
+RECERTIFY_DAYS = {RiskTier.HIGH: 90, RiskTier.LIMITED: 180, RiskTier.MINIMAL: 365}
+MAX_CASCADE = 10_000
+
+# Called inside the kill transaction with the revoked ids; returns what it cut off
+# (e.g. {"tokens": 3}). Later domains (credentials, approvals, secrets) register here.
+KillHook = Callable[[Session, list[str], datetime], dict[str, int]]
+
+
+class AgentService:
+    def __init__(
+        self, db: Database, ledger: Ledger, clock: Clock, *, trust_domain: str
+    ) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.clock = clock
+        self.trust_domain = trust_domain
+        self.store = DatabaseAgentStore()
+        self.users = DatabaseUserStore()
+        self.kill_hooks: list[KillHook] = []
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, actor: Principal, agent_id: str) -> Agent:
+        """The agent with this id; raises :class:`AgentNotFound` or :class:`Forbidden`."""
+        with self.db.read() as s:
+            row = self._row(s, agent_id)
+            self._require(s, actor, row, "read")
+            return self._agents(s, [row])[0]
+
+    def list(
+        self,
+        actor: Principal,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
+        owner: str | None = None,
+        role: str | None = None,
+        risk_tier: str | None = None,
+    ) -> Page[Agent]:
+        """Agents the actor may see, in creation order; supervisors see only their own."""
+        if actor.kind != "system" and actor.role is None:
+            raise Forbidden("only users may list agents")
+        after = decode_cursor(cursor)
+        with self.db.read() as s:
+            owner_id: str | None = None
+            if owner is not None:
+                user = self.users.resolve(s, owner)
+                if user is None:
+                    return Page([], None)
+                owner_id = user.id
+            visible_to = actor.id if actor.role is Role.SUPERVISOR else None
+            rows = self.store.page(
+                s, after=after, limit=limit + 1, status=status, owner_id=owner_id, role=role,
+                risk_tier=risk_tier, visible_to=visible_to,
+            )
+            more = len(rows) > limit
+            agents = self._agents(s, rows[:limit])
+        return Page(agents, encode_cursor(agents[-1].id) if more else None)
+
+    # -- creating --------------------------------------------------------------------------
+    def create(self, actor: Principal, spec: AgentCreate) -> Agent:
+        now = self.clock.now()
+        tier = self._tier(spec.risk_tier)
+        self._check_future(spec.expires_at, now, "expires_at")
+        with self.db.write() as s:
+            owner = self._human(s, spec.owner, "owner")
+            if actor.role is Role.SUPERVISOR and owner.id != actor.id:
+                raise Forbidden("a supervisor may only create agents they own", field="owner")
+            if not (actor.is_admin or actor.role is Role.SUPERVISOR):
+                raise Forbidden("only admins and supervisors may create agents")
+            supervisors = [self._human(s, ref, "supervisors").id for ref in spec.supervisors]
+            lineage: list[str] = []
+            if spec.parent is not None:
+                parent = self.store.get(s, spec.parent)
+                if parent is None:
+                    raise ValidationFailed(f"parent agent {spec.parent!r} does not exist",
+                                           field="parent")
+                self._require(s, actor, parent, "operate")
+                if parent.status != Status.ACTIVE:
+                    raise InvalidTransition(
+                        f"parent agent {parent.id} is {parent.status}; only an active agent "
+                        "may spawn another", field="parent")
+                lineage = [parent.id, *loads(parent.lineage)]
+            row = self._new_row(
+                now, name=spec.name, owner_id=owner.id, purpose=spec.purpose, tier=tier,
+                attributes=spec.attributes, parent=spec.parent, lineage=lineage,
+                lineage_kind="spawned" if spec.parent else None,
+                fingerprint=normalize(spec.fingerprint.model_dump() if spec.fingerprint else None),
+                expires_at=spec.expires_at, recertify_by=spec.recertify_by,
+            )
+            self.store.add(s, row)
+            self.store.set_roles(s, row.id, sorted(set(spec.roles)))
+            self.store.set_supervisors(s, row.id, sorted(set(supervisors)))
+            self._audit(s, actor, EventType.AGENT_CREATED, row, now, {
+                "name": row.name, "owner": owner.id, "risk_tier": tier.value,
+                "roles": sorted(set(spec.roles)), "parent": spec.parent,
+                "fingerprint_digest": row.fingerprint_digest,
+            })
+            return self._agents(s, [row])[0]
+
+    def clone(self, actor: Principal, agent_id: str, *, name: str) -> Agent:
+        """A new agent with the source's roles and attributes; credentials are never copied."""
+        now = self.clock.now()
+        with self.db.write() as s:
+            src = self._row(s, agent_id)
+            self._require(s, actor, src, "manage")
+            if src.status == Status.REVOKED:
+                raise AgentRevoked(f"agent {src.id} is revoked and cannot be cloned")
+            row = self._new_row(
+                now, name=name, owner_id=src.owner_id, purpose=src.purpose,
+                tier=RiskTier(src.risk_tier), attributes=loads(src.attributes), parent=src.id,
+                lineage=[src.id, *loads(src.lineage)], lineage_kind="cloned",
+                fingerprint=loads(src.fingerprint) if src.fingerprint else None,
+                expires_at=from_micros(src.expires_at) if src.expires_at else None,
+                recertify_by=None,
+            )
+            self.store.add(s, row)
+            self.store.set_roles(s, row.id, self.store.roles_of(s, [src.id])[src.id])
+            self.store.set_supervisors(s, row.id, self.store.supervisors_of(s, [src.id])[src.id])
+            self._audit(s, actor, EventType.AGENT_CLONED, row, now,
+                        {"source": src.id, "name": name})
+            return self._agents(s, [row])[0]
+
+    # -- changing --------------------------------------------------------------------------
+    def update(self, actor: Principal, agent_id: str, patch: AgentUpdate) -> Agent:
+        """Apply the fields present in ``patch``.
+
+        A changed fingerprint on a ``high``-risk agent suspends it until a human resumes it.
+        A patch that changes nothing writes nothing.
+        """
+        now = self.clock.now()
+        fields = patch.model_fields_set
+        if "risk_tier" in fields and patch.risk_tier is None:
+            raise ValidationFailed("risk_tier cannot be null", field="risk_tier")
+        for required in ("name", "owner", "purpose", "roles", "attributes", "supervisors"):
+            if required in fields and getattr(patch, required) is None:
+                raise ValidationFailed(f"{required} cannot be null", field=required)
+        tier = self._tier(patch.risk_tier) if patch.risk_tier is not None else None
+        if "expires_at" in fields:
+            self._check_future(patch.expires_at, now, "expires_at")
+        with self.db.write() as s:
+            row = self._row(s, agent_id)
+            self._require(s, actor, row, "manage")
+            if Status(row.status) in TERMINAL:
+                raise self._terminal(row)
+            changes: dict[str, Any] = {}
+
+            def change(field: str, old: Any, new: Any) -> bool:
+                if old != new:
+                    changes[field] = {"from": old, "to": new}
+                    return True
+                return False
+
+            if patch.name is not None and change("name", row.name, patch.name):
+                row.name = patch.name
+            if patch.purpose is not None and change("purpose", row.purpose, patch.purpose):
+                row.purpose = patch.purpose
+            if tier is not None and change("risk_tier", row.risk_tier, tier.value):
+                row.risk_tier = tier.value
+            if patch.owner is not None:
+                if not actor.is_admin:
+                    raise Forbidden("only an admin may change an agent's owner", field="owner")
+                owner = self._human(s, patch.owner, "owner")
+                if change("owner", row.owner_id, owner.id):
+                    row.owner_id = owner.id
+            if patch.attributes is not None:
+                new_attrs = canonical_text(patch.attributes)
+                if change("attributes", loads(row.attributes), patch.attributes):
+                    row.attributes = new_attrs
+            if patch.roles is not None:
+                old_roles = self.store.roles_of(s, [row.id])[row.id]
+                if change("roles", old_roles, sorted(set(patch.roles))):
+                    self.store.set_roles(s, row.id, sorted(set(patch.roles)))
+            if patch.supervisors is not None:
+                ids = sorted({self._human(s, r, "supervisors").id for r in patch.supervisors})
+                if change("supervisors", self.store.supervisors_of(s, [row.id])[row.id], ids):
+                    self.store.set_supervisors(s, row.id, ids)
+            for name in ("expires_at", "recertify_by"):
+                if name in fields:
+                    value: datetime | None = getattr(patch, name)
+                    new_us = to_micros(value) if value else None
+                    if change(name, getattr(row, name), new_us):
+                        setattr(row, name, new_us)
+            if "fingerprint" in fields:
+                new_fp = normalize(patch.fingerprint.model_dump() if patch.fingerprint else None)
+                new_digest = new_fp["digest"] if new_fp else None
+                if change("fingerprint_digest", row.fingerprint_digest, new_digest):
+                    row.fingerprint = canonical_text(new_fp) if new_fp else None
+                    row.fingerprint_digest = new_digest
+                    if row.risk_tier == RiskTier.HIGH:
+                        reason = ("fingerprint changed on a high-risk agent; a supervisor must "
+                                  "re-approve it (resume)")
+                        changes["status"] = {"from": row.status, "to": Status.SUSPENDED.value}
+                        row.status = Status.SUSPENDED.value
+                        row.status_reason = reason
+            if not changes:
+                return self._agents(s, [row])[0]
+            row.updated_at = to_micros(now)
+            self._audit(s, actor, EventType.AGENT_UPDATED, row, now, {"changes": changes})
+            return self._agents(s, [row])[0]
+
+    def suspend(self, actor: Principal, agent_id: str, *, reason: str) -> Agent:
+        return self._transition(actor, agent_id, "suspend", EventType.AGENT_SUSPENDED, reason)
+
+    def resume(self, actor: Principal, agent_id: str, *, note: str | None = None) -> Agent:
+        return self._transition(actor, agent_id, "resume", EventType.AGENT_RESUMED, note)
+
+    def retire(self, actor: Principal, agent_id: str, *, reason: str) -> Agent:
+        return self._transition(actor, agent_id, "retire", EventType.AGENT_RETIRED, reason)
+
+    def kill(
+        self, actor: Principal, agent_id: str, *, reason: str, cascade: bool = True
+    ) -> dict[str, Any]:
+        """Revoke the agent and, with ``cascade``, every descendant. Irreversible.
+
+        Returns the revoked ids and what each kill hook cut off. Raises
+        :class:`AgentRevoked` if the agent already is, :class:`InvalidTransition` if retired.
+        """
+        now = self.clock.now()
+        with self.db.write() as s:
+            root = self._row(s, agent_id)
+            self._require(s, actor, root, "operate")
+            if next_status("kill", Status(root.status)) is None:
+                raise self._terminal(root)
+            victims = [root]
+            if cascade:
+                victims += self._descendants(s, root.id)
+            revoked: list[str] = []
+            for row in victims:
+                if next_status("kill", Status(row.status)) is None:
+                    continue  # already revoked or retired: nothing left to cut off
+                previous = row.status
+                row.status = Status.REVOKED.value
+                row.status_reason = reason
+                row.updated_at = to_micros(now)
+                revoked.append(row.id)
+                self._audit(s, actor, EventType.AGENT_KILLED, row, now, {
+                    "reason": reason, "previous_status": previous, "cascade": cascade,
+                    "root": root.id,
+                })
+            cut: dict[str, int] = {"tokens": 0, "keys": 0, "approvals": 0, "leases": 0}
+            for hook in self.kill_hooks:
+                for key, n in hook(s, revoked, now).items():
+                    cut[key] = cut.get(key, 0) + n
+            return {"revoked": revoked, "cut_off": cut}
+
+    # -- internals -------------------------------------------------------------------------
+    def _transition(
+        self, actor: Principal, agent_id: str, op: str, event: EventType, reason: str | None
+    ) -> Agent:
+        now = self.clock.now()
+        with self.db.write() as s:
+            row = self._row(s, agent_id)
+            self._require(s, actor, row, "manage" if op == "retire" else "operate")
+            current = Status(row.status)
+            target = next_status(op, current)
+            if target is None:
+                if current in TERMINAL:
+                    raise self._terminal(row)
+                raise InvalidTransition(
+                    f"cannot {op} agent {row.id}: it is {current}", status=current.value)
+            row.status = target.value
+            row.status_reason = None if target is Status.ACTIVE else reason
+            row.updated_at = to_micros(now)
+            details: dict[str, Any] = {"from": current.value, "to": target.value}
+            if reason is not None:
+                details["reason" if op != "resume" else "note"] = reason
+            self._audit(s, actor, event, row, now, details)
+            return self._agents(s, [row])[0]
+
+    def _descendants(self, s: Session, root_id: str) -> list[AgentRow]:
+        out: list[AgentRow] = []
+        frontier = [root_id]
+        seen = {root_id}
+        while frontier:
+            kids = [k for k in self.store.children(s, frontier) if k.id not in seen]
+            seen.update(k.id for k in kids)
+            out += kids
+            if len(out) > MAX_CASCADE:
+                raise ValidationFailed("cascade larger than 10000 agents; kill in parts")
+            frontier = [k.id for k in kids]
+        return out
+
+    def _new_row(
+        self, now: datetime, *, name: str, owner_id: str, purpose: str, tier: RiskTier,
+        attributes: dict[str, Any], parent: str | None, lineage: list[str],
+        lineage_kind: str | None, fingerprint: dict[str, Any] | None,
+        expires_at: datetime | None, recertify_by: datetime | None,
+    ) -> AgentRow:
+        agent_id = new_id(IdPrefix.AGENT)
+        recertify = recertify_by or now + timedelta(days=RECERTIFY_DAYS[tier])
+        return AgentRow(
+            id=agent_id, spiffe_id=spiffe_id(self.trust_domain, agent_id), name=name,
+            owner_id=owner_id, purpose=purpose, risk_tier=tier.value,
+            status=Status.ACTIVE.value, status_reason=None,
+            attributes=canonical_text(attributes), parent_id=parent,
+            lineage=canonical_text(lineage), lineage_kind=lineage_kind,
+            fingerprint=canonical_text(fingerprint) if fingerprint else None,
+            fingerprint_digest=fingerprint["digest"] if fingerprint else None,
+            created_at=to_micros(now), updated_at=to_micros(now),
+            expires_at=to_micros(expires_at) if expires_at else None,
+            recertify_by=to_micros(recertify),
+        )
+
+    def _audit(
+        self, s: Session, actor: Principal, type_: EventType, row: AgentRow, now: datetime,
+        details: dict[str, Any],
+    ) -> None:
+        self.ledger.append(s, [NewEvent(
+            type_, actor.ref, agent_id=row.id, action=str(type_),
+            resource={"type": "Agent", "id": row.id}, outcome="success", details=details,
+        )], now=now)
+
+    def _row(self, s: Session, agent_id: str) -> AgentRow:
+        row = self.store.get(s, agent_id)
+        if row is None:
+            raise AgentNotFound(f"no agent {agent_id!r}", agent=agent_id)
+        return row
+
+    def _require(self, s: Session, actor: Principal, row: AgentRow, need: str) -> None:
+        """``need`` is ``read``, ``operate`` (suspend/resume/kill) or ``manage``."""
+        if actor.is_admin:
+            return
+        if actor.role is Role.AUDITOR:
+            if need == "read":
+                return
+            raise Forbidden("auditors have read-only access")
+        if actor.role is Role.SUPERVISOR:
+            if row.owner_id == actor.id:
+                return
+            if need != "manage" and self.store.is_supervisor(s, row.id, actor.id):
+                return
+            raise Forbidden(f"you do not {'own' if need == 'manage' else 'supervise'} agent "
+                            f"{row.id}", agent=row.id)
+        raise Forbidden("not allowed")
+
+    def _human(self, s: Session, ref: str, field: str) -> UserRow:
+        user = self.users.resolve(s, ref)
+        if user is None:
+            raise ValidationFailed(f"no user {ref!r}", field=field)
+        if user.role not in (Role.ADMIN, Role.SUPERVISOR):
+            raise ValidationFailed(
+                f"user {ref!r} is an {user.role}; owners and supervisors must be admins or "
+                "supervisors", field=field)
+        return user
+
+    @staticmethod
+    def _tier(value: str) -> RiskTier:
+        if value == "prohibited":
+            raise RiskTierProhibited(
+                "risk tier 'prohibited' cannot be registered (EU AI Act Art. 5 practices)",
+                field="risk_tier")
+        return RiskTier(value)
+
+    @staticmethod
+    def _check_future(value: datetime | None, now: datetime, field: str) -> None:
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValidationFailed(f"{field} needs a timezone (use Z for UTC)", field=field)
+            if value <= now:
+                raise ValidationFailed(f"{field} must be in the future", field=field)
+
+    @staticmethod
+    def _terminal(row: AgentRow) -> InvalidTransition:
+        if row.status == Status.REVOKED:
+            return AgentRevoked(f"agent {row.id} is revoked; revocation is permanent",
+                                agent=row.id)
+        return InvalidTransition(f"agent {row.id} is {row.status}; that is final",
+                                 agent=row.id, status=row.status)
+
+    def _agents(self, s: Session, rows: Sequence[AgentRow]) -> list[Agent]:
+        ids = [r.id for r in rows]
+        roles = self.store.roles_of(s, ids)
+        sups = self.store.supervisors_of(s, ids)
+        names = self.store.usernames(s, [r.owner_id for r in rows])
+        return [
+            Agent(
+                id=r.id, spiffe_id=r.spiffe_id, name=r.name, owner=r.owner_id,
+                owner_username=names.get(r.owner_id, r.owner_id), supervisors=sups.get(r.id, []),
+                purpose=r.purpose, risk_tier=RiskTier(r.risk_tier), status=Status(r.status),
+                status_reason=r.status_reason, roles=roles.get(r.id, []),
+                attributes=loads(r.attributes), parent=r.parent_id, lineage=loads(r.lineage),
+                lineage_kind=r.lineage_kind,
+                fingerprint=loads(r.fingerprint) if r.fingerprint else None,
+                created_at=from_micros(r.created_at), updated_at=from_micros(r.updated_at),
+                expires_at=from_micros(r.expires_at) if r.expires_at else None,
+                recertify_by=from_micros(r.recertify_by) if r.recertify_by else None,
+            )
+            for r in rows
+        ]

@@ -1,0 +1,61 @@
+"""The FastAPI application: routers, the error shape, body limits, the checkpoint timer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tether import __version__
+from tether.api import errors
+from tether.api.limits import BodyLimitMiddleware
+from tether.api.routes import agents, audit, ops, users
+from tether.config import load_settings
+from tether.container import Services, build_services
+
+log = logging.getLogger("tether.api")
+
+
+async def _checkpoint_timer(services: Services) -> None:
+    """Sign the ledger head every T seconds if it moved (every node runs this; it is idempotent)."""
+    interval = min(services.settings.checkpoint_every_seconds, 10.0)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(services.audit.checkpoint_tick)
+        except Exception:  # the timer must survive a transient database outage
+            log.exception("checkpoint timer failed; retrying in %.0fs", interval)
+
+
+def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_checkpoint_timer(services))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="Tether",
+        version=__version__,
+        description="Identity, access and governance for autonomous AI agents.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    errors.install(app)
+    for module in (ops, users, agents, audit):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory for ``tether serve``: each worker process builds its own services."""
+    return create_app(build_services(load_settings()))

@@ -1,0 +1,83 @@
+"""One error shape for the API: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from tether.errors import TetherError
+
+log = logging.getLogger("tether.api")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(TetherError)
+    async def _tether(_req: Request, exc: TetherError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        return _error(exc.http_status, exc.code, exc.message, exc.details, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        malformed = False
+        for err in exc.errors():
+            malformed = malformed or err.get("type") == "json_invalid"
+            field = "body" if malformed else _field(tuple(err.get("loc", ())))
+            errors.append({"field": field, "message": err.get("msg"), "type": err.get("type")})
+        if malformed:
+            return _error(400, "malformed_json", "the request body is not valid JSON",
+                          {"errors": errors})
+        first = errors[0] if errors else {"field": "body", "message": "invalid"}
+        return _error(422, "validation_error", f"{first['field']}: {first['message']}",
+                      {"field": first["field"], "errors": errors})
+
+    @app.exception_handler(HTTPException)
+    async def _http(_req: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _error(500, "internal_error", "internal error; see the server log")
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries documenting each 4xx a route can return, with the error schema."""
+    text = {
+        400: "Malformed request (bad JSON, cursor or parameter)",
+        401: "Missing, unknown, expired or revoked bearer token",
+        403: "Authenticated, but this role or user may not do this",
+        404: "No such resource",
+        409: "The resource's state does not allow this",
+        413: "Request body too large",
+        422: "Validation failed; details name the field",
+    }
+    return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}

@@ -1,0 +1,93 @@
+"""/v1/agents — the agent registry (API.md "Agents")."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from tether.agents.schemas import (
+    AgentCreate,
+    AgentUpdate,
+    CloneRequest,
+    KillRequest,
+    ResumeRequest,
+    RetireRequest,
+    SuspendRequest,
+)
+from tether.api.deps import PrincipalDep, ServicesDep
+from tether.api.errors import responses
+from tether.api.schemas import AgentOut, AgentPage, KillOut
+
+router = APIRouter(prefix="/v1/agents", tags=["agents"])
+AgentId = Annotated[str, Path(max_length=40, description="agt_… id")]
+_READ = responses(400, 401, 403, 404, 422)
+_WRITE = responses(400, 401, 403, 404, 409, 413, 422)
+
+
+@router.post("", status_code=201, response_model=AgentOut, responses=_WRITE)
+def create_agent(body: AgentCreate, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return svc.agents.create(who, body).to_json()
+
+
+@router.get("", response_model=AgentPage, responses=_READ)
+def list_agents(
+    svc: ServicesDep,
+    who: PrincipalDep,
+    status: Literal["active", "suspended", "revoked", "retired"] | None = None,
+    owner: Annotated[str | None, Query(max_length=64)] = None,
+    role: Annotated[str | None, Query(max_length=100)] = None,
+    risk_tier: Literal["minimal", "limited", "high"] | None = None,
+    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    page = svc.agents.list(who, cursor=cursor, limit=limit, status=status, owner=owner,
+                           role=role, risk_tier=risk_tier)
+    return {"items": [a.to_json() for a in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get("/{agent_id}", response_model=AgentOut, responses=_READ)
+def get_agent(agent_id: AgentId, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return svc.agents.get(who, agent_id).to_json()
+
+
+@router.patch("/{agent_id}", response_model=AgentOut, responses=_WRITE)
+def update_agent(
+    agent_id: AgentId, body: AgentUpdate, svc: ServicesDep, who: PrincipalDep
+) -> dict[str, Any]:
+    return svc.agents.update(who, agent_id, body).to_json()
+
+
+@router.post("/{agent_id}/suspend", response_model=AgentOut, responses=_WRITE)
+def suspend_agent(
+    agent_id: AgentId, body: SuspendRequest, svc: ServicesDep, who: PrincipalDep
+) -> dict[str, Any]:
+    return svc.agents.suspend(who, agent_id, reason=body.reason).to_json()
+
+
+@router.post("/{agent_id}/resume", response_model=AgentOut, responses=_WRITE)
+def resume_agent(
+    agent_id: AgentId, svc: ServicesDep, who: PrincipalDep, body: ResumeRequest | None = None
+) -> dict[str, Any]:
+    return svc.agents.resume(who, agent_id, note=body.note if body else None).to_json()
+
+
+@router.post("/{agent_id}/retire", response_model=AgentOut, responses=_WRITE)
+def retire_agent(
+    agent_id: AgentId, body: RetireRequest, svc: ServicesDep, who: PrincipalDep
+) -> dict[str, Any]:
+    return svc.agents.retire(who, agent_id, reason=body.reason).to_json()
+
+
+@router.post("/{agent_id}/kill", response_model=KillOut, responses=_WRITE)
+def kill_agent(
+    agent_id: AgentId, body: KillRequest, svc: ServicesDep, who: PrincipalDep
+) -> dict[str, Any]:
+    return svc.agents.kill(who, agent_id, reason=body.reason, cascade=body.cascade)
+
+
+@router.post("/{agent_id}/clone", status_code=201, response_model=AgentOut, responses=_WRITE)
+def clone_agent(
+    agent_id: AgentId, body: CloneRequest, svc: ServicesDep, who: PrincipalDep
+) -> dict[str, Any]:
+    return svc.agents.clone(who, agent_id, name=body.name).to_json()

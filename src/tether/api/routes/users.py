@@ -1,0 +1,84 @@
+"""/v1/users — humans and their tokens (API.md "Humans and the management API")."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from tether.api.deps import PrincipalDep, ServicesDep
+from tether.api.errors import responses
+from tether.api.schemas import TokenCreated, TokenList, TokenOut, UserOut, UserPage
+from tether.principals import Role
+
+router = APIRouter(tags=["users"])
+UserRef = Annotated[str, Path(max_length=64, description="usr_… id or username")]
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    username: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    role: Literal["admin", "supervisor", "auditor"]
+    email: Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Annotated[str, StringConstraints(max_length=100)] | None = None
+    expires_in: Annotated[int, Field(ge=60, le=366 * 86_400)] | None = None
+
+
+@router.get("/v1/whoami", response_model=UserOut, responses=responses(401))
+def whoami(svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return svc.users.get(who, who.id).to_json()
+
+
+@router.post("/v1/users", status_code=201, response_model=UserOut,
+             responses=responses(400, 401, 403, 409, 413, 422))
+def create_user(body: UserCreate, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return svc.users.create(who, username=body.username, role=Role(body.role),
+                            email=body.email).to_json()
+
+
+@router.get("/v1/users", response_model=UserPage, responses=responses(400, 401, 403, 422))
+def list_users(
+    svc: ServicesDep,
+    who: PrincipalDep,
+    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    page = svc.users.list(who, cursor=cursor, limit=limit)
+    return {"items": [u.to_json() for u in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get("/v1/users/{user}", response_model=UserOut, responses=responses(401, 403, 404, 422))
+def get_user(user: UserRef, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return svc.users.get(who, user).to_json()
+
+
+@router.post("/v1/users/{user}/tokens", status_code=201, response_model=TokenCreated,
+             responses=responses(400, 401, 403, 404, 413, 422))
+def create_token(
+    user: UserRef, svc: ServicesDep, who: PrincipalDep, body: TokenCreate | None = None
+) -> dict[str, Any]:
+    body = body or TokenCreate()
+    token, secret = svc.users.create_token(who, user, name=body.name, expires_in=body.expires_in)
+    return {**token.to_json(), "token": secret}
+
+
+@router.get("/v1/users/{user}/tokens", response_model=TokenList,
+            responses=responses(401, 403, 404, 422))
+def list_tokens(user: UserRef, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return {"items": [t.to_json() for t in svc.users.list_tokens(who, user)], "next_cursor": None}
+
+
+@router.delete("/v1/users/{user}/tokens/{token_id}", response_model=TokenOut,
+               responses=responses(401, 403, 404, 422))
+def revoke_token(
+    user: UserRef,
+    token_id: Annotated[str, Path(max_length=40)],
+    svc: ServicesDep,
+    who: PrincipalDep,
+) -> dict[str, Any]:
+    return svc.users.revoke_token(who, user, token_id).to_json()

@@ -1,0 +1,39 @@
+"""The ledger's vocabulary: event types shared by services, policy and docs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class EventType(StrEnum):
+    SYSTEM_BOOTSTRAPPED = "system.bootstrapped"
+    USER_CREATED = "user.created"
+    USER_TOKEN_CREATED = "user.token_created"
+    USER_TOKEN_REVOKED = "user.token_revoked"
+    AGENT_CREATED = "agent.created"
+    AGENT_CLONED = "agent.cloned"
+    AGENT_UPDATED = "agent.updated"
+    AGENT_SUSPENDED = "agent.suspended"
+    AGENT_RESUMED = "agent.resumed"
+    AGENT_RETIRED = "agent.retired"
+    AGENT_KILLED = "agent.killed"
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """What a service records; the ledger adds ``seq``, ``id``, ``time`` and the hashes."""
+
+    type: EventType | str
+    actor: str
+    agent_id: str | None = None
+    on_behalf_of: str | None = None
+    chain: tuple[str, ...] = ()
+    action: str | None = None
+    resource: dict[str, Any] | None = None
+    decision: str | None = None
+    reasons: tuple[str, ...] = ()
+    policy_version: str | None = None
+    outcome: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)

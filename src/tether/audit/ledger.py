@@ -1,0 +1,116 @@
+"""Appending to the ledger inside the caller's write transaction.
+
+The caller holds the deployment-wide write lock (:meth:`tether.db.Database.write`), so
+reading the head and inserting after it cannot race another writer on any node: the chain
+has exactly one sequence. Events commit, or roll back, with the change they record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from prometheus_client import Counter
+from sqlalchemy.orm import Session
+
+from tether.audit.chain import GENESIS, Checkpoint, Event, event_hash
+from tether.audit.events import NewEvent
+from tether.audit.signing import LedgerSigner
+from tether.audit.store import DatabaseLedgerStore
+from tether.clock import to_micros
+from tether.ids import IdPrefix, new_id
+
+EVENTS_APPENDED = Counter("tether_ledger_events_appended", "Ledger events appended", ["type"])
+CHECKPOINTS_SIGNED = Counter("tether_ledger_checkpoints_signed", "Ledger checkpoints signed")
+
+
+class Ledger:
+    def __init__(
+        self,
+        signer: LedgerSigner,
+        *,
+        store: DatabaseLedgerStore | None = None,
+        checkpoint_every_events: int = 1000,
+        checkpoint_every_seconds: float = 60.0,
+    ) -> None:
+        self.signer = signer
+        self.store = store or DatabaseLedgerStore()
+        self.checkpoint_every_events = checkpoint_every_events
+        self.checkpoint_every_seconds = checkpoint_every_seconds
+
+    def append(self, session: Session, events: Sequence[NewEvent], *, now: datetime) -> list[Event]:
+        """Chain ``events`` after the current head; the caller's transaction makes them durable."""
+        if not events:
+            return []
+        head = self.store.head(session)
+        seq, prev = head if head else (0, GENESIS)
+        time_us = to_micros(now)
+        out: list[Event] = []
+        for new in events:
+            seq += 1
+            ev = Event(
+                seq=seq,
+                id=new_id(IdPrefix.EVENT, now_ms=time_us // 1000),
+                time_us=time_us,
+                type=str(new.type),
+                actor=new.actor,
+                agent_id=new.agent_id,
+                on_behalf_of=new.on_behalf_of,
+                chain=list(new.chain),
+                action=new.action,
+                resource=new.resource,
+                decision=new.decision,
+                reasons=list(new.reasons),
+                policy_version=new.policy_version,
+                outcome=new.outcome,
+                details=new.details,
+                prev_hash=prev,
+            )
+            digest = event_hash(prev, ev.body())
+            ev = replace(ev, hash=digest)
+            out.append(ev)
+            prev = digest
+        self.store.insert(session, out)
+        for ev in out:
+            EVENTS_APPENDED.labels(ev.type).inc()
+        self._checkpoint_if_due(session, seq, prev, time_us, by_count_only=True)
+        return out
+
+    def checkpoint_if_due(self, session: Session, *, now: datetime) -> Checkpoint | None:
+        """The timed rule: sign the head if it moved and T seconds passed since the last one."""
+        head = self.store.head(session)
+        if head is None:
+            return None
+        return self._checkpoint_if_due(session, head[0], head[1], to_micros(now), by_count_only=False)
+
+    def _checkpoint_if_due(
+        self, session: Session, size: int, head_hash: str, time_us: int, *, by_count_only: bool
+    ) -> Checkpoint | None:
+        last = self.store.latest_checkpoint(session)
+        last_size = last.size if last else 0
+        if size <= last_size:
+            return None
+        due = size - last_size >= self.checkpoint_every_events
+        if not due and not by_count_only:
+            last_time = last.time_us if last else 0
+            due = time_us - last_time >= self.checkpoint_every_seconds * 1_000_000
+        if not due:
+            return None
+        cp = self.signer.sign(size, head_hash, time_us)
+        self.store.add_checkpoint(session, cp)
+        CHECKPOINTS_SIGNED.inc()
+        return cp
+
+    def force_checkpoint(self, session: Session, *, now: datetime) -> Checkpoint | None:
+        head = self.store.head(session)
+        if head is None:
+            return None
+        last = self.store.latest_checkpoint(session)
+        if last is not None and last.size >= head[0]:
+            return last
+        cp = self.signer.sign(head[0], head[1], to_micros(now))
+        self.store.add_checkpoint(session, cp)
+        CHECKPOINTS_SIGNED.inc()
+        return cp
+

@@ -1,0 +1,91 @@
+"""Reading and verifying the ledger: events, checkpoints, verification, export."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from tether.audit.chain import Checkpoint, Event, VerifyResult, verify_chain
+from tether.audit.ledger import Ledger
+from tether.clock import Clock, to_micros
+from tether.db import Database
+from tether.errors import BadRequest, Forbidden, NotFound
+from tether.pagination import Page, decode_cursor, page_of
+from tether.principals import Principal, Role
+
+
+def _require_reader(actor: Principal) -> None:
+    if not (actor.is_admin or actor.role is Role.AUDITOR):
+        raise Forbidden("only admins and auditors may read the audit ledger")
+
+
+class AuditService:
+    def __init__(self, db: Database, ledger: Ledger, clock: Clock) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.store = ledger.store
+        self.clock = clock
+
+    def events(
+        self,
+        actor: Principal,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        agent: str | None = None,
+        type_: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> Page[Event]:
+        _require_reader(actor)
+        after = decode_cursor(cursor)
+        try:
+            after_seq = int(after) if after is not None else 0
+        except ValueError as exc:
+            raise BadRequest("cursor is not one this server issued", field="cursor") from exc
+        with self.db.read() as s:
+            rows = self.store.page(
+                s, after_seq=after_seq, limit=limit + 1, agent=agent, type_=type_,
+                since_us=to_micros(since) if since else None,
+                until_us=to_micros(until) if until else None,
+            )
+        return page_of(rows, limit, lambda e: str(e.seq))
+
+    def export(self, actor: Principal) -> Iterator[Event]:
+        """Every event in order, streamed (JSON lines at the API)."""
+        _require_reader(actor)
+        with self.db.read() as s:
+            yield from self.store.stream(s)
+
+    def latest_checkpoint(self, actor: Principal) -> Checkpoint:
+        _require_reader(actor)
+        with self.db.read() as s:
+            cp = self.store.latest_checkpoint(s)
+        if cp is None:
+            raise NotFound("no checkpoint has been signed yet")
+        return cp
+
+    def verify(
+        self, actor: Principal, *, progress: Callable[[int], None] | None = None
+    ) -> VerifyResult:
+        """Recompute the chain end to end and check every checkpoint signature."""
+        _require_reader(actor)
+        with self.db.read() as s:
+            return verify_chain(
+                self.store.stream(s),
+                seq_of_hash=lambda h: self.store.seq_of_hash(s, h),
+                checkpoints=self.store.checkpoints(s),
+                check_signature=self.ledger.signer.check,
+                progress=progress,
+            )
+
+    def checkpoint_tick(self) -> Checkpoint | None:
+        """Sign the head if the timed rule says so; run periodically by every node."""
+        with self.db.write() as s:
+            return self.ledger.checkpoint_if_due(s, now=self.clock.now())
+
+    def checkpoint_now(self, actor: Principal) -> Checkpoint | None:
+        if not actor.is_admin:
+            raise Forbidden("only an admin may force a checkpoint")
+        with self.db.write() as s:
+            return self.ledger.force_checkpoint(s, now=self.clock.now())

@@ -1,0 +1,131 @@
+"""Database access for the ledger: rows in, :class:`Event` values out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Row, insert, select
+from sqlalchemy.orm import Session
+
+from tether.audit.chain import Checkpoint, Event
+from tether.audit.models import CheckpointRow, EventRow
+from tether.jsonutil import canonical_text, loads
+
+_EV = EventRow.__table__
+_CP = CheckpointRow.__table__
+
+
+def _event(row: Row[Any]) -> Event:
+    return Event(
+        seq=row.seq,
+        id=row.id,
+        time_us=row.time,
+        type=row.type,
+        actor=row.actor,
+        agent_id=row.agent_id,
+        on_behalf_of=row.on_behalf_of,
+        chain=loads(row.chain),
+        action=row.action,
+        resource=loads(row.resource) if row.resource is not None else None,
+        decision=row.decision,
+        reasons=loads(row.reasons),
+        policy_version=row.policy_version,
+        outcome=row.outcome,
+        details=loads(row.details),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+def _values(ev: Event) -> dict[str, Any]:
+    return {
+        "seq": ev.seq,
+        "id": ev.id,
+        "time": ev.time_us,
+        "type": ev.type,
+        "actor": ev.actor,
+        "agent_id": ev.agent_id,
+        "on_behalf_of": ev.on_behalf_of,
+        "chain": canonical_text(ev.chain),
+        "action": ev.action,
+        "resource": canonical_text(ev.resource) if ev.resource is not None else None,
+        "decision": ev.decision,
+        "reasons": canonical_text(ev.reasons),
+        "policy_version": ev.policy_version,
+        "outcome": ev.outcome,
+        "details": canonical_text(ev.details),
+        "prev_hash": ev.prev_hash,
+        "hash": ev.hash,
+    }
+
+
+class DatabaseLedgerStore:
+    def head(self, session: Session) -> tuple[int, str] | None:
+        row = session.execute(
+            select(_EV.c.seq, _EV.c.hash).order_by(_EV.c.seq.desc()).limit(1)
+        ).first()
+        return (row.seq, row.hash) if row else None
+
+    def insert(self, session: Session, events: Sequence[Event]) -> None:
+        session.execute(insert(_EV), [_values(e) for e in events])
+
+    def page(
+        self,
+        session: Session,
+        *,
+        after_seq: int,
+        limit: int,
+        agent: str | None = None,
+        type_: str | None = None,
+        since_us: int | None = None,
+        until_us: int | None = None,
+    ) -> list[Event]:
+        q = select(_EV).where(_EV.c.seq > after_seq)
+        if agent is not None:
+            q = q.where(_EV.c.agent_id == agent)
+        if type_ is not None:
+            q = q.where(_EV.c.type == type_)
+        if since_us is not None:
+            q = q.where(_EV.c.time >= since_us)
+        if until_us is not None:
+            q = q.where(_EV.c.time < until_us)
+        rows = session.execute(q.order_by(_EV.c.seq).limit(limit)).all()
+        return [_event(r) for r in rows]
+
+    def stream(self, session: Session, *, batch: int = 5000) -> Iterator[Event]:
+        """Every event in ``seq`` order, fetched in batches (server-side cursor on PostgreSQL)."""
+        result = session.execute(
+            select(_EV).order_by(_EV.c.seq).execution_options(yield_per=batch)
+        )
+        for row in result:
+            yield _event(row)
+
+    def seq_of_hash(self, session: Session, digest: str) -> int | None:
+        seq: int | None = session.execute(
+            select(_EV.c.seq).where(_EV.c.hash == digest).limit(1)
+        ).scalar()
+        return seq
+
+    def count(self, session: Session) -> int:
+        head = self.head(session)
+        return head[0] if head else 0
+
+    def add_checkpoint(self, session: Session, cp: Checkpoint) -> None:
+        session.execute(
+            insert(_CP).values(
+                size=cp.size, head_hash=cp.head_hash, time=cp.time_us,
+                key_id=cp.key_id, signature=cp.signature,
+            )
+        )
+
+    def latest_checkpoint(self, session: Session) -> Checkpoint | None:
+        row = session.execute(select(_CP).order_by(_CP.c.size.desc()).limit(1)).first()
+        return _checkpoint(row) if row else None
+
+    def checkpoints(self, session: Session) -> list[Checkpoint]:
+        return [_checkpoint(r) for r in session.execute(select(_CP).order_by(_CP.c.size)).all()]
+
+
+def _checkpoint(row: Row[Any]) -> Checkpoint:
+    return Checkpoint(row.size, row.head_hash, row.time, row.key_id, row.signature)

@@ -1,0 +1,97 @@
+"""One settings object, read from ``TETHER_*`` environment variables and an optional TOML file.
+
+Precedence, highest first: explicit keyword arguments, environment, ``tether.toml``
+(path in ``TETHER_CONFIG``, default ``./tether.toml``), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.\-_]*[a-z0-9])?$")
+
+
+class Settings(BaseSettings):
+    """Deployment configuration. Every field maps to ``TETHER_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TETHER_", extra="forbid")
+
+    data_dir: Path = Field(default=Path(".tether"), description="Keys, tokens and the SQLite db.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default SQLite in the data dir."
+    )
+    database_schema: str | None = Field(
+        default=None, description="PostgreSQL schema to use (search_path); default public."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=1, le=65535)
+    public_url: str | None = Field(
+        default=None, description="Base URL clients use; default http://host:port."
+    )
+    trust_domain: str = Field(default="tether.local", description="SPIFFE trust domain.")
+    master_key: str | None = Field(
+        default=None, description="Base64 32-byte master key; default: file in the data dir."
+    )
+    ledger_signing_key: str | None = Field(
+        default=None, description="PEM Ed25519 key signing checkpoints; default: file."
+    )
+    checkpoint_every_events: int = Field(default=1000, ge=1)
+    checkpoint_every_seconds: float = Field(default=60.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    log_level: str = "info"
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _check_trust_domain(cls, value: str) -> str:
+        # SPIFFE: lowercase, no port, path, query or fragment.
+        if not _TRUST_DOMAIN.match(value) or ".." in value:
+            raise ValueError("trust domain must be a lowercase DNS-like name without a port")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("TETHER_CONFIG", "tether.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tether.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin.token"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; keyword arguments win over every other source."""
+    return Settings(**overrides)

@@ -1,0 +1,98 @@
+"""Engines and transactions.
+
+Every write transaction holds the deployment-wide *write lock*, so all writers — threads,
+worker processes and nodes — are serialized. That is what lets one ledger chain be
+sequenced without forks: SQLite takes it with ``BEGIN IMMEDIATE``, PostgreSQL with a
+transaction-scoped advisory lock. Reads never take it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+# Arbitrary but fixed: the advisory lock id every Tether node agrees on ("TETH").
+PG_WRITE_LOCK = 0x54455448
+_SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take over transaction control from pysqlite so BEGIN IMMEDIATE is possible.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # durable: fsync on every commit
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """The deployment's database: SQLite (embedded default) or PostgreSQL (psycopg 3)."""
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            self._writer = _sqlite_engine(url, immediate=True)
+            self._reader = _sqlite_engine(url, immediate=False)
+        elif self.dialect == "postgresql":
+            connect_args: dict[str, Any] = {}
+            if schema:
+                connect_args["options"] = f"-csearch_path={schema}"
+            self._writer = create_engine(
+                url, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True
+            )
+            self._reader = self._writer
+        else:
+            raise ValueError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
+        self.schema = schema
+        self._write_sessions = sessionmaker(self._writer, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
+
+    @property
+    def engine(self) -> Engine:
+        return self._writer
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction holding the write lock; commits on success, rolls back on error."""
+        with self._write_sessions() as session, session.begin():
+            if self.dialect == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_WRITE_LOCK})
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only snapshot; never blocks writers."""
+        with self._read_sessions() as session, session.begin():
+            yield session
+
+    def ping(self) -> bool:
+        try:
+            with self._reader.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - readiness reports any driver failure as not ready
+            return False
+        return True
+
+    def dispose(self) -> None:
+        self._writer.dispose()
+        if self._reader is not self._writer:
+            self._reader.dispose()

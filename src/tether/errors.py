@@ -1,0 +1,99 @@
+"""Every failure is one :class:`TetherError` subclass, defined once, rendered one way.
+
+The API renders ``{"error": {"code", "message", "details"}}`` with ``http_status``; the CLI
+prints ``message`` and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TetherError(Exception):
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class BadRequest(TetherError):
+    code = "bad_request"
+    http_status = 400
+
+
+class InvalidCursor(BadRequest):
+    code = "invalid_cursor"
+
+
+class PayloadTooLarge(TetherError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class ValidationFailed(TetherError):
+    code = "validation_error"
+    http_status = 422
+
+
+class RiskTierProhibited(ValidationFailed):
+    code = "risk_tier_prohibited"
+
+
+class Unauthenticated(TetherError):
+    code = "unauthenticated"
+    http_status = 401
+
+
+class Forbidden(TetherError):
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(TetherError):
+    code = "not_found"
+    http_status = 404
+
+
+class AgentNotFound(NotFound):
+    code = "agent_not_found"
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+
+class TokenNotFound(NotFound):
+    code = "token_not_found"
+
+
+class Conflict(TetherError):
+    code = "conflict"
+    http_status = 409
+
+
+class UsernameTaken(Conflict):
+    code = "username_taken"
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+
+class AgentRevoked(InvalidTransition):
+    code = "agent_revoked"
+
+
+class LedgerUnavailable(TetherError):
+    code = "ledger_unavailable"
+    http_status = 503
+
+
+class ConfigurationError(TetherError):
+    code = "configuration_error"
+    http_status = 500
