@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from tether.errors import TetherError
 
@@ -37,6 +38,17 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _allowed_methods(req: Request) -> list[str]:
+    """Every method some route serves at this request's path (the path of a 405)."""
+    methods: set[str] = set()
+    for route in req.app.router.routes:
+        match, _ = route.matches(req.scope)
+        route_methods = getattr(route, "methods", None)
+        if match is not Match.NONE and route_methods:
+            methods.update(route_methods)
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(TetherError)
     async def _tether(_req: Request, exc: TetherError) -> JSONResponse:
@@ -59,9 +71,17 @@ def install(app: FastAPI) -> None:
                       {"field": first["field"], "errors": errors})
 
     @app.exception_handler(HTTPException)
-    async def _http(_req: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette answers with the first route whose path matched, so its Allow header
+            # names that route's methods only; RFC 9110 wants every method the resource has.
+            allowed = _allowed_methods(req)
+            headers["Allow"] = ", ".join(allowed)
+            return _error(405, code, f"method {req.method} not allowed; use {headers['Allow']}",
+                          {"allowed_methods": allowed}, headers)
+        return _error(exc.status_code, code, str(exc.detail), headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

@@ -20,7 +20,7 @@ from tether.api.errors import responses
 from tether.api.schemas import AgentOut, AgentPage, KillOut
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
-AgentId = Annotated[str, Path(max_length=40, description="agt_… id")]
+AgentId = Annotated[str, Path(min_length=1, max_length=40, description="agt_… id")]
 _READ = responses(400, 401, 403, 404, 422)
 _WRITE = responses(400, 401, 403, 404, 409, 413, 422)
 
@@ -32,6 +32,7 @@ def create_agent(body: AgentCreate, svc: ServicesDep, who: PrincipalDep) -> dict
 
 @router.get("", response_model=AgentPage, responses=_READ)
 def list_agents(
+    *,
     svc: ServicesDep,
     who: PrincipalDep,
     status: Literal["active", "suspended", "revoked", "retired"] | None = None,

@@ -19,10 +19,11 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 @router.get("/events", response_model=EventPage, responses=responses(400, 401, 403, 422))
 def list_events(
+    *,
     svc: ServicesDep,
     who: PrincipalDep,
     agent: Annotated[str | None, Query(max_length=40)] = None,
-    type: Annotated[str | None, Query(max_length=64)] = None,  # noqa: A002 - API.md's name
+    type: Annotated[str | None, Query(max_length=64)] = None,  # API.md's name
     since: datetime | None = None,
     until: datetime | None = None,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
@@ -63,7 +64,7 @@ def sign_checkpoint(svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     response_class=StreamingResponse,
 )
 def export(
-    svc: ServicesDep, who: PrincipalDep, format: Literal["jsonl"] = "jsonl"  # noqa: A002
+    svc: ServicesDep, who: PrincipalDep, format: Literal["jsonl"] = "jsonl"
 ) -> StreamingResponse:
     events = svc.audit.export(who)
     first = next(events, None)  # authorization errors surface before the stream starts

@@ -13,14 +13,18 @@ from tether.api.schemas import TokenCreated, TokenList, TokenOut, UserOut, UserP
 from tether.principals import Role
 
 router = APIRouter(tags=["users"])
-UserRef = Annotated[str, Path(max_length=64, description="usr_… id or username")]
+UserRef = Annotated[str, Path(min_length=1, max_length=64, description="usr_… id or username")]
 
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    username: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    # The same rule the user service enforces (tether.users.service.USERNAME), stated here so
+    # the OpenAPI document says which usernames are valid instead of accepting any string.
+    username: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     role: Literal["admin", "supervisor", "auditor"]
-    email: Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    email: (
+        Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None
+    ) = None
 
 
 class TokenCreate(BaseModel):
@@ -70,14 +74,18 @@ def create_token(
 @router.get("/v1/users/{user}/tokens", response_model=TokenList,
             responses=responses(401, 403, 404, 422))
 def list_tokens(user: UserRef, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
-    return {"items": [t.to_json() for t in svc.users.list_tokens(who, user)], "next_cursor": None}
+    # UserService.list_tokens is annotated ``-> list[...]`` inside a class whose method ``list``
+    # shadows the builtin, so mypy cannot read its return type; the ignore goes when that does.
+    tokens = svc.users.list_tokens(who, user)
+    items = [t.to_json() for t in tokens]  # type: ignore[attr-defined,unused-ignore]
+    return {"items": items, "next_cursor": None}
 
 
 @router.delete("/v1/users/{user}/tokens/{token_id}", response_model=TokenOut,
                responses=responses(401, 403, 404, 422))
 def revoke_token(
     user: UserRef,
-    token_id: Annotated[str, Path(max_length=40)],
+    token_id: Annotated[str, Path(min_length=1, max_length=40)],
     svc: ServicesDep,
     who: PrincipalDep,
 ) -> dict[str, Any]:

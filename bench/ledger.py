@@ -1,0 +1,485 @@
+"""Ledger throughput: durable appends (1 and N events per transaction) and end-to-end verify.
+
+Every Tether figure is printed beside a baseline measured in the same run with the plain
+driver (``sqlite3`` in WAL with ``synchronous=FULL``, or ``psycopg`` with the default
+``synchronous_commit=on``) on a table with the same columns, keys and indexes as
+``audit_events`` and rows of the same values:
+
+- append, 1 event/tx: ``Database.write()`` + ``Ledger.append(s, [event])`` per transaction,
+  against a raw ``INSERT`` + ``COMMIT`` per row.
+- append, 100 events/tx: ``Ledger.append(s, events)`` with a list of 100, against a raw
+  ``executemany`` of 100 rows per commit.
+- verify: ``AuditService.verify`` over the whole ledger (read, decode, re-hash, check every
+  checkpoint signature), against a raw driver scan of the same table in ``seq`` order.
+  Two breakdown rows split it into reading+decoding and hashing.
+
+Run: ``python -m bench.ledger [--quick] [--postgres URL] [--events N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sqlite3
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import psycopg
+
+from bench.common import (
+    SQLITE,
+    Env,
+    Options,
+    Progress,
+    ResultTable,
+    create_tables,
+    fmt_latency,
+    fmt_rate,
+    fmt_ratio,
+    note,
+    open_env,
+    parse_options,
+    percentile,
+    pg_schema,
+    raw_postgres,
+    raw_sqlite,
+    write_json,
+)
+from tether.audit.chain import GENESIS, Event, event_hash, verify_chain
+from tether.audit.events import EventType, NewEvent
+from tether.audit.models import EventRow
+from tether.clock import to_micros
+from tether.ids import IdPrefix, new_id
+from tether.jsonutil import canonical_text
+
+
+@dataclass(frozen=True)
+class Sizes:
+    single_tx: int  # transactions of one event
+    batched_tx: int  # transactions of `batch` events
+    batch: int
+    verify_events: int  # the ledger is topped up to this many events before verifying
+    max_seconds: float  # a cap on each append measurement (whichever comes first)
+
+
+FULL = Sizes(single_tx=3000, batched_tx=500, batch=100, verify_events=100_000, max_seconds=20)
+QUICK = Sizes(single_tx=200, batched_tx=20, batch=100, verify_events=5_000, max_seconds=5)
+FILL_BATCH = 1000  # events per transaction when topping the ledger up for verify
+
+COLUMNS = tuple(c.name for c in EventRow.__table__.columns)
+
+
+# -- the events ------------------------------------------------------------------------------
+_AGENTS = [new_id(IdPrefix.AGENT) for _ in range(64)]
+_ACTOR = f"user:{new_id(IdPrefix.USER)}"
+
+
+def sample_event(i: int) -> NewEvent:
+    """An event shaped like the ``agent.updated`` events AgentService writes."""
+    agent = _AGENTS[i % len(_AGENTS)]
+    return NewEvent(
+        EventType.AGENT_UPDATED,
+        _ACTOR,
+        agent_id=agent,
+        action=str(EventType.AGENT_UPDATED),
+        resource={"type": "Agent", "id": agent},
+        outcome="success",
+        details={"changes": {"risk_tier": {"from": "limited", "to": "high"}}},
+    )
+
+
+def baseline_rows(count: int) -> list[tuple[Any, ...]]:
+    """``count`` chained rows exactly as Tether stores them; built before any timing starts."""
+    rows: list[tuple[Any, ...]] = []
+    prev = GENESIS
+    time_us = to_micros(datetime.now(UTC))
+    for k in range(count):
+        new = sample_event(k)
+        ev = Event(
+            seq=k + 1,
+            id=new_id(IdPrefix.EVENT, now_ms=time_us // 1000),
+            time_us=time_us,
+            type=str(new.type),
+            actor=new.actor,
+            agent_id=new.agent_id,
+            on_behalf_of=new.on_behalf_of,
+            chain=list(new.chain),
+            action=new.action,
+            resource=new.resource,
+            decision=new.decision,
+            reasons=list(new.reasons),
+            policy_version=new.policy_version,
+            outcome=new.outcome,
+            details=new.details,
+            prev_hash=prev,
+        )
+        digest = event_hash(prev, ev.body())
+        rows.append(
+            (
+                ev.seq,
+                ev.id,
+                ev.time_us,
+                ev.type,
+                ev.actor,
+                ev.agent_id,
+                ev.on_behalf_of,
+                canonical_text(ev.chain),
+                ev.action,
+                canonical_text(ev.resource),
+                ev.decision,
+                canonical_text(ev.reasons),
+                ev.policy_version,
+                ev.outcome,
+                canonical_text(ev.details),
+                prev,
+                digest,
+            )
+        )
+        prev = digest
+    return rows
+
+
+# -- measurements ------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """``items`` rows/events processed in ``seconds``; per-transaction latencies if any."""
+
+    items: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else math.nan
+
+    def pct(self, q: float) -> float:
+        return percentile(self.latencies, q)
+
+
+def _timed_loop(tx: Any, *, count: int, per_tx: int, max_seconds: float, warmup: int) -> Run:
+    """Call ``tx()`` ``count`` times (or until ``max_seconds``), timing each call."""
+    for _ in range(warmup):
+        tx()
+    latencies: list[float] = []
+    start = time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        tx()
+        latencies.append(time.perf_counter() - t0)
+        if t0 - start > max_seconds:
+            break
+    seconds = time.perf_counter() - start
+    return Run(len(latencies) * per_tx, seconds, latencies)
+
+
+def tether_append(env: Env, *, per_tx: int, count: int, max_seconds: float) -> Run:
+    """``count`` write transactions, each appending ``per_tx`` events through the Ledger."""
+    db, ledger, clock = env.services.db, env.services.ledger, env.services.clock
+    events = [sample_event(i) for i in range(per_tx)]
+
+    def tx() -> None:
+        with db.write() as s:
+            ledger.append(s, events, now=clock.now())
+
+    return _timed_loop(
+        tx, count=count, per_tx=per_tx, max_seconds=max_seconds, warmup=max(3, 20 // per_tx)
+    )
+
+
+class RawEvents(Protocol):
+    def insert(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
+
+
+class SqliteEvents:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        params = ", ".join(["?"] * len(COLUMNS))
+        self.sql = f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES ({params})"
+
+    def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        if len(rows) == 1:
+            self.conn.execute(self.sql, rows[0])
+        else:
+            self.conn.executemany(self.sql, rows)
+        self.conn.execute("COMMIT")
+
+
+class PostgresEvents:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        params = ", ".join(["%s"] * len(COLUMNS))
+        self.sql = f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES ({params})"
+
+    def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        with self.conn.cursor() as cur:
+            if len(rows) == 1:
+                cur.execute(self.sql, rows[0])
+            else:
+                cur.executemany(self.sql, rows)
+        self.conn.commit()
+
+
+@contextmanager
+def raw_events_table(env: Env) -> Iterator[RawEvents]:
+    """An empty copy of ``audit_events`` in its own SQLite file or PostgreSQL schema."""
+    if env.backend == SQLITE:
+        path = env.data_dir / "baseline.db"
+        create_tables(f"sqlite:///{path}", None, [EventRow.__table__])
+        conn = raw_sqlite(path)
+        try:
+            yield SqliteEvents(conn)
+        finally:
+            conn.close()
+        return
+    with pg_schema(env.url, "bench_raw") as schema:
+        create_tables(env.url, schema, [EventRow.__table__])
+        pg = raw_postgres(env.url, schema)
+        try:
+            yield PostgresEvents(pg)
+        finally:
+            pg.close()
+
+
+def raw_append(
+    sink: RawEvents,
+    rows: Iterator[tuple[Any, ...]],
+    *,
+    per_tx: int,
+    count: int,
+    max_seconds: float,
+) -> Run:
+    def tx() -> None:
+        sink.insert([next(rows) for _ in range(per_tx)])
+
+    return _timed_loop(
+        tx, count=count, per_tx=per_tx, max_seconds=max_seconds, warmup=max(3, 20 // per_tx)
+    )
+
+
+def fill_ledger(env: Env, target: int) -> int:
+    """Append events (1000 per transaction) until the ledger holds ``target``; the new size."""
+    db, ledger, clock = env.services.db, env.services.ledger, env.services.clock
+    with db.read() as s:
+        have = ledger.store.count(s)
+    if have >= target:
+        return have
+    progress = Progress("filling the ledger", target)
+    events = [sample_event(i) for i in range(FILL_BATCH)]
+    while have < target:
+        chunk = events[: min(FILL_BATCH, target - have)]
+        with db.write() as s:
+            ledger.append(s, chunk, now=clock.now())
+        have += len(chunk)
+        progress.update(have)
+    progress.finish()
+    return have
+
+
+def tether_verify(env: Env, size: int) -> Run:
+    progress = Progress("verifying", size)
+    start = time.perf_counter()
+    result = env.services.audit.verify(env.admin, progress=progress.update)
+    seconds = time.perf_counter() - start
+    progress.finish()
+    if not result.ok or result.checked != size:
+        raise RuntimeError(f"the benchmark ledger does not verify: {result.to_json()}")
+    return Run(result.checked, seconds)
+
+
+def split_verify(env: Env) -> tuple[Run, Run]:
+    """Verify in two halves: read+decode every event, then re-hash them in memory."""
+    db, store, signer = env.services.db, env.services.ledger.store, env.services.ledger.signer
+    start = time.perf_counter()
+    with db.read() as s:
+        events = list(store.stream(s))
+        checkpoints = store.checkpoints(s)
+    read = Run(len(events), time.perf_counter() - start)
+    start = time.perf_counter()
+    result = verify_chain(
+        events, seq_of_hash=lambda _h: None, checkpoints=checkpoints, check_signature=signer.check
+    )
+    hashing = Run(result.checked, time.perf_counter() - start)
+    if not result.ok:
+        raise RuntimeError(f"the benchmark ledger does not verify: {result.to_json()}")
+    return read, hashing
+
+
+def raw_scan(env: Env) -> Run:
+    """Fetch every row of ``audit_events`` in ``seq`` order with the plain driver."""
+    sql = f"SELECT {', '.join(COLUMNS)} FROM audit_events ORDER BY seq"
+    count = 0
+    if env.backend == SQLITE:
+        conn = raw_sqlite(env.sqlite_path)
+        try:
+            start = time.perf_counter()
+            for _row in conn.execute(sql):
+                count += 1
+            seconds = time.perf_counter() - start
+        finally:
+            conn.close()
+        return Run(count, seconds)
+    assert env.schema is not None
+    with raw_postgres(env.url, env.schema) as pg:
+        start = time.perf_counter()
+        with pg.cursor(name="bench_scan") as cur:  # server-side, like Tether's stream()
+            cur.itersize = 5000
+            cur.execute(sql)
+            for _row in cur:
+                count += 1
+        seconds = time.perf_counter() - start
+    return Run(count, seconds)
+
+
+# -- the table ---------------------------------------------------------------------------------
+HEADERS = [
+    "benchmark",
+    "Tether",
+    "Tether p50 / p99 per tx",
+    "baseline",
+    "baseline p50 / p99",
+    "Tether ÷ baseline",
+]
+
+
+def _lat(run: Run) -> str:
+    if not run.latencies:
+        return "-"
+    return f"{fmt_latency(run.pct(50))} / {fmt_latency(run.pct(99))}"
+
+
+def _row(
+    table: ResultTable,
+    backend: str,
+    label: str,
+    tether: Run,
+    base: Run | None,
+    unit: str,
+    base_unit: str,
+) -> None:
+    ratio = tether.rate / base.rate if base is not None else math.nan
+    table.rows.append(
+        [
+            label,
+            fmt_rate(tether.rate, f" {unit}/s"),
+            _lat(tether),
+            fmt_rate(base.rate, f" {base_unit}/s") if base else "-",
+            _lat(base) if base else "-",
+            fmt_ratio(ratio),
+        ]
+    )
+    table.records.append(
+        {
+            "backend": backend,
+            "benchmark": label,
+            "unit": f"{unit}/s",
+            "tether_rate": tether.rate,
+            "tether_items": tether.items,
+            "tether_seconds": tether.seconds,
+            "tether_p50_s": tether.pct(50),
+            "tether_p99_s": tether.pct(99),
+            "baseline_rate": base.rate if base else None,
+            "baseline_items": base.items if base else None,
+            "baseline_p50_s": base.pct(50) if base else None,
+            "baseline_p99_s": base.pct(99) if base else None,
+        }
+    )
+
+
+def run(env: Env, sizes: Sizes) -> ResultTable:
+    """All ledger measurements on one backend; returns its table."""
+    driver = "sqlite3" if env.backend == SQLITE else "psycopg"
+    table = ResultTable(f"Ledger on {env.backend} — events/s (higher is better)", HEADERS)
+    b = sizes.batch
+    note(
+        f"[ledger/{env.backend}] preparing {sizes.single_tx + sizes.batched_tx * b + 200:,} "
+        "baseline rows"
+    )
+    rows = iter(baseline_rows(sizes.single_tx + sizes.batched_tx * b + 40 + 3 * b))
+
+    note(f"[ledger/{env.backend}] append, 1 event per transaction")
+    one = tether_append(env, per_tx=1, count=sizes.single_tx, max_seconds=sizes.max_seconds)
+    with raw_events_table(env) as sink:
+        raw_one = raw_append(
+            sink, rows, per_tx=1, count=sizes.single_tx, max_seconds=sizes.max_seconds
+        )
+        note(f"[ledger/{env.backend}] append, {b} events per transaction")
+        many = tether_append(env, per_tx=b, count=sizes.batched_tx, max_seconds=sizes.max_seconds)
+        raw_many = raw_append(
+            sink, rows, per_tx=b, count=sizes.batched_tx, max_seconds=sizes.max_seconds
+        )
+    _row(table, env.backend, "append, 1 event/tx (durable)", one, raw_one, "ev", "rows")
+    _row(table, env.backend, f"append, {b} events/tx (durable)", many, raw_many, "ev", "rows")
+
+    note(f"[ledger/{env.backend}] verify over {sizes.verify_events:,} events")
+    size = fill_ledger(env, sizes.verify_events)
+    verify = tether_verify(env, size)
+    scan = raw_scan(env)
+    read, hashing = split_verify(env)
+    _row(
+        table,
+        env.backend,
+        f"verify {size:,} events (AuditService.verify)",
+        verify,
+        scan,
+        "ev",
+        "rows",
+    )
+    _row(table, env.backend, "  of which: read + decode (store.stream)", read, scan, "ev", "rows")
+    _row(
+        table,
+        env.backend,
+        "  of which: re-hash in memory (verify_chain)",
+        hashing,
+        None,
+        "ev",
+        "rows",
+    )
+    table.footnotes += [
+        f"baseline = plain {driver} on a copy of audit_events (same columns, keys, indexes, "
+        "row values): INSERT + COMMIT per row / executemany of "
+        f"{b} rows per COMMIT; for verify, a full scan in seq order without decoding.",
+        "durable: SQLite WAL + synchronous=FULL (fsync per commit); PostgreSQL "
+        "synchronous_commit=on. Tether also takes its write lock per transaction.",
+        f"append runs: {one.items:,} tx of 1 event, {many.items // b:,} tx of {b} events "
+        f"(after warm-up); median per-tx latency {fmt_latency(statistics.median(one.latencies))}"
+        " for 1 event.",
+    ]
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    def extra(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--events", type=int, help="ledger size for the verify benchmark")
+
+    options = parse_options("Tether ledger append and verify throughput", argv, add_arguments=extra)
+    tables = run_all(options)
+    if options.json_path:
+        write_json(options.json_path, tables)
+
+
+def sizes_for(options: Options) -> Sizes:
+    sizes = QUICK if options.quick else FULL
+    events: int | None = getattr(options.extra, "events", None)
+    if events:
+        sizes = Sizes(sizes.single_tx, sizes.batched_tx, sizes.batch, events, sizes.max_seconds)
+    return sizes
+
+
+def run_all(options: Options) -> list[ResultTable]:
+    tables = []
+    for backend in options.backends:
+        with open_env(options, backend, "ledger") as env:
+            table = run(env, sizes_for(options))
+        table.print()
+        tables.append(table)
+    return tables
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""``tether agents …`` — the agent registry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from tether.cli.client import CliError
+from tether.cli.common import JsonOpt, client
+from tether.cli.render import emit_json, out, show, table
+
+app = typer.Typer(help="Register and govern agents.", no_args_is_help=True)
+LIST_COLUMNS = ["id", "name", "owner_username", "risk_tier", "status", "roles", "created_at"]
+SHOW_COLUMNS = [
+    "id", "spiffe_id", "name", "owner_username", "owner", "supervisors", "purpose", "risk_tier",
+    "status", "status_reason", "roles", "attributes", "parent", "lineage", "lineage_kind",
+    "fingerprint", "created_at", "updated_at", "expires_at", "recertify_by",
+]
+
+RoleOpt = Annotated[list[str] | None, typer.Option("--role", help="Repeat for several roles.")]
+AttrOpt = Annotated[
+    list[str] | None, typer.Option("--attr", help="key=value; value parsed as JSON if it can be.")
+]
+SupOpt = Annotated[list[str] | None, typer.Option("--supervisor", help="Username or id; repeat.")]
+
+
+def _attrs(pairs: list[str] | None) -> dict[str, Any] | None:
+    if pairs is None:
+        return None
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--attr {pair!r}: expected key=value")
+        try:
+            result[key] = json.loads(raw)
+        except ValueError:
+            result[key] = raw
+    return result
+
+
+def _fingerprint(model: str | None, version: str | None, prompt: str | None,
+                 tools: str | None) -> dict[str, Any] | None:
+    if model is None:
+        if version or prompt or tools:
+            raise CliError("--model is required when giving any other fingerprint part")
+        return None
+    return {"model": model, "model_version": version, "prompt_sha256": prompt,
+            "tools_sha256": tools}
+
+
+ModelOpt = Annotated[str | None, typer.Option(help="Fingerprint: model name.")]
+VersionOpt = Annotated[str | None, typer.Option(help="Fingerprint: model version.")]
+PromptOpt = Annotated[str | None, typer.Option(help="Fingerprint: SHA-256 of the system prompt.")]
+ToolsOpt = Annotated[str | None, typer.Option(help="Fingerprint: SHA-256 of the tool manifest.")]
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="Display name.")],
+    owner: Annotated[str, typer.Option(help="Accountable human: username or id.")],
+    purpose: Annotated[str, typer.Option(help="What the agent is for.")],
+    risk_tier: Annotated[str, typer.Option(help="minimal, limited or high.")] = "minimal",
+    role: RoleOpt = None,
+    attr: AttrOpt = None,
+    parent: Annotated[str | None, typer.Option(help="Spawning agent's id.")] = None,
+    supervisor: SupOpt = None,
+    model: ModelOpt = None,
+    model_version: VersionOpt = None,
+    prompt_sha256: PromptOpt = None,
+    tools_sha256: ToolsOpt = None,
+    expires_at: Annotated[str | None, typer.Option(help="RFC 3339, e.g. 2027-01-01T00:00:00Z")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a new agent."""
+    body: dict[str, Any] = {
+        "name": name, "owner": owner, "purpose": purpose, "risk_tier": risk_tier,
+        "roles": role or [], "attributes": _attrs(attr) or {}, "supervisors": supervisor or [],
+    }
+    if parent:
+        body["parent"] = parent
+    fingerprint = _fingerprint(model, model_version, prompt_sha256, tools_sha256)
+    if fingerprint:
+        body["fingerprint"] = fingerprint
+    if expires_at:
+        body["expires_at"] = expires_at
+    show(client(ctx).post("/v1/agents", body), as_json=as_json, columns=SHOW_COLUMNS)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option()] = None,
+    owner: Annotated[str | None, typer.Option()] = None,
+    role: Annotated[str | None, typer.Option()] = None,
+    risk_tier: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (0 = all).")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """List agents (supervisors see the agents they own or supervise)."""
+    items = list(client(ctx).paginate("/v1/agents", limit=limit or None, status=status,
+                                      owner=owner, role=role, risk_tier=risk_tier))
+    show(items, as_json=as_json, columns=LIST_COLUMNS)
+
+
+@app.command("show")
+def show_(ctx: typer.Context, agent_id: str, as_json: JsonOpt = False) -> None:
+    """Show one agent."""
+    show(client(ctx).get(f"/v1/agents/{agent_id}"), as_json=as_json, columns=SHOW_COLUMNS)
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    agent_id: str,
+    name: Annotated[str | None, typer.Option()] = None,
+    owner: Annotated[str | None, typer.Option()] = None,
+    purpose: Annotated[str | None, typer.Option()] = None,
+    risk_tier: Annotated[str | None, typer.Option()] = None,
+    role: RoleOpt = None,
+    attr: AttrOpt = None,
+    supervisor: SupOpt = None,
+    model: ModelOpt = None,
+    model_version: VersionOpt = None,
+    prompt_sha256: PromptOpt = None,
+    tools_sha256: ToolsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change an agent. A new fingerprint on a high-risk agent suspends it for re-approval."""
+    body: dict[str, Any] = {}
+    for key, value in (("name", name), ("owner", owner), ("purpose", purpose),
+                       ("risk_tier", risk_tier), ("roles", role), ("attributes", _attrs(attr)),
+                       ("supervisors", supervisor),
+                       ("fingerprint", _fingerprint(model, model_version, prompt_sha256,
+                                                    tools_sha256))):
+        if value is not None:
+            body[key] = value
+    if not body:
+        raise CliError("nothing to change: give at least one option (see --help)")
+    show(client(ctx).patch(f"/v1/agents/{agent_id}", body), as_json=as_json, columns=SHOW_COLUMNS)
+
+
+ReasonOpt = Annotated[str, typer.Option(help="Why; recorded in the ledger.")]
+
+
+@app.command("suspend")
+def suspend(ctx: typer.Context, agent_id: str, reason: ReasonOpt, as_json: JsonOpt = False) -> None:
+    """Suspend an agent (reversible with resume)."""
+    agent = client(ctx).post(f"/v1/agents/{agent_id}/suspend", {"reason": reason})
+    show(agent, as_json=as_json, columns=["id", "name", "status", "status_reason"])
+
+
+@app.command("resume")
+def resume(
+    ctx: typer.Context, agent_id: str,
+    note: Annotated[str | None, typer.Option()] = None, as_json: JsonOpt = False,
+) -> None:
+    """Resume a suspended agent (this is also the re-approval after a fingerprint change)."""
+    agent = client(ctx).post(f"/v1/agents/{agent_id}/resume", {"note": note} if note else {})
+    show(agent, as_json=as_json, columns=["id", "name", "status"])
+
+
+@app.command("retire")
+def retire(ctx: typer.Context, agent_id: str, reason: ReasonOpt, as_json: JsonOpt = False) -> None:
+    """Retire an agent for good (its id is never reused)."""
+    agent = client(ctx).post(f"/v1/agents/{agent_id}/retire", {"reason": reason})
+    show(agent, as_json=as_json, columns=["id", "name", "status", "status_reason"])
+
+
+@app.command("clone")
+def clone(
+    ctx: typer.Context, agent_id: str,
+    name: Annotated[str, typer.Option(help="Name of the new agent.")], as_json: JsonOpt = False,
+) -> None:
+    """Clone an agent: new id, same roles and attributes, lineage kept, no credentials."""
+    show(client(ctx).post(f"/v1/agents/{agent_id}/clone", {"name": name}), as_json=as_json,
+         columns=SHOW_COLUMNS)
+
+
+@app.command("kill")
+def kill(
+    ctx: typer.Context,
+    agent_id: str,
+    reason: ReasonOpt,
+    cascade: Annotated[bool, typer.Option(help="Also revoke every descendant.")] = True,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke an agent (and its descendants) permanently."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CliError("kill is irreversible: add --yes to confirm when not on a terminal")
+        typer.confirm(f"Permanently revoke {agent_id}{' and its descendants' if cascade else ''}?",
+                      abort=True)
+    result = client(ctx).post(f"/v1/agents/{agent_id}/kill", {"reason": reason, "cascade": cascade})
+    if as_json:
+        emit_json(result)
+        return
+    out.print(f"revoked {len(result['revoked'])} agent(s)")
+    table([{"id": a} for a in result["revoked"]], ["id"])
+    cut = ", ".join(f"{k}: {v}" for k, v in result["cut_off"].items())
+    out.print(f"cut off: {cut}")

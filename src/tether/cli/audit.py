@@ -1,0 +1,104 @@
+"""``tether audit …`` — read, verify and export the ledger."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tether.cli.common import JsonOpt, client
+from tether.cli.render import emit_json, err, out, table
+
+app = typer.Typer(help="Read, verify and export the tamper-evident ledger.", no_args_is_help=True)
+COLUMNS = ["seq", "time", "type", "actor", "agent_id", "outcome", "details"]
+
+
+@app.command("tail")
+def tail(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("-n", help="How many recent events.")] = 20,
+    agent: Annotated[str | None, typer.Option()] = None,
+    type_: Annotated[str | None, typer.Option("--type")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    interval: Annotated[float, typer.Option(help="Poll interval with --follow.")] = 1.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """The most recent events, oldest first (``-f`` to follow)."""
+    api = client(ctx)
+    events = list(api.paginate("/v1/audit/events", agent=agent, type=type_))[-n:] if n else []
+    _print(events, as_json)
+    last = events[-1]["seq"] if events else 0
+    if not follow:
+        return
+    from tether.pagination import encode_cursor
+
+    try:
+        while True:
+            time.sleep(interval)
+            new = list(api.paginate("/v1/audit/events", agent=agent, type=type_,
+                                    cursor=encode_cursor(str(last))))
+            if new:
+                _print(new, as_json)
+                last = new[-1]["seq"]
+    except KeyboardInterrupt:
+        return
+
+
+def _print(events: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        for ev in events:
+            emit_json(ev)
+    elif events:
+        table(events, COLUMNS)
+
+
+@app.command("verify")
+def verify(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Recompute the whole chain and check signed checkpoints; exit 1 on any problem."""
+    with err.status("verifying the ledger…"):
+        result = client(ctx).get("/v1/audit/verify")
+    if as_json:
+        emit_json(result)
+    elif result["ok"]:
+        out.print(f"ok: {result['checked']} events and {result['checkpoints_checked']} "
+                  f"checkpoints verified; head {result['head_hash']}")
+    else:
+        out.print(f"FAILED at seq {result['first_bad_seq']}: {result['problem']} — "
+                  f"{result['message']}")
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("checkpoint")
+def checkpoint(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Sign the current head now (admin)."""
+    cp = client(ctx).post("/v1/audit/checkpoints")
+    if as_json:
+        emit_json(cp)
+    else:
+        out.print(f"signed checkpoint: size {cp['size']}, head {cp['head_hash']}, key {cp['key_id']}")
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File; default stdout.")] = None,
+) -> None:
+    """Every event as JSON lines, in order."""
+    api = client(ctx)
+    count = 0
+    stream = output.open("wb") if output else sys.stdout.buffer
+    try:
+        with err.status("exporting…") as status:
+            for line in api.stream_lines("/v1/audit/export", params={"format": "jsonl"}):
+                stream.write(line + b"\n")
+                count += 1
+                if count % 1000 == 0:
+                    status.update(f"exporting… {count} events")
+    finally:
+        if output:
+            stream.close()
+    err.print(f"exported {count} events" + (f" to {output}" if output else ""))

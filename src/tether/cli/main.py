@@ -1,0 +1,70 @@
+"""The ``tether`` command. Every error ends as one clean line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from tether.cli import agents, audit, serve, users
+from tether.cli.client import CliError
+from tether.cli.common import JsonOpt, client
+from tether.cli.render import err, show
+
+app = typer.Typer(
+    name="tether",
+    help="Tether: identity, access and governance for autonomous AI agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(users.app, name="users")
+app.add_typer(agents.app, name="agents")
+app.add_typer(audit.app, name="audit")
+app.add_typer(serve.db_app, name="db")
+app.command("serve")(serve.serve)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(envvar="TETHER_URL", help="Server base URL.")] = None,
+    token: Annotated[str | None, typer.Option(
+        envvar="TETHER_TOKEN", help="Bearer token; default: the admin token file.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
+) -> None:
+    ctx.ensure_object(dict).update(url=url, token=token, verbose=verbose)
+
+
+@app.command("whoami")
+def whoami(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The user your token belongs to."""
+    show(client(ctx).get("/v1/whoami"), as_json=as_json)
+
+
+def main() -> None:
+    verbose = "--verbose" in sys.argv or "-v" in sys.argv or bool(os.environ.get("TETHER_DEBUG"))
+    try:
+        code = app(standalone_mode=False)  # click returns a typer.Exit's code here
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except CliError as exc:
+        err.print(f"error: {exc.message}", markup=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except Exception as exc:  # the one place a traceback may be turned into a line
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if verbose:
+            raise
+        name = exc.__class__.__name__
+        err.print(f"error: {name}: {exc} (run with --verbose for details)", markup=False)
+        sys.exit(1)

@@ -1,0 +1,76 @@
+"""``tether users …`` — humans and their tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tether.cli.common import JsonOpt, client
+from tether.cli.render import emit_json, out, show, table
+
+app = typer.Typer(help="Manage humans (admin, supervisor, auditor) and their tokens.",
+                  no_args_is_help=True)
+USER_COLUMNS = ["id", "username", "role", "email", "created_at"]
+TOKEN_COLUMNS = ["id", "name", "created_at", "expires_at", "revoked_at"]
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    username: str,
+    role: Annotated[str, typer.Option(help="admin, supervisor or auditor")],
+    email: Annotated[str | None, typer.Option()] = None,
+    token: Annotated[bool, typer.Option("--token", help="Also create a token (shown once).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a user."""
+    api = client(ctx)
+    user = api.post("/v1/users", {"username": username, "role": role, "email": email})
+    if token:
+        user["token"] = api.post(f"/v1/users/{user['id']}/tokens", {"name": "cli"})["token"]
+    show(user, as_json=as_json)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List users."""
+    show(list(client(ctx).paginate("/v1/users")), as_json=as_json, columns=USER_COLUMNS)
+
+
+@app.command("show")
+def show_(ctx: typer.Context, user: str, as_json: JsonOpt = False) -> None:
+    """Show one user (id or username)."""
+    show(client(ctx).get(f"/v1/users/{user}"), as_json=as_json)
+
+
+@app.command("token")
+def token(
+    ctx: typer.Context,
+    user: str,
+    name: Annotated[str | None, typer.Option()] = None,
+    expires_in: Annotated[int | None, typer.Option(help="Lifetime in seconds.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a bearer token for a user; it is printed once and never again."""
+    result = client(ctx).post(f"/v1/users/{user}/tokens", {"name": name, "expires_in": expires_in})
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(result["token"])
+
+
+@app.command("tokens")
+def tokens(ctx: typer.Context, user: str, as_json: JsonOpt = False) -> None:
+    """List a user's tokens (never the secrets)."""
+    items = client(ctx).get(f"/v1/users/{user}/tokens")["items"]
+    if as_json:
+        emit_json(items)
+    else:
+        table(items, TOKEN_COLUMNS)
+
+
+@app.command("revoke-token")
+def revoke_token(ctx: typer.Context, user: str, token_id: str, as_json: JsonOpt = False) -> None:
+    """Revoke one of a user's tokens; it stops working at once."""
+    show(client(ctx).delete(f"/v1/users/{user}/tokens/{token_id}"), as_json=as_json)

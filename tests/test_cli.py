@@ -1,0 +1,101 @@
+"""The CLI against a real server: the README walkthrough as written, --json, clean errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Backend
+from tests.serverproc import running_server
+
+pytestmark = pytest.mark.slow
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture
+def server(backend: Backend, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    with running_server(backend, tmp_path) as (_url, env):
+        env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+        yield tmp_path, env
+
+
+def tether(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tether", *args], cwd=cwd, env=env, capture_output=True,
+        text=True, stdin=subprocess.DEVNULL, timeout=60, check=False,
+    )
+
+
+def test_readme_walkthrough_runs_as_written(server: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = server
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
+    walkthrough = next(b for b in blocks if "tether whoami" in b)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", walkthrough], cwd=cwd, env=env, capture_output=True,
+        text=True, stdin=subprocess.DEVNULL, timeout=240, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok:" in result.stdout  # tether audit verify
+    assert "suspended" in result.stdout  # the fingerprint change suspended the agent
+    lines = (cwd / "audit.jsonl").read_text().splitlines()
+    types = [json.loads(line)["type"] for line in lines]
+    assert types[:3] == ["system.bootstrapped", "user.created", "agent.created"]
+    assert "agent.killed" in types and "agent.cloned" in types
+
+
+def test_json_output_and_clean_errors(server: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = server
+    made = tether(env, cwd, "agents", "create", "--name", "a", "--owner", "admin",
+                  "--purpose", "p", "--json")
+    assert made.returncode == 0, made.stderr
+    agent = json.loads(made.stdout)
+    assert agent["status"] == "active"
+    listed = json.loads(tether(env, cwd, "agents", "list", "--json").stdout)
+    assert [a["id"] for a in listed] == [agent["id"]]
+
+    for args, needle in [
+        (("agents", "show", "agt_missing"), "agent_not_found"),
+        (("agents", "create", "--name", "b", "--owner", "nobody", "--purpose", "p"), "owner"),
+        (("agents", "create", "--name", "b", "--owner", "admin", "--purpose", "p",
+          "--risk-tier", "prohibited"), "risk_tier_prohibited"),
+        (("agents", "kill", agent["id"], "--reason", "r"), "--yes"),
+        (("agents", "update", agent["id"]), "nothing to change"),
+        (("agents", "create", "--name", "b", "--owner", "admin", "--purpose", "p",
+          "--attr", "novalue"), "key=value"),
+    ]:
+        res = tether(env, cwd, *args)
+        assert res.returncode != 0, args
+        assert needle in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr + res.stdout
+        assert len(res.stderr.strip().splitlines()) <= 2, res.stderr
+
+    bad_token = tether({**env, "TETHER_TOKEN": "tth_wrong"}, cwd, "agents", "list")
+    assert bad_token.returncode == 1
+    assert "unauthenticated" in bad_token.stderr
+    down = tether({**env, "TETHER_URL": "http://127.0.0.1:9"}, cwd, "agents", "list")
+    assert down.returncode == 1
+    assert "cannot reach Tether" in down.stderr
+    assert "Traceback" not in down.stderr
+
+
+def test_audit_verify_exits_nonzero_on_tampering(
+    server: tuple[Path, dict[str, str]], backend: Backend
+) -> None:
+    cwd, env = server
+    assert tether(env, cwd, "audit", "verify").returncode == 0
+    from sqlalchemy import create_engine, text
+
+    args = {"options": f"-csearch_path={backend.schema}"} if backend.schema else {}
+    engine = create_engine(backend.url, connect_args=args)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET details = :d WHERE seq = 1"), {"d": '{"x":1}'})
+    engine.dispose()
+    res = tether(env, cwd, "audit", "verify", "--json")
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["first_bad_seq"] == 1
