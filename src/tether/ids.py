@@ -17,7 +17,7 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 class IdPrefix(StrEnum):
     AGENT = "agt"
     USER = "usr"
-    USER_TOKEN = "tok"
+    USER_TOKEN = "tok"  # noqa: S105 - a name, not a secret
     EVENT = "evt"
     CHECKPOINT = "ckp"
 

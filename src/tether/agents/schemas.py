@@ -25,11 +25,13 @@ from pydantic.json_schema import SkipJsonSchema
 # actually be registered: a request with ``prohibited`` is not a valid request.
 RiskTierIn = Annotated[
     Literal["minimal", "limited", "high", "prohibited"],
-    WithJsonSchema({
-        "type": "string",
-        "enum": ["minimal", "limited", "high"],
-        "description": "'prohibited' (EU AI Act Art. 5) is refused with 422 risk_tier_prohibited",
-    }),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": ["minimal", "limited", "high"],
+            "description": "'prohibited' (EU AI Act Art. 5) is refused with 422 risk_tier_prohibited",
+        }
+    ),
 ]
 RoleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")]
 AttrKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
@@ -108,16 +110,22 @@ class AgentUpdate(_Strict):
     purpose: Purpose | SkipJsonSchema[None] = None
     risk_tier: RiskTierIn | SkipJsonSchema[None] = None
     roles: Annotated[list[RoleName], Field(max_length=50)] | SkipJsonSchema[None] = None
-    attributes: (
-        Annotated[dict[AttrKey, AttrValue], Field(max_length=64)] | SkipJsonSchema[None]
-    ) = None
+    attributes: Annotated[dict[AttrKey, AttrValue], Field(max_length=64)] | SkipJsonSchema[None] = (
+        None
+    )
     fingerprint: FingerprintIn | None = None
     supervisors: Annotated[list[UserRef], Field(max_length=50)] | SkipJsonSchema[None] = None
     expires_at: AwareDatetime | None = None
     recertify_by: AwareDatetime | None = None
 
     @field_validator(
-        "name", "owner", "purpose", "risk_tier", "roles", "attributes", "supervisors",
+        "name",
+        "owner",
+        "purpose",
+        "risk_tier",
+        "roles",
+        "attributes",
+        "supervisors",
         mode="before",
     )
     @classmethod

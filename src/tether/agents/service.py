@@ -48,9 +48,7 @@ KillHook = Callable[[Session, list[str], datetime], dict[str, int]]
 
 
 class AgentService:
-    def __init__(
-        self, db: Database, ledger: Ledger, clock: Clock, *, trust_domain: str
-    ) -> None:
+    def __init__(self, db: Database, ledger: Ledger, clock: Clock, *, trust_domain: str) -> None:
         self.db = db
         self.ledger = ledger
         self.clock = clock
@@ -91,8 +89,14 @@ class AgentService:
                 owner_id = user.id
             visible_to = actor.id if actor.role is Role.SUPERVISOR else None
             rows = self.store.page(
-                s, after=after, limit=limit + 1, status=status, owner_id=owner_id, role=role,
-                risk_tier=risk_tier, visible_to=visible_to,
+                s,
+                after=after,
+                limit=limit + 1,
+                status=status,
+                owner_id=owner_id,
+                role=role,
+                risk_tier=risk_tier,
+                visible_to=visible_to,
             )
             more = len(rows) > limit
             agents = self._agents(s, rows[:limit])
@@ -114,29 +118,49 @@ class AgentService:
             if spec.parent is not None:
                 parent = self.store.get(s, spec.parent)
                 if parent is None:
-                    raise ValidationFailed(f"parent agent {spec.parent!r} does not exist",
-                                           field="parent")
+                    raise ValidationFailed(
+                        f"parent agent {spec.parent!r} does not exist", field="parent"
+                    )
                 self._require(s, actor, parent, "operate")
                 if parent.status != Status.ACTIVE:
                     raise InvalidTransition(
                         f"parent agent {parent.id} is {parent.status}; only an active agent "
-                        "may spawn another", field="parent")
+                        "may spawn another",
+                        field="parent",
+                    )
                 lineage = [parent.id, *loads(parent.lineage)]
             row = self._new_row(
-                now, name=spec.name, owner_id=owner.id, purpose=spec.purpose, tier=tier,
-                attributes=spec.attributes, parent=spec.parent, lineage=lineage,
+                now,
+                name=spec.name,
+                owner_id=owner.id,
+                purpose=spec.purpose,
+                tier=tier,
+                attributes=spec.attributes,
+                parent=spec.parent,
+                lineage=lineage,
                 lineage_kind="spawned" if spec.parent else None,
                 fingerprint=normalize(spec.fingerprint.model_dump() if spec.fingerprint else None),
-                expires_at=spec.expires_at, recertify_by=spec.recertify_by,
+                expires_at=spec.expires_at,
+                recertify_by=spec.recertify_by,
             )
             self.store.add(s, row)
             self.store.set_roles(s, row.id, sorted(set(spec.roles)))
             self.store.set_supervisors(s, row.id, sorted(set(supervisors)))
-            self._audit(s, actor, EventType.AGENT_CREATED, row, now, {
-                "name": row.name, "owner": owner.id, "risk_tier": tier.value,
-                "roles": sorted(set(spec.roles)), "parent": spec.parent,
-                "fingerprint_digest": row.fingerprint_digest,
-            })
+            self._audit(
+                s,
+                actor,
+                EventType.AGENT_CREATED,
+                row=row,
+                now=now,
+                details={
+                    "name": row.name,
+                    "owner": owner.id,
+                    "risk_tier": tier.value,
+                    "roles": sorted(set(spec.roles)),
+                    "parent": spec.parent,
+                    "fingerprint_digest": row.fingerprint_digest,
+                },
+            )
             return self._agents(s, [row])[0]
 
     def clone(self, actor: Principal, agent_id: str, *, name: str) -> Agent:
@@ -148,9 +172,15 @@ class AgentService:
             if src.status == Status.REVOKED:
                 raise AgentRevoked(f"agent {src.id} is revoked and cannot be cloned")
             row = self._new_row(
-                now, name=name, owner_id=src.owner_id, purpose=src.purpose,
-                tier=RiskTier(src.risk_tier), attributes=loads(src.attributes), parent=src.id,
-                lineage=[src.id, *loads(src.lineage)], lineage_kind="cloned",
+                now,
+                name=name,
+                owner_id=src.owner_id,
+                purpose=src.purpose,
+                tier=RiskTier(src.risk_tier),
+                attributes=loads(src.attributes),
+                parent=src.id,
+                lineage=[src.id, *loads(src.lineage)],
+                lineage_kind="cloned",
                 fingerprint=loads(src.fingerprint) if src.fingerprint else None,
                 expires_at=from_micros(src.expires_at) if src.expires_at else None,
                 recertify_by=None,
@@ -158,8 +188,14 @@ class AgentService:
             self.store.add(s, row)
             self.store.set_roles(s, row.id, self.store.roles_of(s, [src.id])[src.id])
             self.store.set_supervisors(s, row.id, self.store.supervisors_of(s, [src.id])[src.id])
-            self._audit(s, actor, EventType.AGENT_CLONED, row, now,
-                        {"source": src.id, "name": name})
+            self._audit(
+                s,
+                actor,
+                EventType.AGENT_CLONED,
+                row=row,
+                now=now,
+                details={"source": src.id, "name": name},
+            )
             return self._agents(s, [row])[0]
 
     # -- changing --------------------------------------------------------------------------
@@ -185,60 +221,83 @@ class AgentService:
             if Status(row.status) in TERMINAL:
                 raise self._terminal(row)
             changes: dict[str, Any] = {}
-
-            def change(field: str, old: Any, new: Any) -> bool:
-                if old != new:
-                    changes[field] = {"from": old, "to": new}
-                    return True
-                return False
-
-            if patch.name is not None and change("name", row.name, patch.name):
-                row.name = patch.name
-            if patch.purpose is not None and change("purpose", row.purpose, patch.purpose):
-                row.purpose = patch.purpose
-            if tier is not None and change("risk_tier", row.risk_tier, tier.value):
-                row.risk_tier = tier.value
-            if patch.owner is not None:
-                if not actor.is_admin:
-                    raise Forbidden("only an admin may change an agent's owner", field="owner")
-                owner = self._human(s, patch.owner, "owner")
-                if change("owner", row.owner_id, owner.id):
-                    row.owner_id = owner.id
-            if patch.attributes is not None:
-                new_attrs = canonical_text(patch.attributes)
-                if change("attributes", loads(row.attributes), patch.attributes):
-                    row.attributes = new_attrs
-            if patch.roles is not None:
-                old_roles = self.store.roles_of(s, [row.id])[row.id]
-                if change("roles", old_roles, sorted(set(patch.roles))):
-                    self.store.set_roles(s, row.id, sorted(set(patch.roles)))
-            if patch.supervisors is not None:
-                ids = sorted({self._human(s, r, "supervisors").id for r in patch.supervisors})
-                if change("supervisors", self.store.supervisors_of(s, [row.id])[row.id], ids):
-                    self.store.set_supervisors(s, row.id, ids)
-            for name in ("expires_at", "recertify_by"):
-                if name in fields:
-                    value: datetime | None = getattr(patch, name)
-                    new_us = to_micros(value) if value else None
-                    if change(name, getattr(row, name), new_us):
-                        setattr(row, name, new_us)
+            self._patch_columns(row, patch, tier, changes)
+            self._patch_people(s, actor, row, patch, changes)
             if "fingerprint" in fields:
-                new_fp = normalize(patch.fingerprint.model_dump() if patch.fingerprint else None)
-                new_digest = new_fp["digest"] if new_fp else None
-                if change("fingerprint_digest", row.fingerprint_digest, new_digest):
-                    row.fingerprint = canonical_text(new_fp) if new_fp else None
-                    row.fingerprint_digest = new_digest
-                    if row.risk_tier == RiskTier.HIGH:
-                        reason = ("fingerprint changed on a high-risk agent; a supervisor must "
-                                  "re-approve it (resume)")
-                        changes["status"] = {"from": row.status, "to": Status.SUSPENDED.value}
-                        row.status = Status.SUSPENDED.value
-                        row.status_reason = reason
-            if not changes:
-                return self._agents(s, [row])[0]
-            row.updated_at = to_micros(now)
-            self._audit(s, actor, EventType.AGENT_UPDATED, row, now, {"changes": changes})
+                self._patch_fingerprint(row, patch, changes)
+            if changes:
+                row.updated_at = to_micros(now)
+                self._audit(
+                    s,
+                    actor,
+                    EventType.AGENT_UPDATED,
+                    row=row,
+                    now=now,
+                    details={"changes": changes},
+                )
             return self._agents(s, [row])[0]
+
+    @staticmethod
+    def _patch_columns(
+        row: AgentRow, patch: AgentUpdate, tier: RiskTier | None, changes: dict[str, Any]
+    ) -> None:
+        required = {
+            "name": patch.name,
+            "purpose": patch.purpose,
+            "risk_tier": tier.value if tier else None,
+        }
+        for name, value in required.items():
+            if value is not None and _record(changes, name, getattr(row, name), value):
+                setattr(row, name, value)
+        for name in ("expires_at", "recertify_by"):  # null clears these
+            if name in patch.model_fields_set:
+                when: datetime | None = getattr(patch, name)
+                micros = to_micros(when) if when else None
+                if _record(changes, name, getattr(row, name), micros):
+                    setattr(row, name, micros)
+        if patch.attributes is not None and _record(
+            changes, "attributes", loads(row.attributes), patch.attributes
+        ):
+            row.attributes = canonical_text(patch.attributes)
+
+    def _patch_people(
+        self,
+        s: Session,
+        actor: Principal,
+        row: AgentRow,
+        patch: AgentUpdate,
+        changes: dict[str, Any],
+    ) -> None:
+        if patch.owner is not None:
+            if not actor.is_admin:
+                raise Forbidden("only an admin may change an agent's owner", field="owner")
+            owner = self._human(s, patch.owner, "owner")
+            if _record(changes, "owner", row.owner_id, owner.id):
+                row.owner_id = owner.id
+        if patch.roles is not None:
+            roles = sorted(set(patch.roles))
+            if _record(changes, "roles", self.store.roles_of(s, [row.id])[row.id], roles):
+                self.store.set_roles(s, row.id, roles)
+        if patch.supervisors is not None:
+            ids = sorted({self._human(s, r, "supervisors").id for r in patch.supervisors})
+            if _record(changes, "supervisors", self.store.supervisors_of(s, [row.id])[row.id], ids):
+                self.store.set_supervisors(s, row.id, ids)
+
+    @staticmethod
+    def _patch_fingerprint(row: AgentRow, patch: AgentUpdate, changes: dict[str, Any]) -> None:
+        new_fp = normalize(patch.fingerprint.model_dump() if patch.fingerprint else None)
+        new_digest = new_fp["digest"] if new_fp else None
+        if not _record(changes, "fingerprint_digest", row.fingerprint_digest, new_digest):
+            return
+        row.fingerprint = canonical_text(new_fp) if new_fp else None
+        row.fingerprint_digest = new_digest
+        if row.risk_tier == RiskTier.HIGH:
+            # A new model, prompt or toolset is a different agent in all but name.
+            changes["status"] = {"from": row.status, "to": Status.SUSPENDED.value}
+            row.status = Status.SUSPENDED.value
+            row.status_reason = (
+                "fingerprint changed on a high-risk agent; a supervisor must re-approve it (resume)"
+            )
 
     def suspend(self, actor: Principal, agent_id: str, *, reason: str) -> Agent:
         return self._transition(actor, agent_id, "suspend", EventType.AGENT_SUSPENDED, reason)
@@ -275,10 +334,19 @@ class AgentService:
                 row.status_reason = reason
                 row.updated_at = to_micros(now)
                 revoked.append(row.id)
-                self._audit(s, actor, EventType.AGENT_KILLED, row, now, {
-                    "reason": reason, "previous_status": previous, "cascade": cascade,
-                    "root": root.id,
-                })
+                self._audit(
+                    s,
+                    actor,
+                    EventType.AGENT_KILLED,
+                    row=row,
+                    now=now,
+                    details={
+                        "reason": reason,
+                        "previous_status": previous,
+                        "cascade": cascade,
+                        "root": root.id,
+                    },
+                )
             cut: dict[str, int] = {"tokens": 0, "keys": 0, "approvals": 0, "leases": 0}
             for hook in self.kill_hooks:
                 for key, n in hook(s, revoked, now).items():
@@ -299,14 +367,15 @@ class AgentService:
                 if current in TERMINAL:
                     raise self._terminal(row)
                 raise InvalidTransition(
-                    f"cannot {op} agent {row.id}: it is {current}", status=current.value)
+                    f"cannot {op} agent {row.id}: it is {current}", status=current.value
+                )
             row.status = target.value
             row.status_reason = None if target is Status.ACTIVE else reason
             row.updated_at = to_micros(now)
             details: dict[str, Any] = {"from": current.value, "to": target.value}
             if reason is not None:
                 details["reason" if op != "resume" else "note"] = reason
-            self._audit(s, actor, event, row, now, details)
+            self._audit(s, actor, event, row=row, now=now, details=details)
             return self._agents(s, [row])[0]
 
     def _descendants(self, s: Session, root_id: str) -> list[AgentRow]:
@@ -323,34 +392,69 @@ class AgentService:
         return out
 
     def _new_row(
-        self, now: datetime, *, name: str, owner_id: str, purpose: str, tier: RiskTier,
-        attributes: dict[str, Any], parent: str | None, lineage: list[str],
-        lineage_kind: str | None, fingerprint: dict[str, Any] | None,
-        expires_at: datetime | None, recertify_by: datetime | None,
+        self,
+        now: datetime,
+        *,
+        name: str,
+        owner_id: str,
+        purpose: str,
+        tier: RiskTier,
+        attributes: dict[str, Any],
+        parent: str | None,
+        lineage: list[str],
+        lineage_kind: str | None,
+        fingerprint: dict[str, Any] | None,
+        expires_at: datetime | None,
+        recertify_by: datetime | None,
     ) -> AgentRow:
         agent_id = new_id(IdPrefix.AGENT)
         recertify = recertify_by or now + timedelta(days=RECERTIFY_DAYS[tier])
         return AgentRow(
-            id=agent_id, spiffe_id=spiffe_id(self.trust_domain, agent_id), name=name,
-            owner_id=owner_id, purpose=purpose, risk_tier=tier.value,
-            status=Status.ACTIVE.value, status_reason=None,
-            attributes=canonical_text(attributes), parent_id=parent,
-            lineage=canonical_text(lineage), lineage_kind=lineage_kind,
+            id=agent_id,
+            spiffe_id=spiffe_id(self.trust_domain, agent_id),
+            name=name,
+            owner_id=owner_id,
+            purpose=purpose,
+            risk_tier=tier.value,
+            status=Status.ACTIVE.value,
+            status_reason=None,
+            attributes=canonical_text(attributes),
+            parent_id=parent,
+            lineage=canonical_text(lineage),
+            lineage_kind=lineage_kind,
             fingerprint=canonical_text(fingerprint) if fingerprint else None,
             fingerprint_digest=fingerprint["digest"] if fingerprint else None,
-            created_at=to_micros(now), updated_at=to_micros(now),
+            created_at=to_micros(now),
+            updated_at=to_micros(now),
             expires_at=to_micros(expires_at) if expires_at else None,
             recertify_by=to_micros(recertify),
         )
 
     def _audit(
-        self, s: Session, actor: Principal, type_: EventType, row: AgentRow, now: datetime,
+        self,
+        s: Session,
+        actor: Principal,
+        type_: EventType,
+        *,
+        row: AgentRow,
+        now: datetime,
         details: dict[str, Any],
     ) -> None:
-        self.ledger.append(s, [NewEvent(
-            type_, actor.ref, agent_id=row.id, action=str(type_),
-            resource={"type": "Agent", "id": row.id}, outcome="success", details=details,
-        )], now=now)
+        self.ledger.append(
+            s,
+            [
+                NewEvent(
+                    type_,
+                    actor.ref,
+                    agent_id=row.id,
+                    action=str(type_),
+                    resource={"type": "Agent", "id": row.id},
+                    outcome="success",
+                    details=details,
+                )
+            ],
+            now=now,
+        )
 
     def _row(self, s: Session, agent_id: str) -> AgentRow:
         row = self.store.get(s, agent_id)
@@ -371,8 +475,10 @@ class AgentService:
                 return
             if need != "manage" and self.store.is_supervisor(s, row.id, actor.id):
                 return
-            raise Forbidden(f"you do not {'own' if need == 'manage' else 'supervise'} agent "
-                            f"{row.id}", agent=row.id)
+            raise Forbidden(
+                f"you do not {'own' if need == 'manage' else 'supervise'} agent {row.id}",
+                agent=row.id,
+            )
         raise Forbidden("not allowed")
 
     def _human(self, s: Session, ref: str, field: str) -> UserRow:
@@ -382,7 +488,9 @@ class AgentService:
         if user.role not in (Role.ADMIN, Role.SUPERVISOR):
             raise ValidationFailed(
                 f"user {ref!r} is an {user.role}; owners and supervisors must be admins or "
-                "supervisors", field=field)
+                "supervisors",
+                field=field,
+            )
         return user
 
     @staticmethod
@@ -390,7 +498,8 @@ class AgentService:
         if value == "prohibited":
             raise RiskTierProhibited(
                 "risk tier 'prohibited' cannot be registered (EU AI Act Art. 5 practices)",
-                field="risk_tier")
+                field="risk_tier",
+            )
         return RiskTier(value)
 
     @staticmethod
@@ -404,10 +513,10 @@ class AgentService:
     @staticmethod
     def _terminal(row: AgentRow) -> InvalidTransition:
         if row.status == Status.REVOKED:
-            return AgentRevoked(f"agent {row.id} is revoked; revocation is permanent",
-                                agent=row.id)
-        return InvalidTransition(f"agent {row.id} is {row.status}; that is final",
-                                 agent=row.id, status=row.status)
+            return AgentRevoked(f"agent {row.id} is revoked; revocation is permanent", agent=row.id)
+        return InvalidTransition(
+            f"agent {row.id} is {row.status}; that is final", agent=row.id, status=row.status
+        )
 
     def _agents(self, s: Session, rows: Sequence[AgentRow]) -> list[Agent]:
         ids = [r.id for r in rows]
@@ -416,16 +525,34 @@ class AgentService:
         names = self.store.usernames(s, [r.owner_id for r in rows])
         return [
             Agent(
-                id=r.id, spiffe_id=r.spiffe_id, name=r.name, owner=r.owner_id,
-                owner_username=names.get(r.owner_id, r.owner_id), supervisors=sups.get(r.id, []),
-                purpose=r.purpose, risk_tier=RiskTier(r.risk_tier), status=Status(r.status),
-                status_reason=r.status_reason, roles=roles.get(r.id, []),
-                attributes=loads(r.attributes), parent=r.parent_id, lineage=loads(r.lineage),
+                id=r.id,
+                spiffe_id=r.spiffe_id,
+                name=r.name,
+                owner=r.owner_id,
+                owner_username=names.get(r.owner_id, r.owner_id),
+                supervisors=sups.get(r.id, []),
+                purpose=r.purpose,
+                risk_tier=RiskTier(r.risk_tier),
+                status=Status(r.status),
+                status_reason=r.status_reason,
+                roles=roles.get(r.id, []),
+                attributes=loads(r.attributes),
+                parent=r.parent_id,
+                lineage=loads(r.lineage),
                 lineage_kind=r.lineage_kind,
                 fingerprint=loads(r.fingerprint) if r.fingerprint else None,
-                created_at=from_micros(r.created_at), updated_at=from_micros(r.updated_at),
+                created_at=from_micros(r.created_at),
+                updated_at=from_micros(r.updated_at),
                 expires_at=from_micros(r.expires_at) if r.expires_at else None,
                 recertify_by=from_micros(r.recertify_by) if r.recertify_by else None,
             )
             for r in rows
         ]
+
+
+def _record(changes: dict[str, Any], field: str, old: Any, new: Any) -> bool:
+    """Note ``field`` as changed (for the audit event) if ``new`` differs from ``old``."""
+    if old == new:
+        return False
+    changes[field] = {"from": old, "to": new}
+    return True

@@ -33,9 +33,11 @@ class DatabaseAgentStore:
     def roles_of(self, session: Session, ids: list[str]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = defaultdict(list)
         if ids:
-            q = select(AgentRoleRow.agent_id, AgentRoleRow.role).where(
-                AgentRoleRow.agent_id.in_(ids)
-            ).order_by(AgentRoleRow.agent_id, AgentRoleRow.role)
+            q = (
+                select(AgentRoleRow.agent_id, AgentRoleRow.role)
+                .where(AgentRoleRow.agent_id.in_(ids))
+                .order_by(AgentRoleRow.agent_id, AgentRoleRow.role)
+            )
             for agent_id, role in session.execute(q):
                 out[agent_id].append(role)
         return out
@@ -43,9 +45,11 @@ class DatabaseAgentStore:
     def supervisors_of(self, session: Session, ids: list[str]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = defaultdict(list)
         if ids:
-            q = select(AgentSupervisorRow.agent_id, AgentSupervisorRow.user_id).where(
-                AgentSupervisorRow.agent_id.in_(ids)
-            ).order_by(AgentSupervisorRow.agent_id, AgentSupervisorRow.user_id)
+            q = (
+                select(AgentSupervisorRow.agent_id, AgentSupervisorRow.user_id)
+                .where(AgentSupervisorRow.agent_id.in_(ids))
+                .order_by(AgentSupervisorRow.agent_id, AgentSupervisorRow.user_id)
+            )
             for agent_id, user_id in session.execute(q):
                 out[agent_id].append(user_id)
         return out

@@ -85,7 +85,9 @@ def event_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
 
 def checkpoint_payload(size: int, head_hash: str, time_us: int) -> bytes:
     """The exact bytes a checkpoint signature covers (reproducible from the API response)."""
-    return canonical({"size": size, "head_hash": head_hash, "time": to_rfc3339(from_micros(time_us))})
+    return canonical(
+        {"size": size, "head_hash": head_hash, "time": to_rfc3339(from_micros(time_us))}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,29 +156,25 @@ def verify_chain(
     by_size = {c.size: c for c in checkpoints}
     for cp in sorted(by_size.values(), key=lambda c: c.size):
         if not check_signature(cp):
-            return result.fail(cp.size, Problem.BAD_CHECKPOINT_SIGNATURE,
-                               f"checkpoint at size {cp.size} has an invalid signature")
+            return result.fail(
+                cp.size,
+                Problem.BAD_CHECKPOINT_SIGNATURE,
+                f"checkpoint at size {cp.size} has an invalid signature",
+            )
         result.checkpoints_checked += 1
     expected_seq = 1
     prev = GENESIS
     for ev in events:
-        if ev.seq != expected_seq:
-            return result.fail(expected_seq, Problem.MISSING,
-                               f"event {expected_seq} is missing (next present is {ev.seq})")
-        if ev.prev_hash != prev:
-            owner = seq_of_hash(ev.prev_hash)
-            if owner is not None and owner != ev.seq - 1:
-                return result.fail(ev.seq, Problem.REORDERED,
-                                   f"event {ev.seq} follows event {owner} in the chain, "
-                                   f"not event {ev.seq - 1}")
-            return result.fail(ev.seq, Problem.EDITED,
-                               f"event {ev.seq} does not link to event {ev.seq - 1}")
-        if event_hash(ev.prev_hash, ev.body()) != ev.hash:
-            return result.fail(ev.seq, Problem.EDITED, f"event {ev.seq} was altered after writing")
+        found = _event_problem(ev, expected_seq, prev, seq_of_hash)
+        if found is not None:
+            return result.fail(*found)
         cp = by_size.get(ev.seq)
         if cp is not None and cp.head_hash != ev.hash:
-            return result.fail(ev.seq, Problem.CHECKPOINT_MISMATCH,
-                               f"event {ev.seq} differs from what checkpoint {cp.size} signed")
+            return result.fail(
+                ev.seq,
+                Problem.CHECKPOINT_MISMATCH,
+                f"event {ev.seq} differs from what checkpoint {cp.size} signed",
+            )
         prev = ev.hash
         expected_seq += 1
         result.checked += 1
@@ -185,7 +183,42 @@ def verify_chain(
     result.head_hash = prev
     beyond = [c.size for c in by_size.values() if c.size >= expected_seq]
     if beyond:
-        return result.fail(expected_seq, Problem.MISSING,
-                           f"a checkpoint covers {max(beyond)} events but the ledger ends at "
-                           f"{expected_seq - 1}")
+        return result.fail(
+            expected_seq,
+            Problem.MISSING,
+            f"a checkpoint covers {max(beyond)} events but the ledger ends at {expected_seq - 1}",
+        )
     return result
+
+
+def _event_problem(
+    ev: Event, expected_seq: int, prev: str, seq_of_hash: Callable[[str], int | None]
+) -> tuple[int, Problem, str] | None:
+    """What is wrong with ``ev`` at position ``expected_seq`` after hash ``prev``, if anything."""
+    if ev.seq != expected_seq:
+        return (
+            expected_seq,
+            Problem.MISSING,
+            (f"event {expected_seq} is missing (next present is {ev.seq})"),
+        )
+    if ev.prev_hash != prev:
+        owner = seq_of_hash(ev.prev_hash)
+        if owner is not None and owner != ev.seq - 1:
+            return (
+                ev.seq,
+                Problem.REORDERED,
+                (f"event {ev.seq} follows event {owner} in the chain, not event {ev.seq - 1}"),
+            )
+        if ev.seq > 1 and event_hash(ev.prev_hash, ev.body()) == ev.hash:
+            # ``ev`` is intact, so its predecessor was rewritten (hash recomputed to hide it).
+            return (
+                ev.seq - 1,
+                Problem.EDITED,
+                (
+                    f"event {ev.seq - 1} was rewritten: event {ev.seq} was chained to another version"
+                ),
+            )
+        return ev.seq, Problem.EDITED, f"event {ev.seq} does not link to event {ev.seq - 1}"
+    if event_hash(ev.prev_hash, ev.body()) != ev.hash:
+        return ev.seq, Problem.EDITED, f"event {ev.seq} was altered after writing"
+    return None

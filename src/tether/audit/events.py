@@ -10,8 +10,8 @@ from typing import Any
 class EventType(StrEnum):
     SYSTEM_BOOTSTRAPPED = "system.bootstrapped"
     USER_CREATED = "user.created"
-    USER_TOKEN_CREATED = "user.token_created"
-    USER_TOKEN_REVOKED = "user.token_revoked"
+    USER_TOKEN_CREATED = "user.token_created"  # noqa: S105 - a name, not a secret
+    USER_TOKEN_REVOKED = "user.token_revoked"  # noqa: S105 - a name, not a secret
     AGENT_CREATED = "agent.created"
     AGENT_CLONED = "agent.cloned"
     AGENT_UPDATED = "agent.updated"

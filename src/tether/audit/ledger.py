@@ -82,7 +82,9 @@ class Ledger:
         head = self.store.head(session)
         if head is None:
             return None
-        return self._checkpoint_if_due(session, head[0], head[1], to_micros(now), by_count_only=False)
+        return self._checkpoint_if_due(
+            session, head[0], head[1], to_micros(now), by_count_only=False
+        )
 
     def _checkpoint_if_due(
         self, session: Session, size: int, head_hash: str, time_us: int, *, by_count_only: bool
@@ -113,4 +115,3 @@ class Ledger:
         self.store.add_checkpoint(session, cp)
         CHECKPOINTS_SIGNED.inc()
         return cp
-

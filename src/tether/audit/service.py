@@ -45,7 +45,11 @@ class AuditService:
             raise BadRequest("cursor is not one this server issued", field="cursor") from exc
         with self.db.read() as s:
             rows = self.store.page(
-                s, after_seq=after_seq, limit=limit + 1, agent=agent, type_=type_,
+                s,
+                after_seq=after_seq,
+                limit=limit + 1,
+                agent=agent,
+                type_=type_,
                 since_us=to_micros(since) if since else None,
                 until_us=to_micros(until) if until else None,
             )

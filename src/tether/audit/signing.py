@@ -24,7 +24,9 @@ class LedgerSigner:
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._key = key
         self.public_key: Ed25519PublicKey = key.public_key()
-        raw = self.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        raw = self.public_key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
         self.public_key_b64 = _b64url(raw)
         # Key id: the first 16 bytes of SHA-256 over the raw public key, hex.
         self.key_id = hashlib.sha256(raw).hexdigest()[:32]

@@ -95,9 +95,7 @@ class DatabaseLedgerStore:
 
     def stream(self, session: Session, *, batch: int = 5000) -> Iterator[Event]:
         """Every event in ``seq`` order, fetched in batches (server-side cursor on PostgreSQL)."""
-        result = session.execute(
-            select(_EV).order_by(_EV.c.seq).execution_options(yield_per=batch)
-        )
+        result = session.execute(select(_EV).order_by(_EV.c.seq).execution_options(yield_per=batch))
         for row in result:
             yield _event(row)
 
@@ -114,8 +112,11 @@ class DatabaseLedgerStore:
     def add_checkpoint(self, session: Session, cp: Checkpoint) -> None:
         session.execute(
             insert(_CP).values(
-                size=cp.size, head_hash=cp.head_hash, time=cp.time_us,
-                key_id=cp.key_id, signature=cp.signature,
+                size=cp.size,
+                head_hash=cp.head_hash,
+                time=cp.time_us,
+                key_id=cp.key_id,
+                signature=cp.signature,
             )
         )
 

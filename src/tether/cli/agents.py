@@ -15,9 +15,26 @@ from tether.cli.render import emit_json, out, show, table
 app = typer.Typer(help="Register and govern agents.", no_args_is_help=True)
 LIST_COLUMNS = ["id", "name", "owner_username", "risk_tier", "status", "roles", "created_at"]
 SHOW_COLUMNS = [
-    "id", "spiffe_id", "name", "owner_username", "owner", "supervisors", "purpose", "risk_tier",
-    "status", "status_reason", "roles", "attributes", "parent", "lineage", "lineage_kind",
-    "fingerprint", "created_at", "updated_at", "expires_at", "recertify_by",
+    "id",
+    "spiffe_id",
+    "name",
+    "owner_username",
+    "owner",
+    "supervisors",
+    "purpose",
+    "risk_tier",
+    "status",
+    "status_reason",
+    "roles",
+    "attributes",
+    "parent",
+    "lineage",
+    "lineage_kind",
+    "fingerprint",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "recertify_by",
 ]
 
 RoleOpt = Annotated[list[str] | None, typer.Option("--role", help="Repeat for several roles.")]
@@ -42,14 +59,19 @@ def _attrs(pairs: list[str] | None) -> dict[str, Any] | None:
     return result
 
 
-def _fingerprint(model: str | None, version: str | None, prompt: str | None,
-                 tools: str | None) -> dict[str, Any] | None:
+def _fingerprint(
+    model: str | None, version: str | None, prompt: str | None, tools: str | None
+) -> dict[str, Any] | None:
     if model is None:
         if version or prompt or tools:
             raise CliError("--model is required when giving any other fingerprint part")
         return None
-    return {"model": model, "model_version": version, "prompt_sha256": prompt,
-            "tools_sha256": tools}
+    return {
+        "model": model,
+        "model_version": version,
+        "prompt_sha256": prompt,
+        "tools_sha256": tools,
+    }
 
 
 ModelOpt = Annotated[str | None, typer.Option(help="Fingerprint: model name.")]
@@ -73,13 +95,20 @@ def create(
     model_version: VersionOpt = None,
     prompt_sha256: PromptOpt = None,
     tools_sha256: ToolsOpt = None,
-    expires_at: Annotated[str | None, typer.Option(help="RFC 3339, e.g. 2027-01-01T00:00:00Z")] = None,
+    expires_at: Annotated[
+        str | None, typer.Option(help="RFC 3339, e.g. 2027-01-01T00:00:00Z")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a new agent."""
     body: dict[str, Any] = {
-        "name": name, "owner": owner, "purpose": purpose, "risk_tier": risk_tier,
-        "roles": role or [], "attributes": _attrs(attr) or {}, "supervisors": supervisor or [],
+        "name": name,
+        "owner": owner,
+        "purpose": purpose,
+        "risk_tier": risk_tier,
+        "roles": role or [],
+        "attributes": _attrs(attr) or {},
+        "supervisors": supervisor or [],
     }
     if parent:
         body["parent"] = parent
@@ -102,8 +131,16 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List agents (supervisors see the agents they own or supervise)."""
-    items = list(client(ctx).paginate("/v1/agents", limit=limit or None, status=status,
-                                      owner=owner, role=role, risk_tier=risk_tier))
+    items = list(
+        client(ctx).paginate(
+            "/v1/agents",
+            limit=limit or None,
+            status=status,
+            owner=owner,
+            role=role,
+            risk_tier=risk_tier,
+        )
+    )
     show(items, as_json=as_json, columns=LIST_COLUMNS)
 
 
@@ -132,11 +169,16 @@ def update(
 ) -> None:
     """Change an agent. A new fingerprint on a high-risk agent suspends it for re-approval."""
     body: dict[str, Any] = {}
-    for key, value in (("name", name), ("owner", owner), ("purpose", purpose),
-                       ("risk_tier", risk_tier), ("roles", role), ("attributes", _attrs(attr)),
-                       ("supervisors", supervisor),
-                       ("fingerprint", _fingerprint(model, model_version, prompt_sha256,
-                                                    tools_sha256))):
+    for key, value in (
+        ("name", name),
+        ("owner", owner),
+        ("purpose", purpose),
+        ("risk_tier", risk_tier),
+        ("roles", role),
+        ("attributes", _attrs(attr)),
+        ("supervisors", supervisor),
+        ("fingerprint", _fingerprint(model, model_version, prompt_sha256, tools_sha256)),
+    ):
         if value is not None:
             body[key] = value
     if not body:
@@ -156,8 +198,10 @@ def suspend(ctx: typer.Context, agent_id: str, reason: ReasonOpt, as_json: JsonO
 
 @app.command("resume")
 def resume(
-    ctx: typer.Context, agent_id: str,
-    note: Annotated[str | None, typer.Option()] = None, as_json: JsonOpt = False,
+    ctx: typer.Context,
+    agent_id: str,
+    note: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Resume a suspended agent (this is also the re-approval after a fingerprint change)."""
     agent = client(ctx).post(f"/v1/agents/{agent_id}/resume", {"note": note} if note else {})
@@ -173,12 +217,17 @@ def retire(ctx: typer.Context, agent_id: str, reason: ReasonOpt, as_json: JsonOp
 
 @app.command("clone")
 def clone(
-    ctx: typer.Context, agent_id: str,
-    name: Annotated[str, typer.Option(help="Name of the new agent.")], as_json: JsonOpt = False,
+    ctx: typer.Context,
+    agent_id: str,
+    name: Annotated[str, typer.Option(help="Name of the new agent.")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Clone an agent: new id, same roles and attributes, lineage kept, no credentials."""
-    show(client(ctx).post(f"/v1/agents/{agent_id}/clone", {"name": name}), as_json=as_json,
-         columns=SHOW_COLUMNS)
+    show(
+        client(ctx).post(f"/v1/agents/{agent_id}/clone", {"name": name}),
+        as_json=as_json,
+        columns=SHOW_COLUMNS,
+    )
 
 
 @app.command("kill")
@@ -194,8 +243,9 @@ def kill(
     if not yes:
         if not sys.stdin.isatty():
             raise CliError("kill is irreversible: add --yes to confirm when not on a terminal")
-        typer.confirm(f"Permanently revoke {agent_id}{' and its descendants' if cascade else ''}?",
-                      abort=True)
+        typer.confirm(
+            f"Permanently revoke {agent_id}{' and its descendants' if cascade else ''}?", abort=True
+        )
     result = client(ctx).post(f"/v1/agents/{agent_id}/kill", {"reason": reason, "cascade": cascade})
     if as_json:
         emit_json(result)

@@ -22,7 +22,9 @@ def tail(
     n: Annotated[int, typer.Option("-n", help="How many recent events.")] = 20,
     agent: Annotated[str | None, typer.Option()] = None,
     type_: Annotated[str | None, typer.Option("--type")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
     interval: Annotated[float, typer.Option(help="Poll interval with --follow.")] = 1.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -38,8 +40,11 @@ def tail(
     try:
         while True:
             time.sleep(interval)
-            new = list(api.paginate("/v1/audit/events", agent=agent, type=type_,
-                                    cursor=encode_cursor(str(last))))
+            new = list(
+                api.paginate(
+                    "/v1/audit/events", agent=agent, type=type_, cursor=encode_cursor(str(last))
+                )
+            )
             if new:
                 _print(new, as_json)
                 last = new[-1]["seq"]
@@ -63,11 +68,14 @@ def verify(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(result)
     elif result["ok"]:
-        out.print(f"ok: {result['checked']} events and {result['checkpoints_checked']} "
-                  f"checkpoints verified; head {result['head_hash']}")
+        out.print(
+            f"ok: {result['checked']} events and {result['checkpoints_checked']} "
+            f"checkpoints verified; head {result['head_hash']}"
+        )
     else:
-        out.print(f"FAILED at seq {result['first_bad_seq']}: {result['problem']} — "
-                  f"{result['message']}")
+        out.print(
+            f"FAILED at seq {result['first_bad_seq']}: {result['problem']} — {result['message']}"
+        )
     if not result["ok"]:
         raise typer.Exit(1)
 
@@ -79,13 +87,17 @@ def checkpoint(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(cp)
     else:
-        out.print(f"signed checkpoint: size {cp['size']}, head {cp['head_hash']}, key {cp['key_id']}")
+        out.print(
+            f"signed checkpoint: size {cp['size']}, head {cp['head_hash']}, key {cp['key_id']}"
+        )
 
 
 @app.command("export")
 def export(
     ctx: typer.Context,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File; default stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File; default stdout.")
+    ] = None,
 ) -> None:
     """Every event as JSON lines, in order."""
     api = client(ctx)

@@ -34,25 +34,35 @@ def _default_token() -> str | None:
 
 
 class ApiClient:
-    def __init__(self, url: str | None = None, token: str | None = None,
-                 *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.url = (url or os.environ.get("TETHER_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else _default_token()
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, *, json: Any = None,
-                params: dict[str, Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             resp = self._http.request(method, path, json=json, params=params)
         except httpx.TransportError as exc:
-            raise CliError(f"cannot reach Tether at {self.url} ({exc.__class__.__name__}); is "
-                           "`tether serve` running? Set TETHER_URL to point elsewhere.") from exc
+            raise CliError(
+                f"cannot reach Tether at {self.url} ({exc.__class__.__name__}); is "
+                "`tether serve` running? Set TETHER_URL to point elsewhere."
+            ) from exc
         return self._result(resp)
 
     def stream_lines(self, path: str, *, params: dict[str, Any] | None = None) -> Iterator[bytes]:

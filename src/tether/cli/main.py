@@ -30,8 +30,10 @@ app.command("serve")(serve.serve)
 def _root(
     ctx: typer.Context,
     url: Annotated[str | None, typer.Option(envvar="TETHER_URL", help="Server base URL.")] = None,
-    token: Annotated[str | None, typer.Option(
-        envvar="TETHER_TOKEN", help="Bearer token; default: the admin token file.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="TETHER_TOKEN", help="Bearer token; default: the admin token file."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
 ) -> None:
     ctx.ensure_object(dict).update(url=url, token=token, verbose=verbose)

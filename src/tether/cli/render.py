@@ -30,7 +30,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def table(rows: Iterable[dict[str, Any]], columns: Sequence[str], *, title: str | None = None) -> None:
+def table(
+    rows: Iterable[dict[str, Any]], columns: Sequence[str], *, title: str | None = None
+) -> None:
     t = Table(title=title, show_lines=False)
     for col in columns:
         t.add_column(col, no_wrap=col in ("id", "seq", "agent_id", "time", "created_at"))

@@ -45,11 +45,19 @@ def serve(
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
-    err.print(f"Tether serving on {settings.base_url} with {workers} worker(s); "
-              f"database {services.db.dialect}")
-    uvicorn.run("tether.api.app:app_from_env", factory=True, host=settings.host,
-                port=settings.port, workers=workers, log_level=settings.log_level,
-                access_log=False)
+    err.print(
+        f"Tether serving on {settings.base_url} with {workers} worker(s); "
+        f"database {services.db.dialect}"
+    )
+    uvicorn.run(
+        "tether.api.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level=settings.log_level,
+        access_log=False,
+    )
 
 
 @db_app.command("upgrade")
@@ -67,5 +75,7 @@ def upgrade() -> None:
         after = migrate.current_revision(db)
     finally:
         db.dispose()
-    out.print(f"database at revision {after}" + (" (unchanged)" if before == after else
-                                                   f" (was {before or 'empty'})"))
+    out.print(
+        f"database at revision {after}"
+        + (" (unchanged)" if before == after else f" (was {before or 'empty'})")
+    )

@@ -9,8 +9,9 @@ import typer
 from tether.cli.common import JsonOpt, client
 from tether.cli.render import emit_json, out, show, table
 
-app = typer.Typer(help="Manage humans (admin, supervisor, auditor) and their tokens.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Manage humans (admin, supervisor, auditor) and their tokens.", no_args_is_help=True
+)
 USER_COLUMNS = ["id", "username", "role", "email", "created_at"]
 TOKEN_COLUMNS = ["id", "name", "created_at", "expires_at", "revoked_at"]
 
@@ -21,7 +22,9 @@ def create(
     username: str,
     role: Annotated[str, typer.Option(help="admin, supervisor or auditor")],
     email: Annotated[str | None, typer.Option()] = None,
-    token: Annotated[bool, typer.Option("--token", help="Also create a token (shown once).")] = False,
+    token: Annotated[
+        bool, typer.Option("--token", help="Also create a token (shown once).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a user."""

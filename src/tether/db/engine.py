@@ -88,7 +88,7 @@ class Database:
         try:
             with self._reader.connect() as conn:
                 conn.execute(text("SELECT 1"))
-        except Exception:  # noqa: BLE001 - readiness reports any driver failure as not ready
+        except Exception:
             return False
         return True
 

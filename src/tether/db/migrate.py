@@ -8,7 +8,6 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-
 from sqlalchemy import text
 
 from tether.db.engine import PG_WRITE_LOCK, Database

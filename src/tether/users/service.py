@@ -28,7 +28,7 @@ from tether.users.models import UserRow, UserTokenRow
 from tether.users.store import DatabaseUserStore
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-TOKEN_PREFIX = "tth_"
+TOKEN_PREFIX = "tth_"  # noqa: S105 - a name, not a secret
 ADMIN_USERNAME = "admin"
 
 
@@ -115,17 +115,27 @@ class UserService:
             if self.store.count(s) > 0:
                 return None
             row = UserRow(
-                id=new_id(IdPrefix.USER), username=ADMIN_USERNAME, role=Role.ADMIN.value,
-                email=None, created_at=to_micros(now),
+                id=new_id(IdPrefix.USER),
+                username=ADMIN_USERNAME,
+                role=Role.ADMIN.value,
+                email=None,
+                created_at=to_micros(now),
             )
             self.store.add(s, row)
             token, secret = self._new_token(row.id, "bootstrap", None, now)
             self.store.add(s, token)
-            self.ledger.append(s, [NewEvent(
-                EventType.SYSTEM_BOOTSTRAPPED, SYSTEM.ref,
-                resource={"type": "User", "id": row.id},
-                details={"admin_user": row.id, "token_id": token.id},
-            )], now=now)
+            self.ledger.append(
+                s,
+                [
+                    NewEvent(
+                        EventType.SYSTEM_BOOTSTRAPPED,
+                        SYSTEM.ref,
+                        resource={"type": "User", "id": row.id},
+                        details={"admin_user": row.id, "token_id": token.id},
+                    )
+                ],
+                now=now,
+            )
             return _user(row), secret
 
     # -- users -----------------------------------------------------------------------------
@@ -142,14 +152,25 @@ class UserService:
             if self.store.by_username(s, username) is not None:
                 raise UsernameTaken(f"username {username!r} is taken", field="username")
             row = UserRow(
-                id=new_id(IdPrefix.USER), username=username, role=role.value, email=email,
+                id=new_id(IdPrefix.USER),
+                username=username,
+                role=role.value,
+                email=email,
                 created_at=to_micros(now),
             )
             self.store.add(s, row)
-            self.ledger.append(s, [NewEvent(
-                EventType.USER_CREATED, actor.ref, resource={"type": "User", "id": row.id},
-                details={"username": username, "role": role.value},
-            )], now=now)
+            self.ledger.append(
+                s,
+                [
+                    NewEvent(
+                        EventType.USER_CREATED,
+                        actor.ref,
+                        resource={"type": "User", "id": row.id},
+                        details={"username": username, "role": role.value},
+                    )
+                ],
+                now=now,
+            )
             return _user(row)
 
     def get(self, actor: Principal, ref: str) -> User:
@@ -178,13 +199,22 @@ class UserService:
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         expires = to_micros(now + timedelta(seconds=expires_in)) if expires_in else None
         row = UserTokenRow(
-            id=new_id(IdPrefix.USER_TOKEN), user_id=user_id, digest=token_digest(secret),
-            name=name, created_at=to_micros(now), expires_at=expires, revoked_at=None,
+            id=new_id(IdPrefix.USER_TOKEN),
+            user_id=user_id,
+            digest=token_digest(secret),
+            name=name,
+            created_at=to_micros(now),
+            expires_at=expires,
+            revoked_at=None,
         )
         return row, secret
 
     def create_token(
-        self, actor: Principal, user_ref: str, *, name: str | None = None,
+        self,
+        actor: Principal,
+        user_ref: str,
+        *,
+        name: str | None = None,
         expires_in: int | None = None,
     ) -> tuple[UserToken, str]:
         """A new bearer token for a user; the secret is returned here and never again."""
@@ -197,10 +227,18 @@ class UserService:
                 raise Forbidden("only an admin may create tokens for another user")
             row, secret = self._new_token(user.id, name, expires_in, now)
             self.store.add(s, row)
-            self.ledger.append(s, [NewEvent(
-                EventType.USER_TOKEN_CREATED, actor.ref, resource={"type": "User", "id": user.id},
-                details={"token_id": row.id, "expires_at": row.expires_at},
-            )], now=now)
+            self.ledger.append(
+                s,
+                [
+                    NewEvent(
+                        EventType.USER_TOKEN_CREATED,
+                        actor.ref,
+                        resource={"type": "User", "id": user.id},
+                        details={"token_id": row.id, "expires_at": row.expires_at},
+                    )
+                ],
+                now=now,
+            )
             return _token(row), secret
 
     def list_tokens(self, actor: Principal, user_ref: str) -> list[UserToken]:
@@ -225,10 +263,18 @@ class UserService:
                 raise TokenNotFound(f"no token {token_id!r} for this user", token=token_id)
             if row.revoked_at is None:
                 row.revoked_at = to_micros(now)
-                self.ledger.append(s, [NewEvent(
-                    EventType.USER_TOKEN_REVOKED, actor.ref,
-                    resource={"type": "User", "id": user.id}, details={"token_id": row.id},
-                )], now=now)
+                self.ledger.append(
+                    s,
+                    [
+                        NewEvent(
+                            EventType.USER_TOKEN_REVOKED,
+                            actor.ref,
+                            resource={"type": "User", "id": user.id},
+                            details={"token_id": row.id},
+                        )
+                    ],
+                    now=now,
+                )
             return _token(row)
 
     def authenticate(self, token: str) -> Principal:
