@@ -8,6 +8,7 @@ themselves.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -378,8 +379,8 @@ class AgentService:
             self._audit(s, actor, event, row=row, now=now, details=details)
             return self._agents(s, [row])[0]
 
-    def _descendants(self, s: Session, root_id: str) -> list[AgentRow]:
-        out: list[AgentRow] = []
+    def _descendants(self, s: Session, root_id: str) -> builtins.list[AgentRow]:
+        out: builtins.list[AgentRow] = []
         frontier = [root_id]
         seen = {root_id}
         while frontier:
@@ -401,7 +402,7 @@ class AgentService:
         tier: RiskTier,
         attributes: dict[str, Any],
         parent: str | None,
-        lineage: list[str],
+        lineage: builtins.list[str],
         lineage_kind: str | None,
         fingerprint: dict[str, Any] | None,
         expires_at: datetime | None,
@@ -518,7 +519,7 @@ class AgentService:
             f"agent {row.id} is {row.status}; that is final", agent=row.id, status=row.status
         )
 
-    def _agents(self, s: Session, rows: Sequence[AgentRow]) -> list[Agent]:
+    def _agents(self, s: Session, rows: Sequence[AgentRow]) -> builtins.list[Agent]:
         ids = [r.id for r in rows]
         roles = self.store.roles_of(s, ids)
         sups = self.store.supervisors_of(s, ids)

@@ -168,12 +168,12 @@ def verify_chain(
         found = _event_problem(ev, expected_seq, prev, seq_of_hash)
         if found is not None:
             return result.fail(*found)
-        cp = by_size.get(ev.seq)
-        if cp is not None and cp.head_hash != ev.hash:
+        signed = by_size.get(ev.seq)
+        if signed is not None and signed.head_hash != ev.hash:
             return result.fail(
                 ev.seq,
                 Problem.CHECKPOINT_MISMATCH,
-                f"event {ev.seq} differs from what checkpoint {cp.size} signed",
+                f"event {ev.seq} differs from what checkpoint {signed.size} signed",
             )
         prev = ev.hash
         expected_seq += 1
@@ -215,7 +215,7 @@ def _event_problem(
                 ev.seq - 1,
                 Problem.EDITED,
                 (
-                    f"event {ev.seq - 1} was rewritten: event {ev.seq} was chained to another version"
+                    f"event {ev.seq - 1} was rewritten; event {ev.seq} links to another version"
                 ),
             )
         return ev.seq, Problem.EDITED, f"event {ev.seq} does not link to event {ev.seq - 1}"

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, insert, select
+from sqlalchemy import Row, Table, insert, select
 from sqlalchemy.orm import Session
 
 from tether.audit.chain import Checkpoint, Event
 from tether.audit.models import CheckpointRow, EventRow
 from tether.jsonutil import canonical_text, loads
 
-_EV = EventRow.__table__
-_CP = CheckpointRow.__table__
+_EV = cast(Table, EventRow.__table__)
+_CP = cast(Table, CheckpointRow.__table__)
 
 
 def _event(row: Row[Any]) -> Event:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 import secrets
@@ -241,7 +242,7 @@ class UserService:
             )
             return _token(row), secret
 
-    def list_tokens(self, actor: Principal, user_ref: str) -> list[UserToken]:
+    def list_tokens(self, actor: Principal, user_ref: str) -> builtins.list[UserToken]:
         with self.db.read() as s:
             user = self.store.resolve(s, user_ref)
             if user is None:
