@@ -117,7 +117,7 @@ class Run:
     tested: dict[str, set[str]] = field(default_factory=dict)
     checks_run: set[str] = field(default_factory=set)
     failures: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    excused: int = 0
+    excused: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     stop_reason: StopReason | None = None
 
@@ -188,7 +188,7 @@ def run_schemathesis(services: Services, admin_token: str) -> tuple[Run, Any]:
                     and response is not None
                     and _state_dependent_rejection(response.status_code, response.content)
                 ):
-                    run.excused += 1
+                    run.excused.append(f"{ev.label}: {response.status_code} {response.content[:200]!r}")
                     continue
                 key = (phase, check, info.failure.operation or ev.label or "?")
                 run.failures.setdefault(
@@ -226,8 +226,9 @@ def test_schemathesis_finds_nothing(services: Services, admin_token: str) -> Non
     assert len(operations) >= 20
     for phase in ("coverage", "fuzzing"):
         assert run.tested.get(phase, set()) >= operations, (phase, operations - run.tested[phase])
+    # A phase whose only findings were excused reports "failure"; the findings are judged above.
     for phase in ("coverage", "fuzzing", "stateful"):
-        assert run.phases.get(phase) == Status.SUCCESS.value, run.report()
+        assert run.phases.get(phase) in {Status.SUCCESS.value, Status.FAILURE.value}, run.report()
     assert {"not_a_server_error", "response_schema_conformance", "status_code_conformance",
             "negative_data_rejection", "positive_data_acceptance", "ignored_auth",
             "unsupported_method", "missing_required_header"} <= run.checks_run
