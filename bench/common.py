@@ -59,12 +59,13 @@ class Options:
 
 
 def parse_options(
+    prog: str,
     description: str,
     argv: Sequence[str] | None = None,
     *,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> Options:
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument(
         "--postgres",
@@ -137,12 +138,36 @@ def pg_schema(url: str, prefix: str) -> Iterator[str]:
         _pg_admin_execute(url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem holding ``path`` (Linux ``/proc/mounts``), if known."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    resolved = str(path.resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1]
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
 @contextmanager
 def workspace(options: Options, label: str) -> Iterator[Path]:
     parent = options.workdir
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f"tether-bench-{label}-", dir=parent))
+    if filesystem_type(path) in {"tmpfs", "ramfs"}:
+        note(
+            f"WARNING: {path} is on {filesystem_type(path)}: fsync costs nothing there, so "
+            "SQLite 'durable' figures are not durable. Use --workdir on a real disk."
+        )
     try:
         yield path
     finally:
@@ -216,14 +241,19 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def sample_latencies(fn: Callable[[], object], *, runs: int, warmup: int) -> list[float]:
+def sample_pair(
+    first: Callable[[], object], second: Callable[[], object], *, runs: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """Latencies of ``runs`` calls of each, alternating, so both see the same noise."""
     for _ in range(warmup):
-        fn()
-    out: list[float] = []
+        first()
+        second()
+    out: tuple[list[float], list[float]] = ([], [])
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
+        for fn, samples in zip((first, second), out, strict=True):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
     return out
 
 
@@ -254,7 +284,7 @@ class Progress:
         self.label = label
         self.total = total
         self.start = time.perf_counter()
-        self._last = 0.0
+        self._last = self.start
         self._tty = sys.stderr.isatty()
 
     def update(self, done: int) -> None:
@@ -319,17 +349,35 @@ class ResultTable:
         sys.stdout.flush()
 
 
-def machine_line() -> str:
-    return (
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · Python {platform.python_version()} · "
-        f"SQLite {sqlite3.sqlite_version} · {os.cpu_count()} CPUs · {platform.machine()}"
-    )
+def machine_line(options: Options | None = None) -> str:
+    """Date, versions and hardware, for the record beside the figures."""
+    parts = [
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"Python {platform.python_version()}",
+        f"SQLite {sqlite3.sqlite_version}",
+        f"{os.cpu_count()} CPUs ({platform.machine()})",
+    ]
+    if options is not None:
+        where = options.workdir or Path(tempfile.gettempdir())
+        parts.append(f"workdir on {filesystem_type(where) or 'unknown fs'}")
+        if options.postgres_url:
+            parts.append(postgres_version(options.postgres_url))
+    return " · ".join(parts)
 
 
-def write_json(path: Path, tables: Sequence[ResultTable]) -> None:
+def postgres_version(url: str) -> str:
+    try:
+        with psycopg.connect(libpq_conninfo(url)) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+    except psycopg.Error:
+        return "PostgreSQL (version unknown)"
+    return f"PostgreSQL {row[0] if row else '?'}"
+
+
+def write_json(path: Path, tables: Sequence[ResultTable], options: Options) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "machine": machine_line(),
+        "machine": machine_line(options),
         "tables": [{"title": t.title, "records": t.records} for t in tables],
     }
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -21,9 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 import sqlite3
-import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +53,7 @@ from tether.audit.chain import GENESIS, Event, event_hash, verify_chain
 from tether.audit.events import EventType, NewEvent
 from tether.audit.models import EventRow
 from tether.clock import to_micros
+from tether.db.models import metadata
 from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text
 
@@ -64,14 +64,15 @@ class Sizes:
     batched_tx: int  # transactions of `batch` events
     batch: int
     verify_events: int  # the ledger is topped up to this many events before verifying
-    max_seconds: float  # a cap on each append measurement (whichever comes first)
+    max_seconds: float  # a cap on each append measurement (Tether + baseline)
 
 
-FULL = Sizes(single_tx=3000, batched_tx=500, batch=100, verify_events=100_000, max_seconds=20)
+FULL = Sizes(single_tx=2000, batched_tx=300, batch=100, verify_events=100_000, max_seconds=25)
 QUICK = Sizes(single_tx=200, batched_tx=20, batch=100, verify_events=5_000, max_seconds=5)
 FILL_BATCH = 1000  # events per transaction when topping the ledger up for verify
 
-COLUMNS = tuple(c.name for c in EventRow.__table__.columns)
+EVENTS = metadata.tables[EventRow.__tablename__]
+COLUMNS = tuple(c.name for c in EVENTS.columns)
 
 
 # -- the events ------------------------------------------------------------------------------
@@ -161,24 +162,49 @@ class Run:
         return percentile(self.latencies, q)
 
 
-def _timed_loop(tx: Any, *, count: int, per_tx: int, max_seconds: float, warmup: int) -> Run:
-    """Call ``tx()`` ``count`` times (or until ``max_seconds``), timing each call."""
-    for _ in range(warmup):
-        tx()
-    latencies: list[float] = []
+def warmup_tx(per_tx: int) -> int:
+    """Untimed transactions before each append measurement."""
+    return max(3, 20 // per_tx)
+
+
+def measure_pair(
+    tether: Callable[[], None],
+    baseline: Callable[[], None],
+    *,
+    count: int,
+    per_tx: int,
+    max_seconds: float,
+    rounds: int = 10,
+) -> tuple[Run, Run]:
+    """Time ``count`` calls of each, alternating in ``rounds`` blocks.
+
+    Alternating blocks spreads the machine's noise (other tenants, disk throttling) evenly
+    over Tether and its baseline instead of giving each a different slice of time. Stops
+    early, after a whole block, once ``max_seconds`` have passed.
+    """
+    for _ in range(warmup_tx(per_tx)):
+        tether()
+        baseline()
+    runs = (Run(0, 0.0), Run(0, 0.0))
+    block = max(1, count // rounds)
     start = time.perf_counter()
-    for _ in range(count):
-        t0 = time.perf_counter()
-        tx()
-        latencies.append(time.perf_counter() - t0)
-        if t0 - start > max_seconds:
-            break
-    seconds = time.perf_counter() - start
-    return Run(len(latencies) * per_tx, seconds, latencies)
+    done = 0
+    while done < count and time.perf_counter() - start < max_seconds:
+        n = min(block, count - done)
+        for fn, run in zip((tether, baseline), runs, strict=True):
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fn()
+                run.latencies.append(time.perf_counter() - t0)
+        done += n
+    for run in runs:
+        run.items = len(run.latencies) * per_tx
+        run.seconds = sum(run.latencies)
+    return runs
 
 
-def tether_append(env: Env, *, per_tx: int, count: int, max_seconds: float) -> Run:
-    """``count`` write transactions, each appending ``per_tx`` events through the Ledger."""
+def tether_tx(env: Env, per_tx: int) -> Callable[[], None]:
+    """One write transaction appending ``per_tx`` events through the Ledger."""
     db, ledger, clock = env.services.db, env.services.ledger, env.services.clock
     events = [sample_event(i) for i in range(per_tx)]
 
@@ -186,9 +212,7 @@ def tether_append(env: Env, *, per_tx: int, count: int, max_seconds: float) -> R
         with db.write() as s:
             ledger.append(s, events, now=clock.now())
 
-    return _timed_loop(
-        tx, count=count, per_tx=per_tx, max_seconds=max_seconds, warmup=max(3, 20 // per_tx)
-    )
+    return tx
 
 
 class RawEvents(Protocol):
@@ -230,7 +254,7 @@ def raw_events_table(env: Env) -> Iterator[RawEvents]:
     """An empty copy of ``audit_events`` in its own SQLite file or PostgreSQL schema."""
     if env.backend == SQLITE:
         path = env.data_dir / "baseline.db"
-        create_tables(f"sqlite:///{path}", None, [EventRow.__table__])
+        create_tables(f"sqlite:///{path}", None, [EVENTS])
         conn = raw_sqlite(path)
         try:
             yield SqliteEvents(conn)
@@ -238,7 +262,7 @@ def raw_events_table(env: Env) -> Iterator[RawEvents]:
             conn.close()
         return
     with pg_schema(env.url, "bench_raw") as schema:
-        create_tables(env.url, schema, [EventRow.__table__])
+        create_tables(env.url, schema, [EVENTS])
         pg = raw_postgres(env.url, schema)
         try:
             yield PostgresEvents(pg)
@@ -246,20 +270,13 @@ def raw_events_table(env: Env) -> Iterator[RawEvents]:
             pg.close()
 
 
-def raw_append(
-    sink: RawEvents,
-    rows: Iterator[tuple[Any, ...]],
-    *,
-    per_tx: int,
-    count: int,
-    max_seconds: float,
-) -> Run:
+def raw_tx(sink: RawEvents, rows: Iterator[tuple[Any, ...]], per_tx: int) -> Callable[[], None]:
+    """One plain-driver transaction inserting the next ``per_tx`` prepared rows."""
+
     def tx() -> None:
         sink.insert([next(rows) for _ in range(per_tx)])
 
-    return _timed_loop(
-        tx, count=count, per_tx=per_tx, max_seconds=max_seconds, warmup=max(3, 20 // per_tx)
-    )
+    return tx
 
 
 def fill_ledger(env: Env, target: int) -> int:
@@ -353,22 +370,14 @@ def _lat(run: Run) -> str:
     return f"{fmt_latency(run.pct(50))} / {fmt_latency(run.pct(99))}"
 
 
-def _row(
-    table: ResultTable,
-    backend: str,
-    label: str,
-    tether: Run,
-    base: Run | None,
-    unit: str,
-    base_unit: str,
-) -> None:
+def _row(table: ResultTable, backend: str, label: str, tether: Run, base: Run | None) -> None:
     ratio = tether.rate / base.rate if base is not None else math.nan
     table.rows.append(
         [
             label,
-            fmt_rate(tether.rate, f" {unit}/s"),
+            fmt_rate(tether.rate, " ev/s"),
             _lat(tether),
-            fmt_rate(base.rate, f" {base_unit}/s") if base else "-",
+            fmt_rate(base.rate, " rows/s") if base else "-",
             _lat(base) if base else "-",
             fmt_ratio(ratio),
         ]
@@ -377,90 +386,86 @@ def _row(
         {
             "backend": backend,
             "benchmark": label,
-            "unit": f"{unit}/s",
-            "tether_rate": tether.rate,
+            "tether_per_s": tether.rate,
             "tether_items": tether.items,
             "tether_seconds": tether.seconds,
-            "tether_p50_s": tether.pct(50),
-            "tether_p99_s": tether.pct(99),
-            "baseline_rate": base.rate if base else None,
+            "tether_tx_p50_s": tether.pct(50),
+            "tether_tx_p99_s": tether.pct(99),
+            "baseline_per_s": base.rate if base else None,
             "baseline_items": base.items if base else None,
-            "baseline_p50_s": base.pct(50) if base else None,
-            "baseline_p99_s": base.pct(99) if base else None,
+            "baseline_tx_p50_s": base.pct(50) if base else None,
+            "baseline_tx_p99_s": base.pct(99) if base else None,
         }
     )
 
 
 def run(env: Env, sizes: Sizes) -> ResultTable:
     """All ledger measurements on one backend; returns its table."""
+    tag = f"[ledger/{env.backend}]"
     driver = "sqlite3" if env.backend == SQLITE else "psycopg"
     table = ResultTable(f"Ledger on {env.backend} — events/s (higher is better)", HEADERS)
     b = sizes.batch
-    note(
-        f"[ledger/{env.backend}] preparing {sizes.single_tx + sizes.batched_tx * b + 200:,} "
-        "baseline rows"
-    )
-    rows = iter(baseline_rows(sizes.single_tx + sizes.batched_tx * b + 40 + 3 * b))
+    needed = sizes.single_tx + warmup_tx(1) + (sizes.batched_tx + warmup_tx(b)) * b
+    note(f"{tag} preparing {needed:,} baseline rows")
+    rows = iter(baseline_rows(needed))
 
-    note(f"[ledger/{env.backend}] append, 1 event per transaction")
-    one = tether_append(env, per_tx=1, count=sizes.single_tx, max_seconds=sizes.max_seconds)
     with raw_events_table(env) as sink:
-        raw_one = raw_append(
-            sink, rows, per_tx=1, count=sizes.single_tx, max_seconds=sizes.max_seconds
+        note(f"{tag} append, 1 event per transaction")
+        one, raw_one = measure_pair(
+            tether_tx(env, 1),
+            raw_tx(sink, rows, 1),
+            count=sizes.single_tx,
+            per_tx=1,
+            max_seconds=sizes.max_seconds,
         )
-        note(f"[ledger/{env.backend}] append, {b} events per transaction")
-        many = tether_append(env, per_tx=b, count=sizes.batched_tx, max_seconds=sizes.max_seconds)
-        raw_many = raw_append(
-            sink, rows, per_tx=b, count=sizes.batched_tx, max_seconds=sizes.max_seconds
+        note(f"{tag} append, {b} events per transaction")
+        many, raw_many = measure_pair(
+            tether_tx(env, b),
+            raw_tx(sink, rows, b),
+            count=sizes.batched_tx,
+            per_tx=b,
+            max_seconds=sizes.max_seconds,
         )
-    _row(table, env.backend, "append, 1 event/tx (durable)", one, raw_one, "ev", "rows")
-    _row(table, env.backend, f"append, {b} events/tx (durable)", many, raw_many, "ev", "rows")
+    _row(table, env.backend, "append, 1 event/tx", one, raw_one)
+    _row(table, env.backend, f"append, {b} events/tx", many, raw_many)
 
-    note(f"[ledger/{env.backend}] verify over {sizes.verify_events:,} events")
+    note(f"{tag} verify over {sizes.verify_events:,} events")
     size = fill_ledger(env, sizes.verify_events)
     verify = tether_verify(env, size)
     scan = raw_scan(env)
     read, hashing = split_verify(env)
-    _row(
-        table,
-        env.backend,
-        f"verify {size:,} events (AuditService.verify)",
-        verify,
-        scan,
-        "ev",
-        "rows",
-    )
-    _row(table, env.backend, "  of which: read + decode (store.stream)", read, scan, "ev", "rows")
-    _row(
-        table,
-        env.backend,
-        "  of which: re-hash in memory (verify_chain)",
-        hashing,
-        None,
-        "ev",
-        "rows",
-    )
+    _row(table, env.backend, f"verify, {size:,} events (AuditService.verify)", verify, scan)
+    _row(table, env.backend, "  of which: read + decode (store.stream)", read, scan)
+    _row(table, env.backend, "  of which: re-hash in memory (verify_chain)", hashing, None)
+
     table.footnotes += [
-        f"baseline = plain {driver} on a copy of audit_events (same columns, keys, indexes, "
-        "row values): INSERT + COMMIT per row / executemany of "
-        f"{b} rows per COMMIT; for verify, a full scan in seq order without decoding.",
-        "durable: SQLite WAL + synchronous=FULL (fsync per commit); PostgreSQL "
-        "synchronous_commit=on. Tether also takes its write lock per transaction.",
-        f"append runs: {one.items:,} tx of 1 event, {many.items // b:,} tx of {b} events "
-        f"(after warm-up); median per-tx latency {fmt_latency(statistics.median(one.latencies))}"
-        " for 1 event.",
+        f"baseline = plain {driver} on a copy of audit_events (same columns, keys, indexes and "
+        f"row values): one INSERT per COMMIT, or executemany of {b} rows per COMMIT; for "
+        "verify, a full scan in seq order that fetches the rows without decoding them.",
+        "durable: SQLite WAL with synchronous=FULL (fsync at every commit); PostgreSQL with "
+        "synchronous_commit=on. Tether also takes its write lock (BEGIN IMMEDIATE / advisory "
+        "lock) and reads the chain head in every transaction.",
+        f"measured: {len(one.latencies):,} tx of 1 event and {len(many.latencies):,} tx of "
+        f"{b} events each, after warm-up, Tether and baseline alternating in blocks; rates are "
+        "items over the summed transaction times; p50/p99 are per transaction.",
     ]
     return table
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    def extra(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--events", type=int, help="ledger size for the verify benchmark")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, help="ledger size for verify (default 100000)")
 
-    options = parse_options("Tether ledger append and verify throughput", argv, add_arguments=extra)
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_options(
+        "python -m bench.ledger",
+        "Tether ledger append and verify throughput",
+        argv,
+        add_arguments=add_arguments,
+    )
     tables = run_all(options)
     if options.json_path:
-        write_json(options.json_path, tables)
+        write_json(options.json_path, tables, options)
 
 
 def sizes_for(options: Options) -> Sizes:

@@ -46,12 +46,13 @@ from bench.common import (
     percentile,
     raw_postgres,
     raw_sqlite,
-    sample_latencies,
+    sample_pair,
     write_json,
 )
 from tether.agents.model import RiskTier, Status, spiffe_id
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.clock import to_micros
+from tether.db.models import metadata
 from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text
 from tether.pagination import decode_cursor, encode_cursor
@@ -67,7 +68,10 @@ STATUSES = [Status.ACTIVE, Status.SUSPENDED, Status.REVOKED, Status.RETIRED]
 STATUS_WEIGHTS = [70, 15, 10, 5]
 TIERS = [RiskTier.MINIMAL, RiskTier.LIMITED, RiskTier.HIGH]
 TIER_WEIGHTS = [50, 35, 15]
-COLUMNS = [c.name for c in AgentRow.__table__.columns]
+AGENTS = metadata.tables[AgentRow.__tablename__]
+AGENT_ROLES = metadata.tables[AgentRoleRow.__tablename__]
+AGENT_SUPERVISORS = metadata.tables[AgentSupervisorRow.__tablename__]
+COLUMNS = [c.name for c in AGENTS.columns]
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class Sizes:
     warmup: int
 
 
-FULL = Sizes(agents=100_000, runs=300, warmup=10)
+FULL = Sizes(agents=100_000, runs=200, warmup=10)
 QUICK = Sizes(agents=5_000, runs=30, warmup=3)
 
 
@@ -110,7 +114,7 @@ def populate(env: Env, count: int, *, seed: int = 7) -> Population:
     rng = random.Random(seed)
     now_us = to_micros(env.services.clock.now())
     base_ms = now_us // 1000 - count  # one millisecond apart: ids sort in creation order
-    trust_domain = env.services.settings.trust_domain
+    domain = env.services.settings.trust_domain
     spread = max(count // 10, 1)
     progress = Progress("inserting agents", count)
     deep_cursor = ""
@@ -130,29 +134,8 @@ def populate(env: Env, count: int, *, seed: int = 7) -> Population:
                 owner = rng.choice(sup_ids)
             status = rng.choices(STATUSES, STATUS_WEIGHTS)[0]
             tier = rng.choices(TIERS, TIER_WEIGHTS)[0]
-            created = (base_ms + i) * 1000
-            agents.append(
-                {
-                    "id": agent_id,
-                    "spiffe_id": spiffe_id(trust_domain, agent_id),
-                    "name": f"agent-{i:06d}",
-                    "owner_id": owner,
-                    "purpose": f"benchmark agent {i}: triages support tickets for team {i % 37}",
-                    "risk_tier": tier.value,
-                    "status": status.value,
-                    "status_reason": None if status is Status.ACTIVE else "benchmark",
-                    "attributes": canonical_text({"team": f"team-{i % 37}", "env": "prod"}),
-                    "parent_id": None,
-                    "lineage": "[]",
-                    "lineage_kind": None,
-                    "fingerprint": None,
-                    "fingerprint_digest": None,
-                    "created_at": created,
-                    "updated_at": created,
-                    "expires_at": None,
-                    "recertify_by": created + 180 * 86_400_000_000,
-                }
-            )
+            created_us = (base_ms + i) * 1000
+            agents.append(_agent_values(i, agent_id, owner, status, tier, created_us, domain))
             picked = set(rng.choices(ROLES, ROLE_WEIGHTS, k=rng.randint(1, 3)))
             if i % 1000 == 500:
                 picked.add(RARE_ROLE)
@@ -164,10 +147,10 @@ def populate(env: Env, count: int, *, seed: int = 7) -> Population:
                 if sup != owner:
                     extra_sups.append({"agent_id": agent_id, "user_id": sup})
         with env.services.db.write() as s:
-            s.execute(insert(AgentRow.__table__), agents)
-            s.execute(insert(AgentRoleRow.__table__), roles)
+            s.execute(insert(AGENTS), agents)
+            s.execute(insert(AGENT_ROLES), roles)
             if extra_sups:
-                s.execute(insert(AgentSupervisorRow.__table__), extra_sups)
+                s.execute(insert(AGENT_SUPERVISORS), extra_sups)
         progress.update(start + len(agents))
     progress.finish()
     if env.backend != SQLITE:
@@ -176,6 +159,32 @@ def populate(env: Env, count: int, *, seed: int = 7) -> Population:
             for table in ("agents", "agent_roles", "agent_supervisors", "users"):
                 conn.execute(text(f"ANALYZE {table}"))
     return Population(sups, small, deep_cursor, count)
+
+
+def _agent_values(
+    i: int, agent_id: str, owner: str, status: Status, tier: RiskTier, created_us: int, domain: str
+) -> dict[str, Any]:
+    """One ``agents`` row, as AgentService would have written it."""
+    return {
+        "id": agent_id,
+        "spiffe_id": spiffe_id(domain, agent_id),
+        "name": f"agent-{i:06d}",
+        "owner_id": owner,
+        "purpose": f"benchmark agent {i}: triages support tickets for team {i % 37}",
+        "risk_tier": tier.value,
+        "status": status.value,
+        "status_reason": None if status is Status.ACTIVE else "benchmark",
+        "attributes": canonical_text({"team": f"team-{i % 37}", "env": "prod"}),
+        "parent_id": None,
+        "lineage": "[]",
+        "lineage_kind": None,
+        "fingerprint": None,
+        "fingerprint_digest": None,
+        "created_at": created_us,
+        "updated_at": created_us,
+        "expires_at": None,
+        "recertify_by": created_us + 180 * 86_400_000_000,
+    }
 
 
 # -- the cases ---------------------------------------------------------------------------------
@@ -260,7 +269,7 @@ class RawQueries:
         if self._sqlite is not None:
             return self._sqlite.execute(sql, params).fetchall()
         assert self._pg is not None
-        return self._pg.execute(self._sql(sql), params).fetchall()  # type: ignore[arg-type]
+        return self._pg.execute(self._sql(sql), params).fetchall()
 
     def plan(self, sql: str, params: Sequence[Any]) -> list[str]:
         if self._sqlite is not None:
@@ -268,7 +277,7 @@ class RawQueries:
             return [str(r[-1]) for r in rows]
         assert self._pg is not None
         rows = self._pg.execute(
-            self._sql(f"EXPLAIN (ANALYZE, BUFFERS OFF) {sql}"),  # type: ignore[arg-type]
+            self._sql(f"EXPLAIN (ANALYZE, BUFFERS OFF) {sql}"),
             params,
         ).fetchall()
         return [str(r[0]) for r in rows]
@@ -291,7 +300,9 @@ def raw_queries(env: Env) -> Iterator[RawQueries]:
 
 def page_sql(where: Sequence[str]) -> str:
     cond = f" WHERE {' AND '.join(where)}" if where else ""
-    return f"SELECT {', '.join(COLUMNS)} FROM agents{cond} ORDER BY id LIMIT {PAGE + 1}"
+    # LIMIT is a bound parameter, as in the SQL SQLAlchemy emits for Tether (it matters to
+    # PostgreSQL's generic plans once psycopg has prepared the statement).
+    return f"SELECT {', '.join(COLUMNS)} FROM agents{cond} ORDER BY id LIMIT ?"
 
 
 def count_sql(where: Sequence[str]) -> str:
@@ -329,23 +340,23 @@ def measure(env: Env, pop: Population, sizes: Sizes, *, explain: bool) -> Result
                 return agents.list(case.actor, limit=PAGE, **case.kwargs)
 
             rows = len(call().items)
-            tether = sample_latencies(call, runs=sizes.runs, warmup=sizes.warmup)
             sql = page_sql(case.where)
+            params = [*case.params, PAGE + 1]
 
-            def fetch(sql: str = sql, case: Case = case) -> Any:
-                return raw.fetch(sql, case.params)
+            def fetch(sql: str = sql, params: list[Any] = params) -> Any:
+                return raw.fetch(sql, params)
 
-            base = sample_latencies(fetch, runs=sizes.runs, warmup=sizes.warmup)
+            tether, base = sample_pair(call, fetch, runs=sizes.runs, warmup=sizes.warmup)
             _add(table, env.backend, case.label, matching, rows, tether, base)
             if explain:
-                note(f"    {sql}  {case.params}")
-                for line in raw.plan(sql, case.params):
+                note(f"    {sql}  {params}")
+                for line in raw.plan(sql, params):
                     note(f"      {line}")
     table.footnotes += [
         f"Tether = AgentService.list(actor, limit={PAGE}, ...): read transaction, owner lookup "
         "if filtered by owner, the page SELECT, then roles, supervisors and owner names for the "
         "page, and Agent values built. p50/p99 over "
-        f"{sizes.runs} calls after {sizes.warmup} warm-up calls.",
+        f"{sizes.runs} calls after {sizes.warmup} warm-up calls, alternating with the raw SELECT.",
         f"raw SELECT = the same page's main SELECT (limit {PAGE + 1}) with plain {driver}, "
         "fetched in full; 'matching' = how many agents the filter selects.",
         "supervisor view = a supervisor as actor (visible_to: owned OR supervised agents).",
@@ -423,10 +434,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options = parse_options("Tether registry list latency", argv, add_arguments=add_arguments)
+    options = parse_options(
+        "python -m bench.registry",
+        "Tether registry list latency",
+        argv,
+        add_arguments=add_arguments,
+    )
     tables = run_all(options)
     if options.json_path:
-        write_json(options.json_path, tables)
+        write_json(options.json_path, tables, options)
 
 
 if __name__ == "__main__":
