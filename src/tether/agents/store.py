@@ -12,8 +12,16 @@ from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.users.models import UserRow
 
 
+def _has_nul(*values: str | None) -> bool:
+    """PostgreSQL text cannot hold NUL, so a key containing one matches no row; it must not
+    reach the driver, which rejects it with an error instead."""
+    return any(v is not None and "\x00" in v for v in values)
+
+
 class DatabaseAgentStore:
     def get(self, session: Session, agent_id: str, *, for_update: bool = False) -> AgentRow | None:
+        if _has_nul(agent_id):
+            return None
         return session.get(AgentRow, agent_id, with_for_update=for_update)
 
     def add(self, session: Session, row: AgentRow) -> None:
@@ -59,7 +67,7 @@ class DatabaseAgentStore:
         if not ids:
             return {}
         rows = session.execute(select(UserRow.id, UserRow.username).where(UserRow.id.in_(ids)))
-        return dict(rows.tuples().all())
+        return {user_id: username for user_id, username in rows}
 
     def page(
         self,
@@ -74,6 +82,8 @@ class DatabaseAgentStore:
         visible_to: str | None = None,
     ) -> list[AgentRow]:
         """Agents in id order after ``after``; ``visible_to`` keeps those a user owns/supervises."""
+        if _has_nul(status, role, risk_tier):
+            return []
         q = select(AgentRow)
         if after is not None:
             q = q.where(AgentRow.id > after)

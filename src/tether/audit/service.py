@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import datetime
 
 from tether.audit.chain import Checkpoint, Event, VerifyResult, verify_chain
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros
 from tether.db import Database
-from tether.errors import BadRequest, Forbidden, NotFound
+from tether.errors import Forbidden, InvalidCursor, NotFound, ValidationFailed
 from tether.pagination import Page, decode_cursor, page_of
 from tether.principals import Principal, Role
 
@@ -17,6 +18,18 @@ from tether.principals import Principal, Role
 def _require_reader(actor: Principal) -> None:
     if not (actor.is_admin or actor.role is Role.AUDITOR):
         raise Forbidden("only admins and auditors may read the audit ledger")
+
+
+def _micros(value: datetime | None, field: str) -> int | None:
+    """RFC 3339 times carry an offset: a naive one would silently mean the server's zone."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValidationFailed(f"{field} needs a UTC offset (use Z for UTC)", field=field)
+    try:
+        return to_micros(value)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValidationFailed(f"{field} is out of range", field=field) from exc
 
 
 class AuditService:
@@ -42,7 +55,8 @@ class AuditService:
         try:
             after_seq = int(after) if after is not None else 0
         except ValueError as exc:
-            raise BadRequest("cursor is not one this server issued", field="cursor") from exc
+            raise InvalidCursor("cursor is not one this server issued", field="cursor") from exc
+        since_us, until_us = _micros(since, "since"), _micros(until, "until")
         with self.db.read() as s:
             rows = self.store.page(
                 s,
@@ -50,8 +64,8 @@ class AuditService:
                 limit=limit + 1,
                 agent=agent,
                 type_=type_,
-                since_us=to_micros(since) if since else None,
-                until_us=to_micros(until) if until else None,
+                since_us=since_us,
+                until_us=until_us,
             )
         return page_of(rows, limit, lambda e: str(e.seq))
 
@@ -74,9 +88,9 @@ class AuditService:
     ) -> VerifyResult:
         """Recompute the chain end to end and check every checkpoint signature."""
         _require_reader(actor)
-        with self.db.read() as s:
+        with self.db.read() as s, closing(self.store.stream(s)) as events:
             return verify_chain(
-                self.store.stream(s),
+                events,
                 seq_of_hash=lambda h: self.store.seq_of_hash(s, h),
                 checkpoints=self.store.checkpoints(s),
                 check_signature=self.ledger.signer.check,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, insert, select
@@ -14,6 +14,12 @@ from tether.jsonutil import canonical_text, loads
 
 _EV = cast(Table, EventRow.__table__)
 _CP = cast(Table, CheckpointRow.__table__)
+
+
+def _has_nul(*values: str | None) -> bool:
+    """PostgreSQL text cannot hold NUL, so a key containing one matches no row; it must not
+    reach the driver, which rejects it with an error instead."""
+    return any(v is not None and "\x00" in v for v in values)
 
 
 def _event(row: Row[Any]) -> Event:
@@ -81,6 +87,8 @@ class DatabaseLedgerStore:
         since_us: int | None = None,
         until_us: int | None = None,
     ) -> list[Event]:
+        if _has_nul(agent, type_):
+            return []
         q = select(_EV).where(_EV.c.seq > after_seq)
         if agent is not None:
             q = q.where(_EV.c.agent_id == agent)
@@ -93,11 +101,16 @@ class DatabaseLedgerStore:
         rows = session.execute(q.order_by(_EV.c.seq).limit(limit)).all()
         return [_event(r) for r in rows]
 
-    def stream(self, session: Session, *, batch: int = 5000) -> Iterator[Event]:
+    def stream(self, session: Session, *, batch: int = 5000) -> Generator[Event]:
         """Every event in ``seq`` order, fetched in batches (server-side cursor on PostgreSQL)."""
         result = session.execute(select(_EV).order_by(_EV.c.seq).execution_options(yield_per=batch))
-        for row in result:
-            yield _event(row)
+        try:
+            for row in result:
+                yield _event(row)
+        finally:
+            # A reader may stop early (verification stops at the first problem); the
+            # server-side cursor must still be closed before the transaction ends.
+            result.close()
 
     def seq_of_hash(self, session: Session, digest: str) -> int | None:
         seq: int | None = session.execute(

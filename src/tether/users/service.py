@@ -148,6 +148,8 @@ class UserService:
             raise ValidationFailed(
                 "username must be 1-64 characters of a-z, 0-9, '.', '_' or '-'", field="username"
             )
+        if email is not None and "\x00" in email:  # PostgreSQL text cannot hold NUL
+            raise ValidationFailed("email must not contain NUL characters", field="email")
         now = self.clock.now()
         with self.db.write() as s:
             if self.store.by_username(s, username) is not None:
@@ -219,6 +221,8 @@ class UserService:
         expires_in: int | None = None,
     ) -> tuple[UserToken, str]:
         """A new bearer token for a user; the secret is returned here and never again."""
+        if name is not None and "\x00" in name:  # PostgreSQL text cannot hold NUL
+            raise ValidationFailed("token name must not contain NUL characters", field="name")
         now = self.clock.now()
         with self.db.write() as s:
             user = self.store.resolve(s, user_ref)

@@ -8,11 +8,21 @@ from sqlalchemy.orm import Session
 from tether.users.models import UserRow, UserTokenRow
 
 
+def _has_nul(*values: str | None) -> bool:
+    """PostgreSQL text cannot hold NUL, so a key containing one matches no row; it must not
+    reach the driver, which rejects it with an error instead."""
+    return any(v is not None and "\x00" in v for v in values)
+
+
 class DatabaseUserStore:
     def get(self, session: Session, user_id: str) -> UserRow | None:
+        if _has_nul(user_id):
+            return None
         return session.get(UserRow, user_id)
 
     def by_username(self, session: Session, username: str) -> UserRow | None:
+        if _has_nul(username):
+            return None
         return session.scalars(select(UserRow).where(UserRow.username == username)).first()
 
     def resolve(self, session: Session, ref: str) -> UserRow | None:
@@ -36,6 +46,8 @@ class DatabaseUserStore:
         return session.scalars(select(UserTokenRow).where(UserTokenRow.digest == digest)).first()
 
     def token(self, session: Session, token_id: str) -> UserTokenRow | None:
+        if _has_nul(token_id):
+            return None
         return session.get(UserTokenRow, token_id)
 
     def tokens(self, session: Session, user_id: str) -> list[UserTokenRow]:

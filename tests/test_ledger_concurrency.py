@@ -1,0 +1,107 @@
+"""Many writers at once — threads in one process, and separate processes each with its own
+services over the same database — still produce one unbroken chain with contiguous seqs.
+
+Spawned workers import this module, so it stays light: no ``tests.conftest`` (the web app).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import text
+
+from tether.agents.schemas import AgentCreate
+from tether.config import Settings
+from tether.container import Services, build_services
+from tether.principals import SYSTEM
+
+THREADS = 8
+OPS_PER_THREAD = 20  # alternately create an agent and suspend it: 10 of each
+PROCESSES = 3
+CREATES_PER_PROCESS = 10
+CHECKPOINT_EVERY = 7
+
+
+def _spec(name: str) -> AgentCreate:
+    return AgentCreate.model_validate(
+        {"name": name, "owner": "admin", "purpose": "concurrency", "risk_tier": "minimal"}
+    )
+
+
+def _assert_one_chain(services: Services, expected_events: int) -> None:
+    with services.db.read() as s:
+        rows = s.execute(text("SELECT seq, id, hash FROM audit_events ORDER BY seq")).all()
+        sizes = [r[0] for r in s.execute(text("SELECT size FROM audit_checkpoints"))]
+    seqs = [r[0] for r in rows]
+    assert seqs == list(range(1, expected_events + 1))  # contiguous, no gaps, no duplicates
+    assert len({r[1] for r in rows}) == expected_events
+    assert len({r[2] for r in rows}) == expected_events
+    result = services.audit.verify(SYSTEM)
+    assert result.ok, result.to_json()
+    assert result.checked == expected_events
+    assert result.checkpoints_checked == len(sizes)
+    # Exactly one checkpoint per N events, however the writers interleaved.
+    assert sorted(sizes) == list(range(CHECKPOINT_EVERY, expected_events + 1, CHECKPOINT_EVERY))
+
+
+def test_threads_writing_at_once_keep_one_chain(make_services: Callable[..., Services]) -> None:
+    services = make_services(checkpoint_every_events=CHECKPOINT_EVERY)
+    start = threading.Barrier(THREADS)
+
+    def work(worker: int) -> list[str]:
+        start.wait(timeout=30)
+        made: list[str] = []
+        for i in range(OPS_PER_THREAD // 2):
+            agent = services.agents.create(SYSTEM, _spec(f"t{worker}-{i}"))
+            services.agents.suspend(SYSTEM, agent.id, reason=f"worker {worker}")
+            made.append(agent.id)
+        return made
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        made = [agent_id for ids in pool.map(work, range(THREADS)) for agent_id in ids]
+    assert len(set(made)) == THREADS * OPS_PER_THREAD // 2
+    _assert_one_chain(services, 1 + THREADS * OPS_PER_THREAD)
+    with services.db.read() as s:
+        statuses = s.execute(text("SELECT status, count(*) FROM agents GROUP BY status")).all()
+    assert [tuple(r) for r in statuses] == [("suspended", len(made))]
+
+
+def _append_from_another_process(settings: dict[str, Any], worker: int, start: Any) -> None:
+    """Runs in a spawned process: its own services, engine and connection pool."""
+    services = build_services(Settings(**settings))
+    try:
+        start.wait(timeout=60)
+        for i in range(CREATES_PER_PROCESS):
+            services.agents.create(SYSTEM, _spec(f"p{worker}-{i}"))
+    finally:
+        services.close()
+
+
+def test_processes_writing_at_once_keep_one_chain(make_services: Callable[..., Services]) -> None:
+    services = make_services(checkpoint_every_events=CHECKPOINT_EVERY)
+    settings = services.settings
+    shared = {
+        "data_dir": settings.data_dir,
+        "database_url": settings.database_url,
+        "database_schema": settings.database_schema,
+        "checkpoint_every_events": CHECKPOINT_EVERY,
+    }
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(PROCESSES)
+    workers = [
+        context.Process(target=_append_from_another_process, args=(shared, n, start))
+        for n in range(PROCESSES)
+    ]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=90)
+    assert [p.exitcode for p in workers] == [0] * PROCESSES
+    _assert_one_chain(services, 1 + PROCESSES * CREATES_PER_PROCESS)
+    with services.db.read() as s:
+        names = {r[0] for r in s.execute(text("SELECT name FROM agents"))}
+    assert names == {f"p{w}-{i}" for w in range(PROCESSES) for i in range(CREATES_PER_PROCESS)}
