@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from sqlalchemy import delete, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, delete, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.users.models import UserRow
@@ -16,6 +17,15 @@ def _has_nul(*values: str | None) -> bool:
     """PostgreSQL text cannot hold NUL, so a key containing one matches no row; it must not
     reach the driver, which rejects it with an error instead."""
     return any(v is not None and "\x00" in v for v in values)
+
+
+@dataclass(frozen=True, slots=True)
+class _Filters:
+    after: str | None
+    limit: int
+    status: str | None
+    risk_tier: str | None
+    role: str | None
 
 
 class DatabaseAgentStore:
@@ -67,7 +77,7 @@ class DatabaseAgentStore:
         if not ids:
             return {}
         rows = session.execute(select(UserRow.id, UserRow.username).where(UserRow.id.in_(ids)))
-        return {user_id: username for user_id, username in rows}
+        return {row[0]: row[1] for row in rows}
 
     def page(
         self,
@@ -81,28 +91,60 @@ class DatabaseAgentStore:
         risk_tier: str | None = None,
         visible_to: str | None = None,
     ) -> list[AgentRow]:
-        """Agents in id order after ``after``; ``visible_to`` keeps those a user owns/supervises."""
+        """Agents in id order after ``after``; ``visible_to`` keeps those a user owns/supervises.
+
+        Each query is driven by the index that matches its most selective part (role,
+        supervision), read in id order with a LIMIT: measured in bench/registry.py, an
+        ``id IN (subquery)`` or an ``OR`` across owner and supervision scans the whole table.
+        """
         if _has_nul(status, role, risk_tier):
             return []
+        filters = _Filters(after, limit, status, risk_tier, role)
+        if visible_to is None:
+            return self._page_branch(session, filters, owner_id=owner_id)
+        # A supervisor's view: what they own, merged with what they supervise.
+        rows: dict[str, AgentRow] = {}
+        if owner_id in (None, visible_to):
+            for row in self._page_branch(session, filters, owner_id=visible_to):
+                rows[row.id] = row
+        for row in self._page_branch(session, filters, owner_id=owner_id, supervisor=visible_to):
+            rows[row.id] = row
+        return [rows[k] for k in sorted(rows)][:limit]
+
+    def _page_branch(
+        self,
+        session: Session,
+        f: _Filters,
+        *,
+        owner_id: str | None,
+        supervisor: str | None = None,
+    ) -> list[AgentRow]:
         q = select(AgentRow)
-        if after is not None:
-            q = q.where(AgentRow.id > after)
-        if status is not None:
-            q = q.where(AgentRow.status == status)
+        key: InstrumentedAttribute[str] = AgentRow.id
+        if supervisor is not None:
+            q = q.join(
+                AgentSupervisorRow,
+                and_(
+                    AgentSupervisorRow.agent_id == AgentRow.id,
+                    AgentSupervisorRow.user_id == supervisor,
+                ),
+            )
+            key = AgentSupervisorRow.agent_id
+        if f.role is not None:
+            q = q.join(
+                AgentRoleRow,
+                and_(AgentRoleRow.agent_id == AgentRow.id, AgentRoleRow.role == f.role),
+            )
+            key = AgentRoleRow.agent_id
+        if f.after is not None:
+            q = q.where(key > f.after)
+        if f.status is not None:
+            q = q.where(AgentRow.status == f.status)
         if owner_id is not None:
             q = q.where(AgentRow.owner_id == owner_id)
-        if risk_tier is not None:
-            q = q.where(AgentRow.risk_tier == risk_tier)
-        if role is not None:
-            q = q.where(
-                AgentRow.id.in_(select(AgentRoleRow.agent_id).where(AgentRoleRow.role == role))
-            )
-        if visible_to is not None:
-            supervised = select(AgentSupervisorRow.agent_id).where(
-                AgentSupervisorRow.user_id == visible_to
-            )
-            q = q.where(or_(AgentRow.owner_id == visible_to, AgentRow.id.in_(supervised)))
-        return list(session.scalars(q.order_by(AgentRow.id).limit(limit)))
+        if f.risk_tier is not None:
+            q = q.where(AgentRow.risk_tier == f.risk_tier)
+        return list(session.scalars(q.order_by(key).limit(f.limit)))
 
     def children(self, session: Session, parent_ids: list[str]) -> list[AgentRow]:
         q = select(AgentRow).where(AgentRow.parent_id.in_(parent_ids)).order_by(AgentRow.id)

@@ -89,6 +89,19 @@ def install(app: FastAPI) -> None:
         return _error(500, "internal_error", "internal error; see the server log")
 
 
+# Response headers that come with an error status, documented so that clients (and schemathesis'
+# response_headers_conformance) can rely on them.
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "How to authenticate (RFC 9110 section 11.6.1): always Bearer",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^Bearer"},
+        }
+    },
+}
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries documenting each 4xx a route can return, with the error schema."""
     text = {
@@ -100,4 +113,10 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body too large",
         422: "Validation failed; details name the field",
     }
-    return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": text[status]}
+        if status in _ERROR_HEADERS:
+            entry["headers"] = _ERROR_HEADERS[status]
+        out[status] = entry
+    return out

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
+from tether.agents.schemas import AwareDatetime
 from tether.api.deps import PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.schemas import CheckpointOut, EventPage, VerifyOut
@@ -24,8 +24,9 @@ def list_events(
     who: PrincipalDep,
     agent: Annotated[str | None, Query(max_length=40)] = None,
     type: Annotated[str | None, Query(max_length=64)] = None,  # API.md's name
-    since: datetime | None = None,
-    until: datetime | None = None,
+    # RFC 3339 with an offset, as the document's ``date-time`` says (not unix seconds).
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
+from tether.agents.schemas import NO_NUL, SPACES, integral
 from tether.api.deps import PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.schemas import TokenCreated, TokenList, TokenOut, UserOut, UserPage
@@ -16,6 +17,12 @@ router = APIRouter(tags=["users"])
 UserRef = Annotated[str, Path(min_length=1, max_length=64, description="usr_… id or username")]
 
 
+# Something@something, without white space (every regex engine's idea of it, see SPACES) or
+# NUL (which PostgreSQL text cannot hold).
+_EMAIL_PART = rf"[^@{SPACES}\x00]+"
+_EMAIL = rf"^{_EMAIL_PART}@{_EMAIL_PART}$"
+
+
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     # The same rule the user service enforces (tether.users.service.USERNAME), stated here so
@@ -23,14 +30,16 @@ class UserCreate(BaseModel):
     username: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     role: Literal["admin", "supervisor", "auditor"]
     email: (
-        Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None
+        Annotated[str, StringConstraints(max_length=254, pattern=_EMAIL)] | None
     ) = None
 
 
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    name: Annotated[str, StringConstraints(max_length=100)] | None = None
-    expires_in: Annotated[int, Field(ge=60, le=366 * 86_400)] | None = None
+    name: Annotated[str, StringConstraints(max_length=100, pattern=NO_NUL)] | None = None
+    expires_in: (
+        Annotated[int, Field(ge=60, le=366 * 86_400), BeforeValidator(integral)] | None
+    ) = None
 
 
 @router.get("/v1/whoami", response_model=UserOut, responses=responses(401))
