@@ -47,7 +47,11 @@ def running_server(
     log = (workdir / "server.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tether", "serve", "--workers", str(workers)],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -61,8 +65,9 @@ def running_server(
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready:\n" +
-                                   (workdir / "server.log").read_text())
+                raise RuntimeError(
+                    "server did not become ready:\n" + (workdir / "server.log").read_text()
+                )
             time.sleep(0.2)
         yield url, env
     finally:

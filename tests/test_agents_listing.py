@@ -32,11 +32,17 @@ def test_filters_and_pagination_match_a_plain_scan(services: Services) -> None:
     for i in range(36):
         owner = rnd.choice([sup.id, other.id, "admin"])
         sups = [sup.id] if owner != sup.id and rnd.random() < 0.4 else []
-        agent = services.agents.create(SYSTEM, AgentCreate(
-            name=f"a{i}", owner=owner, purpose="p",
-            risk_tier=rnd.choice(["minimal", "limited", "high"]),
-            roles=rnd.sample(["r1", "r2", "r3"], rnd.randint(0, 2)), supervisors=sups,
-        ))
+        agent = services.agents.create(
+            SYSTEM,
+            AgentCreate(
+                name=f"a{i}",
+                owner=owner,
+                purpose="p",
+                risk_tier=rnd.choice(["minimal", "limited", "high"]),
+                roles=rnd.sample(["r1", "r2", "r3"], rnd.randint(0, 2)),
+                supervisors=sups,
+            ),
+        )
         if rnd.random() < 0.3:
             services.agents.suspend(SYSTEM, agent.id, reason="x")
     everything = services.agents.list(SYSTEM, limit=500).items
@@ -50,7 +56,8 @@ def test_filters_and_pagination_match_a_plain_scan(services: Services) -> None:
     for status, role, tier, owner in combos:
         owner_id = {"sup": sup.id, "other": other.id}.get(owner or "")
         expected = [
-            a.id for a in everything
+            a.id
+            for a in everything
             if (status is None or a.status == status)
             and (role is None or role in a.roles)
             and (tier is None or a.risk_tier == tier)

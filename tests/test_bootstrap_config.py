@@ -31,8 +31,11 @@ def test_first_start_creates_admin_token_and_keys_0600(backend: Backend, tmp_pat
     try:
         report = prepare(svc)
         token_path = settings.admin_token_path
-        for path in (token_path, tmp_path / "data" / "master.key",
-                     tmp_path / "data" / "ledger_signing.pem"):
+        for path in (
+            token_path,
+            tmp_path / "data" / "master.key",
+            tmp_path / "data" / "ledger_signing.pem",
+        ):
             assert path.exists()
             assert _mode(path) == 0o600, path
         assert any("admin.token" in line for line in report.lines())
@@ -53,13 +56,19 @@ def test_first_start_creates_admin_token_and_keys_0600(backend: Backend, tmp_pat
 
 
 def test_keys_from_environment_write_no_files(backend: Backend, tmp_path: Path) -> None:
-    ledger_pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    ledger_pem = (
+        Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
     master = base64.b64encode(b"k" * 32).decode()
-    settings = make_settings(backend, tmp_path / "data", master_key=master,
-                             ledger_signing_key=ledger_pem)
+    settings = make_settings(
+        backend, tmp_path / "data", master_key=master, ledger_signing_key=ledger_pem
+    )
     svc = build_services(settings)
     try:
         prepare(svc)
@@ -72,7 +81,7 @@ def test_keys_from_environment_write_no_files(backend: Backend, tmp_path: Path) 
 
 @pytest.mark.parametrize("bad", ["not base64!", base64.b64encode(b"short").decode()])
 def test_bad_master_key_is_a_clear_configuration_error(tmp_path: Path, bad: str) -> None:
-    with pytest.raises(ConfigurationError, match="(?i)master.key"):
+    with pytest.raises(ConfigurationError, match=r"(?i)master.key"):
         build_services(Settings(data_dir=tmp_path, master_key=bad))
 
 

@@ -20,15 +20,21 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 @pytest.fixture
 def server(backend: Backend, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    with running_server(backend, tmp_path) as (_url, env):
-        env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
-        yield tmp_path, env
+    with running_server(backend, tmp_path) as (_url, server_env):
+        path = f"{Path(sys.executable).parent}:{server_env.get('PATH', '')}"
+        yield tmp_path, {**server_env, "PATH": path}
 
 
 def tether(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tether", *args], cwd=cwd, env=env, capture_output=True,
-        text=True, stdin=subprocess.DEVNULL, timeout=60, check=False,
+        [sys.executable, "-m", "tether", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
     )
 
 
@@ -37,8 +43,14 @@ def test_readme_walkthrough_runs_as_written(server: tuple[Path, dict[str, str]])
     blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
     walkthrough = next(b for b in blocks if "tether whoami" in b)
     result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", walkthrough], cwd=cwd, env=env, capture_output=True,
-        text=True, stdin=subprocess.DEVNULL, timeout=240, check=False,
+        ["bash", "-euo", "pipefail", "-c", walkthrough],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=240,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok:" in result.stdout  # tether audit verify
@@ -46,13 +58,15 @@ def test_readme_walkthrough_runs_as_written(server: tuple[Path, dict[str, str]])
     lines = (cwd / "audit.jsonl").read_text().splitlines()
     types = [json.loads(line)["type"] for line in lines]
     assert types[:3] == ["system.bootstrapped", "user.created", "agent.created"]
-    assert "agent.killed" in types and "agent.cloned" in types
+    assert "agent.killed" in types
+    assert "agent.cloned" in types
 
 
 def test_json_output_and_clean_errors(server: tuple[Path, dict[str, str]]) -> None:
     cwd, env = server
-    made = tether(env, cwd, "agents", "create", "--name", "a", "--owner", "admin",
-                  "--purpose", "p", "--json")
+    made = tether(
+        env, cwd, "agents", "create", "--name", "a", "--owner", "admin", "--purpose", "p", "--json"
+    )
     assert made.returncode == 0, made.stderr
     agent = json.loads(made.stdout)
     assert agent["status"] == "active"
@@ -62,12 +76,38 @@ def test_json_output_and_clean_errors(server: tuple[Path, dict[str, str]]) -> No
     for args, needle in [
         (("agents", "show", "agt_missing"), "agent_not_found"),
         (("agents", "create", "--name", "b", "--owner", "nobody", "--purpose", "p"), "owner"),
-        (("agents", "create", "--name", "b", "--owner", "admin", "--purpose", "p",
-          "--risk-tier", "prohibited"), "risk_tier_prohibited"),
+        (
+            (
+                "agents",
+                "create",
+                "--name",
+                "b",
+                "--owner",
+                "admin",
+                "--purpose",
+                "p",
+                "--risk-tier",
+                "prohibited",
+            ),
+            "risk_tier_prohibited",
+        ),
         (("agents", "kill", agent["id"], "--reason", "r"), "--yes"),
         (("agents", "update", agent["id"]), "nothing to change"),
-        (("agents", "create", "--name", "b", "--owner", "admin", "--purpose", "p",
-          "--attr", "novalue"), "key=value"),
+        (
+            (
+                "agents",
+                "create",
+                "--name",
+                "b",
+                "--owner",
+                "admin",
+                "--purpose",
+                "p",
+                "--attr",
+                "novalue",
+            ),
+            "key=value",
+        ),
     ]:
         res = tether(env, cwd, *args)
         assert res.returncode != 0, args

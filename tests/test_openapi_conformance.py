@@ -90,7 +90,8 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
     * 400 ``invalid_cursor``: cursors are opaque and server-issued; a string that merely fits
       the parameter's type and length is not a cursor (API.md "Lists").
     * 422 for an ``owner`` / ``supervisors`` entry that names no user (or an auditor), a
-      ``parent`` agent that does not exist, or an ``expires_at`` that is not in the future.
+      ``parent`` agent that does not exist, or an ``expires_at`` / ``recertify_by`` that is
+      not in the future.
 
     Only that one check is excused, and only for such a response: every other check still
     judges it (documented status, error shape, headers). A 422 from the request model itself
@@ -109,7 +110,7 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
             return message.startswith("no user ") or "must be admins or supervisors" in message
         if where == "parent":
             return message.endswith("does not exist")
-        if where == "expires_at":
+        if where in {"expires_at", "recertify_by"}:
             return message.endswith("must be in the future")
     return False
 
@@ -136,53 +137,62 @@ class Run:
 
 
 def _config() -> schemathesis.Config:
-    return schemathesis.Config.from_dict({
-        "seed": SEED,
-        "suppress-health-check": [
-            # Each example is a round trip through the app and a database write, and the agent
-            # body strategies (patterns inside nested unions) legitimately filter a lot.
-            "too_slow", "filter_too_much", "data_too_large",
-        ],
-        # Values that name existing state, mixed into generated bodies (positive data only
-        # takes those that fit the schema). Without them every generated agent names a random
-        # owner and is refused (422), so patch / suspend / kill / clone would never see an agent.
-        "dictionaries": {
-            "humans": {"values": ["admin"]},
-            "future": {"values": ["2099-01-01T00:00:00Z", "2098-06-30T12:00:00.5+02:00"]},
-        },
-        "parameters": {
-            "body.owner": {"dictionary": "humans", "probability": 0.6},
-            "body.supervisors[*]": {"dictionary": "humans", "probability": 0.6},
-            "body.expires_at": {"dictionary": "future", "probability": 0.5},
-        },
-        "generation": {
-            "mode": "all",  # positive and negative
-            "deterministic": True,
-            "database": "none",
-            "max-examples": MAX_EXAMPLES,
-        },
-        "phases": {
-            "examples": {"enabled": True},
-            "coverage": {"enabled": True},
-            "fuzzing": {"enabled": True},
-            "stateful": {
-                "enabled": True,
-                "max-steps": STATEFUL_STEPS,
-                "generation": {"max-examples": STATEFUL_EXAMPLES},
+    return schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "suppress-health-check": [
+                # Each example is a round trip through the app and a database write, and the agent
+                # body strategies (patterns inside nested unions) legitimately filter a lot.
+                "too_slow",
+                "filter_too_much",
+                "data_too_large",
+            ],
+            # Values that name existing state, mixed into generated bodies (positive data
+            # only takes those that fit the schema). Without them every generated agent names
+            # a random owner and is refused (422), so patch / suspend / kill / clone would
+            # never see an agent.
+            "dictionaries": {
+                "humans": {"values": ["admin"]},
+                "future": {"values": ["2099-01-01T00:00:00Z", "2098-06-30T12:00:00.5+02:00"]},
             },
-        },
-        "checks": {"enabled": True},
-        "operations": [{
-            # Schemathesis reuses values it saw in responses; for a new username that is always
-            # "admin", so every create would be a (correct) 409 and no 201 would be checked.
-            "include-path": "/v1/users",
-            "include-method": "POST",
+            "parameters": {
+                "body.owner": {"dictionary": "humans", "probability": 0.6},
+                "body.supervisors[*]": {"dictionary": "humans", "probability": 0.6},
+                "body.expires_at": {"dictionary": "future", "probability": 0.5},
+                "body.recertify_by": {"dictionary": "future", "probability": 0.5},
+            },
+            "generation": {
+                "mode": "all",  # positive and negative
+                "deterministic": True,
+                "database": "none",
+                "max-examples": MAX_EXAMPLES,
+            },
             "phases": {
-                "coverage": {"extra-data-sources": {"responses": False}},
-                "fuzzing": {"extra-data-sources": {"responses": False}},
+                "examples": {"enabled": True},
+                "coverage": {"enabled": True},
+                "fuzzing": {"enabled": True},
+                "stateful": {
+                    "enabled": True,
+                    "max-steps": STATEFUL_STEPS,
+                    "generation": {"max-examples": STATEFUL_EXAMPLES},
+                },
             },
-        }],
-    })
+            "checks": {"enabled": True},
+            "operations": [
+                {
+                    # Schemathesis reuses values it saw in responses; for a new username that
+                    # is always "admin", so every create would be a (correct) 409 and no 201
+                    # would be checked.
+                    "include-path": "/v1/users",
+                    "include-method": "POST",
+                    "phases": {
+                        "coverage": {"extra-data-sources": {"responses": False}},
+                        "fuzzing": {"extra-data-sources": {"responses": False}},
+                    },
+                }
+            ],
+        }
+    )
 
 
 def _authenticate_as_admin(schema: Any, services: Services, admin_token: str) -> None:
@@ -229,8 +239,11 @@ def _record(run: Run, ev: events.ScenarioFinished) -> None:
             info = node.failure_info
             if info is None:
                 continue
-            answer = (f"-> {response.status_code} {response.content[:300]!r}"
-                      if response is not None else "-> no response")
+            answer = (
+                f"-> {response.status_code} {response.content[:300]!r}"
+                if response is not None
+                else "-> no response"
+            )
             detail = f"{info.failure.title}: {info.failure.message}\n{info.code_sample}"
             key = (phase, node.name, info.failure.operation or ev.label or "?")
             run.failures.setdefault(key, f"{detail}\n{answer}")

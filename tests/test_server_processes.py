@@ -23,14 +23,21 @@ def test_two_workers_concurrent_writers_keep_one_chain(backend: Backend, tmp_pat
             codes = []
             with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
                 for j in range(10):
-                    r = c.post("/v1/agents", json={
-                        "name": f"w{i}-{j}", "owner": "admin", "purpose": "load",
-                        "risk_tier": "minimal"})
+                    r = c.post(
+                        "/v1/agents",
+                        json={
+                            "name": f"w{i}-{j}",
+                            "owner": "admin",
+                            "purpose": "load",
+                            "risk_tier": "minimal",
+                        },
+                    )
                     codes.append(r.status_code)
                     if r.status_code == 201 and j % 2 == 0:
                         aid = r.json()["id"]
-                        codes.append(c.post(f"/v1/agents/{aid}/suspend",
-                                            json={"reason": "x"}).status_code)
+                        codes.append(
+                            c.post(f"/v1/agents/{aid}/suspend", json={"reason": "x"}).status_code
+                        )
             return codes
 
         with ThreadPoolExecutor(8) as pool:

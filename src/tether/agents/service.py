@@ -108,6 +108,7 @@ class AgentService:
         now = self.clock.now()
         tier = self._tier(spec.risk_tier)
         self._check_future(spec.expires_at, now, "expires_at")
+        self._check_future(spec.recertify_by, now, "recertify_by")
         with self.db.write() as s:
             owner = self._human(s, spec.owner, "owner")
             if actor.role is Role.SUPERVISOR and owner.id != actor.id:
@@ -216,6 +217,8 @@ class AgentService:
         tier = self._tier(patch.risk_tier) if patch.risk_tier is not None else None
         if "expires_at" in fields:
             self._check_future(patch.expires_at, now, "expires_at")
+        if "recertify_by" in fields:
+            self._check_future(patch.recertify_by, now, "recertify_by")
         with self.db.write() as s:
             row = self._row(s, agent_id)
             self._require(s, actor, row, "manage")

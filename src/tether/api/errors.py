@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,14 +28,24 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or {}}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# Pydantic puts the member of a union it tried into ``loc`` ("constrained-str", "list[str]",
+# "function-after[...]"); those are not fields, so the field path leaves them out.
+_TAG = re.compile(r"[\[\-]|^(str|int|bool|float|list|dict|none)$")
+
+
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
+    parts = [str(p) for p in loc[1:] if isinstance(p, int) or not _TAG.search(str(p))]
     return ".".join(parts) or "body"
 
 
@@ -64,14 +75,27 @@ def install(app: FastAPI) -> None:
             field = "body" if malformed else _field(tuple(err.get("loc", ())))
             errors.append({"field": field, "message": err.get("msg"), "type": err.get("type")})
         if malformed:
-            return _error(400, "malformed_json", "the request body is not valid JSON",
-                          {"errors": errors})
+            return _error(
+                400, "malformed_json", "the request body is not valid JSON", {"errors": errors}
+            )
         first = errors[0] if errors else {"field": "body", "message": "invalid"}
-        return _error(422, "validation_error", f"{first['field']}: {first['message']}",
-                      {"field": first["field"], "errors": errors})
+        return _error(
+            422,
+            "validation_error",
+            f"{first['field']}: {first['message']}",
+            {"field": first["field"], "errors": errors},
+        )
 
     @app.exception_handler(HTTPException)
     async def _http(req: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's body parser: not UTF-8, nested too deep, or otherwise unreadable.
+            return _error(
+                400,
+                "malformed_json",
+                f"the body is not valid JSON: {exc.detail}",
+                {"field": "body"},
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
@@ -79,8 +103,13 @@ def install(app: FastAPI) -> None:
             # names that route's methods only; RFC 9110 wants every method the resource has.
             allowed = _allowed_methods(req)
             headers["Allow"] = ", ".join(allowed)
-            return _error(405, code, f"method {req.method} not allowed; use {headers['Allow']}",
-                          {"allowed_methods": allowed}, headers)
+            return _error(
+                405,
+                code,
+                f"method {req.method} not allowed; use {headers['Allow']}",
+                {"allowed_methods": allowed},
+                headers,
+            )
         return _error(exc.status_code, code, str(exc.detail), headers=headers or None)
 
     @app.exception_handler(Exception)

@@ -117,9 +117,10 @@ class VerifyOut(BaseModel):
     checkpoints_checked: int
     head_hash: str
     first_bad_seq: int | None = None
-    problem: Literal[
-        "edited", "missing", "reordered", "bad_checkpoint_signature", "checkpoint_mismatch"
-    ] | None = None
+    problem: (
+        Literal["edited", "missing", "reordered", "bad_checkpoint_signature", "checkpoint_mismatch"]
+        | None
+    ) = None
     message: str | None = None
 
 

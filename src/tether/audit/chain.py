@@ -214,9 +214,7 @@ def _event_problem(
             return (
                 ev.seq - 1,
                 Problem.EDITED,
-                (
-                    f"event {ev.seq - 1} was rewritten; event {ev.seq} links to another version"
-                ),
+                (f"event {ev.seq - 1} was rewritten; event {ev.seq} links to another version"),
             )
         return ev.seq, Problem.EDITED, f"event {ev.seq} does not link to event {ev.seq - 1}"
     if event_hash(ev.prev_hash, ev.body()) != ev.hash:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
@@ -225,11 +227,9 @@ class UserService:
             raise ValidationFailed("token name must not contain NUL characters", field="name")
         now = self.clock.now()
         with self.db.write() as s:
-            user = self.store.resolve(s, user_ref)
-            if user is None:
-                raise UserNotFound(f"no user {user_ref!r}", user=user_ref)
-            if not actor.is_admin and actor.id != user.id:
-                raise Forbidden("only an admin may create tokens for another user")
+            user = self._own_or_admin(
+                s, actor, user_ref, "only an admin may create tokens for another user"
+            )
             row, secret = self._new_token(user.id, name, expires_in, now)
             self.store.add(s, row)
             self.ledger.append(
@@ -248,21 +248,17 @@ class UserService:
 
     def list_tokens(self, actor: Principal, user_ref: str) -> builtins.list[UserToken]:
         with self.db.read() as s:
-            user = self.store.resolve(s, user_ref)
-            if user is None:
-                raise UserNotFound(f"no user {user_ref!r}", user=user_ref)
-            if not actor.is_admin and actor.id != user.id:
-                raise Forbidden("only an admin may list another user's tokens")
+            user = self._own_or_admin(
+                s, actor, user_ref, "only an admin may list another user's tokens"
+            )
             return [_token(r) for r in self.store.tokens(s, user.id)]
 
     def revoke_token(self, actor: Principal, user_ref: str, token_id: str) -> UserToken:
         now = self.clock.now()
         with self.db.write() as s:
-            user = self.store.resolve(s, user_ref)
-            if user is None:
-                raise UserNotFound(f"no user {user_ref!r}", user=user_ref)
-            if not actor.is_admin and actor.id != user.id:
-                raise Forbidden("only an admin may revoke another user's tokens")
+            user = self._own_or_admin(
+                s, actor, user_ref, "only an admin may revoke another user's tokens"
+            )
             row = self.store.token(s, token_id)
             if row is None or row.user_id != user.id:
                 raise TokenNotFound(f"no token {token_id!r} for this user", token=token_id)
@@ -281,6 +277,16 @@ class UserService:
                     now=now,
                 )
             return _token(row)
+
+    def _own_or_admin(self, s: Session, actor: Principal, ref: str, doing: str) -> UserRow:
+        """The user ``ref`` if ``actor`` is an admin or that user; refused before the lookup,
+        so a non-admin cannot learn from 404 versus 403 which usernames exist."""
+        if not actor.is_admin and ref not in (actor.id, actor.name):
+            raise Forbidden(f"only an admin may {doing} another user")
+        user = self.store.resolve(s, ref)
+        if user is None:
+            raise UserNotFound(f"no user {ref!r}", user=ref)
+        return user
 
     def authenticate(self, token: str) -> Principal:
         """The user a bearer token belongs to; raises :class:`Unauthenticated` otherwise."""

@@ -42,8 +42,9 @@ def list_agents(
     cursor: Annotated[str | None, Query(max_length=300)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    page = svc.agents.list(who, cursor=cursor, limit=limit, status=status, owner=owner,
-                           role=role, risk_tier=risk_tier)
+    page = svc.agents.list(
+        who, cursor=cursor, limit=limit, status=status, owner=owner, role=role, risk_tier=risk_tier
+    )
     return {"items": [a.to_json() for a in page.items], "next_cursor": page.next_cursor}
 
 

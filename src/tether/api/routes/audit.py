@@ -30,8 +30,9 @@ def list_events(
     cursor: Annotated[str | None, Query(max_length=300)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    page = svc.audit.events(who, cursor=cursor, limit=limit, agent=agent, type_=type,
-                            since=since, until=until)
+    page = svc.audit.events(
+        who, cursor=cursor, limit=limit, agent=agent, type_=type, since=since, until=until
+    )
     return {"items": [e.to_json() for e in page.items], "next_cursor": page.next_cursor}
 
 
@@ -40,8 +41,7 @@ def verify(svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     return svc.audit.verify(who).to_json()
 
 
-@router.get("/checkpoints/latest", response_model=CheckpointOut,
-            responses=responses(401, 403, 404))
+@router.get("/checkpoints/latest", response_model=CheckpointOut, responses=responses(401, 403, 404))
 def latest_checkpoint(svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     return svc.audit.latest_checkpoint(who).to_json()
 
@@ -59,9 +59,13 @@ def sign_checkpoint(svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
 
 @router.get(
     "/export",
-    responses={**responses(401, 403, 422),
-               200: {"content": {"application/x-ndjson": {}},
-                     "description": "One event per line, in seq order"}},
+    responses={
+        **responses(401, 403, 422),
+        200: {
+            "content": {"application/x-ndjson": {}},
+            "description": "One event per line, in seq order",
+        },
+    },
     response_class=StreamingResponse,
 )
 def export(

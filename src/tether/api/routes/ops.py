@@ -26,13 +26,19 @@ def healthz() -> dict[str, Any]:
 def readyz(svc: ServicesDep) -> Any:
     db_ok = svc.db.ping()
     schema_ok = db_ok and migrate.is_current(svc.db)
-    body = {"status": "ready" if schema_ok else "not_ready", "database": db_ok,
-            "schema_current": schema_ok}
+    body = {
+        "status": "ready" if schema_ok else "not_ready",
+        "database": db_ok,
+        "schema_current": schema_ok,
+    }
     return JSONResponse(body, status_code=200 if schema_ok else 503)
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+)
 def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

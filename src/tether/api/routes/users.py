@@ -29,17 +29,15 @@ class UserCreate(BaseModel):
     # the OpenAPI document says which usernames are valid instead of accepting any string.
     username: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     role: Literal["admin", "supervisor", "auditor"]
-    email: (
-        Annotated[str, StringConstraints(max_length=254, pattern=_EMAIL)] | None
-    ) = None
+    email: Annotated[str, StringConstraints(max_length=254, pattern=_EMAIL)] | None = None
 
 
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: Annotated[str, StringConstraints(max_length=100, pattern=NO_NUL)] | None = None
-    expires_in: (
-        Annotated[int, Field(ge=60, le=366 * 86_400), BeforeValidator(integral)] | None
-    ) = None
+    expires_in: Annotated[int, Field(ge=60, le=366 * 86_400), BeforeValidator(integral)] | None = (
+        None
+    )
 
 
 @router.get("/v1/whoami", response_model=UserOut, responses=responses(401))
@@ -47,11 +45,16 @@ def whoami(svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     return svc.users.get(who, who.id).to_json()
 
 
-@router.post("/v1/users", status_code=201, response_model=UserOut,
-             responses=responses(400, 401, 403, 409, 413, 422))
+@router.post(
+    "/v1/users",
+    status_code=201,
+    response_model=UserOut,
+    responses=responses(400, 401, 403, 409, 413, 422),
+)
 def create_user(body: UserCreate, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
-    return svc.users.create(who, username=body.username, role=Role(body.role),
-                            email=body.email).to_json()
+    return svc.users.create(
+        who, username=body.username, role=Role(body.role), email=body.email
+    ).to_json()
 
 
 @router.get("/v1/users", response_model=UserPage, responses=responses(400, 401, 403, 422))
@@ -70,8 +73,12 @@ def get_user(user: UserRef, svc: ServicesDep, who: PrincipalDep) -> dict[str, An
     return svc.users.get(who, user).to_json()
 
 
-@router.post("/v1/users/{user}/tokens", status_code=201, response_model=TokenCreated,
-             responses=responses(400, 401, 403, 404, 413, 422))
+@router.post(
+    "/v1/users/{user}/tokens",
+    status_code=201,
+    response_model=TokenCreated,
+    responses=responses(400, 401, 403, 404, 413, 422),
+)
 def create_token(
     user: UserRef, svc: ServicesDep, who: PrincipalDep, body: TokenCreate | None = None
 ) -> dict[str, Any]:
@@ -80,18 +87,18 @@ def create_token(
     return {**token.to_json(), "token": secret}
 
 
-@router.get("/v1/users/{user}/tokens", response_model=TokenList,
-            responses=responses(401, 403, 404, 422))
+@router.get(
+    "/v1/users/{user}/tokens", response_model=TokenList, responses=responses(401, 403, 404, 422)
+)
 def list_tokens(user: UserRef, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
-    # UserService.list_tokens is annotated ``-> list[...]`` inside a class whose method ``list``
-    # shadows the builtin, so mypy cannot read its return type; the ignore goes when that does.
-    tokens = svc.users.list_tokens(who, user)
-    items = [t.to_json() for t in tokens]  # type: ignore[attr-defined,unused-ignore]
-    return {"items": items, "next_cursor": None}
+    return {"items": [t.to_json() for t in svc.users.list_tokens(who, user)], "next_cursor": None}
 
 
-@router.delete("/v1/users/{user}/tokens/{token_id}", response_model=TokenOut,
-               responses=responses(401, 403, 404, 422))
+@router.delete(
+    "/v1/users/{user}/tokens/{token_id}",
+    response_model=TokenOut,
+    responses=responses(401, 403, 404, 422),
+)
 def revoke_token(
     user: UserRef,
     token_id: Annotated[str, Path(min_length=1, max_length=40)],
