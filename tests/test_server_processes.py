@@ -58,5 +58,14 @@ def test_two_workers_concurrent_writers_keep_one_chain(backend: Backend, tmp_pat
                     break
             assert seqs == list(range(1, writes + 2))
             metrics = c.get("/metrics").text
-            assert "tether_ledger_events_appended_total" in metrics
+            # Counters from both worker processes are merged (prometheus multiprocess mode).
+            created = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith('tether_ledger_events_appended_total{type="agent.created"}')
+            ]
+            assert created == [
+                f'tether_ledger_events_appended_total{{type="agent.created"}} {float(8 * 10)}'
+            ]
+            assert 'route="/v1/agents",status="201"' in metrics
             assert c.get("/readyz").json()["status"] == "ready"

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from tether import __version__
 from tether.api import errors
 from tether.api.limits import BodyLimitMiddleware
+from tether.api.metrics import MetricsMiddleware
 from tether.api.routes import agents, audit, ops, users
 from tether.config import load_settings
 from tether.container import Services, build_services
@@ -53,6 +54,7 @@ def create_app(services: Services) -> FastAPI:
     for module in (ops, users, agents, audit):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -37,8 +38,16 @@ def current_revision(db: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def head_revision(db: Database) -> str | None:
-    return ScriptDirectory.from_config(_config(db)).get_current_head()
+@functools.cache
+def _head() -> str | None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_SCRIPTS))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def head_revision(_db: Database | None = None) -> str | None:
+    """The newest migration shipped with this build (read once per process)."""
+    return _head()
 
 
 def is_current(db: Database) -> bool:
