@@ -49,13 +49,13 @@ from bench.common import (
     raw_sqlite,
     write_json,
 )
-from tether.audit.chain import GENESIS, Event, event_hash, verify_chain
+from tether.audit.chain import GENESIS, link, verify_chain
 from tether.audit.events import EventType, NewEvent
 from tether.audit.models import EventRow
+from tether.audit.store import event_row
 from tether.clock import to_micros
 from tether.db.models import metadata
 from tether.ids import IdPrefix, new_id
-from tether.jsonutil import canonical_text
 
 
 @dataclass(frozen=True)
@@ -96,53 +96,9 @@ def sample_event(i: int) -> NewEvent:
 
 def baseline_rows(count: int) -> list[tuple[Any, ...]]:
     """``count`` chained rows exactly as Tether stores them; built before any timing starts."""
-    rows: list[tuple[Any, ...]] = []
-    prev = GENESIS
-    time_us = to_micros(datetime.now(UTC))
-    for k in range(count):
-        new = sample_event(k)
-        ev = Event(
-            seq=k + 1,
-            id=new_id(IdPrefix.EVENT, now_ms=time_us // 1000),
-            time_us=time_us,
-            type=str(new.type),
-            actor=new.actor,
-            agent_id=new.agent_id,
-            on_behalf_of=new.on_behalf_of,
-            chain=list(new.chain),
-            action=new.action,
-            resource=new.resource,
-            decision=new.decision,
-            reasons=list(new.reasons),
-            policy_version=new.policy_version,
-            outcome=new.outcome,
-            details=new.details,
-            prev_hash=prev,
-        )
-        digest = event_hash(prev, ev.body())
-        rows.append(
-            (
-                ev.seq,
-                ev.id,
-                ev.time_us,
-                ev.type,
-                ev.actor,
-                ev.agent_id,
-                ev.on_behalf_of,
-                canonical_text(ev.chain),
-                ev.action,
-                canonical_text(ev.resource),
-                ev.decision,
-                canonical_text(ev.reasons),
-                ev.policy_version,
-                ev.outcome,
-                canonical_text(ev.details),
-                prev,
-                digest,
-            )
-        )
-        prev = digest
-    return rows
+    events = [sample_event(k) for k in range(count)]
+    chained = link(events, after_seq=0, prev_hash=GENESIS, time_us=to_micros(datetime.now(UTC)))
+    return [tuple(event_row(ev)[name] for name in COLUMNS) for ev in chained]
 
 
 # -- measurements ------------------------------------------------------------------------------

@@ -10,13 +10,8 @@ from sqlalchemy import and_, delete, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
+from tether.db.text import unstorable
 from tether.users.models import UserRow
-
-
-def _has_nul(*values: str | None) -> bool:
-    """PostgreSQL text cannot hold NUL, so a key containing one matches no row; it must not
-    reach the driver, which rejects it with an error instead."""
-    return any(v is not None and "\x00" in v for v in values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +25,7 @@ class _Filters:
 
 class DatabaseAgentStore:
     def get(self, session: Session, agent_id: str, *, for_update: bool = False) -> AgentRow | None:
-        if _has_nul(agent_id):
+        if unstorable(agent_id):
             return None
         return session.get(AgentRow, agent_id, with_for_update=for_update)
 
@@ -97,7 +92,7 @@ class DatabaseAgentStore:
         supervision), read in id order with a LIMIT: measured in bench/registry.py, an
         ``id IN (subquery)`` or an ``OR`` across owner and supervision scans the whole table.
         """
-        if _has_nul(status, role, risk_tier):
+        if unstorable(status, role, risk_tier):
             return []
         filters = _Filters(after, limit, status, risk_tier, role)
         if visible_to is None:

@@ -8,13 +8,15 @@ The first event's ``prev_hash`` is 64 zeros. Checkpoints sign ``{size, head_hash
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from tether.audit.events import NewEvent
 from tether.clock import from_micros, to_rfc3339
+from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical
 
 GENESIS = "0" * 64
@@ -81,6 +83,40 @@ class Event:
 
 def event_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hash) + canonical(body)).hexdigest()
+
+
+def link(
+    events: Sequence[NewEvent], *, after_seq: int, prev_hash: str, time_us: int
+) -> list[Event]:
+    """Number, time-stamp, id and hash ``events`` as the successors of ``(after_seq, prev_hash)``.
+
+    Pure: the ledger calls it under the write lock with the stored head.
+    """
+    out: list[Event] = []
+    seq, prev = after_seq, prev_hash
+    for new in events:
+        seq += 1
+        body = Event(
+            seq=seq,
+            id=new_id(IdPrefix.EVENT, now_ms=time_us // 1000),
+            time_us=time_us,
+            type=str(new.type),
+            actor=new.actor,
+            agent_id=new.agent_id,
+            on_behalf_of=new.on_behalf_of,
+            chain=list(new.chain),
+            action=new.action,
+            resource=new.resource,
+            decision=new.decision,
+            reasons=list(new.reasons),
+            policy_version=new.policy_version,
+            outcome=new.outcome,
+            details=new.details,
+            prev_hash=prev,
+        )
+        prev = event_hash(prev, body.body())
+        out.append(replace(body, hash=prev))
+    return out
 
 
 def checkpoint_payload(size: int, head_hash: str, time_us: int) -> bytes:

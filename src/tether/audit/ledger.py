@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 
 from prometheus_client import Counter
 from sqlalchemy.orm import Session
 
-from tether.audit.chain import GENESIS, Checkpoint, Event, event_hash
+from tether.audit.chain import GENESIS, Checkpoint, Event, link
 from tether.audit.events import NewEvent
 from tether.audit.signing import LedgerSigner
 from tether.audit.store import DatabaseLedgerStore
 from tether.clock import to_micros
-from tether.ids import IdPrefix, new_id
 
 EVENTS_APPENDED = Counter("tether_ledger_events_appended", "Ledger events appended", ["type"])
 CHECKPOINTS_SIGNED = Counter("tether_ledger_checkpoints_signed", "Ledger checkpoints signed")
@@ -47,31 +45,8 @@ class Ledger:
         head = self.store.head(session)
         seq, prev = head if head else (0, GENESIS)
         time_us = to_micros(now)
-        out: list[Event] = []
-        for new in events:
-            seq += 1
-            ev = Event(
-                seq=seq,
-                id=new_id(IdPrefix.EVENT, now_ms=time_us // 1000),
-                time_us=time_us,
-                type=str(new.type),
-                actor=new.actor,
-                agent_id=new.agent_id,
-                on_behalf_of=new.on_behalf_of,
-                chain=list(new.chain),
-                action=new.action,
-                resource=new.resource,
-                decision=new.decision,
-                reasons=list(new.reasons),
-                policy_version=new.policy_version,
-                outcome=new.outcome,
-                details=new.details,
-                prev_hash=prev,
-            )
-            digest = event_hash(prev, ev.body())
-            ev = replace(ev, hash=digest)
-            out.append(ev)
-            prev = digest
+        out = link(events, after_seq=seq, prev_hash=prev, time_us=time_us)
+        seq, prev = out[-1].seq, out[-1].hash
         self.store.insert(session, out)
         for type_, n in Tally(ev.type for ev in out).items():
             EVENTS_APPENDED.labels(type_).inc(n)

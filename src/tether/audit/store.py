@@ -11,16 +11,11 @@ from sqlalchemy.orm import Session
 
 from tether.audit.chain import Checkpoint, Event
 from tether.audit.models import CheckpointRow, EventRow
+from tether.db.text import unstorable
 from tether.jsonutil import canonical_text, loads
 
 _EV = cast(Table, EventRow.__table__)
 _CP = cast(Table, CheckpointRow.__table__)
-
-
-def _has_nul(*values: str | None) -> bool:
-    """PostgreSQL text cannot hold NUL, so a key containing one matches no row; it must not
-    reach the driver, which rejects it with an error instead."""
-    return any(v is not None and "\x00" in v for v in values)
 
 
 # Columns in Event's field order: rows are unpacked by position, which measured 3-4x faster
@@ -55,7 +50,7 @@ def _event(row: Sequence[Any]) -> Event:
     )  # fmt: skip
 
 
-def _values(ev: Event) -> dict[str, Any]:
+def event_row(ev: Event) -> dict[str, Any]:
     return {
         "seq": ev.seq,
         "id": ev.id,
@@ -85,7 +80,7 @@ class DatabaseLedgerStore:
         return (row.seq, row.hash) if row else None
 
     def insert(self, session: Session, events: Sequence[Event]) -> None:
-        session.execute(insert(_EV), [_values(e) for e in events])
+        session.execute(insert(_EV), [event_row(e) for e in events])
 
     def page(
         self,
@@ -98,7 +93,7 @@ class DatabaseLedgerStore:
         since_us: int | None = None,
         until_us: int | None = None,
     ) -> list[Event]:
-        if _has_nul(agent, type_):
+        if unstorable(agent, type_):
             return []
         q = select(*_COLUMNS).where(_EV.c.seq > after_seq)
         if agent is not None:

@@ -5,23 +5,18 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tether.db.text import unstorable
 from tether.users.models import UserRow, UserTokenRow
-
-
-def _has_nul(*values: str | None) -> bool:
-    """PostgreSQL text cannot hold NUL, so a key containing one matches no row; it must not
-    reach the driver, which rejects it with an error instead."""
-    return any(v is not None and "\x00" in v for v in values)
 
 
 class DatabaseUserStore:
     def get(self, session: Session, user_id: str) -> UserRow | None:
-        if _has_nul(user_id):
+        if unstorable(user_id):
             return None
         return session.get(UserRow, user_id)
 
     def by_username(self, session: Session, username: str) -> UserRow | None:
-        if _has_nul(username):
+        if unstorable(username):
             return None
         return session.scalars(select(UserRow).where(UserRow.username == username)).first()
 
@@ -46,7 +41,7 @@ class DatabaseUserStore:
         return session.scalars(select(UserTokenRow).where(UserTokenRow.digest == digest)).first()
 
     def token(self, session: Session, token_id: str) -> UserTokenRow | None:
-        if _has_nul(token_id):
+        if unstorable(token_id):
             return None
         return session.get(UserTokenRow, token_id)
 

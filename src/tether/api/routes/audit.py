@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from tether.agents.schemas import AwareDatetime
 from tether.api.deps import PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.schemas import CheckpointOut, EventPage, VerifyOut
+from tether.fields import AwareDatetime
 from tether.jsonutil import canonical
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BeforeValidator, Field, StringConstraints
 
-from tether.agents.schemas import NO_NUL, SPACES, integral
 from tether.api.deps import PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.schemas import TokenCreated, TokenList, TokenOut, UserOut, UserPage
+from tether.fields import NO_NUL, SPACES, StrictModel, integral
 from tether.principals import Role
+from tether.users.service import USERNAME
 
 router = APIRouter(tags=["users"])
 UserRef = Annotated[str, Path(min_length=1, max_length=64, description="usr_… id or username")]
@@ -23,17 +24,14 @@ _EMAIL_PART = rf"[^@{SPACES}\x00]+"
 _EMAIL = rf"^{_EMAIL_PART}@{_EMAIL_PART}$"
 
 
-class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    # The same rule the user service enforces (tether.users.service.USERNAME), stated here so
-    # the OpenAPI document says which usernames are valid instead of accepting any string.
-    username: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+class UserCreate(StrictModel):
+    # The service's own rule, stated here too so the OpenAPI document says which are valid.
+    username: Annotated[str, StringConstraints(pattern=USERNAME.pattern)]
     role: Literal["admin", "supervisor", "auditor"]
     email: Annotated[str, StringConstraints(max_length=254, pattern=_EMAIL)] | None = None
 
 
-class TokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class TokenCreate(StrictModel):
     name: Annotated[str, StringConstraints(max_length=100, pattern=NO_NUL)] | None = None
     expires_in: Annotated[int, Field(ge=60, le=366 * 86_400), BeforeValidator(integral)] | None = (
         None
