@@ -229,6 +229,23 @@ def test_only_admins_create_users(api: Api, role: str) -> None:
 def test_supervisor_cannot_read_the_ledger(api: Api, cast: Cast) -> None:
     response = api.client.get("/v1/audit/events", headers=bearer(cast.alice["token"]))
     assert_error(response, 403, "forbidden")
+    assert_error(api.client.get("/v1/audit/verify", headers=bearer(cast.alice["token"])), 403)
+
+
+@pytest.mark.parametrize("who", ["alice", "carol"])
+def test_supervisor_reads_the_history_of_their_own_agents_only(
+    api: Api, cast: Cast, who: str
+) -> None:
+    token = bearer(getattr(cast, who)["token"])
+    own = api.client.get("/v1/audit/events", params={"agent": cast.mine["id"]}, headers=token)
+    assert own.status_code == 200
+    events = own.json()["items"]
+    assert [e["type"] for e in events] == ["agent.created"]
+    assert {e["agent_id"] for e in events} == {cast.mine["id"]}
+    other = api.client.get("/v1/audit/events", params={"agent": cast.his["id"]}, headers=token)
+    assert_error(other, 403, "forbidden")
+    missing = api.client.get("/v1/audit/events", params={"agent": "agt_nope"}, headers=token)
+    assert_error(missing, 404, "agent_not_found")
 
 
 # -- authentication ----------------------------------------------------------------------------

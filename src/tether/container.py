@@ -32,7 +32,7 @@ class Services:
 
 def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url, schema=settings.database_schema)
     keys = load_root_keys(settings)
     ledger = Ledger(
@@ -40,6 +40,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         checkpoint_every_events=settings.checkpoint_every_events,
         checkpoint_every_seconds=settings.checkpoint_every_seconds,
     )
+    agents = AgentService(db, ledger, clock, trust_domain=settings.trust_domain)
     return Services(
         settings=settings,
         db=db,
@@ -47,6 +48,6 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         keys=keys,
         ledger=ledger,
         users=UserService(db, ledger, clock),
-        agents=AgentService(db, ledger, clock, trust_domain=settings.trust_domain),
-        audit=AuditService(db, ledger, clock),
+        agents=agents,
+        audit=AuditService(db, ledger, clock, agent_reader=agents.get),
     )

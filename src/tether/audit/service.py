@@ -17,7 +17,10 @@ from tether.principals import Principal, Role
 
 def _require_reader(actor: Principal) -> None:
     if not (actor.is_admin or actor.role is Role.AUDITOR):
-        raise Forbidden("only admins and auditors may read the audit ledger")
+        raise Forbidden(
+            "only admins and auditors may read the whole ledger; supervisors may read their "
+            "agents' events with ?agent=<id>"
+        )
 
 
 def _micros(value: datetime | None, field: str) -> int | None:
@@ -33,8 +36,18 @@ def _micros(value: datetime | None, field: str) -> int | None:
 
 
 class AuditService:
-    def __init__(self, db: Database, ledger: Ledger, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        ledger: Ledger,
+        clock: Clock,
+        *,
+        agent_reader: Callable[[Principal, str], object] | None = None,
+    ) -> None:
+        """``agent_reader(actor, agent_id)`` raises unless the actor may read that agent; with
+        it, a supervisor may read the events of the agents they own or supervise."""
         self.db = db
+        self.agent_reader = agent_reader
         self.ledger = ledger
         self.store = ledger.store
         self.clock = clock
@@ -50,7 +63,10 @@ class AuditService:
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> Page[Event]:
-        _require_reader(actor)
+        if actor.role is Role.SUPERVISOR and agent is not None and self.agent_reader:
+            self.agent_reader(actor, agent)  # their own agents' history only
+        else:
+            _require_reader(actor)
         after = decode_cursor(cursor)
         try:
             after_seq = int(after) if after is not None else 0

@@ -17,7 +17,7 @@ from tether.jsonutil import canonical
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 
-@router.get("/events", response_model=EventPage, responses=responses(400, 401, 403, 422))
+@router.get("/events", response_model=EventPage, responses=responses(400, 401, 403, 404, 422))
 def list_events(
     *,
     svc: ServicesDep,
