@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,3 +140,57 @@ def test_audit_verify_exits_nonzero_on_tampering(
     res = tether(env, cwd, "audit", "verify", "--json")
     assert res.returncode == 1
     assert json.loads(res.stdout)["first_bad_seq"] == 1
+
+
+def test_audit_tail_shows_the_newest_and_follows(server: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = server
+    for i in range(5):
+        assert tether(env, cwd, "users", "create", f"u{i}", "--role", "auditor").returncode == 0
+    last3 = tether(env, cwd, "audit", "tail", "-n", "3", "--json")
+    assert last3.returncode == 0, last3.stderr
+    seqs = [
+        json.loads(chunk)["seq"] for chunk in re.findall(r"^\{.*?^\}", last3.stdout, re.S | re.M)
+    ]
+    assert seqs == [4, 5, 6]
+
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tether",
+            "audit",
+            "tail",
+            "-n",
+            "1",
+            "-f",
+            "--interval",
+            "0.2",
+            "--json",
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    ) as follower:
+        seen: list[int] = []
+        try:
+            assert follower.stdout is not None
+            buffer = ""
+            made = False
+            deadline = time.monotonic() + 30
+            while 8 not in seen and time.monotonic() < deadline:
+                line = follower.stdout.readline()
+                buffer += line
+                if line.startswith("}"):
+                    seen.append(json.loads(buffer)["seq"])
+                    buffer = ""
+                    if not made:  # the first event printed: now add two more while it follows
+                        for name in ("late1", "late2"):
+                            res = tether(env, cwd, "users", "create", name, "--role", "auditor")
+                            assert res.returncode == 0
+                        made = True
+        finally:
+            follower.terminate()
+    assert seen == [6, 7, 8]

@@ -62,6 +62,7 @@ class AuditService:
         type_: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        newest_first: bool = False,
     ) -> Page[Event]:
         if actor.role is Role.SUPERVISOR and agent is not None and self.agent_reader:
             self.agent_reader(actor, agent)  # their own agents' history only
@@ -82,6 +83,7 @@ class AuditService:
                 type_=type_,
                 since_us=since_us,
                 until_us=until_us,
+                newest_first=newest_first,
             )
         return page_of(rows, limit, lambda e: str(e.seq))
 

@@ -92,10 +92,17 @@ class DatabaseLedgerStore:
         type_: str | None = None,
         since_us: int | None = None,
         until_us: int | None = None,
+        newest_first: bool = False,
     ) -> list[Event]:
+        """Events after ``after_seq`` in ``seq`` order; with ``newest_first``, events before it
+        (``after_seq`` 0 meaning "from the head") from the newest down."""
         if unstorable(agent, type_):
             return []
-        q = select(*_COLUMNS).where(_EV.c.seq > after_seq)
+        q = select(*_COLUMNS)
+        if newest_first:
+            q = q.where(_EV.c.seq < after_seq) if after_seq else q
+        else:
+            q = q.where(_EV.c.seq > after_seq)
         if agent is not None:
             q = q.where(_EV.c.agent_id == agent)
         if type_ is not None:
@@ -104,7 +111,8 @@ class DatabaseLedgerStore:
             q = q.where(_EV.c.time >= since_us)
         if until_us is not None:
             q = q.where(_EV.c.time < until_us)
-        rows = session.execute(q.order_by(_EV.c.seq).limit(limit)).all()
+        order = _EV.c.seq.desc() if newest_first else _EV.c.seq
+        rows = session.execute(q.order_by(order).limit(limit)).all()
         return [_event(r) for r in rows]
 
     def stream(self, session: Session, *, batch: int = 5000) -> Generator[Event]:

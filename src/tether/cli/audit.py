@@ -19,7 +19,7 @@ COLUMNS = ["seq", "time", "type", "actor", "agent_id", "outcome", "details"]
 @app.command("tail")
 def tail(
     ctx: typer.Context,
-    n: Annotated[int, typer.Option("-n", help="How many recent events.")] = 20,
+    n: Annotated[int, typer.Option("-n", min=0, max=1000, help="How many recent events.")] = 20,
     agent: Annotated[str | None, typer.Option()] = None,
     type_: Annotated[str | None, typer.Option("--type")] = None,
     follow: Annotated[
@@ -30,7 +30,10 @@ def tail(
 ) -> None:
     """The most recent events, oldest first (``-f`` to follow)."""
     api = client(ctx)
-    events = list(api.paginate("/v1/audit/events", agent=agent, type=type_))[-n:] if n else []
+    newest = (
+        api.get("/v1/audit/events", agent=agent, type=type_, limit=n, order="desc") if n else None
+    )
+    events = list(reversed(newest["items"])) if newest else []
     _print(events, as_json)
     last = events[-1]["seq"] if events else 0
     if not follow:

@@ -106,9 +106,10 @@ class ApiClient:
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
 
-    def paginate(self, path: str, *, limit: int | None = None, **params: Any) -> Iterator[Any]:
-        """Every item across pages, or the first ``limit`` items."""
-        cursor: str | None = None
+    def paginate(
+        self, path: str, *, limit: int | None = None, cursor: str | None = None, **params: Any
+    ) -> Iterator[Any]:
+        """Every item across pages (from ``cursor`` on), or the first ``limit`` items."""
         count = 0
         while True:
             page = self.get(path, cursor=cursor, limit=min(limit or 500, 500), **params)

@@ -29,9 +29,19 @@ def list_events(
     until: AwareDatetime | None = None,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    order: Annotated[
+        Literal["asc", "desc"], Query(description="asc: oldest first (default); desc: newest first")
+    ] = "asc",
 ) -> dict[str, Any]:
     page = svc.audit.events(
-        who, cursor=cursor, limit=limit, agent=agent, type_=type, since=since, until=until
+        who,
+        cursor=cursor,
+        limit=limit,
+        agent=agent,
+        type_=type,
+        since=since,
+        until=until,
+        newest_first=order == "desc",
     )
     return {"items": [e.to_json() for e in page.items], "next_cursor": page.next_cursor}
 
