@@ -26,6 +26,8 @@ from tether.config import Settings
 from tether.container import Services, build_services
 
 PG_URL = os.environ.get("TETHER_TEST_POSTGRES_URL", "")
+# What a fresh deployment's ledger holds: system.bootstrapped, key.created (signing keys).
+BOOTSTRAP_EVENTS = 2
 BACKENDS = ["sqlite", "postgresql"]
 
 

@@ -58,7 +58,7 @@ def test_readme_walkthrough_runs_as_written(server: tuple[Path, dict[str, str]])
     assert "suspended" in result.stdout  # the fingerprint change suspended the agent
     lines = (cwd / "audit.jsonl").read_text().splitlines()
     types = [json.loads(line)["type"] for line in lines]
-    assert types[:3] == ["system.bootstrapped", "user.created", "agent.created"]
+    assert types[:4] == ["system.bootstrapped", "key.created", "user.created", "agent.created"]
     assert "agent.killed" in types
     assert "agent.cloned" in types
 
@@ -151,7 +151,7 @@ def test_audit_tail_shows_the_newest_and_follows(server: tuple[Path, dict[str, s
     seqs = [
         json.loads(chunk)["seq"] for chunk in re.findall(r"^\{.*?^\}", last3.stdout, re.S | re.M)
     ]
-    assert seqs == [4, 5, 6]
+    assert seqs == [5, 6, 7]  # after system.bootstrapped and key.created
 
     with subprocess.Popen(
         [
@@ -180,7 +180,7 @@ def test_audit_tail_shows_the_newest_and_follows(server: tuple[Path, dict[str, s
             buffer = ""
             made = False
             deadline = time.monotonic() + 30
-            while 8 not in seen and time.monotonic() < deadline:
+            while 9 not in seen and time.monotonic() < deadline:
                 line = follower.stdout.readline()
                 buffer += line
                 if line.startswith("}"):
@@ -193,4 +193,4 @@ def test_audit_tail_shows_the_newest_and_follows(server: tuple[Path, dict[str, s
                         made = True
         finally:
             follower.terminate()
-    assert seen == [6, 7, 8]
+    assert seen == [7, 8, 9]

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from tests.conftest import BOOTSTRAP_EVENTS
 from tether.agents.schemas import AgentCreate
 from tether.config import Settings
 from tether.container import Services, build_services
@@ -64,7 +65,7 @@ def test_threads_writing_at_once_keep_one_chain(make_services: Callable[..., Ser
     with ThreadPoolExecutor(THREADS) as pool:
         made = [agent_id for ids in pool.map(work, range(THREADS)) for agent_id in ids]
     assert len(set(made)) == THREADS * OPS_PER_THREAD // 2
-    _assert_one_chain(services, 1 + THREADS * OPS_PER_THREAD)
+    _assert_one_chain(services, BOOTSTRAP_EVENTS + THREADS * OPS_PER_THREAD)
     with services.db.read() as s:
         statuses = s.execute(text("SELECT status, count(*) FROM agents GROUP BY status")).all()
     assert [tuple(r) for r in statuses] == [("suspended", len(made))]
@@ -101,7 +102,7 @@ def test_processes_writing_at_once_keep_one_chain(make_services: Callable[..., S
     for process in workers:
         process.join(timeout=90)
     assert [p.exitcode for p in workers] == [0] * PROCESSES
-    _assert_one_chain(services, 1 + PROCESSES * CREATES_PER_PROCESS)
+    _assert_one_chain(services, BOOTSTRAP_EVENTS + PROCESSES * CREATES_PER_PROCESS)
     with services.db.read() as s:
         names = {r[0] for r in s.execute(text("SELECT name FROM agents"))}
     assert names == {f"p{w}-{i}" for w in range(PROCESSES) for i in range(CREATES_PER_PROCESS)}

@@ -2,7 +2,7 @@
 would) and check that ``GET /v1/audit/verify`` names the problem and the first bad event.
 
 Services here sign a checkpoint every 5 events; the fixture leaves 12 events (the bootstrap
-event and 11 agent creations), so checkpoints exist at sizes 5 and 10.
+and key events and 10 agent creations), so checkpoints exist at sizes 5 and 10.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from tests.conftest import AGENT_DEFAULTS, Api, admin_client, assert_error, bearer
+from tests.conftest import AGENT_DEFAULTS, BOOTSTRAP_EVENTS, Api, admin_client, assert_error, bearer
 from tether.agents.schemas import AgentCreate
 from tether.audit.chain import checkpoint_payload, event_hash
 from tether.audit.signing import LedgerSigner
@@ -58,7 +58,7 @@ def _create_agents(services: Services, n: int) -> None:
 @pytest.fixture
 def ledger(make_services: Callable[..., Services]) -> Services:
     services = make_services(checkpoint_every_events=EVERY)
-    _create_agents(services, EVENTS - 1)
+    _create_agents(services, EVENTS - BOOTSTRAP_EVENTS)
     return services
 
 
@@ -167,14 +167,14 @@ def test_timed_checkpoints(make_services: Callable[..., Services]) -> None:
     services = make_services(clock=clock, checkpoint_every_seconds=30)
     first = services.audit.checkpoint_tick()  # nothing signed yet: due at once
     assert first is not None
-    assert first.size == 1
+    assert first.size == BOOTSTRAP_EVENTS
     _create_agents(services, 1)
     clock.advance(29)
     assert services.audit.checkpoint_tick() is None
     clock.advance(1)
     second = services.audit.checkpoint_tick()
     assert second is not None
-    assert second.size == 2
+    assert second.size == BOOTSTRAP_EVENTS + 1
     clock.advance(3600)
     assert services.audit.checkpoint_tick() is None  # the head has not moved
 

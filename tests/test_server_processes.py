@@ -47,7 +47,7 @@ def test_two_workers_concurrent_writers_keep_one_chain(backend: Backend, tmp_pat
         with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
             result = c.get("/v1/audit/verify").json()
             assert result["ok"] is True, result
-            assert result["checked"] == writes + 1  # + the bootstrap event
+            assert result["checked"] == writes + 2  # + system.bootstrapped and key.created
             seqs = []
             cursor = None
             while True:
@@ -56,7 +56,7 @@ def test_two_workers_concurrent_writers_keep_one_chain(backend: Backend, tmp_pat
                 cursor = page["next_cursor"]
                 if not cursor:
                     break
-            assert seqs == list(range(1, writes + 2))
+            assert seqs == list(range(1, writes + 3))
             metrics = c.get("/metrics").text
             # Counters from both worker processes are merged (prometheus multiprocess mode).
             created = [

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import Api, assert_error, bearer
+from tests.conftest import BOOTSTRAP_EVENTS, Api, assert_error, bearer
 from tether.bootstrap import prepare
 from tether.container import Services
 from tether.principals import Role
@@ -37,8 +37,8 @@ def test_first_start_creates_admin_and_a_private_token_file(
     who = services.users.authenticate(admin_token)
     assert (who.name, who.role) == ("admin", Role.ADMIN)
     with services.db.read() as s:
-        [first] = s.execute(text("SELECT seq, type FROM audit_events")).all()
-    assert tuple(first) == (1, "system.bootstrapped")
+        rows = s.execute(text("SELECT seq, type FROM audit_events ORDER BY seq")).all()
+    assert [tuple(r) for r in rows] == [(1, "system.bootstrapped"), (2, "key.created")]
 
 
 def test_second_start_changes_nothing(services: Services, admin_token: str) -> None:
@@ -46,7 +46,7 @@ def test_second_start_changes_nothing(services: Services, admin_token: str) -> N
     assert services.settings.admin_token_path.read_text().strip() == admin_token
     with services.db.read() as s:
         assert s.execute(text("SELECT count(*) FROM users")).scalar() == 1
-        assert s.execute(text("SELECT count(*) FROM audit_events")).scalar() == 1
+        assert s.execute(text("SELECT count(*) FROM audit_events")).scalar() == BOOTSTRAP_EVENTS
 
 
 # -- users -------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ def prepare(services: Services) -> BootstrapReport:
     migrate.upgrade(services.db)
     report = BootstrapReport(created_files=list(services.keys.created))
     result = services.users.bootstrap()
+    services.signing_keys.ensure()
     if result is not None:
         _user, token = result
         path = services.settings.admin_token_path

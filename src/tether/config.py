@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     checkpoint_every_events: int = Field(default=1000, ge=1)
     checkpoint_every_seconds: float = Field(default=60.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    token_ttl_seconds: int = Field(default=300, ge=10, description="Default access token TTL.")
+    token_ttl_max_seconds: int = Field(default=3600, ge=10, description="TTL ceiling.")
+    token_signing_alg: Literal["ES256", "EdDSA"] = "ES256"  # noqa: S105 - an algorithm name
+    key_rotation_days: float = Field(default=30, gt=0, description="Scheduled key rotation.")
+    delegation_max_depth: int = Field(default=3, ge=1, le=10)
+    dpop_max_age_seconds: int = Field(default=300, ge=10, le=3600)
     log_level: str = "info"
 
     @field_validator("trust_domain")

@@ -10,6 +10,9 @@ from tether.audit.service import AuditService
 from tether.audit.signing import LedgerSigner
 from tether.clock import Clock, SystemClock
 from tether.config import Settings
+from tether.credentials.keys import SigningKeys
+from tether.credentials.oauth import OAuthService
+from tether.credentials.service import CredentialService
 from tether.db import Database
 from tether.keyfiles import RootKeys, load_root_keys
 from tether.users.service import UserService
@@ -25,6 +28,9 @@ class Services:
     users: UserService
     agents: AgentService
     audit: AuditService
+    signing_keys: SigningKeys
+    credentials: CredentialService
+    oauth: OAuthService
 
     def close(self) -> None:
         self.db.dispose()
@@ -41,6 +47,12 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         checkpoint_every_seconds=settings.checkpoint_every_seconds,
     )
     agents = AgentService(db, ledger, clock, trust_domain=settings.trust_domain)
+    signing_keys = SigningKeys(
+        db, ledger, clock, keys.master_key, alg=settings.token_signing_alg,
+        max_token_ttl=settings.token_ttl_max_seconds, rotation_days=settings.key_rotation_days,
+    )  # fmt: skip
+    oauth = OAuthService(db, ledger, clock, signing_keys, settings)
+    agents.kill_hooks.append(oauth.revoke_agent_tokens)
     return Services(
         settings=settings,
         db=db,
@@ -50,4 +62,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         users=UserService(db, ledger, clock),
         agents=agents,
         audit=AuditService(db, ledger, clock, agent_reader=agents.get),
+        signing_keys=signing_keys,
+        credentials=CredentialService(db, ledger, clock, agents),
+        oauth=oauth,
     )

@@ -20,6 +20,8 @@ class IdPrefix(StrEnum):
     USER_TOKEN = "tok"  # noqa: S105 - a name, not a secret
     EVENT = "evt"
     CHECKPOINT = "ckp"
+    CREDENTIAL = "crd"
+    TOKEN = "atk"  # noqa: S105 - an id prefix, not a secret
 
 
 def _encode(value: int, length: int) -> str:

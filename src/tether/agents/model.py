@@ -56,6 +56,7 @@ class Agent:
     status: Status
     status_reason: str | None
     roles: list[str]
+    scopes: list[str]
     attributes: dict[str, Any]
     parent: str | None
     lineage: list[str]
@@ -79,6 +80,7 @@ class Agent:
             "status": self.status.value,
             "status_reason": self.status_reason,
             "roles": self.roles,
+            "scopes": self.scopes,
             "attributes": self.attributes,
             "parent": self.parent,
             "lineage": self.lineage,

@@ -20,6 +20,8 @@ class AgentRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     status_reason: Mapped[str | None] = mapped_column(Text)
     attributes: Mapped[str] = mapped_column(Text)  # canonical JSON object
+    # OAuth scopes the agent may hold (RFC 6749 §3.3): the ceiling for every token it gets.
+    scopes: Mapped[str] = mapped_column(Text, server_default="[]")  # canonical JSON list
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id"))
     lineage: Mapped[str] = mapped_column(Text)  # JSON list of ancestor ids, nearest first
     lineage_kind: Mapped[str | None] = mapped_column(String(16))

@@ -30,6 +30,8 @@ RiskTierIn = Annotated[
     ),
 ]
 
+# RFC 6749 §3.3 scope-token: %x21 / %x23-5B / %x5D-7E.
+ScopeToken = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]{1,200}$")]
 RoleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")]
 AttrKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 AttrValue = (
@@ -67,6 +69,7 @@ class AgentCreate(StrictModel):
     purpose: Purpose
     risk_tier: RiskTierIn
     roles: Annotated[list[RoleName], Field(max_length=50)] = Field(default_factory=list)
+    scopes: Annotated[list[ScopeToken], Field(max_length=100)] = Field(default_factory=list)
     attributes: Attributes = Field(default_factory=dict)
     parent: Annotated[str, StringConstraints(max_length=40, pattern=NO_NUL)] | None = None
     fingerprint: FingerprintIn | None = None
@@ -96,6 +99,7 @@ class AgentUpdate(StrictModel):
     purpose: Purpose | SkipJsonSchema[None] = None
     risk_tier: RiskTierIn | SkipJsonSchema[None] = None
     roles: Annotated[list[RoleName], Field(max_length=50)] | SkipJsonSchema[None] = None
+    scopes: Annotated[list[ScopeToken], Field(max_length=100)] | SkipJsonSchema[None] = None
     attributes: Attributes | SkipJsonSchema[None] = None
     fingerprint: FingerprintIn | None = None
     supervisors: Annotated[list[UserRef], Field(max_length=50)] | SkipJsonSchema[None] = None
@@ -108,6 +112,7 @@ class AgentUpdate(StrictModel):
         "purpose",
         "risk_tier",
         "roles",
+        "scopes",
         "attributes",
         "supervisors",
         mode="before",

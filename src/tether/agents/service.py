@@ -138,6 +138,7 @@ class AgentService:
                 purpose=spec.purpose,
                 tier=tier,
                 attributes=spec.attributes,
+                scopes=sorted(set(spec.scopes)),
                 parent=spec.parent,
                 lineage=lineage,
                 lineage_kind="spawned" if spec.parent else None,
@@ -159,6 +160,7 @@ class AgentService:
                     "owner": owner.id,
                     "risk_tier": tier.value,
                     "roles": sorted(set(spec.roles)),
+                    "scopes": sorted(set(spec.scopes)),
                     "parent": spec.parent,
                     "fingerprint_digest": row.fingerprint_digest,
                 },
@@ -180,6 +182,7 @@ class AgentService:
                 purpose=src.purpose,
                 tier=RiskTier(src.risk_tier),
                 attributes=loads(src.attributes),
+                scopes=loads(src.scopes),
                 parent=src.id,
                 lineage=[src.id, *loads(src.lineage)],
                 lineage_kind="cloned",
@@ -211,7 +214,15 @@ class AgentService:
         fields = patch.model_fields_set
         if "risk_tier" in fields and patch.risk_tier is None:
             raise ValidationFailed("risk_tier cannot be null", field="risk_tier")
-        for required in ("name", "owner", "purpose", "roles", "attributes", "supervisors"):
+        for required in (
+            "name",
+            "owner",
+            "purpose",
+            "roles",
+            "scopes",
+            "attributes",
+            "supervisors",
+        ):
             if required in fields and getattr(patch, required) is None:
                 raise ValidationFailed(f"{required} cannot be null", field=required)
         tier = self._tier(patch.risk_tier) if patch.risk_tier is not None else None
@@ -263,6 +274,10 @@ class AgentService:
             changes, "attributes", loads(row.attributes), patch.attributes
         ):
             row.attributes = canonical_text(patch.attributes)
+        if patch.scopes is not None:
+            scopes = sorted(set(patch.scopes))
+            if _record(changes, "scopes", loads(row.scopes), scopes):
+                row.scopes = canonical_text(scopes)
 
     def _patch_people(
         self,
@@ -404,6 +419,7 @@ class AgentService:
         purpose: str,
         tier: RiskTier,
         attributes: dict[str, Any],
+        scopes: builtins.list[str],
         parent: str | None,
         lineage: builtins.list[str],
         lineage_kind: str | None,
@@ -423,6 +439,7 @@ class AgentService:
             status=Status.ACTIVE.value,
             status_reason=None,
             attributes=canonical_text(attributes),
+            scopes=canonical_text(scopes),
             parent_id=parent,
             lineage=canonical_text(lineage),
             lineage_kind=lineage_kind,
@@ -459,6 +476,14 @@ class AgentService:
             ],
             now=now,
         )
+
+    def authorized_row(self, s: Session, actor: Principal, agent_id: str, need: str) -> AgentRow:
+        """For other domains acting on an agent inside their own transaction: the agent's row
+        if ``actor`` has ``need`` (``read``, ``operate``, ``manage``) over it; raises
+        :class:`AgentNotFound` or :class:`Forbidden` otherwise."""
+        row = self._row(s, agent_id)
+        self._require(s, actor, row, need)
+        return row
 
     def _row(self, s: Session, agent_id: str) -> AgentRow:
         row = self.store.get(s, agent_id)
@@ -541,6 +566,7 @@ class AgentService:
                 status_reason=r.status_reason,
                 roles=roles.get(r.id, []),
                 attributes=loads(r.attributes),
+                scopes=loads(r.scopes),
                 parent=r.parent_id,
                 lineage=loads(r.lineage),
                 lineage_kind=r.lineage_kind,

@@ -14,7 +14,7 @@ from tether import __version__
 from tether.api import errors
 from tether.api.limits import BodyLimitMiddleware
 from tether.api.metrics import MetricsMiddleware
-from tether.api.routes import agents, audit, ops, users
+from tether.api.routes import agents, audit, credentials, oauth, ops, users
 from tether.config import load_settings
 from tether.container import Services, build_services
 
@@ -51,7 +51,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (ops, users, agents, audit):
+    for module in (ops, oauth, users, agents, credentials, audit):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

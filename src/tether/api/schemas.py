@@ -27,6 +27,7 @@ class AgentOut(BaseModel):
     status: Literal["active", "suspended", "revoked", "retired"]
     status_reason: str | None
     roles: list[str]
+    scopes: list[str]
     attributes: dict[str, Any]
     parent: str | None
     lineage: list[str]

@@ -19,6 +19,14 @@ class EventType(StrEnum):
     AGENT_RESUMED = "agent.resumed"
     AGENT_RETIRED = "agent.retired"
     AGENT_KILLED = "agent.killed"
+    CREDENTIAL_CREATED = "credential.created"
+    CREDENTIAL_DELETED = "credential.deleted"
+    CLIENT_AUTH_FAILED = "client.auth_failed"
+    TOKEN_ISSUED = "token.issued"  # noqa: S105 - a name, not a secret
+    TOKEN_EXCHANGED = "token.exchanged"  # noqa: S105 - a name, not a secret
+    TOKEN_REVOKED = "token.revoked"  # noqa: S105 - a name, not a secret
+    KEY_CREATED = "key.created"
+    KEYS_ROTATED = "keys.rotated"
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,9 @@ SHOW_COLUMNS = [
 ]
 
 RoleOpt = Annotated[list[str] | None, typer.Option("--role", help="Repeat for several roles.")]
+ScopeOpt = Annotated[
+    list[str] | None, typer.Option("--scope", help="OAuth scope it may hold; repeat.")
+]
 AttrOpt = Annotated[
     list[str] | None, typer.Option("--attr", help="key=value; value parsed as JSON if it can be.")
 ]
@@ -88,6 +91,7 @@ def create(
     purpose: Annotated[str, typer.Option(help="What the agent is for.")],
     risk_tier: Annotated[str, typer.Option(help="minimal, limited or high.")] = "minimal",
     role: RoleOpt = None,
+    scope: ScopeOpt = None,
     attr: AttrOpt = None,
     parent: Annotated[str | None, typer.Option(help="Spawning agent's id.")] = None,
     supervisor: SupOpt = None,
@@ -107,6 +111,7 @@ def create(
         "purpose": purpose,
         "risk_tier": risk_tier,
         "roles": role or [],
+        "scopes": scope or [],
         "attributes": _attrs(attr) or {},
         "supervisors": supervisor or [],
     }
@@ -159,6 +164,7 @@ def update(
     purpose: Annotated[str | None, typer.Option()] = None,
     risk_tier: Annotated[str | None, typer.Option()] = None,
     role: RoleOpt = None,
+    scope: ScopeOpt = None,
     attr: AttrOpt = None,
     supervisor: SupOpt = None,
     model: ModelOpt = None,
@@ -175,6 +181,7 @@ def update(
         ("purpose", purpose),
         ("risk_tier", risk_tier),
         ("roles", role),
+        ("scopes", scope),
         ("attributes", _attrs(attr)),
         ("supervisors", supervisor),
         ("fingerprint", _fingerprint(model, model_version, prompt_sha256, tools_sha256)),

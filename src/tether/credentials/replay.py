@@ -1,0 +1,38 @@
+"""Single-use ``jti``s shared by every worker and node, surviving restarts (table used_jtis)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, cast
+
+from sqlalchemy import CursorResult, delete, select
+from sqlalchemy.orm import Session
+
+from tether.credentials.models import UsedJtiRow
+from tether.db import Database
+
+
+class ReplayCache(Protocol):
+    def seen(self, s: Session, namespace: str, key: str, expires_at: int) -> bool:
+        """True if ``key`` was recorded before (a replay); otherwise record it until
+        ``expires_at`` (NumericDate seconds) and return False. ``s`` is the caller's write
+        transaction: the write lock makes check-and-insert atomic on every node."""
+        ...
+
+
+class DatabaseReplayCache:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def seen(self, s: Session, namespace: str, key: str, expires_at: int) -> bool:
+        full = f"{namespace}:{key}"[:200]
+        if s.scalars(select(UsedJtiRow.key).where(UsedJtiRow.key == full)).first():
+            return True
+        s.add(UsedJtiRow(key=full, expires_at=expires_at))
+        s.flush()
+        return False
+
+    def purge(self, now: int) -> int:
+        """Forget entries whose ``exp`` has passed (a replay then fails on ``exp`` anyway)."""
+        with self.db.write() as s:
+            result = s.execute(delete(UsedJtiRow).where(UsedJtiRow.expires_at < now))
+            return cast(CursorResult[Any], result).rowcount or 0

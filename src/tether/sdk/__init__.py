@@ -1,0 +1,37 @@
+"""Tether's SDK for resource servers: verify Tether access tokens offline.
+
+Resource servers verify RFC 9068 JWT access tokens against the issuer's JWK Set, without
+calling Tether per request::
+
+    jwks = JWKSCache("https://tether.example/.well-known/jwks.json")
+    claims = verify_access_token(token, issuer=ISSUER, audience=AUDIENCE, jwks=jwks)
+
+or guard a whole Starlette/FastAPI app with :class:`TetherAuthMiddleware`. The SDK does not
+import the server: it needs only ``joserfc``, ``httpx2`` and ``anyio``.
+"""
+
+from tether.sdk.claims import AccessTokenClaims
+from tether.sdk.errors import InsufficientScope, InvalidToken, JWKSUnavailable
+from tether.sdk.jwks import JWKSCache
+from tether.sdk.middleware import DPoPRequest, DPoPVerifier, TetherAuthMiddleware
+from tether.sdk.verify import (
+    DEFAULT_ALGORITHMS,
+    DPoPCheck,
+    RevocationCheck,
+    verify_access_token,
+)
+
+__all__ = [
+    "DEFAULT_ALGORITHMS",
+    "AccessTokenClaims",
+    "DPoPCheck",
+    "DPoPRequest",
+    "DPoPVerifier",
+    "InsufficientScope",
+    "InvalidToken",
+    "JWKSCache",
+    "JWKSUnavailable",
+    "RevocationCheck",
+    "TetherAuthMiddleware",
+    "verify_access_token",
+]
