@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tether.cli import agents, audit, serve, users
+from tether.cli import agents, audit, credentials, serve, users
 from tether.cli.client import CliError
 from tether.cli.common import JsonOpt, client
 from tether.cli.render import err, show
@@ -21,6 +21,9 @@ app = typer.Typer(
 )
 app.add_typer(users.app, name="users")
 app.add_typer(agents.app, name="agents")
+app.add_typer(credentials.app, name="credentials")
+app.add_typer(credentials.keys_app, name="keys")
+app.command("token")(credentials.token)
 app.add_typer(audit.app, name="audit")
 app.add_typer(serve.db_app, name="db")
 app.command("serve")(serve.serve)

@@ -204,6 +204,10 @@ class SigningKeys:
         jwks = {"keys": [k.as_dict(private=False) for k in published.values()]}
         return _Snapshot(time.monotonic(), signer, jwks, published)
 
+    def reload(self) -> None:
+        """Forget this process's view of the keys; the next use reads them again."""
+        self._snapshot = None
+
     def signer(self) -> SigningKey:
         return self._current().signer
 

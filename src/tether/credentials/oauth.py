@@ -6,6 +6,7 @@ authentication and revocation is a ledger event carrying the ``jti`` — never a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,9 @@ from tether.clock import Clock, to_micros
 from tether.config import Settings
 from tether.credentials import clients, tokens
 from tether.credentials.clients import AuthenticatedClient, ClientAuthError
+from tether.credentials.dpop import DEFAULT_ALGS, InvalidDPoPProof, verify_proof
 from tether.credentials.errors import (
+    InvalidDPoPProofError,
     InvalidScope,
     InvalidTarget,
     UnauthorizedClient,
@@ -30,7 +33,7 @@ from tether.credentials.errors import (
 )
 from tether.credentials.keys import SigningKeys
 from tether.credentials.models import AccessTokenRow
-from tether.credentials.replay import DatabaseReplayCache
+from tether.credentials.replay import DatabaseDPoPReplayCache, DatabaseReplayCache
 from tether.db import Database
 from tether.ids import IdPrefix, new_id
 from tether.principals import SYSTEM
@@ -73,6 +76,7 @@ class OAuthService:
         self.settings = settings
         self.endpoints = Endpoints(settings.base_url)
         self.replay = DatabaseReplayCache(db)
+        self.dpop_replay = DatabaseDPoPReplayCache(db, self.replay)
 
     def metadata(self) -> dict[str, Any]:
         """RFC 8414 authorization server metadata; ``issuer`` is the base URL."""
@@ -95,6 +99,7 @@ class OAuthService:
                 "client_secret_basic", "client_secret_post", "private_key_jwt",
             ],
             "response_types_supported": [],
+            "dpop_signing_alg_values_supported": sorted(DEFAULT_ALGS),
             "scopes_supported": [],
         }  # fmt: skip
 
@@ -125,9 +130,11 @@ class OAuthService:
 
     # -- token endpoint --------------------------------------------------------------------
     def token(
-        self, form: dict[str, str], authorization: str | None, *, cnf_jkt: str | None = None
+        self, form: dict[str, str], authorization: str | None, *, dpop: Sequence[str] = ()
     ) -> dict[str, Any]:
-        """Handle a token request; ``cnf_jkt`` is the thumbprint of a verified DPoP proof."""
+        """Handle a token request. ``dpop`` holds the request's DPoP header values: a valid
+        proof binds the token to its key (``cnf.jkt``, ``token_type: DPoP``; RFC 9449 §5)."""
+        cnf_jkt = self._dpop_key(dpop) if dpop else None
         grant = form.get("grant_type")
         if grant not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
             raise UnsupportedGrantType(f"grant_type {grant!r} is not supported")
@@ -161,6 +168,17 @@ class OAuthService:
             "scope": claims["scope"],
             "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
         }
+
+    def _dpop_key(self, header_values: Sequence[str]) -> str:
+        try:
+            proof = verify_proof(
+                header_values, method="POST", url=self.endpoints.token,
+                now=int(self.clock.now().timestamp()), replay_cache=self.dpop_replay,
+                max_age=self.settings.dpop_max_age_seconds,
+            )  # fmt: skip
+        except InvalidDPoPProof as exc:
+            raise InvalidDPoPProofError(exc.message) from exc
+        return proof.jkt
 
     def _issue(
         self, s: Session, agent: AgentRow, *, client_id: str, audience: list[str],

@@ -36,3 +36,16 @@ class DatabaseReplayCache:
         with self.db.write() as s:
             result = s.execute(delete(UsedJtiRow).where(UsedJtiRow.expires_at < now))
             return cast(CursorResult[Any], result).rowcount or 0
+
+
+class DatabaseDPoPReplayCache:
+    """The DPoP proof replay cache (RFC 9449 §11.1) on the shared table, in its own short
+    write transaction: a proof's ``jti`` is spent even if the request then fails."""
+
+    def __init__(self, db: Database, replay: DatabaseReplayCache) -> None:
+        self.db = db
+        self.replay = replay
+
+    def seen(self, jkt: str, jti: str, expires_at: int) -> bool:
+        with self.db.write() as s:
+            return self.replay.seen(s, "dpop", f"{jkt}:{jti}", expires_at)
