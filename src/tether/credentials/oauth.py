@@ -21,11 +21,13 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros
 from tether.config import Settings
-from tether.credentials import clients, tokens
+from tether.credentials import clients, exchange, tokens
 from tether.credentials.clients import AuthenticatedClient, ClientAuthError
 from tether.credentials.dpop import DEFAULT_ALGS, InvalidDPoPProof, verify_proof
 from tether.credentials.errors import (
     InvalidDPoPProofError,
+    InvalidGrant,
+    InvalidRequest,
     InvalidScope,
     InvalidTarget,
     UnauthorizedClient,
@@ -35,8 +37,10 @@ from tether.credentials.keys import SigningKeys
 from tether.credentials.models import AccessTokenRow
 from tether.credentials.replay import DatabaseDPoPReplayCache, DatabaseReplayCache
 from tether.db import Database
+from tether.errors import Forbidden, ValidationFailed
 from tether.ids import IdPrefix, new_id
-from tether.principals import SYSTEM
+from tether.principals import SYSTEM, Principal, Role
+from tether.users.models import UserRow
 
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
@@ -87,7 +91,7 @@ class OAuthService:
             "jwks_uri": e.jwks,
             "introspection_endpoint": e.introspection,
             "revocation_endpoint": e.revocation,
-            "grant_types_supported": [CLIENT_CREDENTIALS],
+            "grant_types_supported": [CLIENT_CREDENTIALS, TOKEN_EXCHANGE],
             "token_endpoint_auth_methods_supported": [
                 "client_secret_basic", "client_secret_post", "private_key_jwt",
             ],
@@ -138,9 +142,9 @@ class OAuthService:
         grant = form.get("grant_type")
         if grant not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
             raise UnsupportedGrantType(f"grant_type {grant!r} is not supported")
-        if grant == TOKEN_EXCHANGE:
-            raise UnsupportedGrantType("token exchange is not enabled on this server yet")
         client = self.authenticate_client(form, authorization)
+        if grant == TOKEN_EXCHANGE:
+            return self._exchange(form, client, cnf_jkt)
         scopes = self._scopes(form.get("scope"), client.scope_ceiling)
         audience = self._audience(form)
         ttl = self.settings.token_ttl_seconds
@@ -169,6 +173,148 @@ class OAuthService:
             "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
         }
 
+    # -- delegation (RFC 8693) ---------------------------------------------------------------
+    def _exchange(
+        self, form: dict[str, str], client: AuthenticatedClient, cnf_jkt: str | None
+    ) -> dict[str, Any]:
+        """The authenticated agent acts for the subject; see :mod:`tether.credentials.exchange`."""
+        now = self.clock.now()
+        now_s = int(now.timestamp())
+        actor_id = client.agent.id
+        subject_claims = self._subject(form, now_s)
+        self._actor_token(form, actor_id, now_s)
+        if not exchange.may_act_allows(subject_claims, actor_id):
+            raise InvalidGrant("the subject token's may_act does not name this agent")
+        act = exchange.nest(actor_id, subject_claims.get("act"))
+        chain = exchange.actors(act)
+        if len(chain) > self.settings.delegation_max_depth:
+            raise InvalidGrant(
+                f"delegation chain of {len(chain)} exceeds the maximum depth "
+                f"{self.settings.delegation_max_depth}"
+            )
+        ceiling = exchange.scopes_of(subject_claims) & client.scope_ceiling
+        scopes = self._scopes(form.get("scope"), ceiling)
+        audience = self._audience(form)
+        subject_aud = exchange.audiences_of(subject_claims)
+        if subject_aud != [self.endpoints.issuer] and not set(audience) <= set(subject_aud):
+            raise InvalidTarget("the subject token does not reach that audience")
+        subject = str(subject_claims["sub"])
+        ttl = min(self.settings.token_ttl_seconds, int(subject_claims["exp"]) - now_s)
+        if ttl <= 0:
+            raise InvalidGrant("the subject token has expired")
+        with self.db.write() as s:
+            agent = self._still_active(s, actor_id)
+            self._chain_active(s, [subject, *chain])
+            token, claims = self._issue(
+                s, agent, subject=subject, client_id=actor_id, audience=audience,
+                scopes=scopes, ttl=ttl, now=now, act=act, cnf_jkt=cnf_jkt,
+            )  # fmt: skip
+            self.ledger.append(s, [NewEvent(
+                EventType.TOKEN_EXCHANGED, f"agent:{actor_id}", agent_id=actor_id,
+                on_behalf_of=_ref(subject), chain=tuple(chain), action="oauth.token_exchange",
+                resource={"type": "AccessToken", "id": claims["jti"]}, outcome="success",
+                details={"jti": claims["jti"], "subject_jti": subject_claims.get("jti"),
+                         "auth_method": client.method, "scope": claims["scope"],
+                         "aud": claims["aud"], "exp": claims["exp"], "chain": chain,
+                         "dpop_bound": cnf_jkt is not None},
+            )], now=now)  # fmt: skip
+        return {
+            "access_token": token,
+            "issued_token_type": exchange.ACCESS_TOKEN,
+            "token_type": "DPoP" if cnf_jkt else "Bearer",
+            "expires_in": ttl,
+            "scope": claims["scope"],
+        }
+
+    def _subject(self, form: dict[str, str], now: int) -> dict[str, Any]:
+        token, kind = form.get("subject_token"), form.get("subject_token_type")
+        if not token or not kind:
+            raise InvalidRequest("subject_token and subject_token_type are required")
+        if kind == exchange.ACCESS_TOKEN:
+            claims = tokens.verify_own(token, self.keys, issuer=self.endpoints.issuer, now=now)
+            if claims is None or not self._live(claims):
+                raise InvalidGrant("the subject token is not an active access token")
+            return claims
+        if kind == exchange.JWT:
+            claims = tokens.verify_subject_token(token, self.keys, issuer=self.endpoints.issuer,
+                                                 now=now)  # fmt: skip
+            if claims is None or not self._live(claims):
+                raise InvalidGrant("the subject token is not a valid subject token")
+            return claims
+        raise InvalidRequest(f"subject_token_type {kind!r} is not supported")
+
+    def _actor_token(self, form: dict[str, str], actor_id: str, now: int) -> None:
+        token, kind = form.get("actor_token"), form.get("actor_token_type")
+        if not token or kind != exchange.ACCESS_TOKEN:
+            raise InvalidRequest(
+                "actor_token (the acting agent's access token) and actor_token_type "
+                f"{exchange.ACCESS_TOKEN} are required"
+            )
+        claims = tokens.verify_own(token, self.keys, issuer=self.endpoints.issuer, now=now)
+        if claims is None or not self._live(claims) or claims.get("sub") != actor_id:
+            raise InvalidGrant("the actor token is not an active access token of this client")
+        if "act" in claims:
+            raise InvalidGrant("the actor token must be the agent's own, not a delegated token")
+
+    def _live(self, claims: dict[str, Any]) -> bool:
+        with self.db.read() as s:
+            row = s.get(AccessTokenRow, str(claims.get("jti", ""))[:64])
+            return row is not None and row.revoked_at is None
+
+    @staticmethod
+    def _chain_active(s: Session, ids: list[str]) -> None:
+        """Every agent in the chain must be active; a human subject must still exist."""
+        agents = [i for i in ids if i.startswith("agt_")]
+        rows = {a.id: a for a in s.scalars(select(AgentRow).where(AgentRow.id.in_(agents)))}
+        for agent_id in agents:
+            row = rows.get(agent_id)
+            if row is None or row.status != Status.ACTIVE:
+                raise InvalidGrant(f"agent {agent_id} in the delegation chain is not active")
+        humans = [i for i in ids if i.startswith("usr_")]
+        if humans and len(list(s.scalars(select(UserRow.id).where(UserRow.id.in_(humans))))) != len(
+            set(humans)
+        ):
+            raise InvalidGrant("the human in the delegation chain no longer exists")
+
+    def subject_token(
+        self, user: Principal, *, actor: str, scopes: list[str], expires_in: int = 300
+    ) -> dict[str, Any]:
+        """A short-lived subject token a human hands to one agent, which exchanges it to act
+        for them (``may_act`` names that agent; it is not an access token: ``typ`` JWT)."""
+        if user.kind != "user" or user.role not in (Role.ADMIN, Role.SUPERVISOR):
+            raise Forbidden("only admins and supervisors may delegate to an agent")
+        now = self.clock.now()
+        now_s = int(now.timestamp())
+        jti = new_id(IdPrefix.TOKEN)
+        claims = {
+            "iss": self.endpoints.issuer, "sub": user.id, "aud": self.endpoints.issuer,
+            "iat": now_s, "nbf": now_s, "exp": now_s + expires_in, "jti": jti,
+            "scope": " ".join(sorted(set(scopes))), "may_act": {"sub": actor},
+            "tether_use": exchange.SUBJECT_TOKEN_USE,
+        }  # fmt: skip
+        with self.db.write() as s:
+            agent = s.get(AgentRow, actor)
+            if agent is None or agent.status != Status.ACTIVE:
+                raise ValidationFailed(f"agent {actor!r} is not an active agent", field="agent")
+            s.add(AccessTokenRow(
+                jti=jti, agent_id=actor, client_id=user.id, issued_at=to_micros(now),
+                expires_at=(now_s + expires_in) * 1_000_000, revoked_at=None,
+            ))  # fmt: skip
+            self.ledger.append(s, [NewEvent(
+                EventType.TOKEN_ISSUED, user.ref, agent_id=actor, on_behalf_of=user.ref,
+                action="oauth.subject_token", resource={"type": "SubjectToken", "id": jti},
+                outcome="success",
+                details={"jti": jti, "actor": actor, "scope": claims["scope"],
+                         "exp": claims["exp"]},
+            )], now=now)  # fmt: skip
+        return {
+            "subject_token": tokens.sign_subject(claims, self.keys.signer()),
+            "subject_token_type": exchange.JWT,
+            "expires_in": expires_in,
+            "may_act": actor,
+            "scope": claims["scope"],
+        }
+
     def _dpop_key(self, header_values: Sequence[str]) -> str:
         try:
             proof = verify_proof(
@@ -183,12 +329,12 @@ class OAuthService:
     def _issue(
         self, s: Session, agent: AgentRow, *, client_id: str, audience: list[str],
         scopes: frozenset[str], ttl: int, now: datetime, act: dict[str, Any] | None = None,
-        cnf_jkt: str | None = None,
+        cnf_jkt: str | None = None, subject: str | None = None,
     ) -> tuple[str, dict[str, Any]]:  # fmt: skip
         jti = new_id(IdPrefix.TOKEN)
         now_s = int(now.timestamp())
         claims = tokens.build_claims(
-            issuer=self.endpoints.issuer, subject=agent.id, client_id=client_id,
+            issuer=self.endpoints.issuer, subject=subject or agent.id, client_id=client_id,
             audience=audience, scopes=scopes, now=now_s, ttl=ttl, jti=jti, act=act,
             cnf_jkt=cnf_jkt,
         )  # fmt: skip
@@ -291,6 +437,10 @@ class OAuthService:
 _INTROSPECTED = frozenset(
     {"sub", "client_id", "scope", "aud", "iss", "exp", "iat", "nbf", "jti", "act", "cnf"}
 )
+
+
+def _ref(subject: str) -> str:
+    return f"user:{subject}" if subject.startswith("usr_") else f"agent:{subject}"
 
 
 def _actors(act: Any) -> list[str]:

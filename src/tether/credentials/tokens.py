@@ -73,3 +73,33 @@ def verify_own(token: str, keys: SigningKeys, *, issuer: str, now: int) -> dict[
     if not isinstance(nbf, int) or nbf > now + LEEWAY:
         return None
     return claims
+
+
+SUBJECT_TYP = "JWT"  # a subject token is never an access token (RFC 9068 needs at+jwt)
+
+
+def sign_subject(claims: dict[str, Any], key: SigningKey) -> str:
+    alg = str(key.alg)
+    header = {"typ": SUBJECT_TYP, "alg": alg, "kid": str(key.kid)}
+    return jwt.encode(header, claims, key, algorithms=[alg])
+
+
+def verify_subject_token(
+    token: str, keys: SigningKeys, *, issuer: str, now: int
+) -> dict[str, Any] | None:
+    """The claims of a live subject token this server minted for a human; else ``None``."""
+    try:
+        header = jws.extract_compact(token.encode()).headers()
+        kid = header.get("kid")
+        key = keys.public_key(kid) if isinstance(kid, str) else None
+        if key is None or header.get("typ") != SUBJECT_TYP:
+            return None
+        claims: dict[str, Any] = jwt.decode(token, key, algorithms=[str(key.alg)]).claims
+    except (JoseError, ValueError, UnicodeError):
+        return None
+    exp = claims.get("exp")
+    if claims.get("iss") != issuer or not isinstance(exp, int) or exp <= now:
+        return None
+    if claims.get("tether_use") != "subject" or not str(claims.get("sub", "")).startswith("usr_"):
+        return None
+    return claims

@@ -7,9 +7,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query
 from pydantic import BeforeValidator, Field, StringConstraints
 
+from tether.agents.schemas import ScopeToken
 from tether.api.deps import PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.schemas import TokenCreated, TokenList, TokenOut, UserOut, UserPage
+from tether.errors import Forbidden
 from tether.fields import NO_NUL, SPACES, StrictModel, integral
 from tether.principals import Role
 from tether.users.service import USERNAME
@@ -104,3 +106,23 @@ def revoke_token(
     who: PrincipalDep,
 ) -> dict[str, Any]:
     return svc.users.revoke_token(who, user, token_id).to_json()
+
+
+class SubjectTokenCreate(StrictModel):
+    agent: Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=NO_NUL)]
+    scopes: Annotated[list[ScopeToken], Field(max_length=100)] = Field(default_factory=list)
+    expires_in: Annotated[int, Field(ge=30, le=3600), BeforeValidator(integral)] = 300
+
+
+@router.post("/v1/users/{user}/subject-tokens", status_code=201,
+             responses=responses(400, 401, 403, 404, 413, 422))  # fmt: skip
+def create_subject_token(
+    user: UserRef, body: SubjectTokenCreate, svc: ServicesDep, who: PrincipalDep
+) -> dict[str, Any]:
+    """A short-lived token a human gives one agent so it can act on their behalf: the agent
+    exchanges it (RFC 8693, ``subject_token_type`` ``urn:ietf:params:oauth:token-type:jwt``)
+    together with its own access token as ``actor_token``."""
+    if user not in (who.id, who.name):
+        raise Forbidden("a human mints subject tokens only for themselves")
+    return svc.oauth.subject_token(who, actor=body.agent, scopes=body.scopes,
+                                   expires_in=body.expires_in)  # fmt: skip
