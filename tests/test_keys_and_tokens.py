@@ -158,3 +158,29 @@ def test_token_ledger_events_never_hold_secrets(clocked: tuple[Services, FrozenC
     assert "unknown client or credential" in dump
     jti = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["jti"]
     assert jti in dump
+
+
+def test_scheduled_rotation(make_services: Callable[..., Services]) -> None:
+    from datetime import UTC, datetime
+
+    clock = FrozenClock(datetime.fromtimestamp(START, UTC))
+    services = make_services(clock=clock, key_rotation_days=1)
+    first = services.signing_keys.signer().kid
+    assert services.signing_keys.rotate_if_due() is None
+    clock.advance(86_400 + 1)
+    rotated = services.signing_keys.rotate_if_due()
+    assert rotated is not None
+    assert rotated["retired"] == [first]
+    assert services.signing_keys.signer().kid == rotated["active"] != first
+    assert services.signing_keys.rotate_if_due() is None  # the new key is fresh
+    types = [e.type for e in services.audit.events(SYSTEM, type_="keys.rotated").items]
+    assert types == ["keys.rotated"]
+
+
+def test_spent_jtis_are_purged_after_they_expire(clocked: tuple[Services, FrozenClock]) -> None:
+    services, _ = clocked
+    with services.db.write() as s:
+        assert services.oauth.replay.seen(s, "test", "a", START + 10) is False
+        assert services.oauth.replay.seen(s, "test", "a", START + 10) is True
+    assert services.oauth.replay.purge(START) == 0
+    assert services.oauth.replay.purge(START + 11) == 1

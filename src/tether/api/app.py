@@ -21,21 +21,28 @@ from tether.container import Services, build_services
 log = logging.getLogger("tether.api")
 
 
-async def _checkpoint_timer(services: Services) -> None:
-    """Sign the ledger head every T seconds if it moved (every node runs this; it is idempotent)."""
+async def _maintenance(services: Services) -> None:
+    """Every node, every few seconds: sign the ledger head if T seconds passed, rotate the
+    signing key when it is due, forget spent jtis that expired. Each step is idempotent
+    under the write lock, so nodes running it together do it once."""
     interval = min(services.settings.checkpoint_every_seconds, 10.0)
     while True:
         await asyncio.sleep(interval)
-        try:
-            await asyncio.to_thread(services.audit.checkpoint_tick)
-        except Exception:  # the timer must survive a transient database outage
-            log.exception("checkpoint timer failed; retrying in %.0fs", interval)
+        for step in (
+            services.audit.checkpoint_tick,
+            services.signing_keys.rotate_if_due,
+            lambda: services.oauth.replay.purge(int(services.clock.now().timestamp())),
+        ):
+            try:
+                await asyncio.to_thread(step)
+            except Exception:  # the loop must survive a transient database outage
+                log.exception("maintenance step failed; retrying in %.0fs", interval)
 
 
 def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_checkpoint_timer(services))
+        task = asyncio.create_task(_maintenance(services))
         try:
             yield
         finally:
