@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         if not _TRUST_DOMAIN.match(value) or ".." in value:
             raise ValueError("trust domain must be a lowercase DNS-like name without a port")
         return value
+
+    @model_validator(mode="after")
+    def _check_ttls(self) -> Settings:
+        if self.token_ttl_seconds > self.token_ttl_max_seconds:
+            raise ValueError("token_ttl_seconds must not exceed token_ttl_max_seconds")
+        return self
 
     @classmethod
     def settings_customise_sources(
