@@ -138,6 +138,8 @@ def test_human_delegates_to_one_named_agent(svc: Services) -> None:
     assert claims["sub"] == alice.id
     assert claims["act"] == {"sub": b["client_id"]}
     assert claims["scope"] == "read"
+    info = svc.oauth.introspect(body["access_token"])
+    assert (info["active"], info["sub"], info["act"]) == (True, alice.id, {"sub": b["client_id"]})
     with pytest.raises(InvalidGrant, match="may_act"):  # another agent cannot use it
         svc.oauth.token({"grant_type": EXCHANGE, **c, **form,
                          "actor_token": _token(svc, c), "actor_token_type": AT}, None)  # fmt: skip

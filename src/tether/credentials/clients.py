@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -110,6 +111,16 @@ def _fail(client_id: str | None, method: str, reason: str) -> ClientAuthError:
                            basic=method == "client_secret_basic")  # fmt: skip
 
 
+_CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,40}$")
+
+
+def _check_client_id(client_id: str, method: str) -> None:
+    """A client_id that cannot name an agent is unknown; it never reaches the database
+    (PostgreSQL text cannot even hold a NUL)."""
+    if not _CLIENT_ID.match(client_id):
+        raise _fail(client_id.encode("unicode_escape").decode()[:80], method, "malformed client_id")
+
+
 def _usable(
     s: Session, row: CredentialRow | None, client_id: str, method: str, now: datetime
 ) -> AuthenticatedClient:
@@ -136,6 +147,7 @@ def _usable(
 def _by_secret(
     s: Session, client_id: str, secret: str, method: str, now: datetime
 ) -> AuthenticatedClient:
+    _check_client_id(client_id, method)
     digest = secret_digest(secret)
     row = s.scalars(select(CredentialRow).where(CredentialRow.secret_digest == digest)).first()
     if row is not None and not hmac.compare_digest(row.secret_digest or "", digest):
@@ -159,6 +171,7 @@ def _by_assertion(
     client_id = form.get("client_id") or _unverified_iss(token)
     if not isinstance(client_id, str) or not client_id:
         raise _fail(None, method, "assertion names no client")
+    _check_client_id(client_id, method)
     keys = list(s.scalars(select(CredentialRow).where(
         CredentialRow.agent_id == client_id, CredentialRow.type == "public_key",
         CredentialRow.deleted_at.is_(None),

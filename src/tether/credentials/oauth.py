@@ -46,6 +46,7 @@ CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 _SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$")
 _INACTIVE: dict[str, Any] = {"active": False}
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")  # RFC 3986 URIs and RFC 8693 audiences: no spaces
 
 
 @dataclass(frozen=True)
@@ -147,10 +148,10 @@ class OAuthService:
             return self._exchange(form, client, cnf_jkt)
         scopes = self._scopes(form.get("scope"), client.scope_ceiling)
         audience = self._audience(form)
-        ttl = self.settings.token_ttl_seconds
         now = self.clock.now()
         with self.db.write() as s:
             agent = self._still_active(s, client.agent.id)
+            ttl = _capped_ttl(self.settings.token_ttl_seconds, agent, now)
             token, claims = self._issue(
                 s, agent, client_id=agent.id, audience=audience, scopes=scopes, ttl=ttl,
                 now=now, cnf_jkt=cnf_jkt,
@@ -204,7 +205,10 @@ class OAuthService:
             raise InvalidGrant("the subject token has expired")
         with self.db.write() as s:
             agent = self._still_active(s, actor_id)
-            self._chain_active(s, [subject, *chain])
+            ttl = _capped_ttl(ttl, agent, now)
+            problem = _chain_problem(s, [subject, *chain], to_micros(now))
+            if problem:
+                raise InvalidGrant(problem)
             token, claims = self._issue(
                 s, agent, subject=subject, client_id=actor_id, audience=audience,
                 scopes=scopes, ttl=ttl, now=now, act=act, cnf_jkt=cnf_jkt,
@@ -260,21 +264,6 @@ class OAuthService:
         with self.db.read() as s:
             row = s.get(AccessTokenRow, str(claims.get("jti", ""))[:64])
             return row is not None and row.revoked_at is None
-
-    @staticmethod
-    def _chain_active(s: Session, ids: list[str]) -> None:
-        """Every agent in the chain must be active; a human subject must still exist."""
-        agents = [i for i in ids if i.startswith("agt_")]
-        rows = {a.id: a for a in s.scalars(select(AgentRow).where(AgentRow.id.in_(agents)))}
-        for agent_id in agents:
-            row = rows.get(agent_id)
-            if row is None or row.status != Status.ACTIVE:
-                raise InvalidGrant(f"agent {agent_id} in the delegation chain is not active")
-        humans = [i for i in ids if i.startswith("usr_")]
-        if humans and len(list(s.scalars(select(UserRow.id).where(UserRow.id.in_(humans))))) != len(
-            set(humans)
-        ):
-            raise InvalidGrant("the human in the delegation chain no longer exists")
 
     def subject_token(
         self, user: Principal, *, actor: str, scopes: list[str], expires_in: int = 300
@@ -370,6 +359,8 @@ class OAuthService:
         for value in values:
             if len(value) > 500:
                 raise InvalidTarget("resource/audience too long")
+            if not _PRINTABLE.match(value):
+                raise InvalidTarget("resource/audience may not hold spaces or control characters")
             if value == form.get("resource"):
                 parts = urlsplit(value)
                 if not parts.scheme or not parts.netloc or parts.fragment:
@@ -389,9 +380,8 @@ class OAuthService:
             row = s.get(AccessTokenRow, str(claims.get("jti", ""))[:64])
             if row is None or row.revoked_at is not None:
                 return dict(_INACTIVE)
-            ids = [claims["sub"], *_actors(claims.get("act"))]
-            agents = {a.id: a for a in s.scalars(select(AgentRow).where(AgentRow.id.in_(ids)))}
-            if any(agents.get(i) is None or agents[i].status != Status.ACTIVE for i in ids):
+            ids = [str(claims["sub"]), *_actors(claims.get("act"))]
+            if _chain_problem(s, ids, to_micros(now)):
                 return dict(_INACTIVE)
         out = {"active": True, "token_type": "DPoP" if "cnf" in claims else "Bearer"}
         out.update({k: v for k, v in claims.items() if k in _INTROSPECTED})
@@ -437,6 +427,33 @@ class OAuthService:
 _INTROSPECTED = frozenset(
     {"sub", "client_id", "scope", "aud", "iss", "exp", "iat", "nbf", "jti", "act", "cnf"}
 )
+
+
+def _capped_ttl(ttl: int, agent: AgentRow, now: datetime) -> int:
+    """No token outlives its agent's ``expires_at``."""
+    if agent.expires_at is None:
+        return ttl
+    left = (agent.expires_at - to_micros(now)) // 1_000_000
+    if left <= 0:
+        raise UnauthorizedClient("the agent has expired")
+    return min(ttl, int(left))
+
+
+def _chain_problem(s: Session, ids: list[str], now_us: int) -> str | None:
+    """Why a token naming these principals (subject and actors) must not be honoured: an
+    agent that is missing, not active or expired, or a human who no longer exists."""
+    agent_ids = [i for i in ids if not i.startswith("usr_")]
+    rows = {a.id: a for a in s.scalars(select(AgentRow).where(AgentRow.id.in_(agent_ids)))}
+    for agent_id in agent_ids:
+        row = rows.get(agent_id)
+        if row is None or row.status != Status.ACTIVE:
+            return f"agent {agent_id} in the delegation chain is not active"
+        if row.expires_at is not None and row.expires_at <= now_us:
+            return f"agent {agent_id} in the delegation chain has expired"
+    humans = {i for i in ids if i.startswith("usr_")}
+    if humans and set(s.scalars(select(UserRow.id).where(UserRow.id.in_(humans)))) != humans:
+        return "the human in the delegation chain no longer exists"
+    return None
 
 
 def _ref(subject: str) -> str:
