@@ -1,5 +1,57 @@
-"""Tether: identity, access and governance for autonomous AI agents."""
+"""Tether: identity, access and governance for autonomous AI agents.
+
+``__all__`` is the public SDK: :class:`AgentClient` for agents, :func:`verify_access_token`
+and :class:`TetherAuthMiddleware` for resource servers (documented in :mod:`tether.sdk`).
+"""
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ACCESS_TOKEN_TYPE",
+    "DEFAULT_ALGORITHMS",
+    "AccessTokenClaims",
+    "AgentClient",
+    "DPoPCheck",
+    "DPoPRequest",
+    "DPoPVerifier",
+    "InsufficientScope",
+    "InvalidToken",
+    "JWKSCache",
+    "JWKSUnavailable",
+    "RevocationCheck",
+    "TetherAuthMiddleware",
+    "TokenError",
+    "__version__",
+    "verify_access_token",
+]
+
+if TYPE_CHECKING:
+    from tether.sdk import (
+        ACCESS_TOKEN_TYPE,
+        DEFAULT_ALGORITHMS,
+        AccessTokenClaims,
+        AgentClient,
+        DPoPCheck,
+        DPoPRequest,
+        DPoPVerifier,
+        InsufficientScope,
+        InvalidToken,
+        JWKSCache,
+        JWKSUnavailable,
+        RevocationCheck,
+        TetherAuthMiddleware,
+        TokenError,
+        verify_access_token,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the SDK (httpx2, joserfc) loads on first use, because the server and the CLI
+    # import this package too and should not pay for it at start-up.
+    if name in __all__ and name != "__version__":
+        import tether.sdk
+
+        return getattr(tether.sdk, name)
+    raise AttributeError(f"module 'tether' has no attribute {name!r}")

@@ -25,6 +25,7 @@ from tether.agents.model import Status
 from tether.agents.models import AgentRow
 from tether.clock import to_micros
 from tether.credentials.errors import InvalidClient, InvalidRequest
+from tether.credentials.jose import AllowListRegistry
 from tether.credentials.jwks import import_public_jwk
 from tether.credentials.models import CredentialRow
 from tether.credentials.replay import ReplayCache
@@ -36,6 +37,7 @@ ASYMMETRIC = ["ES256", "ES384", "ES512", "EdDSA", "Ed25519", "PS256", "PS384", "
 # RFC 7523 wants a short exp; one hour is what common clients (Authlib) send by default, and
 # the replay cache keeps each jti until its exp, so a replay is refused for its whole life.
 MAX_ASSERTION_LIFETIME = 3600
+_REGISTRY = AllowListRegistry(algorithms=ASYMMETRIC)
 LEEWAY = 30
 
 
@@ -180,8 +182,8 @@ def _by_assertion(
     used: CredentialRow | None = None
     for row in keys:
         try:
-            decoded = jwt.decode(token, import_public_jwk(loads(row.jwk or "{}")),
-                                 algorithms=ASYMMETRIC)  # fmt: skip
+            key = import_public_jwk(loads(row.jwk or "{}"))
+            decoded = jwt.decode(token, key, registry=_REGISTRY)
         except (JoseError, ValueError):
             continue
         claims, used = decoded.claims, row

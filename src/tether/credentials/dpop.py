@@ -19,12 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn, Protocol
 
-from joserfc import jwa, jwk, jws
-from joserfc.errors import JoseError, UnsupportedAlgorithmError
+from joserfc import jwk, jws
+from joserfc.errors import JoseError
 
 from tether import jsonutil
 from tether.clock import Clock, SystemClock
 from tether.credentials.htu import normalize_htu
+from tether.credentials.jose import AllowListRegistry
 from tether.errors import TetherError
 
 __all__ = [
@@ -149,19 +150,10 @@ class MemoryDPoPReplayCache:
             return len(self._entries)
 
 
-class _ProofRegistry(jws.JWSRegistry):
-    """joserfc's JWS registry, sized for proofs and limited to the caller's algorithms."""
+class _ProofRegistry(AllowListRegistry):
+    """Proofs are small: keep joserfc's payload cap tight."""
 
-    # joserfc caps the protected header at 512 bytes; an RSA-2048 jwk alone exceeds that.
-    max_header_length = 4096
     max_payload_length = 4096
-
-    def get_alg(self, name: str) -> jwa.JWSAlgModel:
-        # The base class also warns on "EdDSA" (RFC 9864 deprecates the name in favour of
-        # "Ed25519"); it is still what most DPoP clients send, and the caller allowed it.
-        if not self.allowed or name not in self.allowed or name not in self.algorithms:
-            raise UnsupportedAlgorithmError(f"Algorithm '{name}' is not allowed")
-        return self.algorithms[name]
 
 
 def verify_proof(

@@ -1,4 +1,4 @@
-"""Tether's SDK for resource servers: verify Tether access tokens offline.
+"""Tether's SDK for resource servers and agents.
 
 Resource servers verify RFC 9068 JWT access tokens against the issuer's JWK Set, without
 calling Tether per request::
@@ -6,10 +6,13 @@ calling Tether per request::
     jwks = JWKSCache("https://tether.example/.well-known/jwks.json")
     claims = verify_access_token(token, issuer=ISSUER, audience=AUDIENCE, jwks=jwks)
 
-or guard a whole Starlette/FastAPI app with :class:`TetherAuthMiddleware`. The SDK does not
-import the server: it needs only ``joserfc``, ``httpx2`` and ``anyio``.
+or guard a whole Starlette/FastAPI app with :class:`TetherAuthMiddleware`. Agents get, cache
+and present tokens with :class:`AgentClient` (client credentials, DPoP, token exchange). The
+SDK does not import the server: it needs only ``joserfc`` (over ``cryptography``), ``httpx2``
+and ``anyio``.
 """
 
+from tether.sdk.agent import ACCESS_TOKEN_TYPE, AgentClient, TokenError
 from tether.sdk.claims import AccessTokenClaims
 from tether.sdk.errors import InsufficientScope, InvalidToken, JWKSUnavailable
 from tether.sdk.jwks import JWKSCache
@@ -22,8 +25,10 @@ from tether.sdk.verify import (
 )
 
 __all__ = [
+    "ACCESS_TOKEN_TYPE",
     "DEFAULT_ALGORITHMS",
     "AccessTokenClaims",
+    "AgentClient",
     "DPoPCheck",
     "DPoPRequest",
     "DPoPVerifier",
@@ -33,5 +38,6 @@ __all__ = [
     "JWKSUnavailable",
     "RevocationCheck",
     "TetherAuthMiddleware",
+    "TokenError",
     "verify_access_token",
 ]

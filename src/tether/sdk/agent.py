@@ -1,0 +1,284 @@
+"""The agent side of Tether's OAuth 2: get, cache and present access tokens.
+
+An agent authenticates as its own OAuth client (RFC 6749 §4.4 ``client_credentials``) with an
+API key (``client_secret_basic``, RFC 6749 §2.3.1) or a registered key pair
+(``private_key_jwt``, RFC 7523 §2.2), optionally binding its tokens to a DPoP key
+(RFC 9449)::
+
+    agent = AgentClient("https://tether.example", "agt_…", private_key=pem, dpop_key=True)
+    headers = agent.auth_headers("GET", "https://tools.example/mcp")
+
+The token endpoint and issuer come from the server's RFC 8414 metadata. Tokens, secrets and
+assertions are never logged and never appear in error messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import httpx2 as httpx
+
+from tether.sdk._protocol import (
+    ASSERTION_TYPE,
+    KeyInput,
+    Signer,
+    TokenError,
+    basic_auth,
+    client_assertion,
+    dpop_proof,
+    json_object,
+    oauth_error,
+    parse_metadata,
+    scope_param,
+)
+
+__all__ = ["ACCESS_TOKEN_TYPE", "AgentClient", "TokenError"]
+
+log = logging.getLogger(__name__)
+
+#: RFC 8693 §3 token type identifier of an OAuth 2 access token.
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
+_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+# Tether serves its metadata under the base URL, so the issuer is the metadata URL minus
+# this suffix (STANDARDS.md; RFC 8414 §3.1 would put it before an issuer's path).
+_WELL_KNOWN = "/.well-known/oauth-authorization-server"
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str
+    refresh_at: float  # by the client's clock: fetch a new token from this moment on
+
+
+@dataclass(frozen=True, slots=True)
+class _Metadata:
+    issuer: str
+    token_endpoint: str
+    document: dict[str, Any]
+
+
+class AgentClient:
+    """One agent's OAuth client for a Tether server at ``base_url`` (the issuer).
+
+    Give exactly one of ``client_secret`` (an API key) or ``private_key`` (PEM bytes/str or a
+    joserfc key whose public half is registered); raises ValueError otherwise. ``scope`` and
+    ``resource`` (RFC 8707) go into every token request. ``dpop_key`` binds tokens to a key
+    (True generates an ephemeral P-256 key). ``http`` lets a caller share a client or inject a
+    transport; a client created here is closed by :meth:`close`. ``clock`` returns epoch
+    seconds. A token is reused until ``refresh_margin`` seconds before it expires (at most
+    half its lifetime, so short-lived tokens are still reused).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        *,
+        client_secret: str | None = None,
+        private_key: KeyInput | None = None,
+        scope: str | Sequence[str] | None = None,
+        resource: str | None = None,
+        dpop_key: KeyInput | bool | None = None,
+        http: httpx.Client | None = None,
+        clock: Callable[[], float] = time.time,
+        refresh_margin: float = 30,
+        timeout: float = 10.0,
+    ) -> None:
+        if (client_secret is None) == (private_key is None):
+            raise ValueError("give exactly one of client_secret or private_key")
+        if client_secret == "" or not client_id:
+            raise ValueError("client_id and client_secret must not be empty")
+        if refresh_margin < 0:
+            raise ValueError("refresh_margin must be >= 0")
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+        self._secret = client_secret
+        self._signer = None if private_key is None else Signer.load(private_key, what="private_key")
+        self._dpop: Signer | None = None
+        if dpop_key is True:
+            self._dpop = Signer.generate()
+        elif dpop_key is not None and dpop_key is not False:
+            self._dpop = Signer.load(dpop_key, what="dpop_key")
+        self._scope = scope_param(scope)
+        self._resource = resource
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._clock = clock
+        self._margin = refresh_margin
+        self._lock = threading.Lock()  # held across a fetch: concurrent callers share it
+        self._meta_lock = threading.Lock()
+        self._token: _Token | None = None
+        self._metadata: _Metadata | None = None
+        self._nonce: str | None = None  # the authorization server's latest DPoP-Nonce (§8)
+
+    @property
+    def dpop_jkt(self) -> str | None:
+        """The RFC 7638 thumbprint of the DPoP key (a bound token's ``cnf.jkt``), or None."""
+        return None if self._dpop is None else self._dpop.thumbprint()
+
+    def metadata(self) -> dict[str, Any]:
+        """The server's RFC 8414 metadata, fetched on first use. Raises :class:`TokenError`
+        (``invalid_response``) if its ``issuer`` is not ``base_url`` (RFC 8414 §3.3)."""
+        return dict(self._meta().document)
+
+    def access_token(self) -> str:
+        """A valid access token: the cached one, or a new one when there is none or it
+        expires within the refresh margin. Thread-safe: concurrent callers wait for a single
+        request. Raises :class:`TokenError` when the server refuses or cannot be reached."""
+        with self._lock:
+            token = self._token
+            if token is None or self._clock() >= token.refresh_at:
+                token = self._token = self._fetch()
+            return token.value
+
+    def invalidate(self) -> None:
+        """Drop the cached token (say, after a resource server answered 401 for it)."""
+        with self._lock:
+            self._token = None
+
+    def auth_headers(self, method: str, url: str, *, nonce: str | None = None) -> dict[str, str]:
+        """Headers that present the access token on a request to a resource server.
+
+        Without DPoP: ``Authorization: Bearer <token>`` (RFC 6750 §2.1). With DPoP:
+        ``Authorization: DPoP <token>`` and a fresh proof for ``method`` and ``url`` whose
+        ``ath`` hashes the token (RFC 9449 §7.1); ``nonce`` is the resource server's
+        ``DPoP-Nonce`` after it answered ``use_dpop_nonce`` (§9). Raises :class:`TokenError`
+        when no token can be had, ValueError when ``url`` is not an absolute http(s) URL.
+        """
+        token = self.access_token()
+        if self._dpop is None:
+            return {"Authorization": f"Bearer {token}"}
+        proof = dpop_proof(self._dpop, method, url, self._clock(), access_token=token, nonce=nonce)
+        return {"Authorization": f"DPoP {token}", "DPoP": proof}
+
+    def exchange(
+        self,
+        subject_token: str,
+        *,
+        subject_token_type: str = ACCESS_TOKEN_TYPE,
+        scope: str | Sequence[str] | None = None,
+        resource: str | None = None,
+        audience: str | None = None,
+    ) -> dict[str, Any]:
+        """RFC 8693 token exchange with this agent as the actor: the issued token lets it act
+        for the subject, and its ``act`` claim names the agent (§4.1). ``actor_token`` is this
+        agent's current access token; the request is authenticated as this client and, with
+        DPoP, carries a proof so the issued token is bound to the same key. Returns the
+        response (``access_token``, ``issued_token_type``, ``token_type``, ``expires_in``,
+        ``scope``; §2.2.1), not cached; raises :class:`TokenError`.
+        """
+        form = {
+            "grant_type": _TOKEN_EXCHANGE,
+            "subject_token": subject_token,
+            "subject_token_type": subject_token_type,
+            "actor_token": self.access_token(),
+            "actor_token_type": ACCESS_TOKEN_TYPE,
+        }
+        for name, value in (
+            ("scope", scope_param(scope)),
+            ("resource", resource),
+            ("audience", audience),
+        ):
+            if value:
+                form[name] = value
+        body = self._token_request(form)
+        for name in ("access_token", "issued_token_type", "token_type"):
+            if not isinstance(body.get(name), str) or not body[name]:
+                raise TokenError("invalid_response", f"the exchange response has no {name}")
+        if body["issued_token_type"] == ACCESS_TOKEN_TYPE:
+            self._check_token_type(body["token_type"])
+        return body
+
+    def close(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------
+    def _fetch(self) -> _Token:
+        """RFC 6749 §4.4 client credentials; the caller holds ``_lock``."""
+        form = {"grant_type": "client_credentials"}
+        if self._scope:
+            form["scope"] = self._scope
+        if self._resource:
+            form["resource"] = self._resource
+        started = self._clock()
+        body = self._token_request(form)
+        token, expires_in = body.get("access_token"), body.get("expires_in")
+        if not isinstance(token, str) or not token or not token.isascii():
+            raise TokenError("invalid_response", "the token response has no usable access_token")
+        self._check_token_type(body.get("token_type"))
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+            raise TokenError("invalid_response", "the token response has no expires_in")
+        if expires_in <= 0:
+            raise TokenError("invalid_response", "expires_in must be positive")
+        log.debug("access token for %s fetched; expires in %ss", self.client_id, expires_in)
+        return _Token(token, started + expires_in - min(self._margin, expires_in / 2))
+
+    def _check_token_type(self, token_type: object) -> None:
+        # RFC 9449 §5: with a proof sent, anything but a DPoP token means the binding the
+        # caller asked for is missing. Token types are case-insensitive (RFC 6749 §7.1).
+        expected = "Bearer" if self._dpop is None else "DPoP"
+        if not isinstance(token_type, str) or token_type.lower() != expected.lower():
+            raise TokenError(
+                "invalid_response", f"expected token_type {expected}, got {token_type!r}"
+            )
+
+    def _token_request(self, form: dict[str, str]) -> dict[str, Any]:
+        """POST to the token endpoint with client authentication and, with a DPoP key, a
+        proof; retried once with the server's nonce on ``use_dpop_nonce`` (RFC 9449 §8)."""
+        meta = self._meta()
+        for attempt in range(2):
+            now = self._clock()
+            body, headers = dict(form), {"Accept": "application/json"}
+            if self._signer is not None:  # RFC 7523 §2.2; a fresh jti on every request
+                body["client_id"] = self.client_id
+                body["client_assertion_type"] = ASSERTION_TYPE
+                body["client_assertion"] = client_assertion(
+                    self._signer, self.client_id, meta.issuer, now
+                )
+            else:
+                headers["Authorization"] = basic_auth(self.client_id, self._secret or "")
+            if self._dpop is not None:
+                headers["DPoP"] = dpop_proof(
+                    self._dpop, "POST", meta.token_endpoint, now, nonce=self._nonce
+                )
+            response = self._send("POST", meta.token_endpoint, data=body, headers=headers)
+            nonce = response.headers.get("DPoP-Nonce")
+            if nonce and self._dpop is not None:
+                self._nonce = nonce  # §8.2: a server may also rotate it on any response
+            if response.is_success:
+                return json_object(response, "token response")
+            error = oauth_error(response)
+            if attempt or error.error != "use_dpop_nonce" or not nonce or self._dpop is None:
+                raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _meta(self) -> _Metadata:
+        with self._meta_lock:
+            if self._metadata is None:
+                url = self.base_url + _WELL_KNOWN
+                response = self._send("GET", url, headers={"Accept": "application/json"})
+                doc, endpoint = parse_metadata(response, self.base_url)
+                self._metadata = _Metadata(self.base_url, endpoint, doc)
+            return self._metadata
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            # Never follow a redirect: it would carry the credentials somewhere else.
+            return self._http.request(method, url, follow_redirects=False, **kwargs)
+        except httpx.HTTPError as exc:
+            raise TokenError(
+                "temporarily_unavailable", f"{method} {url} failed: {type(exc).__name__}: {exc}"
+            ) from exc
