@@ -106,3 +106,22 @@ def test_processes_writing_at_once_keep_one_chain(make_services: Callable[..., S
     with services.db.read() as s:
         names = {r[0] for r in s.execute(text("SELECT name FROM agents"))}
     assert names == {f"p{w}-{i}" for w in range(PROCESSES) for i in range(CREATES_PER_PROCESS)}
+
+
+def test_event_times_never_run_backwards(services: Services) -> None:
+    """A writer that read the clock before it waited for the lock stamps no earlier time."""
+    from datetime import timedelta
+
+    from tether.audit.events import NewEvent
+    from tether.clock import to_micros
+    from tether.principals import SYSTEM
+
+    now = services.clock.now()
+    with services.db.write() as s:
+        late = services.ledger.append(s, [NewEvent("test.late", SYSTEM.ref)], now=now)
+    with services.db.write() as s:
+        early = services.ledger.append(
+            s, [NewEvent("test.early", SYSTEM.ref)], now=now - timedelta(seconds=5)
+        )
+    assert early[0].time_us == late[0].time_us == to_micros(now)
+    assert services.audit.verify(SYSTEM).ok

@@ -42,9 +42,11 @@ class Ledger:
         """Chain ``events`` after the current head; the caller's transaction makes them durable."""
         if not events:
             return []
-        head = self.store.head(session)
-        seq, prev = head if head else (0, GENESIS)
-        time_us = to_micros(now)
+        head = self.store.head_with_time(session)
+        seq, prev, head_time = head if head else (0, GENESIS, 0)
+        # Callers read the clock before they got the write lock; under contention an event
+        # could otherwise be stamped earlier than the one before it. Time never runs back.
+        time_us = max(to_micros(now), head_time)
         out = link(events, after_seq=seq, prev_hash=prev, time_us=time_us)
         seq, prev = out[-1].seq, out[-1].hash
         self.store.insert(session, out)

@@ -74,10 +74,15 @@ def event_row(ev: Event) -> dict[str, Any]:
 
 class DatabaseLedgerStore:
     def head(self, session: Session) -> tuple[int, str] | None:
+        head = self.head_with_time(session)
+        return (head[0], head[1]) if head else None
+
+    def head_with_time(self, session: Session) -> tuple[int, str, int] | None:
+        """``(seq, hash, time_us)`` of the newest event."""
         row = session.execute(
-            select(_EV.c.seq, _EV.c.hash).order_by(_EV.c.seq.desc()).limit(1)
+            select(_EV.c.seq, _EV.c.hash, _EV.c.time).order_by(_EV.c.seq.desc()).limit(1)
         ).first()
-        return (row.seq, row.hash) if row else None
+        return (row.seq, row.hash, row.time) if row else None
 
     def insert(self, session: Session, events: Sequence[Event]) -> None:
         session.execute(insert(_EV), [event_row(e) for e in events])
