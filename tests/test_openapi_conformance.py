@@ -12,7 +12,9 @@ the OpenAPI document declares, with
   malformed parameters and bodies, undeclared methods, requests without or with bad
   credentials), fuzzing, and stateful sequences over the links schemathesis infers from the
   document (create an agent, then patch / suspend / resume / retire / kill / clone it, read it
-  back; create a user, mint and revoke its tokens, ...).
+  back; create a user, mint and revoke its tokens, ...);
+* some existing state handed over by name, as to any client (``Existing``): an agent's API key
+  for the token endpoint, and agents and credentials in the states the agent operations need.
 
 The engine is used rather than ``schemathesis.pytest.from_fixture`` + ``case.call_and_validate``
 because that lazy-fixture integration (schemathesis 4.32) reads ``Function._nodeid``, which
@@ -20,7 +22,7 @@ pytest 9.2 no longer has; the engine also gives the stateful phase the same link
 feedback as the CLI.
 
 Like every storage test it runs on SQLite and on PostgreSQL (the ``services`` fixture is
-parametrized by ``backend``): about 25 s per backend. Everything is derandomized
+parametrized by ``backend``): about 45 s per backend. Everything is derandomized
 (``generation.deterministic`` is Hypothesis' ``derandomize=True``; fixed seed; no example
 database) and bounded by ``MAX_EXAMPLES`` and ``STATEFUL_*``, not by time.
 
@@ -40,6 +42,7 @@ from schemathesis.core.result import Ok
 from schemathesis.engine import Status, StopReason, events, from_schema
 from schemathesis.openapi.checks import RejectedPositiveData
 
+from tether.agents.schemas import AgentCreate
 from tether.api.app import create_app
 from tether.container import Services
 from tether.errors import Unauthenticated
@@ -70,13 +73,35 @@ KNOWN_CHECKS = {
 }
 
 
-def _error_of(content: bytes) -> dict[str, Any]:
+def _body_of(content: bytes) -> dict[str, Any]:
     try:
         body = json.loads(content)
     except ValueError:
         return {}
-    error = body.get("error") if isinstance(body, dict) else None
-    return error if isinstance(error, dict) else {}
+    return body if isinstance(body, dict) else {}
+
+
+# OAuth refusals (``{"error", "error_description"}``, RFC 6749 §5.2) that depend on what the
+# server holds: the scopes an agent may hold, and which tokens it issued and are still live.
+_OAUTH_STATE_REFUSALS = {
+    "invalid_scope": ("exceeds what the agent may hold",),
+    "invalid_grant": (
+        "is not an active access token",  # subject or actor token unknown, expired or revoked
+        "is not a valid subject token",
+        "must be the agent's own, not a delegated token",
+        "may_act does not name this agent",
+        "in the delegation chain is not active",
+        "in the delegation chain has expired",
+        "the subject token has expired",
+        "the human in the delegation chain no longer exists",
+        "exceeds the maximum depth",
+    ),
+    "invalid_target": ("the subject token does not reach that audience",),
+}
+# A public JWK the document admits (the right members, base64url of the right lengths, RSA
+# numbers of the right size and parity) that is still not a key: an EC point off its curve.
+# Checked by the key import (the cryptography library's message); no JSON Schema can state it.
+_UNUSABLE_KEY = ("Point is not on the curve",)
 
 
 def _state_dependent_rejection(status: int, content: bytes) -> bool:
@@ -84,21 +109,34 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
 
     ``positive_data_acceptance`` expects every request that fits the document to be accepted
     (2xx, or 401/403/404/409). These refusals are correct, documented (400/422 with the field
-    named, API.md "Errors") and depend on server state or on the clock, so no document can
-    exclude them and schemathesis cannot avoid generating them:
+    named, API.md "Errors"; OAuth errors as their RFCs say) and depend on server state or on
+    the clock, so no document can exclude them and schemathesis cannot avoid generating them:
 
     * 400 ``invalid_cursor``: cursors are opaque and server-issued; a string that merely fits
       the parameter's type and length is not a cursor (API.md "Lists").
     * 422 for an ``owner`` / ``supervisors`` entry that names no user (or an auditor), a
-      ``parent`` agent that does not exist, or an ``expires_at`` / ``recertify_by`` that is
-      not in the future.
+      ``parent`` agent that does not exist, an ``expires_at`` / ``recertify_by`` that is
+      not in the future, a credential's ``scopes`` ceiling beyond what the agent may hold, or
+      a subject token for an ``agent`` that is not an active agent.
+    * 422 on field ``jwk`` for an EC key whose coordinates the document admits but that is not
+      a point on its curve (``_UNUSABLE_KEY``): not server state, but like it a property of
+      the value no JSON Schema can state.
+    * OAuth 400s at the token endpoint (``_OAUTH_STATE_REFUSALS``): a ``scope`` beyond the
+      agent's, and token-exchange subject / actor tokens the server did not issue or that are
+      no longer live.
 
     Only that one check is excused, and only for such a response: every other check still
     judges it (documented status, error shape, headers). A 422 from the request model itself
     (``details.errors`` present) is never excused, since it would mean the document admits what
     the model refuses: a real defect.
     """
-    error = _error_of(content)
+    body = _body_of(content)
+    oauth_error, description = body.get("error"), body.get("error_description")
+    if isinstance(oauth_error, str) and isinstance(description, str):
+        return status == 400 and any(
+            marker in description for marker in _OAUTH_STATE_REFUSALS.get(oauth_error, ())
+        )
+    error = oauth_error if isinstance(oauth_error, dict) else {}
     details = error.get("details")
     if not isinstance(details, dict) or "errors" in details:
         return False
@@ -112,6 +150,12 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
             return message.endswith("does not exist")
         if where in {"expires_at", "recertify_by"}:
             return message.endswith("must be in the future")
+        if where == "scopes":
+            return "exceed what the agent may hold" in message
+        if where == "agent":
+            return message.endswith("is not an active agent")
+        if where == "jwk":
+            return message.startswith("jwk: ") and any(m in message for m in _UNUSABLE_KEY)
     return False
 
 
@@ -136,7 +180,51 @@ class Run:
         return "\n".join(lines)
 
 
-def _config() -> schemathesis.Config:
+# The agent operations that change an agent's state, each with the state it needs.
+_TRANSITIONS = {"suspend": "active", "resume": "suspended", "retire": "active", "kill": "active"}
+
+
+@dataclass(frozen=True)
+class Existing:
+    """State the run is handed by name, as a client would be: an agent with an API key, so the
+    token endpoint can answer 200 (and introspection and revocation see live tokens), and for
+    each state-changing agent operation a few agents in the state it needs, and credentials to
+    delete. A random id names nothing, and which ids the stateful phase carries from one call
+    to the next is chance: without these, an operation may never see a resource it can change,
+    and its success body would go unchecked."""
+
+    # Placeholders for a run that is only configured, not started (test_every_check_is_enabled).
+    client_id: str = "agt_none"
+    client_secret: str = "tsk_none"
+    agents: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict.fromkeys(_TRANSITIONS, ("agt_none",))
+    )
+    keyholder: str = "agt_none"  # an agent with credentials to delete
+    credentials: tuple[str, ...] = ("crd_none",)
+
+
+def _existing(services: Services, admin_token: str) -> Existing:
+    admin = services.users.authenticate(admin_token)
+
+    def agent(name: str) -> str:
+        spec = {"name": name, "owner": "admin", "purpose": "schemathesis",
+                "risk_tier": "minimal", "scopes": ["tools:read", "tools:write"]}  # fmt: skip
+        return services.agents.create(admin, AgentCreate.model_validate(spec)).id
+
+    client_id = agent("schemathesis-client")
+    _, secret = services.credentials.create_api_key(admin, client_id)
+    pools: dict[str, tuple[str, ...]] = {}
+    for op, state in _TRANSITIONS.items():
+        pools[op] = tuple(agent(f"schemathesis-{op}-{i}") for i in range(3))
+        for agent_id in pools[op] if state == "suspended" else ():
+            services.agents.suspend(admin, agent_id, reason="to be resumed")
+    keyholder = agent("schemathesis-keyholder")
+    keys = tuple(services.credentials.create_api_key(admin, keyholder)[0].id for _ in range(3))
+    return Existing(client_id, secret, pools, keyholder, keys)
+
+
+def _config(existing: Existing | None = None) -> schemathesis.Config:
+    existing = existing or Existing()
     return schemathesis.Config.from_dict(
         {
             "seed": SEED,
@@ -154,12 +242,23 @@ def _config() -> schemathesis.Config:
             "dictionaries": {
                 "humans": {"values": ["admin"]},
                 "future": {"values": ["2099-01-01T00:00:00Z", "2098-06-30T12:00:00.5+02:00"]},
+                "clients": {"values": [existing.client_id]},
+                "secrets": {"values": [existing.client_secret]},
+                "scope": {"values": ["tools:read", "tools:read tools:write", ""]},
+                **{f"to_{op}": {"values": list(ids)} for op, ids in existing.agents.items()},
+                "keyholder": {"values": [existing.keyholder]},
+                "credentials": {"values": list(existing.credentials)},
             },
             "parameters": {
                 "body.owner": {"dictionary": "humans", "probability": 0.6},
                 "body.supervisors[*]": {"dictionary": "humans", "probability": 0.6},
                 "body.expires_at": {"dictionary": "future", "probability": 0.5},
                 "body.recertify_by": {"dictionary": "future", "probability": 0.5},
+                # Whenever a token request authenticates with client_secret_post, it is as the
+                # client handed over; it asks for some or all of that agent's scopes.
+                "body.client_id": {"dictionary": "clients", "probability": 1.0},
+                "body.client_secret": {"dictionary": "secrets", "probability": 1.0},
+                "body.scope": {"dictionary": "scope", "probability": 0.6},
             },
             "generation": {
                 "mode": "all",  # positive and negative
@@ -179,6 +278,30 @@ def _config() -> schemathesis.Config:
             },
             "checks": {"enabled": True},
             "operations": [
+                *(
+                    {
+                        "include-path": f"/v1/agents/{{agent_id}}/{op}",
+                        "parameters": {
+                            "path.agent_id": {"dictionary": f"to_{op}", "probability": 0.4}
+                        },
+                    }
+                    for op in _TRANSITIONS
+                ),
+                {
+                    "include-path": "/v1/agents/{agent_id}/credentials/{credential_id}",
+                    "parameters": {
+                        "path.agent_id": {"dictionary": "keyholder", "probability": 0.6},
+                        "path.credential_id": {"dictionary": "credentials", "probability": 0.6},
+                    },
+                },
+                {
+                    # A human mints subject tokens for themselves, for an active agent.
+                    "include-path": "/v1/users/{user}/subject-tokens",
+                    "parameters": {
+                        "path.user": {"dictionary": "humans", "probability": 0.6},
+                        "body.agent": {"dictionary": "clients", "probability": 0.6},
+                    },
+                },
                 {
                     # Schemathesis reuses values it saw in responses; for a new username that
                     # is always "admin", so every create would be a (correct) 409 and no 201
@@ -189,7 +312,7 @@ def _config() -> schemathesis.Config:
                         "coverage": {"extra-data-sources": {"responses": False}},
                         "fuzzing": {"extra-data-sources": {"responses": False}},
                     },
-                }
+                },
             ],
         }
     )
@@ -250,7 +373,8 @@ def _record(run: Run, ev: events.ScenarioFinished) -> None:
 
 
 def run_schemathesis(services: Services, admin_token: str) -> tuple[Run, Any]:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(services), config=_config())
+    config = _config(_existing(services, admin_token))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(services), config=config)
     _authenticate_as_admin(schema, services, admin_token)
     run = Run()
 
