@@ -577,3 +577,11 @@ def test_field_names_carry_no_validator_labels(api: Api) -> None:
     assert assert_error(response, 422, "validation_error")["details"]["field"] == "name"
     response = api.client.post("/v1/agents", json={**AGENT_DEFAULTS, "attributes": {"k": 1.5}})
     assert assert_error(response, 422, "validation_error")["details"]["field"] == "attributes.k"
+
+
+def test_method_not_allowed_names_the_allowed_methods(api: Api) -> None:
+    response = api.client.put("/v1/agents")
+    assert assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, POST"
+    response = api.client.delete(f"/v1/agents/{api.agent()['id']}")
+    assert response.headers["allow"] == "GET, PATCH"

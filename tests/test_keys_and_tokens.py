@@ -98,6 +98,8 @@ def test_scope_and_audience_rules(clocked: tuple[Services, FrozenClock]) -> None
         services.oauth.token({**form, "resource": "not-a-uri"}, None)
     with pytest.raises(InvalidTarget):
         services.oauth.token({**form, "resource": "https://api.example/#frag"}, None)
+    with pytest.raises(InvalidTarget):
+        services.oauth.token({**form, "resource": "http://["}, None)
     token = services.oauth.token({**form, "resource": "https://api.example/x"}, None)
     claims = jwt.decode(token["access_token"], services.signing_keys.signer()).claims
     assert claims["aud"] == "https://api.example/x"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,12 +53,22 @@ def _field(loc: tuple[Any, ...]) -> str:
 def _allowed_methods(req: Request) -> list[str]:
     """Every method some route serves at this request's path (the path of a 405)."""
     methods: set[str] = set()
-    for route in req.app.router.routes:
+    for route in _leaf_routes(req.app.router.routes):
         match, _ = route.matches(req.scope)
         route_methods = getattr(route, "methods", None)
         if match is not Match.NONE and route_methods:
             methods.update(route_methods)
     return sorted(methods)
+
+
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    # FastAPI >= 0.165 wraps each included router; its routes sit on ``original_router``.
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
 
 
 def install(app: FastAPI) -> None:

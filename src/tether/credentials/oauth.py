@@ -362,7 +362,10 @@ class OAuthService:
             if not _PRINTABLE.match(value):
                 raise InvalidTarget("resource/audience may not hold spaces or control characters")
             if value == form.get("resource"):
-                parts = urlsplit(value)
+                try:
+                    parts = urlsplit(value)
+                except ValueError as exc:
+                    raise InvalidTarget("resource is not a URI") from exc
                 if not parts.scheme or not parts.netloc or parts.fragment:
                     raise InvalidTarget("resource must be an absolute URI without a fragment")
         return sorted(set(values)) or [self.endpoints.issuer]
