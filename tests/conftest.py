@@ -38,10 +38,12 @@ class Backend:
     schema: str | None
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield Backend("sqlite", f"sqlite:///{tmp_path / 'tether.db'}", None)
+@contextmanager
+def backend_for(name: str, tmp: Path) -> Iterator[Backend]:
+    """A fresh database of kind ``name``: a SQLite file in ``tmp``, or a new PostgreSQL schema
+    dropped afterwards (never a silent skip when TETHER_TEST_POSTGRES_URL is set)."""
+    if name == "sqlite":
+        yield Backend("sqlite", f"sqlite:///{tmp / 'tether.db'}", None)
         return
     if not PG_URL:
         pytest.skip("TETHER_TEST_POSTGRES_URL is empty: PostgreSQL half disabled explicitly")
@@ -55,6 +57,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         with admin.connect() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with backend_for(request.param, tmp_path) as chosen:
+        yield chosen
 
 
 def make_settings(backend: Backend, data_dir: Path, **extra: object) -> Settings:

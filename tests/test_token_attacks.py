@@ -36,14 +36,14 @@ from typing import Any
 import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey, Key
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from tests.conftest import BACKENDS, PG_URL, Backend, make_settings
+from tests.conftest import BACKENDS, Backend, backend_for, make_settings
 from tether.agents.schemas import AgentCreate
 from tether.api.app import create_app
 from tether.audit.chain import Event
@@ -124,34 +124,13 @@ def fresh(backend: Backend, tmp_path: Path) -> Iterator[Env]:
         yield e
 
 
-@contextmanager
-def _module_backend(name: str, tmp: Path) -> Iterator[Backend]:
-    """``tests.conftest.backend`` for a module-scoped fixture (same rules: PG never skips
-    silently when TETHER_TEST_POSTGRES_URL is set)."""
-    if name == "sqlite":
-        yield Backend("sqlite", f"sqlite:///{tmp / 'tether.db'}", None)
-        return
-    if not PG_URL:
-        pytest.skip("TETHER_TEST_POSTGRES_URL is empty: PostgreSQL half disabled explicitly")
-    schema = f"t_{pysecrets.token_hex(6)}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield Backend("postgresql", PG_URL, schema)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """One deployment per backend, shared by the module: each test creates the agents it
     attacks. ``extra`` holds a client, a Bearer token for the resource server, and a
     DPoP-bound one whose key is ``holder``. Its clock never moves."""
     tmp = tmp_path_factory.mktemp(f"env-{request.param}")
-    with _module_backend(request.param, tmp) as backend, _deployment(backend, tmp / "data") as e:
+    with backend_for(request.param, tmp) as backend, _deployment(backend, tmp / "data") as e:
         client = new_client(e, scopes=["read", "write"])
         bearer_token = e.services.oauth.token({**client.form, "resource": RS}, None)
         holder = ECKey.generate_key("P-256")
