@@ -177,7 +177,7 @@ def workspace(options: Options, label: str) -> Iterator[Path]:
 @contextmanager
 def open_env(options: Options, backend: str, label: str) -> Iterator[Env]:
     """Bootstrap a deployment in a fresh SQLite file or a fresh PostgreSQL schema."""
-    with workspace(options, label) as tmp, _database(options, backend, tmp) as (url, schema):
+    with workspace(options, label) as tmp, database(options, backend, tmp) as (url, schema):
         settings = Settings(data_dir=tmp / "data", database_url=url, database_schema=schema)
         services = build_services(settings)
         try:
@@ -190,7 +190,7 @@ def open_env(options: Options, backend: str, label: str) -> Iterator[Env]:
 
 
 @contextmanager
-def _database(options: Options, backend: str, tmp: Path) -> Iterator[tuple[str, str | None]]:
+def database(options: Options, backend: str, tmp: Path) -> Iterator[tuple[str, str | None]]:
     if backend == SQLITE:
         yield f"sqlite:///{tmp / 'tether.db'}", None
         return

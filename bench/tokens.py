@@ -53,13 +53,13 @@ from bench.common import (
     SQLITE,
     Options,
     ResultTable,
+    database,
     fmt_latency,
     fmt_rate,
     fmt_ratio,
     note,
     parse_options,
     percentile,
-    pg_schema,
     workspace,
     write_json,
 )
@@ -197,7 +197,7 @@ def open_deployment(options: Options, backend: str) -> Iterator[Deployment]:
     with workspace(options, "tokens") as raw_tmp:
         tmp = raw_tmp.resolve()  # the server runs in another working directory
         port = free_port()
-        with _database(options, backend, tmp) as (url, schema):
+        with database(options, backend, tmp) as (url, schema):
             settings = Settings(
                 data_dir=tmp / "data", database_url=url, database_schema=schema,
                 host="127.0.0.1", port=port, public_url=None,
@@ -210,16 +210,6 @@ def open_deployment(options: Options, backend: str) -> Iterator[Deployment]:
                 yield Deployment(backend, services, admin, tmp, url, schema, port)
             finally:
                 services.close()
-
-
-@contextmanager
-def _database(options: Options, backend: str, tmp: Path) -> Iterator[tuple[str, str | None]]:
-    if backend == SQLITE:
-        yield f"sqlite:///{tmp / 'tether.db'}", None
-        return
-    assert options.postgres_url is not None
-    with pg_schema(options.postgres_url, "bench") as schema:
-        yield options.postgres_url, schema
 
 
 @dataclass

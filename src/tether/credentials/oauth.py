@@ -39,7 +39,7 @@ from tether.credentials.replay import DatabaseDPoPReplayCache, DatabaseReplayCac
 from tether.db import Database
 from tether.errors import Forbidden, ValidationFailed
 from tether.ids import IdPrefix, new_id
-from tether.principals import SYSTEM, Principal, Role
+from tether.principals import Principal, Role
 from tether.users.models import UserRow
 
 CLIENT_CREDENTIALS = "client_credentials"
@@ -469,6 +469,3 @@ def _actors(act: Any) -> list[str]:
         out.append(act["sub"])
         act = act.get("act")
     return out
-
-
-__all__ = ["SYSTEM", "Endpoints", "OAuthService"]
