@@ -55,6 +55,31 @@ class Settings(BaseSettings):
     key_rotation_days: float = Field(default=30, gt=0, description="Scheduled key rotation.")
     delegation_max_depth: int = Field(default=3, ge=1, le=10)
     dpop_max_age_seconds: int = Field(default=300, ge=10, le=3600)
+    approval_ttl_seconds: int = Field(
+        default=900, ge=10, le=7 * 86400, description="How long an approval stays open."
+    )
+    approval_max_pending_per_agent: int = Field(
+        default=20, ge=1, description="Pending approvals one agent may have; more are denied."
+    )
+    approval_allow_self_approval: bool = Field(
+        default=False,
+        description="Let the human an agent acts for approve that agent's request.",
+    )
+    approval_webhooks: list[str] = Field(
+        default_factory=list, description="URLs notified of approvals (JSON, HMAC-signed)."
+    )
+    approval_webhook_secret: str | None = Field(
+        default=None, description="HMAC-SHA256 key for webhook signatures; default: derived."
+    )
+    runtime_poll_seconds: float = Field(
+        default=0.25, gt=0, le=10, description="How often a worker checks for changes."
+    )
+    runtime_stale_seconds: float = Field(
+        default=5.0, gt=0, description="A worker not current for this long denies everything."
+    )
+    decision_batch_max: int = Field(
+        default=256, ge=1, le=10_000, description="Most decision events in one commit."
+    )
     log_level: str = "info"
 
     @field_validator("trust_domain")
