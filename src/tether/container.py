@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from tether.agents.service import AgentService
+from tether.approvals.notify import WebhookNotifier
+from tether.approvals.service import ApprovalService
+from tether.audit.chain import Event
+from tether.audit.group import GroupCommitter
 from tether.audit.ledger import Ledger
 from tether.audit.service import AuditService
 from tether.audit.signing import LedgerSigner
 from tether.clock import Clock, SystemClock
 from tether.config import Settings
+from tether.credentials.bearer import Bearers
 from tether.credentials.keys import SigningKeys
 from tether.credentials.oauth import OAuthService
 from tether.credentials.service import CredentialService
 from tether.db import Database
 from tether.keyfiles import RootKeys, load_root_keys
+from tether.policy.decide import DecisionService
+from tether.policy.models import DecisionInputRow
+from tether.policy.service import PolicyService
+from tether.runtime.snapshot import Runtime
 from tether.users.service import UserService
 
 
@@ -31,9 +46,29 @@ class Services:
     signing_keys: SigningKeys
     credentials: CredentialService
     oauth: OAuthService
+    policies: PolicyService
+    runtime: Runtime
+    committer: GroupCommitter
+    approvals: ApprovalService
+    decisions: DecisionService
+    bearers: Bearers
+    notifier: WebhookNotifier
 
     def close(self) -> None:
+        self.committer.close()
+        self.runtime.stop()
+        self.notifier.close()
         self.db.dispose()
+
+
+def _record_inputs(s: Session, chained: Sequence[tuple[Event, Any]]) -> None:
+    s.add_all([DecisionInputRow(seq=ev.seq, request=att) for ev, att in chained if att is not None])
+
+
+def _webhook_secret(settings: Settings, keys: RootKeys) -> bytes:
+    if settings.approval_webhook_secret:
+        return settings.approval_webhook_secret.encode()
+    return hmac.new(keys.master_key, b"tether approval webhooks v1", hashlib.sha256).digest()
 
 
 def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
@@ -53,13 +88,35 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     )  # fmt: skip
     oauth = OAuthService(db, ledger, clock, signing_keys, settings)
     agents.kill_hooks.append(oauth.revoke_agent_tokens)
+    users = UserService(db, ledger, clock)
+    policies = PolicyService(db, ledger, clock)
+    runtime = Runtime(db, clock, policies.compiled, poll_seconds=settings.runtime_poll_seconds,
+                      stale_seconds=settings.runtime_stale_seconds)  # fmt: skip
+    committer = GroupCommitter(db, ledger, clock, max_batch=settings.decision_batch_max,
+                               attach=_record_inputs)  # fmt: skip
+    notifier = WebhookNotifier(settings.approval_webhooks, _webhook_secret(settings, keys))
+    approvals = ApprovalService(
+        db, ledger, clock, notifier, ttl_seconds=settings.approval_ttl_seconds,
+        max_pending_per_agent=settings.approval_max_pending_per_agent,
+        allow_self_approval=settings.approval_allow_self_approval, public_url=settings.base_url,
+    )  # fmt: skip
+    agents.kill_hooks.append(approvals.cancel_for_agents)
+    bearers = Bearers(signing_keys, users, runtime, clock, issuer=oauth.endpoints.issuer,
+                      replay=oauth.dpop_replay, dpop_max_age=settings.dpop_max_age_seconds)  # fmt: skip
     return Services(
+        policies=policies,
+        runtime=runtime,
+        committer=committer,
+        approvals=approvals,
+        decisions=DecisionService(runtime, committer, clock, approvals),
+        bearers=bearers,
+        notifier=notifier,
         settings=settings,
         db=db,
         clock=clock,
         keys=keys,
         ledger=ledger,
-        users=UserService(db, ledger, clock),
+        users=users,
         agents=agents,
         audit=AuditService(db, ledger, clock, agent_reader=agents.get),
         signing_keys=signing_keys,

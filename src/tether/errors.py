@@ -45,6 +45,12 @@ class RiskTierProhibited(ValidationFailed):
     code = "risk_tier_prohibited"
 
 
+class PolicyInvalid(ValidationFailed):
+    """A policy document or schema with problems; ``details.errors`` lists every one."""
+
+    code = "policy_invalid"
+
+
 class Unauthenticated(TetherError):
     code = "unauthenticated"
     http_status = 401
@@ -72,6 +78,14 @@ class TokenNotFound(NotFound):
     code = "token_not_found"
 
 
+class ApprovalNotFound(NotFound):
+    code = "approval_not_found"
+
+
+class PolicyVersionNotFound(NotFound):
+    code = "policy_version_not_found"
+
+
 class Conflict(TetherError):
     code = "conflict"
     http_status = 409
@@ -87,6 +101,10 @@ class InvalidTransition(Conflict):
 
 class AgentRevoked(InvalidTransition):
     code = "agent_revoked"
+
+
+class ApprovalNotPending(Conflict):
+    code = "approval_not_pending"
 
 
 class LedgerUnavailable(TetherError):

@@ -22,6 +22,7 @@ class IdPrefix(StrEnum):
     CHECKPOINT = "ckp"
     CREDENTIAL = "crd"
     TOKEN = "atk"  # noqa: S105 - an id prefix, not a secret
+    APPROVAL = "apr"
 
 
 def _encode(value: int, length: int) -> str:

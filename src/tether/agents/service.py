@@ -36,6 +36,7 @@ from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text, loads
 from tether.pagination import Page, decode_cursor, encode_cursor
 from tether.principals import Principal, Role
+from tether.runtime import changes
 from tether.users.models import UserRow
 from tether.users.store import DatabaseUserStore
 
@@ -461,6 +462,7 @@ class AgentService:
         now: datetime,
         details: dict[str, Any],
     ) -> None:
+        changes.record(s, changes.Kind.AGENT, row.id, now_us=to_micros(now))
         self.ledger.append(
             s,
             [

@@ -14,7 +14,17 @@ from tether import __version__
 from tether.api import errors
 from tether.api.limits import BodyLimitMiddleware
 from tether.api.metrics import MetricsMiddleware
-from tether.api.routes import agents, audit, credentials, oauth, ops, users
+from tether.api.routes import (
+    agents,
+    approvals,
+    audit,
+    credentials,
+    decisions,
+    oauth,
+    ops,
+    policies,
+    users,
+)
 from tether.config import load_settings
 from tether.container import Services, build_services
 
@@ -32,6 +42,7 @@ async def _maintenance(services: Services) -> None:
             services.audit.checkpoint_tick,
             services.signing_keys.rotate_if_due,
             lambda: services.oauth.replay.purge(int(services.clock.now().timestamp())),
+            services.approvals.expire_due,
         ):
             try:
                 await asyncio.to_thread(step)
@@ -42,10 +53,13 @@ async def _maintenance(services: Services) -> None:
 def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(services.runtime.load)
+        services.runtime.start()
         task = asyncio.create_task(_maintenance(services))
         try:
             yield
         finally:
+            services.runtime.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -58,7 +72,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (ops, oauth, users, agents, credentials, audit):
+    for module in (ops, oauth, users, agents, credentials, policies, decisions, approvals, audit):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tether.container import Services
+from tether.credentials.bearer import Caller
 from tether.errors import Unauthenticated
 from tether.principals import Principal
 
@@ -30,3 +31,25 @@ def principal(
 
 ServicesDep = Annotated[Services, Depends(services)]
 PrincipalDep = Annotated[Principal, Depends(principal)]
+
+
+def caller(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """A human (user token) or an agent (access token; ``DPoP`` scheme for bound tokens)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if creds is None and scheme.lower() != "dpop":
+        raise Unauthenticated("send 'Authorization: Bearer <token>' (a user or agent token)")
+    if scheme.lower() not in ("bearer", "dpop") or not token:
+        raise Unauthenticated("send 'Authorization: Bearer <token>' (a user or agent token)")
+    svc = services(request)
+    url = f"{svc.settings.base_url}{request.url.path}"
+    return svc.bearers.authenticate(
+        scheme, token, method=request.method, url=url, proofs=request.headers.getlist("dpop")
+    )
+
+
+CallerDep = Annotated[Caller, Depends(caller)]

@@ -27,6 +27,13 @@ class EventType(StrEnum):
     TOKEN_REVOKED = "token.revoked"  # noqa: S105 - a name, not a secret
     KEY_CREATED = "key.created"
     KEYS_ROTATED = "keys.rotated"
+    POLICY_UPDATED = "policy.updated"
+    DECISION = "decision"
+    APPROVAL_REQUESTED = "approval.requested"
+    APPROVAL_APPROVED = "approval.approved"
+    APPROVAL_DENIED = "approval.denied"
+    APPROVAL_EXPIRED = "approval.expired"
+    APPROVAL_FLOOD = "approval.flood"
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from tether.db import Database
 from tether.errors import Forbidden, ValidationFailed
 from tether.ids import IdPrefix, new_id
 from tether.principals import Principal, Role
+from tether.runtime import changes
 from tether.users.models import UserRow
 
 CLIENT_CREDENTIALS = "client_credentials"
@@ -405,6 +406,7 @@ class OAuthService:
             if row is None or row.revoked_at is not None:
                 return
             row.revoked_at = to_micros(now)
+            changes.record(s, changes.Kind.TOKEN, row.jti, now_us=row.revoked_at)
             self.ledger.append(s, [NewEvent(
                 EventType.TOKEN_REVOKED, actor_ref, agent_id=row.agent_id,
                 action="oauth.revoke", resource={"type": "AccessToken", "id": row.jti},

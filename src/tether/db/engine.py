@@ -8,7 +8,7 @@ transaction-scoped advisory lock. Reads never take it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -65,6 +65,9 @@ class Database:
         self.schema = schema
         self._write_sessions = sessionmaker(self._writer, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
+        # Run after a write transaction that changed runtime state commits (this process's
+        # snapshot refreshes at once; other processes learn from the change feed).
+        self.after_change: list[Callable[[], None]] = []
 
     @property
     def engine(self) -> Engine:
@@ -73,10 +76,15 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction holding the write lock; commits on success, rolls back on error."""
-        with self._write_sessions() as session, session.begin():
-            if self.dialect == "postgresql":
-                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_WRITE_LOCK})
-            yield session
+        with self._write_sessions() as session:
+            session.info["tether.schema"] = self.schema
+            with session.begin():
+                if self.dialect == "postgresql":
+                    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_WRITE_LOCK})
+                yield session
+            if session.info.pop("tether.runtime_changed", False):
+                for callback in self.after_change:
+                    callback()
 
     @contextmanager
     def read(self) -> Iterator[Session]:

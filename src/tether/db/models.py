@@ -1,9 +1,12 @@
 """Every domain's tables, imported so Alembic and tests see one metadata."""
 
 from tether.agents import models as _agents  # noqa: F401
+from tether.approvals import models as _approvals  # noqa: F401
 from tether.audit import models as _audit  # noqa: F401
 from tether.credentials import models as _credentials  # noqa: F401
 from tether.db.base import Base
+from tether.policy import models as _policy  # noqa: F401
+from tether.runtime import models as _runtime  # noqa: F401
 from tether.users import models as _users  # noqa: F401
 
 metadata = Base.metadata

@@ -27,6 +27,7 @@ from tether.errors import (
 from tether.ids import IdPrefix, new_id
 from tether.pagination import Page, decode_cursor, page_of
 from tether.principals import SYSTEM, Principal, Role
+from tether.runtime import changes
 from tether.users.models import UserRow, UserTokenRow
 from tether.users.store import DatabaseUserStore
 
@@ -164,6 +165,7 @@ class UserService:
                 created_at=to_micros(now),
             )
             self.store.add(s, row)
+            changes.record(s, changes.Kind.USER, row.id, now_us=row.created_at)
             self.ledger.append(
                 s,
                 [
@@ -264,6 +266,7 @@ class UserService:
                 raise TokenNotFound(f"no token {token_id!r} for this user", token=token_id)
             if row.revoked_at is None:
                 row.revoked_at = to_micros(now)
+                changes.record(s, changes.Kind.USER, user.id, now_us=row.revoked_at)
                 self.ledger.append(
                     s,
                     [
@@ -290,6 +293,10 @@ class UserService:
 
     def authenticate(self, token: str) -> Principal:
         """The user a bearer token belongs to; raises :class:`Unauthenticated` otherwise."""
+        return self.authenticate_with_expiry(token)[0]
+
+    def authenticate_with_expiry(self, token: str) -> tuple[Principal, int | None]:
+        """As :meth:`authenticate`, with the token's expiry (microseconds) for caches."""
         if not token.startswith(TOKEN_PREFIX):
             raise Unauthenticated("not a Tether user token")
         now_us = to_micros(self.clock.now())
@@ -301,4 +308,4 @@ class UserService:
                 raise Unauthenticated("token expired")
             user = self.store.get(s, row.user_id)
             assert user is not None  # foreign key
-            return _user(user).principal()
+            return _user(user).principal(), row.expires_at

@@ -1,0 +1,133 @@
+"""OpenID AuthZEN Authorization API 1.0: ``/access/v1/evaluation(s)`` and discovery.
+
+An agent caller (access token) may only ask about itself — its token's delegation chain is
+used; a human caller (user token) may ask about any agent, without delegation.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from tether.api.deps import CallerDep, ServicesDep
+from tether.api.errors import responses
+from tether.credentials.bearer import Caller
+from tether.errors import Forbidden, ValidationFailed
+from tether.fields import StrictModel
+from tether.policy.decide import Ask
+from tether.policy.engine import Effect
+
+router = APIRouter(tags=["decisions"])
+
+_ID = Field(min_length=1, max_length=200)
+
+
+class Subject(StrictModel):
+    type: Annotated[str, Field(min_length=1, max_length=64, description='"agent"')]
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class Action(StrictModel):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class Resource(StrictModel):
+    type: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_:]*$")]
+    id: Annotated[str, _ID]
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class Evaluation(StrictModel):
+    subject: Subject
+    action: Action
+    resource: Resource
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class PartialEvaluation(StrictModel):
+    subject: Subject | None = None
+    action: Action | None = None
+    resource: Resource | None = None
+    context: dict[str, Any] | None = None
+
+
+class Options(StrictModel):
+    evaluations_semantic: Literal["execute_all", "deny_on_first_deny", "permit_on_first_permit"] = (
+        "execute_all"
+    )
+
+
+class Evaluations(PartialEvaluation):
+    evaluations: Annotated[list[PartialEvaluation], Field(max_length=1000)] = Field(
+        default_factory=list
+    )
+    options: Options = Field(default_factory=Options)
+
+
+class DecisionOut(StrictModel):
+    decision: bool
+    context: dict[str, Any]
+
+
+class EvaluationsOut(StrictModel):
+    evaluations: list[DecisionOut]
+
+
+def _ask(ev: Evaluation, who: Caller) -> Ask:
+    if ev.subject.type.lower() != "agent":
+        raise ValidationFailed('subject.type must be "agent"', field="subject.type")
+    if who.principal.kind == "agent":
+        if ev.subject.id != who.principal.id:
+            raise Forbidden("an agent may only ask about its own actions", field="subject.id")
+        return Ask(ev.subject.id, ev.action.name, ev.resource.type, ev.resource.id,
+                   ev.resource.properties, ev.context, who.chain, who.on_behalf_of, who.jti,
+                   who.principal.ref)  # fmt: skip
+    return Ask(ev.subject.id, ev.action.name, ev.resource.type, ev.resource.id,
+               ev.resource.properties, ev.context, caller=who.principal.ref)  # fmt: skip
+
+
+@router.post(
+    "/access/v1/evaluation", response_model=DecisionOut,
+    responses=responses(400, 401, 403, 413, 422),
+)  # fmt: skip
+async def evaluation(body: Evaluation, svc: ServicesDep, who: CallerDep) -> dict[str, Any]:
+    decision = await svc.decisions.decide(_ask(body, who))
+    return decision.to_authzen()
+
+
+@router.post(
+    "/access/v1/evaluations", response_model=EvaluationsOut,
+    responses=responses(400, 401, 403, 413, 422),
+)  # fmt: skip
+async def evaluations(body: Evaluations, svc: ServicesDep, who: CallerDep) -> dict[str, Any]:
+    """AuthZEN's batch: top-level subject/action/resource/context are defaults that each item
+    may override; ``options.evaluations_semantic`` may stop at the first deny or permit."""
+    items = body.evaluations or [PartialEvaluation()]
+    asks: list[Ask] = []
+    for i, item in enumerate(items):
+        merged: dict[str, Any] = {}
+        for part in ("subject", "action", "resource", "context"):
+            value = getattr(item, part) if getattr(item, part) is not None else getattr(body, part)
+            if value is None and part != "context":
+                raise ValidationFailed(f"evaluations[{i}] has no {part} and there is no default",
+                                       field=f"evaluations[{i}].{part}")  # fmt: skip
+            merged[part] = value if value is not None else {}
+        asks.append(_ask(Evaluation.model_validate(merged), who))
+    semantic = body.options.evaluations_semantic
+    stop = {"deny_on_first_deny": Effect.DENY, "permit_on_first_permit": Effect.ALLOW}.get(semantic)
+    decisions = await svc.decisions.decide_many(asks, stop_on=stop)
+    return {"evaluations": [d.to_authzen() for d in decisions]}
+
+
+@router.get("/.well-known/authzen-configuration", responses=responses())
+def configuration(svc: ServicesDep) -> dict[str, Any]:
+    base = svc.settings.base_url
+    return {
+        "policy_decision_point": base,
+        "access_evaluation_endpoint": f"{base}/access/v1/evaluation",
+        "access_evaluations_endpoint": f"{base}/access/v1/evaluations",
+    }

@@ -1,0 +1,1 @@
+"""Human approval of agent actions: pending requests and how approvers are told about them."""

@@ -1,0 +1,136 @@
+"""Group commit: many concurrent decisions, one durable transaction.
+
+Each caller submits its event and waits on a future; one writer thread per process takes
+everything queued (up to ``max_batch``), appends it to the chain in one write transaction
+and resolves every future only after the commit returned — so an answer never leaves before
+its event is durable, and more concurrency means bigger batches, not more lock contention.
+If the commit fails, every future in the batch fails and the callers fail closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy.orm import Session
+
+from tether.audit.chain import Event
+from tether.audit.events import NewEvent
+from tether.audit.ledger import Ledger
+from tether.clock import Clock
+from tether.db import Database
+
+log = logging.getLogger("tether.audit.group")
+BATCH = Histogram(
+    "tether_ledger_group_commit_batch_size", "Events per group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)  # fmt: skip
+FAILED = Counter(
+    "tether_ledger_group_commit_failures", "Group commits that failed (events lost: 0)"
+)
+
+Attach = Callable[[Session, Sequence[tuple[Event, Any]]], None]
+
+
+@dataclass(slots=True)
+class _Item:
+    event: NewEvent
+    attachment: Any
+    future: Future[Event]
+
+
+class LedgerUnavailable(RuntimeError):
+    """The event could not be made durable; the caller must fail closed."""
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        db: Database,
+        ledger: Ledger,
+        clock: Clock,
+        *,
+        max_batch: int = 256,
+        attach: Attach | None = None,
+    ) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.clock = clock
+        self.max_batch = max_batch
+        self.attach = attach
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, event: NewEvent, attachment: Any = None) -> Future[Event]:
+        """Queue ``event``; the future resolves to the chained event once it is durable, or
+        fails with :class:`LedgerUnavailable`."""
+        future: Future[Event] = Future()
+        if self._closed:
+            future.set_exception(LedgerUnavailable("the ledger writer is shut down"))
+            return future
+        self._ensure_thread()
+        self._queue.put(_Item(event, attachment, future))
+        return future
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tether-group-commit",
+                                                daemon=True)  # fmt: skip
+                self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Item]) -> None:
+        try:
+            now = self.clock.now()
+            with self.db.write() as s:
+                events = self.ledger.append(s, [i.event for i in batch], now=now)
+                if self.attach is not None:
+                    self.attach(
+                        s, [(ev, i.attachment) for ev, i in zip(events, batch, strict=True)]
+                    )
+        except Exception as exc:
+            FAILED.inc()
+            log.exception("group commit of %d events failed; failing them closed", len(batch))
+            for item in batch:
+                item.future.set_exception(LedgerUnavailable(str(exc)))
+            return
+        BATCH.observe(len(batch))
+        for ev, item in zip(events, batch, strict=True):
+            item.future.set_result(ev)

@@ -1,0 +1,135 @@
+"""Who is calling the runtime API: a human (user token) or an agent (our access token).
+
+On the decision path neither costs a database round trip: a verified access token's claims
+are cached until it expires (revocation is the runtime's set look-up, not this cache's job),
+and a user token's digest is cached in the runtime snapshot, which the change feed clears
+whenever a user token is revoked.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tether.clock import Clock, to_micros
+from tether.credentials import dpop, tokens
+from tether.credentials.keys import SigningKeys
+from tether.credentials.replay import DatabaseDPoPReplayCache
+from tether.errors import Unauthenticated
+from tether.principals import Principal, Role
+from tether.runtime.snapshot import Runtime
+from tether.users.service import TOKEN_PREFIX, UserService, token_digest
+
+_CACHE_MAX = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """``principal`` is the human or the acting agent; for an agent, ``claims`` are its
+    token's and ``chain``/``on_behalf_of`` come from its ``act`` claims (RFC 8693)."""
+
+    principal: Principal
+    claims: dict[str, Any] | None = None
+    chain: tuple[str, ...] = ()
+    on_behalf_of: str | None = None
+
+    @property
+    def jti(self) -> str | None:
+        return str(self.claims["jti"]) if self.claims and "jti" in self.claims else None
+
+
+def _actors(act: Any) -> list[str]:
+    out: list[str] = []
+    while isinstance(act, dict) and isinstance(act.get("sub"), str):
+        out.append(act["sub"])
+        act = act.get("act")
+    return out
+
+
+def agent_caller(claims: dict[str, Any]) -> Caller:
+    """RFC 8693: ``act.sub`` is the current actor, nested ``act`` earlier actors; ``sub`` is
+    the original subject. The chain runs from the subject to the current actor."""
+    actors = _actors(claims.get("act"))
+    sub = str(claims["sub"])
+    if not actors:
+        return Caller(Principal("agent", sub, sub), claims, (sub,), None)
+    acting = actors[0]
+    chain = (sub, *reversed(actors))
+    return Caller(Principal("agent", acting, acting), claims, chain, sub)
+
+
+class Bearers:
+    def __init__(
+        self,
+        keys: SigningKeys,
+        users: UserService,
+        runtime: Runtime,
+        clock: Clock,
+        *,
+        issuer: str,
+        replay: DatabaseDPoPReplayCache,
+        dpop_max_age: int = 300,
+    ) -> None:
+        self.keys = keys
+        self.users = users
+        self.runtime = runtime
+        self.clock = clock
+        self.issuer = issuer
+        self.replay = replay
+        self.dpop_max_age = dpop_max_age
+        self._claims: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def user(self, token: str) -> Principal:
+        digest = token_digest(token)
+        now_us = to_micros(self.clock.now())
+        hit = self.runtime.user_tokens.get(digest)
+        if hit is not None and (hit[1] is None or hit[1] > now_us):
+            view = self.runtime.users.get(hit[0])
+            if view is not None:
+                return Principal("user", view.id, view.username, Role(view.role))
+        principal, expires_at = self.users.authenticate_with_expiry(token)
+        self.runtime.user_tokens[digest] = (principal.id, expires_at)
+        return principal
+
+    def agent_claims(self, token: str) -> dict[str, Any]:
+        now = int(self.clock.now().timestamp())
+        claims = self._claims.get(token)
+        if claims is None or claims["exp"] <= now:
+            found = tokens.verify_own(token, self.keys, issuer=self.issuer, now=now)
+            if found is None:
+                raise Unauthenticated("the access token is invalid or expired; get a new one "
+                                      "at the token endpoint")  # fmt: skip
+            claims = found
+            with self._lock:
+                if len(self._claims) >= _CACHE_MAX:
+                    self._claims = {t: c for t, c in self._claims.items() if c["exp"] > now}
+                    if len(self._claims) >= _CACHE_MAX:
+                        self._claims.clear()
+                self._claims[token] = claims
+        return claims
+
+    def authenticate(
+        self, scheme: str, token: str, *, method: str, url: str, proofs: Sequence[str]
+    ) -> Caller:
+        if token.startswith(TOKEN_PREFIX):
+            if scheme.lower() != "bearer":
+                raise Unauthenticated("user tokens use the Bearer scheme")
+            return Caller(self.user(token))
+        claims = self.agent_claims(token)
+        jkt = (claims.get("cnf") or {}).get("jkt")
+        if jkt is not None or scheme.lower() == "dpop":
+            if scheme.lower() != "dpop":
+                raise Unauthenticated("this token is DPoP-bound: send 'Authorization: DPoP "
+                                      "<token>' with a DPoP proof")  # fmt: skip
+            try:
+                proof = dpop.verify_proof(
+                    proofs, method=method, url=url, now=int(self.clock.now().timestamp()),
+                    access_token=token, replay_cache=self.replay, max_age=self.dpop_max_age,
+                )  # fmt: skip
+                dpop.require_binding(proof, jkt)
+            except dpop.InvalidDPoPProof as exc:
+                raise Unauthenticated(f"DPoP proof rejected: {exc.message}") from exc
+        return agent_caller(claims)

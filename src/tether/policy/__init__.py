@@ -1,0 +1,1 @@
+"""Policy: Cedar schema and policies, versions, validation, the decision engine, simulation."""

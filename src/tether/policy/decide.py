@@ -1,0 +1,337 @@
+"""The decision path: who asks, may they, and the durable record — the PDP's one service.
+
+1. runtime checks as set look-ups: is this worker current; is the token revoked; does the
+   subject exist; is every member of the chain active (no database round trip);
+2. Cedar through :class:`tether.policy.engine.CompiledPolicies` (sliced, pre-parsed handles);
+3. ``approval_required`` goes to :class:`tether.approvals.service.ApprovalService`, which
+   consumes a granted approval for this exact request or opens (or reuses) a pending one;
+4. every answer is a ledger event, made durable by group commit before the answer leaves;
+   a ledger that cannot be written turns the answer into deny (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+
+from tether.audit.chain import Event
+from tether.audit.events import EventType, NewEvent
+from tether.audit.group import GroupCommitter, LedgerUnavailable
+from tether.clock import Clock, to_micros
+from tether.errors import ValidationFailed
+from tether.policy.engine import CedarRequest, CompiledPolicies, Effect, Outcome
+from tether.runtime.snapshot import AgentView, Runtime
+
+DECISIONS = Counter("tether_decisions", "Decisions answered", ["decision"])
+FAILED_CLOSED = Counter("tether_decisions_failed_closed", "Decisions denied because Tether could "
+                        "not be sure (ledger unwritable, worker not current)", ["reason"])  # fmt: skip
+RESERVED_CONTEXT = frozenset({"chain", "delegated", "on_behalf_of"})
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+_MAX_DEPTH = 16
+
+# Reasons Tether gives before Cedar is asked (they read like policy ids, and are in the ledger).
+STALE = "tether.runtime-not-current"
+REVOKED_TOKEN = "tether.token-revoked"  # noqa: S105 - a reason, not a secret
+UNKNOWN_AGENT = "tether.unknown-agent"
+INACTIVE_AGENT = "tether.agent-not-active"
+INACTIVE_CHAIN = "tether.chain-member-not-active"
+UNKNOWN_ACTION = "tether.unknown-action"
+LEDGER_DOWN = "tether.ledger-unavailable"
+RUNTIME_REASONS = frozenset(
+    {STALE, REVOKED_TOKEN, UNKNOWN_AGENT, INACTIVE_AGENT, INACTIVE_CHAIN, UNKNOWN_ACTION}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One request: ``subject`` is the acting agent; ``chain`` every principal from the
+    original subject to the acting agent (just the subject when nobody is delegating)."""
+
+    subject: str
+    action: str
+    resource_type: str
+    resource_id: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    chain: tuple[str, ...] = ()
+    on_behalf_of: str | None = None
+    jti: str | None = None
+    caller: str = "system"
+
+    @property
+    def full_chain(self) -> tuple[str, ...]:
+        return self.chain or (self.subject,)
+
+    def digest(self) -> str:
+        """What an approval is bound to: subject, chain, action, resource and context."""
+        return hashlib.sha256(orjson.dumps({
+            "subject": self.subject, "chain": list(self.full_chain), "action": self.action,
+            "resource": {"type": self.resource_type, "id": self.resource_id,
+                         "properties": self.properties},
+            "context": self.context,
+        }, option=orjson.OPT_SORT_KEYS)).hexdigest()  # fmt: skip
+
+    def context_digest(self) -> str:
+        return hashlib.sha256(orjson.dumps(self.context, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    effect: Effect
+    reasons: tuple[str, ...]
+    policy_version: str
+    event_id: str | None = None
+    approval_id: str | None = None
+    approval_status: str | None = None
+    error: dict[str, str] | None = None
+    stage: str = "cedar"  # "runtime" when Tether refused before Cedar was asked
+    cedar_effect: Effect | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect is Effect.ALLOW
+
+    def to_authzen(self) -> dict[str, Any]:
+        ctx: dict[str, Any] = {
+            "decision": self.effect.value,
+            "reasons": list(self.reasons),
+            "policy_version": self.policy_version,
+            "event_id": self.event_id,
+        }
+        if self.effect is Effect.APPROVAL_REQUIRED:
+            ctx |= {"approval_required": True, "approval_id": self.approval_id,
+                    "approval_status": self.approval_status}  # fmt: skip
+        elif self.approval_id:
+            ctx["approval_id"] = self.approval_id
+        if self.error:
+            ctx["error"] = self.error
+        return {"decision": self.allowed, "context": ctx}
+
+
+def check_cedar_value(value: Any, path: str, depth: int = 0) -> None:
+    """Cedar has strings, booleans, 64-bit integers, sets and records — nothing else."""
+    if depth > _MAX_DEPTH:
+        raise ValidationFailed(f"{path} is nested too deeply", field=path)
+    if isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ValidationFailed(f"{path} is outside Cedar's 64-bit integers", field=path)
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            check_cedar_value(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_cedar_value(item, f"{path}.{key}", depth + 1)
+        return
+    kind = "null" if value is None else type(value).__name__
+    raise ValidationFailed(
+        f"{path} is a {kind}; Cedar values are strings, booleans, integers, lists and objects",
+        field=path,
+    )
+
+
+def validate_ask(ask: Ask) -> None:
+    check_cedar_value(ask.properties, "resource.properties")
+    check_cedar_value(ask.context, "context")
+    if reserved := RESERVED_CONTEXT.intersection(ask.context):
+        name = sorted(reserved)[0]
+        raise ValidationFailed(f"context.{name} is set by Tether, not by the caller",
+                               field=f"context.{name}")  # fmt: skip
+    if ask.resource_type.endswith("Action") or ask.resource_type in {"Role", "User"}:
+        raise ValidationFailed(f"resource type {ask.resource_type!r} cannot be acted on",
+                               field="resource.type")  # fmt: skip
+
+
+class DecisionService:
+    def __init__(
+        self,
+        runtime: Runtime,
+        committer: GroupCommitter,
+        clock: Clock,
+        approvals: Any,  # tether.approvals.service.ApprovalService (import cycle)
+    ) -> None:
+        self.runtime = runtime
+        self.committer = committer
+        self.clock = clock
+        self.approvals = approvals
+
+    # -- evaluation (no I/O) ---------------------------------------------------------------
+    def evaluate(self, ask: Ask) -> Decision:
+        """The decision before it is recorded: runtime checks, then Cedar."""
+        return self.evaluate_many([ask])[0]
+
+    def evaluate_many(self, asks: Sequence[Ask]) -> list[Decision]:
+        rt = self.runtime
+        compiled = rt.policies
+        if compiled is None or not rt.current():
+            FAILED_CLOSED.labels("runtime").inc(len(asks))
+            version = compiled.version if compiled else "unknown"
+            return [_refuse(STALE, version, "runtime_not_current",
+                            "this Tether worker cannot confirm it is current") for _ in asks]  # fmt: skip
+        now_us = to_micros(self.clock.now())
+        out: list[Decision | None] = []
+        pending: list[tuple[int, CedarRequest]] = []
+        for i, ask in enumerate(asks):
+            refused = self._precheck(ask, compiled, now_us)
+            out.append(refused)
+            if refused is None:
+                pending.append((i, self.cedar_request(ask)))
+        if pending:
+            outcomes = compiled.decide_many([r for _, r in pending])
+            for (i, _), outcome in zip(pending, outcomes, strict=True):
+                out[i] = _from_outcome(outcome, compiled.version)
+        return [d for d in out if d is not None]
+
+    def _precheck(self, ask: Ask, compiled: CompiledPolicies, now_us: int) -> Decision | None:
+        rt = self.runtime
+        version = compiled.version
+        if ask.jti is not None and ask.jti in rt.revoked_jtis:
+            return _refuse(REVOKED_TOKEN, version, "token_revoked", "the access token is revoked")
+        agent = rt.agents.get(ask.subject)
+        if agent is None:
+            return _refuse(UNKNOWN_AGENT, version, "agent_not_found",
+                           f"no agent {ask.subject!r}")  # fmt: skip
+        if not agent.active_at(now_us):
+            return _refuse(INACTIVE_AGENT, version, "agent_not_active",
+                           f"agent {ask.subject} is {_status(agent, now_us)}")  # fmt: skip
+        for member in ask.full_chain:
+            if member.startswith("usr_"):
+                if member not in rt.users:
+                    return _refuse(INACTIVE_CHAIN, version, "chain_member_not_active",
+                                   f"the human {member} in the chain no longer exists")  # fmt: skip
+                continue
+            view = rt.agents.get(member)
+            if view is None or not view.active_at(now_us):
+                state = _status(view, now_us) if view else "unknown"
+                return _refuse(INACTIVE_CHAIN, version, "chain_member_not_active",
+                               f"agent {member} in the delegation chain is {state}")  # fmt: skip
+        if not compiled.knows_action(ask.action):
+            return _refuse(UNKNOWN_ACTION, version, "unknown_action",
+                           f"the schema ({version}) declares no action {ask.action!r}")  # fmt: skip
+        return None
+
+    def cedar_request(self, ask: Ask) -> CedarRequest:
+        agent = self.runtime.agents[ask.subject]
+        resource = (ask.resource_type, ask.resource_id)
+        resource_parents: frozenset[tuple[str, str]] = frozenset()
+        if ask.resource_type == "Agent" and (target := self.runtime.agents.get(ask.resource_id)):
+            entity = target.entity
+            resource_parents = target.parents
+        else:
+            entity = orjson.dumps({"uid": {"type": resource[0], "id": resource[1]},
+                                   "attrs": ask.properties, "parents": []}).decode()  # fmt: skip
+        chain = ask.full_chain
+        ctx = dict(ask.context)
+        ctx["chain"] = list(chain)
+        ctx["delegated"] = len(chain) > 1
+        if ask.on_behalf_of is not None:
+            ctx["on_behalf_of"] = ask.on_behalf_of
+        return CedarRequest(
+            principal=("Agent", agent.id), principal_parents=agent.parents,
+            principal_entity=agent.entity, action=ask.action, resource=resource,
+            resource_parents=resource_parents, resource_entity=entity,
+            context=orjson.dumps(ctx).decode(),
+        )  # fmt: skip
+
+    # -- recording -------------------------------------------------------------------------
+    def event(self, ask: Ask, decision: Decision) -> NewEvent:
+        known = ask.subject in self.runtime.agents
+        details: dict[str, Any] = {
+            "caller": ask.caller, "stage": decision.stage,
+            "request_digest": ask.digest(), "context_digest": ask.context_digest(),
+        }  # fmt: skip
+        if not known:
+            details["subject"] = ask.subject[:200]
+        if decision.cedar_effect is not None and decision.cedar_effect is not decision.effect:
+            details["cedar_decision"] = decision.cedar_effect.value
+        if decision.approval_id:
+            details["approval_id"] = decision.approval_id
+        if decision.error:
+            details["error"] = decision.error["code"]
+        if ask.jti:
+            details["jti"] = ask.jti
+        return NewEvent(
+            EventType.DECISION, f"agent:{ask.subject}" if known else ask.caller,
+            agent_id=ask.subject if known else None, on_behalf_of=ask.on_behalf_of,
+            chain=ask.full_chain if known else (), action=ask.action[:200],
+            resource={"type": ask.resource_type, "id": ask.resource_id},
+            decision=decision.effect.value, reasons=decision.reasons,
+            policy_version=decision.policy_version, details=details,
+        )  # fmt: skip
+
+    @staticmethod
+    def attachment(ask: Ask) -> str:
+        return orjson.dumps({"properties": ask.properties, "context": ask.context,
+                             "chain": list(ask.full_chain), "on_behalf_of": ask.on_behalf_of},
+                            option=orjson.OPT_SORT_KEYS).decode()  # fmt: skip
+
+    async def decide(self, ask: Ask) -> Decision:
+        return (await self.decide_many([ask]))[0]
+
+    async def decide_many(
+        self, asks: Sequence[Ask], *, stop_on: Effect | None = None
+    ) -> list[Decision]:
+        """Evaluate, then record every answer durably before returning any of them. With
+        ``stop_on`` (AuthZEN's short-circuit semantics) the batch ends at the first deny
+        (``Effect.DENY``) or permit (``Effect.ALLOW``); later requests are not answered."""
+        for ask in asks:
+            validate_ask(ask)
+        self.runtime.ensure_current()
+        decisions = self.evaluate_many(asks)
+        if stop_on is not None:
+            for i, d in enumerate(decisions):
+                if d.allowed == (stop_on is Effect.ALLOW):
+                    asks, decisions = asks[: i + 1], decisions[: i + 1]
+                    break
+        waits: list[asyncio.Future[Event] | None] = []
+        for ask, decision in zip(asks, decisions, strict=True):
+            if decision.effect is Effect.APPROVAL_REQUIRED:
+                waits.append(None)
+            else:
+                fut = self.committer.submit(self.event(ask, decision), self.attachment(ask))
+                waits.append(asyncio.wrap_future(fut))
+        out: list[Decision] = []
+        for ask, decision, wait in zip(asks, decisions, waits, strict=True):
+            if wait is None:
+                final = await asyncio.to_thread(self.approvals.checkpoint, ask, decision, self)
+            else:
+                try:
+                    ev = await wait
+                    final = replace(decision, event_id=ev.id)
+                except LedgerUnavailable:
+                    FAILED_CLOSED.labels("ledger").inc()
+                    final = _refuse(LEDGER_DOWN, decision.policy_version, "ledger_unavailable",
+                                    "the decision could not be recorded: denied")  # fmt: skip
+            DECISIONS.labels(final.effect.value).inc()
+            out.append(final)
+        return out
+
+    def decide_sync(self, ask: Ask) -> Decision:
+        """For callers without an event loop (CLI tools, tests, the SDK in-process)."""
+        return asyncio.run(self.decide(ask))
+
+
+def _status(agent: AgentView | None, now_us: int) -> str:
+    if agent is None:
+        return "unknown"
+    if agent.status == "active" and agent.expires_at is not None and agent.expires_at <= now_us:
+        return "expired"
+    return agent.status
+
+
+def _refuse(reason: str, version: str, code: str, message: str) -> Decision:
+    return Decision(Effect.DENY, (reason,), version, error={"code": code, "message": message},
+                    stage="runtime")  # fmt: skip
+
+
+def _from_outcome(outcome: Outcome, version: str) -> Decision:
+    return Decision(outcome.effect, outcome.reasons, version, cedar_effect=outcome.effect)

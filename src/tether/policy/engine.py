@@ -1,0 +1,308 @@
+"""The Cedar engine on the hot path: handles parsed once, policies sliced by scope.
+
+A :class:`CompiledPolicies` is immutable and built off the hot path when a policy version
+becomes current; the runtime swaps it in atomically. Per request it does:
+
+1. **Slice.** A policy whose scope (``principal``/``action``/``resource`` heads) cannot match
+   the request cannot be satisfied, so Cedar need not see it. The matching policies are found
+   once per *scope key* — the action, and only those features of principal and resource that
+   some scope mentions — and their ``PolicySet`` handle is cached. Slicing changes speed, not
+   meaning; ``tests/test_policy_differential.py`` holds it to plain ``cedarpy``.
+2. **Entities.** The base handle holds the schema's action entities (so ``action in
+   Action::"mutating"`` works). The principal's entity (prebuilt JSON in the runtime snapshot)
+   and the resource's (from the request's properties) are added as a small delta; nothing
+   is re-parsed per request, and no agent change ever rebuilds a handle.
+3. **Decide.** Cedar's answer becomes allow / deny / approval_required: a satisfied permit
+   annotated ``@approval("required")`` asks for approval; so does a deny caused only by
+   forbids so annotated when, without them, the request would be allowed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import cedarpy
+import orjson
+
+from tether.policy.source import Policy, to_cedar_json
+
+Uid = tuple[str, str]
+_SLICE_CACHE_MAX = 16_384
+
+
+class Effect(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVAL_REQUIRED = "approval_required"
+
+
+@dataclass(frozen=True, slots=True)
+class CedarRequest:
+    """One request in Cedar's terms. ``principal_entity``/``resource_entity`` are Cedar JSON
+    entity objects (text); ``context`` is the Cedar context as JSON text."""
+
+    principal: Uid
+    principal_parents: frozenset[Uid]
+    principal_entity: str
+    action: str
+    resource: Uid
+    resource_parents: frozenset[Uid]
+    resource_entity: str | None
+    context: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    effect: Effect
+    reasons: tuple[str, ...]
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Slice:
+    policies: tuple[Policy, ...]
+    policy_set: cedarpy.PolicySet | None
+    approval_forbids: frozenset[str]
+    approval_ids: frozenset[str]
+    lifted: cedarpy.PolicySet | None = None
+
+
+def _uid(value: Any) -> Uid | None:
+    if isinstance(value, dict) and "type" in value and "id" in value:
+        return (str(value["type"]), str(value["id"]))
+    return None
+
+
+def _scope_matches(scope: dict[str, Any], uid: Uid, ancestors: frozenset[Uid]) -> bool:  # noqa: PLR0911
+    op = scope.get("op")
+    if op == "All":
+        return True
+    if op == "==":
+        return _uid(scope.get("entity")) == uid
+    if op == "in":
+        target = _uid(scope.get("entity"))
+        return target == uid or target in ancestors
+    if op == "is":
+        if scope.get("entity_type") != uid[0]:
+            return False
+        inner = scope.get("in")
+        if isinstance(inner, dict):
+            target = _uid(inner.get("entity"))
+            return target == uid or target in ancestors
+        return True
+    return True  # anything newer than this code: let Cedar decide
+
+
+def _scope_uids(scope: dict[str, Any]) -> Iterable[Uid]:
+    for value in (scope.get("entity"), (scope.get("in") or {}).get("entity")):
+        uid = _uid(value)
+        if uid is not None:
+            yield uid
+    for value in scope.get("entities") or ():
+        uid = _uid(value)
+        if uid is not None:
+            yield uid
+
+
+def _action_matches(scope: dict[str, Any], action: str, ancestors: frozenset[str]) -> bool:
+    op = scope.get("op")
+    if op == "All":
+        return True
+    if op == "==":
+        return _uid(scope.get("entity")) == ("Action", action)
+    if op == "in":
+        targets = [scope.get("entity")] if "entity" in scope else list(scope.get("entities") or [])
+        for target in targets:
+            uid = _uid(target)
+            if uid is not None and uid[0].endswith("Action") and uid[1] in ancestors:
+                return True
+        return False
+    return True
+
+
+def action_ancestors(entities: cedarpy.Entities) -> dict[str, frozenset[str]]:
+    """For every action the schema declares: itself and the action groups it is in."""
+    parents: dict[str, set[str]] = {}
+    for ent in orjson.loads(str(entities)):
+        uid = _uid(ent.get("uid"))
+        if uid is None or not uid[0].endswith("Action"):
+            continue
+        parents[uid[1]] = {p["id"] for p in ent.get("parents", []) if _uid(p)}
+    out: dict[str, frozenset[str]] = {}
+    for action in parents:
+        seen, todo = {action}, [action]
+        while todo:
+            for parent in parents.get(todo.pop(), ()):
+                if parent not in seen:
+                    seen.add(parent)
+                    todo.append(parent)
+        out[action] = frozenset(seen)
+    return out
+
+
+@dataclass
+class CompiledPolicies:
+    """One policy version, ready to decide. Immutable after construction (the slice cache is
+    a memo of pure results)."""
+
+    version: str
+    policies: tuple[Policy, ...]
+    schema: cedarpy.Schema
+    base_entities: cedarpy.Entities
+    actions: dict[str, frozenset[str]]
+    _principal_uids: frozenset[Uid] = field(init=False)
+    _resource_uids: frozenset[Uid] = field(init=False)
+    _slices: dict[tuple[Any, ...], _Slice] = field(init=False, default_factory=dict)
+    _by_ids: dict[frozenset[str], _Slice] = field(init=False, default_factory=dict)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._principal_uids = frozenset(
+            uid for p in self.policies for uid in _scope_uids(p.est["principal"])
+        )
+        self._resource_uids = frozenset(
+            uid for p in self.policies for uid in _scope_uids(p.est["resource"])
+        )
+
+    @classmethod
+    def build(
+        cls, version: str, policies: Sequence[Policy], schema: cedarpy.Schema
+    ) -> CompiledPolicies:
+        base = cedarpy.Entities.from_json_str("[]", schema)
+        return cls(version, tuple(policies), schema, base, action_ancestors(base))
+
+    def knows_action(self, action: str) -> bool:
+        return action in self.actions
+
+    # -- slicing ---------------------------------------------------------------------------
+    def _slice(self, req: CedarRequest) -> _Slice:
+        key = (
+            req.action,
+            req.principal if req.principal in self._principal_uids else None,
+            req.principal_parents & self._principal_uids,
+            req.resource[0],
+            req.resource if req.resource in self._resource_uids else None,
+            req.resource_parents & self._resource_uids,
+        )
+        found = self._slices.get(key)
+        if found is not None:
+            return found
+        ancestors = self.actions.get(req.action, frozenset({req.action}))
+        chosen = tuple(
+            p for p in self.policies
+            if _action_matches(p.est["action"], req.action, ancestors)
+            and _scope_matches(p.est["principal"], req.principal, req.principal_parents)
+            and _scope_matches(p.est["resource"], req.resource, req.resource_parents)
+        )  # fmt: skip
+        ids = frozenset(p.id for p in chosen)
+        with self._lock:
+            built = self._by_ids.get(ids)
+            if built is None:
+                built = _Slice(
+                    chosen,
+                    cedarpy.PolicySet.from_json_str(to_cedar_json(list(chosen)))
+                    if chosen
+                    else None,
+                    frozenset(p.id for p in chosen if p.approval and p.effect == "forbid"),
+                    frozenset(p.id for p in chosen if p.approval),
+                )
+                self._by_ids[ids] = built
+            if len(self._slices) >= _SLICE_CACHE_MAX:
+                self._slices.clear()
+            self._slices[key] = built
+        return built
+
+    # -- deciding --------------------------------------------------------------------------
+    def decide(self, req: CedarRequest) -> Outcome:
+        sl = self._slice(req)
+        if sl.policy_set is None:
+            return Outcome(Effect.DENY, ())
+        entities = self.base_entities.with_added_json_str(_delta(req))
+        request = _request(req)
+        result = cedarpy.is_authorized(request, sl.policy_set, entities)
+        return self._finish(sl, request, result, entities)
+
+    def decide_many(self, reqs: Sequence[CedarRequest]) -> list[Outcome]:
+        """A batch in one Cedar call: the union of the requests' slices (a policy whose scope
+        cannot match a request cannot affect it, so the union is exact for each) over one
+        entity set holding every principal and resource of the batch."""
+        if len(reqs) == 1:
+            return [self.decide(reqs[0])]
+        slices = [self._slice(r) for r in reqs]
+        ids = frozenset(p.id for sl in slices for p in sl.policies)
+        if not ids:
+            return [Outcome(Effect.DENY, ()) for _ in reqs]
+        entities_by_uid: dict[Uid, str] = {}
+        for r in reqs:
+            for uid, ent in ((r.principal, r.principal_entity), (r.resource, r.resource_entity)):
+                if ent is None:
+                    continue
+                if entities_by_uid.setdefault(uid, ent) != ent:
+                    return [self.decide(r) for r in reqs]  # same uid, different properties
+        union = self._union(ids)
+        assert union.policy_set is not None
+        entities = self.base_entities.with_added_json_str(f"[{','.join(entities_by_uid.values())}]")
+        requests = [_request(r) for r in reqs]
+        results = cedarpy.is_authorized_batch(requests, union.policy_set, entities)
+        return [
+            self._finish(union, q, res, entities) for q, res in zip(requests, results, strict=True)
+        ]
+
+    def _union(self, ids: frozenset[str]) -> _Slice:
+        with self._lock:
+            built = self._by_ids.get(ids)
+            if built is None:
+                chosen = [p for p in self.policies if p.id in ids]
+                built = _Slice(
+                    tuple(chosen), cedarpy.PolicySet.from_json_str(to_cedar_json(chosen)),
+                    frozenset(p.id for p in chosen if p.approval and p.effect == "forbid"),
+                    frozenset(p.id for p in chosen if p.approval),
+                )  # fmt: skip
+                self._by_ids[ids] = built
+            return built
+
+    def _finish(
+        self, sl: _Slice, request: dict[str, Any], result: cedarpy.AuthzResult,
+        entities: cedarpy.Entities,
+    ) -> Outcome:  # fmt: skip
+        reasons = tuple(sorted(result.diagnostics.reasons))
+        errors = tuple(result.diagnostics.errors)
+        if result.allowed:
+            if sl.approval_ids.intersection(reasons):
+                return Outcome(Effect.APPROVAL_REQUIRED, reasons, errors)
+            return Outcome(Effect.ALLOW, reasons, errors)
+        if reasons and sl.approval_forbids.issuperset(reasons):
+            lifted = self._lifted(sl)
+            again = cedarpy.is_authorized(request, lifted, entities) if lifted else None
+            if again is not None and again.allowed:
+                both = tuple(sorted({*reasons, *again.diagnostics.reasons}))
+                return Outcome(Effect.APPROVAL_REQUIRED, both, errors)
+        return Outcome(Effect.DENY, reasons, errors)
+
+    def _lifted(self, sl: _Slice) -> cedarpy.PolicySet | None:
+        """The slice without its approval forbids: would the request pass once approved?"""
+        if sl.lifted is None:
+            rest = [p for p in sl.policies if p.id not in sl.approval_forbids]
+            if not rest:
+                return None
+            sl.lifted = cedarpy.PolicySet.from_json_str(to_cedar_json(rest))
+        return sl.lifted
+
+
+def _request(req: CedarRequest) -> dict[str, Any]:
+    return {
+        "principal": {"type": req.principal[0], "id": req.principal[1]},
+        "action": {"type": "Action", "id": req.action},
+        "resource": {"type": req.resource[0], "id": req.resource[1]},
+        "context": req.context,
+    }
+
+
+def _delta(req: CedarRequest) -> str:
+    if req.resource_entity is None or req.resource == req.principal:
+        return f"[{req.principal_entity}]"
+    return f"[{req.principal_entity},{req.resource_entity}]"

@@ -1,0 +1,218 @@
+"""Policy versions: read, validate, push. Every accepted document is a new immutable version.
+
+The base policies (``policy/base/base.cedar``) are always in force and validated together
+with the operator's; version ``v0`` is the state before any push: the base schema and no
+operator policy, so everything but what the base allows is denied.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import cedarpy
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tether.audit.events import EventType, NewEvent
+from tether.audit.ledger import Ledger
+from tether.clock import Clock, from_micros, to_micros
+from tether.db import Database
+from tether.errors import Forbidden, PolicyInvalid, PolicyVersionNotFound
+from tether.pagination import Page, decode_cursor, page_of
+from tether.policy import source
+from tether.policy.engine import CompiledPolicies
+from tether.policy.models import PolicyVersionRow
+from tether.principals import Principal
+from tether.runtime import changes
+
+_BASE = resources.files("tether.policy") / "base"
+BASE_SCHEMA = (_BASE / "schema.cedarschema").read_text()
+BASE_POLICIES_TEXT = (_BASE / "base.cedar").read_text()
+BASE_POLICIES = source.parse(BASE_POLICIES_TEXT, base=True)
+MAX_DOCUMENT = 512 * 1024
+
+
+def version_name(number: int) -> str:
+    return f"v{number}"
+
+
+def version_number(name: str) -> int | None:
+    if name.startswith("v") and name[1:].isdigit() and len(name) < 12:
+        return int(name[1:])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersion:
+    version: str
+    policies: str
+    schema: str
+    digest: str
+    policy_count: int
+    created_at: datetime | None
+    created_by: str | None
+    note: str | None
+
+    def to_json(self, *, full: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "version": self.version,
+            "digest": self.digest,
+            "policy_count": self.policy_count,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "note": self.note,
+        }
+        if full:
+            out |= {"policies": self.policies, "schema": self.schema,
+                    "base_policies": BASE_POLICIES_TEXT}  # fmt: skip
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A document that passed every check, ready to compile or store."""
+
+    policies: list[source.Policy]
+    text: str
+    schema_text: str
+    schema: cedarpy.Schema
+    digest: str
+
+
+def _digest(policies: str, schema: str) -> str:
+    return hashlib.sha256(f"{len(policies)}:{policies}\x00{schema}".encode()).hexdigest()
+
+
+def check(policies: str, schema: str | None = None) -> Checked:
+    """Parse and validate ``policies`` (with the base policies) against ``schema`` (default:
+    the base schema); :class:`PolicyInvalid` lists every problem with policy id and line."""
+    schema_text = BASE_SCHEMA if schema is None else schema
+    problems: list[source.Problem] = []
+    try:
+        parsed_schema = source.parse_schema(schema_text)
+    except source.PolicyDocumentError as exc:
+        raise PolicyInvalid("the schema does not parse", errors=_errors(exc.problems)) from exc
+    try:
+        parsed = source.parse(policies)
+    except source.PolicyDocumentError as exc:
+        problems.extend(exc.problems)
+        parsed = []
+    if not problems:
+        problems.extend(source.validate([*BASE_POLICIES, *parsed], parsed_schema))
+    if problems:
+        n = len(problems)
+        raise PolicyInvalid(
+            f"{n} problem{'s' if n != 1 else ''} in the policy document; nothing was changed",
+            errors=_errors(problems),
+        )
+    return Checked(parsed, policies, schema_text, parsed_schema, _digest(policies, schema_text))
+
+
+def _errors(problems: list[source.Problem]) -> list[dict[str, Any]]:
+    return [p.to_json() for p in problems]
+
+
+def compile_checked(version: str, checked: Checked) -> CompiledPolicies:
+    return CompiledPolicies.build(version, [*BASE_POLICIES, *checked.policies], checked.schema)
+
+
+class PolicyService:
+    def __init__(self, db: Database, ledger: Ledger, clock: Clock) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.clock = clock
+        self._compiled: dict[str, CompiledPolicies] = {}
+
+    # -- reading ---------------------------------------------------------------------------
+    def current(self, actor: Principal | None = None) -> PolicyVersion:
+        del actor  # every authenticated human may read the policies
+        with self.db.read() as s:
+            return self._current(s)
+
+    def _current(self, s: Session) -> PolicyVersion:
+        row = s.scalars(
+            select(PolicyVersionRow).order_by(PolicyVersionRow.number.desc()).limit(1)
+        ).first()
+        return _version(row) if row else _v0()
+
+    def get(self, actor: Principal, name: str) -> PolicyVersion:
+        del actor
+        number = version_number(name)
+        if number == 0:
+            return _v0()
+        with self.db.read() as s:
+            row = s.get(PolicyVersionRow, number) if number is not None else None
+            if row is None:
+                raise PolicyVersionNotFound(f"no policy version {name!r}", version=name)
+            return _version(row)
+
+    def versions(self, actor: Principal, *, cursor: str | None, limit: int) -> Page[PolicyVersion]:
+        """Newest first; ``v0`` (the base) is the last item."""
+        del actor
+        after = decode_cursor(cursor)
+        before = version_number(after) if after else None
+        with self.db.read() as s:
+            q = select(PolicyVersionRow).order_by(PolicyVersionRow.number.desc())
+            if before is not None:
+                q = q.where(PolicyVersionRow.number < before)
+            rows: builtins.list[PolicyVersion] = [
+                _version(r) for r in s.scalars(q.limit(limit + 1))
+            ]
+        if len(rows) <= limit and before != 0:
+            rows.append(_v0())
+        return page_of(rows, limit, key=lambda v: v.version)
+
+    def compiled(self, s: Session) -> CompiledPolicies:
+        """The current version, compiled (cached per version); the runtime's loader."""
+        current = self._current(s)
+        found = self._compiled.get(current.version)
+        if found is None:
+            found = compile_checked(current.version, check(current.policies, current.schema))
+            self._compiled = {current.version: found}
+        return found
+
+    # -- changing --------------------------------------------------------------------------
+    def push(
+        self, actor: Principal, *, policies: str, schema: str | None, note: str | None
+    ) -> PolicyVersion:
+        if not actor.is_admin:
+            raise Forbidden("only an admin may change the policies")
+        now = self.clock.now()
+        with self.db.write() as s:
+            current = self._current(s)
+            checked = check(policies, current.schema if schema is None else schema)
+            number = (s.scalar(select(func.max(PolicyVersionRow.number))) or 0) + 1
+            row = PolicyVersionRow(
+                number=number, policies=checked.text, schema=checked.schema_text,
+                digest=checked.digest, policy_count=len(checked.policies),
+                created_at=to_micros(now), created_by=actor.ref, note=note,
+            )  # fmt: skip
+            s.add(row)
+            name = version_name(number)
+            changes.record(s, changes.Kind.POLICY, name, now_us=row.created_at)
+            self.ledger.append(s, [NewEvent(
+                EventType.POLICY_UPDATED, actor.ref, action="policy.push",
+                resource={"type": "PolicySet", "id": name}, policy_version=name,
+                outcome="success",
+                details={"digest": checked.digest, "previous": current.version,
+                         "policies": [p.id for p in checked.policies],
+                         "schema_changed": checked.schema_text != current.schema, "note": note},
+            )], now=now)  # fmt: skip
+            self._compiled[name] = compile_checked(name, checked)
+            return _version(row)
+
+
+def _version(row: PolicyVersionRow) -> PolicyVersion:
+    return PolicyVersion(version_name(row.number), row.policies, row.schema, row.digest,
+                         row.policy_count, from_micros(row.created_at), row.created_by,
+                         row.note)  # fmt: skip
+
+
+def _v0() -> PolicyVersion:
+    return PolicyVersion("v0", "", BASE_SCHEMA, _digest("", BASE_SCHEMA), 0, None, None,
+                         "the base policies only; nothing else is allowed")  # fmt: skip

@@ -1,0 +1,20 @@
+"""The change feed's table: one row per changed thing, in commit order."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tether.db.base import Base
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY.
+_SEQ = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class ChangeRow(Base):
+    __tablename__ = "runtime_changes"
+
+    seq: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(128))
+    time: Mapped[int] = mapped_column(BigInteger)  # microseconds since the epoch
