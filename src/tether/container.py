@@ -101,8 +101,15 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         allow_self_approval=settings.approval_allow_self_approval, public_url=settings.base_url,
     )  # fmt: skip
     agents.kill_hooks.append(approvals.cancel_for_agents)
-    bearers = Bearers(signing_keys, users, runtime, clock, issuer=oauth.endpoints.issuer,
-                      replay=oauth.dpop_replay, dpop_max_age=settings.dpop_max_age_seconds)  # fmt: skip
+    bearers = Bearers(
+        signing_keys,
+        users,
+        runtime,
+        clock,
+        issuer=oauth.endpoints.issuer,
+        replay=oauth.dpop_replay,
+        dpop_max_age=settings.dpop_max_age_seconds,
+    )
     return Services(
         policies=policies,
         runtime=runtime,

@@ -136,10 +136,16 @@ class ApprovalService:
             elif waiting is not None:
                 final = replace(decision, approval_id=waiting.id, approval_status="pending")
             elif self._pending_count(s, ask.subject, now_us) >= self.max_pending:
-                final = replace(decision, effect=Effect.DENY, reasons=(*decision.reasons, FLOOD),
-                                error={"code": "approval_flood", "message":
-                                       f"agent {ask.subject} has {self.max_pending} pending "
-                                       "approvals; no more are opened until some are decided"})  # fmt: skip
+                final = replace(
+                    decision,
+                    effect=Effect.DENY,
+                    reasons=(*decision.reasons, FLOOD),
+                    error={
+                        "code": "approval_flood",
+                        "message": f"agent {ask.subject} has {self.max_pending} pending "
+                        "approvals; no more are opened until some are decided",
+                    },
+                )
                 events.append(NewEvent(
                     EventType.APPROVAL_FLOOD, f"agent:{ask.subject}", agent_id=ask.subject,
                     action=ask.action, resource={"type": ask.resource_type, "id": ask.resource_id},
@@ -238,9 +244,10 @@ class ApprovalService:
             if actor.kind == "agent":
                 q = q.where(ApprovalRow.agent_id == actor.id)
             elif actor.role is Role.SUPERVISOR:
-                mine = select(AgentRow.id).where(AgentRow.owner_id == actor.id).union(
-                    select(AgentSupervisorRow.agent_id).where(AgentSupervisorRow.user_id == actor.id)
-                )  # fmt: skip
+                sups = select(AgentSupervisorRow.agent_id).where(
+                    AgentSupervisorRow.user_id == actor.id
+                )
+                mine = select(AgentRow.id).where(AgentRow.owner_id == actor.id).union(sups)
                 q = q.where(ApprovalRow.agent_id.in_(mine))
             rows = [_approval(r, now_us) for r in s.scalars(q.limit(limit + 1))]
         return page_of(rows, limit, key=lambda a: a.id)
@@ -282,8 +289,10 @@ class ApprovalService:
             if actor.kind != "user":
                 raise Forbidden("only a human approves; an agent never decides an approval")
             if not self._has_authority(s, actor, row.agent_id):
-                raise Forbidden(f"you have no authority over agent {row.agent_id}: only its "
-                                "owner, its supervisors and admins decide its approvals")  # fmt: skip
+                raise Forbidden(
+                    f"you have no authority over agent {row.agent_id}: only its "
+                    "owner, its supervisors and admins decide its approvals"
+                )
             if row.on_behalf_of == actor.id and not self.allow_self_approval:
                 raise Forbidden("the agent acts on your behalf; someone else must approve its "
                                 "request (approval_allow_self_approval is off)")  # fmt: skip

@@ -29,8 +29,11 @@ from tether.policy.engine import CedarRequest, CompiledPolicies, Effect, Outcome
 from tether.runtime.snapshot import AgentView, Runtime
 
 DECISIONS = Counter("tether_decisions", "Decisions answered", ["decision"])
-FAILED_CLOSED = Counter("tether_decisions_failed_closed", "Decisions denied because Tether could "
-                        "not be sure (ledger unwritable, worker not current)", ["reason"])  # fmt: skip
+FAILED_CLOSED = Counter(
+    "tether_decisions_failed_closed",
+    "Decisions denied because Tether could not be sure (ledger unwritable, worker not current)",
+    ["reason"],
+)
 RESERVED_CONTEXT = frozenset({"chain", "delegated", "on_behalf_of"})
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 _MAX_DEPTH = 16
@@ -175,8 +178,15 @@ class DecisionService:
         if compiled is None or not rt.current():
             FAILED_CLOSED.labels("runtime").inc(len(asks))
             version = compiled.version if compiled else "unknown"
-            return [_refuse(STALE, version, "runtime_not_current",
-                            "this Tether worker cannot confirm it is current") for _ in asks]  # fmt: skip
+            return [
+                _refuse(
+                    STALE,
+                    version,
+                    "runtime_not_current",
+                    "this Tether worker cannot confirm it is current",
+                )
+                for _ in asks
+            ]
         now_us = to_micros(self.clock.now())
         out: list[Decision | None] = []
         pending: list[tuple[int, CedarRequest]] = []
@@ -191,7 +201,7 @@ class DecisionService:
                 out[i] = _from_outcome(outcome, compiled.version)
         return [d for d in out if d is not None]
 
-    def _precheck(self, ask: Ask, compiled: CompiledPolicies, now_us: int) -> Decision | None:
+    def _precheck(self, ask: Ask, compiled: CompiledPolicies, now_us: int) -> Decision | None:  # noqa: PLR0911
         rt = self.runtime
         version = compiled.version
         if ask.jti is not None and ask.jti in rt.revoked_jtis:

@@ -88,7 +88,7 @@ def simulate(
         info = loads(details)
         if info.get("stage") != "cedar":
             continue
-        if agent_id is None or agent_id not in agents:
+        if agent_id is None or agent_id not in agents or action is None or resource is None:
             result.skipped += 1
             continue
         res, given = loads(resource), loads(inputs)

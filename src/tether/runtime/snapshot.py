@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,7 +166,7 @@ class Runtime:
             self._synced_at = time.monotonic()
         SYNCS.labels("changes" if rows else "idle").inc()
 
-    def _apply(self, s: Session, rows: list[tuple[int, str, str]]) -> None:
+    def _apply(self, s: Session, rows: Sequence[tuple[int, str, str]]) -> None:
         kinds: dict[str, set[str]] = {}
         for _, kind, key in rows:
             kinds.setdefault(kind, set()).add(key)

@@ -24,7 +24,7 @@ class Verdict(StrictModel):
 
 
 @router.get("", responses=responses(400, 401, 422))
-def list_approvals(
+def list_approvals(  # noqa: PLR0917 - FastAPI parameters
     svc: ServicesDep,
     who: CallerDep,
     status: Status | None = None,
