@@ -80,7 +80,7 @@ def simulate(
     if until is not None:
         q = q.where(EventRow.time <= to_micros(until))
     with db.read() as s:
-        rows = s.execute(q).tuples().all()
+        rows = s.execute(q).all()
     if len(rows) > limit:
         rows, result.truncated = rows[:limit], True
     agents = decisions.runtime.agents

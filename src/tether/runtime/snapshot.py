@@ -144,7 +144,7 @@ class Runtime:
             self.revoked_jtis = dict(s.execute(
                 select(AccessTokenRow.jti, AccessTokenRow.expires_at)
                 .where(AccessTokenRow.revoked_at.is_not(None), AccessTokenRow.expires_at > now_us)
-            ).tuples().all())  # fmt: skip
+            ).all())  # fmt: skip
             self.user_tokens = {}
             self.policies = self._load_policies(s)
             self.last_seq = seq
@@ -159,7 +159,7 @@ class Runtime:
             rows = s.execute(
                 select(ChangeRow.seq, ChangeRow.kind, ChangeRow.key)
                 .where(ChangeRow.seq > self.last_seq).order_by(ChangeRow.seq).limit(10_000)
-            ).tuples().all()  # fmt: skip
+            ).all()  # fmt: skip
             if rows:
                 self._apply(s, rows)
                 self.last_seq = rows[-1][0]
@@ -187,7 +187,7 @@ class Runtime:
             found = s.execute(
                 select(AccessTokenRow.jti, AccessTokenRow.expires_at)
                 .where(AccessTokenRow.jti.in_(jtis), AccessTokenRow.revoked_at.is_not(None))
-            ).tuples().all()  # fmt: skip
+            ).all()  # fmt: skip
             merged_jtis = dict(self.revoked_jtis)
             merged_jtis.update(found)
             self.revoked_jtis = merged_jtis
@@ -204,10 +204,10 @@ class Runtime:
             roles = roles.where(AgentRoleRow.agent_id.in_(ids))
             sups = sups.where(AgentSupervisorRow.agent_id.in_(ids))
         by_roles: dict[str, list[str]] = {}
-        for agent_id, role in s.execute(roles).tuples():
+        for agent_id, role in s.execute(roles):
             by_roles.setdefault(agent_id, []).append(role)
         by_sups: dict[str, list[str]] = {}
-        for agent_id, user_id in s.execute(sups).tuples():
+        for agent_id, user_id in s.execute(sups):
             by_sups.setdefault(agent_id, []).append(user_id)
         return {
             row.id: agent_view(row, by_roles.get(row.id, ()), by_sups.get(row.id, ()))
