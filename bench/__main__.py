@@ -3,7 +3,9 @@
 Options: ``--quick`` (small sizes), ``--postgres URL`` or ``$TETHER_BENCH_POSTGRES_URL`` (add
 PostgreSQL), ``--no-sqlite``, ``--events N`` (ledger size to verify), ``--agents N``
 (registry size), ``--explain`` (registry query plans), ``--clients N`` / ``--workers N``
-(token issuance load), ``--json FILE``.
+(token issuance load; ``--workers`` also for the decision server), ``--connections N`` /
+``--duration S`` / ``--rate R`` / ``--loadgen`` / ``--profile N`` / ``--decision-agents N``
+(decisions), ``--json FILE``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench import ledger, registry, tokens
+from bench import decisions, ledger, registry, tokens
 from bench.common import machine_line, note, parse_options, write_json
 
 
@@ -21,6 +23,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     ledger.add_arguments(parser)
     registry.add_arguments(parser)
     tokens.add_arguments(parser)
+    decisions.add_arguments(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -29,7 +32,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     start = time.perf_counter()
     note(f"backends: {', '.join(options.backends)}; sizes: {'quick' if options.quick else 'full'}")
-    tables = ledger.run_all(options) + registry.run_all(options) + tokens.run_all(options)
+    tables = (
+        ledger.run_all(options)
+        + registry.run_all(options)
+        + tokens.run_all(options)
+        + decisions.run_all(options)
+    )
     sys.stdout.write(f"\n## Summary — {machine_line(options)}\n")
     for table in tables:
         table.print()

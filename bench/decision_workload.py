@@ -31,6 +31,7 @@ grants, which conditions and forbids may still deny), 10 % tool calls on a rando
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,15 @@ action "dataset.write" in ["mutating"] appliesTo {
 """
 
 ACTIONS = ["tool.call", "tool.write", "secret.read", "dataset.read", "dataset.write"]
+# Every action of SCHEMA and the action groups it is in (``action "tool.write" in ["mutating"]``).
+ACTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "mutating": (),
+    "tool.call": (),
+    "tool.write": ("mutating",),
+    "secret.read": (),
+    "dataset.read": (),
+    "dataset.write": ("mutating",),
+}
 RESOURCE_TYPE = {
     "tool.call": "Tool",
     "tool.write": "Tool",
@@ -236,7 +246,8 @@ def make_entities(
     agents: int = 10_000, roles: int = 40, tools: int = 200, seed: int = 7
 ) -> list[dict[str, Any]]:
     """Cedar JSON entities: users, roles, agents (with role parents and tags), tools, secrets,
-    datasets. ``json.dumps`` of the list is what ``cedarpy.Entities.from_json_str`` takes."""
+    datasets, and the actions with their groups (:func:`action_entities`). ``json.dumps`` of
+    the list is what ``cedarpy.Entities.from_json_str`` takes."""
     out: list[dict[str, Any]] = []
     out += [{"uid": _uid("User", user_id(j)), "attrs": {}, "parents": []} for j in range(USERS)]
     out += [{"uid": _uid("Role", role_id(k)), "attrs": {}, "parents": []} for k in range(roles)]
@@ -268,7 +279,17 @@ def make_entities(
         }
         for j in range(DATASETS)
     ]
-    return out
+    return out + action_entities()
+
+
+def action_entities() -> list[dict[str, Any]]:
+    """The schema's actions as entities, with their groups as parents. Without a schema, Cedar
+    knows an action's groups only from these: an entity set without them makes ``action in
+    Action::"mutating"`` false for every action (so that ``forbid`` would never apply)."""
+    return [
+        {"uid": _uid("Action", a), "attrs": {}, "parents": [_uid("Action", g) for g in groups]}
+        for a, groups in ACTION_GROUPS.items()
+    ]
 
 
 # -- policies ----------------------------------------------------------------------------------
@@ -472,15 +493,23 @@ def make_requests(
     tools: int = 200,
     policies: int = 120,
     world_seed: int = 7,
+    principals: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """``count`` cedarpy request dicts (``{type, id}`` principal/action/resource, dict context).
 
     ``agents``, ``roles``, ``tools``, ``policies`` and ``world_seed`` must be those the
     entities and policies were made with (``make_entities(agents, roles, tools, world_seed)``,
     ``make_policies(policies, world_seed)``); ``seed`` draws the requests themselves.
+    ``principals`` (agent ids) restricts who asks: e.g. the few agents that hold an access
+    token, when each may only ask about itself.
     """
     rng = random.Random(f"requests:{seed}")
     profiles = agent_profiles(agents, roles, world_seed)
+    if principals is not None:
+        wanted = set(principals)
+        profiles = [p for p in profiles if p.id in wanted]
+        if len(profiles) != len(wanted):
+            raise ValueError("principals must be agent ids of this world")
     tool_list = tool_profiles(tools, world_seed)
     grants: dict[str, list[PolicySpec]] = {}
     for spec in policy_specs(policies, world_seed, roles=roles, tools=tools):

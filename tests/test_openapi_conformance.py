@@ -46,6 +46,7 @@ from tether.agents.schemas import AgentCreate
 from tether.api.app import create_app
 from tether.container import Services
 from tether.errors import Unauthenticated
+from tether.policy.decide import Ask
 from tether.principals import SYSTEM
 
 SEED = 20_261_129
@@ -121,6 +122,13 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
     * 422 on field ``jwk`` for an EC key whose coordinates the document admits but that is not
       a point on its curve (``_UNUSABLE_KEY``): not server state, but like it a property of
       the value no JSON Schema can state.
+    * 422 ``policy_invalid``: a Cedar document (or schema) that does not parse or validate —
+      Cedar's grammar and type checker, not JSON Schema, define it; ``details.errors`` lists
+      Cedar's findings, not the request model's.
+    * 422 on an AuthZEN request for what the Cedar data model and the batch defaults decide:
+      a value Cedar cannot hold (null, a fraction) inside the free-form ``context`` or
+      ``properties``, a context key Tether sets itself, a resource type that is not a
+      resource, a batch item with neither its own nor a default subject/action/resource.
     * OAuth 400s at the token endpoint (``_OAUTH_STATE_REFUSALS``): a ``scope`` beyond the
       agent's, and token-exchange subject / actor tokens the server did not issue or that are
       no longer live.
@@ -131,6 +139,8 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
     the model refuses: a real defect.
     """
     body = _body_of(content)
+    if status == 422 and _cedar_refusal(body):
+        return True
     oauth_error, description = body.get("error"), body.get("error_description")
     if isinstance(oauth_error, str) and isinstance(description, str):
         return status == 400 and any(
@@ -157,6 +167,31 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
         if where == "jwk":
             return message.startswith("jwk: ") and any(m in message for m in _UNUSABLE_KEY)
     return False
+
+
+_CEDAR_MESSAGES = (
+    "Cedar values are",
+    "is set by Tether",
+    "cannot be acted on",
+    "there is no default",
+    "Cedar's 64-bit integers",
+    "nested too deeply",
+)
+
+
+def _cedar_refusal(body: dict[str, Any]) -> bool:
+    error = body.get("error")
+    if not isinstance(error, dict):
+        return False
+    if error.get("code") == "policy_invalid":
+        return True
+    details = error.get("details")
+    return (
+        error.get("code") == "validation_error"
+        and isinstance(details, dict)
+        and "errors" not in details
+        and any(m in str(error.get("message")) for m in _CEDAR_MESSAGES)
+    )
 
 
 @dataclass
@@ -201,6 +236,7 @@ class Existing:
     )
     keyholder: str = "agt_none"  # an agent with credentials to delete
     credentials: tuple[str, ...] = ("crd_none",)
+    approvals: tuple[str, ...] = ("apr_none",)  # pending, to approve, deny and show
 
 
 def _existing(services: Services, admin_token: str) -> Existing:
@@ -220,7 +256,18 @@ def _existing(services: Services, admin_token: str) -> Existing:
             services.agents.suspend(admin, agent_id, reason="to be resumed")
     keyholder = agent("schemathesis-keyholder")
     keys = tuple(services.credentials.create_api_key(admin, keyholder)[0].id for _ in range(3))
-    return Existing(client_id, secret, pools, keyholder, keys)
+    return Existing(client_id, secret, pools, keyholder, keys, _pending_approvals(services, admin))
+
+
+def _pending_approvals(services: Services, admin: Any) -> tuple[str, ...]:
+    """A high-risk agent asked for a mutating action a few times: approvals to decide."""
+    spec = {"name": "schemathesis-risky", "owner": "admin", "purpose": "schemathesis",
+            "risk_tier": "high"}  # fmt: skip
+    risky = services.agents.create(admin, AgentCreate.model_validate(spec)).id
+    services.policies.push(admin, note=None, schema=None,
+                           policies='@id("w") permit(principal, action, resource);')  # fmt: skip
+    asks = [Ask(risky, "tool.write", "Tool", f"t{i}") for i in range(8)]
+    return tuple(str(services.decisions.decide_sync(a).approval_id) for a in asks)
 
 
 def _config(existing: Existing | None = None) -> schemathesis.Config:
@@ -248,6 +295,9 @@ def _config(existing: Existing | None = None) -> schemathesis.Config:
                 **{f"to_{op}": {"values": list(ids)} for op, ids in existing.agents.items()},
                 "keyholder": {"values": [existing.keyholder]},
                 "credentials": {"values": list(existing.credentials)},
+                "approvals": {"values": list(existing.approvals)},
+                "versions": {"values": ["v0", "v1"]},
+                "waits": {"values": [0, 0.05]},
             },
             "parameters": {
                 "body.owner": {"dictionary": "humans", "probability": 0.6},
@@ -287,6 +337,25 @@ def _config(existing: Existing | None = None) -> schemathesis.Config:
                     }
                     for op in _TRANSITIONS
                 ),
+                *(
+                    {
+                        "include-path": path,
+                        "parameters": {
+                            "path.approval_id": {"dictionary": "approvals", "probability": 0.6},
+                            # a long poll holds the request for up to ``wait`` seconds
+                            "query.wait": {"dictionary": "waits", "probability": 1.0},
+                        },
+                    }
+                    for path in (
+                        "/v1/approvals/{approval_id}",
+                        "/v1/approvals/{approval_id}/approve",
+                        "/v1/approvals/{approval_id}/deny",
+                    )
+                ),
+                {
+                    "include-path": "/v1/policies/versions/{version}",
+                    "parameters": {"path.version": {"dictionary": "versions", "probability": 0.6}},
+                },
                 {
                     "include-path": "/v1/agents/{agent_id}/credentials/{credential_id}",
                     "parameters": {

@@ -1,7 +1,8 @@
 """Tether: identity, access and governance for autonomous AI agents.
 
-``__all__`` is the public SDK: :class:`AgentClient` for agents, :func:`verify_access_token`
-and :class:`TetherAuthMiddleware` for resource servers (documented in :mod:`tether.sdk`).
+``__all__`` is the public SDK: :class:`AgentClient` (tokens, ``authorize`` → :class:`Decision`)
+and :func:`guard` for agents, :func:`verify_access_token` and :class:`TetherAuthMiddleware`
+for resource servers (documented in :mod:`tether.sdk`).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -11,11 +12,15 @@ __version__ = "0.1.0"
 __all__ = [
     "ACCESS_TOKEN_TYPE",
     "DEFAULT_ALGORITHMS",
+    "AccessDenied",
     "AccessTokenClaims",
     "AgentClient",
+    "ApiError",
+    "ApprovalRequired",
     "DPoPCheck",
     "DPoPRequest",
     "DPoPVerifier",
+    "Decision",
     "InsufficientScope",
     "InvalidToken",
     "JWKSCache",
@@ -24,6 +29,7 @@ __all__ = [
     "TetherAuthMiddleware",
     "TokenError",
     "__version__",
+    "guard",
     "verify_access_token",
 ]
 
@@ -31,8 +37,12 @@ if TYPE_CHECKING:
     from tether.sdk import (
         ACCESS_TOKEN_TYPE,
         DEFAULT_ALGORITHMS,
+        AccessDenied,
         AccessTokenClaims,
         AgentClient,
+        ApiError,
+        ApprovalRequired,
+        Decision,
         DPoPCheck,
         DPoPRequest,
         DPoPVerifier,
@@ -43,6 +53,7 @@ if TYPE_CHECKING:
         RevocationCheck,
         TetherAuthMiddleware,
         TokenError,
+        guard,
         verify_access_token,
     )
 

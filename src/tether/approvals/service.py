@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tether.agents.models import AgentRow, AgentSupervisorRow
@@ -337,13 +337,18 @@ class ApprovalService:
     def cancel_for_agents(
         self, s: Session, agent_ids: builtins.list[str], now: datetime
     ) -> dict[str, int]:
-        """Kill hook: a killed agent's open approvals can never be used."""
+        """Kill hook: a killed agent's open approvals can never be used (one event each)."""
         if not agent_ids:
             return {"approvals": 0}
-        result = s.execute(
-            update(ApprovalRow)
-            .where(ApprovalRow.agent_id.in_(agent_ids),
-                   ApprovalRow.status.in_(("pending", "approved")))
-            .values(status="cancelled", decided_at=to_micros(now), decided_by="system")
-        )  # fmt: skip
-        return {"approvals": int(getattr(result, "rowcount", 0) or 0)}
+        rows = list(s.scalars(select(ApprovalRow).where(
+            ApprovalRow.agent_id.in_(agent_ids), ApprovalRow.status.in_(("pending", "approved"))
+        )))  # fmt: skip
+        for row in rows:
+            row.status, row.decided_at, row.decided_by = "cancelled", to_micros(now), "system"
+            APPROVALS.labels("cancelled").inc()
+        if rows:
+            self.ledger.append(s, [NewEvent(
+                EventType.APPROVAL_CANCELLED, "system", agent_id=r.agent_id, action=r.action,
+                resource=loads(r.resource), details={"approval_id": r.id, "why": "agent killed"},
+            ) for r in rows], now=now)  # fmt: skip
+        return {"approvals": len(rows)}

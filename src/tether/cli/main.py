@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tether.cli import agents, audit, credentials, serve, users
+from tether.cli import agents, approvals, audit, credentials, policy, serve, users
 from tether.cli.client import CliError
 from tether.cli.common import JsonOpt, client
 from tether.cli.render import err, show
@@ -25,6 +25,8 @@ app.add_typer(credentials.app, name="credentials")
 app.add_typer(credentials.keys_app, name="keys")
 app.command("token")(credentials.token)
 app.add_typer(audit.app, name="audit")
+app.add_typer(policy.app, name="policy")
+app.add_typer(approvals.app, name="approvals")
 app.add_typer(serve.db_app, name="db")
 app.command("serve")(serve.serve)
 

@@ -102,6 +102,12 @@ class Bearers:
             if found is None:
                 raise Unauthenticated("the access token is invalid or expired; get a new one "
                                       "at the token endpoint")  # fmt: skip
+            aud = found.get("aud")
+            if self.issuer not in (aud if isinstance(aud, list) else [aud]):
+                raise Unauthenticated(
+                    "the access token is for another audience; ask the token "
+                    "endpoint for one without a resource (or for this issuer)"
+                )
             claims = found
             with self._lock:
                 if len(self._claims) >= _CACHE_MAX:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,6 +29,7 @@ from tether.errors import ValidationFailed
 from tether.policy.engine import CedarRequest, CompiledPolicies, Effect, Outcome
 from tether.runtime.snapshot import AgentView, Runtime
 
+log = logging.getLogger("tether.policy.decide")
 DECISIONS = Counter("tether_decisions", "Decisions answered", ["decision"])
 FAILED_CLOSED = Counter(
     "tether_decisions_failed_closed",
@@ -297,33 +299,41 @@ class DecisionService:
             validate_ask(ask)
         self.runtime.ensure_current()
         decisions = self.evaluate_many(asks)
-        if stop_on is not None:
-            for i, d in enumerate(decisions):
-                if d.allowed == (stop_on is Effect.ALLOW):
-                    asks, decisions = asks[: i + 1], decisions[: i + 1]
-                    break
-        waits: list[asyncio.Future[Event] | None] = []
+        out: list[Decision] = []
+        waits: dict[int, asyncio.Future[Event]] = {}
         for ask, decision in zip(asks, decisions, strict=True):
             if decision.effect is Effect.APPROVAL_REQUIRED:
-                waits.append(None)
+                out.append(await self._checkpoint(ask, decision))
             else:
                 fut = self.committer.submit(self.event(ask, decision), self.attachment(ask))
-                waits.append(asyncio.wrap_future(fut))
-        out: list[Decision] = []
-        for ask, decision, wait in zip(asks, decisions, waits, strict=True):
-            if wait is None:
-                final = await asyncio.to_thread(self.approvals.checkpoint, ask, decision, self)
-            else:
-                try:
-                    ev = await wait
-                    final = replace(decision, event_id=ev.id)
-                except LedgerUnavailable:
-                    FAILED_CLOSED.labels("ledger").inc()
-                    final = _refuse(LEDGER_DOWN, decision.policy_version, "ledger_unavailable",
-                                    "the decision could not be recorded: denied")  # fmt: skip
-            DECISIONS.labels(final.effect.value).inc()
-            out.append(final)
+                waits[len(out)] = asyncio.wrap_future(fut)
+                out.append(decision)
+            if stop_on is not None and out[-1].allowed == (stop_on is Effect.ALLOW):
+                break
+        for i, wait in waits.items():
+            try:
+                out[i] = replace(out[i], event_id=(await wait).id)
+            except LedgerUnavailable:
+                out[i] = self._ledger_down(out[i])
+        for decision in out:
+            DECISIONS.labels(decision.effect.value).inc()
         return out
+
+    async def _checkpoint(self, ask: Ask, decision: Decision) -> Decision:
+        try:
+            final: Decision = await asyncio.to_thread(
+                self.approvals.checkpoint, ask, decision, self
+            )
+        except Exception:
+            log.exception("approval checkpoint could not be recorded; denying")
+            return self._ledger_down(decision)
+        return final
+
+    @staticmethod
+    def _ledger_down(decision: Decision) -> Decision:
+        FAILED_CLOSED.labels("ledger").inc()
+        return _refuse(LEDGER_DOWN, decision.policy_version, "ledger_unavailable",
+                       "the decision could not be recorded: denied")  # fmt: skip
 
     def decide_sync(self, ask: Ask) -> Decision:
         """For callers without an event loop (CLI tools, tests, the SDK in-process)."""
@@ -344,4 +354,12 @@ def _refuse(reason: str, version: str, code: str, message: str) -> Decision:
 
 
 def _from_outcome(outcome: Outcome, version: str) -> Decision:
+    if outcome.failed_forbids and outcome.effect is not Effect.DENY:
+        # Cedar skips a policy whose evaluation errors (an ill-typed property, say); for a
+        # forbid that would let the request through. Tether fails closed instead.
+        names = ", ".join(outcome.failed_forbids)
+        return Decision(Effect.DENY, outcome.failed_forbids, version,
+                        error={"code": "policy_error", "message": f"forbid {names} could not be "
+                               "evaluated on this request (check its properties and context)"},
+                        cedar_effect=outcome.effect)  # fmt: skip
     return Decision(outcome.effect, outcome.reasons, version, cedar_effect=outcome.effect)

@@ -19,6 +19,7 @@ becomes current; the runtime swaps it in atomically. Per request it does:
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from tether.policy.source import Policy, to_cedar_json
 
 Uid = tuple[str, str]
 _SLICE_CACHE_MAX = 16_384
+_ERRORED_POLICY = re.compile(r"while evaluating policy `([^`]+)`")
 
 
 class Effect(StrEnum):
@@ -57,9 +59,13 @@ class CedarRequest:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """Cedar's answer, as Cedar gives it. ``failed_forbids`` are forbid policies whose
+    evaluation errored (Cedar then skips them); Tether's decision layer denies on them."""
+
     effect: Effect
     reasons: tuple[str, ...]
     errors: tuple[str, ...] = ()
+    failed_forbids: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -272,9 +278,10 @@ class CompiledPolicies:
         reasons = tuple(sorted(result.diagnostics.reasons))
         errors = tuple(result.diagnostics.errors)
         if result.allowed:
+            failed = self._failed_forbids(errors)
             if sl.approval_ids.intersection(reasons):
-                return Outcome(Effect.APPROVAL_REQUIRED, reasons, errors)
-            return Outcome(Effect.ALLOW, reasons, errors)
+                return Outcome(Effect.APPROVAL_REQUIRED, reasons, errors, failed)
+            return Outcome(Effect.ALLOW, reasons, errors, failed)
         if reasons and sl.approval_forbids.issuperset(reasons):
             lifted = self._lifted(sl)
             again = cedarpy.is_authorized(request, lifted, entities) if lifted else None
@@ -282,6 +289,13 @@ class CompiledPolicies:
                 both = tuple(sorted({*reasons, *again.diagnostics.reasons}))
                 return Outcome(Effect.APPROVAL_REQUIRED, both, errors)
         return Outcome(Effect.DENY, reasons, errors)
+
+    def _failed_forbids(self, errors: tuple[str, ...]) -> tuple[str, ...]:
+        if not errors:
+            return ()
+        forbids = {p.id for p in self.policies if p.effect == "forbid"}
+        named = {m.group(1) for e in errors for m in _ERRORED_POLICY.finditer(e)}
+        return tuple(sorted(named & forbids))
 
     def _lifted(self, sl: _Slice) -> cedarpy.PolicySet | None:
         """The slice without its approval forbids: would the request pass once approved?"""

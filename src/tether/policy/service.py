@@ -34,7 +34,9 @@ _BASE = resources.files("tether.policy") / "base"
 BASE_SCHEMA = (_BASE / "schema.cedarschema").read_text()
 BASE_POLICIES_TEXT = (_BASE / "base.cedar").read_text()
 BASE_POLICIES = source.parse(BASE_POLICIES_TEXT, base=True)
-MAX_DOCUMENT = 512 * 1024
+# Both fit one request body (TETHER_MAX_BODY_BYTES, 1 MiB) even fully \u-escaped.
+MAX_DOCUMENT = 60_000
+MAX_SCHEMA = 20_000
 
 
 def version_name(number: int) -> str:

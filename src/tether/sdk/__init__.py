@@ -7,14 +7,16 @@ calling Tether per request::
     claims = verify_access_token(token, issuer=ISSUER, audience=AUDIENCE, jwks=jwks)
 
 or guard a whole Starlette/FastAPI app with :class:`TetherAuthMiddleware`. Agents get, cache
-and present tokens with :class:`AgentClient` (client credentials, DPoP, token exchange). The
-SDK does not import the server: it needs only ``joserfc`` (over ``cryptography``), ``httpx2``
-and ``anyio``.
+and present tokens with :class:`AgentClient` (client credentials, DPoP, token exchange), ask
+Tether before acting (:meth:`AgentClient.authorize` returns a :class:`Decision`) and guard
+their tool functions with :func:`guard`. The SDK does not import the server: it needs only
+``joserfc`` (over ``cryptography``), ``httpx2`` and ``anyio``.
 """
 
-from tether.sdk.agent import ACCESS_TOKEN_TYPE, AgentClient, TokenError
+from tether.sdk.agent import ACCESS_TOKEN_TYPE, AgentClient, ApiError, Decision, TokenError
 from tether.sdk.claims import AccessTokenClaims
 from tether.sdk.errors import InsufficientScope, InvalidToken, JWKSUnavailable
+from tether.sdk.guard import AccessDenied, ApprovalRequired, guard
 from tether.sdk.jwks import JWKSCache
 from tether.sdk.middleware import DPoPRequest, DPoPVerifier, TetherAuthMiddleware
 from tether.sdk.verify import (
@@ -27,11 +29,15 @@ from tether.sdk.verify import (
 __all__ = [
     "ACCESS_TOKEN_TYPE",
     "DEFAULT_ALGORITHMS",
+    "AccessDenied",
     "AccessTokenClaims",
     "AgentClient",
+    "ApiError",
+    "ApprovalRequired",
     "DPoPCheck",
     "DPoPRequest",
     "DPoPVerifier",
+    "Decision",
     "InsufficientScope",
     "InvalidToken",
     "JWKSCache",
@@ -39,5 +45,6 @@ __all__ = [
     "RevocationCheck",
     "TetherAuthMiddleware",
     "TokenError",
+    "guard",
     "verify_access_token",
 ]

@@ -8,6 +8,13 @@ API key (``client_secret_basic``, RFC 6749 §2.3.1) or a registered key pair
     agent = AgentClient("https://tether.example", "agt_…", private_key=pem, dpop_key=True)
     headers = agent.auth_headers("GET", "https://tools.example/mcp")
 
+It also asks Tether whether it may act (OpenID AuthZEN Authorization API 1.0, with its own
+token, about itself) and waits for a human's approval::
+
+    decision = agent.authorize("tool.write", resource="crm", properties={"server": "crm"})
+    if decision.approval_required:
+        agent.wait_for_approval(decision.approval_id, timeout=300)
+
 The token endpoint and issuer come from the server's RFC 8414 metadata. Tokens, secrets and
 assertions are never logged and never appear in error messages.
 """
@@ -17,9 +24,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import httpx2 as httpx
 
@@ -37,7 +44,7 @@ from tether.sdk._protocol import (
     scope_param,
 )
 
-__all__ = ["ACCESS_TOKEN_TYPE", "AgentClient", "TokenError"]
+__all__ = ["ACCESS_TOKEN_TYPE", "AgentClient", "ApiError", "Decision", "TokenError"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,74 @@ _TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S10
 # Tether serves its metadata under the base URL, so the issuer is the metadata URL minus
 # this suffix (STANDARDS.md; RFC 8414 §3.1 would put it before an issuer's path).
 _WELL_KNOWN = "/.well-known/oauth-authorization-server"
+_EVALUATION = "/access/v1/evaluation"
+_MAX_WAIT = 60  # seconds the server long-polls an approval per request
+_EFFECTS = ("allow", "deny", "approval_required")
+
+
+class ApiError(Exception):
+    """A call to Tether's API (not the token endpoint) failed. ``code`` and ``message`` come
+    from Tether's error body (``forbidden``, ``validation_error``, ``approval_not_found``…);
+    two codes are the SDK's own: ``unavailable`` when the server cannot be reached and
+    ``invalid_response`` when its answer is not what the API promises. ``status`` is the HTTP
+    status, or None when no response came. Never an authorization decision: a deny is a
+    :class:`Decision`."""
+
+    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Tether's answer to one request, as a value: falsy unless ``allowed``, and always with
+    ``reasons`` (the ``@id`` of every policy that decided; empty when none applied and the
+    default deny did). ``decision`` is ``"allow"``, ``"deny"`` or ``"approval_required"``; an
+    approval checkpoint has ``approval_id`` (and ``approval_status``, ``"pending"`` until a
+    human decides). ``event_id`` is the decision's ledger event; ``error`` (``code``,
+    ``message``) says why Tether refused before any policy ran (agent not active…)."""
+
+    allowed: bool
+    decision: Literal["allow", "deny", "approval_required"]
+    reasons: tuple[str, ...] = ()
+    policy_version: str | None = None
+    event_id: str | None = None
+    approval_id: str | None = None
+    approval_status: str | None = None
+    error: Mapping[str, str] | None = None
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    @property
+    def approval_required(self) -> bool:
+        return self.decision == "approval_required"
+
+    @classmethod
+    def from_authzen(cls, body: Any) -> Decision:
+        """An AuthZEN evaluation response; :class:`ApiError` (``invalid_response``) when it
+        is not one, or when its boolean and Tether's ``context.decision`` disagree."""
+        ctx = body.get("context") if isinstance(body, dict) else None
+        allowed = body.get("decision") if isinstance(body, dict) else None
+        if not isinstance(allowed, bool) or not isinstance(ctx, dict):
+            raise ApiError("invalid_response", "not an AuthZEN evaluation response")
+        kind = ctx.get("decision", "allow" if allowed else "deny")
+        if kind not in _EFFECTS or (kind == "allow") != allowed:
+            raise ApiError("invalid_response", f"decision {allowed!r} with context {kind!r}")
+        reasons = ctx.get("reasons") or []
+        error = ctx.get("error")
+        return cls(
+            allowed, kind, tuple(str(r) for r in reasons), _str(ctx.get("policy_version")),
+            _str(ctx.get("event_id")), _str(ctx.get("approval_id")),
+            _str(ctx.get("approval_status")),
+            {str(k): str(v) for k, v in error.items()} if isinstance(error, dict) else None,
+        )  # fmt: skip
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +269,52 @@ class AgentClient:
             self._check_token_type(body["token_type"])
         return body
 
+    def authorize(
+        self,
+        action: str,
+        *,
+        resource: str,
+        resource_type: str = "Tool",
+        properties: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """May this agent do ``action`` on ``resource_type::resource`` now? One AuthZEN
+        evaluation (``POST /access/v1/evaluation``) with this agent as the subject, presented
+        with its own access token (so a delegated token's chain counts). ``properties``
+        become the resource's attributes and ``context`` the request's context: strings,
+        booleans, integers, lists and objects. Every answer is recorded in Tether's ledger.
+
+        Returns the :class:`Decision` (a deny is a value, not an exception). An
+        ``approval_required`` decision names its approval: once a human approves it, the
+        identical request is allowed exactly once. Raises :class:`ApiError` when Tether
+        refuses the question itself (a malformed request, a subject other than this agent)
+        or cannot be reached, :class:`TokenError` when no access token can be had."""
+        body = {
+            "subject": {"type": "agent", "id": self.client_id},
+            "action": {"name": action},
+            "resource": {"type": resource_type, "id": resource,
+                         "properties": dict(properties or {})},
+            "context": dict(context or {}),
+        }  # fmt: skip
+        return Decision.from_authzen(self._api("POST", _EVALUATION, json=body))
+
+    def wait_for_approval(self, approval_id: str, timeout: float = 60) -> dict[str, Any]:
+        """Long-poll ``GET /v1/approvals/{id}?wait=N`` until a human decides or ``timeout``
+        seconds pass; returns the approval (its ``status``: ``approved``, ``denied``,
+        ``expired``, ``cancelled`` — or still ``pending`` when the time ran out). After
+        ``approved``, repeat the identical :meth:`authorize` call: it is allowed once.
+        Raises :class:`ApiError` (``approval_not_found`` for another agent's approval)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            wait = min(left, _MAX_WAIT)
+            approval = self._api(
+                "GET", f"/v1/approvals/{approval_id}", params={"wait": f"{wait:.3f}"},
+                timeout=wait + self._http.timeout.read if self._http.timeout.read else None,
+            )  # fmt: skip
+            if approval.get("status") != "pending" or left <= _MAX_WAIT:
+                return approval
+
     def close(self) -> None:
         """Close the HTTP client if this object created it."""
         if self._owns_http:
@@ -264,6 +385,43 @@ class AgentClient:
             if attempt or error.error != "use_dpop_nonce" or not nonce or self._dpop is None:
                 raise error
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _api(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """One call to Tether's API with this agent's token; after a 401 the cached token is
+        dropped and the call made once more with a fresh one (it was revoked, or its signing
+        key retired)."""
+        url = self.base_url + path
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        for attempt in range(2):
+            headers = {"Accept": "application/json", **self.auth_headers(method, url)}
+            try:
+                response = self._http.request(
+                    method, url, headers=headers, follow_redirects=False, **kwargs
+                )
+            except httpx.HTTPError as exc:
+                raise ApiError("unavailable", f"{method} {url} failed: {type(exc).__name__}: "
+                               f"{exc}") from exc  # fmt: skip
+            if response.status_code == 401 and attempt == 0:
+                self.invalidate()
+                continue
+            break
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_success and isinstance(body, dict):
+            return body
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("code"), str):
+            message = error.get("message")
+            raise ApiError(error["code"], message if isinstance(message, str) else "",
+                           status=response.status_code)  # fmt: skip
+        code = "unavailable" if response.status_code >= 500 else "invalid_response"
+        raise ApiError(code, f"{method} {url} answered HTTP {response.status_code}",
+                       status=response.status_code)  # fmt: skip
 
     def _meta(self) -> _Metadata:
         with self._meta_lock:

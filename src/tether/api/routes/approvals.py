@@ -11,7 +11,7 @@ from pydantic import Field
 
 from tether.api.deps import CallerDep, PrincipalDep, ServicesDep
 from tether.api.errors import responses
-from tether.fields import StrictModel
+from tether.fields import NO_NUL, StrictModel
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
 _POLL_SECONDS = 0.25
@@ -20,7 +20,7 @@ Status = Literal["pending", "approved", "denied", "expired", "used", "cancelled"
 
 
 class Verdict(StrictModel):
-    note: Annotated[str | None, Field(max_length=2000)] = None
+    note: Annotated[str | None, Field(max_length=2000, pattern=NO_NUL)] = None
 
 
 @router.get("", responses=responses(400, 401, 422))

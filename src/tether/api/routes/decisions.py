@@ -6,53 +6,74 @@ used; a human caller (user token) may ask about any agent, without delegation.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from fastapi import APIRouter
-from pydantic import Field
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, StringConstraints
+from typing_extensions import TypeAliasType
 
 from tether.api.deps import CallerDep, ServicesDep
 from tether.api.errors import responses
 from tether.credentials.bearer import Caller
 from tether.errors import Forbidden, ValidationFailed
-from tether.fields import StrictModel
+from tether.fields import NO_NUL, SAFE_INT, StrictModel, integral
 from tether.policy.decide import Ask
 from tether.policy.engine import Effect
 
 router = APIRouter(tags=["decisions"])
 
-_ID = Field(min_length=1, max_length=200)
+_ID = Field(min_length=1, max_length=200, pattern=NO_NUL)
+_Key = Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)]
+# ``additionalProperties: false``: with ``patternProperties`` alone the document would admit
+# keys the model refuses (a NUL in a key).
+_NO_OTHER_KEYS = Field(json_schema_extra={"additionalProperties": False})
+# What Cedar can hold: strings, booleans, integers (JSON-safe), sets (lists) and records.
+# (mypy cannot follow a recursive TypeAliasType inside Annotated; pydantic reads the real one.)
+if TYPE_CHECKING:
+    CedarValue = Any
+else:
+    CedarValue = TypeAliasType(
+        "CedarValue",
+        Union[  # noqa: UP007 - a recursive alias needs the explicit Union
+            StrictBool,
+            Annotated[int, Field(ge=-SAFE_INT, le=SAFE_INT), BeforeValidator(integral)],
+            Annotated[StrictStr, StringConstraints(pattern=NO_NUL)],
+            list["CedarValue"],
+            Annotated[dict[_Key, "CedarValue"], _NO_OTHER_KEYS],
+        ],
+    )
+Record = Annotated[dict[_Key, CedarValue], _NO_OTHER_KEYS]
 
 
 class Subject(StrictModel):
-    type: Annotated[str, Field(min_length=1, max_length=64, description='"agent"')]
-    id: Annotated[str, Field(min_length=1, max_length=64)]
-    properties: dict[str, Any] = Field(default_factory=dict)
+    type: Annotated[Literal["agent"], Field(description="Tether decides for agents")]
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
+    properties: Record = Field(default_factory=dict)
 
 
 class Action(StrictModel):
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    properties: dict[str, Any] = Field(default_factory=dict)
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+    properties: Record = Field(default_factory=dict)
 
 
 class Resource(StrictModel):
     type: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_:]*$")]
     id: Annotated[str, _ID]
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: Record = Field(default_factory=dict)
 
 
 class Evaluation(StrictModel):
     subject: Subject
     action: Action
     resource: Resource
-    context: dict[str, Any] = Field(default_factory=dict)
+    context: Record = Field(default_factory=dict)
 
 
 class PartialEvaluation(StrictModel):
     subject: Subject | None = None
     action: Action | None = None
     resource: Resource | None = None
-    context: dict[str, Any] | None = None
+    context: Record | None = None
 
 
 class Options(StrictModel):
@@ -62,6 +83,16 @@ class Options(StrictModel):
 
 
 class Evaluations(PartialEvaluation):
+    model_config = ConfigDict(
+        **PartialEvaluation.model_config,
+        json_schema_extra={"examples": [{
+            "subject": {"type": "agent", "id": "agt_01EXAMPLE"},
+            "action": {"name": "tool.call"},
+            "evaluations": [{"resource": {"type": "Tool", "id": "search"}},
+                            {"resource": {"type": "Tool", "id": "refund"}}],
+        }]},
+    )  # fmt: skip
+
     evaluations: Annotated[list[PartialEvaluation], Field(max_length=1000)] = Field(
         default_factory=list
     )
@@ -78,8 +109,6 @@ class EvaluationsOut(StrictModel):
 
 
 def _ask(ev: Evaluation, who: Caller) -> Ask:
-    if ev.subject.type.lower() != "agent":
-        raise ValidationFailed('subject.type must be "agent"', field="subject.type")
     if who.principal.kind == "agent":
         if ev.subject.id != who.principal.id:
             raise Forbidden("an agent may only ask about its own actions", field="subject.id")

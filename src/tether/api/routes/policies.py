@@ -9,21 +9,25 @@ from pydantic import Field
 
 from tether.api.deps import PrincipalDep, ServicesDep
 from tether.api.errors import responses
-from tether.fields import AwareDatetime, StrictModel
+from tether.fields import NO_NUL, AwareDatetime, StrictModel
 from tether.policy import service as policy_service
-from tether.policy.service import MAX_DOCUMENT
+from tether.policy.service import MAX_DOCUMENT, MAX_SCHEMA
 from tether.policy.simulate import simulate
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
-_DOC = Field(max_length=MAX_DOCUMENT, description="Cedar policies (each with a unique @id)")
-_SCHEMA = Field(default=None, max_length=MAX_DOCUMENT, description="Cedar schema (human syntax)")
+_DOC = Field(
+    max_length=MAX_DOCUMENT, description="Cedar policies (each with a unique @id)", pattern=NO_NUL
+)
+_SCHEMA = Field(
+    default=None, max_length=MAX_SCHEMA, description="Cedar schema (human syntax)", pattern=NO_NUL
+)
 
 
 class PolicyDocument(StrictModel):
     policies: Annotated[str, _DOC]
     schema_: Annotated[str | None, _SCHEMA] = Field(default=None, alias="schema")
-    note: Annotated[str | None, Field(max_length=1000)] = None
+    note: Annotated[str | None, Field(max_length=1000, pattern=NO_NUL)] = None
 
 
 class SimulateIn(StrictModel):
