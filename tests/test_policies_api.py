@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import Api, assert_error, bearer
@@ -533,13 +532,6 @@ def test_who_may_simulate(api: Api, client: TestClient) -> None:
     assert [(e["policy"], e["line"]) for e in error["details"]["errors"]] == BROKEN_AT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simulate groups a change under the symmetric difference of its before/after "
-    "reasons, falling back to '(default deny)'; when only a policy's @approval annotation "
-    "changes (allow → approval_required, same reasons) the change is attributed to "
-    "'(default deny)' instead of the policy",
-)
 def test_simulate_names_the_policy_whose_approval_changed(api: Api, client: TestClient) -> None:
     agents = _agents(api)
     _push(client, V1)

@@ -309,12 +309,6 @@ def test_check_accepts_and_digests() -> None:
 # -- findings (see the report) -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service.check skips schema validation whenever any policy fails to parse, so a "
-    "document with a syntax error in one policy and a type error in another reports only the "
-    "syntax error (the contract: 422 with every validation error)",
-)
 def test_parse_and_validation_problems_are_reported_together() -> None:
     doc = (
         '@id("broken") permit(principal, action resource);\n'
@@ -324,22 +318,11 @@ def test_parse_and_validation_problems_are_reported_together() -> None:
     assert located == {("broken", 1), ("typo", 2)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="source._chunk_id searches the whole chunk, leading comments included, so a syntax "
-    "error is attributed to an @id mentioned in the comment above the policy",
-)
 def test_syntax_error_label_ignores_comments() -> None:
     doc = '// formerly @id("old-name")\n@id("new-name") permit(principal, action resource);\n'
     assert [(p["policy"], p["line"]) for p in _problems(doc)] == [("new-name", 2)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='a bare @approval (Cedar: the same as @approval("")) parses to a null annotation, '
-    "which source._policy cannot tell from no annotation: the policy is silently accepted as a "
-    "plain permit/forbid instead of being refused (fail-open for an intended checkpoint)",
-)
 def test_bare_approval_annotation_is_refused() -> None:
     doc = '@id("p") @approval permit(principal, action, resource);'
     assert _problems(doc) == [

@@ -434,7 +434,7 @@ def run_case(
     """One case's outcome, as the server would decide it (its runtime checks, then Cedar)."""
     from tether.errors import TetherError
     from tether.policy.decide import INACTIVE_AGENT, UNKNOWN_ACTION, Ask, validate_ask
-    from tether.policy.decide import _from_outcome as decision_of  # Cedar → Tether's answer
+    from tether.policy.decide import decision_from_outcome as decision_of
 
     subject = case.subject if isinstance(case.subject, str) else case.subject.id
     chain = (case.on_behalf_of, subject) if case.on_behalf_of else (subject,)

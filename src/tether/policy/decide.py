@@ -96,7 +96,9 @@ class Decision:
     approval_status: str | None = None
     error: dict[str, str] | None = None
     stage: str = "cedar"  # "runtime" when Tether refused before Cedar was asked
-    cedar_effect: Effect | None = None
+    # What the policies decided (after failing closed on an erroring forbid), before the
+    # approval workflow; recorded when it differs from the answer, and what simulations compare.
+    policy_effect: Effect | None = None
 
     @property
     def allowed(self) -> bool:
@@ -200,7 +202,7 @@ class DecisionService:
         if pending:
             outcomes = compiled.decide_many([r for _, r in pending])
             for (i, _), outcome in zip(pending, outcomes, strict=True):
-                out[i] = _from_outcome(outcome, compiled.version)
+                out[i] = decision_from_outcome(outcome, compiled.version)
         return [d for d in out if d is not None]
 
     def _precheck(self, ask: Ask, compiled: CompiledPolicies, now_us: int) -> Decision | None:  # noqa: PLR0911
@@ -263,8 +265,8 @@ class DecisionService:
         }  # fmt: skip
         if not known:
             details["subject"] = ask.subject[:200]
-        if decision.cedar_effect is not None and decision.cedar_effect is not decision.effect:
-            details["cedar_decision"] = decision.cedar_effect.value
+        if decision.policy_effect is not None and decision.policy_effect is not decision.effect:
+            details["policy_decision"] = decision.policy_effect.value
         if decision.approval_id:
             details["approval_id"] = decision.approval_id
         if decision.error:
@@ -353,7 +355,8 @@ def _refuse(reason: str, version: str, code: str, message: str) -> Decision:
                     stage="runtime")  # fmt: skip
 
 
-def _from_outcome(outcome: Outcome, version: str) -> Decision:
+def decision_from_outcome(outcome: Outcome, version: str) -> Decision:
+    """Tether's answer from Cedar's: deny when a forbid could not be evaluated."""
     if outcome.failed_forbids and outcome.effect is not Effect.DENY:
         # Cedar skips a policy whose evaluation errors (an ill-typed property, say); for a
         # forbid that would let the request through. Tether fails closed instead.
@@ -361,5 +364,5 @@ def _from_outcome(outcome: Outcome, version: str) -> Decision:
         return Decision(Effect.DENY, outcome.failed_forbids, version,
                         error={"code": "policy_error", "message": f"forbid {names} could not be "
                                "evaluated on this request (check its properties and context)"},
-                        cedar_effect=outcome.effect)  # fmt: skip
-    return Decision(outcome.effect, outcome.reasons, version, cedar_effect=outcome.effect)
+                        policy_effect=Effect.DENY)  # fmt: skip
+    return Decision(outcome.effect, outcome.reasons, version, policy_effect=outcome.effect)

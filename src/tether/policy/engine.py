@@ -287,7 +287,9 @@ class CompiledPolicies:
             again = cedarpy.is_authorized(request, lifted, entities) if lifted else None
             if again is not None and again.allowed:
                 both = tuple(sorted({*reasons, *again.diagnostics.reasons}))
-                return Outcome(Effect.APPROVAL_REQUIRED, both, errors)
+                all_errors = (*errors, *again.diagnostics.errors)
+                failed = self._failed_forbids(all_errors)
+                return Outcome(Effect.APPROVAL_REQUIRED, both, all_errors, failed)
         return Outcome(Effect.DENY, reasons, errors)
 
     def _failed_forbids(self, errors: tuple[str, ...]) -> tuple[str, ...]:

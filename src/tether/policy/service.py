@@ -103,9 +103,10 @@ def check(policies: str, schema: str | None = None) -> Checked:
         parsed = source.parse(policies)
     except source.PolicyDocumentError as exc:
         problems.extend(exc.problems)
-        parsed = []
-    if not problems:
-        problems.extend(source.validate([*BASE_POLICIES, *parsed], parsed_schema))
+        parsed = exc.parsed
+    # Type-check what parsed even when something else did not: every problem, in one answer.
+    problems.extend(source.validate([*BASE_POLICIES, *parsed], parsed_schema))
+    problems.sort(key=lambda p: p.line or 0)
     if problems:
         n = len(problems)
         raise PolicyInvalid(

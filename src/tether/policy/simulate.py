@@ -22,7 +22,7 @@ from tether.clock import from_micros, to_micros
 from tether.db import Database
 from tether.errors import Forbidden, ValidationFailed
 from tether.jsonutil import loads
-from tether.policy.decide import Ask, DecisionService
+from tether.policy.decide import Ask, DecisionService, decision_from_outcome
 from tether.policy.engine import CompiledPolicies
 from tether.policy.models import DecisionInputRow
 from tether.principals import Principal, Role
@@ -95,9 +95,11 @@ def simulate(
         ask = Ask(agent_id, action, res["type"], res["id"], given.get("properties", {}),
                   given.get("context", {}), tuple(given.get("chain", ())),
                   given.get("on_behalf_of"))  # fmt: skip
-        before = info.get("cedar_decision", decision)
+        before = info.get("policy_decision", decision)
         before_reasons = [r for r in loads(reasons) if not r.startswith("tether.approval-")]
-        outcome = candidate.decide(decisions.cedar_request(ask))
+        outcome = decision_from_outcome(
+            candidate.decide(decisions.cedar_request(ask)), candidate.version
+        )
         result.checked += 1
         if outcome.effect.value == before:
             continue
@@ -108,8 +110,7 @@ def simulate(
             "after": {"decision": outcome.effect.value, "reasons": list(outcome.reasons)},
         })  # fmt: skip
         result.by_agent[agent_id] += 1
-        for policy in set(before_reasons).symmetric_difference(outcome.reasons) or {
-            "(default deny)"
-        }:
+        changed = set(before_reasons).symmetric_difference(outcome.reasons)
+        for policy in changed or set(before_reasons) | set(outcome.reasons) or {"(default deny)"}:
             result.by_policy[policy] += 1
     return result

@@ -51,9 +51,10 @@ class Chunk:
 
 
 class PolicyDocumentError(ValueError):
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], parsed: list[Policy] | None = None) -> None:
         super().__init__("; ".join(p.message for p in problems))
         self.problems = problems
+        self.parsed = parsed or []  # the policies that did parse, to validate all the same
 
 
 def split(document: str) -> list[Chunk]:
@@ -91,8 +92,32 @@ def split(document: str) -> list[Chunk]:
 
 
 def _chunk_id(chunk: Chunk) -> str | None:
-    m = _ID_ANNOTATION.search(chunk.text)
+    m = _ID_ANNOTATION.search(_without_comments(chunk.text))
     return m.group(1) if m else None
+
+
+def _without_comments(text: str) -> str:
+    out, i, n, in_string = [], 0, len(text), False
+    while i < n:
+        ch = text[i]
+        if in_string:
+            out.append(ch)
+            if ch == "\\" and i + 1 < n:
+                out.append(text[i + 1])
+                i += 2
+                continue
+            in_string = ch != '"'
+        elif ch == '"':
+            in_string = True
+            out.append(ch)
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
 
 
 def parse(document: str, *, base: bool = False) -> list[Policy]:
@@ -129,7 +154,7 @@ def parse(document: str, *, base: bool = False) -> list[Policy]:
             seen[policy.id] = chunk.line
             policies.append(policy)
     if problems:
-        raise PolicyDocumentError(problems)
+        raise PolicyDocumentError(problems, policies)
     return policies
 
 
@@ -147,11 +172,39 @@ def _policy(
         why = "base policies need" if base else "operator policies must not use"
         return None, Problem(f"{why} the reserved prefix {BASE_PREFIX!r}", pid, line)
     approval = annotations.get(APPROVAL_ANNOTATION)
-    if approval is not None and approval != "required":
+    if APPROVAL_ANNOTATION in annotations and approval != "required":
         return None, Problem('the only approval annotation is @approval("required")', pid, line)
+    if read := _entity_read(body.get("conditions")):
+        return None, Problem(
+            f"reads {read}, which Tether does not load for a decision (only the principal and "
+            f"the resource are); compare ids instead (principal == {read})", pid, line,
+        )  # fmt: skip
     effect = body.get("effect")
     assert effect in ("permit", "forbid")
     return Policy(pid, effect, approval == "required", line, body, chunk.text.strip()), None
+
+
+_READS = frozenset({".", "has", "hasTag", "getTag", "in"})
+_LOADED_TYPES = ("Action", "Role")  # the decision's entity store holds these (no attributes)
+
+
+def _entity_read(node: Any) -> str | None:
+    """An entity literal whose attributes, tags or ancestors a condition reads, if any."""
+    if isinstance(node, list):
+        return next((r for item in node if (r := _entity_read(item))), None)
+    if not isinstance(node, dict):
+        return None
+    for op, arg in node.items():
+        if op in _READS and isinstance(arg, dict):
+            value = (
+                (arg.get("left") or {}).get("Value") if isinstance(arg.get("left"), dict) else None
+            )
+            entity = value.get("__entity") if isinstance(value, dict) else None
+            if isinstance(entity, dict) and not str(entity.get("type", "")).endswith(_LOADED_TYPES):
+                return f'{entity.get("type")}::"{entity.get("id")}"'
+        if found := _entity_read(arg):
+            return found
+    return None
 
 
 def to_cedar_json(policies: list[Policy]) -> str:
