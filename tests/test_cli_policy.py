@@ -26,12 +26,11 @@ from tether.cli.client import ApiClient
 from tether.cli.policy import (
     Case,
     _agent_view,
-    cedar_request,
     load_cases,
     problem_lines,
     run_case,
 )
-from tether.policy.decide import Ask, DecisionService
+from tether.policy.decide import Ask, DecisionService, cedar_request
 from tether.policy.service import check, compile_checked
 from tether.runtime.snapshot import AgentView
 

@@ -30,8 +30,7 @@ from tether.cli.common import JsonOpt
 from tether.cli.render import emit_json, out, table
 
 if TYPE_CHECKING:
-    from tether.policy.decide import Ask
-    from tether.policy.engine import CedarRequest, CompiledPolicies
+    from tether.policy.engine import CompiledPolicies
     from tether.runtime.snapshot import AgentView
 
 app = typer.Typer(help="The Cedar policy set: read, check, test and change it.",
@@ -403,37 +402,18 @@ def _agent_view(agent: Mapping[str, Any]) -> AgentView:
     return agent_view(row, agent.get("roles") or (), agent.get("supervisors") or ())
 
 
-def cedar_request(ask: Ask, agents: Mapping[str, AgentView]) -> CedarRequest:
-    """The request Cedar sees — as ``DecisionService.cedar_request`` builds it from the runtime
-    snapshot (the tests hold the two together)."""
-    from tether.policy.engine import CedarRequest
-
-    agent = agents[ask.subject]
-    resource = (ask.resource_type, ask.resource_id)
-    target = agents.get(ask.resource_id) if ask.resource_type == "Agent" else None
-    if target is not None:
-        entity, parents = target.entity, target.parents
-    else:
-        entity = orjson.dumps({"uid": {"type": resource[0], "id": resource[1]},
-                               "attrs": ask.properties, "parents": []}).decode()  # fmt: skip
-        parents = frozenset()
-    chain = ask.full_chain
-    ctx = {**ask.context, "chain": list(chain), "delegated": len(chain) > 1}
-    if ask.on_behalf_of is not None:
-        ctx["on_behalf_of"] = ask.on_behalf_of
-    return CedarRequest(
-        principal=("Agent", agent.id), principal_parents=agent.parents,
-        principal_entity=agent.entity, action=ask.action, resource=resource,
-        resource_parents=parents, resource_entity=entity, context=orjson.dumps(ctx).decode(),
-    )  # fmt: skip
-
-
 def run_case(
     case: Case, compiled: CompiledPolicies, agents: Mapping[str, AgentView]
 ) -> dict[str, Any]:
     """One case's outcome, as the server would decide it (its runtime checks, then Cedar)."""
     from tether.errors import TetherError
-    from tether.policy.decide import INACTIVE_AGENT, UNKNOWN_ACTION, Ask, validate_ask
+    from tether.policy.decide import (
+        INACTIVE_AGENT,
+        UNKNOWN_ACTION,
+        Ask,
+        cedar_request,
+        validate_ask,
+    )
     from tether.policy.decide import decision_from_outcome as decision_of
 
     subject = case.subject if isinstance(case.subject, str) else case.subject.id

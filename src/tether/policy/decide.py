@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -234,27 +234,7 @@ class DecisionService:
         return None
 
     def cedar_request(self, ask: Ask) -> CedarRequest:
-        agent = self.runtime.agents[ask.subject]
-        resource = (ask.resource_type, ask.resource_id)
-        resource_parents: frozenset[tuple[str, str]] = frozenset()
-        if ask.resource_type == "Agent" and (target := self.runtime.agents.get(ask.resource_id)):
-            entity = target.entity
-            resource_parents = target.parents
-        else:
-            entity = orjson.dumps({"uid": {"type": resource[0], "id": resource[1]},
-                                   "attrs": ask.properties, "parents": []}).decode()  # fmt: skip
-        chain = ask.full_chain
-        ctx = dict(ask.context)
-        ctx["chain"] = list(chain)
-        ctx["delegated"] = len(chain) > 1
-        if ask.on_behalf_of is not None:
-            ctx["on_behalf_of"] = ask.on_behalf_of
-        return CedarRequest(
-            principal=("Agent", agent.id), principal_parents=agent.parents,
-            principal_entity=agent.entity, action=ask.action, resource=resource,
-            resource_parents=resource_parents, resource_entity=entity,
-            context=orjson.dumps(ctx).decode(),
-        )  # fmt: skip
+        return cedar_request(ask, self.runtime.agents)
 
     # -- recording -------------------------------------------------------------------------
     def event(self, ask: Ask, decision: Decision) -> NewEvent:
@@ -340,6 +320,29 @@ class DecisionService:
     def decide_sync(self, ask: Ask) -> Decision:
         """For callers without an event loop (CLI tools, tests, the SDK in-process)."""
         return asyncio.run(self.decide(ask))
+
+
+def cedar_request(ask: Ask, agents: Mapping[str, AgentView]) -> CedarRequest:
+    """The request in Cedar's terms: the principal's prebuilt entity, the resource's from the
+    request's properties (or, for an agent, its entity), Tether's context fields added."""
+    agent = agents[ask.subject]
+    resource = (ask.resource_type, ask.resource_id)
+    target = agents.get(ask.resource_id) if ask.resource_type == "Agent" else None
+    if target is not None:
+        entity, parents = target.entity, target.parents
+    else:
+        entity = orjson.dumps({"uid": {"type": resource[0], "id": resource[1]},
+                               "attrs": ask.properties, "parents": []}).decode()  # fmt: skip
+        parents = frozenset()
+    chain = ask.full_chain
+    ctx = {**ask.context, "chain": list(chain), "delegated": len(chain) > 1}
+    if ask.on_behalf_of is not None:
+        ctx["on_behalf_of"] = ask.on_behalf_of
+    return CedarRequest(
+        principal=("Agent", agent.id), principal_parents=agent.parents,
+        principal_entity=agent.entity, action=ask.action, resource=resource,
+        resource_parents=parents, resource_entity=entity, context=orjson.dumps(ctx).decode(),
+    )  # fmt: skip
 
 
 def _status(agent: AgentView | None, now_us: int) -> str:
