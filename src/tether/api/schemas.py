@@ -141,3 +141,4 @@ class Ready(BaseModel):
     status: str
     database: bool
     schema_current: bool
+    runtime_current: bool

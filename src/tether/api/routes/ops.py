@@ -26,12 +26,14 @@ def healthz() -> dict[str, Any]:
 def readyz(svc: ServicesDep) -> Any:
     db_ok = svc.db.ping()
     schema_ok = db_ok and migrate.is_current(svc.db)
+    runtime_ok = schema_ok and svc.runtime.ensure_current()
     body = {
-        "status": "ready" if schema_ok else "not_ready",
+        "status": "ready" if runtime_ok else "not_ready",
         "database": db_ok,
         "schema_current": schema_ok,
+        "runtime_current": runtime_ok,
     }
-    return JSONResponse(body, status_code=200 if schema_ok else 503)
+    return JSONResponse(body, status_code=200 if runtime_ok else 503)
 
 
 @router.get(

@@ -1,0 +1,88 @@
+"""Every worker process learns of a change: the runtime snapshot follows the change feed.
+
+A real 2-worker server on one database: a suspension or a new policy version made through
+one worker must govern the decisions of every worker within the poll bound, and concurrent
+decisions from many clients all land in one verified chain (group commit per worker).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import Backend
+from tests.serverproc import running_server
+
+pytestmark = pytest.mark.slow
+POLL_BOUND = 1.0  # TETHER_RUNTIME_POLL_SECONDS is 0.25 by default; NOTIFY is faster on PG
+
+
+def _decide(url: str, headers: dict[str, str], agent: str) -> dict[str, Any]:
+    body = {"subject": {"type": "agent", "id": agent}, "action": {"name": "tool.call"},
+            "resource": {"type": "Tool", "id": "search"}}  # fmt: skip
+    # A fresh connection each time, so the requests spread over both workers.
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        r = c.post("/access/v1/evaluation", json=body)
+    assert r.status_code == 200, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
+def test_a_change_reaches_every_worker(backend: Backend, tmp_path: Path) -> None:
+    with running_server(backend, tmp_path, workers=2) as (url, _env):
+        token = (tmp_path / ".tether" / "admin.token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+            spec = {"name": "feed", "owner": "admin", "purpose": "feed", "risk_tier": "minimal"}
+            agent = c.post("/v1/agents", json=spec)
+            agent_id = agent.json()["id"]
+            calls = '@id("calls") permit(principal, action == Action::"tool.call", resource);'
+            pushed = c.put("/v1/policies", json={"policies": calls})
+            assert pushed.json()["version"] == "v1"
+        time.sleep(POLL_BOUND)
+        with ThreadPoolExecutor(8) as pool:
+            before = list(pool.map(lambda _: _decide(url, headers, agent_id), range(24)))
+        assert {(d["decision"], d["context"]["policy_version"]) for d in before} == {(True, "v1")}
+
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+            c.post(
+                f"/v1/agents/{agent_id}/suspend", json={"reason": "feed test"}
+            ).raise_for_status()
+        time.sleep(POLL_BOUND)
+        with ThreadPoolExecutor(8) as pool:
+            after = list(pool.map(lambda _: _decide(url, headers, agent_id), range(24)))
+        assert all(d["decision"] is False for d in after)
+        assert {tuple(d["context"]["reasons"]) for d in after} == {("tether.agent-not-active",)}
+
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+            c.post(f"/v1/agents/{agent_id}/resume", json={}).raise_for_status()
+            c.put(
+                "/v1/policies",
+                json={"policies": '@id("nothing") forbid(principal, action, resource);'},
+            )
+        time.sleep(POLL_BOUND)
+        with ThreadPoolExecutor(8) as pool:
+            later = list(pool.map(lambda _: _decide(url, headers, agent_id), range(24)))
+        assert {(d["decision"], d["context"]["policy_version"]) for d in later} == {(False, "v2")}
+        assert {tuple(d["context"]["reasons"]) for d in later} == {("nothing",)}
+
+        # 72 answers, each a durable event of one chain written by two group committers.
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+            verified = c.get("/v1/audit/verify").json()
+            assert verified["ok"] is True, verified
+            ids = {d["context"]["event_id"] for d in before + after + later}
+            seen: set[str] = set()
+            cursor = None
+            while True:
+                page = c.get("/v1/audit/events", params={"type": "decision", "limit": 500,
+                                                         "cursor": cursor}).json()  # fmt: skip
+                seen |= {e["id"] for e in page["items"]}
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
+            assert seen == ids
