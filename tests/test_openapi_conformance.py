@@ -357,6 +357,13 @@ def _config(existing: Existing | None = None) -> schemathesis.Config:
                     "parameters": {"path.version": {"dictionary": "versions", "probability": 0.6}},
                 },
                 {
+                    # credentials need an agent that exists: not left to the stateful phase
+                    "include-path": "/v1/agents/{agent_id}/credentials",
+                    "parameters": {
+                        "path.agent_id": {"dictionary": "keyholder", "probability": 0.6},
+                    },
+                },
+                {
                     "include-path": "/v1/agents/{agent_id}/credentials/{credential_id}",
                     "parameters": {
                         "path.agent_id": {"dictionary": "keyholder", "probability": 0.6},
