@@ -330,10 +330,12 @@ def cedar_request(ask: Ask, agents: Mapping[str, AgentView]) -> CedarRequest:
     target = agents.get(ask.resource_id) if ask.resource_type == "Agent" else None
     if target is not None:
         entity, parents = target.entity, target.parents
-    else:
+    elif ask.properties:
         entity = orjson.dumps({"uid": {"type": resource[0], "id": resource[1]},
                                "attrs": ask.properties, "parents": []}).decode()  # fmt: skip
         parents = frozenset()
+    else:  # Cedar treats an entity it does not hold as one without attributes or parents
+        entity, parents = None, frozenset()
     chain = ask.full_chain
     ctx = {**ask.context, "chain": list(chain), "delegated": len(chain) > 1}
     if ask.on_behalf_of is not None:

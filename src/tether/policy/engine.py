@@ -28,11 +28,13 @@ from typing import Any
 
 import cedarpy
 import orjson
+from cedarpy import _internal as _cedar
 
 from tether.policy.source import Policy, to_cedar_json
 
 Uid = tuple[str, str]
 _SLICE_CACHE_MAX = 16_384
+_PRINCIPAL_CACHE_MAX = 50_000
 _ERRORED_POLICY = re.compile(r"while evaluating policy `([^`]+)`")
 
 
@@ -165,6 +167,9 @@ class CompiledPolicies:
     _slices: dict[tuple[Any, ...], _Slice] = field(init=False, default_factory=dict)
     _by_ids: dict[frozenset[str], _Slice] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    # base + one principal's entity, per prebuilt entity text (a runtime snapshot's AgentView
+    # holds one string object per agent version, so a changed agent gets a new handle)
+    _principals: dict[str, cedarpy.Entities] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._principal_uids = frozenset(
@@ -227,10 +232,21 @@ class CompiledPolicies:
         sl = self._slice(req)
         if sl.policy_set is None:
             return Outcome(Effect.DENY, ())
-        entities = self.base_entities.with_added_json_str(_delta(req))
+        entities = self._principal_entities(req.principal_entity)
+        if req.resource_entity is not None and req.resource != req.principal:
+            entities = entities.with_added_json_str(f"[{req.resource_entity}]")
         request = _request(req)
-        result = cedarpy.is_authorized(request, sl.policy_set, entities)
+        result = _authorize(request, sl.policy_set, entities)
         return self._finish(sl, request, result, entities)
+
+    def _principal_entities(self, entity: str) -> cedarpy.Entities:
+        found = self._principals.get(entity)
+        if found is None:
+            found = self.base_entities.with_added_json_str(f"[{entity}]")
+            if len(self._principals) >= _PRINCIPAL_CACHE_MAX:
+                self._principals.clear()
+            self._principals[entity] = found
+        return found
 
     def decide_many(self, reqs: Sequence[CedarRequest]) -> list[Outcome]:
         """A batch in one Cedar call: the union of the requests' slices (a policy whose scope
@@ -244,16 +260,19 @@ class CompiledPolicies:
             return [Outcome(Effect.DENY, ()) for _ in reqs]
         entities_by_uid: dict[Uid, str] = {}
         for r in reqs:
-            for uid, ent in ((r.principal, r.principal_entity), (r.resource, r.resource_entity)):
-                if ent is None:
-                    continue
+            # "" for a resource sent without properties (no entity): it must stay without one
+            for uid, ent in (
+                (r.principal, r.principal_entity),
+                (r.resource, r.resource_entity or ""),
+            ):
                 if entities_by_uid.setdefault(uid, ent) != ent:
                     return [self.decide(r) for r in reqs]  # same uid, different properties
         union = self._union(ids)
         assert union.policy_set is not None
-        entities = self.base_entities.with_added_json_str(f"[{','.join(entities_by_uid.values())}]")
+        delta = ",".join(e for e in entities_by_uid.values() if e)
+        entities = self.base_entities.with_added_json_str(f"[{delta}]")
         requests = [_request(r) for r in reqs]
-        results = cedarpy.is_authorized_batch(requests, union.policy_set, entities)
+        results = _authorize_batch(requests, union.policy_set, entities)
         return [
             self._finish(union, q, res, entities) for q, res in zip(requests, results, strict=True)
         ]
@@ -272,11 +291,9 @@ class CompiledPolicies:
             return built
 
     def _finish(
-        self, sl: _Slice, request: dict[str, Any], result: cedarpy.AuthzResult,
-        entities: cedarpy.Entities,
+        self, sl: _Slice, request: dict[str, Any], result: _Result, entities: cedarpy.Entities,
     ) -> Outcome:  # fmt: skip
-        reasons = tuple(sorted(result.diagnostics.reasons))
-        errors = tuple(result.diagnostics.errors)
+        reasons, errors = result.reasons, result.errors
         if result.allowed:
             failed = self._failed_forbids(errors)
             if sl.approval_ids.intersection(reasons):
@@ -284,10 +301,10 @@ class CompiledPolicies:
             return Outcome(Effect.ALLOW, reasons, errors, failed)
         if reasons and sl.approval_forbids.issuperset(reasons):
             lifted = self._lifted(sl)
-            again = cedarpy.is_authorized(request, lifted, entities) if lifted else None
+            again = _authorize(request, lifted, entities) if lifted else None
             if again is not None and again.allowed:
-                both = tuple(sorted({*reasons, *again.diagnostics.reasons}))
-                all_errors = (*errors, *again.diagnostics.errors)
+                both = tuple(sorted({*reasons, *again.reasons}))
+                all_errors = (*errors, *again.errors)
                 failed = self._failed_forbids(all_errors)
                 return Outcome(Effect.APPROVAL_REQUIRED, both, all_errors, failed)
         return Outcome(Effect.DENY, reasons, errors)
@@ -309,6 +326,37 @@ class CompiledPolicies:
         return sl.lifted
 
 
+@dataclass(frozen=True, slots=True)
+class _Result:
+    allowed: bool
+    reasons: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+def _result(text: str) -> _Result:
+    raw = orjson.loads(text)
+    diagnostics = raw.get("diagnostics") or {}
+    return _Result(raw.get("decision") == "Allow", tuple(sorted(diagnostics.get("reason") or ())),
+                   tuple(diagnostics.get("errors") or ()))  # fmt: skip
+
+
+# cedarpy's public wrappers re-encode the context and decode each answer with the stdlib json
+# module and wrap it in objects: a fifth of a decision here (bench/README.md). The extension
+# functions they call take the same arguments (the context already as JSON text); cedarpy is
+# pinned to a minor version in pyproject.toml, and tests/test_policy_differential.py holds
+# these answers to the public API's.
+def _authorize(
+    request: dict[str, Any], policies: cedarpy.PolicySet, entities: cedarpy.Entities
+) -> _Result:
+    return _result(_cedar.is_authorized(request, policies, entities._inner))
+
+
+def _authorize_batch(
+    requests: list[dict[str, Any]], policies: cedarpy.PolicySet, entities: cedarpy.Entities
+) -> list[_Result]:
+    return [_result(t) for t in _cedar.is_authorized_batch(requests, policies, entities._inner)]
+
+
 def _request(req: CedarRequest) -> dict[str, Any]:
     return {
         "principal": {"type": req.principal[0], "id": req.principal[1]},
@@ -316,9 +364,3 @@ def _request(req: CedarRequest) -> dict[str, Any]:
         "resource": {"type": req.resource[0], "id": req.resource[1]},
         "context": req.context,
     }
-
-
-def _delta(req: CedarRequest) -> str:
-    if req.resource_entity is None or req.resource == req.principal:
-        return f"[{req.principal_entity}]"
-    return f"[{req.principal_entity},{req.resource_entity}]"
