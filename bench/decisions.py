@@ -318,7 +318,7 @@ def cedar_request(ask: Ask) -> dict[str, Any]:
     }
 
 
-def cedar_entities(svc: Services, world: World) -> list[dict[str, Any]]:
+def cedar_entities(svc: Services) -> list[dict[str, Any]]:
     """Every entity plain cedarpy needs for the same decisions: the agents exactly as Tether
     builds them (runtime snapshot), the workload's tools, secrets and datasets (the attributes
     the requests send as properties), and the actions with their groups."""
@@ -357,7 +357,7 @@ def run_evaluate(dep: Deployment, world: World, sizes: Sizes, out: InProcess) ->
     asks = [to_ask(world, r) for r in reqs]
     requests = [cedar_request(a) for a in asks]
     policies_text = BASE_POLICIES_TEXT + "\n" + world.policies_text
-    entities = cedar_entities(svc, world)
+    entities = cedar_entities(svc)
     evaluate = svc.decisions.evaluate
 
     def tether(ask: Ask) -> bool:
