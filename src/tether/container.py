@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from tether.agents.service import AgentService
@@ -62,7 +63,9 @@ class Services:
 
 
 def _record_inputs(s: Session, chained: Sequence[tuple[Event, Any]]) -> None:
-    s.add_all([DecisionInputRow(seq=ev.seq, request=att) for ev, att in chained if att is not None])
+    rows = [{"seq": ev.seq, "request": att} for ev, att in chained if att is not None]
+    if rows:
+        s.execute(insert(DecisionInputRow), rows)
 
 
 def _webhook_secret(settings: Settings, keys: RootKeys) -> bytes:

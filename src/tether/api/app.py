@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from tether import __version__
 from tether.api import errors
+from tether.api.fastpath import DecisionFastPath
 from tether.api.limits import BodyLimitMiddleware
 from tether.api.metrics import MetricsMiddleware
 from tether.api.routes import (
@@ -72,8 +73,10 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (ops, oauth, users, agents, credentials, policies, decisions, approvals, audit):
+    # The decision endpoints first: FastAPI tries routers in order, and they are the hot path.
+    for module in (decisions, ops, oauth, users, agents, credentials, policies, approvals, audit):
         app.include_router(module.router)
+    app.add_middleware(DecisionFastPath, services=services)  # innermost: after limits, metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

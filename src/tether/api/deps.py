@@ -15,7 +15,7 @@ from tether.principals import Principal
 _bearer = HTTPBearer(auto_error=False, description="A Tether user token (tth_…)")
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
@@ -26,14 +26,15 @@ def principal(
 ) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise Unauthenticated("send 'Authorization: Bearer <token>' (see tether users token)")
-    return services(request).users.authenticate(creds.credentials)
+    svc: Services = request.app.state.services
+    return svc.users.authenticate(creds.credentials)
 
 
 ServicesDep = Annotated[Services, Depends(services)]
 PrincipalDep = Annotated[Principal, Depends(principal)]
 
 
-def caller(
+async def caller(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
@@ -45,7 +46,7 @@ def caller(
         raise Unauthenticated("send 'Authorization: Bearer <token>' (a user or agent token)")
     if scheme.lower() not in ("bearer", "dpop") or not token:
         raise Unauthenticated("send 'Authorization: Bearer <token>' (a user or agent token)")
-    svc = services(request)
+    svc: Services = request.app.state.services
     url = f"{svc.settings.base_url}{request.url.path}"
     return svc.bearers.authenticate(
         scheme, token, method=request.method, url=url, proofs=request.headers.getlist("dpop")

@@ -71,31 +71,40 @@ def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
             yield route
 
 
+def tether_error(exc: TetherError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    return _error(exc.http_status, exc.code, exc.message, exc.details, headers)
+
+
+def validation_error(raw: Iterable[Any]) -> JSONResponse:
+    """Pydantic's errors (``loc`` starting with where: "body", "query"…) as the one shape."""
+    errors = []
+    malformed = False
+    for err in raw:
+        malformed = malformed or err.get("type") == "json_invalid"
+        field = "body" if malformed else _field(tuple(err.get("loc", ())))
+        errors.append({"field": field, "message": err.get("msg"), "type": err.get("type")})
+    if malformed:
+        return _error(
+            400, "malformed_json", "the request body is not valid JSON", {"errors": errors}
+        )
+    first = errors[0] if errors else {"field": "body", "message": "invalid"}
+    return _error(
+        422,
+        "validation_error",
+        f"{first['field']}: {first['message']}",
+        {"field": first["field"], "errors": errors},
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(TetherError)
     async def _tether(_req: Request, exc: TetherError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
-        return _error(exc.http_status, exc.code, exc.message, exc.details, headers)
+        return tether_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        malformed = False
-        for err in exc.errors():
-            malformed = malformed or err.get("type") == "json_invalid"
-            field = "body" if malformed else _field(tuple(err.get("loc", ())))
-            errors.append({"field": field, "message": err.get("msg"), "type": err.get("type")})
-        if malformed:
-            return _error(
-                400, "malformed_json", "the request body is not valid JSON", {"errors": errors}
-            )
-        first = errors[0] if errors else {"field": "body", "message": "invalid"}
-        return _error(
-            422,
-            "validation_error",
-            f"{first['field']}: {first['message']}",
-            {"field": first["field"], "errors": errors},
-        )
+        return validation_error(exc.errors())
 
     @app.exception_handler(HTTPException)
     async def _http(req: Request, exc: HTTPException) -> JSONResponse:

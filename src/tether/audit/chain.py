@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -96,26 +96,33 @@ def link(
     seq, prev = after_seq, prev_hash
     for new in events:
         seq += 1
-        body = Event(
-            seq=seq,
-            id=new_id(IdPrefix.EVENT, now_ms=time_us // 1000),
-            time_us=time_us,
-            type=str(new.type),
-            actor=new.actor,
-            agent_id=new.agent_id,
-            on_behalf_of=new.on_behalf_of,
-            chain=list(new.chain),
-            action=new.action,
-            resource=new.resource,
-            decision=new.decision,
-            reasons=list(new.reasons),
-            policy_version=new.policy_version,
-            outcome=new.outcome,
-            details=new.details,
-            prev_hash=prev,
-        )
-        prev = event_hash(prev, body.body())
-        out.append(replace(body, hash=prev))
+        event_id, type_ = new_id(IdPrefix.EVENT, now_ms=time_us // 1000), str(new.type)
+        chain, reasons = list(new.chain), list(new.reasons)
+        body: dict[str, Any] = {  # the same keys as Event.body(), without building one twice
+            "seq": seq,
+            "id": event_id,
+            "time": time_us,
+            "type": type_,
+            "actor": new.actor,
+            "agent_id": new.agent_id,
+            "on_behalf_of": new.on_behalf_of,
+            "chain": chain,
+            "action": new.action,
+            "resource": new.resource,
+            "decision": new.decision,
+            "reasons": reasons,
+            "policy_version": new.policy_version,
+            "outcome": new.outcome,
+            "details": new.details,
+            "prev_hash": prev,
+        }
+        digest = event_hash(prev, body)
+        out.append(Event(
+            seq, event_id, time_us, type_, new.actor, new.agent_id, new.on_behalf_of, chain,
+            new.action, new.resource, new.decision, reasons, new.policy_version, new.outcome,
+            new.details, prev, digest,
+        ))  # fmt: skip
+        prev = digest
     return out
 
 

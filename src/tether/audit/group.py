@@ -9,6 +9,7 @@ If the commit fails, every future in the batch fails and the callers fail closed
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -42,7 +43,8 @@ Attach = Callable[[Session, Sequence[tuple[Event, Any]]], None]
 class _Item:
     event: NewEvent
     attachment: Any
-    future: Future[Event]
+    future: Future[Event] | asyncio.Future[Event]
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 class LedgerUnavailable(RuntimeError):
@@ -78,6 +80,18 @@ class GroupCommitter:
             return future
         self._ensure_thread()
         self._queue.put(_Item(event, attachment, future))
+        return future
+
+    def submit_async(self, event: NewEvent, attachment: Any = None) -> asyncio.Future[Event]:
+        """As :meth:`submit`, for a coroutine: one wake-up of the event loop per commit settles
+        every future of that loop, instead of one cross-thread hand-off per event."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Event] = loop.create_future()
+        if self._closed:
+            future.set_exception(LedgerUnavailable("the ledger writer is shut down"))
+            return future
+        self._ensure_thread()
+        self._queue.put(_Item(event, attachment, future, loop))
         return future
 
     def _ensure_thread(self) -> None:
@@ -128,9 +142,38 @@ class GroupCommitter:
         except Exception as exc:
             FAILED.inc()
             log.exception("group commit of %d events failed; failing them closed", len(batch))
-            for item in batch:
-                item.future.set_exception(LedgerUnavailable(str(exc)))
+            failure = LedgerUnavailable(str(exc))
+            _settle(batch, [failure] * len(batch))
             return
         BATCH.observe(len(batch))
-        for ev, item in zip(events, batch, strict=True):
-            item.future.set_result(ev)
+        _settle(batch, events)
+
+
+def _settle(batch: list[_Item], results: Sequence[Event | BaseException]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Event], Any]]] = {}
+    for item, result in zip(batch, results, strict=True):
+        if item.loop is None:
+            future = item.future
+            assert isinstance(future, Future)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        else:
+            assert isinstance(item.future, asyncio.Future)
+            by_loop.setdefault(item.loop, []).append((item.future, result))
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_in_loop, pairs)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            log.warning("an event loop closed before its %d decisions were settled", len(pairs))
+
+
+def _settle_in_loop(pairs: list[tuple[asyncio.Future[Event], Any]]) -> None:
+    for future, result in pairs:
+        if future.done():  # the caller gave up (cancelled)
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

@@ -287,8 +287,8 @@ class DecisionService:
             if decision.effect is Effect.APPROVAL_REQUIRED:
                 out.append(await self._checkpoint(ask, decision))
             else:
-                fut = self.committer.submit(self.event(ask, decision), self.attachment(ask))
-                waits[len(out)] = asyncio.wrap_future(fut)
+                event, attachment = self.event(ask, decision), self.attachment(ask)
+                waits[len(out)] = self.committer.submit_async(event, attachment)
                 out.append(decision)
             if stop_on is not None and out[-1].allowed == (stop_on is Effect.ALLOW):
                 break

@@ -1,0 +1,110 @@
+"""The AuthZEN endpoints without FastAPI's per-request machinery — the PDP's hot path.
+
+FastAPI spends more CPU on routing, dependency solving and body handling than Tether spends
+deciding (bench/README.md). This ASGI middleware answers ``POST /access/v1/evaluation`` and
+``/access/v1/evaluations`` directly: pydantic-core validates the body from JSON in one call,
+the caller is authenticated from in-memory state, and the answer is orjson. It is the same
+contract, not another one: the FastAPI routes in :mod:`tether.api.routes.decisions` stay the
+documented definition (OpenAPI), share their models and request mapping with this module,
+and errors render through :mod:`tether.api.errors`. Requests it does not recognise (another
+path or method, a body that is not JSON) go on to FastAPI untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tether.api import errors
+from tether.api.routes import decisions as routes
+from tether.container import Services
+from tether.errors import TetherError, Unauthenticated
+
+_SINGLE = "/access/v1/evaluation"
+_BATCH = "/access/v1/evaluations"
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What the metrics middleware reads (``scope["route"].path``)."""
+
+    path: str
+
+
+_ROUTES = {_SINGLE: _Route(_SINGLE), _BATCH: _Route(_BATCH)}
+_NO_TOKEN = "send 'Authorization: Bearer <token>' (a user or agent token)"  # noqa: S105 - a message
+
+
+class DecisionFastPath:
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        authorization, content_type, proofs = "", b"", []
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"dpop":
+                proofs.append(value.decode("latin-1"))
+        if not content_type.startswith(b"application/json"):
+            await self.app(scope, receive, send)  # FastAPI's own answer for other bodies
+            return
+        scope["route"] = route
+        body = await _body(receive)
+        try:
+            response = await self._answer(scope, route.path, authorization, proofs, body)
+        except TetherError as exc:
+            response = errors.tether_error(exc)
+        except ValidationError as exc:
+            response = errors.validation_error(
+                {**e, "loc": ("body", *e["loc"])} for e in exc.errors()
+            )
+        await response(scope, receive, send)
+
+    async def _answer(
+        self, scope: Scope, path: str, authorization: str, proofs: list[str], body: bytes
+    ) -> Response:
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() not in ("bearer", "dpop") or not token:
+            raise Unauthenticated(_NO_TOKEN)
+        svc = self.services
+        who = svc.bearers.authenticate(
+            scheme, token, method="POST", url=f"{svc.settings.base_url}{path}", proofs=proofs
+        )
+        if path == _SINGLE:
+            ev = routes.Evaluation.model_validate_json(body)
+            decision = await svc.decisions.decide(routes.ask_of(ev, who))
+            return _json(decision.to_authzen())
+        batch = routes.Evaluations.model_validate_json(body)
+        asks, stop = routes.batch_asks(batch, who)
+        answers = await svc.decisions.decide_many(asks, stop_on=stop)
+        return _json({"evaluations": [d.to_authzen() for d in answers]})
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message: Message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
