@@ -249,28 +249,40 @@ class CompiledPolicies:
         return found
 
     def decide_many(self, reqs: Sequence[CedarRequest]) -> list[Outcome]:
-        """A batch in one Cedar call: the union of the requests' slices (a policy whose scope
-        cannot match a request cannot affect it, so the union is exact for each) over one
-        entity set holding every principal and resource of the batch."""
+        """A batch, one Cedar call per principal: the union of those requests' slices (a policy
+        whose scope cannot match a request cannot affect it, so the union is exact for each)
+        over the principal's cached entity set plus the batch's resources."""
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(reqs):
+            groups.setdefault(r.principal_entity, []).append(i)
+        out: list[Outcome | None] = [None] * len(reqs)
+        for indexes in groups.values():
+            group = [reqs[i] for i in indexes]
+            for i, outcome in zip(indexes, self._decide_group(group), strict=True):
+                out[i] = outcome
+        return [o for o in out if o is not None]
+
+    def _decide_group(self, reqs: list[CedarRequest]) -> list[Outcome]:
         if len(reqs) == 1:
             return [self.decide(reqs[0])]
         slices = [self._slice(r) for r in reqs]
         ids = frozenset(p.id for sl in slices for p in sl.policies)
         if not ids:
             return [Outcome(Effect.DENY, ()) for _ in reqs]
-        entities_by_uid: dict[Uid, str] = {}
+        resources: dict[Uid, str] = {}
         for r in reqs:
+            if r.resource == r.principal:
+                continue
             # "" for a resource sent without properties (no entity): it must stay without one
-            for uid, ent in (
-                (r.principal, r.principal_entity),
-                (r.resource, r.resource_entity or ""),
+            if resources.setdefault(r.resource, r.resource_entity or "") != (
+                r.resource_entity or ""
             ):
-                if entities_by_uid.setdefault(uid, ent) != ent:
-                    return [self.decide(r) for r in reqs]  # same uid, different properties
+                return [self.decide(r) for r in reqs]  # same uid, different properties
         union = self._union(ids)
         assert union.policy_set is not None
-        delta = ",".join(e for e in entities_by_uid.values() if e)
-        entities = self.base_entities.with_added_json_str(f"[{delta}]")
+        entities = self._principal_entities(reqs[0].principal_entity)
+        if delta := ",".join(e for e in resources.values() if e):
+            entities = entities.with_added_json_str(f"[{delta}]")
         requests = [_request(r) for r in reqs]
         results = _authorize_batch(requests, union.policy_set, entities)
         return [
