@@ -14,11 +14,15 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from sqlalchemy import select, update
 
 from tests.conftest import Backend
 from tests.serverproc import running_server
+from tether.agents.schemas import AgentCreate
+from tether.container import Services
+from tether.runtime.models import ChangeRow
+from tether.runtime.snapshot import Runtime
 
-pytestmark = pytest.mark.slow
 POLL_BOUND = 1.0  # TETHER_RUNTIME_POLL_SECONDS is 0.25 by default; NOTIFY is faster on PG
 
 
@@ -33,6 +37,7 @@ def _decide(url: str, headers: dict[str, str], agent: str) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.slow
 def test_a_change_reaches_every_worker(backend: Backend, tmp_path: Path) -> None:
     with running_server(backend, tmp_path, workers=2) as (url, _env):
         token = (tmp_path / ".tether" / "admin.token").read_text().strip()
@@ -86,3 +91,29 @@ def test_a_change_reaches_every_worker(backend: Backend, tmp_path: Path) -> None
                 if not cursor:
                     break
             assert seen == ids
+
+
+def test_old_changes_are_purged_and_a_worker_behind_them_reloads(
+    services: Services, admin_token: str
+) -> None:
+    admin = services.users.authenticate(admin_token)
+    made = [services.agents.create(admin, AgentCreate.model_validate(
+        {"name": f"p{i}", "owner": "admin", "purpose": "purge", "risk_tier": "minimal"}
+    )).id for i in range(3)]  # fmt: skip
+    services.runtime.sync()
+    behind = Runtime(services.db, services.clock, services.policies.compiled)
+    services.db.after_change.remove(behind.sync)  # a worker in another process: no hook
+    behind.load()
+    services.agents.suspend(admin, made[0], reason="while the other worker was away")
+    services.runtime.sync()
+    with services.db.write() as s:  # an hour passes for every row
+        s.execute(update(ChangeRow).values(time=0))
+    services.runtime.purge()
+    with services.db.read() as s:
+        left = s.scalars(select(ChangeRow.seq)).all()
+    assert left == [services.runtime.last_seq]  # only the newest row stays
+    assert behind.agents[made[0]].status == "active"  # it missed the suspension...
+    behind.last_seq = 1  # ...and the rows that told of it are gone
+    behind.sync()
+    assert behind.agents[made[0]].status == "suspended"  # it reloaded everything
+    assert behind.last_seq == services.runtime.last_seq

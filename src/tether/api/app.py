@@ -44,6 +44,7 @@ async def _maintenance(services: Services) -> None:
             services.signing_keys.rotate_if_due,
             lambda: services.oauth.replay.purge(int(services.clock.now().timestamp())),
             services.approvals.expire_due,
+            services.runtime.purge,
         ):
             try:
                 await asyncio.to_thread(step)

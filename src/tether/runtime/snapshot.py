@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import psycopg
 from prometheus_client import Counter, Gauge
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -38,7 +38,8 @@ from tether.users.models import UserRow
 log = logging.getLogger("tether.runtime")
 SYNCS = Counter("tether_runtime_syncs", "Change-feed syncs applied", ["result"])
 LAG = Gauge("tether_runtime_seconds_since_sync", "Seconds since this worker was last current")
-_FULL_RELOAD_AT = 2_000  # more changed agents than this in one sync: reload them all
+_FULL_RELOAD_AT = 2_000
+_FEED_KEEP_US = 3600 * 1_000_000  # more changed agents than this in one sync: reload them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +161,18 @@ class Runtime:
                 select(ChangeRow.seq, ChangeRow.kind, ChangeRow.key)
                 .where(ChangeRow.seq > self.last_seq).order_by(ChangeRow.seq).limit(10_000)
             ).all()  # fmt: skip
+            oldest = s.scalar(select(func.min(ChangeRow.seq)))
+            if oldest is not None and oldest > self.last_seq + 1 and self.last_seq:
+                rows = []  # changes we never saw were purged: start over
+                gap = True
+            else:
+                gap = False
             if rows:
                 self._apply(s, rows)
                 self.last_seq = rows[-1][0]
             self._synced_at = time.monotonic()
+        if gap:
+            self.load()
         SYNCS.labels("changes" if rows else "idle").inc()
 
     def _apply(self, s: Session, rows: Sequence[tuple[int, str, str]]) -> None:
@@ -214,9 +223,15 @@ class Runtime:
             for row in s.scalars(agents)
         }
 
-    def purge(self, now_us: int) -> None:
-        """Forget revoked token ids past their expiry (they fail verification anyway)."""
+    def purge(self) -> None:
+        """Maintenance: forget revoked token ids past their expiry (they fail verification
+        anyway) and change-feed rows an hour old (every worker has long applied them; one
+        that was away that long reloads everything when it finds a gap)."""
+        now_us = to_micros(self.clock.now())
         self.revoked_jtis = {j: exp for j, exp in self.revoked_jtis.items() if exp > now_us}
+        with self.db.write() as s:
+            s.execute(delete(ChangeRow).where(ChangeRow.time < now_us - _FEED_KEEP_US,
+                                              ChangeRow.seq < self.last_seq))  # fmt: skip
 
     # -- background ------------------------------------------------------------------------
     def start(self) -> None:
