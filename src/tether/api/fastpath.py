@@ -86,10 +86,10 @@ class DecisionFastPath:
         )
         if path == _SINGLE:
             ev = routes.Evaluation.model_validate_json(body)
-            decision = await svc.decisions.decide(routes.ask_of(ev, who))
+            decision = await svc.decisions.decide(routes.ask_of(ev, who, svc.decisions))
             return _json(decision.to_authzen())
         batch = routes.Evaluations.model_validate_json(body)
-        asks, stop = routes.batch_asks(batch, who)
+        asks, stop = routes.batch_asks(batch, who, svc.decisions)
         answers = await svc.decisions.decide_many(asks, stop_on=stop)
         return _json({"evaluations": [d.to_authzen() for d in answers]})
 

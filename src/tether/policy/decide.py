@@ -25,8 +25,9 @@ from tether.audit.chain import Event
 from tether.audit.events import EventType, NewEvent
 from tether.audit.group import GroupCommitter, LedgerUnavailable
 from tether.clock import Clock, to_micros
-from tether.errors import ValidationFailed
+from tether.errors import Forbidden, ValidationFailed
 from tether.policy.engine import CedarRequest, CompiledPolicies, Effect, Outcome
+from tether.principals import Principal, Role
 from tether.runtime.snapshot import AgentView, Runtime
 
 log = logging.getLogger("tether.policy.decide")
@@ -170,6 +171,23 @@ class DecisionService:
         self.committer = committer
         self.clock = clock
         self.approvals = approvals
+
+    def may_ask(self, asker: Principal, subject: str) -> None:
+        """Who may ask about an agent's action — asking records an event and may open or use
+        an approval, so it is not a read: the agent itself (its own token), an admin (a
+        gateway's token), a supervisor for the agents they own or supervise; never an auditor."""
+        if asker.kind == "agent":
+            if subject != asker.id:
+                raise Forbidden("an agent may only ask about its own actions", field="subject.id")
+            return
+        if asker.is_admin:
+            return
+        if asker.role is Role.SUPERVISOR:
+            agent = self.runtime.agents.get(subject)
+            if agent is None or asker.id == agent.owner_id or asker.id in agent.supervisors:
+                return  # an unknown agent is denied (and recorded) like for anyone
+            raise Forbidden(f"you neither own nor supervise agent {subject}", field="subject.id")
+        raise Forbidden("auditors read; asking for a decision records it and may use an approval")
 
     # -- evaluation (no I/O) ---------------------------------------------------------------
     def evaluate(self, ask: Ask) -> Decision:

@@ -251,7 +251,10 @@ class Runtime:
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
-            thread.join(timeout=5)
+            # The listener notices within its notifies() timeout; it holds nothing, so it is
+            # not waited for (a daemon thread; shutdown should not take a second).
+            if thread.name != "tether-runtime-listen":
+                thread.join(timeout=5)
         self._threads = []
 
     def _poll(self) -> None:
@@ -276,7 +279,7 @@ class Runtime:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute(f'LISTEN "{name}"')
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self._wake.set()
             except psycopg.Error:
                 log.warning("runtime LISTEN connection lost; polling meanwhile", exc_info=True)

@@ -24,9 +24,9 @@ from typing_extensions import TypeAliasType
 from tether.api.deps import CallerDep, ServicesDep
 from tether.api.errors import responses
 from tether.credentials.bearer import Caller
-from tether.errors import Forbidden, ValidationFailed
+from tether.errors import ValidationFailed
 from tether.fields import NO_NUL, SAFE_INT, integral
-from tether.policy.decide import Ask
+from tether.policy.decide import Ask, DecisionService
 from tether.policy.engine import Effect
 
 router = APIRouter(tags=["decisions"])
@@ -125,10 +125,9 @@ class EvaluationsOut(StrictModel):
     evaluations: list[DecisionOut]
 
 
-def ask_of(ev: Evaluation, who: Caller) -> Ask:
+def ask_of(ev: Evaluation, who: Caller, decisions: DecisionService) -> Ask:
+    decisions.may_ask(who.principal, ev.subject.id)
     if who.principal.kind == "agent":
-        if ev.subject.id != who.principal.id:
-            raise Forbidden("an agent may only ask about its own actions", field="subject.id")
         return Ask(ev.subject.id, ev.action.name, ev.resource.type, ev.resource.id,
                    ev.resource.properties, ev.context, who.chain, who.on_behalf_of, who.jti,
                    who.principal.ref)  # fmt: skip
@@ -141,7 +140,7 @@ def ask_of(ev: Evaluation, who: Caller) -> Ask:
     responses=responses(400, 401, 403, 413, 422),
 )  # fmt: skip
 async def evaluation(body: Evaluation, svc: ServicesDep, who: CallerDep) -> Response:
-    decision = await svc.decisions.decide(ask_of(body, who))
+    decision = await svc.decisions.decide(ask_of(body, who, svc.decisions))
     return _json(decision.to_authzen())
 
 
@@ -152,12 +151,14 @@ async def evaluation(body: Evaluation, svc: ServicesDep, who: CallerDep) -> Resp
 async def evaluations(body: Evaluations, svc: ServicesDep, who: CallerDep) -> Response:
     """AuthZEN's batch: top-level subject/action/resource/context are defaults that each item
     may override; ``options.evaluations_semantic`` may stop at the first deny or permit."""
-    asks, stop = batch_asks(body, who)
+    asks, stop = batch_asks(body, who, svc.decisions)
     decisions = await svc.decisions.decide_many(asks, stop_on=stop)
     return _json({"evaluations": [d.to_authzen() for d in decisions]})
 
 
-def batch_asks(body: Evaluations, who: Caller) -> tuple[list[Ask], Effect | None]:
+def batch_asks(
+    body: Evaluations, who: Caller, decisions: DecisionService
+) -> tuple[list[Ask], Effect | None]:
     items = body.evaluations or [PartialEvaluation()]
     asks: list[Ask] = []
     for i, item in enumerate(items):
@@ -168,7 +169,7 @@ def batch_asks(body: Evaluations, who: Caller) -> tuple[list[Ask], Effect | None
                 raise ValidationFailed(f"evaluations[{i}] has no {part} and there is no default",
                                        field=f"evaluations[{i}].{part}")  # fmt: skip
             merged[part] = value if value is not None else {}
-        asks.append(ask_of(Evaluation.model_validate(merged), who))
+        asks.append(ask_of(Evaluation.model_validate(merged), who, decisions))
     semantic = body.options.evaluations_semantic
     stop = {"deny_on_first_deny": Effect.DENY, "permit_on_first_permit": Effect.ALLOW}.get(semantic)
     return asks, stop
