@@ -350,8 +350,12 @@ def test_an_approval_expires_pending_or_approved(deploy: Callable[..., Env]) -> 
     assert approvals_of(e, agent, "pending") == []
     assert [a["id"] for a in approvals_of(e, agent, "expired")] == [stale]
     since = head(e)
-    assert_error(decide(e, stale, "approve"), 409, "approval_not_pending")
+    refused = assert_error(decide(e, stale, "approve"), 409, "approval_not_pending")
+    assert refused["details"] == {"status": "expired"}
     assert events_since(e, since, "approval.approved") == []
+    # the refusal records the expiry it found (not rolled back with the refusal)
+    (expired,) = events_since(e, since, "approval.expired")
+    assert expired["details"]["approval_id"] == stale
     fresh = pending(e, request)  # not allowed; a new approval opens
     assert fresh != stale
     # Approved, but used too late: still not allowed.

@@ -297,22 +297,33 @@ class ApprovalService:
                 raise Forbidden("the agent acts on your behalf; someone else must approve its "
                                 "request (approval_allow_self_approval is off)")  # fmt: skip
             if row.status == "pending" and row.expires_at <= now_us:
-                self._expire(s, [row], now)
-            if row.status != "pending":
+                self._expire(s, [row], now)  # recorded (this transaction commits), then refused
+                expired = True
+            elif row.status != "pending":
                 raise ApprovalNotPending(f"approval {row.id} is {row.status}", status=row.status)
-            row.status, row.decided_by, row.decided_at, row.note = to, actor.ref, now_us, note
-            self.ledger.append(s, [NewEvent(
-                event, actor.ref, agent_id=row.agent_id, on_behalf_of=row.on_behalf_of,
-                action=row.action, resource=loads(row.resource), decision=to,
-                reasons=tuple(loads(row.reasons)), policy_version=row.policy_version,
-                outcome="success", details={"approval_id": row.id, "note": note,
-                                            "request_digest": row.request_digest},
-            )], now=now)  # fmt: skip
+            else:
+                expired = False
+                self._record_verdict(s, row, actor, to=to, event=event, note=note, now=now)
             approval = _approval(row, now_us)
+        if expired:
+            raise ApprovalNotPending(f"approval {approval.id} is expired", status="expired")
         APPROVALS.labels(to).inc()
         self.notifier.notify(f"approval.{to}", {"id": approval.id, "agent_id": approval.agent_id,
                                                 "status": to, "decided_by": actor.ref})  # fmt: skip
         return approval
+
+    def _record_verdict(
+        self, s: Session, row: ApprovalRow, actor: Principal, *, to: str, event: EventType,
+        note: str | None, now: datetime,
+    ) -> None:  # fmt: skip
+        row.status, row.decided_by, row.decided_at, row.note = to, actor.ref, to_micros(now), note
+        self.ledger.append(s, [NewEvent(
+            event, actor.ref, agent_id=row.agent_id, on_behalf_of=row.on_behalf_of,
+            action=row.action, resource=loads(row.resource), decision=to,
+            reasons=tuple(loads(row.reasons)), policy_version=row.policy_version,
+            outcome="success", details={"approval_id": row.id, "note": note,
+                                        "request_digest": row.request_digest},
+        )], now=now)  # fmt: skip
 
     def _expire(self, s: Session, rows: builtins.list[ApprovalRow], now: datetime) -> None:
         for row in rows:
