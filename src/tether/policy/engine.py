@@ -34,7 +34,7 @@ from tether.policy.source import Policy, to_cedar_json
 
 Uid = tuple[str, str]
 _SLICE_CACHE_MAX = 16_384
-_PRINCIPAL_CACHE_MAX = 50_000
+_PRINCIPAL_CACHE_MAX = 20_000  # ~4 KB each
 _ERRORED_POLICY = re.compile(r"while evaluating policy `([^`]+)`")
 
 
