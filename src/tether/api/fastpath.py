@@ -12,7 +12,9 @@ path or method, a body that is not JSON) go on to FastAPI untouched.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -81,9 +83,14 @@ class DecisionFastPath:
         if scheme.lower() not in ("bearer", "dpop") or not token:
             raise Unauthenticated(_NO_TOKEN)
         svc = self.services
-        who = svc.bearers.authenticate(
-            scheme, token, method="POST", url=f"{svc.settings.base_url}{path}", proofs=proofs
-        )
+        authenticate = partial(
+            svc.bearers.authenticate,
+            scheme, token, method="POST", url=f"{svc.settings.base_url}{path}", proofs=proofs,
+        )  # fmt: skip
+        if svc.bearers.needs_database(token):
+            who = await asyncio.to_thread(authenticate)  # once per user token and worker
+        else:
+            who = authenticate()
         if path == _SINGLE:
             ev = routes.Evaluation.model_validate_json(body)
             decision = await svc.decisions.decide(routes.ask_of(ev, who, svc.decisions))

@@ -82,6 +82,13 @@ class Bearers:
         self._claims: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
+    def needs_database(self, token: str) -> bool:
+        """Whether authenticating ``token`` would read the database (a user token this worker
+        has not seen since the users last changed): async callers then run it in a thread."""
+        return (
+            token.startswith(TOKEN_PREFIX) and token_digest(token) not in self.runtime.user_tokens
+        )
+
     def user(self, token: str) -> Principal:
         digest = token_digest(token)
         now_us = to_micros(self.clock.now())
