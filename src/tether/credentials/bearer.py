@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.clock import Clock, to_micros
-from tether.credentials import dpop, tokens
+from tether.credentials import dpop, exchange, tokens
 from tether.credentials.keys import SigningKeys
 from tether.credentials.replay import DatabaseDPoPReplayCache
 from tether.errors import Unauthenticated
@@ -40,18 +40,10 @@ class Caller:
         return str(self.claims["jti"]) if self.claims and "jti" in self.claims else None
 
 
-def _actors(act: Any) -> list[str]:
-    out: list[str] = []
-    while isinstance(act, dict) and isinstance(act.get("sub"), str):
-        out.append(act["sub"])
-        act = act.get("act")
-    return out
-
-
 def agent_caller(claims: dict[str, Any]) -> Caller:
     """RFC 8693: ``act.sub`` is the current actor, nested ``act`` earlier actors; ``sub`` is
     the original subject. The chain runs from the subject to the current actor."""
-    actors = _actors(claims.get("act"))
+    actors = exchange.actors(claims.get("act"))
     sub = str(claims["sub"])
     if not actors:
         return Caller(Principal("agent", sub, sub), claims, (sub,), None)
@@ -109,8 +101,7 @@ class Bearers:
             if found is None:
                 raise Unauthenticated("the access token is invalid or expired; get a new one "
                                       "at the token endpoint")  # fmt: skip
-            aud = found.get("aud")
-            if self.issuer not in (aud if isinstance(aud, list) else [aud]):
+            if self.issuer not in exchange.audiences_of(found):
                 raise Unauthenticated(
                     "the access token is for another audience; ask the token "
                     "endpoint for one without a resource (or for this issuer)"

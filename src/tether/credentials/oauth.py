@@ -384,7 +384,7 @@ class OAuthService:
             row = s.get(AccessTokenRow, str(claims.get("jti", ""))[:64])
             if row is None or row.revoked_at is not None:
                 return dict(_INACTIVE)
-            ids = [str(claims["sub"]), *_actors(claims.get("act"))]
+            ids = [str(claims["sub"]), *exchange.actors(claims.get("act"))]
             if _chain_problem(s, ids, to_micros(now)):
                 return dict(_INACTIVE)
         out = {"active": True, "token_type": "DPoP" if "cnf" in claims else "Bearer"}
@@ -463,11 +463,3 @@ def _chain_problem(s: Session, ids: list[str], now_us: int) -> str | None:
 
 def _ref(subject: str) -> str:
     return f"user:{subject}" if subject.startswith("usr_") else f"agent:{subject}"
-
-
-def _actors(act: Any) -> list[str]:
-    out: list[str] = []
-    while isinstance(act, dict) and isinstance(act.get("sub"), str):
-        out.append(act["sub"])
-        act = act.get("act")
-    return out
