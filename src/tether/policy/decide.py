@@ -297,7 +297,8 @@ class DecisionService:
         (``Effect.DENY``) or permit (``Effect.ALLOW``); later requests are not answered."""
         for ask in asks:
             validate_ask(ask)
-        self.runtime.ensure_current()
+        if not self.runtime.fresh():  # the poller is behind (or not running): catch up
+            await asyncio.to_thread(self.runtime.ensure_current)
         decisions = self.evaluate_many(asks)
         out: list[Decision] = []
         waits: dict[int, asyncio.Future[Event]] = {}

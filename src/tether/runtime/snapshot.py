@@ -115,10 +115,16 @@ class Runtime:
     def current(self) -> bool:
         return self.policies is not None and time.monotonic() - self._synced_at < self.stale_seconds
 
+    def fresh(self) -> bool:
+        """Synced within a few poll intervals (the poller is keeping up): no I/O needed."""
+        return (
+            self.policies is not None and time.monotonic() - self._synced_at < self.poll_seconds * 4
+        )
+
     def ensure_current(self) -> bool:
         """Current, or catch up now (the poller may be lagging or not running): one cheap
         query at most once per poll interval; False if the database cannot be reached."""
-        if self.policies is not None and time.monotonic() - self._synced_at < self.poll_seconds * 4:
+        if self.fresh():
             return True
         try:
             self.sync()
