@@ -25,30 +25,37 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from starlette.testclient import TestClient
 
 from tests.conftest import (
     BACKENDS,
-    Api,
     admin_client,
     assert_error,
     backend_for,
     bearer,
     make_settings,
 )
+from tests.pdp import (
+    AT,
+    EVAL,
+    EVALS,
+    EXCHANGE,
+    Cred,
+    Env,
+    credential,
+    env_of,
+    events_since,
+    head,
+    push_policies,
+    token,
+)
 from tether.bootstrap import prepare
 from tether.clock import FrozenClock
 from tether.container import Services, build_services
 
-EVAL = "/access/v1/evaluation"
-EVALS = "/access/v1/evaluations"
-EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-AT = "urn:ietf:params:oauth:token-type:access_token"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
 APPROVAL = "tether.high-risk-mutating-needs-approval"
 START = datetime.fromtimestamp(1_800_000_000, UTC)
@@ -65,34 +72,11 @@ permit (principal, action == Action::"tool.write", resource);
 # -- deployments ------------------------------------------------------------------------------
 
 
-@dataclass
-class Env:
-    services: Services
-    http: TestClient  # sends the bootstrap admin's token
-    anon: TestClient  # sends no credentials
-    api: Api
-
-
-@dataclass(frozen=True)
-class Cred:
-    agent_id: str
-    secret: str
-
-    @property
-    def form(self) -> dict[str, str]:
-        return {"client_id": self.agent_id, "client_secret": self.secret}
-
-
 def _deploy(services: Services, *, push: bool = True) -> Iterator[Env]:
-    with admin_client(services) as http:
+    with admin_client(services) as http, env_of(services, http) as e:
         if push:
-            pushed = http.put("/v1/policies", json={"policies": POLICIES})
-            assert pushed.status_code == 200, pushed.text
-        anon = TestClient(http.app)
-        try:
-            yield Env(services, http, anon, Api(http))
-        finally:
-            anon.close()
+            push_policies(http, POLICIES)
+        yield e
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -142,18 +126,6 @@ def new_agent(e: Env, **fields: Any) -> str:
     created = e.http.post("/v1/agents", json=body)
     assert created.status_code == 201, created.text
     return str(created.json()["id"])
-
-
-def credential(e: Env, agent_id: str) -> Cred:
-    made = e.http.post(f"/v1/agents/{agent_id}/credentials", json={"type": "api_key"})
-    assert made.status_code == 201, made.text
-    return Cred(agent_id, made.json()["client_secret"])
-
-
-def token(e: Env, cred: Cred) -> str:
-    got = e.anon.post("/oauth/token", data={"grant_type": "client_credentials", **cred.form})
-    assert got.status_code == 200, got.text
-    return str(got.json()["access_token"])
 
 
 def write(
@@ -214,17 +186,6 @@ def approve(e: Env, approval_id: str, who: str | None = None) -> dict[str, Any]:
     assert got.status_code == 200, got.text
     assert got.json()["status"] == "approved"
     return dict(got.json())
-
-
-def head(e: Env) -> int:
-    page = e.http.get("/v1/audit/events", params={"order": "desc", "limit": 1})
-    assert page.status_code == 200, page.text
-    return int(page.json()["items"][0]["seq"])
-
-
-def events_since(e: Env, seq: int, type_: str | None = None) -> list[dict[str, Any]]:
-    filters = {"type": type_} if type_ else {}
-    return [ev for ev in e.api.events(**filters) if ev["seq"] > seq]
 
 
 def approvals_of(e: Env, agent: str, status: str | None = None) -> list[dict[str, Any]]:

@@ -29,7 +29,6 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,16 +48,26 @@ from tests.conftest import (
     bearer,
     make_settings,
 )
+from tests.pdp import (
+    AT,
+    EVAL,
+    EVALS,
+    EXCHANGE,
+    Cred,
+    Env,
+    credential,
+    env_of,
+    events_since,
+    head,
+    push_policies,
+    token,
+)
 from tether.api.app import create_app
 from tether.bootstrap import prepare
 from tether.clock import FrozenClock
 from tether.container import Services, build_services
 from tether.credentials.dpop import access_token_hash
 
-EVAL = "/access/v1/evaluation"
-EVALS = "/access/v1/evaluations"
-EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-AT = "urn:ietf:params:oauth:token-type:access_token"
 RS = "https://rs.example"
 START = datetime.fromtimestamp(1_800_000_000, UTC)
 
@@ -85,32 +94,6 @@ APPROVAL = "tether.high-risk-mutating-needs-approval"
 # -- deployments ------------------------------------------------------------------------------
 
 
-@dataclass
-class Env:
-    services: Services
-    http: TestClient  # sends the bootstrap admin's token
-    anon: TestClient  # sends no credentials
-    api: Api
-
-    @property
-    def base(self) -> str:
-        return self.services.settings.base_url
-
-
-def _push_policies(http: TestClient) -> None:
-    pushed = http.put("/v1/policies", json={"policies": POLICIES})
-    assert pushed.status_code == 200, pushed.text
-
-
-@contextmanager
-def _env(services: Services, http: TestClient) -> Iterator[Env]:
-    anon = TestClient(http.app)
-    try:
-        yield Env(services, http, anon, Api(http))
-    finally:
-        anon.close()
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """One deployment per backend with POLICIES in force, shared by the module."""
@@ -119,8 +102,8 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         services = build_services(make_settings(backend, tmp / "data"))
         try:
             prepare(services)
-            with admin_client(services) as http, _env(services, http) as e:
-                _push_policies(http)
+            with admin_client(services) as http, env_of(services, http) as e:
+                push_policies(http, POLICIES)
                 yield e
         finally:
             services.close()
@@ -129,8 +112,8 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture
 def own(services: Services, client: TestClient) -> Iterator[Env]:
     """A deployment of this test's own (for cases that break the database)."""
-    _push_policies(client)
-    with _env(services, client) as e:
+    push_policies(client, POLICIES)
+    with env_of(services, client) as e:
         yield e
 
 
@@ -149,30 +132,6 @@ def new_agent(e: Env, **fields: Any) -> str:
     created = e.http.post("/v1/agents", json=body)
     assert created.status_code == 201, created.text
     return str(created.json()["id"])
-
-
-@dataclass(frozen=True)
-class Cred:
-    agent_id: str
-    secret: str
-
-    @property
-    def form(self) -> dict[str, str]:
-        return {"client_id": self.agent_id, "client_secret": self.secret}
-
-
-def credential(e: Env, agent_id: str) -> Cred:
-    made = e.http.post(f"/v1/agents/{agent_id}/credentials", json={"type": "api_key"})
-    assert made.status_code == 201, made.text
-    return Cred(agent_id, made.json()["client_secret"])
-
-
-def token(e: Env, cred: Cred, **form: str) -> str:
-    got = e.anon.post(
-        "/oauth/token", data={"grant_type": "client_credentials", **cred.form, **form}
-    )
-    assert got.status_code == 200, got.text
-    return str(got.json()["access_token"])
 
 
 def exchange(e: Env, actor: Cred, subject_token: str) -> str:
@@ -213,18 +172,6 @@ def evaluate(e: Env, body: dict[str, Any], token_: str | None = None) -> dict[st
     got = e.http.post(EVAL, json=body, headers=bearer(token_) if token_ else None)
     assert got.status_code == 200, got.text
     return dict(got.json())
-
-
-def head(e: Env) -> int:
-    """The newest ledger seq: what a case reads its own events after."""
-    page = e.http.get("/v1/audit/events", params={"order": "desc", "limit": 1})
-    assert page.status_code == 200, page.text
-    return int(page.json()["items"][0]["seq"])
-
-
-def events_since(e: Env, seq: int, type_: str | None = None) -> list[dict[str, Any]]:
-    filters = {"type": type_} if type_ else {}
-    return [ev for ev in e.api.events(**filters) if ev["seq"] > seq]
 
 
 def current_version(e: Env) -> str:
@@ -435,8 +382,8 @@ def test_expired_access_token_is_refused_even_after_it_was_accepted(
     """The verified-claims cache must not outlive the token: a real token, used, then expired."""
     clock = FrozenClock(START)
     svc = make_services(clock=clock)
-    with admin_client(svc) as http, _env(svc, http) as e:
-        _push_policies(http)
+    with admin_client(svc) as http, env_of(svc, http) as e:
+        push_policies(http, POLICIES)
         cred = credential(e, new_agent(e))
         access = token(e, cred)
         assert_answer(evaluate(e, ask(cred.agent_id), access), "allow")
@@ -953,8 +900,8 @@ def test_an_unwritable_ledger_denies_approval_checkpoints_too(services: Services
         http.headers["Authorization"] = (
             f"Bearer {services.settings.admin_token_path.read_text().strip()}"
         )
-        _push_policies(http)
-        with _env(services, http) as e:
+        push_policies(http, POLICIES)
+        with env_of(services, http) as e:
             high = new_agent(e, risk_tier="high")
             counter = failed_closed("ledger")
             with ledger_unwritable(services):
