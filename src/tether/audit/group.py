@@ -14,7 +14,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +42,8 @@ Attach = Callable[[Session, Sequence[tuple[Event, Any]]], None]
 class _Item:
     event: NewEvent
     attachment: Any
-    future: Future[Event] | asyncio.Future[Event]
-    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[Event]
+    loop: asyncio.AbstractEventLoop
 
 
 class LedgerUnavailable(RuntimeError):
@@ -71,19 +70,9 @@ class GroupCommitter:
         self._lock = threading.Lock()
         self._closed = False
 
-    def submit(self, event: NewEvent, attachment: Any = None) -> Future[Event]:
-        """Queue ``event``; the future resolves to the chained event once it is durable, or
-        fails with :class:`LedgerUnavailable`."""
-        future: Future[Event] = Future()
-        if self._closed:
-            future.set_exception(LedgerUnavailable("the ledger writer is shut down"))
-            return future
-        self._ensure_thread()
-        self._queue.put(_Item(event, attachment, future))
-        return future
-
     def submit_async(self, event: NewEvent, attachment: Any = None) -> asyncio.Future[Event]:
-        """As :meth:`submit`, for a coroutine: one wake-up of the event loop per commit settles
+        """Queue ``event``; the future resolves to the chained event once it is durable, or
+        fails with :class:`LedgerUnavailable`. One wake-up of the event loop per commit settles
         every future of that loop, instead of one cross-thread hand-off per event."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Event] = loop.create_future()
@@ -152,16 +141,7 @@ class GroupCommitter:
 def _settle(batch: list[_Item], results: Sequence[Event | BaseException]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Event], Any]]] = {}
     for item, result in zip(batch, results, strict=True):
-        if item.loop is None:
-            future = item.future
-            assert isinstance(future, Future)
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-        else:
-            assert isinstance(item.future, asyncio.Future)
-            by_loop.setdefault(item.loop, []).append((item.future, result))
+        by_loop.setdefault(item.loop, []).append((item.future, result))
     for loop, pairs in by_loop.items():
         try:
             loop.call_soon_threadsafe(_settle_in_loop, pairs)

@@ -49,9 +49,6 @@ INACTIVE_AGENT = "tether.agent-not-active"
 INACTIVE_CHAIN = "tether.chain-member-not-active"
 UNKNOWN_ACTION = "tether.unknown-action"
 LEDGER_DOWN = "tether.ledger-unavailable"
-RUNTIME_REASONS = frozenset(
-    {STALE, REVOKED_TOKEN, UNKNOWN_AGENT, INACTIVE_AGENT, INACTIVE_CHAIN, UNKNOWN_ACTION}
-)
 
 
 @dataclass(frozen=True, slots=True)
