@@ -6,9 +6,9 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 from tether.agents.service import AgentService
@@ -26,6 +26,7 @@ from tether.credentials.keys import SigningKeys
 from tether.credentials.oauth import OAuthService
 from tether.credentials.service import CredentialService
 from tether.db import Database
+from tether.db.bulk import insert_rows
 from tether.keyfiles import RootKeys, load_root_keys
 from tether.policy.decide import DecisionService
 from tether.policy.models import DecisionInputRow
@@ -62,10 +63,11 @@ class Services:
         self.db.dispose()
 
 
+_INPUTS = cast(Table, DecisionInputRow.__table__)
+
+
 def _record_inputs(s: Session, chained: Sequence[tuple[Event, Any]]) -> None:
-    rows = [{"seq": ev.seq, "request": att} for ev, att in chained if att is not None]
-    if rows:
-        s.execute(insert(DecisionInputRow), rows)
+    insert_rows(s, _INPUTS, [(ev.seq, att) for ev, att in chained if att is not None])
 
 
 def _webhook_secret(settings: Settings, keys: RootKeys) -> bytes:

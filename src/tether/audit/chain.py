@@ -16,7 +16,7 @@ from typing import Any
 
 from tether.audit.events import NewEvent
 from tether.clock import from_micros, to_rfc3339
-from tether.ids import IdPrefix, new_id
+from tether.ids import IdPrefix, new_ids
 from tether.jsonutil import canonical
 
 GENESIS = "0" * 64
@@ -94,9 +94,10 @@ def link(
     """
     out: list[Event] = []
     seq, prev = after_seq, prev_hash
-    for new in events:
+    ids = new_ids(IdPrefix.EVENT, len(events), now_ms=time_us // 1000)
+    for new, event_id in zip(events, ids, strict=True):
         seq += 1
-        event_id, type_ = new_id(IdPrefix.EVENT, now_ms=time_us // 1000), str(new.type)
+        type_ = str(new.type)
         chain, reasons = list(new.chain), list(new.reasons)
         body: dict[str, Any] = {  # the same keys as Event.body(), without building one twice
             "seq": seq,

@@ -33,7 +33,7 @@ class EventRow(Base):
         Index("ix_audit_events_agent_id_seq", "agent_id", "seq"),
         Index("ix_audit_events_type_seq", "type", "seq"),
         Index("ix_audit_events_time", "time"),
-        Index("ix_audit_events_hash", "hash"),
+        # No index on hash: only verification looks events up by it, after a break is found.
     )
 
 

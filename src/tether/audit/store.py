@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from tether.audit.chain import Checkpoint, Event
 from tether.audit.models import CheckpointRow, EventRow
+from tether.db.bulk import fetch_one, insert_rows
 from tether.db.text import unstorable
 from tether.jsonutil import canonical_text, loads
 
@@ -51,25 +52,25 @@ def _event(row: Sequence[Any]) -> Event:
 
 
 def event_row(ev: Event) -> dict[str, Any]:
-    return {
-        "seq": ev.seq,
-        "id": ev.id,
-        "time": ev.time_us,
-        "type": ev.type,
-        "actor": ev.actor,
-        "agent_id": ev.agent_id,
-        "on_behalf_of": ev.on_behalf_of,
-        "chain": canonical_text(ev.chain),
-        "action": ev.action,
-        "resource": canonical_text(ev.resource) if ev.resource is not None else None,
-        "decision": ev.decision,
-        "reasons": canonical_text(ev.reasons),
-        "policy_version": ev.policy_version,
-        "outcome": ev.outcome,
-        "details": canonical_text(ev.details),
-        "prev_hash": ev.prev_hash,
-        "hash": ev.hash,
-    }
+    return dict(zip(_COLUMN_NAMES, event_values(ev), strict=True))
+
+
+def event_values(ev: Event) -> tuple[Any, ...]:
+    """The row's values in the table's column order (what :func:`insert_rows` takes)."""
+    return (
+        ev.seq, ev.id, ev.time_us, ev.type, ev.actor, ev.agent_id, ev.on_behalf_of,
+        canonical_text(ev.chain), ev.action,
+        canonical_text(ev.resource) if ev.resource is not None else None,
+        ev.decision, canonical_text(ev.reasons), ev.policy_version, ev.outcome,
+        canonical_text(ev.details), ev.prev_hash, ev.hash,
+    )  # fmt: skip
+
+
+_COLUMN_NAMES = tuple(c.name for c in _EV.columns)
+# event_values follows Event's field order; the table must declare its columns in it too.
+if tuple(c.name for c in _COLUMNS) != _COLUMN_NAMES:  # pragma: no cover - a model edit
+    raise RuntimeError("audit_events must declare its columns in Event's field order")
+_HEAD = "SELECT seq, hash, time FROM audit_events ORDER BY seq DESC LIMIT 1"
 
 
 class DatabaseLedgerStore:
@@ -79,13 +80,11 @@ class DatabaseLedgerStore:
 
     def head_with_time(self, session: Session) -> tuple[int, str, int] | None:
         """``(seq, hash, time_us)`` of the newest event."""
-        row = session.execute(
-            select(_EV.c.seq, _EV.c.hash, _EV.c.time).order_by(_EV.c.seq.desc()).limit(1)
-        ).first()
-        return (row.seq, row.hash, row.time) if row else None
+        row = fetch_one(session, _HEAD)
+        return (int(row[0]), str(row[1]), int(row[2])) if row else None
 
     def insert(self, session: Session, events: Sequence[Event]) -> None:
-        session.execute(insert(_EV), [event_row(e) for e in events])
+        insert_rows(session, _EV, [event_values(e) for e in events])
 
     def page(
         self,
