@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,6 +14,9 @@ REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
+
+# The labelled series, by (method, route template, status): a bounded set, looked up per request.
+_children: dict[tuple[str, str, int], Any] = {}
 
 
 class MetricsMiddleware:
@@ -37,6 +41,8 @@ class MetricsMiddleware:
         finally:
             # The route template, not the raw path, so ids do not explode the label set.
             route = getattr(scope.get("route"), "path", "unmatched")
-            REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(
-                time.perf_counter() - start
-            )
+            key = (scope["method"], route, status)
+            child = _children.get(key)
+            if child is None:
+                child = _children[key] = REQUEST_SECONDS.labels(scope["method"], route, str(status))
+            child.observe(time.perf_counter() - start)

@@ -23,22 +23,33 @@ def _driver(session: Session) -> tuple[Any, str]:
     return conn.connection.driver_connection, conn.dialect.name
 
 
+# Rows per INSERT statement. One multi-row statement is one step in the driver, and so one
+# release of the GIL: the ledger writer holds the deployment-wide write lock while it runs,
+# and every time it gives the GIL away it may wait a switch interval to get it back from a
+# busy event loop (``executemany`` releases it once per row). At most 32 statement texts per
+# table, within SQLite's statement cache and far within both backends' parameter limits.
+_ROWS_PER_STATEMENT = 32
+
+
 @cache
-def _insert_sql(table: Table, dialect: str) -> str:
+def _insert_sql(table: Table, dialect: str, rows: int) -> str:
     mark = "?" if dialect == "sqlite" else "%s"
     names = ", ".join(c.name for c in table.columns)
-    marks = ", ".join(mark for _ in table.columns)
-    return f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608 - names from the model
+    one = "(" + ", ".join(mark for _ in table.columns) + ")"
+    return f"INSERT INTO {table.name} ({names}) VALUES {', '.join([one] * rows)}"  # noqa: S608 - names from the model
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``INSERT`` every row (values in the table's column order) in one ``executemany``."""
+    """``INSERT`` every row (values in the table's column order), up to 32 per statement."""
     if not rows:
         return
     raw, dialect = _driver(session)
     cur = raw.cursor()
     try:
-        cur.executemany(_insert_sql(table, dialect), rows)
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start : start + _ROWS_PER_STATEMENT]
+            params = [value for row in chunk for value in row]
+            cur.execute(_insert_sql(table, dialect, len(chunk)), params)
     finally:
         cur.close()
 
