@@ -113,65 +113,80 @@ class ApprovalService:
     def checkpoint(self, ask: Ask, decision: Decision, decisions: DecisionService) -> Decision:
         """Consume a granted approval for exactly this request, or reuse / open a pending
         one; the decision event commits in the same transaction."""
+        with self.db.write() as s:
+            final, opened = self.checkpoint_in(s, ask, decision, decisions)
+        self.announce(final, opened)
+        return final
+
+    def announce(self, final: Decision, opened: ApprovalRow | None) -> None:
+        """After the checkpoint's transaction committed: count a used approval, count and
+        notify a new one."""
+        if final.approval_status == "used":
+            APPROVALS.labels("used").inc()
+        if opened is not None:
+            APPROVALS.labels("pending").inc()
+            self.notifier.notify("approval.requested", self._notice(opened))
+
+    def checkpoint_in(
+        self, s: Session, ask: Ask, decision: Decision, decisions: DecisionService
+    ) -> tuple[Decision, ApprovalRow | None]:
+        """:meth:`checkpoint` inside the caller's write transaction (the decision path runs
+        it in the group commit); returns the decision and the approval it opened, if any,
+        for :meth:`announce` once the transaction committed."""
         now = self.clock.now()
         now_us = to_micros(now)
         digest = ask.digest()
         opened: ApprovalRow | None = None
-        with self.db.write() as s:
-            rows = s.scalars(
-                select(ApprovalRow).where(
-                    ApprovalRow.agent_id == ask.subject, ApprovalRow.request_digest == digest,
-                    ApprovalRow.status.in_(("approved", "pending")),
-                    ApprovalRow.expires_at > now_us,
-                ).order_by(ApprovalRow.created_at)
-            ).all()  # fmt: skip
-            granted = next((r for r in rows if r.status == "approved"), None)
-            waiting = next((r for r in rows if r.status == "pending"), None)
-            events: list[NewEvent] = []
-            if granted is not None:
-                granted.status, granted.used_at = "used", now_us
-                APPROVALS.labels("used").inc()
-                final = replace(decision, effect=Effect.ALLOW, approval_id=granted.id,
-                                approval_status="used")  # fmt: skip
-            elif waiting is not None:
-                final = replace(decision, approval_id=waiting.id, approval_status="pending")
-            elif self._pending_count(s, ask.subject, now_us) >= self.max_pending:
-                final = replace(
-                    decision,
-                    effect=Effect.DENY,
-                    reasons=(*decision.reasons, FLOOD),
-                    error={
-                        "code": "approval_flood",
-                        "message": f"agent {ask.subject} has {self.max_pending} pending "
-                        "approvals; no more are opened until some are decided",
-                    },
-                )
-                events.append(NewEvent(
-                    EventType.APPROVAL_FLOOD, f"agent:{ask.subject}", agent_id=ask.subject,
-                    action=ask.action, resource={"type": ask.resource_type, "id": ask.resource_id},
-                    outcome="refused", details={"pending": self.max_pending, "alert": True},
-                ))  # fmt: skip
-            else:
-                opened = self._open(s, ask, decision, digest, now)
-                final = replace(decision, approval_id=opened.id, approval_status="pending")
-                events.append(NewEvent(
-                    EventType.APPROVAL_REQUESTED, f"agent:{ask.subject}", agent_id=ask.subject,
-                    on_behalf_of=ask.on_behalf_of, chain=ask.full_chain, action=ask.action,
-                    resource={"type": ask.resource_type, "id": ask.resource_id},
-                    reasons=decision.reasons, policy_version=decision.policy_version,
-                    details={"approval_id": opened.id, "request_digest": digest,
-                             "expires_at": opened.expires_at},
-                ))  # fmt: skip
-            decision_event = decisions.event(ask, final)
-            chained = self.ledger.append(s, [decision_event, *events], now=now)
-            s.add(DecisionInputRow(seq=chained[0].seq, request=decisions.attachment(ask)))
-            final = replace(final, event_id=chained[0].id)
-            if granted is not None:
-                granted.used_event_id = chained[0].id
-        if opened is not None:
-            APPROVALS.labels("pending").inc()
-            self.notifier.notify("approval.requested", self._notice(opened))
-        return final
+        rows = s.scalars(
+            select(ApprovalRow).where(
+                ApprovalRow.agent_id == ask.subject, ApprovalRow.request_digest == digest,
+                ApprovalRow.status.in_(("approved", "pending")),
+                ApprovalRow.expires_at > now_us,
+            ).order_by(ApprovalRow.created_at)
+        ).all()  # fmt: skip
+        granted = next((r for r in rows if r.status == "approved"), None)
+        waiting = next((r for r in rows if r.status == "pending"), None)
+        events: list[NewEvent] = []
+        if granted is not None:
+            granted.status, granted.used_at = "used", now_us
+            final = replace(decision, effect=Effect.ALLOW, approval_id=granted.id,
+                            approval_status="used")  # fmt: skip
+        elif waiting is not None:
+            final = replace(decision, approval_id=waiting.id, approval_status="pending")
+        elif self._pending_count(s, ask.subject, now_us) >= self.max_pending:
+            final = replace(
+                decision,
+                effect=Effect.DENY,
+                reasons=(*decision.reasons, FLOOD),
+                error={
+                    "code": "approval_flood",
+                    "message": f"agent {ask.subject} has {self.max_pending} pending "
+                    "approvals; no more are opened until some are decided",
+                },
+            )
+            events.append(NewEvent(
+                EventType.APPROVAL_FLOOD, f"agent:{ask.subject}", agent_id=ask.subject,
+                action=ask.action, resource={"type": ask.resource_type, "id": ask.resource_id},
+                outcome="refused", details={"pending": self.max_pending, "alert": True},
+            ))  # fmt: skip
+        else:
+            opened = self._open(s, ask, decision, digest, now)
+            final = replace(decision, approval_id=opened.id, approval_status="pending")
+            events.append(NewEvent(
+                EventType.APPROVAL_REQUESTED, f"agent:{ask.subject}", agent_id=ask.subject,
+                on_behalf_of=ask.on_behalf_of, chain=ask.full_chain, action=ask.action,
+                resource={"type": ask.resource_type, "id": ask.resource_id},
+                reasons=decision.reasons, policy_version=decision.policy_version,
+                details={"approval_id": opened.id, "request_digest": digest,
+                         "expires_at": opened.expires_at},
+            ))  # fmt: skip
+        decision_event = decisions.event(ask, final)
+        chained = self.ledger.append(s, [decision_event, *events], now=now)
+        s.add(DecisionInputRow(seq=chained[0].seq, request=decisions.attachment(ask)))
+        final = replace(final, event_id=chained[0].id)
+        if granted is not None:
+            granted.used_event_id = chained[0].id
+        return final, opened
 
     def _open(
         self, s: Session, ask: Ask, decision: Decision, digest: str, now: datetime

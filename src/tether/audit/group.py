@@ -5,6 +5,11 @@ everything queued (up to ``max_batch``), appends it to the chain in one write tr
 and resolves every future only after the commit returned — so an answer never leaves before
 its event is durable, and more concurrency means bigger batches, not more lock contention.
 If the commit fails, every future in the batch fails and the callers fail closed.
+
+A caller whose write is more than an event (an approval checkpoint reads and updates its
+approval, then records the decision) submits a *job*: a function of the session that runs
+inside the same transaction, under a savepoint of its own, so a failing job fails only its
+own future. The deployment-wide write lock is taken once per batch either way.
 """
 
 from __future__ import annotations
@@ -38,12 +43,16 @@ FAILED = Counter(
 Attach = Callable[[Session, Sequence[tuple[Event, Any]]], None]
 
 
+Job = Callable[[Session], Any]
+
+
 @dataclass(slots=True)
 class _Item:
-    event: NewEvent
+    event: NewEvent | None  # None: a job
     attachment: Any
-    future: asyncio.Future[Event]
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    job: Job | None = None
 
 
 class LedgerUnavailable(RuntimeError):
@@ -83,6 +92,19 @@ class GroupCommitter:
         self._queue.put(_Item(event, attachment, future, loop))
         return future
 
+    def run_async(self, job: Job) -> asyncio.Future[Any]:
+        """Run ``job(session)`` in the next group transaction (under its own savepoint); the
+        future resolves to its result once that transaction committed, or fails with the
+        job's exception, or with :class:`LedgerUnavailable` if the commit failed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._closed:
+            future.set_exception(LedgerUnavailable("the ledger writer is shut down"))
+            return future
+        self._ensure_thread()
+        self._queue.put(_Item(None, None, future, loop, job))
+        return future
+
     def _ensure_thread(self) -> None:
         if self._thread is not None:
             return
@@ -120,26 +142,48 @@ class GroupCommitter:
                 return
 
     def _commit(self, batch: list[_Item]) -> None:
+        results: list[Any] = [None] * len(batch)
+        plain = [i for i, item in enumerate(batch) if item.job is None]
         try:
             now = self.clock.now()
             with self.db.write() as s:
-                events = self.ledger.append(s, [i.event for i in batch], now=now)
+                for i, item in enumerate(batch):
+                    if item.job is not None:
+                        results[i] = _run_job(s, item.job)
+                news = [e for i in plain if (e := batch[i].event) is not None]
+                events = self.ledger.append(s, news, now=now)
+                for i, ev in zip(plain, events, strict=True):
+                    results[i] = ev
                 if self.attach is not None:
                     self.attach(
-                        s, [(ev, i.attachment) for ev, i in zip(events, batch, strict=True)]
+                        s, [(ev, batch[i].attachment) for i, ev in zip(plain, events, strict=True)]
                     )
         except Exception as exc:
             FAILED.inc()
-            log.exception("group commit of %d events failed; failing them closed", len(batch))
+            log.exception("group commit of %d items failed; failing them closed", len(batch))
             failure = LedgerUnavailable(str(exc))
             _settle(batch, [failure] * len(batch))
             return
         BATCH.observe(len(batch))
-        _settle(batch, events)
+        _settle(batch, results)
 
 
-def _settle(batch: list[_Item], results: Sequence[Event | BaseException]) -> None:
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Event], Any]]] = {}
+def _run_job(s: Session, job: Job) -> Any:
+    try:
+        with s.begin_nested():
+            return job(s)
+    except Exception as exc:  # rolled back to the savepoint; the rest of the batch commits
+        log.warning("a group-commit job failed: %s", exc, exc_info=True)
+        return _Failed(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: BaseException
+
+
+def _settle(batch: list[_Item], results: Sequence[Any]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
     for item, result in zip(batch, results, strict=True):
         by_loop.setdefault(item.loop, []).append((item.future, result))
     for loop, pairs in by_loop.items():
@@ -149,11 +193,13 @@ def _settle(batch: list[_Item], results: Sequence[Event | BaseException]) -> Non
             log.warning("an event loop closed before its %d decisions were settled", len(pairs))
 
 
-def _settle_in_loop(pairs: list[tuple[asyncio.Future[Event], Any]]) -> None:
+def _settle_in_loop(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
     for future, result in pairs:
         if future.done():  # the caller gave up (cancelled)
             continue
         if isinstance(result, BaseException):
             future.set_exception(result)
+        elif isinstance(result, _Failed):
+            future.set_exception(result.error)
         else:
             future.set_result(result)

@@ -16,7 +16,8 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import orjson
 from prometheus_client import Counter
@@ -326,14 +327,16 @@ class DecisionService:
         return out
 
     async def _checkpoint(self, ask: Ask, decision: Decision) -> Decision:
+        """The approval workflow runs in the next group commit, like a plain decision event."""
         try:
-            final: Decision = await asyncio.to_thread(
-                self.approvals.checkpoint, ask, decision, self
+            final, opened = await self.committer.run_async(
+                partial(self.approvals.checkpoint_in, ask=ask, decision=decision, decisions=self)
             )
         except Exception:
             log.exception("approval checkpoint could not be recorded; denying")
             return self._ledger_down(decision)
-        return final
+        self.approvals.announce(final, opened)
+        return cast(Decision, final)
 
     @staticmethod
     def _ledger_down(decision: Decision) -> Decision:

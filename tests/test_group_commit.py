@@ -1,0 +1,89 @@
+"""The group committer: events and jobs in one durable transaction, failures kept apart."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tether.audit.events import NewEvent
+from tether.audit.group import LedgerUnavailable
+from tether.audit.models import EventRow
+from tether.container import Services
+from tether.policy.models import DecisionInputRow
+from tether.principals import SYSTEM
+
+
+def _events(services: Services) -> list[tuple[int, str, str]]:
+    with services.db.read() as s:
+        rows = s.execute(select(EventRow.seq, EventRow.type, EventRow.actor).order_by(EventRow.seq))
+        return [(r.seq, r.type, r.actor) for r in rows]
+
+
+def test_events_and_jobs_share_a_batch_and_a_failing_job_fails_alone(services: Services) -> None:
+    before = _events(services)
+    committer = services.committer
+
+    def good_job(s: Session) -> str:
+        [ev] = services.ledger.append(
+            s, [NewEvent("test.job", "job:good")], now=services.clock.now()
+        )
+        return ev.id
+
+    def bad_job(s: Session) -> Any:
+        # Writes first, then fails: its event must be rolled back with it.
+        services.ledger.append(s, [NewEvent("test.job", "job:bad")], now=services.clock.now())
+        raise ValueError("the job refuses")
+
+    async def main() -> list[Any]:
+        futures = [
+            committer.submit_async(NewEvent("test.event", "event:1"), "one"),
+            committer.run_async(bad_job),
+            committer.run_async(good_job),
+            committer.submit_async(NewEvent("test.event", "event:2"), None),
+        ]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    first, bad, good, second = asyncio.run(main())
+    assert isinstance(bad, ValueError)
+    assert isinstance(good, str)
+    assert good.startswith("evt_")
+    new = _events(services)[len(before) :]
+    actors = sorted(actor for _, _, actor in new)
+    assert actors == ["event:1", "event:2", "job:good"]  # job:bad rolled back to its savepoint
+    seqs = [seq for seq, _, _ in new]
+    assert seqs == list(range(before[-1][0] + 1, before[-1][0] + 4))  # no gap in the chain
+    assert {first.seq, second.seq} < set(seqs)
+    with services.db.read() as s:
+        stored = s.get(DecisionInputRow, first.seq)
+        assert stored is not None
+        assert stored.request == "one"
+        assert s.get(DecisionInputRow, second.seq) is None
+    assert services.audit.verify(SYSTEM).ok
+
+
+def test_a_failed_commit_fails_every_item_closed(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _events(services)
+
+    def broken_append(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(services.ledger, "append", broken_append)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            services.committer.submit_async(NewEvent("test.event", "event:x")),
+            services.committer.run_async(lambda s: "job ran"),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, LedgerUnavailable) for r in results)
+    assert _events(services) == before
+    with services.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(DecisionInputRow)) == 0
