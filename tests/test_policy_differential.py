@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from tether.clock import SystemClock
 from tether.errors import PolicyInvalid
-from tether.policy import service
+from tether.policy import engine, service
 from tether.policy.decide import Ask, Decision, DecisionService
 from tether.policy.engine import CompiledPolicies, Effect, Outcome
 from tether.runtime.snapshot import AgentView, agent_view
@@ -660,3 +660,73 @@ def test_erroring_forbid_never_becomes_an_approval() -> None:
     [number, text] = s.decisions.evaluate_many([as_number]) + s.decisions.evaluate_many([as_text])
     assert number.effect is Effect.DENY
     assert text.effect is Effect.DENY, text
+
+
+# -- the outcome memo ----------------------------------------------------------------------------
+
+PAYMENTS_ONLY = '@id("pay") permit(principal in Role::"payments", action, resource);\n'
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    real = engine._authorize
+
+    def counted(*args: Any) -> Any:
+        calls[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(engine, "_authorize", counted)
+    return calls
+
+
+def test_a_repeated_request_is_answered_without_cedar(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = setup(PAYMENTS_ONLY, {"a": (_view("a")[0], frozenset({"payments"}))})
+    calls = _counting(monkeypatch)
+    ask = Ask("a", "tool.call", "Tool", "t0", {"server": "s1"}, {"amount": 5})
+    first = s.compiled.decide(s.decisions.cedar_request(ask))
+    assert first.effect is Effect.ALLOW
+    assert calls[0] == 1
+    assert s.compiled.decide(s.decisions.cedar_request(ask)) == first
+    assert s.compiled.decide_many([s.decisions.cedar_request(ask)] * 3) == [first] * 3
+    assert calls[0] == 1
+    # any input that differs is decided by Cedar: context, properties, resource, action
+    for other in (
+        Ask("a", "tool.call", "Tool", "t0", {"server": "s1"}, {"amount": 6}),
+        Ask("a", "tool.call", "Tool", "t0", {"server": "s2"}, {"amount": 5}),
+        Ask("a", "tool.call", "Tool", "t1", {"server": "s1"}, {"amount": 5}),
+        Ask("a", "tool.write", "Tool", "t0", {"server": "s1"}, {"amount": 5}),
+    ):
+        s.compiled.decide(s.decisions.cedar_request(other))
+    assert calls[0] == 5
+
+
+def test_a_changed_agent_is_never_answered_from_memory() -> None:
+    row = _view("a")[0]
+    s = setup(PAYMENTS_ONLY, {"a": (row, frozenset({"payments"}))})
+    ask = Ask("a", "tool.call", "Tool", "t0", {})
+    assert s.compiled.decide(s.decisions.cedar_request(ask)).effect is Effect.ALLOW
+    # the registry drops the role: the runtime's new view of the agent has new entity text
+    s.decisions.runtime.agents["a"] = agent_view(row, frozenset(), ())  # type: ignore[arg-type]
+    assert s.compiled.decide(s.decisions.cedar_request(ask)).effect is Effect.DENY
+    [again] = s.compiled.decide_many([s.decisions.cedar_request(ask)])
+    assert again.effect is Effect.DENY
+
+
+def test_the_memo_is_bounded_and_can_be_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = setup(PAYMENTS_ONLY, {"a": (_view("a")[0], frozenset({"payments"}))})
+    calls = _counting(monkeypatch)
+    long_context = Ask("a", "tool.call", "Tool", "t0", {}, {"note": "x" * 5000})
+    for _ in range(3):
+        s.compiled.decide(s.decisions.cedar_request(long_context))
+    assert calls[0] == 3  # too long to remember
+    s.compiled.memo_capacity = 4
+    for n in range(10):
+        s.compiled.decide(s.decisions.cedar_request(Ask("a", "tool.call", "Tool", f"t{n}", {})))
+        assert len(s.compiled._memo) <= 4
+    s.compiled.memo_capacity = 0
+    s.compiled._memo.clear()
+    ask = Ask("a", "tool.call", "Tool", "t0", {})
+    before = calls[0]
+    s.compiled.decide(s.decisions.cedar_request(ask))
+    s.compiled.decide(s.decisions.cedar_request(ask))
+    assert calls[0] == before + 2

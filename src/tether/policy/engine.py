@@ -15,6 +15,12 @@ becomes current; the runtime swaps it in atomically. Per request it does:
 3. **Decide.** Cedar's answer becomes allow / deny / approval_required: a satisfied permit
    annotated ``@approval("required")`` asks for approval; so does a deny caused only by
    forbids so annotated when, without them, the request would be allowed.
+4. **Remember.** Cedar is deterministic: the same policies (this object), principal entity
+   (the snapshot's text of that agent version, parents included), action, resource entity
+   and context give the same answer. Outcomes are memoized by exactly those inputs, so an
+   agent repeating a request skips Cedar; a changed agent has new entity text and a new
+   policy version a new object, so nothing stale can match. Revocation, status and chain
+   checks happen before this layer on every request (``tether.policy.decide``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from tether.policy.source import Policy, to_cedar_json
 Uid = tuple[str, str]
 _SLICE_CACHE_MAX = 16_384
 _PRINCIPAL_CACHE_MAX = 20_000  # ~4 KB each
+_MEMO_MAX = 32_768  # outcomes remembered per policy version (cleared when full)
+_MEMO_MAX_CONTEXT = 2_048  # longer contexts are decided every time, not remembered
 _ERRORED_POLICY = re.compile(r"while evaluating policy `([^`]+)`")
 
 
@@ -170,6 +178,11 @@ class CompiledPolicies:
     # base + one principal's entity, per prebuilt entity text (a runtime snapshot's AgentView
     # holds one string object per agent version, so a changed agent gets a new handle)
     _principals: dict[str, cedarpy.Entities] = field(init=False, default_factory=dict)
+    # outcomes by (principal entity, action, resource, resource entity, context); 0 turns off
+    memo_capacity: int = field(default=_MEMO_MAX, kw_only=True)
+    _memo: dict[tuple[str, str, Uid, str | None, str], Outcome] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self._principal_uids = frozenset(
@@ -229,6 +242,23 @@ class CompiledPolicies:
 
     # -- deciding --------------------------------------------------------------------------
     def decide(self, req: CedarRequest) -> Outcome:
+        key = _memo_key(req)
+        found = self._memo.get(key)
+        if found is not None:
+            return found
+        outcome = self._decide(req)
+        self._remember(key, req, outcome)
+        return outcome
+
+    def _remember(
+        self, key: tuple[str, str, Uid, str | None, str], req: CedarRequest, outcome: Outcome
+    ) -> None:
+        if self.memo_capacity and len(req.context) <= _MEMO_MAX_CONTEXT:
+            if len(self._memo) >= self.memo_capacity:
+                self._memo.clear()
+            self._memo[key] = outcome
+
+    def _decide(self, req: CedarRequest) -> Outcome:
         sl = self._slice(req)
         if sl.policy_set is None:
             return Outcome(Effect.DENY, ())
@@ -253,18 +283,21 @@ class CompiledPolicies:
         whose scope cannot match a request cannot affect it, so the union is exact for each)
         over the principal's cached entity set plus the batch's resources."""
         groups: dict[str, list[int]] = {}
-        for i, r in enumerate(reqs):
-            groups.setdefault(r.principal_entity, []).append(i)
         out: list[Outcome | None] = [None] * len(reqs)
+        for i, r in enumerate(reqs):
+            out[i] = self._memo.get(_memo_key(r))
+            if out[i] is None:
+                groups.setdefault(r.principal_entity, []).append(i)
         for indexes in groups.values():
             group = [reqs[i] for i in indexes]
             for i, outcome in zip(indexes, self._decide_group(group), strict=True):
                 out[i] = outcome
+                self._remember(_memo_key(reqs[i]), reqs[i], outcome)
         return [o for o in out if o is not None]
 
     def _decide_group(self, reqs: list[CedarRequest]) -> list[Outcome]:
         if len(reqs) == 1:
-            return [self.decide(reqs[0])]
+            return [self._decide(reqs[0])]
         slices = [self._slice(r) for r in reqs]
         ids = frozenset(p.id for sl in slices for p in sl.policies)
         if not ids:
@@ -277,7 +310,7 @@ class CompiledPolicies:
             if resources.setdefault(r.resource, r.resource_entity or "") != (
                 r.resource_entity or ""
             ):
-                return [self.decide(r) for r in reqs]  # same uid, different properties
+                return [self._decide(r) for r in reqs]  # same uid, different properties
         union = self._union(ids)
         assert union.policy_set is not None
         entities = self._principal_entities(reqs[0].principal_entity)
@@ -367,6 +400,10 @@ def _authorize_batch(
     requests: list[dict[str, Any]], policies: cedarpy.PolicySet, entities: cedarpy.Entities
 ) -> list[_Result]:
     return [_result(t) for t in _cedar.is_authorized_batch(requests, policies, entities._inner)]
+
+
+def _memo_key(req: CedarRequest) -> tuple[str, str, Uid, str | None, str]:
+    return (req.principal_entity, req.action, req.resource, req.resource_entity, req.context)
 
 
 def _request(req: CedarRequest) -> dict[str, Any]:
