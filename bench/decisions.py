@@ -335,7 +335,8 @@ def cedar_entities(svc: Services) -> list[dict[str, Any]]:
 class InProcess:
     """Figures for the one in-process table; ``decide`` gets a row per backend."""
 
-    evaluate: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)  # warm, memo off: a new request
+    repeated: dict[str, Any] = field(default_factory=dict)  # warm, memo on: a repeated one
     cold: dict[str, Any] = field(default_factory=dict)
     handles: dict[str, Any] = field(default_factory=dict)
     naive: dict[str, Any] = field(default_factory=dict)
@@ -364,10 +365,16 @@ def run_evaluate(dep: Deployment, world: World, sizes: Sizes, out: InProcess) ->
         return evaluate(ask).allowed
 
     note(f"[decisions] Tether evaluate: {len(asks):,} requests, first calls (cold), then "
-         f"{sizes.eval_runs:,} warm calls")  # fmt: skip
-    out.cold = baselines.time_calls(tether, asks, len(asks), warmup=0)
-    out.evaluate = baselines.time_calls(tether, asks, sizes.eval_runs, warmup=0)
+         f"{sizes.eval_runs:,} warm calls without and with the outcome memo")  # fmt: skip
     compiled = svc.runtime.compiled()
+    capacity = compiled.memo_capacity
+    out.cold = baselines.time_calls(tether, asks, len(asks), warmup=0)
+    # A request never seen before: slices warm, nothing remembered (the memo off).
+    compiled.set_memo_capacity(0)
+    out.evaluate = baselines.time_calls(tether, asks, sizes.eval_runs, warmup=0)
+    # The same requests again: each answered from the memo (filled by an untimed pass).
+    compiled.set_memo_capacity(capacity)
+    out.repeated = baselines.time_calls(tether, asks, sizes.eval_runs, warmup=len(asks))
     out.notes["slice_keys"] = len(getattr(compiled, "_slices", ()))
     out.notes["slice_sets"] = len(getattr(compiled, "_by_ids", ()))
     # The two cedarpy calls an evaluate without caches makes, timed alone on the same
@@ -529,6 +536,9 @@ def run_decide(
     with svc.db.read() as s:
         before = s.scalar(select(func.count()).select_from(EventRow)) or 0
     batch0 = _batch_stats()
+    compiled = svc.runtime.compiled()
+    capacity = compiled.memo_capacity
+    compiled.set_memo_capacity(0)  # the asks cycle: every decision by Cedar, not the memo
 
     async def load(seconds: float, record: bool) -> float:
         start = time.perf_counter()
@@ -561,6 +571,7 @@ def run_decide(
     wall = asyncio.run(load(sizes.decide_seconds, True))
     cpu = time.process_time() - cpu0
     batch1 = _batch_stats()
+    compiled.set_memo_capacity(capacity)
     with svc.db.read() as s:
         after = s.scalar(select(func.count()).select_from(EventRow)) or 0
     n = len(latencies)
@@ -586,7 +597,8 @@ def inprocess_table(ip: InProcess, sizes: Sizes, backends: Sequence[str]) -> Res
          "p50 ÷ handles"],
     )  # fmt: skip
     table.rows += [
-        baselines.row("Tether DecisionService.evaluate (warm), 1 thread", ip.evaluate, h),
+        baselines.row("Tether DecisionService.evaluate, new request, 1 thread", ip.evaluate, h),
+        baselines.row("  same, repeated request (outcome memo)", ip.repeated, h),
         baselines.row("  same, first call per request (slice cache cold)", ip.cold, h),
     ]
     if ip.delta:
@@ -610,15 +622,20 @@ def inprocess_table(ip: InProcess, sizes: Sizes, backends: Sequence[str]) -> Res
     a, ca, n = ip.agree, ip.casbin_agree, ip.notes
     eff = ", ".join(f"{k} {v:,}" for k, v in sorted(n["effects"].items()))
     table.footnotes += [
-        f"target: ≤ 60 µs p50 in process (evaluate, warm): "
-        f"{'met' if ip.evaluate['p50_us'] <= 60 else 'NOT met'} "
-        f"({fmt_latency(ip.evaluate['p50_us'] / 1e6)}).",
+        f"target: ≤ 60 µs p50 in process: "
+        f"{'met' if ip.evaluate['p50_us'] <= 60 else 'NOT met'} for a request never seen "
+        f"before ({fmt_latency(ip.evaluate['p50_us'] / 1e6)}); "
+        f"{'met' if ip.repeated['p50_us'] <= 60 else 'NOT met'} for a repeated one "
+        f"({fmt_latency(ip.repeated['p50_us'] / 1e6)}).",
         f"same inputs for every engine: the workload's {sizes.policies} policies + Tether's 2 "
         f"base policies; {sizes.requests:,} requests (60 % on duty, ~20 % delegated); "
         f"entities = the {sizes.agents:,} agents as Tether's runtime builds them + 200 tools, 50 "
         "secrets, 50 datasets + the action groups. Tether's effects on them: "
         f"{eff} ({n['runtime_refused']:,} refused before Cedar: agent not active).",
         f"evaluate = runtime checks + Cedar on the sliced, pre-parsed policy sets, no ledger; "
+        "new request = slices compiled, the outcome memo off (Cedar decides every call); "
+        "repeated = the same requests with the memo on (each answered from it after the "
+        "runtime checks); "
         f"cold = the first call for each request ({n['slice_keys']:,} slice keys, "
         f"{n['slice_sets']:,} distinct policy subsets compiled during it). Timed one call at a "
         "time (perf_counter_ns); decisions/s = calls over their summed times. 'cedarpy "
@@ -632,11 +649,12 @@ def inprocess_table(ip: InProcess, sizes: Sizes, backends: Sequence[str]) -> Res
         f"{a['runtime_refused']:,} Tether refused before Cedar, Cedar's verdict (deny, "
         f"tether.active-only) agrees on {a['runtime_verdict']:.2%}. Naive cedarpy = Tether on "
         f"{n['naive_same']} of {ip.naive['n']} sampled calls.",
-        "decide = evaluate + the decision event made durable by group commit before the "
-        "answer (SQLite WAL synchronous=FULL / PostgreSQL synchronous_commit=on), N asyncio "
-        "tasks in this process; decisions/s over the wall time, p50/p99 per decide call. "
-        "approval_required answers take a separate write transaction each (approval "
-        "checkpoint in a thread); 'no approvals' drops those requests.",
+        "decide = evaluate (outcome memo off) + the decision event made durable by group "
+        "commit before the answer (SQLite WAL synchronous=FULL / PostgreSQL "
+        "synchronous_commit=on), N asyncio tasks in this process; decisions/s over the wall "
+        "time, p50/p99 per decide call. approval_required answers run the approval checkpoint "
+        "(read, open or use an approval) as a job inside the same group commit; 'no approvals' "
+        "drops those requests.",
         f"naive cedarpy: policies text + json.dumps(entities) per call, {ip.naive['n']} calls; "
         f"handles: PolicySet.from_str {h['parse_policies_ms']:.1f} ms, Entities.from_json_str "
         f"{h['parse_entities_ms']:.0f} ms once. pycasbin: RBAC twin of the "
@@ -655,6 +673,7 @@ def inprocess_table(ip: InProcess, sizes: Sizes, backends: Sequence[str]) -> Res
         )
     table.records += [
         {"engine": "tether_evaluate", **ip.evaluate},
+        {"engine": "tether_evaluate_repeated", **ip.repeated},
         {"engine": "tether_evaluate_cold", **ip.cold},
         {"engine": "cedarpy_alone_entity_delta", **ip.delta},
         {"engine": "cedarpy_alone_is_authorized_slice", **ip.authorize},
@@ -1152,7 +1171,13 @@ def run_http(
     events0 = decision_events(dep)
     load0 = os.getloadavg()[0]
     results: list[tuple[str, str, LoadResult]] = []
-    with tether_server(dep, sizes.workers) as server, tempfile.TemporaryDirectory() as tmp:
+    # Every request is decided by Cedar: the HTTP bodies repeat (a few thousand, cycled), so
+    # with the outcome memo on they would measure memo hits, not decisions.
+    memo_off = {"TETHER_DECISION_MEMO_SIZE": "0"}
+    with (
+        tether_server(dep, sizes.workers, memo_off) as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         note(f"{tag} server ready in {time.perf_counter() - t0:.1f} s; load generator: "
              f"{loadgen_kind}")  # fmt: skip
         agent = agent_requests(dep, server, world, sizes, secrets)
@@ -1268,7 +1293,9 @@ def http_table(
         + ".",
         f"server = `tether serve --workers {sizes.workers}` (uvicorn, httptools, uvloop); every "
         "answer is a decision event made durable by group commit before it is sent "
-        f"({'WAL, synchronous=FULL' if dep.backend == SQLITE else 'synchronous_commit=on'}). "
+        f"({'WAL, synchronous=FULL' if dep.backend == SQLITE else 'synchronous_commit=on'}); "
+        "TETHER_DECISION_MEMO_SIZE=0: Cedar decides every request (the bodies repeat, and "
+        "would otherwise be answered from the outcome memo). "
         f"Ledger: {events:,} decision events written during the HTTP runs (warm-ups included).",
         f"load generator in its own process on the same 2 CPUs: {loadgen_kind}"
         + (
@@ -1478,6 +1505,7 @@ def profile_asgi(dep: Deployment, world: World, sizes: Sizes, count: int) -> str
 
     svc = dep.services
     svc.runtime.start()
+    svc.runtime.compiled().set_memo_capacity(0)  # as the HTTP runs: Cedar decides each one
     app = create_app(svc)
     driver = AsgiDriver(app, dep.port)
     admin_token = svc.settings.admin_token_path.read_text().strip()

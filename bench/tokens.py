@@ -219,7 +219,9 @@ class Server:
 
 
 @contextmanager
-def tether_server(dep: Deployment, workers: int) -> Iterator[Server]:
+def tether_server(
+    dep: Deployment, workers: int, extra_env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """``python -m tether serve --workers N`` on the deployment; stopped on exit."""
     settings = dep.services.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
@@ -233,6 +235,7 @@ def tether_server(dep: Deployment, workers: int) -> Iterator[Server]:
     )
     if dep.schema:
         env["TETHER_DATABASE_SCHEMA"] = dep.schema
+    env.update(extra_env or {})
     log_path = dep.workdir / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -719,12 +719,11 @@ def test_the_memo_is_bounded_and_can_be_off(monkeypatch: pytest.MonkeyPatch) -> 
     for _ in range(3):
         s.compiled.decide(s.decisions.cedar_request(long_context))
     assert calls[0] == 3  # too long to remember
-    s.compiled.memo_capacity = 4
+    s.compiled.set_memo_capacity(4)
     for n in range(10):
         s.compiled.decide(s.decisions.cedar_request(Ask("a", "tool.call", "Tool", f"t{n}", {})))
         assert len(s.compiled._memo) <= 4
-    s.compiled.memo_capacity = 0
-    s.compiled._memo.clear()
+    s.compiled.set_memo_capacity(0)
     ask = Ask("a", "tool.call", "Tool", "t0", {})
     before = calls[0]
     s.compiled.decide(s.decisions.cedar_request(ask))

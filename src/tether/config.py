@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     decision_batch_max: int = Field(
         default=256, ge=1, le=10_000, description="Most decision events in one commit."
     )
+    decision_memo_size: int = Field(
+        default=32_768, ge=0, le=1_000_000,
+        description="Cedar outcomes a worker remembers per policy version, by exact input "
+        "(0: decide every request with Cedar).",
+    )  # fmt: skip
     log_level: str = "info"
 
     @field_validator("trust_domain")

@@ -41,7 +41,7 @@ from tether.policy.source import Policy, to_cedar_json
 Uid = tuple[str, str]
 _SLICE_CACHE_MAX = 16_384
 _PRINCIPAL_CACHE_MAX = 20_000  # ~4 KB each
-_MEMO_MAX = 32_768  # outcomes remembered per policy version (cleared when full)
+MEMO_MAX = 32_768  # outcomes remembered per policy version (cleared when full)
 _MEMO_MAX_CONTEXT = 2_048  # longer contexts are decided every time, not remembered
 _ERRORED_POLICY = re.compile(r"while evaluating policy `([^`]+)`")
 
@@ -179,7 +179,7 @@ class CompiledPolicies:
     # holds one string object per agent version, so a changed agent gets a new handle)
     _principals: dict[str, cedarpy.Entities] = field(init=False, default_factory=dict)
     # outcomes by (principal entity, action, resource, resource entity, context); 0 turns off
-    memo_capacity: int = field(default=_MEMO_MAX, kw_only=True)
+    memo_capacity: int = field(default=MEMO_MAX, kw_only=True)
     _memo: dict[tuple[str, str, Uid, str | None, str], Outcome] = field(
         init=False, default_factory=dict
     )
@@ -249,6 +249,11 @@ class CompiledPolicies:
         outcome = self._decide(req)
         self._remember(key, req, outcome)
         return outcome
+
+    def set_memo_capacity(self, capacity: int) -> None:
+        """Remember up to ``capacity`` outcomes (0: none); forgets what it remembered."""
+        self.memo_capacity = capacity
+        self._memo.clear()
 
     def _remember(
         self, key: tuple[str, str, Uid, str | None, str], req: CedarRequest, outcome: Outcome

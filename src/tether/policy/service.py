@@ -25,7 +25,7 @@ from tether.db import Database
 from tether.errors import Forbidden, PolicyInvalid, PolicyVersionNotFound
 from tether.pagination import Page, decode_cursor, page_of
 from tether.policy import source
-from tether.policy.engine import CompiledPolicies
+from tether.policy.engine import MEMO_MAX, CompiledPolicies
 from tether.policy.models import PolicyVersionRow
 from tether.principals import Principal
 from tether.runtime import changes
@@ -120,15 +120,22 @@ def _errors(problems: list[source.Problem]) -> list[dict[str, Any]]:
     return [p.to_json() for p in problems]
 
 
-def compile_checked(version: str, checked: Checked) -> CompiledPolicies:
-    return CompiledPolicies.build(version, [*BASE_POLICIES, *checked.policies], checked.schema)
+def compile_checked(
+    version: str, checked: Checked, *, memo_capacity: int = MEMO_MAX
+) -> CompiledPolicies:
+    compiled = CompiledPolicies.build(version, [*BASE_POLICIES, *checked.policies], checked.schema)
+    compiled.set_memo_capacity(memo_capacity)
+    return compiled
 
 
 class PolicyService:
-    def __init__(self, db: Database, ledger: Ledger, clock: Clock) -> None:
+    def __init__(
+        self, db: Database, ledger: Ledger, clock: Clock, *, memo_capacity: int = MEMO_MAX
+    ) -> None:
         self.db = db
         self.ledger = ledger
         self.clock = clock
+        self.memo_capacity = memo_capacity
         self._compiled: dict[str, CompiledPolicies] = {}
 
     # -- reading ---------------------------------------------------------------------------
@@ -175,7 +182,8 @@ class PolicyService:
         current = self._current(s)
         found = self._compiled.get(current.version)
         if found is None:
-            found = compile_checked(current.version, check(current.policies, current.schema))
+            found = compile_checked(current.version, check(current.policies, current.schema),
+                                    memo_capacity=self.memo_capacity)  # fmt: skip
             self._compiled = {current.version: found}
         return found
 
@@ -206,7 +214,8 @@ class PolicyService:
                          "policies": [p.id for p in checked.policies],
                          "schema_changed": checked.schema_text != current.schema, "note": note},
             )], now=now)  # fmt: skip
-            self._compiled[name] = compile_checked(name, checked)
+            self._compiled[name] = compile_checked(name, checked,
+                                                   memo_capacity=self.memo_capacity)  # fmt: skip
             return _version(row)
 
 
