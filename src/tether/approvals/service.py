@@ -110,14 +110,6 @@ class ApprovalService:
         self.public_url = public_url
 
     # -- the checkpoint on the decision path -----------------------------------------------
-    def checkpoint(self, ask: Ask, decision: Decision, decisions: DecisionService) -> Decision:
-        """Consume a granted approval for exactly this request, or reuse / open a pending
-        one; the decision event commits in the same transaction."""
-        with self.db.write() as s:
-            final, opened = self.checkpoint_in(s, ask, decision, decisions)
-        self.announce(final, opened)
-        return final
-
     def announce(self, final: Decision, opened: ApprovalRow | None) -> None:
         """After the checkpoint's transaction committed: count a used approval, count and
         notify a new one."""
@@ -127,12 +119,13 @@ class ApprovalService:
             APPROVALS.labels("pending").inc()
             self.notifier.notify("approval.requested", self._notice(opened))
 
-    def checkpoint_in(
+    def checkpoint(
         self, s: Session, ask: Ask, decision: Decision, decisions: DecisionService
     ) -> tuple[Decision, ApprovalRow | None]:
-        """:meth:`checkpoint` inside the caller's write transaction (the decision path runs
-        it in the group commit); returns the decision and the approval it opened, if any,
-        for :meth:`announce` once the transaction committed."""
+        """Consume a granted approval for exactly this request, or reuse / open a pending
+        one, and record the decision event — all in the caller's write transaction (the
+        decision path runs it as a job of the group commit). Returns the decision and the
+        approval it opened, if any, for :meth:`announce` once the transaction committed."""
         now = self.clock.now()
         now_us = to_micros(now)
         digest = ask.digest()

@@ -330,7 +330,7 @@ class DecisionService:
         """The approval workflow runs in the next group commit, like a plain decision event."""
         try:
             final, opened = await self.committer.run_async(
-                partial(self.approvals.checkpoint_in, ask=ask, decision=decision, decisions=self)
+                partial(self.approvals.checkpoint, ask=ask, decision=decision, decisions=self)
             )
         except Exception:
             log.exception("approval checkpoint could not be recorded; denying")
