@@ -236,7 +236,7 @@ class Existing:
     )
     keyholder: str = "agt_none"  # an agent with credentials to delete
     credentials: tuple[str, ...] = ("crd_none",)
-    approvals: tuple[str, ...] = ("apr_none",)  # pending, to approve, deny and show
+    approvals: tuple[str, ...] = ("apr_none", "apr_nothing")  # pending, to approve, deny and show
 
 
 def _existing(services: Services, admin_token: str) -> Existing:
@@ -266,7 +266,7 @@ def _pending_approvals(services: Services, admin: Any) -> tuple[str, ...]:
     risky = services.agents.create(admin, AgentCreate.model_validate(spec)).id
     services.policies.push(admin, note=None, schema=None,
                            policies='@id("w") permit(principal, action, resource);')  # fmt: skip
-    asks = [Ask(risky, "tool.write", "Tool", f"t{i}") for i in range(8)]
+    asks = [Ask(risky, "tool.write", "Tool", f"t{i}") for i in range(16)]
     return tuple(str(services.decisions.decide_sync(a).approval_id) for a in asks)
 
 
@@ -296,6 +296,8 @@ def _config(existing: Existing | None = None) -> schemathesis.Config:
                 "keyholder": {"values": [existing.keyholder]},
                 "credentials": {"values": list(existing.credentials)},
                 "approvals": {"values": list(existing.approvals)},
+                "to_approve": {"values": list(existing.approvals[::2])},
+                "to_deny": {"values": list(existing.approvals[1::2])},
                 "versions": {"values": ["v0", "v1"]},
                 "waits": {"values": [0, 0.05]},
             },
@@ -341,15 +343,17 @@ def _config(existing: Existing | None = None) -> schemathesis.Config:
                     {
                         "include-path": path,
                         "parameters": {
-                            "path.approval_id": {"dictionary": "approvals", "probability": 0.6},
+                            "path.approval_id": {"dictionary": pool, "probability": 0.6},
                             # a long poll holds the request for up to ``wait`` seconds
                             "query.wait": {"dictionary": "waits", "probability": 1.0},
                         },
                     }
-                    for path in (
-                        "/v1/approvals/{approval_id}",
-                        "/v1/approvals/{approval_id}/approve",
-                        "/v1/approvals/{approval_id}/deny",
+                    # approve and deny each get pending approvals of their own: one must not
+                    # decide all of them before the other is tried
+                    for path, pool in (
+                        ("/v1/approvals/{approval_id}", "approvals"),
+                        ("/v1/approvals/{approval_id}/approve", "to_approve"),
+                        ("/v1/approvals/{approval_id}/deny", "to_deny"),
                     )
                 ),
                 {
