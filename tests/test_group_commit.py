@@ -69,20 +69,32 @@ def test_a_failed_commit_fails_every_item_closed(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = _events(services)
+    ran: list[str] = []
 
-    def broken_append(*_a: Any, **_k: Any) -> Any:
+    inside: list[int] = []
+
+    def broken_attach(s: Session, _chained: Any) -> None:
+        # fails after the job ran and the events were inserted: all of it must roll back
+        inside.append(s.scalar(select(func.count()).select_from(EventRow)) or 0)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(services.ledger, "append", broken_append)
+    def job(s: Session) -> str:
+        services.ledger.append(s, [NewEvent("test.job", "job:x")], now=services.clock.now())
+        ran.append("job")
+        return "job ran"
+
+    monkeypatch.setattr(services.committer, "attach", broken_attach)
 
     async def main() -> list[Any]:
         return await asyncio.gather(
             services.committer.submit_async(NewEvent("test.event", "event:x")),
-            services.committer.run_async(lambda s: "job ran"),
+            services.committer.run_async(job),
             return_exceptions=True,
         )
 
     results = asyncio.run(main())
+    assert ran == ["job"]
+    assert inside == [len(before) + 2]  # the event and the job's event were written, then...
     assert all(isinstance(r, LedgerUnavailable) for r in results)
     assert _events(services) == before
     with services.db.read() as s:

@@ -173,7 +173,8 @@ def _run_job(s: Session, job: Job) -> Any:
         with s.begin_nested():
             return job(s)
     except Exception as exc:  # rolled back to the savepoint; the rest of the batch commits
-        log.warning("a group-commit job failed: %s", exc, exc_info=True)
+        # The caller gets the exception (with its traceback) and reports it.
+        log.debug("a group-commit job failed and was rolled back: %r", exc)
         return _Failed(exc)
 
 

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, cast
 
@@ -103,13 +103,6 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.effect is Effect.ALLOW
-
-    def recorded(self, event_id: str) -> Decision:
-        """This decision with the id of its ledger event (``dataclasses.replace``, inlined:
-        it runs once per decision)."""
-        return Decision(self.effect, self.reasons, self.policy_version, event_id,
-                        self.approval_id, self.approval_status, self.error, self.stage,
-                        self.policy_effect)  # fmt: skip
 
     def to_authzen(self) -> dict[str, Any]:
         ctx: dict[str, Any] = {
@@ -319,7 +312,7 @@ class DecisionService:
                 break
         for i, wait in waits.items():
             try:
-                out[i] = out[i].recorded((await wait).id)
+                out[i] = replace(out[i], event_id=(await wait).id)
             except LedgerUnavailable:
                 out[i] = self._ledger_down(out[i])
         for decision in out:
