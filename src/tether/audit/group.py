@@ -83,26 +83,24 @@ class GroupCommitter:
         """Queue ``event``; the future resolves to the chained event once it is durable, or
         fails with :class:`LedgerUnavailable`. One wake-up of the event loop per commit settles
         every future of that loop, instead of one cross-thread hand-off per event."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Event] = loop.create_future()
-        if self._closed:
-            future.set_exception(LedgerUnavailable("the ledger writer is shut down"))
-            return future
-        self._ensure_thread()
-        self._queue.put(_Item(event, attachment, future, loop))
-        return future
+        return self._enqueue(event, attachment, None)
 
     def run_async(self, job: Job) -> asyncio.Future[Any]:
         """Run ``job(session)`` in the next group transaction (under its own savepoint); the
         future resolves to its result once that transaction committed, or fails with the
         job's exception, or with :class:`LedgerUnavailable` if the commit failed."""
+        return self._enqueue(None, None, job)
+
+    def _enqueue(
+        self, event: NewEvent | None, attachment: Any, job: Job | None
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
             future.set_exception(LedgerUnavailable("the ledger writer is shut down"))
             return future
         self._ensure_thread()
-        self._queue.put(_Item(None, None, future, loop, job))
+        self._queue.put(_Item(event, attachment, future, loop, job))
         return future
 
     def _ensure_thread(self) -> None:
