@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tether.clock import SystemClock
-from tether.errors import PolicyInvalid
-from tether.policy import engine, service
+from tether.errors import PolicyInvalid, ValidationFailed
+from tether.policy import engine, service, source
 from tether.policy.decide import Ask, Decision, DecisionService
 from tether.policy.engine import CompiledPolicies, Effect, Outcome
 from tether.runtime.snapshot import AgentView, agent_view
@@ -161,6 +161,7 @@ atoms = st.one_of(
         lambda u: f"context has on_behalf_of && context.on_behalf_of == {q(u)}"
     ),
     st.integers(0, 200).map(lambda n: f"context has amount && context.amount < {n}"),
+
     st.sampled_from(REGIONS).map(lambda r: f"context has region && context.region == {q(r)}"),
 )
 bodies = st.one_of(
@@ -729,3 +730,94 @@ def test_the_memo_is_bounded_and_can_be_off(monkeypatch: pytest.MonkeyPatch) -> 
     s.compiled.decide(s.decisions.cedar_request(ask))
     s.compiled.decide(s.decisions.cedar_request(ask))
     assert calls[0] == before + 2
+
+
+# -- inputs a slice does not read ----------------------------------------------------------------
+
+
+def _reads(text: str) -> engine._Reads:
+    [policy] = source.parse(text)
+    return engine._Reads.of(policy)
+
+
+def test_what_a_policy_reads() -> None:
+    assert _reads('@id("p") permit(principal in Role::"r", action, resource is Tool);') == (
+        engine._Reads(context=False, resource=False, literal_types=frozenset())
+    )
+    assert _reads('@id("p") permit(principal, action, resource) when { context.delegated };') == (
+        engine._Reads(context=True, resource=False, literal_types=frozenset())
+    )
+    assert _reads('@id("p") permit(principal, action, resource) unless { resource has m };') == (
+        engine._Reads(context=False, resource=True, literal_types=frozenset())
+    )
+    # an `in` scope needs the resource's ancestors, so its entity
+    assert _reads('@id("p") permit(principal, action, resource in Agent::"a");').resource
+    assert _reads('@id("p") permit(principal, action, resource is Agent in Agent::"a");').resource
+    assert not _reads('@id("p") permit(principal, action, resource == Tool::"t");').resource
+    # an entity named in a condition may be the request's resource (Tether's policy check
+    # refuses reading such an entity today; the engine does not rely on that)
+    text = 'permit(principal, action, resource) when { Tool::"t" has m };'
+    [est] = orjson.loads(cedarpy.policies_to_json_str(text))["staticPolicies"].values()
+    literal = engine._Reads.of(source.Policy("p", "permit", False, 1, est, text))
+    assert literal == engine._Reads(context=False, resource=False, literal_types=frozenset({"Tool"}))
+
+
+def _cedar_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict[str, Any], int]]:
+    """What Cedar was given per call: the request and how many entities it held."""
+    seen: list[tuple[dict[str, Any], int]] = []
+    real = engine._authorize
+
+    def spy(request: dict[str, Any], policies: Any, entities: Any) -> Any:
+        seen.append((request, len(entities)))
+        return real(request, policies, entities)
+
+    monkeypatch.setattr(engine, "_authorize", spy)
+    return seen
+
+
+def test_inputs_no_policy_reads_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = PAYMENTS_ONLY + (
+        '@id("small") permit(principal, action == Action::"dataset.read", resource)\n'
+        "  when { context has amount && context.amount < 10 };\n"
+        '@id("secret") forbid(principal, action == Action::"dataset.write", resource)\n'
+        '  when { resource has classification && resource.classification == "secret" };\n'
+    )
+    s = setup(doc, {"a": (_view("a")[0], frozenset({"payments"}))})
+    s.compiled.set_memo_capacity(0)
+    seen = _cedar_inputs(monkeypatch)
+    props = {"classification": "secret"}
+    asks = [
+        Ask("a", "tool.call", "Tool", "t0", {"server": "s1"}, {"amount": 5}),  # reads neither
+        Ask("a", "dataset.read", "Dataset", "d1", props, {"amount": 5}),  # the context
+        Ask("a", "dataset.write", "Dataset", "d1", props, {"amount": 5}),  # the resource
+    ]
+    got = [s.compiled.decide(s.decisions.cedar_request(a)) for a in asks]
+    for ask, outcome in zip(asks, got, strict=True):
+        compare(s, ask, outcome)
+    [(call, call_n), (read, read_n), (write, write_n)] = seen
+    assert "context" not in call and "context" in read and "context" not in write
+    assert read_n == call_n and write_n == call_n + 1  # the resource's entity only for write
+    assert [o.effect for o in got] == [Effect.ALLOW, Effect.ALLOW, Effect.DENY]
+
+
+def test_escaped_values_are_always_given_to_cedar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entity reference in the context may name the resource; and a value Cedar cannot
+    read is refused (422) whatever the slice reads, never decided without it."""
+    s = setup(PAYMENTS_ONLY, {"a": (_view("a")[0], frozenset({"payments"}))})
+    s.compiled.set_memo_capacity(0)
+    seen = _cedar_inputs(monkeypatch)
+    ref = {"target": {"__entity": {"type": "Tool", "id": "t0"}}}
+    ask = Ask("a", "tool.call", "Tool", "t0", {"server": "s1"}, ref)
+    assert s.compiled.decide(s.decisions.cedar_request(ask)).effect is Effect.ALLOW
+    [(request, n)] = seen
+    assert "context" in request and n == len(s.compiled.base_entities) + 2
+    bad_ip = {"__extn": {"fn": "ip", "arg": "not an address"}}
+    for bad, where in (
+        (Ask("a", "tool.call", "Tool", "t0", {}, {"ip": bad_ip}), "context"),
+        (Ask("a", "tool.call", "Tool", "t0", {"ip": bad_ip}), "resource.properties"),
+    ):
+        with pytest.raises(ValidationFailed) as caught:
+            s.compiled.decide(s.decisions.cedar_request(bad))
+        assert caught.value.details["field"] == where
+        with pytest.raises(ValidationFailed):
+            s.compiled.decide_many([s.decisions.cedar_request(bad)] * 2)

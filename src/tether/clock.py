@@ -38,11 +38,15 @@ def to_rfc3339(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_micros(value: datetime) -> int:
-    """Microseconds since the epoch: exact and identical on every database backend."""
-    delta = value.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    """Microseconds since the epoch: exact and identical on every database backend (an
+    aware ``value`` in any zone; a naive one is taken as UTC)."""
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def from_micros(value: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+    return _EPOCH + timedelta(microseconds=value)

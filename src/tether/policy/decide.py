@@ -191,23 +191,23 @@ class DecisionService:
     # -- evaluation (no I/O) ---------------------------------------------------------------
     def evaluate(self, ask: Ask) -> Decision:
         """The decision before it is recorded: runtime checks, then Cedar."""
-        return self.evaluate_many([ask])[0]
-
-    def evaluate_many(self, asks: Sequence[Ask]) -> list[Decision]:
         rt = self.runtime
         compiled = rt.policies
         if compiled is None or not rt.current():
-            FAILED_CLOSED.labels("runtime").inc(len(asks))
-            version = compiled.version if compiled else "unknown"
-            return [
-                _refuse(
-                    STALE,
-                    version,
-                    "runtime_not_current",
-                    "this Tether worker cannot confirm it is current",
-                )
-                for _ in asks
-            ]
+            return _stale(compiled, 1)[0]
+        refused = self._precheck(ask, compiled, to_micros(self.clock.now()))
+        if refused is not None:
+            return refused
+        outcome = compiled.decide(cedar_request(ask, rt.agents))
+        return decision_from_outcome(outcome, compiled.version)
+
+    def evaluate_many(self, asks: Sequence[Ask]) -> list[Decision]:
+        if len(asks) == 1:
+            return [self.evaluate(asks[0])]
+        rt = self.runtime
+        compiled = rt.policies
+        if compiled is None or not rt.current():
+            return _stale(compiled, len(asks))
         now_us = to_micros(self.clock.now())
         out: list[Decision | None] = []
         pending: list[tuple[int, CedarRequest]] = []
@@ -373,6 +373,13 @@ def _status(agent: AgentView | None, now_us: int) -> str:
     if agent.status == "active" and agent.expires_at is not None and agent.expires_at <= now_us:
         return "expired"
     return agent.status
+
+
+def _stale(compiled: CompiledPolicies | None, count: int) -> list[Decision]:
+    FAILED_CLOSED.labels("runtime").inc(count)
+    version = compiled.version if compiled else "unknown"
+    message = "this Tether worker cannot confirm it is current"
+    return [_refuse(STALE, version, "runtime_not_current", message) for _ in range(count)]
 
 
 def _refuse(reason: str, version: str, code: str, message: str) -> Decision:

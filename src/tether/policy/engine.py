@@ -36,6 +36,7 @@ import cedarpy
 import orjson
 from cedarpy import _internal as _cedar
 
+from tether.errors import ValidationFailed
 from tether.policy.source import Policy, to_cedar_json
 
 Uid = tuple[str, str]
@@ -43,6 +44,7 @@ _SLICE_CACHE_MAX = 16_384
 _PRINCIPAL_CACHE_MAX = 20_000  # ~4 KB each
 MEMO_MAX = 32_768  # outcomes remembered per policy version (cleared when full)
 _MEMO_MAX_CONTEXT = 2_048  # longer contexts are decided every time, not remembered
+_ESCAPE = '"__'  # Cedar JSON's escapes: {"__entity": ...}, {"__extn": ...}
 _ERRORED_POLICY = re.compile(r"while evaluating policy `([^`]+)`")
 
 
@@ -78,13 +80,71 @@ class Outcome:
     failed_forbids: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class _Reads:
+    """What a policy can look at beyond the principal: whether it reads ``context``, whether
+    it needs the resource's entity (its attributes or ancestors), and the entity types it
+    names as literals (an entity it names can be the request's resource)."""
+
+    context: bool
+    resource: bool
+    literal_types: frozenset[str]
+
+    @classmethod
+    def of(cls, policy: Policy) -> _Reads:
+        names: set[str] = set()
+        types: set[str] = set()
+        _walk(policy.est.get("conditions") or [], names, types)
+        scope = policy.est["resource"]
+        in_scope = scope.get("op") == "in" or (scope.get("op") == "is" and "in" in scope)
+        return cls("context" in names, "resource" in names or in_scope, frozenset(types))
+
+    @classmethod
+    def union(cls, reads: Iterable[_Reads]) -> _Reads:
+        reads = list(reads)
+        return cls(any(r.context for r in reads), any(r.resource for r in reads),
+                   frozenset(t for r in reads for t in r.literal_types))  # fmt: skip
+
+
+_SLOT = _Reads(context=True, resource=True, literal_types=frozenset())
+
+
+def _walk(node: Any, names: set[str], types: set[str]) -> None:
+    """Variables and entity literals anywhere in a policy's conditions (Cedar JSON)."""
+    if isinstance(node, dict):
+        var = node.get("Var")
+        if isinstance(var, str):
+            names.add(var)
+        if "Slot" in node:  # a template slot: could be anything
+            names.update(("context", "resource"))
+        entity = node.get("__entity")
+        if isinstance(entity, dict):
+            types.add(str(entity.get("type")))
+        for value in node.values():
+            _walk(value, names, types)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, names, types)
+
+
 @dataclass(slots=True)
 class _Slice:
     policies: tuple[Policy, ...]
     policy_set: cedarpy.PolicySet | None
     approval_forbids: frozenset[str]
     approval_ids: frozenset[str]
+    reads: _Reads = _SLOT
     lifted: cedarpy.PolicySet | None = None
+
+    @classmethod
+    def of(cls, policies: Sequence[Policy]) -> _Slice:
+        return cls(
+            tuple(policies),
+            cedarpy.PolicySet.from_json_str(to_cedar_json(list(policies))) if policies else None,
+            frozenset(p.id for p in policies if p.approval and p.effect == "forbid"),
+            frozenset(p.id for p in policies if p.approval),
+            _Reads.union(_Reads.of(p) for p in policies),
+        )
 
 
 def _uid(value: Any) -> Uid | None:
@@ -226,14 +286,7 @@ class CompiledPolicies:
         with self._lock:
             built = self._by_ids.get(ids)
             if built is None:
-                built = _Slice(
-                    chosen,
-                    cedarpy.PolicySet.from_json_str(to_cedar_json(list(chosen)))
-                    if chosen
-                    else None,
-                    frozenset(p.id for p in chosen if p.approval and p.effect == "forbid"),
-                    frozenset(p.id for p in chosen if p.approval),
-                )
+                built = _Slice.of(chosen)
                 self._by_ids[ids] = built
             if len(self._slices) >= _SLICE_CACHE_MAX:
                 self._slices.clear()
@@ -268,9 +321,9 @@ class CompiledPolicies:
         if sl.policy_set is None:
             return Outcome(Effect.DENY, ())
         entities = self._principal_entities(req.principal_entity)
-        if req.resource_entity is not None and req.resource != req.principal:
-            entities = entities.with_added_json_str(f"[{req.resource_entity}]")
-        request = _request(req)
+        if _needs_resource(sl.reads, req):
+            entities = _with_resources(entities, f"[{req.resource_entity}]")
+        request = _request(req, context=sl.reads.context or _ESCAPE in req.context)
         result = _authorize(request, sl.policy_set, entities)
         return self._finish(sl, request, result, entities)
 
@@ -320,7 +373,7 @@ class CompiledPolicies:
         assert union.policy_set is not None
         entities = self._principal_entities(reqs[0].principal_entity)
         if delta := ",".join(e for e in resources.values() if e):
-            entities = entities.with_added_json_str(f"[{delta}]")
+            entities = _with_resources(entities, f"[{delta}]")
         requests = [_request(r) for r in reqs]
         results = _authorize_batch(requests, union.policy_set, entities)
         return [
@@ -331,12 +384,7 @@ class CompiledPolicies:
         with self._lock:
             built = self._by_ids.get(ids)
             if built is None:
-                chosen = [p for p in self.policies if p.id in ids]
-                built = _Slice(
-                    tuple(chosen), cedarpy.PolicySet.from_json_str(to_cedar_json(chosen)),
-                    frozenset(p.id for p in chosen if p.approval and p.effect == "forbid"),
-                    frozenset(p.id for p in chosen if p.approval),
-                )  # fmt: skip
+                built = _Slice.of([p for p in self.policies if p.id in ids])
                 self._by_ids[ids] = built
             return built
 
@@ -383,9 +431,25 @@ class _Result:
     errors: tuple[str, ...]
 
 
+def _with_resources(entities: cedarpy.Entities, delta: str) -> cedarpy.Entities:
+    try:
+        return entities.with_added_json_str(delta)
+    except ValueError as exc:  # an escape Cedar cannot read, e.g. {"__extn": {"fn": "ip", ...}}
+        raise ValidationFailed(
+            f"resource.properties are not valid Cedar values ({exc}); check any "
+            '"__entity"/"__extn" values', field="resource.properties",
+        ) from exc  # fmt: skip
+
+
 def _result(text: str) -> _Result:
     raw = orjson.loads(text)
     diagnostics = raw.get("diagnostics") or {}
+    if raw.get("decision") not in ("Allow", "Deny"):  # Cedar could not build the request
+        problem = "; ".join(diagnostics.get("errors") or ()) or "no decision"
+        raise ValidationFailed(
+            f'context is not valid Cedar ({problem}); check any "__entity"/"__extn" values',
+            field="context",
+        )
     return _Result(raw.get("decision") == "Allow", tuple(sorted(diagnostics.get("reason") or ())),
                    tuple(diagnostics.get("errors") or ()))  # fmt: skip
 
@@ -411,10 +475,32 @@ def _memo_key(req: CedarRequest) -> tuple[str, str, Uid, str | None, str]:
     return (req.principal_entity, req.action, req.resource, req.resource_entity, req.context)
 
 
-def _request(req: CedarRequest) -> dict[str, Any]:
-    return {
+def _needs_resource(reads: _Reads, req: CedarRequest) -> bool:
+    """Whether Cedar must hold the resource's entity to decide ``req`` on a slice whose
+    policies read ``reads``: when a policy reads the resource (or its ancestors), names an
+    entity of its type, or the context may refer to it. The entity text is always parsed
+    when it has ``__`` keys (an entity reference or extension value), so an input Cedar
+    rejects is rejected whatever the slice."""
+    entity = req.resource_entity
+    if entity is None or req.resource == req.principal:
+        return False
+    return (
+        reads.resource
+        or req.resource[0] in reads.literal_types
+        or _ESCAPE in req.context
+        or _ESCAPE in entity
+    )
+
+
+def _request(req: CedarRequest, *, context: bool = True) -> dict[str, Any]:
+    """Cedar's request. ``context=False`` when no policy Cedar will see reads the context and
+    the context is plain data (no ``__entity``/``__extn`` escapes, so nothing in it can fail
+    to parse): the empty record (no context) then decides the same, and Cedar parses nothing."""
+    request: dict[str, Any] = {
         "principal": {"type": req.principal[0], "id": req.principal[1]},
         "action": {"type": "Action", "id": req.action},
         "resource": {"type": req.resource[0], "id": req.resource[1]},
-        "context": req.context,
     }
+    if context:
+        request["context"] = req.context
+    return request
