@@ -625,10 +625,15 @@ BAD_INPUT: dict[str, tuple[dict[str, Any], str]] = {
         "context",
     ),
     "extension value Cedar cannot read in properties": (
-        {"resource": {"type": "Tool", "id": "t", "properties": {
-            "ip": {"__extn": {"fn": "ip", "arg": "not an address"}}}}},
+        {
+            "resource": {
+                "type": "Tool",
+                "id": "t",
+                "properties": {"ip": {"__extn": {"fn": "ip", "arg": "not an address"}}},
+            }
+        },
         "resource.properties",
-    ),  # fmt: skip
+    ),
     "subject is a user": ({"subject": {"type": "user", "id": "admin"}}, "subject.type"),
     "resource is an action": ({"resource": {"type": "Action", "id": "tool.call"}}, "resource.type"),
     "resource is a namespaced action": (

@@ -161,7 +161,6 @@ atoms = st.one_of(
         lambda u: f"context has on_behalf_of && context.on_behalf_of == {q(u)}"
     ),
     st.integers(0, 200).map(lambda n: f"context has amount && context.amount < {n}"),
-
     st.sampled_from(REGIONS).map(lambda r: f"context has region && context.region == {q(r)}"),
 )
 bodies = st.one_of(
@@ -759,7 +758,9 @@ def test_what_a_policy_reads() -> None:
     text = 'permit(principal, action, resource) when { Tool::"t" has m };'
     [est] = orjson.loads(cedarpy.policies_to_json_str(text))["staticPolicies"].values()
     literal = engine._Reads.of(source.Policy("p", "permit", False, 1, est, text))
-    assert literal == engine._Reads(context=False, resource=False, literal_types=frozenset({"Tool"}))
+    assert literal == engine._Reads(
+        context=False, resource=False, literal_types=frozenset({"Tool"})
+    )
 
 
 def _cedar_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict[str, Any], int]]:
@@ -795,8 +796,11 @@ def test_inputs_no_policy_reads_are_left_out(monkeypatch: pytest.MonkeyPatch) ->
     for ask, outcome in zip(asks, got, strict=True):
         compare(s, ask, outcome)
     [(call, call_n), (read, read_n), (write, write_n)] = seen
-    assert "context" not in call and "context" in read and "context" not in write
-    assert read_n == call_n and write_n == call_n + 1  # the resource's entity only for write
+    assert "context" not in call
+    assert "context" in read
+    assert "context" not in write
+    assert read_n == call_n
+    assert write_n == call_n + 1
     assert [o.effect for o in got] == [Effect.ALLOW, Effect.ALLOW, Effect.DENY]
 
 
@@ -810,7 +814,8 @@ def test_escaped_values_are_always_given_to_cedar(monkeypatch: pytest.MonkeyPatc
     ask = Ask("a", "tool.call", "Tool", "t0", {"server": "s1"}, ref)
     assert s.compiled.decide(s.decisions.cedar_request(ask)).effect is Effect.ALLOW
     [(request, n)] = seen
-    assert "context" in request and n == len(s.compiled.base_entities) + 2
+    assert "context" in request
+    assert n == len(s.compiled.base_entities) + 2
     bad_ip = {"__extn": {"fn": "ip", "arg": "not an address"}}
     for bad, where in (
         (Ask("a", "tool.call", "Tool", "t0", {}, {"ip": bad_ip}), "context"),
