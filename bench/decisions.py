@@ -110,9 +110,9 @@ from tether.credentials.bearer import Caller
 from tether.db.models import metadata
 from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text
-from tether.policy import source
+from tether.policy import engine, source
 from tether.policy.decide import Ask, Decision
-from tether.policy.engine import CedarRequest, Effect
+from tether.policy.engine import Effect
 from tether.policy.service import BASE_POLICIES, BASE_POLICIES_TEXT
 from tether.principals import Role
 
@@ -377,33 +377,39 @@ def run_evaluate(dep: Deployment, world: World, sizes: Sizes, out: InProcess) ->
     out.repeated = baselines.time_calls(tether, asks, sizes.eval_runs, warmup=len(asks))
     out.notes["slice_keys"] = len(getattr(compiled, "_slices", ()))
     out.notes["slice_sets"] = len(getattr(compiled, "_by_ids", ()))
-    # The two cedarpy calls an evaluate without caches makes, timed alone on the same
-    # Cedar-decided requests: the entity delta (principal + resource JSON added to the base
-    # handle) and the authorization on the request's slice of the policies — the floor under
-    # evaluate's Cedar part. (The slice is the engine's own; if its internals change, these
-    # rows are skipped.)
-    base = compiled.base_entities
-    crs: list[CedarRequest] = []
+    # The cedarpy calls an evaluate makes for a new request, timed alone on the same
+    # Cedar-decided requests, as the engine makes them: the resource's entity added to the
+    # principal's cached handle (only where the request's slice reads it), and is_authorized
+    # on the slice (the context only where the slice reads it) — the floor under evaluate's
+    # Cedar part. (From the engine's internals; if they change, these rows are skipped.)
+    deltas: list[tuple[cedarpy.Entities, str]] = []
     prepared: list[tuple[dict[str, Any], cedarpy.PolicySet, cedarpy.Entities]] = []
     try:
         for ask in asks:
             if evaluate(ask).stage != "cedar":
                 continue
             c = svc.decisions.cedar_request(ask)
-            policy_set = compiled._slice(c).policy_set
-            if policy_set is not None:  # an empty slice is a deny without Cedar
-                crs.append(c)
-                prepared.append((_cedar_dict(c), policy_set, base.with_added_json_str(_delta(c))))
+            sl = compiled._slice(c)
+            if sl.policy_set is None:  # an empty slice is a deny without Cedar
+                continue
+            handle = compiled._principal_entities(c.principal_entity)
+            if engine._needs_resource(sl.reads, c):
+                deltas.append((handle, f"[{c.resource_entity}]"))
+                handle = handle.with_added_json_str(deltas[-1][1])
+            context = sl.reads.context or engine._ESCAPE in c.context
+            prepared.append((engine._request(c, context=context), sl.policy_set, handle))
     except (AttributeError, TypeError) as exc:
         note(f"[decisions] cedarpy-alone rows skipped: the engine changed ({exc})")
     else:
         out.delta = baselines.time_calls(
-            lambda c: bool(base.with_added_json_str(_delta(c))), crs, sizes.eval_runs,
-            warmup=200,
-        )  # fmt: skip
-        out.authorize = baselines.time_calls(
-            lambda p: cedarpy.is_authorized(*p).allowed, prepared, sizes.eval_runs, warmup=200
+            lambda d: bool(d[0].with_added_json_str(d[1])), deltas, sizes.eval_runs, warmup=200
         )
+        out.authorize = baselines.time_calls(
+            lambda p: engine._authorize(*p).allowed, prepared, sizes.eval_runs, warmup=200
+        )
+        out.notes["cedar_decided"] = len(prepared)
+        out.notes["with_resource"] = len(deltas)
+        out.notes["with_context"] = sum("context" in p[0] for p in prepared)
     out.notes["runtime_refused"] = sum(evaluate(a).stage == "runtime" for a in asks)
     out.notes["effects"] = dict(Counter(evaluate(a).effect.value for a in asks))
 
@@ -429,23 +435,6 @@ def run_evaluate(dep: Deployment, world: World, sizes: Sizes, out: InProcess) ->
     out.agree = agreement(svc, world, asks, requests, policies_text, entities)
     out.casbin_agree = baselines.agreement(entities, world.specs, requests[:5000])
     out.notes["load_after"] = os.getloadavg()[0]
-
-
-def _delta(c: CedarRequest) -> str:
-    """The request's principal and resource as a Cedar JSON entity list."""
-    if c.resource_entity is None or c.resource == c.principal:
-        return f"[{c.principal_entity}]"
-    return f"[{c.principal_entity},{c.resource_entity}]"
-
-
-def _cedar_dict(c: CedarRequest) -> dict[str, Any]:
-    """The request for ``cedarpy.is_authorized`` (the context already JSON text)."""
-    return {
-        "principal": {"type": c.principal[0], "id": c.principal[1]},
-        "action": {"type": "Action", "id": c.action},
-        "resource": {"type": c.resource[0], "id": c.resource[1]},
-        "context": c.context,
-    }
 
 
 def agreement(
@@ -603,7 +592,9 @@ def inprocess_table(ip: InProcess, sizes: Sizes, backends: Sequence[str]) -> Res
     ]
     if ip.delta:
         table.rows += [
-            _part_row("  cedarpy alone: with_added_json_str (principal + resource)", ip.delta, h),
+            _part_row(
+                "  cedarpy alone: with_added_json_str (the resource, where read)", ip.delta, h
+            ),
             _part_row("  cedarpy alone: is_authorized on the request's slice", ip.authorize, h),
         ]
     for backend in backends:
@@ -639,10 +630,13 @@ def inprocess_table(ip: InProcess, sizes: Sizes, backends: Sequence[str]) -> Res
         f"cold = the first call for each request ({n['slice_keys']:,} slice keys, "
         f"{n['slice_sets']:,} distinct policy subsets compiled during it). Timed one call at a "
         "time (perf_counter_ns); decisions/s = calls over their summed times. 'cedarpy "
-        "alone' = the two cedarpy calls an uncached evaluate makes, timed alone on the "
-        "Cedar-decided requests: the entity delta (base handle + the principal's and the "
-        "resource's JSON) and is_authorized on the request's slice — the floor under "
-        "evaluate's Cedar part; the rest of evaluate is Tether's Python.",
+        "alone' = the cedarpy calls evaluate makes for a new request, timed alone as the "
+        "engine makes them: the resource's entity added to the principal's cached handle "
+        f"(on the {n.get('with_resource', 0):,} of {n.get('cedar_decided', 0):,} "
+        "Cedar-decided requests whose slice reads the resource) and is_authorized on the "
+        f"request's slice (with the context on the {n.get('with_context', 0):,} whose slice "
+        "reads it) — the floor under evaluate's Cedar part; the rest of evaluate is Tether's "
+        "Python.",
         f"agreement, Tether evaluate vs cedarpy with handles (same policies, entities, "
         f"requests): allow/deny {a['verdict']:.2%}, three-way effect {a['effect']:.2%}, reasons "
         f"{a['reasons']:.2%} on {a['cedar_decided']:,} Cedar-decided requests; on the "
