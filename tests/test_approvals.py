@@ -550,3 +550,17 @@ def test_permit_on_first_permit_stops_at_an_approved_request(env: Env) -> None:
     assert answers[0]["decision"] is True
     assert len(answers) == 1, answers
     assert len(events_since(env, since, "decision")) == 1
+
+
+def test_a_notifier_failure_does_not_turn_a_recorded_checkpoint_into_an_error(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The approval and its decision event are committed before announce(); if announcing
+    fails, the agent still gets its approval_required answer with the approval's id."""
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("notifier down")
+
+    monkeypatch.setattr(env.services.approvals, "announce", broken)
+    approval_id = pending(env, write(new_agent(env)))
+    assert approval(env, approval_id)["status"] == "pending"

@@ -328,7 +328,10 @@ class DecisionService:
         except Exception:
             log.exception("approval checkpoint could not be recorded; denying")
             return self._ledger_down(decision)
-        self.approvals.announce(final, opened)
+        try:  # the answer is recorded: a failing notifier must not turn it into an error
+            self.approvals.announce(final, opened)
+        except Exception:
+            log.exception("approval %s recorded but not announced", final.approval_id)
         return cast(Decision, final)
 
     @staticmethod
