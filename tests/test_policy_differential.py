@@ -716,9 +716,18 @@ def test_the_memo_is_bounded_and_can_be_off(monkeypatch: pytest.MonkeyPatch) -> 
     s = setup(PAYMENTS_ONLY, {"a": (_view("a")[0], frozenset({"payments"}))})
     calls = _counting(monkeypatch)
     long_context = Ask("a", "tool.call", "Tool", "t0", {}, {"note": "x" * 5000})
+    long_properties = Ask("a", "tool.call", "Tool", "t0", {"server": "x" * 5000})
     for _ in range(3):
         s.compiled.decide(s.decisions.cedar_request(long_context))
-    assert calls[0] == 3  # too long to remember
+        s.compiled.decide(s.decisions.cedar_request(long_properties))
+    assert calls[0] == 6  # too long to remember
+    assert s.compiled._memo == {}
+    # a byte budget bounds the inputs held, however many entries fit the capacity
+    monkeypatch.setattr(engine, "_MEMO_MAX_BYTES", 1_000)
+    for n in range(40):
+        s.compiled.decide(s.decisions.cedar_request(Ask("a", "tool.call", "Tool", "t0", {"n": n})))
+        assert s.compiled._memo_bytes <= 1_000 + 100  # one entry's inputs are ~50 bytes
+    assert 0 < len(s.compiled._memo) < 30
     s.compiled.set_memo_capacity(4)
     for n in range(10):
         s.compiled.decide(s.decisions.cedar_request(Ask("a", "tool.call", "Tool", f"t{n}", {})))

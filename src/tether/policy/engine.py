@@ -43,7 +43,8 @@ Uid = tuple[str, str]
 _SLICE_CACHE_MAX = 16_384
 _PRINCIPAL_CACHE_MAX = 20_000  # ~4 KB each
 MEMO_MAX = 32_768  # outcomes remembered per policy version (cleared when full)
-_MEMO_MAX_CONTEXT = 2_048  # longer contexts are decided every time, not remembered
+_MEMO_MAX_INPUT = 2_048  # a longer context + resource entity is decided every time
+_MEMO_MAX_BYTES = 16 * 1024 * 1024  # the inputs' text the memo may hold (cleared when over)
 _ESCAPE = '"__'  # Cedar JSON's escapes: {"__entity": ...}, {"__extn": ...}
 _ERRORED_POLICY = re.compile(r"while evaluating policy `([^`]+)`")
 
@@ -243,6 +244,7 @@ class CompiledPolicies:
     _memo: dict[tuple[str, str, Uid, str | None, str], Outcome] = field(
         init=False, default_factory=dict
     )
+    _memo_bytes: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self._principal_uids = frozenset(
@@ -307,14 +309,19 @@ class CompiledPolicies:
         """Remember up to ``capacity`` outcomes (0: none); forgets what it remembered."""
         self.memo_capacity = capacity
         self._memo.clear()
+        self._memo_bytes = 0
 
     def _remember(
         self, key: tuple[str, str, Uid, str | None, str], req: CedarRequest, outcome: Outcome
     ) -> None:
-        if self.memo_capacity and len(req.context) <= _MEMO_MAX_CONTEXT:
-            if len(self._memo) >= self.memo_capacity:
+        size = len(req.context) + len(req.resource_entity or "")
+        if self.memo_capacity and size <= _MEMO_MAX_INPUT:
+            # the principal's entity text is the runtime's own string, not a copy
+            if len(self._memo) >= self.memo_capacity or self._memo_bytes > _MEMO_MAX_BYTES:
                 self._memo.clear()
+                self._memo_bytes = 0
             self._memo[key] = outcome
+            self._memo_bytes += size
 
     def _decide(self, req: CedarRequest) -> Outcome:
         sl = self._slice(req)
