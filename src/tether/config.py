@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     token_ttl_seconds: int = Field(default=300, ge=10, description="Default access token TTL.")
     token_ttl_max_seconds: int = Field(default=3600, ge=10, description="TTL ceiling.")
+    token_retention_seconds: int = Field(
+        default=86_400, ge=0,
+        description="How long an expired access token's row is kept before it is purged "
+        "(the ledger keeps every issuance).",
+    )  # fmt: skip
     token_signing_alg: Literal["ES256", "EdDSA"] = "ES256"  # noqa: S105 - an algorithm name
     key_rotation_days: float = Field(default=30, gt=0, description="Scheduled key rotation.")
     delegation_max_depth: int = Field(default=3, ge=1, le=10)

@@ -93,6 +93,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     )  # fmt: skip
     oauth = OAuthService(db, ledger, clock, signing_keys, settings)
     agents.kill_hooks.append(oauth.revoke_agent_tokens)
+    agents.expiry.hooks.append(oauth.revoke_expired_agent_tokens)
     users = UserService(db, ledger, clock)
     policies = PolicyService(db, ledger, clock, memo_capacity=settings.decision_memo_size)
     runtime = Runtime(db, clock, policies.compiled, poll_seconds=settings.runtime_poll_seconds,

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from tether.clock import to_rfc3339
+from tether.clock import from_micros, to_rfc3339
 
 
 class Status(StrEnum):
@@ -15,6 +15,7 @@ class Status(StrEnum):
     SUSPENDED = "suspended"
     REVOKED = "revoked"
     RETIRED = "retired"
+    EXPIRED = "expired"
 
 
 class RiskTier(StrEnum):
@@ -24,19 +25,40 @@ class RiskTier(StrEnum):
 
 
 TERMINAL = frozenset({Status.REVOKED, Status.RETIRED})
+# The statuses an agent leaves for ``expired`` once its ``expires_at`` has passed.
+EXPIRABLE = frozenset({Status.ACTIVE, Status.SUSPENDED})
 
 # Which operation may move an agent from which status. Revoked and retired are terminal.
+# Suspending an expired agent would change nothing; resuming one also needs its
+# ``expires_at`` in the future (AgentService checks that, it depends on the time).
 TRANSITIONS: dict[str, dict[Status, Status]] = {
     "suspend": {Status.ACTIVE: Status.SUSPENDED},
-    "resume": {Status.SUSPENDED: Status.ACTIVE},
-    "retire": {Status.ACTIVE: Status.RETIRED, Status.SUSPENDED: Status.RETIRED},
-    "kill": {Status.ACTIVE: Status.REVOKED, Status.SUSPENDED: Status.REVOKED},
+    "resume": {Status.SUSPENDED: Status.ACTIVE, Status.EXPIRED: Status.ACTIVE},
+    "retire": dict.fromkeys((Status.ACTIVE, Status.SUSPENDED, Status.EXPIRED), Status.RETIRED),
+    "kill": dict.fromkeys((Status.ACTIVE, Status.SUSPENDED, Status.EXPIRED), Status.REVOKED),
 }
 
 
 def next_status(operation: str, current: Status) -> Status | None:
     """The status ``operation`` leads to from ``current``, or ``None`` if it is not allowed."""
     return TRANSITIONS[operation].get(current)
+
+
+def has_expired(expires_at: int | None, now_us: int) -> bool:
+    """Whether an ``expires_at`` (microseconds; ``None``: never) has passed at ``now_us``."""
+    return expires_at is not None and expires_at <= now_us
+
+
+def effective_status(status: Status, expires_at: int | None, now_us: int) -> Status:
+    """The status readers see: ``expired`` once ``expires_at`` has passed, even before the
+    maintenance sweep has stored it (revoked and retired stay what they are)."""
+    if status in EXPIRABLE and has_expired(expires_at, now_us):
+        return Status.EXPIRED
+    return status
+
+
+def expiry_reason(expires_at: int) -> str:
+    return f"expired at {to_rfc3339(from_micros(expires_at))}"
 
 
 def spiffe_id(trust_domain: str, agent_id: str) -> str:

@@ -37,6 +37,8 @@ class AgentRow(Base):
         Index("ix_agents_status_id", "status", "id"),
         Index("ix_agents_risk_tier_id", "risk_tier", "id"),
         Index("ix_agents_parent_id", "parent_id"),
+        # The expiry sweep: agents of a status whose expires_at has passed.
+        Index("ix_agents_status_expires_at", "status", "expires_at"),
     )
 
 

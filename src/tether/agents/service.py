@@ -15,8 +15,19 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tether.agents.expiry import AgentExpiry
 from tether.agents.fingerprint import normalize
-from tether.agents.model import TERMINAL, Agent, RiskTier, Status, next_status, spiffe_id
+from tether.agents.model import (
+    TERMINAL,
+    Agent,
+    RiskTier,
+    Status,
+    effective_status,
+    expiry_reason,
+    has_expired,
+    next_status,
+    spiffe_id,
+)
 from tether.agents.models import AgentRow
 from tether.agents.schemas import AgentCreate, AgentUpdate
 from tether.agents.store import DatabaseAgentStore
@@ -58,6 +69,7 @@ class AgentService:
         self.store = DatabaseAgentStore()
         self.users = DatabaseUserStore()
         self.kill_hooks: list[KillHook] = []
+        self.expiry = AgentExpiry(db, ledger, clock)
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, actor: Principal, agent_id: str) -> Agent:
@@ -65,7 +77,7 @@ class AgentService:
         with self.db.read() as s:
             row = self._row(s, agent_id)
             self._require(s, actor, row, "read")
-            return self._agents(s, [row])[0]
+            return self._agents(s, [row], now=self.clock.now())[0]
 
     def list(
         self,
@@ -78,10 +90,13 @@ class AgentService:
         role: str | None = None,
         risk_tier: str | None = None,
     ) -> Page[Agent]:
-        """Agents the actor may see, in creation order; supervisors see only their own."""
+        """Agents the actor may see, in creation order; supervisors see only their own.
+        ``status`` matches the status readers see (an agent past ``expires_at`` is
+        ``expired`` before the sweep stores it)."""
         if actor.kind != "system" and actor.role is None:
             raise Forbidden("only users may list agents")
         after = decode_cursor(cursor)
+        now = self.clock.now()
         with self.db.read() as s:
             owner_id: str | None = None
             if owner is not None:
@@ -99,9 +114,10 @@ class AgentService:
                 role=role,
                 risk_tier=risk_tier,
                 visible_to=visible_to,
+                now_us=to_micros(now),
             )
             more = len(rows) > limit
-            agents = self._agents(s, rows[:limit])
+            agents = self._agents(s, rows[:limit], now=now)
         return Page(agents, encode_cursor(agents[-1].id) if more else None)
 
     # -- creating --------------------------------------------------------------------------
@@ -125,9 +141,10 @@ class AgentService:
                         f"parent agent {spec.parent!r} does not exist", field="parent"
                     )
                 self._require(s, actor, parent, "operate")
-                if parent.status != Status.ACTIVE:
+                parent_status = self._status(parent, now)
+                if parent_status is not Status.ACTIVE:
                     raise InvalidTransition(
-                        f"parent agent {parent.id} is {parent.status}; only an active agent "
+                        f"parent agent {parent.id} is {parent_status}; only an active agent "
                         "may spawn another",
                         field="parent",
                     )
@@ -166,7 +183,7 @@ class AgentService:
                     "fingerprint_digest": row.fingerprint_digest,
                 },
             )
-            return self._agents(s, [row])[0]
+            return self._agents(s, [row], now=now)[0]
 
     def clone(self, actor: Principal, agent_id: str, *, name: str) -> Agent:
         """A new agent with the source's roles and attributes; credentials are never copied."""
@@ -202,14 +219,15 @@ class AgentService:
                 now=now,
                 details={"source": src.id, "name": name},
             )
-            return self._agents(s, [row])[0]
+            return self._agents(s, [row], now=now)[0]
 
     # -- changing --------------------------------------------------------------------------
     def update(self, actor: Principal, agent_id: str, patch: AgentUpdate) -> Agent:
         """Apply the fields present in ``patch``.
 
         A changed fingerprint on a ``high``-risk agent suspends it until a human resumes it.
-        A patch that changes nothing writes nothing.
+        A patch that changes nothing writes nothing. An expired agent may be patched (a later
+        ``expires_at`` is what lets it be resumed); it stays expired until resumed.
         """
         now = self.clock.now()
         fields = patch.model_fields_set
@@ -236,6 +254,7 @@ class AgentService:
             self._require(s, actor, row, "manage")
             if Status(row.status) in TERMINAL:
                 raise self._terminal(row)
+            self.expiry.catch_up(s, [row], now)
             changes: dict[str, Any] = {}
             self._patch_columns(row, patch, tier, changes)
             self._patch_people(s, actor, row, patch, changes)
@@ -251,7 +270,7 @@ class AgentService:
                     now=now,
                     details={"changes": changes},
                 )
-            return self._agents(s, [row])[0]
+            return self._agents(s, [row], now=now)[0]
 
     @staticmethod
     def _patch_columns(
@@ -311,7 +330,8 @@ class AgentService:
             return
         row.fingerprint = canonical_text(new_fp) if new_fp else None
         row.fingerprint_digest = new_digest
-        if row.risk_tier == RiskTier.HIGH:
+        if row.risk_tier == RiskTier.HIGH and row.status != Status.EXPIRED:
+            # (An expired agent needs a resume anyway, which is the re-approval.)
             # A new model, prompt or toolset is a different agent in all but name.
             changes["status"] = {"from": row.status, "to": Status.SUSPENDED.value}
             row.status = Status.SUSPENDED.value
@@ -345,6 +365,7 @@ class AgentService:
             victims = [root]
             if cascade:
                 victims += self._descendants(s, root.id)
+            self.expiry.catch_up(s, victims, now)
             revoked: list[str] = []
             for row in victims:
                 if next_status("kill", Status(row.status)) is None:
@@ -381,6 +402,7 @@ class AgentService:
         with self.db.write() as s:
             row = self._row(s, agent_id)
             self._require(s, actor, row, "manage" if op == "retire" else "operate")
+            self.expiry.catch_up(s, [row], now)
             current = Status(row.status)
             target = next_status(op, current)
             if target is None:
@@ -389,6 +411,12 @@ class AgentService:
                 raise InvalidTransition(
                     f"cannot {op} agent {row.id}: it is {current}", status=current.value
                 )
+            if target is Status.ACTIVE and has_expired(row.expires_at, to_micros(now)):
+                raise InvalidTransition(
+                    f"cannot {op} agent {row.id}: its expires_at has passed; move expires_at "
+                    "into the future first (PATCH)",
+                    status=current.value,
+                )
             row.status = target.value
             row.status_reason = None if target is Status.ACTIVE else reason
             row.updated_at = to_micros(now)
@@ -396,7 +424,7 @@ class AgentService:
             if reason is not None:
                 details["reason" if op != "resume" else "note"] = reason
             self._audit(s, actor, event, row=row, now=now, details=details)
-            return self._agents(s, [row])[0]
+            return self._agents(s, [row], now=now)[0]
 
     def _descendants(self, s: Session, root_id: str) -> builtins.list[AgentRow]:
         out: builtins.list[AgentRow] = []
@@ -549,7 +577,14 @@ class AgentService:
             f"agent {row.id} is {row.status}; that is final", agent=row.id, status=row.status
         )
 
-    def _agents(self, s: Session, rows: Sequence[AgentRow]) -> builtins.list[Agent]:
+    @staticmethod
+    def _status(row: AgentRow, now: datetime) -> Status:
+        return effective_status(Status(row.status), row.expires_at, to_micros(now))
+
+    def _agents(
+        self, s: Session, rows: Sequence[AgentRow], *, now: datetime
+    ) -> builtins.list[Agent]:
+        """The agents as readers see them: one past ``expires_at`` is ``expired``."""
         ids = [r.id for r in rows]
         roles = self.store.roles_of(s, ids)
         sups = self.store.supervisors_of(s, ids)
@@ -564,8 +599,8 @@ class AgentService:
                 supervisors=sups.get(r.id, []),
                 purpose=r.purpose,
                 risk_tier=RiskTier(r.risk_tier),
-                status=Status(r.status),
-                status_reason=r.status_reason,
+                status=self._status(r, now),
+                status_reason=_reason(r, self._status(r, now)),
                 roles=roles.get(r.id, []),
                 attributes=loads(r.attributes),
                 scopes=loads(r.scopes),
@@ -580,6 +615,13 @@ class AgentService:
             )
             for r in rows
         ]
+
+
+def _reason(row: AgentRow, shown: Status) -> str | None:
+    """An agent shown ``expired`` before the sweep stored it says why, as the sweep will."""
+    if shown is Status.EXPIRED and row.status != Status.EXPIRED and row.expires_at is not None:
+        return expiry_reason(row.expires_at)
+    return row.status_reason
 
 
 def _record(changes: dict[str, Any], field: str, old: Any, new: Any) -> bool:

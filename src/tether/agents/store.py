@@ -6,9 +6,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import ColumnElement, and_, delete, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from tether.agents.model import EXPIRABLE, Status
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.db.text import unstorable
 from tether.users.models import UserRow
@@ -21,6 +22,7 @@ class _Filters:
     status: str | None
     risk_tier: str | None
     role: str | None
+    now_us: int
 
 
 class DatabaseAgentStore:
@@ -85,8 +87,11 @@ class DatabaseAgentStore:
         role: str | None = None,
         risk_tier: str | None = None,
         visible_to: str | None = None,
+        now_us: int = 0,
     ) -> list[AgentRow]:
         """Agents in id order after ``after``; ``visible_to`` keeps those a user owns/supervises.
+        ``status`` is the status readers see at ``now_us`` (an agent past ``expires_at`` is
+        ``expired`` whether or not the sweep has stored it yet).
 
         Each query is driven by the index that matches its most selective part (role,
         supervision), read in id order with a LIMIT: measured in bench/registry.py, an
@@ -94,7 +99,7 @@ class DatabaseAgentStore:
         """
         if unstorable(status, role, risk_tier):
             return []
-        filters = _Filters(after, limit, status, risk_tier, role)
+        filters = _Filters(after, limit, status, risk_tier, role, now_us)
         if visible_to is None:
             return self._page_branch(session, filters, owner_id=owner_id)
         # A supervisor's view: what they own, merged with what they supervise.
@@ -134,7 +139,7 @@ class DatabaseAgentStore:
         if f.after is not None:
             q = q.where(key > f.after)
         if f.status is not None:
-            q = q.where(AgentRow.status == f.status)
+            q = q.where(_status_is(f.status, f.now_us))
         if owner_id is not None:
             q = q.where(AgentRow.owner_id == owner_id)
         if f.risk_tier is not None:
@@ -150,3 +155,16 @@ class DatabaseAgentStore:
             AgentSupervisorRow.agent_id == agent_id, AgentSupervisorRow.user_id == user_id
         )
         return session.execute(q).first() is not None
+
+
+def _status_is(status: str, now_us: int) -> ColumnElement[bool]:
+    passed = and_(AgentRow.expires_at.is_not(None), AgentRow.expires_at <= now_us)
+    if status == Status.EXPIRED:
+        unswept = and_(AgentRow.status.in_([str(s) for s in EXPIRABLE]), passed)
+        return or_(AgentRow.status == status, unswept)
+    if status in EXPIRABLE:
+        return and_(
+            AgentRow.status == status,
+            or_(AgentRow.expires_at.is_(None), AgentRow.expires_at > now_us),
+        )
+    return AgentRow.status == status

@@ -28,15 +28,23 @@ from tether.api.routes import (
 )
 from tether.config import load_settings
 from tether.container import Services, build_services
+from tether.credentials.retention import purge_expired_tokens
 
 log = logging.getLogger("tether.api")
 
 
 async def _maintenance(services: Services) -> None:
     """Every node, every few seconds: sign the ledger head if T seconds passed, rotate the
-    signing key when it is due, forget spent jtis that expired. Each step is idempotent
-    under the write lock, so nodes running it together do it once."""
+    signing key when it is due, forget spent jtis that expired, expire approvals and agents
+    past their expiry, purge long-expired access token rows. Each step is idempotent under
+    the write lock, so nodes running it together do it once."""
     interval = min(services.settings.checkpoint_every_seconds, 10.0)
+
+    def purge_tokens() -> int:
+        retention = services.settings.token_retention_seconds
+        return purge_expired_tokens(services.db, now=services.clock.now(),
+                                    retention_seconds=retention)  # fmt: skip
+
     while True:
         await asyncio.sleep(interval)
         for step in (
@@ -44,6 +52,8 @@ async def _maintenance(services: Services) -> None:
             services.signing_keys.rotate_if_due,
             lambda: services.oauth.replay.purge(int(services.clock.now().timestamp())),
             services.approvals.expire_due,
+            services.agents.expiry.expire_due,
+            purge_tokens,
             services.runtime.purge,
         ):
             try:

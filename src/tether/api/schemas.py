@@ -24,7 +24,7 @@ class AgentOut(BaseModel):
     supervisors: list[str]
     purpose: str
     risk_tier: Literal["minimal", "limited", "high"]
-    status: Literal["active", "suspended", "revoked", "retired"]
+    status: Literal["active", "suspended", "expired", "revoked", "retired"]
     status_reason: str | None
     roles: list[str]
     scopes: list[str]

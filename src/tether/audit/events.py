@@ -19,6 +19,7 @@ class EventType(StrEnum):
     AGENT_RESUMED = "agent.resumed"
     AGENT_RETIRED = "agent.retired"
     AGENT_KILLED = "agent.killed"
+    AGENT_EXPIRED = "agent.expired"
     CREDENTIAL_CREATED = "credential.created"
     CREDENTIAL_DELETED = "credential.deleted"
     CLIENT_AUTH_FAILED = "client.auth_failed"

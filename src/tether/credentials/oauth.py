@@ -428,6 +428,24 @@ class OAuthService:
         )  # fmt: skip
         return {"tokens": int(getattr(result, "rowcount", 0) or 0)}
 
+    def revoke_expired_agent_tokens(
+        self, s: Session, agent_ids: list[str], now: datetime
+    ) -> dict[str, int]:
+        """Expiry hook: like the kill hook, and the change feed names each token, because an
+        expired agent can be extended and resumed: its old tokens must stay refused on every
+        worker (the runtime's revoked-jti set), not only at introspection."""
+        now_us = to_micros(now)
+        jtis = list(s.scalars(
+            select(AccessTokenRow.jti)
+            .where(AccessTokenRow.agent_id.in_(agent_ids), AccessTokenRow.revoked_at.is_(None),
+                   AccessTokenRow.expires_at > now_us)
+        ))  # fmt: skip
+        if jtis:
+            s.execute(update(AccessTokenRow).where(AccessTokenRow.jti.in_(jtis))
+                      .values(revoked_at=now_us))  # fmt: skip
+            changes.record(s, changes.Kind.TOKEN, jtis, now_us=now_us)
+        return {"tokens": len(jtis)}
+
 
 _INTROSPECTED = frozenset(
     {"sub", "client_id", "scope", "aud", "iss", "exp", "iat", "nbf", "jti", "act", "cnf"}

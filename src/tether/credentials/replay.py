@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from typing import Protocol
 
-from sqlalchemy import CursorResult, delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.credentials.models import UsedJtiRow
 from tether.db import Database
+from tether.db.purge import delete_before
 
 
 class ReplayCache(Protocol):
@@ -32,10 +33,9 @@ class DatabaseReplayCache:
         return False
 
     def purge(self, now: int) -> int:
-        """Forget entries whose ``exp`` has passed (a replay then fails on ``exp`` anyway)."""
-        with self.db.write() as s:
-            result = s.execute(delete(UsedJtiRow).where(UsedJtiRow.expires_at < now))
-            return cast(CursorResult[Any], result).rowcount or 0
+        """Forget entries whose ``exp`` has passed (a replay then fails on ``exp`` anyway), in
+        batches so a backlog never holds the write lock long."""
+        return delete_before(self.db, UsedJtiRow.key, UsedJtiRow.expires_at, now)
 
 
 class DatabaseDPoPReplayCache:

@@ -35,7 +35,7 @@ def list_agents(
     *,
     svc: ServicesDep,
     who: PrincipalDep,
-    status: Literal["active", "suspended", "revoked", "retired"] | None = None,
+    status: Literal["active", "suspended", "expired", "revoked", "retired"] | None = None,
     owner: Annotated[str | None, Query(max_length=64)] = None,
     role: Annotated[str | None, Query(max_length=100)] = None,
     risk_tier: Literal["minimal", "limited", "high"] | None = None,
