@@ -1,8 +1,8 @@
 """The agent SDK (``AgentClient``) against the real app in-process, on both backends:
 client_secret_basic and private_key_jwt, the token cache, DPoP binding checked by the server's
-own verifier, token exchange, one fetch for concurrent callers. What the server does not do
-(DPoP nonces) and malformed answers are checked against scripted transports; one test runs
-against a real server process."""
+own verifier, token exchange, one fetch for concurrent callers. Edge cases of the DPoP nonce
+handshake and malformed answers are checked against scripted transports (the server's own
+nonces: test_dpop_nonce.py); one test runs against a real server process."""
 
 from __future__ import annotations
 

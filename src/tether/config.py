@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     key_rotation_days: float = Field(default=30, gt=0, description="Scheduled key rotation.")
     delegation_max_depth: int = Field(default=3, ge=1, le=10)
     dpop_max_age_seconds: int = Field(default=300, ge=10, le=3600)
+    dpop_nonce: Literal["off", "required"] = Field(
+        default="off",
+        description="'required': DPoP proofs must carry a nonce this server issued (RFC 9449 "
+        "§8, §9), at the token endpoint and with DPoP-bound tokens. Off by default, since "
+        "clients without nonce support would be refused.",
+    )
+    dpop_nonce_seconds: int = Field(
+        default=300, ge=10, le=3600,
+        description="A nonce window; a nonce is accepted in its window and the next.",
+    )  # fmt: skip
     approval_ttl_seconds: int = Field(
         default=900, ge=10, le=7 * 86400, description="How long an approval stays open."
     )

@@ -22,6 +22,7 @@ from tether.audit.signing import LedgerSigner
 from tether.clock import Clock, SystemClock
 from tether.config import Settings
 from tether.credentials.bearer import Bearers
+from tether.credentials.dpop_nonce import DPoPNonces, Purpose
 from tether.credentials.keys import SigningKeys
 from tether.credentials.oauth import OAuthService
 from tether.credentials.service import CredentialService
@@ -76,6 +77,12 @@ def _webhook_secret(settings: Settings, keys: RootKeys) -> bytes:
     return hmac.new(keys.master_key, b"tether approval webhooks v1", hashlib.sha256).digest()
 
 
+def _dpop_nonces(settings: Settings, keys: RootKeys, purpose: Purpose) -> DPoPNonces | None:
+    if settings.dpop_nonce == "off":
+        return None
+    return DPoPNonces.derive(keys.master_key, purpose, lifetime=settings.dpop_nonce_seconds)
+
+
 def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -91,7 +98,8 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         db, ledger, clock, keys.master_key, alg=settings.token_signing_alg,
         max_token_ttl=settings.token_ttl_max_seconds, rotation_days=settings.key_rotation_days,
     )  # fmt: skip
-    oauth = OAuthService(db, ledger, clock, signing_keys, settings)
+    oauth = OAuthService(db, ledger, clock, signing_keys, settings,
+                         dpop_nonces=_dpop_nonces(settings, keys, "token_endpoint"))  # fmt: skip
     agents.kill_hooks.append(oauth.revoke_agent_tokens)
     agents.expiry.hooks.append(oauth.revoke_expired_agent_tokens)
     users = UserService(db, ledger, clock)
@@ -115,6 +123,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         issuer=oauth.endpoints.issuer,
         replay=oauth.dpop_replay,
         dpop_max_age=settings.dpop_max_age_seconds,
+        dpop_nonces=_dpop_nonces(settings, keys, "resource"),
     )
     return Services(
         policies=policies,

@@ -21,6 +21,11 @@ class TetherError(Exception):
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "details": self.details}
 
+    def response_headers(self) -> dict[str, str]:
+        """HTTP headers the API sends with this error, beyond its defaults (a 401 has a
+        ``Bearer`` challenge unless these name another)."""
+        return {}
+
 
 class BadRequest(TetherError):
     code = "bad_request"
@@ -54,6 +59,24 @@ class PolicyInvalid(ValidationFailed):
 class Unauthenticated(TetherError):
     code = "unauthenticated"
     http_status = 401
+
+
+class DPoPNonceRequired(Unauthenticated):
+    """RFC 9449 §9: the DPoP-bound token's proof lacks a valid server nonce; ``nonce`` is a
+    fresh one, sent in ``DPoP-Nonce`` with a ``DPoP error="use_dpop_nonce"`` challenge."""
+
+    code = "use_dpop_nonce"
+
+    def __init__(self, message: str, *, nonce: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.nonce = nonce
+
+    def response_headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": 'DPoP error="use_dpop_nonce", error_description="Resource '
+            'server requires nonce in DPoP proof"',
+            "DPoP-Nonce": self.nonce,
+        }
 
 
 class Forbidden(TetherError):

@@ -72,8 +72,9 @@ def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
 
 
 def tether_error(exc: TetherError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
-    return _error(exc.http_status, exc.code, exc.message, exc.details, headers)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else {}
+    headers.update(exc.response_headers())
+    return _error(exc.http_status, exc.code, exc.message, exc.details, headers or None)
 
 
 def validation_error(raw: Iterable[Any]) -> JSONResponse:
@@ -143,10 +144,17 @@ def install(app: FastAPI) -> None:
 _ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {
         "WWW-Authenticate": {
-            "description": "How to authenticate (RFC 9110 section 11.6.1): always Bearer",
+            "description": "How to authenticate (RFC 9110 section 11.6.1): Bearer, or DPoP "
+            'with error="use_dpop_nonce" when the proof of a DPoP-bound token needs a server '
+            "nonce (RFC 9449 section 9)",
             "required": True,
-            "schema": {"type": "string", "pattern": "^Bearer"},
-        }
+            "schema": {"type": "string", "pattern": "^(Bearer|DPoP)"},
+        },
+        "DPoP-Nonce": {
+            "description": "The nonce to put in the next DPoP proof (RFC 9449 section 9)",
+            "required": False,
+            "schema": {"type": "string"},
+        },
     },
 }
 

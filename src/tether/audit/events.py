@@ -23,6 +23,7 @@ class EventType(StrEnum):
     CREDENTIAL_CREATED = "credential.created"
     CREDENTIAL_DELETED = "credential.deleted"
     CLIENT_AUTH_FAILED = "client.auth_failed"
+    DPOP_NONCE_REQUIRED = "dpop.nonce_required"  # a token request told to use a server nonce
     TOKEN_ISSUED = "token.issued"  # noqa: S105 - a name, not a secret
     TOKEN_EXCHANGED = "token.exchanged"  # noqa: S105 - a name, not a secret
     TOKEN_REVOKED = "token.revoked"  # noqa: S105 - a name, not a secret

@@ -15,9 +15,10 @@ from typing import Any
 
 from tether.clock import Clock, to_micros
 from tether.credentials import dpop, exchange, tokens
+from tether.credentials.dpop_nonce import DPoPNonces
 from tether.credentials.keys import SigningKeys
 from tether.credentials.replay import DatabaseDPoPReplayCache
-from tether.errors import Unauthenticated
+from tether.errors import DPoPNonceRequired, Unauthenticated
 from tether.principals import Principal, Role
 from tether.runtime.snapshot import Runtime
 from tether.users.service import TOKEN_PREFIX, UserService, token_digest
@@ -53,6 +54,9 @@ def agent_caller(claims: dict[str, Any]) -> Caller:
 
 
 class Bearers:
+    """``dpop_nonces``: the resource nonces a DPoP-bound token's proof must carry (RFC 9449
+    §9), or None when the deployment does not use them."""
+
     def __init__(
         self,
         keys: SigningKeys,
@@ -63,6 +67,7 @@ class Bearers:
         issuer: str,
         replay: DatabaseDPoPReplayCache,
         dpop_max_age: int = 300,
+        dpop_nonces: DPoPNonces | None = None,
     ) -> None:
         self.keys = keys
         self.users = users
@@ -71,6 +76,7 @@ class Bearers:
         self.issuer = issuer
         self.replay = replay
         self.dpop_max_age = dpop_max_age
+        self.dpop_nonces = dpop_nonces
         self._claims: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -128,12 +134,17 @@ class Bearers:
             if scheme.lower() != "dpop":
                 raise Unauthenticated("this token is DPoP-bound: send 'Authorization: DPoP "
                                       "<token>' with a DPoP proof")  # fmt: skip
+            now = int(self.clock.now().timestamp())
             try:
                 proof = dpop.verify_proof(
-                    proofs, method=method, url=url, now=int(self.clock.now().timestamp()),
-                    access_token=token, replay_cache=self.replay, max_age=self.dpop_max_age,
+                    proofs, method=method, url=url, now=now, access_token=token,
+                    replay_cache=self.replay, max_age=self.dpop_max_age, nonces=self.dpop_nonces,
                 )  # fmt: skip
                 dpop.require_binding(proof, jkt)
+            except dpop.UseDPoPNonce as exc:
+                assert self.dpop_nonces is not None  # only raised when nonces are in use
+                raise DPoPNonceRequired(exc.message, nonce=self.dpop_nonces.issue(now),
+                                        reason=exc.details["reason"]) from exc  # fmt: skip
             except dpop.InvalidDPoPProof as exc:
                 raise Unauthenticated(f"DPoP proof rejected: {exc.message}") from exc
         return agent_caller(claims)

@@ -108,6 +108,26 @@ def authenticate(
                          replay=replay)  # fmt: skip
 
 
+def claimed_client_id(form: dict[str, str], authorization: str | None) -> str | None:
+    """The client a token request names, unverified: only to attribute a refusal that comes
+    before client authentication. None when it names none; escaped when it cannot name an
+    agent, as failed authentications record it."""
+    try:
+        basic = _basic(authorization)
+    except InvalidRequest:
+        basic = None
+    if basic is not None:
+        client_id: str | None = basic[0]
+    else:
+        assertion = form.get("client_assertion")
+        client_id = form.get("client_id") or (_unverified_iss(assertion) if assertion else None)
+    if not client_id:
+        return None
+    if _CLIENT_ID.match(client_id):
+        return client_id
+    return client_id.encode("unicode_escape").decode()[:80]
+
+
 def _fail(client_id: str | None, method: str, reason: str) -> ClientAuthError:
     return ClientAuthError(ClientAuthFailure(client_id, method, reason),
                            basic=method == "client_secret_basic")  # fmt: skip

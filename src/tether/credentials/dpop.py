@@ -24,6 +24,7 @@ from joserfc.errors import JoseError
 
 from tether import jsonutil
 from tether.clock import Clock, SystemClock
+from tether.credentials.dpop_nonce import DPoPNonces
 from tether.credentials.htu import normalize_htu
 from tether.credentials.jose import AllowListRegistry
 from tether.errors import TetherError
@@ -35,6 +36,7 @@ __all__ = [
     "DPoPReplayCache",
     "InvalidDPoPProof",
     "MemoryDPoPReplayCache",
+    "UseDPoPNonce",
     "access_token_hash",
     "jwk_thumbprint",
     "normalize_htu",
@@ -51,6 +53,11 @@ _MIN_RSA_BITS = 2048
 _MAX_JTI_LENGTH = 256
 # A proof carries a key and a few short claims; an RSA-4096 proof is about 2 KiB.
 _MAX_PROOF_LENGTH = 8192
+_NONCE_MESSAGES = {
+    "nonce_missing": "this server requires a nonce in DPoP proofs",
+    "nonce_invalid": "the nonce is not one this server issued",
+    "nonce_expired": "the nonce has expired",
+}
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
@@ -66,6 +73,14 @@ class DPoPBindingMismatch(InvalidDPoPProof):
     """A DPoP-bound token came without a proof, or with a proof by another key (§7.1)."""
 
     http_status: ClassVar[int] = 401
+
+
+class UseDPoPNonce(InvalidDPoPProof):
+    """The server requires a nonce of its own in proofs (RFC 9449 §8, §9) and this proof has
+    none, or one that is not the server's or no longer accepted; ``details["reason"]`` is the
+    :data:`~tether.credentials.dpop_nonce.NonceProblem`. The answer carries a fresh nonce."""
+
+    code: ClassVar[str] = "use_dpop_nonce"
 
 
 def _reject(reason: str, message: str) -> NoReturn:
@@ -167,14 +182,17 @@ def verify_proof(
     max_age: int = 300,
     leeway: int = 5,
     allowed_algs: frozenset[str] = DEFAULT_ALGS,
+    nonces: DPoPNonces | None = None,
 ) -> DPoPProof:
     """Check the ``DPoP`` request header per RFC 9449 §4.3 and return the verified proof.
 
     ``header_values`` are all values of the ``DPoP`` header (exactly one is allowed);
     ``method`` and ``url`` describe the request as the server received it; ``now`` is epoch
     seconds. With ``access_token`` (a resource request) the proof's ``ath`` must match it.
-    The replay cache is consulted last, so a proof failing another check never uses up its
-    ``jti``. Raises :class:`InvalidDPoPProof` on any failure.
+    With ``nonces`` the proof's ``nonce`` must be one of them, still accepted at ``now``;
+    :class:`UseDPoPNonce` otherwise. The replay cache is consulted last, so a proof failing
+    another check (its nonce included) never uses up its ``jti``. Raises
+    :class:`InvalidDPoPProof` on any failure.
     """
     if isinstance(header_values, str):
         raise TypeError("header_values is the list of DPoP header values, not one string")
@@ -211,6 +229,8 @@ def verify_proof(
             _reject("ath_mismatch", "ath does not match the access token")
 
     jkt = key.thumbprint()
+    if nonces is not None:
+        _check_nonce(nonces, nonce, now, jkt)
     if replay_cache is not None and replay_cache.seen(jkt, jti, iat + max_age + leeway):
         _reject("replay", "this jti was already used with this key")
     return DPoPProof(
@@ -241,6 +261,17 @@ def require_binding(proof: DPoPProof | None, cnf_jkt: str | None) -> None:
         raise DPoPBindingMismatch(
             "DPoP proof rejected: the proof key is not the key the token is bound to",
             reason="jkt_mismatch",
+        )
+
+
+def _check_nonce(nonces: DPoPNonces, nonce: str | None, now: int, jkt: str) -> None:
+    problem = nonces.problem(nonce, now)
+    if problem is not None:
+        raise UseDPoPNonce(
+            f"DPoP proof rejected: {_NONCE_MESSAGES[problem]}; sign a new proof with the nonce "
+            "from the DPoP-Nonce response header",
+            reason=problem,
+            jkt=jkt,
         )
 
 

@@ -56,5 +56,12 @@ class InvalidDPoPProofError(OAuthError):
     error = "invalid_dpop_proof"
 
 
+class UseDPoPNonceError(OAuthError):
+    """RFC 9449 §8: the proof lacks a valid server nonce; the answer's ``DPoP-Nonce`` header
+    has the one to use."""
+
+    error = "use_dpop_nonce"
+
+
 class UnsupportedTokenType(OAuthError):
     error = "unsupported_token_type"

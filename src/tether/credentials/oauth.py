@@ -23,7 +23,8 @@ from tether.clock import Clock, to_micros
 from tether.config import Settings
 from tether.credentials import clients, exchange, tokens
 from tether.credentials.clients import AuthenticatedClient, ClientAuthError
-from tether.credentials.dpop import DEFAULT_ALGS, InvalidDPoPProof, verify_proof
+from tether.credentials.dpop import DEFAULT_ALGS, InvalidDPoPProof, UseDPoPNonce, verify_proof
+from tether.credentials.dpop_nonce import DPoPNonces
 from tether.credentials.errors import (
     InvalidDPoPProofError,
     InvalidGrant,
@@ -32,6 +33,7 @@ from tether.credentials.errors import (
     InvalidTarget,
     UnauthorizedClient,
     UnsupportedGrantType,
+    UseDPoPNonceError,
 )
 from tether.credentials.keys import SigningKeys
 from tether.credentials.models import AccessTokenRow
@@ -72,9 +74,13 @@ class Endpoints:
 
 
 class OAuthService:
+    """``dpop_nonces``: the token endpoint's nonces when proofs must carry one (RFC 9449 §8);
+    None when the deployment does not use them."""
+
     def __init__(
-        self, db: Database, ledger: Ledger, clock: Clock, keys: SigningKeys, settings: Settings
-    ) -> None:
+        self, db: Database, ledger: Ledger, clock: Clock, keys: SigningKeys, settings: Settings,
+        *, dpop_nonces: DPoPNonces | None = None,
+    ) -> None:  # fmt: skip
         self.db = db
         self.ledger = ledger
         self.clock = clock
@@ -83,6 +89,7 @@ class OAuthService:
         self.endpoints = Endpoints(settings.base_url)
         self.replay = DatabaseReplayCache(db)
         self.dpop_replay = DatabaseDPoPReplayCache(db, self.replay)
+        self.dpop_nonces = dpop_nonces
 
     def metadata(self) -> dict[str, Any]:
         """RFC 8414 authorization server metadata; ``issuer`` is the base URL."""
@@ -139,8 +146,10 @@ class OAuthService:
         self, form: dict[str, str], authorization: str | None, *, dpop: Sequence[str] = ()
     ) -> dict[str, Any]:
         """Handle a token request. ``dpop`` holds the request's DPoP header values: a valid
-        proof binds the token to its key (``cnf.jkt``, ``token_type: DPoP``; RFC 9449 §5)."""
-        cnf_jkt = self._dpop_key(dpop) if dpop else None
+        proof binds the token to its key (``cnf.jkt``, ``token_type: DPoP``; RFC 9449 §5).
+        Raises :class:`UseDPoPNonceError` (audited) if nonces are required and the proof has
+        no valid one: the client retries with :meth:`dpop_nonce_header`'s nonce."""
+        cnf_jkt = self._dpop_key(dpop, form, authorization) if dpop else None
         grant = form.get("grant_type")
         if grant not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
             raise UnsupportedGrantType(f"grant_type {grant!r} is not supported")
@@ -305,16 +314,43 @@ class OAuthService:
             "scope": claims["scope"],
         }
 
-    def _dpop_key(self, header_values: Sequence[str]) -> str:
+    def dpop_nonce_header(self) -> dict[str, str]:
+        """``DPoP-Nonce`` with the current nonce for every token endpoint answer (RFC 9449
+        §8.2: a client keeps the latest one), or nothing when nonces are not in use."""
+        if self.dpop_nonces is None:
+            return {}
+        return {"DPoP-Nonce": self.dpop_nonces.issue(int(self.clock.now().timestamp()))}
+
+    def _dpop_key(
+        self, header_values: Sequence[str], form: dict[str, str], authorization: str | None
+    ) -> str:
+        # Before client authentication, as always: a refused proof spends neither its own jti
+        # (verify_proof checks the nonce before the replay cache) nor a client assertion's.
+        now = self.clock.now()
         try:
             proof = verify_proof(
                 header_values, method="POST", url=self.endpoints.token,
-                now=int(self.clock.now().timestamp()), replay_cache=self.dpop_replay,
-                max_age=self.settings.dpop_max_age_seconds,
+                now=int(now.timestamp()), replay_cache=self.dpop_replay,
+                max_age=self.settings.dpop_max_age_seconds, nonces=self.dpop_nonces,
             )  # fmt: skip
+        except UseDPoPNonce as exc:
+            self._audit_nonce_refusal(exc, clients.claimed_client_id(form, authorization), now)
+            raise UseDPoPNonceError(exc.message) from exc
         except InvalidDPoPProof as exc:
             raise InvalidDPoPProofError(exc.message) from exc
         return proof.jkt
+
+    def _audit_nonce_refusal(self, exc: UseDPoPNonce, client_id: str | None, now: datetime) -> None:
+        """Recorded like a failed client authentication: the client is the one the request
+        names (not yet authenticated), with the proof key and why the nonce was refused."""
+        with self.db.write() as s:
+            self.ledger.append(s, [NewEvent(
+                EventType.DPOP_NONCE_REQUIRED, f"client:{client_id or 'unknown'}"[:80],
+                agent_id=client_id if client_id and s.get(AgentRow, client_id) else None,
+                action="oauth.token", outcome="failure",
+                details={"client_id": client_id, "reason": exc.details["reason"],
+                         "jkt": exc.details["jkt"]},
+            )], now=now)  # fmt: skip
 
     def _issue(
         self, s: Session, agent: AgentRow, *, client_id: str, audience: list[str],

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
@@ -120,6 +121,18 @@ class Decision:
         )  # fmt: skip
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def _asks_for_nonce(response: httpx.Response) -> bool:
+    """A resource server's ``WWW-Authenticate: DPoP error="use_dpop_nonce"`` (RFC 9449 §9)."""
+    return any(
+        'error="use_dpop_nonce"' in value for value in response.headers.get_list("WWW-Authenticate")
+    )
+
+
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -190,6 +203,8 @@ class AgentClient:
         self._token: _Token | None = None
         self._metadata: _Metadata | None = None
         self._nonce: str | None = None  # the authorization server's latest DPoP-Nonce (§8)
+        # Resource servers' latest DPoP-Nonce by origin (§9); Tether's own API is one of them.
+        self._resource_nonces: dict[str, str] = {}
 
     @property
     def dpop_jkt(self) -> str | None:
@@ -222,12 +237,15 @@ class AgentClient:
         Without DPoP: ``Authorization: Bearer <token>`` (RFC 6750 §2.1). With DPoP:
         ``Authorization: DPoP <token>`` and a fresh proof for ``method`` and ``url`` whose
         ``ath`` hashes the token (RFC 9449 §7.1); ``nonce`` is the resource server's
-        ``DPoP-Nonce`` after it answered ``use_dpop_nonce`` (§9). Raises :class:`TokenError`
-        when no token can be had, ValueError when ``url`` is not an absolute http(s) URL.
+        ``DPoP-Nonce`` after it answered ``use_dpop_nonce`` (§9), by default the latest one
+        Tether's API gave this client for that origin. Raises :class:`TokenError` when no
+        token can be had, ValueError when ``url`` is not an absolute http(s) URL.
         """
         token = self.access_token()
         if self._dpop is None:
             return {"Authorization": f"Bearer {token}"}
+        if nonce is None:
+            nonce = self._resource_nonces.get(_origin(url))
         proof = dpop_proof(self._dpop, method, url, self._clock(), access_token=token, nonce=nonce)
         return {"Authorization": f"DPoP {token}", "DPoP": proof}
 
@@ -389,13 +407,15 @@ class AgentClient:
     def _api(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        """One call to Tether's API with this agent's token; after a 401 the cached token is
-        dropped and the call made once more with a fresh one (it was revoked, or its signing
-        key retired)."""
+        """One call to Tether's API with this agent's token. After a 401 ``use_dpop_nonce``
+        the call is made once more with the nonce the server sent (RFC 9449 §9); after any
+        other 401 the cached token is dropped and the call made once more with a fresh one
+        (it was revoked, or its signing key retired)."""
         url = self.base_url + path
         if timeout is not None:
             kwargs["timeout"] = timeout
-        for attempt in range(2):
+        nonce_retried = token_retried = False
+        while True:
             headers = {"Accept": "application/json", **self.auth_headers(method, url)}
             try:
                 response = self._http.request(
@@ -404,10 +424,18 @@ class AgentClient:
             except httpx.HTTPError as exc:
                 raise ApiError("unavailable", f"{method} {url} failed: {type(exc).__name__}: "
                                f"{exc}") from exc  # fmt: skip
-            if response.status_code == 401 and attempt == 0:
-                self.invalidate()
+            nonce = response.headers.get("DPoP-Nonce")
+            if nonce and self._dpop is not None:
+                self._resource_nonces[_origin(url)] = nonce  # used by the next proof
+            if response.status_code != 401:
+                break
+            if nonce and self._dpop is not None and not nonce_retried and _asks_for_nonce(response):
+                nonce_retried = True
                 continue
-            break
+            if token_retried:
+                break
+            self.invalidate()
+            token_retried = True
         try:
             body = response.json()
         except ValueError:

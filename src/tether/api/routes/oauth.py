@@ -298,8 +298,10 @@ def _require_client_auth(form: dict[str, str], authorization: str | None) -> Non
         )
 
 
-def _error(exc: OAuthError, challenge: str = 'Basic realm="tether"') -> JSONResponse:
-    headers = dict(_NO_STORE)
+def _error(
+    exc: OAuthError, challenge: str = 'Basic realm="tether"', extra: dict[str, str] | None = None
+) -> JSONResponse:
+    headers = {**_NO_STORE, **(extra or {})}
     if exc.status == 401:
         headers["WWW-Authenticate"] = challenge
     return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
@@ -345,10 +347,11 @@ _TOKEN_PARAMETERS = (
     response_model=TokenOut,
     responses=_oauth_responses(
         "invalid_request, invalid_grant, invalid_scope, invalid_target, unauthorized_client, "
-        "unsupported_grant_type, invalid_dpop_proof",
+        "unsupported_grant_type, invalid_dpop_proof, use_dpop_nonce",
         TokenOut,
         "The access token. Send a DPoP proof (RFC 9449) in the DPoP header to bind it to a key "
-        "(token_type DPoP).",
+        "(token_type DPoP). When the deployment requires DPoP nonces, every answer has a "
+        "DPoP-Nonce header and a proof without a valid nonce gets use_dpop_nonce (§8).",
     ),
 )
 async def token(request: Request, svc: ServicesDep) -> JSONResponse:
@@ -360,8 +363,8 @@ async def token(request: Request, svc: ServicesDep) -> JSONResponse:
             svc.oauth.token, form, authorization, dpop=request.headers.getlist("dpop")
         )
     except OAuthError as exc:
-        return _error(exc)
-    return JSONResponse(body, headers=_NO_STORE)
+        return _error(exc, extra=svc.oauth.dpop_nonce_header())
+    return JSONResponse(body, headers={**_NO_STORE, **svc.oauth.dpop_nonce_header()})
 
 
 _TOKEN_ARGUMENT = ("token", "token_type_hint", *_CLIENT_AUTH_PARAMETERS)
