@@ -6,7 +6,7 @@ import asyncio
 from functools import partial
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tether.container import Services
@@ -58,3 +58,6 @@ async def caller(
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
+# Every list takes these (API.md): an opaque cursor from the previous page, a page size.
+Cursor = Annotated[str | None, Query(max_length=300)]
+Limit = Annotated[int, Query(ge=1, le=500)]

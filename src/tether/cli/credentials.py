@@ -55,7 +55,7 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context, agent_id: str, as_json: JsonOpt = False) -> None:
     """An agent's credentials (never their secrets)."""
-    items = client(ctx).get(f"/v1/agents/{agent_id}/credentials")["items"]
+    items = list(client(ctx).paginate(f"/v1/agents/{agent_id}/credentials"))
     if as_json:
         emit_json(items)
     else:
@@ -72,7 +72,7 @@ def delete(ctx: typer.Context, agent_id: str, credential_id: str, as_json: JsonO
 @keys_app.command("list")
 def keys_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Signing keys: next (published, not yet signing), active, retired."""
-    items = client(ctx).get("/v1/keys")["items"]
+    items = list(client(ctx).paginate("/v1/keys"))
     if as_json:
         emit_json(items)
     else:

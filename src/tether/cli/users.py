@@ -66,7 +66,7 @@ def token(
 @app.command("tokens")
 def tokens(ctx: typer.Context, user: str, as_json: JsonOpt = False) -> None:
     """List a user's tokens (never the secrets)."""
-    items = client(ctx).get(f"/v1/users/{user}/tokens")["items"]
+    items = list(client(ctx).paginate(f"/v1/users/{user}/tokens"))
     if as_json:
         emit_json(items)
     else:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from joserfc.jwk import ECKey, KeyParameters, OKPKey
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from tether.audit.events import EventType, NewEvent
@@ -23,8 +23,9 @@ from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.credentials.models import SigningKeyRow
 from tether.db import Database
-from tether.errors import Forbidden
+from tether.errors import Forbidden, InvalidCursor
 from tether.jsonutil import canonical_text, loads
+from tether.pagination import Page, decode_cursor, page_of
 from tether.principals import SYSTEM, Principal
 from tether.secrets.crypto import seal, unseal
 
@@ -222,17 +223,37 @@ class SigningKeys:
             key = self._current().published.get(kid)
         return key
 
-    def list(self, actor: Principal) -> list[KeyInfo]:
+    def list(
+        self, actor: Principal, *, cursor: str | None = None, limit: int = 50
+    ) -> Page[KeyInfo]:
+        """Signing keys, oldest first; the cursor is the last key's (created_at, kid)."""
         if not actor.is_admin and actor.role is None:
             raise Forbidden("only users may list keys")
+        after = _key_position(decode_cursor(cursor))
+        q = select(SigningKeyRow).order_by(SigningKeyRow.created_at, SigningKeyRow.kid)
+        if after is not None:
+            created, kid = after
+            same_time = and_(SigningKeyRow.created_at == created, SigningKeyRow.kid > kid)
+            q = q.where(or_(SigningKeyRow.created_at > created, same_time))
         with self.db.read() as s:
-            rows = list(s.scalars(select(SigningKeyRow).order_by(SigningKeyRow.created_at)))
+            rows = list(s.scalars(q.limit(limit + 1)))
 
         def t(v: int | None) -> datetime | None:
             return from_micros(v) if v is not None else None
 
-        return [KeyInfo(r.kid, r.alg, r.status, from_micros(r.created_at), t(r.activated_at),
-                        t(r.retired_at), t(r.unpublish_at)) for r in rows]  # fmt: skip
+        page = page_of(rows, limit, lambda r: f"{r.created_at}:{r.kid}")
+        items = [KeyInfo(r.kid, r.alg, r.status, from_micros(r.created_at), t(r.activated_at),
+                         t(r.retired_at), t(r.unpublish_at)) for r in page.items]  # fmt: skip
+        return Page(items, page.next_cursor)
+
+
+def _key_position(after: str | None) -> tuple[int, str] | None:
+    if after is None:
+        return None
+    created, _, kid = after.partition(":")
+    if not created.isdigit() or not kid:
+        raise InvalidCursor("cursor is not one this server issued", field="cursor")
+    return int(created), kid
 
 
 def _import(jwk: dict[str, Any]) -> SigningKey:

@@ -28,6 +28,7 @@ from tether.db import Database
 from tether.errors import AgentRevoked, NotFound, ValidationFailed
 from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text, loads
+from tether.pagination import Page, decode_cursor, page_of
 from tether.principals import Principal
 
 SECRET_PREFIX = "tsk_"  # noqa: S105 - a prefix, not a secret
@@ -126,13 +127,20 @@ class CredentialService:
             self._add(s, actor, row, now)
             return to_credential(row)
 
-    def list(self, actor: Principal, agent_id: str) -> builtins.list[Credential]:
+    def list(
+        self, actor: Principal, agent_id: str, *, cursor: str | None = None, limit: int = 50
+    ) -> Page[Credential]:
+        """An agent's live credentials, oldest first (ids are time-ordered)."""
+        after = decode_cursor(cursor)
         with self.db.read() as s:
             self.agents.authorized_row(s, actor, agent_id, "read")
             q = select(CredentialRow).where(
                 CredentialRow.agent_id == agent_id, CredentialRow.deleted_at.is_(None)
             )
-            return [to_credential(r) for r in s.scalars(q.order_by(CredentialRow.id))]
+            if after is not None:
+                q = q.where(CredentialRow.id > after)
+            rows = s.scalars(q.order_by(CredentialRow.id).limit(limit + 1))
+            return page_of([to_credential(r) for r in rows], limit, lambda c: c.id)
 
     def delete(self, actor: Principal, agent_id: str, credential_id: str) -> Credential:
         """Delete a credential; it stops working at once (checked on every authentication)."""

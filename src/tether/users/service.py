@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import re
 import secrets
@@ -248,12 +247,16 @@ class UserService:
             )
             return _token(row), secret
 
-    def list_tokens(self, actor: Principal, user_ref: str) -> builtins.list[UserToken]:
+    def list_tokens(
+        self, actor: Principal, user_ref: str, *, cursor: str | None = None, limit: int = 50
+    ) -> Page[UserToken]:
+        after = decode_cursor(cursor)
         with self.db.read() as s:
             user = self._own_or_admin(
                 s, actor, user_ref, "only an admin may list another user's tokens"
             )
-            return [_token(r) for r in self.store.tokens(s, user.id)]
+            rows = self.store.tokens(s, user.id, after=after, limit=limit + 1)
+            return page_of([_token(r) for r in rows], limit, lambda t: t.id)
 
     def revoke_token(self, actor: Principal, user_ref: str, token_id: str) -> UserToken:
         now = self.clock.now()

@@ -45,6 +45,10 @@ class DatabaseUserStore:
             return None
         return session.get(UserTokenRow, token_id)
 
-    def tokens(self, session: Session, user_id: str) -> list[UserTokenRow]:
-        q = select(UserTokenRow).where(UserTokenRow.user_id == user_id).order_by(UserTokenRow.id)
-        return list(session.scalars(q))
+    def tokens(
+        self, session: Session, user_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[UserTokenRow]:
+        q = select(UserTokenRow).where(UserTokenRow.user_id == user_id)
+        if after is not None:
+            q = q.where(UserTokenRow.id > after)
+        return list(session.scalars(q.order_by(UserTokenRow.id).limit(limit)))

@@ -18,7 +18,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from tether.agents.schemas import ScopeToken
-from tether.api.deps import PrincipalDep, ServicesDep
+from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.fields import NO_NUL, StrictModel, integral
 
@@ -271,10 +271,12 @@ def create_credential(
 
 
 @router.get("/v1/agents/{agent_id}/credentials", response_model=CredentialPage,
-            responses=responses(401, 403, 404, 422))  # fmt: skip
-def list_credentials(agent_id: AgentId, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
-    items = [c.to_json() for c in svc.credentials.list(who, agent_id)]
-    return {"items": items, "next_cursor": None}
+            responses=responses(400, 401, 403, 404, 422))  # fmt: skip
+def list_credentials(
+    agent_id: AgentId, svc: ServicesDep, who: PrincipalDep, cursor: Cursor = None, limit: Limit = 50
+) -> dict[str, Any]:
+    page = svc.credentials.list(who, agent_id, cursor=cursor, limit=limit)
+    return {"items": [c.to_json() for c in page.items], "next_cursor": page.next_cursor}
 
 
 @router.delete("/v1/agents/{agent_id}/credentials/{credential_id}", response_model=CredentialOut,
@@ -288,9 +290,12 @@ def delete_credential(
     return svc.credentials.delete(who, agent_id, credential_id).to_json()
 
 
-@router.get("/v1/keys", response_model=KeyPage, responses=responses(401, 403))
-def list_keys(svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
-    return {"items": [k.to_json() for k in svc.signing_keys.list(who)], "next_cursor": None}
+@router.get("/v1/keys", response_model=KeyPage, responses=responses(400, 401, 403, 422))
+def list_keys(
+    svc: ServicesDep, who: PrincipalDep, cursor: Cursor = None, limit: Limit = 50
+) -> dict[str, Any]:
+    page = svc.signing_keys.list(who, cursor=cursor, limit=limit)
+    return {"items": [k.to_json() for k in page.items], "next_cursor": page.next_cursor}
 
 
 @router.post("/v1/keys/rotate", response_model=RotationOut, responses=responses(401, 403))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BeforeValidator, Field, StringConstraints
 
 from tether.agents.schemas import ScopeToken
-from tether.api.deps import PrincipalDep, ServicesDep
+from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.schemas import TokenCreated, TokenList, TokenOut, UserOut, UserPage
 from tether.errors import Forbidden
@@ -88,10 +88,15 @@ def create_token(
 
 
 @router.get(
-    "/v1/users/{user}/tokens", response_model=TokenList, responses=responses(401, 403, 404, 422)
+    "/v1/users/{user}/tokens",
+    response_model=TokenList,
+    responses=responses(400, 401, 403, 404, 422),
 )
-def list_tokens(user: UserRef, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
-    return {"items": [t.to_json() for t in svc.users.list_tokens(who, user)], "next_cursor": None}
+def list_tokens(
+    user: UserRef, svc: ServicesDep, who: PrincipalDep, cursor: Cursor = None, limit: Limit = 50
+) -> dict[str, Any]:
+    page = svc.users.list_tokens(who, user, cursor=cursor, limit=limit)
+    return {"items": [t.to_json() for t in page.items], "next_cursor": page.next_cursor}
 
 
 @router.delete(
