@@ -561,12 +561,25 @@ def test_a_dpop_bound_token_works_only_with_its_proof(env: Env) -> None:
     since = head(env)
     assert_error(env.anon.post(EVAL, json=ask(cred.agent_id), headers=bearer(bound)), 401)
     no_proof = {"Authorization": f"DPoP {bound}"}
-    assert_error(env.anon.post(EVAL, json=ask(cred.agent_id), headers=no_proof), 401)
     wrong_url = {
         **no_proof,
         "DPoP": proof("POST", f"{env.base}{EVALS}", ath=access_token_hash(bound)),
     }
-    assert_error(env.anon.post(EVAL, json=ask(cred.agent_id), headers=wrong_url), 401)
+    # the decision fast path, and a FastAPI route that takes agent tokens
+    for path in (EVAL, "/v1/approvals/apr_00000000000000000000000000"):
+        for headers in (no_proof, wrong_url):
+            if path == EVAL:
+                refused = env.anon.post(path, json=ask(cred.agent_id), headers=headers)
+            else:
+                refused = env.anon.get(path, headers=headers)
+            error = assert_error(refused, 401, "invalid_dpop_proof")
+            # RFC 9449 §7.1: a DPoP challenge naming the error and the accepted algorithms
+            challenge = refused.headers["www-authenticate"]
+            assert challenge.startswith('DPoP error="invalid_dpop_proof", error_description="')
+            assert 'algs="' in challenge
+            assert "ES256" in challenge.split('algs="')[1]
+            assert "\n" not in challenge
+            assert error["message"].count("DPoP proof rejected") == 1
     assert events_since(env, since) == []
     good = {**no_proof, "DPoP": proof("POST", f"{env.base}{EVAL}", ath=access_token_hash(bound))}
     answered = env.anon.post(EVAL, json=ask(cred.agent_id), headers=good)

@@ -560,9 +560,10 @@ def test_a_nonce_does_not_rescue_a_stolen_token(env: Env, where: str) -> None:
         env, where, token, thief, client, nonce=env.rs_nonces.issue(env.now)
     )
     assert response.status_code == 401, response.text
-    assert response.json()["error"]["code"] == "unauthenticated"
+    assert response.json()["error"]["code"] == "invalid_dpop_proof"
     assert "not the key the token is bound to" in response.json()["error"]["message"]
-    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["www-authenticate"].startswith('DPoP error="invalid_dpop_proof"')
+    assert "dpop-nonce" not in response.headers  # a wrong key is not a nonce problem
 
 
 def test_bearer_tokens_need_no_nonce_on_resource_requests(env: Env) -> None:

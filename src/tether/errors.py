@@ -79,6 +79,27 @@ class DPoPNonceRequired(Unauthenticated):
         }
 
 
+class DPoPProofInvalid(Unauthenticated):
+    """RFC 9449 §7.1: a DPoP-bound token came with a missing or failing proof; answered with
+    a ``DPoP error="invalid_dpop_proof"`` challenge naming the algorithms Tether accepts."""
+
+    code = "invalid_dpop_proof"
+
+    def __init__(self, message: str, *, algs: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.algs = algs
+
+    def response_headers(self) -> dict[str, str]:
+        # a quoted-string of printable ASCII (RFC 6750 §3): the message may quote a request
+        description = "".join(
+            c if c.isascii() and c.isprintable() and c not in '"\\' else "?" for c in self.message
+        )[:300]
+        return {
+            "WWW-Authenticate": f'DPoP error="invalid_dpop_proof", '
+            f'error_description="{description}", algs="{self.algs}"'
+        }
+
+
 class Forbidden(TetherError):
     code = "forbidden"
     http_status = 403

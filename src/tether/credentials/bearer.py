@@ -18,12 +18,13 @@ from tether.credentials import dpop, exchange, tokens
 from tether.credentials.dpop_nonce import DPoPNonces
 from tether.credentials.keys import SigningKeys
 from tether.credentials.replay import DatabaseDPoPReplayCache
-from tether.errors import DPoPNonceRequired, Unauthenticated
+from tether.errors import DPoPNonceRequired, DPoPProofInvalid, Unauthenticated
 from tether.principals import Principal, Role
 from tether.runtime.snapshot import Runtime
 from tether.users.service import TOKEN_PREFIX, UserService, token_digest
 
 _CACHE_MAX = 50_000
+_ALGS = " ".join(sorted(dpop.DEFAULT_ALGS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,5 +147,5 @@ class Bearers:
                 raise DPoPNonceRequired(exc.message, nonce=self.dpop_nonces.issue(now),
                                         reason=exc.details["reason"]) from exc  # fmt: skip
             except dpop.InvalidDPoPProof as exc:
-                raise Unauthenticated(f"DPoP proof rejected: {exc.message}") from exc
+                raise DPoPProofInvalid(exc.message, algs=_ALGS, **exc.details) from exc
         return agent_caller(claims)
