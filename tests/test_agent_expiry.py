@@ -257,6 +257,21 @@ def test_an_expired_parent_spawns_nothing(world: World) -> None:
     assert assert_error(got, 409, "invalid_transition")["details"]["field"] == "parent"
 
 
+def test_an_expired_agent_is_not_cloned_until_extended(world: World) -> None:
+    """A clone copies expires_at: of an expired agent it would be born expired."""
+    w = world
+    source = _agent(w, expires_at=w.at(60))
+    w.clock.advance(61)
+    before = w.api.snapshot()
+    got = w.api.act(source, "clone", name="copy")
+    assert assert_error(got, 409, "invalid_transition")["details"]["status"] == "expired"
+    assert w.api.snapshot() == before
+    w.api.ok(source, "patch", expires_at=w.at(3600))
+    clone = w.api.ok(source, "clone", name="copy")
+    assert clone["status"] == "active"
+    assert clone["expires_at"] == w.at(3600)
+
+
 # -- several nodes -----------------------------------------------------------------------------
 
 

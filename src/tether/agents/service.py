@@ -193,6 +193,12 @@ class AgentService:
             self._require(s, actor, src, "manage")
             if src.status == Status.REVOKED:
                 raise AgentRevoked(f"agent {src.id} is revoked and cannot be cloned")
+            if has_expired(src.expires_at, to_micros(now)):  # the clone would be born expired
+                raise InvalidTransition(
+                    f"cannot clone agent {src.id}: its expires_at has passed; move expires_at "
+                    "into the future first (PATCH)",
+                    status=Status.EXPIRED.value,
+                )
             row = self._new_row(
                 now,
                 name=name,
