@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tether.audit.events import NewEvent
-from tether.audit.group import LedgerUnavailable
+from tether.audit.group import Chain, LedgerUnavailable
 from tether.audit.models import EventRow
 from tether.container import Services
 from tether.policy.models import DecisionInputRow
@@ -99,3 +99,47 @@ def test_a_failed_commit_fails_every_item_closed(
     assert _events(services) == before
     with services.db.read() as s:
         assert s.scalar(select(func.count()).select_from(DecisionInputRow)) == 0
+
+
+def test_a_jobs_chain_joins_the_batchs_one_append(services: Services) -> None:
+    """A job returning Chain: its events are appended with the batch's (ahead of the plain
+    ones), ``finish`` gets exactly those, chained, and the attachment goes with the first;
+    a job that fails after building its chain appends nothing."""
+    before = _events(services)
+    got: list[list[str]] = []
+
+    def chained(s: Session) -> Chain:
+        def finish(events: list[Any]) -> str:
+            got.append([e.actor for e in events])
+            return str(events[0].id)
+
+        return Chain(
+            [NewEvent("test.job", "job:a"), NewEvent("test.job", "job:b")], finish, "inputs"
+        )
+
+    def failing(s: Session) -> Chain:
+        Chain([NewEvent("test.job", "job:never")], lambda _: None)
+        raise ValueError("refused")
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            services.committer.submit_async(NewEvent("test.event", "event:1")),
+            services.committer.run_async(failing),
+            services.committer.run_async(chained),
+            return_exceptions=True,
+        )
+
+    plain, failed, first_id = asyncio.run(main())
+    assert isinstance(failed, ValueError)
+    assert got == [["job:a", "job:b"]]
+    new = _events(services)[len(before) :]
+    assert [actor for _, _, actor in new] == ["job:a", "job:b", "event:1"]
+    assert new[-1][0] == plain.seq
+    with services.db.read() as s:
+        job_a = s.scalar(select(EventRow).where(EventRow.actor == "job:a"))
+        assert job_a is not None
+        assert job_a.id == first_id
+        stored = s.get(DecisionInputRow, job_a.seq)
+        assert stored is not None
+        assert stored.request == "inputs"
+    assert services.audit.verify(SYSTEM).ok

@@ -22,7 +22,9 @@ from sqlalchemy.orm import Session
 from tether.agents.models import AgentRow, AgentSupervisorRow
 from tether.approvals.models import ApprovalRow
 from tether.approvals.notify import WebhookNotifier
+from tether.audit.chain import Event
 from tether.audit.events import EventType, NewEvent
+from tether.audit.group import Chain
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros
 from tether.db import Database
@@ -32,7 +34,6 @@ from tether.jsonutil import canonical_text as dumps
 from tether.jsonutil import loads
 from tether.pagination import Page, decode_cursor, page_of
 from tether.policy.engine import Effect
-from tether.policy.models import DecisionInputRow
 from tether.principals import Principal, Role
 
 if TYPE_CHECKING:
@@ -121,11 +122,12 @@ class ApprovalService:
 
     def checkpoint(
         self, s: Session, ask: Ask, decision: Decision, decisions: DecisionService
-    ) -> tuple[Decision, ApprovalRow | None]:
+    ) -> Chain:
         """Consume a granted approval for exactly this request, or reuse / open a pending
-        one, and record the decision event — all in the caller's write transaction (the
-        decision path runs it as a job of the group commit). Returns the decision and the
-        approval it opened, if any, for :meth:`announce` once the transaction committed."""
+        one, in the caller's write transaction (the decision path runs it as a job of the
+        group commit), and hand back the decision event (and any approval event) for that
+        transaction's append. Once chained it gives the decision and the approval it opened,
+        if any, for :meth:`announce` once the transaction committed."""
         now = self.clock.now()
         now_us = to_micros(now)
         digest = ask.digest()
@@ -173,13 +175,14 @@ class ApprovalService:
                 details={"approval_id": opened.id, "request_digest": digest,
                          "expires_at": opened.expires_at},
             ))  # fmt: skip
-        decision_event = decisions.event(ask, final)
-        chained = self.ledger.append(s, [decision_event, *events], now=now)
-        s.add(DecisionInputRow(seq=chained[0].seq, request=decisions.attachment(ask)))
-        final = replace(final, event_id=chained[0].id)
-        if granted is not None:
-            granted.used_event_id = chained[0].id
-        return final, opened
+        decided = final
+
+        def finish(chained: list[Event]) -> tuple[Decision, ApprovalRow | None]:
+            if granted is not None:
+                granted.used_event_id = chained[0].id
+            return replace(decided, event_id=chained[0].id), opened
+
+        return Chain([decisions.event(ask, final), *events], finish, decisions.attachment(ask))
 
     def _open(
         self, s: Session, ask: Ask, decision: Decision, digest: str, now: datetime

@@ -9,7 +9,9 @@ If the commit fails, every future in the batch fails and the callers fail closed
 A caller whose write is more than an event (an approval checkpoint reads and updates its
 approval, then records the decision) submits a *job*: a function of the session that runs
 inside the same transaction, under a savepoint of its own, so a failing job fails only its
-own future. The deployment-wide write lock is taken once per batch either way.
+own future. A job that records events returns :class:`Chain`: its events join the batch's one
+append (ahead of the plain events, in job order) and ``finish`` gets them chained. The
+deployment-wide write lock is taken once per batch either way.
 """
 
 from __future__ import annotations
@@ -44,6 +46,17 @@ Attach = Callable[[Session, Sequence[tuple[Event, Any]]], None]
 
 
 Job = Callable[[Session], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A job's events to append with the batch; ``finish(chained)`` (the chained events, in
+    order) gives the job's result, still inside the transaction. ``attachment`` goes with
+    the first event, like a plain event's."""
+
+    events: Sequence[NewEvent]
+    finish: Callable[[list[Event]], Any]
+    attachment: Any = None
 
 
 @dataclass(slots=True)
@@ -145,17 +158,28 @@ class GroupCommitter:
         try:
             now = self.clock.now()
             with self.db.write() as s:
+                chains: list[tuple[int, Chain]] = []
                 for i, item in enumerate(batch):
                     if item.job is not None:
                         results[i] = _run_job(s, item.job)
-                news = [e for i in plain if (e := batch[i].event) is not None]
+                        if isinstance(results[i], Chain):
+                            chains.append((i, results[i]))
+                news = [e for _, c in chains for e in c.events]
+                news += [e for i in plain if (e := batch[i].event) is not None]
                 events = self.ledger.append(s, news, now=now)
-                for i, ev in zip(plain, events, strict=True):
+                attached: list[tuple[Event, Any]] = []
+                at = 0
+                for i, chain in chains:
+                    mine = events[at : at + len(chain.events)]
+                    at += len(chain.events)
+                    results[i] = chain.finish(mine)
+                    if mine and chain.attachment is not None:
+                        attached.append((mine[0], chain.attachment))
+                for i, ev in zip(plain, events[at:], strict=True):
                     results[i] = ev
+                    attached.append((ev, batch[i].attachment))
                 if self.attach is not None:
-                    self.attach(
-                        s, [(ev, batch[i].attachment) for i, ev in zip(plain, events, strict=True)]
-                    )
+                    self.attach(s, attached)
         except Exception as exc:
             FAILED.inc()
             log.exception("group commit of %d items failed; failing them closed", len(batch))
