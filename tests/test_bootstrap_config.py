@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -123,3 +124,13 @@ def test_db_upgrade_command(tmp_path: Path) -> None:
     assert "was empty" in first.stdout
     second = subprocess.run(run, env=env, capture_output=True, text=True, check=False)
     assert "unchanged" in second.stdout
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_opentelemetry_is_opt_in(make_services: Any, on: bool) -> None:
+    """TETHER_OPENTELEMETRY: FastAPI's native instrumentation is off unless asked for (it
+    looks the global providers up on every request otherwise)."""
+    from tether.api.app import create_app
+
+    config = create_app(make_services(opentelemetry=on))._telemetry
+    assert (config["tracing"], config["metrics"], config["logs"]) == (on, on, on)

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         description="Cedar outcomes a worker remembers per policy version, by exact input "
         "(0: decide every request with Cedar).",
     )  # fmt: skip
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's OpenTelemetry instrumentation (to the globally configured "
+        "providers); off, a request does not look the providers up.",
+    )
     log_level: str = "info"
 
     @field_validator("trust_domain")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from tether import __version__
 from tether.api import errors
@@ -31,6 +32,7 @@ from tether.container import Services, build_services
 from tether.credentials.retention import purge_expired_tokens
 
 log = logging.getLogger("tether.api")
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 async def _maintenance(services: Services) -> None:
@@ -81,6 +83,9 @@ def create_app(services: Services) -> FastAPI:
         version=__version__,
         description="Identity, access and governance for autonomous AI agents.",
         lifespan=lifespan,
+        # FastAPI looks the global OpenTelemetry providers up on every request while any of
+        # these is on (~8 µs a request even with none configured): opt in, not out.
+        telemetry=None if services.settings.opentelemetry else _NO_TELEMETRY,
     )
     app.state.services = services
     errors.install(app)
