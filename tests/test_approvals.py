@@ -52,6 +52,7 @@ from tests.pdp import (
     push_policies,
     token,
 )
+from tether.approvals.models import ApprovalRow
 from tether.bootstrap import prepare
 from tether.clock import FrozenClock
 from tether.container import Services, build_services
@@ -241,6 +242,10 @@ def test_an_approved_request_is_allowed_exactly_once(env: Env) -> None:
     decisions = events_since(env, since, "decision")
     assert [d["decision"] for d in decisions] == ["allow", "approval_required"]
     assert decisions[0]["details"]["approval_id"] == first
+    with env.services.db.read() as s:  # the approval names the decision that used it
+        row = s.get(ApprovalRow, first)
+        assert row is not None
+        assert row.used_event_id == decisions[0]["id"]
 
 
 def test_concurrent_identical_requests_consume_an_approval_once(env: Env) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
-from sqlalchemy import func, select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tether.agents.models import AgentRow, AgentSupervisorRow
@@ -132,23 +132,29 @@ class ApprovalService:
         now_us = to_micros(now)
         digest = ask.digest()
         opened: ApprovalRow | None = None
-        rows = s.scalars(
-            select(ApprovalRow).where(
-                ApprovalRow.agent_id == ask.subject, ApprovalRow.request_digest == digest,
+        # One read of the agent's live approvals (at most max_pending of them pending): the
+        # one for this request, if any, and how many are pending.
+        live = s.execute(
+            select(ApprovalRow.id, ApprovalRow.status, ApprovalRow.request_digest).where(
+                ApprovalRow.agent_id == ask.subject,
                 ApprovalRow.status.in_(("approved", "pending")),
                 ApprovalRow.expires_at > now_us,
             ).order_by(ApprovalRow.created_at)
         ).all()  # fmt: skip
-        granted = next((r for r in rows if r.status == "approved"), None)
-        waiting = next((r for r in rows if r.status == "pending"), None)
+        mine = [r for r in live if r.request_digest == digest]
+        granted = next((r.id for r in mine if r.status == "approved"), None)
+        waiting = next((r.id for r in mine if r.status == "pending"), None)
         events: list[NewEvent] = []
         if granted is not None:
-            granted.status, granted.used_at = "used", now_us
-            final = replace(decision, effect=Effect.ALLOW, approval_id=granted.id,
+            # used now, inside the write lock: a second identical request — even in the same
+            # group commit — finds it used
+            s.execute(update(ApprovalRow).where(ApprovalRow.id == granted)
+                      .values(status="used", used_at=now_us))  # fmt: skip
+            final = replace(decision, effect=Effect.ALLOW, approval_id=granted,
                             approval_status="used")  # fmt: skip
         elif waiting is not None:
-            final = replace(decision, approval_id=waiting.id, approval_status="pending")
-        elif self._pending_count(s, ask.subject, now_us) >= self.max_pending:
+            final = replace(decision, approval_id=waiting, approval_status="pending")
+        elif sum(r.status == "pending" for r in live) >= self.max_pending:
             final = replace(
                 decision,
                 effect=Effect.DENY,
@@ -179,7 +185,8 @@ class ApprovalService:
 
         def finish(chained: list[Event]) -> tuple[Decision, ApprovalRow | None]:
             if granted is not None:
-                granted.used_event_id = chained[0].id
+                s.execute(update(ApprovalRow).where(ApprovalRow.id == granted)
+                          .values(used_event_id=chained[0].id))  # fmt: skip
             return replace(decided, event_id=chained[0].id), opened
 
         return Chain([decisions.event(ask, final), *events], finish, decisions.attachment(ask))
@@ -201,15 +208,6 @@ class ApprovalService:
         )  # fmt: skip
         s.add(row)
         return row
-
-    @staticmethod
-    def _pending_count(s: Session, agent_id: str, now_us: int) -> int:
-        return s.scalar(
-            select(func.count()).select_from(ApprovalRow).where(
-                ApprovalRow.agent_id == agent_id, ApprovalRow.status == "pending",
-                ApprovalRow.expires_at > now_us,
-            )
-        ) or 0  # fmt: skip
 
     def _notice(self, row: ApprovalRow) -> dict[str, Any]:
         approval = _approval(row)
