@@ -143,3 +143,35 @@ def test_a_jobs_chain_joins_the_batchs_one_append(services: Services) -> None:
         assert stored is not None
         assert stored.request == "inputs"
     assert services.audit.verify(SYSTEM).ok
+
+
+def test_a_job_failing_after_others_ran_leaves_theirs_written_once(services: Services) -> None:
+    """The batch is written again without the failed job: what ran before it in the rolled
+    back attempt is neither lost nor doubled."""
+    before = _events(services)
+    runs: list[str] = []
+
+    def good(s: Session) -> Chain:
+        runs.append("good")
+        return Chain([NewEvent("test.job", "job:good")], lambda evs: evs[0].seq)
+
+    def bad(s: Session) -> Any:
+        services.ledger.append(s, [NewEvent("test.job", "job:bad")], now=services.clock.now())
+        raise ValueError("refused")
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            services.committer.run_async(good),
+            services.committer.submit_async(NewEvent("test.event", "event:1")),
+            services.committer.run_async(bad),
+            return_exceptions=True,
+        )
+
+    seq, plain, failed = asyncio.run(main())
+    assert isinstance(failed, ValueError)
+    # ran again in the retried batch (once only if the writer took it in a batch of its own)
+    assert runs in (["good", "good"], ["good"])
+    new = _events(services)[len(before) :]
+    assert [actor for _, _, actor in new] == ["job:good", "event:1"]
+    assert (new[0][0], new[1][0]) == (seq, plain.seq)
+    assert services.audit.verify(SYSTEM).ok

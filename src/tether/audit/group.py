@@ -8,10 +8,11 @@ If the commit fails, every future in the batch fails and the callers fail closed
 
 A caller whose write is more than an event (an approval checkpoint reads and updates its
 approval, then records the decision) submits a *job*: a function of the session that runs
-inside the same transaction, under a savepoint of its own, so a failing job fails only its
-own future. A job that records events returns :class:`Chain`: its events join the batch's one
-append (ahead of the plain events, in job order) and ``finish`` gets them chained. The
-deployment-wide write lock is taken once per batch either way.
+inside the same transaction. A failing job fails only its own future: the transaction rolls
+back and the rest of the batch is written again without it. A job that records events
+returns :class:`Chain`: its events join the batch's one append (ahead of the plain events,
+in job order) and ``finish`` gets them chained. The deployment-wide write lock is taken once
+per batch either way.
 """
 
 from __future__ import annotations
@@ -99,9 +100,11 @@ class GroupCommitter:
         return self._enqueue(event, attachment, None)
 
     def run_async(self, job: Job) -> asyncio.Future[Any]:
-        """Run ``job(session)`` in the next group transaction (under its own savepoint); the
-        future resolves to its result once that transaction committed, or fails with the
-        job's exception, or with :class:`LedgerUnavailable` if the commit failed."""
+        """Run ``job(session)`` in the next group transaction; the future resolves to its
+        result once that transaction committed, or fails with the job's exception (the rest
+        of the batch is then written without it), or with :class:`LedgerUnavailable` if the
+        commit failed. A job may run more than once (when another job of its batch fails):
+        it must only touch the session."""
         return self._enqueue(None, None, job)
 
     def _enqueue(
@@ -153,51 +156,66 @@ class GroupCommitter:
                 return
 
     def _commit(self, batch: list[_Item]) -> None:
+        while batch:
+            try:
+                results = self._write(batch)
+            except _JobFailed as failed:
+                # The whole transaction rolled back; that job fails alone, the rest go again.
+                # (Cheaper than a savepoint per job — two round trips each — since jobs fail
+                # only when the database misbehaves.)
+                log.debug("a group-commit job failed; retrying without it: %r", failed.error)
+                _settle([batch[failed.index]], [_Failed(failed.error)])
+                batch = batch[: failed.index] + batch[failed.index + 1 :]
+                continue
+            except Exception as exc:
+                FAILED.inc()
+                log.exception("group commit of %d items failed; failing them closed", len(batch))
+                failure = LedgerUnavailable(str(exc))
+                _settle(batch, [failure] * len(batch))
+                return
+            BATCH.observe(len(batch))
+            _settle(batch, results)
+            return
+
+    def _write(self, batch: list[_Item]) -> list[Any]:
+        """One write transaction for ``batch``: the jobs, then one append of every event."""
         results: list[Any] = [None] * len(batch)
         plain = [i for i, item in enumerate(batch) if item.job is None]
-        try:
-            now = self.clock.now()
-            with self.db.write() as s:
-                chains: list[tuple[int, Chain]] = []
-                for i, item in enumerate(batch):
-                    if item.job is not None:
-                        results[i] = _run_job(s, item.job)
-                        if isinstance(results[i], Chain):
-                            chains.append((i, results[i]))
-                news = [e for _, c in chains for e in c.events]
-                news += [e for i in plain if (e := batch[i].event) is not None]
-                events = self.ledger.append(s, news, now=now)
-                attached: list[tuple[Event, Any]] = []
-                at = 0
-                for i, chain in chains:
-                    mine = events[at : at + len(chain.events)]
-                    at += len(chain.events)
-                    results[i] = chain.finish(mine)
-                    if mine and chain.attachment is not None:
-                        attached.append((mine[0], chain.attachment))
-                for i, ev in zip(plain, events[at:], strict=True):
-                    results[i] = ev
-                    attached.append((ev, batch[i].attachment))
-                if self.attach is not None:
-                    self.attach(s, attached)
-        except Exception as exc:
-            FAILED.inc()
-            log.exception("group commit of %d items failed; failing them closed", len(batch))
-            failure = LedgerUnavailable(str(exc))
-            _settle(batch, [failure] * len(batch))
-            return
-        BATCH.observe(len(batch))
-        _settle(batch, results)
+        now = self.clock.now()
+        with self.db.write() as s:
+            chains: list[tuple[int, Chain]] = []
+            for i, item in enumerate(batch):
+                if item.job is not None:
+                    try:
+                        results[i] = item.job(s)
+                    except Exception as exc:
+                        raise _JobFailed(i, exc) from exc
+                    if isinstance(results[i], Chain):
+                        chains.append((i, results[i]))
+            news = [e for _, c in chains for e in c.events]
+            news += [e for i in plain if (e := batch[i].event) is not None]
+            events = self.ledger.append(s, news, now=now)
+            attached: list[tuple[Event, Any]] = []
+            at = 0
+            for i, chain in chains:
+                mine = events[at : at + len(chain.events)]
+                at += len(chain.events)
+                results[i] = chain.finish(mine)
+                if mine and chain.attachment is not None:
+                    attached.append((mine[0], chain.attachment))
+            for i, ev in zip(plain, events[at:], strict=True):
+                results[i] = ev
+                attached.append((ev, batch[i].attachment))
+            if self.attach is not None:
+                self.attach(s, attached)
+        return results
 
 
-def _run_job(s: Session, job: Job) -> Any:
-    try:
-        with s.begin_nested():
-            return job(s)
-    except Exception as exc:  # rolled back to the savepoint; the rest of the batch commits
-        # The caller gets the exception (with its traceback) and reports it.
-        log.debug("a group-commit job failed and was rolled back: %r", exc)
-        return _Failed(exc)
+class _JobFailed(Exception):
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(f"job {index} failed: {error!r}")
+        self.index = index
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
