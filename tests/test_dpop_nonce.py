@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from tests.conftest import BACKENDS, Backend, backend_for, make_settings
+from tests.pdp import Cred
 from tether.agents.schemas import AgentCreate
 from tether.api.app import create_app
 from tether.audit.chain import Event
@@ -262,18 +263,11 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         )
 
 
-@dataclass(frozen=True)
-class Client:
-    agent_id: str
-    secret: str
+Client = Cred
 
-    @property
-    def form(self) -> dict[str, str]:
-        return {
-            "grant_type": "client_credentials",
-            "client_id": self.agent_id,
-            "client_secret": self.secret,
-        }
+
+def _form(client: Client) -> dict[str, str]:
+    return {"grant_type": "client_credentials", **client.form}
 
 
 def new_client(e: Env) -> Client:
@@ -294,7 +288,7 @@ def token_rows(e: Env) -> int:
 
 
 def post_token(e: Env, client: Client, *proofs: str) -> Any:
-    return e.http.post("/oauth/token", data=client.form, headers=[("DPoP", p) for p in proofs])
+    return e.http.post("/oauth/token", data=_form(client), headers=[("DPoP", p) for p in proofs])
 
 
 def token_proof(e: Env, key: ECKey, **claims: Any) -> str:
@@ -419,18 +413,18 @@ def test_a_nonce_of_another_json_type_is_an_invalid_proof(env: Env, value: Any) 
 def test_the_service_refuses_too(env: Env) -> None:
     client, key = new_client(env), ECKey.generate_key("P-256")
     with pytest.raises(UseDPoPNonceError) as caught:
-        env.services.oauth.token(client.form, None, dpop=[token_proof(env, key)])
+        env.services.oauth.token(_form(client), None, dpop=[token_proof(env, key)])
     assert caught.value.to_dict()["error"] == "use_dpop_nonce"
     assert caught.value.status == 400
 
 
 def test_bearer_tokens_and_other_errors_are_unchanged_but_carry_a_nonce(env: Env) -> None:
     client = new_client(env)
-    plain = env.http.post("/oauth/token", data=client.form)
+    plain = env.http.post("/oauth/token", data=_form(client))
     assert plain.status_code == 200
     assert plain.json()["token_type"] == "Bearer"
     assert "dpop-nonce" in plain.headers
-    wrong = env.http.post("/oauth/token", data={**client.form, "client_secret": "nope"})
+    wrong = env.http.post("/oauth/token", data={**_form(client), "client_secret": "nope"})
     assert wrong.status_code == 401
     assert wrong.json()["error"] == "invalid_client"
     assert "dpop-nonce" in wrong.headers
@@ -568,7 +562,7 @@ def test_a_nonce_does_not_rescue_a_stolen_token(env: Env, where: str) -> None:
 
 def test_bearer_tokens_need_no_nonce_on_resource_requests(env: Env) -> None:
     client = new_client(env)
-    token = env.http.post("/oauth/token", data=client.form).json()["access_token"]
+    token = env.http.post("/oauth/token", data=_form(client)).json()["access_token"]
     response = env.http.get(
         "/v1/approvals/apr_00000000000000000000000000", headers={"Authorization": f"Bearer {token}"}
     )
@@ -582,7 +576,7 @@ def test_a_second_node_accepts_the_first_nodes_nonces(env: Env) -> None:
     try:
         client, key = new_client(env), ECKey.generate_key("P-256")
         nonce = post_token(env, client, token_proof(env, key)).headers["dpop-nonce"]
-        body = node_b.oauth.token(client.form, None, dpop=[token_proof(env, key, nonce=nonce)])
+        body = node_b.oauth.token(_form(client), None, dpop=[token_proof(env, key, nonce=nonce)])
         assert body["token_type"] == "DPoP"
         token = body["access_token"]
         rs_nonce = assert_nonce_challenge(
