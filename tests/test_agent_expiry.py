@@ -141,7 +141,8 @@ def test_an_expired_agent_is_shown_refused_swept_once_and_resumable_after_an_ext
     assert event["agent_id"] == doomed
     assert event["actor"] == "system"
     assert event["details"] == {
-        "from": "active", "to": "expired", "expires_at": w.at(60), "cut_off": {"tokens": 1},
+        "from": "active", "to": "expired", "expires_at": w.at(60),
+        "cut_off": {"tokens": 1, "approvals": 0},
     }  # fmt: skip
     assert w.sweep() == 0
     assert len(w.expired_events()) == 1
@@ -383,3 +384,31 @@ def test_the_status_filter_matches_what_each_agent_shows(
             assert _pages(svc, SYSTEM, limit, status) == expected, (status, limit)
             got = _pages(svc, sup.principal(), limit, status)
             assert got == [a for a in expected if a in mine], (status, limit)
+
+
+def test_expiry_cancels_open_approvals_for_good(world: World) -> None:
+    """An approval asked for before expiry can't be used after an extension and resume."""
+    w = world
+    push_policies(w.e.http, '@id("writes") permit(principal, action, resource);')
+    agent = _agent(w, risk_tier="high", expires_at=w.at(60))
+    body = {"subject": {"type": "agent", "id": agent}, "action": {"name": "tool.write"},
+            "resource": {"type": "Tool", "id": "db"}}  # fmt: skip
+    asked = w.e.http.post(EVAL, json=body).json()["context"]
+    assert asked["decision"] == "approval_required"
+    approval_id = asked["approval_id"]
+    approved = w.e.http.post(f"/v1/approvals/{approval_id}/approve", json={})
+    assert approved.status_code == 200, approved.text
+    w.clock.advance(61)
+    assert w.sweep() == 1
+    [event] = w.expired_events()
+    assert event["details"]["cut_off"]["approvals"] == 1
+    [cancelled] = w.api.events(type="approval.cancelled")
+    assert cancelled["details"] == {"approval_id": approval_id, "why": "agent expired"}
+    assert w.e.http.get(f"/v1/approvals/{approval_id}").json()["status"] == "cancelled"
+    # extended and resumed within the approval's lifetime: the approval is still gone
+    w.api.ok(agent, "patch", expires_at=w.at(3600))
+    w.api.ok(agent, "resume")
+    again = w.e.http.post(EVAL, json=body).json()["context"]
+    assert again["decision"] == "approval_required"
+    assert again["approval_id"] != approval_id
+    w.verify()

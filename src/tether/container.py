@@ -6,6 +6,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import Table
@@ -115,6 +116,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         allow_self_approval=settings.approval_allow_self_approval, public_url=settings.base_url,
     )  # fmt: skip
     agents.kill_hooks.append(approvals.cancel_for_agents)
+    agents.expiry.hooks.append(partial(approvals.cancel_for_agents, why="expired"))
     bearers = Bearers(
         signing_keys,
         users,

@@ -1,7 +1,8 @@
 """Approval checkpoints: the state machine and who may move it.
 
 ``pending`` → ``approved`` → ``used`` (the identical request, allowed exactly once), or
-``pending`` → ``denied`` / ``expired``; a killed agent's open approvals are ``cancelled``.
+``pending`` → ``denied`` / ``expired``; a killed or expired agent's open approvals are
+``cancelled``.
 An approval is bound to the request's digest (subject, chain, action, resource, context):
 a different request never consumes it. Only a human with authority over the agent — its
 owner, a listed supervisor, an admin — decides; never an agent, never an auditor, and not the
@@ -355,9 +356,10 @@ class ApprovalService:
         return len(rows)
 
     def cancel_for_agents(
-        self, s: Session, agent_ids: builtins.list[str], now: datetime
+        self, s: Session, agent_ids: builtins.list[str], now: datetime, *, why: str = "killed"
     ) -> dict[str, int]:
-        """Kill hook: a killed agent's open approvals can never be used (one event each)."""
+        """Kill and expiry hook: the agent's open approvals can never be used (one event
+        each) — not even after an expired agent is extended and resumed."""
         if not agent_ids:
             return {"approvals": 0}
         rows = list(s.scalars(select(ApprovalRow).where(
@@ -369,6 +371,6 @@ class ApprovalService:
         if rows:
             self.ledger.append(s, [NewEvent(
                 EventType.APPROVAL_CANCELLED, "system", agent_id=r.agent_id, action=r.action,
-                resource=loads(r.resource), details={"approval_id": r.id, "why": "agent killed"},
+                resource=loads(r.resource), details={"approval_id": r.id, "why": f"agent {why}"},
             ) for r in rows], now=now)  # fmt: skip
         return {"approvals": len(rows)}
