@@ -15,6 +15,7 @@ from tether.clock import FrozenClock
 from tether.container import Services
 from tether.credentials.clients import ClientAuthError
 from tether.credentials.errors import InvalidGrant, InvalidScope, InvalidTarget
+from tether.errors import ValidationFailed
 from tether.principals import SYSTEM, Role
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -148,3 +149,18 @@ def test_human_delegates_to_one_named_agent(svc: Services) -> None:
     assert events[-1].chain == [b["client_id"]]
     # A subject token is not an access token: resource servers (typ at+jwt) refuse it.
     assert svc.oauth.introspect(minted["subject_token"]) == {"active": False}
+
+
+def test_no_subject_token_for_an_agent_past_its_expiry(svc: Services) -> None:
+    """Before the sweep stores it, an agent past expires_at is already not active."""
+    alice = svc.users.create(SYSTEM, username="alice", role=Role.SUPERVISOR).principal()
+    soon = datetime.fromtimestamp(START + 60, UTC)
+    agent = svc.agents.create(SYSTEM, AgentCreate(
+        name="brief", owner="admin", purpose="p", risk_tier="minimal", scopes=["read"],
+        expires_at=soon))  # fmt: skip
+    assert svc.oauth.subject_token(alice, actor=agent.id, scopes=["read"])["subject_token"]
+    clock = svc.clock
+    assert isinstance(clock, FrozenClock)
+    clock.advance(61)
+    with pytest.raises(ValidationFailed, match="not an active agent"):
+        svc.oauth.subject_token(alice, actor=agent.id, scopes=["read"])
