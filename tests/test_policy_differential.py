@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from tether.clock import SystemClock
 from tether.errors import PolicyInvalid, ValidationFailed
-from tether.policy import engine, service, source
+from tether.policy import engine, service, slices, source
 from tether.policy.decide import Ask, Decision, DecisionService
 from tether.policy.engine import CompiledPolicies, Effect, Outcome
 from tether.runtime.snapshot import AgentView, agent_view
@@ -743,20 +743,20 @@ def test_the_memo_is_bounded_and_can_be_off(monkeypatch: pytest.MonkeyPatch) -> 
 # -- inputs a slice does not read ----------------------------------------------------------------
 
 
-def _reads(text: str) -> engine._Reads:
+def _reads(text: str) -> slices.Reads:
     [policy] = source.parse(text)
-    return engine._Reads.of(policy)
+    return slices.Reads.of(policy)
 
 
 def test_what_a_policy_reads() -> None:
     assert _reads('@id("p") permit(principal in Role::"r", action, resource is Tool);') == (
-        engine._Reads(context=False, resource=False, literal_types=frozenset())
+        slices.Reads(context=False, resource=False, literal_types=frozenset())
     )
     assert _reads('@id("p") permit(principal, action, resource) when { context.delegated };') == (
-        engine._Reads(context=True, resource=False, literal_types=frozenset())
+        slices.Reads(context=True, resource=False, literal_types=frozenset())
     )
     assert _reads('@id("p") permit(principal, action, resource) unless { resource has m };') == (
-        engine._Reads(context=False, resource=True, literal_types=frozenset())
+        slices.Reads(context=False, resource=True, literal_types=frozenset())
     )
     # an `in` scope needs the resource's ancestors, so its entity
     assert _reads('@id("p") permit(principal, action, resource in Agent::"a");').resource
@@ -766,10 +766,8 @@ def test_what_a_policy_reads() -> None:
     # refuses reading such an entity today; the engine does not rely on that)
     text = 'permit(principal, action, resource) when { Tool::"t" has m };'
     [est] = orjson.loads(cedarpy.policies_to_json_str(text))["staticPolicies"].values()
-    literal = engine._Reads.of(source.Policy("p", "permit", False, 1, est, text))
-    assert literal == engine._Reads(
-        context=False, resource=False, literal_types=frozenset({"Tool"})
-    )
+    literal = slices.Reads.of(source.Policy("p", "permit", False, 1, est, text))
+    assert literal == slices.Reads(context=False, resource=False, literal_types=frozenset({"Tool"}))
 
 
 def _cedar_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict[str, Any], int]]:

@@ -3,15 +3,14 @@
 A :class:`CompiledPolicies` is immutable and built off the hot path when a policy version
 becomes current; the runtime swaps it in atomically. Per request it does:
 
-1. **Slice.** A policy whose scope (``principal``/``action``/``resource`` heads) cannot match
-   the request cannot be satisfied, so Cedar need not see it. The matching policies are found
-   once per *scope key* — the action, and only those features of principal and resource that
-   some scope mentions — and their ``PolicySet`` handle is cached. Slicing changes speed, not
-   meaning; ``tests/test_policy_differential.py`` holds it to plain ``cedarpy``.
+1. **Slice.** Only the policies whose scope can match the request (:mod:`tether.policy.slices`),
+   found once per *scope key* — the action, and only those features of principal and resource
+   that some scope mentions — as a cached ``PolicySet`` handle.
 2. **Entities.** The base handle holds the schema's action entities (so ``action in
-   Action::"mutating"`` works). The principal's entity (prebuilt JSON in the runtime snapshot)
-   and the resource's (from the request's properties) are added as a small delta; nothing
-   is re-parsed per request, and no agent change ever rebuilds a handle.
+   Action::"mutating"`` works); the principal's entity (prebuilt JSON in the runtime snapshot)
+   is added once per agent version and cached. The resource's entity (from the request's
+   properties) is added, and the context passed, only when the slice's policies read them.
+   Nothing is re-parsed per request, and no agent change ever rebuilds a handle.
 3. **Decide.** Cedar's answer becomes allow / deny / approval_required: a satisfied permit
    annotated ``@approval("required")`` asks for approval; so does a deny caused only by
    forbids so annotated when, without them, the request would be allowed.
@@ -27,7 +26,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -37,9 +36,17 @@ import orjson
 from cedarpy import _internal as _cedar
 
 from tether.errors import ValidationFailed
+from tether.policy.slices import (
+    Reads,
+    Slice,
+    Uid,
+    action_ancestors,
+    action_matches,
+    scope_matches,
+    scope_uids,
+)
 from tether.policy.source import Policy, to_cedar_json
 
-Uid = tuple[str, str]
 _SLICE_CACHE_MAX = 16_384
 _PRINCIPAL_CACHE_MAX = 20_000  # ~4 KB each
 MEMO_MAX = 32_768  # outcomes remembered per policy version (cleared when full)
@@ -81,146 +88,6 @@ class Outcome:
     failed_forbids: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class _Reads:
-    """What a policy can look at beyond the principal: whether it reads ``context``, whether
-    it needs the resource's entity (its attributes or ancestors), and the entity types it
-    names as literals (an entity it names can be the request's resource)."""
-
-    context: bool
-    resource: bool
-    literal_types: frozenset[str]
-
-    @classmethod
-    def of(cls, policy: Policy) -> _Reads:
-        names: set[str] = set()
-        types: set[str] = set()
-        _walk(policy.est.get("conditions") or [], names, types)
-        scope = policy.est["resource"]
-        in_scope = scope.get("op") == "in" or (scope.get("op") == "is" and "in" in scope)
-        return cls("context" in names, "resource" in names or in_scope, frozenset(types))
-
-    @classmethod
-    def union(cls, reads: Iterable[_Reads]) -> _Reads:
-        reads = list(reads)
-        return cls(any(r.context for r in reads), any(r.resource for r in reads),
-                   frozenset(t for r in reads for t in r.literal_types))  # fmt: skip
-
-
-_SLOT = _Reads(context=True, resource=True, literal_types=frozenset())
-
-
-def _walk(node: Any, names: set[str], types: set[str]) -> None:
-    """Variables and entity literals anywhere in a policy's conditions (Cedar JSON)."""
-    if isinstance(node, dict):
-        var = node.get("Var")
-        if isinstance(var, str):
-            names.add(var)
-        if "Slot" in node:  # a template slot: could be anything
-            names.update(("context", "resource"))
-        entity = node.get("__entity")
-        if isinstance(entity, dict):
-            types.add(str(entity.get("type")))
-        for value in node.values():
-            _walk(value, names, types)
-    elif isinstance(node, list):
-        for value in node:
-            _walk(value, names, types)
-
-
-@dataclass(slots=True)
-class _Slice:
-    policies: tuple[Policy, ...]
-    policy_set: cedarpy.PolicySet | None
-    approval_forbids: frozenset[str]
-    approval_ids: frozenset[str]
-    reads: _Reads = _SLOT
-    lifted: cedarpy.PolicySet | None = None
-
-    @classmethod
-    def of(cls, policies: Sequence[Policy]) -> _Slice:
-        return cls(
-            tuple(policies),
-            cedarpy.PolicySet.from_json_str(to_cedar_json(list(policies))) if policies else None,
-            frozenset(p.id for p in policies if p.approval and p.effect == "forbid"),
-            frozenset(p.id for p in policies if p.approval),
-            _Reads.union(_Reads.of(p) for p in policies),
-        )
-
-
-def _uid(value: Any) -> Uid | None:
-    if isinstance(value, dict) and "type" in value and "id" in value:
-        return (str(value["type"]), str(value["id"]))
-    return None
-
-
-def _scope_matches(scope: dict[str, Any], uid: Uid, ancestors: frozenset[Uid]) -> bool:  # noqa: PLR0911
-    op = scope.get("op")
-    if op == "All":
-        return True
-    if op == "==":
-        return _uid(scope.get("entity")) == uid
-    if op == "in":
-        target = _uid(scope.get("entity"))
-        return target == uid or target in ancestors
-    if op == "is":
-        if scope.get("entity_type") != uid[0]:
-            return False
-        inner = scope.get("in")
-        if isinstance(inner, dict):
-            target = _uid(inner.get("entity"))
-            return target == uid or target in ancestors
-        return True
-    return True  # anything newer than this code: let Cedar decide
-
-
-def _scope_uids(scope: dict[str, Any]) -> Iterable[Uid]:
-    for value in (scope.get("entity"), (scope.get("in") or {}).get("entity")):
-        uid = _uid(value)
-        if uid is not None:
-            yield uid
-    for value in scope.get("entities") or ():
-        uid = _uid(value)
-        if uid is not None:
-            yield uid
-
-
-def _action_matches(scope: dict[str, Any], action: str, ancestors: frozenset[str]) -> bool:
-    op = scope.get("op")
-    if op == "All":
-        return True
-    if op == "==":
-        return _uid(scope.get("entity")) == ("Action", action)
-    if op == "in":
-        targets = [scope.get("entity")] if "entity" in scope else list(scope.get("entities") or [])
-        for target in targets:
-            uid = _uid(target)
-            if uid is not None and uid[0].endswith("Action") and uid[1] in ancestors:
-                return True
-        return False
-    return True
-
-
-def action_ancestors(entities: cedarpy.Entities) -> dict[str, frozenset[str]]:
-    """For every action the schema declares: itself and the action groups it is in."""
-    parents: dict[str, set[str]] = {}
-    for ent in orjson.loads(str(entities)):
-        uid = _uid(ent.get("uid"))
-        if uid is None or not uid[0].endswith("Action"):
-            continue
-        parents[uid[1]] = {p["id"] for p in ent.get("parents", []) if _uid(p)}
-    out: dict[str, frozenset[str]] = {}
-    for action in parents:
-        seen, todo = {action}, [action]
-        while todo:
-            for parent in parents.get(todo.pop(), ()):
-                if parent not in seen:
-                    seen.add(parent)
-                    todo.append(parent)
-        out[action] = frozenset(seen)
-    return out
-
-
 @dataclass
 class CompiledPolicies:
     """One policy version, ready to decide. Immutable after construction (the slice cache is
@@ -233,8 +100,8 @@ class CompiledPolicies:
     actions: dict[str, frozenset[str]]
     _principal_uids: frozenset[Uid] = field(init=False)
     _resource_uids: frozenset[Uid] = field(init=False)
-    _slices: dict[tuple[Any, ...], _Slice] = field(init=False, default_factory=dict)
-    _by_ids: dict[frozenset[str], _Slice] = field(init=False, default_factory=dict)
+    _slices: dict[tuple[Any, ...], Slice] = field(init=False, default_factory=dict)
+    _by_ids: dict[frozenset[str], Slice] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     # base + one principal's entity, per prebuilt entity text (a runtime snapshot's AgentView
     # holds one string object per agent version, so a changed agent gets a new handle)
@@ -248,10 +115,10 @@ class CompiledPolicies:
 
     def __post_init__(self) -> None:
         self._principal_uids = frozenset(
-            uid for p in self.policies for uid in _scope_uids(p.est["principal"])
+            uid for p in self.policies for uid in scope_uids(p.est["principal"])
         )
         self._resource_uids = frozenset(
-            uid for p in self.policies for uid in _scope_uids(p.est["resource"])
+            uid for p in self.policies for uid in scope_uids(p.est["resource"])
         )
 
     @classmethod
@@ -265,7 +132,7 @@ class CompiledPolicies:
         return action in self.actions
 
     # -- slicing ---------------------------------------------------------------------------
-    def _slice(self, req: CedarRequest) -> _Slice:
+    def _slice(self, req: CedarRequest) -> Slice:
         key = (
             req.action,
             req.principal if req.principal in self._principal_uids else None,
@@ -280,15 +147,15 @@ class CompiledPolicies:
         ancestors = self.actions.get(req.action, frozenset({req.action}))
         chosen = tuple(
             p for p in self.policies
-            if _action_matches(p.est["action"], req.action, ancestors)
-            and _scope_matches(p.est["principal"], req.principal, req.principal_parents)
-            and _scope_matches(p.est["resource"], req.resource, req.resource_parents)
+            if action_matches(p.est["action"], req.action, ancestors)
+            and scope_matches(p.est["principal"], req.principal, req.principal_parents)
+            and scope_matches(p.est["resource"], req.resource, req.resource_parents)
         )  # fmt: skip
         ids = frozenset(p.id for p in chosen)
         with self._lock:
             built = self._by_ids.get(ids)
             if built is None:
-                built = _Slice.of(chosen)
+                built = Slice.of(chosen)
                 self._by_ids[ids] = built
             if len(self._slices) >= _SLICE_CACHE_MAX:
                 self._slices.clear()
@@ -387,16 +254,16 @@ class CompiledPolicies:
             self._finish(union, q, res, entities) for q, res in zip(requests, results, strict=True)
         ]
 
-    def _union(self, ids: frozenset[str]) -> _Slice:
+    def _union(self, ids: frozenset[str]) -> Slice:
         with self._lock:
             built = self._by_ids.get(ids)
             if built is None:
-                built = _Slice.of([p for p in self.policies if p.id in ids])
+                built = Slice.of([p for p in self.policies if p.id in ids])
                 self._by_ids[ids] = built
             return built
 
     def _finish(
-        self, sl: _Slice, request: dict[str, Any], result: _Result, entities: cedarpy.Entities,
+        self, sl: Slice, request: dict[str, Any], result: _Result, entities: cedarpy.Entities,
     ) -> Outcome:  # fmt: skip
         reasons, errors = result.reasons, result.errors
         if result.allowed:
@@ -421,7 +288,7 @@ class CompiledPolicies:
         named = {m.group(1) for e in errors for m in _ERRORED_POLICY.finditer(e)}
         return tuple(sorted(named & forbids))
 
-    def _lifted(self, sl: _Slice) -> cedarpy.PolicySet | None:
+    def _lifted(self, sl: Slice) -> cedarpy.PolicySet | None:
         """The slice without its approval forbids: would the request pass once approved?"""
         if sl.lifted is None:
             rest = [p for p in sl.policies if p.id not in sl.approval_forbids]
@@ -482,7 +349,7 @@ def _memo_key(req: CedarRequest) -> tuple[str, str, Uid, str | None, str]:
     return (req.principal_entity, req.action, req.resource, req.resource_entity, req.context)
 
 
-def _needs_resource(reads: _Reads, req: CedarRequest) -> bool:
+def _needs_resource(reads: Reads, req: CedarRequest) -> bool:
     """Whether Cedar must hold the resource's entity to decide ``req`` on a slice whose
     policies read ``reads``: when a policy reads the resource (or its ancestors), names an
     entity of its type, or the context may refer to it. The entity text is always parsed

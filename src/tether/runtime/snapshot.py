@@ -30,7 +30,8 @@ from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.clock import Clock, to_micros
 from tether.credentials.models import AccessTokenRow
 from tether.db import Database
-from tether.policy.engine import CompiledPolicies, Uid
+from tether.policy.engine import CompiledPolicies
+from tether.policy.slices import Uid
 from tether.runtime.changes import Kind, channel
 from tether.runtime.models import ChangeRow
 from tether.users.models import UserRow
