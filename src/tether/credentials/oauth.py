@@ -5,12 +5,10 @@ authentication and revocation is a ledger event carrying the ``jti`` — never a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -21,7 +19,7 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros
 from tether.config import Settings
-from tether.credentials import clients, exchange, tokens
+from tether.credentials import clients, exchange, grants, tokens
 from tether.credentials.clients import AuthenticatedClient, ClientAuthError
 from tether.credentials.dpop import DEFAULT_ALGS, InvalidDPoPProof, UseDPoPNonce, verify_proof
 from tether.credentials.dpop_nonce import DPoPNonces
@@ -29,9 +27,7 @@ from tether.credentials.errors import (
     InvalidDPoPProofError,
     InvalidGrant,
     InvalidRequest,
-    InvalidScope,
     InvalidTarget,
-    UnauthorizedClient,
     UnsupportedGrantType,
     UseDPoPNonceError,
 )
@@ -43,13 +39,10 @@ from tether.errors import Forbidden, ValidationFailed
 from tether.ids import IdPrefix, new_id
 from tether.principals import Principal, Role
 from tether.runtime import changes
-from tether.users.models import UserRow
 
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
-_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$")
 _INACTIVE: dict[str, Any] = {"active": False}
-_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")  # RFC 3986 URIs and RFC 8693 audiences: no spaces
 
 
 @dataclass(frozen=True)
@@ -156,12 +149,12 @@ class OAuthService:
         client = self.authenticate_client(form, authorization)
         if grant == TOKEN_EXCHANGE:
             return self._exchange(form, client, cnf_jkt)
-        scopes = self._scopes(form.get("scope"), client.scope_ceiling)
-        audience = self._audience(form)
+        scopes = grants.scopes(form.get("scope"), client.scope_ceiling)
+        audience = grants.audience(form, default=self.endpoints.issuer)
         now = self.clock.now()
         with self.db.write() as s:
-            agent = self._still_active(s, client.agent.id)
-            ttl = _capped_ttl(self.settings.token_ttl_seconds, agent, now)
+            agent = grants.still_active(s, client.agent.id)
+            ttl = grants.capped_ttl(self.settings.token_ttl_seconds, agent, now)
             token, claims = self._issue(
                 s, agent, client_id=agent.id, audience=audience, scopes=scopes, ttl=ttl,
                 now=now, cnf_jkt=cnf_jkt,
@@ -204,8 +197,8 @@ class OAuthService:
                 f"{self.settings.delegation_max_depth}"
             )
         ceiling = exchange.scopes_of(subject_claims) & client.scope_ceiling
-        scopes = self._scopes(form.get("scope"), ceiling)
-        audience = self._audience(form)
+        scopes = grants.scopes(form.get("scope"), ceiling)
+        audience = grants.audience(form, default=self.endpoints.issuer)
         subject_aud = exchange.audiences_of(subject_claims)
         if subject_aud != [self.endpoints.issuer] and not set(audience) <= set(subject_aud):
             raise InvalidTarget("the subject token does not reach that audience")
@@ -214,9 +207,9 @@ class OAuthService:
         if ttl <= 0:
             raise InvalidGrant("the subject token has expired")
         with self.db.write() as s:
-            agent = self._still_active(s, actor_id)
-            ttl = _capped_ttl(ttl, agent, now)
-            problem = _chain_problem(s, [subject, *chain], to_micros(now))
+            agent = grants.still_active(s, actor_id)
+            ttl = grants.capped_ttl(ttl, agent, now)
+            problem = grants.chain_problem(s, [subject, *chain], to_micros(now))
             if problem:
                 raise InvalidGrant(problem)
             token, claims = self._issue(
@@ -225,7 +218,7 @@ class OAuthService:
             )  # fmt: skip
             self.ledger.append(s, [NewEvent(
                 EventType.TOKEN_EXCHANGED, f"agent:{actor_id}", agent_id=actor_id,
-                on_behalf_of=_ref(subject), chain=tuple(chain), action="oauth.token_exchange",
+                on_behalf_of=grants.ref(subject), chain=tuple(chain), action="oauth.token_exchange",
                 resource={"type": "AccessToken", "id": claims["jti"]}, outcome="success",
                 details={"jti": claims["jti"], "subject_jti": subject_claims.get("jti"),
                          "auth_method": client.method, "scope": claims["scope"],
@@ -374,43 +367,6 @@ class OAuthService:
         ))  # fmt: skip
         return tokens.sign(claims, self.keys.signer()), claims
 
-    @staticmethod
-    def _still_active(s: Session, agent_id: str) -> AgentRow:
-        # Re-checked inside the issuing transaction: a kill between authentication and
-        # issuance must not yield a token.
-        agent = s.get(AgentRow, agent_id)
-        if agent is None or agent.status != Status.ACTIVE:
-            raise UnauthorizedClient("the agent is not active")
-        return agent
-
-    @staticmethod
-    def _scopes(requested: str | None, ceiling: frozenset[str]) -> frozenset[str]:
-        if requested is None or requested == "":
-            return ceiling  # RFC 6749 §3.3: the default is everything the client may hold
-        if not _SCOPE.match(requested):
-            raise InvalidScope("scope must be space-separated scope-tokens (RFC 6749 §3.3)")
-        wanted = frozenset(requested.split(" "))
-        if not wanted <= ceiling:
-            raise InvalidScope(f"scope {sorted(wanted - ceiling)} exceeds what the agent may hold")
-        return wanted
-
-    def _audience(self, form: dict[str, str]) -> list[str]:
-        """RFC 8707 ``resource`` (absolute URI, no fragment) and RFC 8693 ``audience``."""
-        values = [v for v in (form.get("resource"), form.get("audience")) if v]
-        for value in values:
-            if len(value) > 500:
-                raise InvalidTarget("resource/audience too long")
-            if not _PRINTABLE.match(value):
-                raise InvalidTarget("resource/audience may not hold spaces or control characters")
-            if value == form.get("resource"):
-                try:
-                    parts = urlsplit(value)
-                except ValueError as exc:
-                    raise InvalidTarget("resource is not a URI") from exc
-                if not parts.scheme or not parts.netloc or parts.fragment:
-                    raise InvalidTarget("resource must be an absolute URI without a fragment")
-        return sorted(set(values)) or [self.endpoints.issuer]
-
     # -- introspection and revocation ------------------------------------------------------
     def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662: anything unknown, expired, revoked, or whose agent (or any actor in its
@@ -425,7 +381,7 @@ class OAuthService:
             if row is None or row.revoked_at is not None:
                 return dict(_INACTIVE)
             ids = [str(claims["sub"]), *exchange.actors(claims.get("act"))]
-            if _chain_problem(s, ids, to_micros(now)):
+            if grants.chain_problem(s, ids, to_micros(now)):
                 return dict(_INACTIVE)
         out = {"active": True, "token_type": "DPoP" if "cnf" in claims else "Bearer"}
         out.update({k: v for k, v in claims.items() if k in _INTROSPECTED})
@@ -490,34 +446,3 @@ class OAuthService:
 _INTROSPECTED = frozenset(
     {"sub", "client_id", "scope", "aud", "iss", "exp", "iat", "nbf", "jti", "act", "cnf"}
 )
-
-
-def _capped_ttl(ttl: int, agent: AgentRow, now: datetime) -> int:
-    """No token outlives its agent's ``expires_at``."""
-    if agent.expires_at is None:
-        return ttl
-    left = (agent.expires_at - to_micros(now)) // 1_000_000
-    if left <= 0:
-        raise UnauthorizedClient("the agent has expired")
-    return min(ttl, int(left))
-
-
-def _chain_problem(s: Session, ids: list[str], now_us: int) -> str | None:
-    """Why a token naming these principals (subject and actors) must not be honoured: an
-    agent that is missing, not active or expired, or a human who no longer exists."""
-    agent_ids = [i for i in ids if not i.startswith("usr_")]
-    rows = {a.id: a for a in s.scalars(select(AgentRow).where(AgentRow.id.in_(agent_ids)))}
-    for agent_id in agent_ids:
-        row = rows.get(agent_id)
-        if row is None or row.status != Status.ACTIVE:
-            return f"agent {agent_id} in the delegation chain is not active"
-        if row.expires_at is not None and row.expires_at <= now_us:
-            return f"agent {agent_id} in the delegation chain has expired"
-    humans = {i for i in ids if i.startswith("usr_")}
-    if humans and set(s.scalars(select(UserRow.id).where(UserRow.id.in_(humans)))) != humans:
-        return "the human in the delegation chain no longer exists"
-    return None
-
-
-def _ref(subject: str) -> str:
-    return f"user:{subject}" if subject.startswith("usr_") else f"agent:{subject}"
