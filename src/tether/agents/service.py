@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tether.agents import edits
 from tether.agents.expiry import AgentExpiry
 from tether.agents.fingerprint import normalize
 from tether.agents.model import (
@@ -237,19 +238,7 @@ class AgentService:
         """
         now = self.clock.now()
         fields = patch.model_fields_set
-        if "risk_tier" in fields and patch.risk_tier is None:
-            raise ValidationFailed("risk_tier cannot be null", field="risk_tier")
-        for required in (
-            "name",
-            "owner",
-            "purpose",
-            "roles",
-            "scopes",
-            "attributes",
-            "supervisors",
-        ):
-            if required in fields and getattr(patch, required) is None:
-                raise ValidationFailed(f"{required} cannot be null", field=required)
+        edits.refuse_nulls(patch)
         tier = self._tier(patch.risk_tier) if patch.risk_tier is not None else None
         if "expires_at" in fields:
             self._check_future(patch.expires_at, now, "expires_at")
@@ -262,10 +251,10 @@ class AgentService:
                 raise self._terminal(row)
             self.expiry.catch_up(s, [row], now)
             changes: dict[str, Any] = {}
-            self._patch_columns(row, patch, tier, changes)
+            edits.apply_columns(row, patch, tier, changes)
             self._patch_people(s, actor, row, patch, changes)
             if "fingerprint" in fields:
-                self._patch_fingerprint(row, patch, changes)
+                edits.apply_fingerprint(row, patch, changes)
             if changes:
                 row.updated_at = to_micros(now)
                 self._audit(
@@ -277,33 +266,6 @@ class AgentService:
                     details={"changes": changes},
                 )
             return self._agents(s, [row], now=now)[0]
-
-    @staticmethod
-    def _patch_columns(
-        row: AgentRow, patch: AgentUpdate, tier: RiskTier | None, changes: dict[str, Any]
-    ) -> None:
-        required = {
-            "name": patch.name,
-            "purpose": patch.purpose,
-            "risk_tier": tier.value if tier else None,
-        }
-        for name, value in required.items():
-            if value is not None and _record(changes, name, getattr(row, name), value):
-                setattr(row, name, value)
-        for name in ("expires_at", "recertify_by"):  # null clears these
-            if name in patch.model_fields_set:
-                when: datetime | None = getattr(patch, name)
-                micros = to_micros(when) if when else None
-                if _record(changes, name, getattr(row, name), micros):
-                    setattr(row, name, micros)
-        if patch.attributes is not None and _record(
-            changes, "attributes", loads(row.attributes), patch.attributes
-        ):
-            row.attributes = canonical_text(patch.attributes)
-        if patch.scopes is not None:
-            scopes = sorted(set(patch.scopes))
-            if _record(changes, "scopes", loads(row.scopes), scopes):
-                row.scopes = canonical_text(scopes)
 
     def _patch_people(
         self,
@@ -317,33 +279,18 @@ class AgentService:
             if not actor.is_admin:
                 raise Forbidden("only an admin may change an agent's owner", field="owner")
             owner = self._human(s, patch.owner, "owner")
-            if _record(changes, "owner", row.owner_id, owner.id):
+            if edits.record(changes, "owner", row.owner_id, owner.id):
                 row.owner_id = owner.id
         if patch.roles is not None:
             roles = sorted(set(patch.roles))
-            if _record(changes, "roles", self.store.roles_of(s, [row.id])[row.id], roles):
+            if edits.record(changes, "roles", self.store.roles_of(s, [row.id])[row.id], roles):
                 self.store.set_roles(s, row.id, roles)
         if patch.supervisors is not None:
             ids = sorted({self._human(s, r, "supervisors").id for r in patch.supervisors})
-            if _record(changes, "supervisors", self.store.supervisors_of(s, [row.id])[row.id], ids):
+            if edits.record(
+                changes, "supervisors", self.store.supervisors_of(s, [row.id])[row.id], ids
+            ):
                 self.store.set_supervisors(s, row.id, ids)
-
-    @staticmethod
-    def _patch_fingerprint(row: AgentRow, patch: AgentUpdate, changes: dict[str, Any]) -> None:
-        new_fp = normalize(patch.fingerprint.model_dump() if patch.fingerprint else None)
-        new_digest = new_fp["digest"] if new_fp else None
-        if not _record(changes, "fingerprint_digest", row.fingerprint_digest, new_digest):
-            return
-        row.fingerprint = canonical_text(new_fp) if new_fp else None
-        row.fingerprint_digest = new_digest
-        if row.risk_tier == RiskTier.HIGH and row.status != Status.EXPIRED:
-            # (An expired agent needs a resume anyway, which is the re-approval.)
-            # A new model, prompt or toolset is a different agent in all but name.
-            changes["status"] = {"from": row.status, "to": Status.SUSPENDED.value}
-            row.status = Status.SUSPENDED.value
-            row.status_reason = (
-                "fingerprint changed on a high-risk agent; a supervisor must re-approve it (resume)"
-            )
 
     def suspend(self, actor: Principal, agent_id: str, *, reason: str) -> Agent:
         return self._transition(actor, agent_id, "suspend", EventType.AGENT_SUSPENDED, reason)
@@ -628,11 +575,3 @@ def _reason(row: AgentRow, shown: Status) -> str | None:
     if shown is Status.EXPIRED and row.status != Status.EXPIRED and row.expires_at is not None:
         return expiry_reason(row.expires_at)
     return row.status_reason
-
-
-def _record(changes: dict[str, Any], field: str, old: Any, new: Any) -> bool:
-    """Note ``field`` as changed (for the audit event) if ``new`` differs from ``old``."""
-    if old == new:
-        return False
-    changes[field] = {"from": old, "to": new}
-    return True

@@ -1,0 +1,81 @@
+"""A PATCH to an agent, field by field: what may not be null, what changed (for the audit
+event), and the one field with a side effect — a new fingerprint suspends a high-risk agent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from tether.agents.fingerprint import normalize
+from tether.agents.model import RiskTier, Status
+from tether.agents.models import AgentRow
+from tether.agents.schemas import AgentUpdate
+from tether.clock import to_micros
+from tether.errors import ValidationFailed
+from tether.jsonutil import canonical_text, loads
+
+_NOT_NULL = ("name", "owner", "purpose", "roles", "scopes", "attributes", "supervisors")
+
+
+def refuse_nulls(patch: AgentUpdate) -> None:
+    """JSON ``null`` clears only ``expires_at`` and ``recertify_by``."""
+    fields = patch.model_fields_set
+    if "risk_tier" in fields and patch.risk_tier is None:
+        raise ValidationFailed("risk_tier cannot be null", field="risk_tier")
+    for required in _NOT_NULL:
+        if required in fields and getattr(patch, required) is None:
+            raise ValidationFailed(f"{required} cannot be null", field=required)
+
+
+def apply_columns(
+    row: AgentRow, patch: AgentUpdate, tier: RiskTier | None, changes: dict[str, Any]
+) -> None:
+    """The agent's own columns: set what the patch changes, note it in ``changes``."""
+    required = {
+        "name": patch.name,
+        "purpose": patch.purpose,
+        "risk_tier": tier.value if tier else None,
+    }
+    for name, value in required.items():
+        if value is not None and record(changes, name, getattr(row, name), value):
+            setattr(row, name, value)
+    for name in ("expires_at", "recertify_by"):  # null clears these
+        if name in patch.model_fields_set:
+            when: datetime | None = getattr(patch, name)
+            micros = to_micros(when) if when else None
+            if record(changes, name, getattr(row, name), micros):
+                setattr(row, name, micros)
+    if patch.attributes is not None and record(
+        changes, "attributes", loads(row.attributes), patch.attributes
+    ):
+        row.attributes = canonical_text(patch.attributes)
+    if patch.scopes is not None:
+        scopes = sorted(set(patch.scopes))
+        if record(changes, "scopes", loads(row.scopes), scopes):
+            row.scopes = canonical_text(scopes)
+
+
+def apply_fingerprint(row: AgentRow, patch: AgentUpdate, changes: dict[str, Any]) -> None:
+    """A new fingerprint (its digest differs) suspends a high-risk agent until resumed."""
+    new_fp = normalize(patch.fingerprint.model_dump() if patch.fingerprint else None)
+    new_digest = new_fp["digest"] if new_fp else None
+    if not record(changes, "fingerprint_digest", row.fingerprint_digest, new_digest):
+        return
+    row.fingerprint = canonical_text(new_fp) if new_fp else None
+    row.fingerprint_digest = new_digest
+    if row.risk_tier == RiskTier.HIGH and row.status != Status.EXPIRED:
+        # (An expired agent needs a resume anyway, which is the re-approval.)
+        # A new model, prompt or toolset is a different agent in all but name.
+        changes["status"] = {"from": row.status, "to": Status.SUSPENDED.value}
+        row.status = Status.SUSPENDED.value
+        row.status_reason = (
+            "fingerprint changed on a high-risk agent; a supervisor must re-approve it (resume)"
+        )
+
+
+def record(changes: dict[str, Any], field: str, old: Any, new: Any) -> bool:
+    """Note ``field`` as changed (for the audit event) if ``new`` differs from ``old``."""
+    if old == new:
+        return False
+    changes[field] = {"from": old, "to": new}
+    return True
