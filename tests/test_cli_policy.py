@@ -23,13 +23,8 @@ import pytest
 from tests.conftest import BACKENDS, Backend, backend_for, bearer
 from tests.serverproc import running_server
 from tether.cli.client import ApiClient
-from tether.cli.policy import (
-    Case,
-    _agent_view,
-    load_cases,
-    problem_lines,
-    run_case,
-)
+from tether.cli.policy import load_cases, problem_lines
+from tether.policy.cases import Case, agent_view_of, run_case
 from tether.policy.decide import Ask, DecisionService, cedar_request
 from tether.policy.service import check, compile_checked
 from tether.runtime.snapshot import AgentView
@@ -339,7 +334,7 @@ def test_local_requests_are_the_servers_requests() -> None:
     class Snapshot:
         agents: dict[str, AgentView]
 
-    bot = _agent_view(
+    bot = agent_view_of(
         {
             "id": "agt_a",
             "owner": "usr_o",
@@ -350,7 +345,7 @@ def test_local_requests_are_the_servers_requests() -> None:
             "attributes": {"n": 3},
         }
     )
-    other = _agent_view(
+    other = agent_view_of(
         {
             "id": "agt_b",
             "owner": "usr_o",
@@ -386,7 +381,7 @@ def test_cases_decide_like_the_engine() -> None:
             },
         ]
     ]
-    agents = {"agt_policy_test": _agent_view(cases[0].subject.model_dump())}  # type: ignore[union-attr]
+    agents = {"agt_policy_test": agent_view_of(cases[0].subject.model_dump())}  # type: ignore[union-attr]
     assert run_case(cases[0], compiled, agents)["passed"]
     assert problem_lines(
         [

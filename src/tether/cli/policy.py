@@ -18,18 +18,18 @@ from collections import ChainMap
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx2 as httpx
-import orjson
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from tether.cli.client import ApiClient, CliError
 from tether.cli.common import JsonOpt
 from tether.cli.render import emit_json, out, table
 
 if TYPE_CHECKING:
+    from tether.policy.cases import Case
     from tether.policy.engine import CompiledPolicies
     from tether.runtime.snapshot import AgentView
 
@@ -316,48 +316,11 @@ def _verdict(side: dict[str, Any]) -> str:
 # -- test: declarative cases, evaluated locally --------------------------------------------
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InlineAgent(_Strict):
-    """A subject described in the case file instead of fetched from the server."""
-
-    id: str = "agt_policy_test"
-    name: str | None = None
-    roles: list[str] = Field(default_factory=list)
-    risk_tier: str = "minimal"
-    status: str = "active"
-    owner: str = "usr_policy_test"
-    purpose: str = "policy test"
-    attributes: dict[str, Any] = Field(default_factory=dict)
-
-
-class CaseResource(_Strict):
-    type: str
-    id: str
-    properties: dict[str, Any] = Field(default_factory=dict)
-
-
-class Case(_Strict):
-    name: str
-    subject: str | InlineAgent
-    action: str
-    resource: CaseResource
-    context: dict[str, Any] = Field(default_factory=dict)
-    on_behalf_of: str | None = None
-    expect: Literal["allow", "deny", "approval_required"]
-    reasons: list[str] | None = None
-
-    @field_validator("action", mode="before")
-    @classmethod
-    def _action_name(cls, value: Any) -> Any:
-        return value.get("name") if isinstance(value, dict) else value  # AuthZEN's shape
-
-
 def load_cases(path: Path) -> list[Case]:
     """The cases of a YAML or JSON file: a list, or a mapping with a ``cases`` list."""
     import yaml
+
+    from tether.policy.cases import Case
 
     text = _read(path)
     try:
@@ -387,56 +350,6 @@ def load_cases(path: Path) -> list[Case]:
             where = ".".join(str(p) for p in first["loc"] if str(p) not in _UNION_TAGS)
             raise CliError(f"{path}: {label}: {where or 'case'}: {first['msg']}") from None
     return cases
-
-
-def _agent_view(agent: Mapping[str, Any]) -> AgentView:
-    """The runtime's view of an agent (its Cedar entity), built by the server's own code."""
-    from tether.agents.models import AgentRow
-    from tether.runtime.snapshot import agent_view
-
-    row = AgentRow(
-        id=agent["id"], name=agent.get("name") or agent["id"], owner_id=agent["owner"],
-        purpose=agent["purpose"], risk_tier=agent["risk_tier"], status=agent["status"],
-        attributes=orjson.dumps(agent.get("attributes") or {}).decode(), expires_at=None,
-    )  # fmt: skip
-    return agent_view(row, agent.get("roles") or (), agent.get("supervisors") or ())
-
-
-def run_case(
-    case: Case, compiled: CompiledPolicies, agents: Mapping[str, AgentView]
-) -> dict[str, Any]:
-    """One case's outcome, as the server would decide it (its runtime checks, then Cedar)."""
-    from tether.errors import TetherError
-    from tether.policy.decide import (
-        INACTIVE_AGENT,
-        UNKNOWN_ACTION,
-        Ask,
-        cedar_request,
-        validate_ask,
-    )
-    from tether.policy.decide import decision_from_outcome as decision_of
-
-    subject = case.subject if isinstance(case.subject, str) else case.subject.id
-    chain = (case.on_behalf_of, subject) if case.on_behalf_of else (subject,)
-    ask = Ask(subject, case.action, case.resource.type, case.resource.id,
-              case.resource.properties, case.context, chain, case.on_behalf_of)  # fmt: skip
-    result: dict[str, Any] = {"name": case.name, "expect": case.expect,
-                              "expected_reasons": case.reasons, "error": None}  # fmt: skip
-    try:
-        validate_ask(ask)
-    except TetherError as exc:
-        return {**result, "actual": "error", "reasons": [], "error": exc.message, "passed": False}
-    if agents[subject].status != "active":
-        actual, reasons = "deny", [INACTIVE_AGENT]
-    elif not compiled.knows_action(case.action):
-        actual, reasons = "deny", [UNKNOWN_ACTION]
-    else:
-        decided = decision_of(compiled.decide(cedar_request(ask, agents)), compiled.version)
-        actual, reasons = decided.effect.value, list(decided.reasons)
-    passed = actual == case.expect and (
-        case.reasons is None or sorted(set(case.reasons)) == sorted(set(reasons))
-    )
-    return {**result, "actual": actual, "reasons": reasons, "passed": passed}
 
 
 def _compile(
@@ -475,6 +388,8 @@ def run_tests(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate the cases of CASES_FILE (YAML or JSON) locally; exit 1 on any mismatch."""
+    from tether.policy.cases import agent_view_of, run_case
+
     cases = load_cases(cases_file)
     compiled, label = _compile(ctx, policies, schema)
     fetched: dict[str, AgentView] = {}
@@ -482,10 +397,10 @@ def run_tests(
     for case in cases:
         if isinstance(case.subject, str):
             if case.subject not in fetched:
-                fetched[case.subject] = _agent_view(_api(ctx).get(f"/v1/agents/{case.subject}"))
+                fetched[case.subject] = agent_view_of(_api(ctx).get(f"/v1/agents/{case.subject}"))
             agents: Mapping[str, AgentView] = fetched
         else:  # an inline subject belongs to its case alone
-            inline = {case.subject.id: _agent_view(case.subject.model_dump())}
+            inline = {case.subject.id: agent_view_of(case.subject.model_dump())}
             agents = ChainMap(inline, fetched)
         results.append(run_case(case, compiled, agents))
     failed = sum(not r["passed"] for r in results)

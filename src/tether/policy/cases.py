@@ -1,0 +1,106 @@
+"""Declarative policy tests: cases of requests and the decisions they must get.
+
+A case names its subject (an agent id fetched from the server, or an agent described inline),
+the action, the resource and context, and the expected effect (and, optionally, reasons).
+:func:`run_case` decides it as the server would — its runtime checks, then Cedar on the
+compiled policies — without a database, so ``tether policy test`` runs in an operator's CI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tether.agents.models import AgentRow
+from tether.errors import TetherError
+from tether.policy.decide import (
+    INACTIVE_AGENT,
+    UNKNOWN_ACTION,
+    Ask,
+    cedar_request,
+    decision_from_outcome,
+    validate_ask,
+)
+from tether.policy.engine import CompiledPolicies
+from tether.runtime.snapshot import AgentView, agent_view
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InlineAgent(_Strict):
+    """A subject described in the case file instead of fetched from the server."""
+
+    id: str = "agt_policy_test"
+    name: str | None = None
+    roles: list[str] = Field(default_factory=list)
+    risk_tier: str = "minimal"
+    status: str = "active"
+    owner: str = "usr_policy_test"
+    purpose: str = "policy test"
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class CaseResource(_Strict):
+    type: str
+    id: str
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class Case(_Strict):
+    name: str
+    subject: str | InlineAgent
+    action: str
+    resource: CaseResource
+    context: dict[str, Any] = Field(default_factory=dict)
+    on_behalf_of: str | None = None
+    expect: Literal["allow", "deny", "approval_required"]
+    reasons: list[str] | None = None
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action_name(cls, value: Any) -> Any:
+        return value.get("name") if isinstance(value, dict) else value  # AuthZEN's shape
+
+
+def agent_view_of(agent: Mapping[str, Any]) -> AgentView:
+    """The runtime's view of an agent (its Cedar entity), built by the server's own code."""
+    row = AgentRow(
+        id=agent["id"], name=agent.get("name") or agent["id"], owner_id=agent["owner"],
+        purpose=agent["purpose"], risk_tier=agent["risk_tier"], status=agent["status"],
+        attributes=orjson.dumps(agent.get("attributes") or {}).decode(), expires_at=None,
+    )  # fmt: skip
+    return agent_view(row, agent.get("roles") or (), agent.get("supervisors") or ())
+
+
+def run_case(
+    case: Case, compiled: CompiledPolicies, agents: Mapping[str, AgentView]
+) -> dict[str, Any]:
+    """One case's outcome, as the server would decide it (its runtime checks, then Cedar)."""
+    subject = case.subject if isinstance(case.subject, str) else case.subject.id
+    chain = (case.on_behalf_of, subject) if case.on_behalf_of else (subject,)
+    ask = Ask(subject, case.action, case.resource.type, case.resource.id,
+              case.resource.properties, case.context, chain, case.on_behalf_of)  # fmt: skip
+    result: dict[str, Any] = {"name": case.name, "expect": case.expect,
+                              "expected_reasons": case.reasons, "error": None}  # fmt: skip
+    try:
+        validate_ask(ask)
+    except TetherError as exc:
+        return {**result, "actual": "error", "reasons": [], "error": exc.message, "passed": False}
+    if agents[subject].status != "active":
+        actual, reasons = "deny", [INACTIVE_AGENT]
+    elif not compiled.knows_action(case.action):
+        actual, reasons = "deny", [UNKNOWN_ACTION]
+    else:
+        decided = decision_from_outcome(
+            compiled.decide(cedar_request(ask, agents)), compiled.version
+        )
+        actual, reasons = decided.effect.value, list(decided.reasons)
+    passed = actual == case.expect and (
+        case.reasons is None or sorted(set(case.reasons)) == sorted(set(reasons))
+    )
+    return {**result, "actual": actual, "reasons": reasons, "passed": passed}
