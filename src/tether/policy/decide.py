@@ -234,7 +234,9 @@ class DecisionService:
         if not agent.active_at(now_us):
             return _refuse(INACTIVE_AGENT, version, "agent_not_active",
                            f"agent {ask.subject} is {_status(agent, now_us)}")  # fmt: skip
-        for member in ask.full_chain:
+        for member in ask.chain:  # the subject is last, and was checked just above
+            if member == ask.subject:
+                continue
             if member.startswith("usr_"):
                 if member not in rt.users:
                     return _refuse(INACTIVE_CHAIN, version, "chain_member_not_active",

@@ -164,6 +164,8 @@ class CompiledPolicies:
 
     # -- deciding --------------------------------------------------------------------------
     def decide(self, req: CedarRequest) -> Outcome:
+        if not self.memo_capacity:
+            return self._decide(req)
         key = _memo_key(req)
         found = self._memo.get(key)
         if found is not None:
