@@ -693,6 +693,19 @@ def test_bad_input_is_422_naming_the_field_and_writes_nothing(env: Env, case: st
     assert events_since(env, since) == []
 
 
+def test_a_bad_batch_item_is_named_by_its_index(env: Env) -> None:
+    agent = new_agent(env)
+    since = head(env)
+    items = [ask(agent), {**ask(agent), "context": {"amount": 1.5}}, ask(agent)]
+    error = assert_error(env.http.post(EVALS, json={"evaluations": items}), 422)
+    assert _path(error["details"]["field"]) == "evaluations.1.context.amount", error
+    reserved = [ask(agent), ask(agent), {**ask(agent), "context": {"chain": []}}]
+    error = assert_error(env.http.post(EVALS, json={"evaluations": reserved}), 422)
+    assert _path(error["details"]["field"]) == "evaluations.2.context.chain", error
+    assert error["message"].startswith("evaluations[2]: "), error
+    assert events_since(env, since) == []
+
+
 def test_an_oversized_body_is_413_and_writes_nothing(env: Env) -> None:
     agent = new_agent(env)
     limit = env.services.settings.max_body_bytes

@@ -26,7 +26,7 @@ from tether.api.errors import responses
 from tether.credentials.bearer import Caller
 from tether.errors import ValidationFailed
 from tether.fields import NO_NUL, SAFE_INT, integral
-from tether.policy.decide import Ask, DecisionService
+from tether.policy.decide import Ask, DecisionService, validate_ask
 from tether.policy.engine import Effect
 
 router = APIRouter(tags=["decisions"])
@@ -169,7 +169,16 @@ def batch_asks(
                 raise ValidationFailed(f"evaluations[{i}] has no {part} and there is no default",
                                        field=f"evaluations[{i}].{part}")  # fmt: skip
             merged[part] = value if value is not None else {}
-        asks.append(ask_of(Evaluation.model_validate(merged), who, decisions))
+        ask = ask_of(Evaluation.model_validate(merged), who, decisions)
+        try:
+            validate_ask(ask)  # here, to name the item; decide() checks again
+        except ValidationFailed as exc:
+            field = exc.details.get("field")
+            raise ValidationFailed(
+                f"evaluations[{i}]: {exc.message}",
+                field=f"evaluations[{i}].{field}" if field else f"evaluations[{i}]",
+            ) from exc
+        asks.append(ask)
     semantic = body.options.evaluations_semantic
     stop = {"deny_on_first_deny": Effect.DENY, "permit_on_first_permit": Effect.ALLOW}.get(semantic)
     return asks, stop
