@@ -9,13 +9,13 @@ themselves.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from tether.agents import edits
+from tether.agents import edits, views
 from tether.agents.expiry import AgentExpiry
 from tether.agents.fingerprint import normalize
 from tether.agents.model import (
@@ -23,8 +23,6 @@ from tether.agents.model import (
     Agent,
     RiskTier,
     Status,
-    effective_status,
-    expiry_reason,
     has_expired,
     next_status,
     spiffe_id,
@@ -78,7 +76,7 @@ class AgentService:
         with self.db.read() as s:
             row = self._row(s, agent_id)
             self._require(s, actor, row, "read")
-            return self._agents(s, [row], now=self.clock.now())[0]
+            return views.to_agents(self.store, s, [row], now=self.clock.now())[0]
 
     def list(
         self,
@@ -118,7 +116,7 @@ class AgentService:
                 now_us=to_micros(now),
             )
             more = len(rows) > limit
-            agents = self._agents(s, rows[:limit], now=now)
+            agents = views.to_agents(self.store, s, rows[:limit], now=now)
         return Page(agents, encode_cursor(agents[-1].id) if more else None)
 
     # -- creating --------------------------------------------------------------------------
@@ -142,7 +140,7 @@ class AgentService:
                         f"parent agent {spec.parent!r} does not exist", field="parent"
                     )
                 self._require(s, actor, parent, "operate")
-                parent_status = self._status(parent, now)
+                parent_status = views.status_at(parent, now)
                 if parent_status is not Status.ACTIVE:
                     raise InvalidTransition(
                         f"parent agent {parent.id} is {parent_status}; only an active agent "
@@ -184,7 +182,7 @@ class AgentService:
                     "fingerprint_digest": row.fingerprint_digest,
                 },
             )
-            return self._agents(s, [row], now=now)[0]
+            return views.to_agents(self.store, s, [row], now=now)[0]
 
     def clone(self, actor: Principal, agent_id: str, *, name: str) -> Agent:
         """A new agent with the source's roles and attributes; credentials are never copied."""
@@ -226,7 +224,7 @@ class AgentService:
                 now=now,
                 details={"source": src.id, "name": name},
             )
-            return self._agents(s, [row], now=now)[0]
+            return views.to_agents(self.store, s, [row], now=now)[0]
 
     # -- changing --------------------------------------------------------------------------
     def update(self, actor: Principal, agent_id: str, patch: AgentUpdate) -> Agent:
@@ -265,7 +263,7 @@ class AgentService:
                     now=now,
                     details={"changes": changes},
                 )
-            return self._agents(s, [row], now=now)[0]
+            return views.to_agents(self.store, s, [row], now=now)[0]
 
     def _patch_people(
         self,
@@ -377,7 +375,7 @@ class AgentService:
             if reason is not None:
                 details["reason" if op != "resume" else "note"] = reason
             self._audit(s, actor, event, row=row, now=now, details=details)
-            return self._agents(s, [row], now=now)[0]
+            return views.to_agents(self.store, s, [row], now=now)[0]
 
     def _descendants(self, s: Session, root_id: str) -> builtins.list[AgentRow]:
         out: builtins.list[AgentRow] = []
@@ -529,49 +527,3 @@ class AgentService:
         return InvalidTransition(
             f"agent {row.id} is {row.status}; that is final", agent=row.id, status=row.status
         )
-
-    @staticmethod
-    def _status(row: AgentRow, now: datetime) -> Status:
-        return effective_status(Status(row.status), row.expires_at, to_micros(now))
-
-    def _agents(
-        self, s: Session, rows: Sequence[AgentRow], *, now: datetime
-    ) -> builtins.list[Agent]:
-        """The agents as readers see them: one past ``expires_at`` is ``expired``."""
-        ids = [r.id for r in rows]
-        roles = self.store.roles_of(s, ids)
-        sups = self.store.supervisors_of(s, ids)
-        names = self.store.usernames(s, [r.owner_id for r in rows])
-        return [
-            Agent(
-                id=r.id,
-                spiffe_id=r.spiffe_id,
-                name=r.name,
-                owner=r.owner_id,
-                owner_username=names.get(r.owner_id, r.owner_id),
-                supervisors=sups.get(r.id, []),
-                purpose=r.purpose,
-                risk_tier=RiskTier(r.risk_tier),
-                status=self._status(r, now),
-                status_reason=_reason(r, self._status(r, now)),
-                roles=roles.get(r.id, []),
-                attributes=loads(r.attributes),
-                scopes=loads(r.scopes),
-                parent=r.parent_id,
-                lineage=loads(r.lineage),
-                lineage_kind=r.lineage_kind,
-                fingerprint=loads(r.fingerprint) if r.fingerprint else None,
-                created_at=from_micros(r.created_at),
-                updated_at=from_micros(r.updated_at),
-                expires_at=from_micros(r.expires_at) if r.expires_at else None,
-                recertify_by=from_micros(r.recertify_by) if r.recertify_by else None,
-            )
-            for r in rows
-        ]
-
-
-def _reason(row: AgentRow, shown: Status) -> str | None:
-    """An agent shown ``expired`` before the sweep stored it says why, as the sweep will."""
-    if shown is Status.EXPIRED and row.status != Status.EXPIRED and row.expires_at is not None:
-        return expiry_reason(row.expires_at)
-    return row.status_reason
