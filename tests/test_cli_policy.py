@@ -393,6 +393,19 @@ def test_cases_decide_like_the_engine() -> None:
     ) == ["a.cedar:3: [p] m", "s.cedarschema: schema: bad"]
 
 
+def test_a_case_cedar_cannot_read_is_an_error_not_a_traceback() -> None:
+    compiled = compile_checked("t", check(POLICIES))
+    bad_ip = {"__extn": {"fn": "ip", "arg": "not an address"}}
+    case = Case.model_validate({
+        "name": "bad ip", "subject": {"roles": ["support"]}, "action": "tool.call",
+        "resource": {"type": "Tool", "id": "x"}, "context": {"ip": bad_ip}, "expect": "allow",
+    })  # fmt: skip
+    agents = {"agt_policy_test": agent_view_of(case.subject.model_dump())}  # type: ignore[union-attr]
+    got = run_case(case, compiled, agents)
+    assert (got["actual"], got["passed"]) == ("error", False)
+    assert "context" in got["error"]
+
+
 def test_load_cases_accepts_a_cases_mapping(tmp_path: Path) -> None:
     path = tmp_path / "cases.yml"
     path.write_text("cases:\n" + "\n".join("  " + line for line in CASES.splitlines()) + "\n")

@@ -89,17 +89,16 @@ def run_case(
                               "expected_reasons": case.reasons, "error": None}  # fmt: skip
     try:
         validate_ask(ask)
+        if agents[subject].status != "active":
+            actual, reasons = "deny", [INACTIVE_AGENT]
+        elif not compiled.knows_action(case.action):
+            actual, reasons = "deny", [UNKNOWN_ACTION]
+        else:  # Cedar refuses a value it cannot read (a bad "__extn", say): an error too
+            outcome = compiled.decide(cedar_request(ask, agents))
+            decided = decision_from_outcome(outcome, compiled.version)
+            actual, reasons = decided.effect.value, list(decided.reasons)
     except TetherError as exc:
         return {**result, "actual": "error", "reasons": [], "error": exc.message, "passed": False}
-    if agents[subject].status != "active":
-        actual, reasons = "deny", [INACTIVE_AGENT]
-    elif not compiled.knows_action(case.action):
-        actual, reasons = "deny", [UNKNOWN_ACTION]
-    else:
-        decided = decision_from_outcome(
-            compiled.decide(cedar_request(ask, agents)), compiled.version
-        )
-        actual, reasons = decided.effect.value, list(decided.reasons)
     passed = actual == case.expect and (
         case.reasons is None or sorted(set(case.reasons)) == sorted(set(reasons))
     )
