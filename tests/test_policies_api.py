@@ -9,6 +9,7 @@ computed here independently, from a plain-Python model of both policy sets.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import Counter
@@ -16,9 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from tests.conftest import Api, assert_error, bearer
+from tether.audit.models import EventRow
+from tether.container import Services
+from tether.policy.models import DecisionInputRow
 from tether.policy.service import BASE_POLICIES_TEXT, BASE_SCHEMA
 
 P = "/v1/policies"
@@ -545,3 +550,22 @@ def test_simulate_names_the_policy_whose_approval_changed(api: Api, client: Test
     assert [c["event_id"] for c in result["changes"]] == [event_id]
     assert result["changes"][0]["after"]["decision"] == "approval_required"
     assert result["by_policy"] == [{"policy": "ops-tools", "changed": 1}]
+
+
+def test_simulate_skips_a_record_cedar_cannot_read(
+    api: Api, client: TestClient, services: Services
+) -> None:
+    """A decision recorded before Tether refused values Cedar cannot read (its context holds
+    a bad ``__extn``) is skipped, not a failed simulation."""
+    agents = _agents(api)
+    _push(client, V1)
+    made = _make(client, agents, 6, seed=3)
+    with services.db.write() as s:
+        seq = s.scalar(select(EventRow.seq).where(EventRow.id == made[0].event_id))
+        row = s.get(DecisionInputRow, seq)
+        assert row is not None
+        legacy = json.loads(row.request)
+        legacy["context"] = {"ip": {"__extn": {"fn": "ip", "arg": "not an address"}}}
+        row.request = json.dumps(legacy)
+    result = _simulate(client)
+    assert (result["checked"], result["skipped"]) == (len(made) - 1, 1)
