@@ -145,8 +145,8 @@ _ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {
         "WWW-Authenticate": {
             "description": "How to authenticate (RFC 9110 section 11.6.1): Bearer, or DPoP "
-            'with error="use_dpop_nonce" when the proof of a DPoP-bound token needs a server '
-            "nonce (RFC 9449 section 9)",
+            'for a DPoP-bound token whose proof failed (error="invalid_dpop_proof", RFC 9449 '
+            'section 7.1) or needs a server nonce (error="use_dpop_nonce", section 9)',
             "required": True,
             "schema": {"type": "string", "pattern": "^(Bearer|DPoP)"},
         },

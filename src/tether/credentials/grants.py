@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.agents.model import Status
+from tether.agents.model import Status, has_expired
 from tether.agents.models import AgentRow
 from tether.clock import to_micros
 from tether.credentials.errors import InvalidScope, InvalidTarget, UnauthorizedClient
@@ -83,7 +83,7 @@ def chain_problem(s: Session, ids: list[str], now_us: int) -> str | None:
         row = rows.get(agent_id)
         if row is None or row.status != Status.ACTIVE:
             return f"agent {agent_id} in the delegation chain is not active"
-        if row.expires_at is not None and row.expires_at <= now_us:
+        if has_expired(row.expires_at, now_us):
             return f"agent {agent_id} in the delegation chain has expired"
     humans = {i for i in ids if i.startswith("usr_")}
     if humans and set(s.scalars(select(UserRow.id).where(UserRow.id.in_(humans)))) != humans:

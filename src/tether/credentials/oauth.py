@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tether.agents.model import Status, has_expired
+from tether.agents.model import Status, effective_status
 from tether.agents.models import AgentRow
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
@@ -286,11 +286,12 @@ class OAuthService:
         }  # fmt: skip
         with self.db.write() as s:
             agent = s.get(AgentRow, actor)
-            if (
-                agent is None
-                or has_expired(agent.expires_at, to_micros(now))
-                or (agent.status != Status.ACTIVE)
-            ):
+            status = (
+                effective_status(Status(agent.status), agent.expires_at, to_micros(now))
+                if agent is not None
+                else None
+            )
+            if status is not Status.ACTIVE:
                 raise ValidationFailed(f"agent {actor!r} is not an active agent", field="agent")
             s.add(AccessTokenRow(
                 jti=jti, agent_id=actor, client_id=user.id, issued_at=to_micros(now),

@@ -47,9 +47,6 @@ class Reads:
                    frozenset(t for r in reads for t in r.literal_types))  # fmt: skip
 
 
-_SLOT = Reads(context=True, resource=True, literal_types=frozenset())
-
-
 def _walk(node: Any, names: set[str], types: set[str]) -> None:
     """Variables and entity literals anywhere in a policy's conditions (Cedar JSON)."""
     if isinstance(node, dict):
@@ -74,7 +71,7 @@ class Slice:
     policy_set: cedarpy.PolicySet | None
     approval_forbids: frozenset[str]
     approval_ids: frozenset[str]
-    reads: Reads = _SLOT
+    reads: Reads
     lifted: cedarpy.PolicySet | None = None
 
     @classmethod
