@@ -8,10 +8,18 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import WithJsonSchema
 
 from tether.container import Services
 from tether.credentials.bearer import Caller
 from tether.errors import Unauthenticated
+from tether.pagination import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    MAX_LIMIT,
+    SEQ_CURSOR_MAX_LENGTH,
+    SEQ_CURSOR_PATTERN,
+)
 from tether.principals import Principal
 
 _bearer = HTTPBearer(auto_error=False, description="A Tether user token (tth_…)")
@@ -58,6 +66,24 @@ async def caller(
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
+
+
+_CURSOR_TEXT = "next_cursor of the previous page (opaque); absent or empty: the first page"
+
+
+def _cursor_schema(pattern: str, max_length: int) -> WithJsonSchema:
+    """The document states a cursor's pattern (which bounds its length too); the service applies
+    it (:mod:`tether.pagination`), so every string outside it is 400 ``invalid_cursor``."""
+    return WithJsonSchema({"type": "string", "pattern": pattern, "maxLength": max_length})
+
+
 # Every list takes these (API.md): an opaque cursor from the previous page, a page size.
-Cursor = Annotated[str | None, Query(max_length=300)]
-Limit = Annotated[int, Query(ge=1, le=500)]
+Cursor = Annotated[
+    Annotated[str, _cursor_schema(CURSOR_PATTERN, CURSOR_MAX_LENGTH)] | None,
+    Query(description=_CURSOR_TEXT),
+]
+SeqCursor = Annotated[  # the audit ledger's: it pages by sequence number
+    Annotated[str, _cursor_schema(SEQ_CURSOR_PATTERN, SEQ_CURSOR_MAX_LENGTH)] | None,
+    Query(description=_CURSOR_TEXT),
+]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]

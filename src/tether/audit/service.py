@@ -10,8 +10,8 @@ from tether.audit.chain import Checkpoint, Event, VerifyResult, verify_chain
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros
 from tether.db import Database
-from tether.errors import Forbidden, InvalidCursor, NotFound, ValidationFailed
-from tether.pagination import Page, decode_cursor, page_of
+from tether.errors import Forbidden, NotFound, ValidationFailed
+from tether.pagination import Page, decode_seq_cursor, page_of
 from tether.principals import Principal, Role
 
 
@@ -68,11 +68,7 @@ class AuditService:
             self.agent_reader(actor, agent)  # their own agents' history only
         else:
             _require_reader(actor)
-        after = decode_cursor(cursor)
-        try:
-            after_seq = int(after) if after is not None else 0
-        except ValueError as exc:
-            raise InvalidCursor("cursor is not one this server issued", field="cursor") from exc
+        after_seq = decode_seq_cursor(cursor) or 0
         since_us, until_us = _micros(since, "since"), _micros(until, "until")
         with self.db.read() as s:
             rows = self.store.page(

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from joserfc.jwk import ECKey, KeyParameters, OKPKey
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.audit.events import EventType, NewEvent
@@ -23,7 +23,7 @@ from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.credentials.models import SigningKeyRow
 from tether.db import Database
-from tether.errors import Forbidden, InvalidCursor
+from tether.errors import Forbidden
 from tether.jsonutil import canonical_text, loads
 from tether.pagination import Page, decode_cursor, page_of
 from tether.principals import SYSTEM, Principal
@@ -226,34 +226,30 @@ class SigningKeys:
     def list(
         self, actor: Principal, *, cursor: str | None = None, limit: int = 50
     ) -> Page[KeyInfo]:
-        """Signing keys, oldest first; the cursor is the last key's (created_at, kid)."""
+        """Signing keys, oldest first. The cursor is the last key's :func:`_position`; any
+        cursor the document admits names a place in that order (there are a few dozen keys at
+        most, one per rotation, so they are ordered here rather than in SQL)."""
         if not actor.is_admin and actor.role is None:
             raise Forbidden("only users may list keys")
-        after = _key_position(decode_cursor(cursor))
-        q = select(SigningKeyRow).order_by(SigningKeyRow.created_at, SigningKeyRow.kid)
-        if after is not None:
-            created, kid = after
-            same_time = and_(SigningKeyRow.created_at == created, SigningKeyRow.kid > kid)
-            q = q.where(or_(SigningKeyRow.created_at > created, same_time))
+        after = decode_cursor(cursor)
         with self.db.read() as s:
-            rows = list(s.scalars(q.limit(limit + 1)))
+            rows = sorted(s.scalars(select(SigningKeyRow)), key=_position)
+        if after is not None:
+            rows = [r for r in rows if _position(r) > after]
+        rows = rows[: limit + 1]
 
         def t(v: int | None) -> datetime | None:
             return from_micros(v) if v is not None else None
 
-        page = page_of(rows, limit, lambda r: f"{r.created_at}:{r.kid}")
+        page = page_of(rows, limit, _position)
         items = [KeyInfo(r.kid, r.alg, r.status, from_micros(r.created_at), t(r.activated_at),
                          t(r.retired_at), t(r.unpublish_at)) for r in page.items]  # fmt: skip
         return Page(items, page.next_cursor)
 
 
-def _key_position(after: str | None) -> tuple[int, str] | None:
-    if after is None:
-        return None
-    created, _, kid = after.partition(":")
-    if not created.isdigit() or not kid:
-        raise InvalidCursor("cursor is not one this server issued", field="cursor")
-    return int(created), kid
+def _position(row: SigningKeyRow) -> str:
+    """(created_at, kid) as one string whose order is theirs: the time zero-padded."""
+    return f"{row.created_at:020d}:{row.kid}"
 
 
 def _import(jwk: dict[str, Any]) -> SigningKey:

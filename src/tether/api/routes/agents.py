@@ -15,7 +15,7 @@ from tether.agents.schemas import (
     RetireRequest,
     SuspendRequest,
 )
-from tether.api.deps import PrincipalDep, ServicesDep
+from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.schemas import AgentOut, AgentPage, KillOut
 
@@ -39,8 +39,8 @@ def list_agents(
     owner: Annotated[str | None, Query(max_length=64)] = None,
     role: Annotated[str | None, Query(max_length=100)] = None,
     risk_tier: Literal["minimal", "limited", "high"] | None = None,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> dict[str, Any]:
     page = svc.agents.list(
         who, cursor=cursor, limit=limit, status=status, owner=owner, role=role, risk_tier=risk_tier

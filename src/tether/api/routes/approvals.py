@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import Field
 
-from tether.api.deps import CallerDep, PrincipalDep, ServicesDep
+from tether.api.deps import CallerDep, Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.fields import NO_NUL, StrictModel
 
@@ -29,8 +29,8 @@ def list_approvals(  # noqa: PLR0917 - FastAPI parameters
     who: CallerDep,
     status: Status | None = None,
     agent: Annotated[str | None, Query(max_length=40)] = None,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> dict[str, Any]:
     page = svc.approvals.list(who.principal, status=status, agent=agent, cursor=cursor,
                               limit=limit)  # fmt: skip

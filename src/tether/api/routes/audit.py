@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from tether.api.deps import PrincipalDep, ServicesDep
+from tether.api.deps import PrincipalDep, SeqCursor, ServicesDep
 from tether.api.errors import responses
 from tether.api.schemas import CheckpointOut, EventPage, VerifyOut
 from tether.fields import AwareDatetime
@@ -27,7 +27,7 @@ def list_events(
     # RFC 3339 with an offset, as the document's ``date-time`` says (not unix seconds).
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    cursor: SeqCursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     order: Annotated[
         Literal["asc", "desc"], Query(description="asc: oldest first (default); desc: newest first")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from pydantic import Field
 
-from tether.api.deps import PrincipalDep, ServicesDep
+from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.fields import NO_NUL, AwareDatetime, StrictModel
 from tether.policy import service as policy_service
@@ -63,8 +63,8 @@ def validate(body: PolicyDocument, svc: ServicesDep, who: PrincipalDep) -> dict[
 def versions(
     svc: ServicesDep,
     who: PrincipalDep,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> dict[str, Any]:
     page = svc.policies.versions(who, cursor=cursor, limit=limit)
     return {"items": [v.to_json(full=False) for v in page.items], "next_cursor": page.next_cursor}

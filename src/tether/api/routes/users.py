@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 from pydantic import BeforeValidator, Field, StringConstraints
 
 from tether.agents.schemas import ScopeToken
@@ -61,8 +61,8 @@ def create_user(body: UserCreate, svc: ServicesDep, who: PrincipalDep) -> dict[s
 def list_users(
     svc: ServicesDep,
     who: PrincipalDep,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> dict[str, Any]:
     page = svc.users.list(who, cursor=cursor, limit=limit)
     return {"items": [u.to_json() for u in page.items], "next_cursor": page.next_cursor}
