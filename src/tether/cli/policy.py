@@ -220,7 +220,12 @@ def format_(
 
     if check and write:
         raise CliError("give --check or --write, not both")
+    from tether.policy import limits, source
+
     text = _read(file)
+    for chunk in source.split(text):  # Cedar's formatter would crash on these, not refuse
+        if excess := limits.check_policy_text(chunk.text):
+            raise CliError(f"{file}:{chunk.line}: cannot format: {excess.message}")
     try:
         formatted = cedarpy.format_policies(text) if text.strip() else text
     except ValueError as exc:

@@ -47,22 +47,24 @@ class Reads:
                    frozenset(t for r in reads for t in r.literal_types))  # fmt: skip
 
 
-def _walk(node: Any, names: set[str], types: set[str]) -> None:
-    """Variables and entity literals anywhere in a policy's conditions (Cedar JSON)."""
-    if isinstance(node, dict):
-        var = node.get("Var")
-        if isinstance(var, str):
-            names.add(var)
-        if "Slot" in node:  # a template slot: could be anything
-            names.update(("context", "resource"))
-        entity = node.get("__entity")
-        if isinstance(entity, dict):
-            types.add(str(entity.get("type")))
-        for value in node.values():
-            _walk(value, names, types)
-    elif isinstance(node, list):
-        for value in node:
-            _walk(value, names, types)
+def _walk(root: Any, names: set[str], types: set[str]) -> None:
+    """Variables and entity literals anywhere in a policy's conditions (Cedar JSON). An
+    explicit stack, not recursion: how deep a policy is must not reach Python's limit."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            var = node.get("Var")
+            if isinstance(var, str):
+                names.add(var)
+            if "Slot" in node:  # a template slot: could be anything
+                names.update(("context", "resource"))
+            entity = node.get("__entity")
+            if isinstance(entity, dict):
+                types.add(str(entity.get("type")))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 @dataclass(slots=True)

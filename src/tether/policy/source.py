@@ -15,6 +15,8 @@ from typing import Any, Literal
 import cedarpy
 import orjson
 
+from tether.policy import limits
+
 BASE_PREFIX = "tether."
 APPROVAL_ANNOTATION = "approval"
 _ID_ANNOTATION = re.compile(r'@id\s*\(\s*"((?:[^"\\]|\\.)*)"\s*\)')
@@ -130,6 +132,9 @@ def parse(document: str, *, base: bool = False) -> list[Policy]:
     seen: dict[str, int] = {}
     for chunk in split(document):
         label = _chunk_id(chunk)
+        if excess := limits.check_policy_text(chunk.text):  # Cedar would crash, not refuse
+            problems.append(Problem(excess.message, label, chunk.line))
+            continue
         try:
             est = orjson.loads(cedarpy.policies_to_json_str(chunk.text))
         except ValueError as exc:
@@ -141,6 +146,8 @@ def parse(document: str, *, base: bool = False) -> list[Policy]:
             continue
         for body in est.get("staticPolicies", {}).values():
             policy, problem = _policy(body, chunk, base=base)
+            if policy and (excess := limits.check_json_depth(body)):  # Cedar could not read it
+                problem = Problem(excess.message, policy.id, chunk.line)
             if problem:
                 problems.append(problem)
                 continue
@@ -188,22 +195,27 @@ _READS = frozenset({".", "has", "hasTag", "getTag", "in"})
 _LOADED_TYPES = ("Action", "Role")  # the decision's entity store holds these (no attributes)
 
 
-def _entity_read(node: Any) -> str | None:
-    """An entity literal whose attributes, tags or ancestors a condition reads, if any."""
-    if isinstance(node, list):
-        return next((r for item in node if (r := _entity_read(item))), None)
-    if not isinstance(node, dict):
-        return None
-    for op, arg in node.items():
-        if op in _READS and isinstance(arg, dict):
-            value = (
-                (arg.get("left") or {}).get("Value") if isinstance(arg.get("left"), dict) else None
-            )
-            entity = value.get("__entity") if isinstance(value, dict) else None
-            if isinstance(entity, dict) and not str(entity.get("type", "")).endswith(_LOADED_TYPES):
-                return f'{entity.get("type")}::"{entity.get("id")}"'
-        if found := _entity_read(arg):
-            return found
+def _entity_read(root: Any) -> str | None:
+    """An entity literal whose attributes, tags or ancestors a condition reads, if any (an
+    explicit stack, not recursion: how deep a policy is must not reach Python's limit)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(reversed(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        for op, arg in node.items():
+            if op in _READS and isinstance(arg, dict):
+                left = arg.get("left")
+                value = left.get("Value") if isinstance(left, dict) else None
+                entity = value.get("__entity") if isinstance(value, dict) else None
+                if isinstance(entity, dict) and not str(entity.get("type", "")).endswith(
+                    _LOADED_TYPES
+                ):
+                    return f'{entity.get("type")}::"{entity.get("id")}"'
+        stack.extend(reversed(list(node.values())))
     return None
 
 
@@ -217,6 +229,8 @@ def to_cedar_json(policies: list[Policy]) -> str:
 
 
 def parse_schema(schema: str) -> cedarpy.Schema:
+    if excess := limits.check_schema_text(schema):  # Cedar would crash, not refuse
+        raise PolicyDocumentError([Problem(f"schema: {excess.message}", None, excess.line)])
     try:
         return cedarpy.Schema.from_str(schema)
     except ValueError as exc:
