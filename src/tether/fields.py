@@ -32,6 +32,8 @@ SPACES = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\
 _LINE_END = r"\n\r\u2028\u2029"
 # A name: no leading or trailing space, no line breaks, no NUL.
 NAME = rf"^[^{SPACES}\x00]([^{_LINE_END}\x00]*[^{SPACES}\x00])?$"
+# A username: lower-case letters, digits and ``._-``, starting with a letter or digit.
+USERNAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
 # Integers a JSON number carries exactly everywhere (RFC 7493 I-JSON, section 2.2): beyond

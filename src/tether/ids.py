@@ -58,7 +58,14 @@ def new_ids(prefix: IdPrefix, count: int, *, now_ms: int) -> list[str]:
     return [f"{stamp}{rand[i : i + 16]}" for i in range(0, 16 * count, 16)]
 
 
-_ID_PATTERN = re.compile(r"^[a-z]{3}_[0-9A-HJKMNP-TV-Z]{26}$")
+_BODY = "[0-9A-HJKMNP-TV-Z]{26}"  # Crockford base32: no I, L, O, U
+_ID_PATTERN = re.compile(rf"^[a-z]{{3}}_{_BODY}$")
+
+
+def id_pattern(prefix: IdPrefix, *, anchored: bool = True) -> str:
+    """The regular expression of every id with this prefix (for the OpenAPI document)."""
+    pattern = f"{prefix}_{_BODY}"
+    return f"^{pattern}$" if anchored else pattern
 
 
 def looks_like(prefix: IdPrefix, value: str) -> bool:

@@ -14,7 +14,8 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from tether.fields import NAME, NO_NUL, SAFE_INT, AwareDatetime, StrictModel, integral
+from tether.fields import NAME, NO_NUL, SAFE_INT, USERNAME, AwareDatetime, StrictModel, integral
+from tether.ids import IdPrefix, id_pattern
 
 # ``prohibited`` is parsed so the service can refuse it with its own error
 # (422 ``risk_tier_prohibited``, API.md), but the OpenAPI document lists only the tiers that can
@@ -49,7 +50,10 @@ Attributes = Annotated[
     dict[AttrKey, AttrValue],
     Field(max_length=64, json_schema_extra={"additionalProperties": False}),
 ]
-UserRef = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
+# A user by id or by username (the service looks the id up first, then the name).
+USER_REF = rf"^(?:{id_pattern(IdPrefix.USER, anchored=False)}|{USERNAME[1:-1]})$"
+UserRef = Annotated[str, StringConstraints(pattern=USER_REF)]
+AgentId = Annotated[str, StringConstraints(pattern=id_pattern(IdPrefix.AGENT))]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=NO_NUL)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME)]
@@ -71,7 +75,7 @@ class AgentCreate(StrictModel):
     roles: Annotated[list[RoleName], Field(max_length=50)] = Field(default_factory=list)
     scopes: Annotated[list[ScopeToken], Field(max_length=100)] = Field(default_factory=list)
     attributes: Attributes = Field(default_factory=dict)
-    parent: Annotated[str, StringConstraints(max_length=40, pattern=NO_NUL)] | None = None
+    parent: AgentId | None = None
     fingerprint: FingerprintIn | None = None
     supervisors: Annotated[list[UserRef], Field(max_length=50)] = Field(default_factory=list)
     expires_at: AwareDatetime | None = None

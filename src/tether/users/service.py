@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tether import fields
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
@@ -30,7 +31,7 @@ from tether.runtime import changes
 from tether.users.models import UserRow, UserTokenRow
 from tether.users.store import DatabaseUserStore
 
-USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+USERNAME = re.compile(fields.USERNAME)
 TOKEN_PREFIX = "tth_"  # noqa: S105 - a name, not a secret
 ADMIN_USERNAME = "admin"
 

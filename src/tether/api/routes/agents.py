@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from tether.agents.schemas import (
     AgentCreate,
@@ -17,10 +17,10 @@ from tether.agents.schemas import (
 )
 from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
+from tether.api.params import AgentId
 from tether.api.schemas import AgentOut, AgentPage, KillOut
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
-AgentId = Annotated[str, Path(min_length=1, max_length=40, description="agt_… id")]
 _READ = responses(400, 401, 403, 404, 422)
 _WRITE = responses(400, 401, 403, 404, 409, 413, 422)
 

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from tether.api.deps import CallerDep, Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
+from tether.api.params import ApprovalId
 from tether.fields import NO_NUL, StrictModel
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
@@ -39,7 +40,7 @@ def list_approvals(  # noqa: PLR0917 - FastAPI parameters
 
 @router.get("/{approval_id}", responses=responses(401, 404, 422))
 async def show(
-    approval_id: Annotated[str, Field(max_length=40)],
+    approval_id: ApprovalId,
     svc: ServicesDep,
     who: CallerDep,
     wait: Annotated[
@@ -55,10 +56,14 @@ async def show(
 
 
 @router.post("/{approval_id}/approve", responses=responses(400, 401, 403, 404, 409, 422))
-def approve(approval_id: str, body: Verdict, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+def approve(
+    approval_id: ApprovalId, body: Verdict, svc: ServicesDep, who: PrincipalDep
+) -> dict[str, Any]:
     return svc.approvals.approve(who, approval_id, note=body.note).to_json()
 
 
 @router.post("/{approval_id}/deny", responses=responses(400, 401, 403, 404, 409, 422))
-def deny(approval_id: str, body: Verdict, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+def deny(
+    approval_id: ApprovalId, body: Verdict, svc: ServicesDep, who: PrincipalDep
+) -> dict[str, Any]:
     return svc.approvals.deny(who, approval_id, note=body.note).to_json()

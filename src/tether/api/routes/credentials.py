@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NotRequired
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -20,10 +20,10 @@ from typing_extensions import TypedDict
 from tether.agents.schemas import ScopeToken
 from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
+from tether.api.params import AgentId, CredentialId
 from tether.fields import NO_NUL, StrictModel, integral
 
 router = APIRouter(tags=["credentials"])
-AgentId = Annotated[str, Path(min_length=1, max_length=40, description="agt_… id")]
 ExpiresIn = Annotated[int, Field(ge=60, le=366 * 86_400), BeforeValidator(integral)]
 Scopes = Annotated[list[ScopeToken], Field(max_length=100)]
 
@@ -283,7 +283,7 @@ def list_credentials(
                responses=responses(401, 403, 404, 422))  # fmt: skip
 def delete_credential(
     agent_id: AgentId,
-    credential_id: Annotated[str, Path(min_length=1, max_length=40)],
+    credential_id: CredentialId,
     svc: ServicesDep,
     who: PrincipalDep,
 ) -> dict[str, Any]:

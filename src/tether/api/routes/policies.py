@@ -9,6 +9,7 @@ from pydantic import Field
 
 from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
+from tether.api.params import PolicyVersion
 from tether.fields import NO_NUL, AwareDatetime, StrictModel
 from tether.policy import service as policy_service
 from tether.policy.service import MAX_DOCUMENT, MAX_SCHEMA
@@ -71,7 +72,7 @@ def versions(
 
 
 @router.get("/versions/{version}", responses=responses(401, 404))
-def version(version: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+def version(version: PolicyVersion, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     return svc.policies.get(who, version).to_json()
 
 

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from pydantic import BeforeValidator, Field, StringConstraints
 
 from tether.agents.schemas import ScopeToken
 from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
+from tether.api.params import TokenId, UserRef
 from tether.api.schemas import TokenCreated, TokenList, TokenOut, UserOut, UserPage
 from tether.errors import Forbidden
 from tether.fields import NO_NUL, SPACES, StrictModel, integral
+from tether.ids import IdPrefix, id_pattern
 from tether.principals import Role
 from tether.users.service import USERNAME
 
 router = APIRouter(tags=["users"])
-UserRef = Annotated[str, Path(min_length=1, max_length=64, description="usr_… id or username")]
 
 
 # Something@something, without white space (every regex engine's idea of it, see SPACES) or
@@ -106,7 +107,7 @@ def list_tokens(
 )
 def revoke_token(
     user: UserRef,
-    token_id: Annotated[str, Path(min_length=1, max_length=40)],
+    token_id: TokenId,
     svc: ServicesDep,
     who: PrincipalDep,
 ) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def revoke_token(
 
 
 class SubjectTokenCreate(StrictModel):
-    agent: Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=NO_NUL)]
+    agent: Annotated[str, StringConstraints(pattern=id_pattern(IdPrefix.AGENT))]
     scopes: Annotated[list[ScopeToken], Field(max_length=100)] = Field(default_factory=list)
     expires_in: Annotated[int, Field(ge=30, le=3600), BeforeValidator(integral)] = 300
 
