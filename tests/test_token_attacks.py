@@ -1335,10 +1335,13 @@ def test_token_request_that_is_not_a_form_is_invalid_request(env: Env, kind: str
     ["Basic !!!notbase64", "Basic " + base64.b64encode(b"nocolon").decode()],
     ids=["not-base64", "no-colon"],
 )
-def test_malformed_basic_header_is_invalid_request(env: Env, header: str) -> None:
+def test_malformed_basic_header_is_invalid_client(env: Env, header: str) -> None:
+    """RFC 6749 §5.2: Basic credentials that cannot even be read are a failed client
+    authentication — 401 ``invalid_client`` with the Basic challenge (issue 10, item 2)."""
     before = Snapshot.of(env)
     response = post_token(env, {"grant_type": "client_credentials"}, auth=header)
-    assert_oauth_error(response, 400, "invalid_request")
+    assert_oauth_error(response, 401, "invalid_client")
+    assert response.headers["www-authenticate"].startswith("Basic")
     assert_nothing_issued(env, before, response)
 
 

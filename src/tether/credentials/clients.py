@@ -8,7 +8,6 @@ is the agent (``client_id`` = agent id); exactly one method per request. Every f
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import re
 from dataclasses import dataclass
@@ -64,15 +63,20 @@ class ClientAuthError(InvalidClient):
 
 
 def _basic(authorization: str | None) -> tuple[str, str] | None:
+    """The Basic credentials of ``authorization``; None if it is not Basic. A malformed one
+    (not base64 — non-ASCII bytes included —, not UTF-8, no ``:``) is a failed client
+    authentication: ``invalid_client``, 401 with the Basic challenge (RFC 6749 §5.2)."""
     if not authorization or authorization[:6].lower() != "basic ":
         return None
     try:
+        # A str with non-ASCII characters raises ValueError, bad base64 binascii.Error (also
+        # a ValueError), bytes that are not UTF-8 UnicodeDecodeError (a ValueError too).
         raw = base64.b64decode(authorization[6:].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidRequest("malformed Basic authorization header") from exc
+    except ValueError:
+        raise _fail(None, "client_secret_basic", "malformed Basic authorization header") from None
     client_id, sep, secret = raw.partition(":")
     if not sep:
-        raise InvalidRequest("malformed Basic authorization header")
+        raise _fail(None, "client_secret_basic", "malformed Basic authorization header")
     # RFC 6749 §2.3.1: both parts are application/x-www-form-urlencoded.
     return unquote_plus(client_id), unquote_plus(secret)
 
@@ -114,7 +118,7 @@ def claimed_client_id(form: dict[str, str], authorization: str | None) -> str | 
     agent, as failed authentications record it."""
     try:
         basic = _basic(authorization)
-    except InvalidRequest:
+    except ClientAuthError:
         basic = None
     if basic is not None:
         client_id: str | None = basic[0]
