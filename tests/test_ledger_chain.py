@@ -237,16 +237,26 @@ def _as_seq(ev: Event, seq: int) -> Event:
     return replace(ev, seq=seq)
 
 
-def test_rewritten_history_is_caught_by_a_checkpoint() -> None:
+@pytest.mark.parametrize(("seq", "after", "through"), [(2, 0, 4), (5, 4, 6), (6, 4, 6)])
+def test_rewritten_history_is_reported_between_two_checkpoints(
+    seq: int, after: int, through: int
+) -> None:
+    """An edit followed by re-hashing is only visible at the next checkpoint: verification
+    names the range between the last checkpoint that matches and the first that does not."""
     events = _chain(6)
-    cp = Checkpoint(4, events[3].hash, T0, "k", "sig")
-    events[1] = replace(events[1], details={"n": 2, "note": "forged"})
-    forged = _rehash_from(events, 1)
+    cps = [Checkpoint(s, events[s - 1].hash, T0, "k", "sig") for s in (4, 6)]
+    events[seq - 1] = replace(events[seq - 1], details={"n": seq, "note": "forged"})
+    forged = _rehash_from(events, seq - 1)
     assert _verify(forged).ok  # without a checkpoint the rewrite is self-consistent
-    result = _verify(forged, [cp])
+    result = _verify(forged, cps)
     assert not result.ok
-    assert result.problem is Problem.CHECKPOINT_MISMATCH
-    assert result.first_bad_seq == 4
+    assert result.problem is Problem.CHAIN_REWRITTEN_BEFORE
+    assert (result.after_seq, result.through_seq) == (after, through)
+    assert result.first_bad_seq == after + 1
+    out = result.to_json()
+    assert (out["problem"], out["after_seq"], out["through_seq"]) == (
+        "chain_rewritten_before", after, through,
+    )  # fmt: skip
 
 
 def test_bad_checkpoint_signature_is_reported_at_its_size() -> None:

@@ -239,20 +239,20 @@ def test_truncated_tail_before_a_checkpoint(ledger: Services, lapi: Api, keep: i
     _assert_problem(lapi, "missing", keep + 1)
 
 
-def test_rewritten_history_is_caught_by_a_checkpoint(ledger: Services, lapi: Api) -> None:
-    """Edit event 3 and re-hash everything after it: the chain is self-consistent again,
-    but no longer what checkpoint 5 signed."""
-    events = lapi.events()
-    prev = events[1]["hash"]
-    for ev in events[2:]:
-        details = {**ev["details"], "name": "forged"} if ev["seq"] == 3 else ev["details"]
+def _rewrite_from(services: Services, api: Api, seq: int) -> None:
+    """Edit event ``seq`` and re-hash every event after it, as a forger with database access
+    would: the chain is self-consistent again, only signed checkpoints can tell."""
+    events = api.events()
+    prev = events[seq - 2]["hash"] if seq > 1 else "0" * 64
+    for ev in events[seq - 1 :]:
+        details = {**ev["details"], "name": "forged"} if ev["seq"] == seq else ev["details"]
         body = {k: v for k, v in ev.items() if k != "hash"}
         body.update(
             details=details, prev_hash=prev, time=to_micros(datetime.fromisoformat(ev["time"]))
         )
         digest = event_hash(prev, body)
         _sql(
-            ledger,
+            services,
             "UPDATE audit_events SET details = :d, prev_hash = :p, hash = :h WHERE seq = :s",
             d=canonical_text(details),
             p=prev,
@@ -260,7 +260,23 @@ def test_rewritten_history_is_caught_by_a_checkpoint(ledger: Services, lapi: Api
             s=ev["seq"],
         )
         prev = digest
-    _assert_problem(lapi, "checkpoint_mismatch", 5)
+
+
+@pytest.mark.parametrize(("seq", "after", "through"), [(3, 0, 5), (7, 5, 10), (10, 5, 10)])
+def test_rewritten_history_is_reported_as_a_range(
+    ledger: Services, lapi: Api, seq: int, after: int, through: int
+) -> None:
+    """Issue 10, item 4: a re-hashed chain cannot show which event was edited, only that
+    checkpoint ``through`` no longer matches while checkpoint ``after`` still does."""
+    _rewrite_from(ledger, lapi, seq)
+    result = _verify(lapi)
+    assert result["ok"] is False, result
+    assert result["problem"] == "chain_rewritten_before", result
+    assert (result["after_seq"], result["through_seq"]) == (after, through), result
+    # The first event verify can no longer vouch for, not the checkpoint's size.
+    assert result["first_bad_seq"] == after + 1, result
+    assert f"{after + 1}" in result["message"], result
+    assert f"{through}" in result["message"], result
 
 
 def _flip(signature: str) -> str:

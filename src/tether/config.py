@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     )
     checkpoint_every_events: int = Field(default=1000, ge=1)
     checkpoint_every_seconds: float = Field(default=60.0, gt=0)
+    checkpoint_witness_url: str | None = Field(
+        default=None,
+        description="http(s) URL each signed checkpoint is POSTed to as JSON (best effort, "
+        "retried on the next maintenance tick); a copy of the ledger's head off this host.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     token_ttl_seconds: int = Field(default=300, ge=10, description="Default access token TTL.")
     token_ttl_max_seconds: int = Field(default=3600, ge=10, description="TTL ceiling.")
@@ -115,6 +120,13 @@ class Settings(BaseSettings):
             raise ValueError("trust domain must be a lowercase DNS-like name without a port")
         return value
 
+    @field_validator("checkpoint_witness_url")
+    @classmethod
+    def _check_witness_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#\s]+", value):
+            raise ValueError("checkpoint_witness_url must be an absolute http(s) URL")
+        return value
+
     @model_validator(mode="after")
     def _check_ttls(self) -> Settings:
         if self.token_ttl_seconds > self.token_ttl_max_seconds:
@@ -152,6 +164,11 @@ class Settings(BaseSettings):
     @property
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin.token"
+
+    @property
+    def checkpoint_file_path(self) -> Path:
+        """Every signed ledger checkpoint, one JSON line each, outside the database."""
+        return self.data_dir / "checkpoints.jsonl"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -16,10 +16,12 @@ from tether.agents.service import AgentService
 from tether.approvals.notify import WebhookNotifier
 from tether.approvals.service import ApprovalService
 from tether.audit.chain import Event
+from tether.audit.checkpoint_file import CheckpointFile
 from tether.audit.group import GroupCommitter
 from tether.audit.ledger import Ledger
 from tether.audit.service import AuditService
 from tether.audit.signing import LedgerSigner
+from tether.audit.witness import HttpWitness
 from tether.clock import Clock, SystemClock
 from tether.config import Settings
 from tether.credentials.bearer import Bearers
@@ -60,6 +62,8 @@ class Services:
 
     def close(self) -> None:
         self.committer.close()
+        if self.audit.witness is not None:
+            self.audit.witness.close()
         self.runtime.stop()
         self.notifier.close()
         self.db.dispose()
@@ -87,6 +91,10 @@ def _dpop_nonces(settings: Settings, keys: RootKeys, purpose: Purpose) -> DPoPNo
 def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    checkpoint_file = CheckpointFile(settings.checkpoint_file_path)
+    checkpoint_file.check_writable()
+    witness_url = settings.checkpoint_witness_url
+    witness = HttpWitness(witness_url) if witness_url else None
     db = Database(settings.resolved_database_url, schema=settings.database_schema)
     keys = load_root_keys(settings)
     ledger = Ledger(
@@ -127,6 +135,8 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         dpop_max_age=settings.dpop_max_age_seconds,
         dpop_nonces=_dpop_nonces(settings, keys, "resource"),
     )
+    audit = AuditService(db, ledger, clock, agent_reader=agents.get,
+                         checkpoint_file=checkpoint_file, witness=witness)  # fmt: skip
     return Services(
         policies=policies,
         runtime=runtime,
@@ -142,7 +152,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         ledger=ledger,
         users=users,
         agents=agents,
-        audit=AuditService(db, ledger, clock, agent_reader=agents.get),
+        audit=audit,
         signing_keys=signing_keys,
         credentials=CredentialService(db, ledger, clock, agents),
         oauth=oauth,

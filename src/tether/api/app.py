@@ -27,6 +27,7 @@ from tether.api.routes import (
     policies,
     users,
 )
+from tether.audit.anchoring import maintenance_seconds
 from tether.config import load_settings
 from tether.container import Services, build_services
 from tether.credentials.retention import purge_expired_tokens
@@ -40,7 +41,7 @@ async def _maintenance(services: Services) -> None:
     signing key when it is due, forget spent jtis that expired, expire approvals and agents
     past their expiry, purge long-expired access token rows. Each step is idempotent under
     the write lock, so nodes running it together do it once."""
-    interval = min(services.settings.checkpoint_every_seconds, 10.0)
+    interval = maintenance_seconds(services.settings.checkpoint_every_seconds)
 
     def purge_tokens() -> int:
         retention = services.settings.token_retention_seconds

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class FingerprintOut(BaseModel):
@@ -113,16 +113,48 @@ class EventPage(BaseModel):
 
 
 class VerifyOut(BaseModel):
+    """README.md ("The ledger") says what each problem and field means."""
+
     ok: bool
     checked: int
     checkpoints_checked: int
     head_hash: str
     first_bad_seq: int | None = None
     problem: (
-        Literal["edited", "missing", "reordered", "bad_checkpoint_signature", "checkpoint_mismatch"]
+        Literal[
+            "edited",
+            "missing",
+            "reordered",
+            "bad_checkpoint_signature",
+            "chain_rewritten_before",
+            "external_checkpoint_mismatch",
+            "truncated",
+            "external_checkpoint_invalid",
+            "external_checkpoints_missing",
+            "unanchored_tail",
+        ]
         | None
     ) = None
     message: str | None = None
+    after_seq: int | None = Field(
+        default=None, description="With a range problem: events after_seq+1..through_seq."
+    )
+    through_seq: int | None = None
+    external_checkpoints: int | None = Field(
+        default=None, description="Checkpoints in the data dir's checkpoint file, verified."
+    )
+    anchored_size: int | None = Field(
+        default=None, description="Events covered by the newest verified signed checkpoint."
+    )
+    unanchored: int | None = Field(
+        default=None, description="Events after it, which no signature covers yet."
+    )
+    max_unanchored: int | None = Field(
+        default=None, description="The most events the server leaves unanchored."
+    )
+    max_unanchored_seconds: float | None = Field(
+        default=None, description="The longest an event waits for a checkpoint."
+    )
 
 
 class CheckpointOut(BaseModel):

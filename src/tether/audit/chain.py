@@ -23,11 +23,21 @@ GENESIS = "0" * 64
 
 
 class Problem(StrEnum):
+    """What ``tether audit verify`` found; README.md ("The ledger") says what each means."""
+
     EDITED = "edited"
     MISSING = "missing"
     REORDERED = "reordered"
     BAD_CHECKPOINT_SIGNATURE = "bad_checkpoint_signature"
-    CHECKPOINT_MISMATCH = "checkpoint_mismatch"
+    # An event was edited and every hash after it recomputed: only a signed checkpoint shows
+    # it, and only as a range (after_seq, through_seq]. The first from the database's own
+    # checkpoints, the second from the checkpoint file's, which the database no longer has.
+    CHAIN_REWRITTEN_BEFORE = "chain_rewritten_before"
+    EXTERNAL_CHECKPOINT_MISMATCH = "external_checkpoint_mismatch"
+    TRUNCATED = "truncated"  # the checkpoint file vouches for events the database lacks
+    EXTERNAL_CHECKPOINT_INVALID = "external_checkpoint_invalid"
+    EXTERNAL_CHECKPOINTS_MISSING = "external_checkpoints_missing"
+    UNANCHORED_TAIL = "unanchored_tail"  # more, or older, unsigned events than the rules allow
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +164,11 @@ class Checkpoint:
 
 @dataclass(slots=True)
 class VerifyResult:
+    """``first_bad_seq``: the first event verification cannot vouch for — the bad event itself
+    when it can be named (edited, missing, reordered), else the first of the range in
+    ``after_seq``/``through_seq`` (events ``after_seq + 1`` to ``through_seq``); None when the
+    problem is no event's (a checkpoint file missing or unreadable)."""
+
     ok: bool = True
     checked: int = 0
     checkpoints_checked: int = 0
@@ -162,12 +177,29 @@ class VerifyResult:
     message: str | None = None
     head_hash: str = GENESIS
     extra: dict[str, Any] = field(default_factory=dict)
+    after_seq: int | None = None
+    through_seq: int | None = None
+    external_checkpoints: int = 0  # in the checkpoint file, signatures checked
+    # The largest size a verified signed checkpoint (database or file) covers, and the time
+    # of the first event after it, if any: what tether.audit.anchoring judges.
+    anchored_size: int = 0
+    first_unanchored_us: int | None = None
+    limits: dict[str, int | float] | None = None  # set by tether.audit.anchoring
 
-    def fail(self, seq: int, problem: Problem, message: str) -> VerifyResult:
+    def fail(
+        self,
+        seq: int | None,
+        problem: Problem,
+        message: str,
+        *,
+        after: int | None = None,
+        through: int | None = None,
+    ) -> VerifyResult:
         self.ok = False
         self.first_bad_seq = seq
         self.problem = problem
         self.message = message
+        self.after_seq, self.through_seq = after, through
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -177,8 +209,14 @@ class VerifyResult:
             "checkpoints_checked": self.checkpoints_checked,
             "head_hash": self.head_hash,
         }
+        if self.limits is not None:
+            out["external_checkpoints"] = self.external_checkpoints
+            out["anchored_size"] = self.anchored_size
+            out.update(self.limits)
         if not self.ok:
             out.update(first_bad_seq=self.first_bad_seq, problem=self.problem, message=self.message)
+            if self.after_seq is not None:
+                out.update(after_seq=self.after_seq, through_seq=self.through_seq)
         return out
 
 
@@ -187,14 +225,16 @@ def verify_chain(
     *,
     seq_of_hash: Callable[[str], int | None],
     checkpoints: Iterable[Checkpoint] = (),
+    external: Iterable[Checkpoint] = (),
     check_signature: Callable[[Checkpoint], bool] = lambda _c: True,
     progress: Callable[[int], None] | None = None,
 ) -> VerifyResult:
     """Walk the chain from the first event and stop at the first problem.
 
     ``events`` must come in ascending ``seq`` order. ``seq_of_hash`` finds the event whose
-    hash is given (to tell a reordered event from an edited one). Checkpoints are checked
-    for their signature and against the recomputed chain at their ``size``.
+    hash is given (to tell a reordered event from an edited one). Checkpoints — the
+    database's, and ``external`` ones from the checkpoint file — are checked for their
+    signature and against the recomputed chain at their ``size``.
     """
     result = VerifyResult()
     by_size = {c.size: c for c in checkpoints}
@@ -206,33 +246,88 @@ def verify_chain(
                 f"checkpoint at size {cp.size} has an invalid signature",
             )
         result.checkpoints_checked += 1
+    outside: dict[int, set[str]] = {}  # the file may hold two heads for a size: check both
+    for cp in sorted(external, key=lambda c: c.size):
+        if not check_signature(cp):
+            return result.fail(
+                cp.size,
+                Problem.EXTERNAL_CHECKPOINT_INVALID,
+                f"the checkpoint file's checkpoint at size {cp.size} has an invalid signature",
+            )
+        outside.setdefault(cp.size, set()).add(cp.head_hash)
+        result.external_checkpoints += 1
+    signed: dict[int, tuple[str | None, set[str]]] = {
+        size: (cp.head_hash, outside.get(size, set())) for size, cp in by_size.items()
+    }
+    signed.update((size, (None, heads)) for size, heads in outside.items() if size not in by_size)
+    newest = max(signed, default=0)
     expected_seq = 1
     prev = GENESIS
     for ev in events:
         found = _event_problem(ev, expected_seq, prev, seq_of_hash)
         if found is not None:
             return result.fail(*found)
-        signed = by_size.get(ev.seq)
-        if signed is not None and signed.head_hash != ev.hash:
-            return result.fail(
-                ev.seq,
-                Problem.CHECKPOINT_MISMATCH,
-                f"event {ev.seq} differs from what checkpoint {signed.size} signed",
-            )
+        heads = signed.get(ev.seq)
+        if heads is not None:
+            rewritten = _rewritten(ev, heads, result.anchored_size)
+            if rewritten is not None:
+                return result.fail(*rewritten, after=result.anchored_size, through=ev.seq)
+            result.anchored_size = ev.seq
+        elif ev.seq == newest + 1:
+            result.first_unanchored_us = ev.time_us
         prev = ev.hash
         expected_seq += 1
         result.checked += 1
         if progress is not None and result.checked % 10_000 == 0:
             progress(result.checked)
     result.head_hash = prev
-    beyond = [c.size for c in by_size.values() if c.size >= expected_seq]
-    if beyond:
+    return _beyond_the_end(result, max(by_size, default=0), newest)
+
+
+def _beyond_the_end(result: VerifyResult, newest_in_db: int, newest: int) -> VerifyResult:
+    """Fail ``result`` if a checkpoint covers more events than the ledger has."""
+    end = result.checked
+    if newest_in_db > end:
         return result.fail(
-            expected_seq,
+            end + 1,
             Problem.MISSING,
-            f"a checkpoint covers {max(beyond)} events but the ledger ends at {expected_seq - 1}",
+            f"a checkpoint covers {newest_in_db} events but the ledger ends at {end}",
+        )
+    if newest > end:  # only the file's checkpoints reach this far
+        return result.fail(
+            end + 1,
+            Problem.TRUNCATED,
+            f"the checkpoint file has a signed head at size {newest} but the ledger ends at "
+            f"{end}: events {end + 1}..{newest} were deleted",
+            after=end,
+            through=newest,
         )
     return result
+
+
+def _rewritten(
+    ev: Event, heads: tuple[str | None, set[str]], anchored: int
+) -> tuple[int, Problem, str] | None:
+    """If a checkpoint at ``ev.seq`` signed another head than ``ev``'s: the problem, named
+    from ``anchored + 1`` on, since a re-hashed chain shows no more than the range."""
+    in_db, in_file = heads
+    if in_db is not None and in_db != ev.hash:
+        problem, whose = Problem.CHAIN_REWRITTEN_BEFORE, "checkpoint"
+    elif in_file - {ev.hash}:
+        problem, whose = Problem.EXTERNAL_CHECKPOINT_MISMATCH, "the checkpoint file's checkpoint"
+    else:
+        return None
+    if anchored + 1 == ev.seq:
+        where = f"event {ev.seq} was rewritten"
+    else:
+        where = f"one of events {anchored + 1}..{ev.seq} was rewritten"
+    since = f"checkpoint {anchored} still matches" if anchored else "no checkpoint precedes it"
+    return (
+        anchored + 1,
+        problem,
+        f"{whose} {ev.seq} signed another head than the chain has now: {where} and the "
+        f"hashes after it recomputed ({since}; a hash chain cannot narrow it further)",
+    )
 
 
 def _event_problem(

@@ -7,21 +7,32 @@ has exactly one sequence. Events commit, or roll back, with the change they reco
 
 from __future__ import annotations
 
+import logging
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 
 from prometheus_client import Counter
 from sqlalchemy.orm import Session
 
+from tether.audit.anchoring import AnchorRule
 from tether.audit.chain import GENESIS, Checkpoint, Event, link
 from tether.audit.events import NewEvent
 from tether.audit.signing import LedgerSigner
 from tether.audit.store import DatabaseLedgerStore
 from tether.clock import to_micros
+from tether.db.engine import AFTER_COMMIT
 
+log = logging.getLogger(__name__)
 EVENTS_APPENDED = Counter("tether_ledger_events_appended", "Ledger events appended", ["type"])
 CHECKPOINTS_SIGNED = Counter("tether_ledger_checkpoints_signed", "Ledger checkpoints signed")
+PUBLISH_FAILED = Counter(
+    "tether_ledger_checkpoint_file_failures",
+    "Signed checkpoints that could not be appended to the checkpoint file",
+)
+
+Publish = Callable[[Checkpoint], None]
 
 
 class Ledger:
@@ -37,6 +48,14 @@ class Ledger:
         self.store = store or DatabaseLedgerStore()
         self.checkpoint_every_events = checkpoint_every_events
         self.checkpoint_every_seconds = checkpoint_every_seconds
+        # Called with each signed checkpoint once its transaction committed (never before: a
+        # rolled-back head outside the database would read as tampering). The checkpoint
+        # file's append may raise OSError (logged, counted); others must not raise.
+        self.publish: list[Publish] = []
+
+    @property
+    def anchor_rule(self) -> AnchorRule:
+        return AnchorRule(self.checkpoint_every_events, self.checkpoint_every_seconds)
 
     def append(self, session: Session, events: Sequence[NewEvent], *, now: datetime) -> list[Event]:
         """Chain ``events`` after the current head; the caller's transaction makes them durable."""
@@ -80,7 +99,18 @@ class Ledger:
         cp = self.signer.sign(size, head_hash, time_us)
         self.store.add_checkpoint(session, cp)
         CHECKPOINTS_SIGNED.inc()
+        if self.publish:
+            session.info.setdefault(AFTER_COMMIT, []).append(partial(self.published, cp))
         return cp
+
+    def published(self, cp: Checkpoint) -> None:
+        """Hand ``cp`` to every :attr:`publish` sink; call only once ``cp`` is committed."""
+        for sink in self.publish:
+            try:
+                sink(cp)
+            except OSError:  # the write is committed: say so loudly, do not undo it
+                PUBLISH_FAILED.inc()
+                log.exception("checkpoint %d is signed but not in the checkpoint file", cp.size)
 
     def force_checkpoint(self, session: Session, *, now: datetime) -> Checkpoint | None:
         head = self.store.head(session)

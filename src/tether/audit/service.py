@@ -6,8 +6,11 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import datetime
 
+from tether.audit.anchoring import FileState, judge_anchoring
 from tether.audit.chain import Checkpoint, Event, VerifyResult, verify_chain
+from tether.audit.checkpoint_file import CheckpointFile
 from tether.audit.ledger import Ledger
+from tether.audit.witness import HttpWitness
 from tether.clock import Clock, to_micros
 from tether.db import Database
 from tether.errors import Forbidden, NotFound, ValidationFailed
@@ -43,14 +46,26 @@ class AuditService:
         clock: Clock,
         *,
         agent_reader: Callable[[Principal, str], object] | None = None,
+        checkpoint_file: CheckpointFile | None = None,
+        witness: HttpWitness | None = None,
     ) -> None:
         """``agent_reader(actor, agent_id)`` raises unless the actor may read that agent; with
-        it, a supervisor may read the events of the agents they own or supervise."""
+        it, a supervisor may read the events of the agents they own or supervise. With
+        ``checkpoint_file`` and ``witness``, every checkpoint the ledger signs is also
+        written there, and verification holds the database to the file."""
         self.db = db
         self.agent_reader = agent_reader
         self.ledger = ledger
         self.store = ledger.store
         self.clock = clock
+        self.checkpoint_file = checkpoint_file
+        self.witness = witness
+        if checkpoint_file is not None:
+            ledger.publish.append(checkpoint_file.append)
+        if witness is not None:
+            ledger.publish.append(witness.send)
+        # Events written while no server ran had nobody to sign them: judged from here.
+        self.started_us = to_micros(clock.now())
 
     def events(
         self,
@@ -100,24 +115,47 @@ class AuditService:
     def verify(
         self, actor: Principal, *, progress: Callable[[int], None] | None = None
     ) -> VerifyResult:
-        """Recompute the chain end to end and check every checkpoint signature."""
+        """Recompute the chain end to end, check every checkpoint signature (the database's
+        and the checkpoint file's) and hold the chain to the file and the checkpoint rules."""
         _require_reader(actor)
+        now = self.clock.now()
+        # The file before the database: each line was committed before it was written, so
+        # the snapshot read next has every head the file names (unless it was taken away).
+        lines = self.checkpoint_file.read() if self.checkpoint_file else None
         with self.db.read() as s, closing(self.store.stream(s)) as events:
-            return verify_chain(
+            checkpoints = self.store.checkpoints(s)
+            result = verify_chain(
                 events,
                 seq_of_hash=lambda h: self.store.seq_of_hash(s, h),
-                checkpoints=self.store.checkpoints(s),
+                checkpoints=checkpoints,
+                external=lines.checkpoints if lines else (),
                 check_signature=self.ledger.signer.check,
                 progress=progress,
             )
+        if lines is None:
+            return result
+        file = FileState(bad_lines=lines.bad_lines, db_checkpoints=len(checkpoints))
+        return judge_anchoring(
+            result, self.ledger.anchor_rule, file, now_us=to_micros(now), since_us=self.started_us
+        )
 
     def checkpoint_tick(self) -> Checkpoint | None:
-        """Sign the head if the timed rule says so; run periodically by every node."""
+        """Sign the head if the timed rule says so, and retry the witness; run periodically
+        by every node."""
+        if self.witness is not None:
+            self.witness.retry()
         with self.db.write() as s:
             return self.ledger.checkpoint_if_due(s, now=self.clock.now())
 
     def checkpoint_now(self, actor: Principal) -> Checkpoint | None:
+        """Sign the head now unless the newest checkpoint already covers it; either way the
+        newest checkpoint goes to the file and the witness (again, if it was there: that is
+        how a file deleted, a new node or an upgrade gets its first line)."""
         if not actor.is_admin:
             raise Forbidden("only an admin may force a checkpoint")
         with self.db.write() as s:
-            return self.ledger.force_checkpoint(s, now=self.clock.now())
+            before = self.store.latest_checkpoint(s)
+            cp = self.ledger.force_checkpoint(s, now=self.clock.now())
+        if cp is not None and cp == before and self.ledger.signer.check(cp):
+            self.ledger.published(cp)  # not signed now, so not published on commit
+        return cp

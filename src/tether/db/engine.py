@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 # Arbitrary but fixed: the advisory lock id every Tether node agrees on ("TETH").
 PG_WRITE_LOCK = 0x54455448
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+# ``session.info[AFTER_COMMIT]``: callables a write transaction runs after it committed.
+AFTER_COMMIT = "tether.after_commit"
 
 
 class _WriterQueue:
@@ -124,6 +126,10 @@ class Database:
             if session.info.pop("tether.runtime_changed", False):
                 for callback in self.after_change:
                     callback()
+            # What may only happen once the transaction is durable (a signed checkpoint leaves
+            # the database here: had it left before, a rollback would make it a false witness).
+            for callback in session.info.pop(AFTER_COMMIT, ()):
+                callback()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
