@@ -142,6 +142,23 @@ def test_audit_verify_exits_nonzero_on_tampering(
     assert json.loads(res.stdout)["first_bad_seq"] == 1
 
 
+def test_audit_verify_reports_a_deleted_checkpoint_file(
+    server: tuple[Path, dict[str, str]],
+) -> None:
+    cwd, env = server
+    signed = tether(env, cwd, "audit", "checkpoint", "--json")
+    assert signed.returncode == 0, signed.stderr
+    ok = tether(env, cwd, "audit", "verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "not yet anchored" in ok.stdout
+    Path(env["TETHER_DATA_DIR"], "checkpoints.jsonl").unlink()
+    table = tether(env, cwd, "audit", "verify")
+    assert table.returncode == 1
+    assert table.stdout.startswith("FAILED: external_checkpoints_missing"), table.stdout
+    as_json = json.loads(tether(env, cwd, "audit", "verify", "--json").stdout)
+    assert (as_json["ok"], as_json["problem"]) == (False, "external_checkpoints_missing")
+
+
 def test_audit_tail_shows_the_newest_and_follows(server: tuple[Path, dict[str, str]]) -> None:
     cwd, env = server
     for i in range(5):

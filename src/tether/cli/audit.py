@@ -65,7 +65,8 @@ def _print(events: list[dict[str, Any]], as_json: bool) -> None:
 
 @app.command("verify")
 def verify(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Recompute the whole chain and check signed checkpoints; exit 1 on any problem."""
+    """Recompute the whole chain, check signed checkpoints (the database's and the checkpoint
+    file's) and the checkpoint interval; exit 1 on any problem."""
     with err.status("verifying the ledger…"):
         result = client(ctx).get("/v1/audit/verify")
     if as_json:
@@ -75,12 +76,26 @@ def verify(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             f"ok: {result['checked']} events and {result['checkpoints_checked']} "
             f"checkpoints verified; head {result['head_hash']}"
         )
+        if result.get("anchored_size") is not None:
+            out.print(
+                f"signed through seq {result['anchored_size']} ({result['external_checkpoints']}"
+                f" checkpoints in the checkpoint file); {result['unanchored']} events not yet "
+                f"anchored (at most {result['max_unanchored']}, for up to "
+                f"{result['max_unanchored_seconds']:.0f} s)"
+            )
     else:
-        out.print(
-            f"FAILED at seq {result['first_bad_seq']}: {result['problem']} — {result['message']}"
-        )
+        out.print(f"FAILED{_where(result)}: {result['problem']} — {result['message']}")
     if not result["ok"]:
         raise typer.Exit(1)
+
+
+def _where(result: dict[str, Any]) -> str:
+    """Where verification failed: a range when a hash chain cannot name one event."""
+    if result.get("after_seq") is not None:
+        return f" in seq {result['after_seq'] + 1}..{result['through_seq']}"
+    if result.get("first_bad_seq") is not None:
+        return f" at seq {result['first_bad_seq']}"
+    return ""
 
 
 @app.command("checkpoint")
