@@ -66,7 +66,7 @@ def test_rotation_keeps_old_tokens_valid_until_they_expire(
     # Both verify against the JWKS a resource server fetches now.
     assert _verify(services, before, START).sub == form["client_id"]
     assert _verify(services, after, START).sub == form["client_id"]
-    assert services.oauth.introspect(before)["active"] is True
+    assert services.oauth.introspect(before, SYSTEM)["active"] is True
     # Once every token the old key signed has expired, it leaves the JWKS.
     clock.advance(600 + 5 * 60 + 1)
     services.signing_keys.reload()
@@ -123,7 +123,9 @@ def test_dpop_binds_the_token_and_replays_are_refused(
     assert body["token_type"] == "DPoP"
     claims = jwt.decode(body["access_token"], services.signing_keys.signer()).claims
     assert claims["cnf"] == {"jkt": key.thumbprint()}
-    assert services.oauth.introspect(body["access_token"])["cnf"] == {"jkt": key.thumbprint()}
+    assert services.oauth.introspect(body["access_token"], SYSTEM)["cnf"] == {
+        "jkt": key.thumbprint()
+    }
     for bad in (
         proof,  # replayed
         _proof(key, "https://evil.example/oauth/token", START),  # another URL

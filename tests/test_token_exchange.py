@@ -62,7 +62,7 @@ def test_agent_acts_for_agent_with_attenuated_scope(svc: Services) -> None:
     assert claims["act"] == {"sub": b["client_id"]}
     assert claims["client_id"] == b["client_id"]
     assert claims["scope"] == "read"
-    info = svc.oauth.introspect(body["access_token"])
+    info = svc.oauth.introspect(body["access_token"], SYSTEM)
     assert info["active"] is True
     assert info["act"] == {"sub": b["client_id"]}
     # Without a scope request the token gets what both may hold, never more.
@@ -91,7 +91,7 @@ def test_revoked_actor_and_revoked_chain_member(svc: Services) -> None:
     via_b = _exchange(svc, b, _token(svc, a))["access_token"]
     b_token = _token(svc, b)
     svc.agents.kill(SYSTEM, b["client_id"], reason="rogue")
-    assert svc.oauth.introspect(via_b) == {"active": False}
+    assert svc.oauth.introspect(via_b, SYSTEM) == {"active": False}
     with pytest.raises(ClientAuthError):  # the revoked agent cannot act at all
         svc.oauth.token({"grant_type": EXCHANGE, **b, "subject_token": _token(svc, a),
                          "subject_token_type": AT, "actor_token": b_token,
@@ -139,7 +139,7 @@ def test_human_delegates_to_one_named_agent(svc: Services) -> None:
     assert claims["sub"] == alice.id
     assert claims["act"] == {"sub": b["client_id"]}
     assert claims["scope"] == "read"
-    info = svc.oauth.introspect(body["access_token"])
+    info = svc.oauth.introspect(body["access_token"], SYSTEM)
     assert (info["active"], info["sub"], info["act"]) == (True, alice.id, {"sub": b["client_id"]})
     with pytest.raises(InvalidGrant, match="may_act"):  # another agent cannot use it
         svc.oauth.token({"grant_type": EXCHANGE, **c, **form,
@@ -148,7 +148,7 @@ def test_human_delegates_to_one_named_agent(svc: Services) -> None:
     assert events[-1].on_behalf_of == f"user:{alice.id}"
     assert events[-1].chain == [b["client_id"]]
     # A subject token is not an access token: resource servers (typ at+jwt) refuse it.
-    assert svc.oauth.introspect(minted["subject_token"]) == {"active": False}
+    assert svc.oauth.introspect(minted["subject_token"], SYSTEM) == {"active": False}
 
 
 def test_no_subject_token_for_an_agent_past_its_expiry(svc: Services) -> None:

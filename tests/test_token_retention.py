@@ -66,19 +66,19 @@ def test_rows_expired_beyond_the_retention_are_purged(
     recent, recent_jti = _issue(services, form)  # exp START+3800
     clock.advance(401)  # START+3901: old expired 3601 s ago, recent 101 s ago
     live, live_jti = _issue(services, form)  # exp START+4201
-    assert services.oauth.introspect(old) == {"active": False}
+    assert services.oauth.introspect(old, SYSTEM) == {"active": False}
     assert _purge(services) == 1
     assert _jtis(services) == {recent_jti, live_jti}
     assert _purge(services) == 0  # idempotent
 
     # A purged token introspects as it did before: exactly inactive.
-    assert services.oauth.introspect(old) == {"active": False}
-    assert services.oauth.introspect(recent) == {"active": False}
-    assert services.oauth.introspect(live)["active"] is True
+    assert services.oauth.introspect(old, SYSTEM) == {"active": False}
+    assert services.oauth.introspect(recent, SYSTEM) == {"active": False}
+    assert services.oauth.introspect(live, SYSTEM)["active"] is True
     services.oauth.revoke(old, None, "system")  # unknown now: nothing happens, nothing fails
     # Revocation of a live token still works, and every path learns it.
     services.oauth.revoke(live, None, "system")
-    assert services.oauth.introspect(live) == {"active": False}
+    assert services.oauth.introspect(live, SYSTEM) == {"active": False}
     services.runtime.sync()
     assert live_jti in services.runtime.revoked_jtis
 

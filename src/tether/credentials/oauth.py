@@ -19,7 +19,7 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros
 from tether.config import Settings
-from tether.credentials import clients, exchange, grants, tokens
+from tether.credentials import clients, exchange, grants, introspection, tokens
 from tether.credentials.clients import AuthenticatedClient, ClientAuthError
 from tether.credentials.dpop import DEFAULT_ALGS, InvalidDPoPProof, UseDPoPNonce, verify_proof
 from tether.credentials.dpop_nonce import DPoPNonces
@@ -369,13 +369,16 @@ class OAuthService:
         return tokens.sign(claims, self.keys.signer()), claims
 
     # -- introspection and revocation ------------------------------------------------------
-    def introspect(self, token: str) -> dict[str, Any]:
+    def introspect(self, token: str, caller: AuthenticatedClient | Principal) -> dict[str, Any]:
         """RFC 7662: anything unknown, expired, revoked, or whose agent (or any actor in its
-        chain) is no longer active is exactly ``{"active": false}``."""
+        chain) is no longer active is exactly ``{"active": false}`` — and so is any token
+        ``caller`` may not introspect (:func:`introspection.may_introspect`, §2.1)."""
         now = self.clock.now()
         claims = tokens.verify_own(token, self.keys, issuer=self.endpoints.issuer,
                                    now=int(now.timestamp()))  # fmt: skip
-        if claims is None:
+        if claims is None or not introspection.may_introspect(
+            claims, caller, trust_domain=self.settings.trust_domain
+        ):
             return dict(_INACTIVE)
         with self.db.read() as s:
             row = s.get(AccessTokenRow, str(claims.get("jti", ""))[:64])

@@ -408,10 +408,13 @@ def _token_of(form: dict[str, str]) -> str:
     ),
 )
 async def introspect(request: Request, svc: ServicesDep) -> JSONResponse:
-    """RFC 7662. Unknown, expired or revoked tokens are exactly ``{"active": false}``."""
+    """RFC 7662. Unknown, expired or revoked tokens are exactly ``{"active": false}``, and so
+    is a token the caller may not introspect (§2.1): only a resource server (a client whose
+    credential carries the ``tether:introspect`` scope, or the client the token's ``aud``
+    names), the token's own client and admins see what a token is."""
     try:
-        _, _, form = await _caller(request, svc)
-        body = await _run(svc.oauth.introspect, _token_of(form))
+        caller, _, form = await _caller(request, svc)
+        body = await _run(svc.oauth.introspect, _token_of(form), caller)
     except OAuthError as exc:
         return _error(exc, _challenge(request))
     return JSONResponse(body, headers=_NO_STORE)
