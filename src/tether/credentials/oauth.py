@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tether.agents.model import Status, effective_status
-from tether.agents.models import AgentRow
+from tether.agents.models import AgentRow, AgentSupervisorRow
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros
@@ -272,7 +272,12 @@ class OAuthService:
         self, user: Principal, *, actor: str, scopes: list[str], expires_in: int = 300
     ) -> dict[str, Any]:
         """A short-lived subject token a human hands to one agent, which exchanges it to act
-        for them (``may_act`` names that agent; it is not an access token: ``typ`` JWT)."""
+        for them (``may_act`` names that agent; it is not an access token: ``typ`` JWT).
+
+        Admins may delegate to any active agent; a supervisor only to an agent they own or
+        supervise (:class:`Forbidden` otherwise, also for an agent that does not exist, so a
+        supervisor cannot probe for others' agents): delegating is directing an agent's work,
+        which is the owner's and its supervisors' responsibility."""
         if user.kind != "user" or user.role not in (Role.ADMIN, Role.SUPERVISOR):
             raise Forbidden("only admins and supervisors may delegate to an agent")
         now = self.clock.now()
@@ -286,6 +291,8 @@ class OAuthService:
         }  # fmt: skip
         with self.db.write() as s:
             agent = s.get(AgentRow, actor)
+            if not user.is_admin and not _answers_for(s, user, agent):
+                raise Forbidden(f"you neither own nor supervise agent {actor!r}", field="agent")
             status = (
                 effective_status(Status(agent.status), agent.expires_at, to_micros(now))
                 if agent is not None
@@ -445,6 +452,15 @@ class OAuthService:
                       .values(revoked_at=now_us))  # fmt: skip
             changes.record(s, changes.Kind.TOKEN, jtis, now_us=now_us)
         return {"tokens": len(jtis)}
+
+
+def _answers_for(s: Session, user: Principal, agent: AgentRow | None) -> bool:
+    """Whether ``user`` owns or supervises ``agent``."""
+    if agent is None:
+        return False
+    if agent.owner_id == user.id:
+        return True
+    return s.get(AgentSupervisorRow, (agent.id, user.id)) is not None
 
 
 _INTROSPECTED = frozenset(
