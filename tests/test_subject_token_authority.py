@@ -25,8 +25,7 @@ def people(api: Api) -> dict[str, Any]:
     return {
         "sam": sam,
         "owned": api.agent(name="sams-own", owner="sam"),
-        "supervised": api.agent(name="olgas-supervised-by-sam", owner="olga",
-                                supervisors=["sam"]),  # fmt: skip
+        "supervised": api.agent(name="olgas-supervised-by-sam", owner="olga", supervisors=["sam"]),
         "foreign": api.agent(name="olgas-only", owner=olga["id"]),
     }
 
