@@ -13,6 +13,7 @@ traceback. On the code before the fix the server process died at the first deep 
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -25,10 +26,14 @@ import pytest
 
 from tests.conftest import Backend, bearer
 from tests.serverproc import running_server
+from tether.clock import to_micros
+from tether.container import Services
 from tether.errors import PolicyInvalid
 from tether.policy import limits, source
 from tether.policy.decide import Ask, cedar_request
-from tether.policy.service import check, compile_checked
+from tether.policy.models import PolicyVersionRow
+from tether.policy.service import BASE_SCHEMA, check, compile_checked
+from tether.principals import SYSTEM
 from tether.runtime.snapshot import AgentView
 
 LEVELS = [100, 1_000, 100_000]
@@ -357,3 +362,37 @@ def test_cli_policy_test_and_format_refuse_deep_files_cleanly(
         assert done.returncode == 1, (args, done.returncode, done.stderr)  # not -11 (SIGSEGV)
         assert "Traceback" not in done.stderr
         assert "nesting depth" in done.stderr or "expression size" in done.stderr, done.stderr
+
+
+# -- a version stored before the bounds --------------------------------------------------------
+
+
+def test_a_stored_version_over_the_bounds_fails_closed_and_can_be_replaced(
+    make_services: Callable[..., Services], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A policy pushed before this release's bounds (40 nested parentheses parsed fine) must
+    not reach Cedar on upgrade, nor stop the server from starting: the worker decides with the
+    base policies alone — everything else denied — and logs why, until an admin pushes a fixed
+    version."""
+    first = make_services()
+    deep = _policy("(" * 40 + "true" + ")" * 40, "deep-from-before")
+    with first.db.write() as s:
+        s.add(PolicyVersionRow(
+            number=1, policies=deep, schema=BASE_SCHEMA, digest="0" * 64, policy_count=1,
+            created_at=to_micros(first.clock.now()), created_by="system", note="old release",
+        ))  # fmt: skip
+    with caplog.at_level(logging.ERROR, "tether.policy"):
+        upgraded = make_services()
+        with upgraded.db.read() as s:
+            compiled = upgraded.policies.compiled(s)
+    assert "policy version v1 no longer passes validation" in caplog.text
+    assert "nesting depth" in caplog.text
+    view = _agent_view()
+    ask = Ask(view.id, "tool.call", "Tool", "t1")
+    assert compiled.version == "v1"
+    assert compiled.decide(cedar_request(ask, {view.id: view})).effect.value == "deny"
+    fixed = upgraded.policies.push(SYSTEM, policies=_policy("true", "flat"), schema=None, note=None)
+    assert fixed.version == "v2"
+    with upgraded.db.read() as s:
+        current = upgraded.policies.compiled(s)
+    assert current.decide(cedar_request(ask, {view.id: view})).effect.value == "allow"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -30,6 +31,7 @@ from tether.policy.models import PolicyVersionRow
 from tether.principals import Principal
 from tether.runtime import changes
 
+log = logging.getLogger("tether.policy")
 _BASE = resources.files("tether.policy") / "base"
 BASE_SCHEMA = (_BASE / "schema.cedarschema").read_text()
 BASE_POLICIES_TEXT = (_BASE / "base.cedar").read_text()
@@ -182,8 +184,17 @@ class PolicyService:
         current = self._current(s)
         found = self._compiled.get(current.version)
         if found is None:
-            found = compile_checked(current.version, check(current.policies, current.schema),
-                                    memo_capacity=self.memo_capacity)  # fmt: skip
+            try:
+                checked = check(current.policies, current.schema)
+            except PolicyInvalid as exc:
+                # Stored before a bound of this release (tether.policy.limits) existed, and
+                # over it: Cedar must not see it. Fail closed — the base policies alone, which
+                # deny everything else — but start, so that an admin can push a fixed version.
+                log.error("policy version %s no longer passes validation (%s); deciding with "  # noqa: TRY400 - the problems say it all
+                          "the base policies only until a new version is pushed",
+                          current.version, exc.details.get("errors"))  # fmt: skip
+                checked = check("", BASE_SCHEMA)
+            found = compile_checked(current.version, checked, memo_capacity=self.memo_capacity)
             self._compiled = {current.version: found}
         return found
 
