@@ -14,6 +14,7 @@ traceback. On the code before the fix the server process died at the first deep 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -396,3 +397,25 @@ def test_a_stored_version_over_the_bounds_fails_closed_and_can_be_replaced(
     with upgraded.db.read() as s:
         current = upgraded.policies.compiled(s)
     assert current.decide(cedar_request(ask, {view.id: view})).effect.value == "allow"
+
+
+def test_cli_policy_test_refuses_deeply_nested_inline_values(tmp_path: Path) -> None:
+    """An inline subject's attributes reach Cedar as entity JSON: nested beyond what a request
+    may nest, the case file is refused with the field named (it was a bare TypeError)."""
+    value = "1"
+    for _ in range(300):
+        value = "{a: " + value + "}"
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(
+        f"- name: deep\n  subject: {{roles: [ops], attributes: {{x: {value}}}}}\n"
+        "  action: tool.call\n  resource: {type: Tool, id: t}\n  expect: deny\n"
+    )
+    policies = tmp_path / "p.cedar"
+    policies.write_text(_policy("true"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env["TETHER_DATA_DIR"] = str(tmp_path / "data")
+    done = _cli(["policy", "test", str(cases), "--policies", str(policies)], tmp_path, env)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "subject.attributes" in done.stderr
+    assert "nested too deeply" in done.stderr

@@ -21,6 +21,7 @@ from tether.policy.decide import (
     UNKNOWN_ACTION,
     Ask,
     cedar_request,
+    check_cedar_value,
     decision_from_outcome,
     validate_ask,
 )
@@ -43,6 +44,15 @@ class InlineAgent(_Strict):
     owner: str = "usr_policy_test"
     purpose: str = "policy test"
     attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("attributes")
+    @classmethod
+    def _cedar_values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:  # the server refuses the same (agents' attributes are flat there)
+            check_cedar_value(value, "attributes")
+        except TetherError as exc:
+            raise ValueError(exc.message) from None
+        return value
 
 
 class CaseResource(_Strict):
