@@ -122,6 +122,9 @@ class AgentService:
     # -- creating --------------------------------------------------------------------------
     def create(self, actor: Principal, spec: AgentCreate) -> Agent:
         now = self.clock.now()
+        # Who may ask comes first: an auditor is refused (403) whatever the body says.
+        if not (actor.is_admin or actor.role is Role.SUPERVISOR):
+            raise Forbidden("only admins and supervisors may create agents")
         tier = self._tier(spec.risk_tier)
         self._check_future(spec.expires_at, now, "expires_at")
         self._check_future(spec.recertify_by, now, "recertify_by")
@@ -129,8 +132,6 @@ class AgentService:
             owner = self._human(s, spec.owner, "owner")
             if actor.role is Role.SUPERVISOR and owner.id != actor.id:
                 raise Forbidden("a supervisor may only create agents they own", field="owner")
-            if not (actor.is_admin or actor.role is Role.SUPERVISOR):
-                raise Forbidden("only admins and supervisors may create agents")
             supervisors = [self._human(s, ref, "supervisors").id for ref in spec.supervisors]
             lineage: list[str] = []
             if spec.parent is not None:
@@ -238,13 +239,14 @@ class AgentService:
         fields = patch.model_fields_set
         edits.refuse_nulls(patch)
         tier = self._tier(patch.risk_tier) if patch.risk_tier is not None else None
-        if "expires_at" in fields:
-            self._check_future(patch.expires_at, now, "expires_at")
-        if "recertify_by" in fields:
-            self._check_future(patch.recertify_by, now, "recertify_by")
         with self.db.write() as s:
             row = self._row(s, agent_id)
             self._require(s, actor, row, "manage")
+            # After the 404 and the 403: the clock is no reason to answer anyone else 422.
+            if "expires_at" in fields:
+                self._check_future(patch.expires_at, now, "expires_at")
+            if "recertify_by" in fields:
+                self._check_future(patch.recertify_by, now, "recertify_by")
             if Status(row.status) in TERMINAL:
                 raise self._terminal(row)
             self.expiry.catch_up(s, [row], now)

@@ -26,7 +26,7 @@ from tether.api.errors import responses
 from tether.credentials.bearer import Caller
 from tether.errors import ValidationFailed
 from tether.fields import NO_NUL, SAFE_INT, integral
-from tether.policy.decide import Ask, DecisionService, validate_ask
+from tether.policy.decide import RESERVED_CONTEXT, Ask, DecisionService, validate_ask
 from tether.policy.engine import Effect
 
 router = APIRouter(tags=["decisions"])
@@ -62,6 +62,17 @@ else:
 Record = Annotated[dict[_Key, CedarValue], _NO_OTHER_KEYS]
 
 
+def _context_schema(schema: dict[str, Any]) -> None:
+    # Tether sets these context keys itself (the delegation chain); a caller's are refused.
+    schema["additionalProperties"] = False
+    schema.setdefault("propertyNames", {})["not"] = {"enum": sorted(RESERVED_CONTEXT)}
+
+
+Context = Annotated[dict[_Key, CedarValue], Field(json_schema_extra=_context_schema)]
+# Actions, roles and users are entities Tether keeps; a request acts on anything else.
+_NOT_ACTED_ON = {"not": {"anyOf": [{"enum": ["Role", "User"]}, {"pattern": "Action$"}]}}
+
+
 class Subject(StrictModel):
     type: Annotated[Literal["agent"], Field(description="Tether decides for agents")]
     id: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
@@ -74,7 +85,11 @@ class Action(StrictModel):
 
 
 class Resource(StrictModel):
-    type: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_:]*$")]
+    type: Annotated[
+        str,
+        Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_:]*$",
+              json_schema_extra=_NOT_ACTED_ON),
+    ]  # fmt: skip
     id: Annotated[str, _ID]
     properties: Record = Field(default_factory=dict)
 
@@ -83,14 +98,14 @@ class Evaluation(StrictModel):
     subject: Subject
     action: Action
     resource: Resource
-    context: Record = Field(default_factory=dict)
+    context: Context = Field(default_factory=dict)
 
 
 class PartialEvaluation(StrictModel):
     subject: Subject | None = None
     action: Action | None = None
     resource: Resource | None = None
-    context: Record | None = None
+    context: Context | None = None
 
 
 class Options(StrictModel):
@@ -99,16 +114,28 @@ class Options(StrictModel):
     )
 
 
+def _batch_schema(schema: dict[str, Any]) -> None:
+    """Each of subject, action and resource is given as a default or by every item (an empty
+    ``evaluations`` is one item with the defaults): what :func:`batch_asks` requires."""
+
+    def given(part: str) -> dict[str, Any]:
+        return {"required": [part], "properties": {part: {"not": {"type": "null"}}}}
+
+    schema["allOf"] = [
+        {"anyOf": [given(part), {"required": ["evaluations"], "properties": {
+            "evaluations": {"minItems": 1, "items": given(part)}}}]}
+        for part in ("subject", "action", "resource")
+    ]  # fmt: skip
+    schema["examples"] = [{
+        "subject": {"type": "agent", "id": "agt_01EXAMPLE"},
+        "action": {"name": "tool.call"},
+        "evaluations": [{"resource": {"type": "Tool", "id": "search"}},
+                        {"resource": {"type": "Tool", "id": "refund"}}],
+    }]  # fmt: skip
+
+
 class Evaluations(PartialEvaluation):
-    model_config = ConfigDict(
-        **PartialEvaluation.model_config,
-        json_schema_extra={"examples": [{
-            "subject": {"type": "agent", "id": "agt_01EXAMPLE"},
-            "action": {"name": "tool.call"},
-            "evaluations": [{"resource": {"type": "Tool", "id": "search"}},
-                            {"resource": {"type": "Tool", "id": "refund"}}],
-        }]},
-    )  # fmt: skip
+    model_config = ConfigDict(**PartialEvaluation.model_config, json_schema_extra=_batch_schema)
 
     evaluations: Annotated[list[PartialEvaluation], Field(max_length=1000)] = Field(
         default_factory=list
@@ -159,6 +186,7 @@ async def evaluations(body: Evaluations, svc: ServicesDep, who: CallerDep) -> Re
 def batch_asks(
     body: Evaluations, who: Caller, decisions: DecisionService
 ) -> tuple[list[Ask], Effect | None]:
+    _check_defaults(body)
     items = body.evaluations or [PartialEvaluation()]
     asks: list[Ask] = []
     for i, item in enumerate(items):
@@ -182,6 +210,16 @@ def batch_asks(
     semantic = body.options.evaluations_semantic
     stop = {"deny_on_first_deny": Effect.DENY, "permit_on_first_permit": Effect.ALLOW}.get(semantic)
     return asks, stop
+
+
+def _check_defaults(body: Evaluations) -> None:
+    """A default resource or context is refused as the document states it (a resource type that
+    cannot be acted on, a context key Tether sets), whether or not an item uses it."""
+    resource, context = body.resource, body.context
+    if resource is not None or context is not None:
+        validate_ask(Ask("", "", resource.type if resource else "Resource",
+                         resource.id if resource else "", resource.properties if resource else {},
+                         context or {}))  # fmt: skip
 
 
 def _json(body: dict[str, Any]) -> Response:
