@@ -29,9 +29,9 @@ def svc(make_services: Callable[..., Services]) -> Services:
     return make_services(clock=clock, delegation_max_depth=2)
 
 
-def _agent(svc: Services, name: str, scopes: list[str]) -> dict[str, str]:
+def _agent(svc: Services, name: str, scopes: list[str], owner: str = "admin") -> dict[str, str]:
     agent = svc.agents.create(SYSTEM, AgentCreate(
-        name=name, owner="admin", purpose="p", risk_tier="minimal", scopes=scopes))  # fmt: skip
+        name=name, owner=owner, purpose="p", risk_tier="minimal", scopes=scopes))  # fmt: skip
     _cred, secret = svc.credentials.create_api_key(SYSTEM, agent.id)
     return {"client_id": agent.id, "client_secret": secret}
 
@@ -127,7 +127,7 @@ def test_audience_cannot_escape_the_subject_token(svc: Services) -> None:
 
 def test_human_delegates_to_one_named_agent(svc: Services) -> None:
     alice = svc.users.create(SYSTEM, username="alice", role=Role.SUPERVISOR).principal()
-    b, c = _agent(svc, "b", ["read", "write"]), _agent(svc, "c", ["read"])
+    b, c = _agent(svc, "b", ["read", "write"], "alice"), _agent(svc, "c", ["read"], "alice")
     minted = svc.oauth.subject_token(alice, actor=b["client_id"], scopes=["read"])
     form = {
         "subject_token": minted["subject_token"],
@@ -156,7 +156,7 @@ def test_no_subject_token_for_an_agent_past_its_expiry(svc: Services) -> None:
     alice = svc.users.create(SYSTEM, username="alice", role=Role.SUPERVISOR).principal()
     soon = datetime.fromtimestamp(START + 60, UTC)
     agent = svc.agents.create(SYSTEM, AgentCreate(
-        name="brief", owner="admin", purpose="p", risk_tier="minimal", scopes=["read"],
+        name="brief", owner="alice", purpose="p", risk_tier="minimal", scopes=["read"],
         expires_at=soon))  # fmt: skip
     assert svc.oauth.subject_token(alice, actor=agent.id, scopes=["read"])["subject_token"]
     clock = svc.clock
