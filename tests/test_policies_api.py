@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 from tests.conftest import Api, assert_error, bearer
 from tether.audit.models import EventRow
 from tether.container import Services
+from tether.pagination import encode_cursor
 from tether.policy.models import DecisionInputRow
 from tether.policy.service import BASE_POLICIES_TEXT, BASE_SCHEMA
 
@@ -569,3 +570,13 @@ def test_simulate_skips_a_record_cedar_cannot_read(
         row.request = json.dumps(legacy)
     result = _simulate(client)
     assert (result["checked"], result["skipped"]) == (len(made) - 1, 1)
+
+
+def test_a_version_number_past_the_column_is_not_found(api: Api) -> None:
+    """``v9999999999`` fits the documented pattern but not PostgreSQL's INTEGER column: a 404,
+    not the 500 of an out-of-range query (nor is its cursor form a 500)."""
+    for name in ("v9999999999", "v2147483648"):
+        assert_error(api.client.get(f"{P}/versions/{name}"), 404, "policy_version_not_found")
+    page = api.client.get(f"{P}/versions", params={"cursor": encode_cursor("9" * 18)})
+    assert page.status_code == 200, page.text
+    assert [v["version"] for v in page.json()["items"]] == ["v0"]

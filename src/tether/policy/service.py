@@ -24,7 +24,7 @@ from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros
 from tether.db import Database
 from tether.errors import Forbidden, PolicyInvalid, PolicyVersionNotFound
-from tether.pagination import Page, decode_cursor, page_of
+from tether.pagination import Page, decode_seq_cursor, page_of
 from tether.policy import source
 from tether.policy.engine import MEMO_MAX, CompiledPolicies
 from tether.policy.models import PolicyVersionRow
@@ -45,9 +45,14 @@ def version_name(number: int) -> str:
     return f"v{number}"
 
 
+_MAX_NUMBER = 2**31 - 1  # policy_versions.number is an INTEGER column
+
+
 def version_number(name: str) -> int | None:
+    """The number of a version name ``v<n>``; None if ``name`` cannot name a version."""
     if name.startswith("v") and name[1:].isdigit() and len(name) < 12:
-        return int(name[1:])
+        number = int(name[1:])
+        return number if number <= _MAX_NUMBER else None
     return None
 
 
@@ -166,8 +171,9 @@ class PolicyService:
     def versions(self, actor: Principal, *, cursor: str | None, limit: int) -> Page[PolicyVersion]:
         """Newest first; ``v0`` (the base) is the last item."""
         del actor
-        after = decode_cursor(cursor)
-        before = version_number(after) if after else None
+        before = decode_seq_cursor(cursor)  # a version number: every cursor it admits is one
+        if before is not None and before > _MAX_NUMBER:  # past the INTEGER column: every
+            before = None  # version is older, as from the newest
         with self.db.read() as s:
             q = select(PolicyVersionRow).order_by(PolicyVersionRow.number.desc())
             if before is not None:
@@ -177,7 +183,7 @@ class PolicyService:
             ]
         if len(rows) <= limit and before != 0:
             rows.append(_v0())
-        return page_of(rows, limit, key=lambda v: v.version)
+        return page_of(rows, limit, key=lambda v: v.version[1:])
 
     def compiled(self, s: Session) -> CompiledPolicies:
         """The current version, compiled (cached per version); the runtime's loader."""

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import Field
 
-from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
+from tether.api.deps import Limit, PrincipalDep, SeqCursor, ServicesDep
 from tether.api.errors import responses
 from tether.api.params import PolicyVersion
 from tether.fields import NO_NUL, AwareDatetime, StrictModel
@@ -64,7 +64,7 @@ def validate(body: PolicyDocument, svc: ServicesDep, who: PrincipalDep) -> dict[
 def versions(
     svc: ServicesDep,
     who: PrincipalDep,
-    cursor: Cursor = None,
+    cursor: SeqCursor = None,
     limit: Limit = 50,
 ) -> dict[str, Any]:
     page = svc.policies.versions(who, cursor=cursor, limit=limit)
