@@ -217,6 +217,16 @@ def test_deleted_checkpoints_file_and_a_rewritten_chain_are_caught_by_the_interv
     assert (result["unanchored"], result["max_unanchored"]) == (EVENTS, EVERY - 1)
 
 
+def test_checkpoints_deleted_from_the_database_alone_are_reported(
+    ledger: Services, lapi: Api
+) -> None:
+    """Nothing rewritten, yet someone removed signed checkpoints: that is tampering too."""
+    _sql(ledger, "DELETE FROM audit_checkpoints WHERE size = 5")
+    result = _verify(lapi)
+    _assert_problem(result, "db_checkpoints_missing", None)
+    assert "5" in result["message"]
+
+
 def test_a_deleted_checkpoint_file_is_reported(ledger: Services, lapi: Api) -> None:
     _file(ledger).unlink()
     _assert_problem(_verify(lapi), "external_checkpoints_missing", None)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tether.audit.anchoring import AnchorRule, FileState, judge_anchoring
 from tether.audit.chain import (
     GENESIS,
     Checkpoint,
@@ -257,6 +258,55 @@ def test_rewritten_history_is_reported_between_two_checkpoints(
     assert (out["problem"], out["after_seq"], out["through_seq"]) == (
         "chain_rewritten_before", after, through,
     )  # fmt: skip
+
+
+def test_the_checkpoint_files_heads_are_held_to_the_chain() -> None:
+    events = _chain(6)
+    in_db = [Checkpoint(2, events[1].hash, T0, "k", "s")]
+    outside = [*in_db, Checkpoint(4, events[3].hash, T0, "k", "s")]
+    by_hash = {e.hash: e.seq for e in events}
+
+    def verify(chain: list[Event], file: list[Checkpoint]) -> VerifyResult:
+        return verify_chain(chain, seq_of_hash=by_hash.get, checkpoints=in_db, external=file)
+
+    intact = verify(events, outside)
+    assert (intact.ok, intact.external_checkpoints, intact.anchored_size) == (True, 2, 4)
+    assert intact.first_unanchored_us == events[4].time_us
+    forged = _rehash_from([*events[:2], replace(events[2], details={"n": 3}), *events[3:]], 2)
+    rewritten = verify(forged, outside)
+    assert (rewritten.problem, rewritten.first_bad_seq) == (
+        Problem.EXTERNAL_CHECKPOINT_MISMATCH, 3,
+    )  # fmt: skip
+    assert (rewritten.after_seq, rewritten.through_seq) == (2, 4)
+    truncated = verify(events[:3], outside)
+    assert (truncated.problem, truncated.first_bad_seq) == (Problem.TRUNCATED, 4)
+    assert (truncated.after_seq, truncated.through_seq) == (3, 4)
+
+
+def _judged(
+    events: int, anchored: int, *, first_us: int | None, now_us: int, since_us: int = 0
+) -> VerifyResult:
+    result = VerifyResult(checked=events, anchored_size=anchored, first_unanchored_us=first_us)
+    result.external_checkpoints = 1
+    file = FileState(bad_lines=[], db_checkpoints=1, not_in_db=[])
+    rule = AnchorRule(every_events=5, every_seconds=60)
+    return judge_anchoring(result, rule, file, now_us=now_us, since_us=since_us)
+
+
+def test_the_tail_may_not_outgrow_the_checkpoint_rules() -> None:
+    limit_us = int(AnchorRule(5, 60).max_unanchored_seconds * 1_000_000)
+    assert AnchorRule(5, 60).max_unanchored == 4
+    within = _judged(14, 10, first_us=T0, now_us=T0 + limit_us)
+    assert within.ok
+    assert within.to_json()["unanchored"] == 4
+    too_many = _judged(15, 10, first_us=T0, now_us=T0)
+    assert (too_many.problem, too_many.first_bad_seq, too_many.through_seq) == (
+        Problem.UNANCHORED_TAIL, 11, 15,
+    )  # fmt: skip
+    too_old = _judged(11, 10, first_us=T0, now_us=T0 + limit_us + 1)
+    assert too_old.problem is Problem.UNANCHORED_TAIL
+    # Written before this server started: the wait counts from the start.
+    assert _judged(11, 10, first_us=T0, now_us=T0 + limit_us + 1, since_us=T0 + 1).ok
 
 
 def test_bad_checkpoint_signature_is_reported_at_its_size() -> None:

@@ -131,6 +131,7 @@ class VerifyOut(BaseModel):
             "truncated",
             "external_checkpoint_invalid",
             "external_checkpoints_missing",
+            "db_checkpoints_missing",
             "unanchored_tail",
         ]
         | None

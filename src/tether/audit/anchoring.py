@@ -49,6 +49,9 @@ class FileState:
 
     bad_lines: list[int]
     db_checkpoints: int  # checkpoints in the database
+    # Sizes the file has a checkpoint for and the database has none: each line was written
+    # after its checkpoint committed, so the database had every one of them.
+    not_in_db: list[int]
 
 
 def judge_anchoring(
@@ -58,32 +61,49 @@ def judge_anchoring(
     checkpoints) to the file and the checkpoint rules at ``now_us``. Events from before
     ``since_us`` (when this server started: it could not sign while it was stopped) count
     as written then. The first problem found fails ``result``; it is returned either way."""
-    unanchored = result.checked - result.anchored_size
     result.limits = {
-        "unanchored": unanchored,
+        "unanchored": result.checked - result.anchored_size,
         "max_unanchored": rule.max_unanchored,
         "max_unanchored_seconds": rule.max_unanchored_seconds,
     }
-    if not result.ok:
-        return result
+    if result.ok:
+        _judge_file(result, file)
+    if result.ok:
+        _judge_tail(result, rule, now_us=now_us, since_us=since_us)
+    return result
+
+
+def _judge_file(result: VerifyResult, file: FileState) -> None:
     if file.bad_lines:
         lines = ", ".join(map(str, file.bad_lines[:5]))
-        return result.fail(
+        result.fail(
             None,
             Problem.EXTERNAL_CHECKPOINT_INVALID,
             f"the checkpoint file has lines that are not a signed checkpoint: {lines}",
         )
-    if result.external_checkpoints == 0 and file.db_checkpoints:
-        return result.fail(
+    elif file.not_in_db:
+        sizes = ", ".join(map(str, file.not_in_db[:5])) + (", …" if len(file.not_in_db) > 5 else "")
+        result.fail(
+            None,
+            Problem.DB_CHECKPOINTS_MISSING,
+            f"{len(file.not_in_db)} checkpoints in the checkpoint file are no longer in the "
+            f"database (at sizes {sizes}): they were deleted from it",
+        )
+    elif result.external_checkpoints == 0 and file.db_checkpoints:
+        result.fail(
             None,
             Problem.EXTERNAL_CHECKPOINTS_MISSING,
             f"the database has {file.db_checkpoints} signed checkpoints but the checkpoint "
             "file has none: it was deleted or emptied (after an upgrade, or on a new node, "
             "`tether audit checkpoint` writes the newest one)",
         )
+
+
+def _judge_tail(result: VerifyResult, rule: AnchorRule, *, now_us: int, since_us: int) -> None:
     first, head = result.anchored_size + 1, result.checked
+    unanchored = head - result.anchored_size
     if unanchored > rule.max_unanchored:
-        return result.fail(
+        result.fail(
             first,
             Problem.UNANCHORED_TAIL,
             f"{unanchored} events ({first}..{head}) follow the newest signed checkpoint; the "
@@ -91,16 +111,17 @@ def judge_anchoring(
             after=result.anchored_size,
             through=head,
         )
-    if result.first_unanchored_us is not None:
-        waited = (now_us - max(result.first_unanchored_us, since_us)) / 1_000_000
-        if waited > rule.max_unanchored_seconds:
-            return result.fail(
-                first,
-                Problem.UNANCHORED_TAIL,
-                f"events {first}..{head} have waited {waited:.0f} s for a checkpoint; the "
-                f"server signs one within {rule.max_unanchored_seconds:.0f} s, so checkpoints "
-                "were deleted or the server stopped signing",
-                after=result.anchored_size,
-                through=head,
-            )
-    return result
+        return
+    if result.first_unanchored_us is None:
+        return
+    waited = (now_us - max(result.first_unanchored_us, since_us)) / 1_000_000
+    if waited > rule.max_unanchored_seconds:
+        result.fail(
+            first,
+            Problem.UNANCHORED_TAIL,
+            f"events {first}..{head} have waited {waited:.0f} s for a checkpoint; the server "
+            f"signs one within {rule.max_unanchored_seconds:.0f} s, so checkpoints were "
+            "deleted or the server stopped signing",
+            after=result.anchored_size,
+            through=head,
+        )

@@ -37,6 +37,7 @@ class Problem(StrEnum):
     TRUNCATED = "truncated"  # the checkpoint file vouches for events the database lacks
     EXTERNAL_CHECKPOINT_INVALID = "external_checkpoint_invalid"
     EXTERNAL_CHECKPOINTS_MISSING = "external_checkpoints_missing"
+    DB_CHECKPOINTS_MISSING = "db_checkpoints_missing"  # in the file, deleted from the database
     UNANCHORED_TAIL = "unanchored_tail"  # more, or older, unsigned events than the rules allow
 
 
@@ -261,6 +262,7 @@ def verify_chain(
     }
     signed.update((size, (None, heads)) for size, heads in outside.items() if size not in by_size)
     newest = max(signed, default=0)
+    unanchored_from = newest + 1
     expected_seq = 1
     prev = GENESIS
     for ev in events:
@@ -273,7 +275,7 @@ def verify_chain(
             if rewritten is not None:
                 return result.fail(*rewritten, after=result.anchored_size, through=ev.seq)
             result.anchored_size = ev.seq
-        elif ev.seq == newest + 1:
+        elif ev.seq == unanchored_from:
             result.first_unanchored_us = ev.time_us
         prev = ev.hash
         expected_seq += 1

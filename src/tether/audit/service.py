@@ -134,7 +134,8 @@ class AuditService:
             )
         if lines is None:
             return result
-        file = FileState(bad_lines=lines.bad_lines, db_checkpoints=len(checkpoints))
+        not_in_db = {c.size for c in lines.checkpoints} - {c.size for c in checkpoints}
+        file = FileState(lines.bad_lines, len(checkpoints), sorted(not_in_db))
         return judge_anchoring(
             result, self.ledger.anchor_rule, file, now_us=to_micros(now), since_us=self.started_us
         )
