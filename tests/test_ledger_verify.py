@@ -18,17 +18,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from tests.conftest import AGENT_DEFAULTS, BOOTSTRAP_EVENTS, Api, admin_client, assert_error, bearer
-from tether.agents.schemas import AgentCreate
+from tests.conftest import BOOTSTRAP_EVENTS, Api, admin_client, assert_error, bearer
+from tests.ledger_tampering import EVENTS, small_ledger
+from tests.ledger_tampering import create_agents as _create_agents
+from tests.ledger_tampering import tamper as _sql
+from tests.ledger_tampering import verify as _verify
 from tether.audit.chain import checkpoint_payload, event_hash
 from tether.audit.signing import LedgerSigner
 from tether.clock import FrozenClock, to_micros
 from tether.container import Services
 from tether.jsonutil import canonical_text
-from tether.principals import SYSTEM
 
-EVERY = 5
-EVENTS = 12
 EVENT_FIELDS = {
     "seq",
     "id",
@@ -49,35 +49,15 @@ EVENT_FIELDS = {
 }
 
 
-def _create_agents(services: Services, n: int) -> None:
-    for i in range(n):
-        spec = AgentCreate.model_validate({**AGENT_DEFAULTS, "name": f"agent-{i}"})
-        services.agents.create(SYSTEM, spec)
-
-
 @pytest.fixture
 def ledger(make_services: Callable[..., Services]) -> Services:
-    services = make_services(checkpoint_every_events=EVERY)
-    _create_agents(services, EVENTS - BOOTSTRAP_EVENTS)
-    return services
+    return small_ledger(make_services)
 
 
 @pytest.fixture
 def lapi(ledger: Services) -> Iterator[Api]:
     with admin_client(ledger) as client:
         yield Api(client)
-
-
-def _sql(services: Services, statement: str, **params: Any) -> None:
-    """Tamper with the database directly, behind Tether's back."""
-    with services.db.engine.begin() as conn:
-        conn.execute(text(statement), params)
-
-
-def _verify(api: Api) -> dict[str, Any]:
-    response = api.client.get("/v1/audit/verify")
-    assert response.status_code == 200, response.text
-    return dict(response.json())
 
 
 def _checkpoints(services: Services) -> list[dict[str, Any]]:
