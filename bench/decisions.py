@@ -99,8 +99,8 @@ from bench.tokens import (
     process_tree_cpu,
     tether_server,
 )
-from tether.agents.model import spiffe_id
 from tether.agents.models import AgentRoleRow, AgentRow
+from tether.agents.values import spiffe_id
 from tether.api import deps as api_deps
 from tether.audit.events import EventType
 from tether.audit.models import EventRow

@@ -49,8 +49,8 @@ from bench.common import (
     sample_pair,
     write_json,
 )
-from tether.agents.model import RiskTier, Status, spiffe_id
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
+from tether.agents.values import RiskTier, Status, spiffe_id
 from tether.clock import to_micros
 from tether.db.models import metadata
 from tether.ids import IdPrefix, new_id

@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from tether.agents.fingerprint import normalize
-from tether.agents.model import RiskTier, Status
 from tether.agents.models import AgentRow
 from tether.agents.schemas import AgentUpdate
+from tether.agents.values import RiskTier, Status
 from tether.clock import to_micros
 from tether.errors import ValidationFailed
 from tether.jsonutil import canonical_text, loads

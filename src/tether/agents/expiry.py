@@ -1,6 +1,6 @@
 """Agents whose ``expires_at`` has passed become ``expired``: stored by a sweep, audited once.
 
-Readers never wait for the sweep: :func:`tether.agents.model.effective_status` shows an
+Readers never wait for the sweep: :func:`tether.agents.values.effective_status` shows an
 agent ``expired`` from the moment its ``expires_at`` passes, and the runtime snapshot denies
 it from then on (``AgentView.active_at``). The sweep (the server's maintenance loop, every few
 seconds on every node) makes that durable: the status and ``status_reason``, one
@@ -22,8 +22,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.agents.model import EXPIRABLE, Status, expiry_reason, has_expired
 from tether.agents.models import AgentRow
+from tether.agents.values import EXPIRABLE, Status, expiry_reason, has_expired
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339

@@ -15,10 +15,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from tether.agents import edits, views
+from tether.agents import edits, read_model
 from tether.agents.expiry import AgentExpiry
 from tether.agents.fingerprint import normalize
-from tether.agents.model import (
+from tether.agents.models import AgentRow
+from tether.agents.schemas import AgentCreate, AgentUpdate
+from tether.agents.store import DatabaseAgentStore
+from tether.agents.values import (
     TERMINAL,
     Agent,
     RiskTier,
@@ -27,9 +30,6 @@ from tether.agents.model import (
     next_status,
     spiffe_id,
 )
-from tether.agents.models import AgentRow
-from tether.agents.schemas import AgentCreate, AgentUpdate
-from tether.agents.store import DatabaseAgentStore
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros
@@ -76,7 +76,7 @@ class AgentService:
         with self.db.read() as s:
             row = self._row(s, agent_id)
             self._require(s, actor, row, "read")
-            return views.to_agents(self.store, s, [row], now=self.clock.now())[0]
+            return read_model.to_agents(self.store, s, [row], now=self.clock.now())[0]
 
     def list(
         self,
@@ -116,7 +116,7 @@ class AgentService:
                 now_us=to_micros(now),
             )
             more = len(rows) > limit
-            agents = views.to_agents(self.store, s, rows[:limit], now=now)
+            agents = read_model.to_agents(self.store, s, rows[:limit], now=now)
         return Page(agents, encode_cursor(agents[-1].id) if more else None)
 
     # -- creating --------------------------------------------------------------------------
@@ -141,7 +141,7 @@ class AgentService:
                         f"parent agent {spec.parent!r} does not exist", field="parent"
                     )
                 self._require(s, actor, parent, "operate")
-                parent_status = views.status_at(parent, now)
+                parent_status = read_model.status_at(parent, now)
                 if parent_status is not Status.ACTIVE:
                     raise InvalidTransition(
                         f"parent agent {parent.id} is {parent_status}; only an active agent "
@@ -183,7 +183,7 @@ class AgentService:
                     "fingerprint_digest": row.fingerprint_digest,
                 },
             )
-            return views.to_agents(self.store, s, [row], now=now)[0]
+            return read_model.to_agents(self.store, s, [row], now=now)[0]
 
     def clone(self, actor: Principal, agent_id: str, *, name: str) -> Agent:
         """A new agent with the source's roles and attributes; credentials are never copied."""
@@ -225,7 +225,7 @@ class AgentService:
                 now=now,
                 details={"source": src.id, "name": name},
             )
-            return views.to_agents(self.store, s, [row], now=now)[0]
+            return read_model.to_agents(self.store, s, [row], now=now)[0]
 
     # -- changing --------------------------------------------------------------------------
     def update(self, actor: Principal, agent_id: str, patch: AgentUpdate) -> Agent:
@@ -265,7 +265,7 @@ class AgentService:
                     now=now,
                     details={"changes": changes},
                 )
-            return views.to_agents(self.store, s, [row], now=now)[0]
+            return read_model.to_agents(self.store, s, [row], now=now)[0]
 
     def _patch_people(
         self,
@@ -377,7 +377,7 @@ class AgentService:
             if reason is not None:
                 details["reason" if op != "resume" else "note"] = reason
             self._audit(s, actor, event, row=row, now=now, details=details)
-            return views.to_agents(self.store, s, [row], now=now)[0]
+            return read_model.to_agents(self.store, s, [row], now=now)[0]
 
     def _descendants(self, s: Session, root_id: str) -> builtins.list[AgentRow]:
         out: builtins.list[AgentRow] = []

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, delete, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from tether.agents.model import EXPIRABLE, Status
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
+from tether.agents.values import EXPIRABLE, Status
 from tether.db.text import unstorable
 from tether.users.models import UserRow
 

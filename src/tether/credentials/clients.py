@@ -20,8 +20,8 @@ from joserfc.errors import JoseError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.agents.model import Status
 from tether.agents.models import AgentRow
+from tether.agents.values import Status
 from tether.clock import to_micros
 from tether.credentials.errors import InvalidClient, InvalidRequest
 from tether.credentials.jose import AllowListRegistry

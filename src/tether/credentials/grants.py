@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.agents.model import Status, has_expired
 from tether.agents.models import AgentRow
+from tether.agents.values import Status, has_expired
 from tether.clock import to_micros
 from tether.credentials.errors import InvalidScope, InvalidTarget, UnauthorizedClient
 from tether.users.models import UserRow

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tether.agents.model import spiffe_id
+from tether.agents.values import spiffe_id
 from tether.credentials.clients import AuthenticatedClient
 from tether.principals import Principal
 

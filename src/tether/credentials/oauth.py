@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tether.agents.model import Status, effective_status
 from tether.agents.models import AgentRow, AgentSupervisorRow
+from tether.agents.values import Status, effective_status
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros

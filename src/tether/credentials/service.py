@@ -17,8 +17,8 @@ from joserfc.errors import JoseError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.agents.model import TERMINAL, Status
 from tether.agents.service import AgentService
+from tether.agents.values import TERMINAL, Status
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339

@@ -8,9 +8,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from tether.agents.model import Agent, RiskTier, Status, effective_status, expiry_reason
 from tether.agents.models import AgentRow
 from tether.agents.store import DatabaseAgentStore
+from tether.agents.values import Agent, RiskTier, Status, effective_status, expiry_reason
 from tether.clock import from_micros, to_micros
 from tether.jsonutil import loads
 
