@@ -48,7 +48,6 @@ from tether.credentials.dpop import (
     verify_proof,
 )
 from tether.credentials.dpop_nonce import DPoPNonces
-from tether.credentials.errors import UseDPoPNonceError
 from tether.credentials.models import AccessTokenRow
 from tether.principals import SYSTEM
 from tether.sdk import AgentClient
@@ -412,10 +411,10 @@ def test_a_nonce_of_another_json_type_is_an_invalid_proof(env: Env, value: Any) 
 
 def test_the_service_refuses_too(env: Env) -> None:
     client, key = new_client(env), ECKey.generate_key("P-256")
-    with pytest.raises(UseDPoPNonceError) as caught:
+    with pytest.raises(UseDPoPNonce) as caught:
         env.services.oauth.token(_form(client), None, dpop=[token_proof(env, key)])
     assert caught.value.to_dict()["error"] == "use_dpop_nonce"
-    assert caught.value.status == 400
+    assert caught.value.http_status == 400
 
 
 def test_bearer_tokens_and_other_errors_are_unchanged_but_carry_a_nonce(env: Env) -> None:

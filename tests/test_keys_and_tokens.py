@@ -19,7 +19,7 @@ from tether.agents.schemas import AgentCreate
 from tether.clock import FrozenClock
 from tether.container import Services
 from tether.credentials.dpop import access_token_hash
-from tether.credentials.errors import InvalidDPoPProofError, InvalidScope, InvalidTarget
+from tether.credentials.errors import InvalidDPoPProof, InvalidScope, InvalidTarget
 from tether.principals import SYSTEM
 from tether.sdk import InvalidToken, JWKSCache, verify_access_token
 
@@ -132,9 +132,9 @@ def test_dpop_binds_the_token_and_replays_are_refused(
         _proof(key, url, START - 3600),  # stale
         "not.a.jwt",
     ):
-        with pytest.raises(InvalidDPoPProofError):
+        with pytest.raises(InvalidDPoPProof):
             services.oauth.token(form, None, dpop=[bad])
-    with pytest.raises(InvalidDPoPProofError):
+    with pytest.raises(InvalidDPoPProof):
         services.oauth.token(form, None, dpop=[_proof(key, url, START), _proof(key, url, START)])
     # The SDK refuses the bound token presented as Bearer (RFC 9449 §7.2).
     with pytest.raises(InvalidToken):

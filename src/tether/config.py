@@ -11,13 +11,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from tether.errors import ConfigurationError
 
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.\-_]*[a-z0-9])?$")
 
@@ -172,5 +174,12 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings; keyword arguments win over every other source."""
-    return Settings(**overrides)
+    """Read the settings; keyword arguments win over every other source. Raises
+    :class:`ConfigurationError` naming each setting that is wrong."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from exc

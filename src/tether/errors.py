@@ -1,7 +1,9 @@
 """Every failure is one :class:`TetherError` subclass, defined once, rendered one way.
 
-The API renders ``{"error": {"code", "message", "details"}}`` with ``http_status``; the CLI
-prints ``message`` and exits non-zero.
+The API renders ``{"error": {"code", "message", "details"}}`` with ``http_status`` (OAuth
+endpoints render :class:`tether.credentials.errors.OAuthError` in the RFC 6749 §5.2 shape);
+the CLI catches :class:`TetherError` in one place, prints :meth:`TetherError.diagnostic` and
+exits non-zero.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from typing import Any, ClassVar
 
 
 class TetherError(Exception):
+    """The base of every failure Tether knows; anything else reaching a user is a bug."""
+
     code: ClassVar[str] = "internal_error"
-    http_status: ClassVar[int] = 500
+    # A class default; an instance may answer with another (a DPoP failure is 400 at the token
+    # endpoint and 401 at a resource server, RFC 9449 §5 and §7.1).
+    http_status: int = 500
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -25,6 +31,14 @@ class TetherError(Exception):
         """HTTP headers the API sends with this error, beyond its defaults (a 401 has a
         ``Bearer`` challenge unless these name another)."""
         return {}
+
+    def diagnostic(self) -> str:
+        """One line for a human (the CLI prints it after ``error:``): the message, led by the
+        field it is about when ``details`` names one the message does not."""
+        field = self.details.get("field")
+        if isinstance(field, str) and field and field not in self.message:
+            return f"{field}: {self.message}"
+        return self.message
 
 
 class BadRequest(TetherError):
@@ -59,45 +73,6 @@ class PolicyInvalid(ValidationFailed):
 class Unauthenticated(TetherError):
     code = "unauthenticated"
     http_status = 401
-
-
-class DPoPNonceRequired(Unauthenticated):
-    """RFC 9449 §9: the DPoP-bound token's proof lacks a valid server nonce; ``nonce`` is a
-    fresh one, sent in ``DPoP-Nonce`` with a ``DPoP error="use_dpop_nonce"`` challenge."""
-
-    code = "use_dpop_nonce"
-
-    def __init__(self, message: str, *, nonce: str, **details: Any) -> None:
-        super().__init__(message, **details)
-        self.nonce = nonce
-
-    def response_headers(self) -> dict[str, str]:
-        return {
-            "WWW-Authenticate": 'DPoP error="use_dpop_nonce", error_description="Resource '
-            'server requires nonce in DPoP proof"',
-            "DPoP-Nonce": self.nonce,
-        }
-
-
-class DPoPProofInvalid(Unauthenticated):
-    """RFC 9449 §7.1: a DPoP-bound token came with a missing or failing proof; answered with
-    a ``DPoP error="invalid_dpop_proof"`` challenge naming the algorithms Tether accepts."""
-
-    code = "invalid_dpop_proof"
-
-    def __init__(self, message: str, *, algs: str, **details: Any) -> None:
-        super().__init__(message, **details)
-        self.algs = algs
-
-    def response_headers(self) -> dict[str, str]:
-        # a quoted-string of printable ASCII (RFC 6750 §3): the message may quote a request
-        description = "".join(
-            c if c.isascii() and c.isprintable() and c not in '"\\' else "?" for c in self.message
-        )[:300]
-        return {
-            "WWW-Authenticate": f'DPoP error="invalid_dpop_proof", '
-            f'error_description="{description}", algs="{self.algs}"'
-        }
 
 
 class Forbidden(TetherError):
@@ -152,6 +127,9 @@ class ApprovalNotPending(Conflict):
 
 
 class LedgerUnavailable(TetherError):
+    """An event could not be made durable (the ledger's writer failed or is shut down); the
+    caller must fail closed."""
+
     code = "ledger_unavailable"
     http_status = 503
 

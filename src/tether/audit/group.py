@@ -33,6 +33,7 @@ from tether.audit.events import NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock
 from tether.db import Database
+from tether.errors import LedgerUnavailable
 
 log = logging.getLogger("tether.audit.group")
 BATCH = Histogram(
@@ -67,10 +68,6 @@ class _Item:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     job: Job | None = None
-
-
-class LedgerUnavailable(RuntimeError):
-    """The event could not be made durable; the caller must fail closed."""
 
 
 class GroupCommitter:

@@ -9,16 +9,16 @@ from typing import Any
 
 import httpx2 as httpx
 
+from tether.errors import TetherError
+
 DEFAULT_URL = "http://127.0.0.1:8700"
 
 
-class CliError(Exception):
-    """Shown to the user as one line; the process exits with ``exit_code``."""
+class CliError(TetherError):
+    """A command failed: a bad option, an unreadable file, or the API's refusal (``message``
+    is then ``code: message [HTTP status]``). Shown as one line; the process exits 1."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
+    code = "cli_error"
 
 
 def _default_token() -> str | None:

@@ -1,4 +1,5 @@
-"""The ``tether`` command. Every error ends as one clean line and a non-zero exit."""
+"""The ``tether`` command. Every error ends as one clean line and a non-zero exit: a
+:class:`~tether.errors.TetherError` is caught in :func:`main` and nowhere else."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Annotated
 import typer
 
 from tether.cli import agents, approvals, audit, credentials, policy, serve, users
-from tether.cli.client import CliError
 from tether.cli.common import JsonOpt, client
 from tether.cli.render import err, show
+from tether.errors import TetherError
 
 app = typer.Typer(
     name="tether",
@@ -56,9 +57,9 @@ def main() -> None:
         code = app(standalone_mode=False)  # click returns a typer.Exit's code here
         if isinstance(code, int) and code:
             sys.exit(code)
-    except CliError as exc:
-        err.print(f"error: {exc.message}", markup=False)
-        sys.exit(exc.exit_code)
+    except TetherError as exc:  # every known failure: the CLI's own and the server code's
+        err.print(f"error: {exc.diagnostic()}", markup=False)
+        sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -72,6 +73,8 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if verbose:
             raise
-        name = exc.__class__.__name__
-        err.print(f"error: {name}: {exc} (run with --verbose for details)", markup=False)
+        # A failure nobody named is a bug (or an OSError): its first line, never a class name.
+        first = (str(exc).strip().splitlines() or ["no message"])[0][:200]
+        err.print(f"error: unexpected failure: {first} (run with --verbose for details)",
+                  markup=False)  # fmt: skip
         sys.exit(1)

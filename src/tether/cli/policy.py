@@ -87,8 +87,10 @@ def _count(n: int, noun: str) -> str:
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CliError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: cannot read: not UTF-8 (byte {exc.start})") from exc
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
 def problem_lines(

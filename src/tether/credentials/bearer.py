@@ -18,7 +18,7 @@ from tether.credentials import dpop, exchange, tokens
 from tether.credentials.dpop_nonce import DPoPNonces
 from tether.credentials.keys import SigningKeys
 from tether.credentials.replay import DatabaseDPoPReplayCache
-from tether.errors import DPoPNonceRequired, DPoPProofInvalid, Unauthenticated
+from tether.errors import Unauthenticated
 from tether.principals import Principal, Role
 from tether.runtime.snapshot import Runtime
 from tether.users.service import TOKEN_PREFIX, UserService, token_digest
@@ -144,8 +144,7 @@ class Bearers:
                 dpop.require_binding(proof, jkt)
             except dpop.UseDPoPNonce as exc:
                 assert self.dpop_nonces is not None  # only raised when nonces are in use
-                raise DPoPNonceRequired(exc.message, nonce=self.dpop_nonces.issue(now),
-                                        reason=exc.details["reason"]) from exc  # fmt: skip
+                raise exc.with_nonce(self.dpop_nonces.issue(now)) from None
             except dpop.InvalidDPoPProof as exc:
-                raise DPoPProofInvalid(exc.message, algs=_ALGS, **exc.details) from exc
+                raise exc.challenge(_ALGS) from None
         return agent_caller(claims)

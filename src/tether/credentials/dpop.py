@@ -17,7 +17,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from joserfc import jwk, jws
 from joserfc.errors import JoseError
@@ -25,9 +25,9 @@ from joserfc.errors import JoseError
 from tether import jsonutil
 from tether.clock import Clock, SystemClock
 from tether.credentials.dpop_nonce import DPoPNonces
+from tether.credentials.errors import DPoPBindingMismatch, InvalidDPoPProof, UseDPoPNonce
 from tether.credentials.htu import normalize_htu
 from tether.credentials.jose import AllowListRegistry
-from tether.errors import TetherError
 
 __all__ = [
     "DEFAULT_ALGS",
@@ -60,27 +60,6 @@ _NONCE_MESSAGES = {
 }
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-
-
-class InvalidDPoPProof(TetherError):
-    """The DPoP proof fails a check of RFC 9449 §4.3; ``details["reason"]`` says which."""
-
-    code: ClassVar[str] = "invalid_dpop_proof"
-    http_status: ClassVar[int] = 400
-
-
-class DPoPBindingMismatch(InvalidDPoPProof):
-    """A DPoP-bound token came without a proof, or with a proof by another key (§7.1)."""
-
-    http_status: ClassVar[int] = 401
-
-
-class UseDPoPNonce(InvalidDPoPProof):
-    """The server requires a nonce of its own in proofs (RFC 9449 §8, §9) and this proof has
-    none, or one that is not the server's or no longer accepted; ``details["reason"]`` is the
-    :data:`~tether.credentials.dpop_nonce.NonceProblem`. The answer carries a fresh nonce."""
-
-    code: ClassVar[str] = "use_dpop_nonce"
 
 
 def _reject(reason: str, message: str) -> NoReturn:

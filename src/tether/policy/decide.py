@@ -24,9 +24,9 @@ from prometheus_client import Counter
 
 from tether.audit.chain import Event
 from tether.audit.events import EventType, NewEvent
-from tether.audit.group import GroupCommitter, LedgerUnavailable
+from tether.audit.group import GroupCommitter
 from tether.clock import Clock, to_micros
-from tether.errors import Forbidden, ValidationFailed
+from tether.errors import Forbidden, LedgerUnavailable, ValidationFailed
 from tether.policy.engine import CedarRequest, CompiledPolicies, Effect, Outcome
 from tether.principals import Principal, Role
 from tether.runtime.snapshot import AgentView, Runtime
@@ -339,7 +339,7 @@ class DecisionService:
     @staticmethod
     def _ledger_down(decision: Decision) -> Decision:
         FAILED_CLOSED.labels("ledger").inc()
-        return _refuse(LEDGER_DOWN, decision.policy_version, "ledger_unavailable",
+        return _refuse(LEDGER_DOWN, decision.policy_version, LedgerUnavailable.code,
                        "the decision could not be recorded: denied")  # fmt: skip
 
     def decide_sync(self, ask: Ask) -> Decision:

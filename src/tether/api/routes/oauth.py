@@ -302,9 +302,9 @@ def _error(
     exc: OAuthError, challenge: str = 'Basic realm="tether"', extra: dict[str, str] | None = None
 ) -> JSONResponse:
     headers = {**_NO_STORE, **(extra or {})}
-    if exc.status == 401:
+    if exc.http_status == 401:
         headers["WWW-Authenticate"] = challenge
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
 
 def _bearer(request: Request) -> str | None:
