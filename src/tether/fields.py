@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     field_validator,
 )
 from pydantic import (
@@ -34,6 +35,16 @@ _LINE_END = r"\n\r\u2028\u2029"
 NAME = rf"^[^{SPACES}\x00]([^{_LINE_END}\x00]*[^{SPACES}\x00])?$"
 # A username: lower-case letters, digits and ``._-``, starting with a letter or digit.
 USERNAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+# RFC 6749 §3.3, the one definition of the scope grammar:
+#   scope       = scope-token *( SP scope-token )
+#   scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_CHAR = r"[\x21\x23-\x5b\x5d-\x7e]"
+# A ``scope`` parameter (unanchored, to be embedded in a pattern) and the same, compiled whole.
+SCOPE = rf"{SCOPE_CHAR}+(?: {SCOPE_CHAR}+)*"
+SCOPE_RE = re.compile(rf"^{SCOPE}$")
+# One scope-token as request bodies list them (at most 200 characters each).
+ScopeToken = Annotated[str, StringConstraints(pattern=rf"^{SCOPE_CHAR}{{1,200}}$")]
 
 
 # Integers a JSON number carries exactly everywhere (RFC 7493 I-JSON, section 2.2): beyond

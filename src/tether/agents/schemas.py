@@ -14,7 +14,16 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from tether.fields import NAME, NO_NUL, SAFE_INT, USERNAME, AwareDatetime, StrictModel, integral
+from tether.fields import (
+    NAME,
+    NO_NUL,
+    SAFE_INT,
+    USERNAME,
+    AwareDatetime,
+    ScopeToken,
+    StrictModel,
+    integral,
+)
 from tether.ids import IdPrefix, id_pattern
 
 # ``prohibited`` is parsed so the service can refuse it with its own error
@@ -31,8 +40,6 @@ RiskTierIn = Annotated[
     ),
 ]
 
-# RFC 6749 §3.3 scope-token: %x21 / %x23-5B / %x5D-7E.
-ScopeToken = Annotated[str, StringConstraints(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]{1,200}$")]
 RoleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")]
 AttrKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 AttrValue = (

@@ -19,9 +19,9 @@ from tether.agents.models import AgentRow
 from tether.agents.values import Status, has_expired
 from tether.clock import to_micros
 from tether.credentials.errors import InvalidScope, InvalidTarget, UnauthorizedClient
+from tether.fields import SCOPE_RE as _SCOPE
 from tether.users.models import UserRow
 
-_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$")
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")  # RFC 3986 URIs and RFC 8693 audiences: no spaces
 
 

@@ -17,11 +17,10 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
-from tether.agents.schemas import ScopeToken
 from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.params import AgentId, CredentialId
-from tether.fields import NO_NUL, StrictModel, integral
+from tether.fields import NO_NUL, ScopeToken, StrictModel, integral
 
 router = APIRouter(tags=["credentials"])
 ExpiresIn = Annotated[int, Field(ge=60, le=366 * 86_400), BeforeValidator(integral)]

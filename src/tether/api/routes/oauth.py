@@ -38,6 +38,7 @@ from tether.credentials.clients import ASSERTION_TYPE, AuthenticatedClient
 from tether.credentials.errors import InvalidClient, InvalidRequest, InvalidTarget, OAuthError
 from tether.credentials.oauth import CLIENT_CREDENTIALS, TOKEN_EXCHANGE
 from tether.errors import TetherError
+from tether.fields import SCOPE
 
 router = APIRouter(tags=["oauth"])
 T = TypeVar("T")
@@ -49,7 +50,6 @@ _MAX_FIELDS = 50
 GRANT_TYPES = [CLIENT_CREDENTIALS, TOKEN_EXCHANGE]
 _SUBJECT_TOKEN_TYPES = [exchange.ACCESS_TOKEN, exchange.JWT]
 
-_NQCHAR = r"[\x21\x23-\x5b\x5d-\x7e]"  # RFC 6749 §3.3 scope-token characters
 _PRINTABLE = r"[\x21-\x7e]"  # resource and audience: printable ASCII, no spaces
 # RFC 8707 §2: an absolute URI (a scheme and an authority) without a fragment. The authority
 # has no brackets (urllib refuses "http://[" with a ValueError).
@@ -69,7 +69,7 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
     "scope": _string(
         "space-separated scopes (RFC 6749 §3.3), a subset of what the agent may hold; empty "
         "or absent: all of them",
-        pattern=rf"^(?:{_NQCHAR}+(?: {_NQCHAR}+)*)?$",
+        pattern=rf"^(?:{SCOPE})?$",
     ),
     "resource": _string(
         "RFC 8707 resource indicator: an absolute URI without a fragment (the token's audience)",

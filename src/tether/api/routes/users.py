@@ -7,13 +7,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter
 from pydantic import BeforeValidator, Field, StringConstraints
 
-from tether.agents.schemas import ScopeToken
 from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.params import TokenId, UserRef
 from tether.api.schemas import TokenCreated, TokenList, TokenOut, UserOut, UserPage
 from tether.errors import Forbidden
-from tether.fields import NO_NUL, SPACES, StrictModel, integral
+from tether.fields import NO_NUL, SPACES, ScopeToken, StrictModel, integral
 from tether.ids import IdPrefix, id_pattern
 from tether.principals import Role
 from tether.users.service import USERNAME
