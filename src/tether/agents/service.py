@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from tether.agents import edits, read_model
+from tether.agents import authority, edits, read_model
 from tether.agents.expiry import AgentExpiry
 from tether.agents.fingerprint import normalize
 from tether.agents.models import AgentRow
@@ -475,23 +475,9 @@ class AgentService:
         return row
 
     def _require(self, s: Session, actor: Principal, row: AgentRow, need: str) -> None:
-        """``need`` is ``read``, ``operate`` (suspend/resume/kill) or ``manage``."""
-        if actor.is_admin:
-            return
-        if actor.role is Role.AUDITOR:
-            if need == "read":
-                return
-            raise Forbidden("auditors have read-only access")
-        if actor.role is Role.SUPERVISOR:
-            if row.owner_id == actor.id:
-                return
-            if need != "manage" and self.store.is_supervisor(s, row.id, actor.id):
-                return
-            raise Forbidden(
-                f"you do not {'own' if need == 'manage' else 'supervise'} agent {row.id}",
-                agent=row.id,
-            )
-        raise Forbidden("not allowed")
+        """``need`` is ``read``, ``operate`` (suspend/resume/kill) or ``manage``: the rule is
+        :func:`tether.agents.authority.allows`."""
+        authority.require(actor, authority.Act(need), row.id, self.store.stewards(s, row))
 
     def _human(self, s: Session, ref: str, field: str) -> UserRow:
         user = self.users.resolve(s, ref)

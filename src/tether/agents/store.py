@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, delete, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from tether.agents.authority import Stewards
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.agents.values import EXPIRABLE, Status
 from tether.db.text import unstorable
@@ -150,11 +151,9 @@ class DatabaseAgentStore:
         q = select(AgentRow).where(AgentRow.parent_id.in_(parent_ids)).order_by(AgentRow.id)
         return list(session.scalars(q))
 
-    def is_supervisor(self, session: Session, agent_id: str, user_id: str) -> bool:
-        q = select(AgentSupervisorRow.user_id).where(
-            AgentSupervisorRow.agent_id == agent_id, AgentSupervisorRow.user_id == user_id
-        )
-        return session.execute(q).first() is not None
+    def stewards(self, session: Session, row: AgentRow) -> Stewards:
+        """The humans who answer for the agent of ``row``: its owner and its supervisors."""
+        return Stewards(row.owner_id, frozenset(self.supervisors_of(session, [row.id])[row.id]))
 
 
 def _status_is(status: str, now_us: int) -> ColumnElement[bool]:

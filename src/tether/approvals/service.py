@@ -20,7 +20,8 @@ from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tether.agents.models import AgentRow, AgentSupervisorRow
+from tether.agents import authority, directory
+from tether.agents.authority import Act
 from tether.approvals.models import ApprovalRow
 from tether.approvals.notify import WebhookNotifier
 from tether.audit.chain import Event
@@ -87,6 +88,12 @@ def _approval(row: ApprovalRow, now_us: int | None = None) -> Approval:
         from_micros(row.decided_at) if row.decided_at else None, row.note,
         from_micros(row.used_at) if row.used_at else None,
     )  # fmt: skip
+
+
+def _allows(s: Session, actor: Principal, act: Act, agent_id: str) -> bool:
+    """The agents domain's authority rule; over an agent that is gone, only admins."""
+    stewards = directory.stewards(s, agent_id)
+    return actor.is_admin if stewards is None else authority.allows(actor, act, stewards)
 
 
 class ApprovalService:
@@ -253,32 +260,20 @@ class ApprovalService:
                 q = q.where(ApprovalRow.status == status)
             if actor.kind == "agent":
                 q = q.where(ApprovalRow.agent_id == actor.id)
-            elif actor.role is Role.SUPERVISOR:
-                sups = select(AgentSupervisorRow.agent_id).where(
-                    AgentSupervisorRow.user_id == actor.id
-                )
-                mine = select(AgentRow.id).where(AgentRow.owner_id == actor.id).union(sups)
-                q = q.where(ApprovalRow.agent_id.in_(mine))
+            elif actor.role is Role.SUPERVISOR:  # what they may read: their agents' own
+                q = q.where(ApprovalRow.agent_id.in_(directory.stewarded_by(actor.id)))
             rows = [_approval(r, now_us) for r in s.scalars(q.limit(limit + 1))]
         return page_of(rows, limit, key=lambda a: a.id)
 
-    def _may_see(self, s: Session, actor: Principal, row: ApprovalRow) -> bool:
+    @staticmethod
+    def _may_see(s: Session, actor: Principal, row: ApprovalRow) -> bool:
         if actor.kind == "agent":
             return actor.id == row.agent_id
-        if actor.is_admin or actor.role is Role.AUDITOR:
-            return True
-        return self._has_authority(s, actor, row.agent_id)
+        return _allows(s, actor, Act.READ, row.agent_id)
 
     @staticmethod
     def _has_authority(s: Session, actor: Principal, agent_id: str) -> bool:
-        if actor.is_admin:
-            return True
-        if actor.kind != "user" or actor.role is not Role.SUPERVISOR:
-            return False
-        agent = s.get(AgentRow, agent_id)
-        if agent is not None and agent.owner_id == actor.id:
-            return True
-        return s.get(AgentSupervisorRow, (agent_id, actor.id)) is not None
+        return _allows(s, actor, Act.OPERATE, agent_id)
 
     # -- deciding --------------------------------------------------------------------------
     def approve(self, actor: Principal, approval_id: str, *, note: str | None) -> Approval:

@@ -20,8 +20,9 @@ from joserfc.errors import JoseError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.agents.models import AgentRow
-from tether.agents.values import Status
+from tether.agents import directory
+from tether.agents.authority import NotLive, not_live
+from tether.agents.directory import AgentFacts
 from tether.clock import to_micros
 from tether.credentials.errors import InvalidClient, InvalidRequest
 from tether.credentials.jose import AllowListRegistry
@@ -42,7 +43,7 @@ LEEWAY = 30
 
 @dataclass(frozen=True, slots=True)
 class AuthenticatedClient:
-    agent: AgentRow
+    agent: AgentFacts
     credential_id: str
     method: str
     scope_ceiling: frozenset[str]  # the credential's ceiling ∩ the agent's scopes
@@ -157,13 +158,14 @@ def _usable(
     now_us = to_micros(now)
     if row.expires_at is not None and row.expires_at <= now_us:
         raise _fail(client_id, method, "credential expired")
-    agent = s.get(AgentRow, row.agent_id)
+    agent = directory.facts(s, row.agent_id)
     assert agent is not None  # foreign key
-    if agent.status != Status.ACTIVE:
+    why = not_live(agent.liveness, now_us)
+    if why is NotLive.INACTIVE:
         raise _fail(client_id, method, f"agent is {agent.status}")
-    if agent.expires_at is not None and agent.expires_at <= now_us:
+    if why is NotLive.EXPIRED:
         raise _fail(client_id, method, "agent expired")
-    allowed = frozenset(loads(agent.scopes))
+    allowed = agent.scopes
     if row.scopes is not None:
         allowed &= frozenset(loads(row.scopes))
     row.last_used_at = now_us

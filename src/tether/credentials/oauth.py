@@ -13,8 +13,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tether.agents.models import AgentRow, AgentSupervisorRow
-from tether.agents.values import Status, effective_status
+from tether.agents import authority, directory
+from tether.agents.authority import Act
+from tether.agents.directory import AgentFacts
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros
@@ -127,7 +128,7 @@ class OAuthService:
             with self.db.write() as s:
                 self.ledger.append(s, [NewEvent(
                     EventType.CLIENT_AUTH_FAILED, f"client:{f.client_id or 'unknown'}"[:80],
-                    agent_id=f.client_id if f.client_id and s.get(AgentRow, f.client_id)
+                    agent_id=f.client_id if f.client_id and directory.exists(s, f.client_id)
                     else None,
                     action="oauth.client_auth", outcome="failure",
                     details={"client_id": f.client_id, "method": f.method, "reason": f.reason},
@@ -290,15 +291,13 @@ class OAuthService:
             "tether_use": exchange.SUBJECT_TOKEN_USE,
         }  # fmt: skip
         with self.db.write() as s:
-            agent = s.get(AgentRow, actor)
-            if not user.is_admin and not _answers_for(s, user, agent):
+            stewards = directory.stewards(s, actor)
+            if not user.is_admin and (
+                stewards is None or not authority.allows(user, Act.OPERATE, stewards)
+            ):
                 raise Forbidden(f"you neither own nor supervise agent {actor!r}", field="agent")
-            status = (
-                effective_status(Status(agent.status), agent.expires_at, to_micros(now))
-                if agent is not None
-                else None
-            )
-            if status is not Status.ACTIVE:
+            agent = directory.facts(s, actor)
+            if not authority.is_live(agent.liveness if agent else None, to_micros(now)):
                 raise ValidationFailed(f"agent {actor!r} is not an active agent", field="agent")
             s.add(AccessTokenRow(
                 jti=jti, agent_id=actor, client_id=user.id, issued_at=to_micros(now),
@@ -351,14 +350,14 @@ class OAuthService:
         with self.db.write() as s:
             self.ledger.append(s, [NewEvent(
                 EventType.DPOP_NONCE_REQUIRED, f"client:{client_id or 'unknown'}"[:80],
-                agent_id=client_id if client_id and s.get(AgentRow, client_id) else None,
+                agent_id=client_id if client_id and directory.exists(s, client_id) else None,
                 action="oauth.token", outcome="failure",
                 details={"client_id": client_id, "reason": exc.details["reason"],
                          "jkt": exc.details["jkt"]},
             )], now=now)  # fmt: skip
 
     def _issue(
-        self, s: Session, agent: AgentRow, *, client_id: str, audience: list[str],
+        self, s: Session, agent: AgentFacts, *, client_id: str, audience: list[str],
         scopes: frozenset[str], ttl: int, now: datetime, act: dict[str, Any] | None = None,
         cnf_jkt: str | None = None, subject: str | None = None,
     ) -> tuple[str, dict[str, Any]]:  # fmt: skip
@@ -452,15 +451,6 @@ class OAuthService:
                       .values(revoked_at=now_us))  # fmt: skip
             changes.record(s, changes.Kind.TOKEN, jtis, now_us=now_us)
         return {"tokens": len(jtis)}
-
-
-def _answers_for(s: Session, user: Principal, agent: AgentRow | None) -> bool:
-    """Whether ``user`` owns or supervises ``agent``."""
-    if agent is None:
-        return False
-    if agent.owner_id == user.id:
-        return True
-    return s.get(AgentSupervisorRow, (agent.id, user.id)) is not None
 
 
 _INTROSPECTED = frozenset(

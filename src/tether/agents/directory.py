@@ -1,0 +1,77 @@
+"""What other domains may read of agents, inside their own transaction.
+
+Approvals, the token grants and client authentication need to know who answers for an agent
+and whether it (and every agent of a delegation chain) is live. They ask here and get values
+(:class:`~tether.agents.authority.Stewards`, :class:`~tether.agents.authority.Liveness`,
+:class:`AgentFacts`), so the agents' tables stay inside ``agents/`` and the rules about them
+in :mod:`tether.agents.authority`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from tether.agents.authority import Liveness, Stewards
+from tether.agents.models import AgentRow, AgentSupervisorRow
+from tether.db.text import unstorable
+from tether.jsonutil import loads
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFacts:
+    """An agent as credentials and grants read it: who it is, whether it is live, what it may
+    hold. ``scopes`` is the agent's own scope ceiling."""
+
+    id: str
+    status: str
+    expires_at: int | None
+    scopes: frozenset[str]
+
+    @property
+    def liveness(self) -> Liveness:
+        return Liveness(self.status, self.expires_at)
+
+
+def facts(s: Session, agent_id: str, *, for_update: bool = False) -> AgentFacts | None:
+    """The agent with this id, or None if there is none."""
+    if unstorable(agent_id):
+        return None
+    row = s.get(AgentRow, agent_id, with_for_update=for_update)
+    if row is None:
+        return None
+    return AgentFacts(row.id, row.status, row.expires_at, frozenset(loads(row.scopes)))
+
+
+def exists(s: Session, agent_id: str) -> bool:
+    return not unstorable(agent_id) and s.get(AgentRow, agent_id) is not None
+
+
+def stewards(s: Session, agent_id: str) -> Stewards | None:
+    """Who answers for the agent (owner and supervisors), or None if there is no such agent."""
+    row = s.get(AgentRow, agent_id) if not unstorable(agent_id) else None
+    if row is None:
+        return None
+    users = s.scalars(
+        select(AgentSupervisorRow.user_id).where(AgentSupervisorRow.agent_id == agent_id)
+    )
+    return Stewards(row.owner_id, frozenset(users))
+
+
+def stewarded_by(user_id: str) -> Select[tuple[str]]:
+    """The ids of the agents ``user_id`` owns or supervises, as a subquery for a filter."""
+    supervised = select(AgentSupervisorRow.agent_id).where(AgentSupervisorRow.user_id == user_id)
+    return select(AgentRow.id).where(AgentRow.owner_id == user_id).union(supervised)  # type: ignore[return-value]
+
+
+def liveness(s: Session, agent_ids: Collection[str]) -> dict[str, Liveness]:
+    """What liveness reads of each of these agents that exists."""
+    if not agent_ids:
+        return {}
+    q = select(AgentRow.id, AgentRow.status, AgentRow.expires_at).where(
+        AgentRow.id.in_(list(agent_ids))
+    )
+    return {agent_id: Liveness(status, expires) for agent_id, status, expires in s.execute(q)}
