@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.agents.models import AgentRow
-from tether.agents.values import Status, has_expired
+from tether.agents import authority, directory
+from tether.agents.directory import AgentFacts
 from tether.clock import to_micros
 from tether.credentials.errors import InvalidScope, InvalidTarget, UnauthorizedClient
 from tether.fields import SCOPE_RE as _SCOPE
@@ -25,11 +25,13 @@ from tether.users.models import UserRow
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")  # RFC 3986 URIs and RFC 8693 audiences: no spaces
 
 
-def still_active(s: Session, agent_id: str) -> AgentRow:
+def still_active(s: Session, agent_id: str, now: datetime) -> AgentFacts:
     """The agent, re-checked inside the issuing transaction: a kill between authentication
-    and issuance must not yield a token."""
-    agent = s.get(AgentRow, agent_id)
-    if agent is None or agent.status != Status.ACTIVE:
+    and issuance must not yield a token. An expired agent is :func:`capped_ttl`'s to refuse
+    (with its own message)."""
+    agent = directory.facts(s, agent_id)
+    why = authority.not_live(agent.liveness if agent else None, to_micros(now))
+    if agent is None or why in (authority.NotLive.MISSING, authority.NotLive.INACTIVE):
         raise UnauthorizedClient("the agent is not active")
     return agent
 
@@ -64,7 +66,7 @@ def audience(form: dict[str, str], *, default: str) -> list[str]:
     return sorted(set(values)) or [default]
 
 
-def capped_ttl(ttl: int, agent: AgentRow, now: datetime) -> int:
+def capped_ttl(ttl: int, agent: AgentFacts, now: datetime) -> int:
     """No token outlives its agent's ``expires_at``."""
     if agent.expires_at is None:
         return ttl
@@ -75,20 +77,13 @@ def capped_ttl(ttl: int, agent: AgentRow, now: datetime) -> int:
 
 
 def chain_problem(s: Session, ids: list[str], now_us: int) -> str | None:
-    """Why a token naming these principals (subject and actors) must not be honoured: an
-    agent that is missing, not active or expired, or a human who no longer exists."""
-    agent_ids = [i for i in ids if not i.startswith("usr_")]
-    rows = {a.id: a for a in s.scalars(select(AgentRow).where(AgentRow.id.in_(agent_ids)))}
-    for agent_id in agent_ids:
-        row = rows.get(agent_id)
-        if row is None or row.status != Status.ACTIVE:
-            return f"agent {agent_id} in the delegation chain is not active"
-        if has_expired(row.expires_at, now_us):
-            return f"agent {agent_id} in the delegation chain has expired"
-    humans = {i for i in ids if i.startswith("usr_")}
-    if humans and set(s.scalars(select(UserRow.id).where(UserRow.id.in_(humans)))) != humans:
-        return "the human in the delegation chain no longer exists"
-    return None
+    """Why a token naming these principals (subject and actors) must not be honoured: the
+    agents domain's liveness rule (:func:`tether.agents.authority.chain_problem`) over what
+    exists now."""
+    agents = directory.liveness(s, [i for i in ids if not i.startswith("usr_")])
+    wanted = {i for i in ids if i.startswith("usr_")}
+    humans = set(s.scalars(select(UserRow.id).where(UserRow.id.in_(wanted)))) if wanted else set()
+    return authority.chain_problem(ids, agents, humans, now_us)
 
 
 def ref(subject: str) -> str:

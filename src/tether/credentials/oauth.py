@@ -154,7 +154,7 @@ class OAuthService:
         audience = grants.audience(form, default=self.endpoints.issuer)
         now = self.clock.now()
         with self.db.write() as s:
-            agent = grants.still_active(s, client.agent.id)
+            agent = grants.still_active(s, client.agent.id, now)
             ttl = grants.capped_ttl(self.settings.token_ttl_seconds, agent, now)
             token, claims = self._issue(
                 s, agent, client_id=agent.id, audience=audience, scopes=scopes, ttl=ttl,
@@ -208,7 +208,7 @@ class OAuthService:
         if ttl <= 0:
             raise InvalidGrant("the subject token has expired")
         with self.db.write() as s:
-            agent = grants.still_active(s, actor_id)
+            agent = grants.still_active(s, actor_id, now)
             ttl = grants.capped_ttl(ttl, agent, now)
             problem = grants.chain_problem(s, [subject, *chain], to_micros(now))
             if problem:
