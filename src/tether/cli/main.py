@@ -58,7 +58,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except TetherError as exc:  # every known failure: the CLI's own and the server code's
-        err.print(f"error: {exc.diagnostic()}", markup=False)
+        err.print(f"error: {exc.diagnostic()}", markup=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -76,5 +76,5 @@ def main() -> None:
         # A failure nobody named is a bug (or an OSError): its first line, never a class name.
         first = (str(exc).strip().splitlines() or ["no message"])[0][:200]
         err.print(f"error: unexpected failure: {first} (run with --verbose for details)",
-                  markup=False)  # fmt: skip
+                  markup=False, soft_wrap=True)  # fmt: skip
         sys.exit(1)
