@@ -107,7 +107,6 @@ from tether.audit.models import EventRow
 from tether.clock import to_micros
 from tether.container import Services
 from tether.credentials.bearer import Caller
-from tether.db.models import metadata
 from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text
 from tether.policy import engine, source
@@ -115,6 +114,7 @@ from tether.policy.decide import Ask, Decision
 from tether.policy.engine import Effect
 from tether.policy.service import BASE_POLICIES, BASE_POLICIES_TEXT
 from tether.principals import Role
+from tether.tables import metadata
 
 SEED = 7
 INSERT_BATCH = 5000

@@ -54,8 +54,8 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.models import EventRow
 from tether.audit.store import event_row
 from tether.clock import to_micros
-from tether.db.models import metadata
 from tether.ids import IdPrefix, new_id
+from tether.tables import metadata
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,11 @@ from bench.common import (
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.agents.values import RiskTier, Status, spiffe_id
 from tether.clock import to_micros
-from tether.db.models import metadata
 from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text
 from tether.pagination import decode_cursor, encode_cursor
 from tether.principals import Principal, Role
+from tether.tables import metadata
 
 PAGE = 50
 INSERT_BATCH = 5000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from tether.db.models import metadata
+from tether.tables import metadata
 
 config = context.config
 connection = config.attributes["connection"]

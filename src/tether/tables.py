@@ -1,4 +1,7 @@
-"""Every domain's tables, imported so Alembic and tests see one metadata."""
+"""Every domain's tables, imported so Alembic and tests see one metadata.
+
+Above the domains (each owns its tables in its own ``models.py``), so that ``tether.db``
+imports no domain: the storage layer is below them all."""
 
 from tether.agents import models as _agents  # noqa: F401
 from tether.approvals import models as _approvals  # noqa: F401
