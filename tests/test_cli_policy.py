@@ -26,8 +26,8 @@ from tether.cli.client import ApiClient
 from tether.cli.policy import load_cases, problem_lines
 from tether.policy.cases import Case, agent_view_of, run_case
 from tether.policy.decide import Ask, DecisionService, cedar_request
+from tether.policy.entities import AgentView
 from tether.policy.service import check, compile_checked
-from tether.runtime.snapshot import AgentView
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LOCAL_ENV = {"PATH": "/usr/bin:/bin", "TETHER_URL": "http://127.0.0.1:9"}  # no server there

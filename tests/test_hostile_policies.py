@@ -32,10 +32,10 @@ from tether.container import Services
 from tether.errors import PolicyInvalid
 from tether.policy import limits, source
 from tether.policy.decide import Ask, cedar_request
+from tether.policy.entities import AgentView
 from tether.policy.models import PolicyVersionRow
 from tether.policy.service import BASE_SCHEMA, check, compile_checked
 from tether.principals import SYSTEM
-from tether.runtime.snapshot import AgentView
 
 LEVELS = [100, 1_000, 100_000]
 TIMEOUT = 60.0  # seconds any one hostile request may take before the test calls it a hang

@@ -31,7 +31,8 @@ from tether.errors import PolicyInvalid, ValidationFailed
 from tether.policy import engine, service, slices, source
 from tether.policy.decide import Ask, Decision, DecisionService
 from tether.policy.engine import CompiledPolicies, Effect, Outcome
-from tether.runtime.snapshot import AgentView, agent_view
+from tether.policy.entities import AgentView
+from tether.runtime.snapshot import view_of_row as agent_view
 
 # A schema with a caller context field, so `context.amount < 100` type-checks (guarded).
 SCHEMA = service.BASE_SCHEMA.replace(

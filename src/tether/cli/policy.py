@@ -31,7 +31,7 @@ from tether.cli.render import emit_json, out, table
 if TYPE_CHECKING:
     from tether.policy.cases import Case
     from tether.policy.engine import CompiledPolicies
-    from tether.runtime.snapshot import AgentView
+    from tether.policy.entities import AgentView
 
 app = typer.Typer(help="The Cedar policy set: read, check, test and change it.",
                   no_args_is_help=True)  # fmt: skip

@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tether.agents.models import AgentRow
 from tether.errors import TetherError
 from tether.policy.decide import (
     INACTIVE_AGENT,
@@ -26,7 +24,7 @@ from tether.policy.decide import (
     validate_ask,
 )
 from tether.policy.engine import CompiledPolicies
-from tether.runtime.snapshot import AgentView, agent_view
+from tether.policy.entities import AgentView, agent_view
 
 
 class _Strict(BaseModel):
@@ -79,12 +77,12 @@ class Case(_Strict):
 
 def agent_view_of(agent: Mapping[str, Any]) -> AgentView:
     """The runtime's view of an agent (its Cedar entity), built by the server's own code."""
-    row = AgentRow(
+    return agent_view(
         id=agent["id"], name=agent.get("name") or agent["id"], owner_id=agent["owner"],
         purpose=agent["purpose"], risk_tier=agent["risk_tier"], status=agent["status"],
-        attributes=orjson.dumps(agent.get("attributes") or {}).decode(), expires_at=None,
+        attributes=agent.get("attributes") or {}, expires_at=None,
+        roles=agent.get("roles") or (), supervisors=agent.get("supervisors") or (),
     )  # fmt: skip
-    return agent_view(row, agent.get("roles") or (), agent.get("supervisors") or ())
 
 
 def run_case(

@@ -28,8 +28,9 @@ from tether.audit.group import GroupCommitter
 from tether.clock import Clock, to_micros
 from tether.errors import Forbidden, LedgerUnavailable, ValidationFailed
 from tether.policy.engine import CedarRequest, CompiledPolicies, Effect, Outcome
+from tether.policy.entities import AgentView
 from tether.principals import Principal, Role
-from tether.runtime.snapshot import AgentView, Runtime
+from tether.runtime.snapshot import Runtime
 
 log = logging.getLogger("tether.policy.decide")
 DECISIONS = Counter("tether_decisions", "Decisions answered", ["decision"])

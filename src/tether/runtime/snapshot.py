@@ -31,7 +31,7 @@ from tether.clock import Clock, to_micros
 from tether.credentials.models import AccessTokenRow
 from tether.db import Database
 from tether.policy.engine import CompiledPolicies
-from tether.policy.slices import Uid
+from tether.policy.entities import AgentView, agent_view
 from tether.runtime.changes import Kind, channel
 from tether.runtime.models import ChangeRow
 from tether.users.models import UserRow
@@ -44,44 +44,20 @@ _FEED_KEEP_US = 3600 * 1_000_000  # more changed agents than this in one sync: r
 
 
 @dataclass(frozen=True, slots=True)
-class AgentView:
-    id: str
-    status: str
-    risk_tier: str
-    owner_id: str
-    supervisors: frozenset[str]
-    roles: frozenset[str]
-    expires_at: int | None  # microseconds
-    entity: str  # Cedar JSON entity
-    parents: frozenset[Uid]
-
-    def active_at(self, now_us: int) -> bool:
-        return self.status == "active" and (self.expires_at is None or self.expires_at > now_us)
-
-
-@dataclass(frozen=True, slots=True)
 class UserView:
     id: str
     username: str
     role: str
 
 
-def _tag(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
-
-
-def agent_view(row: AgentRow, roles: Iterable[str], supervisors: Iterable[str]) -> AgentView:
-    roles = frozenset(roles)
-    parents = frozenset(("Role", r) for r in roles)
-    entity = orjson.dumps({
-        "uid": {"type": "Agent", "id": row.id},
-        "attrs": {"status": row.status, "risk_tier": row.risk_tier, "owner": row.owner_id,
-                  "purpose": row.purpose, "name": row.name},
-        "parents": [{"type": "Role", "id": r} for r in sorted(roles)],
-        "tags": {str(k): _tag(v) for k, v in orjson.loads(row.attributes or "{}").items()},
-    }).decode()  # fmt: skip
-    return AgentView(row.id, row.status, row.risk_tier, row.owner_id, frozenset(supervisors),
-                     roles, row.expires_at, entity, parents)  # fmt: skip
+def view_of_row(row: Any, roles: Iterable[str], supervisors: Iterable[str]) -> AgentView:
+    """The decision path's view of an agent from its registry row (the columns it reads)."""
+    return agent_view(
+        id=row.id, name=row.name, owner_id=row.owner_id, purpose=row.purpose,
+        risk_tier=row.risk_tier, status=row.status,
+        attributes=orjson.loads(row.attributes or "{}"), expires_at=row.expires_at,
+        roles=roles, supervisors=supervisors,
+    )  # fmt: skip
 
 
 class Runtime:
@@ -226,7 +202,7 @@ class Runtime:
         for agent_id, user_id in s.execute(sups):
             by_sups.setdefault(agent_id, []).append(user_id)
         return {
-            row.id: agent_view(row, by_roles.get(row.id, ()), by_sups.get(row.id, ()))
+            row.id: view_of_row(row, by_roles.get(row.id, ()), by_sups.get(row.id, ()))
             for row in s.scalars(agents)
         }
 
