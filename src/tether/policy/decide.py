@@ -17,14 +17,17 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 from prometheus_client import Counter
+from sqlalchemy.orm import Session
 
+from tether.agents import authority
+from tether.agents.authority import Act, Stewards
 from tether.audit.chain import Event
 from tether.audit.events import EventType, NewEvent
-from tether.audit.group import GroupCommitter
+from tether.audit.group import Chain, GroupCommitter
 from tether.clock import Clock, to_micros
 from tether.errors import Forbidden, LedgerUnavailable, ValidationFailed
 from tether.policy.engine import CedarRequest, CompiledPolicies, Effect, Outcome
@@ -159,13 +162,25 @@ def validate_ask(ask: Ask) -> None:
                                field="resource.type")  # fmt: skip
 
 
+class ApprovalCheckpoints(Protocol):
+    """What the decision path needs of the approvals domain (which implements it, and depends
+    on this module, not the other way round): the checkpoint run as a job of the group commit,
+    and the announcement once that commit is durable."""
+
+    def checkpoint(
+        self, s: Session, ask: Ask, decision: Decision, decisions: DecisionService
+    ) -> Chain: ...
+
+    def announce(self, final: Decision, opened: Any) -> None: ...
+
+
 class DecisionService:
     def __init__(
         self,
         runtime: Runtime,
         committer: GroupCommitter,
         clock: Clock,
-        approvals: Any,  # tether.approvals.service.ApprovalService (import cycle)
+        approvals: ApprovalCheckpoints,
     ) -> None:
         self.runtime = runtime
         self.committer = committer
@@ -184,7 +199,9 @@ class DecisionService:
             return
         if asker.role is Role.SUPERVISOR:
             agent = self.runtime.agents.get(subject)
-            if agent is None or asker.id == agent.owner_id or asker.id in agent.supervisors:
+            if agent is None or authority.allows(
+                asker, Act.OPERATE, Stewards(agent.owner_id, agent.supervisors)
+            ):
                 return  # an unknown agent is denied (and recorded) like for anyone
             raise Forbidden(f"you neither own nor supervise agent {subject}", field="subject.id")
         raise Forbidden("auditors read; asking for a decision records it and may use an approval")
