@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from tests.conftest import Backend, make_settings
 from tether.bootstrap import prepare
 from tether.config import Settings
-from tether.container import build_services
+from tether.container import Services, build_services
 from tether.db import migrate
 from tether.errors import ConfigurationError, Unauthenticated
 
@@ -134,3 +134,19 @@ def test_opentelemetry_is_opt_in(make_services: Any, on: bool) -> None:
 
     config = create_app(make_services(opentelemetry=on))._telemetry
     assert (config["tracing"], config["metrics"], config["logs"]) == (on, on, on)
+
+
+def test_every_domain_registers_its_maintenance(services: Services) -> None:
+    """The server's loop runs what the domains declare, in order: the ledger's head first
+    (so a long batch of expiries below is anchored on the next round at the latest)."""
+    assert [t.name for t in services.maintenance] == [
+        "ledger.checkpoint",
+        "keys.rotate",
+        "oauth.purge_replays",
+        "oauth.purge_tokens",
+        "approvals.expire",
+        "agents.expire",
+        "runtime.purge",
+    ]
+    for task in services.maintenance:
+        task.run()  # each is safe to run at any time, on any node

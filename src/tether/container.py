@@ -32,6 +32,7 @@ from tether.credentials.service import CredentialService
 from tether.db import Database
 from tether.db.bulk import insert_rows
 from tether.keyfiles import RootKeys, load_root_keys
+from tether.maintenance import Task
 from tether.policy.decide import DecisionService
 from tether.policy.models import DecisionInputRow
 from tether.policy.service import PolicyService
@@ -59,6 +60,7 @@ class Services:
     decisions: DecisionService
     bearers: Bearers
     notifier: WebhookNotifier
+    maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
         self.committer.close()
@@ -143,6 +145,14 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         committer=committer,
         approvals=approvals,
         decisions=DecisionService(runtime, committer, clock, approvals),
+        maintenance=[
+            *audit.maintenance(),
+            *signing_keys.maintenance(),
+            *oauth.maintenance(),
+            *approvals.maintenance(),
+            *agents.expiry.maintenance(),
+            *runtime.maintenance(),
+        ],
         bearers=bearers,
         notifier=notifier,
         settings=settings,

@@ -28,6 +28,7 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.db import Database
+from tether.maintenance import Task
 from tether.principals import SYSTEM
 from tether.runtime import changes
 
@@ -45,6 +46,9 @@ class AgentExpiry:
         self.ledger = ledger
         self.clock = clock
         self.hooks: list[ExpiryHook] = []
+
+    def maintenance(self) -> list[Task]:
+        return [Task("agents.expire", self.expire_due)]
 
     def expire_due(self) -> int:
         """Maintenance: store the expiry of every agent whose ``expires_at`` has passed;

@@ -30,7 +30,6 @@ from tether.api.routes import (
 from tether.audit.anchoring import maintenance_seconds
 from tether.config import load_settings
 from tether.container import Services, build_services
-from tether.credentials.retention import purge_expired_tokens
 
 log = logging.getLogger("tether.api")
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
@@ -42,27 +41,14 @@ async def _maintenance(services: Services) -> None:
     past their expiry, purge long-expired access token rows. Each step is idempotent under
     the write lock, so nodes running it together do it once."""
     interval = maintenance_seconds(services.settings.checkpoint_every_seconds)
-
-    def purge_tokens() -> int:
-        retention = services.settings.token_retention_seconds
-        return purge_expired_tokens(services.db, now=services.clock.now(),
-                                    retention_seconds=retention)  # fmt: skip
-
     while True:
         await asyncio.sleep(interval)
-        for step in (
-            services.audit.checkpoint_tick,
-            services.signing_keys.rotate_if_due,
-            lambda: services.oauth.replay.purge(int(services.clock.now().timestamp())),
-            services.approvals.expire_due,
-            services.agents.expiry.expire_due,
-            purge_tokens,
-            services.runtime.purge,
-        ):
+        for task in services.maintenance:  # each domain's own (tether.maintenance)
             try:
-                await asyncio.to_thread(step)
+                await asyncio.to_thread(task.run)
             except Exception:  # the loop must survive a transient database outage
-                log.exception("maintenance step failed; retrying in %.0fs", interval)
+                log.exception("maintenance task %s failed; retrying in %.0fs", task.name,
+                              interval)  # fmt: skip
 
 
 def create_app(services: Services) -> FastAPI:

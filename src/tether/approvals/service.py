@@ -34,6 +34,7 @@ from tether.errors import ApprovalNotFound, ApprovalNotPending, Forbidden, Valid
 from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text as dumps
 from tether.jsonutil import loads
+from tether.maintenance import Task
 from tether.pagination import Page, decode_cursor, page_of
 from tether.policy.engine import Effect
 from tether.principals import Principal, Role
@@ -339,6 +340,9 @@ class ApprovalService:
                 EventType.APPROVAL_EXPIRED, "system", agent_id=r.agent_id, action=r.action,
                 resource=loads(r.resource), details={"approval_id": r.id},
             ) for r in rows], now=now)  # fmt: skip
+
+    def maintenance(self) -> builtins.list[Task]:
+        return [Task("approvals.expire", self.expire_due)]
 
     def expire_due(self) -> int:
         """Maintenance: mark every open approval past its expiry as expired (with events)."""

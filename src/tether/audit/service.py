@@ -14,6 +14,7 @@ from tether.audit.witness import HttpWitness
 from tether.clock import Clock, to_micros
 from tether.db import Database
 from tether.errors import Forbidden, NotFound, ValidationFailed
+from tether.maintenance import Task
 from tether.pagination import Page, decode_seq_cursor, page_of
 from tether.principals import Principal, Role
 
@@ -139,6 +140,9 @@ class AuditService:
         return judge_anchoring(
             result, self.ledger.anchor_rule, file, now_us=to_micros(now), since_us=self.started_us
         )
+
+    def maintenance(self) -> list[Task]:
+        return [Task("ledger.checkpoint", self.checkpoint_tick)]
 
     def checkpoint_tick(self) -> Checkpoint | None:
         """Sign the head if the timed rule says so, and retry the witness; run periodically

@@ -25,6 +25,7 @@ from tether.credentials.models import SigningKeyRow
 from tether.db import Database
 from tether.errors import Forbidden
 from tether.jsonutil import canonical_text, loads
+from tether.maintenance import Task
 from tether.pagination import Page, decode_cursor, page_of
 from tether.principals import SYSTEM, Principal
 from tether.secrets.crypto import seal, unseal
@@ -113,6 +114,9 @@ class SigningKeys:
             result = self._rotate(s, actor, now)
         self._snapshot = None
         return result
+
+    def maintenance(self) -> list[Task]:
+        return [Task("keys.rotate", self.rotate_if_due)]
 
     def rotate_if_due(self) -> dict[str, Any] | None:
         """The schedule: rotate when the active key is older than ``rotation_days``."""

@@ -35,9 +35,11 @@ from tether.credentials.errors import (
 from tether.credentials.keys import SigningKeys
 from tether.credentials.models import AccessTokenRow
 from tether.credentials.replay import DatabaseDPoPReplayCache, DatabaseReplayCache
+from tether.credentials.retention import purge_expired_tokens
 from tether.db import Database
 from tether.errors import Forbidden, ValidationFailed
 from tether.ids import IdPrefix, new_id
+from tether.maintenance import Task
 from tether.principals import Principal, Role
 from tether.runtime import changes
 
@@ -418,6 +420,21 @@ class OAuthService:
                 action="oauth.revoke", resource={"type": "AccessToken", "id": row.jti},
                 outcome="success", details={"jti": row.jti, "client_id": row.client_id},
             )], now=now)  # fmt: skip
+
+    def maintenance(self) -> list[Task]:
+        """Spent assertion and DPoP proof ids past their expiry; token rows long expired."""
+
+        def purge_replays() -> int:
+            return self.replay.purge(int(self.clock.now().timestamp()))
+
+        def purge_tokens() -> int:
+            keep = self.settings.token_retention_seconds
+            return purge_expired_tokens(self.db, now=self.clock.now(), retention_seconds=keep)
+
+        return [
+            Task("oauth.purge_replays", purge_replays),
+            Task("oauth.purge_tokens", purge_tokens),
+        ]
 
     def revoke_agent_tokens(
         self, s: Session, agent_ids: list[str], now: datetime

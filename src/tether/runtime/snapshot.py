@@ -30,6 +30,7 @@ from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.clock import Clock, to_micros
 from tether.credentials.models import AccessTokenRow
 from tether.db import Database
+from tether.maintenance import Task
 from tether.policy.engine import CompiledPolicies
 from tether.policy.entities import AgentView, agent_view
 from tether.runtime.changes import Kind, channel
@@ -205,6 +206,9 @@ class Runtime:
             row.id: view_of_row(row, by_roles.get(row.id, ()), by_sups.get(row.id, ()))
             for row in s.scalars(agents)
         }
+
+    def maintenance(self) -> list[Task]:
+        return [Task("runtime.purge", self.purge)]
 
     def purge(self) -> None:
         """Maintenance: forget revoked token ids past their expiry (they fail verification
