@@ -6,7 +6,6 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import Table
@@ -111,8 +110,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     )  # fmt: skip
     oauth = OAuthService(db, ledger, clock, signing_keys, settings,
                          dpop_nonces=_dpop_nonces(settings, keys, "token_endpoint"))  # fmt: skip
-    agents.kill_hooks.append(oauth.revoke_agent_tokens)
-    agents.expiry.hooks.append(oauth.revoke_expired_agent_tokens)
+    agents.cut_offs.append(oauth.revoke_agent_tokens)
     users = UserService(db, ledger, clock)
     policies = PolicyService(db, ledger, clock, memo_capacity=settings.decision_memo_size)
     runtime = Runtime(db, clock, policies.compiled, poll_seconds=settings.runtime_poll_seconds,
@@ -125,8 +123,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         max_pending_per_agent=settings.approval_max_pending_per_agent,
         allow_self_approval=settings.approval_allow_self_approval, public_url=settings.base_url,
     )  # fmt: skip
-    agents.kill_hooks.append(approvals.cancel_for_agents)
-    agents.expiry.hooks.append(partial(approvals.cancel_for_agents, why="expired"))
+    agents.cut_offs.append(approvals.cancel_for_agents)
     bearers = Bearers(
         signing_keys,
         users,

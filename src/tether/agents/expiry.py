@@ -15,13 +15,14 @@ nodes sweeping together expire each agent once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tether.agents.cutoff import CutOff, Why, cut_off
 from tether.agents.models import AgentRow
 from tether.agents.values import EXPIRABLE, Status, expiry_reason, has_expired
 from tether.audit.events import EventType, NewEvent
@@ -32,20 +33,18 @@ from tether.maintenance import Task
 from tether.principals import SYSTEM
 from tether.runtime import changes
 
-# Called inside the expiring transaction with the agent's id; returns what it cut off
-# (e.g. {"tokens": 2}). The credentials domain registers its token revocation here.
-ExpiryHook = Callable[[Session, list[str], datetime], dict[str, int]]
-
 # Agents expired per write transaction: the lock is released between batches.
 BATCH = 500
 
 
 class AgentExpiry:
-    def __init__(self, db: Database, ledger: Ledger, clock: Clock) -> None:
+    def __init__(
+        self, db: Database, ledger: Ledger, clock: Clock, cut_offs: Sequence[CutOff]
+    ) -> None:
         self.db = db
         self.ledger = ledger
         self.clock = clock
-        self.hooks: list[ExpiryHook] = []
+        self.cut_offs = cut_offs  # the agents domain's one list (tether.agents.cutoff)
 
     def maintenance(self) -> list[Task]:
         return [Task("agents.expire", self.expire_due)]
@@ -95,11 +94,9 @@ class AgentExpiry:
             row.status = Status.EXPIRED.value
             row.status_reason = expiry_reason(row.expires_at)
             row.updated_at = now_us
-            cut: dict[str, int] = {}
-            for hook in self.hooks:
-                for key, n in hook(s, [row.id], now).items():
-                    cut[key] = cut.get(key, 0) + n
-            details["cut_off"] = cut
+            details["cut_off"] = cut_off(
+                self.cut_offs, s, [row.id], now, why=Why.EXPIRED, counts={}
+            )
             events.append(NewEvent(
                 EventType.AGENT_EXPIRED, SYSTEM.ref, agent_id=row.id,
                 action=str(EventType.AGENT_EXPIRED), resource={"type": "Agent", "id": row.id},

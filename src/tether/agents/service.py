@@ -9,13 +9,13 @@ themselves.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from tether.agents import authority, edits, read_model
+from tether.agents.cutoff import CutOff, Why, cut_off
 from tether.agents.expiry import AgentExpiry
 from tether.agents.fingerprint import normalize
 from tether.agents.models import AgentRow
@@ -54,10 +54,6 @@ from tether.users.store import DatabaseUserStore
 RECERTIFY_DAYS = {RiskTier.HIGH: 90, RiskTier.LIMITED: 180, RiskTier.MINIMAL: 365}
 MAX_CASCADE = 10_000
 
-# Called inside the kill transaction with the revoked ids; returns what it cut off
-# (e.g. {"tokens": 3}). Later domains (credentials, approvals, secrets) register here.
-KillHook = Callable[[Session, list[str], datetime], dict[str, int]]
-
 
 class AgentService:
     def __init__(self, db: Database, ledger: Ledger, clock: Clock, *, trust_domain: str) -> None:
@@ -67,8 +63,9 @@ class AgentService:
         self.trust_domain = trust_domain
         self.store = DatabaseAgentStore()
         self.users = DatabaseUserStore()
-        self.kill_hooks: list[KillHook] = []
-        self.expiry = AgentExpiry(db, ledger, clock)
+        # Every domain that grants agents something takes it back here (tether.agents.cutoff).
+        self.cut_offs: list[CutOff] = []
+        self.expiry = AgentExpiry(db, ledger, clock, self.cut_offs)
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, actor: Principal, agent_id: str) -> Agent:
@@ -341,10 +338,8 @@ class AgentService:
                         "root": root.id,
                     },
                 )
-            cut: dict[str, int] = {"tokens": 0, "keys": 0, "approvals": 0, "leases": 0}
-            for hook in self.kill_hooks:
-                for key, n in hook(s, revoked, now).items():
-                    cut[key] = cut.get(key, 0) + n
+            counts = {"tokens": 0, "keys": 0, "approvals": 0, "leases": 0}
+            cut = cut_off(self.cut_offs, s, revoked, now, why=Why.KILLED, counts=counts)
             return {"revoked": revoked, "cut_off": cut}
 
     # -- internals -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from tether.agents import authority, directory
 from tether.agents.authority import Act
+from tether.agents.cutoff import Why
 from tether.approvals.models import ApprovalRow
 from tether.approvals.notify import WebhookNotifier
 from tether.audit.chain import Event
@@ -355,10 +356,10 @@ class ApprovalService:
         return len(rows)
 
     def cancel_for_agents(
-        self, s: Session, agent_ids: builtins.list[str], now: datetime, *, why: str = "killed"
+        self, s: Session, agent_ids: builtins.list[str], now: datetime, *, why: Why
     ) -> dict[str, int]:
-        """Kill and expiry hook: the agent's open approvals can never be used (one event
-        each) — not even after an expired agent is extended and resumed."""
+        """Cut-off hook (a kill or an expiry): the agent's open approvals can never be used
+        (one event each) — not even after an expired agent is extended and resumed."""
         if not agent_ids:
             return {"approvals": 0}
         rows = list(s.scalars(select(ApprovalRow).where(

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from tether.agents import authority, directory
 from tether.agents.authority import Act
+from tether.agents.cutoff import Why
 from tether.agents.directory import AgentFacts
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
@@ -437,26 +438,14 @@ class OAuthService:
         ]
 
     def revoke_agent_tokens(
-        self, s: Session, agent_ids: list[str], now: datetime
+        self, s: Session, agent_ids: list[str], now: datetime, *, why: Why
     ) -> dict[str, int]:
-        """Kill hook: every unexpired token of these agents is revoked, inside the kill."""
+        """Cut-off hook (a kill or an expiry): every unexpired token of these agents is
+        revoked inside that transaction, and the change feed names each one, so every worker
+        refuses it at once — also after an expired agent is extended and resumed."""
+        del why  # the same for a kill and an expiry
         if not agent_ids:
             return {"tokens": 0}
-        now_us = to_micros(now)
-        result = s.execute(
-            update(AccessTokenRow)
-            .where(AccessTokenRow.agent_id.in_(agent_ids), AccessTokenRow.revoked_at.is_(None),
-                   AccessTokenRow.expires_at > now_us)
-            .values(revoked_at=now_us)
-        )  # fmt: skip
-        return {"tokens": int(getattr(result, "rowcount", 0) or 0)}
-
-    def revoke_expired_agent_tokens(
-        self, s: Session, agent_ids: list[str], now: datetime
-    ) -> dict[str, int]:
-        """Expiry hook: like the kill hook, and the change feed names each token, because an
-        expired agent can be extended and resumed: its old tokens must stay refused on every
-        worker (the runtime's revoked-jti set), not only at introspection."""
         now_us = to_micros(now)
         jtis = list(s.scalars(
             select(AccessTokenRow.jti)
