@@ -122,7 +122,3 @@ class UseDPoPNonce(InvalidDPoPProof):
             "DPoP-Nonce": self._nonce,
         }
 
-
-# The names the token endpoint's service still converts to; the same classes, not copies.
-InvalidDPoPProofError = InvalidDPoPProof
-UseDPoPNonceError = UseDPoPNonce

@@ -23,15 +23,13 @@ from tether.clock import Clock, to_micros
 from tether.config import Settings
 from tether.credentials import clients, exchange, grants, introspection, tokens
 from tether.credentials.clients import AuthenticatedClient, ClientAuthError
-from tether.credentials.dpop import DEFAULT_ALGS, InvalidDPoPProof, UseDPoPNonce, verify_proof
+from tether.credentials.dpop import DEFAULT_ALGS, UseDPoPNonce, verify_proof
 from tether.credentials.dpop_nonce import DPoPNonces
 from tether.credentials.errors import (
-    InvalidDPoPProofError,
     InvalidGrant,
     InvalidRequest,
     InvalidTarget,
     UnsupportedGrantType,
-    UseDPoPNonceError,
 )
 from tether.credentials.keys import SigningKeys
 from tether.credentials.models import AccessTokenRow
@@ -144,7 +142,7 @@ class OAuthService:
     ) -> dict[str, Any]:
         """Handle a token request. ``dpop`` holds the request's DPoP header values: a valid
         proof binds the token to its key (``cnf.jkt``, ``token_type: DPoP``; RFC 9449 §5).
-        Raises :class:`UseDPoPNonceError` (audited) if nonces are required and the proof has
+        Raises :class:`UseDPoPNonce` (audited) if nonces are required and the proof has
         no valid one: the client retries with :meth:`dpop_nonce_header`'s nonce."""
         cnf_jkt = self._dpop_key(dpop, form, authorization) if dpop else None
         grant = form.get("grant_type")
@@ -342,9 +340,7 @@ class OAuthService:
             )  # fmt: skip
         except UseDPoPNonce as exc:
             self._audit_nonce_refusal(exc, clients.claimed_client_id(form, authorization), now)
-            raise UseDPoPNonceError(exc.message) from exc
-        except InvalidDPoPProof as exc:
-            raise InvalidDPoPProofError(exc.message) from exc
+            raise
         return proof.jkt
 
     def _audit_nonce_refusal(self, exc: UseDPoPNonce, client_id: str | None, now: datetime) -> None:
