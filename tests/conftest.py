@@ -1,14 +1,21 @@
 """Fixtures. Every storage-touching test runs on SQLite and on PostgreSQL.
 
 PostgreSQL comes from ``TETHER_TEST_POSTGRES_URL`` (the Makefile and .ci/run set it); each
-test gets its own schema, migrated from scratch and dropped afterwards. If the variable is
-set and the server is unreachable, the PostgreSQL half fails — it never silently skips.
+test gets its own schema, dropped afterwards. If the variable is set and the server is
+unreachable, the PostgreSQL half fails — it never silently skips.
+
+``backend`` is an empty database: what a first start sees (test_bootstrap_config.py and every
+server process migrate it for real). ``services`` and ``make_services`` first bring it to the
+newest schema from a template built once per test process (:func:`at_head`), so the real
+``prepare()`` finds nothing to migrate; test_schema_template.py holds the template to what a
+migration builds.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from starlette.testclient import TestClient
 
 from tether.api.app import create_app
@@ -24,6 +31,7 @@ from tether.bootstrap import prepare
 from tether.clock import Clock
 from tether.config import Settings
 from tether.container import Services, build_services
+from tether.db import Database, migrate
 
 PG_URL = os.environ.get("TETHER_TEST_POSTGRES_URL", "")
 # What a fresh deployment's ledger holds: system.bootstrapped, key.created (signing keys).
@@ -59,6 +67,85 @@ def backend_for(name: str, tmp: Path) -> Iterator[Backend]:
         admin.dispose()
 
 
+# Where the time of the suite went (2026-12, 2 cores): fsync. Every commit of a test database
+# waits for the disk: SQLite's ``synchronous=FULL`` on the ext4 under /tmp, PostgreSQL's WAL
+# flush (3 ms a commit here, 0.2 ms without). Test databases are thrown away, so their
+# durability buys nothing: temporary directories live in RAM (/dev/shm, tmpfs, where fsync
+# returns at once) and this process's PostgreSQL sessions commit asynchronously. Both are
+# invisible to the code under test: it issues the same pragmas, fsyncs and commits, and a
+# commit is visible to every other session the moment it returns either way (only a crash of
+# the server could lose it). Server and spawned processes are started as in production.
+if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", "/dev/shm")
+
+
+@event.listens_for(Engine, "connect")
+def _commit_asynchronously(dbapi_conn: Any, _record: Any) -> None:
+    if type(dbapi_conn).__module__.startswith("psycopg"):
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET synchronous_commit = off")
+        dbapi_conn.commit()
+
+
+class _Templates:
+    """The newest schema, built once per test process (one per xdist worker) by a real
+    migration and then copied: for SQLite the migrated file, for PostgreSQL the DDL Alembic
+    emits for the same upgrade (offline mode), run in each new schema. A migration per test
+    was ~0.1 s of its setup (and the migration tests still migrate)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self._tmp = tmp
+        self._sqlite: Path | None = None
+        self._postgresql: str | None = None
+
+    def sqlite(self) -> Path:
+        if self._sqlite is None:
+            path = self._tmp / "template.db"
+            db = Database(f"sqlite:///{path}")
+            try:
+                migrate.upgrade(db)
+            finally:
+                db.dispose()  # the last connection closed: the WAL is folded into the file
+            assert not Path(f"{path}-wal").exists()
+            self._sqlite = path
+        return self._sqlite
+
+    def postgresql(self) -> str:
+        if self._postgresql is None:
+            db = Database(PG_URL)
+            try:
+                self._postgresql = migrate.upgrade_script(db)
+            finally:
+                db.dispose()
+        return self._postgresql
+
+
+@pytest.fixture(scope="session")
+def schema_templates(tmp_path_factory: pytest.TempPathFactory) -> _Templates:
+    return _Templates(tmp_path_factory.mktemp("template"))
+
+
+def at_head(backend: Backend, templates: _Templates) -> None:
+    """Bring an empty ``backend`` to the newest schema from the template; a database that
+    already has tables is left alone."""
+    if backend.schema is None:
+        path = Path(backend.url.removeprefix("sqlite:///"))
+        if not path.exists():
+            shutil.copyfile(templates.sqlite(), path)
+        return
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if inspect(conn).get_table_names(schema=backend.schema):
+                return
+            conn.exec_driver_sql(f"SET search_path TO {backend.schema}")
+            # The script is Alembic's own BEGIN ... COMMIT; several statements in one
+            # round trip, so straight to the driver (no parameters to bind).
+            conn.connection.driver_connection.execute(templates.postgresql())  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     with backend_for(request.param, tmp_path) as chosen:
@@ -80,7 +167,10 @@ def settings(backend: Backend, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
+def services(
+    settings: Settings, backend: Backend, schema_templates: _Templates
+) -> Iterator[Services]:
+    at_head(backend, schema_templates)
     svc = build_services(settings)
     prepare(svc)
     try:
@@ -206,7 +296,9 @@ def api(client: TestClient) -> Api:
 
 
 @pytest.fixture
-def make_services(backend: Backend, tmp_path: Path) -> Iterator[Callable[..., Services]]:
+def make_services(
+    backend: Backend, tmp_path: Path, schema_templates: _Templates
+) -> Iterator[Callable[..., Services]]:
     """Build (and bootstrap) services on this test's database with other settings or a clock.
 
     Every call shares the data dir, so all of them use the same keys and admin token.
@@ -214,6 +306,8 @@ def make_services(backend: Backend, tmp_path: Path) -> Iterator[Callable[..., Se
     built: list[Services] = []
 
     def factory(*, clock: Clock | None = None, **extra: object) -> Services:
+        if not built:
+            at_head(backend, schema_templates)
         svc = build_services(make_settings(backend, tmp_path / "data", **extra), clock=clock)
         built.append(svc)
         prepare(svc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 from pathlib import Path
 
 from alembic import command
@@ -31,6 +32,18 @@ def upgrade(db: Database, revision: str = "head") -> None:
         cfg = _config(db)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+
+
+def upgrade_script(db: Database, revision: str = "head") -> str:
+    """The SQL :func:`upgrade` runs on an empty database, as Alembic's offline mode writes it
+    (one ``BEGIN; ... COMMIT;``). Nothing is executed; ``db`` gives the dialect."""
+    out = io.StringIO()
+    cfg = _config(db)
+    cfg.output_buffer = out
+    with db.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision, sql=True)
+    return out.getvalue()
 
 
 def current_revision(db: Database) -> str | None:

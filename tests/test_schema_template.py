@@ -1,0 +1,82 @@
+"""The per-process schema template (conftest ``at_head``) is what a real migration builds.
+
+Most tests start from the template instead of migrating; this holds the two to the same
+tables, columns, defaults, constraints, indexes and Alembic revision on every backend, so a
+new migration the template rendered differently would fail here, not hide elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from tests.conftest import Backend, _Templates, at_head, backend_for
+from tether.db import Database, migrate
+
+
+def _catalog(conn: Connection, schema: str | None) -> list[tuple[Any, ...]]:
+    if schema is None:
+        rows = conn.execute(text("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+        return sorted(tuple(r) for r in rows)
+    queries = [
+        """SELECT 'column', table_name, column_name, ordinal_position, data_type,
+                  character_maximum_length, numeric_precision, is_nullable, column_default
+           FROM information_schema.columns WHERE table_schema = :s""",
+        """SELECT 'constraint', t.relname, c.conname, c.contype, pg_get_constraintdef(c.oid)
+           FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+           JOIN pg_class t ON t.oid = c.conrelid WHERE n.nspname = :s""",
+        """SELECT 'index', tablename, indexname, indexdef
+           FROM pg_indexes WHERE schemaname = :s""",
+        """SELECT 'sequence', sequence_name, data_type, start_value, increment
+           FROM information_schema.sequences WHERE sequence_schema = :s""",
+        """SELECT 'object', c.relname, c.relkind::text FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s""",
+    ]
+    rows = [r for q in queries for r in conn.execute(text(q), {"s": schema})]
+    # Definitions name their schema ("REFERENCES t_1a2b.agents"); the two schemas differ.
+    return sorted(tuple(str(v).replace(f"{schema}.", "") for v in r) for r in rows)
+
+
+def _built(backend: Backend, build: Any) -> tuple[list[tuple[Any, ...]], str | None]:
+    build()
+    db = Database(backend.url, schema=backend.schema)
+    try:
+        with db.engine.connect() as conn:
+            catalog = _catalog(conn, backend.schema)
+        return catalog, migrate.current_revision(db)
+    finally:
+        db.dispose()
+
+
+def test_the_template_is_what_a_migration_builds(
+    backend: Backend, tmp_path: Path, schema_templates: _Templates
+) -> None:
+    def migrated() -> None:
+        db = Database(backend.url, schema=backend.schema)
+        try:
+            migrate.upgrade(db)
+        finally:
+            db.dispose()
+
+    real = _built(backend, migrated)
+    with backend_for(backend.name, tmp_path / "copy") as copy:
+        if copy.name == "sqlite":
+            (tmp_path / "copy").mkdir()
+        from_template = _built(copy, lambda: at_head(copy, schema_templates))
+    assert real[1] == migrate.head_revision()
+    assert len(real[0]) > 50, real[0]  # a whole schema, not two empty ones
+    assert from_template == real
+
+
+def test_a_database_with_tables_is_left_alone(
+    backend: Backend, schema_templates: _Templates
+) -> None:
+    db = Database(backend.url, schema=backend.schema)
+    try:
+        migrate.upgrade(db, "0001")
+        at_head(backend, schema_templates)
+        assert migrate.current_revision(db) == "0001"
+    finally:
+        db.dispose()
