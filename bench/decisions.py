@@ -111,7 +111,7 @@ from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text
 from tether.policy import engine, source
 from tether.policy.decide import Ask, Decision
-from tether.policy.engine import Effect
+from tether.policy.engine import CompiledPolicies, Effect
 from tether.policy.service import BASE_POLICIES, BASE_POLICIES_TEXT
 from tether.principals import Role
 from tether.tables import metadata
@@ -214,6 +214,14 @@ AGENTS = metadata.tables[AgentRow.__tablename__]
 AGENT_ROLES = metadata.tables[AgentRoleRow.__tablename__]
 
 
+def _compiled(svc: Services) -> CompiledPolicies:
+    """The worker's compiled policy version (loading the runtime first if it is not yet)."""
+    svc.runtime.ensure_current()
+    compiled = svc.decisions.runtime.policies
+    assert compiled is not None
+    return compiled
+
+
 def populate(dep: Deployment, sizes: Sizes) -> World:
     """Owners through UserService, agents bulk-inserted, the policies pushed, runtime loaded."""
     svc = dep.services
@@ -263,8 +271,8 @@ def populate(dep: Deployment, sizes: Sizes) -> World:
     progress.finish()
     t0 = time.perf_counter()
     svc.runtime.load()
-    loaded = len(svc.runtime.agents)
-    compiled = svc.runtime.compiled()
+    loaded = len(svc.decisions.runtime.agents)
+    compiled = _compiled(svc)
     note(f"  runtime.load(): {loaded:,} agents, policy {compiled.version} "
          f"({len(compiled.policies)} policies with the base) in "
          f"{time.perf_counter() - t0:.2f} s")  # fmt: skip
@@ -322,7 +330,7 @@ def cedar_entities(svc: Services) -> list[dict[str, Any]]:
     """Every entity plain cedarpy needs for the same decisions: the agents exactly as Tether
     builds them (runtime snapshot), the workload's tools, secrets and datasets (the attributes
     the requests send as properties), and the actions with their groups."""
-    agents = [orjson.loads(v.entity) for v in svc.runtime.agents.values()]
+    agents = [orjson.loads(v.entity) for v in svc.decisions.runtime.agents.values()]
     rest = [
         e for e in make_entities(0, seed=SEED)
         if e["uid"]["type"] not in ("User", "Role", "Agent")
@@ -366,7 +374,7 @@ def run_evaluate(dep: Deployment, world: World, sizes: Sizes, out: InProcess) ->
 
     note(f"[decisions] Tether evaluate: {len(asks):,} requests, first calls (cold), then "
          f"{sizes.eval_runs:,} warm calls without and with the outcome memo")  # fmt: skip
-    compiled = svc.runtime.compiled()
+    compiled = _compiled(svc)
     capacity = compiled.memo_capacity
     out.cold = baselines.time_calls(tether, asks, len(asks), warmup=0)
     # A request never seen before: slices warm, nothing remembered (the memo off).
@@ -525,7 +533,7 @@ def run_decide(
     with svc.db.read() as s:
         before = s.scalar(select(func.count()).select_from(EventRow)) or 0
     batch0 = _batch_stats()
-    compiled = svc.runtime.compiled()
+    compiled = _compiled(svc)
     capacity = compiled.memo_capacity
     compiled.set_memo_capacity(0)  # the asks cycle: every decision by Cedar, not the memo
 
@@ -1499,7 +1507,7 @@ def profile_asgi(dep: Deployment, world: World, sizes: Sizes, count: int) -> str
 
     svc = dep.services
     svc.runtime.start()
-    svc.runtime.compiled().set_memo_capacity(0)  # as the HTTP runs: Cedar decides each one
+    _compiled(svc).set_memo_capacity(0)  # as the HTTP runs: Cedar decides each one
     app = create_app(svc)
     driver = AsgiDriver(app, dep.port)
     admin_token = svc.settings.admin_token_path.read_text().strip()

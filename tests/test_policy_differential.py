@@ -26,13 +26,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from tether.agents.directory import record_of
 from tether.clock import SystemClock
 from tether.errors import PolicyInvalid, ValidationFailed
 from tether.policy import engine, service, slices, source
 from tether.policy.decide import Ask, Decision, DecisionService
 from tether.policy.engine import CompiledPolicies, Effect, Outcome
 from tether.policy.entities import AgentView
-from tether.runtime.snapshot import view_of_row as agent_view
+from tether.policy.runtime import view_of
 
 # A schema with a caller context field, so `context.amount < 100` type-checks (guarded).
 SCHEMA = service.BASE_SCHEMA.replace(
@@ -297,6 +298,11 @@ class Setup:
     lifted_text: str  # the same without the approval forbids
 
 
+def agent_view(row: Any, roles: frozenset[str], supervisors: tuple[str, ...]) -> AgentView:
+    """Tether's view of an agent from its row, as the runtime builds it."""
+    return view_of(record_of(row, roles, supervisors))
+
+
 def oracle_entity(row: SimpleNamespace, roles: frozenset[str]) -> dict[str, Any]:
     """The Cedar entity of an agent, from the schema's description, not from Tether's code."""
     tags = json.loads(row.attributes)
@@ -318,8 +324,7 @@ def setup(document: str, agents: dict[str, Row], schema: str = SCHEMA) -> Setup:
     checked = service.check(document, schema)
     compiled = service.compile_checked("vT", checked)
     views: dict[str, AgentView] = {
-        aid: agent_view(row, roles, ())  # type: ignore[arg-type]
-        for aid, (row, roles) in agents.items()
+        aid: agent_view(row, roles, ()) for aid, (row, roles) in agents.items()
     }
     runtime = SimpleNamespace(
         agents=views,
@@ -707,7 +712,7 @@ def test_a_changed_agent_is_never_answered_from_memory() -> None:
     ask = Ask("a", "tool.call", "Tool", "t0", {})
     assert s.compiled.decide(s.decisions.cedar_request(ask)).effect is Effect.ALLOW
     # the registry drops the role: the runtime's new view of the agent has new entity text
-    s.decisions.runtime.agents["a"] = agent_view(row, frozenset(), ())  # type: ignore[arg-type]
+    s.decisions.runtime.agents["a"] = agent_view(row, frozenset(), ())
     assert s.compiled.decide(s.decisions.cedar_request(ask)).effect is Effect.DENY
     [again] = s.compiled.decide_many([s.decisions.cedar_request(ask)])
     assert again.effect is Effect.DENY

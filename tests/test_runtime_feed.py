@@ -20,6 +20,7 @@ from tests.conftest import Backend
 from tests.serverproc import running_server
 from tether.agents.schemas import AgentCreate
 from tether.container import Services
+from tether.policy.runtime import AgentSection, PolicySection
 from tether.runtime.models import ChangeRow
 from tether.runtime.snapshot import Runtime
 
@@ -101,7 +102,9 @@ def test_old_changes_are_purged_and_a_worker_behind_them_reloads(
         {"name": f"p{i}", "owner": "admin", "purpose": "purge", "risk_tier": "minimal"}
     )).id for i in range(3)]  # fmt: skip
     services.runtime.sync()
-    behind = Runtime(services.db, services.clock, services.policies.compiled)
+    behind = Runtime(services.db, services.clock)
+    behind_agents = AgentSection()
+    behind.register(behind_agents, PolicySection(services.policies.compiled))
     services.db.after_change.remove(behind.sync)  # a worker in another process: no hook
     behind.load()
     services.agents.suspend(admin, made[0], reason="while the other worker was away")
@@ -112,8 +115,8 @@ def test_old_changes_are_purged_and_a_worker_behind_them_reloads(
     with services.db.read() as s:
         left = s.scalars(select(ChangeRow.seq)).all()
     assert left == [services.runtime.last_seq]  # only the newest row stays
-    assert behind.agents[made[0]].status == "active"  # it missed the suspension...
+    assert behind_agents.views[made[0]].status == "active"  # it missed the suspension...
     behind.last_seq = 1  # ...and the rows that told of it are gone
     behind.sync()
-    assert behind.agents[made[0]].status == "suspended"  # it reloaded everything
+    assert behind_agents.views[made[0]].status == "suspended"  # it reloaded everything
     assert behind.last_seq == services.runtime.last_seq

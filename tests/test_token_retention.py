@@ -80,12 +80,12 @@ def test_rows_expired_beyond_the_retention_are_purged(
     services.oauth.revoke(live, None, "system")
     assert services.oauth.introspect(live, SYSTEM) == {"active": False}
     services.runtime.sync()
-    assert live_jti in services.runtime.revoked_jtis
+    assert live_jti in services.decisions.runtime.revoked_jtis
 
     # Past the retention of the rest, everything goes; the runtime forgets the revoked id.
     clock.advance(300 + RETAIN + 1)
     services.runtime.purge()
-    assert live_jti not in services.runtime.revoked_jtis
+    assert live_jti not in services.decisions.runtime.revoked_jtis
     assert _purge(services) == 2
     assert _jtis(services) == set()
     # The ledger still holds every issuance.

@@ -27,6 +27,7 @@ from tether.credentials.bearer import Bearers
 from tether.credentials.dpop_nonce import DPoPNonces, Purpose
 from tether.credentials.keys import SigningKeys
 from tether.credentials.oauth import OAuthService
+from tether.credentials.runtime import RevokedTokens
 from tether.credentials.service import CredentialService
 from tether.db import Database
 from tether.db.bulk import insert_rows
@@ -34,8 +35,10 @@ from tether.keyfiles import RootKeys, load_root_keys
 from tether.maintenance import Task
 from tether.policy.decide import DecisionService
 from tether.policy.models import DecisionInputRow
+from tether.policy.runtime import AgentSection, DecisionSnapshot, PolicySection
 from tether.policy.service import PolicyService
 from tether.runtime.snapshot import Runtime
+from tether.users.runtime import UserSection
 from tether.users.service import UserService
 
 
@@ -113,8 +116,13 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     agents.cut_offs.append(oauth.revoke_agent_tokens)
     users = UserService(db, ledger, clock)
     policies = PolicyService(db, ledger, clock, memo_capacity=settings.decision_memo_size)
-    runtime = Runtime(db, clock, policies.compiled, poll_seconds=settings.runtime_poll_seconds,
+    runtime = Runtime(db, clock, poll_seconds=settings.runtime_poll_seconds,
                       stale_seconds=settings.runtime_stale_seconds)  # fmt: skip
+    # Each domain's part of the runtime snapshot (tether.runtime.sections).
+    agent_views, known_users = AgentSection(), UserSection()
+    revoked, compiled = RevokedTokens(), PolicySection(policies.compiled)
+    runtime.register(agent_views, known_users, revoked, compiled)
+    snapshot = DecisionSnapshot(runtime, agent_views, known_users, revoked, compiled)
     committer = GroupCommitter(db, ledger, clock, max_batch=settings.decision_batch_max,
                                attach=_record_inputs)  # fmt: skip
     notifier = WebhookNotifier(settings.approval_webhooks, _webhook_secret(settings, keys))
@@ -127,7 +135,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     bearers = Bearers(
         signing_keys,
         users,
-        runtime,
+        known_users,
         clock,
         issuer=oauth.endpoints.issuer,
         replay=oauth.dpop_replay,
@@ -141,7 +149,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         runtime=runtime,
         committer=committer,
         approvals=approvals,
-        decisions=DecisionService(runtime, committer, clock, approvals),
+        decisions=DecisionService(snapshot, committer, clock, approvals),
         maintenance=[
             *audit.maintenance(),
             *signing_keys.maintenance(),

@@ -9,14 +9,16 @@ in :mod:`tether.agents.authority`.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from tether.agents.authority import Liveness, Stewards
-from tether.agents.models import AgentRow, AgentSupervisorRow
+from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.db.text import unstorable
 from tether.jsonutil import loads
 
@@ -75,3 +77,49 @@ def liveness(s: Session, agent_ids: Collection[str]) -> dict[str, Liveness]:
         AgentRow.id.in_(list(agent_ids))
     )
     return {agent_id: Liveness(status, expires) for agent_id, status, expires in s.execute(q)}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An agent as the decision path needs it, in plain values: who it is, what it is, who
+    answers for it, its roles and its registry attributes."""
+
+    id: str
+    name: str
+    owner_id: str
+    purpose: str
+    risk_tier: str
+    status: str
+    attributes: dict[str, Any]
+    expires_at: int | None
+    roles: tuple[str, ...]
+    supervisors: tuple[str, ...]
+
+
+def records(s: Session, agent_ids: Collection[str] | None = None) -> list[AgentRecord]:
+    """Every agent (or those of ``agent_ids`` that exist), with its roles and supervisors, in
+    three queries whatever the number."""
+    agents = select(AgentRow)
+    roles = select(AgentRoleRow.agent_id, AgentRoleRow.role)
+    sups = select(AgentSupervisorRow.agent_id, AgentSupervisorRow.user_id)
+    if agent_ids is not None:
+        ids = list(agent_ids)
+        agents = agents.where(AgentRow.id.in_(ids))
+        roles = roles.where(AgentRoleRow.agent_id.in_(ids))
+        sups = sups.where(AgentSupervisorRow.agent_id.in_(ids))
+    by_roles: dict[str, list[str]] = {}
+    for agent_id, role in s.execute(roles):
+        by_roles.setdefault(agent_id, []).append(role)
+    by_sups: dict[str, list[str]] = {}
+    for agent_id, user_id in s.execute(sups):
+        by_sups.setdefault(agent_id, []).append(user_id)
+    return [record_of(row, by_roles.get(row.id, ()), by_sups.get(row.id, ()))
+            for row in s.scalars(agents)]  # fmt: skip
+
+
+def record_of(row: Any, roles: Iterable[str], supervisors: Iterable[str]) -> AgentRecord:
+    """The record of a registry row (anything with its columns)."""
+    return AgentRecord(
+        row.id, row.name, row.owner_id, row.purpose, row.risk_tier, row.status,
+        orjson.loads(row.attributes or "{}"), row.expires_at, tuple(roles), tuple(supervisors),
+    )  # fmt: skip

@@ -20,7 +20,7 @@ from tether.credentials.keys import SigningKeys
 from tether.credentials.replay import DatabaseDPoPReplayCache
 from tether.errors import Unauthenticated
 from tether.principals import Principal, Role
-from tether.runtime.snapshot import Runtime
+from tether.users.runtime import UserSection
 from tether.users.service import TOKEN_PREFIX, UserService, token_digest
 
 _CACHE_MAX = 50_000
@@ -62,7 +62,7 @@ class Bearers:
         self,
         keys: SigningKeys,
         users: UserService,
-        runtime: Runtime,
+        known_users: UserSection,
         clock: Clock,
         *,
         issuer: str,
@@ -72,7 +72,7 @@ class Bearers:
     ) -> None:
         self.keys = keys
         self.users = users
-        self.runtime = runtime
+        self.known_users = known_users  # the runtime's section: who exists, tokens checked
         self.clock = clock
         self.issuer = issuer
         self.replay = replay
@@ -84,20 +84,18 @@ class Bearers:
     def needs_database(self, token: str) -> bool:
         """Whether authenticating ``token`` would read the database (a user token this worker
         has not seen since the users last changed): async callers then run it in a thread."""
-        return (
-            token.startswith(TOKEN_PREFIX) and token_digest(token) not in self.runtime.user_tokens
-        )
+        return token.startswith(TOKEN_PREFIX) and token_digest(token) not in self.known_users.tokens
 
     def user(self, token: str) -> Principal:
         digest = token_digest(token)
         now_us = to_micros(self.clock.now())
-        hit = self.runtime.user_tokens.get(digest)
+        hit = self.known_users.tokens.get(digest)
         if hit is not None and (hit[1] is None or hit[1] > now_us):
-            view = self.runtime.users.get(hit[0])
+            view = self.known_users.views.get(hit[0])
             if view is not None:
                 return Principal("user", view.id, view.username, Role(view.role))
         principal, expires_at = self.users.authenticate_with_expiry(token)
-        self.runtime.user_tokens[digest] = (principal.id, expires_at)
+        self.known_users.tokens[digest] = (principal.id, expires_at)
         return principal
 
     def agent_claims(self, token: str) -> dict[str, Any]:

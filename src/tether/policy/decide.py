@@ -32,8 +32,8 @@ from tether.clock import Clock, to_micros
 from tether.errors import Forbidden, LedgerUnavailable, ValidationFailed
 from tether.policy.engine import CedarRequest, CompiledPolicies, Effect, Outcome
 from tether.policy.entities import AgentView
+from tether.policy.runtime import DecisionSnapshot
 from tether.principals import Principal, Role
-from tether.runtime.snapshot import Runtime
 
 log = logging.getLogger("tether.policy.decide")
 DECISIONS = Counter("tether_decisions", "Decisions answered", ["decision"])
@@ -177,7 +177,7 @@ class ApprovalCheckpoints(Protocol):
 class DecisionService:
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: DecisionSnapshot,
         committer: GroupCommitter,
         clock: Clock,
         approvals: ApprovalCheckpoints,
