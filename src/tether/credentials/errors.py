@@ -121,4 +121,3 @@ class UseDPoPNonce(InvalidDPoPProof):
             'server requires nonce in DPoP proof"',
             "DPoP-Nonce": self._nonce,
         }
-
