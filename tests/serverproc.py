@@ -37,44 +37,84 @@ def server_env(backend: Backend, data_dir: Path, port: int) -> dict[str, str]:
     return env
 
 
+# A port is picked free but bound only later, by the server: another process may take it in
+# between. The server then exits saying so and is started again on another port.
+_PORT_ATTEMPTS = 5
+_PORT_TAKEN = "address already in use"
+
+
+def _ours(url: str, token_file: Path) -> bool:
+    """Whether the server answering at ``url`` is this deployment's: the one that knows the
+    admin token its first start wrote (someone else's server on a port taken in between
+    answers /readyz too)."""
+    try:
+        token = token_file.read_text().strip()
+        me = httpx.get(f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        return me.status_code == 200 and me.json()["username"] == "admin"
+    except (OSError, httpx.TransportError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, workdir: Path) -> bool:
+    """True once the server at ``url`` is ready and ours; False if it exited because its port
+    was taken; raises if it exited otherwise or is not ready within a minute."""
+    log = workdir / "server.log"
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            text = log.read_text()
+            if _PORT_TAKEN in text:
+                return False
+            raise RuntimeError(text)
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            ready = False
+        if ready and _ours(url, workdir / ".tether" / "admin.token"):
+            return True
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not become ready:\n" + log.read_text())
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def running_server(
     backend: Backend, workdir: Path, *, workers: int = 1
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """Yield ``(base_url, env)`` once ``/readyz`` answers; stop the server afterwards."""
-    port = free_port()
-    env = server_env(backend, workdir / ".tether", port)
-    log = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tether", "serve", "--workers", str(workers)],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    for _attempt in range(_PORT_ATTEMPTS):
+        port = free_port()
+        env = server_env(backend, workdir / ".tether", port)
+        url = f"http://127.0.0.1:{port}"
+        with (workdir / "server.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tether", "serve", "--workers", str(workers)],
+                cwd=workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            ready = _wait_ready(proc, url, workdir)
+        except BaseException:
+            _stop(proc)
+            raise
+        if ready:
+            break
+        _stop(proc)
+    else:
+        raise RuntimeError(f"no free port in {_PORT_ATTEMPTS} attempts")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((workdir / "server.log").read_text())
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    "server did not become ready:\n" + (workdir / "server.log").read_text()
-                )
-            time.sleep(0.2)
         yield url, env
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        _stop(proc)
