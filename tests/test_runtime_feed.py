@@ -8,6 +8,7 @@ decisions from many clients all land in one verified chain (group commit per wor
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,34 @@ def _decide(url: str, headers: dict[str, str], agent: str) -> dict[str, Any]:
     return out
 
 
+Answers = list[dict[str, Any]]
+
+
+def _once_every_worker_knows(
+    url: str,
+    headers: dict[str, str],
+    agent: str,
+    knows: Callable[[Answers], bool],
+    every_answer: Answers,
+) -> Answers:
+    """Rounds of 24 concurrent decisions until one round is all ``knows``; returns that round.
+
+    A change must reach every worker within ``POLL_BOUND``: a round begun after the bound
+    that is not all ``knows`` fails. Every answer is appended to ``every_answer`` (each is an
+    event of the chain the test reads back).
+    """
+    deadline = time.monotonic() + POLL_BOUND
+    while True:
+        late = time.monotonic() > deadline
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: _decide(url, headers, agent), range(24)))
+        every_answer += answers
+        if knows(answers):
+            return answers
+        assert not late, answers
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_a_change_reaches_every_worker(backend: Backend, tmp_path: Path) -> None:
     with running_server(backend, tmp_path, workers=2) as (url, _env):
@@ -50,18 +79,25 @@ def test_a_change_reaches_every_worker(backend: Backend, tmp_path: Path) -> None
             calls = '@id("calls") permit(principal, action == Action::"tool.call", resource);'
             pushed = c.put("/v1/policies", json={"policies": calls})
             assert pushed.json()["version"] == "v1"
-        time.sleep(POLL_BOUND)
-        with ThreadPoolExecutor(8) as pool:
-            before = list(pool.map(lambda _: _decide(url, headers, agent_id), range(24)))
+        decided: Answers = []
+
+        def v1_allows(answers: Answers) -> bool:
+            return {(d["decision"], d["context"]["policy_version"]) for d in answers} == {
+                (True, "v1")
+            }
+
+        before = _once_every_worker_knows(url, headers, agent_id, v1_allows, decided)
         assert {(d["decision"], d["context"]["policy_version"]) for d in before} == {(True, "v1")}
 
         with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
             c.post(
                 f"/v1/agents/{agent_id}/suspend", json={"reason": "feed test"}
             ).raise_for_status()
-        time.sleep(POLL_BOUND)
-        with ThreadPoolExecutor(8) as pool:
-            after = list(pool.map(lambda _: _decide(url, headers, agent_id), range(24)))
+
+        def suspended(answers: Answers) -> bool:
+            return all(d["decision"] is False for d in answers)
+
+        after = _once_every_worker_knows(url, headers, agent_id, suspended, decided)
         assert all(d["decision"] is False for d in after)
         assert {tuple(d["context"]["reasons"]) for d in after} == {("tether.agent-not-active",)}
 
@@ -71,17 +107,22 @@ def test_a_change_reaches_every_worker(backend: Backend, tmp_path: Path) -> None
                 "/v1/policies",
                 json={"policies": '@id("nothing") forbid(principal, action, resource);'},
             )
-        time.sleep(POLL_BOUND)
-        with ThreadPoolExecutor(8) as pool:
-            later = list(pool.map(lambda _: _decide(url, headers, agent_id), range(24)))
+
+        def resumed_under_v2(answers: Answers) -> bool:
+            return {(d["decision"], d["context"]["policy_version"]) for d in answers} == {
+                (False, "v2")
+            }
+
+        later = _once_every_worker_knows(url, headers, agent_id, resumed_under_v2, decided)
         assert {(d["decision"], d["context"]["policy_version"]) for d in later} == {(False, "v2")}
         assert {tuple(d["context"]["reasons"]) for d in later} == {("nothing",)}
 
-        # 72 answers, each a durable event of one chain written by two group committers.
+        # Every answer (72 or more), each a durable event of one chain written by two group
+        # committers.
         with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
             verified = c.get("/v1/audit/verify").json()
             assert verified["ok"] is True, verified
-            ids = {d["context"]["event_id"] for d in before + after + later}
+            ids = {d["context"]["event_id"] for d in decided}
             seen: set[str] = set()
             cursor = None
             while True:
