@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, text
 from starlette.testclient import TestClient
 
 from tether.api.app import create_app
@@ -129,6 +129,7 @@ class _Templates:
         self._tmp = tmp
         self._sqlite: Path | None = None
         self._postgresql: str | None = None
+        self._admin: Engine | None = None
 
     def sqlite(self) -> Path:
         if self._sqlite is None:
@@ -151,10 +152,21 @@ class _Templates:
                 db.dispose()
         return self._postgresql
 
+    def admin(self) -> Engine:
+        if self._admin is None:
+            self._admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", pool_size=1)
+        return self._admin
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.dispose()
+
 
 @pytest.fixture(scope="session")
-def schema_templates(tmp_path_factory: pytest.TempPathFactory) -> _Templates:
-    return _Templates(tmp_path_factory.mktemp("template"))
+def schema_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Templates]:
+    templates = _Templates(tmp_path_factory.mktemp("template"))
+    yield templates
+    templates.close()
 
 
 def at_head(backend: Backend, templates: _Templates) -> None:
@@ -165,17 +177,18 @@ def at_head(backend: Backend, templates: _Templates) -> None:
         if not path.exists():
             shutil.copyfile(templates.sqlite(), path)
         return
-    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            if inspect(conn).get_table_names(schema=backend.schema):
-                return
-            conn.exec_driver_sql(f"SET search_path TO {backend.schema}")
-            # The script is Alembic's own BEGIN ... COMMIT; several statements in one
-            # round trip, so straight to the driver (no parameters to bind).
-            conn.connection.driver_connection.execute(templates.postgresql())  # type: ignore[union-attr]
-    finally:
-        engine.dispose()
+    script = templates.postgresql()
+    with templates.admin().connect() as conn:
+        tables = text("SELECT count(*) FROM pg_tables WHERE schemaname = :s")
+        if conn.execute(tables, {"s": backend.schema}).scalar_one():
+            return
+        conn.exec_driver_sql(f"SET search_path TO {backend.schema}")
+        try:
+            # The script is Alembic's own BEGIN ... COMMIT; several statements in one round
+            # trip, so straight to the driver (no parameters to bind).
+            conn.connection.driver_connection.execute(script)  # type: ignore[union-attr]
+        finally:
+            conn.exec_driver_sql("RESET search_path")
 
 
 @pytest.fixture(params=BACKENDS)
