@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
-
-from sqlalchemy import Table
-from sqlalchemy.orm import Session
 
 from tether.agents.service import AgentService
 from tether.approvals.notify import WebhookNotifier
 from tether.approvals.service import ApprovalService
-from tether.audit.chain import Event
 from tether.audit.checkpoint_file import CheckpointFile
 from tether.audit.group import GroupCommitter
 from tether.audit.ledger import Ledger
@@ -30,11 +24,10 @@ from tether.credentials.oauth import OAuthService
 from tether.credentials.runtime import RevokedTokens
 from tether.credentials.service import CredentialService
 from tether.db import Database
-from tether.db.bulk import insert_rows
 from tether.keyfiles import RootKeys, load_root_keys
 from tether.maintenance import Task
 from tether.policy.decide import DecisionService
-from tether.policy.models import DecisionInputRow
+from tether.policy.inputs import record_inputs
 from tether.policy.runtime import AgentSection, DecisionSnapshot, PolicySection
 from tether.policy.service import PolicyService
 from tether.runtime.snapshot import Runtime
@@ -71,13 +64,6 @@ class Services:
         self.runtime.stop()
         self.notifier.close()
         self.db.dispose()
-
-
-_INPUTS = cast(Table, DecisionInputRow.__table__)
-
-
-def _record_inputs(s: Session, chained: Sequence[tuple[Event, Any]]) -> None:
-    insert_rows(s, _INPUTS, [(ev.seq, att) for ev, att in chained if att is not None])
 
 
 def _webhook_secret(settings: Settings, keys: RootKeys) -> bytes:
@@ -124,7 +110,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     runtime.register(agent_views, known_users, revoked, compiled)
     snapshot = DecisionSnapshot(runtime, agent_views, known_users, revoked, compiled)
     committer = GroupCommitter(db, ledger, clock, max_batch=settings.decision_batch_max,
-                               attach=_record_inputs)  # fmt: skip
+                               attach=record_inputs)  # fmt: skip
     notifier = WebhookNotifier(settings.approval_webhooks, _webhook_secret(settings, keys))
     approvals = ApprovalService(
         db, ledger, clock, notifier, ttl_seconds=settings.approval_ttl_seconds,
