@@ -110,9 +110,9 @@ from tether.credentials.bearer import Caller
 from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text
 from tether.policy import engine, source
-from tether.policy.decide import Ask, Decision
-from tether.policy.engine import CompiledPolicies, Effect
+from tether.policy.engine import CompiledPolicies
 from tether.policy.service import BASE_POLICIES, BASE_POLICIES_TEXT
+from tether.policy.values import Ask, Decision, Effect
 from tether.principals import Role
 from tether.tables import metadata
 

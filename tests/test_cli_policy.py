@@ -25,9 +25,10 @@ from tests.serverproc import running_server
 from tether.cli.client import ApiClient
 from tether.cli.policy import load_cases, problem_lines
 from tether.policy.cases import Case, agent_view_of, run_case
-from tether.policy.decide import Ask, DecisionService, cedar_request
+from tether.policy.decide import DecisionService, cedar_request
 from tether.policy.entities import AgentView
 from tether.policy.service import check, compile_checked
+from tether.policy.values import Ask
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LOCAL_ENV = {"PATH": "/usr/bin:/bin", "TETHER_URL": "http://127.0.0.1:9"}  # no server there

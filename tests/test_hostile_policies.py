@@ -31,10 +31,11 @@ from tether.clock import to_micros
 from tether.container import Services
 from tether.errors import PolicyInvalid
 from tether.policy import limits, source
-from tether.policy.decide import Ask, cedar_request
+from tether.policy.decide import cedar_request
 from tether.policy.entities import AgentView
 from tether.policy.models import PolicyVersionRow
 from tether.policy.service import BASE_SCHEMA, check, compile_checked
+from tether.policy.values import Ask
 from tether.principals import SYSTEM
 
 LEVELS = [100, 1_000, 100_000]

@@ -49,7 +49,7 @@ from tether.agents.schemas import AgentCreate
 from tether.api.app import create_app
 from tether.container import Services
 from tether.errors import Unauthenticated
-from tether.policy.decide import Ask
+from tether.policy.values import Ask
 from tether.principals import SYSTEM, Role
 
 SEED = 20_261_129

@@ -30,10 +30,11 @@ from tether.agents.directory import record_of
 from tether.clock import SystemClock
 from tether.errors import PolicyInvalid, ValidationFailed
 from tether.policy import engine, service, slices, source
-from tether.policy.decide import Ask, Decision, DecisionService
-from tether.policy.engine import CompiledPolicies, Effect, Outcome
+from tether.policy.decide import DecisionService
+from tether.policy.engine import CompiledPolicies, Outcome
 from tether.policy.entities import AgentView
 from tether.policy.runtime import view_of
+from tether.policy.values import Ask, Decision, Effect
 
 # A schema with a caller context field, so `context.amount < 100` type-checks (guarded).
 SCHEMA = service.BASE_SCHEMA.replace(

@@ -37,11 +37,12 @@ from tether.jsonutil import canonical_text as dumps
 from tether.jsonutil import loads
 from tether.maintenance import Task
 from tether.pagination import Page, decode_cursor, page_of
-from tether.policy.engine import Effect
+from tether.policy.values import Effect
 from tether.principals import Principal, Role
 
 if TYPE_CHECKING:
-    from tether.policy.decide import Ask, Decision, DecisionService
+    from tether.policy.decide import DecisionService
+    from tether.policy.values import Ask, Decision
 
 APPROVALS = Counter("tether_approvals", "Approval state changes", ["to"])
 FLOOD = "tether.approval-flood"

@@ -14,17 +14,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tether.errors import TetherError
-from tether.policy.decide import (
+from tether.policy.decide import cedar_request, decision_from_outcome
+from tether.policy.engine import CompiledPolicies
+from tether.policy.entities import AgentView, agent_view
+from tether.policy.values import (
     INACTIVE_AGENT,
     UNKNOWN_ACTION,
     Ask,
-    cedar_request,
     check_cedar_value,
-    decision_from_outcome,
     validate_ask,
 )
-from tether.policy.engine import CompiledPolicies
-from tether.policy.entities import AgentView, agent_view
 
 
 class _Strict(BaseModel):

@@ -28,7 +28,6 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import cedarpy
@@ -46,6 +45,7 @@ from tether.policy.slices import (
     scope_uids,
 )
 from tether.policy.source import Policy, to_cedar_json
+from tether.policy.values import Effect
 
 _SLICE_CACHE_MAX = 16_384
 _PRINCIPAL_CACHE_MAX = 20_000  # ~4 KB each
@@ -54,12 +54,6 @@ _MEMO_MAX_INPUT = 2_048  # a longer context + resource entity is decided every t
 _MEMO_MAX_BYTES = 16 * 1024 * 1024  # the inputs' text the memo may hold (cleared when over)
 _ESCAPE = '"__'  # Cedar JSON's escapes: {"__entity": ...}, {"__extn": ...}
 _ERRORED_POLICY = re.compile(r"while evaluating policy `([^`]+)`")
-
-
-class Effect(StrEnum):
-    ALLOW = "allow"
-    DENY = "deny"
-    APPROVAL_REQUIRED = "approval_required"
 
 
 @dataclass(frozen=True, slots=True)

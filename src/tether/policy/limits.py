@@ -34,7 +34,7 @@ levels with a 422 instead. The tests decide a policy at these bounds on a thread
 1 MiB stack.
 
 Values inside requests (resource properties, context, agent attributes) are bounded
-separately, by :func:`tether.policy.decide.check_cedar_value` (16 levels; Cedar's own JSON
+separately, by :func:`tether.policy.values.check_cedar_value` (16 levels; Cedar's own JSON
 reader stops at 128), and the size of a whole document by the API's request models.
 """
 

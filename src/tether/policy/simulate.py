@@ -22,9 +22,10 @@ from tether.clock import from_micros, to_micros
 from tether.db import Database
 from tether.errors import Forbidden, ValidationFailed
 from tether.jsonutil import loads
-from tether.policy.decide import Ask, DecisionService, decision_from_outcome
+from tether.policy.decide import DecisionService, decision_from_outcome
 from tether.policy.engine import CompiledPolicies
 from tether.policy.models import DecisionInputRow
+from tether.policy.values import Ask
 from tether.principals import Principal, Role
 
 MAX_REPLAY = 100_000

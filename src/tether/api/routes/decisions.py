@@ -26,8 +26,8 @@ from tether.api.errors import responses
 from tether.credentials.bearer import Caller
 from tether.errors import ValidationFailed
 from tether.fields import NO_NUL, SAFE_INT, integral
-from tether.policy.decide import RESERVED_CONTEXT, Ask, DecisionService, validate_ask
-from tether.policy.engine import Effect
+from tether.policy.decide import DecisionService
+from tether.policy.values import RESERVED_CONTEXT, Ask, Effect, validate_ask
 
 router = APIRouter(tags=["decisions"])
 
