@@ -70,9 +70,7 @@ def test_the_template_is_what_a_migration_builds(
     assert from_template == real
 
 
-def test_a_migrated_database_is_left_alone(
-    backend: Backend, schema_templates: _Templates
-) -> None:
+def test_a_migrated_database_is_left_alone(backend: Backend, schema_templates: _Templates) -> None:
     db = Database(backend.url, schema=backend.schema)
     try:
         migrate.upgrade(db, "0001")
