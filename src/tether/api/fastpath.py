@@ -23,9 +23,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.api import errors
-from tether.api.routes import decisions as routes
 from tether.container import Services
 from tether.errors import TetherError, Unauthenticated
+from tether.policy import authzen
 
 _SINGLE = "/access/v1/evaluation"
 _BATCH = "/access/v1/evaluations"
@@ -92,11 +92,11 @@ class DecisionFastPath:
         else:
             who = authenticate()
         if path == _SINGLE:
-            ev = routes.Evaluation.model_validate_json(body)
-            decision = await svc.decisions.decide(routes.ask_of(ev, who, svc.decisions))
+            ev = authzen.Evaluation.model_validate_json(body)
+            decision = await svc.decisions.decide(authzen.ask_of(ev, who, svc.decisions))
             return _json(decision.to_authzen())
-        batch = routes.Evaluations.model_validate_json(body)
-        asks, stop = routes.batch_asks(batch, who, svc.decisions)
+        batch = authzen.Evaluations.model_validate_json(body)
+        asks, stop = authzen.batch_asks(batch, who, svc.decisions)
         answers = await svc.decisions.decide_many(asks, stop_on=stop)
         return _json({"evaluations": [d.to_authzen() for d in answers]})
 
