@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -48,21 +46,14 @@ async def caller(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """A human (user token) or an agent (access token; ``DPoP`` scheme for bound tokens)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if creds is None and scheme.lower() != "dpop":
-        raise Unauthenticated("send 'Authorization: Bearer <token>' (a user or agent token)")
-    if scheme.lower() not in ("bearer", "dpop") or not token:
-        raise Unauthenticated("send 'Authorization: Bearer <token>' (a user or agent token)")
+    """A human (user token) or an agent (access token; ``DPoP`` scheme for bound tokens):
+    :meth:`Bearers.authenticate_request`, as every transport asks it."""
+    del creds  # declares the security scheme in the document; the header is read whole below
     svc: Services = request.app.state.services
-    url = f"{svc.settings.base_url}{request.url.path}"
-    authenticate = partial(svc.bearers.authenticate, scheme, token, method=request.method,
-                           url=url, proofs=request.headers.getlist("dpop"))  # fmt: skip
-    if svc.bearers.needs_database(token):
-        return await asyncio.to_thread(authenticate)
-    return authenticate()
+    return await svc.bearers.authenticate_request(
+        request.headers.get("authorization", ""), method=request.method,
+        url=f"{svc.settings.base_url}{request.url.path}", proofs=request.headers.getlist("dpop"),
+    )  # fmt: skip
 
 
 CallerDep = Annotated[Caller, Depends(caller)]

@@ -12,9 +12,7 @@ path or method, a body that is not JSON) go on to FastAPI untouched.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import orjson
@@ -24,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.api import errors
 from tether.container import Services
-from tether.errors import TetherError, Unauthenticated
+from tether.errors import TetherError
 from tether.policy import authzen
 
 _SINGLE = "/access/v1/evaluation"
@@ -39,7 +37,6 @@ class _Route:
 
 
 _ROUTES = {_SINGLE: _Route(_SINGLE), _BATCH: _Route(_BATCH)}
-_NO_TOKEN = "send 'Authorization: Bearer <token>' (a user or agent token)"  # noqa: S105 - a message
 
 
 class DecisionFastPath:
@@ -78,19 +75,10 @@ class DecisionFastPath:
     async def _answer(
         self, scope: Scope, path: str, authorization: str, proofs: list[str], body: bytes
     ) -> Response:
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() not in ("bearer", "dpop") or not token:
-            raise Unauthenticated(_NO_TOKEN)
         svc = self.services
-        authenticate = partial(
-            svc.bearers.authenticate,
-            scheme, token, method="POST", url=f"{svc.settings.base_url}{path}", proofs=proofs,
-        )  # fmt: skip
-        if svc.bearers.needs_database(token):
-            who = await asyncio.to_thread(authenticate)  # once per user token and worker
-        else:
-            who = authenticate()
+        who = await svc.bearers.authenticate_request(
+            authorization, method="POST", url=f"{svc.settings.base_url}{path}", proofs=proofs
+        )
         if path == _SINGLE:
             ev = authzen.Evaluation.model_validate_json(body)
             decision = await svc.decisions.decide(authzen.ask_of(ev, who, svc.decisions))

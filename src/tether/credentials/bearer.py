@@ -8,9 +8,11 @@ whenever a user token is revoked.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from tether.clock import Clock, to_micros
@@ -25,6 +27,8 @@ from tether.users.service import TOKEN_PREFIX, UserService, token_digest
 
 _CACHE_MAX = 50_000
 _ALGS = " ".join(sorted(dpop.DEFAULT_ALGS))
+
+NO_TOKEN = "send 'Authorization: Bearer <token>' (a user or agent token)"  # noqa: S105 - a message
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,24 @@ class Bearers:
                         self._claims.clear()
                 self._claims[token] = claims
         return claims
+
+    async def authenticate_request(
+        self, authorization: str, *, method: str, url: str, proofs: Sequence[str]
+    ) -> Caller:
+        """The caller of a request, from its ``Authorization`` header (``Bearer`` or ``DPoP``),
+        its method, URL and ``DPoP`` proofs; :class:`Unauthenticated` (which knows its 401 and
+        challenge) otherwise. The one way in for every transport: the API's routes, the
+        decision fast path and, next, the MCP gateway. A user token this worker has not seen
+        since the users last changed is checked in a thread (a database read); everything else
+        is answered from memory."""
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() not in ("bearer", "dpop") or not token:
+            raise Unauthenticated(NO_TOKEN)
+        check = partial(self.authenticate, scheme, token, method=method, url=url, proofs=proofs)
+        if self.needs_database(token):
+            return await asyncio.to_thread(check)
+        return check()
 
     def authenticate(
         self, scheme: str, token: str, *, method: str, url: str, proofs: Sequence[str]
