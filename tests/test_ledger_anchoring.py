@@ -19,7 +19,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,14 @@ from prometheus_client import REGISTRY
 from tests.conftest import BOOTSTRAP_EVENTS, Api, admin_client
 from tests.ledger_tampering import EVENTS, EVERY, small_ledger
 from tests.ledger_tampering import create_agents as _create_agents
+from tests.ledger_tampering import rewrite_from as _rewrite_from
 from tests.ledger_tampering import tamper as _sql
 from tests.ledger_tampering import verify as _verify
-from tether.audit.chain import Checkpoint, event_hash
+from tether.audit.chain import Checkpoint
 from tether.audit.checkpoint_file import CheckpointFile
-from tether.clock import FrozenClock, to_micros
+from tether.clock import FrozenClock
 from tether.container import Services
 from tether.errors import ConfigurationError
-from tether.jsonutil import canonical_text
 from tether.principals import SYSTEM
 
 
@@ -63,28 +62,6 @@ def _lines(services: Services) -> list[dict[str, Any]]:
 def _db_checkpoints(services: Services) -> list[dict[str, Any]]:
     with services.db.read() as s:
         return [cp.to_json() for cp in services.ledger.store.checkpoints(s)]
-
-
-def _rewrite_from(services: Services, api: Api, seq: int) -> None:
-    """Edit event ``seq`` and re-hash every event after it: a self-consistent chain again."""
-    events = api.events()
-    prev = events[seq - 2]["hash"] if seq > 1 else "0" * 64
-    for ev in events[seq - 1 :]:
-        details = {**ev["details"], "name": "forged"} if ev["seq"] == seq else ev["details"]
-        body = {k: v for k, v in ev.items() if k != "hash"}
-        body.update(
-            details=details, prev_hash=prev, time=to_micros(datetime.fromisoformat(ev["time"]))
-        )
-        digest = event_hash(prev, body)
-        _sql(
-            services,
-            "UPDATE audit_events SET details = :d, prev_hash = :p, hash = :h WHERE seq = :s",
-            d=canonical_text(details),
-            p=prev,
-            h=digest,
-            s=ev["seq"],
-        )
-        prev = digest
 
 
 def _assert_problem(result: dict[str, Any], problem: str, first_bad_seq: int | None) -> None:

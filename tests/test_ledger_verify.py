@@ -21,6 +21,7 @@ from sqlalchemy import text
 from tests.conftest import BOOTSTRAP_EVENTS, Api, admin_client, assert_error, bearer
 from tests.ledger_tampering import EVENTS, small_ledger
 from tests.ledger_tampering import create_agents as _create_agents
+from tests.ledger_tampering import rewrite_from as _rewrite_from
 from tests.ledger_tampering import tamper as _sql
 from tests.ledger_tampering import verify as _verify
 from tether.audit.chain import checkpoint_payload, event_hash
@@ -217,29 +218,6 @@ def test_swapped_events(ledger: Services, lapi: Api, a: int, b: int) -> None:
 def test_truncated_tail_before_a_checkpoint(ledger: Services, lapi: Api, keep: int) -> None:
     _sql(ledger, "DELETE FROM audit_events WHERE seq > :k", k=keep)
     _assert_problem(lapi, "missing", keep + 1)
-
-
-def _rewrite_from(services: Services, api: Api, seq: int) -> None:
-    """Edit event ``seq`` and re-hash every event after it, as a forger with database access
-    would: the chain is self-consistent again, only signed checkpoints can tell."""
-    events = api.events()
-    prev = events[seq - 2]["hash"] if seq > 1 else "0" * 64
-    for ev in events[seq - 1 :]:
-        details = {**ev["details"], "name": "forged"} if ev["seq"] == seq else ev["details"]
-        body = {k: v for k, v in ev.items() if k != "hash"}
-        body.update(
-            details=details, prev_hash=prev, time=to_micros(datetime.fromisoformat(ev["time"]))
-        )
-        digest = event_hash(prev, body)
-        _sql(
-            services,
-            "UPDATE audit_events SET details = :d, prev_hash = :p, hash = :h WHERE seq = :s",
-            d=canonical_text(details),
-            p=prev,
-            h=digest,
-            s=ev["seq"],
-        )
-        prev = digest
 
 
 @pytest.mark.parametrize(("seq", "after", "through"), [(3, 0, 5), (7, 5, 10), (10, 5, 10)])

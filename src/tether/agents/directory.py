@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from tether.agents.authority import Liveness, Stewards
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
+from tether.agents.store import DatabaseAgentStore
 from tether.db.text import unstorable
 from tether.jsonutil import loads
 
@@ -55,12 +56,7 @@ def exists(s: Session, agent_id: str) -> bool:
 def stewards(s: Session, agent_id: str) -> Stewards | None:
     """Who answers for the agent (owner and supervisors), or None if there is no such agent."""
     row = s.get(AgentRow, agent_id) if not unstorable(agent_id) else None
-    if row is None:
-        return None
-    users = s.scalars(
-        select(AgentSupervisorRow.user_id).where(AgentSupervisorRow.agent_id == agent_id)
-    )
-    return Stewards(row.owner_id, frozenset(users))
+    return DatabaseAgentStore().stewards(s, row) if row is not None else None
 
 
 def stewarded_by(user_id: str) -> Select[tuple[str]]:
