@@ -15,12 +15,21 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Table
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 
 def _driver(session: Session) -> tuple[Any, str]:
     conn = session.connection()  # begins the session's transaction if it has not yet
     return conn.connection.driver_connection, conn.dialect.name
+
+
+def _integrity_error(session: Session) -> type[Exception]:
+    """The driver's constraint-violation class (``sqlite3.IntegrityError``,
+    ``psycopg.IntegrityError``), which these helpers re-raise as SQLAlchemy's, as every other
+    statement of the caller's would: a store fails the same way on every backend."""
+    error: type[Exception] = session.get_bind().dialect.loaded_dbapi.IntegrityError
+    return error
 
 
 # Rows per INSERT statement. One multi-row statement is one step in the driver, and so one
@@ -51,6 +60,7 @@ def insert_rows(session: Session, table: Table, rows: Sequence[tuple[Any, ...]])
         return
     raw, dialect = _driver(session)
     cur = raw.cursor()
+    sql = _copy_sql(table) if dialect == "postgresql" else _insert_sql(table, dialect, 1)
     try:
         if dialect == "postgresql":
             # psycopg re-parses a statement with more than 50 parameters on every execute
@@ -64,6 +74,8 @@ def insert_rows(session: Session, table: Table, rows: Sequence[tuple[Any, ...]])
             chunk = rows[start : start + _ROWS_PER_STATEMENT]
             params = [value for row in chunk for value in row]
             cur.execute(_insert_sql(table, dialect, len(chunk)), params)
+    except _integrity_error(session) as exc:
+        raise IntegrityError(sql, None, exc) from exc
     finally:
         cur.close()
 

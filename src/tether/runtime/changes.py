@@ -5,13 +5,20 @@ A service that changes an agent, a user, a token's revocation or the policy set 
 written under the deployment-wide write lock, in commit order); on PostgreSQL a
 ``NOTIFY`` wakes every node at commit; in this process the committing session marks itself
 so :class:`tether.db.Database` runs the local refresh right after commit.
+
+This module is the feed's store: :func:`record` writes it, :func:`head`, :func:`since` and
+:func:`purge` are what a reader (the runtime snapshot) needs. ``seq`` only grows, in commit
+order; it may skip numbers (a rolled-back writer spends one), so a reader that finds the
+oldest row it needs already purged must start over: :class:`Changes` says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from tether.runtime.models import ChangeRow
@@ -37,3 +44,45 @@ def record(session: Session, kind: Kind, keys: list[str] | str, *, now_us: int) 
     if session.get_bind().dialect.name == "postgresql":
         name = channel(session.info.get("tether.schema"))
         session.execute(text("SELECT pg_notify(:c, '')"), {"c": name})
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What :func:`since` found: ``(seq, kind, key)`` in seq order, and whether some that
+    came after the reader's ``seq`` were purged before it read them (``gap``: the reader
+    missed changes and must reload everything; ``rows`` is then empty)."""
+
+    rows: Sequence[tuple[int, str, str]]
+    gap: bool
+
+    @property
+    def last(self) -> int | None:
+        return self.rows[-1][0] if self.rows else None
+
+
+def head(session: Session) -> int:
+    """The newest ``seq`` (0 for an empty feed): a reader that loaded everything now starts
+    after it."""
+    return session.scalar(select(func.max(ChangeRow.seq))) or 0
+
+
+def since(session: Session, seq: int, *, limit: int = 10_000) -> Changes:
+    """Up to ``limit`` changes after ``seq``, oldest first. A reader at ``seq == 0`` has
+    loaded nothing incrementally and never has a gap."""
+    rows: Sequence[tuple[int, str, str]] = session.execute(
+        select(ChangeRow.seq, ChangeRow.kind, ChangeRow.key)
+        .where(ChangeRow.seq > seq).order_by(ChangeRow.seq).limit(limit)
+    ).all()  # fmt: skip
+    oldest = session.scalar(select(func.min(ChangeRow.seq)))
+    if seq and oldest is not None and oldest > seq + 1:
+        return Changes((), gap=True)
+    return Changes(rows, gap=False)
+
+
+def purge(session: Session, *, before_us: int, below_seq: int) -> int:
+    """Forget changes older than ``before_us`` and below ``below_seq`` (what the purging
+    worker has applied itself); returns how many went."""
+    result = session.execute(
+        delete(ChangeRow).where(ChangeRow.time < before_us, ChangeRow.seq < below_seq)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -20,15 +20,14 @@ from collections.abc import Sequence
 
 import psycopg
 from prometheus_client import Counter, Gauge
-from sqlalchemy import delete, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from tether.clock import Clock, to_micros
 from tether.db import Database
 from tether.maintenance import Task
+from tether.runtime import changes
 from tether.runtime.changes import channel
-from tether.runtime.models import ChangeRow
 from tether.runtime.sections import Section
 
 log = logging.getLogger("tether.runtime")
@@ -89,7 +88,7 @@ class Runtime:
     def load(self) -> None:
         """Everything from scratch (start-up, or after a large batch of changes)."""
         with self._lock, self.db.read() as s:
-            seq = s.scalar(select(func.max(ChangeRow.seq))) or 0
+            seq = changes.head(s)
             now_us = to_micros(self.clock.now())
             for section in self.sections:
                 section.load(s, now_us)
@@ -103,23 +102,14 @@ class Runtime:
             self.load()
             return
         with self._lock, self.db.read() as s:
-            rows = s.execute(
-                select(ChangeRow.seq, ChangeRow.kind, ChangeRow.key)
-                .where(ChangeRow.seq > self.last_seq).order_by(ChangeRow.seq).limit(10_000)
-            ).all()  # fmt: skip
-            oldest = s.scalar(select(func.min(ChangeRow.seq)))
-            if oldest is not None and oldest > self.last_seq + 1 and self.last_seq:
-                rows = []  # changes we never saw were purged: start over
-                gap = True
-            else:
-                gap = False
-            if rows:
-                self._apply(s, rows)
-                self.last_seq = rows[-1][0]
+            found = changes.since(s, self.last_seq)
+            if found.last is not None:
+                self._apply(s, found.rows)
+                self.last_seq = found.last
             self._synced_at = time.monotonic()
-        if gap:
-            self.load()
-        SYNCS.labels("changes" if rows else "idle").inc()
+        if found.gap:
+            self.load()  # changes we never saw were purged: start over
+        SYNCS.labels("changes" if found.rows else "idle").inc()
 
     def _apply(self, s: Session, rows: Sequence[tuple[int, str, str]]) -> None:
         kinds: dict[str, set[str]] = {}
@@ -142,8 +132,7 @@ class Runtime:
         for section in self.sections:
             section.purge(now_us)
         with self.db.write() as s:
-            s.execute(delete(ChangeRow).where(ChangeRow.time < now_us - _FEED_KEEP_US,
-                                              ChangeRow.seq < self.last_seq))  # fmt: skip
+            changes.purge(s, before_us=now_us - _FEED_KEEP_US, below_seq=self.last_seq)
 
     # -- background ------------------------------------------------------------------------
     def start(self) -> None:
