@@ -17,7 +17,6 @@ from urllib.parse import unquote_plus
 
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.agents import directory
@@ -30,6 +29,7 @@ from tether.credentials.jwks import import_public_jwk
 from tether.credentials.models import CredentialRow
 from tether.credentials.replay import ReplayCache
 from tether.credentials.service import secret_digest
+from tether.credentials.store import DatabaseCredentialStore
 from tether.jsonutil import loads
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -39,6 +39,7 @@ ASYMMETRIC = ["ES256", "ES384", "ES512", "EdDSA", "Ed25519", "PS256", "PS384", "
 MAX_ASSERTION_LIFETIME = 3600
 _REGISTRY = AllowListRegistry(algorithms=ASYMMETRIC)
 LEEWAY = 30
+_store = DatabaseCredentialStore()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +178,7 @@ def _by_secret(
 ) -> AuthenticatedClient:
     _check_client_id(client_id, method)
     digest = secret_digest(secret)
-    row = s.scalars(select(CredentialRow).where(CredentialRow.secret_digest == digest)).first()
+    row = _store.by_secret_digest(s, digest)
     if row is not None and not hmac.compare_digest(row.secret_digest or "", digest):
         row = None  # unreachable in practice; keeps the comparison constant-time
     return _usable(s, row, client_id, method, now)
@@ -200,10 +201,7 @@ def _by_assertion(
     if not isinstance(client_id, str) or not client_id:
         raise _fail(None, method, "assertion names no client")
     _check_client_id(client_id, method)
-    keys = list(s.scalars(select(CredentialRow).where(
-        CredentialRow.agent_id == client_id, CredentialRow.type == "public_key",
-        CredentialRow.deleted_at.is_(None),
-    )))  # fmt: skip
+    keys = _store.public_keys(s, client_id)
     claims: dict[str, Any] | None = None
     used: CredentialRow | None = None
     for row in keys:

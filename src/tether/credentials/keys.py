@@ -15,13 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from joserfc.jwk import ECKey, KeyParameters, OKPKey
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.credentials.models import SigningKeyRow
+from tether.credentials.store import DatabaseCredentialStore
 from tether.db import Database
 from tether.errors import Forbidden
 from tether.jsonutil import canonical_text, loads
@@ -89,13 +89,14 @@ class SigningKeys:
         self.rotation_days = rotation_days
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
+        self.store = DatabaseCredentialStore()
 
     # -- lifecycle -------------------------------------------------------------------------
     def ensure(self) -> None:
         """Create the first active key and its successor if the deployment has none."""
         now = self.clock.now()
         with self.db.write() as s:
-            if s.scalars(select(SigningKeyRow).where(SigningKeyRow.status == "active")).first():
+            if self.store.signing_keys(s, status="active"):
                 return
             active = self._add(s, now, status="active")
             nxt = self._add(s, now, status="next")
@@ -122,7 +123,7 @@ class SigningKeys:
         """The schedule: rotate when the active key is older than ``rotation_days``."""
         now = self.clock.now()
         with self.db.write() as s:
-            active = self._by_status(s, "active")
+            active = self.store.signing_keys(s, status="active")
             if not active or active[0].activated_at is None:
                 return None
             age = now - from_micros(active[0].activated_at)
@@ -133,11 +134,11 @@ class SigningKeys:
         return result
 
     def _rotate(self, s: Session, actor: Principal, now: datetime) -> dict[str, Any]:
-        old = self._by_status(s, "active")
-        nxt = self._by_status(s, "next")
+        old = self.store.signing_keys(s, status="active")
+        nxt = self.store.signing_keys(s, status="next")
         promoted = nxt[0] if nxt else None
         if promoted is None:  # should not happen; recover by creating one
-            promoted = s.get(SigningKeyRow, self._add(s, now, status="next"))
+            promoted = self.store.signing_key(s, self._add(s, now, status="next"))
             assert promoted is not None
         promoted.status = "active"
         promoted.activated_at = to_micros(now)
@@ -162,7 +163,7 @@ class SigningKeys:
     def _add(self, s: Session, now: datetime, *, status: str) -> str:
         key = _generate(self.alg)
         kid = str(key.kid)
-        s.add(SigningKeyRow(
+        self.store.add_signing_key(s, SigningKeyRow(
             kid=kid, alg=self.alg, status=status,
             private_sealed=seal(self._master, canonical_text(key.as_dict(private=True)).encode(),
                                 aad=f"signing-key:{kid}"),
@@ -170,13 +171,7 @@ class SigningKeys:
             activated_at=to_micros(now) if status == "active" else None,
             retired_at=None, unpublish_at=None,
         ))  # fmt: skip
-        s.flush()
         return kid
-
-    @staticmethod
-    def _by_status(s: Session, status: str) -> list[SigningKeyRow]:
-        q = select(SigningKeyRow).where(SigningKeyRow.status == status)
-        return list(s.scalars(q.order_by(SigningKeyRow.created_at)))
 
     # -- reading (cached per process, refreshed every few seconds) -------------------------
     def _current(self) -> _Snapshot:
@@ -194,7 +189,7 @@ class SigningKeys:
     def _load(self) -> _Snapshot:
         now_us = to_micros(self.clock.now())
         with self.db.read() as s:
-            rows = list(s.scalars(select(SigningKeyRow).order_by(SigningKeyRow.created_at)))
+            rows = self.store.signing_keys(s)
         published: dict[str, SigningKey] = {}
         signer: SigningKey | None = None
         for row in rows:
@@ -237,7 +232,7 @@ class SigningKeys:
             raise Forbidden("only users may list keys")
         after = decode_cursor(cursor)
         with self.db.read() as s:
-            rows = sorted(s.scalars(select(SigningKeyRow)), key=_position)
+            rows = sorted(self.store.signing_keys(s), key=_position)
         if after is not None:
             rows = [r for r in rows if _position(r) > after]
         rows = rows[: limit + 1]

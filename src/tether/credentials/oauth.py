@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tether.agents import authority, directory
@@ -35,6 +34,7 @@ from tether.credentials.keys import SigningKeys
 from tether.credentials.models import AccessTokenRow
 from tether.credentials.replay import DatabaseDPoPReplayCache, DatabaseReplayCache
 from tether.credentials.retention import purge_expired_tokens
+from tether.credentials.store import DatabaseCredentialStore
 from tether.db import Database
 from tether.errors import Forbidden, ValidationFailed
 from tether.ids import IdPrefix, new_id
@@ -85,6 +85,7 @@ class OAuthService:
         self.replay = DatabaseReplayCache(db)
         self.dpop_replay = DatabaseDPoPReplayCache(db, self.replay)
         self.dpop_nonces = dpop_nonces
+        self.store = DatabaseCredentialStore()
 
     def metadata(self) -> dict[str, Any]:
         """RFC 8414 authorization server metadata; ``issuer`` is the base URL."""
@@ -267,7 +268,7 @@ class OAuthService:
 
     def _live(self, claims: dict[str, Any]) -> bool:
         with self.db.read() as s:
-            row = s.get(AccessTokenRow, str(claims.get("jti", ""))[:64])
+            row = self.store.token(s, str(claims.get("jti", ""))[:64])
             return row is not None and row.revoked_at is None
 
     def subject_token(
@@ -300,7 +301,7 @@ class OAuthService:
             agent = directory.facts(s, actor)
             if not authority.is_live(agent.liveness if agent else None, to_micros(now)):
                 raise ValidationFailed(f"agent {actor!r} is not an active agent", field="agent")
-            s.add(AccessTokenRow(
+            self.store.add_token(s, AccessTokenRow(
                 jti=jti, agent_id=actor, client_id=user.id, issued_at=to_micros(now),
                 expires_at=(now_s + expires_in) * 1_000_000, revoked_at=None,
             ))  # fmt: skip
@@ -367,7 +368,7 @@ class OAuthService:
             audience=audience, scopes=scopes, now=now_s, ttl=ttl, jti=jti, act=act,
             cnf_jkt=cnf_jkt,
         )  # fmt: skip
-        s.add(AccessTokenRow(
+        self.store.add_token(s, AccessTokenRow(
             jti=jti, agent_id=agent.id, client_id=client_id, issued_at=to_micros(now),
             expires_at=(now_s + ttl) * 1_000_000, revoked_at=None,
         ))  # fmt: skip
@@ -386,7 +387,7 @@ class OAuthService:
         ):
             return dict(_INACTIVE)
         with self.db.read() as s:
-            row = s.get(AccessTokenRow, str(claims.get("jti", ""))[:64])
+            row = self.store.token(s, str(claims.get("jti", ""))[:64])
             if row is None or row.revoked_at is not None:
                 return dict(_INACTIVE)
             ids = [str(claims["sub"]), *exchange.actors(claims.get("act"))]
@@ -407,7 +408,7 @@ class OAuthService:
         if client is not None and claims.get("client_id") != client.agent.id:
             return
         with self.db.write() as s:
-            row = s.get(AccessTokenRow, str(claims.get("jti", ""))[:64])
+            row = self.store.token(s, str(claims.get("jti", ""))[:64])
             if row is None or row.revoked_at is not None:
                 return
             row.revoked_at = to_micros(now)
@@ -443,14 +444,8 @@ class OAuthService:
         if not agent_ids:
             return {"tokens": 0}
         now_us = to_micros(now)
-        jtis = list(s.scalars(
-            select(AccessTokenRow.jti)
-            .where(AccessTokenRow.agent_id.in_(agent_ids), AccessTokenRow.revoked_at.is_(None),
-                   AccessTokenRow.expires_at > now_us)
-        ))  # fmt: skip
+        jtis = self.store.revoke_tokens_of(s, agent_ids, now_us)
         if jtis:
-            s.execute(update(AccessTokenRow).where(AccessTokenRow.jti.in_(jtis))
-                      .values(revoked_at=now_us))  # fmt: skip
             changes.record(s, changes.Kind.TOKEN, jtis, now_us=now_us)
         return {"tokens": len(jtis)}
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.credentials.models import AccessTokenRow
+from tether.credentials.store import DatabaseCredentialStore
 from tether.runtime.changes import Kind
+
+_store = DatabaseCredentialStore()
 
 
 class RevokedTokens:
@@ -20,17 +21,10 @@ class RevokedTokens:
         self.ready = True
 
     def load(self, s: Session, now_us: int) -> None:
-        self.jtis = dict(s.execute(
-            select(AccessTokenRow.jti, AccessTokenRow.expires_at)
-            .where(AccessTokenRow.revoked_at.is_not(None), AccessTokenRow.expires_at > now_us)
-        ).all())  # fmt: skip
+        self.jtis = _store.revoked_unexpired(s, now_us)
 
     def apply(self, s: Session, changed: Mapping[str, set[str]], now_us: int) -> None:
-        found = s.execute(
-            select(AccessTokenRow.jti, AccessTokenRow.expires_at)
-            .where(AccessTokenRow.jti.in_(changed[Kind.TOKEN.value]),
-                   AccessTokenRow.revoked_at.is_not(None))
-        ).all()  # fmt: skip
+        found = _store.revoked_among(s, changed[Kind.TOKEN.value])
         merged = dict(self.jtis)
         merged.update(found)
         self.jtis = merged

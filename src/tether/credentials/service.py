@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from joserfc.errors import JoseError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.agents.service import AgentService
@@ -24,6 +23,7 @@ from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.credentials.jwks import import_public_jwk
 from tether.credentials.models import CredentialRow
+from tether.credentials.store import DatabaseCredentialStore
 from tether.db import Database
 from tether.errors import AgentRevoked, NotFound, ValidationFailed
 from tether.ids import IdPrefix, new_id
@@ -83,6 +83,7 @@ class CredentialService:
         self.ledger = ledger
         self.clock = clock
         self.agents = agents
+        self.store = DatabaseCredentialStore()
 
     def create_api_key(
         self,
@@ -134,12 +135,7 @@ class CredentialService:
         after = decode_cursor(cursor)
         with self.db.read() as s:
             self.agents.authorized_row(s, actor, agent_id, "read")
-            q = select(CredentialRow).where(
-                CredentialRow.agent_id == agent_id, CredentialRow.deleted_at.is_(None)
-            )
-            if after is not None:
-                q = q.where(CredentialRow.id > after)
-            rows = s.scalars(q.order_by(CredentialRow.id).limit(limit + 1))
+            rows = self.store.live(s, agent_id, after=after, limit=limit + 1)
             return page_of([to_credential(r) for r in rows], limit, lambda c: c.id)
 
     def delete(self, actor: Principal, agent_id: str, credential_id: str) -> Credential:
@@ -147,7 +143,7 @@ class CredentialService:
         now = self.clock.now()
         with self.db.write() as s:
             self.agents.authorized_row(s, actor, agent_id, "manage")
-            row = s.get(CredentialRow, credential_id) if len(credential_id) <= 40 else None
+            row = self.store.get(s, credential_id)
             if row is None or row.agent_id != agent_id or row.deleted_at is not None:
                 raise CredentialNotFound(f"no credential {credential_id!r} on agent {agent_id}")
             row.deleted_at = to_micros(now)
@@ -191,8 +187,7 @@ class CredentialService:
         )  # fmt: skip
 
     def _add(self, s: Session, actor: Principal, row: CredentialRow, now: datetime) -> None:
-        s.add(row)
-        s.flush()
+        self.store.add(s, row)
         self.ledger.append(s, [NewEvent(
             EventType.CREDENTIAL_CREATED, actor.ref, agent_id=row.agent_id,
             resource={"type": "Credential", "id": row.id}, outcome="success",

@@ -1,0 +1,132 @@
+"""Database access for agent credentials, issued access tokens and token signing keys."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tether.credentials.models import AccessTokenRow, CredentialRow, SigningKeyRow
+from tether.db.text import unstorable
+
+
+class DatabaseCredentialStore:
+    """Lookups of a key no row can hold (a NUL, which PostgreSQL text cannot store; longer
+    than its column) find nothing, on every backend."""
+
+    # -- client credentials (agent_credentials) --------------------------------------------
+    def get(self, session: Session, credential_id: str) -> CredentialRow | None:
+        """A credential by id, deleted or not."""
+        if len(credential_id) > 40 or unstorable(credential_id):
+            return None
+        return session.get(CredentialRow, credential_id)
+
+    def by_secret_digest(self, session: Session, digest: str) -> CredentialRow | None:
+        """The API key whose secret has this digest, deleted or not."""
+        if unstorable(digest):
+            return None
+        q = select(CredentialRow).where(CredentialRow.secret_digest == digest)
+        return session.scalars(q).first()
+
+    def public_keys(self, session: Session, agent_id: str) -> list[CredentialRow]:
+        """An agent's undeleted public keys (expired ones too: the caller says why not), in id
+        order: the order ``private_key_jwt`` tries them in."""
+        if unstorable(agent_id):
+            return []
+        return list(session.scalars(select(CredentialRow).where(
+            CredentialRow.agent_id == agent_id, CredentialRow.type == "public_key",
+            CredentialRow.deleted_at.is_(None),
+        ).order_by(CredentialRow.id)))  # fmt: skip
+
+    def live(
+        self, session: Session, agent_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[CredentialRow]:
+        """An agent's undeleted credentials in id order, after ``after``, at most ``limit``."""
+        if unstorable(agent_id):
+            return []
+        if after is not None:
+            # No id holds a NUL, so the ids after "a<NUL>b" are those after "a" (what SQLite
+            # answers; PostgreSQL could not take the NUL).
+            after = after.partition("\x00")[0]
+        q = select(CredentialRow).where(
+            CredentialRow.agent_id == agent_id, CredentialRow.deleted_at.is_(None)
+        )
+        if after is not None:
+            q = q.where(CredentialRow.id > after)
+        return list(session.scalars(q.order_by(CredentialRow.id).limit(limit)))
+
+    def add(self, session: Session, row: CredentialRow) -> None:
+        session.add(row)
+        session.flush()
+
+    # -- issued access tokens (access_tokens) ----------------------------------------------
+    def token(self, session: Session, jti: str) -> AccessTokenRow | None:
+        if unstorable(jti):
+            return None
+        return session.get(AccessTokenRow, jti)
+
+    def add_token(self, session: Session, row: AccessTokenRow) -> None:
+        session.add(row)
+        session.flush()
+
+    def revoke_tokens_of(
+        self, session: Session, agent_ids: Collection[str], now_us: int
+    ) -> list[str]:
+        """Revoke, at ``now_us``, every unrevoked token of these agents that has not expired by
+        then; their ``jti``s (in no particular order)."""
+        wanted = [a for a in agent_ids if not unstorable(a)]
+        if not wanted:
+            return []
+        jtis = list(session.scalars(
+            select(AccessTokenRow.jti)
+            .where(AccessTokenRow.agent_id.in_(wanted), AccessTokenRow.revoked_at.is_(None),
+                   AccessTokenRow.expires_at > now_us)
+        ))  # fmt: skip
+        self.revoke_tokens(session, jtis, now_us)
+        return jtis
+
+    def revoke_tokens(self, session: Session, jtis: Collection[str], now_us: int) -> None:
+        """Mark exactly these tokens revoked at ``now_us`` (callers name unrevoked ones)."""
+        wanted = [j for j in jtis if not unstorable(j)]
+        if wanted:
+            session.execute(update(AccessTokenRow).where(AccessTokenRow.jti.in_(wanted))
+                            .values(revoked_at=now_us))  # fmt: skip
+
+    def revoked_unexpired(self, session: Session, now_us: int) -> dict[str, int]:
+        """Every revoked token that has not expired at ``now_us``: ``jti`` -> its expiry."""
+        return dict(session.execute(
+            select(AccessTokenRow.jti, AccessTokenRow.expires_at)
+            .where(AccessTokenRow.revoked_at.is_not(None), AccessTokenRow.expires_at > now_us)
+        ).all())  # fmt: skip
+
+    def revoked_among(self, session: Session, jtis: Collection[str]) -> dict[str, int]:
+        """Those of ``jtis`` that are revoked (expired or not): ``jti`` -> its expiry."""
+        wanted = [j for j in jtis if not unstorable(j)]
+        if not wanted:
+            return {}
+        return dict(session.execute(
+            select(AccessTokenRow.jti, AccessTokenRow.expires_at)
+            .where(AccessTokenRow.jti.in_(wanted), AccessTokenRow.revoked_at.is_not(None))
+        ).all())  # fmt: skip
+
+    # -- token signing keys (signing_keys) -------------------------------------------------
+    def signing_key(self, session: Session, kid: str) -> SigningKeyRow | None:
+        if unstorable(kid):
+            return None
+        return session.get(SigningKeyRow, kid)
+
+    def signing_keys(self, session: Session, *, status: str | None = None) -> list[SigningKeyRow]:
+        """Signing keys (of ``status``, if given), oldest first. Keys created in the same
+        microsecond (a first start makes the active key and its successor at once) come in
+        no promised order."""
+        if unstorable(status):
+            return []
+        q = select(SigningKeyRow)
+        if status is not None:
+            q = q.where(SigningKeyRow.status == status)
+        return list(session.scalars(q.order_by(SigningKeyRow.created_at)))
+
+    def add_signing_key(self, session: Session, row: SigningKeyRow) -> None:
+        session.add(row)
+        session.flush()
