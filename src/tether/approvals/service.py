@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tether.agents import authority, directory
@@ -25,6 +24,7 @@ from tether.agents.authority import Act
 from tether.agents.cutoff import Why
 from tether.approvals.models import ApprovalRow
 from tether.approvals.notify import WebhookNotifier
+from tether.approvals.store import OPEN, DatabaseApprovalStore
 from tether.audit.chain import Event
 from tether.audit.events import EventType, NewEvent
 from tether.audit.group import Chain
@@ -82,7 +82,7 @@ class Approval:
 
 def _approval(row: ApprovalRow, now_us: int | None = None) -> Approval:
     status = row.status
-    if now_us is not None and status in ("pending", "approved") and row.expires_at <= now_us:
+    if now_us is not None and status in OPEN and row.expires_at <= now_us:
         status = "expired"
     return Approval(
         row.id, row.agent_id, row.on_behalf_of, status, row.action, loads(row.resource),
@@ -120,6 +120,7 @@ class ApprovalService:
         self.max_pending = max_pending_per_agent
         self.allow_self_approval = allow_self_approval
         self.public_url = public_url
+        self.store = DatabaseApprovalStore()
 
     # -- the checkpoint on the decision path -----------------------------------------------
     def announce(self, final: Decision, opened: ApprovalRow | None) -> None:
@@ -145,13 +146,7 @@ class ApprovalService:
         opened: ApprovalRow | None = None
         # One read of the agent's live approvals (at most max_pending of them pending): the
         # one for this request, if any, and how many are pending.
-        live = s.execute(
-            select(ApprovalRow.id, ApprovalRow.status, ApprovalRow.request_digest).where(
-                ApprovalRow.agent_id == ask.subject,
-                ApprovalRow.status.in_(("approved", "pending")),
-                ApprovalRow.expires_at > now_us,
-            ).order_by(ApprovalRow.created_at)
-        ).all()  # fmt: skip
+        live = self.store.live(s, ask.subject, now_us=now_us)
         mine = [r for r in live if r.request_digest == digest]
         granted = next((r.id for r in mine if r.status == "approved"), None)
         waiting = next((r.id for r in mine if r.status == "pending"), None)
@@ -159,8 +154,7 @@ class ApprovalService:
         if granted is not None:
             # used now, inside the write lock: a second identical request — even in the same
             # group commit — finds it used
-            s.execute(update(ApprovalRow).where(ApprovalRow.id == granted)
-                      .values(status="used", used_at=now_us))  # fmt: skip
+            self.store.use(s, granted, now_us=now_us)
             final = replace(decision, effect=Effect.ALLOW, approval_id=granted,
                             approval_status="used")  # fmt: skip
         elif waiting is not None:
@@ -196,8 +190,7 @@ class ApprovalService:
 
         def finish(chained: list[Event]) -> tuple[Decision, ApprovalRow | None]:
             if granted is not None:
-                s.execute(update(ApprovalRow).where(ApprovalRow.id == granted)
-                          .values(used_event_id=chained[0].id))  # fmt: skip
+                self.store.set_used_event(s, granted, chained[0].id)
             return replace(decided, event_id=chained[0].id), opened
 
         return Chain([decisions.event(ask, final), *events], finish, decisions.attachment(ask))
@@ -217,7 +210,7 @@ class ApprovalService:
             reasons=dumps(list(decision.reasons)), policy_version=decision.policy_version,
             status="pending", created_at=to_micros(now), expires_at=to_micros(now + self.ttl),
         )  # fmt: skip
-        s.add(row)
+        self.store.add(s, row)
         return row
 
     def _notice(self, row: ApprovalRow) -> dict[str, Any]:
@@ -234,7 +227,7 @@ class ApprovalService:
     def get(self, actor: Principal, approval_id: str) -> Approval:
         now_us = to_micros(self.clock.now())
         with self.db.read() as s:
-            row = s.get(ApprovalRow, approval_id)
+            row = self.store.get(s, approval_id)
             if row is None or not self._may_see(s, actor, row):
                 raise ApprovalNotFound(f"no approval {approval_id!r}", approval=approval_id)
             return _approval(row, now_us)
@@ -247,25 +240,21 @@ class ApprovalService:
             raise ValidationFailed(f"status must be one of {', '.join(STATUSES)}", field="status")
         now_us = to_micros(self.clock.now())
         after = decode_cursor(cursor)
+        # What they may read: an agent its own approvals, a supervisor its agents' own.
+        reader = actor.kind == "agent"
+        supervisor = not reader and actor.role is Role.SUPERVISOR
         with self.db.read() as s:
-            q = select(ApprovalRow).order_by(ApprovalRow.id.desc())
-            if after:
-                q = q.where(ApprovalRow.id < after)
-            if agent:
-                q = q.where(ApprovalRow.agent_id == agent)
-            if status == "expired":
-                q = q.where((ApprovalRow.status == "expired") | (
-                    ApprovalRow.status.in_(("pending", "approved"))
-                    & (ApprovalRow.expires_at <= now_us)))  # fmt: skip
-            elif status in ("pending", "approved"):
-                q = q.where(ApprovalRow.status == status, ApprovalRow.expires_at > now_us)
-            elif status:
-                q = q.where(ApprovalRow.status == status)
-            if actor.kind == "agent":
-                q = q.where(ApprovalRow.agent_id == actor.id)
-            elif actor.role is Role.SUPERVISOR:  # what they may read: their agents' own
-                q = q.where(ApprovalRow.agent_id.in_(directory.stewarded_by(actor.id)))
-            rows = [_approval(r, now_us) for r in s.scalars(q.limit(limit + 1))]
+            found = self.store.page(
+                s,
+                before=after or None,
+                limit=limit + 1,
+                now_us=now_us,
+                status=status or None,
+                agent_id=agent or None,
+                own_agent=actor.id if reader else None,
+                steward=actor.id if supervisor else None,
+            )
+            rows = [_approval(r, now_us) for r in found]
         return page_of(rows, limit, key=lambda a: a.id)
 
     @staticmethod
@@ -291,7 +280,7 @@ class ApprovalService:
         now = self.clock.now()
         now_us = to_micros(now)
         with self.db.write() as s:
-            row = s.get(ApprovalRow, approval_id)
+            row = self.store.get(s, approval_id)
             if row is None or not self._may_see(s, actor, row):
                 raise ApprovalNotFound(f"no approval {approval_id!r}", approval=approval_id)
             if actor.kind != "user":
@@ -350,9 +339,7 @@ class ApprovalService:
         """Maintenance: mark every open approval past its expiry as expired (with events)."""
         now = self.clock.now()
         with self.db.write() as s:
-            rows = list(s.scalars(select(ApprovalRow).where(
-                ApprovalRow.status.in_(("pending", "approved")),
-                ApprovalRow.expires_at <= to_micros(now)).limit(1000)))  # fmt: skip
+            rows = self.store.due(s, now_us=to_micros(now))
             self._expire(s, rows, now)
         return len(rows)
 
@@ -363,9 +350,7 @@ class ApprovalService:
         (one event each) — not even after an expired agent is extended and resumed."""
         if not agent_ids:
             return {"approvals": 0}
-        rows = list(s.scalars(select(ApprovalRow).where(
-            ApprovalRow.agent_id.in_(agent_ids), ApprovalRow.status.in_(("pending", "approved"))
-        )))  # fmt: skip
+        rows = self.store.open_of(s, agent_ids)
         for row in rows:
             row.status, row.decided_at, row.decided_by = "cancelled", to_micros(now), "system"
             APPROVALS.labels("cancelled").inc()

@@ -16,7 +16,6 @@ from importlib import resources
 from typing import Any
 
 import cedarpy
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tether.audit.events import EventType, NewEvent
@@ -28,6 +27,7 @@ from tether.pagination import Page, decode_seq_cursor, page_of
 from tether.policy import source
 from tether.policy.engine import MEMO_MAX, CompiledPolicies
 from tether.policy.models import PolicyVersionRow
+from tether.policy.store import MAX_NUMBER, DatabasePolicyVersionStore
 from tether.principals import Principal
 from tether.runtime import changes
 
@@ -45,14 +45,11 @@ def version_name(number: int) -> str:
     return f"v{number}"
 
 
-_MAX_NUMBER = 2**31 - 1  # policy_versions.number is an INTEGER column
-
-
 def version_number(name: str) -> int | None:
     """The number of a version name ``v<n>``; None if ``name`` cannot name a version."""
     if name.startswith("v") and name[1:].isdigit() and len(name) < 12:
         number = int(name[1:])
-        return number if number <= _MAX_NUMBER else None
+        return number if number <= MAX_NUMBER else None
     return None
 
 
@@ -144,6 +141,7 @@ class PolicyService:
         self.clock = clock
         self.memo_capacity = memo_capacity
         self._compiled: dict[str, CompiledPolicies] = {}
+        self.store = DatabasePolicyVersionStore()
 
     # -- reading ---------------------------------------------------------------------------
     def current(self, actor: Principal | None = None) -> PolicyVersion:
@@ -152,9 +150,7 @@ class PolicyService:
             return self._current(s)
 
     def _current(self, s: Session) -> PolicyVersion:
-        row = s.scalars(
-            select(PolicyVersionRow).order_by(PolicyVersionRow.number.desc()).limit(1)
-        ).first()
+        row = self.store.current(s)
         return _version(row) if row else _v0()
 
     def get(self, actor: Principal, name: str) -> PolicyVersion:
@@ -163,7 +159,7 @@ class PolicyService:
         if number == 0:
             return _v0()
         with self.db.read() as s:
-            row = s.get(PolicyVersionRow, number) if number is not None else None
+            row = self.store.get(s, number) if number is not None else None
             if row is None:
                 raise PolicyVersionNotFound(f"no policy version {name!r}", version=name)
             return _version(row)
@@ -172,14 +168,11 @@ class PolicyService:
         """Newest first; ``v0`` (the base) is the last item."""
         del actor
         before = decode_seq_cursor(cursor)  # a version number: every cursor it admits is one
-        if before is not None and before > _MAX_NUMBER:  # past the INTEGER column: every
+        if before is not None and before > MAX_NUMBER:  # past the INTEGER column: every
             before = None  # version is older, as from the newest
         with self.db.read() as s:
-            q = select(PolicyVersionRow).order_by(PolicyVersionRow.number.desc())
-            if before is not None:
-                q = q.where(PolicyVersionRow.number < before)
             rows: builtins.list[PolicyVersion] = [
-                _version(r) for r in s.scalars(q.limit(limit + 1))
+                _version(r) for r in self.store.page(s, before=before, limit=limit + 1)
             ]
         if len(rows) <= limit and before != 0:
             rows.append(_v0())
@@ -214,13 +207,13 @@ class PolicyService:
         with self.db.write() as s:
             current = self._current(s)
             checked = check(policies, current.schema if schema is None else schema)
-            number = (s.scalar(select(func.max(PolicyVersionRow.number))) or 0) + 1
+            number = self.store.next_number(s)
             row = PolicyVersionRow(
                 number=number, policies=checked.text, schema=checked.schema_text,
                 digest=checked.digest, policy_count=len(checked.policies),
                 created_at=to_micros(now), created_by=actor.ref, note=note,
             )  # fmt: skip
-            s.add(row)
+            self.store.add(s, row)
             name = version_name(number)
             changes.record(s, changes.Kind.POLICY, name, now_us=row.created_at)
             self.ledger.append(s, [NewEvent(
