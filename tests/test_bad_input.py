@@ -366,6 +366,16 @@ def test_nul_characters_are_refused_not_a_database_error(api: Api) -> None:
             ),
             Case("GET", "/v1/users/%00", 404, "user_not_found"),
             Case("DELETE", "/v1/users/admin/tokens/tok_%00", 404, "token_not_found"),
+            # PostgreSQL raised on these (a 500) until the approvals store guarded them
+            Case("GET", "/v1/approvals/apr_%00", 404, "approval_not_found"),
+            Case(
+                "POST",
+                "/v1/approvals/apr_%00/approve",
+                404,
+                "approval_not_found",
+                None,
+                {"json": {"note": "n"}},
+            ),
         ],
     )
 
@@ -377,6 +387,7 @@ def test_nul_characters_in_filters_match_nothing(api: Api) -> None:
         ("/v1/agents", {"role": "ops\x00"}),
         ("/v1/audit/events", {"agent": "agt_\x00"}),
         ("/v1/audit/events", {"type": "agent.created\x00"}),
+        ("/v1/approvals", {"agent": "agt_\x00"}),
     ]:
         response = api.client.get(path, params=params)
         assert response.status_code == 200, (path, params, response.text)

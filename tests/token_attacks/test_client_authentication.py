@@ -325,7 +325,10 @@ CLIENT_AUTH_ATTACKS: dict[str, Callable[[Env], Attempt]] = {
     "pkjwt-no-exp": _pkjwt("assertion has no exp", exp=DROP),
     "pkjwt-nbf-in-the-future": _pkjwt("assertion not yet valid (nbf)", nbf=START + 600),
     "pkjwt-iat-in-the-future": _pkjwt("assertion issued in the future (iat)", iat=START + 600),
-    "pkjwt-no-jti": _pkjwt("assertion needs a jti of 8-200 characters", jti=DROP),
+    "pkjwt-no-jti": _pkjwt("assertion needs a jti of 8-200 characters, no NUL", jti=DROP),
+    "pkjwt-nul-in-jti": _pkjwt(
+        "assertion needs a jti of 8-200 characters, no NUL", jti="assertion\x00jti"
+    ),
     "pkjwt-alg-none": _pkjwt(
         "assertion signature does not verify with a registered key", sign="none"
     ),

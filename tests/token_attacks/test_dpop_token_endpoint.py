@@ -82,6 +82,8 @@ def _dpop_attack(e: Env, layer: str, name: str) -> list[str]:
         "stale-iat": lambda: token_proof(e, key, now=e.now - 3600),
         "future-iat": lambda: token_proof(e, key, now=e.now + 600),
         "no-jti": lambda: token_proof(e, key, jti=DROP),
+        # PostgreSQL text cannot hold NUL: the replay cache raised there (a 500)
+        "nul-in-jti": lambda: token_proof(e, key, jti="a\x00b"),
     }
     return [builders[name]()]
 
@@ -106,6 +108,7 @@ DPOP_TOKEN_ATTACKS = {
     "stale-iat": "iat is too old",
     "future-iat": "iat is in the future",
     "no-jti": "jti must be",
+    "nul-in-jti": "no NUL",
 }
 
 

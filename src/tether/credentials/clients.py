@@ -30,6 +30,7 @@ from tether.credentials.models import CredentialRow
 from tether.credentials.replay import ReplayCache
 from tether.credentials.service import secret_digest
 from tether.credentials.store import DatabaseCredentialStore
+from tether.db.text import unstorable
 from tether.jsonutil import loads
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -248,8 +249,8 @@ def _assertion_problem(
         (not isinstance(nbf, number) or nbf <= now + LEEWAY, "assertion not yet valid (nbf)"),
         (not isinstance(iat, number) or iat <= now + LEEWAY,
          "assertion issued in the future (iat)"),
-        (isinstance(jti, str) and 8 <= len(jti) <= 200,
-         "assertion needs a jti of 8-200 characters"),
+        (isinstance(jti, str) and 8 <= len(jti) <= 200 and not unstorable(jti),
+         "assertion needs a jti of 8-200 characters, no NUL"),
     ]  # fmt: skip
     return next((message for ok, message in checks if not ok), None)
 

@@ -28,6 +28,7 @@ from tether.credentials.dpop_nonce import DPoPNonces
 from tether.credentials.errors import DPoPBindingMismatch, InvalidDPoPProof, UseDPoPNonce
 from tether.credentials.htu import normalize_htu
 from tether.credentials.jose import AllowListRegistry
+from tether.db.text import unstorable
 
 __all__ = [
     "DEFAULT_ALGS",
@@ -326,8 +327,8 @@ def _check_claims(
 ) -> tuple[str, int]:
     """Checks jti, htm, htu and iat; returns (jti, iat)."""
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not 0 < len(jti) <= _MAX_JTI_LENGTH:
-        _reject("jti", f"jti must be a string of 1 to {_MAX_JTI_LENGTH} characters")
+    if not isinstance(jti, str) or not 0 < len(jti) <= _MAX_JTI_LENGTH or unstorable(jti):
+        _reject("jti", f"jti must be a string of 1 to {_MAX_JTI_LENGTH} characters, no NUL")
     htm = claims.get("htm")
     if not isinstance(htm, str):
         _reject("htm", "htm is missing")

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from tether.credentials.models import UsedJtiRow
 from tether.db import Database
 from tether.db.purge import delete_before
+from tether.db.text import unstorable
 
 
 class ReplayCache(Protocol):
@@ -26,6 +27,8 @@ class DatabaseReplayCache:
 
     def seen(self, s: Session, namespace: str, key: str, expires_at: int) -> bool:
         full = f"{namespace}:{key}"[:200]
+        if unstorable(full):  # no backend-neutral way to record it: refused as if used
+            return True  # (DPoP and client-assertion checks reject a NUL jti before this)
         if s.scalars(select(UsedJtiRow.key).where(UsedJtiRow.key == full)).first():
             return True
         s.add(UsedJtiRow(key=full, expires_at=expires_at))
