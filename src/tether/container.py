@@ -24,6 +24,8 @@ from tether.credentials.oauth import OAuthService
 from tether.credentials.runtime import RevokedTokens
 from tether.credentials.service import CredentialService
 from tether.db import Database
+from tether.freeze.runtime import FreezeSection
+from tether.freeze.service import FreezeService
 from tether.keyfiles import RootKeys, load_root_keys
 from tether.maintenance import Task
 from tether.policy.decide import DecisionService
@@ -55,6 +57,7 @@ class Services:
     decisions: DecisionService
     bearers: Bearers
     notifier: WebhookNotifier
+    freezes: FreezeService
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -107,8 +110,10 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     # Each domain's part of the runtime snapshot (tether.runtime.sections).
     agent_views, known_users = AgentSection(), UserSection()
     revoked, compiled = RevokedTokens(), PolicySection(policies.compiled)
-    runtime.register(agent_views, known_users, revoked, compiled)
-    snapshot = DecisionSnapshot(runtime, agent_views, known_users, revoked, compiled)
+    freezes = FreezeSection()
+    runtime.register(agent_views, known_users, revoked, compiled, freezes)
+    snapshot = DecisionSnapshot(runtime, agents=agent_views, users=known_users, tokens=revoked,
+                                policies=compiled, freezes=freezes)  # fmt: skip
     committer = GroupCommitter(db, ledger, clock, max_batch=settings.decision_batch_max,
                                attach=record_inputs)  # fmt: skip
     notifier = WebhookNotifier(settings.approval_webhooks, _webhook_secret(settings, keys))
@@ -157,4 +162,5 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         signing_keys=signing_keys,
         credentials=CredentialService(db, ledger, clock, agents),
         oauth=oauth,
+        freezes=FreezeService(db, ledger, clock, notifier.notify),
     )

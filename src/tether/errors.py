@@ -105,6 +105,10 @@ class PolicyVersionNotFound(NotFound):
     code = "policy_version_not_found"
 
 
+class FreezeNotFound(NotFound):
+    code = "freeze_not_found"
+
+
 class Conflict(TetherError):
     code = "conflict"
     http_status = 409

@@ -24,6 +24,7 @@ class IdPrefix(StrEnum):
     CREDENTIAL = "crd"
     TOKEN = "atk"  # noqa: S105 - an id prefix, not a secret
     APPROVAL = "apr"
+    FREEZE = "frz"
 
 
 def _encode(value: int, length: int) -> str:

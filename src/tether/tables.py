@@ -8,6 +8,7 @@ from tether.approvals import models as _approvals  # noqa: F401
 from tether.audit import models as _audit  # noqa: F401
 from tether.credentials import models as _credentials  # noqa: F401
 from tether.db.base import Base
+from tether.freeze import models as _freeze  # noqa: F401
 from tether.policy import models as _policy  # noqa: F401
 from tether.runtime import models as _runtime  # noqa: F401
 from tether.users import models as _users  # noqa: F401

@@ -65,6 +65,14 @@ def stewarded_by(user_id: str) -> Select[tuple[str]]:
     return select(AgentRow.id).where(AgentRow.owner_id == user_id).union(supervised)  # type: ignore[return-value]
 
 
+def role_in_use(s: Session, role: str) -> bool:
+    """Whether any agent holds ``role`` (an index lookup)."""
+    if unstorable(role):
+        return False
+    q = select(AgentRoleRow.agent_id).where(AgentRoleRow.role == role).limit(1)
+    return s.scalars(q).first() is not None
+
+
 def liveness(s: Session, agent_ids: Collection[str]) -> dict[str, Liveness]:
     """What liveness reads of each of these agents that exists."""
     if not agent_ids:

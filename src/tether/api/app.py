@@ -22,6 +22,7 @@ from tether.api.routes import (
     audit,
     credentials,
     decisions,
+    freeze,
     oauth,
     ops,
     policies,
@@ -77,7 +78,8 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     errors.install(app)
     # The decision endpoints first: FastAPI tries routers in order, and they are the hot path.
-    for module in (decisions, ops, oauth, users, agents, credentials, policies, approvals, audit):
+    for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
+                   audit):  # fmt: skip
         app.include_router(module.router)
     app.add_middleware(DecisionFastPath, services=services)  # innermost: after limits, metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)

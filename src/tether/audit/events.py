@@ -37,6 +37,8 @@ class EventType(StrEnum):
     APPROVAL_EXPIRED = "approval.expired"
     APPROVAL_CANCELLED = "approval.cancelled"
     APPROVAL_FLOOD = "approval.flood"
+    FREEZE_STARTED = "freeze.started"
+    FREEZE_LIFTED = "freeze.lifted"
 
 
 @dataclass(frozen=True, slots=True)

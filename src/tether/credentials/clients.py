@@ -31,6 +31,7 @@ from tether.credentials.replay import ReplayCache
 from tether.credentials.service import secret_digest
 from tether.credentials.store import DatabaseCredentialStore
 from tether.db.text import unstorable
+from tether.freeze.gate import frozen_among
 from tether.jsonutil import loads
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -167,6 +168,8 @@ def _usable(
         raise _fail(client_id, method, f"agent is {agent.status}")
     if why is NotLive.EXPIRED:
         raise _fail(client_id, method, "agent expired")
+    if (frozen := frozen_among(s, [agent.id])) is not None:
+        raise _fail(client_id, method, f"agent is frozen ({frozen.freeze.reason})")
     allowed = agent.scopes
     if row.scopes is not None:
         allowed &= frozenset(loads(row.scopes))

@@ -20,6 +20,7 @@ from tether.agents.directory import AgentFacts
 from tether.clock import to_micros
 from tether.credentials.errors import InvalidScope, InvalidTarget, UnauthorizedClient
 from tether.fields import SCOPE_RE as _SCOPE
+from tether.freeze.gate import frozen_among
 from tether.users.models import UserRow
 
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")  # RFC 3986 URIs and RFC 8693 audiences: no spaces
@@ -33,6 +34,8 @@ def still_active(s: Session, agent_id: str, now: datetime) -> AgentFacts:
     why = authority.not_live(agent.liveness if agent else None, to_micros(now))
     if agent is None or why in (authority.NotLive.MISSING, authority.NotLive.INACTIVE):
         raise UnauthorizedClient("the agent is not active")
+    if (frozen := frozen_among(s, [agent_id])) is not None:
+        raise UnauthorizedClient(f"the agent is frozen ({frozen.freeze.reason})")
     return agent
 
 
@@ -79,11 +82,14 @@ def capped_ttl(ttl: int, agent: AgentFacts, now: datetime) -> int:
 def chain_problem(s: Session, ids: list[str], now_us: int) -> str | None:
     """Why a token naming these principals (subject and actors) must not be honoured: the
     agents domain's liveness rule (:func:`tether.agents.authority.chain_problem`) over what
-    exists now."""
+    exists now, then the freezes in force (:func:`tether.freeze.gate.frozen_among`)."""
     agents = directory.liveness(s, [i for i in ids if not i.startswith("usr_")])
     wanted = {i for i in ids if i.startswith("usr_")}
     humans = set(s.scalars(select(UserRow.id).where(UserRow.id.in_(wanted)))) if wanted else set()
-    return authority.chain_problem(ids, agents, humans, now_us)
+    problem = authority.chain_problem(ids, agents, humans, now_us)
+    if problem is None and (frozen := frozen_among(s, ids)) is not None:
+        return frozen.describe()
+    return problem
 
 
 def ref(subject: str) -> str:

@@ -37,6 +37,7 @@ from tether.credentials.retention import purge_expired_tokens
 from tether.credentials.store import DatabaseCredentialStore
 from tether.db import Database
 from tether.errors import Forbidden, ValidationFailed
+from tether.freeze.gate import frozen_among
 from tether.ids import IdPrefix, new_id
 from tether.maintenance import Task
 from tether.principals import Principal, Role
@@ -301,6 +302,8 @@ class OAuthService:
             agent = directory.facts(s, actor)
             if not authority.is_live(agent.liveness if agent else None, to_micros(now)):
                 raise ValidationFailed(f"agent {actor!r} is not an active agent", field="agent")
+            if (frozen := frozen_among(s, [actor])) is not None:
+                raise ValidationFailed(frozen.describe(), field="agent")
             self.store.add_token(s, AccessTokenRow(
                 jti=jti, agent_id=actor, client_id=user.id, issued_at=to_micros(now),
                 expires_at=(now_s + expires_in) * 1_000_000, revoked_at=None,

@@ -29,6 +29,7 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.group import Chain, GroupCommitter
 from tether.clock import Clock, to_micros
 from tether.errors import Forbidden, LedgerUnavailable
+from tether.freeze.values import FROZEN, holding
 from tether.policy.engine import CedarRequest, CompiledPolicies, Outcome
 from tether.policy.entities import AgentView
 from tether.policy.runtime import DecisionSnapshot
@@ -147,6 +148,8 @@ class DecisionService:
         if not agent.active_at(now_us):
             return _refuse(INACTIVE_AGENT, version, "agent_not_active",
                            f"agent {ask.subject} is {_status(agent, now_us)}")  # fmt: skip
+        if rt.freezes and (refused := _frozen(ask, rt, version)) is not None:
+            return refused
         for member in ask.chain:  # the subject is last, and was checked just above
             if member == ask.subject:
                 continue
@@ -283,6 +286,21 @@ def cedar_request(ask: Ask, agents: Mapping[str, AgentView]) -> CedarRequest:
         principal_entity=agent.entity, action=ask.action, resource=resource,
         resource_parents=parents, resource_entity=entity, context=orjson.dumps(ctx).decode(),
     )  # fmt: skip
+
+
+def _frozen(ask: Ask, rt: DecisionSnapshot, version: str) -> Decision | None:
+    """A freeze in force holding the subject or an agent of its chain (the freeze domain's
+    rule over this worker's snapshot); only asked while something is frozen."""
+    for member in (ask.subject, *ask.chain):
+        view = rt.agents.get(member)
+        if view is None:
+            continue  # humans, and unknown agents (refused below as inactive)
+        freeze = holding(rt.freezes, view.owner_id, view.roles, view.risk_tier)
+        if freeze is not None:
+            whose = "" if member == ask.subject else " in the delegation chain"
+            return _refuse(FROZEN, version, "agent_frozen",
+                           f"agent {member}{whose} is frozen: {freeze.reason}")  # fmt: skip
+    return None
 
 
 def _status(agent: AgentView | None, now_us: int) -> str:

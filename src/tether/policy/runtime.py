@@ -2,7 +2,8 @@
 
 :class:`AgentSection` holds every agent's view (its Cedar entity, built here from the
 registry's records, once per change of the agent); :class:`PolicySection` the compiled
-policy version. With the users' and the revoked tokens' sections (their domains'), they make
+policy version. With the users', the revoked tokens' and the freezes' sections (their
+domains'), they make
 the :class:`DecisionSnapshot` the decision service reads — in memory, never the database.
 """
 
@@ -15,6 +16,8 @@ from sqlalchemy.orm import Session
 from tether.agents import directory
 from tether.agents.directory import AgentRecord
 from tether.credentials.runtime import RevokedTokens
+from tether.freeze.runtime import FreezeSection
+from tether.freeze.values import Freeze
 from tether.policy.engine import CompiledPolicies
 from tether.policy.entities import AgentView, agent_view
 from tether.runtime.changes import Kind
@@ -83,16 +86,19 @@ class DecisionSnapshot:
     def __init__(
         self,
         runtime: Runtime,
+        *,
         agents: AgentSection,
         users: UserSection,
         tokens: RevokedTokens,
         policies: PolicySection,
+        freezes: FreezeSection,
     ) -> None:
         self.runtime = runtime
         self._agents = agents
         self._users = users
         self._tokens = tokens
         self._policies = policies
+        self._freezes = freezes
 
     @property
     def agents(self) -> dict[str, AgentView]:
@@ -109,6 +115,10 @@ class DecisionSnapshot:
     @property
     def policies(self) -> CompiledPolicies | None:
         return self._policies.compiled
+
+    @property
+    def freezes(self) -> tuple[Freeze, ...]:
+        return self._freezes.in_force
 
     def current(self) -> bool:
         return self.runtime.current()

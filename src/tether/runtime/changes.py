@@ -31,6 +31,7 @@ class Kind(StrEnum):
     USER = "user"
     TOKEN = "token"  # noqa: S105 - a kind, not a secret
     POLICY = "policy"
+    FREEZE = "freeze"
 
 
 def channel(schema: str | None) -> str:

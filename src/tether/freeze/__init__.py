@@ -1,0 +1,1 @@
+"""Freezes: the incident switch that stops every matching agent at once, revoking nothing."""
