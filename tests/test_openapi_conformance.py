@@ -105,6 +105,7 @@ _OAUTH_STATE_REFUSALS = {
         "the subject token has expired",
         "the human in the delegation chain no longer exists",
         "exceeds the maximum depth",
+        "is frozen (",  # an agent of the chain under a freeze the run itself put in force
     ),
     "invalid_target": ("the subject token does not reach that audience",),
 }
@@ -125,7 +126,8 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
     * 422 for an ``owner`` / ``supervisors`` entry that names no user (or an auditor), a
       ``parent`` agent that does not exist, an ``expires_at`` / ``recertify_by`` that is
       not in the future, a credential's ``scopes`` ceiling beyond what the agent may hold, or
-      a subject token for an ``agent`` that is not an active agent.
+      a subject token for an ``agent`` that is not an active agent (or is frozen: the run
+      freezes and unfreezes too); a freeze ``scope`` naming no user, or a role no agent has.
     * 422 on field ``jwk`` for an EC key whose coordinates the document admits but that is not
       a point on its curve (``_UNUSABLE_KEY``): not server state, but like it a property of
       the value no JSON Schema can state.
@@ -171,8 +173,12 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
             return message.endswith("must be in the future")
         if where == "scopes":
             return "exceed what the agent may hold" in message
-        if where == "agent":
-            return message.endswith("is not an active agent")
+        if where == "agent":  # not an active agent, or one under a freeze the run put in force
+            return message.endswith("is not an active agent") or " is frozen (" in message
+        if where == "scope.owner":
+            return message.startswith("no user ")
+        if where == "scope.role":
+            return message.startswith("no agent has role ")
         if where == "jwk":
             return message.startswith("jwk: ") and any(m in message for m in _UNUSABLE_KEY)
     return False
@@ -246,7 +252,8 @@ def _existing(services: Services, admin_token: str) -> Existing:
 
     def agent(name: str) -> str:
         spec = {"name": name, "owner": "admin", "purpose": "schemathesis",
-                "risk_tier": "minimal", "scopes": ["tools:read", "tools:write"]}  # fmt: skip
+                "risk_tier": "minimal", "scopes": ["tools:read", "tools:write"],
+                "roles": ["ops"]}  # fmt: skip
         return services.agents.create(admin, AgentCreate.model_validate(spec)).id
 
     client_id = agent("schemathesis-client")
@@ -291,6 +298,7 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
             # never see an agent.
             "dictionaries": {
                 "humans": {"values": ["admin"]},
+                "roles": {"values": ["ops"]},
                 "future": {"values": ["2099-01-01T00:00:00Z", "2098-06-30T12:00:00.5+02:00"]},
                 "clients": {"values": [existing.client_id]},
                 "secrets": {"values": [existing.client_secret]},
@@ -314,6 +322,11 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                 "body.client_id": {"dictionary": "clients", "probability": 1.0},
                 "body.client_secret": {"dictionary": "secrets", "probability": 1.0},
                 "body.scope": {"dictionary": "scope", "probability": 0.6},
+                # A freeze's scope names an owner there is (a role: "ops" is the clients').
+                "body.scope.owner": {"dictionary": "humans", "probability": 0.6},
+                "body.scope.role": {"dictionary": "roles", "probability": 0.6},
+                "query.owner": {"dictionary": "humans", "probability": 0.6},
+                "query.role": {"dictionary": "roles", "probability": 0.6},
             },
             "generation": {
                 "mode": "all",  # positive and negative
