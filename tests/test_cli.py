@@ -211,3 +211,32 @@ def test_audit_tail_shows_the_newest_and_follows(server: tuple[Path, dict[str, s
         finally:
             follower.terminate()
     assert seen == [7, 8, 9]
+
+
+def test_freeze_and_unfreeze_from_the_cli(server: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = server
+    made = tether(env, cwd, "agents", "create", "--name", "a", "--owner", "admin", "--purpose",
+                  "p", "--role", "ops", "--json")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    no_reason = tether(env, cwd, "freeze", "--role", "ops")
+    assert no_reason.returncode == 1
+    assert no_reason.stderr.startswith("error: ")
+    assert "--reason" in no_reason.stderr
+    bad_role = tether(env, cwd, "freeze", "--reason", "r", "--role", "nobody")
+    assert bad_role.returncode == 1
+    assert "scope.role" in bad_role.stderr
+    assert "Traceback" not in bad_role.stderr
+    frozen = tether(env, cwd, "freeze", "--reason", "incident 7", "--role", "ops", "--json")
+    assert frozen.returncode == 0, frozen.stderr
+    freeze = json.loads(frozen.stdout)
+    assert freeze["scope"] == {"role": "ops"}
+    shown = tether(env, cwd, "freeze", "--show")
+    assert shown.returncode == 0, shown.stderr
+    assert freeze["id"] in shown.stdout
+    assert "role=ops" in shown.stdout
+    lifted = tether(env, cwd, "unfreeze", "--reason", "contained", "--json")
+    assert lifted.returncode == 0, lifted.stderr
+    assert [f["id"] for f in json.loads(lifted.stdout)] == [freeze["id"]]
+    again = tether(env, cwd, "unfreeze")
+    assert again.returncode == 0
+    assert "nothing matching was frozen" in again.stdout

@@ -332,6 +332,7 @@ def setup(document: str, agents: dict[str, Row], schema: str = SCHEMA) -> Setup:
         users=dict.fromkeys(USERS),
         revoked_jtis={},
         policies=compiled,
+        freezes=(),
         current=lambda: True,
     )
     decisions = DecisionService(runtime, None, SystemClock(), None)  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ from tether.policy.decide import DecisionService
 from tether.policy.inputs import record_inputs
 from tether.policy.runtime import AgentSection, DecisionSnapshot, PolicySection
 from tether.policy.service import PolicyService
+from tether.revocations.feed import RevocationFeed
 from tether.runtime.snapshot import Runtime
 from tether.users.runtime import UserSection
 from tether.users.service import UserService
@@ -58,6 +59,7 @@ class Services:
     bearers: Bearers
     notifier: WebhookNotifier
     freezes: FreezeService
+    revocations: RevocationFeed
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -163,4 +165,5 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         credentials=CredentialService(db, ledger, clock, agents),
         oauth=oauth,
         freezes=FreezeService(db, ledger, clock, notifier.notify),
+        revocations=RevocationFeed(db, snapshot, clock),
     )

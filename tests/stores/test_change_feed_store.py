@@ -61,17 +61,18 @@ def test_what_committed_comes_back_in_commit_order_after_any_seq(db: Database) -
     _record(db, Kind.TOKEN, ["atk_1", "atk_2", "atk_3"])
     _record(db, Kind.POLICY, "v2")
     found = _read(db, 0)
-    assert [(kind, key) for _, kind, key in found.rows] == [
+    assert [(kind, key) for _, kind, key, _ in found.rows] == [
         ("agent", "agt_1"), ("token", "atk_1"), ("token", "atk_2"), ("token", "atk_3"),
         ("policy", "v2"),
     ]  # fmt: skip
-    seqs = [seq for seq, _, _ in found.rows]
+    assert {time_us for *_, time_us in found.rows} == {T0_US}  # each change's own time
+    seqs = [seq for seq, _, _, _ in found.rows]
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == len(seqs)
     with db.read() as s:
         assert changes.head(s) == seqs[-1] == found.last
     # From the middle: exactly what came after, nothing before.
-    assert [key for _, _, key in _read(db, seqs[1]).rows] == ["atk_2", "atk_3", "v2"]
+    assert [key for _, _, key, _ in _read(db, seqs[1]).rows] == ["atk_2", "atk_3", "v2"]
     assert _read(db, seqs[-1]).rows == []
 
 
@@ -81,7 +82,7 @@ def test_limit_pages_through_the_feed_without_loss_or_repeat(db: Database) -> No
     seq = 0
     while (page := _read(db, seq, limit=7)).rows:
         assert len(page.rows) <= 7
-        seen += [key for _, _, key in page.rows]
+        seen += [key for _, _, key, _ in page.rows]
         assert page.last is not None
         seq = page.last
     assert seen == [f"agt_{i:03}" for i in range(25)]
@@ -103,7 +104,7 @@ def test_a_rolled_back_writer_leaves_nothing_a_reader_sees_and_no_gap(db: Databa
     _record(db, Kind.AGENT, "after")
     found = _read(db, head)
     # PostgreSQL's sequence may have spent numbers on the lost rows; a reader never notices.
-    assert [key for _, _, key in found.rows] == ["after"]
+    assert [key for _, _, key, _ in found.rows] == ["after"]
     assert found.gap is False
 
 
@@ -116,7 +117,7 @@ def test_purge_forgets_only_old_rows_below_the_purger_seq(db: Database) -> None:
     with db.write() as s:
         gone = changes.purge(s, before_us=T0_US + HOUR_US, below_seq=unapplied_seq)
     assert gone == 2
-    assert [key for _, _, key in _read(db, 0).rows] == ["old_but_unapplied", "recent"]
+    assert [key for _, _, key, _ in _read(db, 0).rows] == ["old_but_unapplied", "recent"]
 
 
 def test_a_reader_behind_a_purge_is_told_to_reload(db: Database) -> None:
@@ -131,7 +132,7 @@ def test_a_reader_behind_a_purge_is_told_to_reload(db: Database) -> None:
     assert behind.rows == ()
     # One that had read up to the purged end is not behind; a fresh reader (seq 0) never is.
     assert _read(db, rows[2][0]).gap is False
-    assert [key for _, _, key in _read(db, 0).rows] == ["usr_4"]
+    assert [key for _, _, key, _ in _read(db, 0).rows] == ["usr_4"]
 
 
 def test_this_process_is_told_after_commit_and_never_after_a_rollback(db: Database) -> None:
@@ -160,10 +161,10 @@ def test_concurrent_writers_get_distinct_increasing_seqs(db: Database) -> None:
         t.join()
     rows = _read(db, 0).rows
     assert len(rows) == 30
-    assert len({seq for seq, _, _ in rows}) == 30
+    assert len({seq for seq, _, _, _ in rows}) == 30
     # Each writer's own changes appear in the order it made them.
     for n in range(6):
-        mine = [key for _, _, key in rows if key.startswith(f"w{n}_")]
+        mine = [key for _, _, key, _ in rows if key.startswith(f"w{n}_")]
         assert mine == [f"w{n}_{i}" for i in range(5)]
 
 

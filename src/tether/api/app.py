@@ -26,6 +26,7 @@ from tether.api.routes import (
     oauth,
     ops,
     policies,
+    revocations,
     users,
 )
 from tether.audit.anchoring import maintenance_seconds
@@ -79,7 +80,7 @@ def create_app(services: Services) -> FastAPI:
     errors.install(app)
     # The decision endpoints first: FastAPI tries routers in order, and they are the hot path.
     for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
-                   audit):  # fmt: skip
+                   audit, revocations):  # fmt: skip
         app.include_router(module.router)
     app.add_middleware(DecisionFastPath, services=services)  # innermost: after limits, metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)

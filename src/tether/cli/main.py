@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from tether.cli import agents, approvals, audit, credentials, policy, serve, users
+from tether.cli import agents, approvals, audit, credentials, freeze, policy, serve, users
 from tether.cli.common import JsonOpt, client
 from tether.cli.render import err, show
 from tether.errors import TetherError
@@ -28,6 +28,8 @@ app.command("token")(credentials.token)
 app.add_typer(audit.app, name="audit")
 app.add_typer(policy.app, name="policy")
 app.add_typer(approvals.app, name="approvals")
+app.command("freeze")(freeze.freeze)
+app.command("unfreeze")(freeze.unfreeze)
 app.add_typer(serve.db_app, name="db")
 app.command("serve")(serve.serve)
 

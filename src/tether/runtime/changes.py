@@ -49,11 +49,11 @@ def record(session: Session, kind: Kind, keys: list[str] | str, *, now_us: int) 
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """What :func:`since` found: ``(seq, kind, key)`` in seq order, and whether some that
+    """What :func:`since` found: ``(seq, kind, key, time_us)`` in seq order, and whether some that
     came after the reader's ``seq`` were purged before it read them (``gap``: the reader
     missed changes and must reload everything; ``rows`` is then empty)."""
 
-    rows: Sequence[tuple[int, str, str]]
+    rows: Sequence[tuple[int, str, str, int]]
     gap: bool
 
     @property
@@ -70,8 +70,8 @@ def head(session: Session) -> int:
 def since(session: Session, seq: int, *, limit: int = 10_000) -> Changes:
     """Up to ``limit`` changes after ``seq``, oldest first. A reader at ``seq == 0`` has
     loaded nothing incrementally and never has a gap."""
-    rows: Sequence[tuple[int, str, str]] = session.execute(
-        select(ChangeRow.seq, ChangeRow.kind, ChangeRow.key)
+    rows: Sequence[tuple[int, str, str, int]] = session.execute(
+        select(ChangeRow.seq, ChangeRow.kind, ChangeRow.key, ChangeRow.time)
         .where(ChangeRow.seq > seq).order_by(ChangeRow.seq).limit(limit)
     ).all()  # fmt: skip
     oldest = session.scalar(select(func.min(ChangeRow.seq)))

@@ -111,9 +111,9 @@ class Runtime:
             self.load()  # changes we never saw were purged: start over
         SYNCS.labels("changes" if found.rows else "idle").inc()
 
-    def _apply(self, s: Session, rows: Sequence[tuple[int, str, str]]) -> None:
+    def _apply(self, s: Session, rows: Sequence[tuple[int, str, str, int]]) -> None:
         kinds: dict[str, set[str]] = {}
-        for _, kind, key in rows:
+        for _, kind, key, _time in rows:
             kinds.setdefault(kind, set()).add(key)
         now_us = to_micros(self.clock.now())
         for section in self.sections:
