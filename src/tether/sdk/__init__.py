@@ -6,11 +6,13 @@ calling Tether per request::
     jwks = JWKSCache("https://tether.example/.well-known/jwks.json")
     claims = verify_access_token(token, issuer=ISSUER, audience=AUDIENCE, jwks=jwks)
 
-or guard a whole Starlette/FastAPI app with :class:`TetherAuthMiddleware`. Agents get, cache
-and present tokens with :class:`AgentClient` (client credentials, DPoP, token exchange), ask
-Tether before acting (:meth:`AgentClient.authorize` returns a :class:`Decision`) and guard
-their tool functions with :func:`guard`. The SDK does not import the server: it needs only
-``joserfc`` (over ``cryptography``), ``httpx2`` and ``anyio``.
+or guard a whole Starlette/FastAPI app with :class:`TetherAuthMiddleware`; pass a
+:class:`RevocationFollower` as the revocation check to refuse a killed, suspended or frozen
+agent's tokens at once (it follows Tether's revocation feed and fails closed when stale).
+Agents get, cache and present tokens with :class:`AgentClient` (client credentials, DPoP,
+token exchange), ask Tether before acting (:meth:`AgentClient.authorize` returns a
+:class:`Decision`) and guard their tool functions with :func:`guard`. The SDK does not import
+the server: it needs only ``joserfc`` (over ``cryptography``), ``httpx2`` and ``anyio``.
 """
 
 from tether.sdk.agent import ACCESS_TOKEN_TYPE, AgentClient, ApiError, Decision, TokenError
@@ -19,6 +21,7 @@ from tether.sdk.errors import InsufficientScope, InvalidToken, JWKSUnavailable
 from tether.sdk.guard import AccessDenied, ApprovalRequired, guard
 from tether.sdk.jwks import JWKSCache
 from tether.sdk.middleware import DPoPRequest, DPoPVerifier, TetherAuthMiddleware
+from tether.sdk.revocations import RevocationFollower
 from tether.sdk.verify import (
     DEFAULT_ALGORITHMS,
     DPoPCheck,
@@ -43,6 +46,7 @@ __all__ = [
     "JWKSCache",
     "JWKSUnavailable",
     "RevocationCheck",
+    "RevocationFollower",
     "TetherAuthMiddleware",
     "TokenError",
     "guard",
