@@ -48,11 +48,11 @@ def may_follow(principal: Principal, claims: dict[str, Any] | None) -> None:
         raise Forbidden(f"a resource-server credential needs scope {FOLLOW_SCOPE}")
 
 
-def parse_cursor(cursor: str | None) -> int | None:
+def parse_cursor(cursor: str | None, *, field: str = "since") -> int | None:
     if cursor is None or cursor == "":
         return None
     if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
-        raise InvalidCursor("since must be a cursor this feed returned (digits)", field="since")
+        raise InvalidCursor(f"{field} must be a cursor this feed returned (digits)", field=field)
     return int(cursor)
 
 
@@ -137,11 +137,11 @@ class RevocationFeed:
         snap = self.snapshot
         freezes = snap.freezes
         items = [self._all(freezes, now_us)]
-        for view in snap.agents.values():
+        for view in snap.agent_views():  # a copy: a sync may add an agent meanwhile
             state, reason = agent_state(view, freezes, now_us)
             if state != "active":
                 items.append(Item("agent", view.id, state, now_us, reason=reason))
-        for jti, exp_us in snap.revoked_jtis.items():
+        for jti, exp_us in snap.revoked_tokens():
             items.append(Item("token", jti, "revoked", now_us, exp=exp_us // 1_000_000))
         return FeedPage(items, upto, reset=True, current=current)
 
@@ -181,7 +181,7 @@ class RevocationFeed:
                 if freeze.scope.everything:
                     out.append(self._all(freezes, time_us))
                     continue
-                for view in snap.agents.values():
+                for view in snap.agent_views():
                     if freeze.scope.holds(view.owner_id, view.roles, view.risk_tier):
                         agent(view.id, time_us)
         return out

@@ -18,8 +18,9 @@ from tether.revocations.feed import FeedPage, may_follow, parse_cursor
 
 router = APIRouter(prefix="/v1/revocations", tags=["revocations"])
 # The pattern is the document's; the feed applies it (400 invalid_cursor), as every list does.
+_CURSOR = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[0-9]{0,18}$"})]
 Since = Annotated[
-    Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[0-9]{0,18}$"})] | None,
+    _CURSOR | None,
     Query(description="next_cursor of the previous read; absent: the whole current state"),
 ]
 _POLL_SECONDS = 0.05  # how often a stream looks at this worker's change-feed position
@@ -88,14 +89,18 @@ async def revocation_stream(
     svc: ServicesDep,
     who: CallerDep,
     since: Since = None,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[
+        _CURSOR, Header(description="the id of the last event received (a cursor)")
+    ] = "",
 ) -> StreamingResponse:
     """The feed as server-sent events: ``revocation`` events (the items), ``reset`` before a
     whole state, and ``current`` at least every two seconds while this worker is current (a
     follower that hears none for its bound must not trust what it holds). Reconnect with
     ``Last-Event-ID`` (or ``since``) to resume."""
     may_follow(who.principal, who.claims)
-    cursor = parse_cursor(last_event_id or since)
+    cursor = parse_cursor(since)
+    if last_event_id:  # an EventSource reconnecting: it wins over the query
+        cursor = parse_cursor(last_event_id, field="Last-Event-ID")
     feed, runtime = svc.revocations, svc.runtime
 
     async def events() -> AsyncIterator[bytes]:
