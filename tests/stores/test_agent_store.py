@@ -213,23 +213,44 @@ def test_filters_no_row_could_match_find_nothing(registry: Database) -> None:
         assert STORE.page(s, after=None, limit=5, risk_tier="x" * 1000) == []
 
 
-def test_children_are_found_by_parent_in_id_order(owners: Database) -> None:
+def test_descendants_come_nearest_generation_first_in_id_order(owners: Database) -> None:
     add_agent(owners, "agt_root")
-    for child in ("agt_c2", "agt_c1"):
-        add_agent(
-            owners, child, parent_id="agt_root", lineage='["agt_root"]', lineage_kind="spawned"
-        )
-    add_agent(
-        owners,
-        "agt_g1",
-        parent_id="agt_c1",
-        lineage='["agt_c1","agt_root"]',
-        lineage_kind="spawned",
-    )
+    add_agent(owners, "agt_other")
+    for child, parent in (("agt_c2", "agt_root"), ("agt_c1", "agt_root"),
+                          ("agt_g2", "agt_c1"), ("agt_g1", "agt_c2"), ("agt_h1", "agt_g2"),
+                          ("agt_x1", "agt_other")):  # fmt: skip
+        add_agent(owners, child, parent_id=parent, lineage=f'["{parent}"]', lineage_kind="spawned")
+    with owners.write() as s:
+        STORE.revoke(s, ["agt_c2"], reason="gone", now_us=T0_US + 1)
     with owners.read() as s:
-        assert [r.id for r in STORE.children(s, ["agt_root"])] == ["agt_c1", "agt_c2"]
-        assert [r.id for r in STORE.children(s, ["agt_c1", "agt_c2"])] == ["agt_g1"]
-        assert STORE.children(s, ["agt_g1"]) == []
+        found = STORE.descendants(s, "agt_root", limit=100)
+        assert [(d.id, d.status) for d in found] == [
+            ("agt_c1", "active"), ("agt_c2", "revoked"),  # whatever their status
+            ("agt_g1", "active"), ("agt_g2", "active"),
+            ("agt_h1", "active"),
+        ]  # fmt: skip
+        assert [d.id for d in STORE.descendants(s, "agt_root", limit=3)] == [
+            "agt_c1", "agt_c2", "agt_g1",
+        ]  # fmt: skip
+        assert [d.id for d in STORE.descendants(s, "agt_g2", limit=100)] == ["agt_h1"]
+        assert STORE.descendants(s, "agt_h1", limit=100) == []
+        assert STORE.descendants(s, "agt_nobody\x00", limit=100) == []
+
+
+def test_revoke_stores_status_reason_and_time_for_exactly_those(owners: Database) -> None:
+    for agent_id in ("agt_a", "agt_b", "agt_c"):
+        add_agent(owners, agent_id)
+    with owners.write() as s:
+        STORE.revoke(s, ["agt_a", "agt_c", "agt_nobody"], reason="compromised", now_us=T0_US + 5)
+        STORE.revoke(s, [], reason="nothing", now_us=T0_US + 6)
+    with owners.read() as s:
+        rows = {a: STORE.get(s, a) for a in ("agt_a", "agt_b", "agt_c")}
+        got = {a: (r.status, r.status_reason, r.updated_at) for a, r in rows.items() if r}
+    assert got == {
+        "agt_a": ("revoked", "compromised", T0_US + 5),
+        "agt_b": ("active", None, T0_US),
+        "agt_c": ("revoked", "compromised", T0_US + 5),
+    }
 
 
 def test_a_parent_must_exist(owners: Database) -> None:

@@ -20,8 +20,9 @@ from tether.agents.expiry import AgentExpiry
 from tether.agents.fingerprint import normalize
 from tether.agents.models import AgentRow
 from tether.agents.schemas import AgentCreate, AgentUpdate
-from tether.agents.store import DatabaseAgentStore
+from tether.agents.store import DatabaseAgentStore, Descendant
 from tether.agents.values import (
+    EXPIRABLE,
     TERMINAL,
     Agent,
     RiskTier,
@@ -304,40 +305,43 @@ class AgentService:
         """Revoke the agent and, with ``cascade``, every descendant. Irreversible.
 
         Returns the revoked ids and what each kill hook cut off. Raises
-        :class:`AgentRevoked` if the agent already is, :class:`InvalidTransition` if retired.
+        :class:`AgentRevoked` if the agent already is, :class:`InvalidTransition` if retired,
+        :class:`ValidationFailed` if the cascade is larger than ``MAX_CASCADE`` agents.
+
+        Every write waits for this transaction (the deployment-wide write lock), decisions'
+        ledger events too, so it is a fixed handful of statements whatever the size of the
+        cascade: one query for the descendants, one UPDATE for their status, one ledger
+        append, one statement per cut-off hook (bench/README.md, "Kill").
         """
         now = self.clock.now()
+        now_us = to_micros(now)
         with self.db.write() as s:
             root = self._row(s, agent_id)
             self._require(s, actor, root, "operate")
             if next_status("kill", Status(root.status)) is None:
                 raise self._terminal(root)
-            victims = [root]
-            if cascade:
-                victims += self._descendants(s, root.id)
-            self.expiry.catch_up(s, victims, now)
-            revoked: list[str] = []
-            for row in victims:
-                if next_status("kill", Status(row.status)) is None:
-                    continue  # already revoked or retired: nothing left to cut off
-                previous = row.status
-                row.status = Status.REVOKED.value
-                row.status_reason = reason
-                row.updated_at = to_micros(now)
-                revoked.append(row.id)
-                self._audit(
-                    s,
-                    actor,
-                    EventType.AGENT_KILLED,
-                    row=row,
-                    now=now,
-                    details={
-                        "reason": reason,
-                        "previous_status": previous,
-                        "cascade": cascade,
-                        "root": root.id,
-                    },
-                )
+            below = self._descendants(s, root.id) if cascade else []
+            # Expiries the sweep has not stored yet come first, as for any other change.
+            due = [root] if self._unswept(root.status, root.expires_at, now_us) else []
+            due += [
+                self._row(s, d.id) for d in below if self._unswept(d.status, d.expires_at, now_us)
+            ]
+            self.expiry.catch_up(s, due, now)
+            expired = {row.id for row in due}
+            victims = [(root.id, root.status)]
+            victims += [(d.id, Status.EXPIRED if d.id in expired else d.status) for d in below]
+            # Already revoked or retired: nothing left to cut off.
+            killed = [(i, st) for i, st in victims if next_status("kill", Status(st)) is not None]
+            revoked = [i for i, _ in killed]
+            self.store.revoke(s, revoked, reason=reason, now_us=now_us)
+            changes.record(s, changes.Kind.AGENT, revoked, now_us=now_us)
+            self.ledger.append(s, [
+                self._event(actor, EventType.AGENT_KILLED, agent_id=i, details={
+                    "reason": reason, "previous_status": str(st), "cascade": cascade,
+                    "root": root.id,
+                })
+                for i, st in killed
+            ], now=now)  # fmt: skip
             counts = {"tokens": 0, "keys": 0, "approvals": 0, "leases": 0}
             cut = cut_off(self.cut_offs, s, revoked, now, why=Why.KILLED, counts=counts)
             return {"revoked": revoked, "cut_off": cut}
@@ -374,18 +378,16 @@ class AgentService:
             self._audit(s, actor, event, row=row, now=now, details=details)
             return read_model.to_agents(self.store, s, [row], now=now)[0]
 
-    def _descendants(self, s: Session, root_id: str) -> builtins.list[AgentRow]:
-        out: builtins.list[AgentRow] = []
-        frontier = [root_id]
-        seen = {root_id}
-        while frontier:
-            kids = [k for k in self.store.children(s, frontier) if k.id not in seen]
-            seen.update(k.id for k in kids)
-            out += kids
-            if len(out) > MAX_CASCADE:
-                raise ValidationFailed("cascade larger than 10000 agents; kill in parts")
-            frontier = [k.id for k in kids]
+    def _descendants(self, s: Session, root_id: str) -> builtins.list[Descendant]:
+        out = self.store.descendants(s, root_id, limit=MAX_CASCADE + 1)
+        if len(out) > MAX_CASCADE:
+            raise ValidationFailed("cascade larger than 10000 agents; kill in parts")
         return out
+
+    @staticmethod
+    def _unswept(status: str, expires_at: int | None, now_us: int) -> bool:
+        """Expired, but the sweep has not stored it yet (:meth:`AgentExpiry.catch_up`)."""
+        return status in EXPIRABLE and has_expired(expires_at, now_us)
 
     def _new_row(
         self,
@@ -440,19 +442,21 @@ class AgentService:
     ) -> None:
         changes.record(s, changes.Kind.AGENT, row.id, now_us=to_micros(now))
         self.ledger.append(
-            s,
-            [
-                NewEvent(
-                    type_,
-                    actor.ref,
-                    agent_id=row.id,
-                    action=str(type_),
-                    resource={"type": "Agent", "id": row.id},
-                    outcome="success",
-                    details=details,
-                )
-            ],
-            now=now,
+            s, [self._event(actor, type_, agent_id=row.id, details=details)], now=now
+        )
+
+    @staticmethod
+    def _event(
+        actor: Principal, type_: EventType, *, agent_id: str, details: dict[str, Any]
+    ) -> NewEvent:
+        return NewEvent(
+            type_,
+            actor.ref,
+            agent_id=agent_id,
+            action=str(type_),
+            resource={"type": "Agent", "id": agent_id},
+            outcome="success",
+            details=details,
         )
 
     def authorized_row(self, s: Session, actor: Principal, agent_id: str, need: str) -> AgentRow:

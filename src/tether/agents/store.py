@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select
+from sqlalchemy import ColumnElement, and_, delete, literal, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tether.agents.authority import Stewards
@@ -24,6 +25,14 @@ class _Filters:
     risk_tier: str | None
     role: str | None
     now_us: int
+
+
+class Descendant(NamedTuple):
+    """What a kill needs of an agent below the one killed: its stored status and expiry."""
+
+    id: str
+    status: str
+    expires_at: int | None
 
 
 class DatabaseAgentStore:
@@ -147,9 +156,43 @@ class DatabaseAgentStore:
             q = q.where(AgentRow.risk_tier == f.risk_tier)
         return list(session.scalars(q.order_by(key).limit(f.limit)))
 
-    def children(self, session: Session, parent_ids: list[str]) -> list[AgentRow]:
-        q = select(AgentRow).where(AgentRow.parent_id.in_(parent_ids)).order_by(AgentRow.id)
-        return list(session.scalars(q))
+    def descendants(self, session: Session, root_id: str, *, limit: int) -> list[Descendant]:
+        """Every agent below ``root_id`` (its children, theirs, …): nearest generation first,
+        in id order within one; at most ``limit`` (so a caller that gets ``limit`` back may be
+        missing some). One recursive query on ``ix_agents_parent_id``, whatever the depth.
+
+        A parent is set once, at creation, to an agent that exists already: the agents form
+        a forest and the walk ends. The depth bound is there only so that it must."""
+        if unstorable(root_id):
+            return []
+        walk = (
+            select(AgentRow.id, AgentRow.status, AgentRow.expires_at, literal(1).label("depth"))
+            .where(AgentRow.parent_id == root_id)
+            .cte("descendants", recursive=True)
+        )
+        below = (
+            select(AgentRow.id, AgentRow.status, AgentRow.expires_at, walk.c.depth + 1)
+            .join(walk, AgentRow.parent_id == walk.c.id)
+            .where(walk.c.depth < limit)
+        )
+        walk = walk.union_all(below)
+        q = (
+            select(walk.c.id, walk.c.status, walk.c.expires_at)
+            .order_by(walk.c.depth, walk.c.id)
+            .limit(limit)
+        )
+        return [Descendant(*row) for row in session.execute(q)]
+
+    def revoke(self, session: Session, agent_ids: list[str], *, reason: str, now_us: int) -> None:
+        """Store these agents as revoked at ``now_us``, in one statement."""
+        if agent_ids:
+            session.execute(
+                update(AgentRow)
+                .where(AgentRow.id.in_(agent_ids))
+                .values(status=Status.REVOKED.value, status_reason=reason, updated_at=now_us)
+                # The rows this session has loaded (the root) are updated in memory too.
+                .execution_options(synchronize_session="evaluate")
+            )
 
     def stewards(self, session: Session, row: AgentRow) -> Stewards:
         """The humans who answer for the agent of ``row``: its owner and its supervisors."""
