@@ -5,7 +5,8 @@ PostgreSQL), ``--no-sqlite``, ``--events N`` (ledger size to verify), ``--agents
 (registry size), ``--explain`` (registry query plans), ``--clients N`` / ``--workers N``
 (token issuance load; ``--workers`` also for the decision server), ``--connections N`` /
 ``--duration S`` / ``--rate R`` / ``--loadgen`` / ``--profile N`` / ``--decision-agents N``
-(decisions), ``--json FILE``.
+(decisions), ``--kills N`` / ``--big-kills N`` / ``--kill-load-rate R`` (propagation),
+``--json FILE``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench import decisions, ledger, registry, tokens
+from bench import decisions, ledger, propagation, registry, tokens
 from bench.common import machine_line, note, parse_options, write_json
 
 
@@ -24,6 +25,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     registry.add_arguments(parser)
     tokens.add_arguments(parser)
     decisions.add_arguments(parser)
+    propagation.add_arguments(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -37,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         + registry.run_all(options)
         + tokens.run_all(options)
         + decisions.run_all(options)
+        + propagation.run_all(options)
     )
     sys.stdout.write(f"\n## Summary — {machine_line(options)}\n")
     for table in tables:

@@ -852,10 +852,12 @@ class LoadGen:
 
     def fixed_rate(
         self, reqs: Sequence[HttpRequest], *, rate: int, connections: int, seconds: float,
-        expect: str,
+        expect: str, stop: Path | None = None,
     ) -> LoadResult:  # fmt: skip
+        """``stop``: a file whose creation ends the run early (its results cover the time
+        until then)."""
         return self._python(reqs, mode="fixed", connections=connections, seconds=seconds,
-                            expect=expect, rate=rate)  # fmt: skip
+                            expect=expect, rate=rate, stop=stop)  # fmt: skip
 
     def _wrk(
         self, reqs: Sequence[HttpRequest], *, connections: int, seconds: float, expect: str
@@ -894,7 +896,7 @@ class LoadGen:
 
     def _python(
         self, reqs: Sequence[HttpRequest], *, mode: str, connections: int, seconds: float,
-        expect: str, rate: int,
+        expect: str, rate: int, stop: Path | None = None,
     ) -> LoadResult:  # fmt: skip
         cfg = self.workdir / "loadgen.json"
         result = self.workdir / "loadgen-result.json"
@@ -902,7 +904,7 @@ class LoadGen:
             "host": "127.0.0.1", "port": int(self.host.rsplit(":", 1)[1]),
             "requests": str(self._lines(reqs)), "hostheader": self.host, "mode": mode,
             "connections": connections, "seconds": seconds, "rate": rate, "expect": expect,
-            "out": str(result),
+            "out": str(result), "stop": str(stop) if stop else None,
         }))  # fmt: skip
         cmd = [sys.executable, "-c",
                "import sys; from bench.decisions import loadgen_child; loadgen_child(sys.argv[1])",
@@ -1041,6 +1043,7 @@ async def _loadgen(cfg: dict[str, Any], startup_cpu: float) -> None:
     else:
         queue: asyncio.Queue[tuple[float, int] | None] = asyncio.Queue()
         total = int(rate * seconds)
+        stop = Path(cfg["stop"]) if cfg.get("stop") else None
 
         async def worker(k: int) -> None:
             while True:
@@ -1058,6 +1061,9 @@ async def _loadgen(cfg: dict[str, Any], startup_cpu: float) -> None:
         workers = [asyncio.ensure_future(worker(k)) for k in range(n_conn)]
         t0 = clock() + 0.05
         for i in range(total):
+            if stop is not None and i % 16 == 0 and stop.exists():
+                total, seconds = i, i / rate  # stopped early: the run is what was scheduled
+                break
             at = t0 + i / rate
             delay = at - clock()
             if delay > 0:

@@ -220,23 +220,32 @@ class Server:
 
 @contextmanager
 def tether_server(
-    dep: Deployment, workers: int, extra_env: dict[str, str] | None = None
+    dep: Deployment,
+    workers: int,
+    extra_env: dict[str, str] | None = None,
+    *,
+    data_dir: Path | None = None,
+    port: int | None = None,
 ) -> Iterator[Server]:
-    """``python -m tether serve --workers N`` on the deployment; stopped on exit."""
+    """``python -m tether serve --workers N`` on the deployment; stopped on exit. Another
+    node of the same deployment: its own ``data_dir`` (holding the deployment's keys) and
+    ``port``, with ``TETHER_PUBLIC_URL`` in ``extra_env``."""
     settings = dep.services.settings
+    port = port or dep.port
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update(
-        TETHER_DATA_DIR=str(settings.data_dir),
+        TETHER_DATA_DIR=str(data_dir or settings.data_dir),
         TETHER_DATABASE_URL=dep.url,
         TETHER_HOST="127.0.0.1",
-        TETHER_PORT=str(dep.port),
+        TETHER_PORT=str(port),
         TETHER_LOG_LEVEL="warning",
     )
     if dep.schema:
         env["TETHER_DATABASE_SCHEMA"] = dep.schema
     env.update(extra_env or {})
-    log_path = dep.workdir / "server.log"
+    url = f"http://127.0.0.1:{port}"
+    log_path = dep.workdir / ("server.log" if port == dep.port else f"server-{port}.log")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tether", "serve", "--workers", str(workers)],
@@ -244,8 +253,8 @@ def tether_server(
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            _wait_ready(proc, dep.base_url, log_path)
-            yield Server(dep.base_url, proc.pid)
+            _wait_ready(proc, url, log_path)
+            yield Server(url, proc.pid)
         finally:
             proc.terminate()
             try:
