@@ -5,9 +5,20 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
-from sqlalchemy import ColumnElement, and_, delete, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tether.agents.authority import Stewards
@@ -159,44 +170,59 @@ class DatabaseAgentStore:
     def descendants(self, session: Session, root_id: str, *, limit: int) -> list[Descendant]:
         """Every agent below ``root_id`` (its children, theirs, …): nearest generation first,
         in id order within one; at most ``limit`` (so a caller that gets ``limit`` back may be
-        missing some). One recursive query on ``ix_agents_parent_id``, whatever the depth.
-
-        A parent is set once, at creation, to an agent that exists already: the agents form
-        a forest and the walk ends. The depth bound is there only so that it must."""
+        missing some). One recursive query on ``ix_agents_parent_id``, whatever the depth."""
         if unstorable(root_id):
             return []
-        walk = (
-            select(AgentRow.id, AgentRow.status, AgentRow.expires_at, literal(1).label("depth"))
-            .where(AgentRow.parent_id == root_id)
-            .cte("descendants", recursive=True)
-        )
-        below = (
-            select(AgentRow.id, AgentRow.status, AgentRow.expires_at, walk.c.depth + 1)
-            .join(walk, AgentRow.parent_id == walk.c.id)
-            .where(walk.c.depth < limit)
-        )
-        walk = walk.union_all(below)
-        q = (
-            select(walk.c.id, walk.c.status, walk.c.expires_at)
-            .order_by(walk.c.depth, walk.c.id)
-            .limit(limit)
-        )
-        return [Descendant(*row) for row in session.execute(q)]
+        found = session.execute(_DESCENDANTS, {"root": root_id, "limit": limit})
+        return [Descendant(*row) for row in found]
 
     def revoke(self, session: Session, agent_ids: list[str], *, reason: str, now_us: int) -> None:
-        """Store these agents as revoked at ``now_us``, in one statement."""
-        if agent_ids:
-            session.execute(
-                update(AgentRow)
-                .where(AgentRow.id.in_(agent_ids))
-                .values(status=Status.REVOKED.value, status_reason=reason, updated_at=now_us)
-                # The rows this session has loaded (the root) are updated in memory too.
-                .execution_options(synchronize_session="evaluate")
-            )
+        """Store these agents as revoked at ``now_us``, in one statement. The session's pending
+        changes are flushed first, and the rows it holds of these agents expired (a later read
+        sees what is stored)."""
+        if not agent_ids:
+            return
+        session.flush()
+        session.execute(_REVOKE, {"ids": agent_ids, "reason": reason, "now_us": now_us})
+        wanted = set(agent_ids)
+        for row in list(session.identity_map.values()):
+            if isinstance(row, AgentRow) and row.id in wanted:
+                session.expire(row)
 
     def stewards(self, session: Session, row: AgentRow) -> Stewards:
         """The humans who answer for the agent of ``row``: its owner and its supervisors."""
         return Stewards(row.owner_id, frozenset(self.supervisors_of(session, [row.id])[row.id]))
+
+
+# The kill's statements, built once: it runs them under the deployment-wide write lock, and
+# building a recursive query or an ORM bulk UPDATE cost several times running it (on SQLite
+# ~0.45 ms to build the query against ~0.05 to run it; bench/README.md, "Kill").
+#
+# A parent is set once, at creation, to an agent that exists already: the agents form a
+# forest and the walk ends. The depth bound is there only so that it must.
+_AGENTS = cast(Table, AgentRow.__table__)
+_LIMIT = bindparam("limit", type_=Integer)
+_WALK = (
+    select(_AGENTS.c.id, _AGENTS.c.status, _AGENTS.c.expires_at, literal(1).label("depth"))
+    .where(_AGENTS.c.parent_id == bindparam("root"))
+    .cte("descendants", recursive=True)
+)
+_WALK = _WALK.union_all(
+    select(_AGENTS.c.id, _AGENTS.c.status, _AGENTS.c.expires_at, _WALK.c.depth + 1)
+    .join(_WALK, _AGENTS.c.parent_id == _WALK.c.id)
+    .where(_WALK.c.depth < _LIMIT)
+)
+_DESCENDANTS = (
+    select(_WALK.c.id, _WALK.c.status, _WALK.c.expires_at)
+    .order_by(_WALK.c.depth, _WALK.c.id)
+    .limit(_LIMIT)
+)
+_REVOKE = (
+    update(_AGENTS)
+    .where(_AGENTS.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status=Status.REVOKED.value, status_reason=bindparam("reason"),
+            updated_at=bindparam("now_us"))
+)  # fmt: skip
 
 
 def _status_is(status: str, now_us: int) -> ColumnElement[bool]:

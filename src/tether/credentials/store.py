@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from tether.credentials.models import AccessTokenRow, CredentialRow, SigningKeyRow
 from tether.db.text import unstorable
+
+# A kill's (and an expiry's) one statement for its tokens, built once: it runs under the
+# write lock, where a second statement naming 10,000 jtis back, or building an ORM bulk
+# UPDATE each time, cost more than the update itself (bench/README.md, "Kill"). Tokens this
+# session holds as rows (none, on those paths) would keep their old values in memory.
+_TOKENS = cast(Table, AccessTokenRow.__table__)
+_REVOKE_OF = (
+    update(_TOKENS)
+    .where(_TOKENS.c.agent_id.in_(bindparam("agents", expanding=True)),
+           _TOKENS.c.revoked_at.is_(None), _TOKENS.c.expires_at > bindparam("now_us"))
+    .values(revoked_at=bindparam("now_us"))
+    .returning(_TOKENS.c.jti)
+)  # fmt: skip
 
 
 class DatabaseCredentialStore:
@@ -78,16 +92,7 @@ class DatabaseCredentialStore:
         wanted = [a for a in agent_ids if not unstorable(a)]
         if not wanted:
             return []
-        # One statement (UPDATE … RETURNING, on both backends): a kill holds the write lock
-        # while it runs, and naming 10,000 jtis back in a second statement cost more than
-        # the update itself (bench/README.md, "Kill").
-        return list(session.scalars(
-            update(AccessTokenRow)
-            .where(AccessTokenRow.agent_id.in_(wanted), AccessTokenRow.revoked_at.is_(None),
-                   AccessTokenRow.expires_at > now_us)
-            .values(revoked_at=now_us)
-            .returning(AccessTokenRow.jti)
-        ))  # fmt: skip
+        return list(session.scalars(_REVOKE_OF, {"agents": wanted, "now_us": now_us}))
 
     def revoke_tokens(self, session: Session, jtis: Collection[str], now_us: int) -> None:
         """Mark exactly these tokens revoked at ``now_us`` (callers name unrevoked ones)."""
