@@ -146,7 +146,7 @@ def test_old_changes_are_purged_and_a_worker_behind_them_reloads(
     behind = Runtime(services.db, services.clock)
     behind_agents = AgentSection()
     behind.register(behind_agents, PolicySection(services.policies.compiled))
-    services.db.after_change.remove(behind.sync)  # a worker in another process: no hook
+    services.db.after_change.remove(behind.changed)  # a worker in another process: no hook
     behind.load()
     services.agents.suspend(admin, made[0], reason="while the other worker was away")
     services.runtime.sync()

@@ -1,5 +1,11 @@
 """The revoked tokens' section of the runtime snapshot: the ids of tokens revoked before
-their expiry, refused by every worker without a database read."""
+their expiry, refused by every worker without a database read.
+
+A live map, changed in place: a sync adds the newly revoked ids (one dict assignment each,
+atomic under the GIL), so it costs what changed, however many are held; a reader that
+iterates takes :meth:`RevokedTokens.all`. Maintenance replaces the map whole, under the
+runtime's lock (never during a sync).
+"""
 
 from __future__ import annotations
 
@@ -24,10 +30,11 @@ class RevokedTokens:
         self.jtis = _store.revoked_unexpired(s, now_us)
 
     def apply(self, s: Session, changed: Mapping[str, set[str]], now_us: int) -> None:
-        found = _store.revoked_among(s, changed[Kind.TOKEN.value])
-        merged = dict(self.jtis)
-        merged.update(found)
-        self.jtis = merged
+        self.jtis.update(_store.revoked_among(s, changed[Kind.TOKEN.value]))
+
+    def all(self) -> list[tuple[str, int]]:
+        """Every ``(jti, expiry)`` as of one instant (copied within one C call)."""
+        return list(self.jtis.items())
 
     def purge(self, now_us: int) -> None:
         """Revoked ids past their expiry fail verification anyway."""

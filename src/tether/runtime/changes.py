@@ -69,13 +69,20 @@ def head(session: Session) -> int:
 
 def since(session: Session, seq: int, *, limit: int = 10_000) -> Changes:
     """Up to ``limit`` changes after ``seq``, oldest first. A reader at ``seq == 0`` has
-    loaded nothing incrementally and never has a gap."""
+    loaded nothing incrementally and never has a gap.
+
+    One query when nothing can have been skipped: the first row found is ``seq + 1``, or
+    there is none (:func:`purge` deletes only below a ``seq`` some reader applied, so the
+    newest row always stays: had rows after ``seq`` gone, it would be found). Otherwise the
+    oldest row tells whether the numbers between were purged or never committed."""
     rows: Sequence[tuple[int, str, str, int]] = session.execute(
         select(ChangeRow.seq, ChangeRow.kind, ChangeRow.key, ChangeRow.time)
         .where(ChangeRow.seq > seq).order_by(ChangeRow.seq).limit(limit)
     ).all()  # fmt: skip
+    if not seq or not rows or rows[0][0] == seq + 1:
+        return Changes(rows, gap=False)
     oldest = session.scalar(select(func.min(ChangeRow.seq)))
-    if seq and oldest is not None and oldest > seq + 1:
+    if oldest is not None and oldest > seq + 1:
         return Changes((), gap=True)
     return Changes(rows, gap=False)
 

@@ -3,9 +3,12 @@
 Its sections are the domains' (:mod:`tether.runtime.sections`): agents with their prebuilt
 Cedar entities, users, revoked token ids, the compiled policy version, each registered by the
 wiring. A full load at start; afterwards the change feed (``runtime_changes``) is applied
-incrementally — at once in the process that made the change, on a NOTIFY from PostgreSQL,
-and by a poll every ``poll_seconds`` as the safety net — each section getting the keys of
-the kinds it follows.
+incrementally, each section getting the keys of the kinds it follows. Propagation is pushed:
+the process that made the change applies it right after its commit; every other process
+learns at once — on PostgreSQL from a NOTIFY (every node), on SQLite (one host) from a byte
+in its wake-up pipe (:mod:`tether.runtime.wakeups`) — and a poll every ``poll_seconds`` is
+only the safety net. A sync reads every pending change in passes of up to ``_BATCH`` rows
+and costs in proportion to what changed, not to what the sections hold.
 
 A worker that has not confirmed it is current for ``stale_seconds`` is *stale*: the decision
 path then denies everything (fail closed) and ``/readyz`` says so.
@@ -17,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import psycopg
 from prometheus_client import Counter, Gauge
@@ -29,11 +33,13 @@ from tether.maintenance import Task
 from tether.runtime import changes
 from tether.runtime.changes import channel
 from tether.runtime.sections import Section
+from tether.runtime.wakeups import FifoWakeups
 
 log = logging.getLogger("tether.runtime")
 SYNCS = Counter("tether_runtime_syncs", "Change-feed syncs applied", ["result"])
 LAG = Gauge("tether_runtime_seconds_since_sync", "Seconds since this worker was last current")
 _FEED_KEEP_US = 3600 * 1_000_000
+_BATCH = 10_000  # change-feed rows read per pass (bounds every IN list a section builds)
 
 
 class Runtime:
@@ -57,7 +63,8 @@ class Runtime:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        db.after_change.append(self.sync)
+        self.wakeups = _wakeups_for(db)
+        db.after_change.append(self.changed)
 
     def register(self, *sections: Section) -> None:
         self.sections.extend(sections)
@@ -96,20 +103,35 @@ class Runtime:
             self._loaded = True
             self._synced_at = time.monotonic()
 
+    def changed(self) -> None:
+        """Run by the database after a commit of this process that recorded changes: the
+        other processes on this host are woken (SQLite; PostgreSQL's NOTIFY left with the
+        commit), then this one applies the changes."""
+        if self.wakeups is not None:
+            self.wakeups.ring()
+        self.sync()
+
     def sync(self) -> None:
-        """Apply the change feed since the last sync; thread-safe, cheap when nothing moved."""
+        """Apply the change feed since the last sync, every pending row (in passes of
+        ``_BATCH``); thread-safe, cheap when nothing moved."""
         if not self._loaded:
             self.load()
             return
+        moved = gap = False
         with self._lock, self.db.read() as s:
-            found = changes.since(s, self.last_seq)
-            if found.last is not None:
-                self._apply(s, found.rows)
-                self.last_seq = found.last
+            while True:
+                found = changes.since(s, self.last_seq, limit=_BATCH)
+                gap = found.gap
+                if found.last is not None:
+                    self._apply(s, found.rows)
+                    self.last_seq = found.last
+                    moved = True
+                if gap or len(found.rows) < _BATCH:
+                    break
             self._synced_at = time.monotonic()
-        if found.gap:
+        if gap:
             self.load()  # changes we never saw were purged: start over
-        SYNCS.labels("changes" if found.rows else "idle").inc()
+        SYNCS.labels("changes" if moved else "idle").inc()
 
     def _apply(self, s: Session, rows: Sequence[tuple[int, str, str, int]]) -> None:
         kinds: dict[str, set[str]] = {}
@@ -129,8 +151,9 @@ class Runtime:
         hour old go (every worker has long applied them; one that was away that long reloads
         everything when it finds a gap)."""
         now_us = to_micros(self.clock.now())
-        for section in self.sections:
-            section.purge(now_us)
+        with self._lock:  # sections change their state in place while syncing
+            for section in self.sections:
+                section.purge(now_us)
         with self.db.write() as s:
             changes.purge(s, before_us=now_us - _FEED_KEEP_US, below_seq=self.last_seq)
 
@@ -147,8 +170,12 @@ class Runtime:
             self._threads.append(listener)
         for thread in self._threads:
             thread.start()
+        if self.wakeups is not None:
+            self.wakeups.listen(self._wake.set)
 
     def stop(self) -> None:
+        if self.wakeups is not None:
+            self.wakeups.close()
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
@@ -185,3 +212,14 @@ class Runtime:
             except psycopg.Error:
                 log.warning("runtime LISTEN connection lost; polling meanwhile", exc_info=True)
                 self._stop.wait(1.0)
+
+
+def _wakeups_for(db: Database) -> FifoWakeups | None:
+    """SQLite's push between this host's processes: pipes in a directory beside the database
+    file (``tether.db.wake``); None for PostgreSQL (NOTIFY) and an in-memory database."""
+    if db.dialect != "sqlite":
+        return None
+    path = make_url(db.url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return FifoWakeups(Path(f"{Path(path).resolve()}.wake"))

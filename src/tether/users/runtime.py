@@ -1,14 +1,18 @@
 """The users' section of the runtime snapshot: who exists, and which user tokens this worker
-has already checked (so a human's request needs no database read)."""
+has already checked (so a human's request needs no database read).
+
+``views`` is a live map, changed in place by a sync for the users that changed (one dict
+assignment or removal each, atomic under the GIL); the token cache is dropped whole."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tether.db.text import unstorable
 from tether.runtime.changes import Kind
 from tether.users.models import UserRow
 
@@ -35,11 +39,20 @@ class UserSection:
         self.tokens = {}
 
     def apply(self, s: Session, changed: Mapping[str, set[str]], now_us: int) -> None:
-        self.load(s, now_us)
+        ids = changed[Kind.USER.value]
+        found = _views(s, ids)
+        for user_id in ids - found.keys():
+            self.views.pop(user_id, None)
+        self.views.update(found)
+        self.tokens = {}
 
     def purge(self, now_us: int) -> None:
         del now_us
 
 
-def _views(s: Session) -> dict[str, UserView]:
-    return {u.id: UserView(u.id, u.username, u.role) for u in s.scalars(select(UserRow))}
+def _views(s: Session, ids: Collection[str] | None = None) -> dict[str, UserView]:
+    """Every user's view, or those of ``ids`` that exist."""
+    q = select(UserRow.id, UserRow.username, UserRow.role)
+    if ids is not None:
+        q = q.where(UserRow.id.in_([i for i in ids if not unstorable(i)]))
+    return {i: UserView(i, name, role) for i, name, role in s.execute(q)}
