@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     runtime_stale_seconds: float = Field(
         default=5.0, gt=0, description="A worker not current for this long denies everything."
     )
+    runtime_propagation_wait_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=30,
+        description="A write that changed agents, tokens, users, policies or freezes returns "
+        "once every live worker applied it, or after this long (0: do not wait).",
+    )
     decision_batch_max: int = Field(
         default=256, ge=1, le=10_000, description="Most decision events in one commit."
     )

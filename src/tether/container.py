@@ -108,7 +108,8 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     users = UserService(db, ledger, clock)
     policies = PolicyService(db, ledger, clock, memo_capacity=settings.decision_memo_size)
     runtime = Runtime(db, clock, poll_seconds=settings.runtime_poll_seconds,
-                      stale_seconds=settings.runtime_stale_seconds)  # fmt: skip
+                      stale_seconds=settings.runtime_stale_seconds,
+                      propagation_wait=settings.runtime_propagation_wait_seconds)  # fmt: skip
     # Each domain's part of the runtime snapshot (tether.runtime.sections).
     agent_views, known_users = AgentSection(), UserSection()
     revoked, compiled = RevokedTokens(), PolicySection(policies.compiled)

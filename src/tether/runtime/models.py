@@ -18,3 +18,14 @@ class ChangeRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     key: Mapped[str] = mapped_column(String(128))
     time: Mapped[int] = mapped_column(BigInteger)  # microseconds since the epoch
+
+
+class RuntimePositionRow(Base):
+    """Where each running worker is in the change feed (``tether.runtime.positions``): a
+    write that changed runtime state returns once every live worker has applied it."""
+
+    __tablename__ = "runtime_positions"
+
+    runtime_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    applied_seq: Mapped[int] = mapped_column(BigInteger)
+    seen_at: Mapped[int] = mapped_column(BigInteger)  # microseconds, the worker's clock

@@ -17,6 +17,9 @@ path then denies everything (fail closed) and ``/readyz`` says so.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +35,7 @@ from tether.db import Database
 from tether.maintenance import Task
 from tether.runtime import changes
 from tether.runtime.changes import channel
+from tether.runtime.positions import Positions
 from tether.runtime.sections import Section
 from tether.runtime.wakeups import FifoWakeups
 
@@ -50,6 +54,7 @@ class Runtime:
         *,
         poll_seconds: float = 0.25,
         stale_seconds: float = 5.0,
+        propagation_wait: float = 1.0,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -64,6 +69,12 @@ class Runtime:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.wakeups = _wakeups_for(db)
+        # Where this worker is, for writers waiting until every live worker applied a change.
+        self.id = f"{socket.gethostname()[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.positions = Positions(db, clock, self.id, live_seconds=stale_seconds)
+        self.propagation_wait = propagation_wait
+        self._participating = False  # started: others wait for it, it reports where it is
+        self._reported: tuple[int, float] = (-1, 0.0)  # (seq, monotonic time)
         db.after_change.append(self.changed)
 
     def register(self, *sections: Section) -> None:
@@ -74,7 +85,13 @@ class Runtime:
         return self._loaded and all(section.ready for section in self.sections)
 
     def current(self) -> bool:
-        return self._ready() and time.monotonic() - self._synced_at < self.stale_seconds
+        """Loaded, synced within ``stale_seconds`` and — while it runs — able to tell the
+        others where it is (writers stop waiting for a worker silent that long, so such a
+        worker must not answer either)."""
+        now = time.monotonic()
+        if not self._ready() or now - self._synced_at >= self.stale_seconds:
+            return False
+        return not self._participating or now - self._reported[1] < self.stale_seconds
 
     def fresh(self) -> bool:
         """Synced within a few poll intervals (the poller is keeping up): no I/O needed."""
@@ -110,6 +127,27 @@ class Runtime:
         if self.wakeups is not None:
             self.wakeups.ring()
         self.sync()
+        if self.propagation_wait > 0:
+            # Return only once every live worker (this node's and every other's) applied it:
+            # after a kill returns, no worker anywhere answers from before it.
+            self.positions.await_applied(self.last_seq, self.propagation_wait)
+
+    def _report(self) -> None:
+        """Tell the others where this worker is: after a sync that moved, and at least once a
+        second (the heartbeat that keeps it live to them). Never raises."""
+        if not self._participating:
+            return
+        seq, at = self._reported
+        now = time.monotonic()
+        if seq == self.last_seq and now - at < 1.0:
+            return
+        applied = self.last_seq
+        try:
+            self.positions.report(applied)
+        except Exception:
+            log.warning("runtime could not report its position", exc_info=True)
+            return
+        self._reported = (applied, now)
 
     def sync(self) -> None:
         """Apply the change feed since the last sync, every pending row (in passes of
@@ -132,6 +170,8 @@ class Runtime:
         if gap:
             self.load()  # changes we never saw were purged: start over
         SYNCS.labels("changes" if moved else "idle").inc()
+        if moved or gap:
+            self._report()
 
     def _apply(self, s: Session, rows: Sequence[tuple[int, str, str, int]]) -> None:
         kinds: dict[str, set[str]] = {}
@@ -156,6 +196,7 @@ class Runtime:
                 section.purge(now_us)
         with self.db.write() as s:
             changes.purge(s, before_us=now_us - _FEED_KEEP_US, below_seq=self.last_seq)
+        self.positions.purge(now_us)
 
     # -- background ------------------------------------------------------------------------
     def start(self) -> None:
@@ -172,8 +213,16 @@ class Runtime:
             thread.start()
         if self.wakeups is not None:
             self.wakeups.listen(self._wake.set)
+        self._participating = True
+        self._report()
 
     def stop(self) -> None:
+        if self._participating:
+            self._participating = False
+            try:
+                self.positions.forget()
+            except Exception:  # gone for good anyway: it stops counting after stale_seconds
+                log.warning("runtime could not withdraw its position", exc_info=True)
         if self.wakeups is not None:
             self.wakeups.close()
         self._stop.set()
@@ -196,6 +245,7 @@ class Runtime:
             except Exception:  # the database may be away; we go stale and fail closed
                 SYNCS.labels("failed").inc()
                 log.warning("runtime sync failed", exc_info=True)
+            self._report()  # the heartbeat (at most once a second unless it moved)
             LAG.set(time.monotonic() - self._synced_at)
 
     def _listen(self) -> None:

@@ -1,0 +1,68 @@
+"""Where each running worker is in the change feed (``tether.runtime.positions``), on SQLite
+and PostgreSQL: reports upsert, the live workers behind a change are exactly those, a worker
+silent longer than the live bound (stale by its own rule, so denying everything) is not waited
+for, and a writer's wait ends when the last live worker reports — or at its timeout."""
+
+from __future__ import annotations
+
+import threading
+
+from tests.stores.conftest import T0
+from tether.clock import FrozenClock
+from tether.db import Database
+from tether.runtime.positions import TIMEOUTS, Positions
+
+
+def _positions(db: Database, clock: FrozenClock, *names: str) -> list[Positions]:
+    return [Positions(db, clock, name, live_seconds=5) for name in names]
+
+
+def test_reports_upsert_and_behind_names_the_live_workers_not_there_yet(db: Database) -> None:
+    clock = FrozenClock(T0)
+    me, b, c, gone = _positions(db, clock, "me", "b", "c", "gone")
+    gone.report(1)
+    clock.advance(6)  # "gone" is now silent for longer than the live bound
+    b.report(3)
+    b.report(7)  # an upsert: one row, the newest position
+    c.report(5)
+    me.report(0)
+    with db.read() as s:
+        assert sorted(me.behind(s, 6)) == ["c"]  # never itself; never the silent one
+        assert sorted(me.behind(s, 8)) == ["b", "c"]
+        assert me.behind(s, 5) == []
+    b.forget()
+    with db.read() as s:
+        assert me.behind(s, 8) == ["c"]
+
+
+def test_a_writer_waits_until_the_last_live_worker_reports(db: Database) -> None:
+    clock = FrozenClock(T0)
+    me, b = _positions(db, clock, "me", "b")
+    b.report(1)
+    timer = threading.Timer(0.05, b.report, args=(9,))
+    timer.start()
+    try:
+        assert me.await_applied(9, timeout=10) is True
+    finally:
+        timer.join()
+
+
+def test_a_wait_ends_at_its_timeout_and_is_counted(db: Database) -> None:
+    clock = FrozenClock(T0)
+    me, b = _positions(db, clock, "me", "b")
+    b.report(1)
+    before = TIMEOUTS._value.get()
+    assert me.await_applied(2, timeout=0.05) is False
+    assert TIMEOUTS._value.get() == before + 1
+
+
+def test_old_rows_are_purged(db: Database) -> None:
+    clock = FrozenClock(T0)
+    me, crashed = _positions(db, clock, "me", "crashed")
+    crashed.report(1)
+    clock.advance(3601)
+    me.report(2)
+    me.purge(int(clock.now().timestamp() * 1_000_000))
+    with db.read() as s:
+        clock.advance(-3600)  # even if "crashed" counted as live, its row is gone
+        assert me.behind(s, 5) == []
