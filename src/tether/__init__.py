@@ -2,7 +2,7 @@
 
 ``__all__`` is the public SDK: :class:`AgentClient` (tokens, ``authorize`` → :class:`Decision`)
 and :func:`guard` for agents, :func:`verify_access_token` and :class:`TetherAuthMiddleware`
-for resource servers (documented in :mod:`tether.sdk`).
+and :class:`RevocationFollower` for resource servers (documented in :mod:`tether.sdk`).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ __all__ = [
     "JWKSCache",
     "JWKSUnavailable",
     "RevocationCheck",
+    "RevocationFollower",
     "TetherAuthMiddleware",
     "TokenError",
     "__version__",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
         JWKSCache,
         JWKSUnavailable,
         RevocationCheck,
+        RevocationFollower,
         TetherAuthMiddleware,
         TokenError,
         guard,
