@@ -67,13 +67,14 @@ def _require_admin(actor: Principal) -> None:
 
 
 def _reason(value: str | None, *, field: str, required: bool) -> str | None:
-    if value is None or not value.strip():
+    """A reason as given (the same rule as an agent's suspension or kill reason)."""
+    if not value:
         if required:
             raise ValidationFailed("say why: a reason is required", field=field)
         return None
     if len(value) > _MAX_REASON or unstorable(value):
         raise ValidationFailed(f"{field} must be 1-{_MAX_REASON} characters, no NUL", field=field)
-    return value.strip()
+    return value
 
 
 class FreezeService:
