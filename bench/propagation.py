@@ -26,8 +26,12 @@ probe's own round trip, PostgreSQL's NOTIFY → LISTEN on plain connections (the
 any push between nodes), and what a resource server would otherwise rely on: the nodes' poll
 interval and the access-token TTL.
 
+Since a node's write returns only once every live worker of every node applied it (bounded by
+``TETHER_RUNTIME_PROPAGATION_WAIT_SECONDS``, default 1 s), the kill call includes node B's
+apply; ``--propagation-wait 0`` measures the call without that wait.
+
 Run: ``python -m bench.propagation [--quick] [--postgres URL] [--no-sqlite] [--kills N]
-[--big-kills N] [--kill-load-rate R] [--workers N] [--json FILE]``.
+[--big-kills N] [--kill-load-rate R] [--workers N] [--propagation-wait S] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ class Sizes:
     connections: int  # the load generator's
     baseline_seconds: float  # node B's decisions with no kill running
     workers: int  # per node
+    wait: float | None = None  # TETHER_RUNTIME_PROPAGATION_WAIT_SECONDS (None: the default)
 
 
 FULL = Sizes(kills=200, big_kills=10, descendants=1000, tokens=10_000, rate=500,
@@ -134,9 +139,11 @@ def two_nodes(options: Options, backend: str, sizes: Sizes) -> Iterator[Nodes]:
         for name in (MASTER_KEY_FILE, LEDGER_KEY_FILE):
             shutil.copy2(svc.settings.data_dir / name, b_dir / name)
         note(f"{tag} starting node A and node B, --workers {sizes.workers} each")
+        env = {} if sizes.wait is None else {
+            "TETHER_RUNTIME_PROPAGATION_WAIT_SECONDS": f"{sizes.wait:g}"}  # fmt: skip
         with (
-            tether_server(dep, sizes.workers) as a,
-            tether_server(dep, sizes.workers, {"TETHER_PUBLIC_URL": dep.base_url},
+            tether_server(dep, sizes.workers, env) as a,
+            tether_server(dep, sizes.workers, {**env, "TETHER_PUBLIC_URL": dep.base_url},
                           data_dir=b_dir, port=free_port()) as b,
         ):  # fmt: skip
             token = svc.settings.admin_token_path.read_text().strip()
@@ -464,10 +471,12 @@ def _met(ok: bool | None) -> str:
 
 def table_for(
     backend: str, sizes: Sizes, out: Kills, loads: dict[str, LoadResult | None],
-    floor: list[float], poll: float, ttl: int,
+    floor: list[float], poll: float, ttl: int, wait: float | None,
 ) -> ResultTable:  # fmt: skip
+    waits = "" if wait is None else f", propagation wait {wait:g} s"
     title = (f"Kill propagation on {'PostgreSQL' if backend == POSTGRESQL else 'SQLite'}: two "
-             f"nodes (--workers {sizes.workers} each), node B deciding {sizes.rate}/s")  # fmt: skip
+             f"nodes (--workers {sizes.workers} each{waits}), node B deciding "
+             f"{sizes.rate}/s")  # fmt: skip
     table = ResultTable(title, ["measurement", "p50", "p99", "max", "n", "target", ""])
 
     def row(label: str, xs: Sequence[float], target: str = "",
@@ -586,8 +595,13 @@ def run_backend(options: Options, backend: str, sizes: Sizes) -> ResultTable:
             sys.setswitchinterval(previous)
             bench.close()
         settings = dep.services.settings
+        # A node's write returns once every worker applied it, bounded by this (0: no wait);
+        # older trees have no such setting.
+        default = getattr(settings, "runtime_propagation_wait_seconds", None)
+        wait = sizes.wait if sizes.wait is not None else default
         return table_for(backend, sizes, bench.out, loads, floor,
-                         settings.runtime_poll_seconds, settings.token_ttl_seconds)  # fmt: skip
+                         settings.runtime_poll_seconds, settings.token_ttl_seconds,
+                         wait)  # fmt: skip
 
 
 def sizes_for(options: Options) -> Sizes:
@@ -596,7 +610,10 @@ def sizes_for(options: Options) -> Sizes:
     over = {"kills": getattr(ns, "kills", None), "big_kills": getattr(ns, "big_kills", None),
             "rate": getattr(ns, "kill_load_rate", None),
             "workers": getattr(ns, "workers", None)}  # fmt: skip
-    return Sizes(**{**s.__dict__, **{k: v for k, v in over.items() if v}})
+    values = {k: v for k, v in over.items() if v}
+    if getattr(ns, "propagation_wait", None) is not None:
+        values["wait"] = ns.propagation_wait
+    return Sizes(**{**s.__dict__, **values})
 
 
 def run_all(options: Options) -> list[ResultTable]:
@@ -614,6 +631,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--workers", type=int, help="server worker processes (per node)")
     parser.add_argument("--kills", type=int, help="single-agent kills (default 200)")
     parser.add_argument("--big-kills", type=int, help="kills of a 1,000-agent family (10)")
+    parser.add_argument("--propagation-wait", type=float, metavar="S",
+                        help="TETHER_RUNTIME_PROPAGATION_WAIT_SECONDS of both nodes "
+                             "(0: a write does not wait for every worker)")  # fmt: skip
     parser.add_argument("--kill-load-rate", type=int,
                         help="decisions/s node B answers meanwhile (default 500)")  # fmt: skip
 
