@@ -60,6 +60,9 @@ class Positions:
                 set_={"applied_seq": pg.excluded.applied_seq, "seen_at": pg.excluded.seen_at},
             )
             with self.db.engine.begin() as conn:
+                # A position need not survive a crash (a restarted worker reports afresh):
+                # no WAL flush to wait for, on the path of every change's writer.
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 conn.execute(stmt)
             return
         lite = sqlite.insert(RuntimePositionRow).values(**values)
