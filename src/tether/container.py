@@ -24,6 +24,7 @@ from tether.credentials.oauth import OAuthService
 from tether.credentials.runtime import RevokedTokens
 from tether.credentials.service import CredentialService
 from tether.db import Database
+from tether.freeze.gate import IN_FORCE
 from tether.freeze.runtime import FreezeSection
 from tether.freeze.service import FreezeService
 from tether.keyfiles import RootKeys, load_root_keys
@@ -115,6 +116,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     revoked, compiled = RevokedTokens(), PolicySection(policies.compiled)
     freezes = FreezeSection()
     runtime.register(agent_views, known_users, revoked, compiled, freezes)
+    db.session_info[IN_FORCE] = lambda: freezes.in_force if runtime.waited_for() else None
     snapshot = DecisionSnapshot(runtime, agents=agent_views, users=known_users, tokens=revoked,
                                 policies=compiled, freezes=freezes)  # fmt: skip
     committer = GroupCommitter(db, ledger, clock, max_batch=settings.decision_batch_max,

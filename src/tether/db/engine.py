@@ -108,6 +108,9 @@ class Database:
         # Run after a write transaction that changed runtime state commits (this process's
         # snapshot refreshes at once; other processes learn from the change feed).
         self.after_change: list[Callable[[], None]] = []
+        # Set on every session's ``info`` (the wiring's hand-over to a domain's rule that may
+        # answer from memory instead of a query: tether.freeze.gate).
+        self.session_info: dict[str, Any] = {}
 
     @property
     def engine(self) -> Engine:
@@ -117,6 +120,7 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A transaction holding the write lock; commits on success, rolls back on error."""
         with self._write_sessions() as session:
+            session.info.update(self.session_info)
             session.info["tether.schema"] = self.schema
             with self._queue or nullcontext(), session.begin():
                 if self.dialect == "postgresql":
@@ -135,6 +139,7 @@ class Database:
     def read(self) -> Iterator[Session]:
         """A read-only snapshot; never blocks writers."""
         with self._read_sessions() as session, session.begin():
+            session.info.update(self.session_info)
             yield session
 
     def ping(self) -> bool:

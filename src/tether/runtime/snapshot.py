@@ -93,6 +93,11 @@ class Runtime:
             return False
         return not self._participating or now - self._reported[1] < self.stale_seconds
 
+    def waited_for(self) -> bool:
+        """Started (writers wait until it applied their changes) and current: what it holds is
+        as good as the tables for every change whose call has returned."""
+        return self._participating and self.current()
+
     def fresh(self) -> bool:
         """Synced within a few poll intervals (the poller is keeping up): no I/O needed."""
         return self._ready() and time.monotonic() - self._synced_at < self.poll_seconds * 4
