@@ -5,9 +5,9 @@ same rule (:func:`tether.freeze.values.holding`) of its in-memory snapshot.
 
 Which freezes are in force comes from this worker's snapshot when it runs and is current
 (the wiring puts a reader under :data:`IN_FORCE` in every session's ``info``): a freeze's
-call returns only once every live worker has applied it (``tether.runtime.positions``), so memory is as
-good as the table then, and a token request pays nothing while nothing is frozen. A worker
-not current — or a process without a running snapshot — reads the table.
+call returns only once every live worker has applied it (``tether.runtime.positions``), so
+memory is as good as the table then, and a token request pays nothing while nothing is
+frozen. A worker not current — or a process without a running snapshot — reads the table.
 """
 
 from __future__ import annotations
