@@ -144,6 +144,7 @@ def test_every_domain_registers_its_maintenance(services: Services) -> None:
         "keys.rotate",
         "oauth.purge_replays",
         "oauth.purge_tokens",
+        "oauth.finish_cut_offs",
         "approvals.expire",
         "agents.expire",
         "runtime.purge",

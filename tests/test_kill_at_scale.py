@@ -6,7 +6,9 @@ deep) holding 1,000 live tokens is killed: every agent is revoked with exactly o
 live token is revoked and named once in the change feed, nothing else is touched, and the
 ledger verifies. The kill's statements are counted: as many for that family as for a single
 agent, give or take a fixed few (the write lock is held while they run, and every decision's
-ledger event waits for it).
+ledger event waits for it). Past ``CUT_OFF_BATCH`` tokens the kill marks the rest revoked after
+its commit, a batch per write transaction, before it returns: no transaction of the kill
+touches more than a batch, and another agent's decision commits in between.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, func, insert, select
+from sqlalchemy.orm import Session
 
 from tests.conftest import admin_client
 from tests.pdp import EVAL, Env, credential, env_of, push_policies, token
 from tether.agents.schemas import AgentCreate
 from tether.clock import FrozenClock, to_micros, to_rfc3339
 from tether.container import Services
+from tether.credentials import oauth
 from tether.credentials.models import AccessTokenRow
 from tether.principals import Principal
 from tether.runtime import changes
@@ -214,6 +218,110 @@ def test_the_cascade_passes_through_every_status_and_stores_unswept_expiries_fir
     assert w.e.api.get(revoked)["status_reason"] == "alone"
     assert w.svc.agents.expiry.expire_due() == 0
     assert w.e.http.get("/v1/audit/verify").json()["ok"] is True
+
+
+def test_a_big_kill_revokes_its_tokens_a_batch_per_transaction_and_lets_others_decide_between(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No wall clock: after every write transaction of the kill, how many of the family's
+    tokens are revoked (each transaction adds at most a batch), and a decision about another
+    agent made from there, while tokens of the family are still unrevoked — it is in the ledger
+    after the kill's ``agent.killed`` events, its write having taken the lock between the
+    kill's batches."""
+    w = world
+    monkeypatch.setattr(oauth, "CUT_OFF_BATCH", 100)
+    root, parents = w.family(30)
+    order = cascade_order(root, parents)
+    live = w.token_rows(order, 1000)
+    other = credential(w.e, w.agent("other"))
+    access = token(w.e, other)
+    before, seq = w.e.api.events(), w.feed_head()
+    revoked_seen: list[int] = []
+    decided: list[tuple[int, bool]] = []  # (family tokens unrevoked then, the decision)
+    write, killing = w.svc.db.write, threading.get_ident()
+
+    @contextmanager
+    def observed() -> Iterator[Session]:
+        with write() as s:
+            yield s
+        if threading.get_ident() != killing:  # the decision's group commit, for one
+            return
+        with w.svc.db.read() as s:
+            done = s.scalar(
+                select(func.count()).select_from(AccessTokenRow)
+                .where(AccessTokenRow.jti.in_(live), AccessTokenRow.revoked_at.is_not(None))
+            )  # fmt: skip
+        revoked_seen.append(int(done or 0))
+        if not decided and revoked_seen[-1] < len(live):
+            body = {"subject": {"type": "agent", "id": other.agent_id}, **ASK}
+            got = w.e.anon.post(EVAL, json=body, headers={"Authorization": f"Bearer {access}"})
+            assert got.status_code == 200, got.text
+            decided.append((len(live) - revoked_seen[-1], got.json()["decision"]))
+
+    monkeypatch.setattr(w.svc.db, "write", observed)
+    killed = w.svc.agents.kill(w.admin, root, reason="compromised")
+    monkeypatch.undo()
+
+    cut = {"tokens": 1000, "keys": 0, "approvals": 0, "leases": 0}
+    assert killed == {"revoked": order, "cut_off": cut}
+    # Every token revoked as of the kill and in the feed before it returned...
+    assert set(w.revoked_at(live).values()) == {to_micros(w.clock.now())}
+    feed = w.feed_since(seq)
+    assert [k for kind, k in feed if kind == "agent"] == order
+    assert sorted(k for kind, k in feed if kind == "token") == sorted(live)
+    # ... by 10 transactions of at most a batch each, after the one that revoked the agents...
+    steps = [b - a for a, b in zip([0, *revoked_seen], revoked_seen, strict=False)]
+    assert revoked_seen[-1] == 1000
+    assert max(steps) <= 100, steps
+    assert len([n for n in steps if n]) == 10, steps
+    # ... and between them another agent was decided (allowed), its event written after the
+    # agents were revoked and before the family's last token was.
+    assert len(decided) == 1, decided
+    assert decided[0][0] >= 100, decided
+    assert decided[0][1] is True, decided
+    events = w.e.api.new_events(before)
+    kinds = [(e["type"], e["agent_id"]) for e in events]
+    assert kinds[: len(order)] == [("agent.killed", a) for a in order]
+    assert [a for t, a in kinds[len(order) :]] == [other.agent_id], kinds[len(order) :]
+    assert w.e.http.get("/v1/audit/verify").json()["ok"] is True
+
+
+def test_tokens_a_kill_left_to_after_its_commit_are_revoked_by_the_maintenance_loop(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies between the kill's commit and its batches: the agents are revoked,
+    their tokens refused, and the maintenance task finishes the rest, as of the kill."""
+    w = world
+    monkeypatch.setattr(oauth, "CUT_OFF_BATCH", 100)
+    root, parents = w.family(10)
+    order = cascade_order(root, parents)
+    live = w.token_rows(order, 350)
+    cred = credential(w.e, order[-1])
+    access = token(w.e, cred)
+    stranger = w.agent("stranger")
+    untouched = w.token_rows([stranger], 3)
+    kill_us = to_micros(w.clock.now())
+    monkeypatch.setattr(oauth.OAuthService, "_revoke_tokens_after", lambda *_a: None)
+
+    killed = w.svc.agents.kill(w.admin, root, reason="compromised")
+
+    assert killed["cut_off"]["tokens"] == 351
+    family = [*live, jti_of(access)]
+    assert len([at for at in w.revoked_at(family).values() if at is None]) == 351
+    body = {"subject": {"type": "agent", "id": cred.agent_id}, **ASK}
+    refused = w.e.anon.post(EVAL, json=body, headers={"Authorization": f"Bearer {access}"})
+    assert refused.status_code == 200, refused.text
+    assert refused.json()["decision"] is False
+    assert w.e.http.post("/oauth/introspect", data={"token": access}).json() == {"active": False}
+    seq = w.feed_head()
+    w.clock.advance(5)
+
+    task = next(t for t in w.svc.maintenance if t.name == "oauth.finish_cut_offs")
+    assert task.run() == 351
+    assert task.run() == 0
+    assert set(w.revoked_at(family).values()) == {kill_us}
+    assert set(w.revoked_at(untouched).values()) == {None}
+    assert len([k for kind, k in w.feed_since(seq) if kind == "token"]) == 351
 
 
 # -- statements ------------------------------------------------------------------------------

@@ -5,16 +5,27 @@ domain that granted them something — tokens, approvals, and next secret leases
 sessions — takes it back inside the same transaction, through one :class:`CutOff` hook
 registered with the agents domain. Each hook records in the change feed what every worker
 must stop honouring, and returns what it cut off (``{"tokens": 3}``), for the ledger event.
+
+Every write waits for that transaction (the deployment-wide write lock), decisions' ledger
+events too, so a hook may leave to after the commit what the agents' own status already
+enforces on every path — the kill's mass of token rows, marked revoked one bounded batch per
+write transaction — through :func:`defer`: it runs once the transaction is durable, before
+the kill (or the sweep) returns, and the hook's domain has a maintenance task that finishes
+it should the process die in between. What makes the agents stop stays in the transaction,
+and so does whatever must hold if an expired agent is extended and resumed (a deferred part
+could then be lost for good).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
 from sqlalchemy.orm import Session
+
+from tether.db.engine import AFTER_COMMIT
 
 
 class Why(StrEnum):
@@ -42,3 +53,10 @@ def cut_off(
         for key, n in hook(s, agent_ids, now, why=why).items():
             counts[key] = counts.get(key, 0) + n
     return counts
+
+
+def defer(s: Session, work: Callable[[], object]) -> None:
+    """Run ``work`` once the cut-off's transaction committed, before its caller returns (it
+    opens write transactions of its own, each holding the write lock briefly). Nothing runs
+    if the transaction rolls back."""
+    s.info.setdefault(AFTER_COMMIT, []).append(work)

@@ -311,7 +311,9 @@ class AgentService:
         Every write waits for this transaction (the deployment-wide write lock), decisions'
         ledger events too, so it is a fixed handful of statements whatever the size of the
         cascade: one query for the descendants, one UPDATE for their status, one ledger
-        append, one statement per cut-off hook (bench/README.md, "Kill").
+        append, a statement or two per cut-off hook (bench/README.md, "Kill"). Past a batch of
+        tokens, their rows are marked revoked after the commit, a batch per write
+        transaction, before this returns (:func:`tether.agents.cutoff.defer`).
         """
         now = self.clock.now()
         now_us = to_micros(now)

@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from tether.agents import authority, directory
 from tether.agents.authority import Act
-from tether.agents.cutoff import Why
+from tether.agents.cutoff import Why, defer
 from tether.agents.directory import AgentFacts
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
@@ -46,6 +47,9 @@ from tether.runtime import changes
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 _INACTIVE: dict[str, Any] = {"active": False}
+# Token rows a kill revokes per write transaction: every write, decisions' ledger events too,
+# waits at most this many for it (bench/README.md, "Kill").
+CUT_OFF_BATCH = 1_000
 
 
 @dataclass(frozen=True)
@@ -435,22 +439,74 @@ class OAuthService:
         return [
             Task("oauth.purge_replays", purge_replays),
             Task("oauth.purge_tokens", purge_tokens),
+            Task("oauth.finish_cut_offs", self.finish_cut_offs),
         ]
 
     def revoke_agent_tokens(
         self, s: Session, agent_ids: list[str], now: datetime, *, why: Why
     ) -> dict[str, int]:
         """Cut-off hook (a kill or an expiry): every unexpired token of these agents is
-        revoked inside that transaction, and the change feed names each one, so every worker
-        refuses it at once — also after an expired agent is extended and resumed."""
-        del why  # the same for a kill and an expiry
+        revoked, and the change feed names each one, so every worker refuses it at once —
+        also after an expired agent is extended and resumed.
+
+        An expiry revokes them all inside its transaction, and so does a kill of at most
+        :data:`CUT_OFF_BATCH` tokens. A larger kill counts them there and revokes them after its
+        commit, a batch per write transaction, before it returns
+        (:func:`tether.agents.cutoff.defer`): once the agents are revoked their tokens are
+        refused on every path, and a kill of a family holding 10,000 tokens must not hold the
+        write lock, which every decision's ledger event waits for, while it rewrites them all
+        (bench/README.md, "Kill"). Should the process die in between,
+        :meth:`finish_cut_offs` does the rest."""
         if not agent_ids:
             return {"tokens": 0}
         now_us = to_micros(now)
+        if why is Why.KILLED:
+            n = self.store.count_live_tokens_of(s, agent_ids, now_us)
+            if n > CUT_OFF_BATCH:
+                defer(s, partial(self._revoke_tokens_after, list(agent_ids), now_us))
+                return {"tokens": n}
         jtis = self.store.revoke_tokens_of(s, agent_ids, now_us)
         if jtis:
             changes.record(s, changes.Kind.TOKEN, jtis, now_us=now_us)
         return {"tokens": len(jtis)}
+
+    def _revoke_tokens_after(self, agent_ids: list[str], now_us: int) -> None:
+        """After a kill's commit: its agents' tokens, revoked as of the kill and named in the
+        change feed, :data:`CUT_OFF_BATCH` per write transaction. Only the last batch's commit
+        waits for the workers to apply the feed (the agents' own commit did already, and
+        those tokens are refused meanwhile): the others' commits ring them all the same."""
+        with self.db.read() as s:
+            jtis = self.store.live_tokens_of(s, agent_ids, now_us)
+        for i in range(0, len(jtis), CUT_OFF_BATCH):
+            with self.db.write() as s:
+                done = self.store.revoke_unrevoked(s, jtis[i : i + CUT_OFF_BATCH], now_us)
+                if done:
+                    changes.record(s, changes.Kind.TOKEN, done, now_us=now_us)
+                if i + CUT_OFF_BATCH < len(jtis):
+                    s.info.pop(changes.CHANGED, None)
+
+    def finish_cut_offs(self) -> int:
+        """Maintenance: revoke the tokens a kill left to after its commit and never revoked
+        (its process died in between), as of the kill, :data:`CUT_OFF_BATCH` per write
+        transaction; returns how many. One read when there are none."""
+        total = 0
+        while True:
+            now_us = to_micros(self.clock.now())
+            with self.db.read() as s:
+                if not self.store.stranded_tokens(s, now_us, limit=1):
+                    return total
+            with self.db.write() as s:
+                found = self.store.stranded_tokens(s, now_us, limit=CUT_OFF_BATCH)
+                by_time: dict[int, list[str]] = {}
+                for jti, at in found:
+                    by_time.setdefault(at, []).append(jti)
+                done = [j for at, group in by_time.items()
+                        for j in self.store.revoke_unrevoked(s, group, at)]  # fmt: skip
+                if done:
+                    changes.record(s, changes.Kind.TOKEN, done, now_us=now_us)
+            total += len(done)
+            if len(found) < CUT_OFF_BATCH:
+                return total
 
 
 _INTROSPECTED = frozenset(

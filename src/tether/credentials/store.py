@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Integer, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
+from tether.agents.models import AgentRow
 from tether.credentials.models import AccessTokenRow, CredentialRow, SigningKeyRow
 from tether.db.text import unstorable
 
@@ -22,6 +23,30 @@ _REVOKE_OF = (
            _TOKENS.c.revoked_at.is_(None), _TOKENS.c.expires_at > bindparam("now_us"))
     .values(revoked_at=bindparam("now_us"))
     .returning(_TOKENS.c.jti)
+)  # fmt: skip
+_LIVE_OF = (
+    _TOKENS.c.agent_id.in_(bindparam("agents", expanding=True)),
+    _TOKENS.c.revoked_at.is_(None),
+    _TOKENS.c.expires_at > bindparam("now_us"),
+)
+_COUNT_LIVE_OF = select(func.count()).select_from(_TOKENS).where(*_LIVE_OF)
+_JTIS_LIVE_OF = select(_TOKENS.c.jti).where(*_LIVE_OF)
+_REVOKE_JTIS = (
+    update(_TOKENS)
+    .where(_TOKENS.c.jti.in_(bindparam("jtis", expanding=True)), _TOKENS.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("now_us"))
+    .returning(_TOKENS.c.jti)
+)  # fmt: skip
+# Unrevoked, unexpired tokens of agents that are revoked or expired: what a cut-off left to
+# after its commit and has not done yet (the process died in between). Each is revoked as of
+# its agent's last change (the kill's time).
+_AGENTS = cast(Table, AgentRow.__table__)
+_STRANDED = (
+    select(_TOKENS.c.jti, _AGENTS.c.updated_at)
+    .join(_AGENTS, _AGENTS.c.id == _TOKENS.c.agent_id)
+    .where(_AGENTS.c.status.in_(["revoked", "expired"]), _TOKENS.c.revoked_at.is_(None),
+           _TOKENS.c.expires_at > bindparam("now_us"))
+    .limit(bindparam("limit", type_=Integer))
 )  # fmt: skip
 
 
@@ -93,6 +118,39 @@ class DatabaseCredentialStore:
         if not wanted:
             return []
         return list(session.scalars(_REVOKE_OF, {"agents": wanted, "now_us": now_us}))
+
+    def count_live_tokens_of(
+        self, session: Session, agent_ids: Collection[str], now_us: int
+    ) -> int:
+        """How many tokens of these agents are unrevoked and unexpired at ``now_us``."""
+        wanted = [a for a in agent_ids if not unstorable(a)]
+        if not wanted:
+            return 0
+        return int(session.scalar(_COUNT_LIVE_OF, {"agents": wanted, "now_us": now_us}) or 0)
+
+    def live_tokens_of(
+        self, session: Session, agent_ids: Collection[str], now_us: int
+    ) -> list[str]:
+        """The ``jti``s of the tokens :meth:`count_live_tokens_of` counts."""
+        wanted = [a for a in agent_ids if not unstorable(a)]
+        if not wanted:
+            return []
+        return list(session.scalars(_JTIS_LIVE_OF, {"agents": wanted, "now_us": now_us}))
+
+    def revoke_unrevoked(self, session: Session, jtis: Collection[str], now_us: int) -> list[str]:
+        """Revoke, at ``now_us``, those of ``jtis`` not revoked yet; their ``jti``s."""
+        wanted = [j for j in jtis if not unstorable(j)]
+        if not wanted:
+            return []
+        return list(session.scalars(_REVOKE_JTIS, {"jtis": wanted, "now_us": now_us}))
+
+    def stranded_tokens(
+        self, session: Session, now_us: int, *, limit: int
+    ) -> list[tuple[str, int]]:
+        """Up to ``limit`` unrevoked, unexpired tokens of revoked or expired agents: ``jti`` and
+        the agent's ``updated_at`` (when it was revoked or expired)."""
+        rows = session.execute(_STRANDED, {"now_us": now_us, "limit": limit}).all()
+        return [(jti, at) for jti, at in rows]
 
     def revoke_tokens(self, session: Session, jtis: Collection[str], now_us: int) -> None:
         """Mark exactly these tokens revoked at ``now_us`` (callers name unrevoked ones)."""
