@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from tether.agents.authority import Liveness, Stewards
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.agents.store import DatabaseAgentStore
+from tether.agents.values import Status
 from tether.db.text import unstorable
 from tether.jsonutil import loads
 
@@ -71,6 +72,13 @@ def role_in_use(s: Session, role: str) -> bool:
         return False
     q = select(AgentRoleRow.agent_id).where(AgentRoleRow.role == role).limit(1)
     return s.scalars(q).first() is not None
+
+
+def cut_off() -> Select[str, int]:
+    """``(id, updated_at)`` of the agents whose grants are taken back (revoked, or expired as
+    the sweep stored it), as a subquery for another domain's join: ``updated_at`` is when."""
+    dead = [str(Status.REVOKED), str(Status.EXPIRED)]
+    return select(AgentRow.id, AgentRow.updated_at).where(AgentRow.status.in_(dead))
 
 
 def liveness(s: Session, agent_ids: Collection[str]) -> dict[str, Liveness]:

@@ -8,7 +8,7 @@ from typing import cast
 from sqlalchemy import Integer, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from tether.agents.models import AgentRow
+from tether.agents import directory
 from tether.credentials.models import AccessTokenRow, CredentialRow, SigningKeyRow
 from tether.db.text import unstorable
 
@@ -40,12 +40,11 @@ _REVOKE_JTIS = (
 # Unrevoked, unexpired tokens of agents that are revoked or expired: what a cut-off left to
 # after its commit and has not done yet (the process died in between). Each is revoked as of
 # its agent's last change (the kill's time).
-_AGENTS = cast(Table, AgentRow.__table__)
+_DEAD = directory.cut_off().subquery()  # the agents domain says which agents, and since when
 _STRANDED = (
-    select(_TOKENS.c.jti, _AGENTS.c.updated_at)
-    .join(_AGENTS, _AGENTS.c.id == _TOKENS.c.agent_id)
-    .where(_AGENTS.c.status.in_(["revoked", "expired"]), _TOKENS.c.revoked_at.is_(None),
-           _TOKENS.c.expires_at > bindparam("now_us"))
+    select(_TOKENS.c.jti, _DEAD.c.updated_at)
+    .join(_DEAD, _DEAD.c.id == _TOKENS.c.agent_id)
+    .where(_TOKENS.c.revoked_at.is_(None), _TOKENS.c.expires_at > bindparam("now_us"))
     .limit(bindparam("limit", type_=Integer))
 )  # fmt: skip
 
