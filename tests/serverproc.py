@@ -77,7 +77,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, workdir: Path) -> bool:
         time.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server process, killing it if it does not stop within 20 s."""
     proc.terminate()
     try:
         proc.wait(timeout=20)
@@ -107,14 +108,14 @@ def running_server(
         try:
             ready = _wait_ready(proc, url, workdir)
         except BaseException:
-            _stop(proc)
+            stop(proc)
             raise
         if ready:
             break
-        _stop(proc)
+        stop(proc)
     else:
         raise RuntimeError(f"no free port in {_PORT_ATTEMPTS} attempts")
     try:
         yield url, env
     finally:
-        _stop(proc)
+        stop(proc)

@@ -38,7 +38,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from tests.conftest import PG_URL, Backend, backend_for
-from tests.serverproc import free_port, running_server, server_env
+from tests.serverproc import free_port, running_server, server_env, stop
 from tether.runtime.changes import channel
 from tether.sdk import JWKSCache, TetherAuthMiddleware
 from tether.sdk.revocations import RevocationFollower
@@ -143,15 +143,6 @@ class Keyholder:
                 "client_secret": self.secret}  # fmt: skip
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextmanager
 def _node(backend: Backend, data_dir: Path, workdir: Path, name: str) -> Iterator[Node]:
     """``tether serve`` on ``backend`` with the shared ``data_dir`` and public URL, on a port of
@@ -172,11 +163,11 @@ def _node(backend: Backend, data_dir: Path, workdir: Path, name: str) -> Iterato
         try:
             ready = _wait_ready(proc, url, data_dir / "admin.token", log_path)
         except BaseException:
-            _stop(proc)
+            stop(proc)
             raise
         if ready:
             break
-        _stop(proc)
+        stop(proc)
     else:
         raise RuntimeError("no free port in 5 attempts")
     node = Node(name, url, app_name)
@@ -185,7 +176,7 @@ def _node(backend: Backend, data_dir: Path, workdir: Path, name: str) -> Iterato
         yield node
     finally:
         node.http.close()
-        _stop(proc)
+        stop(proc)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, token_file: Path, log: Path) -> bool:

@@ -16,7 +16,7 @@ is told can be older than what the worker itself enforces.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tether.agents.authority import NotLive, not_live
@@ -82,7 +82,6 @@ class FeedPage:
     reset: bool = False
     current: bool = True
     more: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
