@@ -86,9 +86,11 @@ class FreezeService:
         self.store = DatabaseFreezeStore()
         self._users = DatabaseUserStore()
 
-    def _scope(self, s: Session, wanted: ScopeRequest) -> Scope:
+    def _scope(self, s: Session, wanted: ScopeRequest, *, in_use: bool = True) -> Scope:
         """The scope named by ``wanted``, each part checked: an owner that exists, a role some
-        agent holds, a risk tier there is (422 naming the field otherwise)."""
+        agent holds, a risk tier there is (422 naming the field otherwise). Lifting passes
+        ``in_use=False``: a role frozen once may since have left every agent, and its freeze
+        must still be liftable by name."""
         owner_id = None
         if wanted.owner is not None:
             user = self._users.resolve(s, wanted.owner) if wanted.owner else None
@@ -96,7 +98,9 @@ class FreezeService:
                 raise ValidationFailed(f"no user {wanted.owner!r}", field="scope.owner")
             owner_id = user.id
         if wanted.role is not None and (
-            not wanted.role or unstorable(wanted.role) or not directory.role_in_use(s, wanted.role)
+            not wanted.role
+            or unstorable(wanted.role)
+            or (in_use and not directory.role_in_use(s, wanted.role))
         ):
             raise ValidationFailed(f"no agent has role {wanted.role!r}", field="scope.role")
         if wanted.risk_tier is not None and wanted.risk_tier not in set(RiskTier):
@@ -150,7 +154,7 @@ class FreezeService:
                     raise FreezeNotFound(f"no freeze {freeze_id!r}", freeze=freeze_id[:80])
                 chosen = [f for f in in_force if f.id == freeze_id]
             elif scope is not None:
-                wanted = self._scope(s, scope)
+                wanted = self._scope(s, scope, in_use=False)
                 chosen = [f for f in in_force if f.scope == wanted]
             else:
                 chosen = in_force
