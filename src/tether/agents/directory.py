@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, literal, select, union_all
+from sqlalchemy import CompoundSelect, Select, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from tether.agents.authority import Liveness, Stewards
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.agents.store import DatabaseAgentStore
 from tether.agents.values import Status
+from tether.db.lists import PerDialect, one_of
 from tether.db.text import unstorable
 from tether.jsonutil import loads
 
@@ -113,26 +114,42 @@ def records(s: Session, agent_ids: Collection[str] | None = None) -> list[AgentR
     two queries whatever the number (the agents' columns; their roles and supervisors in one
     ``UNION ALL``): the runtime applies each change to an agent with this, so its round trips
     are the apply's cost."""
-    agents = select(*_AGENT_COLUMNS)
-    roles = select(AgentRoleRow.agent_id, literal("r"), AgentRoleRow.role)
-    sups = select(AgentSupervisorRow.agent_id, literal("s"), AgentSupervisorRow.user_id)
-    if agent_ids is not None:
-        ids = list(agent_ids)
-        agents = agents.where(AgentRow.id.in_(ids))
-        roles = roles.where(AgentRoleRow.agent_id.in_(ids))
-        sups = sups.where(AgentSupervisorRow.agent_id.in_(ids))
+    ids = None if agent_ids is None else {"ids": [a for a in agent_ids if not unstorable(a)]}
     by_roles: dict[str, list[str]] = {}
     by_sups: dict[str, list[str]] = {}
-    for agent_id, kind, value in s.execute(union_all(roles, sups)):
+    extras = s.execute(_ALL_EXTRAS) if ids is None else _EXTRAS_OF.execute(s, ids)
+    for agent_id, kind, value in extras:
         (by_roles if kind == "r" else by_sups).setdefault(agent_id, []).append(value)
     for found in (by_roles, by_sups):  # the order the tables' keys give, on every backend
         for values in found.values():
             values.sort()
+    agents = s.execute(_ALL_AGENTS) if ids is None else _AGENTS_OF.execute(s, ids)
     return [record_of(row, by_roles.get(row.id, ()), by_sups.get(row.id, ()))
-            for row in s.execute(agents)]  # fmt: skip
+            for row in agents]  # fmt: skip
 
 
 _AGENT_COLUMNS = tuple(AgentRow.__table__.c)
+
+
+def _agents(d: str | None) -> Select[Any]:
+    """The agents' columns: all of them (``d`` None), or those whose ids are bound as
+    ``ids`` (one array on PostgreSQL, see :mod:`tether.db.lists`)."""
+    q = select(*_AGENT_COLUMNS)
+    return q if d is None else q.where(one_of(AgentRow.id, "ids", d))
+
+
+def _extras(d: str | None) -> CompoundSelect[Any]:
+    """Their roles and supervisors, in one ``UNION ALL``."""
+    roles = select(AgentRoleRow.agent_id, literal("r"), AgentRoleRow.role)
+    sups = select(AgentSupervisorRow.agent_id, literal("s"), AgentSupervisorRow.user_id)
+    if d is not None:
+        roles = roles.where(one_of(AgentRoleRow.agent_id, "ids", d))
+        sups = sups.where(one_of(AgentSupervisorRow.agent_id, "ids", d))
+    return union_all(roles, sups)
+
+
+_ALL_AGENTS, _ALL_EXTRAS = _agents(None), _extras(None)
+_AGENTS_OF, _EXTRAS_OF = PerDialect(_agents), PerDialect(_extras)
 
 
 def record_of(row: Any, roles: Iterable[str], supervisors: Iterable[str]) -> AgentRecord:

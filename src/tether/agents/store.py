@@ -24,6 +24,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from tether.agents.authority import Stewards
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
 from tether.agents.values import EXPIRABLE, Status
+from tether.db.lists import PerDialect, one_of
 from tether.db.text import unstorable
 from tether.users.models import UserRow
 
@@ -183,7 +184,7 @@ class DatabaseAgentStore:
         if not agent_ids:
             return
         session.flush()
-        session.execute(_REVOKE, {"ids": agent_ids, "reason": reason, "now_us": now_us})
+        _REVOKE.execute(session, {"ids": agent_ids, "reason": reason, "now_us": now_us})
         wanted = set(agent_ids)
         for row in list(session.identity_map.values()):
             if isinstance(row, AgentRow) and row.id in wanted:
@@ -217,12 +218,12 @@ _DESCENDANTS = (
     .order_by(_WALK.c.depth, _WALK.c.id)
     .limit(_LIMIT)
 )
-_REVOKE = (
+_REVOKE = PerDialect(lambda d: (
     update(_AGENTS)
-    .where(_AGENTS.c.id.in_(bindparam("ids", expanding=True)))
+    .where(one_of(_AGENTS.c.id, "ids", d))
     .values(status=Status.REVOKED.value, status_reason=bindparam("reason"),
             updated_at=bindparam("now_us"))
-)  # fmt: skip
+))  # fmt: skip
 
 
 def _status_is(status: str, now_us: int) -> ColumnElement[bool]:

@@ -5,38 +5,47 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import cast
 
-from sqlalchemy import Integer, Table, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Integer, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from tether.agents import directory
 from tether.credentials.models import AccessTokenRow, CredentialRow, SigningKeyRow
+from tether.db.lists import PerDialect, one_of
 from tether.db.text import unstorable
 
-# A kill's (and an expiry's) one statement for its tokens, built once: it runs under the
-# write lock, where a second statement naming 10,000 jtis back, or building an ORM bulk
-# UPDATE each time, cost more than the update itself (bench/README.md, "Kill"). Tokens this
-# session holds as rows (none, on those paths) would keep their old values in memory.
+# A kill's (and an expiry's) statements for its tokens, built once per dialect, their lists
+# of agents or jtis one array parameter on PostgreSQL (tether.db.lists): they run under the
+# write lock, where a second statement naming 10,000 jtis back, building an ORM bulk UPDATE
+# each time, or rendering 10,000 parameters cost more than the update itself
+# (bench/README.md, "Kill"). Tokens this session holds as rows (none, on those paths) would
+# keep their old values in memory.
 _TOKENS = cast(Table, AccessTokenRow.__table__)
-_REVOKE_OF = (
+
+
+def _live_of(d: str) -> tuple[ColumnElement[bool], ...]:
+    return (one_of(_TOKENS.c.agent_id, "agents", d), _TOKENS.c.revoked_at.is_(None),
+            _TOKENS.c.expires_at > bindparam("now_us"))  # fmt: skip
+
+
+_REVOKE_OF = PerDialect(lambda d: (
+    update(_TOKENS).where(*_live_of(d))
+    .values(revoked_at=bindparam("now_us")).returning(_TOKENS.c.jti)
+))  # fmt: skip
+_COUNT_LIVE_OF = PerDialect(lambda d: select(func.count()).select_from(_TOKENS).where(*_live_of(d)))
+_JTIS_LIVE_OF = PerDialect(lambda d: select(_TOKENS.c.jti).where(*_live_of(d)))
+_REVOKE_JTIS = PerDialect(lambda d: (
     update(_TOKENS)
-    .where(_TOKENS.c.agent_id.in_(bindparam("agents", expanding=True)),
-           _TOKENS.c.revoked_at.is_(None), _TOKENS.c.expires_at > bindparam("now_us"))
-    .values(revoked_at=bindparam("now_us"))
-    .returning(_TOKENS.c.jti)
-)  # fmt: skip
-_LIVE_OF = (
-    _TOKENS.c.agent_id.in_(bindparam("agents", expanding=True)),
-    _TOKENS.c.revoked_at.is_(None),
-    _TOKENS.c.expires_at > bindparam("now_us"),
-)
-_COUNT_LIVE_OF = select(func.count()).select_from(_TOKENS).where(*_LIVE_OF)
-_JTIS_LIVE_OF = select(_TOKENS.c.jti).where(*_LIVE_OF)
-_REVOKE_JTIS = (
-    update(_TOKENS)
-    .where(_TOKENS.c.jti.in_(bindparam("jtis", expanding=True)), _TOKENS.c.revoked_at.is_(None))
-    .values(revoked_at=bindparam("now_us"))
-    .returning(_TOKENS.c.jti)
-)  # fmt: skip
+    .where(one_of(_TOKENS.c.jti, "jtis", d), _TOKENS.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("now_us")).returning(_TOKENS.c.jti)
+))  # fmt: skip
+_MARK_REVOKED = PerDialect(lambda d: (
+    update(_TOKENS).where(one_of(_TOKENS.c.jti, "jtis", d)).values(revoked_at=bindparam("now_us"))
+))  # fmt: skip
+_REVOKED_AMONG = PerDialect(lambda d: (
+    select(_TOKENS.c.jti, _TOKENS.c.expires_at)
+    .where(one_of(_TOKENS.c.jti, "jtis", d), _TOKENS.c.revoked_at.is_not(None))
+))  # fmt: skip
+
 # Unrevoked, unexpired tokens of agents that are revoked or expired: what a cut-off left to
 # after its commit and has not done yet (the process died in between). Each is revoked as of
 # its agent's last change (the kill's time).
@@ -116,7 +125,7 @@ class DatabaseCredentialStore:
         wanted = [a for a in agent_ids if not unstorable(a)]
         if not wanted:
             return []
-        return list(session.scalars(_REVOKE_OF, {"agents": wanted, "now_us": now_us}))
+        return list(_REVOKE_OF.execute(session, {"agents": wanted, "now_us": now_us}).scalars())
 
     def count_live_tokens_of(
         self, session: Session, agent_ids: Collection[str], now_us: int
@@ -125,7 +134,8 @@ class DatabaseCredentialStore:
         wanted = [a for a in agent_ids if not unstorable(a)]
         if not wanted:
             return 0
-        return int(session.scalar(_COUNT_LIVE_OF, {"agents": wanted, "now_us": now_us}) or 0)
+        found = _COUNT_LIVE_OF.execute(session, {"agents": wanted, "now_us": now_us})
+        return int(found.scalar() or 0)
 
     def live_tokens_of(
         self, session: Session, agent_ids: Collection[str], now_us: int
@@ -134,14 +144,14 @@ class DatabaseCredentialStore:
         wanted = [a for a in agent_ids if not unstorable(a)]
         if not wanted:
             return []
-        return list(session.scalars(_JTIS_LIVE_OF, {"agents": wanted, "now_us": now_us}))
+        return list(_JTIS_LIVE_OF.execute(session, {"agents": wanted, "now_us": now_us}).scalars())
 
     def revoke_unrevoked(self, session: Session, jtis: Collection[str], now_us: int) -> list[str]:
         """Revoke, at ``now_us``, those of ``jtis`` not revoked yet; their ``jti``s."""
         wanted = [j for j in jtis if not unstorable(j)]
         if not wanted:
             return []
-        return list(session.scalars(_REVOKE_JTIS, {"jtis": wanted, "now_us": now_us}))
+        return list(_REVOKE_JTIS.execute(session, {"jtis": wanted, "now_us": now_us}).scalars())
 
     def stranded_tokens(
         self, session: Session, now_us: int, *, limit: int
@@ -155,8 +165,7 @@ class DatabaseCredentialStore:
         """Mark exactly these tokens revoked at ``now_us`` (callers name unrevoked ones)."""
         wanted = [j for j in jtis if not unstorable(j)]
         if wanted:
-            session.execute(update(AccessTokenRow).where(AccessTokenRow.jti.in_(wanted))
-                            .values(revoked_at=now_us))  # fmt: skip
+            _MARK_REVOKED.execute(session, {"jtis": wanted, "now_us": now_us})
 
     def revoked_unexpired(self, session: Session, now_us: int) -> dict[str, int]:
         """Every revoked token that has not expired at ``now_us``: ``jti`` -> its expiry."""
@@ -170,10 +179,8 @@ class DatabaseCredentialStore:
         wanted = [j for j in jtis if not unstorable(j)]
         if not wanted:
             return {}
-        return dict(session.execute(
-            select(AccessTokenRow.jti, AccessTokenRow.expires_at)
-            .where(AccessTokenRow.jti.in_(wanted), AccessTokenRow.revoked_at.is_not(None))
-        ).all())  # fmt: skip
+        found = _REVOKED_AMONG.execute(session, {"jtis": wanted})
+        return {str(row[0]): int(row[1]) for row in found}
 
     # -- token signing keys (signing_keys) -------------------------------------------------
     def signing_key(self, session: Session, kid: str) -> SigningKeyRow | None:

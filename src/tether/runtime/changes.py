@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import BigInteger, String, Table, bindparam, delete, func, insert, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from tether.runtime.models import ChangeRow
@@ -38,16 +40,31 @@ def channel(schema: str | None) -> str:
     return f"tether_changes_{schema or 'public'}"[:63]
 
 
+# PostgreSQL: every key in one array parameter, one row each in the array's order (the
+# sequence numbers them as the rows come): one statement text whatever the count, where a
+# multi-row VALUES of 10,000 keys cost ~30 ms of SQLAlchemy and psycopg work under the write
+# lock (bench/README.md, "Kill").
+_UNNEST = insert(cast(Table, ChangeRow.__table__)).from_select(
+    ["kind", "key", "time"],
+    select(bindparam("kind", type_=String), func.unnest(bindparam("keys", type_=ARRAY(String))),
+           bindparam("time", type_=BigInteger)),
+)  # fmt: skip
+
+
 def record(session: Session, kind: Kind, keys: list[str] | str, *, now_us: int) -> None:
-    """One row per key, in the given order, in a single multi-row INSERT (SQLAlchemy batches
-    an executemany into ``INSERT … VALUES (…), (…)``: a kill of a family of a thousand with
-    its tokens is a few statements, not eleven thousand ORM rows)."""
-    rows = [{"kind": kind.value, "key": key[:128], "time": now_us}
-            for key in ([keys] if isinstance(keys, str) else keys)]  # fmt: skip
-    if rows:
+    """One row per key, in the given order, in a single statement (PostgreSQL: an ``INSERT …
+    SELECT unnest(:keys)``; SQLite: SQLAlchemy batches the executemany into ``INSERT … VALUES
+    (…), (…)``): a kill of a family of a thousand with its tokens is a few statements, not
+    eleven thousand ORM rows."""
+    wanted = [key[:128] for key in ([keys] if isinstance(keys, str) else keys)]
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if wanted and postgres:
+        session.execute(_UNNEST, {"kind": kind.value, "keys": wanted, "time": now_us})
+    elif wanted:
+        rows = [{"kind": kind.value, "key": key, "time": now_us} for key in wanted]
         session.execute(insert(ChangeRow), rows)
     session.info[CHANGED] = True
-    if session.get_bind().dialect.name == "postgresql":
+    if postgres:
         name = channel(session.info.get("tether.schema"))
         session.execute(text("SELECT pg_notify(:c, '')"), {"c": name})
 
