@@ -64,6 +64,7 @@ class Services:
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
+        self.db.drain()  # a kill's tokens, revoked after it returned
         self.committer.close()
         if self.audit.witness is not None:
             self.audit.witness.close()

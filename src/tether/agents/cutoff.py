@@ -9,11 +9,11 @@ must stop honouring, and returns what it cut off (``{"tokens": 3}``), for the le
 Every write waits for that transaction (the deployment-wide write lock), decisions' ledger
 events too, so a hook may leave to after the commit what the agents' own status already
 enforces on every path — the kill's mass of token rows, marked revoked one bounded batch per
-write transaction — through :func:`defer`: it runs once the transaction is durable, before
-the kill (or the sweep) returns, and the hook's domain has a maintenance task that finishes
-it should the process die in between. What makes the agents stop stays in the transaction,
-and so does whatever must hold if an expired agent is extended and resumed (a deferred part
-could then be lost for good).
+write transaction — through :func:`defer`: it runs once the transaction is durable, in the
+database's background thread after the kill (or the sweep) has returned, and the hook's
+domain has a maintenance task that finishes it should the process die first. What makes the
+agents stop stays in the transaction, and so does whatever must hold if an expired agent is
+extended and resumed (a deferred part could then be lost for good).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
-from tether.db.engine import AFTER_COMMIT
+from tether.db.engine import IN_BACKGROUND
 
 
 class Why(StrEnum):
@@ -56,7 +56,7 @@ def cut_off(
 
 
 def defer(s: Session, work: Callable[[], object]) -> None:
-    """Run ``work`` once the cut-off's transaction committed, before its caller returns (it
-    opens write transactions of its own, each holding the write lock briefly). Nothing runs
-    if the transaction rolls back."""
-    s.info.setdefault(AFTER_COMMIT, []).append(work)
+    """Run ``work`` once the cut-off's transaction committed, in the background after its
+    caller returned (it opens write transactions of its own, each holding the write lock
+    briefly). Nothing runs if the transaction rolls back."""
+    s.info.setdefault(IN_BACKGROUND, []).append(work)

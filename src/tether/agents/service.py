@@ -313,7 +313,8 @@ class AgentService:
         cascade: one query for the descendants, one UPDATE for their status, one ledger
         append, a statement or two per cut-off hook (bench/README.md, "Kill"). Past a batch of
         tokens, their rows are marked revoked after the commit, a batch per write
-        transaction, before this returns (:func:`tether.agents.cutoff.defer`).
+        transaction, in the background once this returned (:func:`tether.agents.cutoff.defer`);
+        they are refused meanwhile, their agents being revoked.
         """
         now = self.clock.now()
         now_us = to_micros(now)
@@ -335,12 +336,13 @@ class AgentService:
             # Already revoked or retired: nothing left to cut off.
             killed = [(i, st) for i, st in victims if next_status("kill", Status(st)) is not None]
             revoked = [i for i, _ in killed]
+            root_id = root.id  # the UPDATE expires the row: reading it after would reload it
             self.store.revoke(s, revoked, reason=reason, now_us=now_us)
             changes.record(s, changes.Kind.AGENT, revoked, now_us=now_us)
             self.ledger.append(s, [
                 self._event(actor, EventType.AGENT_KILLED, agent_id=i, details={
                     "reason": reason, "previous_status": str(st), "cascade": cascade,
-                    "root": root.id,
+                    "root": root_id,
                 })
                 for i, st in killed
             ], now=now)  # fmt: skip

@@ -48,13 +48,21 @@ from tether.runtime import changes
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 _INACTIVE: dict[str, Any] = {"active": False}
-# Token rows a kill revokes per write transaction: every write, decisions' ledger events too,
-# waits at most this many for it (bench/README.md, "Kill").
+# A kill of at most this many live tokens revokes them in its own transaction; a larger one
+# revokes them in the background after it returned, in batches of REVOKE_BATCH.
 CUT_OFF_BATCH = 1_000
+# Token rows revoked per write transaction in the background: every write, decisions' ledger
+# events too, waits at most this many for it (~10 ms on PostgreSQL here), and after each batch
+# the background pauses as long as the batch took, so the kill's rows never hold the write
+# lock more than half the time (bench/README.md, "Kill").
+REVOKE_BATCH = 250
 # How often a process looks for tokens a kill left behind (finish_cut_offs): the look is a
 # scan of the unexpired tokens (~30 ms at 40,000 on PostgreSQL), and what it finds is refused
 # on every path already, its agents being revoked.
 FINISH_EVERY_SECONDS = 60.0
+# ... and only for agents cut off that long ago: a kill's own background batches are still
+# revoking the newer ones (a race would have both take the write lock for the same rows).
+FINISH_AFTER_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -457,12 +465,12 @@ class OAuthService:
 
         An expiry revokes them all inside its transaction, and so does a kill of at most
         :data:`CUT_OFF_BATCH` tokens. A larger kill counts them there and revokes them after its
-        commit, a batch per write transaction, before it returns
+        commit, a batch per write transaction, in the background once it has returned
         (:func:`tether.agents.cutoff.defer`): once the agents are revoked their tokens are
-        refused on every path, and a kill of a family holding 10,000 tokens must not hold the
-        write lock, which every decision's ledger event waits for, while it rewrites them all
-        (bench/README.md, "Kill"). Should the process die in between,
-        :meth:`finish_cut_offs` does the rest."""
+        refused on every path, and a kill of a family holding 10,000 tokens must neither hold
+        the write lock, which every decision's ledger event waits for, while it rewrites them
+        all, nor make its caller wait for that (bench/README.md, "Kill"). Should the process
+        die first, :meth:`finish_cut_offs` does the rest."""
         if not agent_ids:
             return {"tokens": 0}
         now_us = to_micros(now)
@@ -477,23 +485,29 @@ class OAuthService:
         return {"tokens": len(jtis)}
 
     def _revoke_tokens_after(self, agent_ids: list[str], now_us: int) -> None:
-        """After a kill's commit: its agents' tokens, revoked as of the kill and named in the
-        change feed, :data:`CUT_OFF_BATCH` per write transaction. Only the last batch's commit
-        waits for the workers to apply the feed (the agents' own commit did already, and
-        those tokens are refused meanwhile): the others' commits ring them all the same."""
+        """After a kill's commit, in the background: its agents' tokens, revoked as of the
+        kill and named in the change feed, :data:`REVOKE_BATCH` per write transaction. Only
+        the last batch's commit waits for the workers to apply the feed (the agents' own
+        commit did already, and those tokens are refused meanwhile): the others' commits ring
+        them all the same."""
         with self.db.read() as s:
             jtis = self.store.live_tokens_of(s, agent_ids, now_us)
-        for i in range(0, len(jtis), CUT_OFF_BATCH):
+        for i in range(0, len(jtis), REVOKE_BATCH):
+            started = time.monotonic()
+            last = i + REVOKE_BATCH >= len(jtis)
             with self.db.write() as s:
-                done = self.store.revoke_unrevoked(s, jtis[i : i + CUT_OFF_BATCH], now_us)
+                done = self.store.revoke_unrevoked(s, jtis[i : i + REVOKE_BATCH], now_us)
                 if done:
                     changes.record(s, changes.Kind.TOKEN, done, now_us=now_us)
-                if i + CUT_OFF_BATCH < len(jtis):
+                if not last:
                     s.info.pop(changes.CHANGED, None)
+            if not last:
+                time.sleep(min(time.monotonic() - started, 0.1))
 
     def finish_cut_offs(self) -> int:
         """Maintenance: revoke the tokens a kill left to after its commit and never revoked
-        (its process died in between), as of the kill, :data:`CUT_OFF_BATCH` per write
+        (its process died first; a kill at least :data:`FINISH_AFTER_SECONDS` old), as of
+        the kill, :data:`CUT_OFF_BATCH` per write
         transaction; returns how many. One read when there are none, at most once every
         :data:`FINISH_EVERY_SECONDS` in a process (0 the other times)."""
         started = time.monotonic()
@@ -503,11 +517,13 @@ class OAuthService:
         total = 0
         while True:
             now_us = to_micros(self.clock.now())
+            before_us = now_us - int(FINISH_AFTER_SECONDS * 1_000_000)
             with self.db.read() as s:
-                if not self.store.stranded_tokens(s, now_us, limit=1):
+                if not self.store.stranded_tokens(s, now_us, cut_before_us=before_us, limit=1):
                     return total
             with self.db.write() as s:
-                found = self.store.stranded_tokens(s, now_us, limit=CUT_OFF_BATCH)
+                found = self.store.stranded_tokens(s, now_us, cut_before_us=before_us,
+                                                   limit=CUT_OFF_BATCH)  # fmt: skip
                 by_time: dict[int, list[str]] = {}
                 for jti, at in found:
                     by_time.setdefault(at, []).append(jti)

@@ -53,7 +53,8 @@ _DEAD = directory.cut_off().subquery()  # the agents domain says which agents, a
 _STRANDED = (
     select(_TOKENS.c.jti, _DEAD.c.updated_at)
     .join(_DEAD, _DEAD.c.id == _TOKENS.c.agent_id)
-    .where(_TOKENS.c.revoked_at.is_(None), _TOKENS.c.expires_at > bindparam("now_us"))
+    .where(_TOKENS.c.revoked_at.is_(None), _TOKENS.c.expires_at > bindparam("now_us"),
+           _DEAD.c.updated_at < bindparam("cut_before_us"))
     .limit(bindparam("limit", type_=Integer))
 )  # fmt: skip
 
@@ -154,11 +155,13 @@ class DatabaseCredentialStore:
         return list(_REVOKE_JTIS.execute(session, {"jtis": wanted, "now_us": now_us}).scalars())
 
     def stranded_tokens(
-        self, session: Session, now_us: int, *, limit: int
+        self, session: Session, now_us: int, *, cut_before_us: int, limit: int
     ) -> list[tuple[str, int]]:
-        """Up to ``limit`` unrevoked, unexpired tokens of revoked or expired agents: ``jti`` and
-        the agent's ``updated_at`` (when it was revoked or expired)."""
-        rows = session.execute(_STRANDED, {"now_us": now_us, "limit": limit}).all()
+        """Up to ``limit`` unrevoked, unexpired tokens of agents revoked or expired before
+        ``cut_before_us``: ``jti`` and the agent's ``updated_at`` (when it was revoked or
+        expired)."""
+        params = {"now_us": now_us, "cut_before_us": cut_before_us, "limit": limit}
+        rows = session.execute(_STRANDED, params).all()
         return [(jti, at) for jti, at in rows]
 
     def revoke_tokens(self, session: Session, jtis: Collection[str], now_us: int) -> None:

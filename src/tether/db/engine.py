@@ -9,9 +9,11 @@ transaction-scoped advisory lock. Reads never take it.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -24,6 +26,11 @@ PG_WRITE_LOCK = 0x54455448
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 # ``session.info[AFTER_COMMIT]``: callables a write transaction runs after it committed.
 AFTER_COMMIT = "tether.after_commit"
+# ``session.info[IN_BACKGROUND]``: callables a write transaction hands, once it committed, to
+# the database's background thread: they run one at a time, in order, after the call that
+# committed has returned (its own write transactions each take the write lock in turn).
+IN_BACKGROUND = "tether.in_background"
+log = logging.getLogger("tether.db")
 
 
 class _WriterQueue:
@@ -111,6 +118,8 @@ class Database:
         # Set on every session's ``info`` (the wiring's hand-over to a domain's rule that may
         # answer from memory instead of a query: tether.freeze.gate).
         self.session_info: dict[str, Any] = {}
+        self._background: ThreadPoolExecutor | None = None
+        self._background_lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -134,6 +143,28 @@ class Database:
             # the database here: had it left before, a rollback would make it a false witness).
             for callback in session.info.pop(AFTER_COMMIT, ()):
                 callback()
+            for work in session.info.pop(IN_BACKGROUND, ()):
+                self._in_background(work)
+
+    def _in_background(self, work: Callable[[], object]) -> None:
+        with self._background_lock:
+            if self._background is None:
+                self._background = ThreadPoolExecutor(1, thread_name_prefix="tether-db-after")
+            self._background.submit(self._run, work)
+
+    @staticmethod
+    def _run(work: Callable[[], object]) -> None:
+        try:
+            work()
+        except Exception:  # what hands work here has a maintenance task that finishes it
+            log.warning("background work after a commit failed", exc_info=True)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until the background work handed over so far has run."""
+        with self._background_lock:
+            pool = self._background
+        if pool is not None:
+            pool.submit(lambda: None).result(timeout)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -151,6 +182,10 @@ class Database:
         return True
 
     def dispose(self) -> None:
+        with self._background_lock:
+            pool, self._background = self._background, None
+        if pool is not None:
+            pool.shutdown(wait=True)  # what was handed over runs before the engines go
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()

@@ -55,9 +55,7 @@ class PerDialect(Generic[T]):
             built = self._built[dialect] = self._build(dialect)
         return built
 
-    def execute(
-        self, session: Session, params: Mapping[str, Any]
-    ) -> Result[*tuple[Any, ...]]:
+    def execute(self, session: Session, params: Mapping[str, Any]) -> Result[*tuple[Any, ...]]:
         """Run it in ``session``'s transaction, planned for these keys."""
         dialect = session.get_bind().dialect.name
         with _unprepared(session, dialect == "postgresql"):

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from tether.runtime.models import ChangeRow
 
 CHANGED = "tether.runtime_changed"
+_NOTIFIED = "tether.runtime_notified"
 
 
 class Kind(StrEnum):
@@ -63,10 +64,12 @@ def record(session: Session, kind: Kind, keys: list[str] | str, *, now_us: int) 
     elif wanted:
         rows = [{"kind": kind.value, "key": key, "time": now_us} for key in wanted]
         session.execute(insert(ChangeRow), rows)
-    session.info[CHANGED] = True
-    if postgres:
+    if postgres and not session.info.get(_NOTIFIED):
+        # Delivered at commit, once for the transaction however many records it makes.
         name = channel(session.info.get("tether.schema"))
         session.execute(text("SELECT pg_notify(:c, '')"), {"c": name})
+        session.info[_NOTIFIED] = True
+    session.info[CHANGED] = True
 
 
 @dataclass(frozen=True, slots=True)
