@@ -1,27 +1,34 @@
 """One settings object, read from ``TETHER_*`` environment variables and an optional TOML file.
 
 Precedence, highest first: explicit keyword arguments, environment, ``tether.toml``
-(path in ``TETHER_CONFIG``, default ``./tether.toml``), defaults.
+(path in ``TETHER_CONFIG``, default ``./tether.toml``), defaults. The server and the CLI read
+the same sources: the CLI's default server URL is :attr:`Settings.client_url`.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
+    SettingsError,
 )
 
 from tether.errors import ConfigurationError
 
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.\-_]*[a-z0-9])?$")
+# A server listening on every address is reached by a client on its own host at loopback.
+_LOOPBACK_FOR = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - not bound
 
 
 class Settings(BaseSettings):
@@ -120,6 +127,11 @@ class Settings(BaseSettings):
         "providers); off, a request does not look the providers up.",
     )
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="The server's log lines (one per request among them): 'text', or 'json' "
+        "for one JSON object a line.",
+    )
 
     @field_validator("trust_domain")
     @classmethod
@@ -151,11 +163,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get("TETHER_CONFIG", "tether.toml"))
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+            InitSettingsSource(settings_cls, init_kwargs=_read_config_file(config_file_path())),
         )
 
     @property
@@ -171,6 +182,15 @@ class Settings(BaseSettings):
         return f"http://{self.host}:{self.port}"
 
     @property
+    def client_url(self) -> str:
+        """Where a client on this host reaches the server: ``public_url`` if set, else the
+        listen address, a wildcard host (``0.0.0.0``, ``::``) replaced by loopback."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = _LOOPBACK_FOR.get(self.host, self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    @property
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin.token"
 
@@ -180,13 +200,91 @@ class Settings(BaseSettings):
         return self.data_dir / "checkpoints.jsonl"
 
 
+def config_file_path() -> Path:
+    """The TOML file settings are read from: ``TETHER_CONFIG``, else ``./tether.toml``."""
+    return Path(os.environ.get("TETHER_CONFIG") or "tether.toml")
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The file's keys; ``{}`` if there is no file where ``TETHER_CONFIG`` does not point.
+    Raises :class:`ConfigurationError` naming the file (and the line) if it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        if os.environ.get("TETHER_CONFIG"):
+            raise ConfigurationError(
+                f"TETHER_CONFIG names {path}, which does not exist — create it or unset "
+                "TETHER_CONFIG"
+            ) from None
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(
+            f"{path.resolve()}: not valid TOML: {exc} — fix the file"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path.resolve()}: {exc.strerror}") from None
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings; keyword arguments win over every other source. Raises
-    :class:`ConfigurationError` naming each setting that is wrong."""
+    :class:`ConfigurationError` naming each wrong setting where it was set: the argument, the
+    ``TETHER_*`` variable, or the TOML file and its key."""
     try:
         return Settings(**overrides)
+    except SettingsError as exc:  # a list or other complex value in the environment, not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"TETHER_{field[1].upper()}" if field else "a TETHER_ variable"
+        raise ConfigurationError(
+            f"invalid settings: {name} is not valid JSON — give a JSON value, e.g. '[\"…\"]'"
+        ) from None
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        problems = "; ".join(_where(e, overrides) for e in exc.errors())
+        raise ConfigurationError(
+            f"invalid settings: {problems} — see README.md, Configuration"
+        ) from None
+
+
+def _where(error: Any, overrides: Mapping[str, Any]) -> str:
+    """One validation error, led by where the wrong value came from."""
+    key = str(error["loc"][0]) if error["loc"] else ""
+    if error["type"] == "extra_forbidden":  # only the file can name an unknown key
+        close = difflib.get_close_matches(key.lower().removeprefix("tether_"), _FIELDS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{config_file_path().resolve()}: unknown key '{key}'{hint}"
+    if not key:
+        return str(error["msg"])
+    env_name = f"TETHER_{key.upper()}"
+    if key in overrides:
+        where = key
+    elif any(name.upper() == env_name for name in os.environ):
+        where = env_name
+    elif key in _read_config_file(config_file_path()):
+        where = f"{config_file_path().resolve()}: key '{key}'"
+    else:
+        where = key
+    return f"{where}: {error['msg']}"
+
+
+_FIELDS = sorted(Settings.model_fields)
+# TETHER_ variables that are not settings: the config file's path, the CLI's own (its options'
+# envvars are passed in by the CLI), and the test suite's and benchmarks' (by prefix).
+_OTHER_NAMES = frozenset({"TETHER_CONFIG", "TETHER_URL", "TETHER_TOKEN", "TETHER_DEBUG"})
+_OTHER_PREFIXES = ("TETHER_TEST_", "TETHER_BENCH_")
+
+
+def unknown_variables(environ: Mapping[str, str], also_known: Iterable[str] = ()) -> list[str]:
+    """One warning line per ``TETHER_*`` variable in ``environ`` that nothing reads (a
+    misspelling is otherwise silently ignored), naming the closest known name."""
+    known = {f"TETHER_{f.upper()}" for f in _FIELDS} | _OTHER_NAMES | set(also_known)
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()  # settings are read case-insensitively
+        if not upper.startswith("TETHER_") or upper in known or upper.startswith(_OTHER_PREFIXES):
+            continue
+        closest = difflib.get_close_matches(upper, known, n=1, cutoff=0.0)
+        lines.append(
+            f"warning: {name} is not a Tether setting and is ignored "
+            f"(closest known name: {closest[0]})"
         )
-        raise ConfigurationError(f"invalid settings: {problems}") from exc
+    return lines

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 
+from tether.config import load_settings
 from tether.errors import TetherError
-
-DEFAULT_URL = "http://127.0.0.1:8700"
 
 
 class CliError(TetherError):
@@ -25,8 +23,7 @@ def _default_token() -> str | None:
     token = os.environ.get("TETHER_TOKEN")
     if token:
         return token.strip()
-    data_dir = Path(os.environ.get("TETHER_DATA_DIR", ".tether"))
-    path = data_dir / "admin.token"
+    path = load_settings().admin_token_path  # the server's own settings: one source
     try:
         return path.read_text().strip() or None
     except OSError:
@@ -42,7 +39,8 @@ class ApiClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = (url or os.environ.get("TETHER_URL") or DEFAULT_URL).rstrip("/")
+        # --url / TETHER_URL, else where the server these settings describe listens.
+        self.url = (url or os.environ.get("TETHER_URL") or load_settings().client_url).rstrip("/")
         self.token = token if token is not None else _default_token()
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._http = httpx.Client(

@@ -11,6 +11,7 @@ import typer
 
 from tether.cli import agents, approvals, audit, credentials, freeze, policy, serve, users
 from tether.cli.common import JsonOpt, client
+from tether.cli.environment import warn_unknown_variables
 from tether.cli.render import err, show
 from tether.errors import TetherError
 
@@ -49,12 +50,14 @@ def _root(
 
 @app.command("whoami")
 def whoami(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """The user your token belongs to."""
-    show(client(ctx).get("/v1/whoami"), as_json=as_json)
+    """The user your token belongs to, and the server that answered (``server``)."""
+    api = client(ctx)
+    show({**api.get("/v1/whoami"), "server": api.url}, as_json=as_json)
 
 
 def main() -> None:
     verbose = "--verbose" in sys.argv or "-v" in sys.argv or bool(os.environ.get("TETHER_DEBUG"))
+    warn_unknown_variables(app)  # a misspelt TETHER_ name is otherwise silently ignored
     try:
         code = app(standalone_mode=False)  # click returns a typer.Exit's code here
         if isinstance(code, int) and code:
