@@ -44,6 +44,7 @@ SYNCS = Counter("tether_runtime_syncs", "Change-feed syncs applied", ["result"])
 LAG = Gauge("tether_runtime_seconds_since_sync", "Seconds since this worker was last current")
 _FEED_KEEP_US = 3600 * 1_000_000
 _BATCH = 10_000  # change-feed rows read per pass (bounds every IN list a section builds)
+_POLLER = "tether-runtime-poll"
 
 
 class Runtime:
@@ -175,8 +176,14 @@ class Runtime:
         if gap:
             self.load()  # changes we never saw were purged: start over
         SYNCS.labels("changes" if moved else "idle").inc()
-        if moved or gap:
+        if not (moved or gap):
+            return
+        if threading.current_thread().name == _POLLER:
             self._report()
+        else:
+            # The poller reports (a write transaction of its own): not on the path of the
+            # call that committed, which only waits for the *other* workers.
+            self._wake.set()
 
     def _apply(self, s: Session, rows: Sequence[tuple[int, str, str, int]]) -> None:
         kinds: dict[str, set[str]] = {}
@@ -208,7 +215,7 @@ class Runtime:
         if self._threads:
             return
         self._stop.clear()
-        poller = threading.Thread(target=self._poll, name="tether-runtime-poll", daemon=True)
+        poller = threading.Thread(target=self._poll, name=_POLLER, daemon=True)
         self._threads.append(poller)
         if self.db.dialect == "postgresql":
             listener = threading.Thread(target=self._listen, name="tether-runtime-listen",
