@@ -89,12 +89,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_server(
-    backend: Backend, workdir: Path, *, workers: int = 1
+    backend: Backend, workdir: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, dict[str, str]]]:
-    """Yield ``(base_url, env)`` once ``/readyz`` answers; stop the server afterwards."""
+    """Yield ``(base_url, env)`` once ``/readyz`` answers; stop the server afterwards. The
+    server's output is in ``workdir / "server.log"``; ``extra_env`` adds or overrides
+    ``TETHER_*`` variables."""
     for _attempt in range(_PORT_ATTEMPTS):
         port = free_port()
-        env = server_env(backend, workdir / ".tether", port)
+        env = {**server_env(backend, workdir / ".tether", port), **(extra_env or {})}
         url = f"http://127.0.0.1:{port}"
         with (workdir / "server.log").open("wb") as log:
             proc = subprocess.Popen(

@@ -132,6 +132,11 @@ class Settings(BaseSettings):
         description="The server's log lines (one per request among them): 'text', or 'json' "
         "for one JSON object a line.",
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="The server's log lines (one per request among them): 'text', or 'json' "
+        "for one JSON object a line.",
+    )
 
     @field_validator("trust_domain")
     @classmethod

@@ -1,4 +1,5 @@
-"""The FastAPI application: routers, the error shape, body limits, the checkpoint timer."""
+"""The FastAPI application: routers, the error shape, body limits, request ids and the access
+log, the offline docs pages, the checkpoint timer."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
+from starlette.types import ASGIApp
 
 from tether import __version__
-from tether.api import errors
+from tether.api import docs, errors, requestlog
 from tether.api.fastpath import DecisionFastPath
 from tether.api.limits import BodyLimitMiddleware
 from tether.api.metrics import MetricsMiddleware
@@ -53,6 +55,13 @@ async def _maintenance(services: Services) -> None:
                               interval)  # fmt: skip
 
 
+class _TetherAPI(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outside Starlette's ServerErrorMiddleware, which answers an unhandled error itself:
+        # the request id is on that 500 too, and its line is logged.
+        return requestlog.RequestLogMiddleware(super().build_middleware_stack())
+
+
 def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -67,7 +76,7 @@ def create_app(services: Services) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(
+    app = _TetherAPI(
         title="Tether",
         version=__version__,
         description="Identity, access and governance for autonomous AI agents.",
@@ -75,6 +84,8 @@ def create_app(services: Services) -> FastAPI:
         # FastAPI looks the global OpenTelemetry providers up on every request while any of
         # these is on (~8 µs a request even with none configured): opt in, not out.
         telemetry=None if services.settings.opentelemetry else _NO_TELEMETRY,
+        docs_url=None,  # the CDN pages; tether.api.docs serves them from installed files
+        redoc_url=None,
     )
     app.state.services = services
     errors.install(app)
@@ -82,6 +93,7 @@ def create_app(services: Services) -> FastAPI:
     for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
                    audit, revocations):  # fmt: skip
         app.include_router(module.router)
+    docs.install(app)
     app.add_middleware(DecisionFastPath, services=services)  # innermost: after limits, metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
@@ -89,5 +101,8 @@ def create_app(services: Services) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """The uvicorn factory for ``tether serve``: each worker process builds its own services."""
-    return create_app(build_services(load_settings()))
+    """The uvicorn factory for ``tether serve``: each worker process builds its own services
+    and sends its logs (the access log among them) to stderr."""
+    settings = load_settings()
+    requestlog.configure(settings.log_format, settings.log_level)
+    return create_app(build_services(settings))

@@ -8,6 +8,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import WithJsonSchema
 
+from tether.api.requestlog import set_caller
 from tether.container import Services
 from tether.credentials.bearer import Caller
 from tether.errors import Unauthenticated
@@ -35,7 +36,9 @@ def principal(
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise Unauthenticated("send 'Authorization: Bearer <token>' (see tether users token)")
     svc: Services = request.app.state.services
-    return svc.users.authenticate(creds.credentials)
+    who = svc.users.authenticate(creds.credentials)
+    set_caller(request.scope, who.ref)
+    return who
 
 
 ServicesDep = Annotated[Services, Depends(services)]
@@ -50,10 +53,12 @@ async def caller(
     :meth:`Bearers.authenticate_request`, as every transport asks it."""
     del creds  # declares the security scheme in the document; the header is read whole below
     svc: Services = request.app.state.services
-    return await svc.bearers.authenticate_request(
+    who = await svc.bearers.authenticate_request(
         request.headers.get("authorization", ""), method=request.method,
         url=f"{svc.settings.base_url}{request.url.path}", proofs=request.headers.getlist("dpop"),
     )  # fmt: skip
+    set_caller(request.scope, who.principal.ref)
+    return who
 
 
 CallerDep = Annotated[Caller, Depends(caller)]

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tether.api import errors
+from tether.api import errors, requestlog
 from tether.container import Services
 from tether.errors import TetherError
 from tether.policy import authzen
@@ -79,12 +79,16 @@ class DecisionFastPath:
         who = await svc.bearers.authenticate_request(
             authorization, method="POST", url=f"{svc.settings.base_url}{path}", proofs=proofs
         )
+        ctx = requestlog.context(scope)
+        rid = None
+        if ctx is not None:
+            ctx.caller, rid = who.principal.ref, ctx.request_id
         if path == _SINGLE:
             ev = authzen.Evaluation.model_validate_json(body)
-            decision = await svc.decisions.decide(authzen.ask_of(ev, who, svc.decisions))
+            decision = await svc.decisions.decide(authzen.ask_of(ev, who, svc.decisions, rid))
             return _json(decision.to_authzen())
         batch = authzen.Evaluations.model_validate_json(body)
-        asks, stop = authzen.batch_asks(batch, who, svc.decisions)
+        asks, stop = authzen.batch_asks(batch, who, svc.decisions, rid)
         answers = await svc.decisions.decide_many(asks, stop_on=stop)
         return _json({"evaluations": [d.to_authzen() for d in answers]})
 

@@ -150,18 +150,21 @@ class EvaluationsOut(StrictModel):
     evaluations: list[DecisionOut]
 
 
-def ask_of(ev: Evaluation, who: Caller, decisions: DecisionService) -> Ask:
+def ask_of(
+    ev: Evaluation, who: Caller, decisions: DecisionService, request_id: str | None = None
+) -> Ask:
     decisions.may_ask(who.principal, ev.subject.id)
     if who.principal.kind == "agent":
         return Ask(ev.subject.id, ev.action.name, ev.resource.type, ev.resource.id,
                    ev.resource.properties, ev.context, who.chain, who.on_behalf_of, who.jti,
-                   who.principal.ref)  # fmt: skip
+                   who.principal.ref, request_id)  # fmt: skip
     return Ask(ev.subject.id, ev.action.name, ev.resource.type, ev.resource.id,
-               ev.resource.properties, ev.context, caller=who.principal.ref)  # fmt: skip
+               ev.resource.properties, ev.context, caller=who.principal.ref,
+               request_id=request_id)  # fmt: skip
 
 
 def batch_asks(
-    body: Evaluations, who: Caller, decisions: DecisionService
+    body: Evaluations, who: Caller, decisions: DecisionService, request_id: str | None = None
 ) -> tuple[list[Ask], Effect | None]:
     _check_defaults(body)
     items = body.evaluations or [PartialEvaluation()]
@@ -174,7 +177,7 @@ def batch_asks(
                 raise ValidationFailed(f"evaluations[{i}] has no {part} and there is no default",
                                        field=f"evaluations[{i}].{part}")  # fmt: skip
             merged[part] = value if value is not None else {}
-        ask = ask_of(Evaluation.model_validate(merged), who, decisions)
+        ask = ask_of(Evaluation.model_validate(merged), who, decisions, request_id)
         try:
             validate_ask(ask)  # here, to name the item; decide() checks again
         except ValidationFailed as exc:

@@ -188,6 +188,8 @@ class DecisionService:
             details["error"] = decision.error["code"]
         if ask.jti:
             details["jti"] = ask.jti
+        if ask.request_id:  # absent before request ids: older events hash as they did
+            details["request_id"] = ask.request_id
         return NewEvent(
             EventType.DECISION, f"agent:{ask.subject}" if known else ask.caller,
             agent_id=ask.subject if known else None, on_behalf_of=ask.on_behalf_of,

@@ -52,6 +52,7 @@ class Ask:
     on_behalf_of: str | None = None
     jti: str | None = None
     caller: str = "system"
+    request_id: str | None = None  # the HTTP request's X-Request-ID, kept in the ledger event
 
     @property
     def full_chain(self) -> tuple[str, ...]:

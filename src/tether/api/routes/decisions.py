@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from tether.api.deps import CallerDep, ServicesDep
 from tether.api.errors import responses
+from tether.api.requestlog import request_id
 from tether.policy.authzen import (
     DecisionOut,
     Evaluation,
@@ -26,8 +27,11 @@ router = APIRouter(tags=["decisions"])
     "/access/v1/evaluation", response_model=DecisionOut,
     responses=responses(400, 401, 403, 413, 422),
 )  # fmt: skip
-async def evaluation(body: Evaluation, svc: ServicesDep, who: CallerDep) -> Response:
-    decision = await svc.decisions.decide(ask_of(body, who, svc.decisions))
+async def evaluation(
+    body: Evaluation, svc: ServicesDep, who: CallerDep, request: Request
+) -> Response:
+    ask = ask_of(body, who, svc.decisions, request_id(request.scope))
+    decision = await svc.decisions.decide(ask)
     return _json(decision.to_authzen())
 
 
@@ -35,10 +39,12 @@ async def evaluation(body: Evaluation, svc: ServicesDep, who: CallerDep) -> Resp
     "/access/v1/evaluations", response_model=EvaluationsOut,
     responses=responses(400, 401, 403, 413, 422),
 )  # fmt: skip
-async def evaluations(body: Evaluations, svc: ServicesDep, who: CallerDep) -> Response:
+async def evaluations(
+    body: Evaluations, svc: ServicesDep, who: CallerDep, request: Request
+) -> Response:
     """AuthZEN's batch: top-level subject/action/resource/context are defaults that each item
     may override; ``options.evaluations_semantic`` may stop at the first deny or permit."""
-    asks, stop = batch_asks(body, who, svc.decisions)
+    asks, stop = batch_asks(body, who, svc.decisions, request_id(request.scope))
     decisions = await svc.decisions.decide_many(asks, stop_on=stop)
     return _json({"evaluations": [d.to_authzen() for d in decisions]})
 
