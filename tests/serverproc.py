@@ -40,7 +40,9 @@ def server_env(backend: Backend, data_dir: Path, port: int) -> dict[str, str]:
 # A port is picked free but bound only later, by the server: another process may take it in
 # between. The server then exits saying so and is started again on another port.
 _PORT_ATTEMPTS = 5
-_PORT_TAKEN = "address already in use"
+# `tether serve` checks the port first ("is in use"); uvicorn's own bind, if the port was taken
+# after that check, says "address already in use".
+_PORT_TAKEN = (" is in use — ", "address already in use")
 
 
 def _ours(url: str, token_file: Path) -> bool:
@@ -63,7 +65,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, workdir: Path) -> bool:
     while True:
         if proc.poll() is not None:
             text = log.read_text()
-            if _PORT_TAKEN in text:
+            if any(said in text for said in _PORT_TAKEN):
                 return False
             raise RuntimeError(text)
         try:

@@ -186,7 +186,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, token_file: Path, log: 
     while True:
         if proc.poll() is not None:
             output = log.read_text()
-            if "address already in use" in output:
+            if "address already in use" in output or " is in use — " in output:
                 return False
             raise RuntimeError(output)
         try:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 
+from tether.cli.client import CliError
 from tether.cli.render import err, out
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -33,22 +38,27 @@ def serve(
         overrides["port"] = port
         os.environ["TETHER_PORT"] = str(port)
     settings = load_settings(**overrides)
-    services = build_services(settings)
-    try:
-        for line in prepare(services).lines():
-            err.print(line)
-    finally:
-        services.close()
+    # Held through the migration so nothing claims the port meanwhile; uvicorn binds its own.
+    with _reserve(settings.host, settings.port):
+        services = build_services(settings)
+        try:
+            report = prepare(services)
+        finally:
+            services.close()
+    for line in report.lines():
+        _say(line)
     if workers > 1:
         # Metrics from every worker are merged by prometheus_client's multiprocess mode.
         metrics_dir = settings.data_dir / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
-    err.print(
-        f"Tether serving on {settings.base_url} with {workers} worker(s); "
-        f"database {services.db.dialect}"
-    )
+    token_path = report.admin_token_path or settings.admin_token_path
+    _say(f"data dir     {settings.data_dir.resolve()}")
+    _say(f"database     {_without_password(settings.resolved_database_url)}")
+    _say(f"admin token  {token_path.resolve()}")
+    _say(f"API docs     {settings.base_url}/docs")
+    _say(f"Tether serving on {settings.base_url} with {workers} worker(s)")
     uvicorn.run(
         "tether.api.app:app_from_env",
         factory=True,
@@ -58,6 +68,43 @@ def serve(
         log_level=settings.log_level,
         access_log=False,
     )
+
+
+def _say(line: str) -> None:
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@contextmanager
+def _reserve(host: str, port: int) -> Iterator[None]:
+    """Bind ``host:port`` as uvicorn will (``SO_REUSEADDR``), or raise :class:`CliError`
+    saying why the server could not listen there — before anything claims it serves."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(
+                f"port {port} on {host} is in use — stop the other process or set TETHER_PORT"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise CliError(
+                f"port {port} on {host} needs privileges — use a port above 1023 (TETHER_PORT)"
+            ) from None
+        reason = exc.strerror or str(exc)
+        raise CliError(f"cannot listen on {host}:{port}: {reason} — check TETHER_HOST") from None
+    try:
+        yield
+    finally:
+        sock.close()
 
 
 @db_app.command("upgrade")
