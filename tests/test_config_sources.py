@@ -215,3 +215,25 @@ def test_a_missing_config_file_named_by_tether_config_is_an_error(tmp_path: Path
         f"error: TETHER_CONFIG names {tmp_path / 'nope.toml'}, which does not exist — create "
         "it or unset TETHER_CONFIG"
     ]
+
+
+def test_secret_files_rank_between_the_environment_and_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tether.config import load_settings
+
+    for name in [n for n in os.environ if n.upper().startswith("TETHER_")]:
+        monkeypatch.delenv(name)
+    secrets = tmp_path / "credentials"
+    secrets.mkdir()
+    (secrets / "tether_master_key").write_text("from-the-secret-file\n")
+    (tmp_path / "tether.toml").write_text(
+        'master_key = "from-toml"\ntrust_domain = "corp.example"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(secrets))  # systemd's LoadCredential=
+    settings = load_settings()
+    assert settings.master_key == "from-the-secret-file"  # stripped of its newline
+    assert settings.trust_domain == "corp.example"  # the file still counts for the rest
+    monkeypatch.setenv("TETHER_MASTER_KEY", "from-env")
+    assert load_settings().master_key == "from-env"

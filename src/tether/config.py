@@ -1,8 +1,9 @@
 """One settings object, read from ``TETHER_*`` environment variables and an optional TOML file.
 
-Precedence, highest first: explicit keyword arguments, environment, ``tether.toml``
-(path in ``TETHER_CONFIG``, default ``./tether.toml``), defaults. The server and the CLI read
-the same sources: the CLI's default server URL is :attr:`Settings.client_url`.
+Precedence, highest first: explicit keyword arguments, environment, secret files
+(``tether_<name>`` in systemd's ``$CREDENTIALS_DIRECTORY`` or ``/run/secrets``),
+``tether.toml`` (path in ``TETHER_CONFIG``, default ``./tether.toml``), defaults. The server
+and the CLI read the same sources: the CLI's default server URL is :attr:`Settings.client_url`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
     SettingsError,
 )
@@ -132,11 +134,6 @@ class Settings(BaseSettings):
         description="The server's log lines (one per request among them): 'text', or 'json' "
         "for one JSON object a line.",
     )
-    log_format: Literal["text", "json"] = Field(
-        default="text",
-        description="The server's log lines (one per request among them): 'text', or 'json' "
-        "for one JSON object a line.",
-    )
 
     @field_validator("trust_domain")
     @classmethod
@@ -168,11 +165,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            InitSettingsSource(settings_cls, init_kwargs=_read_config_file(config_file_path())),
-        )
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        secrets = _secrets_dir()
+        if secrets is not None:
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets))
+        toml = _read_config_file(config_file_path())
+        return (*sources, InitSettingsSource(settings_cls, init_kwargs=toml))
 
     @property
     def resolved_database_url(self) -> str:
@@ -203,6 +201,16 @@ class Settings(BaseSettings):
     def checkpoint_file_path(self) -> Path:
         """Every signed ledger checkpoint, one JSON line each, outside the database."""
         return self.data_dir / "checkpoints.jsonl"
+
+
+def _secrets_dir() -> Path | None:
+    """Where secret files are mounted, each named ``tether_<setting>`` (``tether_master_key``):
+    systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``), else ``/run/secrets`` (Docker
+    and Compose secrets); None if neither is there."""
+    for candidate in (os.environ.get("CREDENTIALS_DIRECTORY"), "/run/secrets"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
 
 
 def config_file_path() -> Path:
