@@ -80,6 +80,31 @@ def _ledger_key(settings: Settings, created: list[Path]) -> Ed25519PrivateKey:
     return key
 
 
+def root_key_files(settings: Settings) -> list[Path]:
+    """The root key files this deployment keeps in its data dir (none for a key that comes
+    from the environment): what a backup must hold besides the database."""
+    out = []
+    if not settings.master_key:
+        out.append(settings.data_dir / MASTER_KEY_FILE)
+    if not settings.ledger_signing_key:
+        out.append(settings.data_dir / LEDGER_KEY_FILE)
+    return out
+
+
+def require_root_keys(settings: Settings) -> RootKeys:
+    """The existing root keys; raises :class:`ConfigurationError` naming a missing key file
+    instead of generating one. For commands run beside a deployment (``tether admin
+    recover``, ``tether backup``): a new key there would sign for a deployment it is not."""
+    for path in root_key_files(settings):
+        if not path.is_file():
+            raise ConfigurationError(
+                f"no {path.name} in {settings.data_dir} — run this on the server host with the "
+                "server's TETHER_DATA_DIR (or its TETHER_MASTER_KEY and TETHER_LEDGER_SIGNING_KEY)",
+                path=str(path),
+            )
+    return load_root_keys(settings)
+
+
 def load_root_keys(settings: Settings) -> RootKeys:
     created: list[Path] = []
     master = _master_key(settings, created)

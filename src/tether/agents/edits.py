@@ -1,5 +1,6 @@
-"""A PATCH to an agent, field by field: what may not be null, what changed (for the audit
-event), and the one field with a side effect — a new fingerprint suspends a high-risk agent."""
+"""A PATCH to an agent, a JSON Merge Patch (RFC 7396), field by field: what may not be null,
+how the two objects (attributes, fingerprint) merge, what changed (for the audit event), and
+the one field with a side effect — a new fingerprint suspends a high-risk agent."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from tether.agents.fingerprint import normalize
 from tether.agents.models import AgentRow
-from tether.agents.schemas import AgentUpdate
+from tether.agents.schemas import MAX_ATTRIBUTES, AgentUpdate
 from tether.agents.values import RiskTier, Status
 from tether.clock import to_micros
 from tether.errors import ValidationFailed
@@ -18,7 +19,8 @@ _NOT_NULL = ("name", "owner", "purpose", "roles", "scopes", "attributes", "super
 
 
 def refuse_nulls(patch: AgentUpdate) -> None:
-    """JSON ``null`` clears only ``expires_at`` and ``recertify_by``."""
+    """JSON ``null`` removes only ``fingerprint``, ``expires_at`` and ``recertify_by`` (and
+    members inside ``attributes`` and ``fingerprint``)."""
     fields = patch.model_fields_set
     if "risk_tier" in fields and patch.risk_tier is None:
         raise ValidationFailed("risk_tier cannot be null", field="risk_tier")
@@ -45,10 +47,17 @@ def apply_columns(
             micros = to_micros(when) if when else None
             if record(changes, name, getattr(row, name), micros):
                 setattr(row, name, micros)
-    if patch.attributes is not None and record(
-        changes, "attributes", loads(row.attributes), patch.attributes
-    ):
-        row.attributes = canonical_text(patch.attributes)
+    if patch.attributes is not None:
+        current = loads(row.attributes)
+        merged = merge(current, patch.attributes)
+        if len(merged) > MAX_ATTRIBUTES:
+            raise ValidationFailed(
+                f"an agent has at most {MAX_ATTRIBUTES} attributes; this patch would leave "
+                f"{len(merged)} (set a key to null to remove it)",
+                field="attributes",
+            )
+        if record(changes, "attributes", current, merged):
+            row.attributes = canonical_text(merged)
     if patch.scopes is not None:
         scopes = sorted(set(patch.scopes))
         if record(changes, "scopes", loads(row.scopes), scopes):
@@ -56,8 +65,22 @@ def apply_columns(
 
 
 def apply_fingerprint(row: AgentRow, patch: AgentUpdate, changes: dict[str, Any]) -> None:
-    """A new fingerprint (its digest differs) suspends a high-risk agent until resumed."""
-    new_fp = normalize(patch.fingerprint.model_dump() if patch.fingerprint else None)
+    """Merge the patch's fingerprint into the agent's (``null`` removes it). A new fingerprint
+    (its digest differs) suspends a high-risk agent until resumed.
+
+    Raises :class:`ValidationFailed` if the agent has no fingerprint and the patch names no
+    ``model``."""
+    new_fp: dict[str, Any] | None = None
+    if patch.fingerprint is not None:
+        current = loads(row.fingerprint) if row.fingerprint else {}
+        current.pop("digest", None)
+        parts = merge(current, patch.fingerprint.model_dump(exclude_unset=True))
+        if parts.get("model") is None:
+            raise ValidationFailed(
+                "the agent has no fingerprint yet: a new one needs fingerprint.model",
+                field="fingerprint.model",
+            )
+        new_fp = normalize(parts)
     new_digest = new_fp["digest"] if new_fp else None
     if not record(changes, "fingerprint_digest", row.fingerprint_digest, new_digest):
         return
@@ -71,6 +94,19 @@ def apply_fingerprint(row: AgentRow, patch: AgentUpdate, changes: dict[str, Any]
         row.status_reason = (
             "fingerprint changed on a high-risk agent; a supervisor must re-approve it (resume)"
         )
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7396 §2 MergePatch for the flat objects an agent has (attribute values and
+    fingerprint parts are never objects): a member set to null is removed, any other is set,
+    members the patch leaves out are kept. Returns a new dict."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
 
 
 def record(changes: dict[str, Any], field: str, old: Any, new: Any) -> bool:

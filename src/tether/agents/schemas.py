@@ -9,11 +9,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
+from tether.agents.values import RiskTier
 from tether.fields import (
     NAME,
     NO_NUL,
@@ -26,15 +29,28 @@ from tether.fields import (
 )
 from tether.ids import IdPrefix, id_pattern
 
+_TIERS = tuple(tier.value for tier in RiskTier)  # what may be registered
+_TIERS_TEXT = ", ".join(repr(t) for t in _TIERS[:-1]) + f" or {_TIERS[-1]!r}"
+
+
+def _known_tier(value: Any) -> Any:
+    """Anything but a tier or ``prohibited`` is told only the tiers that can be registered:
+    ``prohibited`` is parsed (to be refused with its own error), never offered."""
+    if value not in (*_TIERS, "prohibited"):
+        raise PydanticCustomError("literal_error", f"Input should be {_TIERS_TEXT}")
+    return value
+
+
 # ``prohibited`` is parsed so the service can refuse it with its own error
-# (422 ``risk_tier_prohibited``, API.md), but the OpenAPI document lists only the tiers that can
-# actually be registered: a request with ``prohibited`` is not a valid request.
+# (422 ``risk_tier_prohibited``, API.md), but the OpenAPI document and the error for any other
+# value list only the tiers that can actually be registered: ``prohibited`` is never valid.
 RiskTierIn = Annotated[
     Literal["minimal", "limited", "high", "prohibited"],
+    BeforeValidator(_known_tier),
     WithJsonSchema(
         {
             "type": "string",
-            "enum": ["minimal", "limited", "high"],
+            "enum": list(_TIERS),
             "description": "'prohibited' (EU AI Act Art. 5) is refused: 422 risk_tier_prohibited",
         }
     ),
@@ -53,9 +69,16 @@ AttrValue = (
 )
 # ``additionalProperties: false``: keys that do not match AttrKey are refused, and the document
 # has to say so (``patternProperties`` alone would admit any other key with any value).
+MAX_ATTRIBUTES = 64
 Attributes = Annotated[
     dict[AttrKey, AttrValue],
-    Field(max_length=64, json_schema_extra={"additionalProperties": False}),
+    Field(max_length=MAX_ATTRIBUTES, json_schema_extra={"additionalProperties": False}),
+]
+# A merge patch of the attributes (RFC 7396): a key set to null is removed, any other is set.
+# A patch may remove as many keys as it adds; the merged map is held to 64 (tether.agents.edits).
+AttributesPatch = Annotated[
+    dict[AttrKey, AttrValue | None],
+    Field(max_length=2 * MAX_ATTRIBUTES, json_schema_extra={"additionalProperties": False}),
 ]
 # A user by id or by username (the service looks the id up first, then the name).
 USER_REF = rf"^(?:{id_pattern(IdPrefix.USER, anchored=False)}|{USERNAME[1:-1]})$"
@@ -74,6 +97,40 @@ class FingerprintIn(StrictModel):
     tools_sha256: Sha256Hex | None = None
 
 
+def _drop_null_defaults(schema: dict[str, Any]) -> None:
+    """``default: null`` on a property whose schema does not admit null would be a lie."""
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", ...) is None and "anyOf" not in prop and "type" in prop:
+            del prop["default"]
+
+
+class FingerprintPatch(StrictModel):
+    """A merge patch of the fingerprint (RFC 7396): the parts present are set, a part set to
+    null is removed, the others are kept. ``model`` cannot be removed (a fingerprint names its
+    model; send ``"fingerprint": null`` to drop the whole fingerprint), and an agent without a
+    fingerprint needs one: the service refuses a patch that leaves none."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_drop_null_defaults)
+
+    model: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+        | SkipJsonSchema[None]
+    ) = None
+    model_version: Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)] | None = None
+    prompt_sha256: Sha256Hex | None = None
+    tools_sha256: Sha256Hex | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError(
+                "cannot be null; leave it out to keep the model, or send fingerprint: null to "
+                "remove the whole fingerprint"
+            )
+        return value
+
+
 class AgentCreate(StrictModel):
     name: Name
     owner: UserRef
@@ -89,18 +146,16 @@ class AgentCreate(StrictModel):
     recertify_by: AwareDatetime | None = None
 
 
-def _drop_null_defaults(schema: dict[str, Any]) -> None:
-    """``default: null`` on a property whose schema does not admit null would be a lie."""
-    for prop in schema.get("properties", {}).values():
-        if prop.get("default", ...) is None and "anyOf" not in prop and "type" in prop:
-            del prop["default"]
-
-
 class AgentUpdate(StrictModel):
-    """Only the fields present are changed; ``null`` clears an optional field.
+    """A JSON Merge Patch of the agent (RFC 7396), ``PATCH /v1/agents/{id}``.
 
-    The fields an agent always has cannot be cleared: ``None`` below only means "absent",
-    so it is left out of the JSON schema and an explicit ``null`` is refused (422).
+    Fields left out keep their value. ``attributes`` and ``fingerprint`` are objects and merge
+    member by member: a member set to ``null`` is removed, any other is set, members left out
+    are kept (changing ``fingerprint.model`` keeps ``model_version`` unless the patch gives it).
+    Lists (``roles``, ``scopes``, ``supervisors``) are replaced whole: ``[]`` empties one.
+    ``null`` removes ``fingerprint``, ``expires_at`` and ``recertify_by``; the fields an agent
+    always has cannot be removed, so ``None`` below only means "absent": it is left out of the
+    JSON schema and an explicit ``null`` is refused (422).
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_drop_null_defaults)
@@ -111,8 +166,8 @@ class AgentUpdate(StrictModel):
     risk_tier: RiskTierIn | SkipJsonSchema[None] = None
     roles: Annotated[list[RoleName], Field(max_length=50)] | SkipJsonSchema[None] = None
     scopes: Annotated[list[ScopeToken], Field(max_length=100)] | SkipJsonSchema[None] = None
-    attributes: Attributes | SkipJsonSchema[None] = None
-    fingerprint: FingerprintIn | None = None
+    attributes: AttributesPatch | SkipJsonSchema[None] = None
+    fingerprint: FingerprintPatch | None = None
     supervisors: Annotated[list[UserRef], Field(max_length=50)] | SkipJsonSchema[None] = None
     expires_at: AwareDatetime | None = None
     recertify_by: AwareDatetime | None = None
@@ -129,8 +184,10 @@ class AgentUpdate(StrictModel):
         mode="before",
     )
     @classmethod
-    def _not_null(cls, value: Any) -> Any:
+    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
+            if info.field_name == "attributes":
+                raise ValueError("cannot be null; to remove one attribute, set its key to null")
             raise ValueError("cannot be null; leave the field out to keep its value")
         return value
 

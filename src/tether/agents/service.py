@@ -227,7 +227,8 @@ class AgentService:
 
     # -- changing --------------------------------------------------------------------------
     def update(self, actor: Principal, agent_id: str, patch: AgentUpdate) -> Agent:
-        """Apply the fields present in ``patch``.
+        """Apply ``patch``, a JSON Merge Patch (RFC 7396; :class:`AgentUpdate` says what
+        merges and what is replaced).
 
         A changed fingerprint on a ``high``-risk agent suspends it until a human resumes it.
         A patch that changes nothing writes nothing. An expired agent may be patched (a later

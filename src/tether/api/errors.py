@@ -77,14 +77,38 @@ def tether_error(exc: TetherError) -> JSONResponse:
     return _error(exc.http_status, exc.code, exc.message, exc.details, headers or None)
 
 
-def validation_error(raw: Iterable[Any]) -> JSONResponse:
-    """Pydantic's errors (``loc`` starting with where: "body", "query"…) as the one shape."""
+# What pydantic says when the body as a whole is not an object ("Input should be a valid
+# dictionary or object to extract fields from"): FastAPI parses only a JSON body, so a form or
+# text body reaches the model as a string.
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether FastAPI parses a body of this type as JSON (none given: it tries JSON)."""
+    if not content_type:
+        return True
+    subtype = content_type.split(";", 1)[0].strip().lower().partition("/")[2]
+    return subtype == "json" or subtype.endswith("+json")
+
+
+def _message(err: dict[str, Any], content_type: str | None) -> Any:
+    if tuple(err.get("loc", ())) == ("body",) and err.get("type") in _NOT_AN_OBJECT:
+        if not _is_json(content_type):
+            return "send a JSON body (Content-Type: application/json)"
+        return "the body must be a JSON object"
+    return err.get("msg")
+
+
+def validation_error(raw: Iterable[Any], content_type: str | None = None) -> JSONResponse:
+    """Pydantic's errors (``loc`` starting with where: "body", "query"…) as the one shape;
+    ``content_type`` is the request's, to tell a caller who sent no JSON to send some."""
     errors = []
     malformed = False
     for err in raw:
         malformed = malformed or err.get("type") == "json_invalid"
         field = "body" if malformed else _field(tuple(err.get("loc", ())))
-        errors.append({"field": field, "message": err.get("msg"), "type": err.get("type")})
+        message = _message(err, content_type)
+        errors.append({"field": field, "message": message, "type": err.get("type")})
     if malformed:
         return _error(
             400, "malformed_json", "the request body is not valid JSON", {"errors": errors}
@@ -104,8 +128,8 @@ def install(app: FastAPI) -> None:
         return tether_error(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(exc.errors())
+    async def _validation(req: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc.errors(), req.headers.get("content-type"))
 
     @app.exception_handler(HTTPException)
     async def _http(req: Request, exc: HTTPException) -> JSONResponse:

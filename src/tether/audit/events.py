@@ -9,6 +9,9 @@ from typing import Any
 
 class EventType(StrEnum):
     SYSTEM_BOOTSTRAPPED = "system.bootstrapped"
+    # ``tether admin recover``: a token minted on the server host, with the database and the
+    # master key, for an admin locked out (details: the OS user and host that ran it).
+    ADMIN_RECOVERED = "admin.recovered"
     USER_CREATED = "user.created"
     USER_TOKEN_CREATED = "user.token_created"  # noqa: S105 - a name, not a secret
     USER_TOKEN_REVOKED = "user.token_revoked"  # noqa: S105 - a name, not a secret

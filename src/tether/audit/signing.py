@@ -20,20 +20,21 @@ def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-class LedgerSigner:
-    def __init__(self, key: Ed25519PrivateKey) -> None:
-        self._key = key
-        self.public_key: Ed25519PublicKey = key.public_key()
-        raw = self.public_key.public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+class LedgerVerifier:
+    """Checks checkpoints with the ledger's public key alone: what an auditor holds."""
+
+    def __init__(self, public_key: Ed25519PublicKey) -> None:
+        self.public_key = public_key
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.public_key_b64 = _b64url(raw)
         # Key id: the first 16 bytes of SHA-256 over the raw public key, hex.
         self.key_id = hashlib.sha256(raw).hexdigest()[:32]
 
-    def sign(self, size: int, head_hash: str, time_us: int) -> Checkpoint:
-        sig = self._key.sign(checkpoint_payload(size, head_hash, time_us))
-        return Checkpoint(size, head_hash, time_us, self.key_id, _b64url(sig))
+    def public_pem(self) -> bytes:
+        """The public key as PEM (SubjectPublicKeyInfo), for ``audit verify --public-key``."""
+        return self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     def check(self, cp: Checkpoint) -> bool:
         if cp.key_id != self.key_id:
@@ -45,3 +46,13 @@ class LedgerSigner:
         except (InvalidSignature, ValueError):
             return False
         return True
+
+
+class LedgerSigner(LedgerVerifier):
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        super().__init__(key.public_key())
+        self._key = key
+
+    def sign(self, size: int, head_hash: str, time_us: int) -> Checkpoint:
+        sig = self._key.sign(checkpoint_payload(size, head_hash, time_us))
+        return Checkpoint(size, head_hash, time_us, self.key_id, _b64url(sig))

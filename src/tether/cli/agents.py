@@ -10,7 +10,7 @@ import typer
 
 from tether.cli.client import CliError
 from tether.cli.common import JsonOpt, client
-from tether.cli.render import emit_json, out, show, table
+from tether.cli.render import emit_json, err, out, show, table
 
 app = typer.Typer(help="Register and govern agents.", no_args_is_help=True)
 LIST_COLUMNS = ["id", "name", "owner_username", "risk_tier", "status", "roles", "created_at"]
@@ -155,6 +155,11 @@ def show_(ctx: typer.Context, agent_id: str, as_json: JsonOpt = False) -> None:
     show(client(ctx).get(f"/v1/agents/{agent_id}"), as_json=as_json, columns=SHOW_COLUMNS)
 
 
+UnsetAttrOpt = Annotated[
+    list[str] | None, typer.Option("--unset-attr", help="Remove this attribute; repeat.")
+]
+
+
 @app.command("update")
 def update(
     ctx: typer.Context,
@@ -163,9 +168,17 @@ def update(
     owner: Annotated[str | None, typer.Option()] = None,
     purpose: Annotated[str | None, typer.Option()] = None,
     risk_tier: Annotated[str | None, typer.Option()] = None,
-    role: RoleOpt = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option("--role", help="The agent's roles become exactly these; repeat."),
+    ] = None,
+    clear_roles: Annotated[bool, typer.Option("--clear-roles", help="Remove every role.")] = False,
     scope: ScopeOpt = None,
-    attr: AttrOpt = None,
+    attr: Annotated[
+        list[str] | None,
+        typer.Option("--attr", help="key=value: add or change one attribute (others are kept)."),
+    ] = None,
+    unset_attr: UnsetAttrOpt = None,
     supervisor: SupOpt = None,
     model: ModelOpt = None,
     model_version: VersionOpt = None,
@@ -173,24 +186,54 @@ def update(
     tools_sha256: ToolsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change an agent. A new fingerprint on a high-risk agent suspends it for re-approval."""
+    """Change an agent: what is given changes, everything else is kept (a JSON Merge Patch).
+
+    A new fingerprint on a high-risk agent suspends it until a supervisor resumes it.
+    """
+    if clear_roles and role:
+        raise CliError("--role and --clear-roles contradict each other — give one of them")
+    attributes = _attrs(attr) or {}
+    for key in unset_attr or []:
+        if key in attributes:
+            raise CliError(f"--attr {key}=… and --unset-attr {key} contradict each other")
+        attributes[key] = None
+    fingerprint = {
+        part: value
+        for part, value in (
+            ("model", model),
+            ("model_version", model_version),
+            ("prompt_sha256", prompt_sha256),
+            ("tools_sha256", tools_sha256),
+        )
+        if value is not None
+    }
     body: dict[str, Any] = {}
     for key, value in (
         ("name", name),
         ("owner", owner),
         ("purpose", purpose),
         ("risk_tier", risk_tier),
-        ("roles", role),
+        ("roles", [] if clear_roles else role),
         ("scopes", scope),
-        ("attributes", _attrs(attr)),
+        ("attributes", attributes or None),
         ("supervisors", supervisor),
-        ("fingerprint", _fingerprint(model, model_version, prompt_sha256, tools_sha256)),
+        ("fingerprint", fingerprint or None),
     ):
         if value is not None:
             body[key] = value
     if not body:
         raise CliError("nothing to change: give at least one option (see --help)")
-    show(client(ctx).patch(f"/v1/agents/{agent_id}", body), as_json=as_json, columns=SHOW_COLUMNS)
+    api = client(ctx)
+    before = api.get(f"/v1/agents/{agent_id}") if fingerprint else None
+    agent = api.patch(f"/v1/agents/{agent_id}", body)
+    show(agent, as_json=as_json, columns=SHOW_COLUMNS)
+    if before and before["status"] != "suspended" and agent["status"] == "suspended":
+        # On stderr, so that --json output stays one JSON document.
+        err.print(
+            f"note: the fingerprint of high-risk agent {agent_id} changed, so it is now "
+            f"suspended until a supervisor re-approves it: tether agents resume {agent_id}",
+            markup=False,
+        )
 
 
 ReasonOpt = Annotated[str, typer.Option(help="Why; recorded in the ledger.")]

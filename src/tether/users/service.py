@@ -34,6 +34,8 @@ from tether.users.store import DatabaseUserStore
 USERNAME = re.compile(fields.USERNAME)
 TOKEN_PREFIX = "tth_"  # noqa: S105 - a name, not a secret
 ADMIN_USERNAME = "admin"
+# What ``/v1/users/me…`` calls the caller; no user may be named so.
+ME = "me"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,41 @@ class UserService:
             )
             return _user(row), secret
 
+    def recover_admin(
+        self, username: str, *, os_user: str, host: str
+    ) -> tuple[User, UserToken, str]:
+        """Break-glass: a new token for the admin ``username``, minted by whoever has the
+        database and the root keys on the server host (``tether admin recover``), recorded as
+        ``admin.recovered``. The user's other tokens stay valid (revoke them with the new one).
+
+        Raises :class:`UserNotFound` if there is no such user and :class:`ValidationFailed`
+        if the user is not an admin."""
+        now = self.clock.now()
+        with self.db.write() as s:
+            row = self.store.by_username(s, username)
+            if row is None:
+                raise UserNotFound(f"no user {username!r} in this database", user=username)
+            if row.role != Role.ADMIN.value:
+                raise ValidationFailed(
+                    f"user {username!r} is a {row.role}, not an admin: recover an admin",
+                    field="user",
+                )
+            token, secret = self._new_token(row.id, "recovered", None, now)
+            self.store.add(s, token)
+            self.ledger.append(
+                s,
+                [
+                    NewEvent(
+                        EventType.ADMIN_RECOVERED,
+                        SYSTEM.ref,
+                        resource={"type": "User", "id": row.id},
+                        details={"token_id": token.id, "os_user": os_user, "host": host},
+                    )
+                ],
+                now=now,
+            )
+            return _user(row), _token(token), secret
+
     # -- users -----------------------------------------------------------------------------
     def create(
         self, actor: Principal, *, username: str, role: Role, email: str | None = None
@@ -150,6 +187,10 @@ class UserService:
         if not USERNAME.match(username):
             raise ValidationFailed(
                 "username must be 1-64 characters of a-z, 0-9, '.', '_' or '-'", field="username"
+            )
+        if username == ME:
+            raise ValidationFailed(
+                f"username {ME!r} is reserved: /v1/users/{ME} names the caller", field="username"
             )
         if email is not None and "\x00" in email:  # PostgreSQL text cannot hold NUL
             raise ValidationFailed("email must not contain NUL characters", field="email")
@@ -289,7 +330,7 @@ class UserService:
         """The user ``ref`` if ``actor`` is an admin or that user; refused before the lookup,
         so a non-admin cannot learn from 404 versus 403 which usernames exist."""
         if not actor.is_admin and ref not in (actor.id, actor.name):
-            raise Forbidden(f"only an admin may {doing} another user")
+            raise Forbidden(doing)
         user = self.store.resolve(s, ref)
         if user is None:
             raise UserNotFound(f"no user {ref!r}", user=ref)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BeforeValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
@@ -14,8 +16,8 @@ from tether.api.schemas import TokenCreated, TokenList, TokenOut, UserOut, UserP
 from tether.errors import Forbidden
 from tether.fields import NO_NUL, SPACES, ScopeToken, StrictModel, integral
 from tether.ids import IdPrefix, id_pattern
-from tether.principals import Role
-from tether.users.service import USERNAME
+from tether.principals import Principal, Role
+from tether.users.service import ME, USERNAME
 
 router = APIRouter(tags=["users"])
 
@@ -26,11 +28,36 @@ _EMAIL_PART = rf"[^@{SPACES}\x00]+"
 _EMAIL = rf"^{_EMAIL_PART}@{_EMAIL_PART}$"
 
 
+_EMAIL_RE = re.compile(_EMAIL)
+
+
+def _email(value: str) -> str:
+    # The pattern is checked here rather than by StringConstraints, whose error quotes it.
+    if not _EMAIL_RE.fullmatch(value):
+        raise PydanticCustomError(
+            "email_invalid", "not a valid email address (expected name@domain)"
+        )
+    return value
+
+
+Email = Annotated[
+    str,
+    StringConstraints(max_length=254),
+    AfterValidator(_email),
+    WithJsonSchema({"type": "string", "maxLength": 254, "pattern": _EMAIL}),
+]
+
+
 class UserCreate(StrictModel):
     # The service's own rule, stated here too so the OpenAPI document says which are valid.
     username: Annotated[str, StringConstraints(pattern=USERNAME.pattern)]
     role: Literal["admin", "supervisor", "auditor"]
-    email: Annotated[str, StringConstraints(max_length=254, pattern=_EMAIL)] | None = None
+    email: Email | None = None
+
+
+def _ref(user: str, who: Principal) -> str:
+    """``me`` in a path names the caller."""
+    return who.id if user == ME else user
 
 
 class TokenCreate(StrictModel):
@@ -70,7 +97,7 @@ def list_users(
 
 @router.get("/v1/users/{user}", response_model=UserOut, responses=responses(401, 403, 404, 422))
 def get_user(user: UserRef, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
-    return svc.users.get(who, user).to_json()
+    return svc.users.get(who, _ref(user, who)).to_json()
 
 
 @router.post(
@@ -83,7 +110,9 @@ def create_token(
     user: UserRef, svc: ServicesDep, who: PrincipalDep, body: TokenCreate | None = None
 ) -> dict[str, Any]:
     body = body or TokenCreate()
-    token, secret = svc.users.create_token(who, user, name=body.name, expires_in=body.expires_in)
+    token, secret = svc.users.create_token(
+        who, _ref(user, who), name=body.name, expires_in=body.expires_in
+    )
     return {**token.to_json(), "token": secret}
 
 
@@ -95,7 +124,7 @@ def create_token(
 def list_tokens(
     user: UserRef, svc: ServicesDep, who: PrincipalDep, cursor: Cursor = None, limit: Limit = 50
 ) -> dict[str, Any]:
-    page = svc.users.list_tokens(who, user, cursor=cursor, limit=limit)
+    page = svc.users.list_tokens(who, _ref(user, who), cursor=cursor, limit=limit)
     return {"items": [t.to_json() for t in page.items], "next_cursor": page.next_cursor}
 
 
@@ -110,7 +139,7 @@ def revoke_token(
     svc: ServicesDep,
     who: PrincipalDep,
 ) -> dict[str, Any]:
-    return svc.users.revoke_token(who, user, token_id).to_json()
+    return svc.users.revoke_token(who, _ref(user, who), token_id).to_json()
 
 
 class SubjectTokenCreate(StrictModel):
@@ -126,8 +155,11 @@ def create_subject_token(
 ) -> dict[str, Any]:
     """A short-lived token a human gives one agent so it can act on their behalf: the agent
     exchanges it (RFC 8693, ``subject_token_type`` ``urn:ietf:params:oauth:token-type:jwt``)
-    together with its own access token as ``actor_token``."""
-    if user not in (who.id, who.name):
-        raise Forbidden("a human mints subject tokens only for themselves")
+    together with its own access token as ``actor_token``. ``user`` is the caller: ``me``,
+    or their own id or username."""
+    if _ref(user, who) not in (who.id, who.name):
+        raise Forbidden(
+            "a human mints subject tokens only for themselves: use /v1/users/me/subject-tokens"
+        )
     return svc.oauth.subject_token(who, actor=body.agent, scopes=body.scopes,
                                    expires_in=body.expires_in)  # fmt: skip
