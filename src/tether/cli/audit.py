@@ -64,9 +64,27 @@ def _print(events: list[dict[str, Any]], as_json: bool) -> None:
 
 
 @app.command("verify")
-def verify(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def verify(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="Check this export offline (no server), with the next two."),
+    ] = None,
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="With --file: signed checkpoints (checkpoints.jsonl).")
+    ] = None,
+    public_key: Annotated[
+        Path | None, typer.Option(help="With --file: the ledger's public key (PEM).")
+    ] = None,
+) -> None:
     """Recompute the whole chain, check signed checkpoints (the database's and the checkpoint
-    file's) and the checkpoint interval; exit 1 on any problem."""
+    file's) and the checkpoint interval; exit 1 on any problem. With --file, the same for an
+    export, offline."""
+    if file is not None:
+        from tether.cli.offline import verify_file
+
+        return verify_file(file, checkpoints, public_key, as_json=as_json)
     with err.status("verifying the ledger…"):
         result = client(ctx).get("/v1/audit/verify")
     if as_json:

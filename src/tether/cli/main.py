@@ -9,7 +9,18 @@ from typing import Annotated
 
 import typer
 
-from tether.cli import agents, approvals, audit, credentials, freeze, policy, serve, users
+from tether.cli import (
+    admin,
+    agents,
+    approvals,
+    audit,
+    backup,
+    credentials,
+    freeze,
+    policy,
+    serve,
+    users,
+)
 from tether.cli.common import JsonOpt, client
 from tether.cli.environment import warn_unknown_variables
 from tether.cli.render import err, show
@@ -33,6 +44,9 @@ app.command("freeze")(freeze.freeze)
 app.command("unfreeze")(freeze.unfreeze)
 app.add_typer(serve.db_app, name="db")
 app.command("serve")(serve.serve)
+app.add_typer(admin.app, name="admin")
+app.command("backup")(backup.backup)
+app.command("restore")(backup.restore)
 
 
 @app.callback()
