@@ -43,6 +43,7 @@ class OfflineResult:
 
     def to_json(self) -> dict[str, Any]:
         out = self.result.to_json()
+        out["external_checkpoints"] = self.result.external_checkpoints
         out["anchored_size"] = self.result.anchored_size
         out["unanchored"] = self.result.checked - self.result.anchored_size
         if self.line is not None:
