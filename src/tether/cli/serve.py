@@ -26,7 +26,7 @@ def serve(
     """Migrate, bootstrap an empty deployment, and serve the API."""
     import uvicorn
 
-    from tether.bootstrap import prepare
+    from tether.bootstrap import admin_token_file, prepare
     from tether.config import load_settings
     from tether.container import build_services
 
@@ -53,7 +53,7 @@ def serve(
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
-    token_path = report.admin_token_path or settings.admin_token_path
+    token_path = admin_token_file(settings, report.deployment_id)  # this database's
     _say(f"data dir     {settings.data_dir.resolve()}")
     _say(f"database     {_without_password(settings.resolved_database_url)}")
     _say(f"admin token  {token_path.resolve()}")
