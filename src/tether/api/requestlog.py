@@ -1,7 +1,8 @@
 """Request ids and the access log: one line per HTTP request, text or one JSON object a line.
 
 Every request gets an id: the client's ``X-Request-ID`` when it is a plausible one (at most
-128 characters of ``A-Z a-z 0-9 . _ ~ : / + = @ -``), otherwise a new UUID. It is returned on
+128 characters of ``A-Z a-z 0-9 . _ ~ : / + = @ -``), otherwise 128 random bits as 32 hex
+digits. It is returned on
 every response (AuthZEN Authorization API 1.0's HTTPS binding asks the PDP to echo it), kept in the
 ASGI scope for the handlers (:func:`context`: the decision routes write it into the ledger
 event, the authentication dependencies set the caller), and logged.
@@ -16,10 +17,10 @@ Starlette's 500 handler included, so that the id is on every response.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -74,7 +75,7 @@ def _accepted_id(scope: Scope) -> str:
             if _VALID.fullmatch(value):
                 return value.decode("ascii")
             break  # an implausible id is replaced, never logged
-    return str(uuid.uuid4())
+    return os.urandom(16).hex()  # a fifth of str(uuid4())'s cost, as unique
 
 
 class RequestLogMiddleware:
@@ -108,14 +109,17 @@ class RequestLogMiddleware:
 def _log_access(scope: Scope, status: int, seconds: float, ctx: RequestContext) -> None:
     route = getattr(scope.get("route"), "path", None) or "unmatched"
     ms = round(seconds * 1000, 2)
-    caller = ctx.caller or "-"
-    log.info(
-        "%s %s %d %.2fms caller=%s request_id=%s",
-        scope["method"], route, status, ms, caller, ctx.request_id,
-        extra={"access": {"method": scope["method"], "route": route, "status": status,
+    method = scope["method"]
+    # makeRecord and handle, not log.info: the record's caller (a walk up the stack) would be
+    # this function every time, and finding it was a third of the line's cost.
+    record = log.makeRecord(
+        log.name, logging.INFO, __file__, 0, "%s %s %d %.2fms caller=%s request_id=%s",
+        (method, route, status, ms, ctx.caller or "-", ctx.request_id), None,
+        extra={"access": {"method": method, "route": route, "status": status,
                           "duration_ms": ms, "caller": ctx.caller,
                           "request_id": ctx.request_id}},
     )  # fmt: skip
+    log.handle(record)
 
 
 class JsonFormatter(logging.Formatter):
