@@ -160,7 +160,7 @@ class UserService:
                 raise UserNotFound(f"no user {username!r} in this database", user=username)
             if row.role != Role.ADMIN.value:
                 raise ValidationFailed(
-                    f"user {username!r} is a {row.role}, not an admin: recover an admin",
+                    f"user {username!r} is a {row.role}, not an admin — only an admin is recovered",
                     field="user",
                 )
             token, secret = self._new_token(row.id, "recovered", None, now)
