@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
+from tether import __version__
 from tether.cli import (
     admin,
     agents,
@@ -31,6 +33,9 @@ app = typer.Typer(
     help="Tether: identity, access and governance for autonomous AI agents.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Click's plain help: it shows a flag as a flag (Rich's panels print `--json <bool>`) and
+    # draws no boxes that break when piped.
+    rich_markup_mode=None,
 )
 app.add_typer(users.app, name="users")
 app.add_typer(agents.app, name="agents")
@@ -49,6 +54,12 @@ app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"tether {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -58,6 +69,12 @@ def _root(
         typer.Option(envvar="TETHER_TOKEN", help="Bearer token; default: the admin token file."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     ctx.ensure_object(dict).update(url=url, token=token, verbose=verbose)
 
@@ -69,31 +86,44 @@ def whoami(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     show({**api.get("/v1/whoami"), "server": api.url}, as_json=as_json)
 
 
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """The one way a failure is shown: ``error: …`` on one line of stderr, never wrapped."""
+    err.print(f"error: {' '.join(message.split())}", markup=False)
+    sys.exit(code)
+
+
+def _usage(exc: UsageError) -> NoReturn:
+    """A command line Click refused, as one line that says where the help is; a group given no
+    subcommand is not an error: its help, exit 0."""
+    if isinstance(exc, NoArgsIsHelpError):
+        typer.echo(exc.ctx.get_help())
+        sys.exit(0)
+    what = exc.format_message().rstrip(".")
+    command = exc.ctx.command_path if exc.ctx is not None else "tether"
+    _fail(f"{what} — see '{command} --help'", exc.exit_code)
+
+
 def main() -> None:
     verbose = "--verbose" in sys.argv or "-v" in sys.argv or bool(os.environ.get("TETHER_DEBUG"))
     warn_unknown_variables(app)  # a misspelt TETHER_ name is otherwise silently ignored
     try:
-        code = app(standalone_mode=False)  # click returns a typer.Exit's code here
+        # click returns a typer.Exit's code here; "tether" in messages even for python -m
+        code = app(standalone_mode=False, prog_name="tether")
         if isinstance(code, int) and code:
             sys.exit(code)
     except TetherError as exc:  # every known failure: the CLI's own and the server code's
-        err.print(f"error: {exc.diagnostic()}", markup=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(exc.diagnostic())
+    except UsageError as exc:
+        _usage(exc)
+    except typer.TyperException as exc:  # Click's other refusals (a file it cannot open)
+        _fail(exc.format_message())
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        err.print("aborted")
-        sys.exit(1)
+        _fail("aborted — nothing was changed")
     except Exception as exc:  # the one place a traceback may be turned into a line
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
         if verbose:
             raise
         # A failure nobody named is a bug (or an OSError): its first line, never a class name.
         first = (str(exc).strip().splitlines() or ["no message"])[0][:200]
-        err.print(f"error: unexpected failure: {first} (run with --verbose for details)",
-                  markup=False, soft_wrap=True)  # fmt: skip
-        sys.exit(1)
+        _fail(f"unexpected failure: {first} (run with --verbose for details)")
