@@ -118,7 +118,9 @@ class VerifyOut(BaseModel):
     ok: bool
     checked: int
     checkpoints_checked: int
-    head_hash: str
+    head_hash: str | None = Field(
+        description="The verified chain's newest hash; null when verification failed."
+    )
     first_bad_seq: int | None = None
     problem: (
         Literal[

@@ -208,7 +208,9 @@ class VerifyResult:
             "ok": self.ok,
             "checked": self.checked,
             "checkpoints_checked": self.checkpoints_checked,
-            "head_hash": self.head_hash,
+            # A failed walk vouches for no head: not the genesis hash it started from, nor
+            # the last hash before the problem (events past it may still be fine).
+            "head_hash": self.head_hash if self.ok else None,
         }
         if self.limits is not None:
             out["external_checkpoints"] = self.external_checkpoints

@@ -10,10 +10,14 @@ from typing import Annotated, Any
 import typer
 
 from tether.cli.common import JsonOpt, client
-from tether.cli.render import emit_json, err, out, table
+from tether.cli.render import bare, cell, emit_json, emit_json_line, err, out, table
 
 app = typer.Typer(help="Read, verify and export the tamper-evident ledger.", no_args_is_help=True)
 COLUMNS = ["seq", "time", "type", "actor", "agent_id", "outcome", "details"]
+# Widths of the columns `tail -f` prints line by line (a table cannot grow as events come):
+# an RFC 3339 time with microseconds is 27 characters, a prefixed ULID 30. A longer value
+# pushes the rest of its line right; nothing is cut.
+_WIDTHS = {"seq": 6, "time": 27, "type": 22, "actor": 36, "agent_id": 30, "outcome": 8}
 
 
 @app.command("tail")
@@ -28,16 +32,20 @@ def tail(
     interval: Annotated[float, typer.Option(help="Poll interval with --follow.")] = 1.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """The most recent events, oldest first (``-f`` to follow)."""
+    """The most recent events, oldest first (``-f`` to follow: a header once, then a line per
+    event). ``--json`` prints one JSON object per line (JSON Lines)."""
     api = client(ctx)
     newest = (
         api.get("/v1/audit/events", agent=agent, type=type_, limit=n, order="desc") if n else None
     )
     events = list(reversed(newest["items"])) if newest else []
-    _print(events, as_json)
-    last = events[-1]["seq"] if events else 0
     if not follow:
+        _print(events, as_json)
         return
+    if not as_json:
+        bare(_line({c: c.upper() for c in COLUMNS}))
+    _print_lines(events, as_json)
+    last = events[-1]["seq"] if events else 0
     from tether.pagination import encode_cursor
 
     try:
@@ -49,7 +57,7 @@ def tail(
                 )
             )
             if new:
-                _print(new, as_json)
+                _print_lines(new, as_json)
                 last = new[-1]["seq"]
     except KeyboardInterrupt:
         return
@@ -58,9 +66,23 @@ def tail(
 def _print(events: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         for ev in events:
-            emit_json(ev)
+            emit_json_line(ev)
     elif events:
         table(events, COLUMNS)
+
+
+def _print_lines(events: list[dict[str, Any]], as_json: bool) -> None:
+    for ev in events:
+        if as_json:
+            emit_json_line(ev)
+        else:
+            bare(_line({c: cell(ev.get(c)) for c in COLUMNS}))
+
+
+def _line(values: dict[str, str]) -> str:
+    """One event as a line of `tail -f`, its columns at fixed widths, the details last."""
+    fixed = "  ".join(values[c].ljust(width) for c, width in _WIDTHS.items())
+    return f"{fixed}  {values['details']}"
 
 
 @app.command("verify")

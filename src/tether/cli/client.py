@@ -11,6 +11,20 @@ import httpx2 as httpx
 from tether.config import load_settings
 from tether.errors import TetherError
 
+# What to do next, by status, after the server's own message (which says what was wrong).
+_HINTS = {
+    400: " — correct the request and run the command again",
+    401: " — set TETHER_TOKEN, or run where the admin token file is (TETHER_DATA_DIR)",
+    403: " — use a token whose user has authority over this (an admin's, or the owner's)",
+    404: " — check the id: the list commands show what exists",
+    405: " — this Tether does not offer that operation: check the CLI and server versions",
+    409: " — it conflicts with what exists now: look with the list or show commands",
+    413: " — send less at once",
+    422: " — correct the value and run the command again",
+    429: " — too many requests: wait a moment and retry",
+}
+_SERVER_FAILED = " — the server failed: see its log, and retry"
+
 
 class CliError(TetherError):
     """A command failed: a bad option, an unreadable file, or the API's refusal (``message``
@@ -30,6 +44,30 @@ def _default_token() -> str | None:
         return None
 
 
+def _check_path(path: str) -> None:
+    """Refuse a path with an empty, ``.`` or ``..`` segment before it is sent: it names another
+    resource than the one meant (``tether agents show ""`` would ask for /v1/agents/)."""
+    segments = path.partition("?")[0].split("/")[1:]
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise CliError(
+            f"an id in {path} is empty or a relative path — give the item's id (the list "
+            "commands show them)"
+        )
+
+
+def _unreachable(url: str, exc: Exception) -> CliError:
+    return CliError(
+        f"cannot reach Tether at {url} ({_describe(exc)}) — is `tether serve` running? Set "
+        "TETHER_URL or --url to point elsewhere"
+    )
+
+
+def _describe(exc: Exception) -> str:
+    """A transport failure in words, never its class name."""
+    text = " ".join(str(exc).split())
+    return text or "no answer"
+
+
 class ApiClient:
     def __init__(
         self,
@@ -43,8 +81,15 @@ class ApiClient:
         self.url = (url or os.environ.get("TETHER_URL") or load_settings().client_url).rstrip("/")
         self.token = token if token is not None else _default_token()
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        # Never follow a redirect: the API answers its own paths directly, so a 3xx means a
+        # wrong TETHER_URL or a malformed path (an empty id: /v1/agents/ -> /v1/agents), and
+        # following it would report another resource as the answer.
         self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
         )
 
     def close(self) -> None:
@@ -53,29 +98,34 @@ class ApiClient:
     def request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
+        _check_path(path)
         params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             resp = self._http.request(method, path, json=json, params=params)
         except httpx.TransportError as exc:
-            raise CliError(
-                f"cannot reach Tether at {self.url} ({exc.__class__.__name__}); is "
-                "`tether serve` running? Set TETHER_URL to point elsewhere."
-            ) from exc
+            raise _unreachable(self.url, exc) from exc
         return self._result(resp)
 
     def stream_lines(self, path: str, *, params: dict[str, Any] | None = None) -> Iterator[bytes]:
+        _check_path(path)
         try:
             with self._http.stream("GET", path, params=params) as resp:
-                if resp.status_code >= 400:
+                if resp.status_code >= 300:
                     resp.read()
                     self._result(resp)
                 for line in resp.iter_lines():
                     if line:
                         yield line.encode()
         except httpx.TransportError as exc:
-            raise CliError(f"cannot reach Tether at {self.url}: {exc}") from exc
+            raise _unreachable(self.url, exc) from exc
 
     def _result(self, resp: httpx.Response) -> Any:
+        if 300 <= resp.status_code < 400:
+            target = resp.headers.get("location", "elsewhere")
+            raise CliError(
+                f"the server answered {resp.request.url.path} with a redirect to {target} "
+                f"[HTTP {resp.status_code}] — check TETHER_URL (the server's base URL, no path)"
+            )
         if resp.status_code < 400:
             return resp.json() if resp.content else None
         try:
@@ -87,9 +137,8 @@ class ApiClient:
             code = err.get("code", "error")
         except (ValueError, KeyError, TypeError, AttributeError):
             code, message = "error", resp.text[:200] or resp.reason_phrase
-        if resp.status_code == 401:
-            message += " (set TETHER_TOKEN, or run where the admin token file is: TETHER_DATA_DIR)"
-        raise CliError(f"{code}: {message} [HTTP {resp.status_code}]")
+        hint = _HINTS.get(resp.status_code) or (_SERVER_FAILED if resp.status_code >= 500 else "")
+        raise CliError(f"{code}: {message} [HTTP {resp.status_code}]{hint}")
 
     # -- conveniences ----------------------------------------------------------------------
     def get(self, path: str, **params: Any) -> Any:

@@ -1,4 +1,10 @@
-"""Output: Rich tables for people, JSON for scripts."""
+"""Output: Rich tables for people, JSON and bare values for scripts.
+
+Nothing a script reads is ever wrapped: a token folded at the terminal's width is a broken
+token (``T=$(tether token …)``). Bare values go out with :func:`value`, plain text is printed
+soft-wrapped (the terminal wraps it, Rich inserts no newline), and when stdout is not a terminal
+tables are as wide as their content.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,47 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-# Scripts and pipes get wide, untruncated tables; terminals get their own width.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False)
+# Rich's width when the output is not a terminal: it would otherwise wrap at 80 columns. A table
+# is only as wide as its content, so this is a "no limit", never padding.
+_UNLIMITED = 1_000_000
+
+
+def _console(*, stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else _UNLIMITED
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
+
+
+def bare(text: str) -> None:
+    """One machine-readable value (a token, an id, a secret shown once) on a line of its own,
+    exactly as given: no markup, no wrapping, whatever the terminal's width."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def line(text: str) -> None:
+    """A line of plain text for people, printed as given (no Rich markup), never wrapped."""
+    out.print(text, markup=False)
 
 
 def emit_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _cell(value: Any) -> str:
+def emit_json_line(value: Any) -> None:
+    """One JSON value on one line (JSON Lines), flushed: for streams a script reads as they come."""
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+    sys.stdout.flush()
+
+
+def cell(value: Any) -> str:
+    """A value as a table shows it: ``-`` for nothing, lists joined, long JSON shortened."""
     if value is None:
         return "-"
     if isinstance(value, list):
@@ -30,28 +66,34 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+# Columns whose values are identifiers: kept on one line (a wrapped id cannot be copied).
+_ID_COLUMNS = frozenset({"id", "seq", "agent_id", "client_id", "kid"})
+
+
 def table(
     rows: Iterable[dict[str, Any]], columns: Sequence[str], *, title: str | None = None
 ) -> None:
     t = Table(title=title, show_lines=False)
     for col in columns:
-        t.add_column(col, no_wrap=col in ("id", "seq", "agent_id", "time", "created_at"))
+        # "fold" rather than Rich's default ellipsis: on a narrow terminal a value is broken
+        # over lines, never cut short.
+        t.add_column(col, no_wrap=col in _ID_COLUMNS, overflow="fold")
     n = 0
     for row in rows:
-        t.add_row(*(_cell(row.get(c)) for c in columns))
+        t.add_row(*(Text(cell(row.get(c))) for c in columns))
         n += 1
-    out.print(t)
+    out.print(t, soft_wrap=False)
     if n == 0:
         out.print("(none)")
 
 
 def record(item: dict[str, Any], fields: Sequence[str] | None = None) -> None:
-    t = Table(show_header=False, box=None)
-    t.add_column(style="bold")
-    t.add_column()
-    for key in fields or list(item):
-        t.add_row(key, _cell(item.get(key)))
-    out.print(t)
+    """One record as ``key  value`` lines. Values are never wrapped or cut, so a secret shown
+    once can be copied whole even from a narrow terminal."""
+    keys = list(fields or item)
+    width = max((len(k) for k in keys), default=0)
+    for key in keys:
+        out.print(Text.assemble((key.ljust(width), "bold"), "  ", cell(item.get(key))))
 
 
 def show(value: Any, *, as_json: bool, columns: Sequence[str] | None = None) -> None:
