@@ -106,7 +106,8 @@ def verify(
     if file is not None:
         from tether.cli.offline import verify_file
 
-        return verify_file(file, checkpoints, public_key, as_json=as_json)
+        verify_file(file, checkpoints, public_key, as_json=as_json)
+        return
     with err.status("verifying the ledger…"):
         result = client(ctx).get("/v1/audit/verify")
     if as_json:
