@@ -73,10 +73,13 @@ class Services:
         self.db.dispose()
 
 
-def _webhook_secret(settings: Settings, keys: RootKeys) -> bytes:
+def webhook_secret(settings: Settings, keys: RootKeys) -> str:
+    """The webhooks' signing secret, as text whose UTF-8 bytes are the HMAC key:
+    ``TETHER_APPROVAL_WEBHOOK_SECRET``, else derived from the master key (the same on every
+    node). ``tether webhooks secret`` prints it for receivers."""
     if settings.approval_webhook_secret:
-        return settings.approval_webhook_secret.encode()
-    return hmac.new(keys.master_key, b"tether approval webhooks v1", hashlib.sha256).digest()
+        return settings.approval_webhook_secret
+    return hmac.new(keys.master_key, b"tether approval webhooks v1", hashlib.sha256).hexdigest()
 
 
 def _dpop_nonces(settings: Settings, keys: RootKeys, purpose: Purpose) -> DPoPNonces | None:
@@ -122,7 +125,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
                                 policies=compiled, freezes=freezes)  # fmt: skip
     committer = GroupCommitter(db, ledger, clock, max_batch=settings.decision_batch_max,
                                attach=record_inputs)  # fmt: skip
-    notifier = WebhookNotifier(settings.approval_webhooks, _webhook_secret(settings, keys))
+    notifier = WebhookNotifier(settings.approval_webhooks, webhook_secret(settings, keys).encode())
     approvals = ApprovalService(
         db, ledger, clock, notifier, ttl_seconds=settings.approval_ttl_seconds,
         max_pending_per_agent=settings.approval_max_pending_per_agent,

@@ -11,7 +11,7 @@ import typer
 
 from tether.cli.client import CliError
 from tether.cli.common import JsonOpt, client
-from tether.cli.render import emit_json, out, show, table
+from tether.cli.render import bare, emit_json, out, show, table
 
 app = typer.Typer(help="Agent credentials: API keys and public keys.", no_args_is_help=True)
 keys_app = typer.Typer(help="Token signing keys (JWKS) and their rotation.", no_args_is_help=True)
@@ -85,6 +85,14 @@ def keys_rotate(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     show(client(ctx).post("/v1/keys/rotate"), as_json=as_json)
 
 
+# RFC 8693 §3 token type URNs, by the short names the CLI takes.
+_TOKEN_TYPES = {
+    "jwt": "urn:ietf:params:oauth:token-type:jwt",  # a human's subject token
+    "access_token": "urn:ietf:params:oauth:token-type:access_token",  # another agent's token
+}
+_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+
+
 def token(
     ctx: typer.Context,
     client_id: Annotated[str, typer.Option(help="The agent id.")],
@@ -93,26 +101,81 @@ def token(
     ] = None,
     scope: Annotated[str | None, typer.Option(help="Space-separated scopes.")] = None,
     resource: Annotated[str | None, typer.Option(help="RFC 8707 resource (audience).")] = None,
+    exchange: Annotated[
+        bool,
+        typer.Option(
+            "--exchange",
+            help="RFC 8693 token exchange: a token for the agent acting for --subject-token.",
+        ),
+    ] = False,
+    subject_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TETHER_SUBJECT_TOKEN",
+            help="With --exchange: whom the agent acts for (`tether users subject-token`).",
+        ),
+    ] = None,
+    subject_token_type: Annotated[
+        str,
+        typer.Option(help="With --exchange: jwt (a human's subject token) or access_token."),
+    ] = "jwt",  # noqa: S107 - a token type's name, not a secret
     as_json: JsonOpt = False,
 ) -> None:
-    """Get an access token for an agent (client_credentials), for scripts and debugging."""
+    """Get an access token for an agent (client_credentials), for scripts and debugging.
+
+    With --exchange the agent gets a delegated token instead (RFC 8693): its own access token
+    is the actor_token, --subject-token the subject; the new token's sub is the subject and
+    its act claim names the agent. The token is printed bare, for T=$(tether token …).
+    """
     if not client_secret:
         raise CliError("give --client-secret or set TETHER_CLIENT_SECRET")
-    api = client(ctx)
-    form = {"grant_type": "client_credentials", "scope": scope, "resource": resource}
-    try:
-        resp = httpx.post(
-            f"{api.url}/oauth/token",
-            data={k: v for k, v in form.items() if v},
-            auth=(client_id, client_secret),
-            timeout=30,
-        )
-    except httpx.TransportError as exc:
-        raise CliError(f"cannot reach Tether at {api.url} ({exc.__class__.__name__})") from exc
-    body = resp.json() if resp.content else {}
-    if resp.status_code != 200:
-        raise CliError(f"{body.get('error', 'error')}: {body.get('error_description', resp.text)}")
+    if subject_token and not exchange:
+        raise CliError("--subject-token is for a token exchange — add --exchange")
+    url = client(ctx).url
+    form = {"scope": scope, "resource": resource}
+    if exchange:
+        if not subject_token:
+            raise CliError(
+                "--exchange needs --subject-token — mint one with `tether users subject-token`"
+            )
+        kind = _TOKEN_TYPES.get(subject_token_type)
+        if kind is None:
+            raise CliError(f"--subject-token-type {subject_token_type!r} — use jwt or access_token")
+        # The actor token: the agent's own access token, which the exchange must present.
+        actor = _token_request(url, client_id, client_secret, {})["access_token"]
+        form |= {
+            "grant_type": _TOKEN_EXCHANGE,
+            "subject_token": subject_token,
+            "subject_token_type": kind,
+            "actor_token": actor,
+            "actor_token_type": _TOKEN_TYPES["access_token"],
+        }
+    else:
+        form["grant_type"] = "client_credentials"
+    body = _token_request(url, client_id, client_secret, form)
     if as_json:
         emit_json(body)
     else:
-        out.print(body["access_token"])
+        bare(body["access_token"])
+
+
+def _token_request(
+    url: str, client_id: str, client_secret: str, form: dict[str, str | None]
+) -> dict[str, Any]:
+    """``POST /oauth/token`` with client_secret_basic; the OAuth error as a :class:`CliError`."""
+    data = {k: v for k, v in form.items() if v}
+    data.setdefault("grant_type", "client_credentials")
+    try:
+        resp = httpx.post(
+            f"{url}/oauth/token", data=data, auth=(client_id, client_secret), timeout=30
+        )
+    except httpx.TransportError as exc:
+        raise CliError(f"cannot reach Tether at {url} ({exc.__class__.__name__})") from exc
+    try:
+        body: dict[str, Any] = resp.json() if resp.content else {}
+    except ValueError:
+        body = {}
+    if resp.status_code != 200 or "access_token" not in body:
+        what = body.get("error_description") or resp.text[:200] or resp.reason_phrase
+        raise CliError(f"{body.get('error', 'error')}: {what} [HTTP {resp.status_code}]")
+    return body

@@ -22,6 +22,7 @@ from tether.cli import (
     policy,
     serve,
     users,
+    webhooks,
 )
 from tether.cli.common import JsonOpt, client
 from tether.cli.environment import warn_unknown_variables
@@ -50,6 +51,7 @@ app.command("unfreeze")(freeze.unfreeze)
 app.add_typer(serve.db_app, name="db")
 app.command("serve")(serve.serve)
 app.add_typer(admin.app, name="admin")
+app.add_typer(webhooks.app, name="webhooks")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from tether.cli.common import JsonOpt, client
-from tether.cli.render import emit_json, out, show, table
+from tether.cli.render import bare, emit_json, show, table
 
 app = typer.Typer(
     help="Manage humans (admin, supervisor, auditor) and their tokens.", no_args_is_help=True
@@ -60,7 +60,7 @@ def token(
     if as_json:
         emit_json(result)
     else:
-        out.print(result["token"])
+        bare(result["token"])
 
 
 @app.command("tokens")
@@ -77,3 +77,25 @@ def tokens(ctx: typer.Context, user: str, as_json: JsonOpt = False) -> None:
 def revoke_token(ctx: typer.Context, user: str, token_id: str, as_json: JsonOpt = False) -> None:
     """Revoke one of a user's tokens; it stops working at once."""
     show(client(ctx).delete(f"/v1/users/{user}/tokens/{token_id}"), as_json=as_json)
+
+
+@app.command("subject-token")
+def subject_token(
+    ctx: typer.Context,
+    agent: Annotated[str, typer.Option(help="The agent that may act for you (agt_…).")],
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", help="A scope it may use for you; repeat.")
+    ] = None,
+    expires_in: Annotated[int, typer.Option(help="Lifetime in seconds (30-3600).")] = 300,
+    as_json: JsonOpt = False,
+) -> None:
+    """Let one agent act for you: a short-lived subject token it exchanges (RFC 8693) with
+    `tether token --exchange --subject-token …`. Printed bare, for S=$(tether users …)."""
+    result = client(ctx).post(
+        "/v1/users/me/subject-tokens",
+        {"agent": agent, "scopes": scope or [], "expires_in": expires_in},
+    )
+    if as_json:
+        emit_json(result)
+    else:
+        bare(result["subject_token"])
