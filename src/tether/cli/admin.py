@@ -3,13 +3,12 @@ server's settings (data dir, database) and root keys directly, not the HTTP API.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tether.cli.render import err, out
+from tether.cli.render import bare, err, line
 
 app = typer.Typer(
     help="Break-glass commands run on the server host (its data dir and database).",
@@ -55,13 +54,13 @@ def recover(
     if print_token:  # stdout holds the token alone: T=$(tether admin recover --print)
         err.print(f"{done}. It is shown once, below, and kept nowhere.", markup=False)
         err.print(others, markup=False)
-        sys.stdout.write(recovery.secret + "\n")  # whole, never wrapped
+        bare(recovery.secret)
         return
     path = recovered_token_path(settings, recovery)
     write_private(path, recovery.secret.encode() + b"\n")
-    _say(f"{done}; the token is in {path} (mode 0600)")
-    _say(f"use it: export TETHER_TOKEN=$(cat {path})")
-    _say(others)
+    line(f"{done}; the token is in {path} (mode 0600)")
+    line(f"use it: export TETHER_TOKEN=$(cat {path})")
+    line(others)
 
 
 @app.command("ledger-key")
@@ -79,12 +78,7 @@ def ledger_key(
     verifier = LedgerVerifier(keys.ledger_key.public_key())
     pem = verifier.public_pem()
     if output is None:
-        sys.stdout.write(pem.decode())
+        bare(pem.decode().rstrip("\n"))
     else:
         output.write_bytes(pem)
         err.print(f"wrote the ledger public key (key id {verifier.key_id}) to {output}")
-
-
-def _say(text: str) -> None:
-    """A line for people on stdout, never wrapped (it may name a path to copy)."""
-    out.print(text, markup=False, soft_wrap=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tether.cli.render import err, out
+from tether.cli.render import err, line
 
 
 def backup(
@@ -22,7 +22,7 @@ def backup(
     from tether.config import load_settings
 
     report = run(load_settings(), archive, now=SystemClock().now())
-    _say(
+    line(
         f"wrote {report.path} (mode 0600): the {report.database} database of deployment "
         f"{report.deployment_id} and {', '.join(report.files)}"
     )
@@ -58,21 +58,16 @@ def restore(
     settings = load_settings()
     report = run(settings, archive, force=force, now=SystemClock().now())
     written = ", ".join(report.files) or "no file (the data dir had them)"
-    _say(
+    line(
         f"restored deployment {report.deployment_id} into the {report.database} database and "
         f"{settings.data_dir}: {written}"
     )
     for path in report.moved_aside:
-        _say(f"kept the previous {path.name.split('.before-restore-')[0]} as {path}")
+        line(f"kept the previous {path.name.split('.before-restore-')[0]} as {path}")
     for name in report.skipped:
         err.print(
             f"warning: {name} was not written: the environment sets that key, and it must be "
             "the backup's",
             markup=False,
         )
-    _say("start the server, then check the ledger: tether audit verify")
-
-
-def _say(text: str) -> None:
-    """A line for people on stdout, never wrapped (it may name a path to copy)."""
-    out.print(text, markup=False, soft_wrap=True)
+    line("start the server, then check the ledger: tether audit verify")

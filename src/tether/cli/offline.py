@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from tether.cli.client import CliError
-from tether.cli.render import emit_json, out
+from tether.cli.render import emit_json, line
 
 
 def verify_file(
@@ -36,24 +36,19 @@ def verify_file(
     if as_json:
         emit_json(report.to_json())
     elif result.ok:
-        _say(
+        line(
             f"ok: {result.checked} events in {export} verified against "
             f"{result.external_checkpoints} checkpoints signed by key {verifier.key_id}; "
             f"head {result.head_hash}"
         )
         unsigned = result.checked - result.anchored_size
         if unsigned:
-            _say(
+            line(
                 f"events {result.anchored_size + 1}..{result.checked} come after the newest "
                 "checkpoint: no signature covers them (take a checkpoint after the export)"
             )
     else:
         where = f" at line {report.line}" if report.line is not None else ""
-        _say(f"FAILED{where}: {result.problem} — {result.message}")
+        line(f"FAILED{where}: {result.problem} — {result.message}")
     if not result.ok:
         raise typer.Exit(1)
-
-
-def _say(text: str) -> None:
-    """A line for people on stdout, never wrapped (it may name a path to copy)."""
-    out.print(text, markup=False, soft_wrap=True)
