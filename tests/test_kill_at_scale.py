@@ -242,6 +242,7 @@ def test_a_big_kill_revokes_its_tokens_a_batch_per_transaction_and_lets_others_d
     revoked_seen: list[int] = []
     decided: list[tuple[int, bool]] = []  # (family tokens unrevoked then, the decision)
     write, killing = w.svc.db.write, threading.get_ident()
+    deciding = threading.Lock()
 
     @contextmanager
     def observed() -> Iterator[Session]:
@@ -250,13 +251,14 @@ def test_a_big_kill_revokes_its_tokens_a_batch_per_transaction_and_lets_others_d
         mine = threading.get_ident() == killing
         if not mine and not threading.current_thread().name.startswith("tether-db-after"):
             return  # the decision's group commit, for one
-        with w.svc.db.read() as s:
+        with deciding, w.svc.db.read() as s:  # the kill's thread and the background's
             done = s.scalar(
                 select(func.count()).select_from(AccessTokenRow)
                 .where(AccessTokenRow.jti.in_(live), AccessTokenRow.revoked_at.is_not(None))
             )  # fmt: skip
-        revoked_seen.append(int(done or 0))
-        if not decided and revoked_seen[-1] < len(live):
+            revoked_seen.append(int(done or 0))
+            if decided or revoked_seen[-1] == len(live):
+                return
             body = {"subject": {"type": "agent", "id": other.agent_id}, **ASK}
             got = w.e.anon.post(EVAL, json=body, headers={"Authorization": f"Bearer {access}"})
             assert got.status_code == 200, got.text
