@@ -158,6 +158,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         ["agents", "show", ".."],
         ["agents", "kill", "", "--reason", "r", "--yes", "--json"],
         ["credentials", "list", " ".strip()],
+        # would name another path: the server decodes %2F before routing
+        ["agents", "show", "agt_x/credentials"],
+        ["agents", "show", "agt_x/credentials", "--json"],
+        ["users", "show", "admin?x=1"],
+        ["approvals", "show", "apr_x#frag"],
     ],
 )
 def test_an_empty_id_is_refused_before_any_request(server: dict[str, str], args: list[str]) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from tether.cli.client import CliError
-from tether.cli.common import JsonOpt, client
+from tether.cli.common import JsonOpt, client, seg
 from tether.cli.render import emit_json, err, out, show, table
 
 app = typer.Typer(help="Register and govern agents.", no_args_is_help=True)
@@ -152,7 +152,7 @@ def list_(
 @app.command("show")
 def show_(ctx: typer.Context, agent_id: str, as_json: JsonOpt = False) -> None:
     """Show one agent."""
-    show(client(ctx).get(f"/v1/agents/{agent_id}"), as_json=as_json, columns=SHOW_COLUMNS)
+    show(client(ctx).get(f"/v1/agents/{seg(agent_id)}"), as_json=as_json, columns=SHOW_COLUMNS)
 
 
 UnsetAttrOpt = Annotated[
@@ -224,8 +224,8 @@ def update(
     if not body:
         raise CliError("nothing to change: give at least one option (see --help)")
     api = client(ctx)
-    before = api.get(f"/v1/agents/{agent_id}") if fingerprint else None
-    agent = api.patch(f"/v1/agents/{agent_id}", body)
+    before = api.get(f"/v1/agents/{seg(agent_id)}") if fingerprint else None
+    agent = api.patch(f"/v1/agents/{seg(agent_id)}", body)
     show(agent, as_json=as_json, columns=SHOW_COLUMNS)
     if before and before["status"] != "suspended" and agent["status"] == "suspended":
         # On stderr, so that --json output stays one JSON document.
@@ -242,7 +242,7 @@ ReasonOpt = Annotated[str, typer.Option(help="Why; recorded in the ledger.")]
 @app.command("suspend")
 def suspend(ctx: typer.Context, agent_id: str, reason: ReasonOpt, as_json: JsonOpt = False) -> None:
     """Suspend an agent (reversible with resume)."""
-    agent = client(ctx).post(f"/v1/agents/{agent_id}/suspend", {"reason": reason})
+    agent = client(ctx).post(f"/v1/agents/{seg(agent_id)}/suspend", {"reason": reason})
     show(agent, as_json=as_json, columns=["id", "name", "status", "status_reason"])
 
 
@@ -254,14 +254,14 @@ def resume(
     as_json: JsonOpt = False,
 ) -> None:
     """Resume a suspended agent (this is also the re-approval after a fingerprint change)."""
-    agent = client(ctx).post(f"/v1/agents/{agent_id}/resume", {"note": note} if note else {})
+    agent = client(ctx).post(f"/v1/agents/{seg(agent_id)}/resume", {"note": note} if note else {})
     show(agent, as_json=as_json, columns=["id", "name", "status"])
 
 
 @app.command("retire")
 def retire(ctx: typer.Context, agent_id: str, reason: ReasonOpt, as_json: JsonOpt = False) -> None:
     """Retire an agent for good (its id is never reused)."""
-    agent = client(ctx).post(f"/v1/agents/{agent_id}/retire", {"reason": reason})
+    agent = client(ctx).post(f"/v1/agents/{seg(agent_id)}/retire", {"reason": reason})
     show(agent, as_json=as_json, columns=["id", "name", "status", "status_reason"])
 
 
@@ -274,7 +274,7 @@ def clone(
 ) -> None:
     """Clone an agent: new id, same roles and attributes, lineage kept, no credentials."""
     show(
-        client(ctx).post(f"/v1/agents/{agent_id}/clone", {"name": name}),
+        client(ctx).post(f"/v1/agents/{seg(agent_id)}/clone", {"name": name}),
         as_json=as_json,
         columns=SHOW_COLUMNS,
     )
@@ -296,7 +296,9 @@ def kill(
         typer.confirm(
             f"Permanently revoke {agent_id}{' and its descendants' if cascade else ''}?", abort=True
         )
-    result = client(ctx).post(f"/v1/agents/{agent_id}/kill", {"reason": reason, "cascade": cascade})
+    result = client(ctx).post(
+        f"/v1/agents/{seg(agent_id)}/kill", {"reason": reason, "cascade": cascade}
+    )
     if as_json:
         emit_json(result)
         return

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from tether.cli.client import CliError
-from tether.cli.common import JsonOpt, client
+from tether.cli.common import JsonOpt, client, seg
 from tether.cli.render import emit_json, out, record, table
 
 app = typer.Typer(help="Approve or deny what agents asked to do.", no_args_is_help=True)
@@ -80,7 +80,7 @@ def show(
     deadline = time.monotonic() + wait
     while True:
         left = max(0.0, deadline - time.monotonic())
-        approval = api.get(f"/v1/approvals/{approval_id}", wait=min(left, _MAX_WAIT) or None)
+        approval = api.get(f"/v1/approvals/{seg(approval_id)}", wait=min(left, _MAX_WAIT) or None)
         if approval["status"] != "pending" or left <= _MAX_WAIT:
             break
     if as_json:
@@ -92,7 +92,7 @@ def show(
 def _decide(ctx: typer.Context, approval_id: str, verdict: str, note: str | None) -> Any:
     if note is not None and not note.strip():
         raise CliError("--note must not be empty")
-    return client(ctx).post(f"/v1/approvals/{approval_id}/{verdict}", {"note": note})
+    return client(ctx).post(f"/v1/approvals/{seg(approval_id)}/{seg(verdict)}", {"note": note})
 
 
 @app.command("approve")

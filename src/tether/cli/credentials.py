@@ -10,7 +10,7 @@ import httpx2 as httpx
 import typer
 
 from tether.cli.client import CliError
-from tether.cli.common import JsonOpt, client
+from tether.cli.common import JsonOpt, client, seg
 from tether.cli.render import bare, emit_json, out, show, table
 
 app = typer.Typer(help="Agent credentials: API keys and public keys.", no_args_is_help=True)
@@ -43,7 +43,7 @@ def create(
             body["jwk"] = json.loads(jwk.read_text())
         except (OSError, ValueError) as exc:
             raise CliError(f"--jwk {jwk}: cannot read a JSON JWK ({exc})") from exc
-    result = client(ctx).post(f"/v1/agents/{agent_id}/credentials", body)
+    result = client(ctx).post(f"/v1/agents/{seg(agent_id)}/credentials", body)
     if as_json:
         emit_json(result)
         return
@@ -55,7 +55,7 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context, agent_id: str, as_json: JsonOpt = False) -> None:
     """An agent's credentials (never their secrets)."""
-    items = list(client(ctx).paginate(f"/v1/agents/{agent_id}/credentials"))
+    items = list(client(ctx).paginate(f"/v1/agents/{seg(agent_id)}/credentials"))
     if as_json:
         emit_json(items)
     else:
@@ -65,7 +65,7 @@ def list_(ctx: typer.Context, agent_id: str, as_json: JsonOpt = False) -> None:
 @app.command("delete")
 def delete(ctx: typer.Context, agent_id: str, credential_id: str, as_json: JsonOpt = False) -> None:
     """Delete a credential; it stops working at once."""
-    result = client(ctx).delete(f"/v1/agents/{agent_id}/credentials/{credential_id}")
+    result = client(ctx).delete(f"/v1/agents/{seg(agent_id)}/credentials/{seg(credential_id)}")
     show(result, as_json=as_json, columns=["id", "type", "client_id"])
 
 

@@ -25,7 +25,7 @@ import typer
 from pydantic import ValidationError
 
 from tether.cli.client import ApiClient, CliError
-from tether.cli.common import JsonOpt
+from tether.cli.common import JsonOpt, seg
 from tether.cli.render import emit_json, out, table
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def get(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the current (or a given) policy version's Cedar text."""
-    path = f"/v1/policies/versions/{version}" if version else "/v1/policies"
+    path = f"/v1/policies/versions/{seg(version)}" if version else "/v1/policies"
     doc = _api(ctx).get(path)
     if as_json:
         emit_json(doc)
@@ -404,7 +404,9 @@ def run_tests(
     for case in cases:
         if isinstance(case.subject, str):
             if case.subject not in fetched:
-                fetched[case.subject] = agent_view_of(_api(ctx).get(f"/v1/agents/{case.subject}"))
+                fetched[case.subject] = agent_view_of(
+                    _api(ctx).get(f"/v1/agents/{seg(case.subject)}")
+                )
             agents: Mapping[str, AgentView] = fetched
         else:  # an inline subject belongs to its case alone
             inline = {case.subject.id: agent_view_of(case.subject.model_dump())}

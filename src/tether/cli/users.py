@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tether.cli.common import JsonOpt, client
+from tether.cli.common import JsonOpt, client, seg
 from tether.cli.render import bare, emit_json, show, table
 
 app = typer.Typer(
@@ -31,7 +31,7 @@ def create(
     api = client(ctx)
     user = api.post("/v1/users", {"username": username, "role": role, "email": email})
     if token:
-        user["token"] = api.post(f"/v1/users/{user['id']}/tokens", {"name": "cli"})["token"]
+        user["token"] = api.post(f"/v1/users/{seg(user['id'])}/tokens", {"name": "cli"})["token"]
     show(user, as_json=as_json)
 
 
@@ -44,7 +44,7 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @app.command("show")
 def show_(ctx: typer.Context, user: str, as_json: JsonOpt = False) -> None:
     """Show one user (id or username)."""
-    show(client(ctx).get(f"/v1/users/{user}"), as_json=as_json)
+    show(client(ctx).get(f"/v1/users/{seg(user)}"), as_json=as_json)
 
 
 @app.command("token")
@@ -56,7 +56,9 @@ def token(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a bearer token for a user; it is printed once and never again."""
-    result = client(ctx).post(f"/v1/users/{user}/tokens", {"name": name, "expires_in": expires_in})
+    result = client(ctx).post(
+        f"/v1/users/{seg(user)}/tokens", {"name": name, "expires_in": expires_in}
+    )
     if as_json:
         emit_json(result)
     else:
@@ -66,7 +68,7 @@ def token(
 @app.command("tokens")
 def tokens(ctx: typer.Context, user: str, as_json: JsonOpt = False) -> None:
     """List a user's tokens (never the secrets)."""
-    items = list(client(ctx).paginate(f"/v1/users/{user}/tokens"))
+    items = list(client(ctx).paginate(f"/v1/users/{seg(user)}/tokens"))
     if as_json:
         emit_json(items)
     else:
@@ -76,7 +78,7 @@ def tokens(ctx: typer.Context, user: str, as_json: JsonOpt = False) -> None:
 @app.command("revoke-token")
 def revoke_token(ctx: typer.Context, user: str, token_id: str, as_json: JsonOpt = False) -> None:
     """Revoke one of a user's tokens; it stops working at once."""
-    show(client(ctx).delete(f"/v1/users/{user}/tokens/{token_id}"), as_json=as_json)
+    show(client(ctx).delete(f"/v1/users/{seg(user)}/tokens/{seg(token_id)}"), as_json=as_json)
 
 
 @app.command("subject-token")
