@@ -7,14 +7,13 @@ import getpass
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
 from tests.conftest import BACKENDS, Backend, _Templates, at_head, backend_for, make_settings
-from tests.serverproc import running_server
+from tests.serverproc import run_cli, running_server
 from tether.bootstrap import BootstrapReport, admin_token_file, prepare
 from tether.config import Settings
 from tether.container import build_services
@@ -78,16 +77,7 @@ def _tether(
     env: dict[str, str], cwd: Path, *args: str, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {**env, "TETHER_TOKEN": token} if token else env
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 def test_recover_mints_a_working_token_in_the_ledger(backend: Backend, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Api, Backend, assert_error
-from tests.serverproc import running_server
+from tests.serverproc import run_cli, running_server
 from tests.test_agents_lifecycle import expected_digest
 
 FP = {"model": "gpt-5", "model_version": "2026-10", "prompt_sha256": "a" * 64}
@@ -169,16 +169,7 @@ def cli(backend: Backend, tmp_path: Path) -> Iterator[Any]:
         env = {**server_env, "PATH": path}
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "tether", *args],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-                timeout=60,
-                check=False,
-            )
+            return run_cli(*args, env=env, cwd=tmp_path)
 
         yield run
 

@@ -7,27 +7,17 @@ import json
 import shutil
 import stat
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
 from tests.conftest import PG_URL, Backend
-from tests.serverproc import running_server
+from tests.serverproc import run_cli, running_server
 
 
 def _tether(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(*args, env=env, cwd=cwd, timeout=120)
 
 
 def _wipe(backend: Backend, workdir: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Backend
-from tests.serverproc import running_server
+from tests.serverproc import run_cli, running_server
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -27,16 +27,7 @@ def server(backend: Backend, tmp_path: Path) -> Iterator[tuple[Path, dict[str, s
 
 
 def tether(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 def test_readme_walkthrough_runs_as_written(server: tuple[Path, dict[str, str]]) -> None:

@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from tests.conftest import Backend
-from tests.serverproc import running_server
+from tests.serverproc import run_cli, running_server
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -32,16 +32,7 @@ class Cli:
     env: dict[str, str]
 
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "tether", *args],
-            cwd=self.cwd,
-            env={**self.env, **env},
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=60,
-            check=False,
-        )
+        return run_cli(*args, env={**self.env, **env}, cwd=self.cwd)
 
     def json(self, *args: str, **env: str) -> Any:
         result = self.run(*args, "--json", **env)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import backend_for
-from tests.serverproc import running_server
+from tests.serverproc import run_cli, running_server
 from tether.cli import main as cli_main
 from tether.cli.client import CliError
 from tether.config import load_settings
@@ -93,15 +93,7 @@ CLASS_NAMES = ("MissingParameter", "UsageError", "NoArgsIsHelpError", "BadParame
 
 def _tether(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env={**base, **(env or {})})
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:

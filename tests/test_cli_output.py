@@ -24,7 +24,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import backend_for
-from tests.serverproc import running_server
+from tests.serverproc import run_cli, running_server
 from tether import __version__
 
 pytestmark = pytest.mark.slow
@@ -42,16 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def tether(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI with stdout and stderr to pipes, as in ``X=$(tether …)``."""
     cwd, env = server
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -9,14 +9,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import backend_for
-from tests.serverproc import free_port, running_server
+from tests.serverproc import free_port, run_cli, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 
 
 def tether(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-        timeout=60, check=False,
-    )  # fmt: skip
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 def whoami(cwd: Path, env: dict[str, str], *args: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Backend
-from tests.serverproc import running_server
+from tests.serverproc import run_cli, running_server
 from tether.config import Settings
 from tether.keyfiles import load_root_keys
 from tether.sdk.webhooks import WebhookSignatureError, verify_webhook
@@ -52,11 +51,7 @@ def receiver() -> Iterator[tuple[str, queue.Queue[tuple[dict[str, str], bytes]]]
 
 
 def _tether(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-        timeout=60, check=False,
-    )  # fmt: skip
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 def test_the_derived_secret_verifies_a_real_delivery(
