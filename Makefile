@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # The PostgreSQL half of the suite; set it empty to run SQLite only on a machine without PostgreSQL.
 TETHER_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 export TETHER_TEST_POSTGRES_URL
+# Some machines set PYTHONDONTWRITEBYTECODE=1: every process (each `tether` call the tests run,
+# each server, pytest's own assertion rewriting) then compiles Tether from source again.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test lint bench clean
 
