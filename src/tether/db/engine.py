@@ -24,6 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 # Arbitrary but fixed: the advisory lock id every Tether node agrees on ("TETH").
 PG_WRITE_LOCK = 0x54455448
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+# ``session.info[BEFORE_COMMIT]``: callables given the session once the write transaction's body
+# finished without error, in order, still inside it and under the write lock (what a body
+# gathered, written in one statement: tether.runtime.changes). Not run on a rollback.
+BEFORE_COMMIT = "tether.before_commit"
 # ``session.info[AFTER_COMMIT]``: callables a write transaction runs after it committed.
 AFTER_COMMIT = "tether.after_commit"
 # ``session.info[IN_BACKGROUND]``: callables a write transaction hands, once it committed, to
@@ -135,6 +139,8 @@ class Database:
                 if self.dialect == "postgresql":
                     session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_WRITE_LOCK})
                 yield session
+                for flush in session.info.pop(BEFORE_COMMIT, ()):
+                    flush(session)
             # Outside the lock: this process's runtime reads what just committed.
             if session.info.pop("tether.runtime_changed", False):
                 for callback in self.after_change:

@@ -17,16 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import cast
 
-from sqlalchemy import BigInteger, String, Table, bindparam, delete, func, insert, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.orm import Session
 
+from tether.db.engine import BEFORE_COMMIT
 from tether.runtime.models import ChangeRow
 
 CHANGED = "tether.runtime_changed"
-_NOTIFIED = "tether.runtime_notified"
 
 
 class Kind(StrEnum):
@@ -41,35 +39,52 @@ def channel(schema: str | None) -> str:
     return f"tether_changes_{schema or 'public'}"[:63]
 
 
-# PostgreSQL: every key in one array parameter, one row each in the array's order (the
-# sequence numbers them as the rows come): one statement text whatever the count, where a
-# multi-row VALUES of 10,000 keys cost ~30 ms of SQLAlchemy and psycopg work under the write
-# lock (bench/README.md, "Kill").
-_UNNEST = insert(cast(Table, ChangeRow.__table__)).from_select(
-    ["kind", "key", "time"],
-    select(bindparam("kind", type_=String), func.unnest(bindparam("keys", type_=ARRAY(String))),
-           bindparam("time", type_=BigInteger)),
-)  # fmt: skip
+# What a write transaction recorded, kept in its session until its body is done
+# (``session.info``): then written in one statement, whatever the number of records.
+_PENDING = "tether.runtime_pending"
+
+# PostgreSQL: every row in three array parameters, inserted in their order (``WITH ORDINALITY``
+# … ``ORDER BY``: the sequence numbers them as they come), and the ``NOTIFY`` that wakes every
+# node at commit in the same statement — one round trip for a transaction's whole feed, under
+# the deployment-wide write lock (a kill recorded its agents and its tokens and notified: three
+# round trips; a multi-row VALUES of 10,000 keys cost ~30 ms of SQLAlchemy and psycopg work;
+# bench/README.md, "Kill").
+_FLUSH_POSTGRES = text(
+    "WITH written AS (INSERT INTO runtime_changes (kind, key, time)"
+    " SELECT k, v, t FROM unnest(CAST(:kinds AS VARCHAR[]), CAST(:keys AS VARCHAR[]),"
+    " CAST(:times AS BIGINT[])) WITH ORDINALITY AS u(k, v, t, n) ORDER BY n)"
+    " SELECT pg_notify(:channel, '')"
+)
 
 
 def record(session: Session, kind: Kind, keys: list[str] | str, *, now_us: int) -> None:
-    """One row per key, in the given order, in a single statement (PostgreSQL: an ``INSERT …
-    SELECT unnest(:keys)``; SQLite: SQLAlchemy batches the executemany into ``INSERT … VALUES
-    (…), (…)``): a kill of a family of a thousand with its tokens is a few statements, not
-    eleven thousand ORM rows."""
+    """One row per key, in the given order, written with the transaction's other records in
+    a single statement once its body is done (:data:`tether.db.engine.BEFORE_COMMIT`;
+    PostgreSQL: an ``INSERT … SELECT`` from arrays that also notifies every node; SQLite:
+    SQLAlchemy batches the executemany into ``INSERT … VALUES (…), (…)``): a kill of a family
+    of a thousand with its tokens is one statement of the feed, not eleven thousand ORM
+    rows. ``session`` must be a :meth:`tether.db.Database.write` transaction's."""
     wanted = [key[:128] for key in ([keys] if isinstance(keys, str) else keys)]
-    postgres = session.get_bind().dialect.name == "postgresql"
-    if wanted and postgres:
-        session.execute(_UNNEST, {"kind": kind.value, "keys": wanted, "time": now_us})
-    elif wanted:
-        rows = [{"kind": kind.value, "key": key, "time": now_us} for key in wanted]
-        session.execute(insert(ChangeRow), rows)
-    if postgres and not session.info.get(_NOTIFIED):
-        # Delivered at commit, once for the transaction however many records it makes.
-        name = channel(session.info.get("tether.schema"))
-        session.execute(text("SELECT pg_notify(:c, '')"), {"c": name})
-        session.info[_NOTIFIED] = True
+    pending: list[tuple[str, str, int]] | None = session.info.get(_PENDING)
+    if pending is None:
+        session.info[_PENDING] = pending = []
+        session.info.setdefault(BEFORE_COMMIT, []).append(_flush)
+    pending.extend((kind.value, key, now_us) for key in wanted)
     session.info[CHANGED] = True
+
+
+def _flush(session: Session) -> None:
+    pending: list[tuple[str, str, int]] = session.info.pop(_PENDING, [])
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_FLUSH_POSTGRES, {
+            "kinds": [kind for kind, _, _ in pending],
+            "keys": [key for _, key, _ in pending],
+            "times": [time for _, _, time in pending],
+            "channel": channel(session.info.get("tether.schema")),
+        })  # fmt: skip
+    elif pending:
+        rows = [{"kind": kind, "key": key, "time": time} for kind, key, time in pending]
+        session.execute(insert(ChangeRow), rows)
 
 
 @dataclass(frozen=True, slots=True)
