@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-from tether.agents.authority import Act, Liveness, Stewards, allows, chain_problem, is_live
+from tether.agents.authority import (
+    Act,
+    Liveness,
+    Stewards,
+    allows,
+    chain_problem,
+    is_live,
+    reads_stewards,
+)
 from tether.agents.authority import require as require_authority
 from tether.errors import Forbidden
 from tether.principals import SYSTEM, Principal, Role
@@ -41,6 +49,16 @@ def test_authority_table(who: Principal, read: bool, operate: bool, manage: bool
     assert allows(who, Act.READ, STEWARDS) is read
     assert allows(who, Act.OPERATE, STEWARDS) is operate
     assert allows(who, Act.MANAGE, STEWARDS) is manage
+
+
+@pytest.mark.parametrize("who", [t[0] for t in TABLE], ids=[t[0].name for t in TABLE])
+def test_stewards_are_read_only_for_whom_they_can_change_the_answer(who: Principal) -> None:
+    """A caller may skip reading an agent's supervisors when :func:`reads_stewards` says so:
+    then no stewards whatever change what :func:`allows` answers."""
+    others = [Stewards(owner="usr_nobody"), Stewards(owner=who.id), STEWARDS,
+              Stewards(owner="usr_nobody", supervisors=frozenset({who.id}))]  # fmt: skip
+    answers = {tuple(allows(who, act, st) for act in Act) for st in others}
+    assert reads_stewards(who) is (len(answers) > 1)
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,12 @@ def allows(actor: Principal, act: Act, stewards: Stewards) -> bool:
     return False
 
 
+def reads_stewards(actor: Principal) -> bool:
+    """Whether :func:`allows` looks at the stewards for ``actor`` (only a supervisor's answer
+    depends on them): otherwise a caller need not read the agent's supervisors first."""
+    return actor.kind == "user" and actor.role is Role.SUPERVISOR and not actor.is_admin
+
+
 def require(actor: Principal, act: Act, agent_id: str, stewards: Stewards | None) -> None:
     """Raise :class:`Forbidden` unless :func:`allows`; an unknown agent (``stewards`` None) is
     refused like someone else's to anyone but an admin, so nobody can probe for agents."""

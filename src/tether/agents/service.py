@@ -481,7 +481,12 @@ class AgentService:
     def _require(self, s: Session, actor: Principal, row: AgentRow, need: str) -> None:
         """``need`` is ``read``, ``operate`` (suspend/resume/kill) or ``manage``: the rule is
         :func:`tether.agents.authority.allows`."""
-        authority.require(actor, authority.Act(need), row.id, self.store.stewards(s, row))
+        stewards = (
+            self.store.stewards(s, row)
+            if authority.reads_stewards(actor)
+            else authority.Stewards(row.owner_id)
+        )
+        authority.require(actor, authority.Act(need), row.id, stewards)
 
     def _human(self, s: Session, ref: str, field: str) -> UserRow:
         user = self.users.resolve(s, ref)
