@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
+from sqlalchemy.engine import make_url
+
 from tests.stores.conftest import T0
 from tether.clock import FrozenClock
 from tether.db import Database
-from tether.runtime.positions import TIMEOUTS, Positions
+from tether.runtime.positions import TIMEOUTS, Positions, positions_channel
 
 
 def _positions(db: Database, clock: FrozenClock, *names: str) -> list[Positions]:
@@ -66,3 +69,44 @@ def test_old_rows_are_purged(db: Database) -> None:
     with db.read() as s:
         clock.advance(-3600)  # even if "crashed" counted as live, its row is gone
         assert me.behind(s, 5) == []
+
+
+def test_an_announcement_wakes_a_waiting_writer_before_its_next_look(db: Database) -> None:
+    """What the runtime's listener does on a position ``NOTIFY``: a writer pausing between two
+    looks (here a pause of a minute) looks again at once."""
+    (me,) = _positions(db, FrozenClock(T0), "me")
+    woke = threading.Event()
+
+    def pause() -> None:
+        me._await_announcement(0, 60)
+        woke.set()
+
+    waiter = threading.Thread(target=pause, daemon=True)
+    waiter.start()
+    assert not woke.wait(0.05)  # still pausing
+    me.announced()
+    assert woke.wait(10)
+    waiter.join()
+
+
+def test_postgresql_a_moved_worker_announces_on_its_schema_channel(db: Database) -> None:
+    """A report that moved (``announce``) notifies the schema's positions channel at commit;
+    a heartbeat does not. SQLite has no NOTIFY (one host; writers poll): it just reports."""
+    me, b = _positions(db, FrozenClock(T0), "me", "b")
+    if db.dialect != "postgresql":
+        b.report(2, announce=True)
+        with db.read() as s:
+            assert me.behind(s, 3) == ["b"]
+            assert me.behind(s, 2) == []
+        return
+    dsn = make_url(db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'LISTEN "{positions_channel(db.schema)}"')
+        b.report(1)
+        assert not any(True for _ in conn.notifies(timeout=0.3, stop_after=1))
+        b.report(2, announce=True)
+        assert [n.channel for n in conn.notifies(timeout=5, stop_after=1)] == [
+            positions_channel(db.schema)
+        ]
+    assert positions_channel(None) == "tether_positions_public"
+    assert len(positions_channel("s" * 100)) == 63

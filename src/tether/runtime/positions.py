@@ -7,7 +7,9 @@ return while another worker — of this node or another — has not applied it y
 worker's next decision would still allow. So each running worker reports here the newest
 change it has applied (after every sync that moved, and every second as a heartbeat), and a
 process that committed changes waits, bounded, until every *live* worker has reported at
-least that far (:meth:`Positions.await_applied`).
+least that far (:meth:`Positions.await_applied`). On PostgreSQL a worker that moved also
+announces it (a ``NOTIFY`` on :func:`positions_channel`, heard by every runtime's listener), so
+the writer looks again at once instead of at its next poll (1, 2, 4… up to 10 ms).
 
 Live means reported within ``live_seconds``, which is the runtime's stale bound: a worker
 that could not report for that long is not current by its own rule and denies every
@@ -18,10 +20,11 @@ decision (fail closed), so not waiting for it loses nothing. Workers compare the
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -30,6 +33,7 @@ from tether.db import Database
 from tether.runtime.models import RuntimePositionRow
 
 log = logging.getLogger("tether.runtime")
+_NOTIFY = text("SELECT pg_notify(:c, '')")
 WAITED = Histogram(
     "tether_runtime_propagation_seconds",
     "How long a change's writer waited for every live worker to apply it",
@@ -41,15 +45,26 @@ TIMEOUTS = Counter(
 )
 
 
+def positions_channel(schema: str | None) -> str:
+    """PostgreSQL: where a worker that applied changes says so (the writers waiting for it
+    listen, through the runtime's LISTEN connection, instead of polling)."""
+    return f"tether_positions_{schema or 'public'}"[:63]
+
+
 class Positions:
     def __init__(self, db: Database, clock: Clock, runtime_id: str, *, live_seconds: float):
         self.db = db
         self.clock = clock
         self.runtime_id = runtime_id
         self.live_us = int(live_seconds * 1_000_000)
+        # Bumped whenever another worker announced a new position (PostgreSQL NOTIFY): a
+        # writer waiting in await_applied looks again at once.
+        self._announced = threading.Condition()
+        self._announcements = 0
 
-    def report(self, applied_seq: int) -> None:
-        """Say where this worker is (one upsert). PostgreSQL: outside the deployment-wide
+    def report(self, applied_seq: int, *, announce: bool = False) -> None:
+        """Say where this worker is (one upsert); ``announce`` (it moved) also wakes the
+        writers waiting on every node (PostgreSQL). PostgreSQL: outside the deployment-wide
         write lock; SQLite: in the writers' queue (it has one writer at a time anyway)."""
         now_us = to_micros(self.clock.now())
         values = {"runtime_id": self.runtime_id, "applied_seq": applied_seq, "seen_at": now_us}
@@ -64,6 +79,8 @@ class Positions:
                 # no WAL flush to wait for, on the path of every change's writer.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 conn.execute(stmt)
+                if announce:  # delivered at commit
+                    conn.execute(_NOTIFY, {"c": positions_channel(self.db.schema)})
             return
         lite = sqlite.insert(RuntimePositionRow).values(**values)
         upsert = lite.on_conflict_do_update(
@@ -96,6 +113,8 @@ class Positions:
         started = time.monotonic()
         pause = 0.001
         while True:
+            with self._announced:
+                seen = self._announcements
             with self.db.read() as s:
                 waiting = self.behind(s, seq)
             if not waiting:
@@ -106,8 +125,19 @@ class Positions:
                 log.warning("change %d not yet applied by %d live worker(s) after %.2fs: %s",
                             seq, len(waiting), timeout, ", ".join(waiting[:5]))  # fmt: skip
                 return False
-            time.sleep(pause)
+            self._await_announcement(seen, pause)  # a worker moved, or time for the next look
             pause = min(pause * 2, 0.01)
+
+    def _await_announcement(self, seen: int, timeout: float) -> None:
+        with self._announced:
+            if self._announcements == seen:
+                self._announced.wait(timeout)
+
+    def announced(self) -> None:
+        """Another worker announced a new position (the runtime's listener calls this)."""
+        with self._announced:
+            self._announcements += 1
+            self._announced.notify_all()
 
     def purge(self, now_us: int) -> None:
         """Maintenance: forget workers gone for an hour (a crashed one leaves its row)."""

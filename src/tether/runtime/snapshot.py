@@ -35,7 +35,7 @@ from tether.db import Database
 from tether.maintenance import Task
 from tether.runtime import changes
 from tether.runtime.changes import channel
-from tether.runtime.positions import Positions
+from tether.runtime.positions import Positions, positions_channel
 from tether.runtime.sections import Section
 from tether.runtime.wakeups import FifoWakeups
 
@@ -149,7 +149,7 @@ class Runtime:
             return
         applied = self.last_seq
         try:
-            self.positions.report(applied)
+            self.positions.report(applied, announce=applied != seq)
         except Exception:
             log.warning("runtime could not report its position", exc_info=True)
             return
@@ -263,14 +263,18 @@ class Runtime:
     def _listen(self) -> None:
         url = make_url(self.db.url).set(drivername="postgresql")
         dsn = url.render_as_string(hide_password=False)
-        name = channel(self.db.schema)
+        name, moved = channel(self.db.schema), positions_channel(self.db.schema)
         while not self._stop.is_set():
             try:
                 with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f'LISTEN "{moved}"')
                     conn.execute(f'LISTEN "{name}"')
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            self._wake.set()
+                        for note in conn.notifies(timeout=0.5, stop_after=1):
+                            if note.channel == moved:
+                                self.positions.announced()
+                            else:
+                                self._wake.set()
             except psycopg.Error:
                 log.warning("runtime LISTEN connection lost; polling meanwhile", exc_info=True)
                 self._stop.wait(1.0)
