@@ -1,15 +1,20 @@
-"""The CLI's only way in: the HTTP API. Errors become :class:`CliError` with one clean line."""
+"""The CLI's only way in: the HTTP API. Errors become :class:`CliError` with one clean line.
+
+Every command module imports :class:`CliError` from here, so the HTTP client (httpx2) and the
+settings (pydantic-settings) are imported only once a command builds an :class:`ApiClient`:
+``tether --version``, ``--help`` and the commands that run locally never load them.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2 as httpx
-
-from tether.config import load_settings
 from tether.errors import TetherError
+
+if TYPE_CHECKING:
+    import httpx2 as httpx
 
 # What to do next, by status, after the server's own message (which says what was wrong).
 _HINTS = {
@@ -37,11 +42,19 @@ def _default_token() -> str | None:
     token = os.environ.get("TETHER_TOKEN")
     if token:
         return token.strip()
+    from tether.config import load_settings
+
     path = load_settings().admin_token_path  # the server's own settings: one source
     try:
         return path.read_text().strip() or None
     except OSError:
         return None
+
+
+def _configured_url() -> str:
+    from tether.config import load_settings
+
+    return load_settings().client_url
 
 
 def _check_path(path: str) -> None:
@@ -77,8 +90,10 @@ class ApiClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        import httpx2 as httpx
+
         # --url / TETHER_URL, else where the server these settings describe listens.
-        self.url = (url or os.environ.get("TETHER_URL") or load_settings().client_url).rstrip("/")
+        self.url = (url or os.environ.get("TETHER_URL") or _configured_url()).rstrip("/")
         self.token = token if token is not None else _default_token()
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         # Never follow a redirect: the API answers its own paths directly, so a 3xx means a
@@ -98,6 +113,8 @@ class ApiClient:
     def request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
+        import httpx2 as httpx
+
         _check_path(path)
         params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
@@ -107,6 +124,8 @@ class ApiClient:
         return self._result(resp)
 
     def stream_lines(self, path: str, *, params: dict[str, Any] | None = None) -> Iterator[bytes]:
+        import httpx2 as httpx
+
         _check_path(path)
         try:
             with self._http.stream("GET", path, params=params) as resp:

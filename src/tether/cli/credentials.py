@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx2 as httpx
 import typer
 
 from tether.cli.client import CliError
@@ -163,6 +162,8 @@ def _token_request(
     url: str, client_id: str, client_secret: str, form: dict[str, str | None]
 ) -> dict[str, Any]:
     """``POST /oauth/token`` with client_secret_basic; the OAuth error as a :class:`CliError`."""
+    import httpx2 as httpx
+
     data = {k: v for k, v in form.items() if v}
     data.setdefault("grant_type", "client_credentials")
     try:

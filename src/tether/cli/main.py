@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -25,11 +25,19 @@ from tether.cli import (
     webhooks,
 )
 from tether.cli.common import JsonOpt, client
-from tether.cli.environment import warn_unknown_variables
+from tether.cli.environment import command_of, warn_unknown_variables
 from tether.cli.render import err, show
 from tether.errors import TetherError
 
-app = typer.Typer(
+
+class _Tether(typer.Typer):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The command tree the environment check built (Typer's own __call__ builds it again
+        # and installs its pretty-traceback hook, which is off here).
+        return command_of(self)(*args, **kwargs)
+
+
+app = _Tether(
     name="tether",
     help="Tether: identity, access and governance for autonomous AI agents.",
     no_args_is_help=True,

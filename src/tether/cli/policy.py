@@ -20,15 +20,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx2 as httpx
 import typer
-from pydantic import ValidationError
 
 from tether.cli.client import ApiClient, CliError
 from tether.cli.common import JsonOpt, seg
 from tether.cli.render import emit_json, out, table
 
 if TYPE_CHECKING:
+    import httpx2 as httpx
+
     from tether.policy.cases import Case
     from tether.policy.engine import CompiledPolicies
     from tether.policy.entities import AgentView
@@ -326,6 +326,7 @@ def _verdict(side: dict[str, Any]) -> str:
 def load_cases(path: Path) -> list[Case]:
     """The cases of a YAML or JSON file: a list, or a mapping with a ``cases`` list."""
     import yaml
+    from pydantic import ValidationError
 
     from tether.policy.cases import Case
 

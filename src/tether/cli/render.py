@@ -10,26 +10,54 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.status import Status
 
 # Rich's width when the output is not a terminal: it would otherwise wrap at 80 columns. A table
 # is only as wide as its content, so this is a "no limit", never padding.
 _UNLIMITED = 1_000_000
 
 
-def _console(*, stderr: bool) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else _UNLIMITED
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+class _LazyConsole:
+    """A Rich console made on first use: Rich costs ~0.05 s to import, which a command that
+    prints JSON, a bare value or nothing (``--version``, ``--help``) need not pay."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            stream = sys.stderr if self._stderr else sys.stdout
+            width = None if stream.isatty() else _UNLIMITED
+            self._console = Console(
+                stderr=self._stderr, highlight=False, soft_wrap=True, width=width
+            )
+        return self._console
+
+    def print(
+        self,
+        *objects: Any,
+        markup: bool | None = None,
+        highlight: bool | None = None,
+        soft_wrap: bool | None = None,
+    ) -> None:
+        self.console.print(*objects, markup=markup, highlight=highlight, soft_wrap=soft_wrap)
+
+    def status(self, status: str) -> Status:
+        return self.console.status(status)
 
 
-out = _console(stderr=False)
-err = _console(stderr=True)
+out = _LazyConsole(stderr=False)
+err = _LazyConsole(stderr=True)
 
 
 def bare(text: str) -> None:
@@ -73,6 +101,9 @@ _ID_COLUMNS = frozenset({"id", "seq", "agent_id", "client_id", "kid"})
 def table(
     rows: Iterable[dict[str, Any]], columns: Sequence[str], *, title: str | None = None
 ) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     t = Table(title=title, show_lines=False)
     for col in columns:
         # "fold" rather than Rich's default ellipsis: on a narrow terminal a value is broken
@@ -90,6 +121,8 @@ def table(
 def record(item: dict[str, Any], fields: Sequence[str] | None = None) -> None:
     """One record as ``key  value`` lines. Values are never wrapped or cut, so a secret shown
     once can be copied whole even from a narrow terminal."""
+    from rich.text import Text
+
     keys = list(fields or item)
     width = max((len(k) for k in keys), default=0)
     for key in keys:
