@@ -25,7 +25,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import psycopg
 from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -261,6 +260,8 @@ class Runtime:
             LAG.set(time.monotonic() - self._synced_at)
 
     def _listen(self) -> None:
+        import psycopg  # PostgreSQL only: a SQLite server never loads it (~0.1 s)
+
         url = make_url(self.db.url).set(drivername="postgresql")
         dsn = url.render_as_string(hide_password=False)
         name, moved = channel(self.db.schema), positions_channel(self.db.schema)
