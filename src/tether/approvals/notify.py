@@ -29,11 +29,13 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
 import orjson
 from prometheus_client import Counter
+
+if TYPE_CHECKING:
+    import httpx2
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class _Delivery:
 
 
 def _origin(url: str) -> str:
+    import httpx2
+
     # Webhook URLs often carry a secret in the path or query (Slack, Teams): log the origin only.
     parsed = httpx2.URL(url)
     return f"{parsed.scheme}://{parsed.host}" + (f":{parsed.port}" if parsed.port else "")
@@ -93,6 +97,8 @@ class WebhookNotifier:
         transport: httpx2.BaseTransport | None = None,
         queue_size: int = 10_000,
     ) -> None:
+        import httpx2  # loaded when a webhook is configured, not on every server start
+
         for url in urls:
             try:
                 parsed = httpx2.URL(url)
@@ -181,6 +187,8 @@ class WebhookNotifier:
                 self._idle.notify_all()
 
     def _run(self) -> None:
+        import httpx2
+
         with httpx2.Client(
             timeout=self._timeout, transport=self._transport, follow_redirects=False
         ) as client:
@@ -205,6 +213,8 @@ class WebhookNotifier:
                     self._finished(dropped=True)
 
     def _deliver(self, client: httpx2.Client, delivery: _Delivery) -> None:
+        import httpx2
+
         where = f"webhook {delivery.event} ({delivery.id}) to {_origin(delivery.url)}"
         for attempt in range(1, self._max_attempts + 1):
             headers = {

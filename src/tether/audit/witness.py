@@ -16,12 +16,15 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from typing import TYPE_CHECKING
 
-import httpx2
 from prometheus_client import Counter
 
 from tether.audit.chain import Checkpoint
 from tether.jsonutil import canonical
+
+if TYPE_CHECKING:
+    import httpx2
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,8 @@ class HttpWitness:
             thread.join(timeout)
 
     def _run(self) -> None:
+        import httpx2  # loaded when a witness is configured, not on every server start
+
         with httpx2.Client(
             timeout=self._timeout, transport=self._transport, follow_redirects=False
         ) as client:
@@ -118,6 +123,8 @@ class HttpWitness:
 
     def _post(self, client: httpx2.Client, cp: Checkpoint) -> str | None:
         """None if the witness took ``cp``, else why not."""
+        import httpx2
+
         headers = {"Content-Type": "application/json", "User-Agent": "tether-witness/1"}
         try:
             response = client.post(self.url, content=canonical(cp.to_json()), headers=headers)
