@@ -12,18 +12,21 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 # Arbitrary but fixed: the advisory lock id every Tether node agrees on ("TETH").
 PG_WRITE_LOCK = 0x54455448
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+_PING_AFTER_IDLE_SECONDS = 1.0
+_IDLE_SINCE = "tether.idle_since"
 # ``session.info[BEFORE_COMMIT]``: callables given the session once the write transaction's body
 # finished without error, in order, still inside it and under the write lock (what a body
 # gathered, written in one statement: tether.runtime.changes). Not run on a rollback.
@@ -90,6 +93,33 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
+def _postgres_engine(url: str, connect_args: dict[str, Any]) -> Engine:
+    """A pool that pings a connection before handing it out only if it sat idle for
+    ``_PING_AFTER_IDLE_SECONDS`` (a server restart or an idle timeout dropped it meanwhile:
+    the ping fails, and the pool reconnects every connection older than that). SQLAlchemy's
+    ``pool_pre_ping`` pings on every checkout: a round trip, and a wake-up of a PostgreSQL
+    process, three or four times a request on the busiest paths (a kill: its transaction,
+    the local sync, the wait for the other workers), when a connection used a moment ago is
+    as good as the statement it is about to run, whose failure invalidates the pool too."""
+    engine = create_engine(url, connect_args=connect_args, pool_size=10, max_overflow=20)
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop(_IDLE_SINCE, None)
+        if since is None or time.monotonic() - since < _PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as err:  # an empty statement fails only on a connection gone
+            raise exc.InvalidatePoolError(f"connection lost while idle: {err}") from err
+
+    return engine
+
+
 class Database:
     """The deployment's database: SQLite (embedded default) or PostgreSQL (psycopg 3)."""
 
@@ -107,9 +137,7 @@ class Database:
             connect_args: dict[str, Any] = {}
             if schema:
                 connect_args["options"] = f"-csearch_path={schema}"
-            self._writer = create_engine(
-                url, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True
-            )
+            self._writer = _postgres_engine(url, connect_args)
             self._reader = self._writer
         else:
             raise ValueError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
@@ -178,6 +206,16 @@ class Database:
         with self._read_sessions() as session, session.begin():
             session.info.update(self.session_info)
             yield session
+
+    @contextmanager
+    def glance(self) -> Iterator[Connection]:
+        """A connection for one read statement that needs no snapshot of its own: on
+        PostgreSQL outside any transaction (no ``BEGIN`` and ``COMMIT`` round trips around it:
+        a writer polling where the other workers are, several times a change)."""
+        with self._reader.connect() as conn:
+            if self.dialect == "postgresql":
+                conn.execution_options(isolation_level="AUTOCOMMIT")  # this connection only
+            yield conn
 
     def ping(self) -> bool:
         try:
