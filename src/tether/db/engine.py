@@ -144,6 +144,12 @@ class Database:
         self.schema = schema
         self._write_sessions = sessionmaker(self._writer, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
+        # PostgreSQL reads outside a transaction (see read()); SQLite's reads are in-process.
+        self._glance_sessions = (
+            sessionmaker(self._reader.execution_options(isolation_level="AUTOCOMMIT"),
+                         expire_on_commit=False)
+            if self.dialect == "postgresql" else self._read_sessions
+        )  # fmt: skip
         # Run after a write transaction that changed runtime state commits (this process's
         # snapshot refreshes at once; other processes learn from the change feed).
         self.after_change: list[Callable[[], None]] = []
@@ -201,9 +207,14 @@ class Database:
             pool.submit(lambda: None).result(timeout)
 
     @contextmanager
-    def read(self) -> Iterator[Session]:
-        """A read-only snapshot; never blocks writers."""
-        with self._read_sessions() as session, session.begin():
+    def read(self, *, transaction: bool = True) -> Iterator[Session]:
+        """A read-only session; never blocks writers. ``transaction=False``: on PostgreSQL
+        each statement on its own, outside a transaction — what each sees is the same as in
+        a READ COMMITTED transaction (a fresh snapshot per statement), without the ``BEGIN``
+        and ``COMMIT`` round trips (the runtime's sync after every change); no server-side
+        cursors (``yield_per``) then."""
+        sessions = self._read_sessions if transaction else self._glance_sessions
+        with sessions() as session, session.begin():
             session.info.update(self.session_info)
             yield session
 

@@ -161,7 +161,9 @@ class Runtime:
             self.load()
             return
         moved = gap = False
-        with self._lock, self.db.read() as s:
+        # Statement by statement (no transaction round trips): each section reads rows at
+        # least as new as the feed rows that named them; anything newer comes again later.
+        with self._lock, self.db.read(transaction=False) as s:
             while True:
                 found = changes.since(s, self.last_seq, limit=_BATCH)
                 gap = found.gap
