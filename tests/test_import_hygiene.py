@@ -113,3 +113,16 @@ def test_backup_does_not_load_the_wiring(tmp_path: Path) -> None:
     loaded, _ = _loaded("import tether.backup", tmp_path)
     assert "tether.bootstrap" in loaded
     assert loaded & {"tether.container", "fastapi", "cedarpy", "alembic"} == set()
+
+
+def test_the_wiring_of_a_sqlite_server_without_webhooks_loads_no_http_client(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "from tether.config import load_settings\n"
+        "from tether.container import build_services\n"
+        f"build_services(load_settings(data_dir={str(tmp_path / '.tether')!r})).close()\n"
+    )
+    loaded, _ = _loaded(code, tmp_path)
+    assert "tether.container" in loaded
+    assert loaded & {"httpx2", "psycopg", "alembic"} == set()

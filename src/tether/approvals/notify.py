@@ -97,9 +97,9 @@ class WebhookNotifier:
         transport: httpx2.BaseTransport | None = None,
         queue_size: int = 10_000,
     ) -> None:
-        import httpx2  # loaded when a webhook is configured, not on every server start
-
         for url in urls:
+            import httpx2  # loaded when a webhook is configured, not on every server start
+
             try:
                 parsed = httpx2.URL(url)
             except httpx2.InvalidURL:
