@@ -1,29 +1,71 @@
-"""The CLI against a real server: the README walkthrough as written, --json, clean errors."""
+"""The CLI against a real server: the README walkthrough as written, --json, clean errors.
+
+The README walkthrough gets a server of its own: it runs as written on a fresh deployment and
+reads the ledger's first events back. The other tests share one server per backend (per xdist
+worker): each creates what it uses under names of its own, asserts only on what it created,
+and puts back what it breaks (a tampered event, a removed checkpoint file)."""
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
+from sqlalchemy import create_engine, text
 
-from tests.conftest import Backend
+from tests.conftest import BACKENDS, Backend, backend_for, bearer
 from tests.serverproc import run_cli, running_server
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def _with_python_on_path(server_env: dict[str, str]) -> dict[str, str]:
+    return {**server_env, "PATH": f"{Path(sys.executable).parent}:{server_env.get('PATH', '')}"}
+
+
 @pytest.fixture
 def server(backend: Backend, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A fresh deployment of this test's own."""
     with running_server(backend, tmp_path) as (_url, server_env):
-        path = f"{Path(sys.executable).parent}:{server_env.get('PATH', '')}"
-        yield tmp_path, {**server_env, "PATH": path}
+        yield tmp_path, _with_python_on_path(server_env)
+
+
+@dataclass
+class Shared:
+    cwd: Path
+    env: dict[str, str]
+    backend: Backend
+    api: httpx.Client  # the admin's, for set-up the CLI is not under test for
+
+    def post(self, path: str, **body: object) -> dict[str, object]:
+        made = self.api.post(path, json=body)
+        assert made.status_code == 201, made.text
+        return dict(made.json())
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Shared]:
+    """One server per backend for the tests that leave it as they found it."""
+    tmp = tmp_path_factory.mktemp(f"cli-{request.param}")
+    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, env):
+        token = (tmp / ".tether" / "admin.token").read_text().strip()
+        with httpx.Client(base_url=url, headers=bearer(token), timeout=30) as api:
+            yield Shared(tmp, _with_python_on_path(env), backend, api)
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
 
 
 def tether(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -59,15 +101,15 @@ def test_readme_walkthrough_runs_as_written(server: tuple[Path, dict[str, str]])
     assert "token.issued" in types
 
 
-def test_json_output_and_clean_errors(server: tuple[Path, dict[str, str]]) -> None:
-    cwd, env = server
-    made = tether(
-        env, cwd, "agents", "create", "--name", "a", "--owner", "admin", "--purpose", "p", "--json"
-    )
+def test_json_output_and_clean_errors(shared: Shared) -> None:
+    cwd, env = shared.cwd, shared.env
+    role = _unique("json")  # this test's agent is the only one with it
+    made = tether(env, cwd, "agents", "create", "--name", "a", "--owner", "admin", "--purpose",
+                  "p", "--role", role, "--json")  # fmt: skip
     assert made.returncode == 0, made.stderr
     agent = json.loads(made.stdout)
     assert agent["status"] == "active"
-    listed = json.loads(tether(env, cwd, "agents", "list", "--json").stdout)
+    listed = json.loads(tether(env, cwd, "agents", "list", "--role", role, "--json").stdout)
     assert [a["id"] for a in listed] == [agent["id"]]
 
     for args, needle in [
@@ -121,97 +163,99 @@ def test_json_output_and_clean_errors(server: tuple[Path, dict[str, str]]) -> No
     assert "Traceback" not in down.stderr
 
 
-def test_audit_verify_exits_nonzero_on_tampering(
-    server: tuple[Path, dict[str, str]], backend: Backend
-) -> None:
-    cwd, env = server
+def test_audit_verify_exits_nonzero_on_tampering(shared: Shared) -> None:
+    cwd, env, backend = shared.cwd, shared.env, shared.backend
     assert tether(env, cwd, "audit", "verify").returncode == 0
-    from sqlalchemy import create_engine, text
-
     args = {"options": f"-csearch_path={backend.schema}"} if backend.schema else {}
     engine = create_engine(backend.url, connect_args=args)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE audit_events SET details = :d WHERE seq = 1"), {"d": '{"x":1}'})
-    engine.dispose()
-    res = tether(env, cwd, "audit", "verify", "--json")
+    details = text("SELECT details FROM audit_events WHERE seq = 1")
+    edit = text("UPDATE audit_events SET details = :d WHERE seq = 1")
+    try:
+        with engine.begin() as conn:
+            original = conn.execute(details).scalar_one()
+            conn.execute(edit, {"d": '{"x":1}'})
+        try:
+            res = tether(env, cwd, "audit", "verify", "--json")
+        finally:  # the shared ledger whole again for the other tests
+            with engine.begin() as conn:
+                conn.execute(edit, {"d": original})
+    finally:
+        engine.dispose()
     assert res.returncode == 1
     broken = json.loads(res.stdout)
     assert broken["first_bad_seq"] == 1
     assert broken["head_hash"] is None  # not the genesis hash: a broken chain has no head
+    assert tether(env, cwd, "audit", "verify").returncode == 0  # the event put back
 
 
-def test_audit_verify_reports_a_deleted_checkpoint_file(
-    server: tuple[Path, dict[str, str]],
-) -> None:
-    cwd, env = server
+def test_audit_verify_reports_a_deleted_checkpoint_file(shared: Shared) -> None:
+    cwd, env = shared.cwd, shared.env
     signed = tether(env, cwd, "audit", "checkpoint", "--json")
     assert signed.returncode == 0, signed.stderr
     ok = tether(env, cwd, "audit", "verify")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "not yet anchored" in ok.stdout
-    Path(env["TETHER_DATA_DIR"], "checkpoints.jsonl").unlink()
-    table = tether(env, cwd, "audit", "verify")
+    checkpoints = Path(env["TETHER_DATA_DIR"], "checkpoints.jsonl")
+    kept = checkpoints.read_bytes()
+    checkpoints.unlink()
+    try:
+        table = tether(env, cwd, "audit", "verify")
+        as_json = json.loads(tether(env, cwd, "audit", "verify", "--json").stdout)
+    finally:  # the shared deployment's file back for the other tests
+        checkpoints.write_bytes(kept)
     assert table.returncode == 1
     assert table.stdout.startswith("FAILED: external_checkpoints_missing"), table.stdout
-    as_json = json.loads(tether(env, cwd, "audit", "verify", "--json").stdout)
     assert (as_json["ok"], as_json["problem"]) == (False, "external_checkpoints_missing")
 
 
-def test_audit_tail_shows_the_newest_and_follows(server: tuple[Path, dict[str, str]]) -> None:
-    cwd, env = server
-    for i in range(5):
-        assert tether(env, cwd, "users", "create", f"u{i}", "--role", "auditor").returncode == 0
+def test_audit_tail_shows_the_newest_and_follows(shared: Shared) -> None:
+    cwd, env = shared.cwd, shared.env
+    names = [_unique("u") for _ in range(3)]
+    for name in names:  # the newest events: three after the others (bootstrap's at least)
+        shared.post("/v1/users", username=name, role="auditor")
     last3 = tether(env, cwd, "audit", "tail", "-n", "3", "--json")
     assert last3.returncode == 0, last3.stderr
-    seqs = [json.loads(line)["seq"] for line in last3.stdout.splitlines()]  # JSON Lines
-    assert seqs == [5, 6, 7]  # after system.bootstrapped and key.created
+    events = [json.loads(line) for line in last3.stdout.splitlines()]  # JSON Lines
+    assert [e["details"]["username"] for e in events] == names
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + 3))
+    assert seqs[0] > 2  # after system.bootstrapped and key.created
 
     with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tether",
-            "audit",
-            "tail",
-            "-n",
-            "1",
-            "-f",
-            "--interval",
-            "0.2",
-            "--json",
-        ],
+        [sys.executable, "-m", "tether", "audit", "tail", "-n", "1", "-f", "--interval", "0.2",
+         "--json"],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         stdin=subprocess.DEVNULL,
-    ) as follower:
+    ) as follower:  # fmt: skip
         seen: list[int] = []
+        last = seqs[-1] + 2
         try:
             assert follower.stdout is not None
             made = False
             deadline = time.monotonic() + 30
-            while 9 not in seen and time.monotonic() < deadline:
+            while last not in seen and time.monotonic() < deadline:
                 line = follower.stdout.readline()
                 if line:
                     seen.append(json.loads(line)["seq"])
                     if not made:  # the first event printed: now add two more while it follows
                         for name in ("late1", "late2"):
-                            res = tether(env, cwd, "users", "create", name, "--role", "auditor")
-                            assert res.returncode == 0
+                            shared.post("/v1/users", username=_unique(name), role="auditor")
                         made = True
         finally:
             follower.terminate()
-    assert seen == [7, 8, 9]
+    assert seen == [seqs[-1], seqs[-1] + 1, last]
 
 
-def test_freeze_and_unfreeze_from_the_cli(server: tuple[Path, dict[str, str]]) -> None:
-    cwd, env = server
-    made = tether(env, cwd, "agents", "create", "--name", "a", "--owner", "admin", "--purpose",
-                  "p", "--role", "ops", "--json")  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    no_reason = tether(env, cwd, "freeze", "--role", "ops")
+def test_freeze_and_unfreeze_from_the_cli(shared: Shared) -> None:
+    cwd, env = shared.cwd, shared.env
+    role = _unique("ops")  # this test's agent is the only one the freeze stops
+    shared.post("/v1/agents", name="a", owner="admin", purpose="p", risk_tier="minimal",
+                roles=[role])  # fmt: skip
+    no_reason = tether(env, cwd, "freeze", "--role", role)
     assert no_reason.returncode == 1
     assert no_reason.stderr.startswith("error: ")
     assert "--reason" in no_reason.stderr
@@ -219,14 +263,14 @@ def test_freeze_and_unfreeze_from_the_cli(server: tuple[Path, dict[str, str]]) -
     assert bad_role.returncode == 1
     assert "scope.role" in bad_role.stderr
     assert "Traceback" not in bad_role.stderr
-    frozen = tether(env, cwd, "freeze", "--reason", "incident 7", "--role", "ops", "--json")
+    frozen = tether(env, cwd, "freeze", "--reason", "incident 7", "--role", role, "--json")
     assert frozen.returncode == 0, frozen.stderr
     freeze = json.loads(frozen.stdout)
-    assert freeze["scope"] == {"role": "ops"}
+    assert freeze["scope"] == {"role": role}
     shown = tether(env, cwd, "freeze", "--show")
     assert shown.returncode == 0, shown.stderr
     assert freeze["id"] in shown.stdout
-    assert "role=ops" in shown.stdout
+    assert f"role={role}" in shown.stdout
     lifted = tether(env, cwd, "unfreeze", "--reason", "contained", "--json")
     assert lifted.returncode == 0, lifted.stderr
     assert [f["id"] for f in json.loads(lifted.stdout)] == [freeze["id"]]
