@@ -1,11 +1,13 @@
 """Real OAuth clients against a real server: Authlib gets tokens with client_secret_basic and
 private_key_jwt, PyJWT's PyJWKClient verifies them from our JWKS, Authlib introspects and
-revokes."""
+revokes.
+
+One server per backend (per xdist worker) for the module: each test makes its own agent and
+reads back only its events."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -17,16 +19,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
-from tests.conftest import Backend
+from tests.conftest import BACKENDS, backend_for
 from tests.serverproc import running_server
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def server(backend: Backend, tmp_path: Path) -> Iterator[tuple[str, httpx.Client]]:
-    with running_server(backend, tmp_path) as (url, _env):
-        token = (tmp_path / ".tether" / "admin.token").read_text().strip()
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, httpx.Client]]:
+    tmp = tmp_path_factory.mktemp(f"oauth-{request.param}")
+    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, _env):
+        token = (tmp / ".tether" / "admin.token").read_text().strip()
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as admin:
             yield url, admin
 
