@@ -5,19 +5,22 @@ revocation check, refuses a killed agent's token, a token delegated through it a
 agent's token within moments of the call (bounded waits, no fixed sleeps), honours them again
 when a freeze lifts or a suspension ends, resumes from its cursor after a reconnect, and fails
 closed when the feed has not confirmed it is current — or catches up, if told to.
+
+One server per backend (per xdist worker) for the module: each test makes its own agents, and
+the one that freezes does so by a role of its own and lifts its freeze.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import Backend
+from tests.conftest import BACKENDS, backend_for
 from tests.serverproc import running_server
 from tether.sdk import InvalidToken, JWKSCache, RevocationFollower, verify_access_token
 
@@ -65,10 +68,13 @@ class Server:
         return True
 
 
-@pytest.fixture
-def server(backend: Backend, tmp_path: Path) -> Iterator[Server]:
-    with running_server(backend, tmp_path) as (url, _env):
-        admin = (tmp_path / ".tether" / "admin.token").read_text().strip()
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp(f"revocations-{request.param}")
+    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, _env):
+        admin = (tmp / ".tether" / "admin.token").read_text().strip()
         made = Server(url, admin)
         try:
             yield made
@@ -82,7 +88,8 @@ def test_a_follower_refuses_at_once_what_tether_stopped_and_honours_what_it_let_
 ) -> None:
     admin_token = server.admin.headers["Authorization"].removeprefix("Bearer ")
     victim, victim_token = server.agent()
-    _frozen, frozen_token = server.agent(roles=["ops"])
+    role = f"ops-{secrets.token_hex(4)}"  # only this test's agent has it
+    _frozen, frozen_token = server.agent(roles=[role])
     bystander, bystander_token = server.agent()
     with RevocationFollower(server.url, admin_token, max_staleness=5).start() as follower:
         assert follower.wait_current(BOUND)
@@ -92,10 +99,14 @@ def test_a_follower_refuses_at_once_what_tether_stopped_and_honours_what_it_let_
         assert _until(lambda: not server.honours(follower, victim_token))
         assert follower.state(victim) == "revoked"
 
-        server.admin.post("/v1/freeze", json={"reason": "r", "scope": {"role": "ops"}})
-        assert _until(lambda: not server.honours(follower, frozen_token))
-        assert server.honours(follower, bystander_token)
-        server.admin.delete("/v1/freeze").raise_for_status()
+        freeze = server.admin.post("/v1/freeze", json={"reason": "r", "scope": {"role": role}})
+        assert freeze.status_code == 201, freeze.text
+        try:
+            assert _until(lambda: not server.honours(follower, frozen_token))
+            assert server.honours(follower, bystander_token)
+        finally:
+            lifted = server.admin.delete("/v1/freeze", params={"id": freeze.json()["id"]})
+        lifted.raise_for_status()
         assert _until(lambda: server.honours(follower, frozen_token))
 
         server.admin.post(f"/v1/agents/{bystander}/suspend", json={"reason": "look"})
