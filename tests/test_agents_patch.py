@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api, Backend, assert_error
+from tests.conftest import BACKENDS, Api, assert_error, backend_for
 from tests.serverproc import run_cli, running_server
 from tests.test_agents_lifecycle import expected_digest
 
@@ -162,14 +162,15 @@ def test_the_same_parts_again_are_no_change(api: Api) -> None:
 # -- the CLI -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(backend: Backend, tmp_path: Path) -> Iterator[Any]:
-    with running_server(backend, tmp_path) as (_url, server_env):
-        path = f"{Path(sys.executable).parent}:{server_env.get('PATH', '')}"
-        env = {**server_env, "PATH": path}
+@pytest.fixture(scope="module", params=BACKENDS)
+def cli(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One server per backend for the CLI tests: each makes and changes its own agent."""
+    tmp = tmp_path_factory.mktemp(f"patch-cli-{request.param}")
+    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (_url, served):
+        env = {**served, "PATH": f"{Path(sys.executable).parent}:{served.get('PATH', '')}"}
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return run_cli(*args, env=env, cwd=tmp_path)
+            return run_cli(*args, env=env, cwd=tmp)
 
         yield run
 
