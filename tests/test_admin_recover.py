@@ -1,18 +1,26 @@
 """The admin lock-out (issue 13, item 2): a data dir shared by two databases keeps both admin
-tokens, and ``tether admin recover`` mints a new one on the server host, in the ledger."""
+tokens, and ``tether admin recover`` mints a new one on the server host, in the ledger.
+
+The two tests against a server share one per backend (per xdist worker): the lock-out puts the
+admin token back when it is done, and reads back only the files and events it made."""
 
 from __future__ import annotations
 
 import getpass
+import secrets
 import socket
 import stat
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import BACKENDS, Backend, _Templates, at_head, backend_for, make_settings
+from tests.conftest import BACKENDS, _Templates, at_head, backend_for, make_settings
 from tests.serverproc import run_cli, running_server
 from tether.bootstrap import BootstrapReport, admin_token_file, prepare
 from tether.config import Settings
@@ -80,32 +88,68 @@ def _tether(
     return run_cli(*args, env=env, cwd=cwd)
 
 
-def test_recover_mints_a_working_token_in_the_ledger(backend: Backend, tmp_path: Path) -> None:
-    with running_server(backend, tmp_path) as (url, env):
-        data = tmp_path / ".tether"
-        old = (data / "admin.token").read_text().strip()
-        (data / "admin.token").rename(tmp_path / "lost")  # the lock-out
-        assert _tether(env, tmp_path, "whoami").returncode == 1
+@dataclass
+class Server:
+    url: str
+    cwd: Path
+    env: dict[str, str]
 
-        done = _tether(env, tmp_path, "admin", "recover")
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp(f"recover-{request.param}")
+    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, env):
+        yield Server(url, tmp, env)
+
+
+def _recovered(data: Path) -> set[Path]:
+    return set(data.glob("admin.*.recovered.*.token"))
+
+
+def _recovered_events(url: str, token: str) -> list[dict[str, Any]]:
+    got = httpx.get(f"{url}/v1/audit/events", params={"type": "admin.recovered"},
+                    headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert got.status_code == 200, got.text
+    return list(got.json()["items"])
+
+
+@contextmanager
+def _locked_out(data: Path) -> Iterator[None]:
+    """The admin token gone from the data dir; put back afterwards (the deployment is shared)."""
+    lost = data.parent / f"lost-{secrets.token_hex(4)}"
+    (data / "admin.token").rename(lost)
+    try:
+        yield
+    finally:
+        lost.rename(data / "admin.token")
+
+
+def test_recover_mints_a_working_token_in_the_ledger(server: Server) -> None:
+    url, cwd, env = server.url, server.cwd, server.env
+    data = cwd / ".tether"
+    old = (data / "admin.token").read_text().strip()
+    files_before = _recovered(data)
+    events_before = _recovered_events(url, old)
+    with _locked_out(data):  # the lock-out
+        assert _tether(env, cwd, "whoami").returncode == 1
+
+        done = _tether(env, cwd, "admin", "recover")
         assert done.returncode == 0, done.stderr
-        made = list(data.glob("admin.*.recovered.*.token"))
+        made = list(_recovered(data) - files_before)
         assert len(made) == 1
-        assert str(made[0].relative_to(tmp_path)) in done.stdout
+        assert str(made[0].relative_to(cwd)) in done.stdout
         assert stat.S_IMODE(made[0].stat().st_mode) == 0o600
         new = made[0].read_text().strip()
         assert new not in done.stdout + done.stderr  # in the file only
-        me = _tether(env, tmp_path, "whoami", "--json", token=new)
+        me = _tether(env, cwd, "whoami", "--json", token=new)
         assert me.returncode == 0, me.stderr
         assert '"username": "admin"' in me.stdout
         # A recovered admin revokes nothing: the old token still works.
-        assert _tether(env, tmp_path, "whoami", token=old).returncode == 0
+        assert _tether(env, cwd, "whoami", token=old).returncode == 0
 
-        events = httpx.get(
-            f"{url}/v1/audit/events",
-            params={"type": "admin.recovered"},
-            headers={"Authorization": f"Bearer {new}"},
-        ).json()["items"]
+        events = [e for e in _recovered_events(url, new) if e not in events_before]
         assert len(events) == 1
         event = events[0]
         assert event["actor"] == "system"
@@ -113,39 +157,39 @@ def test_recover_mints_a_working_token_in_the_ledger(backend: Backend, tmp_path:
         assert event["details"]["host"] == socket.gethostname()
         assert event["details"]["token_id"] in made[0].name
 
-        printed = _tether(env, tmp_path, "admin", "recover", "--print")
+        printed = _tether(env, cwd, "admin", "recover", "--print")
         assert printed.returncode == 0, printed.stderr
         assert printed.stdout.startswith("tth_")
         assert len(printed.stdout.splitlines()) == 1  # T=$(tether admin recover --print)
         assert "shown once" in printed.stderr
-        assert len(list(data.glob("admin.*.recovered.*.token"))) == 1  # no file this time
-        assert _tether(env, tmp_path, "whoami", token=printed.stdout.strip()).returncode == 0
+        assert _recovered(data) - files_before == set(made)  # no file this time
+        assert _tether(env, cwd, "whoami", token=printed.stdout.strip()).returncode == 0
 
-        verified = _tether(env, tmp_path, "audit", "verify", token=new)
+        verified = _tether(env, cwd, "audit", "verify", token=new)
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert verified.stdout.startswith("ok:")
 
-        made_sue = _tether(env, tmp_path, "users", "create", "sue", "--role", "supervisor",
-                           token=new)  # fmt: skip
+        sue = f"sue-{secrets.token_hex(4)}"
+        made_sue = _tether(env, cwd, "users", "create", sue, "--role", "supervisor", token=new)
         assert made_sue.returncode == 0, made_sue.stderr
-        refused = _tether(env, tmp_path, "admin", "recover", "--user", "sue")
+        refused = _tether(env, cwd, "admin", "recover", "--user", sue)
         assert refused.returncode == 1
         assert refused.stderr == (
-            "error: user 'sue' is a supervisor, not an admin — only an admin is recovered\n"
+            f"error: user '{sue}' is a supervisor, not an admin — only an admin is recovered\n"
         )
 
 
 def test_recover_without_the_deployment_is_one_line_and_creates_nothing(
-    backend: Backend, tmp_path: Path
+    server: Server, tmp_path: Path
 ) -> None:
-    with running_server(backend, tmp_path) as (_url, env):
-        elsewhere = tmp_path / "elsewhere"
-        # The server's database, another data dir: no master key there, none made.
-        keyless = _tether({**env, "TETHER_DATA_DIR": str(elsewhere)}, tmp_path, "admin", "recover")
-        assert keyless.returncode == 1
-        assert keyless.stderr.startswith(f"error: no master.key in {elsewhere} — run this on")
-        assert len(keyless.stderr.splitlines()) == 1
-        assert not (elsewhere / "master.key").exists()
+    env = server.env
+    elsewhere = tmp_path / "elsewhere"
+    # The server's database, another data dir: no master key there, none made.
+    keyless = _tether({**env, "TETHER_DATA_DIR": str(elsewhere)}, tmp_path, "admin", "recover")
+    assert keyless.returncode == 1
+    assert keyless.stderr.startswith(f"error: no master.key in {elsewhere} — run this on")
+    assert len(keyless.stderr.splitlines()) == 1
+    assert not (elsewhere / "master.key").exists()
 
     empty = tmp_path / "empty"
     empty.mkdir()
