@@ -1,5 +1,7 @@
 """``tether backup`` / ``tether restore``: backup (online) → wipe → restore → ``audit verify``
-ok, on SQLite (its backup API) and PostgreSQL (pg_dump / pg_restore, which CI has)."""
+ok, on SQLite (its backup API) and PostgreSQL (pg_dump / pg_restore, which CI has).
+
+Each test has a deployment of its own: it wipes it."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.conftest import PG_URL, Backend
-from tests.serverproc import run_cli, running_server
+from tests.conftest import PG_URL, Backend, _Templates, at_head, make_settings
+from tests.serverproc import run_cli, running_server, server_env
+from tether.bootstrap import prepare
+from tether.container import build_services
 
 
 def _tether(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -90,11 +94,19 @@ def test_backup_wipe_restore_verify(backend: Backend, tmp_path: Path) -> None:
 
 
 def test_restore_refuses_what_is_not_a_backup_and_a_differing_key(
-    backend: Backend, tmp_path: Path
+    backend: Backend, tmp_path: Path, schema_templates: _Templates
 ) -> None:
+    # A deployment as a first start leaves it, made in this process: the backup (offline
+    # here; the test above backs up a running server) is what this test restores from.
+    at_head(backend, schema_templates)
+    services = build_services(make_settings(backend, tmp_path / ".tether"))
+    try:
+        prepare(services)
+    finally:
+        services.close()
+    env = server_env(backend, tmp_path / ".tether", 9)  # no server: nothing listens on 9
     archive = tmp_path / "backup.tar.gz"
-    with running_server(backend, tmp_path) as (_url, env):
-        assert _tether(env, tmp_path, "backup", str(archive)).returncode == 0
+    assert _tether(env, tmp_path, "backup", str(archive)).returncode == 0
     bogus = tmp_path / "bogus.tar.gz"
     bogus.write_text("hello")
     not_one = _tether(env, tmp_path, "restore", str(bogus))
