@@ -1,20 +1,25 @@
 """``tether audit verify --file``: an exported ledger checked with no server, against signed
-checkpoints and the ledger's public key (``tether admin ledger-key``), on both backends."""
+checkpoints and the ledger's public key (``tether admin ledger-key``), on both backends.
+
+The export, its checkpoint and the key are made once per backend; each test checks its own
+copy of them."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from starlette.testclient import TestClient
 
+from tests.conftest import BACKENDS, _Templates, admin_client, at_head, backend_for, make_settings
 from tests.serverproc import run_cli
 from tether.audit.chain import event_hash
-from tether.container import Services
+from tether.bootstrap import prepare
+from tether.container import build_services
 
 
 def tether(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -22,19 +27,52 @@ def tether(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(*args, env=env)
 
 
-class Exported:
-    """An export, the checkpoint saved after it and the ledger key, as an auditor holds them."""
+@dataclass(frozen=True)
+class Held:
+    """An export, the checkpoint saved after it and the ledger key, as an auditor holds them:
+    made once per backend (per xdist worker), read only."""
 
-    def __init__(self, services: Services, client: TestClient, tmp: Path) -> None:
-        for name in ("ann", "bob", "cyd", "dee"):
-            client.post("/v1/users", json={"username": name, "role": "auditor"}).raise_for_status()
-        client.post("/v1/audit/checkpoints").raise_for_status()
-        self.lines = client.get("/v1/audit/export").text.splitlines()
+    lines: tuple[str, ...]
+    checkpoint: str
+    key: bytes
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def held(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    schema_templates: _Templates,
+) -> Held:
+    tmp = tmp_path_factory.mktemp(f"offline-{request.param}")
+    with backend_for(request.param, tmp) as backend:
+        at_head(backend, schema_templates)
+        services = build_services(make_settings(backend, tmp / "data"))
+        try:
+            prepare(services)
+            with admin_client(services) as client:
+                for name in ("ann", "bob", "cyd", "dee"):
+                    made = client.post("/v1/users", json={"username": name, "role": "auditor"})
+                    made.raise_for_status()
+                client.post("/v1/audit/checkpoints").raise_for_status()
+                lines = tuple(client.get("/v1/audit/export").text.splitlines())
+                checkpoint = client.get("/v1/audit/checkpoints/latest").text + "\n"
+        finally:
+            services.close()
+    key = tmp / "ledger.pub"
+    written = tether(tmp / "data", "admin", "ledger-key", "-o", str(key))
+    assert written.returncode == 0, written.stderr
+    return Held(lines, checkpoint, key.read_bytes())
+
+
+class Exported:
+    """This test's copy of what the auditor holds, in its own directory (it may change it)."""
+
+    def __init__(self, held: Held, tmp: Path) -> None:
+        self.lines = list(held.lines)
         self.checkpoints = tmp / "checkpoint.jsonl"
-        self.checkpoints.write_text(client.get("/v1/audit/checkpoints/latest").text + "\n")
+        self.checkpoints.write_text(held.checkpoint)
         self.key = tmp / "ledger.pub"
-        made = tether(services.settings.data_dir, "admin", "ledger-key", "-o", str(self.key))
-        assert made.returncode == 0, made.stderr
+        self.key.write_bytes(held.key)
         self.tmp = tmp
 
     def verify(self, lines: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
@@ -45,8 +83,8 @@ class Exported:
 
 
 @pytest.fixture
-def exported(services: Services, client: TestClient, tmp_path: Path) -> Exported:
-    return Exported(services, client, tmp_path)
+def exported(held: Held, tmp_path: Path) -> Exported:
+    return Exported(held, tmp_path)
 
 
 def test_an_export_verifies_offline(exported: Exported) -> None:
