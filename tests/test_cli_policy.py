@@ -20,7 +20,7 @@ from unittest import mock
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import BACKENDS, Backend, backend_for, bearer
+from tests.conftest import BACKENDS, backend_for, bearer
 from tests.serverproc import running_server
 from tether.cli.client import ApiClient
 from tether.cli.policy import load_cases, problem_lines
@@ -604,21 +604,22 @@ def test_approvals_list_show_approve_deny(server: Server) -> None:
 
 
 @pytest.mark.slow
-def test_readme_policy_walkthrough_runs_as_written(backend: Backend, tmp_path: Path) -> None:
+def test_readme_policy_walkthrough_runs_as_written(server: Server, tmp_path: Path) -> None:
+    """On the module's server, in a directory of its own: the walkthrough pushes its policies
+    and asks about the agent it creates (a deployment in use, as a reader's would be)."""
     blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
     walkthrough = next(b for b in blocks if "tether policy push" in b)
-    with running_server(backend, tmp_path) as (_url, env):
-        path = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-        result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", walkthrough],
-            cwd=tmp_path,
-            env={**env, "PATH": path},
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=240,
-            check=False,
-        )
+    path = f"{Path(sys.executable).parent}:{server.env.get('PATH', '')}"
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", walkthrough],
+        cwd=tmp_path,
+        env={**server.env, "PATH": path},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=240,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed, 0 failed" in result.stdout
     answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
