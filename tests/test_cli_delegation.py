@@ -1,12 +1,16 @@
 """Delegation from the CLI against a real server: ``tether users subject-token`` mints a subject
 token for the caller, ``tether token --exchange`` turns it and an agent's credential into a
 delegated token (RFC 8693) — the README's example, run as written, its output captured the way
-scripts capture it."""
+scripts capture it.
+
+One server per backend (per xdist worker) for the module: every test makes its own agents and
+users (unique names) and asserts only on what it made."""
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import jwt
 import pytest
 
-from tests.conftest import Backend
-from tests.serverproc import run_cli, running_server
+from tests.conftest import BACKENDS, backend_for, bearer
+from tests.serverproc import http_client, run_cli, running_server
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -30,6 +35,7 @@ class Cli:
     url: str
     cwd: Path
     env: dict[str, str]
+    admin: httpx.Client  # set-up the CLI is not under test for (the README creates agents)
 
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env={**self.env, **env}, cwd=self.cwd)
@@ -47,21 +53,29 @@ class Cli:
         )
 
 
-@pytest.fixture
-def cli(backend: Backend, tmp_path: Path) -> Iterator[Cli]:
-    with running_server(backend, tmp_path) as (url, server_env):
-        path = f"{Path(sys.executable).parent}:{server_env.get('PATH', '')}"
-        # A narrow terminal width: nothing a script captures may be wrapped to it.
-        yield Cli(url, tmp_path, {**server_env, "PATH": path, "COLUMNS": "40"})
+@pytest.fixture(scope="module", params=BACKENDS)
+def cli(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    tmp = tmp_path_factory.mktemp(f"delegation-{request.param}")
+    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, env):
+        path = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        token = (tmp / ".tether" / "admin.token").read_text().strip()
+        with http_client(base_url=url, headers=bearer(token), timeout=30) as admin:
+            # A narrow terminal width: nothing a script captures may be wrapped to it.
+            yield Cli(url, tmp, {**env, "PATH": path, "COLUMNS": "40"}, admin)
 
 
 def _agent(cli: Cli, name: str, owner: str = "admin") -> tuple[str, str]:
-    agent = cli.json(
-        "agents", "create", "--name", name, "--owner", owner, "--purpose", "p",
-        "--scope", "docs:read", "--scope", "docs:write",
-    )  # fmt: skip
-    secret = cli.json("credentials", "create", agent["id"])["client_secret"]
-    return agent["id"], secret
+    """An agent with an API key, made through the API: the README's example makes its agent
+    and key with the CLI."""
+    agent = cli.admin.post("/v1/agents", json={
+        "name": name, "owner": owner, "purpose": "p", "risk_tier": "minimal",
+        "scopes": ["docs:read", "docs:write"],
+    })  # fmt: skip
+    assert agent.status_code == 201, agent.text
+    agent_id = agent.json()["id"]
+    key = cli.admin.post(f"/v1/agents/{agent_id}/credentials", json={"type": "api_key"})
+    assert key.status_code == 201, key.text
+    return str(agent_id), str(key.json()["client_secret"])
 
 
 def test_the_readme_delegation_example_runs_as_written(cli: Cli) -> None:
@@ -97,8 +111,9 @@ def test_the_readme_delegation_example_runs_as_written(cli: Cli) -> None:
 
 
 def test_a_supervisor_delegates_to_their_own_agent(cli: Cli) -> None:
-    alice = cli.json("users", "create", "alice", "--role", "supervisor", "--token")
-    helper, secret = _agent(cli, "alices-helper", owner="alice")
+    username = f"alice-{secrets.token_hex(4)}"
+    alice = cli.json("users", "create", username, "--role", "supervisor", "--token")
+    helper, secret = _agent(cli, "alices-helper", owner=username)
     minted = cli.run(
         "users", "subject-token", "--agent", helper, "--scope", "docs:write",
         "--expires-in", "120", TETHER_TOKEN=alice["token"],
