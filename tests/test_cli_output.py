@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import pty
+import secrets
 import select
 import struct
 import subprocess
@@ -23,8 +24,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import backend_for
-from tests.serverproc import run_cli, running_server
+from tests.conftest import backend_for, bearer
+from tests.serverproc import http_client, run_cli, running_server
 from tether import __version__
 
 pytestmark = pytest.mark.slow
@@ -50,11 +51,24 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
+def _admin(server: Server) -> httpx.Client:
+    """The admin's API client, for set-up the CLI is not under test for."""
+    env = server[1]
+    token = Path(env["TETHER_DATA_DIR"], "admin.token").read_text().strip()
+    return http_client(base_url=env["TETHER_URL"], headers=bearer(token), timeout=30)
+
+
 def _agent_with_secret(server: Server, name: str) -> tuple[str, str]:
-    agent = json.loads(ok(tether(server, "agents", "create", "--name", name, "--owner", "admin",
-                                 "--purpose", "p", "--json")))["id"]  # fmt: skip
-    secret = json.loads(ok(tether(server, "credentials", "create", agent, "--json")))
-    return agent, str(secret["client_secret"])
+    """An agent and its API key's secret, made through the API (the shell script below makes
+    them with the CLI, as printed)."""
+    with _admin(server) as admin:
+        agent = admin.post("/v1/agents", json={"name": name, "owner": "admin", "purpose": "p",
+                                               "risk_tier": "minimal"})  # fmt: skip
+        assert agent.status_code == 201, agent.text
+        agent_id = str(agent.json()["id"])
+        key = admin.post(f"/v1/agents/{agent_id}/credentials", json={"type": "api_key"})
+        assert key.status_code == 201, key.text
+    return agent_id, str(key.json()["client_secret"])
 
 
 def _evaluate(server: Server, agent: str, token: str) -> httpx.Response:
@@ -64,12 +78,12 @@ def _evaluate(server: Server, agent: str, token: str) -> httpx.Response:
         "action": {"name": "tool.call"},
         "resource": {"type": "Tool", "id": "search"},
     }
-    return httpx.post(
-        f"{server[1]['TETHER_URL']}/access/v1/evaluation",
-        json=body,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
+    with http_client(timeout=30) as http:
+        return http.post(
+            f"{server[1]['TETHER_URL']}/access/v1/evaluation",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
 
 def test_a_token_captured_from_a_pipe_is_one_line_and_works(server: Server) -> None:
@@ -191,8 +205,10 @@ def test_audit_tail_follow_prints_a_header_once_then_a_line_per_event(server: Se
         assert follower.stdout is not None
         try:
             lines = [follower.stdout.readline() for _ in range(3)]  # the header, 2 events
-            for name in ("tail-a", "tail-b", "tail-c"):
-                ok(tether(server, "users", "create", name, "--role", "auditor"))
+            with _admin(server) as admin:  # three events while it follows
+                for name in ("tail-a", "tail-b", "tail-c"):
+                    made = admin.post("/v1/users", json={"username": name, "role": "auditor"})
+                    assert made.status_code == 201, made.text
             deadline = time.monotonic() + 30
             while sum("user.created" in line for line in lines[3:]) < 3:
                 assert time.monotonic() < deadline, lines
@@ -208,10 +224,17 @@ def test_audit_tail_follow_prints_a_header_once_then_a_line_per_event(server: Se
 
 
 def test_audit_tail_json_is_one_object_a_line(server: Server) -> None:
+    # Three events of its own, the newest: the server is the module's, maybe just started.
+    names = [f"json-{secrets.token_hex(4)}" for _ in range(3)]
+    with _admin(server) as admin:
+        for name in names:
+            made = admin.post("/v1/users", json={"username": name, "role": "auditor"})
+            assert made.status_code == 201, made.text
     printed = ok(tether(server, "audit", "tail", "-n", "3", "--json"))
     events = [json.loads(line) for line in printed.splitlines()]
     assert len(events) == 3
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    assert [e["details"]["username"] for e in events] == names
 
 
 def test_version_and_flags_shown_as_flags(server: Server) -> None:
