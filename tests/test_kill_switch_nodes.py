@@ -38,7 +38,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from tests.conftest import PG_URL, Backend, backend_for
-from tests.serverproc import free_port, running_server, server_env, stop
+from tests.serverproc import free_port, http_client, running_server, server_env, stop
 from tether.runtime.changes import channel
 from tether.sdk import JWKSCache, TetherAuthMiddleware
 from tether.sdk.revocations import RevocationFollower
@@ -86,8 +86,8 @@ class Node:
     http: httpx.Client = field(init=False)
 
     def open(self, admin_token: str) -> None:
-        self.http = httpx.Client(base_url=self.url, timeout=30,
-                                 headers={"Authorization": f"Bearer {admin_token}"})  # fmt: skip
+        self.http = http_client(base_url=self.url, timeout=30,
+                                headers={"Authorization": f"Bearer {admin_token}"})  # fmt: skip
 
     def decide(self, agent_id: str, token: str | None = None) -> dict[str, Any]:
         """``POST /access/v1/evaluation`` for ``agent_id``, as the admin or with ``token``."""
@@ -183,24 +183,24 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, token_file: Path, log: 
     """True once ``url`` is ready and answers this deployment's admin token; False if the
     server exited because its port was taken."""
     deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            output = log.read_text()
-            if "address already in use" in output or " is in use — " in output:
-                return False
-            raise RuntimeError(output)
-        try:
-            token = token_file.read_text().strip() if token_file.exists() else ""
-            me = httpx.get(f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"},
-                           timeout=1)  # fmt: skip
-            ours = me.status_code == 200 and me.json().get("username") == "admin"
-            if ours and httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("server did not become ready:\n" + log.read_text())
-        time.sleep(0.05)
+    with http_client(timeout=1) as http:  # one for every poll (see tests.serverproc.TLS)
+        while True:
+            if proc.poll() is not None:
+                output = log.read_text()
+                if "address already in use" in output or " is in use — " in output:
+                    return False
+                raise RuntimeError(output)
+            try:
+                token = token_file.read_text().strip() if token_file.exists() else ""
+                me = http.get(f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+                ours = me.status_code == 200 and me.json().get("username") == "admin"
+                if ours and http.get(f"{url}/readyz").status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become ready:\n" + log.read_text())
+            time.sleep(0.05)
 
 
 @dataclass
@@ -550,8 +550,8 @@ def _load_then_kill(node: Node) -> None:
 
     def loop(step: Callable[[httpx.Client], None]) -> None:
         try:
-            with httpx.Client(base_url=node.url, timeout=30,
-                              headers=dict(node.http.headers)) as http:  # fmt: skip
+            with http_client(base_url=node.url, timeout=30,
+                             headers=dict(node.http.headers)) as http:  # fmt: skip
                 while not stop.is_set():
                     step(http)
         except BaseException as exc:  # reported by the main thread

@@ -13,12 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx
 import pytest
 from sqlalchemy import select, update
 
 from tests.conftest import Backend
-from tests.serverproc import running_server
+from tests.serverproc import http_client, running_server
 from tether.agents.schemas import AgentCreate
 from tether.container import Services
 from tether.policy.runtime import AgentSection, PolicySection
@@ -32,7 +31,7 @@ def _decide(url: str, headers: dict[str, str], agent: str) -> dict[str, Any]:
     body = {"subject": {"type": "agent", "id": agent}, "action": {"name": "tool.call"},
             "resource": {"type": "Tool", "id": "search"}}  # fmt: skip
     # A fresh connection each time, so the requests spread over both workers.
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+    with http_client(base_url=url, headers=headers, timeout=30) as c:
         r = c.post("/access/v1/evaluation", json=body)
     assert r.status_code == 200, r.text
     out: dict[str, Any] = r.json()
@@ -72,7 +71,7 @@ def test_a_change_reaches_every_worker(backend: Backend, tmp_path: Path) -> None
     with running_server(backend, tmp_path, workers=2) as (url, _env):
         token = (tmp_path / ".tether" / "admin.token").read_text().strip()
         headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        with http_client(base_url=url, headers=headers, timeout=30) as c:
             spec = {"name": "feed", "owner": "admin", "purpose": "feed", "risk_tier": "minimal"}
             agent = c.post("/v1/agents", json=spec)
             agent_id = agent.json()["id"]
@@ -89,7 +88,7 @@ def test_a_change_reaches_every_worker(backend: Backend, tmp_path: Path) -> None
         before = _once_every_worker_knows(url, headers, agent_id, v1_allows, decided)
         assert {(d["decision"], d["context"]["policy_version"]) for d in before} == {(True, "v1")}
 
-        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        with http_client(base_url=url, headers=headers, timeout=30) as c:
             c.post(
                 f"/v1/agents/{agent_id}/suspend", json={"reason": "feed test"}
             ).raise_for_status()
@@ -101,7 +100,7 @@ def test_a_change_reaches_every_worker(backend: Backend, tmp_path: Path) -> None
         assert all(d["decision"] is False for d in after)
         assert {tuple(d["context"]["reasons"]) for d in after} == {("tether.agent-not-active",)}
 
-        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        with http_client(base_url=url, headers=headers, timeout=30) as c:
             c.post(f"/v1/agents/{agent_id}/resume", json={}).raise_for_status()
             c.put(
                 "/v1/policies",
@@ -119,7 +118,7 @@ def test_a_change_reaches_every_worker(backend: Backend, tmp_path: Path) -> None
 
         # Every answer (72 or more), each a durable event of one chain written by two group
         # committers.
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+        with http_client(base_url=url, headers=headers, timeout=60) as c:
             verified = c.get("/v1/audit/verify").json()
             assert verified["ok"] is True, verified
             ids = {d["context"]["event_id"] for d in decided}

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, insert, text
 
 from tests.conftest import PG_URL, Backend
-from tests.serverproc import running_server
+from tests.serverproc import http_client, running_server
 from tether.agents import directory
 from tether.agents.models import AgentRoleRow, AgentRow
 from tether.agents.schemas import AgentCreate
@@ -257,7 +257,7 @@ def test_a_sqlite_runtime_listens_beside_its_database_and_rings_after_commit(
 def _decide(url: str, headers: dict[str, str], agent: str) -> bool:
     body = {"subject": {"type": "agent", "id": agent}, "action": {"name": "tool.call"},
             "resource": {"type": "Tool", "id": "search"}}  # fmt: skip
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:  # a new connection
+    with http_client(base_url=url, headers=headers, timeout=30) as c:  # a new connection
         r = c.post("/access/v1/evaluation", json=body)
     assert r.status_code == 200, r.text
     return bool(r.json()["decision"])
@@ -321,7 +321,7 @@ def test_every_change_reaches_the_other_worker_before_any_poll(
         assert _wait(lambda: _listeners(backend, tmp_path) == 2, 30), "both workers listening"
         token = (tmp_path / ".tether" / "admin.token").read_text().strip()
         headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        with http_client(base_url=url, headers=headers, timeout=30) as c:
 
             def by_both(write: Callable[[], httpx.Response]) -> None:
                 """One write through one worker, then one sync that applied it in each worker

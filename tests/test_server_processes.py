@@ -5,11 +5,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx2 as httpx
 import pytest
 
 from tests.conftest import Backend
-from tests.serverproc import running_server
+from tests.serverproc import http_client, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +20,7 @@ def test_two_workers_concurrent_writers_keep_one_chain(backend: Backend, tmp_pat
 
         def work(i: int) -> list[int]:
             codes = []
-            with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+            with http_client(base_url=url, headers=headers, timeout=30) as c:
                 for j in range(10):
                     r = c.post(
                         "/v1/agents",
@@ -44,7 +43,7 @@ def test_two_workers_concurrent_writers_keep_one_chain(backend: Backend, tmp_pat
             codes = [c for chunk in pool.map(work, range(8)) for c in chunk]
         assert set(codes) == {200, 201}
         writes = len(codes)
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+        with http_client(base_url=url, headers=headers, timeout=60) as c:
             result = c.get("/v1/audit/verify").json()
             assert result["ok"] is True, result
             assert result["checked"] == writes + 2  # + system.bootstrapped and key.created
