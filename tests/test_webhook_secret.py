@@ -74,8 +74,8 @@ def test_the_derived_secret_verifies_a_real_delivery(
     assert headers["x-tether-event"] == "freeze.started"
     assert json.loads(body)["event"] == "freeze.started"
     verify_webhook(body, headers["x-tether-signature"], secret.encode())
+    wrong = secret[:-1] + ("1" if secret.endswith("0") else "0")  # differs in one digit
     with pytest.raises(WebhookSignatureError):
-        wrong = secret[:-1] + ("1" if secret.endswith("0") else "0")  # differs in one digit
         verify_webhook(body, headers["x-tether-signature"], wrong.encode())
     master = (tmp_path / ".tether").glob("*master*")
     assert all(secret not in p.read_text(errors="replace") for p in master if p.is_file())
