@@ -414,9 +414,9 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                 {
                     # Schemathesis reuses values it saw in responses; for a new username that
                     # is always "admin", so every create would be a (correct) 409 and no 201
-                    # would be checked.
-                    "include-path": "/v1/users",
-                    "include-method": "POST",
+                    # would be checked. One key: separate include-* keys are alternatives
+                    # (include-path plus include-method selected every POST and GET /v1/users).
+                    "include-name": "POST /v1/users",
                     "phases": {
                         "coverage": {"extra-data-sources": {"responses": False}},
                         "fuzzing": {"extra-data-sources": {"responses": False}},
