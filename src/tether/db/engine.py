@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -145,7 +145,7 @@ class Database:
         self._write_sessions = sessionmaker(self._writer, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
         # PostgreSQL reads outside a transaction (see read()); SQLite's reads are in-process.
-        self._glance_sessions = (
+        self._statement_sessions = (
             sessionmaker(self._reader.execution_options(isolation_level="AUTOCOMMIT"),
                          expire_on_commit=False)
             if self.dialect == "postgresql" else self._read_sessions
@@ -211,22 +211,12 @@ class Database:
         """A read-only session; never blocks writers. ``transaction=False``: on PostgreSQL
         each statement on its own, outside a transaction — what each sees is the same as in
         a READ COMMITTED transaction (a fresh snapshot per statement), without the ``BEGIN``
-        and ``COMMIT`` round trips (the runtime's sync after every change); no server-side
-        cursors (``yield_per``) then."""
-        sessions = self._read_sessions if transaction else self._glance_sessions
+        and ``COMMIT`` round trips (the runtime's sync after every change, a writer's looks at
+        where the other workers are); no server-side cursors (``yield_per``) then."""
+        sessions = self._read_sessions if transaction else self._statement_sessions
         with sessions() as session, session.begin():
             session.info.update(self.session_info)
             yield session
-
-    @contextmanager
-    def glance(self) -> Iterator[Connection]:
-        """A connection for one read statement that needs no snapshot of its own: on
-        PostgreSQL outside any transaction (no ``BEGIN`` and ``COMMIT`` round trips around it:
-        a writer polling where the other workers are, several times a change)."""
-        with self._reader.connect() as conn:
-            if self.dialect == "postgresql":
-                conn.execution_options(isolation_level="AUTOCOMMIT")  # this connection only
-            yield conn
 
     def ping(self) -> bool:
         try:

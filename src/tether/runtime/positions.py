@@ -24,7 +24,7 @@ import threading
 import time
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import Connection, delete, select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -96,7 +96,7 @@ class Positions:
             s.execute(delete(RuntimePositionRow).where(
                 RuntimePositionRow.runtime_id == self.runtime_id))  # fmt: skip
 
-    def behind(self, s: Session | Connection, seq: int) -> list[str]:
+    def behind(self, s: Session, seq: int) -> list[str]:
         """The live workers (other than this one) that have not applied ``seq``."""
         since = to_micros(self.clock.now()) - self.live_us
         q = select(RuntimePositionRow.runtime_id).where(
@@ -115,8 +115,8 @@ class Positions:
         while True:
             with self._announced:
                 seen = self._announcements
-            with self.db.glance() as conn:
-                waiting = self.behind(conn, seq)
+            with self.db.read(transaction=False) as s:
+                waiting = self.behind(s, seq)
             if not waiting:
                 WAITED.observe(time.monotonic() - started)
                 return True
