@@ -11,11 +11,12 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx2 as httpx
+import pytest
 
-from tests.conftest import Backend
+from tests.conftest import Backend, backend_for
 
 # httpx builds an SSL context for every client it makes, module-level get() and post()
 # included: ~30 ms of CPU loading the CA bundle (75 ms of wall time on a busy machine), even
@@ -155,3 +156,24 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+class Served(NamedTuple):
+    workdir: Path
+    url: str
+    env: dict[str, str]
+    admin_token: str
+    backend: Backend
+
+
+@contextmanager
+def module_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, label: str
+) -> Iterator[Served]:
+    """One server on the backend ``request.param`` names, in a directory of its own: what a
+    module-scoped fixture parametrized over the backends yields to the module's tests that
+    need no fresh deployment."""
+    tmp = tmp_path_factory.mktemp(f"{label}-{request.param}")
+    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, env):
+        token = (tmp / ".tether" / "admin.token").read_text().strip()
+        yield Served(tmp, url, env, token, backend)

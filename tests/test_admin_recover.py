@@ -21,7 +21,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import BACKENDS, _Templates, at_head, backend_for, make_settings
-from tests.serverproc import run_cli, running_server
+from tests.serverproc import module_server, run_cli
 from tether.bootstrap import BootstrapReport, admin_token_file, prepare
 from tether.config import Settings
 from tether.container import build_services
@@ -99,8 +99,7 @@ class Server:
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp(f"recover-{request.param}")
-    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, env):
+    with module_server(request, tmp_path_factory, "recover") as (tmp, url, env, _token, _backend):
         yield Server(url, tmp, env)
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BACKENDS, Api, assert_error, backend_for
-from tests.serverproc import run_cli, running_server
+from tests.conftest import BACKENDS, Api, assert_error
+from tests.serverproc import module_server, run_cli
 from tests.test_agents_lifecycle import expected_digest
 
 FP = {"model": "gpt-5", "model_version": "2026-10", "prompt_sha256": "a" * 64}
@@ -165,8 +165,8 @@ def test_the_same_parts_again_are_no_change(api: Api) -> None:
 @pytest.fixture(scope="module", params=BACKENDS)
 def cli(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One server per backend for the CLI tests: each makes and changes its own agent."""
-    tmp = tmp_path_factory.mktemp(f"patch-cli-{request.param}")
-    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (_url, served):
+    with module_server(request, tmp_path_factory, "patch-cli") as server:
+        tmp, served = server.workdir, server.env
         env = {**served, "PATH": f"{Path(sys.executable).parent}:{served.get('PATH', '')}"}
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -21,8 +21,8 @@ import httpx2 as httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import BACKENDS, Backend, backend_for, bearer
-from tests.serverproc import run_cli, running_server
+from tests.conftest import BACKENDS, Backend, bearer
+from tests.serverproc import module_server, run_cli, running_server
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -57,11 +57,11 @@ def shared(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Shared]:
     """One server per backend for the tests that leave it as they found it."""
-    tmp = tmp_path_factory.mktemp(f"cli-{request.param}")
-    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, env):
-        token = (tmp / ".tether" / "admin.token").read_text().strip()
-        with httpx.Client(base_url=url, headers=bearer(token), timeout=30) as api:
-            yield Shared(tmp, _with_python_on_path(env), backend, api)
+    with (
+        module_server(request, tmp_path_factory, "cli") as (tmp, url, env, token, backend),
+        httpx.Client(base_url=url, headers=bearer(token), timeout=30) as api,
+    ):
+        yield Shared(tmp, _with_python_on_path(env), backend, api)
 
 
 def _unique(prefix: str) -> str:

@@ -22,8 +22,8 @@ import httpx2 as httpx
 import jwt
 import pytest
 
-from tests.conftest import BACKENDS, backend_for, bearer
-from tests.serverproc import http_client, run_cli, running_server
+from tests.conftest import BACKENDS, bearer
+from tests.serverproc import http_client, module_server, run_cli
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -55,10 +55,8 @@ class Cli:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def cli(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
-    tmp = tmp_path_factory.mktemp(f"delegation-{request.param}")
-    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, env):
+    with module_server(request, tmp_path_factory, "delegation") as (tmp, url, env, token, _backend):
         path = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-        token = (tmp / ".tether" / "admin.token").read_text().strip()
         with http_client(base_url=url, headers=bearer(token), timeout=30) as admin:
             # A narrow terminal width: nothing a script captures may be wrapped to it.
             yield Cli(url, tmp, {**env, "PATH": path, "COLUMNS": "40"}, admin)

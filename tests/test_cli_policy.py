@@ -20,8 +20,8 @@ from unittest import mock
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import BACKENDS, backend_for, bearer
-from tests.serverproc import running_server
+from tests.conftest import BACKENDS, bearer
+from tests.serverproc import module_server
 from tether.cli.client import ApiClient
 from tether.cli.policy import load_cases, problem_lines
 from tether.policy.cases import Case, agent_view_of, run_case
@@ -454,11 +454,11 @@ class Server:
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp(f"cli-policy-{request.param}")
-    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, env):
-        token = (tmp / ".tether" / "admin.token").read_text().strip()
-        with httpx.Client(base_url=url, headers=bearer(token), timeout=30) as admin:
-            yield Server(tmp, env, admin)
+    with (
+        module_server(request, tmp_path_factory, "cli-policy") as (tmp, url, env, token, _backend),
+        httpx.Client(base_url=url, headers=bearer(token), timeout=30) as admin,
+    ):
+        yield Server(tmp, env, admin)
 
 
 @pytest.mark.slow

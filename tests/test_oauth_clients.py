@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
-from tests.conftest import BACKENDS, backend_for
-from tests.serverproc import running_server
+from tests.conftest import BACKENDS
+from tests.serverproc import module_server
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +29,11 @@ pytestmark = pytest.mark.slow
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, httpx.Client]]:
-    tmp = tmp_path_factory.mktemp(f"oauth-{request.param}")
-    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, _env):
-        token = (tmp / ".tether" / "admin.token").read_text().strip()
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as admin:
-            yield url, admin
+    with (
+        module_server(request, tmp_path_factory, "oauth") as (_tmp, url, _env, token, _backend),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as admin,
+    ):
+        yield url, admin
 
 
 def _agent(admin: httpx.Client, **extra: Any) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import BACKENDS, backend_for
-from tests.serverproc import running_server
+from tests.conftest import BACKENDS
+from tests.serverproc import module_server
 from tether.sdk import InvalidToken, JWKSCache, RevocationFollower, verify_access_token
 
 pytestmark = pytest.mark.slow
@@ -72,9 +72,8 @@ class Server:
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp(f"revocations-{request.param}")
-    with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, _env):
-        admin = (tmp / ".tether" / "admin.token").read_text().strip()
+    with module_server(request, tmp_path_factory, "revocations") as served:
+        url, admin = served.url, served.admin_token
         made = Server(url, admin)
         try:
             yield made
