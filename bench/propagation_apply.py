@@ -353,9 +353,9 @@ def _other_process_lag(env: Env, mode: str, runs: int) -> list[float]:
     committed: list[float] = []
     hook = services.runtime.changed
 
-    def stamped() -> None:
+    def stamped(written: object) -> None:
         committed.append(time.monotonic())  # monotonic is one clock for every process
-        hook()
+        hook(written)
 
     lags: list[float] = []
     pause = random.Random(5)

@@ -137,7 +137,7 @@ def test_a_reader_behind_a_purge_is_told_to_reload(db: Database) -> None:
 
 def test_this_process_is_told_after_commit_and_never_after_a_rollback(db: Database) -> None:
     calls: list[int] = []
-    db.after_change.append(lambda: calls.append(1))
+    db.after_change.append(lambda _written: calls.append(1))
     _record_then_fail(db, "lost")
     assert calls == []
     with db.write() as s:

@@ -59,6 +59,25 @@ def test_a_wait_ends_at_its_timeout_and_is_counted(db: Database) -> None:
     assert TIMEOUTS._value.get() == before + 1
 
 
+def test_an_announced_position_counts_without_another_look_at_the_table(db: Database) -> None:
+    """What a ``NOTIFY``'s payload (``"<runtime id> <seq>"``) tells a waiting writer counts
+    as much as the table: here the table never moves past 1."""
+    clock = FrozenClock(T0)
+    me, b = _positions(db, clock, "me", "b")
+    b.report(1)
+    timer = threading.Timer(0.05, me.announced, args=("b 9",))
+    timer.start()
+    try:
+        assert me.await_applied(9, timeout=10) is True
+    finally:
+        timer.join()
+    for unreadable in ("b nine", "", "b"):
+        me.announced(unreadable)
+    me.announced("b 3")  # older than what was heard: ignored
+    assert me.await_applied(9, timeout=0) is True
+    assert me.await_applied(10, timeout=0.05) is False  # neither heard of nor in the table
+
+
 def test_old_rows_are_purged(db: Database) -> None:
     clock = FrozenClock(T0)
     me, crashed = _positions(db, clock, "me", "crashed")
@@ -105,8 +124,10 @@ def test_postgresql_a_moved_worker_announces_on_its_schema_channel(db: Database)
         b.report(1)
         assert not any(True for _ in conn.notifies(timeout=0.3, stop_after=1))
         b.report(2, announce=True)
-        assert [n.channel for n in conn.notifies(timeout=5, stop_after=1)] == [
-            positions_channel(db.schema)
+        assert [(n.channel, n.payload) for n in conn.notifies(timeout=5, stop_after=1)] == [
+            (positions_channel(db.schema), "b 2")
         ]
+    with db.read() as s:
+        assert me.behind(s, 2) == []  # the announcing statement reported too
     assert positions_channel(None) == "tether_positions_public"
     assert len(positions_channel("s" * 100)) == 63

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import CompoundSelect, Select, literal, select, union_all
+from sqlalchemy import CompoundSelect, Select, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from tether.agents.authority import Liveness, Stewards
@@ -112,9 +112,13 @@ class AgentRecord:
 def records(s: Session, agent_ids: Collection[str] | None = None) -> list[AgentRecord]:
     """Every agent (or those of ``agent_ids`` that exist), with its roles and supervisors, in
     two queries whatever the number (the agents' columns; their roles and supervisors in one
-    ``UNION ALL``): the runtime applies each change to an agent with this, so its round trips
-    are the apply's cost."""
+    ``UNION ALL``) — for a list of agents on PostgreSQL in one (the roles and supervisors as
+    arrays beside each agent's columns): the runtime applies each change to an agent with
+    this, on every worker, so its round trips are the apply's cost."""
     ids = None if agent_ids is None else {"ids": [a for a in agent_ids if not unstorable(a)]}
+    if ids is not None and s.get_bind().dialect.name == "postgresql":
+        return [record_of(row, sorted(row.role_list or ()), sorted(row.supervisor_list or ()))
+                for row in _RECORDS_OF.execute(s, ids)]  # fmt: skip
     by_roles: dict[str, list[str]] = {}
     by_sups: dict[str, list[str]] = {}
     extras = s.execute(_ALL_EXTRAS) if ids is None else _EXTRAS_OF.execute(s, ids)
@@ -148,8 +152,20 @@ def _extras(d: str | None) -> CompoundSelect[Any]:
     return union_all(roles, sups)
 
 
+def _records(d: str) -> Select[Any]:
+    """PostgreSQL: the agents bound as ``ids``, each with its roles and supervisors as arrays
+    (NULL for none)."""
+    roles = select(func.array_agg(AgentRoleRow.role)).where(AgentRoleRow.agent_id == AgentRow.id)
+    sups = select(func.array_agg(AgentSupervisorRow.user_id)).where(
+        AgentSupervisorRow.agent_id == AgentRow.id
+    )
+    return _agents(d).add_columns(
+        roles.scalar_subquery().label("role_list"), sups.scalar_subquery().label("supervisor_list")
+    )
+
+
 _ALL_AGENTS, _ALL_EXTRAS = _agents(None), _extras(None)
-_AGENTS_OF, _EXTRAS_OF = PerDialect(_agents), PerDialect(_extras)
+_AGENTS_OF, _EXTRAS_OF, _RECORDS_OF = PerDialect(_agents), PerDialect(_extras), PerDialect(_records)
 
 
 def record_of(row: Any, roles: Iterable[str], supervisors: Iterable[str]) -> AgentRecord:

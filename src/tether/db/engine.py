@@ -151,8 +151,9 @@ class Database:
             if self.dialect == "postgresql" else self._read_sessions
         )  # fmt: skip
         # Run after a write transaction that changed runtime state commits (this process's
-        # snapshot refreshes at once; other processes learn from the change feed).
-        self.after_change: list[Callable[[], None]] = []
+        # snapshot refreshes at once; other processes learn from the change feed), given what
+        # the transaction left under ``session.info["tether.runtime_changed"]``.
+        self.after_change: list[Callable[[object], None]] = []
         # Set on every session's ``info`` (the wiring's hand-over to a domain's rule that may
         # answer from memory instead of a query: tether.freeze.gate).
         self.session_info: dict[str, Any] = {}
@@ -176,9 +177,9 @@ class Database:
                 for flush in session.info.pop(BEFORE_COMMIT, ()):
                     flush(session)
             # Outside the lock: this process's runtime reads what just committed.
-            if session.info.pop("tether.runtime_changed", False):
+            if changed := session.info.pop("tether.runtime_changed", False):
                 for callback in self.after_change:
-                    callback()
+                    callback(changed)
             # What may only happen once the transaction is durable (a signed checkpoint leaves
             # the database here: had it left before, a rollback would make it a false witness).
             for callback in session.info.pop(AFTER_COMMIT, ()):

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import orjson
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.orm import Session
 
@@ -48,13 +49,36 @@ _PENDING = "tether.runtime_pending"
 # node at commit in the same statement — one round trip for a transaction's whole feed, under
 # the deployment-wide write lock (a kill recorded its agents and its tokens and notified: three
 # round trips; a multi-row VALUES of 10,000 keys cost ~30 ms of SQLAlchemy and psycopg work;
-# bench/README.md, "Kill").
+# bench/README.md, "Kill"). The ``NOTIFY`` carries the rows themselves when they are few
+# (:data:`PUSHED_ROWS`, well inside PostgreSQL's 8,000-byte payload), so a node that has applied
+# everything before them applies them without reading the feed; the writer gets their numbers.
+PUSHED_ROWS = 32
 _FLUSH_POSTGRES = text(
     "WITH written AS (INSERT INTO runtime_changes (kind, key, time)"
     " SELECT k, v, t FROM unnest(CAST(:kinds AS VARCHAR[]), CAST(:keys AS VARCHAR[]),"
-    " CAST(:times AS BIGINT[])) WITH ORDINALITY AS u(k, v, t, n) ORDER BY n)"
-    " SELECT pg_notify(:channel, '')"
+    " CAST(:times AS BIGINT[])) WITH ORDINALITY AS u(k, v, t, n) ORDER BY n"
+    " RETURNING seq, kind, key, time),"
+    " summary AS (SELECT min(seq) AS first, max(seq) AS last, count(*) AS n FROM written)"
+    " SELECT first, last, pg_notify(:channel, CASE WHEN n BETWEEN 1 AND :pushed THEN"
+    " (SELECT CASE WHEN octet_length(j) <= 7900 THEN j ELSE '' END FROM"  # the payload's limit
+    " (SELECT json_agg(json_build_array(seq, kind, key, time) ORDER BY seq)::text AS j"
+    " FROM written) AS rows) ELSE '' END) FROM summary"
 )
+
+
+def written(value: object) -> Sequence[tuple[int, str, str, int]] | None:
+    """The rows a committed transaction wrote, from what it left for the database's
+    ``after_change`` hooks (PostgreSQL gives their numbers back; SQLite: None, read the feed)
+    — or from a ``NOTIFY``'s payload (None where it carried none or cannot be read)."""
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        rows = orjson.loads(value)
+        return tuple((int(seq), str(kind), str(key), int(t)) for seq, kind, key, t in rows)
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None
 
 
 def record(session: Session, kind: Kind, keys: list[str] | str, *, now_us: int) -> None:
@@ -76,12 +100,18 @@ def record(session: Session, kind: Kind, keys: list[str] | str, *, now_us: int) 
 def _flush(session: Session) -> None:
     pending: list[tuple[str, str, int]] = session.info.pop(_PENDING, [])
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(_FLUSH_POSTGRES, {
+        first, last, _ = session.execute(_FLUSH_POSTGRES, {
             "kinds": [kind for kind, _, _ in pending],
             "keys": [key for _, key, _ in pending],
             "times": [time for _, _, time in pending],
             "channel": channel(session.info.get("tether.schema")),
-        })  # fmt: skip
+            "pushed": PUSHED_ROWS,
+        }).one()  # fmt: skip
+        if pending and session.info.get(CHANGED) and last - first + 1 == len(pending):
+            # What this process applies after the commit without reading the feed back.
+            session.info[CHANGED] = tuple(
+                (first + i, kind, key, time) for i, (kind, key, time) in enumerate(pending)
+            )
     elif pending:
         rows = [{"kind": kind, "key": key, "time": time} for kind, key, time in pending]
         session.execute(insert(ChangeRow), rows)

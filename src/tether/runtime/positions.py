@@ -8,8 +8,12 @@ worker's next decision would still allow. So each running worker reports here th
 change it has applied (after every sync that moved, and every second as a heartbeat), and a
 process that committed changes waits, bounded, until every *live* worker has reported at
 least that far (:meth:`Positions.await_applied`). On PostgreSQL a worker that moved also
-announces it (a ``NOTIFY`` on :func:`positions_channel`, heard by every runtime's listener), so
-the writer looks again at once instead of at its next poll (1, 2, 4… up to 10 ms).
+announces where it is now (a ``NOTIFY`` on :func:`positions_channel` whose payload is its id
+and position, heard by every runtime's listener), so a waiting writer counts it as there at
+once, without looking at the table again; with no announcement it looks at its next poll (1,
+2, 4… up to 10 ms). A report is one statement outside any transaction (the upsert and the
+``NOTIFY`` together): on the path of every change's writer, each round trip is a wake-up of a
+worker thread and of a PostgreSQL backend.
 
 Live means reported within ``live_seconds``, which is the runtime's stale bound: a worker
 that could not report for that long is not current by its own rule and denies every
@@ -25,7 +29,7 @@ import time
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from tether.clock import Clock, to_micros
@@ -33,7 +37,25 @@ from tether.db import Database
 from tether.runtime.models import RuntimePositionRow
 
 log = logging.getLogger("tether.runtime")
-_NOTIFY = text("SELECT pg_notify(:c, '')")
+# PostgreSQL: the upsert, and where announced the NOTIFY, in one statement run outside a
+# transaction (its own, committed when it ends). A position need not survive a crash (a
+# restarted worker reports afresh): that commit does not wait for a WAL flush
+# (``synchronous_commit`` is read at commit; set_config(…, true) sets it for this one).
+_REPORT_PG = text(
+    "WITH durability AS (SELECT set_config('synchronous_commit', 'off', true)), "
+    "moved AS (INSERT INTO runtime_positions (runtime_id, applied_seq, seen_at) "
+    "VALUES (:runtime_id, :applied_seq, :seen_at) ON CONFLICT (runtime_id) DO UPDATE "
+    "SET applied_seq = excluded.applied_seq, seen_at = excluded.seen_at RETURNING 1) "
+    "SELECT 1 FROM moved, durability"
+)
+_ANNOUNCE_PG = text(  # the same, and the NOTIFY
+    "WITH durability AS (SELECT set_config('synchronous_commit', 'off', true)), "
+    "moved AS (INSERT INTO runtime_positions (runtime_id, applied_seq, seen_at) "
+    "VALUES (:runtime_id, :applied_seq, :seen_at) ON CONFLICT (runtime_id) DO UPDATE "
+    "SET applied_seq = excluded.applied_seq, seen_at = excluded.seen_at RETURNING 1) "
+    "SELECT pg_notify(:channel, :payload) FROM moved, durability"
+)
+_HEARD_KEEP = 4096  # announced positions remembered (workers seen lately, restarts included)
 WAITED = Histogram(
     "tether_runtime_propagation_seconds",
     "How long a change's writer waited for every live worker to apply it",
@@ -57,30 +79,28 @@ class Positions:
         self.clock = clock
         self.runtime_id = runtime_id
         self.live_us = int(live_seconds * 1_000_000)
-        # Bumped whenever another worker announced a new position (PostgreSQL NOTIFY): a
-        # writer waiting in await_applied looks again at once.
+        # Bumped whenever another worker announced a new position (PostgreSQL NOTIFY), with
+        # what it announced: a writer waiting in await_applied counts it at once.
         self._announced = threading.Condition()
         self._announcements = 0
+        self._heard: dict[str, int] = {}
 
     def report(self, applied_seq: int, *, announce: bool = False) -> None:
-        """Say where this worker is (one upsert); ``announce`` (it moved) also wakes the
-        writers waiting on every node (PostgreSQL). PostgreSQL: outside the deployment-wide
-        write lock; SQLite: in the writers' queue (it has one writer at a time anyway)."""
+        """Say where this worker is (one upsert); ``announce`` (it moved) also tells the
+        writers waiting on every node (PostgreSQL). PostgreSQL: one statement, outside the
+        deployment-wide write lock; SQLite: in the writers' queue (it has one writer at a
+        time anyway)."""
         now_us = to_micros(self.clock.now())
         values = {"runtime_id": self.runtime_id, "applied_seq": applied_seq, "seen_at": now_us}
         if self.db.dialect == "postgresql":
-            pg = postgresql.insert(RuntimePositionRow).values(**values)
-            stmt = pg.on_conflict_do_update(
-                index_elements=["runtime_id"],
-                set_={"applied_seq": pg.excluded.applied_seq, "seen_at": pg.excluded.seen_at},
-            )
-            with self.db.engine.begin() as conn:
-                # A position need not survive a crash (a restarted worker reports afresh):
-                # no WAL flush to wait for, on the path of every change's writer.
-                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                conn.execute(stmt)
-                if announce:  # delivered at commit
-                    conn.execute(_NOTIFY, {"c": positions_channel(self.db.schema)})
+            with self.db.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                if announce:
+                    channel = positions_channel(self.db.schema)
+                    payload = f"{self.runtime_id} {applied_seq}"
+                    conn.execute(_ANNOUNCE_PG, {**values, "channel": channel, "payload": payload})
+                else:
+                    conn.execute(_REPORT_PG, values)
             return
         lite = sqlite.insert(RuntimePositionRow).values(**values)
         upsert = lite.on_conflict_do_update(
@@ -109,33 +129,52 @@ class Positions:
     def await_applied(self, seq: int, timeout: float) -> bool:
         """Wait until every live worker has applied ``seq`` (True), or ``timeout`` seconds
         passed (False: logged and counted; the change is durable and every worker will apply
-        it, but one may answer from before it meanwhile)."""
+        it, but one may answer from before it meanwhile). The workers behind come from the
+        table; each then counts as there once it announced ``seq`` or later, or the table
+        says so at a later look (a worker that could not announce: SQLite, a lost ``NOTIFY``)."""
         started = time.monotonic()
         pause = 0.001
+        waiting: set[str] | None = None
+        looked = started
         while True:
             with self._announced:
                 seen = self._announcements
-            with self.db.read(transaction=False) as s:
-                waiting = self.behind(s, seq)
+                if waiting is not None:
+                    waiting = {w for w in waiting if self._heard.get(w, -1) < seq}
+            if waiting is None or (waiting and time.monotonic() - looked >= pause):
+                with self.db.read(transaction=False) as s:
+                    behind = set(self.behind(s, seq))
+                waiting = behind if waiting is None else waiting & behind
+                looked = time.monotonic()
+                pause = min(pause * 2, 0.01)
+                continue  # what was announced meanwhile counts too
             if not waiting:
                 WAITED.observe(time.monotonic() - started)
                 return True
             if time.monotonic() - started >= timeout:
                 TIMEOUTS.inc()
                 log.warning("change %d not yet applied by %d live worker(s) after %.2fs: %s",
-                            seq, len(waiting), timeout, ", ".join(waiting[:5]))  # fmt: skip
+                            seq, len(waiting), timeout, ", ".join(sorted(waiting)[:5]))  # fmt: skip
                 return False
-            self._await_announcement(seen, pause)  # a worker moved, or time for the next look
-            pause = min(pause * 2, 0.01)
+            # Until a worker announces, or the time for the next look.
+            self._await_announcement(seen, pause - (time.monotonic() - looked))
 
     def _await_announcement(self, seen: int, timeout: float) -> None:
         with self._announced:
-            if self._announcements == seen:
+            if self._announcements == seen and timeout > 0:
                 self._announced.wait(timeout)
 
-    def announced(self) -> None:
-        """Another worker announced a new position (the runtime's listener calls this)."""
+    def announced(self, payload: str = "") -> None:
+        """Another worker announced a new position (the runtime's listener calls this with
+        the ``NOTIFY``'s payload, ``"<runtime id> <applied seq>"``)."""
+        runtime_id, _, position = payload.rpartition(" ")
         with self._announced:
+            if runtime_id and position.isdigit():
+                if len(self._heard) >= _HEARD_KEEP and runtime_id not in self._heard:
+                    self._heard.clear()  # only a shortcut: the table stays the truth
+                seq = int(position)
+                if seq > self._heard.get(runtime_id, -1):
+                    self._heard[runtime_id] = seq
             self._announcements += 1
             self._announced.notify_all()
 

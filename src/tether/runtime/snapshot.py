@@ -66,6 +66,9 @@ class Runtime:
         self._synced_at = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        # Set with _wake when the feed moved (a NOTIFY, a wake-up byte): the poller reads or
+        # applies it; woken without it, the poller only reports where this worker is.
+        self._feed_moved = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.wakeups = _wakeups_for(db)
@@ -75,6 +78,9 @@ class Runtime:
         self.propagation_wait = propagation_wait
         self._participating = False  # started: others wait for it, it reports where it is
         self._reported: tuple[int, float] = (-1, 0.0)  # (seq, monotonic time)
+        # Change-feed rows a NOTIFY carried (PostgreSQL), not applied yet (see sync()).
+        self._pushed: list[tuple[int, str, str, int]] = []
+        self._pushed_lock = threading.Lock()
         db.after_change.append(self.changed)
 
     def register(self, *sections: Section) -> None:
@@ -125,17 +131,31 @@ class Runtime:
             self._loaded = True
             self._synced_at = time.monotonic()
 
-    def changed(self) -> None:
-        """Run by the database after a commit of this process that recorded changes: the
-        other processes on this host are woken (SQLite; PostgreSQL's NOTIFY left with the
-        commit), then this one applies the changes."""
+    def changed(self, written: object = True) -> None:
+        """Run by the database after a commit of this process that recorded changes (given
+        what the transaction wrote, :func:`changes.written`): the other processes on this
+        host are woken (SQLite; PostgreSQL's NOTIFY left with the commit), then this one
+        applies the changes."""
         if self.wakeups is not None:
             self.wakeups.ring()
-        self.sync()
+        self.sync(changes.written(written))
         if self.propagation_wait > 0:
             # Return only once every live worker (this node's and every other's) applied it:
             # after a kill returns, no worker anywhere answers from before it.
             self.positions.await_applied(self.last_seq, self.propagation_wait)
+
+    def pushed(self, payload: str) -> None:
+        """A change-feed ``NOTIFY`` arrived (the listener): the rows it carried wait for the
+        poller, which applies them without reading the feed if nothing came between."""
+        rows = changes.written(payload)
+        if rows:
+            with self._pushed_lock:
+                self._pushed.extend(rows)
+        self._feed_changed()
+
+    def _feed_changed(self) -> None:
+        self._feed_moved = True
+        self._wake.set()
 
     def _report(self) -> None:
         """Tell the others where this worker is: after a sync that moved, and at least once a
@@ -154,9 +174,12 @@ class Runtime:
             return
         self._reported = (applied, now)
 
-    def sync(self) -> None:
+    def sync(self, known: Sequence[tuple[int, str, str, int]] | None = None) -> None:
         """Apply the change feed since the last sync, every pending row (in passes of
-        ``_BATCH``); thread-safe, cheap when nothing moved."""
+        ``_BATCH``); thread-safe, cheap when nothing moved. Rows already known (``known``,
+        what this process just wrote; or what a ``NOTIFY`` carried) that follow on from the
+        last applied one without a gap are applied without reading the feed: on PostgreSQL
+        the round trip a kill's propagation saves on every node."""
         if not self._loaded:
             self.load()
             return
@@ -164,15 +187,23 @@ class Runtime:
         # Statement by statement (no transaction round trips): each section reads rows at
         # least as new as the feed rows that named them; anything newer comes again later.
         with self._lock, self.db.read(transaction=False) as s:
-            while True:
-                found = changes.since(s, self.last_seq, limit=_BATCH)
-                gap = found.gap
-                if found.last is not None:
-                    self._apply(s, found.rows)
-                    self.last_seq = found.last
-                    moved = True
-                if gap or len(found.rows) < _BATCH:
-                    break
+            follow = self._following(known)
+            if follow:
+                self._apply(s, follow)
+                self.last_seq = follow[-1][0]
+                moved = True
+            elif follow is None or time.monotonic() - self._synced_at >= self.poll_seconds:
+                while True:
+                    found = changes.since(s, self.last_seq, limit=_BATCH)
+                    gap = found.gap
+                    if found.last is not None:
+                        self._apply(s, found.rows)
+                        self.last_seq = found.last
+                        moved = True
+                    if gap or len(found.rows) < _BATCH:
+                        break
+            else:
+                return  # what it was told of is applied already (by another thread)
             self._synced_at = time.monotonic()
         if gap:
             self.load()  # changes we never saw were purged: start over
@@ -185,6 +216,26 @@ class Runtime:
             # The poller reports (a write transaction of its own): not on the path of the
             # call that committed, which only waits for the *other* workers.
             self._wake.set()
+
+    def _following(
+        self, known: Sequence[tuple[int, str, str, int]] | None
+    ) -> list[tuple[int, str, str, int]] | None:
+        """Of the rows known without reading the feed (``known`` and what was pushed), those
+        after the last applied one, if they follow on from it without a gap; [] if every one
+        of them is applied already; None if none is known or one in between may be missing
+        (then the feed is read). Under ``_lock``."""
+        with self._pushed_lock:
+            rows, self._pushed = self._pushed, []
+        rows += known or ()
+        if not rows:
+            return None
+        rows = sorted({row for row in rows if row[0] > self.last_seq})
+        expected = self.last_seq + 1
+        for row in rows:
+            if row[0] != expected:
+                return None
+            expected += 1
+        return rows
 
     def _apply(self, s: Session, rows: Sequence[tuple[int, str, str, int]]) -> None:
         kinds: dict[str, set[str]] = {}
@@ -225,7 +276,7 @@ class Runtime:
         for thread in self._threads:
             thread.start()
         if self.wakeups is not None:
-            self.wakeups.listen(self._wake.set)
+            self.wakeups.listen(self._feed_changed)
         self._participating = True
         self._report()
 
@@ -249,15 +300,17 @@ class Runtime:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.poll_seconds)
+            woken = self._wake.wait(self.poll_seconds)
             self._wake.clear()
             if self._stop.is_set():
                 return
-            try:
-                self.sync()
-            except Exception:  # the database may be away; we go stale and fail closed
-                SYNCS.labels("failed").inc()
-                log.warning("runtime sync failed", exc_info=True)
+            if self._feed_moved or not woken:  # else: woken to report what a call applied
+                self._feed_moved = False
+                try:
+                    self.sync()
+                except Exception:  # the database may be away; we go stale and fail closed
+                    SYNCS.labels("failed").inc()
+                    log.warning("runtime sync failed", exc_info=True)
             self._report()  # the heartbeat (at most once a second unless it moved)
             LAG.set(time.monotonic() - self._synced_at)
 
@@ -275,9 +328,9 @@ class Runtime:
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5, stop_after=1):
                             if note.channel == moved:
-                                self.positions.announced()
+                                self.positions.announced(note.payload)
                             else:
-                                self._wake.set()
+                                self.pushed(note.payload)
             except psycopg.Error:
                 log.warning("runtime LISTEN connection lost; polling meanwhile", exc_info=True)
                 self._stop.wait(1.0)
