@@ -295,6 +295,36 @@ def test_revoking_an_agents_tokens_takes_only_its_unrevoked_unexpired_ones(
         ]
 
 
+def test_revoking_at_most_n_counts_them_and_revokes_all_or_none(agents: Database) -> None:
+    """A kill's tokens: counted and revoked together if few enough; if more, counted only
+    (the kill leaves them to after its commit), none of them touched."""
+    now = T0_US + HOUR_US // 2
+    add(
+        agents,
+        token_row("atk_a1"),
+        token_row("atk_a2"),
+        token_row("atk_a_old", expires_at=now - 1),
+        token_row("atk_a_revoked", revoked_at=T0_US + 7),
+        token_row("atk_b1", agent_id=B),
+        token_row("atk_b2", agent_id=B),
+        token_row("atk_b3", agent_id=B),
+    )
+    with agents.write() as s:
+        assert store.revoke_tokens_of_at_most(s, [B], now, 2) == (3, [])
+        n, jtis = store.revoke_tokens_of_at_most(s, [A, "agt_nobody", "\x00"], now, 2)
+        assert (n, sorted(jtis)) == (2, ["atk_a1", "atk_a2"])
+        assert store.revoke_tokens_of_at_most(s, [A], now, 2) == (0, [])
+        assert store.revoke_tokens_of_at_most(s, [], now, 2) == (0, [])
+    with agents.read() as s:
+        assert [revoked_at(s, f"atk_b{i}") for i in (1, 2, 3)] == [None] * 3
+        assert [revoked_at(s, j) for j in ("atk_a1", "atk_a2")] == [now, now]
+        assert revoked_at(s, "atk_a_old") is None
+        assert revoked_at(s, "atk_a_revoked") == T0_US + 7
+    with agents.write() as s:
+        n, jtis = store.revoke_tokens_of_at_most(s, [B], now, 3)
+        assert (n, sorted(jtis)) == (3, ["atk_b1", "atk_b2", "atk_b3"])
+
+
 def test_revoking_by_jti_touches_only_the_tokens_named(agents: Database) -> None:
     add(agents, *(token_row(f"atk_{i}") for i in range(4)))
     with agents.write() as s:

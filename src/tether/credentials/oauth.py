@@ -475,11 +475,12 @@ class OAuthService:
             return {"tokens": 0}
         now_us = to_micros(now)
         if why is Why.KILLED:
-            n = self.store.count_live_tokens_of(s, agent_ids, now_us)
+            n, jtis = self.store.revoke_tokens_of_at_most(s, agent_ids, now_us, CUT_OFF_BATCH)
             if n > CUT_OFF_BATCH:
                 defer(s, partial(self._revoke_tokens_after, list(agent_ids), now_us))
                 return {"tokens": n}
-        jtis = self.store.revoke_tokens_of(s, agent_ids, now_us)
+        else:
+            jtis = self.store.revoke_tokens_of(s, agent_ids, now_us)
         if jtis:
             changes.record(s, changes.Kind.TOKEN, jtis, now_us=now_us)
         return {"tokens": len(jtis)}

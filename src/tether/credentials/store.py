@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import cast
 
-from sqlalchemy import ColumnElement, Integer, Table, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Integer, Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from tether.agents import directory
@@ -32,6 +32,16 @@ _REVOKE_OF = PerDialect(lambda d: (
     .values(revoked_at=bindparam("now_us")).returning(_TOKENS.c.jti)
 ))  # fmt: skip
 _COUNT_LIVE_OF = PerDialect(lambda d: select(func.count()).select_from(_TOKENS).where(*_live_of(d)))
+# PostgreSQL: count the live tokens and revoke them if at most :limit, in one statement (a
+# kill's tokens: one round trip less under the write lock, on the path of every kill).
+_REVOKE_OF_AT_MOST = PerDialect(lambda d: text(
+    "WITH live AS (SELECT jti FROM access_tokens WHERE agent_id = ANY(CAST(:agents AS"
+    " VARCHAR(40)[])) AND revoked_at IS NULL AND expires_at > :now_us),"
+    " total AS (SELECT count(*) AS n FROM live),"
+    " revoked AS (UPDATE access_tokens SET revoked_at = :now_us"
+    " WHERE jti IN (SELECT jti FROM live) AND (SELECT n FROM total) <= :limit RETURNING jti)"
+    " SELECT (SELECT n FROM total), ARRAY(SELECT jti FROM revoked)"
+))  # fmt: skip
 _JTIS_LIVE_OF = PerDialect(lambda d: select(_TOKENS.c.jti).where(*_live_of(d)))
 _REVOKE_JTIS = PerDialect(lambda d: (
     update(_TOKENS)
@@ -127,6 +137,22 @@ class DatabaseCredentialStore:
         if not wanted:
             return []
         return list(_REVOKE_OF.execute(session, {"agents": wanted, "now_us": now_us}).scalars())
+
+    def revoke_tokens_of_at_most(
+        self, session: Session, agent_ids: Collection[str], now_us: int, limit: int
+    ) -> tuple[int, list[str]]:
+        """How many tokens of these agents are unrevoked and unexpired at ``now_us`` and — if
+        at most ``limit`` — their ``jti``s, revoked at ``now_us`` (more than that: none
+        revoked, ``[]``)."""
+        wanted = [a for a in agent_ids if not unstorable(a)]
+        if not wanted:
+            return 0, []
+        if session.get_bind().dialect.name == "postgresql":
+            params = {"agents": wanted, "now_us": now_us, "limit": limit}
+            n, jtis = _REVOKE_OF_AT_MOST.execute(session, params).one()
+            return int(n), list(jtis)
+        n = self.count_live_tokens_of(session, wanted, now_us)
+        return n, self.revoke_tokens_of(session, wanted, now_us) if n <= limit else []
 
     def count_live_tokens_of(
         self, session: Session, agent_ids: Collection[str], now_us: int
