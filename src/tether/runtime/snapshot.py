@@ -138,7 +138,15 @@ class Runtime:
         applies the changes."""
         if self.wakeups is not None:
             self.wakeups.ring()
-        self.sync(changes.written(written))
+        rows = changes.written(written)
+        if rows and self.propagation_wait > 0:
+            # Its numbers known (PostgreSQL), the wait for the others comes first: this
+            # worker's poller, woken by the same NOTIFY, applies it meanwhile (or this
+            # thread does after), in the time the others' apply takes anyway.
+            self.positions.await_applied(rows[-1][0], self.propagation_wait)
+            self.sync(rows)
+            return
+        self.sync(rows)
         if self.propagation_wait > 0:
             # Return only once every live worker (this node's and every other's) applied it:
             # after a kill returns, no worker anywhere answers from before it.
