@@ -9,6 +9,7 @@ import threading
 
 import psycopg
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from tests.stores.conftest import T0
 from tether.clock import FrozenClock
@@ -76,6 +77,30 @@ def test_an_announced_position_counts_without_another_look_at_the_table(db: Data
     me.announced("b 3")  # older than what was heard: ignored
     assert me.await_applied(9, timeout=0) is True
     assert me.await_applied(10, timeout=0.05) is False  # neither heard of nor in the table
+
+
+def test_while_announcements_are_heard_the_table_is_only_the_fallback(db: Database) -> None:
+    """With the runtime's listener connected, a waiting writer counts on announcements and
+    looks at the table again only every 25, 50, 100 ms (it never looks more often than that);
+    without one, every 1, 2, 4… 10 ms."""
+    clock = FrozenClock(T0)
+    me, b = _positions(db, clock, "me", "b")
+    b.report(1)
+    looks: list[int] = []
+    behind = me.behind
+
+    def counted(s: Session, seq: int) -> list[str]:
+        looks.append(seq)
+        return behind(s, seq)
+
+    me.behind = counted  # type: ignore[method-assign]
+    me.listening = True
+    assert me.await_applied(9, timeout=0.06) is False
+    assert len(looks) <= 3  # at once, after 25 ms and at the timeout (the next, 75 ms, is past it)
+    looks.clear()
+    me.listening = False
+    assert me.await_applied(9, timeout=0.2) is False
+    assert len(looks) > 2
 
 
 def test_old_rows_are_purged(db: Database) -> None:

@@ -333,12 +333,16 @@ class Runtime:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute(f'LISTEN "{moved}"')
                     conn.execute(f'LISTEN "{name}"')
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5, stop_after=1):
-                            if note.channel == moved:
-                                self.positions.announced(note.payload)
-                            else:
-                                self.pushed(note.payload)
+                    self.positions.listening = True  # writers may rely on announcements
+                    try:
+                        while not self._stop.is_set():
+                            for note in conn.notifies(timeout=0.5, stop_after=1):
+                                if note.channel == moved:
+                                    self.positions.announced(note.payload)
+                                else:
+                                    self.pushed(note.payload)
+                    finally:
+                        self.positions.listening = False
             except psycopg.Error:
                 log.warning("runtime LISTEN connection lost; polling meanwhile", exc_info=True)
                 self._stop.wait(1.0)
