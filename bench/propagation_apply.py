@@ -271,8 +271,8 @@ def measure(env: Env, sizes: Sizes) -> ResultTable:
         f"{BURST:,} AgentService.kill calls (one transaction each), then one sync per "
         "follower, which applied each burst in one pass (one apply, one batch of reads).",
         "sync() = the read transaction, the change feed since the follower's position and "
-        "the section's apply; apply = reading the changed agents (3 queries whatever their "
-        "number), building their views and setting them.",
+        "the section's apply; apply = reading the changed agents (one query on PostgreSQL, "
+        "two on SQLite, whatever their number), building their views and setting them.",
         "views.get = one lookup by id (an equal string, as a request brings it) on the map "
         "the in-place section holds after every update, and on the map the full-copy section "
         f"holds after the same changes; best of 7 rounds of {len(sample):,} random ids, the "
