@@ -12,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import Api, assert_error
+from tether.api.routes import agents, decisions, oauth
 from tether.pagination import encode_cursor
 from tether.policy.service import MAX_DOCUMENT, MAX_SCHEMA
 
@@ -140,3 +141,14 @@ def test_authzen_reserved_names_are_stated(doc: dict[str, Any]) -> None:
     assert {"enum": ["Role", "User"]} in kind["not"]["anyOf"]
     batch = schemas["Evaluations"]
     assert len(batch["allOf"]) == 3  # subject, action, resource: a default or in every item
+
+
+def test_every_app_serves_the_routes_built_once_at_import(client: TestClient) -> None:
+    """The routers' own routes sit on the app, not a per-app copy of each (FastAPI's
+    ``include_router`` rebuilds every route's request handling for every app on its first
+    request: 20-250 ms a router, tether.api.app._add_routes); nothing else is lost: every
+    route of every router is there, once."""
+    served = list(client.app.router.routes)  # type: ignore[attr-defined]
+    for module in (decisions, oauth, agents):
+        for route in module.router.routes:
+            assert sum(r is route for r in served) == 1, route
