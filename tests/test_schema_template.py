@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from sqlalchemy import Connection, text
 
@@ -76,5 +77,22 @@ def test_a_migrated_database_is_left_alone(backend: Backend, schema_templates: _
         migrate.upgrade(db, "0001")
         at_head(backend, schema_templates)
         assert migrate.current_revision(db) == "0001"
+    finally:
+        db.dispose()
+
+
+def test_an_older_database_is_migrated_to_head_and_one_at_head_is_left_as_it_is(
+    backend: Backend,
+) -> None:
+    """``migrate.upgrade`` at start: a database at an earlier revision goes through Alembic to
+    the newest; one already there is recognised by one query and not touched."""
+    db = Database(backend.url, schema=backend.schema)
+    try:
+        migrate.upgrade(db, "0001")
+        migrate.upgrade(db)
+        assert migrate.current_revision(db) == migrate.head_revision()
+        with mock.patch("alembic.command.upgrade") as alembic_upgrade:
+            migrate.upgrade(db)
+        alembic_upgrade.assert_not_called()
     finally:
         db.dispose()
