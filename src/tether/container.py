@@ -107,7 +107,10 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         db, ledger, clock, keys.master_key, alg=settings.token_signing_alg,
         max_token_ttl=settings.token_ttl_max_seconds, rotation_days=settings.key_rotation_days,
     )  # fmt: skip
-    oauth = OAuthService(db, ledger, clock, signing_keys, settings,
+    # Decisions' and token issuance's writes: many per transaction and fsync.
+    committer = GroupCommitter(db, ledger, clock, max_batch=settings.decision_batch_max,
+                               attach=record_inputs)  # fmt: skip
+    oauth = OAuthService(db, ledger, clock, signing_keys, settings, committer=committer,
                          dpop_nonces=_dpop_nonces(settings, keys, "token_endpoint"))  # fmt: skip
     agents.cut_offs.append(oauth.revoke_agent_tokens)
     users = UserService(db, ledger, clock)
@@ -123,8 +126,6 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     db.session_info[IN_FORCE] = lambda: freezes.in_force if runtime.waited_for() else None
     snapshot = DecisionSnapshot(runtime, agents=agent_views, users=known_users, tokens=revoked,
                                 policies=compiled, freezes=freezes)  # fmt: skip
-    committer = GroupCommitter(db, ledger, clock, max_batch=settings.decision_batch_max,
-                               attach=record_inputs)  # fmt: skip
     notifier = WebhookNotifier(settings.approval_webhooks, webhook_secret(settings, keys).encode())
     approvals = ApprovalService(
         db, ledger, clock, notifier, ttl_seconds=settings.approval_ttl_seconds,

@@ -18,6 +18,7 @@ per batch either way.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -65,8 +66,9 @@ class Chain:
 class _Item:
     event: NewEvent | None  # None: a job
     attachment: Any
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
+    # An event loop's future (settled in that loop), or a thread's (``loop`` None: run()).
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+    loop: asyncio.AbstractEventLoop | None
     job: Job | None = None
 
 
@@ -103,6 +105,17 @@ class GroupCommitter:
         commit failed. A job may run more than once (when another job of its batch fails):
         it must only touch the session."""
         return self._enqueue(None, None, job)
+
+    def run(self, job: Job, timeout: float | None = None) -> Any:
+        """:meth:`run_async` for a thread outside any event loop (a synchronous route's
+        worker thread): blocks until the job's transaction committed and returns the job's
+        result, or raises the job's exception or :class:`LedgerUnavailable`."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self._closed:
+            raise LedgerUnavailable("the ledger writer is shut down")
+        self._ensure_thread()
+        self._queue.put(_Item(None, None, future, None, job))
+        return future.result(timeout)
 
     def _enqueue(
         self, event: NewEvent | None, attachment: Any, job: Job | None
@@ -223,12 +236,26 @@ class _Failed:
 def _settle(batch: list[_Item], results: Sequence[Any]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
     for item, result in zip(batch, results, strict=True):
+        if item.loop is None:  # a thread waits on it (run())
+            assert isinstance(item.future, concurrent.futures.Future)
+            _settle_thread(item.future, result)
+            continue
+        assert isinstance(item.future, asyncio.Future)
         by_loop.setdefault(item.loop, []).append((item.future, result))
     for loop, pairs in by_loop.items():
         try:
             loop.call_soon_threadsafe(_settle_in_loop, pairs)
         except RuntimeError:  # that loop is closed: nobody is waiting any more
             log.warning("an event loop closed before its %d decisions were settled", len(pairs))
+
+
+def _settle_thread(future: concurrent.futures.Future[Any], result: Any) -> None:
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    elif isinstance(result, _Failed):
+        future.set_exception(result.error)
+    else:
+        future.set_result(result)
 
 
 def _settle_in_loop(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
@@ -50,6 +50,9 @@ class AuthenticatedClient:
     credential_id: str
     method: str
     scope_ceiling: frozenset[str]  # the credential's ceiling ∩ the agent's scopes
+    # private_key_jwt: the assertion's replay-cache key and until when (NumericDate) it must
+    # be kept, spent by :func:`spend` in the write transaction that acts on it.
+    assertion: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +96,11 @@ def authenticate(
     issuer: str,
     token_endpoint: str,
     now: datetime,
-    replay: ReplayCache,
 ) -> AuthenticatedClient:
-    """The agent the request authenticates as; raises :class:`ClientAuthError` otherwise."""
+    """The agent the request authenticates as; raises :class:`ClientAuthError` otherwise.
+    Only reads: what a success writes (the assertion's ``jti`` spent, the credential's
+    ``last_used_at``) is :func:`spend`'s and :func:`touch`'s, in the write transaction that
+    acts on it."""
     basic = _basic(authorization)
     post = "client_secret" in form
     assertion = "client_assertion" in form or "client_assertion_type" in form
@@ -112,8 +117,23 @@ def authenticate(
     if post:
         return _by_secret(s, form.get("client_id", ""), form["client_secret"],
                           "client_secret_post", now)  # fmt: skip
-    return _by_assertion(s, form, issuer=issuer, token_endpoint=token_endpoint, now=now,
-                         replay=replay)  # fmt: skip
+    return _by_assertion(s, form, issuer=issuer, token_endpoint=token_endpoint, now=now)
+
+
+def spend(s: Session, client: AuthenticatedClient, replay: ReplayCache) -> None:
+    """Spend the client's assertion (private_key_jwt) in write transaction ``s``: a second
+    use of its ``jti`` — on any worker or node, ever before its exp — raises
+    :class:`ClientAuthError`. Nothing to do for a client secret."""
+    if client.assertion is None:
+        return
+    key, expires_at = client.assertion
+    if replay.seen(s, "client_assertion", key, expires_at):
+        raise _fail(client.agent.id, client.method, "assertion jti already used (replay)")
+
+
+def touch(s: Session, credential_id: str, now_us: int) -> None:
+    """Record that the credential was used at ``now_us``."""
+    _store.touch(s, credential_id, now_us)
 
 
 def claimed_client_id(form: dict[str, str], authorization: str | None) -> str | None:
@@ -173,7 +193,6 @@ def _usable(
     allowed = agent.scopes
     if row.scopes is not None:
         allowed &= frozenset(loads(row.scopes))
-    row.last_used_at = now_us
     return AuthenticatedClient(agent, row.id, method, allowed)
 
 
@@ -195,7 +214,6 @@ def _by_assertion(
     issuer: str,
     token_endpoint: str,
     now: datetime,
-    replay: ReplayCache,
 ) -> AuthenticatedClient:
     method = "private_key_jwt"
     if form.get("client_assertion_type") != ASSERTION_TYPE:
@@ -221,11 +239,9 @@ def _by_assertion(
     reason = _assertion_problem(claims, client_id, issuer, token_endpoint, int(now.timestamp()))
     if reason:
         raise _fail(client_id, method, reason)
-    if replay.seen(
-        s, "client_assertion", f"{client_id}:{claims['jti']}", int(claims["exp"]) + LEEWAY
-    ):
-        raise _fail(client_id, method, "assertion jti already used (replay)")
-    return _usable(s, used, client_id, method, now)
+    client = _usable(s, used, client_id, method, now)
+    spent = (f"{client_id}:{claims['jti']}", int(claims["exp"]) + LEEWAY)
+    return replace(client, assertion=spent)
 
 
 def _assertion_problem(

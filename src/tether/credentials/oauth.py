@@ -6,7 +6,7 @@ authentication and revocation is a ledger event carrying the ``jti`` — never a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -19,6 +19,7 @@ from tether.agents.authority import Act
 from tether.agents.cutoff import Why, defer
 from tether.agents.directory import AgentFacts
 from tether.audit.events import EventType, NewEvent
+from tether.audit.group import Chain, GroupCommitter
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros
 from tether.config import Settings
@@ -30,6 +31,8 @@ from tether.credentials.errors import (
     InvalidGrant,
     InvalidRequest,
     InvalidTarget,
+    OAuthError,
+    UnauthorizedClient,
     UnsupportedGrantType,
 )
 from tether.credentials.keys import SigningKeys
@@ -45,6 +48,9 @@ from tether.maintenance import Task
 from tether.principals import Principal, Role
 from tether.runtime import changes
 
+# The token path writes a credential's last_used_at at most this often per process.
+TOUCH_EVERY_SECONDS = 60.0
+_TOUCHED_KEEP = 100_000  # credentials remembered for that (forgotten all at once past it)
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 _INACTIVE: dict[str, Any] = {"active": False}
@@ -92,9 +98,14 @@ class OAuthService:
 
     def __init__(
         self, db: Database, ledger: Ledger, clock: Clock, keys: SigningKeys, settings: Settings,
-        *, dpop_nonces: DPoPNonces | None = None,
+        *, dpop_nonces: DPoPNonces | None = None, committer: GroupCommitter | None = None,
     ) -> None:  # fmt: skip
         self.db = db
+        # Issuance's writes go through the decisions' group commit (many per transaction and
+        # fsync); without one (a bare service in a script), each in its own transaction.
+        self.committer = committer
+        # credential id -> when (monotonic) its last_used_at was last written by this process
+        self._touched: dict[str, float] = {}
         self.ledger = ledger
         self.clock = clock
         self.keys = keys
@@ -136,25 +147,59 @@ class OAuthService:
         self, form: dict[str, str], authorization: str | None
     ) -> AuthenticatedClient:
         """The authenticated client (its own transaction: ``last_used_at`` and a spent
-        assertion ``jti`` persist even if the grant then fails). Failures are audited."""
+        assertion ``jti`` persist even if what the client asks for then fails). Failures are
+        audited."""
         now = self.clock.now()
         try:
             with self.db.write() as s:
-                return clients.authenticate(
+                client = clients.authenticate(
                     s, form, authorization, issuer=self.endpoints.issuer,
-                    token_endpoint=self.endpoints.token, now=now, replay=self.replay,
+                    token_endpoint=self.endpoints.token, now=now,
                 )  # fmt: skip
+                clients.spend(s, client, self.replay)
+                self._touch(s, client, now, always=True)
+                return client
         except ClientAuthError as exc:
-            f = exc.failure
-            with self.db.write() as s:
-                self.ledger.append(s, [NewEvent(
-                    EventType.CLIENT_AUTH_FAILED, f"client:{f.client_id or 'unknown'}"[:80],
-                    agent_id=f.client_id if f.client_id and directory.exists(s, f.client_id)
-                    else None,
-                    action="oauth.client_auth", outcome="failure",
-                    details={"client_id": f.client_id, "method": f.method, "reason": f.reason},
-                )], now=now)  # fmt: skip
+            self._audit_auth_failure(exc, now)
             raise
+
+    def _audit_auth_failure(self, exc: ClientAuthError, now: datetime) -> None:
+        f = exc.failure
+        with self.db.write() as s:
+            self.ledger.append(s, [NewEvent(
+                EventType.CLIENT_AUTH_FAILED, f"client:{f.client_id or 'unknown'}"[:80],
+                agent_id=f.client_id if f.client_id and directory.exists(s, f.client_id)
+                else None,
+                action="oauth.client_auth", outcome="failure",
+                details={"client_id": f.client_id, "method": f.method, "reason": f.reason},
+            )], now=now)  # fmt: skip
+
+    def _touch(
+        self, s: Session, client: AuthenticatedClient, now: datetime, *, always: bool = False
+    ) -> None:
+        """The credential's ``last_used_at``: on the token path at most once a minute per
+        credential and process (:data:`TOUCH_EVERY_SECONDS`), so issuance writes nothing per
+        request beyond its token and event."""
+        at = time.monotonic()
+        last = self._touched.get(client.credential_id)
+        if not always and last is not None and at - last < TOUCH_EVERY_SECONDS:
+            return
+        clients.touch(s, client.credential_id, to_micros(now))
+        if len(self._touched) >= _TOUCHED_KEEP:
+            self._touched.clear()
+        self._touched[client.credential_id] = at
+
+    def _write(self, job: Callable[[Session], Any]) -> Any:
+        """``job`` in a write transaction: the group commit's next one (it returns once
+        that committed), or a transaction of its own without a committer."""
+        if self.committer is not None:
+            return self.committer.run(job)
+        with self.db.write() as s:
+            result = job(s)
+            if isinstance(result, Chain):
+                now = self.clock.now()
+                return result.finish(self.ledger.append(s, list(result.events), now=now))
+            return result
 
     # -- token endpoint --------------------------------------------------------------------
     def token(
@@ -163,34 +208,68 @@ class OAuthService:
         """Handle a token request. ``dpop`` holds the request's DPoP header values: a valid
         proof binds the token to its key (``cnf.jkt``, ``token_type: DPoP``; RFC 9449 §5).
         Raises :class:`UseDPoPNonce` (audited) if nonces are required and the proof has
-        no valid one: the client retries with :meth:`dpop_nonce_header`'s nonce."""
+        no valid one: the client retries with :meth:`dpop_nonce_header`'s nonce.
+
+        ``client_credentials``: the client is authenticated by reading only; the token is
+        signed; then one job of the group commit spends the assertion's ``jti``, re-checks
+        the agent under the write lock, writes the token's row, its ledger event and (at most
+        once a minute) the credential's ``last_used_at`` — the token is returned once that
+        transaction is durable, many issuances sharing each commit."""
         cnf_jkt = self._dpop_key(dpop, form, authorization) if dpop else None
         grant = form.get("grant_type")
         if grant not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
             raise UnsupportedGrantType(f"grant_type {grant!r} is not supported")
-        client = self.authenticate_client(form, authorization)
         if grant == TOKEN_EXCHANGE:
-            return self._exchange(form, client, cnf_jkt)
-        scopes = grants.scopes(form.get("scope"), client.scope_ceiling)
-        audience = grants.audience(form, default=self.endpoints.issuer)
+            return self._exchange(form, self.authenticate_client(form, authorization), cnf_jkt)
         now = self.clock.now()
-        with self.db.write() as s:
-            agent = grants.still_active(s, client.agent.id, now)
-            ttl = grants.capped_ttl(self.settings.token_ttl_seconds, agent, now)
-            token, claims = self._issue(
-                s, agent, client_id=agent.id, audience=audience, scopes=scopes, ttl=ttl,
-                now=now, cnf_jkt=cnf_jkt,
+        try:
+            with self.db.read() as s:
+                client = clients.authenticate(
+                    s, form, authorization, issuer=self.endpoints.issuer,
+                    token_endpoint=self.endpoints.token, now=now,
+                )  # fmt: skip
+        except ClientAuthError as exc:
+            self._audit_auth_failure(exc, now)
+            raise
+        try:
+            scopes = grants.scopes(form.get("scope"), client.scope_ceiling)
+            audience = grants.audience(form, default=self.endpoints.issuer)
+            ttl = grants.capped_ttl(self.settings.token_ttl_seconds, client.agent, now)
+            token, claims = self._signed(
+                client.agent, client_id=client.agent.id, audience=audience, scopes=scopes,
+                ttl=ttl, now=now, cnf_jkt=cnf_jkt,
             )  # fmt: skip
-            self.ledger.append(s, [NewEvent(
-                EventType.TOKEN_ISSUED, f"agent:{agent.id}", agent_id=agent.id,
-                action="oauth.token", resource={"type": "AccessToken", "id": claims["jti"]},
-                outcome="success",
-                details={"jti": claims["jti"], "grant_type": CLIENT_CREDENTIALS,
-                         "client_id": agent.id, "auth_method": client.method,
-                         "credential": client.credential_id, "scope": claims["scope"],
-                         "aud": claims["aud"], "exp": claims["exp"],
-                         "dpop_bound": cnf_jkt is not None},
-            )], now=now)  # fmt: skip
+        except OAuthError:
+            self._spend(client, now)  # the assertion is spent even when the grant fails
+            raise
+        event = NewEvent(
+            EventType.TOKEN_ISSUED, f"agent:{client.agent.id}", agent_id=client.agent.id,
+            action="oauth.token", resource={"type": "AccessToken", "id": claims["jti"]},
+            outcome="success",
+            details={"jti": claims["jti"], "grant_type": CLIENT_CREDENTIALS,
+                     "client_id": client.agent.id, "auth_method": client.method,
+                     "credential": client.credential_id, "scope": claims["scope"],
+                     "aud": claims["aud"], "exp": claims["exp"],
+                     "dpop_bound": cnf_jkt is not None},
+        )  # fmt: skip
+
+        def issue(s: Session) -> Chain:
+            clients.spend(s, client, self.replay)
+            agent = grants.still_active(s, client.agent.id, now)
+            if grants.capped_ttl(ttl, agent, now) < ttl:  # its expires_at moved meanwhile
+                raise UnauthorizedClient("the agent changed while the token was issued; retry")
+            self._row(s, agent.id, client_id=agent.id, claims=claims, now=now)
+            self._touch(s, client, now)
+            return Chain([event], finish=lambda _events: None)
+
+        try:
+            self._write(issue)
+        except ClientAuthError as exc:  # replayed: refused, audited
+            self._audit_auth_failure(exc, now)
+            raise
+        except OAuthError:
+            self._spend(client, now)
+            raise
         return {
             "access_token": token,
             "token_type": "DPoP" if cnf_jkt else "Bearer",
@@ -198,6 +277,20 @@ class OAuthService:
             "scope": claims["scope"],
             "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
         }
+
+    def _spend(self, client: AuthenticatedClient, now: datetime) -> None:
+        """What an authentication writes when the grant then failed: the assertion spent (a
+        replay of it is refused and audited all the same), the credential touched."""
+
+        def spend(s: Session) -> None:
+            clients.spend(s, client, self.replay)
+            self._touch(s, client, now)
+
+        try:
+            self._write(spend)
+        except ClientAuthError as exc:
+            self._audit_auth_failure(exc, now)
+            raise
 
     # -- delegation (RFC 8693) ---------------------------------------------------------------
     def _exchange(
@@ -382,18 +475,33 @@ class OAuthService:
         scopes: frozenset[str], ttl: int, now: datetime, act: dict[str, Any] | None = None,
         cnf_jkt: str | None = None, subject: str | None = None,
     ) -> tuple[str, dict[str, Any]]:  # fmt: skip
-        jti = new_id(IdPrefix.TOKEN)
-        now_s = int(now.timestamp())
+        token, claims = self._signed(
+            agent, client_id=client_id, audience=audience, scopes=scopes, ttl=ttl, now=now,
+            act=act, cnf_jkt=cnf_jkt, subject=subject,
+        )  # fmt: skip
+        self._row(s, agent.id, client_id=client_id, claims=claims, now=now)
+        return token, claims
+
+    def _signed(
+        self, agent: AgentFacts, *, client_id: str, audience: list[str], scopes: frozenset[str],
+        ttl: int, now: datetime, act: dict[str, Any] | None = None, cnf_jkt: str | None = None,
+        subject: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:  # fmt: skip
+        """A new access token for ``agent``, signed: what :meth:`_row` then records."""
         claims = tokens.build_claims(
             issuer=self.endpoints.issuer, subject=subject or agent.id, client_id=client_id,
-            audience=audience, scopes=scopes, now=now_s, ttl=ttl, jti=jti, act=act,
-            cnf_jkt=cnf_jkt,
+            audience=audience, scopes=scopes, now=int(now.timestamp()), ttl=ttl,
+            jti=new_id(IdPrefix.TOKEN), act=act, cnf_jkt=cnf_jkt,
         )  # fmt: skip
-        self.store.add_token(s, AccessTokenRow(
-            jti=jti, agent_id=agent.id, client_id=client_id, issued_at=to_micros(now),
-            expires_at=(now_s + ttl) * 1_000_000, revoked_at=None,
-        ))  # fmt: skip
         return tokens.sign(claims, self.keys.signer()), claims
+
+    def _row(
+        self, s: Session, agent_id: str, *, client_id: str, claims: dict[str, Any], now: datetime
+    ) -> None:
+        self.store.add_token(s, AccessTokenRow(
+            jti=claims["jti"], agent_id=agent_id, client_id=client_id, issued_at=to_micros(now),
+            expires_at=int(claims["exp"]) * 1_000_000, revoked_at=None,
+        ))  # fmt: skip
 
     # -- introspection and revocation ------------------------------------------------------
     def introspect(self, token: str, caller: AuthenticatedClient | Principal) -> dict[str, Any]:

@@ -114,6 +114,16 @@ class DatabaseCredentialStore:
             q = q.where(CredentialRow.id > after)
         return list(session.scalars(q.order_by(CredentialRow.id).limit(limit)))
 
+    def touch(self, session: Session, credential_id: str, now_us: int) -> None:
+        """Set the credential's ``last_used_at`` (never backwards)."""
+        session.execute(
+            update(CredentialRow)
+            .where(CredentialRow.id == credential_id)
+            .where((CredentialRow.last_used_at.is_(None)) | (CredentialRow.last_used_at < now_us))
+            .values(last_used_at=now_us)
+            .execution_options(synchronize_session=False)
+        )
+
     def add(self, session: Session, row: CredentialRow) -> None:
         session.add(row)
         session.flush()
