@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from joserfc.jwk import ECKey
 from sqlalchemy import create_engine, text
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,6 +40,7 @@ from starlette.testclient import TestClient
 
 from tests.conftest import PG_URL, Backend, backend_for
 from tests.serverproc import free_port, http_client, running_server, server_env, stop
+from tests.token_attacks.kit import assertion, assertion_form
 from tether.runtime.changes import channel
 from tether.sdk import JWKSCache, TetherAuthMiddleware
 from tether.sdk.revocations import RevocationFollower
@@ -593,3 +595,38 @@ def _load_then_kill(node: Node) -> None:
     # Every token it was ever given is dead: the kill revoked those issued before it.
     issued = [t.token for t in tokens if t.token is not None]
     assert [t for t in issued if node.introspect(t)["active"]] == []
+
+
+def test_an_assertion_replayed_at_once_on_both_nodes_gets_one_token(nodes: Nodes) -> None:
+    """Issue 14: a ``private_key_jwt`` assertion's ``jti`` is spent in the group commit that
+    issues the token, not under a lock per request — and stays single-use across processes:
+    eight clients race one assertion, four at each node, and exactly one gets a token; the
+    others are refused as a replay (and audited)."""
+    agent = nodes.a.post("/v1/agents", 201, **{**AGENT, "name": "asserter"})
+    key = ECKey.generate_key("P-256")
+    nodes.a.post(f"/v1/agents/{agent['id']}/credentials", 201, type="public_key",
+                 jwk=key.as_dict(private=False))  # fmt: skip
+    form = assertion_form(assertion(key, agent["id"], PUBLIC_URL, int(time.time())), agent["id"])
+    barrier = threading.Barrier(8)
+    codes: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def race(node: Node) -> None:
+        with http_client(base_url=node.url, timeout=30) as http:
+            barrier.wait()
+            response = http.post("/oauth/token", data=form)
+        with lock:
+            codes.append((response.status_code, response.json().get("error", "")))
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in [nodes.a, nodes.b] * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(codes) == [(200, "")] + [(401, "invalid_client")] * 7
+    failures = nodes.a.http.get(
+        "/v1/audit/events",
+        params={"type": "client.auth_failed", "agent_id": agent["id"], "limit": 50},
+    ).json()["items"]
+    reasons = [event["details"]["reason"] for event in failures]
+    assert reasons == ["assertion jti already used (replay)"] * 7
