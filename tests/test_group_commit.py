@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -174,4 +175,43 @@ def test_a_job_failing_after_others_ran_leaves_theirs_written_once(services: Ser
     new = _events(services)[len(before) :]
     assert [actor for _, _, actor in new] == ["job:good", "event:1"]
     assert (new[0][0], new[1][0]) == (seq, plain.seq)
+    assert services.audit.verify(SYSTEM).ok
+
+
+def test_threads_outside_any_event_loop_run_jobs_and_get_results_or_errors(
+    services: Services,
+) -> None:
+    """``run`` (token issuance's way in, from a synchronous route's worker thread): many
+    threads at once share batches; each gets its job's result once committed, or its error,
+    and the others' writes stand."""
+    before = _events(services)
+    committer = services.committer
+
+    def job(i: int) -> Any:
+        def write(s: Session) -> Chain:
+            if i == 3:
+                raise ValueError("job 3 refuses")
+            return Chain([NewEvent("test.job", f"job:{i}")], finish=lambda evs: evs[0].seq)
+
+        return committer.run(write)
+
+    outcomes: list[Any] = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def call(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = job(i)
+        except ValueError as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert isinstance(outcomes[3], ValueError)
+    new = _events(services)[len(before) :]
+    assert sorted(actor for _, _, actor in new) == [f"job:{i}" for i in range(8) if i != 3]
+    assert sorted(o for i, o in enumerate(outcomes) if i != 3) == [seq for seq, _, _ in new]
     assert services.audit.verify(SYSTEM).ok

@@ -626,7 +626,7 @@ def test_an_assertion_replayed_at_once_on_both_nodes_gets_one_token(nodes: Nodes
     assert sorted(codes) == [(200, "")] + [(401, "invalid_client")] * 7
     failures = nodes.a.http.get(
         "/v1/audit/events",
-        params={"type": "client.auth_failed", "agent_id": agent["id"], "limit": 50},
+        params={"type": "client.auth_failed", "agent": agent["id"], "limit": 50},
     ).json()["items"]
     reasons = [event["details"]["reason"] for event in failures]
     assert reasons == ["assertion jti already used (replay)"] * 7

@@ -71,6 +71,14 @@ FINISH_EVERY_SECONDS = 60.0
 FINISH_AFTER_SECONDS = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A group-commit job's refusal, returned (a raised one would roll its batch back and
+    write the rest again; a returned exception would be raised by the committer)."""
+
+    error: OAuthError
+
+
 @dataclass(frozen=True)
 class Endpoints:
     issuer: str
@@ -253,23 +261,29 @@ class OAuthService:
                      "dpop_bound": cnf_jkt is not None},
         )  # fmt: skip
 
-        def issue(s: Session) -> Chain:
-            clients.spend(s, client, self.replay)
-            agent = grants.still_active(s, client.agent.id, now)
-            if grants.capped_ttl(ttl, agent, now) < ttl:  # its expires_at moved meanwhile
-                raise UnauthorizedClient("the agent changed while the token was issued; retry")
-            self._row(s, agent.id, client_id=agent.id, claims=claims, now=now)
+        def issue(s: Session) -> Chain | _Refusal:
+            # A refusal is returned, not raised: raising would roll the whole batch back and
+            # write it again without this job (a flood of replays would cost every other
+            # caller a retry), and the assertion must stay spent when the grant fails.
+            try:
+                clients.spend(s, client, self.replay)
+            except ClientAuthError as exc:
+                return _Refusal(exc)  # nothing written: it was spent before
             self._touch(s, client, now)
+            try:
+                agent = grants.still_active(s, client.agent.id, now)
+                if grants.capped_ttl(ttl, agent, now) < ttl:  # its expires_at moved meanwhile
+                    raise UnauthorizedClient("the agent changed while the token was issued")
+            except OAuthError as exc:
+                return _Refusal(exc)
+            self._row(s, agent.id, client_id=agent.id, claims=claims, now=now)
             return Chain([event], finish=lambda _events: None)
 
-        try:
-            self._write(issue)
-        except ClientAuthError as exc:  # replayed: refused, audited
-            self._audit_auth_failure(exc, now)
-            raise
-        except OAuthError:
-            self._spend(client, now)
-            raise
+        result = self._write(issue)
+        if isinstance(result, _Refusal):
+            if isinstance(result.error, ClientAuthError):  # a replay: refused and audited
+                self._audit_auth_failure(result.error, now)
+            raise result.error
         return {
             "access_token": token,
             "token_type": "DPoP" if cnf_jkt else "Bearer",
@@ -282,15 +296,19 @@ class OAuthService:
         """What an authentication writes when the grant then failed: the assertion spent (a
         replay of it is refused and audited all the same), the credential touched."""
 
-        def spend(s: Session) -> None:
-            clients.spend(s, client, self.replay)
+        def spend(s: Session) -> _Refusal | None:
+            try:
+                clients.spend(s, client, self.replay)
+            except ClientAuthError as exc:
+                return _Refusal(exc)
             self._touch(s, client, now)
+            return None
 
-        try:
-            self._write(spend)
-        except ClientAuthError as exc:
-            self._audit_auth_failure(exc, now)
-            raise
+        refused = self._write(spend)
+        if refused is not None:
+            assert isinstance(refused.error, ClientAuthError)
+            self._audit_auth_failure(refused.error, now)
+            raise refused.error
 
     # -- delegation (RFC 8693) ---------------------------------------------------------------
     def _exchange(
