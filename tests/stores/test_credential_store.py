@@ -254,6 +254,22 @@ def test_a_token_comes_back_exactly(agents: Database) -> None:
         assert store.token(s, long_jti[:-1]) is None
 
 
+def test_an_inserted_token_comes_back_unrevoked_and_its_jti_stays_single(
+    agents: Database,
+) -> None:
+    """``insert_token`` (issuance's one INSERT, no ORM object) stores what ``add_token``
+    would, and a second row with the same ``jti`` is refused."""
+    values = {"agent_id": A, "client_id": A, "issued_at": T0_US + 3, "expires_at": T0_US + 9}
+    with agents.write() as s:
+        store.insert_token(s, jti="atk_inserted", **values)
+    with agents.read() as s:
+        row = store.token(s, "atk_inserted")
+        assert row is not None
+        assert columns(row) == columns(token_row("atk_inserted", **values))
+    with pytest.raises(IntegrityError), agents.write() as s:
+        store.insert_token(s, jti="atk_inserted", **{**values, "agent_id": B})
+
+
 def test_the_same_jti_twice_is_an_integrity_error(agents: Database) -> None:
     add(agents, token_row("atk_1", issued_at=T0_US))
     with pytest.raises(IntegrityError), agents.write() as s:

@@ -231,8 +231,8 @@ class OAuthService:
             return self._exchange(form, self.authenticate_client(form, authorization), cnf_jkt)
         now = self.clock.now()
         try:
-            with self.db.read() as s:
-                client = clients.authenticate(
+            with self.db.read(transaction=False) as s:  # each statement on its own: the
+                client = clients.authenticate(  # agent is checked again under the write lock
                     s, form, authorization, issuer=self.endpoints.issuer,
                     token_endpoint=self.endpoints.token, now=now,
                 )  # fmt: skip
@@ -516,10 +516,10 @@ class OAuthService:
     def _row(
         self, s: Session, agent_id: str, *, client_id: str, claims: dict[str, Any], now: datetime
     ) -> None:
-        self.store.add_token(s, AccessTokenRow(
-            jti=claims["jti"], agent_id=agent_id, client_id=client_id, issued_at=to_micros(now),
-            expires_at=int(claims["exp"]) * 1_000_000, revoked_at=None,
-        ))  # fmt: skip
+        self.store.insert_token(
+            s, jti=claims["jti"], agent_id=agent_id, client_id=client_id,
+            issued_at=to_micros(now), expires_at=int(claims["exp"]) * 1_000_000,
+        )  # fmt: skip
 
     # -- introspection and revocation ------------------------------------------------------
     def introspect(self, token: str, caller: AuthenticatedClient | Principal) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import cast
 
-from sqlalchemy import ColumnElement, Integer, Table, bindparam, func, select, text, update
+from sqlalchemy import ColumnElement, Integer, Table, bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from tether.agents import directory
@@ -133,6 +133,16 @@ class DatabaseCredentialStore:
         if unstorable(jti):
             return None
         return session.get(AccessTokenRow, jti)
+
+    def insert_token(
+        self, session: Session, *, jti: str, agent_id: str, client_id: str, issued_at: int,
+        expires_at: int,
+    ) -> None:  # fmt: skip
+        """A new, unrevoked token's row (one INSERT, no ORM object: on every issuance)."""
+        session.execute(insert(AccessTokenRow).values(
+            jti=jti, agent_id=agent_id, client_id=client_id, issued_at=issued_at,
+            expires_at=expires_at, revoked_at=None,
+        ))  # fmt: skip
 
     def add_token(self, session: Session, row: AccessTokenRow) -> None:
         session.add(row)
