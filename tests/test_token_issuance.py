@@ -44,7 +44,12 @@ def test_a_credentials_last_use_is_written_at_most_once_a_minute(
     assert first is not None
     time.sleep(0.002)  # a later microsecond
     for _ in range(3):
-        assert client.post("/oauth/token", data=form, headers={"Authorization": ""}).is_success
+        issued = client.post("/oauth/token", data=form, headers={"Authorization": ""})
+        assert issued.is_success
+    # Introspection authenticates the client the same way: nothing written either.
+    own = {"client_id": agent.id, "client_secret": secret, "token": issued.json()["access_token"]}
+    looked = client.post("/oauth/introspect", data=own, headers={"Authorization": ""})
+    assert looked.json()["active"] is True
     assert _last_used(services, credential.id) == first  # within the minute: not written
     monkeypatch.setattr(oauth, "TOUCH_EVERY_SECONDS", 0.0)  # as if the minute had passed
     assert client.post("/oauth/token", data=form, headers={"Authorization": ""}).is_success

@@ -154,22 +154,24 @@ class OAuthService:
     def authenticate_client(
         self, form: dict[str, str], authorization: str | None
     ) -> AuthenticatedClient:
-        """The authenticated client (its own transaction: ``last_used_at`` and a spent
-        assertion ``jti`` persist even if what the client asks for then fails). Failures are
-        audited."""
+        """The authenticated client, for introspection, revocation and token exchange:
+        authenticated by reading only; what that writes — a spent assertion ``jti``, the
+        credential's ``last_used_at`` at most once a minute — is written (group commit)
+        before this returns, so it persists even if what the client asks for then fails.
+        A client secret's request within the minute writes nothing. Failures are audited."""
         now = self.clock.now()
         try:
-            with self.db.write() as s:
+            with self.db.read(transaction=False) as s:
                 client = clients.authenticate(
                     s, form, authorization, issuer=self.endpoints.issuer,
                     token_endpoint=self.endpoints.token, now=now,
                 )  # fmt: skip
-                clients.spend(s, client, self.replay)
-                self._touch(s, client, now, always=True)
-                return client
         except ClientAuthError as exc:
             self._audit_auth_failure(exc, now)
             raise
+        if client.assertion is not None or self._touch_due(client):
+            self._spend(client, now)
+        return client
 
     def _audit_auth_failure(self, exc: ClientAuthError, now: datetime) -> None:
         f = exc.failure
@@ -182,16 +184,17 @@ class OAuthService:
                 details={"client_id": f.client_id, "method": f.method, "reason": f.reason},
             )], now=now)  # fmt: skip
 
-    def _touch(
-        self, s: Session, client: AuthenticatedClient, now: datetime, *, always: bool = False
-    ) -> None:
-        """The credential's ``last_used_at``: on the token path at most once a minute per
-        credential and process (:data:`TOUCH_EVERY_SECONDS`), so issuance writes nothing per
-        request beyond its token and event."""
-        at = time.monotonic()
+    def _touch_due(self, client: AuthenticatedClient) -> bool:
         last = self._touched.get(client.credential_id)
-        if not always and last is not None and at - last < TOUCH_EVERY_SECONDS:
+        return last is None or time.monotonic() - last >= TOUCH_EVERY_SECONDS
+
+    def _touch(self, s: Session, client: AuthenticatedClient, now: datetime) -> None:
+        """The credential's ``last_used_at``, at most once a minute per credential and
+        process (:data:`TOUCH_EVERY_SECONDS`): a client's requests write nothing per request
+        beyond what they are for (a token and its event)."""
+        if not self._touch_due(client):
             return
+        at = time.monotonic()
         clients.touch(s, client.credential_id, to_micros(now))
         if len(self._touched) >= _TOUCHED_KEEP:
             self._touched.clear()
