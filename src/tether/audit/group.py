@@ -237,8 +237,7 @@ def _settle(batch: list[_Item], results: Sequence[Any]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
     for item, result in zip(batch, results, strict=True):
         if item.loop is None:  # a thread waits on it (run())
-            assert isinstance(item.future, concurrent.futures.Future)
-            _settle_thread(item.future, result)
+            _resolve(item.future, result)
             continue
         assert isinstance(item.future, asyncio.Future)
         by_loop.setdefault(item.loop, []).append((item.future, result))
@@ -249,22 +248,18 @@ def _settle(batch: list[_Item], results: Sequence[Any]) -> None:
             log.warning("an event loop closed before its %d decisions were settled", len(pairs))
 
 
-def _settle_thread(future: concurrent.futures.Future[Any], result: Any) -> None:
+def _settle_in_loop(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in pairs:
+        if not future.done():  # else the caller gave up (cancelled)
+            _resolve(future, result)
+
+
+def _resolve(future: asyncio.Future[Any] | concurrent.futures.Future[Any], result: Any) -> None:
+    """An item's outcome onto its future: a failure (an exception, or a job's :class:`_Failed`)
+    as the future's exception, anything else as its result."""
     if isinstance(result, BaseException):
         future.set_exception(result)
     elif isinstance(result, _Failed):
         future.set_exception(result.error)
     else:
         future.set_result(result)
-
-
-def _settle_in_loop(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, result in pairs:
-        if future.done():  # the caller gave up (cancelled)
-            continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        elif isinstance(result, _Failed):
-            future.set_exception(result.error)
-        else:
-            future.set_result(result)

@@ -160,18 +160,26 @@ class OAuthService:
         before this returns, so it persists even if what the client asks for then fails.
         A client secret's request within the minute writes nothing. Failures are audited."""
         now = self.clock.now()
+        client = self._authenticated(form, authorization, now)
+        if client.assertion is not None or self._touch_due(client):
+            self._spend(client, now)
+        return client
+
+    def _authenticated(
+        self, form: dict[str, str], authorization: str | None, now: datetime
+    ) -> AuthenticatedClient:
+        """The client the request authenticates as, by reading only (statement by statement:
+        whatever acts on it re-checks the agent under the write lock); a failure is audited
+        and raised."""
         try:
             with self.db.read(transaction=False) as s:
-                client = clients.authenticate(
+                return clients.authenticate(
                     s, form, authorization, issuer=self.endpoints.issuer,
                     token_endpoint=self.endpoints.token, now=now,
                 )  # fmt: skip
         except ClientAuthError as exc:
             self._audit_auth_failure(exc, now)
             raise
-        if client.assertion is not None or self._touch_due(client):
-            self._spend(client, now)
-        return client
 
     def _audit_auth_failure(self, exc: ClientAuthError, now: datetime) -> None:
         f = exc.failure
@@ -233,15 +241,7 @@ class OAuthService:
         if grant == TOKEN_EXCHANGE:
             return self._exchange(form, self.authenticate_client(form, authorization), cnf_jkt)
         now = self.clock.now()
-        try:
-            with self.db.read(transaction=False) as s:  # each statement on its own: the
-                client = clients.authenticate(  # agent is checked again under the write lock
-                    s, form, authorization, issuer=self.endpoints.issuer,
-                    token_endpoint=self.endpoints.token, now=now,
-                )  # fmt: skip
-        except ClientAuthError as exc:
-            self._audit_auth_failure(exc, now)
-            raise
+        client = self._authenticated(form, authorization, now)
         try:
             scopes = grants.scopes(form.get("scope"), client.scope_ceiling)
             audience = grants.audience(form, default=self.endpoints.issuer)
