@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -25,8 +26,8 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import Backend, bearer
-from tests.serverproc import running_server
+from tests.conftest import BACKENDS, bearer
+from tests.serverproc import module_server
 from tether.clock import to_micros
 from tether.container import Services
 from tether.errors import PolicyInvalid
@@ -230,16 +231,21 @@ class _Server:
         assert "Segmentation fault" not in log
 
 
-@pytest.fixture
-def server(backend: Backend, tmp_path: Path) -> Iterator[tuple[_Server, dict[str, str]]]:
-    with running_server(backend, tmp_path) as (url, env):
-        admin = (tmp_path / ".tether" / "admin.token").read_text().strip()
-        srv = _Server(url, admin, tmp_path / "server.log")
-        yield srv, env
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[_Server, dict[str, str]]]:
+    """One server per backend for the module: every test sends it what it must survive and
+    then checks that it still answers and logged no traceback (a crash in one test would
+    fail every later one too, never hide)."""
+    with module_server(request, tmp_path_factory, "hostile") as served:
+        srv = _Server(served.url, served.admin_token, served.workdir / "server.log")
+        yield srv, served.env
         srv.http.close()
 
 
-def _user_token(srv: _Server, username: str, role: str) -> str:
+def _user_token(srv: _Server, role: str) -> str:
+    username = f"eve-{secrets.token_hex(4)}"  # the server is shared by the module's tests
     user = srv.http.post("/v1/users", json={"username": username, "role": role},
                          headers=bearer(srv.admin))  # fmt: skip
     assert user.status_code == 201, user.text
@@ -260,7 +266,8 @@ def test_hostile_documents_get_4xx_and_the_server_stays_up(
     server: tuple[_Server, dict[str, str]],
 ) -> None:
     srv, _ = server
-    auditor = _user_token(srv, "eve-auditor", "auditor")
+    auditor = _user_token(srv, "auditor")
+    before = srv.http.get("/v1/policies", headers=bearer(auditor)).json()
     for label, document in hostile_documents():
         body = {"policies": document}
         _refused(srv.call("POST", "/v1/policies/validate", auditor, body), f"validate {label}")
@@ -269,9 +276,10 @@ def test_hostile_documents_get_4xx_and_the_server_stays_up(
     deep_schema = "entity A { x: " + "{a: " * 3_000 + "Long" + "}" * 3_000 + " };"
     body = {"policies": "", "schema": deep_schema}
     _refused(srv.call("POST", "/v1/policies/validate", auditor, body), "deep schema")
-    # Nothing was pushed: the current version is still the base.
+    # Nothing was pushed: the current version is still the one before.
     current = srv.http.get("/v1/policies", headers=bearer(auditor)).json()
-    assert current["version"] == "v0"
+    assert current["version"] == before["version"]
+    assert current["policies"] == before["policies"]
     srv.assert_no_traceback()
 
 
@@ -283,7 +291,7 @@ def test_huge_literals_and_pathological_like_patterns_are_decided(
     wildcards against a 500,000-character string is decided (Cedar's matcher is linear), and
     so are values nested as deep as a request may nest them; deeper ones are a 422."""
     srv, _ = server
-    auditor = _user_token(srv, "eve-auditor", "auditor")
+    auditor = _user_token(srv, "auditor")
     literal = "x" * 40_000
     pattern = "*a" * 5_000 + "*b"
     document = (
