@@ -103,7 +103,8 @@ class _Dropper:
             while (schema := self._queue.get()) is not None:
                 try:
                     with admin.connect() as conn:
-                        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+                        if not _RECYCLER.take_back(conn, schema):
+                            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
                 except Exception as exc:  # reported at the end of the session
                     self.failures.append(f"{schema}: {exc}")
         finally:
@@ -114,6 +115,115 @@ class _Dropper:
             self._queue.put(None)
             self._thread.join(timeout=120)
             self._thread = None
+        for schema in _RECYCLER.leftovers():  # the pool and the template: nothing stays behind
+            try:
+                with _admin().connect() as conn:
+                    conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            except Exception as exc:
+                self.failures.append(f"{schema}: {exc}")
+
+
+# What makes two schemas the same for a test: every relation with its columns (name, type,
+# nullability), every trigger (and whether it is enabled), constraint and function body.
+_FINGERPRINT = text("""
+SELECT md5(string_agg(x, ',' ORDER BY x)) FROM (
+  SELECT c.relname::text || ':' || c.relkind::text || ':' || coalesce(a.attname::text || '='
+         || format_type(a.atttypid, a.atttypmod) || a.attnotnull::text, '') AS x
+    FROM pg_class c
+    LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+   WHERE c.relnamespace = CAST(:s AS regnamespace)
+  UNION ALL
+  SELECT 't:' || c.relname::text || ':' || t.tgname::text || ':' || t.tgenabled::text
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+   WHERE c.relnamespace = CAST(:s AS regnamespace) AND NOT t.tgisinternal
+  UNION ALL
+  SELECT 'k:' || conname::text || ':' || md5(replace(pg_get_constraintdef(oid), :s || '.', ''))
+    FROM pg_constraint WHERE connamespace = CAST(:s AS regnamespace)
+  UNION ALL
+  SELECT 'p:' || proname::text || ':' || md5(prosrc)
+    FROM pg_proc WHERE pronamespace = CAST(:s AS regnamespace)
+) q
+""")
+
+
+class _Recycler:
+    """Finished tests' PostgreSQL schemas, emptied and used again instead of dropped.
+
+    Creating a schema at head (the template's DDL) was ~70 ms of PostgreSQL's CPU per test and
+    dropping it ~16 ms more, most of the server's work in a run, and the stream of created and
+    dropped catalog rows bloats the catalogs (autovacuum is off on these machines), which
+    slows every later DDL. A schema whose structure still matches the template's
+    (:data:`_FINGERPRINT`: a test that added a trigger and failed before removing it does not
+    match, and is dropped) has every row deleted and its sequences restarted (~2 ms; a
+    ``VACUUM`` now and then keeps its tables from filling with dead rows), and the next test's
+    :func:`at_head` renames it to its own schema's name: what it gets is exactly what the DDL
+    would have built, an empty database at head."""
+
+    POOL = 4  # schemas kept per test process; a fifth is dropped
+    VACUUM_EVERY = 25  # recycles between two VACUUMs of a schema's tables
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: list[str] = []
+        self._uses: dict[str, int] = {}
+        self.fingerprint: str | None = None
+        self.tables: list[str] = []
+        self.sequences: list[str] = []
+        self.template: str | None = None
+
+    def learn(self, conn: Any, template: str) -> None:
+        """What an empty schema at head looks like: ``template``'s structure."""
+        self.template = template
+        self.fingerprint = conn.execute(_FINGERPRINT, {"s": template}).scalar_one()
+        tables = text("SELECT tablename FROM pg_tables WHERE schemaname = :s ORDER BY 1")
+        self.tables = [t for t in conn.execute(tables, {"s": template}).scalars()
+                       if t != "alembic_version"]  # fmt: skip
+        sequences = text("SELECT sequencename FROM pg_sequences WHERE schemaname = :s")
+        self.sequences = list(conn.execute(sequences, {"s": template}).scalars())
+
+    def take_back(self, conn: Any, schema: str) -> bool:
+        """Empty ``schema`` into the pool if it still has the template's structure."""
+        with self._lock:
+            if self.fingerprint is None or len(self._pool) >= self.POOL:
+                return False
+        if conn.execute(_FINGERPRINT, {"s": schema}).scalar_one() != self.fingerprint:
+            return False
+        # As a replica, so that neither foreign keys nor the ledger's append-only triggers
+        # stand in the way of emptying it.
+        clean = ["SET session_replication_role = replica"]
+        clean += [f"DELETE FROM {schema}.{t}" for t in self.tables]
+        clean += [f"ALTER SEQUENCE {schema}.{q} RESTART" for q in self.sequences]
+        clean.append("SET session_replication_role = DEFAULT")
+        conn.connection.driver_connection.execute("; ".join(clean))
+        uses = self._uses.pop(schema, 0) + 1
+        if uses % self.VACUUM_EVERY == 0:
+            conn.exec_driver_sql("VACUUM " + ", ".join(f"{schema}.{t}" for t in self.tables))
+        pooled = f"p_{secrets.token_hex(6)}"
+        conn.exec_driver_sql(f"ALTER SCHEMA {schema} RENAME TO {pooled}")
+        with self._lock:
+            self._uses[pooled] = uses
+            self._pool.append(pooled)
+        return True
+
+    def give(self, conn: Any, schema: str) -> bool:
+        """Make ``schema`` (new and empty) a recycled one at head, if the pool has one."""
+        with self._lock:
+            if not self._pool:
+                return False
+            pooled = self._pool.pop()
+            self._uses[schema] = self._uses.pop(pooled, 0)
+        conn.connection.driver_connection.execute(
+            f"DROP SCHEMA {schema}; ALTER SCHEMA {pooled} RENAME TO {schema}"
+        )
+        return True
+
+    def leftovers(self) -> list[str]:
+        with self._lock:
+            left, self._pool = self._pool, []
+        return [*left, *([self.template] if self.template else [])]
+
+
+_RECYCLER = _Recycler()
 
 
 _DROPPER = _Dropper()
@@ -172,13 +282,23 @@ def _commit_asynchronously(dbapi_conn: Any, _record: Any) -> None:
 class _Templates:
     """The newest schema, built once per test process (one per xdist worker) by a real
     migration and then copied: for SQLite the migrated file, for PostgreSQL the DDL Alembic
-    emits for the same upgrade (offline mode), run in each new schema. A migration per test
-    was ~0.1 s of its setup (and the migration tests still migrate)."""
+    emits for the same upgrade (offline mode), run in each new schema (or a recycled schema of
+    the same structure, :class:`_Recycler`). A migration per test was ~0.1 s of its setup (and
+    the migration tests still migrate).
+
+    Also a *deployment* built once per process the same way: the template bootstrapped by the
+    real ``prepare()`` (its admin, admin token, signing keys and first ledger events, and the
+    data dir's keys and token files). The ``services`` fixture starts from a copy of it, so
+    ``prepare()`` there finds a started deployment, as on every start after the first one;
+    the first start itself is what ``make_services``, ``backend`` and the server processes
+    get (and test_bootstrap_config.py tests)."""
 
     def __init__(self, tmp: Path) -> None:
         self._tmp = tmp
         self._sqlite: Path | None = None
+        self._sqlite_deployed: tuple[Path, Path] | None = None
         self._postgresql: str | None = None
+        self._pg_deployed: tuple[str, Path, str] | None = None
         self._admin: Engine | None = None
 
     def sqlite(self) -> Path:
@@ -193,6 +313,17 @@ class _Templates:
             self._sqlite = path
         return self._sqlite
 
+    def sqlite_deployed(self) -> tuple[Path, Path]:
+        """The bootstrapped SQLite file and its data dir."""
+        if self._sqlite_deployed is None:
+            path = self._tmp / "deployed.db"
+            shutil.copyfile(self.sqlite(), path)
+            data = self._tmp / "deployed-data"
+            _bootstrap(Backend("sqlite", f"sqlite:///{path}", None), data)
+            assert not Path(f"{path}-wal").exists()
+            self._sqlite_deployed = path, data
+        return self._sqlite_deployed
+
     def postgresql(self) -> str:
         if self._postgresql is None:
             db = Database(PG_URL)
@@ -201,6 +332,46 @@ class _Templates:
             finally:
                 db.dispose()
         return self._postgresql
+
+    def pg_deployed(self) -> tuple[str, Path, str]:
+        """The bootstrapped template schema, its data dir, and the statements that copy its
+        rows into another schema at head (``{schema}`` to be filled in)."""
+        if self._pg_deployed is None:
+            template = f"tpl_{secrets.token_hex(6)}"
+            with self.admin().connect() as conn:
+                conn.exec_driver_sql(f"CREATE SCHEMA {template}")
+                self._run_script(conn, template)
+                _RECYCLER.learn(conn, template)
+            data = self._tmp / "deployed-pg-data"
+            _bootstrap(Backend("postgresql", PG_URL, template), data)
+            copy: list[str] = []
+            with self.admin().connect() as conn:
+                for table in _RECYCLER.tables:
+                    rows = f"SELECT count(*) FROM {template}.{table}"
+                    if table != "runtime_positions" and conn.exec_driver_sql(rows).scalar_one():
+                        copy.append(
+                            f"INSERT INTO {{schema}}.{table} SELECT * FROM {template}.{table}"
+                        )
+                for seq in _RECYCLER.sequences:
+                    last, called = conn.exec_driver_sql(
+                        f"SELECT last_value, is_called FROM {template}.{seq}"
+                    ).one()
+                    if called:
+                        copy.append(f"SELECT setval('{{schema}}.{seq}', {last})")
+            # As a replica: foreign keys are not checked, so the tables' order does not matter.
+            copy = ["SET session_replication_role = replica", *copy,
+                    "SET session_replication_role = DEFAULT"]  # fmt: skip
+            self._pg_deployed = template, data, "; ".join(copy)
+        return self._pg_deployed
+
+    def _run_script(self, conn: Any, schema: str) -> None:
+        conn.exec_driver_sql(f"SET search_path TO {schema}")
+        try:
+            # The script is Alembic's own BEGIN ... COMMIT; several statements in one round
+            # trip, so straight to the driver (no parameters to bind).
+            conn.connection.driver_connection.execute(self.postgresql())
+        finally:
+            conn.exec_driver_sql("RESET search_path")
 
     def admin(self) -> Engine:
         if self._admin is None:
@@ -212,6 +383,14 @@ class _Templates:
             self._admin.dispose()
 
 
+def _bootstrap(backend: Backend, data_dir: Path) -> None:
+    svc = build_services(make_settings(backend, data_dir))
+    try:
+        prepare(svc)
+    finally:
+        svc.close()
+
+
 @pytest.fixture(scope="session")
 def schema_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Templates]:
     templates = _Templates(tmp_path_factory.mktemp("template"))
@@ -219,28 +398,36 @@ def schema_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Temp
     templates.close()
 
 
-def at_head(backend: Backend, templates: _Templates) -> None:
+def at_head(backend: Backend, templates: _Templates, deployed: Path | None = None) -> None:
     """Bring an empty ``backend`` to the newest schema from the template; a database that
-    was already migrated is left alone."""
+    was already migrated is left alone. With ``deployed`` (a data dir), bring it to the
+    template's started deployment instead, its files copied into that data dir."""
     if backend.schema is None:
         path = Path(backend.url.removeprefix("sqlite:///"))
-        if not path.exists():
+        if path.exists():
+            return
+        if deployed is None:
             shutil.copyfile(templates.sqlite(), path)
+            return
+        source, data = templates.sqlite_deployed()
+        shutil.copyfile(source, path)
+        shutil.copytree(data, deployed, dirs_exist_ok=True)
         return
-    script = templates.postgresql()
+    _template, data, copy = templates.pg_deployed()  # built once; the recycler learns from it
+    if deployed is None:
+        copy = ""
+    else:
+        shutil.copytree(data, deployed, dirs_exist_ok=True)
     with templates.admin().connect() as conn:
         # An index lookup: pg_tables scans pg_class, which the test database's stream of
         # created and dropped schemas bloats.
         versioned = text("SELECT to_regclass(:t) IS NOT NULL")
         if conn.execute(versioned, {"t": f"{backend.schema}.alembic_version"}).scalar_one():
             return
-        conn.exec_driver_sql(f"SET search_path TO {backend.schema}")
-        try:
-            # The script is Alembic's own BEGIN ... COMMIT; several statements in one round
-            # trip, so straight to the driver (no parameters to bind).
-            conn.connection.driver_connection.execute(script)  # type: ignore[union-attr]
-        finally:
-            conn.exec_driver_sql("RESET search_path")
+        if not _RECYCLER.give(conn, backend.schema):
+            templates._run_script(conn, backend.schema)
+        if copy:
+            conn.connection.driver_connection.execute(copy.format(schema=backend.schema))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -267,7 +454,7 @@ def settings(backend: Backend, tmp_path: Path) -> Settings:
 def services(
     settings: Settings, backend: Backend, schema_templates: _Templates
 ) -> Iterator[Services]:
-    at_head(backend, schema_templates)
+    at_head(backend, schema_templates, deployed=settings.data_dir)
     svc = build_services(settings)
     prepare(svc)
     try:
