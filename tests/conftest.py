@@ -104,7 +104,7 @@ class _Dropper:
                 try:
                     with admin.connect() as conn:
                         if not _RECYCLER.take_back(conn, schema):
-                            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+                            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
                 except Exception as exc:  # reported at the end of the session
                     self.failures.append(f"{schema}: {exc}")
         finally:
@@ -174,20 +174,33 @@ class _Recycler:
     def learn(self, conn: Any, template: str) -> None:
         """What an empty schema at head looks like: ``template``'s structure."""
         self.template = template
-        self.fingerprint = conn.execute(_FINGERPRINT, {"s": template}).scalar_one()
+        self.fingerprint = self._fingerprint(conn, template)
         tables = text("SELECT tablename FROM pg_tables WHERE schemaname = :s ORDER BY 1")
         self.tables = [t for t in conn.execute(tables, {"s": template}).scalars()
                        if t != "alembic_version"]  # fmt: skip
         sequences = text("SELECT sequencename FROM pg_sequences WHERE schemaname = :s")
         self.sequences = list(conn.execute(sequences, {"s": template}).scalars())
 
-    def take_back(self, conn: Any, schema: str) -> bool:
-        """Empty ``schema`` into the pool if it still has the template's structure."""
+    @staticmethod
+    def _fingerprint(conn: Any, schema: str) -> str | None:
+        """The structure's fingerprint and the revision Alembic has stamped (a test that
+        stamps another revision on the same tables leaves a schema that is not at head)."""
+        versioned = text("SELECT to_regclass(:t) IS NOT NULL")
+        if not conn.execute(versioned, {"t": f"{schema}.alembic_version"}).scalar_one():
+            return None
+        revisions = conn.exec_driver_sql(f"SELECT version_num FROM {schema}.alembic_version")
+        structure = conn.execute(_FINGERPRINT, {"s": schema}).scalar_one()
+        return f"{structure} {sorted(revisions.scalars())}"
+
+    def take_back(self, conn: Any, schema: str) -> str | None:
+        """Empty ``schema`` into the pool if it still has the template's structure; its name
+        there, or None if it is to be dropped."""
         with self._lock:
             if self.fingerprint is None or len(self._pool) >= self.POOL:
-                return False
-        if conn.execute(_FINGERPRINT, {"s": schema}).scalar_one() != self.fingerprint:
-            return False
+                return None
+        fingerprint = self._fingerprint(conn, schema)
+        if fingerprint is None or fingerprint != self.fingerprint:
+            return None
         # As a replica, so that neither foreign keys nor the ledger's append-only triggers
         # stand in the way of emptying it.
         clean = ["SET session_replication_role = replica"]
@@ -203,14 +216,16 @@ class _Recycler:
         with self._lock:
             self._uses[pooled] = uses
             self._pool.append(pooled)
-        return True
+        return pooled
 
-    def give(self, conn: Any, schema: str) -> bool:
-        """Make ``schema`` (new and empty) a recycled one at head, if the pool has one."""
+    def give(self, conn: Any, schema: str, pooled: str | None = None) -> bool:
+        """Make ``schema`` (new and empty) a recycled one at head (``pooled``, or any), if
+        the pool has one."""
         with self._lock:
-            if not self._pool:
+            if not self._pool or (pooled is not None and pooled not in self._pool):
                 return False
-            pooled = self._pool.pop()
+            pooled = pooled or self._pool[-1]
+            self._pool.remove(pooled)
             self._uses[schema] = self._uses.pop(pooled, 0)
         conn.connection.driver_connection.execute(
             f"DROP SCHEMA {schema}; ALTER SCHEMA {pooled} RENAME TO {schema}"

@@ -7,13 +7,15 @@ new migration the template rendered differently would fail here, not hide elsewh
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 from sqlalchemy import Connection, text
 
-from tests.conftest import Backend, _Templates, at_head, backend_for
+from tests.conftest import _RECYCLER, Backend, _Templates, at_head, backend_for
 from tether.db import Database, migrate
 
 
@@ -96,3 +98,76 @@ def test_an_older_database_is_migrated_to_head_and_one_at_head_is_left_as_it_is(
         alembic_upgrade.assert_not_called()
     finally:
         db.dispose()
+
+
+def _migrate(backend: Backend) -> None:
+    db = Database(backend.url, schema=backend.schema)
+    try:
+        migrate.upgrade(db)
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def pg_backend(tmp_path: Path) -> Iterator[Backend]:
+    """Schemas are recycled on PostgreSQL only (a SQLite test has a file of its own)."""
+    with backend_for("postgresql", tmp_path / "pg") as chosen:
+        yield chosen
+
+
+def test_a_recycled_schema_is_an_empty_one_at_head_again(
+    pg_backend: Backend, tmp_path: Path, schema_templates: _Templates
+) -> None:
+    """What a test leaves behind (rows, a sequence moved on) is gone when its schema is taken
+    back into the pool and given to the next test: the same catalog as a real migration's,
+    no row in any table, the change feed numbered from 1 again."""
+    backend = pg_backend
+    assert backend.schema is not None
+    at_head(backend, schema_templates, deployed=tmp_path / "data")
+    db = Database(backend.url, schema=backend.schema)
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(text("INSERT INTO runtime_changes (kind, key, time) VALUES ('x', 'y', 1)"))
+    finally:
+        db.dispose()
+    admin = schema_templates.admin()
+    with admin.connect() as conn:
+        pooled = _RECYCLER.take_back(conn, backend.schema)
+    assert pooled is not None
+    with backend_for("postgresql", tmp_path / "next") as again:
+        assert again.schema is not None
+        with admin.connect() as conn:
+            assert _RECYCLER.give(conn, again.schema, pooled)
+        db = Database(again.url, schema=again.schema)
+        try:
+            with db.engine.connect() as conn:
+                catalog = _catalog(conn, again.schema)
+                counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                          for t in _RECYCLER.tables}  # fmt: skip
+                seq = conn.execute(text("SELECT nextval('runtime_changes_seq_seq')")).scalar_one()
+            assert migrate.current_revision(db) == migrate.head_revision()
+        finally:
+            db.dispose()
+    with backend_for("postgresql", tmp_path / "real") as real:
+        migrated, _ = _built(real, lambda: _migrate(real))
+    assert catalog == migrated
+    assert set(counts.values()) == {0}, counts
+    assert seq == 1
+
+
+def test_a_schema_changed_by_its_test_is_dropped_not_recycled(
+    pg_backend: Backend, schema_templates: _Templates
+) -> None:
+    backend = pg_backend
+    assert backend.schema is not None
+    at_head(backend, schema_templates)
+    admin = schema_templates.admin()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER left_behind BEFORE INSERT ON {backend.schema}.audit_events "
+            "FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()"
+        )
+        assert _RECYCLER.take_back(conn, backend.schema) is None
+        conn.exec_driver_sql(f"DROP TRIGGER left_behind ON {backend.schema}.audit_events")
+        conn.exec_driver_sql(f"UPDATE {backend.schema}.alembic_version SET version_num = '0001'")
+        assert _RECYCLER.take_back(conn, backend.schema) is None  # same tables, other revision
