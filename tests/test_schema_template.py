@@ -7,6 +7,8 @@ new migration the template rendered differently would fail here, not hide elsewh
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,3 +173,30 @@ def test_a_schema_changed_by_its_test_is_dropped_not_recycled(
         conn.exec_driver_sql(f"DROP TRIGGER left_behind ON {backend.schema}.audit_events")
         conn.exec_driver_sql(f"UPDATE {backend.schema}.alembic_version SET version_num = '0001'")
         assert _RECYCLER.take_back(conn, backend.schema) is None  # same tables, other revision
+
+
+def test_the_newest_revision_read_from_the_files_is_alembics() -> None:
+    """A start reads the head from the migration files without Alembic; it must be the one
+    Alembic would migrate to."""
+    assert migrate.head_revision() == migrate.alembic_head()
+    assert migrate.head_revision() is not None
+
+
+def test_a_start_at_head_imports_no_alembic(tmp_path: Path) -> None:
+    """The check at every start, and ``/readyz``'s on every probe, is one query: Alembic (and
+    Mako, Pygments) stay unloaded."""
+    url = f"sqlite:///{tmp_path / 'tether.db'}"
+    _migrate(Backend("sqlite", url, None))
+    code = (
+        "import sys\n"
+        "from tether.db import Database, migrate\n"
+        f"db = Database({url!r})\n"
+        "migrate.upgrade(db)\n"
+        "assert migrate.current_revision(db) == migrate.head_revision()\n"
+        "assert migrate.is_current(db)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'alembic', 'mako', 'pygments'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
