@@ -59,6 +59,12 @@ def serve(
     _say(f"admin token  {token_path.resolve()}")
     _say(f"API docs     {settings.base_url}/docs")
     _say(f"Tether serving on {settings.base_url} with {workers} worker(s)")
+    from importlib import import_module
+
+    from tether.cli import settled
+
+    import_module("tether.api.app")  # what uvicorn imports next (one worker: in this process)
+    settled()
     uvicorn.run(
         "tether.api.app:app_from_env",
         factory=True,
