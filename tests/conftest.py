@@ -218,7 +218,8 @@ class _Recycler:
         clean += [f"ALTER SEQUENCE {schema}.{q} RESTART" for q in self.sequences]
         clean.append("SET session_replication_role = DEFAULT")
         conn.connection.driver_connection.execute("; ".join(clean))
-        uses = self._uses.pop(schema, 0) + 1
+        with self._lock:
+            uses = self._uses.pop(schema, 0) + 1
         if uses % self.VACUUM_EVERY == 0:
             conn.exec_driver_sql("VACUUM " + ", ".join(f"{schema}.{t}" for t in self.tables))
         pooled = f"p_{secrets.token_hex(6)}"
@@ -439,10 +440,6 @@ def at_head(backend: Backend, templates: _Templates, deployed: Path | None = Non
         shutil.copytree(data, deployed, dirs_exist_ok=True)
         return
     _template, data, copy = templates.pg_deployed()  # built once; the recycler learns from it
-    if deployed is None:
-        copy = ""
-    else:
-        shutil.copytree(data, deployed, dirs_exist_ok=True)
     with templates.admin().connect() as conn:
         # An index lookup: pg_tables scans pg_class, which the test database's stream of
         # created and dropped schemas bloats.
@@ -451,8 +448,9 @@ def at_head(backend: Backend, templates: _Templates, deployed: Path | None = Non
             return
         if not _RECYCLER.give(conn, backend.schema):
             templates._run_script(conn, backend.schema)
-        if copy:
+        if deployed is not None:
             conn.connection.driver_connection.execute(copy.format(schema=backend.schema))
+            shutil.copytree(data, deployed, dirs_exist_ok=True)
 
 
 @pytest.fixture(params=BACKENDS)
