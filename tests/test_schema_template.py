@@ -7,6 +7,7 @@ new migration the template rendered differently would fail here, not hide elsewh
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -200,3 +201,36 @@ def test_a_start_at_head_imports_no_alembic(tmp_path: Path) -> None:
                           check=False, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_newest_revision_is_read_from_plain_and_annotated_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later migration written by a newer Alembic template (``revision: str = ...``) is
+    read as well; a merge (a tuple of parents) is left to Alembic."""
+    scripts = tmp_path / "migrations"
+    shutil.copytree(migrate._SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    current = migrate.alembic_head()
+    (scripts / "versions" / "9001_annotated.py").write_text(
+        "from typing import Union\n"
+        'revision: str = "9001"\n'
+        f"down_revision: Union[str, None] = {current!r}\n"
+        "def upgrade() -> None: ...\n"
+        "def downgrade() -> None: ...\n"
+    )
+    monkeypatch.setattr(migrate, "_SCRIPTS", scripts)
+    migrate._head.cache_clear()
+    try:
+        with mock.patch.object(migrate, "alembic_head", side_effect=AssertionError("asked")):
+            assert migrate.head_revision() == "9001"  # from the files alone
+        assert migrate.alembic_head() == "9001"
+        (scripts / "versions" / "9002_merge.py").write_text(
+            'revision = "9002"\ndown_revision = ("9001", "0001")\n'
+            "def upgrade() -> None: ...\ndef downgrade() -> None: ...\n"
+        )
+        migrate._head.cache_clear()
+        with mock.patch.object(migrate, "alembic_head", return_value="asked") as alembic:
+            assert migrate.head_revision() == "asked"
+        alembic.assert_called_once()
+    finally:
+        migrate._head.cache_clear()

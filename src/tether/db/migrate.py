@@ -112,13 +112,18 @@ def _head() -> str | None:
     for path in sorted((_SCRIPTS / "versions").glob("*.py")):
         found: dict[str, object] = {}
         for node in ast.parse(path.read_text()).body:
+            # ``revision = "0007"``, or annotated as newer Alembic templates write it
             if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                target = node.targets[0]
-                if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
-                    try:
-                        found[target.id] = ast.literal_eval(node.value)
-                    except ValueError:
-                        return alembic_head()
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                try:
+                    found[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    return alembic_head()
         revision, down = found.get("revision"), found.get("down_revision")
         if not isinstance(revision, str) or not (down is None or isinstance(down, str)):
             return alembic_head()  # a merge (a tuple of parents) or something unexpected
