@@ -6,7 +6,6 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +15,9 @@ from typing import Any, NamedTuple
 import httpx2 as httpx
 import pytest
 
+from tests import forkserver
 from tests.conftest import Backend, backend_for
+from tests.forkserver import Child
 
 # httpx builds an SSL context for every client it makes, module-level get() and post()
 # included: ~30 ms of CPU loading the CA bundle (75 ms of wall time on a busy machine), even
@@ -70,7 +71,7 @@ def _ours(http: httpx.Client, url: str, token_file: Path) -> bool:
         return False
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, workdir: Path) -> bool:
+def _wait_ready(proc: Child, url: str, workdir: Path) -> bool:
     """True once the server at ``url`` is ready and ours; False if it exited because its port
     was taken; raises if it exited otherwise or is not ready within a minute."""
     log = workdir / "server.log"
@@ -95,7 +96,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, workdir: Path) -> bool:
             time.sleep(0.05)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: Child | subprocess.Popen[bytes]) -> None:
     """Terminate a server process, killing it if it does not stop within 20 s."""
     proc.terminate()
     try:
@@ -117,14 +118,8 @@ def running_server(
         env = {**server_env(backend, workdir / ".tether", port), **(extra_env or {})}
         url = f"http://127.0.0.1:{port}"
         with (workdir / "server.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tether", "serve", "--workers", str(workers)],
-                cwd=workdir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+            proc = forkserver.spawn("serve", "--workers", str(workers), env=env, cwd=workdir,
+                                    stdout=log)  # fmt: skip
         try:
             ready = _wait_ready(proc, url, workdir)
         except BaseException:
@@ -145,17 +140,9 @@ def run_cli(
     *args: str, env: Mapping[str, str], cwd: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """``python -m tether ARGS`` as a user runs it: stdout and stderr to pipes (as in
-    ``X=$(tether …)``), no standard input, the exit code left to the caller."""
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        cwd=cwd,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        check=False,
-    )
+    ``X=$(tether …)``), no standard input, the exit code left to the caller. A process of its
+    own, forked from a zygote that imported the libraries (:mod:`tests.forkserver`)."""
+    return forkserver.run(*args, env=env, cwd=cwd, timeout=timeout)
 
 
 class Served(NamedTuple):

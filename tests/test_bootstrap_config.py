@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from tests.conftest import Backend, make_settings
+from tests.serverproc import run_cli
 from tether.bootstrap import prepare
 from tether.config import Settings
 from tether.container import Services, build_services
@@ -118,11 +117,10 @@ def test_trust_domain_must_be_spiffe_safe(domain: str) -> None:
 
 def test_db_upgrade_command(tmp_path: Path) -> None:
     env = {"TETHER_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"}
-    run = [sys.executable, "-m", "tether", "db", "upgrade"]
-    first = subprocess.run(run, env=env, capture_output=True, text=True, check=False)
+    first = run_cli("db", "upgrade", env=env)
     assert first.returncode == 0, first.stderr
     assert "was empty" in first.stdout
-    second = subprocess.run(run, env=env, capture_output=True, text=True, check=False)
+    second = run_cli("db", "upgrade", env=env)
     assert "unchanged" in second.stdout
 
 

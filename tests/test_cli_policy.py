@@ -21,7 +21,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import BACKENDS, bearer
-from tests.serverproc import module_server
+from tests.serverproc import module_server, run_cli
 from tether.cli.client import ApiClient
 from tether.cli.policy import load_cases, problem_lines
 from tether.policy.cases import Case, agent_view_of, run_case
@@ -157,16 +157,7 @@ def tether(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Ran:
 
 
 def tether_process(*args: str, cwd: Path, env: dict[str, str]) -> Ran:
-    done = subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli(*args, cwd=cwd, env=env)
     assert "Traceback" not in done.stdout + done.stderr, done.stderr
     return Ran(done.returncode, done.stdout, done.stderr)
 

@@ -17,7 +17,6 @@ import logging
 import os
 import secrets
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import BACKENDS, bearer
-from tests.serverproc import module_server
+from tests.serverproc import module_server, run_cli
 from tether.clock import to_micros
 from tether.container import Services
 from tether.errors import PolicyInvalid
@@ -347,10 +346,7 @@ def _evaluation_text(agent_id: str, context: str) -> str:
 
 
 def _cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args], cwd=cwd, env=env, capture_output=True,
-        text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
+    return run_cli(*args, cwd=cwd, env=env, timeout=TIMEOUT)
 
 
 @pytest.mark.slow

@@ -17,8 +17,6 @@ Waits are bounded wait-until loops; nothing sleeps for a fixed time beyond a pol
 from __future__ import annotations
 
 import secrets
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +36,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from tests import forkserver
 from tests.conftest import PG_URL, Backend, backend_for
+from tests.forkserver import Child
 from tests.serverproc import free_port, http_client, running_server, server_env, stop
 from tests.token_attacks.kit import assertion, assertion_form
 from tether.runtime.changes import channel
@@ -158,10 +158,7 @@ def _node(backend: Backend, data_dir: Path, workdir: Path, name: str) -> Iterato
         env.update(TETHER_PUBLIC_URL=PUBLIC_URL, PGAPPNAME=app_name)
         url = f"http://127.0.0.1:{port}"
         with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tether", "serve"], cwd=workdir, env=env,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+            proc = forkserver.spawn("serve", cwd=workdir, env=env, stdout=log)
         try:
             ready = _wait_ready(proc, url, data_dir / "admin.token", log_path)
         except BaseException:
@@ -181,7 +178,7 @@ def _node(backend: Backend, data_dir: Path, workdir: Path, name: str) -> Iterato
         stop(proc)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, token_file: Path, log: Path) -> bool:
+def _wait_ready(proc: Child, url: str, token_file: Path, log: Path) -> bool:
     """True once ``url`` is ready and answers this deployment's admin token; False if the
     server exited because its port was taken."""
     deadline = time.monotonic() + 60

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import Backend
-from tests.serverproc import running_server
+from tests.serverproc import run_cli, running_server
 
 pytestmark = pytest.mark.slow
 PASSWORD = "s3cret-never-printed"
@@ -33,11 +31,8 @@ def test_a_port_in_use_is_refused_before_anything_is_claimed(tmp_path: Path, hos
             pytest.skip(f"no {host} on this machine")
         other.listen()
         port = other.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "tether", "serve", "--host", host],
-            cwd=tmp_path, env={**env, "TETHER_PORT": str(port)}, capture_output=True,
-            text=True, stdin=subprocess.DEVNULL, timeout=60, check=False,
-        )  # fmt: skip
+        result = run_cli("serve", "--host", host, cwd=tmp_path,
+                         env={**env, "TETHER_PORT": str(port)})  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"error: port {port} on {host} is in use — stop the other process or set TETHER_PORT"
