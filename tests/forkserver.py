@@ -12,10 +12,15 @@ runs ``python -m tether`` exactly as the interpreter would, and exits with its s
 the zygote reports back. Nothing of Tether is imported by the zygote (``_tether_free``
 checks it before every fork).
 
+Scripts that call ``tether`` by name (the README walkthroughs, run by ``bash``) find a small
+``tether`` first on their ``PATH`` (:func:`on_path`): a Python started without ``site`` that
+hands its own standard streams, arguments, environment and directory to the zygote and exits
+with the child's status.
+
 What a zygote child cannot show is what the *interpreter* does before Tether runs: which
 modules a start imports and what it costs (test_cli_startup.py, test_import_hygiene.py and
-test_schema_template.py keep a real ``subprocess`` for that), and the console script
-installed in ``.venv/bin`` (the README walkthroughs run it through ``bash``).
+test_schema_template.py keep a real ``subprocess`` for that), and the console script that
+``pip`` installs (test_forkserver.py runs it).
 
 This module imports only the standard library at the top: the zygote runs it.
 """
@@ -223,7 +228,7 @@ class Zygote:
         self._dir = Path(tempfile.mkdtemp(prefix="tether-zygote-"))
         self.path = self._dir / "spawn.sock"
 
-    def _ensure(self) -> None:
+    def ensure(self) -> None:
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
                 return
@@ -267,7 +272,7 @@ class Zygote:
         self, args: list[str], *, env: Mapping[str, str], cwd: Path | str | None, streams: list[int]
     ) -> Child:
         """Fork ``python -m tether *args`` with ``streams`` as its fds 0, 1 and 2."""
-        self._ensure()
+        self.ensure()
         request = {"args": args, "env": dict(env), "cwd": str(cwd or Path.cwd())}
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for _ in range(100):  # the listener may be just up
@@ -324,6 +329,35 @@ class Child:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+# Found first on a script's PATH by :func:`on_path`. `-IS` (one shebang argument): no site, no
+# user environment.
+_SHIM = """#!{python} -IS
+import json, os, socket, sys
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+conn.connect(os.environ.pop("{variable}"))
+request = {{"args": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd()}}
+socket.send_fds(conn, [json.dumps(request).encode()], [0, 1, 2])
+conn.recv(64)  # the child's pid
+code = int(conn.recv(64) or -9)
+sys.exit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
+"""
+_SHIM_VARIABLE = "TESTS_TETHER_ZYGOTE"
+
+
+def on_path(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a script that runs ``tether`` by name: the zygote's ``tether`` first on its
+    ``PATH``, then the virtual environment's (``python``, ``pip``), then ``env``'s own."""
+    _ZYGOTE.ensure()
+    shim = _ZYGOTE.path.parent / "bin" / "tether"
+    if not shim.exists():
+        shim.parent.mkdir(exist_ok=True)
+        shim.write_text(_SHIM.format(python=sys.executable, variable=_SHIM_VARIABLE))
+        shim.chmod(0o755)
+    venv = Path(sys.executable).parent
+    path = os.pathsep.join([str(shim.parent), str(venv), env.get("PATH", "")])
+    return {**env, "PATH": path, _SHIM_VARIABLE: str(_ZYGOTE.path)}
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import httpx2 as httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests import forkserver
 from tests.conftest import BACKENDS, Backend, bearer
 from tests.serverproc import module_server, run_cli, running_server
 
@@ -29,7 +30,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _with_python_on_path(server_env: dict[str, str]) -> dict[str, str]:
-    return {**server_env, "PATH": f"{Path(sys.executable).parent}:{server_env.get('PATH', '')}"}
+    return forkserver.on_path(server_env)
 
 
 @pytest.fixture

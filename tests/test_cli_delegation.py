@@ -12,7 +12,6 @@ import json
 import re
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import httpx2 as httpx
 import jwt
 import pytest
 
+from tests import forkserver
 from tests.conftest import BACKENDS, bearer
 from tests.serverproc import http_client, module_server, run_cli
 
@@ -55,11 +55,12 @@ class Cli:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def cli(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
-    with module_server(request, tmp_path_factory, "delegation") as (tmp, url, env, token, _backend):
-        path = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-        with http_client(base_url=url, headers=bearer(token), timeout=30) as admin:
-            # A narrow terminal width: nothing a script captures may be wrapped to it.
-            yield Cli(url, tmp, {**env, "PATH": path, "COLUMNS": "40"}, admin)
+    with (
+        module_server(request, tmp_path_factory, "delegation") as (tmp, url, env, token, _backend),
+        http_client(base_url=url, headers=bearer(token), timeout=30) as admin,
+    ):
+        # A narrow terminal width: nothing a script captures may be wrapped to it.
+        yield Cli(url, tmp, forkserver.on_path({**env, "COLUMNS": "40"}), admin)
 
 
 def _agent(cli: Cli, name: str, owner: str = "admin") -> tuple[str, str]:

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from tests import forkserver
 from tests.conftest import backend_for, bearer
 from tests.serverproc import http_client, run_cli, running_server
 from tether import __version__
@@ -109,11 +110,10 @@ def test_a_shell_script_captures_ids_secrets_and_a_working_token(server: Server)
           -d '{"subject": {"type": "agent", "id": "'"$AGENT"'"}, "action": {"name": "tool.call"},
                "resource": {"type": "Tool", "id": "search"}}'
     """
-    path = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=cwd,
-        env={**env, "PATH": path},
+        env=forkserver.on_path(env),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,

@@ -20,6 +20,7 @@ from unittest import mock
 import httpx2 as httpx
 import pytest
 
+from tests import forkserver
 from tests.conftest import BACKENDS, bearer
 from tests.serverproc import module_server, run_cli
 from tether.cli.client import ApiClient
@@ -600,11 +601,10 @@ def test_readme_policy_walkthrough_runs_as_written(server: Server, tmp_path: Pat
     and asks about the agent it creates (a deployment in use, as a reader's would be)."""
     blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
     walkthrough = next(b for b in blocks if "tether policy push" in b)
-    path = f"{Path(sys.executable).parent}:{server.env.get('PATH', '')}"
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", walkthrough],
         cwd=tmp_path,
-        env={**server.env, "PATH": path},
+        env=forkserver.on_path(server.env),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
