@@ -131,7 +131,9 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
       ``parent`` agent that does not exist, an ``expires_at`` / ``recertify_by`` that is
       not in the future, a credential's ``scopes`` ceiling beyond what the agent may hold, or
       a subject token for an ``agent`` that is not an active agent (or is frozen: the run
-      freezes and unfreezes too); a freeze ``scope`` naming no user, or a role no agent has.
+      freezes and unfreezes too); a freeze ``scope`` naming no user, or a role no agent has;
+      a merge patch's ``fingerprint`` without ``model`` for an agent that has no fingerprint
+      yet (the patch merges into the agent's: only its state says whether ``model`` is new).
     * 422 on field ``jwk`` for an EC key whose coordinates the document admits but that is not
       a point on its curve (``_UNUSABLE_KEY``): not server state, but like it a property of
       the value no JSON Schema can state.
@@ -183,6 +185,8 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
             return message.startswith("no user ")
         if where == "scope.role":
             return message.startswith("no agent has role ")
+        if where == "fingerprint.model":
+            return message.startswith("the agent has no fingerprint yet")
         if where == "jwk":
             return message.startswith("jwk: ") and any(m in message for m in _UNUSABLE_KEY)
     return False

@@ -30,6 +30,7 @@ from tether.credentials.models import CredentialRow
 from tether.credentials.replay import ReplayCache
 from tether.credentials.service import secret_digest
 from tether.credentials.store import DatabaseCredentialStore
+from tether.db.bulk import fetch_one_with
 from tether.db.text import unstorable
 from tether.freeze.gate import frozen_among
 from tether.jsonutil import loads
@@ -45,6 +46,21 @@ _store = DatabaseCredentialStore()
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialState:
+    """A credential as authentication reads it: what it relies on besides the secret or key."""
+
+    id: str
+    agent_id: str
+    deleted_at: int | None
+    expires_at: int | None
+    scopes: str | None  # JSON list, or null
+
+    @classmethod
+    def of(cls, row: CredentialRow) -> CredentialState:
+        return cls(row.id, row.agent_id, row.deleted_at, row.expires_at, row.scopes)
+
+
+@dataclass(frozen=True, slots=True)
 class AuthenticatedClient:
     agent: AgentFacts
     credential_id: str
@@ -53,6 +69,48 @@ class AuthenticatedClient:
     # private_key_jwt: the assertion's replay-cache key and until when (NumericDate) it must
     # be kept, spent by :func:`spend` in the write transaction that acts on it.
     assertion: tuple[str, int] | None = None
+    # what the authentication relied on, for :func:`unchanged` (None: read in this request)
+    state: CredentialState | None = None
+    remembered: bool = False  # answered from :class:`ClientReads`, not from the database
+
+
+class ClientReads:
+    """What client authentication read from the database, kept per process: an API key's
+    credential by its secret's digest and an agent's public keys (parsed), each with its
+    agent's facts — so that a client's next token request reads nothing before the write
+    transaction that issues it.
+
+    Never trusted on its own. Only the token endpoint's ``client_credentials`` grant uses it,
+    and its write transaction reads the credential and its agent again under the write lock
+    (:func:`unchanged`): a credential deleted, an agent suspended, killed or given other
+    scopes since — any difference — and the request starts over from the database
+    (:meth:`forget`). A refusal is never answered from here either: a remembered entry that
+    fails a check is forgotten and the request authenticated again from the database. Bounded
+    (forgotten all at once past ``capacity``); nothing secret is kept (digests and public
+    keys)."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self.secrets: dict[str, tuple[CredentialState, AgentFacts]] = {}
+        self.keys: dict[str, tuple[tuple[tuple[CredentialState, Any], ...], AgentFacts]] = {}
+
+    def remember_secret(self, digest: str, state: CredentialState, agent: AgentFacts) -> None:
+        if len(self.secrets) >= self.capacity:
+            self.secrets.clear()
+        self.secrets[digest] = (state, agent)
+
+    def remember_keys(
+        self, agent_id: str, keys: tuple[tuple[CredentialState, Any], ...], agent: AgentFacts
+    ) -> None:
+        if len(self.keys) >= self.capacity:
+            self.keys.clear()
+        self.keys[agent_id] = (keys, agent)
+
+    def forget(self, agent_id: str) -> None:
+        """Everything remembered of this agent's credentials."""
+        self.keys.pop(agent_id, None)
+        for digest in [d for d, (state, _) in self.secrets.items() if state.agent_id == agent_id]:
+            self.secrets.pop(digest, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +125,8 @@ class ClientAuthError(InvalidClient):
         super().__init__("client authentication failed")
         self.failure = failure
         self.basic = basic  # answer with WWW-Authenticate: Basic (RFC 6749 §5.2)
+        # the agent whose remembered credentials this refusal was decided on (ClientReads)
+        self.remembered: str | None = None
 
 
 def _basic(authorization: str | None) -> tuple[str, str] | None:
@@ -96,11 +156,43 @@ def authenticate(
     issuer: str,
     token_endpoint: str,
     now: datetime,
+    reads: ClientReads | None = None,
 ) -> AuthenticatedClient:
     """The agent the request authenticates as; raises :class:`ClientAuthError` otherwise.
     Only reads: what a success writes (the assertion's ``jti`` spent, the credential's
     ``last_used_at``) is :func:`spend`'s and :func:`touch`'s, in the write transaction that
-    acts on it."""
+    acts on it. With ``reads``, what was read before may answer (see :class:`ClientReads`:
+    the caller must then check :func:`unchanged` under the write lock)."""
+    if reads is not None:
+        try:
+            return _authenticate(
+                s,
+                form,
+                authorization,
+                issuer=issuer,
+                token_endpoint=token_endpoint,
+                now=now,
+                reads=reads,
+            )
+        except ClientAuthError as exc:
+            if not exc.remembered:
+                raise
+            reads.forget(exc.remembered)  # refused on what was remembered: read it again
+    return _authenticate(
+        s, form, authorization, issuer=issuer, token_endpoint=token_endpoint, now=now, reads=None
+    )
+
+
+def _authenticate(
+    s: Session,
+    form: dict[str, str],
+    authorization: str | None,
+    *,
+    issuer: str,
+    token_endpoint: str,
+    now: datetime,
+    reads: ClientReads | None,
+) -> AuthenticatedClient:
     basic = _basic(authorization)
     post = "client_secret" in form
     assertion = "client_assertion" in form or "client_assertion_type" in form
@@ -113,11 +205,38 @@ def authenticate(
         client_id, secret = basic
         if form.get("client_id", client_id) != client_id:
             raise InvalidRequest("client_id in the body differs from the Basic credentials")
-        return _by_secret(s, client_id, secret, "client_secret_basic", now)
+        return _by_secret(s, client_id, secret, method="client_secret_basic", now=now, reads=reads)
     if post:
         return _by_secret(s, form.get("client_id", ""), form["client_secret"],
-                          "client_secret_post", now)  # fmt: skip
-    return _by_assertion(s, form, issuer=issuer, token_endpoint=token_endpoint, now=now)
+                          method="client_secret_post", now=now, reads=reads)  # fmt: skip
+    return _by_assertion(s, form, issuer=issuer, token_endpoint=token_endpoint, now=now,
+                         reads=reads)  # fmt: skip
+
+
+# The credential and its agent as authentication relied on them, read again under the write
+# lock by the transaction that acts on the authentication (:func:`unchanged`).
+_CURRENT = (
+    "SELECT c.agent_id, c.deleted_at, c.expires_at, c.scopes, a.status, a.expires_at, a.scopes"
+    " FROM agent_credentials c JOIN agents a ON a.id = c.agent_id WHERE c.id = ?"
+)
+
+
+def unchanged(s: Session, client: AuthenticatedClient) -> bool:
+    """Whether the credential and the agent ``client`` was authenticated with are, in write
+    transaction ``s``, as authentication read them (one indexed read): if not, what the
+    request was granted on may no longer hold, and it must be authenticated again."""
+    state = client.state
+    if state is None:
+        return True
+    row = fetch_one_with(s, _CURRENT, (state.id,))
+    if row is None:
+        return False
+    agent = client.agent
+    return row[:4] == (state.agent_id, state.deleted_at, state.expires_at, state.scopes) and (
+        row[4],
+        row[5],
+        frozenset(loads(row[6])),
+    ) == (agent.status, agent.expires_at, agent.scopes)
 
 
 def spend(s: Session, client: AuthenticatedClient, replay: ReplayCache) -> None:
@@ -172,7 +291,13 @@ def _check_client_id(client_id: str, method: str) -> None:
 
 
 def _usable(
-    s: Session, row: CredentialRow | None, client_id: str, method: str, now: datetime
+    s: Session,
+    row: CredentialState | None,
+    agent: AgentFacts | None,
+    *,
+    client_id: str,
+    method: str,
+    now: datetime,
 ) -> AuthenticatedClient:
     if row is None or row.agent_id != client_id:
         raise _fail(client_id, method, "unknown client or credential")
@@ -181,7 +306,6 @@ def _usable(
     now_us = to_micros(now)
     if row.expires_at is not None and row.expires_at <= now_us:
         raise _fail(client_id, method, "credential expired")
-    agent = directory.facts(s, row.agent_id)
     assert agent is not None  # foreign key
     why = not_live(agent.liveness, now_us)
     if why is NotLive.INACTIVE:
@@ -193,18 +317,56 @@ def _usable(
     allowed = agent.scopes
     if row.scopes is not None:
         allowed &= frozenset(loads(row.scopes))
-    return AuthenticatedClient(agent, row.id, method, allowed)
+    return AuthenticatedClient(agent, row.id, method, allowed, state=row)
+
+
+def _remembered(error: ClientAuthError, agent_id: str) -> ClientAuthError:
+    error.remembered = agent_id
+    return error
 
 
 def _by_secret(
-    s: Session, client_id: str, secret: str, method: str, now: datetime
-) -> AuthenticatedClient:
+    s: Session, client_id: str, secret: str, *, method: str, now: datetime,
+    reads: ClientReads | None = None,
+) -> AuthenticatedClient:  # fmt: skip
     _check_client_id(client_id, method)
     digest = secret_digest(secret)
+    known = reads.secrets.get(digest) if reads is not None else None
+    if known is not None:
+        try:
+            client = _usable(s, *known, client_id=client_id, method=method, now=now)
+            return replace(client, remembered=True)
+        except ClientAuthError as exc:
+            raise _remembered(exc, known[0].agent_id) from None
     row = _store.by_secret_digest(s, digest)
     if row is not None and not hmac.compare_digest(row.secret_digest or "", digest):
         row = None  # unreachable in practice; keeps the comparison constant-time
-    return _usable(s, row, client_id, method, now)
+    state = CredentialState.of(row) if row is not None else None
+    agent = directory.facts(s, row.agent_id) if row is not None else None
+    client = _usable(s, state, agent, client_id=client_id, method=method, now=now)
+    if reads is not None and state is not None and agent is not None:
+        reads.remember_secret(digest, state, agent)
+    return client
+
+
+def _public_keys(
+    s: Session, client_id: str, reads: ClientReads | None
+) -> tuple[tuple[tuple[CredentialState, Any], ...], AgentFacts | None, bool]:
+    """The agent's public keys (parsed; a key that does not parse is left out) and facts,
+    and whether they were remembered."""
+    if reads is not None and (known := reads.keys.get(client_id)) is not None:
+        return known[0], known[1], True
+    parsed = []
+    for row in _store.public_keys(s, client_id):
+        try:
+            parsed.append((CredentialState.of(row), import_public_jwk(loads(row.jwk or "{}"))))
+        except (JoseError, ValueError):
+            continue
+    keys = tuple(parsed)
+    agent = directory.facts(s, client_id) if keys else None
+    if reads is not None and agent is not None:
+        reads.remember_keys(client_id, keys, agent)
+    return keys, agent, False
 
 
 def _by_assertion(
@@ -214,6 +376,7 @@ def _by_assertion(
     issuer: str,
     token_endpoint: str,
     now: datetime,
+    reads: ClientReads | None = None,
 ) -> AuthenticatedClient:
     method = "private_key_jwt"
     if form.get("client_assertion_type") != ASSERTION_TYPE:
@@ -223,25 +386,29 @@ def _by_assertion(
     if not isinstance(client_id, str) or not client_id:
         raise _fail(None, method, "assertion names no client")
     _check_client_id(client_id, method)
-    keys = _store.public_keys(s, client_id)
+    keys, agent, remembered = _public_keys(s, client_id, reads)
     claims: dict[str, Any] | None = None
-    used: CredentialRow | None = None
-    for row in keys:
+    used: CredentialState | None = None
+    for state, key in keys:
         try:
-            key = import_public_jwk(loads(row.jwk or "{}"))
             decoded = jwt.decode(token, key, registry=_REGISTRY)
         except (JoseError, ValueError):
             continue
-        claims, used = decoded.claims, row
+        claims, used = decoded.claims, state
         break
-    if claims is None or used is None:
-        raise _fail(client_id, method, "assertion signature does not verify with a registered key")
-    reason = _assertion_problem(claims, client_id, issuer, token_endpoint, int(now.timestamp()))
-    if reason:
-        raise _fail(client_id, method, reason)
-    client = _usable(s, used, client_id, method, now)
+    try:
+        if claims is None or used is None:
+            raise _fail(client_id, method,
+                        "assertion signature does not verify with a registered key")  # fmt: skip
+        reason = _assertion_problem(claims, client_id, issuer, token_endpoint,
+                                    int(now.timestamp()))  # fmt: skip
+        if reason:
+            raise _fail(client_id, method, reason)
+        client = _usable(s, used, agent, client_id=client_id, method=method, now=now)
+    except ClientAuthError as exc:
+        raise (_remembered(exc, client_id) if remembered else exc) from None
     spent = (f"{client_id}:{claims['jti']}", int(claims["exp"]) + LEEWAY)
-    return replace(client, assertion=spent)
+    return replace(client, assertion=spent, remembered=remembered)
 
 
 def _assertion_problem(

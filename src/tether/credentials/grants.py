@@ -26,11 +26,14 @@ from tether.users.models import UserRow
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")  # RFC 3986 URIs and RFC 8693 audiences: no spaces
 
 
-def still_active(s: Session, agent_id: str, now: datetime) -> AgentFacts:
+def still_active(
+    s: Session, agent_id: str, now: datetime, *, read: AgentFacts | None = None
+) -> AgentFacts:
     """The agent, re-checked inside the issuing transaction: a kill between authentication
     and issuance must not yield a token. An expired agent is :func:`capped_ttl`'s to refuse
-    (with its own message)."""
-    agent = directory.facts(s, agent_id)
+    (with its own message). ``read``: the agent's facts as this transaction has just read
+    them (:func:`tether.credentials.clients.unchanged`), not read again."""
+    agent = read if read is not None else directory.facts(s, agent_id)
     why = authority.not_live(agent.liveness if agent else None, to_micros(now))
     if agent is None or why in (authority.NotLive.MISSING, authority.NotLive.INACTIVE):
         raise UnauthorizedClient("the agent is not active")

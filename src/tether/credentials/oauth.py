@@ -72,6 +72,16 @@ FINISH_AFTER_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
+class _Stale:
+    """A group-commit job found the client's credential or agent changed since the
+    authentication it was remembered from (:class:`~tether.credentials.clients.ClientReads`):
+    nothing written; the request is authenticated again from the database."""
+
+
+_STALE = _Stale()
+
+
+@dataclass(frozen=True, slots=True)
 class _Refusal:
     """A group-commit job's refusal, returned (a raised one would roll its batch back and
     write the rest again; a returned exception would be raised by the committer)."""
@@ -114,6 +124,8 @@ class OAuthService:
         self.committer = committer
         # credential id -> when (monotonic) its last_used_at was last written by this process
         self._touched: dict[str, float] = {}
+        # what client_credentials' authentications read, re-checked under the write lock
+        self.client_reads = clients.ClientReads()
         self.ledger = ledger
         self.clock = clock
         self.keys = keys
@@ -166,16 +178,18 @@ class OAuthService:
         return client
 
     def _authenticated(
-        self, form: dict[str, str], authorization: str | None, now: datetime
-    ) -> AuthenticatedClient:
+        self, form: dict[str, str], authorization: str | None, now: datetime,
+        reads: clients.ClientReads | None = None,
+    ) -> AuthenticatedClient:  # fmt: skip
         """The client the request authenticates as, by reading only (statement by statement:
-        whatever acts on it re-checks the agent under the write lock); a failure is audited
-        and raised."""
+        whatever acts on it re-checks the agent under the write lock; with ``reads``, what
+        it remembered may answer and must be re-checked: :func:`clients.unchanged`); a
+        failure is audited and raised."""
         try:
             with self.db.read(transaction=False) as s:
                 return clients.authenticate(
                     s, form, authorization, issuer=self.endpoints.issuer,
-                    token_endpoint=self.endpoints.token, now=now,
+                    token_endpoint=self.endpoints.token, now=now, reads=reads,
                 )  # fmt: skip
         except ClientAuthError as exc:
             self._audit_auth_failure(exc, now)
@@ -233,15 +247,30 @@ class OAuthService:
         signed; then one job of the group commit spends the assertion's ``jti``, re-checks
         the agent under the write lock, writes the token's row, its ledger event and (at most
         once a minute) the credential's ``last_used_at`` — the token is returned once that
-        transaction is durable, many issuances sharing each commit."""
+        transaction is durable, many issuances sharing each commit.
+
+        A client's credential and agent as an earlier request read them may authenticate it
+        (:class:`~tether.credentials.clients.ClientReads`): the job then first reads both
+        again, and if anything changed it writes nothing and the request starts over from
+        the database (once)."""
         cnf_jkt = self._dpop_key(dpop, form, authorization) if dpop else None
         grant = form.get("grant_type")
         if grant not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
             raise UnsupportedGrantType(f"grant_type {grant!r} is not supported")
         if grant == TOKEN_EXCHANGE:
             return self._exchange(form, self.authenticate_client(form, authorization), cnf_jkt)
+        answer = self._client_credentials(form, authorization, cnf_jkt, self.client_reads)
+        if isinstance(answer, _Stale):
+            answer = self._client_credentials(form, authorization, cnf_jkt, None)
+        assert not isinstance(answer, _Stale)  # read in this request: never stale
+        return answer
+
+    def _client_credentials(
+        self, form: dict[str, str], authorization: str | None, cnf_jkt: str | None,
+        reads: clients.ClientReads | None,
+    ) -> dict[str, Any] | _Stale:  # fmt: skip
         now = self.clock.now()
-        client = self._authenticated(form, authorization, now)
+        client = self._authenticated(form, authorization, now, reads)
         try:
             scopes = grants.scopes(form.get("scope"), client.scope_ceiling)
             audience = grants.audience(form, default=self.endpoints.issuer)
@@ -264,17 +293,21 @@ class OAuthService:
                      "dpop_bound": cnf_jkt is not None},
         )  # fmt: skip
 
-        def issue(s: Session) -> Chain | _Refusal:
+        def issue(s: Session) -> Chain | _Refusal | _Stale:
             # A refusal is returned, not raised: raising would roll the whole batch back and
             # write it again without this job (a flood of replays would cost every other
             # caller a retry), and the assertion must stay spent when the grant fails.
+            if client.remembered and not clients.unchanged(s, client):
+                return _STALE  # before anything is written: the assertion is not spent
             try:
                 clients.spend(s, client, self.replay)
             except ClientAuthError as exc:
                 return _Refusal(exc)  # nothing written: it was spent before
             self._touch(s, client, now)
             try:
-                agent = grants.still_active(s, client.agent.id, now)
+                agent = grants.still_active(
+                    s, client.agent.id, now, read=client.agent if client.remembered else None
+                )
                 if grants.capped_ttl(ttl, agent, now) < ttl:  # its expires_at moved meanwhile
                     raise UnauthorizedClient("the agent changed while the token was issued")
             except OAuthError as exc:
@@ -283,6 +316,9 @@ class OAuthService:
             return Chain([event], finish=lambda _events: None)
 
         result = self._write(issue)
+        if isinstance(result, _Stale):
+            self.client_reads.forget(client.agent.id)
+            return result
         if isinstance(result, _Refusal):
             if isinstance(result.error, ClientAuthError):  # a replay: refused and audited
                 self._audit_auth_failure(result.error, now)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import cast
 
-from sqlalchemy import ColumnElement, Integer, Table, bindparam, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Integer, Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from tether.agents import directory
 from tether.credentials.models import AccessTokenRow, CredentialRow, SigningKeyRow
+from tether.db.bulk import insert_rows
 from tether.db.lists import PerDialect, one_of
 from tether.db.text import unstorable
 
@@ -138,11 +139,9 @@ class DatabaseCredentialStore:
         self, session: Session, *, jti: str, agent_id: str, client_id: str, issued_at: int,
         expires_at: int,
     ) -> None:  # fmt: skip
-        """A new, unrevoked token's row (one INSERT, no ORM object: on every issuance)."""
-        session.execute(insert(AccessTokenRow).values(
-            jti=jti, agent_id=agent_id, client_id=client_id, issued_at=issued_at,
-            expires_at=expires_at, revoked_at=None,
-        ))  # fmt: skip
+        """A new, unrevoked token's row (on the driver's cursor: on every issuance, inside
+        the group commit's write lock)."""
+        insert_rows(session, _TOKENS, [(jti, agent_id, client_id, issued_at, expires_at, None)])
 
     def add_token(self, session: Session, row: AccessTokenRow) -> None:
         session.add(row)

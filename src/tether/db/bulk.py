@@ -90,3 +90,21 @@ def fetch_one(session: Session, sql: str) -> tuple[Any, ...] | None:
     finally:
         cur.close()
     return tuple(row) if row is not None else None
+
+
+@cache
+def _paramstyle(sql: str, dialect: str) -> str:
+    return sql.replace("?", "%s") if dialect == "postgresql" else sql
+
+
+def fetch_one_with(session: Session, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The first row of a query with ``?`` placeholders (fixed SQL from the caller's module;
+    the values are bound by the driver, never spliced)."""
+    raw, dialect = _driver(session)
+    cur = raw.cursor()
+    try:
+        cur.execute(_paramstyle(sql, dialect), params)
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    return tuple(row) if row is not None else None

@@ -1,0 +1,115 @@
+"""Attacks on what a worker remembers of a client (``ClientReads``): a credential or agent
+that changed after a worker last read it must be refused or re-read, never answered from
+memory. Each change here is made through the services, which never tell the token
+endpoint's memory: as another worker or node would make it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from joserfc.jwk import ECKey
+
+from tests.token_attacks.kit import (
+    Env,
+    Snapshot,
+    assert_nothing_issued,
+    assert_oauth_error,
+    assertion,
+    assertion_form,
+    keyed_agent,
+    new_client,
+    post_token,
+    token_rows,
+)
+from tether.agents.schemas import AgentUpdate
+from tether.credentials.service import secret_digest
+from tether.principals import SYSTEM
+
+
+def _granted(env: Env, data: dict[str, str]) -> dict[str, Any]:
+    response = post_token(env, data)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _refusal_reason(env: Env, before: Snapshot, response: Any) -> str:
+    assert_oauth_error(response, 401, "invalid_client")
+    new = assert_nothing_issued(env, before, response)
+    assert [ev.type for ev in new] == ["client.auth_failed"]
+    return str(new[0].details["reason"])
+
+
+def test_a_remembered_key_deleted_elsewhere_is_refused(env: Env) -> None:
+    client = new_client(env)
+    _granted(env, client.form)
+    assert secret_digest(client.secret) in env.services.oauth.client_reads.secrets  # remembered
+    env.services.credentials.delete(SYSTEM, client.agent_id, client.credential_id)
+
+    before = Snapshot.of(env)
+    assert _refusal_reason(env, before, post_token(env, client.form)) == "credential deleted"
+
+
+def test_a_remembered_agent_suspended_is_refused_and_served_again_once_resumed(env: Env) -> None:
+    client = new_client(env)
+    _granted(env, client.form)
+    env.services.agents.suspend(SYSTEM, client.agent_id, reason="investigating")
+    before = Snapshot.of(env)
+    assert _refusal_reason(env, before, post_token(env, client.form)) == "agent is suspended"
+    # the refusal is not remembered either
+    env.services.agents.resume(SYSTEM, client.agent_id)
+    assert _granted(env, client.form)["token_type"] == "Bearer"
+
+
+def test_a_remembered_agent_killed_gets_nothing(env: Env) -> None:
+    client = new_client(env)
+    _granted(env, client.form)
+    env.services.agents.kill(SYSTEM, client.agent_id, reason="rogue")
+    before = Snapshot.of(env)
+    assert _refusal_reason(env, before, post_token(env, client.form)) == "agent is revoked"
+
+
+def test_scopes_narrowed_after_a_client_was_remembered_bind_its_next_token(env: Env) -> None:
+    client = new_client(env, scopes=["read", "write"])
+    assert _granted(env, client.form)["scope"] == "read write"
+    env.services.agents.update(SYSTEM, client.agent_id, AgentUpdate(scopes=["read"]))
+    tokens = token_rows(env)
+    # the default scope is the ceiling as it is now, not as it was remembered ...
+    assert _granted(env, client.form)["scope"] == "read"
+    assert token_rows(env) == tokens + 1  # one token for one request, after the start-over
+    # ... and a scope taken away is refused
+    refused = post_token(env, {**client.form, "scope": "write"})
+    assert_oauth_error(refused, 400, "invalid_scope")
+
+
+def test_a_key_registered_after_the_keys_were_remembered_is_accepted(env: Env) -> None:
+    agent_id, first, first_id = keyed_agent(env)
+    _granted(env, assertion_form(assertion(first, agent_id, env.token_url, env.now)))
+    assert agent_id in env.services.oauth.client_reads.keys
+    second = ECKey.generate_key("P-256")
+    env.services.credentials.create_public_key(SYSTEM, agent_id,
+                                               jwk=second.as_dict(private=False))  # fmt: skip
+    _granted(env, assertion_form(assertion(second, agent_id, env.token_url, env.now)))
+    # and the first key, deleted meanwhile, no longer is
+    env.services.credentials.delete(SYSTEM, agent_id, first_id)
+    before = Snapshot.of(env)
+    stale = post_token(env, assertion_form(assertion(first, agent_id, env.token_url, env.now)))
+    assert _refusal_reason(env, before, stale) == (
+        "assertion signature does not verify with a registered key"
+    )
+
+
+def test_a_start_over_spends_the_assertion_once(env: Env) -> None:
+    """The credential changed after it was remembered (a new expiry): the issuing job finds
+    it changed, writes nothing, and the request starts over from the database — the
+    assertion is spent once, by the start-over, and a replay of it is still refused."""
+    agent_id, key, _ = keyed_agent(env)
+    _granted(env, assertion_form(assertion(key, agent_id, env.token_url, env.now)))
+    env.services.agents.update(SYSTEM, agent_id, AgentUpdate(purpose="changed, harmlessly"))
+    env.services.agents.update(SYSTEM, agent_id, AgentUpdate(scopes=["read", "write", "x"]))
+    token = assertion(key, agent_id, env.token_url, env.now)
+    tokens = token_rows(env)
+    assert _granted(env, assertion_form(token))["scope"] == "read write x"
+    assert token_rows(env) == tokens + 1
+    before = Snapshot.of(env)
+    replay = post_token(env, assertion_form(token))
+    assert _refusal_reason(env, before, replay) == "assertion jti already used (replay)"
