@@ -66,7 +66,7 @@ from bench.common import (
     percentile,
     write_json,
 )
-from bench.decisions import HttpRequest, LoadGen, LoadResult
+from bench.loadgen import HttpRequest, LoadGen, LoadResult
 from bench.tokens import (
     Deployment,
     Server,

@@ -28,6 +28,7 @@ import base64
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,6 +64,7 @@ from bench.common import (
     workspace,
     write_json,
 )
+from bench.loadgen import HttpRequest, LoadGen, LoadResult, process_tree_cpu
 from tether.agents.schemas import AgentCreate
 from tether.bootstrap import prepare
 from tether.config import Settings
@@ -82,10 +84,11 @@ class Sizes:
     floor_seconds: float  # each sign baseline per round
     verify_rounds: int
     verify_seconds: float  # each verifier per round
+    http_seconds: float = 3.0  # each wrk / fixed-rate row
 
 
 FULL = Sizes(8, 2, rounds=4, load_seconds=5.0, inproc_seconds=1.5, floor_seconds=0.5,
-             verify_rounds=5, verify_seconds=0.6)  # fmt: skip
+             verify_rounds=5, verify_seconds=0.6, http_seconds=8.0)  # fmt: skip
 QUICK = Sizes(8, 2, rounds=2, load_seconds=2.0, inproc_seconds=0.5, floor_seconds=0.2,
               verify_rounds=2, verify_seconds=0.3)  # fmt: skip
 WARMUP_REQUESTS = 5  # per client (and in-process) before the first round
@@ -134,37 +137,6 @@ def time_calls(fn: Callable[[], object], seconds: float, samples: Samples) -> No
         if t1 >= deadline:
             break
     samples.cpu += time.process_time() - cpu0
-
-
-def process_tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) used so far by ``root`` and its descendants (Linux
-    ``/proc``); NaN where that cannot be read."""
-    try:
-        entries = list(Path("/proc").iterdir())
-        tick = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return math.nan
-    children: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = entry.joinpath("stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        fields = raw[raw.rfind(")") + 2 :].split()  # after "pid (comm) "
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-    if root not in cpu:
-        return math.nan
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += cpu.get(pid, 0.0)
-        todo += children.get(pid, [])
-    return total
 
 
 # -- a deployment and its server ---------------------------------------------------------------
@@ -453,6 +425,8 @@ def sign_floors(
 
 # -- tables ------------------------------------------------------------------------------------
 ISSUE_HEADERS = ["benchmark", "per second", "p50", "p99", "CPU per token", "cost ÷ joserfc sign"]
+HTTP_HEADERS = ["benchmark", "per second", "p50", "p99", "server CPU per call", "ratio",
+                "errors"]  # fmt: skip
 VERIFY_HEADERS = ["benchmark", "per second", "p50", "p99", "÷ PyJWT", "÷ ECDSA verify"]
 
 
@@ -631,6 +605,146 @@ def run_verify(parts: TokenParts, jwks: dict[str, Any], issuer: str, sizes: Size
     return table
 
 
+# -- over HTTP with a separate load generator --------------------------------------------------
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+FIXED_RATE = 300  # tokens/s for the fixed-rate rows
+
+
+def keyed_clients(dep: Deployment, count: int) -> list[tuple[str, ECKey]]:
+    """``count`` active agents with one registered P-256 key each (``private_key_jwt``)."""
+    out = []
+    for i in range(count):
+        agent = dep.services.agents.create(dep.admin, AgentCreate(
+            name=f"token-bench-key-{i}", owner="admin", purpose="token benchmark",
+            risk_tier="minimal", scopes=SCOPES,
+        ))  # fmt: skip
+        key = ECKey.generate_key("P-256")
+        dep.services.credentials.create_public_key(dep.admin, agent.id,
+                                                   jwk=key.as_dict(private=False))  # fmt: skip
+        out.append((agent.id, key))
+    return out
+
+
+def assertion_requests(
+    dep: Deployment, clients: list[tuple[str, ECKey]], count: int
+) -> list[HttpRequest]:
+    """``count`` token requests, each with an assertion of its own (a jti is single-use)."""
+    aud = f"{dep.base_url}/oauth/token"
+    now = int(time.time())
+    reqs = []
+    for i in range(count):
+        agent_id, key = clients[i % len(clients)]
+        claims = {"iss": agent_id, "sub": agent_id, "aud": aud, "iat": now, "exp": now + 600,
+                  "jti": f"bench-{i}-{os.urandom(6).hex()}"}  # fmt: skip
+        signed = jose_jwt.encode({"alg": "ES256"}, claims, key)
+        body = (f"grant_type=client_credentials&client_assertion_type={quote_plus(ASSERTION_TYPE)}"
+                f"&client_assertion={signed}").encode()  # fmt: skip
+        reqs.append(HttpRequest("POST", "/oauth/token", "", body, FORM_TYPE))
+    return reqs
+
+
+def run_http(dep: Deployment, server: Server, sizes: Sizes, workdir: Path) -> ResultTable:
+    """Issuance and evaluations over HTTP, loaded by ``wrk`` (a C load generator: the
+    server, not the client, is measured), beside the same server's ``/healthz``."""
+    tag = f"[tokens/{dep.backend}]"
+    kind = "wrk" if shutil.which("wrk") else "python"
+    many = max(32, sizes.clients)
+    note(f"{tag} HTTP rows with {kind}: {many} API-key clients, 8 key-holding clients")
+    basic = [HttpRequest("POST", "/oauth/token", a, BODY, FORM_TYPE)
+             for a in make_clients(dep, many)]  # fmt: skip
+    keyed = keyed_clients(dep, 8)
+    seconds = sizes.http_seconds
+    assertions = assertion_requests(dep, keyed, int(3000 * seconds) + 500)
+    health = [HttpRequest("GET", "/healthz", "", b"")]
+    agent = dep.services.agents.create(dep.admin, AgentCreate(
+        name="token-bench-evaluator", owner="admin", purpose="token benchmark",
+        risk_tier="minimal", scopes=SCOPES,
+    ))  # fmt: skip
+    _cred, secret = dep.services.credentials.create_api_key(dep.admin, agent.id)
+    bearer = dep.services.oauth.token(
+        {"grant_type": "client_credentials"}, basic_authorization(agent.id, secret)
+    )["access_token"]
+    ask = {"subject": {"type": "agent", "id": agent.id}, "action": {"name": "tool.call"},
+           "resource": {"type": "Tool", "id": "search"}}  # fmt: skip
+    evals = [HttpRequest("POST", "/access/v1/evaluation", f"Bearer {bearer}",
+                         json.dumps(ask).encode())]  # fmt: skip
+    (workdir / "a").mkdir(exist_ok=True)
+    (workdir / "b").mkdir(exist_ok=True)
+    gen = LoadGen(server, workdir / "a", kind)
+    side = LoadGen(server, workdir / "b", "python")
+    # warm-up: every client once, and the server's caches
+    gen.max_rate(basic, connections=8, seconds=1, expect="access_token")
+
+    results: list[tuple[str, LoadResult]] = []
+    hz = gen.max_rate(health, connections=8, seconds=seconds, expect="ok")
+    results.append(("GET /healthz, 8 connections (the same server's ceiling)", hz))
+    for conns in (8, 32):
+        note(f"{tag} client_credentials (client_secret_basic), {conns} connections")
+        results.append((f"client_credentials, client_secret_basic, {conns} connections",
+                        gen.max_rate(basic[:conns], connections=conns, seconds=seconds,
+                                     expect="access_token")))  # fmt: skip
+    note(f"{tag} client_credentials (private_key_jwt), 8 connections")
+    results.append(("client_credentials, private_key_jwt, 8 connections",
+                    gen.max_rate(assertions, connections=8, seconds=seconds,
+                                 expect="access_token")))  # fmt: skip
+    note(f"{tag} client_credentials at a fixed {FIXED_RATE}/s")
+    results.append((f"client_credentials at a fixed {FIXED_RATE}/s, 8 connections",
+                    side.fixed_rate(basic[:8], rate=FIXED_RATE, connections=8, seconds=seconds,
+                                    expect="access_token")))  # fmt: skip
+    note(f"{tag} AuthZEN evaluations alone, then under {FIXED_RATE} tokens/s")
+    alone = gen.max_rate(evals, connections=8, seconds=seconds, expect="decision")
+    results.append(("POST /access/v1/evaluation alone, 8 connections", alone))
+    beside: list[LoadResult] = []
+    loader = threading.Thread(target=lambda: beside.append(side.fixed_rate(
+        basic[:8], rate=FIXED_RATE, connections=8, seconds=seconds + 1, expect="access_token",
+    )))  # fmt: skip
+    loader.start()
+    time.sleep(0.5)
+    under = gen.max_rate(evals, connections=8, seconds=seconds, expect="decision")
+    loader.join()
+    results.append((f"POST /access/v1/evaluation while {FIXED_RATE} tokens/s are issued", under))
+    if beside:
+        results.append((f"  the {FIXED_RATE} tokens/s beside it", beside[0]))
+
+    title = (f"Token issuance over HTTP on {dep.backend} — {kind}, `tether serve --workers "
+             f"{sizes.workers}` (higher is better)")  # fmt: skip
+    table = ResultTable(title, HTTP_HEADERS)
+    for label, r in results:
+        cpu = r.server_cpu / r.ok if r.ok else math.nan
+        ratio = r.rate / hz.rate if "healthz" not in label else 1.0
+        if "evaluation while" in label:
+            ratio = r.rate / alone.rate
+        table.rows.append([
+            label, fmt_rate(r.rate, "/s"), fmt_latency(r.p50), fmt_latency(r.p99),
+            fmt_latency(cpu), fmt_ratio(ratio), f"{r.errors:,}",
+        ])  # fmt: skip
+        table.records.append({
+            "benchmark": label, "backend": dep.backend, "generator": r.generator,
+            "mode": r.mode, "connections": r.connections, "per_s": r.rate, "ok": r.ok,
+            "p50_s": r.p50, "p99_s": r.p99, "max_s": r.max, "server_cpu_per_call_s": cpu,
+            "ratio": ratio, "errors": r.errors, "first_error": r.first_error,
+        })  # fmt: skip
+    table.footnotes += [
+        f"max-rate rows: {kind} (one thread) for {seconds:g} s per row, closed loop over the "
+        "given connections, every answer checked (200 and an access_token / a decision); "
+        f"fixed-rate rows: the Python generator sends {FIXED_RATE} requests/s on schedule, "
+        "latency from each request's scheduled send (no coordinated omission). CPU per call "
+        "= the server's process tree (/proc), not PostgreSQL's, not the generator's.",
+        "ratio: a token row's rate over /healthz's on the same server in the same run (the "
+        "figure that carries across machines; target ≥ 0.15); the evaluation row under token "
+        "load: its rate over the evaluation row alone (target ≥ 0.70).",
+        f"client_secret_basic: {many} agents with an API key each, cycled; private_key_jwt: "
+        "8 agents with a registered P-256 key, every request a new ES256 assertion (unique "
+        "jti, prepared beforehand); evaluation: one agent asking about itself with its own "
+        "bearer token (no DPoP). The two rows measured together share the server's CPU "
+        "figure (both loads' CPU over each row's calls).",
+    ]
+    failed = [(label, r.first_error) for label, r in results if r.errors]
+    for label, first in failed:
+        table.footnotes.append(f"errors in '{label}': first: {first}")
+    return table
+
+
 def sizes_for(options: Options) -> Sizes:
     sizes = QUICK if options.quick else FULL
     clients: int | None = getattr(options.extra, "clients", None)
@@ -638,6 +752,7 @@ def sizes_for(options: Options) -> Sizes:
     return Sizes(
         clients or sizes.clients, workers or sizes.workers, sizes.rounds, sizes.load_seconds,
         sizes.inproc_seconds, sizes.floor_seconds, sizes.verify_rounds, sizes.verify_seconds,
+        sizes.http_seconds,
     )  # fmt: skip
 
 
@@ -656,6 +771,9 @@ def run_all(options: Options) -> list[ResultTable]:
                 table, fresh = run_issuance(dep, server, sizes)
                 table.print()
                 tables.append(table)
+                http = run_http(dep, server, sizes, dep.workdir)
+                http.print()
+                tables.append(http)
                 if verify is None:  # once, while the token is fresh; printed last
                     jwks = httpx.get(f"{server.url}/.well-known/jwks.json", timeout=10).json()
                     verify = run_verify(fresh, jwks, server.url, sizes)
