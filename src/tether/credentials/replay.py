@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.credentials.models import UsedJtiRow
 from tether.db import Database
+from tether.db.bulk import execute_counted
 from tether.db.purge import delete_before
 from tether.db.text import unstorable
 
@@ -21,6 +21,9 @@ class ReplayCache(Protocol):
         ...
 
 
+_SPEND = "INSERT INTO used_jtis (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+
+
 class DatabaseReplayCache:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -29,11 +32,10 @@ class DatabaseReplayCache:
         full = f"{namespace}:{key}"[:200]
         if unstorable(full):  # no backend-neutral way to record it: refused as if used
             return True  # (DPoP and client-assertion checks reject a NUL jti before this)
-        if s.scalars(select(UsedJtiRow.key).where(UsedJtiRow.key == full)).first():
-            return True
-        s.add(UsedJtiRow(key=full, expires_at=expires_at))
-        s.flush()
-        return False
+        # One statement: the key's uniqueness decides, on every worker and node at once (a
+        # concurrent second use inserts nothing, here or in the transaction that waits for
+        # this one's lock).
+        return execute_counted(s, _SPEND, (full, expires_at)) == 0
 
     def purge(self, now: int) -> int:
         """Forget entries whose ``exp`` has passed (a replay then fails on ``exp`` anyway), in

@@ -108,3 +108,17 @@ def fetch_one_with(session: Session, sql: str, params: tuple[Any, ...]) -> tuple
     finally:
         cur.close()
     return tuple(row) if row is not None else None
+
+
+def execute_counted(session: Session, sql: str, params: tuple[Any, ...]) -> int:
+    """Run one statement with ``?`` placeholders (fixed SQL from the caller's module); the
+    number of rows it changed."""
+    raw, dialect = _driver(session)
+    cur = raw.cursor()
+    try:
+        cur.execute(_paramstyle(sql, dialect), params)
+        return int(cur.rowcount)
+    except _integrity_error(session) as exc:
+        raise IntegrityError(sql, None, exc) from exc
+    finally:
+        cur.close()
