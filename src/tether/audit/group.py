@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 from tether.audit.chain import Event
@@ -34,6 +35,7 @@ from tether.audit.events import NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock
 from tether.db import Database
+from tether.db.bulk import insert_rows
 from tether.errors import LedgerUnavailable
 
 log = logging.getLogger("tether.audit.group")
@@ -60,6 +62,9 @@ class Chain:
     events: Sequence[NewEvent]
     finish: Callable[[list[Event]], Any]
     attachment: Any = None
+    # Rows to insert with the batch, before its events: every job's rows of one table in
+    # one statement (PostgreSQL: one COPY) instead of a round trip per job under the lock.
+    rows: Sequence[tuple[Table, tuple[Any, ...]]] = ()
 
 
 @dataclass(slots=True)
@@ -202,6 +207,12 @@ class GroupCommitter:
                         raise _JobFailed(i, exc) from exc
                     if isinstance(results[i], Chain):
                         chains.append((i, results[i]))
+            tables: dict[Table, list[tuple[Any, ...]]] = {}
+            for _, chain in chains:
+                for table, row in chain.rows:
+                    tables.setdefault(table, []).append(row)
+            for table, rows in tables.items():
+                insert_rows(s, table, rows)
             news = [e for _, c in chains for e in c.events]
             news += [e for i in plain if (e := batch[i].event) is not None]
             events = self.ledger.append(s, news, now=now)

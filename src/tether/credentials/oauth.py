@@ -41,6 +41,7 @@ from tether.credentials.replay import DatabaseDPoPReplayCache, DatabaseReplayCac
 from tether.credentials.retention import purge_expired_tokens
 from tether.credentials.store import DatabaseCredentialStore
 from tether.db import Database
+from tether.db.bulk import insert_rows
 from tether.errors import Forbidden, ValidationFailed
 from tether.freeze.gate import frozen_among
 from tether.ids import IdPrefix, new_id
@@ -231,6 +232,8 @@ class OAuthService:
             result = job(s)
             if isinstance(result, Chain):
                 now = self.clock.now()
+                for table, row in result.rows:
+                    insert_rows(s, table, [row])
                 return result.finish(self.ledger.append(s, list(result.events), now=now))
             return result
 
@@ -312,8 +315,11 @@ class OAuthService:
                     raise UnauthorizedClient("the agent changed while the token was issued")
             except OAuthError as exc:
                 return _Refusal(exc)
-            self._row(s, agent.id, client_id=agent.id, claims=claims, now=now)
-            return Chain([event], finish=lambda _events: None)
+            row = self.store.token_row(
+                jti=claims["jti"], agent_id=agent.id, client_id=agent.id,
+                issued_at=to_micros(now), expires_at=int(claims["exp"]) * 1_000_000,
+            )  # fmt: skip
+            return Chain([event], finish=lambda _events: None, rows=[row])
 
         result = self._write(issue)
         if isinstance(result, _Stale):

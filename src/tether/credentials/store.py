@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Integer, Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
@@ -142,6 +142,14 @@ class DatabaseCredentialStore:
         """A new, unrevoked token's row (on the driver's cursor: on every issuance, inside
         the group commit's write lock)."""
         insert_rows(session, _TOKENS, [(jti, agent_id, client_id, issued_at, expires_at, None)])
+
+    @staticmethod
+    def token_row(
+        *, jti: str, agent_id: str, client_id: str, issued_at: int, expires_at: int
+    ) -> tuple[Table, tuple[Any, ...]]:
+        """A new, unrevoked token's row for a group-commit batch to insert with its others
+        (:attr:`tether.audit.group.Chain.rows`)."""
+        return _TOKENS, (jti, agent_id, client_id, issued_at, expires_at, None)
 
     def add_token(self, session: Session, row: AccessTokenRow) -> None:
         session.add(row)
