@@ -109,8 +109,10 @@ class ClientReads:
     def forget(self, agent_id: str) -> None:
         """Everything remembered of this agent's credentials."""
         self.keys.pop(agent_id, None)
-        for digest in [d for d, (state, _) in self.secrets.items() if state.agent_id == agent_id]:
-            self.secrets.pop(digest, None)
+        # copied in one call first: request threads add entries meanwhile
+        for digest, (state, _) in list(self.secrets.items()):
+            if state.agent_id == agent_id:
+                self.secrets.pop(digest, None)
 
 
 @dataclass(frozen=True, slots=True)
