@@ -69,6 +69,7 @@ from tether.agents.schemas import AgentCreate
 from tether.bootstrap import prepare
 from tether.config import Settings
 from tether.container import Services, build_services
+from tether.credentials.clients import ASSERTION_TYPE
 from tether.credentials.models import AccessTokenRow
 from tether.principals import Principal
 from tether.sdk import JWKSCache, verify_access_token
@@ -257,16 +258,20 @@ def basic_authorization(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
+def bench_agent(dep: Deployment, name: str) -> str:
+    """A new active agent (minimal risk, scopes ``read write``); its id."""
+    return dep.services.agents.create(dep.admin, AgentCreate(
+        name=name, owner="admin", purpose="token benchmark", risk_tier="minimal", scopes=SCOPES,
+    )).id  # fmt: skip
+
+
 def make_clients(dep: Deployment, count: int) -> list[str]:
     """``count`` active agents with one API key each; their Authorization header values."""
     headers = []
     for i in range(count):
-        agent = dep.services.agents.create(dep.admin, AgentCreate(
-            name=f"token-bench-{i}", owner="admin", purpose="token benchmark",
-            risk_tier="minimal", scopes=SCOPES,
-        ))  # fmt: skip
-        _cred, secret = dep.services.credentials.create_api_key(dep.admin, agent.id)
-        headers.append(basic_authorization(agent.id, secret))
+        agent_id = bench_agent(dep, f"token-bench-{i}")
+        _cred, secret = dep.services.credentials.create_api_key(dep.admin, agent_id)
+        headers.append(basic_authorization(agent_id, secret))
     return headers
 
 
@@ -606,7 +611,6 @@ def run_verify(parts: TokenParts, jwks: dict[str, Any], issuer: str, sizes: Size
 
 
 # -- over HTTP with a separate load generator --------------------------------------------------
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 FIXED_RATE = 300  # tokens/s for the fixed-rate rows
 
 
@@ -614,14 +618,11 @@ def keyed_clients(dep: Deployment, count: int) -> list[tuple[str, ECKey]]:
     """``count`` active agents with one registered P-256 key each (``private_key_jwt``)."""
     out = []
     for i in range(count):
-        agent = dep.services.agents.create(dep.admin, AgentCreate(
-            name=f"token-bench-key-{i}", owner="admin", purpose="token benchmark",
-            risk_tier="minimal", scopes=SCOPES,
-        ))  # fmt: skip
+        agent_id = bench_agent(dep, f"token-bench-key-{i}")
         key = ECKey.generate_key("P-256")
-        dep.services.credentials.create_public_key(dep.admin, agent.id,
+        dep.services.credentials.create_public_key(dep.admin, agent_id,
                                                    jwk=key.as_dict(private=False))  # fmt: skip
-        out.append((agent.id, key))
+        out.append((agent_id, key))
     return out
 
 
@@ -656,15 +657,12 @@ def run_http(dep: Deployment, server: Server, sizes: Sizes, workdir: Path) -> Re
     seconds = sizes.http_seconds
     assertions = assertion_requests(dep, keyed, int(3000 * seconds) + 500)
     health = [HttpRequest("GET", "/healthz", "", b"")]
-    agent = dep.services.agents.create(dep.admin, AgentCreate(
-        name="token-bench-evaluator", owner="admin", purpose="token benchmark",
-        risk_tier="minimal", scopes=SCOPES,
-    ))  # fmt: skip
-    _cred, secret = dep.services.credentials.create_api_key(dep.admin, agent.id)
+    agent_id = bench_agent(dep, "token-bench-evaluator")
+    _cred, secret = dep.services.credentials.create_api_key(dep.admin, agent_id)
     bearer = dep.services.oauth.token(
-        {"grant_type": "client_credentials"}, basic_authorization(agent.id, secret)
+        {"grant_type": "client_credentials"}, basic_authorization(agent_id, secret)
     )["access_token"]
-    ask = {"subject": {"type": "agent", "id": agent.id}, "action": {"name": "tool.call"},
+    ask = {"subject": {"type": "agent", "id": agent_id}, "action": {"name": "tool.call"},
            "resource": {"type": "Tool", "id": "search"}}  # fmt: skip
     evals = [HttpRequest("POST", "/access/v1/evaluation", f"Bearer {bearer}",
                          json.dumps(ask).encode())]  # fmt: skip

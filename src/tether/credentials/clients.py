@@ -12,6 +12,7 @@ import hmac
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -165,24 +166,16 @@ def authenticate(
     ``last_used_at``) is :func:`spend`'s and :func:`touch`'s, in the write transaction that
     acts on it. With ``reads``, what was read before may answer (see :class:`ClientReads`:
     the caller must then check :func:`unchanged` under the write lock)."""
+    attempt = partial(_authenticate, s, form, authorization, issuer=issuer,
+                      token_endpoint=token_endpoint, now=now)  # fmt: skip
     if reads is not None:
         try:
-            return _authenticate(
-                s,
-                form,
-                authorization,
-                issuer=issuer,
-                token_endpoint=token_endpoint,
-                now=now,
-                reads=reads,
-            )
+            return attempt(reads=reads)
         except ClientAuthError as exc:
             if not exc.remembered:
                 raise
             reads.forget(exc.remembered)  # refused on what was remembered: read it again
-    return _authenticate(
-        s, form, authorization, issuer=issuer, token_endpoint=token_endpoint, now=now, reads=None
-    )
+    return attempt(reads=None)
 
 
 def _authenticate(

@@ -139,9 +139,10 @@ class DatabaseCredentialStore:
         self, session: Session, *, jti: str, agent_id: str, client_id: str, issued_at: int,
         expires_at: int,
     ) -> None:  # fmt: skip
-        """A new, unrevoked token's row (on the driver's cursor: on every issuance, inside
-        the group commit's write lock)."""
-        insert_rows(session, _TOKENS, [(jti, agent_id, client_id, issued_at, expires_at, None)])
+        """A new, unrevoked token's row, on the driver's cursor."""
+        table, row = self.token_row(jti=jti, agent_id=agent_id, client_id=client_id,
+                                    issued_at=issued_at, expires_at=expires_at)  # fmt: skip
+        insert_rows(session, table, [row])
 
     @staticmethod
     def token_row(
