@@ -24,11 +24,13 @@ $(VENV)/.dev: $(BIN)/tether
 run: $(BIN)/tether
 	$(BIN)/tether serve
 
-# Two test processes: every test has its own SQLite file or PostgreSQL schema. The suite
-# is now CPU-bound on 2 CPUs (~14 min of CPU, 8.6-9.9 min here); worksteal lets an idle
-# worker take queued tests from a busy one (the schemathesis runs are a minute each).
+# Three test processes on 2 CPUs: every test has its own SQLite file or PostgreSQL schema. Two
+# left ~20 % of the CPU idle while tests wait on the servers, CLI children and PostgreSQL they
+# drive; a third fills it (2026-12-06, this machine, back to back: -n 2 3:38-3:52, -n 3
+# 3:23-3:40). Worksteal lets an idle worker take queued tests from a busy one (the schemathesis
+# runs are 20-35 s each).
 test: $(VENV)/.dev
-	$(BIN)/pytest -q -n 2 --dist worksteal
+	$(BIN)/pytest -q -n 3 --dist worksteal
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench
