@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from joserfc.jwk import ECKey
+from sqlalchemy import text
+from sqlalchemy.exc import UnboundExecutionError
 
 from tests.token_attacks.kit import (
     Env,
@@ -23,6 +26,7 @@ from tests.token_attacks.kit import (
 )
 from tether.agents.schemas import AgentUpdate
 from tether.credentials.service import secret_digest
+from tether.freeze.gate import IN_FORCE
 from tether.principals import SYSTEM
 
 
@@ -113,3 +117,48 @@ def test_a_start_over_spends_the_assertion_once(env: Env) -> None:
     before = Snapshot.of(env)
     replay = post_token(env, assertion_form(token))
     assert _refusal_reason(env, before, replay) == "assertion jti already used (replay)"
+
+
+def test_a_remembered_client_is_served_on_the_event_loop_and_a_new_one_in_a_thread(
+    env: Env, monkeypatch: Any
+) -> None:
+    """``token_async``: a client this process remembers is authenticated and signed from
+    memory, without :meth:`OAuthService.token` (the worker-thread path); a first request,
+    which reads the database, and a refusal, which writes its audit event, take that path."""
+    oauth = env.services.oauth
+    threaded: list[str] = []
+    blocking = oauth.token
+
+    def spy(form: dict[str, str], authorization: str | None, **kw: Any) -> dict[str, Any]:
+        threaded.append(form.get("scope", ""))
+        return blocking(form, authorization, **kw)
+
+    monkeypatch.setattr(oauth, "token", spy)
+    # A serving worker's steady state, which a loaded test machine does not always reach in
+    # time by itself: its runtime current (which freezes are in force: none) and its view of
+    # the signing keys fresh. Either not so, and the thread path reads them (see below).
+    monkeypatch.setitem(env.services.db.session_info, IN_FORCE, lambda: ())
+    monkeypatch.setattr(oauth.keys, "signer_in_memory", oauth.keys.signer)
+    client = new_client(env, scopes=["read", "write"])
+    _granted(env, {**client.form, "scope": "read"})
+    assert threaded == ["read"]  # not remembered yet: read from the database in a thread
+    tokens = token_rows(env)
+    for _ in range(3):
+        _granted(env, {**client.form, "scope": "write"})
+    assert threaded == ["read"]  # remembered: none of the three took the thread
+    assert token_rows(env) == tokens + 3  # and each is recorded
+    before = Snapshot.of(env)
+    refused = post_token(env, {**client.form, "scope": "admin"})
+    assert_oauth_error(refused, 400, "invalid_scope")
+    assert threaded == ["read", "admin"]  # a refusal is decided where it may write
+    assert_nothing_issued(env, before, refused)
+    # a worker whose runtime is not current reads the freezes in force from the table
+    monkeypatch.setitem(env.services.db.session_info, IN_FORCE, lambda: None)
+    _granted(env, {**client.form, "scope": "read"})
+    assert threaded == ["read", "admin", "read"]
+
+
+def test_an_offline_session_runs_no_statement(env: Env) -> None:
+    """What the event loop authenticates with: memory answers, a statement raises."""
+    with env.services.db.offline() as s, pytest.raises(UnboundExecutionError):
+        s.execute(text("SELECT 1"))

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from tether import __version__
 from tether.api import docs, errors, requestlog
-from tether.api.fastpath import DecisionFastPath
+from tether.api.fastpath import DecisionFastPath, TokenFastPath
 from tether.api.limits import BodyLimitMiddleware
 from tether.api.metrics import MetricsMiddleware
 from tether.api.routes import (
@@ -94,7 +94,8 @@ def create_app(services: Services) -> FastAPI:
                    audit, revocations):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
-    app.add_middleware(DecisionFastPath, services=services)  # innermost: after limits, metrics
+    app.add_middleware(TokenFastPath, services=services)  # innermost: after limits, metrics
+    app.add_middleware(DecisionFastPath, services=services)
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -1,4 +1,5 @@
-"""The AuthZEN endpoints without FastAPI's per-request machinery — the PDP's hot path.
+"""The hot paths without FastAPI's per-request machinery: the AuthZEN endpoints (the PDP)
+and the token endpoint (:class:`TokenFastPath`).
 
 FastAPI spends more CPU on routing, dependency solving and body handling than Tether spends
 deciding (bench/README.md). This ASGI middleware answers ``POST /access/v1/evaluation`` and
@@ -21,11 +22,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.api import errors, requestlog
+from tether.api.routes.oauth import answer_token
 from tether.container import Services
 from tether.errors import TetherError
 from tether.policy import authzen
 
 _SINGLE = "/access/v1/evaluation"
+_TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path
 _BATCH = "/access/v1/evaluations"
 
 
@@ -107,3 +110,38 @@ async def _body(receive: Receive) -> bytes:
 
 def _json(body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+class TokenFastPath:
+    """``POST /oauth/token`` answered by the route's own function
+    (:func:`tether.api.routes.oauth.answer_token`) without FastAPI's routing, dependency
+    solving and thread hop: agents fetch tokens every few minutes, in bursts, and FastAPI's
+    share of a token request was about as much as the issuance's own work (bench/README.md).
+    The FastAPI route stays the documented definition (OpenAPI) and answers the same."""
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+        self.route = _Route(_TOKEN_PATH)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != _TOKEN_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        authorization: str | None = None
+        content_type, proofs = "", []
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"dpop":
+                proofs.append(value.decode("latin-1"))
+        scope["route"] = self.route
+        body = await _body(receive)
+        response: Response
+        try:
+            response = await answer_token(self.services, content_type, body, authorization, proofs)
+        except TetherError as exc:  # not an OAuth refusal: the ledger unavailable, say
+            response = errors.tether_error(exc)
+        await response(scope, receive, send)

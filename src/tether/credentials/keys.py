@@ -211,6 +211,14 @@ class SigningKeys:
     def signer(self) -> SigningKey:
         return self._current().signer
 
+    def signer_in_memory(self) -> SigningKey | None:
+        """:meth:`signer` if this process's view of the keys is fresh; None when it is due a
+        read (what code that may not wait for the database, an event loop, asks)."""
+        snap = self._snapshot
+        if snap is not None and time.monotonic() - snap.loaded_at < _CACHE_SECONDS:
+            return snap.signer
+        return None
+
     def jwks(self) -> dict[str, Any]:
         return self._current().jwks
 

@@ -12,6 +12,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from anyio import to_thread
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Session
 
 from tether.agents import authority, directory
@@ -35,7 +37,7 @@ from tether.credentials.errors import (
     UnauthorizedClient,
     UnsupportedGrantType,
 )
-from tether.credentials.keys import SigningKeys
+from tether.credentials.keys import SigningKey, SigningKeys
 from tether.credentials.models import AccessTokenRow
 from tether.credentials.replay import DatabaseDPoPReplayCache, DatabaseReplayCache
 from tether.credentials.retention import purge_expired_tokens
@@ -88,6 +90,22 @@ class _Refusal:
     write the rest again; a returned exception would be raised by the committer)."""
 
     error: OAuthError
+
+
+class _Offline(Exception):
+    """A grant tried on an event loop (:meth:`OAuthService.token_async`) needs the database,
+    or refuses: it is done in a worker thread instead, from the start."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Issuance:
+    """A ``client_credentials`` grant authenticated and signed: the group-commit job that
+    records it, and the answer the client gets once that committed."""
+
+    client: AuthenticatedClient
+    now: datetime
+    job: Callable[[Session], Chain | _Refusal | _Stale]
+    answer: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -196,6 +214,21 @@ class OAuthService:
             self._audit_auth_failure(exc, now)
             raise
 
+    def _authenticated_offline(
+        self, form: dict[str, str], authorization: str | None, now: datetime,
+        reads: clients.ClientReads | None,
+    ) -> AuthenticatedClient:  # fmt: skip
+        """:meth:`_authenticated` from memory only: :class:`_Offline` if it would read the
+        database, or refuse (a refusal is audited: a write)."""
+        try:
+            with self.db.offline() as s:
+                return clients.authenticate(
+                    s, form, authorization, issuer=self.endpoints.issuer,
+                    token_endpoint=self.endpoints.token, now=now, reads=reads,
+                )  # fmt: skip
+        except (OAuthError, UnboundExecutionError):
+            raise _Offline from None
+
     def _audit_auth_failure(self, exc: ClientAuthError, now: datetime) -> None:
         f = exc.failure
         with self.db.write() as s:
@@ -268,21 +301,65 @@ class OAuthService:
         assert not isinstance(answer, _Stale)  # read in this request: never stale
         return answer
 
+    async def token_async(
+        self, form: dict[str, str], authorization: str | None, *, dpop: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """:meth:`token` for an event loop. A ``client_credentials`` request without a DPoP
+        proof, from a client this process remembers (:class:`~tether.credentials.clients.
+        ClientReads`), is authenticated and signed right here — from memory, no I/O (a
+        session with no database behind it: :meth:`~tether.db.Database.offline`) — and
+        awaits its group commit without a thread; the same rules, the same job. Whatever
+        needs the database first or writes besides its job — a first request, a stale
+        memory, a refusal (audited), a DPoP proof (its ``jti`` is spent), token exchange —
+        is :meth:`token` in a worker thread, from the start: nothing was written before."""
+        if not dpop and self.committer is not None and form.get("grant_type") == CLIENT_CREDENTIALS:
+            try:
+                issuance = self._issuance(form, authorization, None, self.client_reads,
+                                          offline=True)  # fmt: skip
+            except _Offline:
+                pass
+            else:
+                result = await self.committer.run_async(issuance.job)
+                if isinstance(result, _Refusal):  # audited (a write), then raised
+                    await to_thread.run_sync(partial(self._issued, issuance, result))
+                answer = self._issued(issuance, result)
+                if not isinstance(answer, _Stale):
+                    return answer
+        return await to_thread.run_sync(partial(self.token, form, authorization, dpop=dpop))
+
     def _client_credentials(
         self, form: dict[str, str], authorization: str | None, cnf_jkt: str | None,
         reads: clients.ClientReads | None,
     ) -> dict[str, Any] | _Stale:  # fmt: skip
+        issuance = self._issuance(form, authorization, cnf_jkt, reads)
+        return self._issued(issuance, self._write(issuance.job))
+
+    def _issuance(
+        self, form: dict[str, str], authorization: str | None, cnf_jkt: str | None,
+        reads: clients.ClientReads | None, *, offline: bool = False,
+    ) -> _Issuance:  # fmt: skip
+        """The client authenticated, the token signed, and the job that records it.
+        ``offline``: from memory only, or :class:`_Offline` (with nothing done: a refusal
+        too, since refusing writes)."""
         now = self.clock.now()
-        client = self._authenticated(form, authorization, now, reads)
+        signer = self.keys.signer_in_memory() if offline else self.keys.signer()
+        if offline:
+            client = self._authenticated_offline(form, authorization, now, reads)
+        else:
+            client = self._authenticated(form, authorization, now, reads)
         try:
+            if signer is None:
+                raise _Offline
             scopes = grants.scopes(form.get("scope"), client.scope_ceiling)
             audience = grants.audience(form, default=self.endpoints.issuer)
             ttl = grants.capped_ttl(self.settings.token_ttl_seconds, client.agent, now)
             token, claims = self._signed(
                 client.agent, client_id=client.agent.id, audience=audience, scopes=scopes,
-                ttl=ttl, now=now, cnf_jkt=cnf_jkt,
+                ttl=ttl, now=now, cnf_jkt=cnf_jkt, signer=signer,
             )  # fmt: skip
         except OAuthError:
+            if offline:
+                raise _Offline from None
             self._spend(client, now)  # the assertion is spent even when the grant fails
             raise
         event = NewEvent(
@@ -321,21 +398,26 @@ class OAuthService:
             )  # fmt: skip
             return Chain([event], finish=lambda _events: None, rows=[row])
 
-        result = self._write(issue)
-        if isinstance(result, _Stale):
-            self.client_reads.forget(client.agent.id)
-            return result
-        if isinstance(result, _Refusal):
-            if isinstance(result.error, ClientAuthError):  # a replay: refused and audited
-                self._audit_auth_failure(result.error, now)
-            raise result.error
-        return {
+        answer = {
             "access_token": token,
             "token_type": "DPoP" if cnf_jkt else "Bearer",
             "expires_in": ttl,
             "scope": claims["scope"],
             "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
         }
+        return _Issuance(client, now, issue, answer)
+
+    def _issued(self, issuance: _Issuance, result: object) -> dict[str, Any] | _Stale:
+        """What the client gets once ``issuance``'s job ran: the token, or the job's refusal
+        (a replayed assertion audited) raised, or :data:`_STALE` with the client forgotten."""
+        if isinstance(result, _Stale):
+            self.client_reads.forget(issuance.client.agent.id)
+            return result
+        if isinstance(result, _Refusal):
+            if isinstance(result.error, ClientAuthError):  # a replay: refused and audited
+                self._audit_auth_failure(result.error, issuance.now)
+            raise result.error
+        return issuance.answer
 
     def _spend(self, client: AuthenticatedClient, now: datetime) -> None:
         """What an authentication writes when the grant then failed: the assertion spent (a
@@ -548,7 +630,7 @@ class OAuthService:
     def _signed(
         self, agent: AgentFacts, *, client_id: str, audience: list[str], scopes: frozenset[str],
         ttl: int, now: datetime, act: dict[str, Any] | None = None, cnf_jkt: str | None = None,
-        subject: str | None = None,
+        subject: str | None = None, signer: SigningKey | None = None,
     ) -> tuple[str, dict[str, Any]]:  # fmt: skip
         """A new access token for ``agent``, signed: what :meth:`_row` then records."""
         claims = tokens.build_claims(
@@ -556,7 +638,7 @@ class OAuthService:
             audience=audience, scopes=scopes, now=int(now.timestamp()), ttl=ttl,
             jti=new_id(IdPrefix.TOKEN), act=act, cnf_jkt=cnf_jkt,
         )  # fmt: skip
-        return tokens.sign(claims, self.keys.signer()), claims
+        return tokens.sign(claims, signer or self.keys.signer()), claims
 
     def _row(
         self, s: Session, agent_id: str, *, client_id: str, claims: dict[str, Any], now: datetime

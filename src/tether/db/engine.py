@@ -22,8 +22,11 @@ from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from tether.db.bulk import fetch_one_with
+
 # Arbitrary but fixed: the advisory lock id every Tether node agrees on ("TETH").
 PG_WRITE_LOCK = 0x54455448
+_PG_LOCK = "SELECT pg_advisory_xact_lock(?)"
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 _PING_AFTER_IDLE_SECONDS = 1.0
 _IDLE_SINCE = "tether.idle_since"
@@ -171,8 +174,8 @@ class Database:
             session.info.update(self.session_info)
             session.info["tether.schema"] = self.schema
             with self._queue or nullcontext(), session.begin():
-                if self.dialect == "postgresql":
-                    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_WRITE_LOCK})
+                if self.dialect == "postgresql":  # on the driver's cursor: the hottest statement
+                    fetch_one_with(session, _PG_LOCK, (PG_WRITE_LOCK,))
                 yield session
                 for flush in session.info.pop(BEFORE_COMMIT, ()):
                     flush(session)
@@ -217,6 +220,15 @@ class Database:
         sessions = self._read_sessions if transaction else self._statement_sessions
         with sessions() as session, session.begin():
             session.info.update(self.session_info)
+            yield session
+
+    @contextmanager
+    def offline(self) -> Iterator[Session]:
+        """A session with no database behind it, for code that must not wait on one (an event
+        loop's thread): the first statement it would run raises
+        :class:`sqlalchemy.exc.UnboundExecutionError` instead — the caller then does the same
+        work where waiting is allowed. What answers from memory (``session_info``) answers."""
+        with Session(info=dict(self.session_info)) as session:
             yield session
 
     def ping(self) -> bool:

@@ -33,6 +33,7 @@ from typing_extensions import TypedDict
 
 from tether.api.deps import ServicesDep
 from tether.api.errors import responses
+from tether.container import Services
 from tether.credentials import exchange
 from tether.credentials.clients import ASSERTION_TYPE, AuthenticatedClient
 from tether.credentials.errors import InvalidClient, InvalidRequest, InvalidTarget, OAuthError
@@ -249,11 +250,16 @@ def _oauth_responses(errors400: str, ok: type[Any], ok_text: str) -> dict[int | 
 # -- request handling -------------------------------------------------------------------------
 async def _form(request: Request, known: tuple[str, ...]) -> dict[str, str]:
     """The known parameters of an ``application/x-www-form-urlencoded`` body (RFC 6749 §3.2)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return parse_form(request.headers.get("content-type", ""), await request.body(), known)
+
+
+def parse_form(content_type: str, body: bytes, known: tuple[str, ...]) -> dict[str, str]:
+    """:func:`_form` of a request's ``Content-Type`` and body."""
+    ctype = content_type.split(";", maxsplit=1)[0].strip().lower()
     if ctype != _FORM:
         raise InvalidRequest(f"send {_FORM} (RFC 6749 §3.2)")
     try:
-        pairs = parse_qsl((await request.body()).decode(), keep_blank_values=True,
+        pairs = parse_qsl(body.decode(), keep_blank_values=True,
                           max_num_fields=_MAX_FIELDS)  # fmt: skip
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequest("the body is not a valid form") from exc
@@ -355,16 +361,25 @@ _TOKEN_PARAMETERS = (
     ),
 )
 async def token(request: Request, svc: ServicesDep) -> JSONResponse:
-    authorization = request.headers.get("authorization")
+    return await answer_token(
+        svc, request.headers.get("content-type", ""), await request.body(),
+        request.headers.get("authorization"), request.headers.getlist("dpop"),
+    )  # fmt: skip
+
+
+async def answer_token(
+    svc: Services, content_type: str, body: bytes, authorization: str | None,
+    proofs: list[str],
+) -> JSONResponse:  # fmt: skip
+    """The token endpoint's answer to a request of these headers and body: this route's, and
+    :class:`tether.api.fastpath.TokenFastPath`'s without FastAPI's per-request machinery."""
     try:
-        form = await _form(request, (*_TOKEN_PARAMETERS, *_CLIENT_AUTH_PARAMETERS))
+        form = parse_form(content_type, body, (*_TOKEN_PARAMETERS, *_CLIENT_AUTH_PARAMETERS))
         _require_client_auth(form, authorization)
-        body = await _run(
-            svc.oauth.token, form, authorization, dpop=request.headers.getlist("dpop")
-        )
+        answer = await svc.oauth.token_async(form, authorization, dpop=proofs)
     except OAuthError as exc:
         return _error(exc, extra=svc.oauth.dpop_nonce_header())
-    return JSONResponse(body, headers={**_NO_STORE, **svc.oauth.dpop_nonce_header()})
+    return JSONResponse(answer, headers={**_NO_STORE, **svc.oauth.dpop_nonce_header()})
 
 
 _TOKEN_ARGUMENT = ("token", "token_type_hint", *_CLIENT_AUTH_PARAMETERS)
