@@ -25,6 +25,13 @@ from tests.token_attacks.kit import (
     token_rows,
 )
 from tether.agents.schemas import AgentUpdate
+from tether.credentials.clients import (
+    AuthenticatedClient,
+    ClientReads,
+    authenticate,
+    read_current,
+    unchanged,
+)
 from tether.credentials.service import secret_digest
 from tether.freeze.gate import IN_FORCE
 from tether.principals import SYSTEM
@@ -162,3 +169,40 @@ def test_an_offline_session_runs_no_statement(env: Env) -> None:
     """What the event loop authenticates with: memory answers, a statement raises."""
     with env.services.db.offline() as s, pytest.raises(UnboundExecutionError):
         s.execute(text("SELECT 1"))
+
+
+def test_a_batch_reads_its_clients_once_and_still_tells_each_change(env: Env) -> None:
+    """A group commit's issuances re-read their remembered clients in one statement
+    (``read_current``); each client's check is still its own: a key deleted, an agent
+    suspended or narrowed since it was remembered, and nothing else, is found changed."""
+    svc = env.services
+    reads = ClientReads()
+    names = ["kept", "deleted", "suspended", "narrowed"]
+    made = {name: new_client(env, scopes=["read", "write"]) for name in names}
+
+    def remembered(client: Any) -> AuthenticatedClient:
+        for _ in range(2):  # the second authentication answers from memory
+            with svc.db.read(transaction=False) as s:
+                authenticated = authenticate(s, client.form, None, issuer=env.issuer,
+                                             token_endpoint=env.token_url,
+                                             now=svc.clock.now(), reads=reads)  # fmt: skip
+        assert authenticated.remembered
+        return authenticated
+
+    authenticated = {name: remembered(client) for name, client in made.items()}
+    svc.credentials.delete(SYSTEM, made["deleted"].agent_id, made["deleted"].credential_id)
+    svc.agents.suspend(SYSTEM, made["suspended"].agent_id, reason="investigating")
+    svc.agents.update(SYSTEM, made["narrowed"].agent_id, AgentUpdate(scopes=["read"]))
+    with svc.db.write() as s:
+        read_current(s, list(authenticated.values()))
+        # Changed after the one read, inside the same transaction (under the write lock no
+        # one else could): a check that read again would see it; these answer from the read.
+        s.execute(text("UPDATE agents SET scopes = '[]' WHERE id = :id"),
+                  {"id": made["kept"].agent_id})  # fmt: skip
+        verdicts = {name: unchanged(s, client) for name, client in authenticated.items()}
+        s.rollback()
+    assert verdicts == {"kept": True, "deleted": False, "suspended": False, "narrowed": False}
+    # and without the batch's read, each check reads for itself
+    with svc.db.write() as s:
+        assert unchanged(s, authenticated["kept"])
+        assert not unchanged(s, authenticated["narrowed"])

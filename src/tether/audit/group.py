@@ -12,7 +12,10 @@ inside the same transaction. A failing job fails only its own future: the transa
 back and the rest of the batch is written again without it. A job that records events
 returns :class:`Chain`: its events join the batch's one append (ahead of the plain events,
 in job order) and ``finish`` gets them chained. The deployment-wide write lock is taken once
-per batch either way.
+per batch either way. Jobs of a kind that each read something first (a token's client read
+again under the lock) may read it for the whole batch in one statement: a job with a
+``prepare(session, jobs)`` attribute has it called once per batch, before any job runs, with
+every job of the batch that has the same ``prepare``.
 """
 
 from __future__ import annotations
@@ -198,6 +201,7 @@ class GroupCommitter:
         plain = [i for i, item in enumerate(batch) if item.job is None]
         now = self.clock.now()
         with self.db.write() as s:
+            _prepare(s, [item.job for item in batch if item.job is not None])
             chains: list[tuple[int, Chain]] = []
             for i, item in enumerate(batch):
                 if item.job is not None:
@@ -230,6 +234,16 @@ class GroupCommitter:
             if self.attach is not None:
                 self.attach(s, attached)
         return results
+
+
+def _prepare(s: Session, jobs: list[Job]) -> None:
+    """Each ``prepare`` of the batch's jobs, once, with every job that has it."""
+    kinds: dict[Callable[[Session, list[Job]], None], list[Job]] = {}
+    for job in jobs:
+        if (prepare := getattr(job, "prepare", None)) is not None:
+            kinds.setdefault(prepare, []).append(job)
+    for prepare, same in kinds.items():
+        prepare(s, same)
 
 
 class _JobFailed(Exception):

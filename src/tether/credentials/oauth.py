@@ -98,13 +98,29 @@ class _Offline(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class _IssueJob:
+    """An issuance's group-commit job: ``run``, after the batch's remembered clients were
+    read again in one statement (:func:`clients.read_current`) instead of one each."""
+
+    client: AuthenticatedClient
+    run: Callable[[Session], Chain | _Refusal | _Stale]
+
+    def __call__(self, s: Session) -> Chain | _Refusal | _Stale:
+        return self.run(s)
+
+    @staticmethod
+    def prepare(s: Session, jobs: Sequence[_IssueJob]) -> None:
+        clients.read_current(s, [job.client for job in jobs if job.client.remembered])
+
+
+@dataclass(frozen=True, slots=True)
 class _Issuance:
     """A ``client_credentials`` grant authenticated and signed: the group-commit job that
     records it, and the answer the client gets once that committed."""
 
     client: AuthenticatedClient
     now: datetime
-    job: Callable[[Session], Chain | _Refusal | _Stale]
+    job: _IssueJob
     answer: dict[str, Any]
 
 
@@ -405,7 +421,7 @@ class OAuthService:
             "scope": claims["scope"],
             "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
         }
-        return _Issuance(client, now, issue, answer)
+        return _Issuance(client, now, _IssueJob(client, issue), answer)
 
     def _issued(self, issuance: _Issuance, result: object) -> dict[str, Any] | _Stale:
         """What the client gets once ``issuance``'s job ran: the token, or the job's refusal

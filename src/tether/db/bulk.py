@@ -110,6 +110,17 @@ def fetch_one_with(session: Session, sql: str, params: tuple[Any, ...]) -> tuple
     return tuple(row) if row is not None else None
 
 
+def fetch_all_with(session: Session, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Every row of a query with ``?`` placeholders (as :func:`fetch_one_with`)."""
+    raw, dialect = _driver(session)
+    cur = raw.cursor()
+    try:
+        cur.execute(_paramstyle(sql, dialect), params)
+        return [tuple(row) for row in cur.fetchall()]
+    finally:
+        cur.close()
+
+
 def execute_counted(session: Session, sql: str, params: tuple[Any, ...]) -> int:
     """Run one statement with ``?`` placeholders (fixed SQL from the caller's module); the
     number of rows it changed."""
