@@ -173,3 +173,35 @@ def test_a_key_no_backend_can_hold_is_refused_as_seen_and_never_recorded(db: Dat
     assert seen(db, "dpop", "jkt:a\x00b") is True
     assert stored(db) == {}
     assert seen(db, "dpop", "jkt:a") is False
+
+
+def test_seen_many_is_seen_of_each_key_in_one_statement(db: Database) -> None:
+    """``seen_many``: a key used before is a replay, a new one is recorded, a key twice in
+    the same call is new the first time and a replay the second; unstorable keys are
+    refused as if used. Same table, same answers as :meth:`seen` one by one."""
+    assert seen(db, "client_assertion", "old") is False
+    cache = DatabaseReplayCache(db)
+    keys = [("new-1", EXP), ("old", EXP), ("new-2", EXP + 1), ("new-1", EXP + 2), ("nul\x00", EXP)]
+    with db.write() as s:
+        verdicts = cache.seen_many(s, "client_assertion", keys)
+    assert verdicts == [False, True, False, True, True]
+    assert stored(db) == {"client_assertion:old": EXP, "client_assertion:new-1": EXP,
+                          "client_assertion:new-2": EXP + 1}  # fmt: skip
+    with db.write() as s:  # and every one of them is spent now
+        assert cache.seen_many(s, "client_assertion", keys[:3]) == [True, True, True]
+    assert seen(db, "client_assertion", "new-2") is True
+
+
+def test_seen_many_rolled_back_records_nothing(db: Database) -> None:
+    cache = DatabaseReplayCache(db)
+    verdicts: list[list[bool]] = []
+
+    def failing_batch() -> None:
+        with db.write() as s:
+            verdicts.append(cache.seen_many(s, "ns", [("a", EXP), ("b", EXP)]))
+            raise RuntimeError("the batch failed")
+
+    with pytest.raises(RuntimeError):
+        failing_batch()
+    assert verdicts == [[False, False]]
+    assert stored(db) == {}

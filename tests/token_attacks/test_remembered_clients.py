@@ -27,9 +27,12 @@ from tests.token_attacks.kit import (
 from tether.agents.schemas import AgentUpdate
 from tether.credentials.clients import (
     AuthenticatedClient,
+    ClientAuthError,
     ClientReads,
     authenticate,
     read_current,
+    spend,
+    spend_all,
     unchanged,
 )
 from tether.credentials.service import secret_digest
@@ -206,3 +209,41 @@ def test_a_batch_reads_its_clients_once_and_still_tells_each_change(env: Env) ->
     with svc.db.write() as s:
         assert unchanged(s, authenticated["kept"])
         assert not unchanged(s, authenticated["narrowed"])
+
+
+def test_a_batch_spends_each_assertion_once_and_only_for_clients_still_as_read(env: Env) -> None:
+    """``spend_all``, a batch of issuances' assertions in one statement: the same assertion
+    twice in one batch is spent by the first and a replay for the second; a client found
+    changed spends nothing (it is answered afresh, and its assertion must still work)."""
+    svc = env.services
+    reads = ClientReads()
+    fresh_id, fresh_key, _ = keyed_agent(env)
+    changed_id, changed_key, _ = keyed_agent(env)
+
+    def remembered(form: dict[str, str]) -> AuthenticatedClient:
+        with svc.db.read(transaction=False) as s:
+            return authenticate(s, form, None, issuer=env.issuer, token_endpoint=env.token_url,
+                                now=svc.clock.now(), reads=reads)  # fmt: skip
+
+    remembered(assertion_form(assertion(changed_key, changed_id, env.token_url, env.now)))
+    once = assertion_form(assertion(fresh_key, fresh_id, env.token_url, env.now))
+    first, second = remembered(once), remembered(once)  # one assertion, sent twice
+    changed = remembered(assertion_form(assertion(changed_key, changed_id, env.token_url, env.now)))
+    assert changed.remembered
+    svc.agents.update(SYSTEM, changed_id, AgentUpdate(scopes=["other"]))
+    with svc.db.write() as s:
+        read_current(s, [first, second, changed])
+        spend_all(s, [first, second, changed], svc.oauth.replay)
+        spend(s, first, svc.oauth.replay)  # the first use: spent, no error
+        assert _replayed(s, second, svc)
+        assert not unchanged(s, changed)
+    # the changed client's assertion was not spent: it is still good once
+    with svc.db.write() as s:
+        spend(s, changed, svc.oauth.replay)
+        assert _replayed(s, changed, svc)
+
+
+def _replayed(s: Any, client: AuthenticatedClient, svc: Any) -> bool:
+    with pytest.raises(ClientAuthError) as refused:
+        spend(s, client, svc.oauth.replay)
+    return refused.value.failure.reason == "assertion jti already used (replay)"

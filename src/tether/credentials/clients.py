@@ -224,13 +224,16 @@ _CURRENT_MANY = (
     " a.scopes FROM agent_credentials c JOIN agents a ON a.id = c.agent_id WHERE c.id IN ({})"
 )
 _READ = "tether.clients.current"
+# What spend_all found, per client of the batch (``id()``: two requests with the same assertion
+# are equal values): True if its assertion was used before.
+_SPENT = "tether.clients.spent"
 
 
 def read_current(s: Session, remembered: Sequence[AuthenticatedClient]) -> None:
     """Read, in one statement, what :func:`unchanged` reads for each of these clients (a
     group commit's batch of issuances, under the write lock): each check then runs none."""
     ids = sorted({c.state.id for c in remembered if c.state is not None})
-    if len(ids) < 2:
+    if not ids:
         return
     rows = fetch_all_with(s, _CURRENT_MANY.format(", ".join("?" * len(ids))), tuple(ids))
     found = {row[0]: row[1:] for row in rows}
@@ -260,12 +263,30 @@ def unchanged(s: Session, client: AuthenticatedClient) -> bool:
 def spend(s: Session, client: AuthenticatedClient, replay: ReplayCache) -> None:
     """Spend the client's assertion (private_key_jwt) in write transaction ``s``: a second
     use of its ``jti`` — on any worker or node, ever before its exp — raises
-    :class:`ClientAuthError`. Nothing to do for a client secret."""
+    :class:`ClientAuthError`. Nothing to do for a client secret. What :func:`spend_all`
+    spent for this client in ``s`` is its answer."""
     if client.assertion is None:
         return
-    key, expires_at = client.assertion
-    if replay.seen(s, "client_assertion", key, expires_at):
+    replayed = s.info.get(_SPENT, {}).get(id(client))
+    if replayed is None:
+        key, expires_at = client.assertion
+        replayed = replay.seen(s, "client_assertion", key, expires_at)
+    if replayed:
         raise _fail(client.agent.id, client.method, "assertion jti already used (replay)")
+
+
+def spend_all(s: Session, batch: Sequence[AuthenticatedClient], replay: ReplayCache) -> None:
+    """:func:`spend` for each client of a group commit's batch of issuances, in one
+    statement: those with an assertion whose authentication still holds (:func:`unchanged`;
+    one that does not is answered afresh and must not have spent it). Each client's own
+    :func:`spend` then raises or not from what this found — the first of two clients with
+    the same assertion spent it, the second replayed it."""
+    due = [c for c in batch if c.assertion is not None and (not c.remembered or unchanged(s, c))]
+    if len(due) < 2:
+        return
+    keys = [c.assertion for c in due if c.assertion is not None]
+    verdicts = replay.seen_many(s, "client_assertion", keys)
+    s.info[_SPENT] = {id(c): replayed for c, replayed in zip(due, verdicts, strict=True)}
 
 
 def touch(s: Session, credential_id: str, now_us: int) -> None:

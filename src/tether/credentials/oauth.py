@@ -39,7 +39,7 @@ from tether.credentials.errors import (
 )
 from tether.credentials.keys import SigningKey, SigningKeys
 from tether.credentials.models import AccessTokenRow
-from tether.credentials.replay import DatabaseDPoPReplayCache, DatabaseReplayCache
+from tether.credentials.replay import DatabaseDPoPReplayCache, DatabaseReplayCache, ReplayCache
 from tether.credentials.retention import purge_expired_tokens
 from tether.credentials.store import DatabaseCredentialStore
 from tether.db import Database
@@ -100,9 +100,11 @@ class _Offline(Exception):
 @dataclass(frozen=True, slots=True)
 class _IssueJob:
     """An issuance's group-commit job: ``run``, after the batch's remembered clients were
-    read again in one statement (:func:`clients.read_current`) instead of one each."""
+    read again in one statement (:func:`clients.read_current`) and its assertions spent in
+    another (:func:`clients.spend_all`), instead of one each."""
 
     client: AuthenticatedClient
+    replay: ReplayCache
     run: Callable[[Session], Chain | _Refusal | _Stale]
 
     def __call__(self, s: Session) -> Chain | _Refusal | _Stale:
@@ -111,6 +113,7 @@ class _IssueJob:
     @staticmethod
     def prepare(s: Session, jobs: Sequence[_IssueJob]) -> None:
         clients.read_current(s, [job.client for job in jobs if job.client.remembered])
+        clients.spend_all(s, [job.client for job in jobs], jobs[0].replay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +424,7 @@ class OAuthService:
             "scope": claims["scope"],
             "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
         }
-        return _Issuance(client, now, _IssueJob(client, issue), answer)
+        return _Issuance(client, now, _IssueJob(client, self.replay, issue), answer)
 
     def _issued(self, issuance: _Issuance, result: object) -> dict[str, Any] | _Stale:
         """What the client gets once ``issuance``'s job ran: the token, or the job's refusal

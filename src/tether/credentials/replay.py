@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from sqlalchemy.orm import Session
 
 from tether.credentials.models import UsedJtiRow
 from tether.db import Database
-from tether.db.bulk import execute_counted
+from tether.db.bulk import execute_counted, fetch_all_with
 from tether.db.purge import delete_before
 from tether.db.text import unstorable
 
@@ -20,8 +21,16 @@ class ReplayCache(Protocol):
         transaction: the write lock makes check-and-insert atomic on every node."""
         ...
 
+    def seen_many(self, s: Session, namespace: str, keys: Sequence[tuple[str, int]]) -> list[bool]:
+        """:meth:`seen` of each ``(key, expires_at)``, in order, in one statement: a key
+        that appears twice is a replay the second time."""
+        ...
+
 
 _SPEND = "INSERT INTO used_jtis (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+_SPEND_MANY = (
+    "INSERT INTO used_jtis (key, expires_at) VALUES {} ON CONFLICT (key) DO NOTHING RETURNING key"
+)
 
 
 class DatabaseReplayCache:
@@ -36,6 +45,23 @@ class DatabaseReplayCache:
         # concurrent second use inserts nothing, here or in the transaction that waits for
         # this one's lock).
         return execute_counted(s, _SPEND, (full, expires_at)) == 0
+
+    def seen_many(self, s: Session, namespace: str, keys: Sequence[tuple[str, int]]) -> list[bool]:
+        fulls = [f"{namespace}:{key}"[:200] for key, _ in keys]
+        new: dict[str, int] = {}  # each storable key once, first come
+        for full, (_, expires_at) in zip(fulls, keys, strict=True):
+            if not unstorable(full):
+                new.setdefault(full, expires_at)
+        recorded: set[str] = set()
+        if new:
+            sql = _SPEND_MANY.format(", ".join(["(?, ?)"] * len(new)))
+            params = tuple(v for pair in new.items() for v in pair)
+            recorded = {row[0] for row in fetch_all_with(s, sql, params)}
+        verdicts = []
+        for full in fulls:
+            verdicts.append(full not in recorded)
+            recorded.discard(full)  # spent by its first use: any other is a replay
+        return verdicts
 
     def purge(self, now: int) -> int:
         """Forget entries whose ``exp`` has passed (a replay then fails on ``exp`` anyway), in
