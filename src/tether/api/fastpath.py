@@ -28,8 +28,8 @@ from tether.errors import TetherError
 from tether.policy import authzen
 
 _SINGLE = "/access/v1/evaluation"
-_TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path
 _BATCH = "/access/v1/evaluations"
+_TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path
 
 
 @dataclass(frozen=True, slots=True)

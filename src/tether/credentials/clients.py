@@ -211,18 +211,14 @@ def _authenticate(
 
 # The credential and its agent as authentication relied on them, read again under the write
 # lock by the transaction that acts on the authentication (:func:`unchanged`).
-_CURRENT = (
-    "SELECT c.agent_id, c.deleted_at, c.expires_at, c.scopes, a.status, a.expires_at, a.scopes"
-    " FROM agent_credentials c JOIN agents a ON a.id = c.agent_id WHERE c.id = ?"
+_STATE = (
+    "c.agent_id, c.deleted_at, c.expires_at, c.scopes, a.status, a.expires_at, a.scopes"
+    " FROM agent_credentials c JOIN agents a ON a.id = c.agent_id"
 )
-
-
+_CURRENT = f"SELECT {_STATE} WHERE c.id = ?"
 # The same for several credentials (``{}``: their placeholders), and where what it read waits
 # in the write transaction's ``info`` for each job's :func:`unchanged`: credential id -> row.
-_CURRENT_MANY = (
-    "SELECT c.id, c.agent_id, c.deleted_at, c.expires_at, c.scopes, a.status, a.expires_at,"
-    " a.scopes FROM agent_credentials c JOIN agents a ON a.id = c.agent_id WHERE c.id IN ({})"
-)
+_CURRENT_MANY = "SELECT c.id, " + _STATE + " WHERE c.id IN ({})"
 _READ = "tether.clients.current"
 # What spend_all found, per client of the batch (``id()``: two requests with the same assertion
 # are equal values): True if its assertion was used before.

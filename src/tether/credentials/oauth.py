@@ -121,7 +121,6 @@ class _Issuance:
     """A ``client_credentials`` grant authenticated and signed: the group-commit job that
     records it, and the answer the client gets once that committed."""
 
-    client: AuthenticatedClient
     now: datetime
     job: _IssueJob
     answer: dict[str, Any]
@@ -361,14 +360,14 @@ class OAuthService:
         ``offline``: from memory only, or :class:`_Offline` (with nothing done: a refusal
         too, since refusing writes)."""
         now = self.clock.now()
-        signer = self.keys.signer_in_memory() if offline else self.keys.signer()
+        signer: SigningKey | None = None  # read by _signed unless it must come from memory
         if offline:
+            if (signer := self.keys.signer_in_memory()) is None:
+                raise _Offline
             client = self._authenticated_offline(form, authorization, now, reads)
         else:
             client = self._authenticated(form, authorization, now, reads)
         try:
-            if signer is None:
-                raise _Offline
             scopes = grants.scopes(form.get("scope"), client.scope_ceiling)
             audience = grants.audience(form, default=self.endpoints.issuer)
             ttl = grants.capped_ttl(self.settings.token_ttl_seconds, client.agent, now)
@@ -424,13 +423,13 @@ class OAuthService:
             "scope": claims["scope"],
             "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
         }
-        return _Issuance(client, now, _IssueJob(client, self.replay, issue), answer)
+        return _Issuance(now, _IssueJob(client, self.replay, issue), answer)
 
     def _issued(self, issuance: _Issuance, result: object) -> dict[str, Any] | _Stale:
         """What the client gets once ``issuance``'s job ran: the token, or the job's refusal
         (a replayed assertion audited) raised, or :data:`_STALE` with the client forgotten."""
         if isinstance(result, _Stale):
-            self.client_reads.forget(issuance.client.agent.id)
+            self.client_reads.forget(issuance.job.client.agent.id)
             return result
         if isinstance(result, _Refusal):
             if isinstance(result.error, ClientAuthError):  # a replay: refused and audited
