@@ -185,3 +185,50 @@ def jwt_claims(token: str) -> dict[str, Any]:
     """A JWT's claims, unverified (the server verified them at introspection)."""
     payload = token.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+_GC_PROBE = """
+import gc, json, os, sys, threading, time
+
+def _report(directory):
+    while True:
+        if "tether.api.app" in sys.modules:  # a server worker, not the resource tracker
+            state = {"frozen": gc.get_freeze_count(), "threshold": list(gc.get_threshold())}
+            path = os.path.join(directory, f"{os.getpid()}.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(state, f)
+            os.replace(path + ".tmp", path)
+        time.sleep(0.05)
+
+if os.environ.get("GC_PROBE_DIR"):
+    threading.Thread(target=_report, args=(os.environ["GC_PROBE_DIR"],), daemon=True).start()
+"""
+
+
+def test_each_worker_freezes_its_start_heap_before_serving(tmp_path: Path) -> None:
+    """Issue 14's soak stalls: a worker of ``tether serve --workers 2`` is a process of its
+    own (uvicorn spawns it), so the supervisor's ``gc.freeze`` never reached it, and each of
+    its full collections walked the whole start-up heap (the runtime snapshot, every module)
+    under load: 80-110 ms pauses. Each worker now settles its own collector once its runtime
+    is loaded: what it built is frozen and collection runs at CPython's usual thresholds."""
+    probe, reports = tmp_path / "probe", tmp_path / "reports"
+    probe.mkdir()
+    reports.mkdir()
+    (probe / "sitecustomize.py").write_text(_GC_PROBE)
+    backend = Backend("sqlite", f"sqlite:///{tmp_path / 'tether.db'}", None)
+    extra = {"PYTHONPATH": str(probe), "GC_PROBE_DIR": str(reports)}
+    with running_server(backend, tmp_path, workers=2, extra_env=extra) as (_url, env):
+        workers = _workers_of(int(env["TETHER_PORT"]))
+        assert len(workers) == 2, workers
+        deadline = time.monotonic() + 10
+        states: dict[int, dict[str, Any]] = {}
+        while time.monotonic() < deadline and len(states) < 2:
+            time.sleep(0.05)
+            for pid in workers:
+                path = reports / f"{pid}.json"
+                if path.exists():
+                    states[pid] = json.loads(path.read_text())
+    assert sorted(states) == sorted(workers), "every worker reported"
+    for state in states.values():
+        assert state["frozen"] > 50_000, state  # the start heap: modules, services, runtime
+        assert state["threshold"] == [700, 10, 10], state  # not the start's 100,000

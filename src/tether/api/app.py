@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp
 
-from tether import __version__
+from tether import __version__, collector
 from tether.api import docs, errors, requestlog
 from tether.api.fastpath import DecisionFastPath, TokenFastPath
 from tether.api.limits import BodyLimitMiddleware
@@ -62,11 +62,16 @@ class _TetherAPI(FastAPI):
         return requestlog.RequestLogMiddleware(super().build_middleware_stack())
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(services: Services, *, started: Callable[[], None] | None = None) -> FastAPI:
+    """The application on ``services``; ``started`` runs once its runtime is loaded, before
+    the first request (a server process settles its garbage collector there)."""
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(services.runtime.load)
         services.runtime.start()
+        if started is not None:
+            started()
         task = asyncio.create_task(_maintenance(services))
         try:
             yield
@@ -114,7 +119,10 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
 
 def app_from_env() -> FastAPI:
     """The uvicorn factory for ``tether serve``: each worker process builds its own services
-    and sends its logs (the access log among them) to stderr."""
+    and sends its logs (the access log among them) to stderr. Its garbage collector settles
+    (:mod:`tether.collector`) once the runtime is loaded: a worker is a process of its own
+    (uvicorn spawns it), so the supervisor's settling does not reach it."""
+    collector.starting()
     settings = load_settings()
     requestlog.configure(settings.log_format, settings.log_level)
-    return create_app(build_services(settings))
+    return create_app(build_services(settings), started=collector.settled)
