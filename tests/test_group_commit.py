@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -215,3 +216,43 @@ def test_threads_outside_any_event_loop_run_jobs_and_get_results_or_errors(
     assert sorted(actor for _, _, actor in new) == [f"job:{i}" for i in range(8) if i != 3]
     assert sorted(o for i, o in enumerate(outcomes) if i != 3) == [seq for seq, _, _ in new]
     assert services.audit.verify(SYSTEM).ok
+
+
+def test_what_queues_while_the_write_lock_is_awaited_joins_the_batch(services: Services) -> None:
+    """A batch is formed, then waits for the deployment-wide write lock (another worker's or
+    node's batch holds it); what was queued meanwhile is written in that same transaction once
+    the lock is held, not in a transaction of its own after it."""
+    committer = services.committer
+    held, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with services.db.write():
+            held.set()
+            release.wait(10)
+
+    batches: list[object] = []
+
+    def job(s: Session) -> int:
+        batches.append(s.info.setdefault("test.batch", object()))
+        return len(batches)
+
+    holder = threading.Thread(target=other_writer)
+    holder.start()
+    assert held.wait(10)
+    results: list[int] = []
+    callers = [threading.Thread(target=lambda: results.append(committer.run(job, 20)))
+               for _ in range(4)]  # fmt: skip
+    callers[0].start()
+    time.sleep(0.1)
+    while not committer._queue.empty():  # the first taken: its batch waits for the lock
+        time.sleep(0.01)
+    for caller in callers[1:]:
+        caller.start()
+    while committer._queue.qsize() < 3:  # the others queued behind it
+        time.sleep(0.01)
+    release.set()
+    for thread in (holder, *callers):
+        thread.join(20)
+    assert sorted(results) == [1, 2, 3, 4]
+    assert len(batches) == 4
+    assert all(b is batches[0] for b in batches), "one transaction for the four"

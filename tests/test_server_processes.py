@@ -220,9 +220,12 @@ def test_each_worker_freezes_its_start_heap_before_serving(tmp_path: Path) -> No
     with running_server(backend, tmp_path, workers=2, extra_env=extra) as (_url, env):
         workers = _workers_of(int(env["TETHER_PORT"]))
         assert len(workers) == 2, workers
-        deadline = time.monotonic() + 10
+        # /readyz was answered by one worker; the other may still be loading its runtime.
+        deadline = time.monotonic() + 30
         states: dict[int, dict[str, Any]] = {}
-        while time.monotonic() < deadline and len(states) < 2:
+        while time.monotonic() < deadline and not (
+            len(states) == 2 and all(s["frozen"] for s in states.values())
+        ):
             time.sleep(0.05)
             for pid in workers:
                 path = reports / f"{pid}.json"
