@@ -5,18 +5,24 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
+import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx2 as httpx
 import pytest
+from joserfc.jwk import ECKey
 
 from tests.conftest import Backend
 from tests.serverproc import http_client, running_server
+from tests.token_attacks.kit import assertion, assertion_form
 
 pytestmark = pytest.mark.slow
 
@@ -179,6 +185,108 @@ def test_a_worker_killed_under_issuance_load_loses_no_token_a_client_received(
                     break
         jtis = {jwt_claims(token)["jti"] for token in received}
         assert jtis <= issued
+
+
+def _exchange(sock: socket.socket, request: bytes) -> tuple[int, bytes]:
+    """One HTTP/1.1 request on a kept-alive raw connection: the status and the body."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), body
+
+
+def _connections_on_each_worker(port: int, workers: list[int], each: int) -> list[socket.socket]:
+    """``each`` open connections to every worker of the server on ``port``: connections
+    opened at once land on both (one after another, they all went to one), and ``ss`` tells
+    which worker holds each."""
+    for _attempt in range(10):
+        opened: list[socket.socket] = []
+
+        def connect(opened: list[socket.socket] = opened) -> None:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            _exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            opened.append(sock)
+
+        threads = [threading.Thread(target=connect) for _ in range(8 * each)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        listing = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+        pairs = re.findall(r":(\d+)\s+users:\(\(\S*?pid=(\d+)", listing)  # peer port, worker
+        holder = {int(peer): int(pid) for peer, pid in pairs}
+        chosen = {pid: [s for s in opened if holder.get(s.getsockname()[1]) == pid][:each]
+                  for pid in workers}  # fmt: skip
+        for sock in opened:
+            if not any(sock in socks for socks in chosen.values()):
+                sock.close()
+        if all(len(socks) == each for socks in chosen.values()):
+            return [sock for socks in chosen.values() for sock in socks]
+        for socks in chosen.values():
+            for sock in socks:
+                sock.close()
+    raise AssertionError("could not open connections to both workers")
+
+
+def test_an_assertion_raced_on_both_workers_gets_one_token(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Issue 14: a ``private_key_jwt`` assertion is spent in the group commit of whichever
+    worker takes it, and stays single-use across the two: in each of five rounds, four
+    connections to each worker race one assertion; exactly one gets a token, the seven others
+    are refused as a replay (and audited)."""
+    with running_server(backend, tmp_path, workers=2) as (url, env):
+        admin = {
+            "Authorization": f"Bearer {(tmp_path / '.tether' / 'admin.token').read_text().strip()}"
+        }
+        key = ECKey.generate_key("P-256")
+        with http_client(base_url=url, headers=admin, timeout=30) as c:
+            spec = {"name": "racer", "owner": "admin", "purpose": "replay", "risk_tier": "minimal"}
+            agent_id = c.post("/v1/agents", json=spec).json()["id"]
+            jwk = {"type": "public_key", "jwk": key.as_dict(private=False)}
+            registered = c.post(f"/v1/agents/{agent_id}/credentials", json=jwk)
+            assert registered.status_code == 201, registered.text
+        port = int(env["TETHER_PORT"])
+        workers = _workers_of(port)
+        assert len(workers) == 2, workers
+        for _round in range(5):
+            form = assertion_form(assertion(key, agent_id, env["TETHER_URL"], int(time.time())))
+            body = urlencode(form).encode()
+            request = (b"POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       b"Content-Type: application/x-www-form-urlencoded\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            socks = _connections_on_each_worker(port, workers, 4)
+            barrier = threading.Barrier(len(socks))
+            codes: list[int] = []
+            lock = threading.Lock()
+
+            def race(sock: socket.socket, request: bytes, barrier: threading.Barrier,
+                     codes: list[int], lock: threading.Lock) -> None:  # fmt: skip
+                barrier.wait()
+                status, _ = _exchange(sock, request)
+                with lock:
+                    codes.append(status)
+
+            threads = [threading.Thread(target=race, args=(s, request, barrier, codes, lock))
+                       for s in socks]  # fmt: skip
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            for sock in socks:
+                sock.close()
+            assert sorted(codes) == [200] + [401] * 7
+        with http_client(base_url=url, headers=admin, timeout=30) as c:
+            query = {"type": "client.auth_failed", "agent": agent_id, "limit": 100}
+            failures = c.get("/v1/audit/events", params=query)
+        reasons = [e["details"]["reason"] for e in failures.json()["items"]]
+        assert reasons == ["assertion jti already used (replay)"] * 35
 
 
 def jwt_claims(token: str) -> dict[str, Any]:
