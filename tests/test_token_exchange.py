@@ -3,18 +3,27 @@ actors, never widens scope, is bounded in depth, honours may_act, and dies with 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from joserfc import jwt
+from joserfc.jwk import ECKey
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
+from tests.token_attacks.kit import assertion, assertion_form
+from tether.agents.models import AgentRow
 from tether.agents.schemas import AgentCreate
+from tether.audit.group import BATCH
 from tether.clock import FrozenClock
 from tether.container import Services
 from tether.credentials.clients import ClientAuthError
 from tether.credentials.errors import InvalidGrant, InvalidScope, InvalidTarget
+from tether.credentials.models import AccessTokenRow, CredentialRow
 from tether.errors import ValidationFailed
 from tether.principals import SYSTEM, Role
 
@@ -164,3 +173,170 @@ def test_no_subject_token_for_an_agent_past_its_expiry(svc: Services) -> None:
     clock.advance(61)
     with pytest.raises(ValidationFailed, match="not an active agent"):
         svc.oauth.subject_token(alice, actor=agent.id, scopes=["read"])
+
+
+def _hold_the_write_lock(
+    svc: Services, then: Callable[[Session], None] | None = None
+) -> Callable[[], None]:
+    """Another writer (another worker's or node's batch) holds the write lock until the
+    returned function is called; ``then`` runs in its transaction first."""
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with svc.db.write() as s:
+            if then is not None:
+                then(s)
+            held.set()
+            release.wait(20)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert held.wait(20)
+
+    def done() -> None:
+        release.set()
+        thread.join(20)
+
+    return done
+
+
+def _counting_writes(svc: Services) -> list[int]:
+    """Count the write transactions begun from here on (one-item list)."""
+    count = [0]
+    write = svc.db.write
+
+    def counted() -> Any:
+        count[0] += 1
+        return write()
+
+    svc.db.write = counted  # type: ignore[method-assign]
+    return count
+
+
+def _counting_jobs(svc: Services) -> list[int]:
+    """Count the jobs handed to the group committer from here on (one-item list)."""
+    count = [0]
+    run = svc.committer.run
+
+    def counted(job: Any, timeout: float | None = None) -> Any:
+        count[0] += 1
+        return run(job, timeout)
+
+    svc.committer.run = counted  # type: ignore[method-assign]
+    return count
+
+
+def _queued(count: list[int], n: int) -> None:
+    """Wait until ``n`` jobs were handed to the group committer (and then a moment, for the
+    last to be queued)."""
+    deadline = time.monotonic() + 20
+    while count[0] < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+
+
+def _batches() -> tuple[float, float]:
+    """The group commit's batch-size histogram: (batches, jobs and events) so far."""
+    [metric] = BATCH.collect()
+    values = {s.name: s.value for s in metric.samples}
+    return values["tether_ledger_group_commit_batch_size_count"], values[
+        "tether_ledger_group_commit_batch_size_sum"
+    ]
+
+
+def test_exchanges_are_written_by_the_group_commit_many_per_transaction(svc: Services) -> None:
+    """Issue 14, item 6: a token exchange is one job of the group commit (its assertion or
+    ``last_used_at``, its token row and its ``token.exchanged`` event), not a write
+    transaction of its own after another for the client's authentication: four exchanges
+    queued behind another writer's lock are written in one transaction."""
+    subject = _agent(svc, "subject", ["read"])
+    actors = [_agent(svc, f"actor{i}", ["read"]) for i in range(4)]
+    forms = [{"grant_type": EXCHANGE, **actor, "subject_token": _token(svc, subject),
+              "subject_token_type": AT, "actor_token": _token(svc, actor),
+              "actor_token_type": AT} for actor in actors]  # fmt: skip
+    svc.oauth._touched.clear()  # every credential's last_used_at due again: written too
+    release = _hold_the_write_lock(svc)
+    count = _counting_jobs(svc)
+    writes = _counting_writes(svc)
+    before = _batches()
+    answers: list[dict[str, Any]] = []
+    threads = [threading.Thread(target=lambda f=f: answers.append(svc.oauth.token(f, None)))
+               for f in forms]  # fmt: skip
+    for t in threads:
+        t.start()
+    _queued(count, 4)
+    release()
+    for t in threads:
+        t.join(20)
+    assert len(answers) == 4
+    batches, items = _batches()
+    assert (batches - before[0], items - before[1]) == (1, 4)  # one batch of four jobs
+    assert writes == [1]  # and nothing else: one write transaction for the four exchanges
+    for answer in answers:
+        assert svc.oauth.introspect(answer["access_token"], SYSTEM)["active"] is True
+    with svc.db.read() as s:
+        used = s.scalars(select(CredentialRow.last_used_at).where(
+            CredentialRow.agent_id.in_([a["client_id"] for a in actors]))).all()  # fmt: skip
+    assert len(used) == 4
+    assert None not in used
+
+
+def test_a_subject_suspended_while_the_exchange_waited_gets_nothing(svc: Services) -> None:
+    """The chain is checked again inside the job, under the write lock: a subject suspended
+    by a transaction that committed after the exchange's checks (here: the writer holding
+    the lock) is refused there — no token row, no ``token.exchanged`` event — and the
+    actor's assertion stays spent: replaying it is refused as a replay."""
+    subject = _agent(svc, "subject", ["read"])
+    spec = AgentCreate(name="keyed", owner="admin", purpose="p", risk_tier="minimal",
+                       scopes=["read"])  # fmt: skip
+    actor = svc.agents.create(SYSTEM, spec)
+    key = ECKey.generate_key("P-256")
+    svc.credentials.create_public_key(SYSTEM, actor.id, jwk=key.as_dict(private=False))
+    actor_token = svc.oauth.token(
+        assertion_form(assertion(key, actor.id, svc.oauth.endpoints.token, START), actor.id),
+        None,
+    )["access_token"]
+    exchanged = {
+        "grant_type": EXCHANGE,
+        "subject_token": _token(svc, subject),
+        "subject_token_type": AT,
+        "actor_token": actor_token,
+        "actor_token_type": AT,
+    }
+    form = {**assertion_form(assertion(key, actor.id, svc.oauth.endpoints.token, START)),
+            **exchanged}  # fmt: skip
+    tokens_before = _rows(svc, AccessTokenRow)
+
+    def suspend(s: Session) -> None:
+        s.execute(update(AgentRow).where(AgentRow.id == subject["client_id"])
+                  .values(status="suspended"))  # fmt: skip
+
+    release = _hold_the_write_lock(svc, then=suspend)
+    count = _counting_jobs(svc)
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            svc.oauth.token(dict(form), None)
+        except BaseException as exc:  # the test inspects it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    _queued(count, 1)
+    release()
+    thread.join(20)
+    [refused] = outcome
+    assert isinstance(refused, InvalidGrant)
+    assert str(refused) == f"agent {subject['client_id']} in the delegation chain is not active"
+    assert _rows(svc, AccessTokenRow) == tokens_before
+    with pytest.raises(ClientAuthError) as replayed:
+        svc.oauth.token(dict(form), None)
+    assert replayed.value.failure.reason == "assertion jti already used (replay)"
+    events = svc.audit.events(SYSTEM, type_="token.exchanged", agent=actor.id, limit=100)
+    assert events.items == []
+
+
+def _rows(svc: Services, table: Any) -> int:
+    with svc.db.read() as s:
+        return int(s.scalar(select(func.count()).select_from(table)) or 0)

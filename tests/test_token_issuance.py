@@ -80,3 +80,39 @@ def test_an_assertion_is_spent_even_when_its_grant_is_refused(
                 if kind == "client.auth_failed"]  # fmt: skip
     assert failures == ["assertion jti already used (replay)"]
     assert "token.issued" not in [kind for kind, _ in events]
+
+
+def test_a_revocation_is_one_job_of_the_group_commit(services: Services) -> None:
+    """Issue 14, item 6: RFC 7009 revocation writes through the group commit (the row's
+    ``revoked_at``, the runtime's change, the ``token.revoked`` event in the batch's one
+    append), not a write transaction of its own; a second revocation of the same token, and
+    one of a token that is not the caller's, write nothing."""
+    agent = services.agents.create(SYSTEM, AgentCreate.model_validate(AGENT))
+    _credential, secret = services.credentials.create_api_key(SYSTEM, agent.id)
+    form = {"grant_type": "client_credentials", "client_id": agent.id, "client_secret": secret}
+    token = services.oauth.token(form, None)["access_token"]
+    client = services.oauth.authenticate_client(form, None)
+    jobs: list[object] = []
+    run = services.committer.run
+
+    def counted(job: object, timeout: float | None = None) -> object:
+        jobs.append(job)
+        return run(job, timeout)  # type: ignore[arg-type]
+
+    services.committer.run = counted  # type: ignore[method-assign]
+    writes = [0]
+    write = services.db.write
+
+    def counted_write() -> object:
+        writes[0] += 1
+        return write()
+
+    services.db.write = counted_write  # type: ignore[method-assign]
+    services.oauth.revoke(token, client, f"agent:{agent.id}")
+    assert (len(jobs), writes[0]) == (1, 1)  # the committer's transaction, nothing besides
+    assert services.oauth.introspect(token, SYSTEM) == {"active": False}
+    services.oauth.revoke(token, client, f"agent:{agent.id}")  # already revoked: a no-op
+    with services.db.read() as s:
+        mine = (EventRow.type == "token.revoked", EventRow.agent_id == agent.id)
+        revoked = s.scalars(select(EventRow.type).where(*mine)).all()
+    assert revoked == ["token.revoked"]

@@ -126,6 +126,18 @@ class _Issuance:
     answer: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _Exchange:
+    """A token exchange checked and signed, before its group-commit job records it."""
+
+    token: str
+    claims: dict[str, Any]
+    subject: str
+    subject_jti: Any
+    chain: list[str]
+    ttl: int
+
+
 @dataclass(frozen=True)
 class Endpoints:
     issuer: str
@@ -210,8 +222,7 @@ class OAuthService:
         A client secret's request within the minute writes nothing. Failures are audited."""
         now = self.clock.now()
         client = self._authenticated(form, authorization, now)
-        if client.assertion is not None or self._touch_due(client):
-            self._spend(client, now)
+        self._spend(client, now)
         return client
 
     def _authenticated(
@@ -312,7 +323,7 @@ class OAuthService:
         if grant not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
             raise UnsupportedGrantType(f"grant_type {grant!r} is not supported")
         if grant == TOKEN_EXCHANGE:
-            return self._exchange(form, self.authenticate_client(form, authorization), cnf_jkt)
+            return self._exchange(form, authorization, cnf_jkt)
         answer = self._client_credentials(form, authorization, cnf_jkt, self.client_reads)
         if isinstance(answer, _Stale):
             answer = self._client_credentials(form, authorization, cnf_jkt, None)
@@ -439,7 +450,10 @@ class OAuthService:
 
     def _spend(self, client: AuthenticatedClient, now: datetime) -> None:
         """What an authentication writes when the grant then failed: the assertion spent (a
-        replay of it is refused and audited all the same), the credential touched."""
+        replay of it is refused and audited all the same), the credential touched; nothing
+        when there is neither (a client secret's request within the minute)."""
+        if client.assertion is None and not self._touch_due(client):
+            return
 
         def spend(s: Session) -> _Refusal | None:
             try:
@@ -457,10 +471,76 @@ class OAuthService:
 
     # -- delegation (RFC 8693) ---------------------------------------------------------------
     def _exchange(
-        self, form: dict[str, str], client: AuthenticatedClient, cnf_jkt: str | None
+        self, form: dict[str, str], authorization: str | None, cnf_jkt: str | None
     ) -> dict[str, Any]:
-        """The authenticated agent acts for the subject; see :mod:`tether.credentials.exchange`."""
+        """The authenticated agent acts for the subject; see :mod:`tether.credentials.exchange`.
+        Like ``client_credentials``: the client authenticated by reading only, the grant's
+        checks and the signature outside any lock, then one group-commit job spends the
+        assertion, re-checks the actor and every principal of the chain under the write lock
+        and writes the token's row and its ``token.exchanged`` event; a refusal found there
+        is returned by the job (the assertion stays spent), not raised."""
         now = self.clock.now()
+        client = self._authenticated(form, authorization, now)
+        try:
+            prepared = self._exchange_prepared(form, client, cnf_jkt, now)
+        except OAuthError:
+            self._spend(client, now)  # the assertion is spent even when the grant fails
+            raise
+        claims, subject, chain, ttl = (
+            prepared.claims,
+            prepared.subject,
+            prepared.chain,
+            prepared.ttl,
+        )
+        actor_id = client.agent.id
+        event = NewEvent(
+            EventType.TOKEN_EXCHANGED, f"agent:{actor_id}", agent_id=actor_id,
+            on_behalf_of=grants.ref(subject), chain=tuple(chain), action="oauth.token_exchange",
+            resource={"type": "AccessToken", "id": claims["jti"]}, outcome="success",
+            details={"jti": claims["jti"], "subject_jti": prepared.subject_jti,
+                     "auth_method": client.method, "scope": claims["scope"],
+                     "aud": claims["aud"], "exp": claims["exp"], "chain": chain,
+                     "dpop_bound": cnf_jkt is not None},
+        )  # fmt: skip
+
+        def exchange_job(s: Session) -> Chain | _Refusal:
+            try:
+                clients.spend(s, client, self.replay)
+            except ClientAuthError as exc:
+                return _Refusal(exc)  # nothing written: it was spent before
+            self._touch(s, client, now)
+            try:
+                agent = grants.still_active(s, actor_id, now)
+                if grants.capped_ttl(ttl, agent, now) < ttl:  # its expires_at moved meanwhile
+                    raise UnauthorizedClient("the agent changed while the token was issued")
+                if problem := grants.chain_problem(s, [subject, *chain], to_micros(now)):
+                    raise InvalidGrant(problem)
+            except OAuthError as exc:
+                return _Refusal(exc)
+            row = self.store.token_row(
+                jti=claims["jti"], agent_id=actor_id, client_id=actor_id,
+                issued_at=to_micros(now), expires_at=int(claims["exp"]) * 1_000_000,
+            )  # fmt: skip
+            return Chain([event], finish=lambda _events: None, rows=[row])
+
+        result = self._write(exchange_job)
+        if isinstance(result, _Refusal):
+            if isinstance(result.error, ClientAuthError):  # a replay: refused and audited
+                self._audit_auth_failure(result.error, now)
+            raise result.error
+        return {
+            "access_token": prepared.token,
+            "issued_token_type": exchange.ACCESS_TOKEN,
+            "token_type": "DPoP" if cnf_jkt else "Bearer",
+            "expires_in": ttl,
+            "scope": claims["scope"],
+        }
+
+    def _exchange_prepared(
+        self, form: dict[str, str], client: AuthenticatedClient, cnf_jkt: str | None,
+        now: datetime,
+    ) -> _Exchange:  # fmt: skip
+        """The exchange's checks on what the request carries, and the token signed."""
         now_s = int(now.timestamp())
         actor_id = client.agent.id
         subject_claims = self._subject(form, now_s)
@@ -484,32 +564,12 @@ class OAuthService:
         ttl = min(self.settings.token_ttl_seconds, int(subject_claims["exp"]) - now_s)
         if ttl <= 0:
             raise InvalidGrant("the subject token has expired")
-        with self.db.write() as s:
-            agent = grants.still_active(s, actor_id, now)
-            ttl = grants.capped_ttl(ttl, agent, now)
-            problem = grants.chain_problem(s, [subject, *chain], to_micros(now))
-            if problem:
-                raise InvalidGrant(problem)
-            token, claims = self._issue(
-                s, agent, subject=subject, client_id=actor_id, audience=audience,
-                scopes=scopes, ttl=ttl, now=now, act=act, cnf_jkt=cnf_jkt,
-            )  # fmt: skip
-            self.ledger.append(s, [NewEvent(
-                EventType.TOKEN_EXCHANGED, f"agent:{actor_id}", agent_id=actor_id,
-                on_behalf_of=grants.ref(subject), chain=tuple(chain), action="oauth.token_exchange",
-                resource={"type": "AccessToken", "id": claims["jti"]}, outcome="success",
-                details={"jti": claims["jti"], "subject_jti": subject_claims.get("jti"),
-                         "auth_method": client.method, "scope": claims["scope"],
-                         "aud": claims["aud"], "exp": claims["exp"], "chain": chain,
-                         "dpop_bound": cnf_jkt is not None},
-            )], now=now)  # fmt: skip
-        return {
-            "access_token": token,
-            "issued_token_type": exchange.ACCESS_TOKEN,
-            "token_type": "DPoP" if cnf_jkt else "Bearer",
-            "expires_in": ttl,
-            "scope": claims["scope"],
-        }
+        ttl = grants.capped_ttl(ttl, client.agent, now)
+        token, claims = self._signed(
+            client.agent, subject=subject, client_id=actor_id, audience=audience,
+            scopes=scopes, ttl=ttl, now=now, act=act, cnf_jkt=cnf_jkt,
+        )  # fmt: skip
+        return _Exchange(token, claims, subject, subject_claims.get("jti"), chain, ttl)
 
     def _subject(self, form: dict[str, str], now: int) -> dict[str, Any]:
         token, kind = form.get("subject_token"), form.get("subject_token_type")
@@ -699,17 +759,21 @@ class OAuthService:
             return
         if client is not None and claims.get("client_id") != client.agent.id:
             return
-        with self.db.write() as s:
-            row = self.store.token(s, str(claims.get("jti", ""))[:64])
+        jti = str(claims.get("jti", ""))[:64]
+
+        def revoke_job(s: Session) -> Chain | None:  # one job of the group commit
+            row = self.store.token(s, jti)
             if row is None or row.revoked_at is not None:
-                return
+                return None
             row.revoked_at = to_micros(now)
             changes.record(s, changes.Kind.TOKEN, row.jti, now_us=row.revoked_at)
-            self.ledger.append(s, [NewEvent(
+            return Chain([NewEvent(
                 EventType.TOKEN_REVOKED, actor_ref, agent_id=row.agent_id,
                 action="oauth.revoke", resource={"type": "AccessToken", "id": row.jti},
                 outcome="success", details={"jti": row.jti, "client_id": row.client_id},
-            )], now=now)  # fmt: skip
+            )], finish=lambda _events: None)  # fmt: skip
+
+        self._write(revoke_job)
 
     def maintenance(self) -> list[Task]:
         """Spent assertion and DPoP proof ids past their expiry; token rows long expired."""
