@@ -53,15 +53,27 @@ def _copy_sql(table: Table) -> str:
     return f"COPY {table.name} ({', '.join(c.name for c in table.columns)}) FROM STDIN"
 
 
+# PostgreSQL: rows whose values fit psycopg's statement cache (it re-parses a statement with
+# more than 50 parameters on every execute) go in one INSERT — one round trip, prepared by the
+# server after a few uses — and more in one COPY, which costs two (COPY, then its data).
+_PG_INSERT_PARAMS = 50
+
+
 def insert_rows(session: Session, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert every row (values in the table's column order): PostgreSQL ``COPY``, else
-    ``INSERT``s of up to 32 rows each."""
+    """Insert every row (values in the table's column order): PostgreSQL one ``INSERT`` of
+    a few rows or a ``COPY``, else ``INSERT``s of up to 32 rows each."""
     if not rows:
         return
     raw, dialect = _driver(session)
     cur = raw.cursor()
-    sql = _copy_sql(table) if dialect == "postgresql" else _insert_sql(table, dialect, 1)
+    few = len(rows) * len(table.columns) <= _PG_INSERT_PARAMS
+    sql = (
+        _copy_sql(table) if dialect == "postgresql" and not few else _insert_sql(table, dialect, 1)
+    )
     try:
+        if dialect == "postgresql" and few:
+            cur.execute(_insert_sql(table, dialect, len(rows)), [v for row in rows for v in row])
+            return
         if dialect == "postgresql":
             # psycopg re-parses a statement with more than 50 parameters on every execute
             # (its query cache skips those): a 32-row INSERT cost ~35 µs of client CPU per
