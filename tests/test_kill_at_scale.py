@@ -245,8 +245,8 @@ def test_a_big_kill_revokes_its_tokens_a_batch_per_transaction_and_lets_others_d
     deciding = threading.Lock()
 
     @contextmanager
-    def observed() -> Iterator[Session]:
-        with write() as s:
+    def observed(**options: Any) -> Iterator[Session]:
+        with write(**options) as s:
             yield s
         mine = threading.get_ident() == killing
         if not mine and not threading.current_thread().name.startswith("tether-db-after"):

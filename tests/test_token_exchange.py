@@ -205,9 +205,9 @@ def _counting_writes(svc: Services) -> list[int]:
     count = [0]
     write = svc.db.write
 
-    def counted() -> Any:
+    def counted(**options: Any) -> Any:
         count[0] += 1
-        return write()
+        return write(**options)
 
     svc.db.write = counted  # type: ignore[method-assign]
     return count

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey
@@ -103,9 +104,9 @@ def test_a_revocation_is_one_job_of_the_group_commit(services: Services) -> None
     writes = [0]
     write = services.db.write
 
-    def counted_write() -> object:
+    def counted_write(**options: Any) -> object:
         writes[0] += 1
-        return write()
+        return write(**options)
 
     services.db.write = counted_write  # type: ignore[method-assign]
     services.oauth.revoke(token, client, f"agent:{agent.id}")

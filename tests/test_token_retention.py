@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from joserfc import jwt
@@ -118,10 +119,10 @@ def test_the_purge_deletes_in_batches_of_its_own_transactions(
     writes = 0
     real_write = services.db.write
 
-    def counted() -> AbstractContextManager[Session]:
+    def counted(**options: Any) -> AbstractContextManager[Session]:
         nonlocal writes
         writes += 1
-        return real_write()
+        return real_write(**options)
 
     monkeypatch.setattr(services.db, "write", counted)
     cutoff = (START + 300 + 1) * 1_000_000

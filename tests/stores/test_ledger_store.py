@@ -8,6 +8,7 @@ and checkpoints come back by size.
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -16,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from tests.stores.conftest import T0_US
 from tether.audit.chain import GENESIS, Checkpoint, Event, event_hash, link
 from tether.audit.events import NewEvent
-from tether.audit.store import DatabaseLedgerStore
+from tether.audit.store import HEAD_QUERY, DatabaseLedgerStore
 from tether.db import Database
 
 STORE = DatabaseLedgerStore()
@@ -196,3 +197,63 @@ def test_concurrent_appenders_build_one_unbroken_chain(db: Database) -> None:
         assert ev.prev_hash == prev
         assert event_hash(ev.prev_hash, ev.body()) == ev.hash
         prev = ev.hash
+
+
+def _append_with_lock_read(db: Database, events: list[NewEvent]) -> list[Event]:
+    """:func:`_append` as the group commit does it: the head read with the write lock."""
+    with db.write(then=HEAD_QUERY) as s:
+        linked: list[Event] = []
+        for event in events:  # one append after another in one transaction
+            head = STORE.head(s)
+            after, prev = head if head else (0, GENESIS)
+            batch = link([event], after_seq=after, prev_hash=prev, time_us=T0_US)
+            STORE.insert(s, batch)
+            linked += batch
+    return linked
+
+
+def test_the_head_read_with_the_write_lock_serves_one_append_then_is_read_again(
+    db: Database,
+) -> None:
+    """``Database.write(then=HEAD_QUERY)``: on PostgreSQL the head comes in the lock's round
+    trip; it answers the transaction's first head read only — after an append the head is
+    read again — so several appends in one transaction still chain (on SQLite it is read)."""
+    _append(db, [_new(0)])
+    linked = _append_with_lock_read(db, [_new(1), _new(2), _new(3)])
+    assert [e.seq for e in linked] == [2, 3, 4]
+    stored = _all(db)
+    assert [e.seq for e in stored] == [1, 2, 3, 4]
+    for before, after in itertools.pairwise(stored):
+        assert after.prev_hash == before.hash
+
+
+def test_the_head_read_with_the_lock_sees_what_committed_while_it_waited(db: Database) -> None:
+    """The race the lock exists for: another writer holds the lock and appends; a batch
+    waiting for the lock, whose head is read in the same round trip as the lock, must chain
+    after that writer's event (a head read before the lock was granted would fork)."""
+    _append(db, [_new(0)])
+    holding, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with db.write() as s:
+            head = STORE.head(s)
+            assert head is not None
+            STORE.insert(s, link([_new(1)], after_seq=head[0], prev_hash=head[1], time_us=T0_US))
+            holding.set()
+            release.wait(10)
+
+    other = threading.Thread(target=other_writer)
+    other.start()
+    assert holding.wait(10)
+    waiting: list[Event] = []
+    mine = threading.Thread(target=lambda: waiting.extend(_append_with_lock_read(db, [_new(2)])))
+    mine.start()
+    mine.join(0.3)  # it waits for the lock
+    assert mine.is_alive()
+    release.set()
+    other.join(10)
+    mine.join(10)
+    assert [e.seq for e in waiting] == [3]
+    stored = _all(db)
+    assert [e.seq for e in stored] == [1, 2, 3]
+    assert stored[2].prev_hash == stored[1].hash

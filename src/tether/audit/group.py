@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from tether.audit.chain import Event
 from tether.audit.events import NewEvent
 from tether.audit.ledger import Ledger
+from tether.audit.store import HEAD_QUERY
 from tether.clock import Clock
 from tether.db import Database
 from tether.db.bulk import insert_rows
@@ -202,7 +203,7 @@ class GroupCommitter:
         batch, another node's — and a batch that grows meanwhile costs one transaction less
         after it. (With two workers on PostgreSQL, the one with fewer connections otherwise
         committed batches of one, each a whole turn of the lock.)"""
-        with self.db.write() as s:
+        with self.db.write(then=HEAD_QUERY) as s:  # the ledger's head with the lock
             self._gather(batch)
             now = self.clock.now()  # after the wait: no event is stamped before it was queued
             results: list[Any] = [None] * len(batch)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from tether.audit.chain import Checkpoint, Event
 from tether.audit.models import CheckpointRow, EventRow
 from tether.db.bulk import fetch_one, insert_rows
+from tether.db.engine import READ_WITH_LOCK
 from tether.db.text import unstorable
 from tether.jsonutil import canonical_text, loads
 
@@ -71,6 +72,8 @@ _COLUMN_NAMES = tuple(c.name for c in _EV.columns)
 if tuple(c.name for c in _COLUMNS) != _COLUMN_NAMES:  # pragma: no cover - a model edit
     raise RuntimeError("audit_events must declare its columns in Event's field order")
 _HEAD = "SELECT seq, hash, time FROM audit_events ORDER BY seq DESC LIMIT 1"
+HEAD_QUERY = _HEAD  # for Database.write(then=...): the head read in the write lock's round trip
+_UNREAD = object()
 
 
 class DatabaseLedgerStore:
@@ -79,8 +82,12 @@ class DatabaseLedgerStore:
         return (head[0], head[1]) if head else None
 
     def head_with_time(self, session: Session) -> tuple[int, str, int] | None:
-        """``(seq, hash, time_us)`` of the newest event."""
-        row = fetch_one(session, _HEAD)
+        """``(seq, hash, time_us)`` of the newest event: as the write lock's round trip read
+        it (:data:`HEAD_QUERY` given to :meth:`~tether.db.Database.write`), if nothing was
+        appended since, else read now."""
+        row = session.info.pop((READ_WITH_LOCK, _HEAD), _UNREAD)
+        if row is _UNREAD:
+            row = fetch_one(session, _HEAD)
         return (int(row[0]), str(row[1]), int(row[2])) if row else None
 
     def insert(self, session: Session, events: Sequence[Event]) -> None:

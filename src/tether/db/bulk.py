@@ -122,6 +122,22 @@ def fetch_one_with(session: Session, sql: str, params: tuple[Any, ...]) -> tuple
     return tuple(row) if row is not None else None
 
 
+def fetch_one_after(session: Session, first: str, then: str) -> tuple[Any, ...] | None:
+    """Two fixed, parameterless statements in one round trip (one simple query): ``first``
+    for its effect, then the first row of ``then``. Each statement reads what committed
+    before it started (PostgreSQL, READ COMMITTED), so ``then`` sees what ``first`` waited
+    for."""
+    raw, _ = _driver(session)
+    cur = raw.cursor()
+    try:
+        cur.execute(f"{first}; {then}")
+        cur.nextset()
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    return tuple(row) if row is not None else None
+
+
 def fetch_all_with(session: Session, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     """Every row of a query with ``?`` placeholders (as :func:`fetch_one_with`)."""
     raw, dialect = _driver(session)

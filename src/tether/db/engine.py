@@ -22,11 +22,15 @@ from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from tether.db.bulk import fetch_one_with
+from tether.db.bulk import fetch_one_after, fetch_one_with
 
 # Arbitrary but fixed: the advisory lock id every Tether node agrees on ("TETH").
 PG_WRITE_LOCK = 0x54455448
 _PG_LOCK = "SELECT pg_advisory_xact_lock(?)"
+_PG_LOCK_LITERAL = f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"
+# ``session.info[(READ_WITH_LOCK, sql)]``: the first row (or None) of ``sql`` as
+# :meth:`Database.write` read it right after taking the write lock, in the lock's round trip.
+READ_WITH_LOCK = "tether.read_with_lock"
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 _PING_AFTER_IDLE_SECONDS = 1.0
 _IDLE_SINCE = "tether.idle_since"
@@ -168,14 +172,25 @@ class Database:
         return self._writer
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A transaction holding the write lock; commits on success, rolls back on error."""
+    def write(self, *, then: str | None = None) -> Iterator[Session]:
+        """A transaction holding the write lock; commits on success, rolls back on error.
+
+        ``then``: a fixed, parameterless query the caller runs first under the lock. On
+        PostgreSQL it goes with the lock's statement, in the same round trip (a second
+        statement of one simple query: under READ COMMITTED it reads what committed while
+        the lock was awaited), its first row left in ``session.info[(READ_WITH_LOCK,
+        then)]``; the lock is held from the first round trip to the commit, so one fewer is
+        one fewer for every writer waiting behind it. On SQLite the caller reads it itself."""
         with self._write_sessions() as session:
             session.info.update(self.session_info)
             session.info["tether.schema"] = self.schema
             with self._queue or nullcontext(), session.begin():
                 if self.dialect == "postgresql":  # on the driver's cursor: the hottest statement
-                    fetch_one_with(session, _PG_LOCK, (PG_WRITE_LOCK,))
+                    if then is None:
+                        fetch_one_with(session, _PG_LOCK, (PG_WRITE_LOCK,))
+                    else:
+                        row = fetch_one_after(session, _PG_LOCK_LITERAL, then)
+                        session.info[(READ_WITH_LOCK, then)] = row
                 yield session
                 for flush in session.info.pop(BEFORE_COMMIT, ()):
                     flush(session)
