@@ -23,6 +23,7 @@ from joserfc.jwk import ECKey
 from tests.conftest import Backend
 from tests.serverproc import http_client, running_server
 from tests.token_attacks.kit import assertion, assertion_form
+from tether.api.app import SWITCH_INTERVAL_SECONDS
 
 pytestmark = pytest.mark.slow
 
@@ -301,7 +302,8 @@ import gc, json, os, sys, threading, time
 def _report(directory):
     while True:
         if "tether.api.app" in sys.modules:  # a server worker, not the resource tracker
-            state = {"frozen": gc.get_freeze_count(), "threshold": list(gc.get_threshold())}
+            state = {"frozen": gc.get_freeze_count(), "threshold": list(gc.get_threshold()),
+                     "switch": sys.getswitchinterval()}
             path = os.path.join(directory, f"{os.getpid()}.json")
             with open(path + ".tmp", "w") as f:
                 json.dump(state, f)
@@ -313,12 +315,16 @@ if os.environ.get("GC_PROBE_DIR"):
 """
 
 
-def test_each_worker_freezes_its_start_heap_before_serving(tmp_path: Path) -> None:
+def test_each_worker_freezes_its_start_heap_and_hands_the_gil_over_sooner(
+    tmp_path: Path,
+) -> None:
     """Issue 14's soak stalls: a worker of ``tether serve --workers 2`` is a process of its
     own (uvicorn spawns it), so the supervisor's ``gc.freeze`` never reached it, and each of
     its full collections walked the whole start-up heap (the runtime snapshot, every module)
     under load: 80-110 ms pauses. Each worker now settles its own collector once its runtime
-    is loaded: what it built is frozen and collection runs at CPython's usual thresholds."""
+    is loaded: what it built is frozen and collection runs at CPython's usual thresholds.
+    And its switch interval is 0.5 ms: the group-commit thread, holding the write lock, gets
+    the GIL back from a busy event loop sooner after each round trip."""
     probe, reports = tmp_path / "probe", tmp_path / "reports"
     probe.mkdir()
     reports.mkdir()
@@ -343,3 +349,6 @@ def test_each_worker_freezes_its_start_heap_before_serving(tmp_path: Path) -> No
     for state in states.values():
         assert state["frozen"] > 50_000, state  # the start heap: modules, services, runtime
         assert state["threshold"] == [700, 10, 10], state  # not the start's 100,000
+        assert state["switch"] == SWITCH_INTERVAL_SECONDS, (
+            state
+        )  # the GIL back to the writer sooner

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -36,6 +37,7 @@ from tether.config import load_settings
 from tether.container import Services, build_services
 
 log = logging.getLogger("tether.api")
+SWITCH_INTERVAL_SECONDS = 0.0005  # a server worker's (sys.setswitchinterval; see app_from_env)
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
@@ -123,6 +125,12 @@ def app_from_env() -> FastAPI:
     (:mod:`tether.collector`) once the runtime is loaded: a worker is a process of its own
     (uvicorn spawns it), so the supervisor's settling does not reach it."""
     collector.starting()
+    # The group-commit thread holds the deployment-wide write lock across its round trips to
+    # the database, and after each it needs the GIL back from the event loop, which may keep
+    # it for a whole switch interval (5 ms by default) while it serves requests: every other
+    # writer waits meanwhile. At 0.5 ms the lock is held ~15 % less per batch under mixed
+    # load (bench/README.md, issue 14, sixth part).
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     settings = load_settings()
     requestlog.configure(settings.log_format, settings.log_level)
     return create_app(build_services(settings), started=collector.settled)
