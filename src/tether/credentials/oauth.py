@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from anyio import to_thread
 from sqlalchemy.exc import UnboundExecutionError
@@ -408,19 +408,9 @@ class OAuthService:
             # caller a retry), and the assertion must stay spent when the grant fails.
             if client.remembered and not clients.unchanged(s, client):
                 return _STALE  # before anything is written: the assertion is not spent
-            try:
-                clients.spend(s, client, self.replay)
-            except ClientAuthError as exc:
-                return _Refusal(exc)  # nothing written: it was spent before
-            self._touch(s, client, now)
-            try:
-                agent = grants.still_active(
-                    s, client.agent.id, now, read=client.agent if client.remembered else None
-                )
-                if grants.capped_ttl(ttl, agent, now) < ttl:  # its expires_at moved meanwhile
-                    raise UnauthorizedClient("the agent changed while the token was issued")
-            except OAuthError as exc:
-                return _Refusal(exc)
+            agent = self._spent_and_active(s, client, now, ttl)
+            if isinstance(agent, _Refusal):
+                return agent
             row = self.store.token_row(
                 jti=claims["jti"], agent_id=agent.id, client_id=agent.id,
                 issued_at=to_micros(now), expires_at=int(claims["exp"]) * 1_000_000,
@@ -443,10 +433,37 @@ class OAuthService:
             self.client_reads.forget(issuance.job.client.agent.id)
             return result
         if isinstance(result, _Refusal):
-            if isinstance(result.error, ClientAuthError):  # a replay: refused and audited
-                self._audit_auth_failure(result.error, issuance.now)
-            raise result.error
+            self._refused(result, issuance.now)
         return issuance.answer
+
+    def _spent_and_active(
+        self, s: Session, client: AuthenticatedClient, now: datetime, ttl: int
+    ) -> AgentFacts | _Refusal:
+        """Inside an issuing job, under the write lock: the client's assertion spent and its
+        credential touched, then its agent re-checked (still active, its expiry not moved
+        below the token's). A refusal is returned, not raised: raising would roll the whole
+        batch back and write it again without this job, and the assertion must stay spent
+        when the grant fails."""
+        try:
+            clients.spend(s, client, self.replay)
+        except ClientAuthError as exc:
+            return _Refusal(exc)  # nothing written: it was spent before
+        self._touch(s, client, now)
+        try:
+            agent = grants.still_active(
+                s, client.agent.id, now, read=client.agent if client.remembered else None
+            )
+            if grants.capped_ttl(ttl, agent, now) < ttl:  # its expires_at moved meanwhile
+                raise UnauthorizedClient("the agent changed while the token was issued")
+        except OAuthError as exc:
+            return _Refusal(exc)
+        return agent
+
+    def _refused(self, refusal: _Refusal, now: datetime) -> NoReturn:
+        """A job's refusal, raised; a replayed assertion audited first."""
+        if isinstance(refusal.error, ClientAuthError):
+            self._audit_auth_failure(refusal.error, now)
+        raise refusal.error
 
     def _spend(self, client: AuthenticatedClient, now: datetime) -> None:
         """What an authentication writes when the grant then failed: the assertion spent (a
@@ -504,19 +521,11 @@ class OAuthService:
         )  # fmt: skip
 
         def exchange_job(s: Session) -> Chain | _Refusal:
-            try:
-                clients.spend(s, client, self.replay)
-            except ClientAuthError as exc:
-                return _Refusal(exc)  # nothing written: it was spent before
-            self._touch(s, client, now)
-            try:
-                agent = grants.still_active(s, actor_id, now)
-                if grants.capped_ttl(ttl, agent, now) < ttl:  # its expires_at moved meanwhile
-                    raise UnauthorizedClient("the agent changed while the token was issued")
-                if problem := grants.chain_problem(s, [subject, *chain], to_micros(now)):
-                    raise InvalidGrant(problem)
-            except OAuthError as exc:
-                return _Refusal(exc)
+            agent = self._spent_and_active(s, client, now, ttl)
+            if isinstance(agent, _Refusal):
+                return agent
+            if problem := grants.chain_problem(s, [subject, *chain], to_micros(now)):
+                return _Refusal(InvalidGrant(problem))
             row = self.store.token_row(
                 jti=claims["jti"], agent_id=actor_id, client_id=actor_id,
                 issued_at=to_micros(now), expires_at=int(claims["exp"]) * 1_000_000,
@@ -525,9 +534,7 @@ class OAuthService:
 
         result = self._write(exchange_job)
         if isinstance(result, _Refusal):
-            if isinstance(result.error, ClientAuthError):  # a replay: refused and audited
-                self._audit_auth_failure(result.error, now)
-            raise result.error
+            self._refused(result, now)
         return {
             "access_token": prepared.token,
             "issued_token_type": exchange.ACCESS_TOKEN,
