@@ -15,7 +15,7 @@ from joserfc.jwk import ECKey
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from tests.token_attacks.kit import assertion, assertion_form
+from tests.token_attacks.kit import assertion, assertion_form, counting_jobs, counting_writes
 from tether.agents.models import AgentRow
 from tether.agents.schemas import AgentCreate
 from tether.audit.group import BATCH
@@ -200,32 +200,6 @@ def _hold_the_write_lock(
     return done
 
 
-def _counting_writes(svc: Services) -> list[int]:
-    """Count the write transactions begun from here on (one-item list)."""
-    count = [0]
-    write = svc.db.write
-
-    def counted(**options: Any) -> Any:
-        count[0] += 1
-        return write(**options)
-
-    svc.db.write = counted  # type: ignore[method-assign]
-    return count
-
-
-def _counting_jobs(svc: Services) -> list[int]:
-    """Count the jobs handed to the group committer from here on (one-item list)."""
-    count = [0]
-    run = svc.committer.run
-
-    def counted(job: Any, timeout: float | None = None) -> Any:
-        count[0] += 1
-        return run(job, timeout)
-
-    svc.committer.run = counted  # type: ignore[method-assign]
-    return count
-
-
 def _queued(count: list[int], n: int) -> None:
     """Wait until ``n`` jobs were handed to the group committer (and then a moment, for the
     last to be queued)."""
@@ -256,8 +230,8 @@ def test_exchanges_are_written_by_the_group_commit_many_per_transaction(svc: Ser
               "actor_token_type": AT} for actor in actors]  # fmt: skip
     svc.oauth._touched.clear()  # every credential's last_used_at due again: written too
     release = _hold_the_write_lock(svc)
-    count = _counting_jobs(svc)
-    writes = _counting_writes(svc)
+    count = counting_jobs(svc)
+    writes = counting_writes(svc)
     before = _batches()
     answers: list[dict[str, Any]] = []
     threads = [threading.Thread(target=lambda f=f: answers.append(svc.oauth.token(f, None)))
@@ -312,7 +286,7 @@ def test_a_subject_suspended_while_the_exchange_waited_gets_nothing(svc: Service
                   .values(status="suspended"))  # fmt: skip
 
     release = _hold_the_write_lock(svc, then=suspend)
-    count = _counting_jobs(svc)
+    count = counting_jobs(svc)
     outcome: list[BaseException] = []
 
     def ask() -> None:

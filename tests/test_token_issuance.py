@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from tests.token_attacks.kit import assertion, assertion_form
+from tests.token_attacks.kit import assertion, assertion_form, counting_jobs, counting_writes
 from tether.agents.schemas import AgentCreate
 from tether.audit.models import EventRow
 from tether.container import Services
@@ -93,24 +92,9 @@ def test_a_revocation_is_one_job_of_the_group_commit(services: Services) -> None
     form = {"grant_type": "client_credentials", "client_id": agent.id, "client_secret": secret}
     token = services.oauth.token(form, None)["access_token"]
     client = services.oauth.authenticate_client(form, None)
-    jobs: list[object] = []
-    run = services.committer.run
-
-    def counted(job: object, timeout: float | None = None) -> object:
-        jobs.append(job)
-        return run(job, timeout)  # type: ignore[arg-type]
-
-    services.committer.run = counted  # type: ignore[method-assign]
-    writes = [0]
-    write = services.db.write
-
-    def counted_write(**options: Any) -> object:
-        writes[0] += 1
-        return write(**options)
-
-    services.db.write = counted_write  # type: ignore[method-assign]
+    jobs, writes = counting_jobs(services), counting_writes(services)
     services.oauth.revoke(token, client, f"agent:{agent.id}")
-    assert (len(jobs), writes[0]) == (1, 1)  # the committer's transaction, nothing besides
+    assert (jobs, writes) == ([1], [1])  # the committer's transaction, nothing besides
     assert services.oauth.introspect(token, SYSTEM) == {"active": False}
     services.oauth.revoke(token, client, f"agent:{agent.id}")  # already revoked: a no-op
     with services.db.read() as s:

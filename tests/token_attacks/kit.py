@@ -365,3 +365,29 @@ def assert_rs_refuses(response: Any, error: str = "invalid_token") -> None:
     assert response.json()["error"] == error
     assert f'error="{error}"' in response.headers["www-authenticate"]
     assert "sub" not in response.json()
+
+
+def counting_writes(svc: Services) -> list[int]:
+    """Count the write transactions begun from here on (one-item list)."""
+    count = [0]
+    write = svc.db.write
+
+    def counted(**options: Any) -> Any:
+        count[0] += 1
+        return write(**options)
+
+    svc.db.write = counted  # type: ignore[method-assign]
+    return count
+
+
+def counting_jobs(svc: Services) -> list[int]:
+    """Count the jobs handed to the group committer from here on (one-item list)."""
+    count = [0]
+    run = svc.committer.run
+
+    def counted(job: Any, timeout: float | None = None) -> Any:
+        count[0] += 1
+        return run(job, timeout)
+
+    svc.committer.run = counted  # type: ignore[method-assign]
+    return count
