@@ -160,19 +160,8 @@ class GroupCommitter:
             if first is None:
                 return
             batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            self._gather(batch)  # a close request stays queued: the next get() returns
             self._commit(batch)
-            if stop:
-                return
 
     def _commit(self, batch: list[_Item]) -> None:
         while batch:
