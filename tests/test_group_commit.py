@@ -11,10 +11,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tether.audit import group
 from tether.audit.events import NewEvent
 from tether.audit.group import Chain, LedgerUnavailable
 from tether.audit.models import EventRow
 from tether.container import Services
+from tether.db.bulk import insert_tables
 from tether.policy.models import DecisionInputRow
 from tether.principals import SYSTEM
 
@@ -75,8 +77,9 @@ def test_a_failed_commit_fails_every_item_closed(
 
     inside: list[int] = []
 
-    def broken_attach(s: Session, _chained: Any) -> None:
+    def broken_insert(s: Session, inserts: Any) -> None:
         # fails after the job ran and the events were inserted: all of it must roll back
+        insert_tables(s, inserts)
         inside.append(s.scalar(select(func.count()).select_from(EventRow)) or 0)
         raise RuntimeError("disk full")
 
@@ -85,7 +88,7 @@ def test_a_failed_commit_fails_every_item_closed(
         ran.append("job")
         return "job ran"
 
-    monkeypatch.setattr(services.committer, "attach", broken_attach)
+    monkeypatch.setattr(group, "insert_tables", broken_insert)
 
     async def main() -> list[Any]:
         return await asyncio.gather(

@@ -30,7 +30,7 @@ from tether.freeze.service import FreezeService
 from tether.keyfiles import RootKeys, load_root_keys
 from tether.maintenance import Task
 from tether.policy.decide import DecisionService
-from tether.policy.inputs import record_inputs
+from tether.policy.inputs import input_rows
 from tether.policy.runtime import AgentSection, DecisionSnapshot, PolicySection
 from tether.policy.service import PolicyService
 from tether.revocations.feed import RevocationFeed
@@ -109,7 +109,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     )  # fmt: skip
     # Decisions' and token issuance's writes: many per transaction and fsync.
     committer = GroupCommitter(db, ledger, clock, max_batch=settings.decision_batch_max,
-                               attach=record_inputs)  # fmt: skip
+                               attach=input_rows)  # fmt: skip
     oauth = OAuthService(db, ledger, clock, signing_keys, settings, committer=committer,
                          dpop_nonces=_dpop_nonces(settings, keys, "token_endpoint"))  # fmt: skip
     agents.cut_offs.append(oauth.revoke_agent_tokens)

@@ -39,7 +39,7 @@ from tether.audit.ledger import Ledger
 from tether.audit.store import HEAD_QUERY
 from tether.clock import Clock
 from tether.db import Database
-from tether.db.bulk import insert_rows
+from tether.db.bulk import Insert, insert_tables
 from tether.errors import LedgerUnavailable
 
 log = logging.getLogger("tether.audit.group")
@@ -51,7 +51,8 @@ FAILED = Counter(
     "tether_ledger_group_commit_failures", "Group commits that failed (events lost: 0)"
 )
 
-Attach = Callable[[Session, Sequence[tuple[Event, Any]]], None]
+# Rows that go with the chained events (and what each was submitted with) in their statement.
+Attach = Callable[[Sequence[tuple[Event, Any]]], Insert]
 
 
 Job = Callable[[Session], Any]
@@ -66,8 +67,8 @@ class Chain:
     events: Sequence[NewEvent]
     finish: Callable[[list[Event]], Any]
     attachment: Any = None
-    # Rows to insert with the batch, before its events: every job's rows of one table in
-    # one statement (PostgreSQL: one COPY) instead of a round trip per job under the lock.
+    # Rows to insert with the batch: every job's rows go in the batch's one statement with
+    # its events (PostgreSQL: one round trip) instead of a round trip per job under the lock.
     rows: Sequence[tuple[Table, tuple[Any, ...]]] = ()
 
 
@@ -211,11 +212,9 @@ class GroupCommitter:
             for _, chain in chains:
                 for table, row in chain.rows:
                     tables.setdefault(table, []).append(row)
-            for table, rows in tables.items():
-                insert_rows(s, table, rows)
             news = [e for _, c in chains for e in c.events]
             news += [e for i in plain if (e := batch[i].event) is not None]
-            events = self.ledger.append(s, news, now=now)
+            events = self.ledger.chain_next(s, news, now=now)
             attached: list[tuple[Event, Any]] = []
             at = 0
             for i, chain in chains:
@@ -227,8 +226,12 @@ class GroupCommitter:
             for i, ev in zip(plain, events[at:], strict=True):
                 results[i] = ev
                 attached.append((ev, batch[i].attachment))
+            # Every row of the batch in one statement (PostgreSQL: one round trip under the
+            # lock, not one per table): the jobs' rows, the events, what is attached to them.
+            inserts: list[Insert] = [*tables.items(), self.ledger.store.rows(events)]
             if self.attach is not None:
-                self.attach(s, attached)
+                inserts.append(self.attach(attached))
+            insert_tables(s, inserts)
         return results
 
     def _gather(self, batch: list[_Item]) -> None:

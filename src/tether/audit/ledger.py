@@ -59,6 +59,16 @@ class Ledger:
 
     def append(self, session: Session, events: Sequence[NewEvent], *, now: datetime) -> list[Event]:
         """Chain ``events`` after the current head; the caller's transaction makes them durable."""
+        out = self.chain_next(session, events, now=now)
+        self.store.insert(session, out)
+        return out
+
+    def chain_next(
+        self, session: Session, events: Sequence[NewEvent], *, now: datetime
+    ) -> list[Event]:
+        """:meth:`append` without the insert: the caller inserts the chained events
+        (``store.rows(events)``) before anything else reads the head in this transaction —
+        the group commit, whose one statement carries them with the rest of its batch."""
         if not events:
             return []
         head = self.store.head_with_time(session)
@@ -68,7 +78,6 @@ class Ledger:
         time_us = max(to_micros(now), head_time)
         out = link(events, after_seq=seq, prev_hash=prev, time_us=time_us)
         seq, prev = out[-1].seq, out[-1].hash
-        self.store.insert(session, out)
         for type_, n in Tally(ev.type for ev in out).items():
             EVENTS_APPENDED.labels(type_).inc(n)
         first = out[0].seq

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from tether.audit.chain import Checkpoint, Event
 from tether.audit.models import CheckpointRow, EventRow
-from tether.db.bulk import fetch_one, insert_rows
+from tether.db.bulk import Insert, fetch_one, insert_rows
 from tether.db.engine import READ_WITH_LOCK
 from tether.db.text import unstorable
 from tether.jsonutil import canonical_text, loads
@@ -91,7 +91,12 @@ class DatabaseLedgerStore:
         return (int(row[0]), str(row[1]), int(row[2])) if row else None
 
     def insert(self, session: Session, events: Sequence[Event]) -> None:
-        insert_rows(session, _EV, [event_values(e) for e in events])
+        insert_rows(session, *self.rows(events))
+
+    @staticmethod
+    def rows(events: Sequence[Event]) -> Insert:
+        """The events' rows, for :func:`tether.db.bulk.insert_tables`."""
+        return _EV, [event_values(e) for e in events]
 
     def page(
         self,

@@ -10,6 +10,7 @@ already be what the driver stores (``str``, ``int``, ``None``): nothing is conve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -90,6 +91,67 @@ def insert_rows(session: Session, table: Table, rows: Sequence[tuple[Any, ...]])
         raise IntegrityError(sql, None, exc) from exc
     finally:
         cur.close()
+
+
+Insert = tuple[Table, Sequence[tuple[Any, ...]]]
+
+# PostgreSQL: up to this many rows in all go as one statement of JSON parameters; more, table
+# by table (COPY). A batch of the group commit is at most a few hundred.
+_JSON_MAX_ROWS = 2_000
+
+
+@cache
+def _json_insert_sql(tables: tuple[Table, ...]) -> str:
+    """One statement inserting into every table, each table's rows one ``json`` parameter
+    (a data-modifying ``WITH`` clause per table but the last)."""
+
+    def insert(table: Table) -> str:
+        names = ", ".join(c.name for c in table.columns)
+        source = f"json_populate_recordset(NULL::{table.name}, %s::json)"
+        return f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {source}"  # noqa: S608 - names from the model
+
+    *first, last = tables
+    head = ", ".join(f"i{n} AS ({insert(t)})" for n, t in enumerate(first))
+    return (f"WITH {head} " if head else "") + insert(last)
+
+
+def insert_tables(session: Session, inserts: Sequence[Insert]) -> None:
+    """Every table's rows (as :func:`insert_rows`). On PostgreSQL one statement, one round
+    trip however many tables and rows: each table's rows travel as one JSON array of objects,
+    which ``json_populate_recordset`` turns back into the exact values (text, integers,
+    nulls) — cheaper on the client than an INSERT's parameters or a COPY's rows, and one
+    round trip under the write lock instead of one per table (two for a COPY)."""
+    present = [(table, rows) for table, rows in inserts if rows]
+    if not present:
+        return
+    raw, dialect = _driver(session)
+    single = len(present) == 1 and len(present[0][1]) * len(present[0][0].columns) <= (
+        _PG_INSERT_PARAMS
+    )
+    if dialect != "postgresql" or single or sum(len(r) for _, r in present) > _JSON_MAX_ROWS:
+        for table, rows in present:
+            insert_rows(session, table, rows)
+        return
+    sql = _json_insert_sql(tuple(table for table, _ in present))
+    params = [_as_json(table, rows) for table, rows in present]
+    cur = raw.cursor()
+    try:
+        cur.execute(sql, params)
+    except _integrity_error(session) as exc:
+        raise IntegrityError(sql, None, exc) from exc
+    finally:
+        cur.close()
+
+
+@cache
+def _names(table: Table) -> tuple[str, ...]:
+    return tuple(c.name for c in table.columns)
+
+
+def _as_json(table: Table, rows: Sequence[tuple[Any, ...]]) -> str:
+    names = _names(table)
+    objects = [dict(zip(names, row, strict=True)) for row in rows]
+    return json.dumps(objects, ensure_ascii=False, separators=(",", ":"))
 
 
 def fetch_one(session: Session, sql: str) -> tuple[Any, ...] | None:
