@@ -142,7 +142,7 @@ def test_an_expired_agent_is_shown_refused_swept_once_and_resumable_after_an_ext
     assert event["actor"] == "system"
     assert event["details"] == {
         "from": "active", "to": "expired", "expires_at": w.at(60),
-        "cut_off": {"tokens": 1, "approvals": 0},
+        "cut_off": {"tokens": 1, "approvals": 0, "leases": 0},
     }  # fmt: skip
     assert w.sweep() == 0
     assert len(w.expired_events()) == 1

@@ -146,6 +146,7 @@ def test_every_domain_registers_its_maintenance(services: Services) -> None:
         "approvals.expire",
         "agents.expire",
         "runtime.purge",
+        "secrets.purge_leases",
     ]
     for task in services.maintenance:
         task.run()  # each is safe to run at any time, on any node

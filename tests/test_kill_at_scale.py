@@ -211,7 +211,7 @@ def test_the_cascade_passes_through_every_status_and_stores_unswept_expiries_fir
         ("agent.expired", expiring),
         *(("agent.killed", a) for a in killed["revoked"]),
     ]
-    assert events[0]["details"]["cut_off"] == {"tokens": 2, "approvals": 0}
+    assert events[0]["details"]["cut_off"] == {"tokens": 2, "approvals": 0, "leases": 0}
     previous = {e["agent_id"]: e["details"]["previous_status"] for e in events[1:]}
     assert previous == {root: "active", expiring: "expired", suspended: "suspended",
                         **dict.fromkeys(level2, "active")}  # fmt: skip

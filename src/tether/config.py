@@ -102,6 +102,24 @@ class Settings(BaseSettings):
     approval_webhook_secret: str | None = Field(
         default=None, description="HMAC-SHA256 key for webhook signatures; default: derived."
     )
+    secret_max_bytes: int = Field(
+        default=65_536, ge=1, le=1_048_576, description="Largest secret value, in bytes."
+    )
+    secret_versions_kept: int = Field(
+        default=5, ge=1, le=1000, description="Versions of a secret kept (the oldest dropped)."
+    )
+    secret_lease_seconds: int = Field(
+        default=3600, ge=10, le=30 * 86400,
+        description="A secret read's lease, unless the secret sets its own.",
+    )  # fmt: skip
+    secret_lease_max_seconds: int = Field(
+        default=86_400, ge=10, le=30 * 86400,
+        description="The longest lease a secret may set, and a renewal may reach.",
+    )  # fmt: skip
+    secret_reads_per_minute: int = Field(
+        default=600, ge=0, le=1_000_000,
+        description="Secret reads one agent may make per minute on each worker (0: no limit).",
+    )  # fmt: skip
     runtime_poll_seconds: float = Field(
         default=0.25, gt=0, le=10, description="How often a worker checks for changes."
     )

@@ -35,6 +35,8 @@ from tether.policy.runtime import AgentSection, DecisionSnapshot, PolicySection
 from tether.policy.service import PolicyService
 from tether.revocations.feed import RevocationFeed
 from tether.runtime.snapshot import Runtime
+from tether.secrets.runtime import RevokedLeases
+from tether.secrets.service import SecretService
 from tether.users.runtime import UserSection
 from tether.users.service import UserService
 
@@ -61,6 +63,7 @@ class Services:
     notifier: WebhookNotifier
     freezes: FreezeService
     revocations: RevocationFeed
+    secrets: SecretService
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -121,8 +124,8 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     # Each domain's part of the runtime snapshot (tether.runtime.sections).
     agent_views, known_users = AgentSection(), UserSection()
     revoked, compiled = RevokedTokens(), PolicySection(policies.compiled)
-    freezes = FreezeSection()
-    runtime.register(agent_views, known_users, revoked, compiled, freezes)
+    freezes, revoked_leases = FreezeSection(), RevokedLeases()
+    runtime.register(agent_views, known_users, revoked, compiled, freezes, revoked_leases)
     db.session_info[IN_FORCE] = lambda: freezes.in_force if runtime.waited_for() else None
     snapshot = DecisionSnapshot(runtime, agents=agent_views, users=known_users, tokens=revoked,
                                 policies=compiled, freezes=freezes)  # fmt: skip
@@ -145,12 +148,23 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     )
     audit = AuditService(db, ledger, clock, agent_reader=agents.get,
                          checkpoint_file=checkpoint_file, witness=witness)  # fmt: skip
+    decisions = DecisionService(snapshot, committer, clock, approvals)
+    secrets = SecretService(
+        db, ledger, clock, root_key=keys.master_key, decisions=decisions, committer=committer,
+        max_bytes=settings.secret_max_bytes, versions_kept=settings.secret_versions_kept,
+        lease_seconds=settings.secret_lease_seconds,
+        lease_max_seconds=settings.secret_lease_max_seconds,
+        reads_per_minute=settings.secret_reads_per_minute,
+    )  # fmt: skip
+    agents.cut_offs.append(secrets.revoke_for_agents)
+    freeze_service = FreezeService(db, ledger, clock, notifier.notify)
+    freeze_service.on_freeze.append(secrets.revoke_frozen)
     return Services(
         policies=policies,
         runtime=runtime,
         committer=committer,
         approvals=approvals,
-        decisions=DecisionService(snapshot, committer, clock, approvals),
+        decisions=decisions,
         maintenance=[
             *audit.maintenance(),
             *signing_keys.maintenance(),
@@ -158,6 +172,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
             *approvals.maintenance(),
             *agents.expiry.maintenance(),
             *runtime.maintenance(),
+            *secrets.maintenance(),
         ],
         bearers=bearers,
         notifier=notifier,
@@ -172,6 +187,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         signing_keys=signing_keys,
         credentials=CredentialService(db, ledger, clock, agents),
         oauth=oauth,
-        freezes=FreezeService(db, ledger, clock, notifier.notify),
-        revocations=RevocationFeed(db, snapshot, clock),
+        freezes=freeze_service,
+        revocations=RevocationFeed(db, snapshot, clock, sources=[revoked_leases]),
+        secrets=secrets,
     )

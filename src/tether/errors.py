@@ -109,6 +109,18 @@ class FreezeNotFound(NotFound):
     code = "freeze_not_found"
 
 
+class SecretNotFound(NotFound):
+    code = "secret_not_found"
+
+
+class SecretVersionNotFound(NotFound):
+    code = "secret_version_not_found"
+
+
+class LeaseNotFound(NotFound):
+    code = "lease_not_found"
+
+
 class Conflict(TetherError):
     code = "conflict"
     http_status = 409
@@ -141,3 +153,34 @@ class LedgerUnavailable(TetherError):
 class ConfigurationError(TetherError):
     code = "configuration_error"
     http_status = 500
+
+
+class SecretUnreadable(TetherError):
+    """A stored secret did not decrypt: its ciphertext or data key was altered or moved to
+    another row, or this node's master key is not the one that sealed it. No value leaves;
+    the failure is a ledger event."""
+
+    code = "secret_unreadable"
+    http_status = 500
+
+
+class SecretBrokerOnly(Forbidden):
+    """A broker-only secret is injected by the gateway into upstream calls, never returned."""
+
+    code = "secret_broker_only"
+
+
+class LeaseRevoked(Conflict):
+    code = "lease_revoked"
+
+
+class RateLimited(TetherError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

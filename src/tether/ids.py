@@ -25,6 +25,8 @@ class IdPrefix(StrEnum):
     TOKEN = "atk"  # noqa: S105 - an id prefix, not a secret
     APPROVAL = "apr"
     FREEZE = "frz"
+    SECRET_KEY = "smk"  # noqa: S105 - an id prefix, not a secret
+    LEASE = "lse"
 
 
 def _encode(value: int, length: int) -> str:

@@ -1,10 +1,13 @@
 """Cutting an agent off: one hook for every way an agent stops.
 
 When agents are killed (for good) or expire (until someone extends and resumes them), each
-domain that granted them something — tokens, approvals, and next secret leases and gateway
+domain that granted them something — tokens, approvals, secret leases, and next gateway
 sessions — takes it back inside the same transaction, through one :class:`CutOff` hook
-registered with the agents domain. Each hook records in the change feed what every worker
-must stop honouring, and returns what it cut off (``{"tokens": 3}``), for the ledger event.
+registered with the agents domain. A suspension or retirement runs the hooks too: each hook
+takes back what must end at once even if the agent resumes (leases), and leaves what the
+agent's status refuses meanwhile (tokens, approvals: :data:`FOR_GOOD`). Each hook records in
+the change feed what every worker must stop honouring, and returns what it cut off
+(``{"tokens": 3}``), for the ledger event.
 
 Every write waits for that transaction (the deployment-wide write lock), decisions' ledger
 events too, so a hook may leave to after the commit what the agents' own status already
@@ -31,6 +34,14 @@ from tether.db.engine import IN_BACKGROUND
 class Why(StrEnum):
     KILLED = "killed"
     EXPIRED = "expired"
+    # Reversible stops: what the agent's status already refuses (tokens, approvals) stays for
+    # when it resumes; what must end at once whatever comes next (secret leases) ends here.
+    SUSPENDED = "suspended"
+    RETIRED = "retired"
+
+
+# What ends an agent's grants for good: tokens and open approvals are cut off only then.
+FOR_GOOD = frozenset({Why.KILLED, Why.EXPIRED})
 
 
 class CutOff(Protocol):

@@ -380,6 +380,11 @@ class AgentService:
             details: dict[str, Any] = {"from": current.value, "to": target.value}
             if reason is not None:
                 details["reason" if op != "resume" else "note"] = reason
+            stopped = {Status.SUSPENDED: Why.SUSPENDED, Status.RETIRED: Why.RETIRED}.get(target)
+            if stopped is not None:  # what must end even if it resumes (secret leases)
+                cut = cut_off(self.cut_offs, s, [row.id], now, why=stopped, counts={})
+                if any(cut.values()):
+                    details["cut_off"] = cut
             self._audit(s, actor, event, row=row, now=now, details=details)
             return read_model.to_agents(self.store, s, [row], now=now)[0]
 

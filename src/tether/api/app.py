@@ -30,6 +30,7 @@ from tether.api.routes import (
     ops,
     policies,
     revocations,
+    secrets,
     users,
 )
 from tether.audit.anchoring import maintenance_seconds
@@ -98,7 +99,7 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     errors.install(app)
     # The decision endpoints first: FastAPI tries routes in order, and they are the hot path.
     for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
-                   audit, revocations):  # fmt: skip
+                   audit, revocations, secrets):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
     app.add_middleware(TokenFastPath, services=services)  # innermost: after limits, metrics

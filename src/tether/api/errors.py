@@ -166,6 +166,13 @@ def install(app: FastAPI) -> None:
 # Response headers that come with an error status, documented so that clients (and schemathesis'
 # response_headers_conformance) can rely on them.
 _ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    429: {
+        "Retry-After": {
+            "description": "Seconds to wait before asking again (RFC 9110 section 10.2.3)",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+    },
     401: {
         "WWW-Authenticate": {
             "description": "How to authenticate (RFC 9110 section 11.6.1): Bearer, or DPoP "
@@ -193,6 +200,8 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "The resource's state does not allow this",
         413: "Request body too large",
         422: "Validation failed; details name the field",
+        429: "Too many requests; Retry-After says how many seconds to wait",
+        500: "A stored value failed its integrity check (the error says which); no value left",
     }
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:

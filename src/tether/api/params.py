@@ -25,6 +25,7 @@ AgentId = Annotated[str, _id(IdPrefix.AGENT, "an agent")]
 CredentialId = Annotated[str, _id(IdPrefix.CREDENTIAL, "a credential")]
 TokenId = Annotated[str, _id(IdPrefix.USER_TOKEN, "a user token")]
 ApprovalId = Annotated[str, _id(IdPrefix.APPROVAL, "an approval")]
+LeaseId = Annotated[str, _id(IdPrefix.LEASE, "a secret lease")]
 UserRef = Annotated[
     str,
     Path(

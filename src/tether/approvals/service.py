@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from tether.agents import authority, directory
 from tether.agents.authority import Act
-from tether.agents.cutoff import Why
+from tether.agents.cutoff import FOR_GOOD, Why
 from tether.approvals.models import ApprovalRow
 from tether.approvals.notify import WebhookNotifier
 from tether.approvals.store import OPEN, DatabaseApprovalStore
@@ -348,7 +348,7 @@ class ApprovalService:
     ) -> dict[str, int]:
         """Cut-off hook (a kill or an expiry): the agent's open approvals can never be used
         (one event each) — not even after an expired agent is extended and resumed."""
-        if not agent_ids:
+        if not agent_ids or why not in FOR_GOOD:  # a suspended agent's asks are refused
             return {"approvals": 0}
         rows = self.store.open_of(s, agent_ids)
         for row in rows:

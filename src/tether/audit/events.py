@@ -42,6 +42,15 @@ class EventType(StrEnum):
     APPROVAL_FLOOD = "approval.flood"
     FREEZE_STARTED = "freeze.started"
     FREEZE_LIFTED = "freeze.lifted"
+    # The secrets broker: never the value, never a generated password — names and versions.
+    SECRET_PUT = "secret.put"  # noqa: S105 - a name, not a secret
+    SECRET_DELETED = "secret.deleted"  # noqa: S105 - a name, not a secret
+    SECRET_READ = "secret.read"  # noqa: S105 - a lease handed out (the decision is its own event)
+    SECRET_REFUSED = "secret.refused"  # noqa: S105 - allowed by policy, refused by the broker
+    SECRET_UNREADABLE = "secret.unreadable"  # noqa: S105 - a version failed to decrypt
+    LEASE_RENEWED = "lease.renewed"
+    LEASE_REVOKED = "lease.revoked"
+    SECRETS_KEY_ROTATED = "secrets.master_key_rotated"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from tether.cli import (
     credentials,
     freeze,
     policy,
+    secrets,
     serve,
     users,
     webhooks,
@@ -54,6 +55,7 @@ app.command("token")(credentials.token)
 app.add_typer(audit.app, name="audit")
 app.add_typer(policy.app, name="policy")
 app.add_typer(approvals.app, name="approvals")
+app.add_typer(secrets.app, name="secrets")
 app.command("freeze")(freeze.freeze)
 app.command("unfreeze")(freeze.unfreeze)
 app.add_typer(serve.db_app, name="db")

@@ -28,7 +28,7 @@ from tether.jsonutil import canonical_text, loads
 from tether.maintenance import Task
 from tether.pagination import Page, decode_cursor, page_of
 from tether.principals import SYSTEM, Principal
-from tether.secrets.crypto import seal, unseal
+from tether.sealing import seal, unseal
 
 SigningKey = ECKey | OKPKey
 _CACHE_SECONDS = 5.0  # how stale a worker's view of the keys may get (rotation elsewhere)

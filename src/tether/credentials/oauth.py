@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from tether.agents import authority, directory
 from tether.agents.authority import Act
-from tether.agents.cutoff import Why, defer
+from tether.agents.cutoff import FOR_GOOD, Why, defer
 from tether.agents.directory import AgentFacts
 from tether.audit.events import EventType, NewEvent
 from tether.audit.group import Chain, GroupCommitter
@@ -813,7 +813,7 @@ class OAuthService:
         the write lock, which every decision's ledger event waits for, while it rewrites them
         all, nor make its caller wait for that (bench/README.md, "Kill"). Should the process
         die first, :meth:`finish_cut_offs` does the rest."""
-        if not agent_ids:
+        if not agent_ids or why not in FOR_GOOD:  # a suspended agent's tokens are refused
             return {"tokens": 0}
         now_us = to_micros(now)
         if why is Why.KILLED:

@@ -2,7 +2,8 @@
 
 A freeze is an incident switch: ``POST /v1/freeze`` stops every agent its scope holds on
 every node at once — decisions, token issuance and exchange, introspection — with the reason
-``tether.frozen``; nothing is revoked, so lifting it restores service. Each freeze and each
+``tether.frozen``; tokens are not revoked, so lifting it restores service (what must end at
+once, the agents' secret leases, ends through :attr:`FreezeService.on_freeze`). Each freeze and each
 lifting is a ledger event, a change-feed entry (every worker reloads its freezes) and a
 webhook alert once committed.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -34,6 +36,9 @@ from tether.users.store import DatabaseUserStore
 
 log = logging.getLogger("tether.freeze")
 Alert = Callable[[str, dict[str, Any]], None]
+# A freeze's hook, run inside its transaction: what a domain ends at once for the agents the
+# scope holds (secret leases), returning counts for the ledger event (``{"leases": 2}``).
+OnFreeze = Callable[[Session, Scope, datetime], dict[str, int]]
 _MAX_REASON = 1000
 
 
@@ -85,6 +90,7 @@ class FreezeService:
         self.alert = alert
         self.store = DatabaseFreezeStore()
         self._users = DatabaseUserStore()
+        self.on_freeze: list[OnFreeze] = []
 
     def _scope(self, s: Session, wanted: ScopeRequest, *, in_use: bool = True) -> Scope:
         """The scope named by ``wanted``, each part checked: an owner that exists, a role some
@@ -125,10 +131,16 @@ class FreezeService:
             freeze = Freeze(new_id(IdPrefix.FREEZE), wanted, why, actor.ref, to_micros(now))
             self.store.add(s, freeze)
             changes.record(s, changes.Kind.FREEZE, freeze.id, now_us=freeze.created_at)
+            details: dict[str, Any] = {"scope": wanted.to_json(), "reason": why}
+            cut: dict[str, int] = {}
+            for hook in self.on_freeze:
+                for key, n in hook(s, wanted, now).items():
+                    cut[key] = cut.get(key, 0) + n
+            if any(cut.values()):
+                details["cut_off"] = cut
             (event,) = self.ledger.append(s, [NewEvent(
                 EventType.FREEZE_STARTED, actor.ref, action="freeze",
-                resource={"type": "Freeze", "id": freeze.id}, outcome="success",
-                details={"scope": wanted.to_json(), "reason": why},
+                resource={"type": "Freeze", "id": freeze.id}, outcome="success", details=details,
             )], now=now)  # fmt: skip
             self._alert_after_commit(s, "freeze.started", freeze, event.id)
         return freeze, True

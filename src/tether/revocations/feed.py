@@ -3,7 +3,8 @@
 A resource server that verifies Tether's tokens offline learns here what it must stop
 honouring before the tokens expire: revoked token ids (with their ``exp``, after which the
 signature check refuses them anyway), agents that are not active (killed, suspended,
-retired, expired) or frozen, and whether everything is frozen. Ids only, never tokens.
+retired, expired) or frozen, whether everything is frozen, and the revoked ids of what other
+domains register as sources (secret leases). Ids only, never tokens.
 
 The feed is a projection of the change feed (``runtime_changes``) through the snapshot every
 worker already holds: an item says the *current* state of what changed, so a reader applies
@@ -15,9 +16,9 @@ is told can be older than what the worker itself enforces.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tether.agents.authority import NotLive, not_live
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
@@ -56,13 +57,29 @@ def parse_cursor(cursor: str | None, *, field: str = "since") -> int | None:
     return int(cursor)
 
 
+class FeedSource(Protocol):
+    """A runtime section whose revoked ids the feed names (secret leases): ``item_type`` is
+    the items' ``type``, ``kind`` the change-feed kind that announces them."""
+
+    kind: Kind
+    item_type: str
+
+    def revoked(self) -> list[tuple[str, int]]:
+        """Every revoked, unexpired ``(id, expiry in microseconds)``."""
+        ...
+
+    def expiry_of(self, key: str) -> int | None:
+        """``key``'s expiry if it is revoked (and unexpired), else None."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
-    type: str  # "agent", "token" or "all"
+    type: str  # "agent", "token", "all" or a source's (FeedSource.item_type: "lease")
     id: str
     state: str  # agent: active, suspended, revoked, retired, expired, frozen; token: revoked
     time_us: int
-    exp: int | None = None  # a token's expiry (NumericDate)
+    exp: int | None = None  # a token's (or a source's item's) expiry (NumericDate)
     reason: str | None = None  # a freeze's
 
     def to_json(self) -> dict[str, Any]:
@@ -105,10 +122,14 @@ def agent_state(view: AgentView, freezes: Iterable[Freeze], now_us: int) -> tupl
 
 
 class RevocationFeed:
-    def __init__(self, db: Database, snapshot: DecisionSnapshot, clock: Clock) -> None:
+    def __init__(
+        self, db: Database, snapshot: DecisionSnapshot, clock: Clock,
+        sources: Sequence[FeedSource] = (),
+    ) -> None:  # fmt: skip
         self.db = db
         self.snapshot = snapshot
         self.clock = clock
+        self.sources = {source.kind.value: source for source in sources}
         self._freezes = DatabaseFreezeStore()
 
     def read(self, since: int | None, *, limit: int = 1000) -> FeedPage:
@@ -142,6 +163,10 @@ class RevocationFeed:
                 items.append(Item("agent", view.id, state, now_us, reason=reason))
         for jti, exp_us in snap.revoked_tokens():
             items.append(Item("token", jti, "revoked", now_us, exp=exp_us // 1_000_000))
+        for source in self.sources.values():
+            for key, exp_us in source.revoked():
+                items.append(Item(source.item_type, key, "revoked", now_us,
+                                  exp=exp_us // 1_000_000))  # fmt: skip
         return FeedPage(items, upto, reset=True, current=current)
 
     @staticmethod
@@ -173,6 +198,12 @@ class RevocationFeed:
                 if exp_us is not None and ("token", key) not in seen:
                     seen.add(("token", key))
                     out.append(Item("token", key, "revoked", time_us, exp=exp_us // 1_000_000))
+            elif (source := self.sources.get(kind)) is not None:
+                exp_us = source.expiry_of(key)
+                if exp_us is not None and (kind, key) not in seen:
+                    seen.add((kind, key))
+                    out.append(Item(source.item_type, key, "revoked", time_us,
+                                    exp=exp_us // 1_000_000))  # fmt: skip
             elif kind == Kind.FREEZE:
                 freeze = self._freezes.get(s, key)
                 if freeze is None:

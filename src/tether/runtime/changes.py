@@ -34,6 +34,7 @@ class Kind(StrEnum):
     TOKEN = "token"  # noqa: S105 - a kind, not a secret
     POLICY = "policy"
     FREEZE = "freeze"
+    LEASE = "lease"
 
 
 def channel(schema: str | None) -> str:

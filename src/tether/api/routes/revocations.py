@@ -28,7 +28,7 @@ HEARTBEAT_SECONDS = 2.0  # a stream proves it is current at least this often
 
 
 class ItemOut(BaseModel):
-    type: Literal["agent", "token", "all"]
+    type: Literal["agent", "token", "all", "lease"]
     id: str
     state: str
     time: str
