@@ -127,8 +127,10 @@ def test_values_appear_nowhere_but_in_an_agents_read(
         "the CLI's output": (listed.stdout + listed.stderr).encode(),
     }
     if where.startswith("sqlite"):
-        for path in (cwd / ".tether").glob("*.db*"):
-            places[f"the database file {path.name}"] = path.read_bytes()
+        database = Path(where.split("///", 1)[1].split("?", 1)[0])
+        for path in [*database.parent.glob(database.name + "*"), *(cwd / ".tether").glob("*")]:
+            if path.is_file():
+                places[f"the file {path.name}"] = path.read_bytes()
         assert any(b"secret_versions" in blob for blob in places.values()), sorted(places)
     else:
         url_part, _, schema = where.partition("#")
