@@ -137,9 +137,12 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
       freezes and unfreezes too); a freeze ``scope`` naming no user, or a role no agent has;
       a merge patch's ``fingerprint`` without ``model`` for an agent that has no fingerprint
       yet (the patch merges into the agent's: only its state says whether ``model`` is new).
-    * 422 on a secret's ``lease_seconds`` or ``value`` beyond the deployment's configured
-      bounds (``TETHER_SECRET_LEASE_MAX_SECONDS``, ``TETHER_SECRET_MAX_BYTES``): settings,
-      which one static document cannot state for every deployment.
+    * 422 on a secret's ``lease_seconds`` or ``value`` (a database role's ``ttl_seconds``)
+      beyond the deployment's configured bounds (``TETHER_SECRET_LEASE_MAX_SECONDS``,
+      ``TETHER_SECRET_MAX_BYTES``): settings, which one static document cannot state for
+      every deployment; a database connection's ``dsn_secret`` naming no secret, a role's
+      ``connection`` naming no connection, and a
+      role template with a placeholder other than the ones it may use (``{{name}}``…).
     * 422 on field ``jwk`` for an EC key whose coordinates the document admits but that is not
       a point on its curve (``_UNUSABLE_KEY``): not server state, but like it a property of
       the value no JSON Schema can state.
@@ -195,8 +198,14 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
             return message.startswith("the agent has no fingerprint yet")
         if where == "jwk":
             return message.startswith("jwk: ") and any(m in message for m in _UNUSABLE_KEY)
-        if where in {"lease_seconds", "value"}:  # bounded by the deployment's settings
+        if where in {"lease_seconds", "value", "ttl_seconds"}:  # bounded by the settings
             return any(m in message for m in _CONFIGURED_BOUNDS)
+        if where == "dsn_secret":
+            return message.startswith("no secret named ")
+        if where == "connection":
+            return message.startswith("no database connection ")
+        if where in {"creation", "revocation"}:  # {{x}}: a template's own grammar
+            return message.startswith("unknown placeholder")
     return False
 
 
@@ -206,7 +215,11 @@ _CONFIGURED_BOUNDS = ("TETHER_SECRET_LEASE_MAX_SECONDS", "TETHER_SECRET_MAX_BYTE
 
 _CEDAR_MESSAGES = ("nested too deeply",)
 # Operations only an agent's own access token may use: a human's token is refused (403).
-AGENT_ONLY = {"GET /v1/secrets/{name}/value", "POST /v1/secrets/leases/{lease_id}/renew"}
+AGENT_ONLY = {
+    "GET /v1/secrets/{name}/value",
+    "POST /v1/secrets/leases/{lease_id}/renew",
+    "POST /v1/secrets/db/{role}/lease",
+}
 
 
 def _cedar_refusal(body: dict[str, Any]) -> bool:
@@ -295,6 +308,9 @@ def _existing(services: Services, admin_token: str) -> Existing:
     doomed = tuple(f"schemathesis-doomed-{i}" for i in range(3))
     for name in names + doomed:
         services.secrets.put(admin, name, SecretInput(b"value", labels=["ops"]))
+    # a database connection and a role to register again (nothing is minted: no agent leases)
+    services.secrets.put(admin, "schemathesis-dsn", SecretInput(b"postgresql://nowhere/x"))
+    services.db_logins.put_connection(admin, "schemathesis-db", dsn_secret="schemathesis-dsn")
     reader = Caller(Principal("agent", client_id, client_id), None, (client_id,), None)
     leases = tuple(
         asyncio.run(services.secrets.read(reader, names[i % len(names)])).lease.id for i in range(4)
@@ -349,6 +365,8 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                 "secret_names": {"values": list(existing.secret_names)},
                 "secrets_to_delete": {"values": list(existing.secrets_to_delete)},
                 "leases": {"values": list(existing.leases)},
+                "dsn_secrets": {"values": ["schemathesis-dsn"]},
+                "db_connections": {"values": ["schemathesis-db"]},
             },
             "parameters": {
                 "body.owner": {"dictionary": "humans", "probability": 0.6},
@@ -446,6 +464,14 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                         "/v1/secrets/leases/{lease_id}/revoke",
                     )
                 ),
+                {
+                    # a connection names a secret there is, a role a connection there is
+                    "include-path-regex": "^/v1/secrets/db/(connections|roles)/",
+                    "parameters": {
+                        "body.dsn_secret": {"dictionary": "dsn_secrets", "probability": 0.7},
+                        "body.connection": {"dictionary": "db_connections", "probability": 0.7},
+                    },
+                },
                 {
                     # A user lists its own tokens (an admin anyone's): the caller's name, not
                     # left to chance (the auditor's run must see a 200 too).

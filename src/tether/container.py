@@ -35,6 +35,7 @@ from tether.policy.runtime import AgentSection, DecisionSnapshot, PolicySection
 from tether.policy.service import PolicyService
 from tether.revocations.feed import RevocationFeed
 from tether.runtime.snapshot import Runtime
+from tether.secrets.databases import DatabaseLogins
 from tether.secrets.runtime import RevokedLeases
 from tether.secrets.service import SecretService
 from tether.users.runtime import UserSection
@@ -64,6 +65,7 @@ class Services:
     freezes: FreezeService
     revocations: RevocationFeed
     secrets: SecretService
+    db_logins: DatabaseLogins
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -157,6 +159,8 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         reads_per_minute=settings.secret_reads_per_minute,
     )  # fmt: skip
     agents.cut_offs.append(secrets.revoke_for_agents)
+    db_logins = DatabaseLogins(secrets)
+    secrets.on_revoke.append(db_logins.after_revoke)
     freeze_service = FreezeService(db, ledger, clock, notifier.notify)
     freeze_service.on_freeze.append(secrets.revoke_frozen)
     return Services(
@@ -173,6 +177,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
             *agents.expiry.maintenance(),
             *runtime.maintenance(),
             *secrets.maintenance(),
+            *db_logins.maintenance(),
         ],
         bearers=bearers,
         notifier=notifier,
@@ -190,4 +195,5 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         freezes=freeze_service,
         revocations=RevocationFeed(db, snapshot, clock, sources=[revoked_leases]),
         secrets=secrets,
+        db_logins=db_logins,
     )

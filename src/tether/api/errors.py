@@ -202,6 +202,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         422: "Validation failed; details name the field",
         429: "Too many requests; Retry-After says how many seconds to wait",
         500: "A stored value failed its integrity check (the error says which); no value left",
+        502: "A system Tether acts on (a database it mints logins on) refused or is down",
     }
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:

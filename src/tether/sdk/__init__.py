@@ -11,11 +11,21 @@ or guard a whole Starlette/FastAPI app with :class:`TetherAuthMiddleware`; pass 
 agent's tokens at once (it follows Tether's revocation feed and fails closed when stale).
 Agents get, cache and present tokens with :class:`AgentClient` (client credentials, DPoP,
 token exchange), ask Tether before acting (:meth:`AgentClient.authorize` returns a
-:class:`Decision`) and guard their tool functions with :func:`guard`. The SDK does not import
-the server: it needs only ``joserfc`` (over ``cryptography``), ``httpx2`` and ``anyio``.
+:class:`Decision`), guard their tool functions with :func:`guard`, read secrets under leases
+(:meth:`AgentClient.secret`) and get database logins (:class:`DatabaseLogin`). The SDK does
+not import the server: it needs only ``joserfc`` (over ``cryptography``), ``httpx2`` and
+``anyio``.
 """
 
-from tether.sdk.agent import ACCESS_TOKEN_TYPE, AgentClient, ApiError, Decision, TokenError
+from tether.sdk.agent import (
+    ACCESS_TOKEN_TYPE,
+    AgentClient,
+    ApiError,
+    DatabaseLogin,
+    Decision,
+    SecretError,
+    TokenError,
+)
 from tether.sdk.claims import AccessTokenClaims
 from tether.sdk.errors import InsufficientScope, InvalidToken, JWKSUnavailable
 from tether.sdk.guard import AccessDenied, ApprovalRequired, guard
@@ -40,6 +50,7 @@ __all__ = [
     "DPoPCheck",
     "DPoPRequest",
     "DPoPVerifier",
+    "DatabaseLogin",
     "Decision",
     "InsufficientScope",
     "InvalidToken",
@@ -47,6 +58,7 @@ __all__ = [
     "JWKSUnavailable",
     "RevocationCheck",
     "RevocationFollower",
+    "SecretError",
     "TetherAuthMiddleware",
     "TokenError",
     "guard",

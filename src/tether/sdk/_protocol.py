@@ -1,6 +1,6 @@
 """What :class:`tether.sdk.AgentClient` puts on the wire and reads back: client
-authentication (RFC 6749 §2.3.1 Basic, RFC 7523 assertions), RFC 9449 DPoP proofs, and the
-RFC 6749 §5 responses and errors.
+authentication (RFC 6749 §2.3.1 Basic, RFC 7523 assertions), RFC 9449 DPoP proofs, the
+RFC 6749 §5 responses and errors, and the errors of Tether's own API.
 
 Private to the SDK, and like the rest of it independent of the server: the server's checks
 in :mod:`tether.credentials` are the other side of these functions, and the tests hold the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus, urlsplit, urlunsplit
@@ -57,6 +57,33 @@ class TokenError(Exception):
         self.error = error
         self.description = description
         self.status = status
+
+
+class ApiError(Exception):
+    """A call to Tether's API (not the token endpoint) failed. ``code`` and ``message`` come
+    from Tether's error body (``forbidden``, ``validation_error``, ``approval_not_found``…);
+    two codes are the SDK's own: ``unavailable`` when the server cannot be reached and
+    ``invalid_response`` when its answer is not what the API promises. ``status`` is the HTTP
+    status, or None when no response came; ``details`` the body's ``details`` object (empty
+    when there is none); ``retry_after`` the seconds a 429 or 503 asked the caller to wait
+    (RFC 9110 §10.2.3), or None. Never an authorization decision: a deny is a
+    :class:`~tether.sdk.Decision`."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        details: Mapping[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details: Mapping[str, Any] = dict(details or {})
+        self.retry_after = retry_after
 
 
 class _Registry(jws.JWSRegistry):
@@ -251,6 +278,35 @@ def oauth_error(response: httpx.Response) -> TokenError:
         f"HTTP {status} without an OAuth error",
         status=status,
     )
+
+
+def api_error(response: httpx.Response, kind: type[ApiError] = ApiError) -> ApiError:
+    """The error of Tether's API in a failed response (``{"error": {"code", "message",
+    "details"}}``, API.md), or one that describes the HTTP failure, as a ``kind``."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    retry_after = _retry_after(response.headers.get("Retry-After"))
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        message, details = error.get("message"), error.get("details")
+        return kind(error["code"], message if isinstance(message, str) else "", status=status,
+                    details=details if isinstance(details, dict) else None,
+                    retry_after=retry_after)  # fmt: skip
+    code = "unavailable" if status >= 500 else "invalid_response"
+    request = response.request
+    return kind(code, f"{request.method} {request.url.copy_with(query=None)} answered HTTP "
+                f"{status}", status=status, retry_after=retry_after)  # fmt: skip
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as delay-seconds (RFC 9110 §10.2.3); an HTTP-date is not used by
+    Tether and counts as absent."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
 
 
 def parse_metadata(response: httpx.Response, issuer: str) -> tuple[dict[str, Any], str]:

@@ -15,12 +15,19 @@ token, about itself) and waits for a human's approval::
     if decision.approval_required:
         agent.wait_for_approval(decision.approval_id, timeout=300)
 
-The token endpoint and issuer come from the server's RFC 8414 metadata. Tokens, secrets and
-assertions are never logged and never appear in error messages.
+It reads the secrets policy lets it read, held under their leases (renewed near their end,
+read afresh once Tether says a lease is over), and gets database logins::
+
+    api_key = agent.secret("crm.api-key")
+    login = agent.database_login("orders-ro")  # login.dsn for a libpq connection
+
+The token endpoint and issuer come from the server's RFC 8414 metadata. Tokens, secrets,
+secret values, passwords and assertions are never logged and never appear in error messages.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -33,9 +40,11 @@ import httpx2 as httpx
 
 from tether.sdk._protocol import (
     ASSERTION_TYPE,
+    ApiError,
     KeyInput,
     Signer,
     TokenError,
+    api_error,
     basic_auth,
     client_assertion,
     dpop_proof,
@@ -44,8 +53,17 @@ from tether.sdk._protocol import (
     parse_metadata,
     scope_param,
 )
+from tether.sdk._secrets import DatabaseLogin, SecretError, SecretLeases
 
-__all__ = ["ACCESS_TOKEN_TYPE", "AgentClient", "ApiError", "Decision", "TokenError"]
+__all__ = [
+    "ACCESS_TOKEN_TYPE",
+    "AgentClient",
+    "ApiError",
+    "DatabaseLogin",
+    "Decision",
+    "SecretError",
+    "TokenError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +76,6 @@ _WELL_KNOWN = "/.well-known/oauth-authorization-server"
 _EVALUATION = "/access/v1/evaluation"
 _MAX_WAIT = 60  # seconds the server long-polls an approval per request
 _EFFECTS = ("allow", "deny", "approval_required")
-
-
-class ApiError(Exception):
-    """A call to Tether's API (not the token endpoint) failed. ``code`` and ``message`` come
-    from Tether's error body (``forbidden``, ``validation_error``, ``approval_not_found``…);
-    two codes are the SDK's own: ``unavailable`` when the server cannot be reached and
-    ``invalid_response`` when its answer is not what the API promises. ``status`` is the HTTP
-    status, or None when no response came. Never an authorization decision: a deny is a
-    :class:`Decision`."""
-
-    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +208,7 @@ class AgentClient:
         self._nonce: str | None = None  # the authorization server's latest DPoP-Nonce (§8)
         # Resource servers' latest DPoP-Nonce by origin (§9); Tether's own API is one of them.
         self._resource_nonces: dict[str, str] = {}
+        self._secrets = SecretLeases(functools.partial(self._api, error=SecretError), clock)
 
     @property
     def dpop_jkt(self) -> str | None:
@@ -333,6 +337,47 @@ class AgentClient:
             if approval.get("status") != "pending" or left <= _MAX_WAIT:
                 return approval
 
+    def secret(self, name: str, *, version: int | None = None) -> str:
+        """The value of secret ``name`` (its current version, or ``version``), read with this
+        agent's token (``GET /v1/secrets/{name}/value``) when policy permits ``secret.read``
+        on ``Secret::"<name>"``, and held under the lease Tether hands out with it.
+
+        While the lease has comfortably long to run the held value is returned without
+        asking Tether; within its last tenth (at most its last 30 s, by ``clock``) the lease
+        is renewed (asked of policy again) and the value kept; a lease Tether says is over
+        (``lease_revoked``) or that cannot be extended is never served again: the secret is
+        read afresh under a new lease. A renewal that fails for a moment (``unavailable``,
+        ``rate_limited``, a 5xx) keeps the value until the lease ends. A held value is the
+        version its lease is for: a newer version is read once that lease is over, or after
+        :meth:`release_secrets`. Thread-safe: concurrent callers share one request.
+
+        Raises :class:`SecretError` with Tether's code (``access_denied``,
+        ``approval_required`` with its ``approval_id``, ``secret_broker_only``,
+        ``secret_not_found``, ``secret_version_not_found``, ``rate_limited`` with
+        ``retry_after``, ``secret_unreadable``…) and then holds nothing for this secret;
+        :class:`TokenError` when no access token can be had; ValueError for an empty name or
+        a version that is not a positive integer."""
+        return self._secrets.value(name, version)
+
+    def release_secrets(self) -> int:
+        """Drop every held secret and give its lease back (``POST
+        /v1/secrets/leases/{id}/revoke``), best effort: a lease that cannot be given back is
+        logged and ends when it expires. Returns how many leases were given back."""
+        return self._secrets.release()
+
+    def revoke_lease(self, lease_id: str) -> None:
+        """Give back a lease of this agent's (a :class:`DatabaseLogin`'s when done with it);
+        a secret held under it is dropped. Raises :class:`SecretError` (``lease_not_found``
+        when it is not this agent's)."""
+        self._secrets.revoke(lease_id)
+
+    def database_login(self, role: str) -> DatabaseLogin:
+        """New database credentials for ``role`` under a lease of their own (``POST
+        /v1/secrets/db/{role}/lease``, decided by policy); each call makes a new login. Raises
+        :class:`SecretError` (``access_denied``…), :class:`TokenError`, ValueError for an
+        empty role."""
+        return self._secrets.database_login(role)
+
     def close(self) -> None:
         """Close the HTTP client if this object created it."""
         if self._owns_http:
@@ -405,12 +450,14 @@ class AgentClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _api(
-        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
-    ) -> dict[str, Any]:
-        """One call to Tether's API with this agent's token. After a 401 ``use_dpop_nonce``
-        the call is made once more with the nonce the server sent (RFC 9449 §9); after any
-        other 401 the cached token is dropped and the call made once more with a fresh one
-        (it was revoked, or its signing key retired)."""
+        self, method: str, path: str, *, timeout: float | None = None,
+        error: type[ApiError] = ApiError, **kwargs: Any,
+    ) -> dict[str, Any]:  # fmt: skip
+        """One call to Tether's API with this agent's token: the JSON object it answers, or
+        an ``error`` raised. After a 401 ``use_dpop_nonce`` the call is made once more with
+        the nonce the server sent (RFC 9449 §9); after any other 401 the cached token is
+        dropped and the call made once more with a fresh one (it was revoked, or its signing
+        key retired)."""
         url = self.base_url + path
         if timeout is not None:
             kwargs["timeout"] = timeout
@@ -422,8 +469,8 @@ class AgentClient:
                     method, url, headers=headers, follow_redirects=False, **kwargs
                 )
             except httpx.HTTPError as exc:
-                raise ApiError("unavailable", f"{method} {url} failed: {type(exc).__name__}: "
-                               f"{exc}") from exc  # fmt: skip
+                raise error("unavailable", f"{method} {url} failed: {type(exc).__name__}: "
+                            f"{exc}") from exc  # fmt: skip
             nonce = response.headers.get("DPoP-Nonce")
             if nonce and self._dpop is not None:
                 self._resource_nonces[_origin(url)] = nonce  # used by the next proof
@@ -436,20 +483,14 @@ class AgentClient:
                 break
             self.invalidate()
             token_retried = True
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.is_success and isinstance(body, dict):
-            return body
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("code"), str):
-            message = error.get("message")
-            raise ApiError(error["code"], message if isinstance(message, str) else "",
-                           status=response.status_code)  # fmt: skip
-        code = "unavailable" if response.status_code >= 500 else "invalid_response"
-        raise ApiError(code, f"{method} {url} answered HTTP {response.status_code}",
-                       status=response.status_code)  # fmt: skip
+        if response.is_success:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict):
+                return body
+        raise api_error(response, error)
 
     def _meta(self) -> _Metadata:
         with self._meta_lock:

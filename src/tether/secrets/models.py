@@ -74,9 +74,40 @@ class LeaseRow(Base):
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
     revoked_by: Mapped[str | None] = mapped_column(String(80))
     revoked_why: Mapped[str | None] = mapped_column(String(200))
+    # A database login's lease (name ``db/<role>``): the login minted for it, and when it
+    # was dropped from the database (after the lease ended; maintenance finishes any left).
+    login: Mapped[str | None] = mapped_column(String(63))
+    dropped_at: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_secret_leases_agent_id_expires_at", "agent_id", "expires_at"),
         Index("ix_secret_leases_name", "name"),
         Index("ix_secret_leases_revoked_at", "revoked_at"),
     )
+
+
+class DatabaseConnectionRow(Base):
+    """A database the broker mints logins on: its admin DSN is a secret (``dsn_secret``,
+    best broker-only), read by the broker only, never by an agent."""
+
+    __tablename__ = "secret_db_connections"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dsn_secret: Mapped[str] = mapped_column(String(128))
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class DatabaseRoleRow(Base):
+    """A kind of login an agent may lease: SQL templates run on the connection to create the
+    login (``{{name}}``, ``{{password}}``, ``{{expiry}}``) and to drop it (``{{name}}``)."""
+
+    __tablename__ = "secret_db_roles"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    connection: Mapped[str] = mapped_column(String(64))
+    creation: Mapped[str] = mapped_column(Text)
+    revocation: Mapped[str | None] = mapped_column(Text)
+    ttl_seconds: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[int] = mapped_column(BigInteger)

@@ -162,6 +162,8 @@ class SecretService:
         self.lease_max_seconds = lease_max_seconds
         self.limiter = ReadLimiter(reads_per_minute)
         self.monotonic: Callable[[], float] = time.monotonic
+        # Called in the transaction that ends leases (a database login's is dropped after it).
+        self.on_revoke: list[Callable[[Session, list[LeaseRow]], None]] = []
 
     # -- management (admins) --------------------------------------------------------------------
     def put(self, actor: Principal, name: str, given: SecretInput) -> tuple[SecretInfo, bool]:
@@ -306,7 +308,7 @@ class SecretService:
         decision = await self.decisions.decide(ask)
         if not decision.allowed:
             READS.labels("denied").inc()
-            raise _denied(name, decision)
+            raise denied(name, decision)
         if meta is None:
             READS.labels("missing").inc()
             raise SecretNotFound(f"no secret named {name!r}", name=name)
@@ -366,7 +368,7 @@ class SecretService:
 
     def _lease_job(  # noqa: PLR0917 - a job's closure passes them through
         self, s: Session, caller: Caller, name: str, version: int, seconds: int,
-        decision: Decision,
+        decision: Decision, *, login: str | None = None,
     ) -> Chain:  # fmt: skip
         """Under the write lock: the agent still live and not frozen (a kill or freeze that
         committed since the decision cuts this read off too), then the lease and its event."""
@@ -381,14 +383,17 @@ class SecretService:
                                    name=name)  # fmt: skip
         lease_id = new_id(IdPrefix.LEASE)
         expires = now_us + seconds * 1_000_000
-        row = (lease_id, name, version, agent_id, now_us, expires, None, None, None, None)
-        lease = Lease(lease_id, name, version, agent_id, now_us, expires, None, None, None, None)
+        row = lease_row(id=lease_id, name=name, version=version, agent_id=agent_id,
+                        issued_at=now_us, expires_at=expires, login=login)  # fmt: skip
+        lease = Lease(lease_id, name, version, agent_id, now_us, expires, None, None, None, None,
+                      login)  # fmt: skip
         event = NewEvent(
             EventType.SECRET_READ, caller.principal.ref, agent_id=agent_id,
             on_behalf_of=caller.on_behalf_of, chain=caller.chain, action=ACTION,
             resource={"type": RESOURCE_TYPE, "id": name}, outcome="success",
             details={"version": version, "lease_id": lease_id, "expires_in": seconds,
-                     "decision_event": decision.event_id},
+                     "decision_event": decision.event_id,
+                     **({"login": login} if login else {})},
         )  # fmt: skip
         return Chain([event], finish=lambda _events: lease, rows=[(_LEASES, row)])
 
@@ -470,6 +475,9 @@ class SecretService:
         with self.db.read() as s:
             row = self._lease_for(s, agent, lease_id)
             lease = Lease.of(row)
+        if lease.login is not None:
+            raise LeaseRevoked(f"lease {lease_id} is a database login's, which lives as long "
+                               "as its lease: lease a new login", lease_id=lease_id)  # fmt: skip
         if lease.state(now_us) != "active":
             raise LeaseRevoked(f"lease {lease_id} is {lease.state(now_us)}: read the secret "
                                "again for a new one", lease_id=lease_id)  # fmt: skip
@@ -479,7 +487,7 @@ class SecretService:
                   request_id)  # fmt: skip
         decision = await self.decisions.decide(ask)
         if not decision.allowed:
-            raise _denied(lease.name, decision)
+            raise denied(lease.name, decision)
         seconds = (meta.lease_seconds if meta else None) or self.lease_seconds
         return cast(Lease, await self.committer.run_async(
             lambda s: self._renew_job(s, caller, lease_id, seconds)
@@ -513,6 +521,8 @@ class SecretService:
         for r in rows:
             r.revoked_at, r.revoked_by, r.revoked_why = now_us, by, why[:200]
         changes.record(s, changes.Kind.LEASE, [r.id for r in rows], now_us=now_us)
+        for hook in self.on_revoke:
+            hook(s, rows)
         self.ledger.append(s, [NewEvent(
             EventType.LEASE_REVOKED, by, agent_id=r.agent_id, action="lease.revoke",
             resource={"type": RESOURCE_TYPE, "id": r.name}, outcome="success",
@@ -585,7 +595,13 @@ class SecretService:
         return [Task("secrets.purge_leases", purge_leases)]
 
 
-def _denied(name: str, decision: Decision) -> SecretReadDenied:
+def lease_row(**values: Any) -> tuple[Any, ...]:
+    """A lease's row in the table's column order (what a group-commit job's rows are), every
+    column not given None."""
+    return tuple(values.get(column.name) for column in _LEASES.columns)
+
+
+def denied(name: str, decision: Decision) -> SecretReadDenied:
     details: dict[str, Any] = {"name": name, "reasons": list(decision.reasons),
                                "policy_version": decision.policy_version,
                                "event_id": decision.event_id}  # fmt: skip

@@ -122,11 +122,13 @@ class Lease:
     revoked_at: int | None
     revoked_by: str | None
     revoked_why: str | None
+    login: str | None = None  # a database login's lease: the login's name
 
     @classmethod
     def of(cls, row: LeaseRow) -> Lease:
         return cls(row.id, row.name, row.version, row.agent_id, row.issued_at, row.expires_at,
-                   row.renewed_at, row.revoked_at, row.revoked_by, row.revoked_why)  # fmt: skip
+                   row.renewed_at, row.revoked_at, row.revoked_by, row.revoked_why,
+                   row.login)  # fmt: skip
 
     def state(self, now_us: int) -> str:
         if self.revoked_at is not None:
@@ -139,7 +141,7 @@ class Lease:
             "state": self.state(now_us), "issued_at": _time(self.issued_at),
             "expires_at": _time(self.expires_at), "renewed_at": _time(self.renewed_at),
             "revoked_at": _time(self.revoked_at), "revoked_by": self.revoked_by,
-            "revoked_why": self.revoked_why,
+            "revoked_why": self.revoked_why, "login": self.login,
         }  # fmt: skip
 
 

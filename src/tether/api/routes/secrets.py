@@ -16,6 +16,7 @@ from tether.api.errors import responses
 from tether.api.params import LeaseId
 from tether.api.requestlog import request_id
 from tether.fields import NO_NUL, StrictModel, integral
+from tether.secrets.databases import CREATION_PATTERN, REVOCATION_PATTERN
 from tether.secrets.service import SecretInput
 from tether.secrets.values import (
     LABEL_PATTERN,
@@ -51,6 +52,7 @@ _NAME_PATH = Path(
     json_schema_extra={"pattern": NAME_PATTERN},
 )
 SecretName = Annotated[str, _NAME_PATH]
+_IDENT_PATTERN = "^[a-z][a-z0-9_-]{0,63}$"
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
 
 
@@ -121,6 +123,59 @@ def revoke_lease(
     """End a lease (an admin, or the agent giving its own back); the revocation feed names it."""
     lease = svc.secrets.revoke_lease(who.principal, lease_id, reason=body.reason if body else None)
     return lease.to_json(lease.revoked_at or 0)
+
+
+class ConnectionIn(StrictModel):
+    dsn_secret: Annotated[str, StringConstraints(pattern=NAME_PATTERN)] = Field(
+        description="The secret holding the admin DSN (best broker-only)"
+    )
+
+
+class RoleIn(StrictModel):
+    connection: Annotated[str, StringConstraints(pattern=_IDENT_PATTERN)]
+    creation: Annotated[str, Field(max_length=20_000, pattern=CREATION_PATTERN)]
+    revocation: Annotated[str | None, Field(max_length=20_000, pattern=REVOCATION_PATTERN)] = None
+    ttl_seconds: Annotated[int, Field(ge=10, le=30 * 86_400), BeforeValidator(integral)] = 3600
+
+
+Ident = Annotated[
+    str, Path(min_length=1, max_length=64, json_schema_extra={"pattern": _IDENT_PATTERN})
+]
+
+
+@router.put("/db/connections/{name}", responses=responses(400, 401, 403, 422))
+def put_connection(
+    name: Ident, body: ConnectionIn, svc: ServicesDep, who: PrincipalDep
+) -> dict[str, Any]:
+    """Register a database the broker mints logins on (admin)."""
+    return svc.db_logins.put_connection(who, name, dsn_secret=body.dsn_secret)
+
+
+@router.put("/db/roles/{name}", responses=responses(400, 401, 403, 422))
+def put_role(name: Ident, body: RoleIn, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    """A kind of login agents may lease: SQL templates to create and drop it (admin)."""
+    return svc.db_logins.put_role(
+        who, name, connection=body.connection, creation=body.creation,
+        revocation=body.revocation, ttl_seconds=body.ttl_seconds,
+    )  # fmt: skip
+
+
+@router.get("/db/roles", responses=responses(401, 403))
+def list_roles(svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return {"items": svc.db_logins.roles(who), "next_cursor": None}
+
+
+@router.post(
+    "/db/{role}/lease", status_code=201, responses=responses(401, 403, 404, 422, 429, 500, 502)
+)
+async def lease_login(role: Ident, svc: ServicesDep, who: CallerDep, request: Request) -> Response:
+    """A fresh database login for the agent, existing only for its lease (``secret.lease`` on
+    ``DatabaseRole::"<role>"``): ``{lease_id, username, password, host, port, database,
+    expires_in}``. The password is shown here once and kept nowhere."""
+    login = await svc.db_logins.lease(who, role, request_id=request_id(request.scope))
+    response = _no_store(login.to_json())
+    response.status_code = 201
+    return response
 
 
 @router.put(
