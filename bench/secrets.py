@@ -9,6 +9,11 @@ ledger, the version's two AES-GCM layers opened, and a lease row with its ``secr
 event written by the group commit before the answer leaves; the AuthZEN row asks the same
 decision (recorded, no lease). Loaded by ``wrk`` (8 connections) when installed.
 
+With ``--postgres``, also the time to lease a fresh PostgreSQL login (``POST
+/v1/secrets/db/{role}/lease``: the decision, the lease recorded, ``CREATE ROLE`` on the
+database), one after another, each given back right away; the row's time includes giving it
+back (a second request).
+
 Run: ``python -m bench.secrets [--quick] [--postgres URL] [--no-sqlite]``.
 """
 
@@ -21,7 +26,9 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from typing import Any
 
+import httpx2 as httpx
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bench.common import (
@@ -87,6 +94,7 @@ def run_backend(options: Options, backend: str, seconds: float) -> ResultTable:
             health = [HttpRequest("GET", "/healthz", "", b"")]
             gen.max_rate(read, connections=8, seconds=1, expect='"lease_id"')  # warm-up
             gen.max_rate(evals, connections=8, seconds=1, expect="decision")
+            logins = _login_times(options, dep, server.url, bearer, seconds)
             rows: list[tuple[str, LoadResult]] = []
             note(f"{tag} /healthz, AuthZEN and secret reads, alternating twice")
             for _ in range(2):
@@ -111,6 +119,15 @@ def run_backend(options: Options, backend: str, seconds: float) -> ResultTable:
         table.records.append({"benchmark": label, "backend": backend, "per_s": r.rate,
                               "p50_s": r.p50, "p99_s": r.p99, "server_cpu_per_call_s": cpu,
                               "errors": r.errors, "first_error": r.first_error})  # fmt: skip
+    if logins is not None:
+        table.rows.append([
+            "POST /v1/secrets/db/{role}/lease (a new PostgreSQL login), sequential",
+            fmt_rate(logins.rate, "/s"), fmt_latency(logins.pct(50)), fmt_latency(logins.pct(99)),
+            "", "", str(logins.failures),
+        ])  # fmt: skip
+        table.records.append({"benchmark": "db login lease", "backend": backend,
+                              "per_s": logins.rate, "p50_s": logins.pct(50),
+                              "p99_s": logins.pct(99)})  # fmt: skip
     for label, samples in floors:
         table.rows.append([label, fmt_rate(samples.rate, "/s"), fmt_latency(samples.pct(50)),
                            fmt_latency(samples.pct(99)), fmt_latency(samples.cpu_per_call), "",
@@ -132,6 +149,46 @@ def run_backend(options: Options, backend: str, seconds: float) -> ResultTable:
         "(the same two, with Tether's sealed-value parsing).",
     ]
     return table
+
+
+CREATION = (
+    "CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiry}}';"
+    ' GRANT CONNECT ON DATABASE test TO "{{name}}";'
+)
+
+
+def _login_times(
+    options: Options, dep: Any, url: str, bearer: str, seconds: float
+) -> Samples | None:
+    """Sequential database-login leases on the machine's PostgreSQL (``--postgres``), each
+    given back right after (its role dropped in the background)."""
+    if not options.postgres_url:
+        return None
+    svc = dep.services
+    dsn = options.postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    svc.secrets.put(dep.admin, "bench-pg-admin", SecretInput(dsn.encode(), broker_only=True))
+    svc.db_logins.put_connection(dep.admin, "bench", dsn_secret="bench-pg-admin")
+    svc.db_logins.put_role(dep.admin, "bench-ro", connection="bench", creation=CREATION,
+                           revocation=None, ttl_seconds=600)  # fmt: skip
+    lease = '@id("lease") permit (principal, action == Action::"secret.lease", resource);'
+    svc.policies.push(dep.admin, schema=None, note=None, policies=POLICIES + lease)
+    samples = Samples()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {bearer}"},
+                      timeout=30) as http:  # fmt: skip
+        deadline = time.perf_counter() + max(1.0, seconds / 2)
+        for i in range(1_000):
+            t0 = time.perf_counter()
+            got = http.post("/v1/secrets/db/bench-ro/lease", json={})
+            took = time.perf_counter() - t0
+            if got.status_code != 201:
+                raise RuntimeError(f"lease failed: {got.text[:200]}")
+            if i:  # the first is a warm-up
+                samples.latencies.append(took)
+                samples.wall += took
+            http.post(f"/v1/secrets/leases/{got.json()['lease_id']}/revoke", json={})
+            if time.perf_counter() >= deadline and i >= 20:
+                break
+    return samples
 
 
 def _mean(values: Sequence[float]) -> float:

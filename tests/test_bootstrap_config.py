@@ -147,6 +147,7 @@ def test_every_domain_registers_its_maintenance(services: Services) -> None:
         "agents.expire",
         "runtime.purge",
         "secrets.purge_leases",
+        "secrets.drop_logins",
     ]
     for task in services.maintenance:
         task.run()  # each is safe to run at any time, on any node

@@ -159,10 +159,14 @@ def test_an_expired_lease_loses_its_role(make_services: Callable[..., Services])
         _agent, access = agent_token(e)
         login = lease(e, access).json()
         assert role_exists(login["username"])
+        session = connect(login)
         assert services.db_logins.finish_drops() == 0  # live: kept
         clock.advance(61)
         assert services.db_logins.finish_drops() == 1
         assert not role_exists(login["username"])
+        with pytest.raises(psycopg.OperationalError):  # its session was terminated
+            session.execute("SELECT 1")
+        session.close()
         assert services.db_logins.finish_drops() == 0  # once
 
 

@@ -334,7 +334,40 @@ def test_an_expired_agent_loses_its_leases(deploy: Callable[..., Env]) -> None:
     e.services.agents.expiry.expire_due()
     assert lease_of(e, lease)["state"] == "revoked"
     assert lease_of(e, lease)["revoked_why"] == "agent expired"
-    del agent
+    assert _feed_leases(e).get(lease) == "revoked"
+    renewed = e.anon.post(f"/v1/secrets/leases/{lease}/renew", headers=bearer(access))
+    assert renewed.status_code in (401, 403, 409), renewed.text  # the token died with it
+    assert e.services.secrets.leases(e.services.users.authenticate(
+        e.services.settings.admin_token_path.read_text().strip()), agent=agent, name=None,
+        active=True, cursor=None, limit=10)[0].items == []  # fmt: skip
+
+
+APPROVAL_POLICIES = """
+@id("read-vault-with-approval")
+@approval("required")
+permit (principal, action == Action::"secret.read", resource)
+when { resource has labels && resource.labels.contains("vault") };
+"""
+
+
+def test_an_approval_checkpoint_holds_the_read_until_a_human_approves(
+    deploy: Callable[..., Env],
+) -> None:
+    e = deploy()
+    push_policies(e.http, POLICIES + APPROVAL_POLICIES)
+    name = unique("vaulted")
+    put(e, name, "needs-a-human", labels=["vault"])
+    _agent, access = agent_token(e)
+    held = read(e, name, access)
+    error = assert_error(held, 403, "approval_required")
+    assert "needs-a-human" not in held.text
+    approval = error["details"]["approval_id"]
+    approved = e.http.post(f"/v1/approvals/{approval}/approve", json={"note": "ok"})
+    assert approved.status_code == 200, approved.text
+    got = read(e, name, access)
+    assert got.status_code == 200, got.text
+    assert got.json()["value"] == "needs-a-human"
+    assert_error(read(e, name, access), 403, "approval_required")  # used once
 
 
 # -- failing closed ---------------------------------------------------------------------------

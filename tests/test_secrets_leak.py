@@ -1,6 +1,7 @@
 """No secret value leaks (issue 15): after a run against a real server that stores values
 (from stdin, from a file, over the API), reads them as an agent, leases, renews and revokes,
-and rotates the master key, none of the values — nor their base64 — is in the SQLite file
+mints a database login for the agent, and rotates the master key, none of the values (nor
+the login's password) — nor their base64 — is in the SQLite file
 (and its WAL), the PostgreSQL schema's dump, the server's log (info level, the access log
 included) or the ledger's export. The CLI refuses a value given as an argument.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import BACKENDS, backend_for, bearer
+from tests.conftest import BACKENDS, PG_URL, backend_for, bearer
 from tests.serverproc import running_server
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,11 @@ POLICIES = """
 @id("read-team-secrets")
 permit (principal, action == Action::"secret.read", resource)
 when { resource has labels && resource.labels.contains("team") };
+
+@id("lease-logins")
+permit (principal, action == Action::"secret.lease", resource);
 """
+CREATION = "CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiry}}';"
 
 
 def _forms(value: str) -> list[bytes]:
@@ -61,6 +66,8 @@ def served(
 def test_values_appear_nowhere_but_in_an_agents_read(
     served: tuple[Path, str, dict[str, str], str],
 ) -> None:
+    if not PG_URL:  # database logins are minted on the machine's PostgreSQL
+        pytest.skip("TETHER_TEST_POSTGRES_URL is empty: PostgreSQL half disabled explicitly")
     cwd, url, env, where = served
     admin = (cwd / ".tether" / "admin.token").read_text().strip()
     values = {name: f"leak-{name}-{secrets.token_hex(16)}"
@@ -112,6 +119,20 @@ def test_values_appear_nowhere_but_in_an_agents_read(
             assert read["broker"].status_code == 403
             lease = read["over-api"].json()["lease_id"]
             assert as_agent.post(f"/v1/secrets/leases/{lease}/renew").status_code == 200
+        # a database login minted for the agent: its password must leak nowhere either
+        dsn = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+        admin_dsn = http.put("/v1/secrets/pg-admin", json={"value": dsn, "broker_only": True})
+        assert admin_dsn.status_code == 201, admin_dsn.text
+        made = http.put("/v1/secrets/db/connections/main", json={"dsn_secret": "pg-admin"})
+        assert made.status_code == 200, made.text
+        made = http.put("/v1/secrets/db/roles/ro", json={"connection": "main",
+                                                         "creation": CREATION})  # fmt: skip
+        assert made.status_code == 200, made.text
+        minted = httpx.post(f"{url}/v1/secrets/db/ro/lease", headers=bearer(access), json={})
+        assert minted.status_code == 201, minted.text
+        values["login"] = minted.json()["password"]
+        ended = http.post(f"/v1/secrets/leases/{minted.json()['lease_id']}/revoke", json={})
+        assert ended.status_code == 200, ended.text
         assert http.post("/v1/secrets/rotate-master-key").status_code == 200
         assert http.post(f"/v1/secrets/leases/{lease}/revoke", json={}).status_code == 200
         rotated = http.put("/v1/secrets/rotated", json={"value": values["rotated"] + "-2"})

@@ -157,3 +157,55 @@ def rotate_master_key(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         return
     out.print(f"secrets master key {result['key_id']}: {result['rewrapped']} data keys "
               f"re-wrapped, {len(result['retired'])} old key(s) retired")  # fmt: skip
+
+
+def _template(path: Path, option: str) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{option} {path}: cannot read it as text ({exc})") from exc
+
+
+@app.command("db-connection")
+def db_connection(
+    ctx: typer.Context,
+    name: str,
+    dsn_secret: Annotated[
+        str, typer.Option(help="The secret holding the admin DSN (put it --broker-only).")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a PostgreSQL database the broker mints logins on."""
+    result = client(ctx).request("PUT", f"/v1/secrets/db/connections/{seg(name)}",
+                                 json={"dsn_secret": dsn_secret})  # fmt: skip
+    show(result, as_json=as_json, columns=["name", "dsn_secret"])
+
+
+@app.command("db-role")
+def db_role(
+    ctx: typer.Context,
+    name: str,
+    connection: Annotated[str, typer.Option(help="A registered connection.")],
+    creation: Annotated[
+        Path, typer.Option(help="File: SQL creating a login ({{name}}, {{password}}, {{expiry}}).")
+    ],
+    revocation: Annotated[
+        Path | None, typer.Option(help="File: SQL dropping it ({{name}}); default: drop all.")
+    ] = None,
+    ttl_seconds: Annotated[int, typer.Option(help="Each login's lease.")] = 3600,
+    as_json: JsonOpt = False,
+) -> None:
+    """Define a kind of login agents may lease (`POST /v1/secrets/db/ROLE/lease`)."""
+    body: dict[str, Any] = {"connection": connection, "ttl_seconds": ttl_seconds,
+                            "creation": _template(creation, "--creation")}  # fmt: skip
+    if revocation is not None:
+        body["revocation"] = _template(revocation, "--revocation")
+    result = client(ctx).request("PUT", f"/v1/secrets/db/roles/{seg(name)}", json=body)
+    show(result, as_json=as_json, columns=["name", "connection", "ttl_seconds", "created_at"])
+
+
+@app.command("db-roles")
+def db_roles(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The kinds of database login agents may lease."""
+    items = client(ctx).get("/v1/secrets/db/roles")["items"]
+    show(items, as_json=as_json, columns=["name", "connection", "ttl_seconds", "created_at"])

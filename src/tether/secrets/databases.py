@@ -28,11 +28,8 @@ import secrets
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import sql as pgsql
-from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
@@ -45,6 +42,9 @@ from tether.policy.values import Ask
 from tether.principals import Principal
 from tether.secrets.models import DatabaseConnectionRow, DatabaseRoleRow, LeaseRow
 from tether.secrets.service import Caller, SecretService, denied
+
+if TYPE_CHECKING:  # psycopg loads only when a login is minted or dropped (SQLite servers too)
+    import psycopg
 
 log = logging.getLogger("tether.secrets.databases")
 ACTION = "secret.lease"
@@ -233,6 +233,8 @@ class DatabaseLogins:
         except DatabaseUnavailable:
             await asyncio.to_thread(self._abandon, lease.id)
             raise
+        from psycopg.conninfo import conninfo_to_dict
+
         parts = conninfo_to_dict(dsn)
         return Login(lease.id, role, login, password, str(parts.get("host") or "localhost"),
                      int(parts.get("port") or 5432), str(parts.get("dbname") or ""),
@@ -258,6 +260,9 @@ class DatabaseLogins:
         return str(self.broker._decrypt(secret, meta.version).decode())
 
     def _run(self, dsn: str, script: str) -> None:
+        import psycopg
+        from psycopg import sql as pgsql
+
         try:
             with self.connect(dsn) as conn, conn.cursor() as cur:
                 # An admin's template, with generated values that need no quoting.
@@ -285,6 +290,8 @@ class DatabaseLogins:
             s.info.setdefault(IN_BACKGROUND, []).append(lambda: self._drop(logins))
 
     def _drop(self, logins: Sequence[tuple[str, str, str | None]]) -> int:
+        import psycopg
+
         dropped = 0
         for lease_id, role, login in logins:
             if login is None:
@@ -307,6 +314,8 @@ class DatabaseLogins:
         return dropped
 
     def _drop_one(self, dsn: str, login: str, template: str) -> None:
+        from psycopg import sql as pgsql
+
         with self.connect(dsn) as conn, conn.cursor() as cur:
             exists = cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone()
             if exists is None:
@@ -329,6 +338,8 @@ class DatabaseLogins:
 
 
 def _connect(dsn: str) -> psycopg.Connection[Any]:
+    import psycopg
+
     return psycopg.connect(dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT)
 
 
