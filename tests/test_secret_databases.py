@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -186,3 +187,24 @@ def test_a_bad_role_names_the_field(env: Env, body: dict[str, Any], field: str) 
     assert field in str(got.json()["error"])
     roles = env.http.get("/v1/secrets/db/roles").json()["items"]
     assert name not in [r["name"] for r in roles]
+
+
+def test_logins_minted_and_dropped_at_once_all_succeed(env: Env) -> None:
+    """Granting on the database and dropping what was granted touch the same catalog rows:
+    Tether takes its turn on the database (an advisory lock) instead of failing a lease with
+    PostgreSQL's "tuple concurrently updated"."""
+    agents = [agent_token(env)[1] for _ in range(4)]
+
+    def churn(access: str) -> list[int]:
+        statuses = []
+        for _ in range(3):
+            got = lease(env, access)
+            statuses.append(got.status_code)
+            if got.status_code == 201:
+                env.http.post(f"/v1/secrets/leases/{got.json()['lease_id']}/revoke", json={})
+        return statuses
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [s for statuses in pool.map(churn, agents) for s in statuses]
+    env.services.db.drain()
+    assert results == [201] * 12

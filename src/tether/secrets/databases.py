@@ -61,6 +61,10 @@ _CREATE_MAY = {"name", "password", "expiry"}
 _RESERVED = frozenset({"roles", "connections"})
 _ALPHABET = string.ascii_letters + string.digits
 _CONNECT_TIMEOUT = 10
+# Tether's role statements on one database, one transaction at a time (every node): two
+# logins granted or dropped at once update the same catalog rows (a GRANT ON DATABASE, a
+# DROP OWNED BY), and PostgreSQL fails the second with "tuple concurrently updated".
+_SERIALIZE = "SELECT pg_advisory_xact_lock(7378524118393427)"
 DEFAULT_REVOCATION = (
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';"
     ' DROP OWNED BY "{{name}}"; DROP ROLE IF EXISTS "{{name}}";'
@@ -264,7 +268,8 @@ class DatabaseLogins:
         from psycopg import sql as pgsql
 
         try:
-            with self.connect(dsn) as conn, conn.cursor() as cur:
+            with self.connect(dsn) as conn, conn.transaction(), conn.cursor() as cur:
+                cur.execute(_SERIALIZE)
                 # An admin's template, with generated values that need no quoting.
                 cur.execute(pgsql.SQL(script))  # type: ignore[arg-type,unused-ignore]
         except psycopg.Error as exc:
@@ -316,7 +321,8 @@ class DatabaseLogins:
     def _drop_one(self, dsn: str, login: str, template: str) -> None:
         from psycopg import sql as pgsql
 
-        with self.connect(dsn) as conn, conn.cursor() as cur:
+        with self.connect(dsn) as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(_SERIALIZE)
             exists = cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone()
             if exists is None:
                 return
