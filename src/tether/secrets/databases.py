@@ -225,10 +225,7 @@ class DatabaseLogins:
         password = "".join(secrets.choice(_ALPHABET) for _ in range(32))
         seconds = found.ttl_seconds
 
-        def job(s: Session) -> Any:
-            return self.broker._lease_job(s, caller, f"db/{role}", 0, seconds, decision,
-                                          login=login)  # fmt: skip
-
+        job = self.broker.lease_job(caller, f"db/{role}", 0, seconds, decision, login)
         lease = await self.broker.committer.run_async(job)
         expiry = to_rfc3339(from_micros(lease.expires_at))
         script = render(found.creation, {"name": login, "password": password, "expiry": expiry})

@@ -49,6 +49,11 @@ class Keyring:
             self._open[key_id] = key
         return key_id, key
 
+    def cached(self, key_id: str) -> bytes | None:
+        """The key ``key_id`` if this process has opened it already (no database read)."""
+        with self._lock:
+            return self._open.get(key_id)
+
     def key(self, s: Session, key_id: str) -> bytes:
         """The secrets master key ``key_id``; raises :class:`SecretUnreadable` if it is gone or
         does not open under this node's root master key."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
@@ -50,7 +50,7 @@ from tether.errors import (
 from tether.freeze.gate import frozen_among
 from tether.freeze.values import Scope
 from tether.ids import IdPrefix, new_id
-from tether.jsonutil import canonical_text
+from tether.jsonutil import canonical_text, loads
 from tether.maintenance import Task
 from tether.pagination import Page, decode_cursor, page_of
 from tether.policy.decide import DecisionService
@@ -301,7 +301,7 @@ class SecretService:
                             "see metadata (GET /v1/secrets/{name})")  # fmt: skip
         check_name(name)
         self.limiter.take(agent.id, self.monotonic())
-        meta = await asyncio.to_thread(self._meta, name)
+        meta = await asyncio.to_thread(self._meta, name, version)  # the version too: one read
         ask = Ask(agent.id, ACTION, RESOURCE_TYPE, name, meta.properties if meta else {}, {},
                   caller.chain, caller.on_behalf_of, caller.jti, agent.ref,
                   request_id)  # fmt: skip
@@ -322,14 +322,17 @@ class SecretService:
             )
         wanted = version if version is not None else meta.version
         try:
-            value = await asyncio.to_thread(self._decrypt, name, wanted)
+            if meta.sealed is None or (key := self.keyring.cached(meta.sealed.key_id)) is None:
+                value = await asyncio.to_thread(self._decrypt, name, wanted)
+            else:  # the usual case: the row came with the metadata, its key is in memory
+                value = envelope.decrypt(key, meta.sealed, name, wanted)
         except SecretUnreadable:
             READS.labels("unreadable").inc()
             await self._record_refusal(agent, name, "unreadable", decision, version=wanted)
             raise
         lease_for = meta.lease_seconds or self.lease_seconds
         lease = await self.committer.run_async(
-            lambda s: self._lease_job(s, caller, name, wanted, lease_for, decision)
+            self.lease_job(caller, name, wanted, lease_for, decision)
         )
         READS.labels("allowed").inc()
         return SecretValue(name, value, wanted, lease, lease_for)
@@ -340,18 +343,23 @@ class SecretService:
         broker_only: bool
         lease_seconds: int | None
         labels: list[str]
+        sealed: envelope.Sealed | None = None  # the version asked for (or current), if kept
 
         @property
         def properties(self) -> dict[str, Any]:
             return {"labels": self.labels, "broker_only": self.broker_only}
 
-    def _meta(self, name: str) -> SecretService._Meta | None:
-        with self.db.read() as s:
-            row = self.store.secret(s, name)
-            if row is None:
-                return None
-            info = SecretInfo.of(row, [])
-            return self._Meta(row.version, row.broker_only, row.lease_seconds, info.labels)
+    def _meta(self, name: str, version: int | None = None) -> SecretService._Meta | None:
+        """The secret's metadata and the sealed version wanted (default: the current one), in
+        one statement outside a transaction (the hot path of a read: no BEGIN, no COMMIT)."""
+        with self.db.read(transaction=False) as s:
+            row = self.store.current(s, name, version)
+        if row is None:
+            return None
+        current, broker_only, lease_seconds, labels, key_id, data_key, ciphertext = row
+        sealed = envelope.Sealed(key_id, data_key, ciphertext) if key_id else None
+        return self._Meta(current, bool(broker_only), lease_seconds, list(loads(labels)),
+                          sealed)  # fmt: skip
 
     def _decrypt(self, name: str, version: int) -> bytes:
         with self.db.read() as s:
@@ -366,23 +374,30 @@ class SecretService:
             sealed = envelope.Sealed(row.key_id, row.data_key, row.ciphertext)
         return envelope.decrypt(key, sealed, name, version)
 
-    def _lease_job(  # noqa: PLR0917 - a job's closure passes them through
-        self, s: Session, caller: Caller, name: str, version: int, seconds: int,
-        decision: Decision, *, login: str | None = None,
-    ) -> Chain:  # fmt: skip
+    def lease_job(  # noqa: PLR0917 - what a lease is made of
+        self, caller: Caller, name: str, version: int, seconds: int, decision: Decision,
+        login: str | None = None,
+    ) -> _LeaseJob:  # fmt: skip
+        """The group-commit job recording a lease (and its ``secret.read`` event)."""
+        return _LeaseJob(self, caller, name, version, seconds, decision, login)
+
+    def _lease(self, s: Session, job: _LeaseJob) -> Chain:
         """Under the write lock: the agent still live and not frozen (a kill or freeze that
-        committed since the decision cuts this read off too), then the lease and its event."""
+        committed since the decision cuts this read off too; the batch's agents read in one
+        statement by :meth:`_LeaseJob.prepare`), then the lease and its event."""
+        caller, name, version, login = job.caller, job.name, job.version, job.login
         agent_id = caller.principal.id
         now = self.clock.now()
         now_us = to_micros(now)
-        facts = directory.facts(s, agent_id)
-        if facts is None or authority.not_live(facts.liveness, now_us) is not None:
+        known: dict[str, Any] = s.info.get(_LIVENESS) or directory.liveness(s, [agent_id])
+        live = known.get(agent_id)
+        if live is None or authority.not_live(live, now_us) is not None:
             raise SecretReadDenied(f"agent {agent_id} is not active", name=name)
-        if (frozen := frozen_among(s, [agent_id])) is not None:
+        if s.info.get(_SOME_FROZEN, True) and (frozen := frozen_among(s, [agent_id])):
             raise SecretReadDenied(f"agent {agent_id} is frozen ({frozen.freeze.reason})",
                                    name=name)  # fmt: skip
         lease_id = new_id(IdPrefix.LEASE)
-        expires = now_us + seconds * 1_000_000
+        expires = now_us + job.seconds * 1_000_000
         row = lease_row(id=lease_id, name=name, version=version, agent_id=agent_id,
                         issued_at=now_us, expires_at=expires, login=login)  # fmt: skip
         lease = Lease(lease_id, name, version, agent_id, now_us, expires, None, None, None, None,
@@ -391,8 +406,8 @@ class SecretService:
             EventType.SECRET_READ, caller.principal.ref, agent_id=agent_id,
             on_behalf_of=caller.on_behalf_of, chain=caller.chain, action=ACTION,
             resource={"type": RESOURCE_TYPE, "id": name}, outcome="success",
-            details={"version": version, "lease_id": lease_id, "expires_in": seconds,
-                     "decision_event": decision.event_id,
+            details={"version": version, "lease_id": lease_id, "expires_in": job.seconds,
+                     "decision_event": job.decision.event_id,
                      **({"login": login} if login else {})},
         )  # fmt: skip
         return Chain([event], finish=lambda _events: lease, rows=[(_LEASES, row)])
@@ -593,6 +608,33 @@ class SecretService:
                 return self.store.purge_leases(s, ended_before=cutoff)
 
         return [Task("secrets.purge_leases", purge_leases)]
+
+
+# What a batch's lease jobs read once (session.info), instead of a statement each under the lock.
+_LIVENESS = "tether.secrets.liveness"
+_SOME_FROZEN = "tether.secrets.some_frozen"
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaseJob:
+    service: SecretService
+    caller: Caller
+    name: str
+    version: int
+    seconds: int
+    decision: Decision
+    login: str | None = None
+
+    def __call__(self, s: Session) -> Chain:
+        return self.service._lease(s, self)
+
+    @staticmethod
+    def prepare(s: Session, jobs: Sequence[_LeaseJob]) -> None:
+        """The batch's agents' liveness in one statement, and whether any of them is frozen
+        in another (one indexed query when nothing is)."""
+        ids = sorted({job.caller.principal.id for job in jobs})
+        s.info[_LIVENESS] = directory.liveness(s, ids)
+        s.info[_SOME_FROZEN] = frozen_among(s, ids) is not None
 
 
 def lease_row(**values: Any) -> tuple[Any, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -21,6 +22,26 @@ class DatabaseSecretStore:
         if row is None or (live and row.deleted_at is not None):
             return None
         return row
+
+    @staticmethod
+    def current(s: Session, name: str, version: int | None) -> tuple[Any, ...] | None:
+        """``(version, broker_only, lease_seconds, labels, key_id, data_key, ciphertext)`` of
+        a live secret, the last four those of ``version`` (default: its current one; None if
+        that version is not kept); None if there is no such secret. One statement."""
+        if unstorable(name):
+            return None
+        wanted = SecretVersionRow.version == (
+            version if version is not None else SecretRow.version
+        )
+        q = (
+            select(SecretRow.version, SecretRow.broker_only, SecretRow.lease_seconds,
+                   SecretRow.labels, SecretVersionRow.key_id, SecretVersionRow.data_key,
+                   SecretVersionRow.ciphertext)
+            .outerjoin(SecretVersionRow, (SecretVersionRow.name == SecretRow.name) & wanted)
+            .where(SecretRow.name == name, SecretRow.deleted_at.is_(None))
+        )  # fmt: skip
+        row = s.execute(q).first()
+        return tuple(row) if row is not None else None
 
     @staticmethod
     def page(s: Session, *, after: str | None, limit: int) -> list[SecretRow]:
