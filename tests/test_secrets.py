@@ -229,7 +229,9 @@ def test_an_allowed_read_returns_the_value_under_a_lease_on_the_record(env: Env)
     assert [d["decision"] for d in decisions] == ["allow"]
     (recorded,) = [ev for ev in events_of(env, "secret.read") if ev["agent_id"] == agent]
     assert recorded["details"]["lease_id"] == body["lease_id"]
-    assert recorded["details"]["decision_event"] == decisions[0]["id"]
+    # one transaction: the allow, then right after it the lease's record
+    assert recorded["seq"] == decisions[0]["seq"] + 1
+    assert recorded["details"]["version"] == 1
     assert "key-123" not in str(recorded)
     mine = env.anon.get("/v1/secrets/leases", headers=bearer(access)).json()["items"]
     assert [x["id"] for x in mine] == [body["lease_id"]]

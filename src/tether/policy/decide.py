@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol, cast
 
@@ -239,6 +239,36 @@ class DecisionService:
             _COUNTED[decision.effect].inc()
         return out
 
+    async def decide_then(self, ask: Ask, then: Then) -> tuple[Decision, Any]:
+        """:meth:`decide`, and when the answer is allow, ``then(s, decision)`` in the same
+        group-commit transaction as the decision's event: its :class:`Chain`'s events follow
+        the decision's, its rows go in the same statement — one durable commit for both,
+        and neither without the other. Returns the decision and what ``then``'s ``finish``
+        gave (None when not allowed). ``then`` raising fails only this request (the caller
+        gets the exception; the allow is then not recorded, and nothing took effect). A
+        ``then`` with a ``prepare(session, thens)`` attribute has it called once per batch
+        with every ``then`` of that kind (as group-commit jobs do). An approval granted for
+        this exact request runs ``then`` in the transaction right after the approval's."""
+        validate_ask(ask)
+        if not self.runtime.fresh():
+            await asyncio.to_thread(self.runtime.ensure_current)
+        decision = self.evaluate(ask)
+        if decision.effect is Effect.APPROVAL_REQUIRED:
+            final = await self._checkpoint(ask, decision)
+            _COUNTED[final.effect].inc()
+            if not final.allowed:
+                return final, None
+            return final, await self.committer.run_async(_Then(then, final))
+        if decision.effect is not Effect.ALLOW:
+            return (await self.decide_many([ask]))[0], None
+        job = _Then(then, decision, self.event(ask, decision), self.attachment(ask))
+        try:
+            final, result = await self.committer.run_async(job)
+        except LedgerUnavailable:
+            final, result = self._ledger_down(decision), None
+        _COUNTED[final.effect].inc()
+        return final, result
+
     async def _checkpoint(self, ask: Ask, decision: Decision) -> Decision:
         """The approval workflow runs in the next group commit, like a plain decision event."""
         try:
@@ -263,6 +293,39 @@ class DecisionService:
     def decide_sync(self, ask: Ask) -> Decision:
         """For callers without an event loop (CLI tools, tests, the SDK in-process)."""
         return asyncio.run(self.decide(ask))
+
+
+Then = Callable[[Session, Decision], Chain]
+
+
+@dataclass(frozen=True, slots=True)
+class _Then:
+    """A group-commit job: the decision's event (if not recorded yet) and what follows it."""
+
+    then: Then
+    decision: Decision
+    event: NewEvent | None = None
+    attachment: Any = None
+
+    def __call__(self, s: Session) -> Chain:
+        follows = self.then(s, self.decision)
+        if self.event is None:
+            return follows
+        decision = self.decision
+
+        def finish(chained: list[Event]) -> tuple[Decision, Any]:
+            return replace(decision, event_id=chained[0].id), follows.finish(chained[1:])
+
+        return Chain([self.event, *follows.events], finish, self.attachment, follows.rows)
+
+    @staticmethod
+    def prepare(s: Session, jobs: Sequence[_Then]) -> None:
+        kinds: dict[Any, list[Any]] = {}
+        for job in jobs:
+            if (prepare := getattr(job.then, "prepare", None)) is not None:
+                kinds.setdefault(prepare, []).append(job.then)
+        for prepare, thens in kinds.items():
+            prepare(s, thens)
 
 
 def cedar_request(ask: Ask, agents: Mapping[str, AgentView]) -> CedarRequest:

@@ -28,6 +28,7 @@ import secrets
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
@@ -225,8 +226,8 @@ class DatabaseLogins:
         password = "".join(secrets.choice(_ALPHABET) for _ in range(32))
         seconds = found.ttl_seconds
 
-        job = self.broker.lease_job(caller, f"db/{role}", 0, seconds, decision, login)
-        lease = await self.broker.committer.run_async(job)
+        job = self.broker.lease_job(caller, f"db/{role}", 0, seconds, login)
+        lease = await self.broker.committer.run_async(partial(job, decision=decision))
         expiry = to_rfc3339(from_micros(lease.expires_at))
         script = render(found.creation, {"name": login, "password": password, "expiry": expiry})
         try:

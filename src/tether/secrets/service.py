@@ -305,14 +305,14 @@ class SecretService:
         ask = Ask(agent.id, ACTION, RESOURCE_TYPE, name, meta.properties if meta else {}, {},
                   caller.chain, caller.on_behalf_of, caller.jti, agent.ref,
                   request_id)  # fmt: skip
-        decision = await self.decisions.decide(ask)
-        if not decision.allowed:
-            READS.labels("denied").inc()
-            raise denied(name, decision)
-        if meta is None:
-            READS.labels("missing").inc()
-            raise SecretNotFound(f"no secret named {name!r}", name=name)
-        if meta.broker_only:
+        if meta is None or meta.broker_only:  # allowed or not, nothing to lease
+            decision = await self.decisions.decide(ask)
+            if not decision.allowed:
+                READS.labels("denied").inc()
+                raise denied(name, decision)
+            if meta is None:
+                READS.labels("missing").inc()
+                raise SecretNotFound(f"no secret named {name!r}", name=name)
             READS.labels("broker_only").inc()
             await self._record_refusal(agent, name, "broker_only", decision)
             raise SecretBrokerOnly(
@@ -321,21 +321,34 @@ class SecretService:
                 name=name,
             )
         wanted = version if version is not None else meta.version
+        lease_for = meta.lease_seconds or self.lease_seconds
+        # The decision's event, the lease and its secret.read event: one durable commit.
+        decision, lease = await self.decisions.decide_then(
+            ask, self.lease_job(caller, name, wanted, lease_for)
+        )
+        if not decision.allowed:
+            READS.labels("denied").inc()
+            raise denied(name, decision)
         try:
             if meta.sealed is None or (key := self.keyring.cached(meta.sealed.key_id)) is None:
                 value = await asyncio.to_thread(self._decrypt, name, wanted)
             else:  # the usual case: the row came with the metadata, its key is in memory
                 value = envelope.decrypt(key, meta.sealed, name, wanted)
-        except SecretUnreadable:
-            READS.labels("unreadable").inc()
-            await self._record_refusal(agent, name, "unreadable", decision, version=wanted)
+        except (SecretUnreadable, SecretVersionNotFound) as exc:
+            await asyncio.to_thread(self._void, cast(Lease, lease).id, type(exc).__name__)
+            if isinstance(exc, SecretUnreadable):
+                READS.labels("unreadable").inc()
+                await self._record_refusal(agent, name, "unreadable", decision, version=wanted)
             raise
-        lease_for = meta.lease_seconds or self.lease_seconds
-        lease = await self.committer.run_async(
-            self.lease_job(caller, name, wanted, lease_for, decision)
-        )
         READS.labels("allowed").inc()
-        return SecretValue(name, value, wanted, lease, lease_for)
+        return SecretValue(name, value, wanted, cast(Lease, lease), lease_for)
+
+    def _void(self, lease_id: str, why: str) -> None:
+        """End a lease whose value could not be given after all."""
+        with self.db.write() as s:
+            row = self.store.lease(s, lease_id)
+            if row is not None and row.revoked_at is None:
+                self._revoke(s, [row], self.clock.now(), by="system", why=f"not read: {why}")
 
     @dataclass(frozen=True, slots=True)
     class _Meta:
@@ -374,14 +387,14 @@ class SecretService:
             sealed = envelope.Sealed(row.key_id, row.data_key, row.ciphertext)
         return envelope.decrypt(key, sealed, name, version)
 
-    def lease_job(  # noqa: PLR0917 - what a lease is made of
-        self, caller: Caller, name: str, version: int, seconds: int, decision: Decision,
-        login: str | None = None,
-    ) -> _LeaseJob:  # fmt: skip
-        """The group-commit job recording a lease (and its ``secret.read`` event)."""
-        return _LeaseJob(self, caller, name, version, seconds, decision, login)
+    def lease_job(
+        self, caller: Caller, name: str, version: int, seconds: int, login: str | None = None
+    ) -> _LeaseJob:
+        """What records a lease and its ``secret.read`` event, given the decision that allowed
+        it: ``job(session, decision)`` (a ``then`` of :meth:`DecisionService.decide_then`)."""
+        return _LeaseJob(self, caller, name, version, seconds, login)
 
-    def _lease(self, s: Session, job: _LeaseJob) -> Chain:
+    def _lease(self, s: Session, job: _LeaseJob, decision: Decision) -> Chain:
         """Under the write lock: the agent still live and not frozen (a kill or freeze that
         committed since the decision cuts this read off too; the batch's agents read in one
         statement by :meth:`_LeaseJob.prepare`), then the lease and its event."""
@@ -406,8 +419,10 @@ class SecretService:
             EventType.SECRET_READ, caller.principal.ref, agent_id=agent_id,
             on_behalf_of=caller.on_behalf_of, chain=caller.chain, action=ACTION,
             resource={"type": RESOURCE_TYPE, "id": name}, outcome="success",
+            # decision_event: the allow recorded before this lease's transaction (in the same
+            # transaction, the allow is the event right before this one, and no id is known)
             details={"version": version, "lease_id": lease_id, "expires_in": job.seconds,
-                     "decision_event": job.decision.event_id,
+                     **({"decision_event": decision.event_id} if decision.event_id else {}),
                      **({"login": login} if login else {})},
         )  # fmt: skip
         return Chain([event], finish=lambda _events: lease, rows=[(_LEASES, row)])
@@ -622,11 +637,10 @@ class _LeaseJob:
     name: str
     version: int
     seconds: int
-    decision: Decision
     login: str | None = None
 
-    def __call__(self, s: Session) -> Chain:
-        return self.service._lease(s, self)
+    def __call__(self, s: Session, decision: Decision) -> Chain:
+        return self.service._lease(s, self, decision)
 
     @staticmethod
     def prepare(s: Session, jobs: Sequence[_LeaseJob]) -> None:
