@@ -376,8 +376,12 @@ def test_an_approval_checkpoint_holds_the_read_until_a_human_approves(
 
 
 def _tamper(e: Env, name: str, **values: Any) -> None:
+    """Edit a version's row behind Tether's back, then have the worker read its secrets
+    again (as after a restart: a worker keeps each secret's current version as it read it,
+    and a put or delete makes every worker read that secret again)."""
     with e.services.db.write() as s:
         s.execute(update(SecretVersionRow).where(SecretVersionRow.name == name).values(**values))
+    e.services.runtime.load()
 
 
 def test_a_tampered_ciphertext_fails_closed(env: Env) -> None:

@@ -158,6 +158,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         lease_max_seconds=settings.secret_lease_max_seconds,
         reads_per_minute=settings.secret_reads_per_minute,
     )  # fmt: skip
+    runtime.register(secrets.section)
     agents.cut_offs.append(secrets.revoke_for_agents)
     db_logins = DatabaseLogins(secrets)
     secrets.on_revoke.append(db_logins.after_revoke)

@@ -35,6 +35,7 @@ class Kind(StrEnum):
     POLICY = "policy"
     FREEZE = "freeze"
     LEASE = "lease"
+    SECRET = "secret"  # noqa: S105 - a kind, not a secret
 
 
 def channel(schema: str | None) -> str:

@@ -50,7 +50,7 @@ from tether.errors import (
 from tether.freeze.gate import frozen_among
 from tether.freeze.values import Scope
 from tether.ids import IdPrefix, new_id
-from tether.jsonutil import canonical_text, loads
+from tether.jsonutil import canonical_text
 from tether.maintenance import Task
 from tether.pagination import Page, decode_cursor, page_of
 from tether.policy.decide import DecisionService
@@ -61,11 +61,13 @@ from tether.secrets import envelope
 from tether.secrets.keyring import Keyring
 from tether.secrets.limits import ReadLimiter
 from tether.secrets.models import LeaseRow, SecretRow, SecretVersionRow
+from tether.secrets.runtime import SecretsSection
 from tether.secrets.store import DatabaseSecretStore
 from tether.secrets.values import (
     MAX_DESCRIPTION,
     Lease,
     SecretInfo,
+    SecretMeta,
     SecretValue,
     VersionInfo,
     check_labels,
@@ -161,6 +163,7 @@ class SecretService:
         self.lease_seconds = lease_seconds
         self.lease_max_seconds = lease_max_seconds
         self.limiter = ReadLimiter(reads_per_minute)
+        self.section = SecretsSection()  # registered with the runtime by the wiring
         self.monotonic: Callable[[], float] = time.monotonic
         # Called in the transaction that ends leases (a database login's is dropped after it).
         self.on_revoke: list[Callable[[Session, list[LeaseRow]], None]] = []
@@ -214,6 +217,7 @@ class SecretService:
                                    created_at=now_us))  # fmt: skip
             s.flush()
             dropped = self.store.drop_versions(s, name, below=row.version - self.versions_kept + 1)
+            changes.record(s, changes.Kind.SECRET, name, now_us=now_us)  # every worker's section
             info = SecretInfo.of(row, self._kept(s, name))
             self.ledger.append(s, [NewEvent(
                 EventType.SECRET_PUT, actor.ref, action="secret.put",
@@ -273,6 +277,7 @@ class SecretService:
             info = SecretInfo.of(row, self._kept(s, name))
             dropped = self.store.drop_versions(s, name)
             row.deleted_at = row.updated_at = now_us
+            changes.record(s, changes.Kind.SECRET, name, now_us=now_us)
             leases = self.store.live_leases_of(s, name=name, now_us=now_us)
             self._revoke(s, leases, now, by=actor.ref, why=f"secret {name} deleted")
             self.ledger.append(s, [NewEvent(
@@ -350,29 +355,16 @@ class SecretService:
             if row is not None and row.revoked_at is None:
                 self._revoke(s, [row], self.clock.now(), by="system", why=f"not read: {why}")
 
-    @dataclass(frozen=True, slots=True)
-    class _Meta:
-        version: int
-        broker_only: bool
-        lease_seconds: int | None
-        labels: list[str]
-        sealed: envelope.Sealed | None = None  # the version asked for (or current), if kept
-
-        @property
-        def properties(self) -> dict[str, Any]:
-            return {"labels": self.labels, "broker_only": self.broker_only}
-
-    def _meta(self, name: str, version: int | None = None) -> SecretService._Meta | None:
-        """The secret's metadata and the sealed version wanted (default: the current one), in
-        one statement outside a transaction (the hot path of a read: no BEGIN, no COMMIT)."""
+    def _meta(self, name: str, version: int | None = None) -> SecretMeta | None:
+        """The secret's metadata and the sealed version wanted (default: the current one):
+        from this worker's runtime section when it holds the current version (no database
+        read), else in one statement outside a transaction."""
+        known, held = self.section.lookup(name, version)
+        if known:
+            return held
         with self.db.read(transaction=False) as s:
             row = self.store.current(s, name, version)
-        if row is None:
-            return None
-        current, broker_only, lease_seconds, labels, key_id, data_key, ciphertext = row
-        sealed = envelope.Sealed(key_id, data_key, ciphertext) if key_id else None
-        return self._Meta(current, bool(broker_only), lease_seconds, list(loads(labels)),
-                          sealed)  # fmt: skip
+        return SecretMeta.of(row) if row is not None else None
 
     def _decrypt(self, name: str, version: int) -> bytes:
         with self.db.read() as s:
@@ -604,6 +596,9 @@ class SecretService:
                         row.name, row.version,
                     )  # fmt: skip
                     row.key_id, row.data_key = sealed.key_id, sealed.data_key
+                if rows:  # every worker's section takes the re-wrapped keys
+                    changes.record(s, changes.Kind.SECRET, sorted({r.name for r in rows}),
+                                   now_us=to_micros(self.clock.now()))  # fmt: skip
                 rewrapped += len(rows)
                 if len(rows) < _REWRAP_BATCH:
                     retired = self.keyring.retire_all_but(s, new_id_, self.clock.now())

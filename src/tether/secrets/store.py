@@ -44,6 +44,21 @@ class DatabaseSecretStore:
         return tuple(row) if row is not None else None
 
     @staticmethod
+    def current_all(s: Session, names: Sequence[str] | None = None) -> dict[str, tuple[Any, ...]]:
+        """:meth:`current` (the current version) of every live secret, or of ``names``."""
+        q = (
+            select(SecretRow.name, SecretRow.version, SecretRow.broker_only,
+                   SecretRow.lease_seconds, SecretRow.labels, SecretVersionRow.key_id,
+                   SecretVersionRow.data_key, SecretVersionRow.ciphertext)
+            .outerjoin(SecretVersionRow, (SecretVersionRow.name == SecretRow.name)
+                       & (SecretVersionRow.version == SecretRow.version))
+            .where(SecretRow.deleted_at.is_(None))
+        )  # fmt: skip
+        if names is not None:
+            q = q.where(SecretRow.name.in_(list(names)))
+        return {str(row[0]): tuple(row[1:]) for row in s.execute(q)}
+
+    @staticmethod
     def page(s: Session, *, after: str | None, limit: int) -> list[SecretRow]:
         q = select(SecretRow).where(SecretRow.deleted_at.is_(None))
         if after is not None:

@@ -10,6 +10,7 @@ from typing import Any
 from tether.clock import from_micros, to_rfc3339
 from tether.errors import ValidationFailed
 from tether.jsonutil import loads
+from tether.secrets.envelope import Sealed
 from tether.secrets.models import LeaseRow, SecretRow, SecretVersionRow
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"
@@ -143,6 +144,30 @@ class Lease:
             "revoked_at": _time(self.revoked_at), "revoked_by": self.revoked_by,
             "revoked_why": self.revoked_why, "login": self.login,
         }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SecretMeta:
+    """What a read needs before its decision: the current version, its attributes for
+    Cedar, and the sealed value of the version wanted (None if that version is not kept)."""
+
+    version: int
+    broker_only: bool
+    lease_seconds: int | None
+    labels: list[str]
+    sealed: Sealed | None = None
+
+    @classmethod
+    def of(cls, row: tuple[Any, ...]) -> SecretMeta:
+        """From ``(version, broker_only, lease_seconds, labels, key_id, data_key,
+        ciphertext)`` (:meth:`DatabaseSecretStore.current`)."""
+        version, broker_only, lease_seconds, labels, key_id, data_key, ciphertext = row
+        sealed = Sealed(key_id, data_key, ciphertext) if key_id else None
+        return cls(version, bool(broker_only), lease_seconds, list(loads(labels)), sealed)
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return {"labels": self.labels, "broker_only": self.broker_only}
 
 
 @dataclass(frozen=True, slots=True)
