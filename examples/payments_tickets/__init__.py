@@ -1,0 +1,1 @@
+"""An example upstream MCP server: payments and tickets (see server.py)."""
