@@ -47,7 +47,6 @@ class RevokedLeases:
         self.ids = {i: exp for i, exp in self.ids.items() if exp > now_us}
 
 
-
 class SecretsSection:
     """Every live secret's metadata and its current version, sealed (never opened here: a
     read decrypts after its decision), so that a read asks the database nothing before its

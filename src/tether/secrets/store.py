@@ -30,9 +30,7 @@ class DatabaseSecretStore:
         that version is not kept); None if there is no such secret. One statement."""
         if unstorable(name):
             return None
-        wanted = SecretVersionRow.version == (
-            version if version is not None else SecretRow.version
-        )
+        wanted = SecretVersionRow.version == (version if version is not None else SecretRow.version)
         q = (
             select(SecretRow.version, SecretRow.broker_only, SecretRow.lease_seconds,
                    SecretRow.labels, SecretVersionRow.key_id, SecretVersionRow.data_key,
