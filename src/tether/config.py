@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from tether.errors import ConfigurationError
+from tether.gateway.config import Upstream, check_unique
 
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.\-_]*[a-z0-9])?$")
 # A server listening on every address is reached by a client on its own host at loopback.
@@ -120,6 +121,10 @@ class Settings(BaseSettings):
         default=600, ge=0, le=1_000_000,
         description="Secret reads one agent may make per minute on each worker (0: no limit).",
     )  # fmt: skip
+    gateway_upstreams: list[Upstream] = Field(
+        default_factory=list,
+        description="Upstream MCP servers behind /mcp (tether.toml [[gateway_upstreams]]).",
+    )
     runtime_poll_seconds: float = Field(
         default=0.25, gt=0, le=10, description="How often a worker checks for changes."
     )
@@ -152,6 +157,11 @@ class Settings(BaseSettings):
         description="The server's log lines (one per request among them): 'text', or 'json' "
         "for one JSON object a line.",
     )
+
+    @field_validator("gateway_upstreams")
+    @classmethod
+    def _unique_upstreams(cls, value: list[Upstream]) -> list[Upstream]:
+        return check_unique(value)
 
     @field_validator("trust_domain")
     @classmethod
@@ -294,7 +304,14 @@ def _where(error: Any, overrides: Mapping[str, Any]) -> str:
         where = f"{config_file_path().resolve()}: key '{key}'"
     else:
         where = key
-    return f"{where}: {error['msg']}"
+    # Inside a list or table (a gateway upstream): which element, which field.
+    inner = "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
+                    for part in error["loc"][1:] if part not in _UNION_TAGS)  # fmt: skip
+    return f"{where}{inner}: {error['msg']}"
+
+
+# Pydantic names a tagged union's member in an error's location: not a place a user wrote.
+_UNION_TAGS = frozenset({"none", "header", "client_credentials"})
 
 
 _FIELDS = sorted(Settings.model_fields)

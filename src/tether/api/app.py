@@ -26,6 +26,7 @@ from tether.api.routes import (
     credentials,
     decisions,
     freeze,
+    gateway,
     oauth,
     ops,
     policies,
@@ -99,7 +100,7 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     errors.install(app)
     # The decision endpoints first: FastAPI tries routes in order, and they are the hot path.
     for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
-                   audit, revocations, secrets):  # fmt: skip
+                   audit, revocations, secrets, gateway):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
     app.add_middleware(TokenFastPath, services=services)  # innermost: after limits, metrics

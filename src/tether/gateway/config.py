@@ -1,0 +1,97 @@
+"""The gateway's upstream MCP servers, as configuration declares them (``tether.toml``'s
+``[[gateway_upstreams]]`` tables, or ``TETHER_GATEWAY_UPSTREAMS`` as a JSON list).
+
+Each upstream has a ``name`` (its tools appear as ``<name>.<tool>``), either a streamable-HTTP
+``url`` or a stdio ``command``, how the gateway authenticates to it (``auth``: none, a static
+header whose value is a broker-only secret, or an OAuth client credential whose secret is one),
+and a ``timeout_seconds`` per call. The inbound token never goes upstream: a request to an
+upstream carries only what ``auth`` says.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+_SECRET = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
+_HEADER = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoAuth(_Strict):
+    kind: Literal["none"] = "none"
+
+
+class HeaderAuth(_Strict):
+    """A static header (``X-Api-Key: <value>``; ``prefix`` e.g. ``"Bearer "``), its value a
+    secret Tether keeps (best broker-only: never returned to an agent)."""
+
+    kind: Literal["header"]
+    header: _HEADER
+    secret: _SECRET
+    prefix: Annotated[str, StringConstraints(max_length=32, pattern=r"^[\x20-\x7e]*$")] = ""
+
+    @model_validator(mode="after")
+    def _not_hop_by_hop(self) -> HeaderAuth:
+        if self.header.lower() in {"host", "content-length", "connection", "transfer-encoding"}:
+            raise ValueError(f"header {self.header!r} cannot carry a credential")
+        return self
+
+
+class ClientCredentialsAuth(_Strict):
+    """An OAuth 2 client credential (RFC 6749 §4.4): the gateway gets an access token from
+    ``token_url`` with ``client_id`` and the secret named ``client_secret`` and sends it as a
+    Bearer token; refreshed before it expires."""
+
+    kind: Literal["client_credentials"]
+    token_url: str
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    client_secret: _SECRET
+    scope: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+    @model_validator(mode="after")
+    def _https_or_local(self) -> ClientCredentialsAuth:
+        _check_url(self.token_url, "token_url")
+        return self
+
+
+Auth = Annotated[NoAuth | HeaderAuth | ClientCredentialsAuth, Field(discriminator="kind")]
+
+
+class Upstream(_Strict):
+    name: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+    url: str | None = None
+    command: Annotated[list[str], Field(min_length=1, max_length=64)] | None = None
+    env: dict[str, str] = Field(default_factory=dict)  # for a stdio command
+    auth: Auth = Field(default_factory=NoAuth)
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Upstream:
+        if (self.url is None) == (self.command is None):
+            raise ValueError(f"upstream {self.name!r}: give either url or command, not both")
+        if self.url is not None:
+            _check_url(self.url, "url")
+        if self.command is not None and self.auth.kind != "none":
+            raise ValueError(f"upstream {self.name!r}: a stdio command takes no auth (use env)")
+        return self
+
+
+def _check_url(url: str, field: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc or parts.fragment:
+        raise ValueError(f"{field} must be an absolute http(s) URL without a fragment")
+
+
+def check_unique(upstreams: list[Upstream]) -> list[Upstream]:
+    names = [u.name for u in upstreams]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"gateway upstream names must be unique: {', '.join(dupes)}")
+    return upstreams
