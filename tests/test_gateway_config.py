@@ -6,6 +6,7 @@ resource URI (RFC 8707) carrying it as its audience."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from tests.pdp import credential, env_of
 from tether.config import load_settings
-from tether.errors import ConfigurationError
+from tether.errors import ConfigurationError, Unauthenticated
 from tether.gateway.config import ClientCredentialsAuth, HeaderAuth, NoAuth
 from tether.gateway.metadata import challenge
 
@@ -139,3 +140,47 @@ def test_a_token_for_the_gateway_carries_its_resource_uri(client: TestClient) ->
     assert got.status_code == 200, got.text
     claims = pyjwt.decode(got.json()["access_token"], options={"verify_signature": False})
     assert claims["aud"] == resource
+
+
+def test_the_authorization_server_names_an_authorization_endpoint_that_says_no(
+    client: TestClient,
+) -> None:
+    """MCP clients' discovery requires ``authorization_endpoint`` (RFC 8414 §2); Tether has no
+    authorization-endpoint flow, so it answers ``unsupported_response_type``."""
+    meta = client.get("/.well-known/oauth-authorization-server").json()
+    assert meta["authorization_endpoint"] == f"{meta['issuer']}/oauth/authorize"
+    got = client.get("/oauth/authorize", params={"response_type": "code", "client_id": "x"})
+    assert got.status_code == 400
+    assert got.json()["error"] == "unsupported_response_type"
+
+
+def test_the_gateways_audience_is_its_own(client: TestClient) -> None:
+    """A token for the gateway's resource works there and not on Tether's API; a token for
+    Tether does not work at the gateway; a user token never does."""
+    resource = client.get("/.well-known/oauth-protected-resource/mcp").json()["resource"]
+    body = {"name": "mcp-aud", "owner": "admin", "purpose": "gateway", "risk_tier": "minimal"}
+    agent = client.post("/v1/agents", json=body).json()["id"]
+    services = client.app.state.services  # type: ignore[attr-defined]
+    with env_of(services, client) as e:
+        cred = credential(e, agent)
+        tokens = {}
+        for name, extra in (("gateway", {"resource": resource}), ("tether", {})):
+            form = {"grant_type": "client_credentials", **extra, **cred.form}
+            tokens[name] = e.anon.post("/oauth/token", data=form).json()["access_token"]
+
+    def at(token: str, audience: str | None) -> Any:
+        check = services.bearers.authenticate_request(
+            f"Bearer {token}", method="POST", url=resource, proofs=[], audience=audience
+        )
+        return asyncio.run(check)
+
+    assert at(tokens["gateway"], resource).principal.id == agent
+    assert at(tokens["tether"], None).principal.id == agent
+    for token, audience in ((tokens["tether"], resource), (tokens["gateway"], None)):
+        with pytest.raises(Unauthenticated, match=r"resource|audience"):
+            at(token, audience)
+    admin = client.headers["Authorization"].removeprefix("Bearer ")
+    with pytest.raises(Unauthenticated, match="not a user token"):
+        at(admin, resource)
+    listed = client.get("/v1/agents", headers={"Authorization": f"Bearer {tokens['gateway']}"})
+    assert listed.status_code == 401

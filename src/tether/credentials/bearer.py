@@ -102,31 +102,36 @@ class Bearers:
         self.known_users.tokens[digest] = (principal.id, expires_at)
         return principal
 
-    def agent_claims(self, token: str) -> dict[str, Any]:
+    def agent_claims(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
+        """The claims of one of Tether's access tokens, valid now and addressed to
+        ``audience`` (default: Tether itself, the issuer; the MCP gateway asks for its resource
+        URI, RFC 8707). Raises :class:`Unauthenticated` otherwise."""
         now = int(self.clock.now().timestamp())
+        wanted = audience or self.issuer
         claims = self._claims.get(token)
-        if claims is None or claims["exp"] <= now:
-            found = tokens.verify_own(token, self.keys, issuer=self.issuer, now=now)
-            if found is None:
-                raise Unauthenticated("the access token is invalid or expired; get a new one "
-                                      "at the token endpoint")  # fmt: skip
-            if self.issuer not in exchange.audiences_of(found):
-                raise Unauthenticated(
-                    "the access token is for another audience; ask the token "
-                    "endpoint for one without a resource (or for this issuer)"
-                )
-            claims = found
-            with self._lock:
+        if claims is not None and claims["exp"] > now:
+            if wanted not in exchange.audiences_of(claims):
+                raise _wrong_audience(wanted, self.issuer)
+            return claims
+        found = tokens.verify_own(token, self.keys, issuer=self.issuer, now=now)
+        if found is None:
+            raise Unauthenticated("the access token is invalid or expired; get a new one "
+                                  "at the token endpoint")  # fmt: skip
+        if wanted not in exchange.audiences_of(found):
+            raise _wrong_audience(wanted, self.issuer)
+        claims = found
+        with self._lock:
+            if len(self._claims) >= _CACHE_MAX:
+                self._claims = {t: c for t, c in self._claims.items() if c["exp"] > now}
                 if len(self._claims) >= _CACHE_MAX:
-                    self._claims = {t: c for t, c in self._claims.items() if c["exp"] > now}
-                    if len(self._claims) >= _CACHE_MAX:
-                        self._claims.clear()
-                self._claims[token] = claims
+                    self._claims.clear()
+            self._claims[token] = claims
         return claims
 
     async def authenticate_request(
-        self, authorization: str, *, method: str, url: str, proofs: Sequence[str]
-    ) -> Caller:
+        self, authorization: str, *, method: str, url: str, proofs: Sequence[str],
+        audience: str | None = None,
+    ) -> Caller:  # fmt: skip
         """The caller of a request, from its ``Authorization`` header (``Bearer`` or ``DPoP``),
         its method, URL and ``DPoP`` proofs; :class:`Unauthenticated` (which knows its 401 and
         challenge) otherwise. The one way in for every transport: the API's routes, the
@@ -137,19 +142,26 @@ class Bearers:
         token = token.strip()
         if scheme.lower() not in ("bearer", "dpop") or not token:
             raise Unauthenticated(NO_TOKEN)
-        check = partial(self.authenticate, scheme, token, method=method, url=url, proofs=proofs)
+        check = partial(self.authenticate, scheme, token, method=method, url=url, proofs=proofs,
+                        audience=audience)  # fmt: skip
         if self.needs_database(token):
             return await asyncio.to_thread(check)
         return check()
 
     def authenticate(
-        self, scheme: str, token: str, *, method: str, url: str, proofs: Sequence[str]
-    ) -> Caller:
+        self, scheme: str, token: str, *, method: str, url: str, proofs: Sequence[str],
+        audience: str | None = None,
+    ) -> Caller:  # fmt: skip
+        """``audience``: a resource the token must be addressed to instead of Tether (the MCP
+        gateway's URI); only agents' access tokens are then accepted, never a user token."""
         if token.startswith(TOKEN_PREFIX):
+            if audience is not None:
+                raise Unauthenticated("this resource takes an agent's access token for it "
+                                      f"(resource={audience}), not a user token")  # fmt: skip
             if scheme.lower() != "bearer":
                 raise Unauthenticated("user tokens use the Bearer scheme")
             return Caller(self.user(token))
-        claims = self.agent_claims(token)
+        claims = self.agent_claims(token, audience=audience)
         jkt = (claims.get("cnf") or {}).get("jkt")
         if jkt is not None or scheme.lower() == "dpop":
             if scheme.lower() != "dpop":
@@ -168,3 +180,13 @@ class Bearers:
             except dpop.InvalidDPoPProof as exc:
                 raise exc.challenge(_ALGS) from None
         return agent_caller(claims)
+
+
+def _wrong_audience(wanted: str, issuer: str) -> Unauthenticated:
+    if wanted == issuer:
+        return Unauthenticated(
+            "the access token is for another audience; ask the token endpoint for one without "
+            "a resource (or for this issuer)"
+        )
+    return Unauthenticated(f"the access token is not for this resource: ask the token endpoint "
+                           f"for one with resource={wanted}")  # fmt: skip

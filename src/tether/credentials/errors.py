@@ -52,6 +52,13 @@ class InvalidTarget(OAuthError):
     code = "invalid_target"
 
 
+class UnsupportedResponseType(OAuthError):
+    """RFC 6749 §4.1.2.1: Tether has no authorization-endpoint flow (no code, no implicit):
+    agents get tokens by client credentials or token exchange."""
+
+    code = "unsupported_response_type"
+
+
 class UnsupportedTokenType(OAuthError):
     code = "unsupported_token_type"
 

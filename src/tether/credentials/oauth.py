@@ -147,6 +147,10 @@ class Endpoints:
         return f"{self.issuer}/oauth/token"
 
     @property
+    def authorization(self) -> str:
+        return f"{self.issuer}/oauth/authorize"
+
+    @property
     def introspection(self) -> str:
         return f"{self.issuer}/oauth/introspect"
 
@@ -191,6 +195,10 @@ class OAuthService:
         e = self.endpoints
         return {
             "issuer": e.issuer,
+            # Required by RFC 8414 for servers with an authorization endpoint, and by MCP
+            # clients' discovery even for client credentials: it answers that no
+            # authorization-endpoint flow is offered (unsupported_response_type).
+            "authorization_endpoint": e.authorization,
             "token_endpoint": e.token,
             "jwks_uri": e.jwks,
             "introspection_endpoint": e.introspection,

@@ -36,7 +36,13 @@ from tether.api.errors import responses
 from tether.container import Services
 from tether.credentials import exchange
 from tether.credentials.clients import ASSERTION_TYPE, AuthenticatedClient
-from tether.credentials.errors import InvalidClient, InvalidRequest, InvalidTarget, OAuthError
+from tether.credentials.errors import (
+    InvalidClient,
+    InvalidRequest,
+    InvalidTarget,
+    OAuthError,
+    UnsupportedResponseType,
+)
 from tether.credentials.oauth import CLIENT_CREDENTIALS, TOKEN_EXCHANGE
 from tether.errors import TetherError
 from tether.fields import SCOPE
@@ -327,6 +333,18 @@ async def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def metadata(svc: ServicesDep) -> dict[str, Any]:
     """RFC 8414 authorization server metadata."""
     return svc.oauth.metadata()
+
+
+# Not in the API document: it answers only errors (the metadata names it, RFC 8414 §2).
+@router.get("/oauth/authorize", include_in_schema=False, response_model=None)
+def authorize() -> JSONResponse:
+    """The authorization endpoint RFC 8414 metadata names (MCP clients require one): Tether
+    offers no authorization-endpoint flow — agents get tokens by client credentials or token
+    exchange at the token endpoint — so every request is ``unsupported_response_type``."""
+    return _error(UnsupportedResponseType(
+        "Tether has no authorization code or implicit flow: agents get tokens at the token "
+        "endpoint (client_credentials, token exchange)"
+    ))  # fmt: skip
 
 
 @router.get("/.well-known/jwks.json", response_model=JwksOut)
