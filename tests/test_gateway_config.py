@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from tests.pdp import credential, env_of
 from tether.config import load_settings
 from tether.errors import ConfigurationError, Unauthenticated
-from tether.gateway.config import ClientCredentialsAuth, HeaderAuth, NoAuth
 from tether.gateway.metadata import challenge
+from tether.gateway_config import ClientCredentialsAuth, HeaderAuth, NoAuth
 
 TOML = """
 [[gateway_upstreams]]

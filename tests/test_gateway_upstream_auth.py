@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tether.gateway.config import ClientCredentialsAuth, HeaderAuth, NoAuth
 from tether.gateway.upstream_auth import ClientCredentials, StaticHeader, upstream_auth
+from tether.gateway_config import ClientCredentialsAuth, HeaderAuth, NoAuth
 
 
 class World:

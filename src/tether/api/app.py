@@ -12,12 +12,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from tether import __version__, collector
 from tether.api import docs, errors, requestlog
 from tether.api.fastpath import DecisionFastPath, TokenFastPath
 from tether.api.limits import BodyLimitMiddleware
+from tether.api.mcp import METHODS, McpGate
 from tether.api.metrics import MetricsMiddleware
 from tether.api.routes import (
     agents,
@@ -78,7 +80,8 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
             started()
         task = asyncio.create_task(_maintenance(services))
         try:
-            yield
+            async with services.gateway.run():  # /mcp's sessions and upstream connections
+                yield
         finally:
             services.runtime.stop()
             task.cancel()
@@ -98,6 +101,7 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     )
     app.state.services = services
     errors.install(app)
+    app.router.routes.append(Route("/mcp", endpoint=McpGate(services), methods=METHODS))
     # The decision endpoints first: FastAPI tries routes in order, and they are the hot path.
     for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
                    audit, revocations, secrets, gateway):  # fmt: skip

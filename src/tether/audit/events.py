@@ -51,6 +51,8 @@ class EventType(StrEnum):
     LEASE_RENEWED = "lease.renewed"
     LEASE_REVOKED = "lease.revoked"
     SECRETS_KEY_ROTATED = "secrets.master_key_rotated"
+    # The MCP gateway: a tool call it forwarded (or refused), linked to its decision.
+    TOOL_CALLED = "tool.called"
 
 
 @dataclass(frozen=True, slots=True)

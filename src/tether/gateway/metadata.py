@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 PATH = "/mcp"
+CALLER = "tether.caller"  # scope["state"] key the gate puts the authenticated caller under
 METADATA_PATH = "/.well-known/oauth-protected-resource/mcp"  # RFC 9728 §3.1: suffix = path
 
 

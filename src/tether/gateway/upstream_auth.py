@@ -1,5 +1,5 @@
 """How the gateway authenticates to an upstream MCP server: ``httpx2.Auth`` flows built from
-an upstream's configured ``auth`` (:mod:`tether.gateway.config`).
+an upstream's configured ``auth`` (:mod:`tether.gateway_config`).
 
 Only what the configuration says goes upstream: a static header whose value the secrets
 broker holds (read when the flow is built and again when a secret changes), or a Bearer token
@@ -18,9 +18,8 @@ from urllib.parse import quote
 
 import httpx2
 
-from tether.gateway.config import Auth, ClientCredentialsAuth, HeaderAuth
+from tether.gateway_config import Auth, ClientCredentialsAuth, HeaderAuth, SecretReader
 
-SecretReader = Callable[[str], str]  # a broker-only secret's value, by name
 _EARLY = 30.0  # seconds before expiry a client-credential token is fetched again
 
 

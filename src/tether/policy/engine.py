@@ -168,6 +168,25 @@ class CompiledPolicies:
         self._remember(key, req, outcome)
         return outcome
 
+    def may_permit(self, req: CedarRequest) -> bool:
+        """Whether some context could make ``req`` allowed (the MCP gateway's tool list: a
+        tool a ``permit`` allows for some arguments is shown). Cedar's partial evaluation
+        (experimental in Cedar) with the context unknown: allowed, or undecided until the
+        context is known. Never a decision: each call is decided on its whole request."""
+        sl = self._slice(req)
+        if sl.policy_set is None:
+            return False
+        entities = self._principal_entities(req.principal_entity)
+        if req.resource_entity is not None:
+            entities = _with_resources(entities, f"[{req.resource_entity}]")
+        request = {  # no context: unknown
+            "principal": _uid_text(req.principal),
+            "action": f"Action::{orjson.dumps(req.action).decode()}",
+            "resource": _uid_text(req.resource),
+        }
+        result = cedarpy.is_authorized_partial(request, sl.policy_set, entities)
+        return result.decision in (cedarpy.Decision.Allow, cedarpy.Decision.NoDecision)
+
     def set_memo_capacity(self, capacity: int) -> None:
         """Remember up to ``capacity`` outcomes (0: none); forgets what it remembered."""
         self.memo_capacity = capacity
@@ -339,6 +358,10 @@ def _authorize_batch(
     requests: list[dict[str, Any]], policies: cedarpy.PolicySet, entities: cedarpy.Entities
 ) -> list[_Result]:
     return [_result(t) for t in _cedar.is_authorized_batch(requests, policies, entities._inner)]
+
+
+def _uid_text(uid: Uid) -> str:
+    return f"{uid[0]}::{orjson.dumps(uid[1]).decode()}"
 
 
 def _memo_key(req: CedarRequest) -> tuple[str, str, Uid, str | None, str]:

@@ -348,6 +348,17 @@ class SecretService:
         READS.labels("allowed").inc()
         return SecretValue(name, value, wanted, cast(Lease, lease), lease_for)
 
+    def broker_value(self, name: str) -> str:
+        """A secret's current value for the broker itself — the gateway injecting it into an
+        upstream call, broker-only or not. Never to be handed to an agent: the caller records
+        the use (by name) with the call it served. Raises :class:`SecretNotFound` and
+        :class:`SecretUnreadable`."""
+        check_name(name)
+        meta = self._meta(name)
+        if meta is None:
+            raise SecretNotFound(f"no secret named {name!r}", name=name)
+        return self._decrypt(name, meta.version).decode()
+
     def _void(self, lease_id: str, why: str) -> None:
         """End a lease whose value could not be given after all."""
         with self.db.write() as s:

@@ -1,4 +1,4 @@
-"""The gateway's upstream MCP servers, as configuration declares them (``tether.toml``'s
+"""The MCP gateway's upstream servers, as configuration declares them (``tether.toml``'s
 ``[[gateway_upstreams]]`` tables, or ``TETHER_GATEWAY_UPSTREAMS`` as a JSON list).
 
 Each upstream has a ``name`` (its tools appear as ``<name>.<tool>``), either a streamable-HTTP
@@ -10,12 +10,14 @@ upstream carries only what ``auth`` says.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+SecretReader = Callable[[str], str]  # a broker-only secret's value, by name
 _SECRET = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
 _HEADER = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 

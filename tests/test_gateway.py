@@ -1,0 +1,235 @@
+"""The MCP gateway end to end (issue 16, first part): Tether's app and the example upstream
+each served by uvicorn on a real port, the `mcp` SDK's client over streamable HTTP.
+
+Refused without a token, with Tether's own token (another audience) or a user token (401
+with the RFC 9728 challenge); an agent sees only the tools policy may let it call, as
+``<server>.<tool>``; calls are decided with their arguments (a bound on ``amount``), recorded
+with redacted arguments and result and linked to their decision; the upstream gets the
+broker-only key and never the agent's token; a frozen agent's next call is refused; an
+upstream that is down gives a clear tool error, recorded, while the gateway stays healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+import uvicorn
+from examples.payments_tickets.server import http_app
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.conftest import admin_client
+from tests.pdp import credential, env_of
+from tether.api.app import create_app
+from tether.container import Services
+
+POLICIES = """
+@id("read-payments")
+permit (principal in Role::"payer", action == Action::"tool.call", resource)
+when { resource has tool && ["get_balance", "list_payments"].contains(resource.tool) };
+
+@id("small-refunds")
+permit (principal in Role::"payer", action == Action::"tool.call", resource)
+when { resource has tool && resource.tool == "refund" && context has args
+       && context.args has amount && context.args.amount < 100 };
+
+@id("tickets")
+permit (principal in Role::"support", action == Action::"tool.call", resource)
+when { resource has tool && ["list_tickets", "create_ticket"].contains(resource.tool) };
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _serve(app: Any, port: int) -> Iterator[None]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "server did not start"
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def _schema_with_args(schema: str) -> str:
+    """The base schema, its context declaring the arguments these policies read."""
+    return schema.replace(
+        "  on_behalf_of?: String,\n};",
+        "  on_behalf_of?: String,\n  args?: { amount?: Long },\n};",
+        1,
+    )
+
+
+class World:
+    def __init__(self, services: Services, url: str, header_log: Path) -> None:
+        self.services, self.url, self.header_log = services, url, header_log
+
+    def token(self, roles: list[str]) -> tuple[str, str]:
+        with admin_client(self.services) as http, env_of(self.services, http) as e:
+            body = {"name": "mcp-agent", "owner": "admin", "purpose": "gateway",
+                    "risk_tier": "minimal", "roles": roles}  # fmt: skip
+            agent = http.post("/v1/agents", json=body).json()["id"]
+            cred = credential(e, agent)
+            form = {"grant_type": "client_credentials", "resource": f"{self.url}/mcp", **cred.form}
+            got = e.anon.post("/oauth/token", data=form)
+            assert got.status_code == 200, got.text
+            return agent, str(got.json()["access_token"])
+
+    def session(self, token: str, fn: Callable[[Client], Any]) -> Any:
+        async def run() -> Any:
+            http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            async with (
+                http,
+                Client(streamable_http_client(f"{self.url}/mcp", http_client=http)) as c,
+            ):
+                return await fn(c)
+
+        return asyncio.run(run())
+
+    def events(self, type_: str) -> list[dict[str, Any]]:
+        with admin_client(self.services) as http:
+            return list(http.get("/v1/audit/events", params={"type": type_, "limit": 500})
+                        .json()["items"])  # fmt: skip
+
+
+@pytest.fixture
+def world(make_services: Callable[..., Services], tmp_path: Path) -> Iterator[World]:
+    up_port, port = _free_port(), _free_port()
+    log = tmp_path / "headers.jsonl"
+    upstreams = [
+        {"name": "payments", "url": f"http://127.0.0.1:{up_port}/mcp", "timeout_seconds": 5,
+         "auth": {"kind": "header", "header": "X-Api-Key", "secret": "payments-key"}},
+        {"name": "down", "url": f"http://127.0.0.1:{_free_port()}/mcp", "timeout_seconds": 2},
+    ]  # fmt: skip
+    services = make_services(public_url=f"http://127.0.0.1:{port}", gateway_upstreams=upstreams)
+    with admin_client(services) as http:
+        stored = http.put("/v1/secrets/payments-key", json={"value": "k-upstream-123",
+                                                           "broker_only": True})  # fmt: skip
+        assert stored.status_code == 201, stored.text
+        schema = _schema_with_args(http.get("/v1/policies").json()["schema"])
+        pushed = http.put("/v1/policies", json={"policies": POLICIES, "schema": schema})
+        assert pushed.status_code == 200, pushed.text
+    with _serve(http_app(api_key="k-upstream-123", header_log=str(log)), up_port), \
+            _serve(create_app(services), port):  # fmt: skip
+        world = World(services, f"http://127.0.0.1:{port}", log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not services.gateway.links["payments"].up:
+            time.sleep(0.05)
+        yield world
+
+
+def test_without_a_token_for_the_gateway_the_answer_is_401_with_the_metadata(world: World) -> None:
+    resource_meta = f"{world.url}/.well-known/oauth-protected-resource/mcp"
+    ask = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    accept = {"Accept": "application/json, text/event-stream"}
+    _agent, tether_token = world.token(["payer"])
+    admin = world.services.settings.admin_token_path.read_text().strip()
+    tokens = {"none": None, "garbage": "x.y.z", "user": admin}
+    for label, token in tokens.items():
+        headers = {**accept, **({"Authorization": f"Bearer {token}"} if token else {})}
+        got = httpx.post(f"{world.url}/mcp", json=ask, headers=headers)
+        assert got.status_code == 401, (label, got.text)
+        assert f'resource_metadata="{resource_meta}"' in got.headers["www-authenticate"]
+    # a token for Tether's own API (no resource) is for another audience
+    with admin_client(world.services) as http, env_of(world.services, http) as e:
+        agent = http.post("/v1/agents", json={"name": "x", "owner": "admin", "purpose": "p",
+                                              "risk_tier": "minimal"}).json()["id"]  # fmt: skip
+        cred = credential(e, agent)
+        plain = e.anon.post("/oauth/token", data={"grant_type": "client_credentials",
+                                                  **cred.form}).json()["access_token"]  # fmt: skip
+    got = httpx.post(f"{world.url}/mcp", json=ask,
+                     headers={**accept, "Authorization": f"Bearer {plain}"})  # fmt: skip
+    assert got.status_code == 401
+    assert "resource=" in got.json()["error_description"]
+    assert tether_token
+
+
+def test_each_agent_sees_and_calls_only_what_policy_allows(world: World) -> None:
+    payer, payer_token = world.token(["payer"])
+    _support, support_token = world.token(["support"])
+
+    async def payer_session(c: Client) -> dict[str, Any]:
+        names = sorted(t.name for t in (await c.list_tools()).tools)
+        balance = await c.call_tool("payments.get_balance", {"account": "ops"})
+        small = await c.call_tool("payments.refund", {"payment_id": "pay_1", "amount": 50})
+        big = await c.call_tool("payments.refund", {"payment_id": "pay_1", "amount": 500})
+        other = await c.call_tool("payments.create_ticket", {"title": "x"})
+        return {"names": names, "balance": balance, "small": small, "big": big, "other": other}
+
+    seen = world.session(payer_token, payer_session)
+    assert seen["names"] == ["payments.get_balance", "payments.list_payments", "payments.refund"]
+    assert not seen["balance"].is_error
+    assert json.loads(seen["balance"].content[0].text)["balance"] == 100_000
+    assert not seen["small"].is_error
+    assert seen["big"].is_error
+    assert json.loads(seen["big"].content[0].text)["error"] == "access_denied"
+    assert seen["other"].is_error
+    support_names = world.session(support_token, lambda c: c.list_tools())
+    assert sorted(t.name for t in support_names.tools) == ["payments.create_ticket",
+                                                           "payments.list_tickets"]  # fmt: skip
+
+    calls = [e for e in world.events("tool.called") if e["agent_id"] == payer]
+    assert [(e["resource"]["id"], e["outcome"]) for e in calls] == [
+        ("payments.get_balance", "ok"), ("payments.refund", "ok")]  # fmt: skip
+    decisions = {e["id"]: e for e in world.events("decision") if e["agent_id"] == payer}
+    for call in calls:
+        assert decisions[call["details"]["decision_event"]]["decision"] == "allow"
+        assert len(call["details"]["args_digest"]) == 64
+    assert calls[1]["details"]["args"]["amount"] == 50
+    # the upstream got the broker-only key, never an agent's token; the key is on no record
+    headers = [json.loads(line) for line in world.header_log.read_text().splitlines()]
+    assert headers
+    assert all(h["x-api-key"] == "k-upstream-123" and h["authorization"] is None
+               for h in headers)  # fmt: skip
+    assert "k-upstream-123" not in json.dumps(world.events("tool.called"))
+
+
+def test_a_frozen_agent_is_refused_at_its_next_call(world: World) -> None:
+    agent, token = world.token(["payer", "frozen-role"])
+
+    async def twice(c: Client) -> tuple[Any, Any]:
+        first = await c.call_tool("payments.get_balance", {"account": "ops"})
+        with admin_client(world.services) as http:
+            frozen = http.post("/v1/freeze", json={"reason": "incident",
+                                                   "scope": {"role": "frozen-role"}})  # fmt: skip
+            assert frozen.status_code == 201, frozen.text
+        second = await c.call_tool("payments.get_balance", {"account": "ops"})
+        return first, second
+
+    first, second = world.session(token, twice)
+    assert not first.is_error
+    assert second.is_error
+    assert "tether.frozen" in second.content[0].text
+    del agent
+
+
+def test_an_upstream_that_is_down_is_a_clear_tool_error_and_the_gateway_stays_up(
+    world: World,
+) -> None:
+    statuses = {s["name"]: s["up"] for s in world.services.gateway.status()}
+    assert statuses == {"payments": True, "down": False}
+    _agent, token = world.token(["payer"])
+    names = world.session(token, lambda c: c.list_tools())
+    assert all(t.name.startswith("payments.") for t in names.tools)
+    assert httpx.get(f"{world.url}/healthz").status_code == 200
