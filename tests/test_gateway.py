@@ -43,6 +43,11 @@ permit (principal in Role::"payer", action == Action::"tool.call", resource)
 when { resource has tool && resource.tool == "refund" && context has args
        && context.args has amount && context.args.amount < 100 };
 
+@id("transfers-need-a-human")
+@approval("required")
+permit (principal in Role::"payer", action == Action::"tool.call", resource)
+when { resource has tool && resource.tool == "transfer" };
+
 @id("tickets")
 permit (principal in Role::"support", action == Action::"tool.call", resource)
 when { resource has tool && ["list_tickets", "create_ticket"].contains(resource.tool) };
@@ -178,7 +183,9 @@ def test_each_agent_sees_and_calls_only_what_policy_allows(world: World) -> None
         return {"names": names, "balance": balance, "small": small, "big": big, "other": other}
 
     seen = world.session(payer_token, payer_session)
-    assert seen["names"] == ["payments.get_balance", "payments.list_payments", "payments.refund"]
+    assert seen["names"] == [  # transfer: allowed after a human's approval
+        "payments.get_balance", "payments.list_payments", "payments.refund", "payments.transfer",
+    ]  # fmt: skip
     assert not seen["balance"].is_error
     assert json.loads(seen["balance"].content[0].text)["balance"] == 100_000
     assert not seen["small"].is_error
@@ -233,3 +240,26 @@ def test_an_upstream_that_is_down_is_a_clear_tool_error_and_the_gateway_stays_up
     names = world.session(token, lambda c: c.list_tools())
     assert all(t.name.startswith("payments.") for t in names.tools)
     assert httpx.get(f"{world.url}/healthz").status_code == 200
+
+
+def test_an_approval_checkpoint_holds_the_call_until_a_human_approves(world: World) -> None:
+    _agent, token = world.token(["payer"])
+    args = {"from_account": "ops", "to_account": "sales", "amount": 700}
+
+    async def call(c: Client) -> Any:
+        return await c.call_tool("payments.transfer", args)
+
+    held = world.session(token, call)
+    assert held.is_error
+    answer = json.loads(held.content[0].text)
+    assert answer["error"] == "approval_required"
+    approval = answer["approval_id"]
+    assert f"/v1/approvals/{approval}" in answer["message"]
+    with admin_client(world.services) as http:
+        approved = http.post(f"/v1/approvals/{approval}/approve", json={"note": "ok"})
+        assert approved.status_code == 200, approved.text
+    done = world.session(token, call)
+    assert not done.is_error, done.content[0].text
+    assert json.loads(done.content[0].text)["amount"] == 700
+    again = world.session(token, call)  # the approval was for one call
+    assert json.loads(again.content[0].text)["error"] == "approval_required"
