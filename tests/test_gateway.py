@@ -48,6 +48,10 @@ when { resource has tool && resource.tool == "refund" && context has args
 permit (principal in Role::"payer", action == Action::"tool.call", resource)
 when { resource has tool && resource.tool == "transfer" };
 
+@id("slow-for-payers")
+permit (principal in Role::"payer", action == Action::"tool.call", resource)
+when { resource has tool && resource.tool == "slow" };
+
 @id("tickets")
 permit (principal in Role::"support", action == Action::"tool.call", resource)
 when { resource has tool && ["list_tickets", "create_ticket"].contains(resource.tool) };
@@ -126,6 +130,8 @@ def world(make_services: Callable[..., Services], tmp_path: Path) -> Iterator[Wo
         {"name": "payments", "url": f"http://127.0.0.1:{up_port}/mcp", "timeout_seconds": 5,
          "auth": {"kind": "header", "header": "X-Api-Key", "secret": "payments-key"}},
         {"name": "down", "url": f"http://127.0.0.1:{_free_port()}/mcp", "timeout_seconds": 2},
+        {"name": "quick", "url": f"http://127.0.0.1:{up_port}/mcp", "timeout_seconds": 1,
+         "auth": {"kind": "header", "header": "X-Api-Key", "secret": "payments-key"}},
     ]  # fmt: skip
     services = make_services(public_url=f"http://127.0.0.1:{port}", gateway_upstreams=upstreams)
     with admin_client(services) as http:
@@ -139,7 +145,9 @@ def world(make_services: Callable[..., Services], tmp_path: Path) -> Iterator[Wo
             _serve(create_app(services), port):  # fmt: skip
         world = World(services, f"http://127.0.0.1:{port}", log)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not services.gateway.links["payments"].up:
+        while time.monotonic() < deadline and not all(
+            services.gateway.links[n].up for n in ("payments", "quick")
+        ):
             time.sleep(0.05)
         yield world
 
@@ -183,8 +191,9 @@ def test_each_agent_sees_and_calls_only_what_policy_allows(world: World) -> None
         return {"names": names, "balance": balance, "small": small, "big": big, "other": other}
 
     seen = world.session(payer_token, payer_session)
-    assert seen["names"] == [  # transfer: allowed after a human's approval
-        "payments.get_balance", "payments.list_payments", "payments.refund", "payments.transfer",
+    assert [n for n in seen["names"] if n.startswith("payments.")] == [
+        "payments.get_balance", "payments.list_payments", "payments.refund", "payments.slow",
+        "payments.transfer",  # allowed after a human's approval
     ]  # fmt: skip
     assert not seen["balance"].is_error
     assert json.loads(seen["balance"].content[0].text)["balance"] == 100_000
@@ -193,8 +202,8 @@ def test_each_agent_sees_and_calls_only_what_policy_allows(world: World) -> None
     assert json.loads(seen["big"].content[0].text)["error"] == "access_denied"
     assert seen["other"].is_error
     support_names = world.session(support_token, lambda c: c.list_tools())
-    assert sorted(t.name for t in support_names.tools) == ["payments.create_ticket",
-                                                           "payments.list_tickets"]  # fmt: skip
+    support_sees = sorted(t.name for t in support_names.tools if t.name.startswith("payments."))
+    assert support_sees == ["payments.create_ticket", "payments.list_tickets"]
 
     calls = [e for e in world.events("tool.called") if e["agent_id"] == payer]
     assert [(e["resource"]["id"], e["outcome"]) for e in calls] == [
@@ -235,11 +244,58 @@ def test_an_upstream_that_is_down_is_a_clear_tool_error_and_the_gateway_stays_up
     world: World,
 ) -> None:
     statuses = {s["name"]: s["up"] for s in world.services.gateway.status()}
-    assert statuses == {"payments": True, "down": False}
+    assert statuses == {"payments": True, "down": False, "quick": True}
     _agent, token = world.token(["payer"])
     names = world.session(token, lambda c: c.list_tools())
-    assert all(t.name.startswith("payments.") for t in names.tools)
+    assert all(t.name.startswith(("payments.", "quick.")) for t in names.tools)
     assert httpx.get(f"{world.url}/healthz").status_code == 200
+
+
+def test_a_slow_upstream_is_a_timeout_tool_error_recorded_and_others_go_on(world: World) -> None:
+    agent, token = world.token(["payer"])
+
+    async def slow_then_fast(c: Client) -> tuple[Any, Any]:
+        slow = await c.call_tool("quick.slow", {"seconds": 3})
+        fast = await c.call_tool("payments.get_balance", {"account": "ops"})
+        return slow, fast
+
+    slow, fast = world.session(token, slow_then_fast)
+    assert slow.is_error
+    assert "timed out" in slow.content[0].text
+    assert not fast.is_error
+    outcomes = [(e["resource"]["id"], e["outcome"]) for e in world.events("tool.called")
+                if e["agent_id"] == agent]  # fmt: skip
+    assert outcomes == [("quick.slow", "upstream_failure"), ("payments.get_balance", "ok")]
+
+
+def test_malformed_messages_are_json_rpc_errors_and_no_call(world: World) -> None:
+    _agent, token = world.token(["payer"])
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream"}  # fmt: skip
+    before = len(world.events("tool.called"))
+    bad = httpx.post(f"{world.url}/mcp", content=b'{"jsonrpc": "2.0", "id": 1, "method": ',
+                     headers=headers)  # fmt: skip
+    assert bad.status_code in (200, 400), bad.text
+    assert bad.json()["error"]["code"] == -32700  # parse error
+    wrong = httpx.post(f"{world.url}/mcp", headers=headers, json={
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": 42}})  # fmt: skip
+    assert "error" in wrong.json()
+    assert len(world.events("tool.called")) == before
+
+
+def test_a_killed_agents_next_request_is_refused(world: World) -> None:
+    agent, token = world.token(["payer"])
+
+    async def call(c: Client) -> Any:
+        return await c.call_tool("payments.get_balance", {"account": "ops"})
+
+    assert not world.session(token, call).is_error
+    with admin_client(world.services) as http:
+        assert http.post(f"/v1/agents/{agent}/kill", json={"reason": "rogue"}).status_code == 200
+    got = httpx.post(f"{world.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                     headers={"Authorization": f"Bearer {token}",
+                              "Accept": "application/json, text/event-stream"})  # fmt: skip
+    assert got.status_code == 401
 
 
 def test_an_approval_checkpoint_holds_the_call_until_a_human_approves(world: World) -> None:

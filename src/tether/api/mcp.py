@@ -40,6 +40,13 @@ class McpGate:
         except Unauthenticated as exc:
             await _unauthorized(send, base, exc)
             return
+        if (
+            caller.principal.kind == "agent"
+            and (why := svc.decisions.caller_refused(caller.principal.id, caller.jti, caller.chain))
+            is not None
+        ):  # revoked, killed, suspended, expired: no session at all
+            await _unauthorized(send, base, Unauthenticated(why))
+            return
         manager = svc.gateway.manager
         if manager is None:  # no upstream configured, or the lifespan has not started it
             why = ("no upstream MCP servers are configured (TETHER_GATEWAY_UPSTREAMS)"

@@ -168,6 +168,20 @@ class DecisionService:
                            f"the schema ({version}) declares no action {ask.action!r}")  # fmt: skip
         return None
 
+    def caller_refused(self, agent_id: str, jti: str | None, chain: Sequence[str]) -> str | None:
+        """Why an agent's token must not be honoured at all right now — revoked, the agent
+        or a member of its chain not active — or None; from the runtime, no database read.
+        For transports that hold a session (the MCP gateway answers 401 then); a decision
+        checks the same, and freezes, on every request."""
+        compiled = self.runtime.policies
+        if compiled is None or not self.runtime.current():
+            return "this worker is not current"
+        ask = Ask(agent_id, "tool.call", "Tool", "-", chain=tuple(chain), jti=jti)
+        refused = self._precheck(ask, compiled, to_micros(self.clock.now()))
+        if refused is None or refused.error is None or refused.reasons[0] in (FROZEN,):
+            return None
+        return str(refused.error.get("message"))
+
     def cedar_request(self, ask: Ask) -> CedarRequest:
         return cedar_request(ask, self.runtime.agents)
 
