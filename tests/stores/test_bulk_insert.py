@@ -7,6 +7,7 @@ integers at the edges of 64 bits, nulls — and a duplicate anywhere writes noth
 
 from __future__ import annotations
 
+import threading
 from typing import Any, cast
 
 import psycopg
@@ -78,12 +79,15 @@ def stored_tokens(db: Database) -> list[tuple[Any, ...]]:
 
 @pytest.fixture
 def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Each statement the PostgreSQL driver's cursors send."""
+    """Each statement the PostgreSQL driver's cursors send from this test's thread (the
+    suite drops finished tests' schemas on a thread of its own meanwhile)."""
     sent: list[str] = []
     real = psycopg.Cursor.execute
+    mine = threading.get_ident()
 
     def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(str(query))
+        if threading.get_ident() == mine:
+            sent.append(str(query))
         return real(self, query, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)

@@ -59,7 +59,9 @@ Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
 class SecretIn(StrictModel):
     """A new version. Omitted fields keep what the secret has (defaults for a new one)."""
 
-    value: str = Field(min_length=1, description="The value (UTF-8 text); never shown here")
+    value: str = Field(
+        min_length=1, pattern=NO_NUL, description="The value (UTF-8 text, no NUL); never shown"
+    )
     description: Annotated[str | None, Field(max_length=MAX_DESCRIPTION, pattern=NO_NUL)] = None
     labels: Annotated[list[Label] | None, Field(max_length=MAX_LABELS)] = None
     broker_only: bool | None = None
