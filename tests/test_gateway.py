@@ -24,8 +24,15 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from examples.payments_tickets.server import http_app
+from joserfc.jwk import ECKey
 from mcp import Client
+from mcp.client.auth.extensions.client_credentials import (
+    PrivateKeyJWTOAuthProvider,
+    SignedJWTParameters,
+)
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import admin_client
@@ -319,3 +326,63 @@ def test_an_approval_checkpoint_holds_the_call_until_a_human_approves(world: Wor
     assert json.loads(done.content[0].text)["amount"] == 700
     again = world.session(token, call)  # the approval was for one call
     assert json.loads(again.content[0].text)["error"] == "approval_required"
+
+
+class _Memory:
+    """The SDK's token storage, in memory."""
+
+    def __init__(self) -> None:
+        self.tokens: Any = None
+        self.info: Any = None
+
+    async def get_tokens(self) -> Any:
+        return self.tokens
+
+    async def set_tokens(self, tokens: Any) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> Any:
+        return self.info
+
+    async def set_client_info(self, info: Any) -> None:
+        self.info = info
+
+
+def test_the_mcp_sdks_own_oauth_client_completes_the_whole_flow(world: World) -> None:
+    """No shortcut: the SDK's ``PrivateKeyJWTOAuthProvider`` meets the 401, finds the
+    protected-resource metadata and Tether's, gets a token with ``resource`` by a signed
+    assertion (RFC 7523), then lists and calls."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()  # fmt: skip
+    spki_format = serialization.PublicFormat.SubjectPublicKeyInfo
+    spki = key.public_key().public_bytes(serialization.Encoding.PEM, spki_format)
+    public = ECKey.import_key(spki).as_dict()
+    with admin_client(world.services) as http:
+        body = {"name": "sdk-agent", "owner": "admin", "purpose": "mcp", "risk_tier": "minimal",
+                "roles": ["payer"]}  # fmt: skip
+        agent = http.post("/v1/agents", json=body).json()["id"]
+        made = http.post(f"/v1/agents/{agent}/credentials", json={"type": "public_key",
+                                                                  "jwk": public})  # fmt: skip
+        assert made.status_code == 201, made.text
+    signed = SignedJWTParameters(issuer=agent, subject=agent, signing_key=pem,
+                                 signing_algorithm="ES256")  # fmt: skip
+    assertion = signed.create_assertion_provider()
+    provider = PrivateKeyJWTOAuthProvider(server_url=f"{world.url}/mcp", storage=_Memory(),
+                                          client_id=agent, assertion_provider=assertion,
+                                          issuer=world.url)  # fmt: skip
+
+    async def run() -> tuple[list[str], Any]:
+        async with (
+            httpx.AsyncClient(auth=provider, timeout=30) as http,
+            Client(streamable_http_client(f"{world.url}/mcp", http_client=http)) as c,
+        ):
+            names = [t.name for t in (await c.list_tools()).tools]
+            return names, await c.call_tool("payments.get_balance", {"account": "sales"})
+
+    names, result = asyncio.run(run())
+    assert "payments.get_balance" in names
+    assert not result.is_error
+    assert json.loads(result.content[0].text)["balance"] == 25_000
+    issued = [e for e in world.events("token.issued") if e["agent_id"] == agent]
+    assert issued
