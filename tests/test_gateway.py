@@ -256,6 +256,13 @@ def test_an_upstream_that_is_down_is_a_clear_tool_error_and_the_gateway_stays_up
     names = world.session(token, lambda c: c.list_tools())
     assert all(t.name.startswith(("payments.", "quick.")) for t in names.tools)
     assert httpx.get(f"{world.url}/healthz").status_code == 200
+    ready = httpx.get(f"{world.url}/readyz")
+    assert ready.status_code == 200  # the gateway's upstreams are reported, not required
+    upstreams = {u["name"]: u for u in ready.json()["upstreams"]}
+    assert upstreams["payments"]["up"] is True
+    assert upstreams["payments"]["tools"] >= 10
+    assert upstreams["down"]["up"] is False
+    assert upstreams["down"]["error"]
 
 
 def test_a_slow_upstream_is_a_timeout_tool_error_recorded_and_others_go_on(world: World) -> None:

@@ -172,8 +172,18 @@ class Health(BaseModel):
     status: str
 
 
+class UpstreamStatus(BaseModel):
+    """An upstream MCP server of the gateway, as this worker holds it."""
+
+    name: str
+    up: bool
+    tools: int
+    error: str | None = None
+
+
 class Ready(BaseModel):
     status: str
     database: bool
     schema_current: bool
     runtime_current: bool
+    upstreams: list[UpstreamStatus] = []

@@ -32,6 +32,9 @@ def readyz(svc: ServicesDep) -> Any:
         "database": db_ok,
         "schema_current": schema_ok,
         "runtime_current": runtime_ok,
+        # Reported apart: an upstream MCP server that is down makes its tools fail, not this
+        # worker (every other path still answers).
+        "upstreams": svc.gateway.status(),
     }
     return JSONResponse(body, status_code=200 if runtime_ok else 503)
 
