@@ -6,6 +6,7 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -164,3 +165,25 @@ def module_server(
     with backend_for(request.param, tmp) as backend, running_server(backend, tmp) as (url, env):
         token = (tmp / ".tether" / "admin.token").read_text().strip()
         yield Served(tmp, url, env, token, backend)
+
+
+@contextmanager
+def served_in_thread(app: Any, port: int) -> Iterator[None]:
+    """``app`` served by uvicorn on ``port`` in a thread of this process (its lifespan run),
+    until the block ends."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        raise RuntimeError(f"uvicorn did not start on port {port}")
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(15)

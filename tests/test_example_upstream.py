@@ -7,43 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
-import uvicorn
 from examples.payments_tickets.server import http_app
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.serverproc import free_port, served_in_thread
 
 
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     log = tmp_path / "headers.jsonl"
-    port = _free_port()
-    config = uvicorn.Config(http_app(api_key="k-123", header_log=str(log)), host="127.0.0.1",
-                            port=port, log_level="warning", lifespan="on")  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
+    port = free_port()
+    with served_in_thread(http_app(api_key="k-123", header_log=str(log)), port):
         yield f"http://127.0.0.1:{port}/mcp", log
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_a_real_client_lists_calls_reads_and_prompts(upstream: tuple[str, Path]) -> None:

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from examples.payments_tickets.server import http_app
@@ -37,6 +33,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import admin_client
 from tests.pdp import credential, env_of
+from tests.serverproc import free_port, served_in_thread
 from tether.api.app import create_app
 from tether.container import Services
 
@@ -63,29 +60,6 @@ when { resource has tool && resource.tool == "slow" };
 permit (principal in Role::"support", action == Action::"tool.call", resource)
 when { resource has tool && ["list_tickets", "create_ticket"].contains(resource.tool) };
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _serve(app: Any, port: int) -> Iterator[None]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "server did not start"
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 def _schema_with_args(schema: str) -> str:
@@ -131,12 +105,12 @@ class World:
 
 @pytest.fixture
 def world(make_services: Callable[..., Services], tmp_path: Path) -> Iterator[World]:
-    up_port, port = _free_port(), _free_port()
+    up_port, port = free_port(), free_port()
     log = tmp_path / "headers.jsonl"
     upstreams = [
         {"name": "payments", "url": f"http://127.0.0.1:{up_port}/mcp", "timeout_seconds": 5,
          "auth": {"kind": "header", "header": "X-Api-Key", "secret": "payments-key"}},
-        {"name": "down", "url": f"http://127.0.0.1:{_free_port()}/mcp", "timeout_seconds": 2},
+        {"name": "down", "url": f"http://127.0.0.1:{free_port()}/mcp", "timeout_seconds": 2},
         {"name": "quick", "url": f"http://127.0.0.1:{up_port}/mcp", "timeout_seconds": 1,
          "auth": {"kind": "header", "header": "X-Api-Key", "secret": "payments-key"}},
     ]  # fmt: skip
@@ -148,8 +122,8 @@ def world(make_services: Callable[..., Services], tmp_path: Path) -> Iterator[Wo
         schema = _schema_with_args(http.get("/v1/policies").json()["schema"])
         pushed = http.put("/v1/policies", json={"policies": POLICIES, "schema": schema})
         assert pushed.status_code == 200, pushed.text
-    with _serve(http_app(api_key="k-upstream-123", header_log=str(log)), up_port), \
-            _serve(create_app(services), port):  # fmt: skip
+    with served_in_thread(http_app(api_key="k-upstream-123", header_log=str(log)), up_port), \
+            served_in_thread(create_app(services), port):  # fmt: skip
         world = World(services, f"http://127.0.0.1:{port}", log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not all(

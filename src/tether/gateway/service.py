@@ -138,12 +138,6 @@ class Gateway:
             raise MCPError(code=mt.INVALID_REQUEST, message="not authenticated")
         return caller  # type: ignore[no-any-return]
 
-    def _ask(self, caller: Caller, action: str, rtype: str, rid: str, *,
-             properties: dict[str, Any], context: dict[str, Any]) -> Ask:  # fmt: skip
-        agent = caller.principal
-        return Ask(agent.id, action, rtype, rid, properties, context, caller.chain,
-                   caller.on_behalf_of, caller.jti, agent.ref)  # fmt: skip
-
     def _split(self, name: str) -> tuple[UpstreamLink, str]:
         server, _, local = name.partition(".")
         link = self.links.get(server)
@@ -164,7 +158,7 @@ class Gateway:
         caller = self._caller(ctx)
         named = [(link, tool) for link in self.links.values() for tool in link.tools.values()]
         asks = [
-            self._ask(caller, "tool.call", TOOL, f"{link.name}.{tool.name}",
+            Ask.of(caller, "tool.call", TOOL, f"{link.name}.{tool.name}",
                       properties=_tool_properties(link.name, tool), context={})
             for link, tool in named
         ]  # fmt: skip
@@ -201,7 +195,7 @@ class Gateway:
             raise MCPError(code=mt.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
         args = dict(params.arguments or {})
         properties = _tool_properties(link.name, tool)
-        ask = self._ask(caller, "tool.call", TOOL, params.name, properties=properties,
+        ask = Ask.of(caller, "tool.call", TOOL, params.name, properties=properties,
                         context={"args": args})  # fmt: skip
         decision = await self.decisions.decide(ask)
         if not decision.allowed:
@@ -265,7 +259,7 @@ class Gateway:
         link = link or (next(iter(self.links.values())) if len(self.links) == 1 else None)
         if link is None:
             raise MCPError(code=mt.INVALID_PARAMS, message=f"Unknown resource: {uri}")
-        ask = self._ask(caller, "resource.read", "Resource", uri,
+        ask = Ask.of(caller, "resource.read", "Resource", uri,
                         properties={"server": link.name}, context={})  # fmt: skip
         decision = await self.decisions.decide(ask)
         if not decision.allowed:
@@ -289,7 +283,7 @@ class Gateway:
     ) -> mt.GetPromptResult:
         caller = self._caller(ctx)
         link, local = self._split(params.name)
-        ask = self._ask(caller, "prompt.get", "Prompt", params.name,
+        ask = Ask.of(caller, "prompt.get", "Prompt", params.name,
                         properties={"server": link.name}, context={})  # fmt: skip
         decision = await self.decisions.decide(ask)
         if not decision.allowed:

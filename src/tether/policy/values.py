@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from tether.errors import ValidationFailed
+
+if TYPE_CHECKING:
+    from tether.principals import Principal
 
 
 class Effect(StrEnum):
@@ -37,6 +40,23 @@ UNKNOWN_ACTION = "tether.unknown-action"
 LEDGER_DOWN = "tether.ledger-unavailable"
 
 
+class AgentCaller(Protocol):
+    """An agent as a transport authenticated it: the acting agent and the delegation chain of
+    its token (the shape of :class:`tether.credentials.bearer.Caller`)."""
+
+    @property
+    def principal(self) -> Principal: ...
+
+    @property
+    def chain(self) -> tuple[str, ...]: ...
+
+    @property
+    def on_behalf_of(self) -> str | None: ...
+
+    @property
+    def jti(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Ask:
     """One request: ``subject`` is the acting agent; ``chain`` every principal from the
@@ -53,6 +73,17 @@ class Ask:
     jti: str | None = None
     caller: str = "system"
     request_id: str | None = None  # the HTTP request's X-Request-ID, kept in the ledger event
+
+    @classmethod
+    def of(
+        cls, caller: AgentCaller, action: str, resource_type: str, resource_id: str, *,
+        properties: dict[str, Any], context: dict[str, Any], request_id: str | None = None,
+    ) -> Ask:  # fmt: skip
+        """What ``caller`` asks about itself, with its token's chain."""
+        agent = caller.principal
+        chain, behalf = caller.chain, caller.on_behalf_of
+        return cls(agent.id, action, resource_type, resource_id, properties, context, chain,
+                   behalf, caller.jti, agent.ref, request_id)  # fmt: skip
 
     @property
     def full_chain(self) -> tuple[str, ...]:

@@ -214,8 +214,8 @@ class DatabaseLogins:
         self.broker.limiter.take(agent.id, self.broker.monotonic())
         found = await asyncio.to_thread(self._role, role)
         properties = {"connection": found.connection} if found else {}
-        ask = Ask(agent.id, ACTION, RESOURCE_TYPE, role, properties, {}, caller.chain,
-                  caller.on_behalf_of, caller.jti, agent.ref, request_id)  # fmt: skip
+        ask = Ask.of(caller, ACTION, RESOURCE_TYPE, role, properties=properties, context={},
+                     request_id=request_id)  # fmt: skip
         decision = await self.broker.decisions.decide(ask)
         if not decision.allowed:
             raise denied(role, decision)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from prometheus_client import Counter
 from sqlalchemy import Table
@@ -54,7 +54,7 @@ from tether.jsonutil import canonical_text
 from tether.maintenance import Task
 from tether.pagination import Page, decode_cursor, page_of
 from tether.policy.decide import DecisionService
-from tether.policy.values import Ask, Decision, Effect
+from tether.policy.values import AgentCaller, Ask, Decision, Effect
 from tether.principals import Principal, Role
 from tether.runtime import changes
 from tether.secrets import envelope
@@ -83,21 +83,7 @@ _LEASES = cast(Table, LeaseRow.__table__)
 _REWRAP_BATCH = 200
 
 
-class Caller(Protocol):
-    """Who reads: the acting agent, and its delegation chain from its token (the shape of
-    :class:`tether.credentials.bearer.Caller`, which the transports hand in)."""
-
-    @property
-    def principal(self) -> Principal: ...
-
-    @property
-    def chain(self) -> tuple[str, ...]: ...
-
-    @property
-    def on_behalf_of(self) -> str | None: ...
-
-    @property
-    def jti(self) -> str | None: ...
+Caller = AgentCaller  # who reads: an agent, as a transport authenticated it
 
 
 class SecretReadDenied(Forbidden):
@@ -307,9 +293,9 @@ class SecretService:
         check_name(name)
         self.limiter.take(agent.id, self.monotonic())
         meta = await asyncio.to_thread(self._meta, name, version)  # the version too: one read
-        ask = Ask(agent.id, ACTION, RESOURCE_TYPE, name, meta.properties if meta else {}, {},
-                  caller.chain, caller.on_behalf_of, caller.jti, agent.ref,
-                  request_id)  # fmt: skip
+        properties = meta.properties if meta else {}
+        ask = Ask.of(caller, ACTION, RESOURCE_TYPE, name, properties=properties, context={},
+                     request_id=request_id)  # fmt: skip
         if meta is None or meta.broker_only:  # allowed or not, nothing to lease
             decision = await self.decisions.decide(ask)
             if not decision.allowed:
@@ -504,10 +490,7 @@ class SecretService:
         if agent.kind != "agent":
             raise Forbidden("a lease is renewed by the agent holding it")
         self.limiter.take(agent.id, self.monotonic())
-        now_us = to_micros(self.clock.now())
-        with self.db.read() as s:
-            row = self._lease_for(s, agent, lease_id)
-            lease = Lease.of(row)
+        lease, now_us = await asyncio.to_thread(self.lease, agent, lease_id)
         if lease.login is not None:
             raise LeaseRevoked(f"lease {lease_id} is a database login's, which lives as long "
                                "as its lease: lease a new login", lease_id=lease_id)  # fmt: skip
@@ -515,9 +498,9 @@ class SecretService:
             raise LeaseRevoked(f"lease {lease_id} is {lease.state(now_us)}: read the secret "
                                "again for a new one", lease_id=lease_id)  # fmt: skip
         meta = await asyncio.to_thread(self._meta, lease.name)
-        ask = Ask(agent.id, ACTION, RESOURCE_TYPE, lease.name, meta.properties if meta else {},
-                  {}, caller.chain, caller.on_behalf_of, caller.jti, agent.ref,
-                  request_id)  # fmt: skip
+        ask = Ask.of(caller, ACTION, RESOURCE_TYPE, lease.name,
+                     properties=meta.properties if meta else {}, context={},
+                     request_id=request_id)  # fmt: skip
         decision = await self.decisions.decide(ask)
         if not decision.allowed:
             raise denied(lease.name, decision)

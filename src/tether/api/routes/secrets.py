@@ -15,6 +15,7 @@ from tether.api.deps import CallerDep, Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.params import LeaseId
 from tether.api.requestlog import request_id
+from tether.clock import to_micros
 from tether.fields import NO_NUL, StrictModel, integral
 from tether.secrets.databases import CREATION_PATTERN, REVOCATION_PATTERN
 from tether.secrets.service import SecretInput
@@ -115,7 +116,7 @@ async def renew_lease(
 ) -> dict[str, Any]:
     """Another lease period, asked of policy again, for the agent holding the lease."""
     lease = await svc.secrets.renew(who, lease_id, request_id=request_id(request.scope))
-    return lease.to_json(lease.renewed_at or lease.issued_at)
+    return lease.to_json(to_micros(svc.clock.now()))
 
 
 @router.post("/leases/{lease_id}/revoke", responses=responses(400, 401, 403, 404, 422))
@@ -124,7 +125,7 @@ def revoke_lease(
 ) -> dict[str, Any]:
     """End a lease (an admin, or the agent giving its own back); the revocation feed names it."""
     lease = svc.secrets.revoke_lease(who.principal, lease_id, reason=body.reason if body else None)
-    return lease.to_json(lease.revoked_at or 0)
+    return lease.to_json(to_micros(svc.clock.now()))
 
 
 class ConnectionIn(StrictModel):
