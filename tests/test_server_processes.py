@@ -205,7 +205,8 @@ def _connections_on_each_worker(port: int, workers: list[int], each: int) -> lis
     """``each`` open connections to every worker of the server on ``port``: connections
     opened at once land on both (one after another, they all went to one), and ``ss`` tells
     which worker holds each."""
-    for _attempt in range(10):
+    chosen: dict[int, list[socket.socket]] = {pid: [] for pid in workers}
+    for _attempt in range(40):  # kept across attempts: a busy machine may favour one worker
         opened: list[socket.socket] = []
 
         def connect(opened: list[socket.socket] = opened) -> None:
@@ -222,16 +223,17 @@ def _connections_on_each_worker(port: int, workers: list[int], each: int) -> lis
                                  capture_output=True, text=True, check=True).stdout  # fmt: skip
         pairs = re.findall(r":(\d+)\s+users:\(\(\S*?pid=(\d+)", listing)  # peer port, worker
         holder = {int(peer): int(pid) for peer, pid in pairs}
-        chosen = {pid: [s for s in opened if holder.get(s.getsockname()[1]) == pid][:each]
-                  for pid in workers}  # fmt: skip
         for sock in opened:
-            if not any(sock in socks for socks in chosen.values()):
+            socks = chosen.get(holder.get(sock.getsockname()[1], -1))
+            if socks is not None and len(socks) < each:
+                socks.append(sock)
+            else:
                 sock.close()
         if all(len(socks) == each for socks in chosen.values()):
             return [sock for socks in chosen.values() for sock in socks]
-        for socks in chosen.values():
-            for sock in socks:
-                sock.close()
+    for socks in chosen.values():
+        for sock in socks:
+            sock.close()
     raise AssertionError("could not open connections to both workers")
 
 
