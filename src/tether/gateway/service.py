@@ -35,10 +35,9 @@ from mcp.shared.exceptions import MCPError
 
 from tether.audit.events import EventType, NewEvent
 from tether.audit.group import GroupCommitter
-from tether.errors import LedgerUnavailable, TetherError
+from tether.errors import LedgerUnavailable
 from tether.gateway.metadata import CALLER
 from tether.gateway.redact import Redactor
-from tether.gateway.upstream_auth import upstream_auth
 from tether.gateway.upstreams import UpstreamDown, UpstreamLink
 from tether.gateway_config import SecretReader, Upstream
 from tether.policy.decide import DecisionService
@@ -95,34 +94,12 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def _run(self) -> AsyncIterator[StreamableHTTPSessionManager]:
-        self.links = {}
-        for cfg in self.configs:
-            known: list[str] = []
-
-            def reading(name: str, known: list[str] = known) -> str:
-                value = self.read_secret(name)
-                known.append(value)
-                return value
-
-            try:
-                auth = upstream_auth(cfg.auth, reading)
-            except TetherError as exc:  # a missing secret: that upstream stays down, said why
-                log.warning("upstream %s: %s", cfg.name, exc.message)
-                link = UpstreamLink(cfg, None, known)
-                link.last_error, link.ready = exc.message, False
-                self.links[cfg.name] = link
-                continue
-            self.links[cfg.name] = UpstreamLink(cfg, auth, known)
+        self.links = {cfg.name: UpstreamLink(cfg, self.read_secret) for cfg in self.configs}
         self.manager = StreamableHTTPSessionManager(app=self.server, stateless=True,
                                                     json_response=True)  # fmt: skip
         async with self.manager.run(), anyio.create_task_group() as tg:
             for link in self.links.values():
-                if (
-                    link.last_error is None
-                    or link.auth is not None
-                    or link.config.auth.kind == "none"
-                ):
-                    tg.start_soon(link.supervise)
+                tg.start_soon(link.supervise)
             yield self.manager
             tg.cancel_scope.cancel()
 

@@ -2,7 +2,7 @@
 an upstream's configured ``auth`` (:mod:`tether.gateway_config`).
 
 Only what the configuration says goes upstream: a static header whose value the secrets
-broker holds (read when the flow is built and again when a secret changes), or a Bearer token
+broker holds (read when the flow is built: at each connection to the upstream), or a Bearer token
 the gateway gets itself with an OAuth 2 client credential (RFC 6749 §4.4, ``client_secret_basic``),
 kept until shortly before it expires and fetched again on a 401. The agent's own token never
 travels: the gateway's upstream clients are built with no inbound header at all.

@@ -23,7 +23,9 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tether.gateway_config import Upstream
+from tether.errors import TetherError
+from tether.gateway.upstream_auth import upstream_auth
+from tether.gateway_config import SecretReader, Upstream
 
 log = logging.getLogger("tether.gateway")
 T = TypeVar("T")
@@ -32,6 +34,13 @@ _CONNECT_SECONDS = 5.0
 
 class UpstreamDown(Exception):
     """The upstream is not connected (down, or reconnecting)."""
+
+
+class UpstreamUnconfigured(Exception):
+    """The upstream's credential cannot be built (its secret is missing)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class _RelaySession(ClientSession):
@@ -43,17 +52,20 @@ class _RelaySession(ClientSession):
 
 
 class UpstreamLink:
-    def __init__(self, config: Upstream, auth: httpx2.Auth | None, known: list[str]) -> None:
+    """One upstream's connection. Its credential (a broker-only secret) is read on every
+    connection attempt: a secret put after the gateway started, or rotated, is used from the
+    next connection on; a missing one keeps the upstream down, saying why, and retrying."""
+
+    def __init__(self, config: Upstream, read_secret: SecretReader) -> None:
         self.config = config
         self.name = config.name
-        self.auth = auth
-        self.known = known  # secret values this link sends (hidden from every record)
+        self.read_secret = read_secret
+        self.known: list[str] = []  # secret values this link sends (hidden from every record)
         self.session: ClientSession | None = None
         self.tools: dict[str, mt.Tool] = {}
         self.resources: dict[str, mt.Resource] = {}
         self.prompts: dict[str, mt.Prompt] = {}
         self.last_error: str | None = "not connected yet"
-        self.ready = True  # False: misconfigured (a secret missing), never connected
         self._broken = anyio.Event()
 
     @property
@@ -74,6 +86,9 @@ class UpstreamLink:
                     self.session, self.last_error, backoff = session, None, 0.1
                     log.info("upstream %s connected: %d tools", self.name, len(self.tools))
                     await self._broken.wait()
+            except UpstreamUnconfigured as exc:
+                self.last_error = str(exc)[:300]
+                log.warning("upstream %s not configured: %s", self.name, self.last_error)
             except Exception as exc:  # an upstream's failure is its own: log it, retry
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("upstream %s unavailable: %s", self.name, self.last_error)
@@ -92,13 +107,27 @@ class UpstreamLink:
             assert cfg.url is not None
             # A client of its own: no header of any inbound request can reach it.
             timeout = httpx2.Timeout(cfg.timeout_seconds, connect=_CONNECT_SECONDS)
-            http = await stack.enter_async_context(
-                httpx2.AsyncClient(auth=self.auth, timeout=timeout)
-            )
+            auth = await anyio.to_thread.run_sync(self._auth)  # a database read
+            http = await stack.enter_async_context(httpx2.AsyncClient(auth=auth, timeout=timeout))
             read, write = await stack.enter_async_context(
                 streamable_http_client(cfg.url, http_client=http)
             )
         return _RelaySession(read, write, read_timeout_seconds=cfg.timeout_seconds)
+
+    def _auth(self) -> httpx2.Auth | None:
+        """The configured credential, its secret read now (remembered, so no record shows
+        it: values read before stay hidden too)."""
+
+        def reading(name: str) -> str:
+            value = self.read_secret(name)
+            if value not in self.known:
+                self.known.append(value)
+            return value
+
+        try:
+            return upstream_auth(self.config.auth, reading)
+        except TetherError as exc:  # a missing secret: down, said why, tried again
+            raise UpstreamUnconfigured(exc.message) from None
 
     async def _list(self, session: ClientSession) -> None:
         caps = session.server_capabilities
