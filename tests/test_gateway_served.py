@@ -35,7 +35,7 @@ from mcp.client.auth.extensions.client_credentials import (
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import BACKENDS, backend_for
-from tests.serverproc import free_port, http_client, running_server, stop
+from tests.serverproc import free_port, http_client, run_cli, running_server, stop
 from tests.test_gateway import POLICIES, _schema_with_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +46,7 @@ KEY = "k-served-upstream-7f3a"
 class Deployment(NamedTuple):
     url: str
     admin: httpx.Client
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -71,7 +72,7 @@ def deployment(
     try:
         with (
             backend_for(request.param, tmp) as backend,
-            running_server(backend, tmp, workers=2, extra_env=extra) as (url, _env),
+            running_server(backend, tmp, workers=2, extra_env=extra) as (url, env),
         ):
             token = (tmp / ".tether" / "admin.token").read_text().strip()
             with http_client(base_url=url, timeout=30,
@@ -83,7 +84,7 @@ def deployment(
                 pushed = admin.put("/v1/policies", json={"policies": POLICIES, "schema": schema})
                 assert pushed.status_code == 200, pushed.text
                 _wait_for_upstream(url)
-                yield Deployment(url, admin)
+                yield Deployment(url, admin, {**env, "TETHER_TOKEN": token})
     finally:
         stop(upstream)
 
@@ -164,7 +165,7 @@ def _as_agent(url: str, agent: str, pem: str, calls: list[tuple[str, dict[str, A
 def test_two_agents_complete_the_mcp_authorization_flow_and_see_different_tools(
     deployment: Deployment,
 ) -> None:
-    url, admin = deployment
+    url, admin, _env = deployment
     payer, payer_pem = _agent_with_key(admin, "refunds-bot", ["payer"])
     support, support_pem = _agent_with_key(admin, "triage-bot", ["support"])
 
@@ -226,7 +227,7 @@ def test_the_mcp_inspector_cli_lists_and_calls_through_the_gateway(
     deployment: Deployment,
 ) -> None:
     cli = _inspector()
-    url, admin = deployment
+    url, admin, _env = deployment
     agent = admin.post("/v1/agents", json={"name": "inspected", "owner": "admin",
                                            "purpose": "mcp", "risk_tier": "minimal",
                                            "roles": ["payer"]}).json()["id"]  # fmt: skip
@@ -260,3 +261,14 @@ def test_the_mcp_inspector_cli_lists_and_calls_through_the_gateway(
     refused = inspector("--method", "tools/list", token=None)
     assert refused.returncode != 0
     assert "invalid_token" in refused.stdout + refused.stderr
+
+
+def test_tether_gateway_list_shows_each_upstream_connected(deployment: Deployment) -> None:
+    listed = run_cli("gateway", "list", "--json", env=deployment.env)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["name"] == "payments"
+    assert row["auth"] == "header X-Api-Key ← secret payments-key"
+    assert row["up"] is True
+    assert row["tools"] == 12  # every tool of the example upstream
+    assert row["error"] is None

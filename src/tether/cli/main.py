@@ -19,6 +19,7 @@ from tether.cli import (
     backup,
     credentials,
     freeze,
+    gateway,
     policy,
     secrets,
     serve,
@@ -56,6 +57,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(policy.app, name="policy")
 app.add_typer(approvals.app, name="approvals")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(gateway.app, name="gateway")
 app.command("freeze")(freeze.freeze)
 app.command("unfreeze")(freeze.unfreeze)
 app.add_typer(serve.db_app, name="db")
