@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,33 +104,52 @@ class World:
                         .json()["items"])  # fmt: skip
 
 
-@pytest.fixture
-def world(make_services: Callable[..., Services], tmp_path: Path) -> Iterator[World]:
-    up_port, port = free_port(), free_port()
-    log = tmp_path / "headers.jsonl"
-    upstreams = [
+def upstreams_at(up_port: int) -> list[dict[str, Any]]:
+    """The example upstream under two names (one with a short timeout), and one that is down."""
+    return [
         {"name": "payments", "url": f"http://127.0.0.1:{up_port}/mcp", "timeout_seconds": 5,
          "auth": {"kind": "header", "header": "X-Api-Key", "secret": "payments-key"}},
         {"name": "down", "url": f"http://127.0.0.1:{free_port()}/mcp", "timeout_seconds": 2},
         {"name": "quick", "url": f"http://127.0.0.1:{up_port}/mcp", "timeout_seconds": 1,
          "auth": {"kind": "header", "header": "X-Api-Key", "secret": "payments-key"}},
     ]  # fmt: skip
-    services = make_services(public_url=f"http://127.0.0.1:{port}", gateway_upstreams=upstreams)
+
+
+@contextmanager
+def open_world(
+    make_services: Callable[..., Services], tmp_path: Path, *,
+    upstreams: Callable[[int], list[dict[str, Any]]] = upstreams_at,
+    ready: tuple[str, ...] = ("payments", "quick"), policies: str = POLICIES,
+    wrap: Callable[[Any], Any] | None = None, **settings: Any,
+) -> Iterator[World]:  # fmt: skip
+    """Tether (``settings`` passed to ``make_services``: a ``clock`` too) and the example
+    upstream (``wrap`` wrapping its ASGI app) served on ports of their own, ``policies`` in
+    force, the broker-only key stored; yielded once the upstreams named in ``ready`` are up."""
+    up_port, port = free_port(), free_port()
+    log = tmp_path / "headers.jsonl"
+    configured = upstreams(up_port)
+    services = make_services(public_url=f"http://127.0.0.1:{port}", gateway_upstreams=configured,
+                             **settings)  # fmt: skip
     with admin_client(services) as http:
         stored = http.put("/v1/secrets/payments-key", json={"value": "k-upstream-123",
                                                            "broker_only": True})  # fmt: skip
         assert stored.status_code == 201, stored.text
         schema = _schema_with_args(http.get("/v1/policies").json()["schema"])
-        pushed = http.put("/v1/policies", json={"policies": POLICIES, "schema": schema})
+        pushed = http.put("/v1/policies", json={"policies": policies, "schema": schema})
         assert pushed.status_code == 200, pushed.text
-    with served_in_thread(http_app(api_key="k-upstream-123", header_log=str(log)), up_port), \
+    upstream = http_app(api_key="k-upstream-123", header_log=str(log))
+    with served_in_thread(wrap(upstream) if wrap else upstream, up_port), \
             served_in_thread(create_app(services), port):  # fmt: skip
         world = World(services, f"http://127.0.0.1:{port}", log)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(
-            services.gateway.links[n].up for n in ("payments", "quick")
-        ):
+        while time.monotonic() < deadline and not all(services.gateway.links[n].up for n in ready):
             time.sleep(0.05)
+        yield world
+
+
+@pytest.fixture
+def world(make_services: Callable[..., Services], tmp_path: Path) -> Iterator[World]:
+    with open_world(make_services, tmp_path) as world:
         yield world
 
 

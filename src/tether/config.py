@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from tether.errors import ConfigurationError
+from tether.fields import SCOPE_RE
 from tether.gateway_config import Upstream, check_unique
 
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.\-_]*[a-z0-9])?$")
@@ -125,6 +126,17 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Upstream MCP servers behind /mcp (tether.toml [[gateway_upstreams]]).",
     )
+    gateway_scope: str | None = Field(
+        default=None,
+        description="Scope(s) a token needs at /mcp (space-separated, all required; listed in "
+        "its RFC 9728 metadata); a valid token without them gets 403 insufficient_scope. "
+        "None: no scope required.",
+    )
+    gateway_max_message_bytes: int = Field(
+        default=1_048_576, ge=1024,
+        description="Largest request body /mcp reads; a larger one gets 413 with a JSON-RPC "
+        "error (TETHER_MAX_BODY_BYTES still bounds every request first).",
+    )  # fmt: skip
     runtime_poll_seconds: float = Field(
         default=0.25, gt=0, le=10, description="How often a worker checks for changes."
     )
@@ -162,6 +174,13 @@ class Settings(BaseSettings):
     @classmethod
     def _unique_upstreams(cls, value: list[Upstream]) -> list[Upstream]:
         return check_unique(value)
+
+    @field_validator("gateway_scope")
+    @classmethod
+    def _check_gateway_scope(cls, value: str | None) -> str | None:
+        if value is not None and not SCOPE_RE.match(value):
+            raise ValueError("gateway_scope must be space-separated scope-tokens (RFC 6749 §3.3)")
+        return value
 
     @field_validator("trust_domain")
     @classmethod

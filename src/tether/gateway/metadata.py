@@ -8,11 +8,13 @@ Tether as the authorization server, so an MCP client finds where to get a token.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 PATH = "/mcp"
 CALLER = "tether.caller"  # scope["state"] key the gate puts the authenticated caller under
 METADATA_PATH = "/.well-known/oauth-protected-resource/mcp"  # RFC 9728 §3.1: suffix = path
+_NOT_QUOTABLE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
 
 def resource_uri(base_url: str) -> str:
@@ -35,11 +37,22 @@ def protected_resource_metadata(base_url: str, issuer: str, scopes: list[str]) -
     }
 
 
-def challenge(base_url: str, *, error: str | None = None, description: str | None = None) -> str:
-    """The ``WWW-Authenticate`` value of a 401 (RFC 9728 §5.1, RFC 6750 §3)."""
+def challenge(
+    base_url: str, *, error: str | None = None, description: str | None = None,
+    scope: str | None = None,
+) -> str:  # fmt: skip
+    """The ``WWW-Authenticate`` value of a 401 or 403 (RFC 9728 §5.1, RFC 6750 §3): where the
+    metadata is and, when the gateway requires scopes, which (the MCP spec: all of them)."""
     parts = [f'resource_metadata="{metadata_url(base_url)}"']
     if error:
         parts.append(f'error="{error}"')
     if description:
-        parts.append('error_description="' + description.replace('"', "'") + '"')
+        parts.append('error_description="' + _quotable(description) + '"')
+    if scope:
+        parts.append(f'scope="{_quotable(scope)}"')
     return "Bearer " + ", ".join(parts)
+
+
+def _quotable(value: str) -> str:
+    """RFC 6750 §3: a quoted value holds %x20-21 / %x23-5B / %x5D-7E only."""
+    return _NOT_QUOTABLE.sub("?", value.replace('"', "'"))

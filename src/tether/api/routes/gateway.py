@@ -29,8 +29,10 @@ class ProtectedResourceOut(BaseModel):
 @router.get(METADATA_PATH, response_model=ProtectedResourceOut)
 def protected_resource(svc: ServicesDep) -> JSONResponse:
     """The gateway's protected-resource metadata: its resource URI (the audience its tokens
-    must carry, RFC 8707) and Tether as its authorization server."""
+    must carry, RFC 8707), Tether as its authorization server and the scopes a token for it
+    needs (``TETHER_GATEWAY_SCOPE``; none by default)."""
     meta: dict[str, Any] = svc.oauth.metadata()
-    body = protected_resource_metadata(svc.settings.base_url, meta["issuer"],
-                                       list(meta.get("scopes_supported", [])))  # fmt: skip
+    required = (svc.settings.gateway_scope or "").split()
+    scopes = sorted({*meta.get("scopes_supported", []), *required})
+    body = protected_resource_metadata(svc.settings.base_url, meta["issuer"], scopes)
     return JSONResponse(body, headers={"Cache-Control": "max-age=300"})
