@@ -219,6 +219,7 @@ AGENT_ONLY = {
     "GET /v1/secrets/{name}/value",
     "POST /v1/secrets/leases/{lease_id}/renew",
     "POST /v1/secrets/db/{role}/lease",
+    "POST /v1/tool-calls",
 }
 
 

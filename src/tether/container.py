@@ -27,6 +27,7 @@ from tether.db import Database
 from tether.freeze.gate import IN_FORCE
 from tether.freeze.runtime import FreezeSection
 from tether.freeze.service import FreezeService
+from tether.gateway.calls import CallRecorder
 from tether.gateway.front import GatewayHandle
 from tether.keyfiles import RootKeys, load_root_keys
 from tether.maintenance import Task
@@ -68,6 +69,7 @@ class Services:
     secrets: SecretService
     db_logins: DatabaseLogins
     gateway: GatewayHandle  # the MCP gateway; its upstream sessions live in the app's lifespan
+    calls: CallRecorder  # tool calls on the record: the gateway's and the SDK guard's
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -199,6 +201,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         revocations=RevocationFeed(db, snapshot, clock, sources=[revoked_leases]),
         secrets=secrets,
         db_logins=db_logins,
+        calls=CallRecorder(committer, clock),
         gateway=GatewayHandle(
             settings.gateway_upstreams, decisions, committer, secrets.broker_value
         ),

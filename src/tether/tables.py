@@ -9,6 +9,7 @@ from tether.audit import models as _audit  # noqa: F401
 from tether.credentials import models as _credentials  # noqa: F401
 from tether.db.base import Base
 from tether.freeze import models as _freeze  # noqa: F401
+from tether.gateway import models as _gateway  # noqa: F401
 from tether.policy import models as _policy  # noqa: F401
 from tether.runtime import models as _runtime  # noqa: F401
 from tether.secrets import models as _secrets  # noqa: F401

@@ -25,6 +25,7 @@ from tether.api.routes import (
     agents,
     approvals,
     audit,
+    calls,
     credentials,
     decisions,
     freeze,
@@ -104,7 +105,7 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     app.router.routes.append(Route("/mcp", endpoint=McpGate(services), methods=METHODS))
     # The decision endpoints first: FastAPI tries routes in order, and they are the hot path.
     for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
-                   audit, revocations, secrets, gateway):  # fmt: skip
+                   audit, revocations, secrets, gateway, calls):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
     app.add_middleware(TokenFastPath, services=services)  # innermost: after limits, metrics

@@ -70,6 +70,9 @@ class Chain:
     # Rows to insert with the batch: every job's rows go in the batch's one statement with
     # its events (PostgreSQL: one round trip) instead of a round trip per job under the lock.
     rows: Sequence[tuple[Table, tuple[Any, ...]]] = ()
+    # Rows that name the chained events (their ids, seqs): built once they are chained, and
+    # inserted in the same statement.
+    rows_of: Callable[[list[Event]], Sequence[tuple[Table, tuple[Any, ...]]]] | None = None
 
 
 @dataclass(slots=True)
@@ -221,6 +224,9 @@ class GroupCommitter:
                 mine = events[at : at + len(chain.events)]
                 at += len(chain.events)
                 results[i] = chain.finish(mine)
+                if chain.rows_of is not None:
+                    for table, row in chain.rows_of(mine):
+                        tables.setdefault(table, []).append(row)
                 if mine and chain.attachment is not None:
                     attached.append((mine[0], chain.attachment))
             for i, ev in zip(plain, events[at:], strict=True):

@@ -28,7 +28,7 @@ from tether.sdk.agent import (
 )
 from tether.sdk.claims import AccessTokenClaims
 from tether.sdk.errors import InsufficientScope, InvalidToken, JWKSUnavailable
-from tether.sdk.guard import AccessDenied, ApprovalRequired, guard
+from tether.sdk.guard import AccessDenied, ApprovalRequired, CallNotRecorded, guard
 from tether.sdk.jwks import JWKSCache
 from tether.sdk.middleware import DPoPRequest, DPoPVerifier, TetherAuthMiddleware
 from tether.sdk.revocations import RevocationFollower
@@ -47,6 +47,7 @@ __all__ = [
     "AgentClient",
     "ApiError",
     "ApprovalRequired",
+    "CallNotRecorded",
     "DPoPCheck",
     "DPoPRequest",
     "DPoPVerifier",

@@ -117,6 +117,7 @@ class SecretLeases:
         self._lock = threading.Lock()  # guards the two dicts; never held across a request
         self._held: dict[_Key, _Held] = {}
         self._locks: dict[_Key, threading.Lock] = {}
+        self._seen: set[str] = set()  # every value read: hidden from what guard records
 
     def value(self, name: str, version: int | None) -> str:
         """The value of ``name`` (``version``, or the current one): the held one while its
@@ -147,6 +148,11 @@ class SecretLeases:
                     else:
                         self._held[key] = fresh
             return fresh.value
+
+    def seen(self) -> list[str]:
+        """Every secret value this client has read (released ones too)."""
+        with self._lock:
+            return list(self._seen)
 
     def release(self) -> int:
         """Drop every held value and give its lease back (best effort: a lease that cannot be
@@ -213,6 +219,8 @@ class SecretLeases:
         if version is not None and body.get("version") != version:
             raise SecretError("invalid_response", f"{_READ} is not of version {version}")
         log.debug("secret %s read under lease %s; expires in %ss", name, lease_id, expires_in)
+        with self._lock:
+            self._seen.add(value)
         return _Held(value, lease_id, expires_in, started + expires_in)
 
     def _renew(self, held: _Held) -> _Held | None:

@@ -337,6 +337,33 @@ class AgentClient:
             if approval.get("status") != "pending" or left <= _MAX_WAIT:
                 return approval
 
+    def record_call(
+        self,
+        decision: Decision,
+        *,
+        tool: str,
+        args: Mapping[str, Any],
+        result: Any,
+        outcome: Literal["ok", "tool_error"],
+        duration_ms: float,
+    ) -> dict[str, Any]:
+        """Put a tool call this agent made on Tether's record (``POST /v1/tool-calls``): the
+        same ``tool.called`` ledger event a call through the MCP gateway makes, linked to
+        ``decision`` (the ``allow`` for ``tool`` it was made under; a decision allows one
+        call). Every secret value this client has read is cut out of ``args`` and ``result``
+        before they leave; Tether keeps digests and redacted copies. Returns the event's
+        ``event_id``, ``seq`` and digests. Raises :class:`ApiError`
+        (``decision_not_found``, ``call_not_allowed``, ``call_already_recorded``…)."""
+        if decision.event_id is None:
+            raise ValueError("the decision has no event_id: it was not made by Tether")
+        hide = [v for v in self._secrets.seen() if len(v) >= 4]
+        body = {
+            "decision_event": decision.event_id, "tool": tool, "outcome": outcome,
+            "args": _hidden(_jsonable(dict(args)), hide),
+            "result": _hidden(_jsonable(result), hide), "duration_ms": max(0.0, duration_ms),
+        }  # fmt: skip
+        return self._api("POST", "/v1/tool-calls", json=body)
+
     def secret(self, name: str, *, version: int | None = None) -> str:
         """The value of secret ``name`` (its current version, or ``version``), read with this
         agent's token (``GET /v1/secrets/{name}/value``) when policy permits ``secret.read``
@@ -509,3 +536,34 @@ class AgentClient:
             raise TokenError(
                 "temporarily_unavailable", f"{method} {url} failed: {type(exc).__name__}: {exc}"
             ) from exc
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON can carry it: containers walked (bounded), other objects as their
+    ``repr`` (a tool's arguments and results are whatever Python values it takes)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if depth >= 16:
+        return "[too deep]"
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v, depth + 1) for v in value]
+    if isinstance(value, bytes):
+        return f"[{len(value)} bytes]"
+    return repr(value)[:1000]
+
+
+def _hidden(value: Any, secrets: list[str]) -> Any:
+    """``value`` with every secret value cut out of its strings."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "[redacted]")
+        return value
+    if isinstance(value, dict):
+        return {_hidden(k, secrets): _hidden(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hidden(v, secrets) for v in value]
+    return value

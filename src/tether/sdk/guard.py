@@ -15,6 +15,13 @@ Allowed: the function runs. Denied: :class:`AccessDenied`. An approval checkpoin
 :class:`ApprovalRequired` — or, with ``wait``, the call blocks until a human decides and is
 asked once more (an approval allows the identical request exactly once). The function never
 runs without an ``allow`` for exactly this call.
+
+Then the call is put on Tether's record (``record=True``, the default) as a call through the
+MCP gateway is: one ``tool.called`` ledger event linked to the decision, with digests and
+redacted copies of the arguments and the result (or the exception), the outcome (``ok`` or
+``tool_error``) and the duration; secret values the agent read are cut out before anything
+leaves. If the record cannot be made, :class:`CallNotRecorded` carries the result (or the
+exception) — the call happened, but it is not on the record.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar, cast
 
+from tether.sdk._protocol import ApiError
 from tether.sdk.agent import AgentClient, Decision
 
-__all__ = ["AccessDenied", "ApprovalRequired", "guard"]
+__all__ = ["AccessDenied", "ApprovalRequired", "CallNotRecorded", "guard"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,6 +66,15 @@ class ApprovalRequired(Exception):
         self.approval_id = decision.approval_id
 
 
+class CallNotRecorded(Exception):
+    """The guarded call ran but Tether could not record it: ``result`` is what it returned
+    (``error`` what it raised), ``cause`` Tether's answer."""
+
+    def __init__(self, cause: ApiError, result: Any = None, error: BaseException | None = None):
+        super().__init__(f"the call ran but is not on the record: {cause}")
+        self.cause, self.result, self.error = cause, result, error
+
+
 def guard(
     action: str,
     *,
@@ -66,6 +84,7 @@ def guard(
     context: Computed = None,
     properties: Computed = None,
     wait: float | None = None,
+    record: bool = True,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a sync or async function so that each call first asks
     ``client.authorize(action, resource=…, resource_type=…)``. ``resource``, ``context``
@@ -73,12 +92,15 @@ def guard(
     ``wait`` (seconds), an approval checkpoint waits for the human and asks once more;
     without it, raises :class:`ApprovalRequired` at once. Raises :class:`AccessDenied` on a
     deny; :class:`tether.sdk.ApiError` / :class:`tether.sdk.TokenError` when Tether cannot
-    be asked (the function does not run)."""
+    be asked (the function does not run). With ``record`` (the default) the call is then put
+    on the record (:meth:`AgentClient.record_call`); :class:`CallNotRecorded` if it cannot
+    be."""
 
-    def decide(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def decide(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Decision, str]:
+        name = resource(*args, **kwargs) if callable(resource) else resource
         ask = functools.partial(
             client.authorize, action,
-            resource=resource(*args, **kwargs) if callable(resource) else resource,
+            resource=name,
             resource_type=resource_type, properties=_value(properties, args, kwargs),
             context=_value(context, args, kwargs),
         )  # fmt: skip
@@ -91,26 +113,71 @@ def guard(
                 raise AccessDenied(decision, approval)
             decision = ask()
         if decision.allowed:
-            return
+            return decision, name
         if decision.approval_required:
             raise ApprovalRequired(decision)
         raise AccessDenied(decision)
 
+    def keep(decision: Decision, name: str, arguments: dict[str, Any], started: float, *,
+             result: Any = None, error: BaseException | None = None) -> None:  # fmt: skip
+        if not record:
+            return
+        shown = result if error is None else {"error": type(error).__name__,
+                                              "message": str(error)[:500]}  # fmt: skip
+        try:
+            client.record_call(decision, tool=name, args=arguments, result=shown,
+                               outcome="ok" if error is None else "tool_error",
+                               duration_ms=(time.perf_counter() - started) * 1000)  # fmt: skip
+        except ApiError as exc:
+            raise CallNotRecorded(exc, result, error) from error
+
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(fn)
+
+        def arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError:
+                return {"args": list(args), **kwargs}
+            bound.apply_defaults()
+            return dict(bound.arguments)
+
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
                 # The SDK's HTTP client blocks: ask from a worker thread, not the event loop.
-                await asyncio.to_thread(decide, args, kwargs)
-                return await fn(*args, **kwargs)
+                decision, name = await asyncio.to_thread(decide, args, kwargs)
+                started = time.perf_counter()
+                try:
+                    result = await fn(*args, **kwargs)
+                except Exception as exc:
+                    await asyncio.to_thread(
+                        functools.partial(
+                            keep, decision, name, arguments(args, kwargs), started, error=exc
+                        )
+                    )
+                    raise
+                await asyncio.to_thread(
+                    functools.partial(
+                        keep, decision, name, arguments(args, kwargs), started, result=result
+                    )
+                )
+                return result
 
             return cast(Callable[P, R], run_async)
 
         @functools.wraps(fn)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            decide(args, kwargs)
-            return fn(*args, **kwargs)
+            decision, name = decide(args, kwargs)
+            started = time.perf_counter()
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                keep(decision, name, arguments(args, kwargs), started, error=exc)
+                raise
+            keep(decision, name, arguments(args, kwargs), started, result=result)
+            return result
 
         return run
 

@@ -1,0 +1,24 @@
+"""The record of every tool call an agent made, through the gateway or the SDK's ``guard``:
+one row per call, keyed by the decision that allowed it (a decision allows one call), beside
+the call's ``tool.called`` ledger event. Rollback (issue 17) reads an agent's calls here."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tether.db.base import Base
+
+
+class ToolCallRow(Base):
+    __tablename__ = "tool_calls"
+
+    decision_event: Mapped[str] = mapped_column(String(40), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)  # its tool.called event
+    agent_id: Mapped[str] = mapped_column(String(40))
+    tool: Mapped[str] = mapped_column(String(200))
+    via: Mapped[str] = mapped_column(String(16))  # "gateway" | "sdk"
+    outcome: Mapped[str] = mapped_column(String(32))
+    at: Mapped[int] = mapped_column(BigInteger)  # microseconds since the epoch
+
+    __table_args__ = (Index("ix_tool_calls_agent_id_at", "agent_id", "at"),)
