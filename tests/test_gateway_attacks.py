@@ -790,13 +790,14 @@ def test_an_oversized_message_is_413_with_a_json_rpc_error_and_no_call(a: Attack
                 "message": f"Invalid Request: the message exceeds {MAX_MESSAGE} bytes",
             },
         }, label
-    # over TETHER_MAX_BODY_BYTES the app's own limit answers first, also 413
+    # over TETHER_MAX_BODY_BYTES too: /mcp answers with its own limit, in JSON-RPC's shape
     huge = httpx.post(
         a.mcp,
         content=balance_of(MAX_BODY + 1),
         headers={**JSON_RPC, "Authorization": f"Bearer {token}"},
     )
     assert huge.status_code == 413
+    assert huge.json()["error"]["code"] == -32600
     assert a.since(before, "tool.called", "decision") == []
     # a message at the limit is read whole, decided and called (no such account: a tool error)
     at_limit = httpx.post(

@@ -133,9 +133,9 @@ class Settings(BaseSettings):
         "None: no scope required.",
     )
     gateway_max_message_bytes: int = Field(
-        default=1_048_576, ge=1024,
-        description="Largest request body /mcp reads; a larger one gets 413 with a JSON-RPC "
-        "error (TETHER_MAX_BODY_BYTES still bounds every request first).",
+        default=1_048_576, ge=1024, le=64 * 1_048_576,
+        description="Largest request body /mcp reads (its own limit, in place of "
+        "TETHER_MAX_BODY_BYTES); a larger one gets 413 with a JSON-RPC error.",
     )  # fmt: skip
     runtime_poll_seconds: float = Field(
         default=0.25, gt=0, le=10, description="How often a worker checks for changes."

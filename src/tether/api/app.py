@@ -110,7 +110,8 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     docs.install(app)
     app.add_middleware(TokenFastPath, services=services)  # innermost: after limits, metrics
     app.add_middleware(DecisionFastPath, services=services)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes,
+                       exempt=frozenset({"/mcp"}))  # the gateway's gate has its own  # fmt: skip
     app.add_middleware(MetricsMiddleware)
     return app
 

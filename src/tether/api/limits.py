@@ -13,12 +13,16 @@ from tether.jsonutil import canonical
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """``exempt``: paths whose endpoint enforces a limit of its own, answered in its own
+    protocol's shape (``/mcp``: a JSON-RPC error, ``TETHER_GATEWAY_MAX_MESSAGE_BYTES``)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
         length = _content_length(scope)
