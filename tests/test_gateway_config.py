@@ -67,6 +67,7 @@ def test_upstreams_load_from_the_environment_as_json(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TETHER_GATEWAY_UPSTREAMS", json.dumps(upstreams))
     (only,) = load_settings().gateway_upstreams
     assert only.name == "tickets"
+    assert only.prefix  # tools as tickets.<tool> unless told otherwise
 
 
 @pytest.mark.parametrize(
@@ -98,6 +99,13 @@ def test_upstreams_load_from_the_environment_as_json(monkeypatch: pytest.MonkeyP
             "takes no auth",
         ),
         ([{"name": "a", "url": "http://x/mcp", "auth": {"kind": "magic"}}], "[0].auth: Input tag"),
+        (
+            [
+                {"name": "a", "url": "http://x/mcp", "prefix": False},
+                {"name": "b", "url": "http://y/mcp", "prefix": False},
+            ],
+            "at most one gateway upstream may have prefix = false: a, b",
+        ),
     ],
 )
 def test_a_wrong_upstream_is_refused_naming_the_setting(

@@ -1,11 +1,17 @@
 """The MCP gateway's upstream servers, as configuration declares them (``tether.toml``'s
 ``[[gateway_upstreams]]`` tables, or ``TETHER_GATEWAY_UPSTREAMS`` as a JSON list).
 
-Each upstream has a ``name`` (its tools appear as ``<name>.<tool>``), either a streamable-HTTP
-``url`` or a stdio ``command``, how the gateway authenticates to it (``auth``: none, a static
-header whose value is a broker-only secret, or an OAuth client credential whose secret is one),
-and a ``timeout_seconds`` per call. The inbound token never goes upstream: a request to an
-upstream carries only what ``auth`` says.
+Each upstream has a ``name`` (its tools and prompts appear as ``<name>.<tool>``), either a
+streamable-HTTP ``url`` or a stdio ``command``, how the gateway authenticates to it (``auth``:
+none, a static header whose value is a broker-only secret, or an OAuth client credential whose
+secret is one), and a ``timeout_seconds`` per call. The inbound token never goes upstream: a
+request to an upstream carries only what ``auth`` says.
+
+``prefix = false`` shows one upstream's tools and prompts under their own names (``search``,
+not ``<name>.search``): for a client, or a test suite, that calls fixed names. At most one
+upstream may drop its prefix (two would collide); a prefixed upstream's ``<name>.`` takes
+precedence over an unprefixed tool named alike. Policy and the ledger still name every tool
+``<name>.<tool>`` (``Tool::"<name>.<tool>"``), prefix or not.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class Upstream(_Strict):
     env: dict[str, str] = Field(default_factory=dict)  # for a stdio command
     auth: Auth = Field(default_factory=NoAuth)
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    prefix: bool = True  # False: tools and prompts under their own names (at most one upstream)
 
     @model_validator(mode="after")
     def _one_transport(self) -> Upstream:
@@ -92,8 +99,12 @@ def _check_url(url: str, field: str) -> None:
 
 
 def check_unique(upstreams: list[Upstream]) -> list[Upstream]:
+    """Unique names, and at most one upstream without a prefix (two would share one namespace)."""
     names = [u.name for u in upstreams]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"gateway upstream names must be unique: {', '.join(dupes)}")
+    bare = [u.name for u in upstreams if not u.prefix]
+    if len(bare) > 1:
+        raise ValueError(f"at most one gateway upstream may have prefix = false: {', '.join(bare)}")
     return upstreams

@@ -23,11 +23,13 @@ class GatewayHandle:
         decisions: DecisionService,
         committer: GroupCommitter,
         read_secret: SecretReader,
+        public_url: str | None = None,
     ) -> None:
         self.upstreams = list(upstreams)
         self.decisions = decisions
         self.committer = committer
         self.read_secret = read_secret
+        self.public_url = public_url  # where agents reach it: the only Origin it accepts
         self.gateway: Gateway | None = None
 
     @property
@@ -44,7 +46,7 @@ class GatewayHandle:
             from tether.gateway.service import Gateway
 
             self.gateway = Gateway(self.upstreams, self.decisions, self.committer,
-                                   self.read_secret)  # fmt: skip
+                                   self.read_secret, public_url=self.public_url)  # fmt: skip
         async with self.gateway.run():
             yield
 

@@ -1,0 +1,1 @@
+"""An example upstream MCP server for the MCP conformance suite (see server.py)."""
