@@ -19,6 +19,7 @@ from tests.serverproc import TLS
 # RFC 9110 §7.6.1: a proxy does not forward these; content-length is set again by each side.
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
         b"transfer-encoding", b"upgrade", b"content-length", b"authorization"}  # fmt: skip
+_OWN = {b"date", b"server"}  # the proxy's server sends its own
 
 
 class BearerProxy:
@@ -64,7 +65,8 @@ class BearerProxy:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_until_disconnect, receive, tg.cancel_scope)
-                out: list[Any] = [(k, v) for k, v in answer.headers.raw if k.lower() not in _HOP]
+                raw = answer.headers.raw
+                out: list[Any] = [(k, v) for k, v in raw if k.lower() not in _HOP | _OWN]
                 await send({"type": "http.response.start", "status": answer.status_code,
                             "headers": out})  # fmt: skip
                 async for chunk in answer.aiter_raw():
