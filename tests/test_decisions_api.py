@@ -256,6 +256,9 @@ def test_authzen_configuration_names_the_endpoints(env: Env) -> None:
         "policy_decision_point": env.base,
         "access_evaluation_endpoint": f"{env.base}{EVAL}",
         "access_evaluations_endpoint": f"{env.base}{EVALS}",
+        "search_subject_endpoint": f"{env.base}/access/v1/search/subject",
+        "search_resource_endpoint": f"{env.base}/access/v1/search/resource",
+        "search_action_endpoint": f"{env.base}/access/v1/search/action",
     }
 
 

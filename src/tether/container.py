@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from functools import partial
 
 from tether.agents.service import AgentService
 from tether.approvals.notify import WebhookNotifier
@@ -34,11 +35,12 @@ from tether.maintenance import Task
 from tether.policy.decide import DecisionService
 from tether.policy.inputs import input_rows
 from tether.policy.runtime import AgentSection, DecisionSnapshot, PolicySection
+from tether.policy.search import Candidate, SearchService
 from tether.policy.service import PolicyService
 from tether.revocations.feed import RevocationFeed
 from tether.runtime.snapshot import Runtime
 from tether.secrets.databases import DatabaseLogins
-from tether.secrets.runtime import RevokedLeases
+from tether.secrets.runtime import RevokedLeases, SecretsSection
 from tether.secrets.service import SecretService
 from tether.users.runtime import UserSection
 from tether.users.service import UserService
@@ -62,6 +64,7 @@ class Services:
     committer: GroupCommitter
     approvals: ApprovalService
     decisions: DecisionService
+    search: SearchService  # AuthZEN search over the decisions
     bearers: Bearers
     notifier: WebhookNotifier
     freezes: FreezeService
@@ -89,6 +92,12 @@ def webhook_secret(settings: Settings, keys: RootKeys) -> str:
     if settings.approval_webhook_secret:
         return settings.approval_webhook_secret
     return hmac.new(keys.master_key, b"tether approval webhooks v1", hashlib.sha256).hexdigest()
+
+
+def _held_secrets(section: SecretsSection) -> list[Candidate]:
+    """The secrets a resource search of type ``Secret`` looks at: every live one, with the
+    properties a read is decided with (tether.secrets.service)."""
+    return [Candidate(name, meta.properties) for name, meta in list(section.current.items())]
 
 
 def _dpop_nonces(settings: Settings, keys: RootKeys, purpose: Purpose) -> DPoPNonces | None:
@@ -174,6 +183,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         committer=committer,
         approvals=approvals,
         decisions=decisions,
+        search=SearchService(decisions, {"Secret": partial(_held_secrets, secrets.section)}),
         maintenance=[
             *audit.maintenance(),
             *signing_keys.maintenance(),

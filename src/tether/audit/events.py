@@ -34,6 +34,9 @@ class EventType(StrEnum):
     KEYS_ROTATED = "keys.rotated"
     POLICY_UPDATED = "policy.updated"
     DECISION = "decision"
+    # An AuthZEN search (subjects, resources or actions): one event per search, not per
+    # candidate evaluated (details: what was searched, how many results, their digest).
+    DECISION_SEARCH = "decision.search"
     APPROVAL_REQUESTED = "approval.requested"
     APPROVAL_APPROVED = "approval.approved"
     APPROVAL_DENIED = "approval.denied"

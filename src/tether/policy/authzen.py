@@ -71,9 +71,13 @@ Context = Annotated[dict[_Key, CedarValue], Field(json_schema_extra=_context_sch
 _NOT_ACTED_ON = {"not": {"anyOf": [{"enum": ["Role", "User"]}, {"pattern": "Action$"}]}}
 
 
+AgentType = Annotated[Literal["agent"], Field(description="Tether decides for agents")]
+AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
+
+
 class Subject(StrictModel):
-    type: Annotated[Literal["agent"], Field(description="Tether decides for agents")]
-    id: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
+    type: AgentType
+    id: AgentId
     properties: Record = Field(default_factory=dict)
 
 
@@ -82,13 +86,19 @@ class Action(StrictModel):
     properties: Record = Field(default_factory=dict)
 
 
+ResourceType = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_:]*$",
+          json_schema_extra=_NOT_ACTED_ON),
+]  # fmt: skip
+
+
+ResourceId = Annotated[str, _ID]
+
+
 class Resource(StrictModel):
-    type: Annotated[
-        str,
-        Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_:]*$",
-              json_schema_extra=_NOT_ACTED_ON),
-    ]  # fmt: skip
-    id: Annotated[str, _ID]
+    type: ResourceType
+    id: ResourceId
     properties: Record = Field(default_factory=dict)
 
 
@@ -154,13 +164,21 @@ def ask_of(
     ev: Evaluation, who: Caller, decisions: DecisionService, request_id: str | None = None
 ) -> Ask:
     decisions.may_ask(who.principal, ev.subject.id)
+    return caller_ask(who, ev.subject.id, ev.action.name, ev.resource.type, ev.resource.id,
+                      properties=ev.resource.properties, context=ev.context,
+                      request_id=request_id)  # fmt: skip
+
+
+def caller_ask(
+    who: Caller, subject: str, action: str, resource_type: str, resource_id: str, *,
+    properties: dict[str, Any], context: dict[str, Any], request_id: str | None,
+) -> Ask:  # fmt: skip
+    """The request as Tether asks it: an agent caller's with its token's chain."""
     if who.principal.kind == "agent":
-        return Ask(ev.subject.id, ev.action.name, ev.resource.type, ev.resource.id,
-                   ev.resource.properties, ev.context, who.chain, who.on_behalf_of, who.jti,
-                   who.principal.ref, request_id)  # fmt: skip
-    return Ask(ev.subject.id, ev.action.name, ev.resource.type, ev.resource.id,
-               ev.resource.properties, ev.context, caller=who.principal.ref,
-               request_id=request_id)  # fmt: skip
+        return Ask(subject, action, resource_type, resource_id, properties, context, who.chain,
+                   who.on_behalf_of, who.jti, who.principal.ref, request_id)  # fmt: skip
+    return Ask(subject, action, resource_type, resource_id, properties, context,
+               caller=who.principal.ref, request_id=request_id)  # fmt: skip
 
 
 def batch_asks(

@@ -136,6 +136,15 @@ class DecisionService:
                 out[i] = decision_from_outcome(outcome, compiled.version)
         return [d for d in out if d is not None]
 
+    def refusal(self, ask: Ask) -> Decision | None:
+        """What :meth:`evaluate` answers ``ask`` without asking Cedar — this worker not
+        current, the token revoked, the subject or a member of its chain unknown, not active
+        or frozen, the action unknown — or None when Cedar decides."""
+        compiled = self.runtime.policies
+        if compiled is None or not self.runtime.current():
+            return _stale(compiled, 1)[0]
+        return self._precheck(ask, compiled, to_micros(self.clock.now()))
+
     def _precheck(self, ask: Ask, compiled: CompiledPolicies, now_us: int) -> Decision | None:  # noqa: PLR0911
         rt = self.runtime
         version = compiled.version

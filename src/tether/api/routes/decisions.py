@@ -1,5 +1,7 @@
-"""OpenID AuthZEN Authorization API 1.0: ``/access/v1/evaluation(s)`` — parse, decide,
-answer. The shapes and the mapping to Tether's ask are :mod:`tether.policy.authzen`'s."""
+"""OpenID AuthZEN Authorization API 1.0: ``/access/v1/evaluation(s)`` and the searches
+``/access/v1/search/{subject,resource,action}`` — parse, decide, answer. The shapes and the
+mapping to Tether's ask are :mod:`tether.policy.authzen`'s and
+:mod:`tether.policy.authzen_search`'s."""
 
 from __future__ import annotations
 
@@ -18,6 +20,18 @@ from tether.policy.authzen import (
     EvaluationsOut,
     ask_of,
     batch_asks,
+)
+from tether.policy.authzen_search import (
+    ActionSearch,
+    ActionSearchOut,
+    ResourceSearch,
+    ResourceSearchOut,
+    SubjectSearch,
+    SubjectSearchOut,
+    action_search_ask,
+    resource_search_ask,
+    search_answer,
+    subject_search_ask,
 )
 
 router = APIRouter(tags=["decisions"])
@@ -49,6 +63,47 @@ async def evaluations(
     return _json({"evaluations": [d.to_authzen() for d in decisions]})
 
 
+@router.post(
+    "/access/v1/search/subject", response_model=SubjectSearchOut,
+    responses=responses(400, 401, 403, 413, 422),
+)  # fmt: skip
+async def search_subjects(
+    body: SubjectSearch, svc: ServicesDep, who: CallerDep, request: Request
+) -> Response:
+    """AuthZEN §8.4: the agents that may take the action on the resource, among those the
+    caller may ask about."""
+    ask = subject_search_ask(body, who, request_id(request.scope))
+    page = await svc.search.subjects(who.principal, ask, token=body.page.token,
+                                     limit=body.page.limit)  # fmt: skip
+    return _json(search_answer(page))
+
+
+@router.post(
+    "/access/v1/search/resource", response_model=ResourceSearchOut,
+    responses=responses(400, 401, 403, 413, 422),
+)  # fmt: skip
+async def search_resources(
+    body: ResourceSearch, svc: ServicesDep, who: CallerDep, request: Request
+) -> Response:
+    """AuthZEN §8.5: the resources of a type the subject may take the action on."""
+    ask = resource_search_ask(body, who, svc.decisions, request_id(request.scope))
+    page = await svc.search.resources(ask, token=body.page.token, limit=body.page.limit)
+    return _json(search_answer(page))
+
+
+@router.post(
+    "/access/v1/search/action", response_model=ActionSearchOut,
+    responses=responses(400, 401, 403, 413, 422),
+)  # fmt: skip
+async def search_actions(
+    body: ActionSearch, svc: ServicesDep, who: CallerDep, request: Request
+) -> Response:
+    """AuthZEN §8.6: the actions the subject may take on the resource."""
+    ask = action_search_ask(body, who, svc.decisions, request_id(request.scope))
+    page = await svc.search.actions(ask, token=body.page.token, limit=body.page.limit)
+    return _json(search_answer(page))
+
+
 def _json(body: dict[str, Any]) -> Response:
     # A Response skips FastAPI's re-validation and jsonable_encoder of the return value: the
     # shape is the response_model's (the OpenAPI conformance test checks every answer).
@@ -62,4 +117,7 @@ def configuration(svc: ServicesDep) -> dict[str, Any]:
         "policy_decision_point": base,
         "access_evaluation_endpoint": f"{base}/access/v1/evaluation",
         "access_evaluations_endpoint": f"{base}/access/v1/evaluations",
+        "search_subject_endpoint": f"{base}/access/v1/search/subject",
+        "search_resource_endpoint": f"{base}/access/v1/search/resource",
+        "search_action_endpoint": f"{base}/access/v1/search/action",
     }
