@@ -213,6 +213,10 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         db_logins=db_logins,
         calls=CallRecorder(committer, clock),
         gateway=GatewayHandle(
-            settings.gateway_upstreams, decisions, committer, secrets.broker_value
+            settings.gateway_upstreams,
+            decisions,
+            committer,
+            secrets.broker_value,
+            settings.base_url,
         ),
     )
