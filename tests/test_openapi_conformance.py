@@ -409,6 +409,13 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                         "parameters": {
                             "path.agent_id": {"dictionary": f"to_{op}", "probability": 0.4}
                         },
+                        # Not an id seen in a response: lists and searches name every agent,
+                        # the token client among them, and once it is suspended, retired or
+                        # killed nothing that needs it (tokens, subject tokens) can succeed.
+                        "phases": {
+                            "coverage": {"extra-data-sources": {"responses": False}},
+                            "fuzzing": {"extra-data-sources": {"responses": False}},
+                        },
                     }
                     for op in _TRANSITIONS
                 ),
