@@ -36,6 +36,7 @@ from tests.pdp import EVAL, EVALS, Env, credential, env_of, events_since, head, 
 from tests.test_decisions_api import ledger_unwritable
 from tether.bootstrap import prepare
 from tether.container import build_services
+from tether.errors import ValidationFailed
 from tether.policy.search import Candidate, SearchService
 from tether.policy.values import Ask, Effect
 
@@ -537,6 +538,15 @@ def test_a_search_is_one_ledger_event_and_opens_no_approval(world: World) -> Non
     assert event["details"]["results_digest"] == hashlib.sha256(orjson.dumps(ids)).hexdigest()
     assert event["agent_id"] is None
     assert event["actor"].startswith("user:")
+    assert event["details"]["search"] == "subject"
+
+    since = head(w.env)
+    body = {"subject": {"type": "agent", "id": high}, "resource": {"type": "Tool", "id": "search"}}
+    found = search(w, ACTIONS, body)
+    (event,) = events_since(w.env, since)
+    assert (event["details"]["search"], event["action"]) == ("action", None)
+    assert event["resource"] == {"type": "Tool", "id": "search"}
+    assert event["details"]["count"] == len(found["results"])
 
 
 def test_an_unwritable_ledger_fails_the_search(world: World) -> None:
@@ -588,3 +598,14 @@ def test_an_in_process_caller_searches_its_own_candidates(world: World) -> None:
         assert page.next_token == ""
         assert all(f.decision.allowed for f in page.results)
     assert events_since(w.env, since) == []
+    # an id given twice counts once (its first); a candidate's properties are checked
+    agent = w.agents["support-min"]
+    template = Ask(agent, "tool.call", "Tool", "")
+    twice = [Candidate("search"), Candidate("search", {"server": "prod"})]
+    page = asyncio.run(searcher.resources(template, candidates=twice, record=False))
+    assert [(f.id, f.ask.properties) for f in page.results] == [("search", {})]
+    with pytest.raises(ValidationFailed) as bad:
+        asyncio.run(searcher.resources(template, candidates=[Candidate("x", {"n": None})]))
+    assert bad.value.details["field"] == "candidates"
+    with pytest.raises(ValidationFailed):
+        asyncio.run(searcher.resources(template, candidates=tools, limit=0))

@@ -146,7 +146,7 @@ class SearchService:
         what it does itself). Raises :class:`ValidationFailed` for a bad ask, candidate or
         token."""
         validate_ask(ask)
-        after = _after(token)
+        after = _start(token, limit)
         await self._current()
         refused = self.decisions.refusal(ask)  # the same for every candidate
         if refused is not None:
@@ -155,9 +155,12 @@ class SearchService:
             if candidates is None:
                 pool = self._resources_of(ask.resource_type)
             else:
-                pool = [c for c in candidates if _nameable(c.id)]
-                for c in pool:
-                    _check_candidate(ask, c)
+                given: dict[str, Candidate] = {}
+                for c in candidates:  # the first of an id counts
+                    if _nameable(c.id) and c.id not in given:
+                        _check_candidate(ask, c)
+                        given[c.id] = c
+                pool = list(given.values())
 
             def ask_for(c: Candidate) -> Ask:
                 props = ask.properties if c.properties is None else c.properties
@@ -173,7 +176,7 @@ class SearchService:
         """The actions ``ask.subject`` may take on ``ask.resource`` in ``ask.context``
         (``ask.action`` is ignored). As :meth:`resources` otherwise."""
         validate_ask(ask)
-        after = _after(token)
+        after = _start(token, limit)
         await self._current()
         compiled = self.decisions.runtime.policies
         names = _actions_of(compiled) if compiled is not None else []
@@ -196,7 +199,7 @@ class SearchService:
         or supervise. ``ask.subject`` is ignored. Raises :class:`Forbidden` for anyone else
         (auditors), as an evaluation would."""
         validate_ask(ask)
-        after = _after(token)
+        after = _start(token, limit)
         await self._current()
         ids = self._askable(asker)
         page = self._page(SearchKind.SUBJECT, _ordered(ids, str),
@@ -244,8 +247,6 @@ class SearchService:
         """Evaluate ``pool`` (ordered by key) from after ``after`` until ``limit`` results
         and the next hit, the budget, or the end: the next page starts after the last
         candidate this one took."""
-        if limit is not None and limit < 1:
-            raise ValidationFailed("page.limit is at least 1", field="page.limit")
         compiled = self.decisions.runtime.policies
         start = bisect_right([key for key, _ in pool], after) if after is not None else 0
         stop = len(pool) if limit is None else min(len(pool), start + SCAN_BUDGET)
@@ -342,8 +343,10 @@ def _token(key: bytes) -> str:
     return base64.urlsafe_b64encode(key).rstrip(b"=").decode()
 
 
-def _after(token: str) -> bytes | None:
+def _start(token: str, limit: int | None) -> bytes | None:
     """Where a page starts: after the id ``token`` encodes (None: at the beginning)."""
+    if limit is not None and limit < 1:
+        raise ValidationFailed("page.limit is at least 1", field="page.limit")
     if not token:
         return None
     if len(token) > TOKEN_MAX_LENGTH or not _TOKEN.fullmatch(token):
