@@ -207,13 +207,17 @@ def test_each_agent_sees_and_calls_only_what_policy_allows(world: World) -> None
     assert support_sees == ["payments.create_ticket", "payments.list_tickets"]
 
     calls = [e for e in world.events("tool.called") if e["agent_id"] == payer]
-    assert [(e["resource"]["id"], e["outcome"]) for e in calls] == [
-        ("payments.get_balance", "ok"), ("payments.refund", "ok")]  # fmt: skip
+    assert [(e["resource"]["id"], e["outcome"], e["decision"]) for e in calls] == [
+        ("payments.get_balance", "ok", "allow"), ("payments.refund", "ok", "allow"),
+        ("payments.refund", "refused", "deny"), ("payments.create_ticket", "refused", "deny"),
+    ]  # fmt: skip
     decisions = {e["id"]: e for e in world.events("decision") if e["agent_id"] == payer}
-    for call in calls:
-        assert decisions[call["details"]["decision_event"]]["decision"] == "allow"
+    for call in calls:  # each call linked to its own decision
+        assert decisions[call["details"]["decision_event"]]["decision"] == call["decision"]
         assert len(call["details"]["args_digest"]) == 64
     assert calls[1]["details"]["args"]["amount"] == 50
+    assert calls[2]["details"]["args"]["amount"] == 500
+    assert "result" not in calls[2]["details"] or calls[2]["details"]["result"] is None
     # the upstream got the broker-only key, never an agent's token; the key is on no record
     headers = [json.loads(line) for line in world.header_log.read_text().splitlines()]
     assert headers

@@ -444,9 +444,10 @@ when {{ resource has tool && resource.tool == "create_ticket" && context has on_
     # The chain is on the decision and on the call, linked.
     decisions = {e["id"]: e for e in a.since(before, "decision")}
     called = [e for e in a.since(before, "tool.called") if e["on_behalf_of"] == alice.agent_id]
-    assert [e["resource"]["id"] for e in called] == [
-        "payments.get_balance",
-        "payments.create_ticket",
+    assert [(e["resource"]["id"], e["outcome"]) for e in called] == [
+        ("payments.get_balance", "ok"),
+        ("payments.refund", "refused"),
+        ("payments.create_ticket", "ok"),
     ]
     for event in called:
         assert event["agent_id"] == bob.agent_id
@@ -454,7 +455,7 @@ when {{ resource has tool && resource.tool == "create_ticket" && context has on_
         decision = decisions[event["details"]["decision_event"]]
         assert decision["chain"] == [alice.agent_id, bob.agent_id]
         assert decision["on_behalf_of"] == alice.agent_id
-        assert decision["decision"] == "allow"
+        assert decision["decision"] == ("allow" if event["outcome"] == "ok" else "deny")
     denied = [
         d
         for d in decisions.values()
@@ -649,13 +650,6 @@ def _echo_upstream() -> Any:
     return keeping
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway relays an upstream's result and error text "
-    "as given; hiding its link's known secret values from what goes back to the "
-    "agent belongs in tether.gateway.service (_call_tool, _read_resource, "
-    "_get_prompt)",
-)
 def test_an_upstream_that_echoes_the_broker_only_key_does_not_leak_it_to_the_agent(
     make_services: Callable[..., Services],
     tmp_path: Path,

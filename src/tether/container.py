@@ -177,6 +177,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     secrets.on_revoke.append(db_logins.after_revoke)
     freeze_service = FreezeService(db, ledger, clock, notifier.notify)
     freeze_service.on_freeze.append(secrets.revoke_frozen)
+    calls = CallRecorder(committer, clock)
     return Services(
         policies=policies,
         runtime=runtime,
@@ -211,12 +212,13 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         revocations=RevocationFeed(db, snapshot, clock, sources=[revoked_leases]),
         secrets=secrets,
         db_logins=db_logins,
-        calls=CallRecorder(committer, clock),
+        calls=calls,
         gateway=GatewayHandle(
             settings.gateway_upstreams,
             decisions,
             committer,
             secrets.broker_value,
             settings.base_url,
+            calls=calls,
         ),
     )

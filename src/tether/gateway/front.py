@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tether.audit.group import GroupCommitter
+from tether.gateway.calls import CallRecorder
 from tether.gateway_config import SecretReader, Upstream
 from tether.policy.decide import DecisionService
 
@@ -24,8 +25,11 @@ class GatewayHandle:
         committer: GroupCommitter,
         read_secret: SecretReader,
         public_url: str | None = None,
+        *,
+        calls: CallRecorder | None = None,
     ) -> None:
         self.upstreams = list(upstreams)
+        self.calls = calls
         self.decisions = decisions
         self.committer = committer
         self.read_secret = read_secret
@@ -46,7 +50,8 @@ class GatewayHandle:
             from tether.gateway.service import Gateway
 
             self.gateway = Gateway(self.upstreams, self.decisions, self.committer,
-                                   self.read_secret, public_url=self.public_url)  # fmt: skip
+                                   self.read_secret, public_url=self.public_url,
+                                   calls=self.calls)  # fmt: skip
         async with self.gateway.run():
             yield
 

@@ -23,7 +23,7 @@ A denial is a JSON-RPC error saying why (an approval checkpoint: its id and how 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import httpx2
@@ -32,9 +32,11 @@ from mcp.client.session import ClientSession
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp.shared.uri_template import UriTemplate
+from pydantic import BaseModel
 
 from tether.gateway.metadata import CALLER
 from tether.gateway.naming import Names
+from tether.gateway.redact import hide, shows_any
 from tether.gateway.upstreams import UpstreamDown, UpstreamLink
 from tether.policy.decide import DecisionService
 from tether.policy.values import Ask, Decision, Effect
@@ -211,10 +213,25 @@ def _matches(template: str, uri: str) -> bool:
 
 
 async def _forward(link: UpstreamLink, fn: Callable[[ClientSession], Awaitable[T]]) -> T:
-    """``fn`` on the upstream's session; the upstream's own JSON-RPC errors pass as they are."""
+    """``fn`` on the upstream's session; the upstream's own JSON-RPC errors pass as they are —
+    both with every secret value the gateway sent this upstream cut out."""
     try:
-        return await link.call(fn)
+        result = await link.call(fn)
+    except MCPError as exc:
+        if not link.known or not shows_any(f"{exc.error.message}{exc.error.data}", link.known):
+            raise
+        raise MCPError(code=exc.error.code, message=hide(exc.error.message, link.known),
+                       data=hide(exc.error.data, link.known)) from None  # fmt: skip
     except (UpstreamDown, TimeoutError, OSError, httpx2.TransportError,
             anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:  # fmt: skip
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)[:300] or repr(exc)
+        reason = hide(reason, link.known)
         raise MCPError(code=mt.INTERNAL_ERROR, message=f"upstream {link.name}: {reason}") from None
+    if (
+        isinstance(result, BaseModel)
+        and link.known
+        and shows_any(result.model_dump_json(by_alias=True), link.known)
+    ):
+        shown = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return cast(T, type(result).model_validate(hide(shown, link.known)))
+    return result

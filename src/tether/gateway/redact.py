@@ -95,3 +95,32 @@ def _needles(known: Iterable[str]) -> tuple[str, ...]:
             out.add(encode(raw).decode().rstrip("="))
     # Longest first: a value that contains another is found as itself.
     return tuple(sorted(out, key=len, reverse=True))
+
+
+def hide(value: Any, known: Iterable[str]) -> Any:
+    """``value`` (JSON-like) with every occurrence of a ``known`` secret value (or its
+    base64) replaced by ``[redacted]`` in its strings, keys included — nothing else changed
+    or cut: what goes back to an agent from an upstream that echoes the credential the
+    gateway sent it."""
+    needles = _needles(known)
+    if not needles:
+        return value
+    return _hide(value, needles)
+
+
+def _hide(value: Any, needles: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        for needle in needles:
+            if needle in value:
+                value = value.replace(needle, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {_hide(k, needles): _hide(v, needles) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_hide(v, needles) for v in value]
+    return value
+
+
+def shows_any(text: str, known: Iterable[str]) -> bool:
+    """Whether ``text`` holds a ``known`` secret value (or its base64)."""
+    return any(needle in text for needle in _needles(known))

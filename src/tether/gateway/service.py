@@ -46,12 +46,12 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from tether.audit.events import EventType, NewEvent
 from tether.audit.group import GroupCommitter
 from tether.errors import LedgerUnavailable
+from tether.gateway.calls import CallFacts, CallRecorder, Outcome
 from tether.gateway.naming import Names
 from tether.gateway.passthrough import Passthrough, caller_of, why
-from tether.gateway.redact import Redactor
+from tether.gateway.redact import hide, shows_any
 from tether.gateway.upstreams import UpstreamDown, UpstreamLink
 from tether.gateway_config import SecretReader, Upstream
 from tether.policy.decide import DecisionService
@@ -72,7 +72,7 @@ class Gateway:
         committer: GroupCommitter,
         read_secret: SecretReader,
         *,
-        redactor: Redactor | None = None,
+        calls: CallRecorder | None = None,
         public_url: str | None = None,
     ) -> None:
         """``public_url``: the gateway's public base URL, whose origin alone a request with an
@@ -80,7 +80,7 @@ class Gateway:
         self.decisions = decisions
         self.committer = committer
         self.read_secret = read_secret
-        self.redactor = redactor or Redactor()
+        self.calls = calls or CallRecorder(committer, decisions.clock)
         self.configs = list(upstreams)
         self.links: dict[str, UpstreamLink] = {}
         self.names = Names(self.links)
@@ -190,12 +190,17 @@ class Gateway:
                      context={"args": args})  # fmt: skip
         decision = await self.decisions.decide(ask)
         if not decision.allowed:
+            if decision.event_id is not None:  # refused before any record (ledger down): none
+                with contextlib.suppress(LedgerUnavailable):
+                    await self._record(caller, policy_id, link, local=local, args=args,
+                                       result=None, decision=decision, outcome="refused",
+                                       duration_ms=0.0)  # fmt: skip
             return _refusal(params.name, decision)
         # Progress only for a caller that asked for it (a token in _meta), back on its stream.
         wants = params.meta is not None and params.meta.get("progress_token") is not None
         relay = ctx.session.report_progress if wants else None
         started = time.perf_counter()
-        outcome = "ok"
+        outcome: Outcome = "ok"
         try:
             result = await link.call(lambda s: s.call_tool(local, args or None,
                                                            progress_callback=relay))  # fmt: skip
@@ -212,29 +217,27 @@ class Gateway:
                                duration_ms=duration_ms)  # fmt: skip
         except LedgerUnavailable:
             return _error("the call could not be recorded: its result is withheld")
-        return result
+        return _hidden(result, link.known)
 
     async def _record(
         self, caller: Caller, name: str, link: UpstreamLink, *, local: str,
-        args: dict[str, Any], result: mt.CallToolResult, decision: Decision, outcome: str,
-        duration_ms: float,
+        args: dict[str, Any], result: mt.CallToolResult | None, decision: Decision,
+        outcome: Outcome, duration_ms: float,
     ) -> None:  # fmt: skip
-        known = list(link.known)
-        args_digest, args_copy = self.redactor.record(args, known)
-        shown = result.model_dump(mode="json", by_alias=True, exclude_none=True)
-        result_digest, result_copy = self.redactor.record(shown, known)
+        shown = (result.model_dump(mode="json", by_alias=True, exclude_none=True)
+                 if result is not None else None)  # fmt: skip
         agent = caller.principal
-        await self.committer.submit_async(NewEvent(
-            EventType.TOOL_CALLED, agent.ref, agent_id=agent.id,
-            on_behalf_of=caller.on_behalf_of, chain=caller.chain, action="tool.call",
-            resource={"type": TOOL, "id": name}, decision=decision.effect.value,
-            reasons=decision.reasons, policy_version=decision.policy_version, outcome=outcome,
-            details={"server": link.name, "tool": local, "decision_event": decision.event_id,
-                     "args_digest": args_digest, "args": args_copy,
-                     "result_digest": result_digest, "result": result_copy,
-                     "duration_ms": duration_ms,
-                     "brokered": [link.config.auth.kind] if link.known else []},
-        ))  # fmt: skip
+        facts = CallFacts(
+            agent_id=agent.id, actor=agent.ref, tool=name, decision_event=decision.event_id or "",
+            decision=decision.effect.value, reasons=decision.reasons,
+            policy_version=decision.policy_version, args=args, result=shown, outcome=outcome,
+            duration_ms=duration_ms, via="gateway", on_behalf_of=caller.on_behalf_of,
+            chain=caller.chain,
+            details={"server": link.name, "tool": local,
+                     "brokered": [link.config.auth.kind] if link.known else [],
+                     **({"approval_id": decision.approval_id} if decision.approval_id else {})},
+        )  # fmt: skip
+        await self.calls.record(facts, known=link.known)
 
 
 def _tool_properties(server: str, tool: mt.Tool) -> dict[str, Any]:
@@ -250,6 +253,15 @@ def _refusal(name: str, decision: Decision) -> mt.CallToolResult:
             "event_id": decision.event_id}  # fmt: skip
     return mt.CallToolResult(is_error=True, content=[mt.TextContent(type="text",
                              text=json.dumps({k: v for k, v in body.items() if v}))])  # fmt: skip
+
+
+def _hidden(result: mt.CallToolResult, known: Sequence[str]) -> mt.CallToolResult:
+    """The result with every secret value the gateway sent this upstream cut out: an upstream
+    that echoes its credential does not hand it to the agent."""
+    if not known or not shows_any(result.model_dump_json(by_alias=True), known):
+        return result
+    shown = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return mt.CallToolResult.model_validate(hide(shown, known))
 
 
 def _error(text: str) -> mt.CallToolResult:

@@ -40,7 +40,7 @@ class ToolCallOut(BaseModel):
 
 
 @router.post("", status_code=201, response_model=ToolCallOut,
-             responses=responses(401, 403, 404, 409, 413, 422))  # fmt: skip
+             responses=responses(400, 401, 403, 404, 409, 413, 422))  # fmt: skip
 async def record_call(body: ToolCallIn, svc: ServicesDep, who: CallerDep) -> Any:
     """Put an agent's own tool call on the record, once, linked to the decision that allowed
     it (the agent's own ``allow`` for this tool). Arguments and result are kept as digests and
