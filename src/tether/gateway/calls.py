@@ -103,7 +103,9 @@ class CallRecorder:
         }  # fmt: skip
 
         def job(s: Session) -> Chain:
-            if s.get(ToolCallRow, facts.decision_event) is not None:
+            # The gateway records the decision it has just made: no earlier record can name
+            # it (and the primary key stands guard). A report names a decision of its own.
+            if check and s.get(ToolCallRow, facts.decision_event) is not None:
                 raise CallAlreadyRecorded(
                     f"the call decided by {facts.decision_event} is on the record already: "
                     "a decision allows one call — ask again for another"

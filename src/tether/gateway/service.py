@@ -31,7 +31,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -42,6 +42,10 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
+from mcp_types import DEFAULT_NEGOTIATED_VERSION, methods
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
@@ -49,6 +53,7 @@ from starlette.types import Message, Receive, Scope, Send
 from tether.audit.group import GroupCommitter
 from tether.errors import LedgerUnavailable
 from tether.gateway.calls import CallFacts, CallRecorder, Outcome
+from tether.gateway.metadata import CALLER
 from tether.gateway.naming import Names
 from tether.gateway.passthrough import Passthrough, caller_of, why
 from tether.gateway.redact import hide, shows_any
@@ -61,6 +66,7 @@ if TYPE_CHECKING:
     from tether.credentials.bearer import Caller
 
 log = logging.getLogger("tether.gateway")
+CallTool = Callable[["Caller", mt.CallToolRequestParams, Any], Awaitable[mt.CallToolResult]]
 TOOL = "Tool"
 
 
@@ -120,7 +126,7 @@ class Gateway:
     async def _run(self) -> AsyncIterator[StreamableHTTPSessionManager]:
         self.links = {cfg.name: UpstreamLink(cfg, self.read_secret) for cfg in self.configs}
         self.names = Names(self.links)
-        self.manager = _Manager(self.server, self.origin)
+        self.manager = _Manager(self.server, self.origin, self.call_tool)
         async with self.manager.run(), anyio.create_task_group() as tg:
             for link in self.links.values():
                 tg.start_soon(link.supervise)
@@ -178,7 +184,16 @@ class Gateway:
     async def _call_tool(
         self, ctx: ServerRequestContext[Any], params: mt.CallToolRequestParams
     ) -> mt.CallToolResult:
-        caller = caller_of(ctx)
+        # Progress only for a caller that asked for it (a token in _meta), back on its stream.
+        wants = params.meta is not None and params.meta.get("progress_token") is not None
+        relay = ctx.session.report_progress if wants else None
+        return await self.call_tool(caller_of(ctx), params, relay)
+
+    async def call_tool(
+        self, caller: Caller, params: mt.CallToolRequestParams, relay: Any = None
+    ) -> mt.CallToolResult:
+        """One tool call: decided, forwarded, recorded (raises MCPError for an unknown
+        tool); ``relay`` gets the upstream's progress notifications."""
         link, local = self.names.split(params.name)
         tool = link.tools.get(local)
         if tool is None:
@@ -196,9 +211,6 @@ class Gateway:
                                        result=None, decision=decision, outcome="refused",
                                        duration_ms=0.0)  # fmt: skip
             return _refusal(params.name, decision)
-        # Progress only for a caller that asked for it (a token in _meta), back on its stream.
-        wants = params.meta is not None and params.meta.get("progress_token") is not None
-        relay = ctx.session.report_progress if wants else None
         started = time.perf_counter()
         outcome: Outcome = "ok"
         try:
@@ -280,8 +292,11 @@ class _Manager(StreamableHTTPSessionManager):
     spec allows: without a session nothing would ever be sent on a standalone stream, which
     would hold a connection open for nothing, and there is no session to end."""
 
-    def __init__(self, server: Server[Any], origin: str | None) -> None:
+    def __init__(
+        self, server: Server[Any], origin: str | None, call_tool: CallTool | None = None
+    ) -> None:
         super().__init__(app=server, stateless=True, json_response=True)
+        self.call_tool = call_tool  # the tools/call fast path (None: every request to mcp)
         self.streaming = StreamableHTTPSessionManager(app=server, stateless=True,
                                                       json_response=False)  # fmt: skip
         self.origin = origin
@@ -304,8 +319,42 @@ class _Manager(StreamableHTTPSessionManager):
         body, receive = await _buffered(receive)
         if _asks_progress(body):
             await self.streaming.handle_request(scope, receive, send)
-        else:
+        elif self.call_tool is None or not await self._fast_call(scope, body, send):
             await super().handle_request(scope, receive, send)
+
+    async def _fast_call(self, scope: Scope, body: bytes, send: Send) -> bool:
+        """A plain ``tools/call`` answered here, as the SDK's stateless JSON transport would
+        answer it (the same checks, the same result shape for the negotiated version) but
+        without a transport, a dispatcher and a server task per request (~1.5 ms here).
+        False — nothing sent — for anything else, which the SDK then handles (and refuses
+        with its own errors)."""
+        call = _plain_tool_call(scope, body)
+        if call is None:
+            return False
+        assert self.call_tool is not None
+        request_id, params, version = call
+        caller = scope.get("state", {}).get(CALLER)
+        if caller is None:
+            return False
+        try:
+            result = await self.call_tool(caller, params, None)
+            dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+            answer: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id,
+                                      "result": methods.serialize_server_result(
+                                          "tools/call", version, dumped)}  # fmt: skip
+        except Exception as exc:  # as the SDK's runner: a JSON-RPC error, never a 500
+            error = handler_exception_to_error_data(exc)
+            if error is None:
+                log.exception("tools/call %s failed", params.name)
+                error = mt.ErrorData(code=mt.INTERNAL_ERROR, message="Internal error")
+            answer = {"jsonrpc": "2.0", "id": request_id,
+                      "error": error.model_dump(by_alias=True, exclude_none=True)}  # fmt: skip
+        raw = orjson.dumps(answer)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+        ]})  # fmt: skip
+        await send({"type": "http.response.body", "body": raw})
+        return True
 
 
 async def _buffered(receive: Receive) -> tuple[bytes, Receive]:
@@ -327,6 +376,51 @@ async def _buffered(receive: Receive) -> tuple[bytes, Receive]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return body, again
+
+
+def _plain_tool_call(
+    scope: Scope, body: bytes
+) -> tuple[str | int, mt.CallToolRequestParams, str] | None:
+    """``(id, params, protocol version)`` of a well-formed ``tools/call`` request the SDK's
+    stateless JSON transport would take (JSON accepted, a JSON body, a handshake-era
+    protocol version or none); None for anything else."""
+    version = _json_era(Headers(scope=scope))
+    if version is None or b'"tools/call"' not in body:
+        return None
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if (
+        not isinstance(message, dict)
+        or message.keys() - {"jsonrpc", "id", "method", "params"}
+        or message.get("jsonrpc") != "2.0"
+        or message.get("method") != "tools/call"
+        or isinstance(request_id := message.get("id"), bool)
+        or not isinstance(request_id, str | int)
+        or not isinstance(params := message.get("params"), dict)
+    ):
+        return None
+    try:
+        typed = mt.CallToolRequestParams.model_validate(params, by_name=False)
+    except ValidationError:
+        return None
+    return request_id, typed, version
+
+
+def _json_era(headers: Headers) -> str | None:
+    """The protocol version of a request that accepts JSON and sends it, in a handshake-era
+    version (or none: the default); None otherwise."""
+    version = headers.get("mcp-protocol-version")
+    accepts = {t.split(";")[0].strip().lower() for t in headers.get("accept", "").split(",")}
+    sends = headers.get("content-type", "").split(";")[0].strip().lower()
+    if (
+        (version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS)
+        or not {"application/json", "application/*", "*/*"} & accepts
+        or sends != "application/json"
+    ):
+        return None
+    return version or DEFAULT_NEGOTIATED_VERSION
 
 
 def _asks_progress(body: bytes) -> bool:
