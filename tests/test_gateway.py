@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -391,3 +392,67 @@ def test_the_mcp_sdks_own_oauth_client_completes_the_whole_flow(world: World) ->
     assert json.loads(result.content[0].text)["balance"] == 25_000
     issued = [e for e in world.events("token.issued") if e["agent_id"] == agent]
     assert issued
+
+
+def test_the_tools_call_fast_path_answers_exactly_as_the_sdk_would(world: World) -> None:
+    """The gateway answers a plain ``tools/call`` itself; the SDK's stateless transport
+    answers the same messages identically (results, tool errors, refusals, unknown tools,
+    each protocol version), and what the fast path does not take still reaches the SDK."""
+    _agent, token = world.token(["payer"])
+    manager = world.services.gateway.manager
+    fast = manager.call_tool
+    base = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream"}  # fmt: skip
+
+    def call(n: int | str, name: str, arguments: Any = None, **extra: str) -> dict[str, Any]:
+        params = {"name": name, **({"arguments": arguments} if arguments is not None else {})}
+        body = {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": params}
+        got = httpx.post(f"{world.url}/mcp", json=body, headers={**base, **extra})
+        assert got.status_code == 200, got.text
+        assert got.headers["content-type"].startswith("application/json")
+        answer = dict(got.json())
+        text = json.dumps(answer)
+        for event_id in re.findall(r"evt_[0-9A-Za-z]+", text):  # refusals name their event
+            text = text.replace(event_id, "evt_X")
+        return dict(json.loads(text))
+
+    cases: list[tuple[Any, ...]] = [
+        (1, "payments.get_balance", {"account": "ops"}),
+        ("a-string-id", "payments.list_payments", {}),
+        (3, "payments.refund", {"payment_id": "pay_1", "amount": 500}),  # denied: a refusal
+        (4, "payments.create_ticket", {"title": "not a payer's"}),  # no policy
+        (5, "payments.no_such_tool", {}),  # a JSON-RPC error
+        (6, "nowhere.get_balance", None),
+        (7, "payments.get_balance", {"account": "ops"}, {"MCP-Protocol-Version": "2025-06-18"}),
+        (8, "payments.get_balance", {"account": "ops"}, {"MCP-Protocol-Version": "2025-03-26"}),
+    ]
+    taken: list[str] = []
+
+    async def counted(caller: Any, params: Any, relay: Any) -> Any:
+        taken.append(params.name)
+        return await fast(caller, params, relay)
+
+    answers = {}
+    for on in (True, False):
+        manager.call_tool = counted if on else None
+        try:
+            answers[on] = [call(*case[:3], **(case[3] if len(case) > 3 else {}))
+                           for case in cases]  # fmt: skip
+        finally:
+            manager.call_tool = fast
+    assert len(taken) == len(cases)  # every one of them answered by the fast path
+    assert answers[True] == answers[False]
+    fast_answers = answers[True]
+    assert json.loads(fast_answers[0]["result"]["content"][0]["text"])["balance"] == 100_000
+    assert fast_answers[1]["id"] == "a-string-id"
+    assert fast_answers[2]["result"]["isError"] is True
+    assert fast_answers[4]["error"]["code"] == -32602
+    # the SDK still answers what the fast path leaves: a batch, an unknown version, no JSON
+    batch = httpx.post(f"{world.url}/mcp", headers=base, content=b"[" + json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode() + b"]")  # fmt: skip
+    assert "error" in batch.text or batch.status_code >= 400
+    plain = {**base, "Accept": "text/plain"}
+    refused = httpx.post(f"{world.url}/mcp", headers=plain, json={
+        "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "payments.get_balance", "arguments": {"account": "ops"}}})  # fmt: skip
+    assert refused.status_code == 406
