@@ -456,3 +456,28 @@ def test_the_tools_call_fast_path_answers_exactly_as_the_sdk_would(world: World)
         "jsonrpc": "2.0", "id": 9, "method": "tools/call",
         "params": {"name": "payments.get_balance", "arguments": {"account": "ops"}}})  # fmt: skip
     assert refused.status_code == 406
+
+
+def test_authzen_resource_search_finds_the_tools_tools_list_shows(world: World) -> None:
+    """``tools/list`` is a resource search: any PEP asking ``/access/v1/search/resource`` for
+    type ``Tool`` gets the same answer — plainly allowed tools as results, approval-gated
+    ones apart; a tool allowed only for some arguments is listed by the gateway (it may be
+    called) but is no search result (not allowed as asked, without arguments)."""
+    payer, token = world.token(["payer"])
+    listed = sorted(t.name for t in world.session(token, lambda c: c.list_tools()).tools
+                    if t.name.startswith("payments."))  # fmt: skip
+    body = {"subject": {"type": "agent", "id": payer}, "action": {"name": "tool.call"},
+            "resource": {"type": "Tool"}}  # fmt: skip
+    with admin_client(world.services) as http:
+        found = http.post("/access/v1/search/resource", json=body)
+    assert found.status_code == 200, found.text
+    page = found.json()
+    results = sorted(r["id"] for r in page["results"] if r["id"].startswith("payments."))
+    gated = sorted(r["id"] for r in page["context"]["approval_required"]
+                   if r["id"].startswith("payments."))  # fmt: skip
+    assert results == ["payments.get_balance", "payments.list_payments", "payments.slow"]
+    assert gated == ["payments.transfer"]
+    assert sorted({*results, *gated, "payments.refund"}) == listed
+    servers = {r["id"]: r["properties"]["server"] for r in page["results"]}
+    assert servers["payments.get_balance"] == "payments"
+    assert servers["quick.get_balance"] == "quick"

@@ -178,13 +178,14 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     freeze_service = FreezeService(db, ledger, clock, notifier.notify)
     freeze_service.on_freeze.append(secrets.revoke_frozen)
     calls = CallRecorder(committer, clock)
+    search = SearchService(decisions, {"Secret": partial(_held_secrets, secrets.section)})
     return Services(
         policies=policies,
         runtime=runtime,
         committer=committer,
         approvals=approvals,
         decisions=decisions,
-        search=SearchService(decisions, {"Secret": partial(_held_secrets, secrets.section)}),
+        search=search,
         maintenance=[
             *audit.maintenance(),
             *signing_keys.maintenance(),
@@ -220,5 +221,6 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
             secrets.broker_value,
             settings.base_url,
             calls=calls,
+            search=search,
         ),
     )

@@ -12,6 +12,7 @@ from tether.audit.group import GroupCommitter
 from tether.gateway.calls import CallRecorder
 from tether.gateway_config import SecretReader, Upstream
 from tether.policy.decide import DecisionService
+from tether.policy.search import SearchService
 
 if TYPE_CHECKING:
     from tether.gateway.service import Gateway
@@ -27,9 +28,11 @@ class GatewayHandle:
         public_url: str | None = None,
         *,
         calls: CallRecorder | None = None,
+        search: SearchService | None = None,
     ) -> None:
         self.upstreams = list(upstreams)
         self.calls = calls
+        self.search = search
         self.decisions = decisions
         self.committer = committer
         self.read_secret = read_secret
@@ -51,7 +54,7 @@ class GatewayHandle:
 
             self.gateway = Gateway(self.upstreams, self.decisions, self.committer,
                                    self.read_secret, public_url=self.public_url,
-                                   calls=self.calls)  # fmt: skip
+                                   calls=self.calls, search=self.search)  # fmt: skip
         async with self.gateway.run():
             yield
 

@@ -32,6 +32,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -60,6 +61,7 @@ from tether.gateway.redact import hide, shows_any
 from tether.gateway.upstreams import UpstreamDown, UpstreamLink
 from tether.gateway_config import SecretReader, Upstream
 from tether.policy.decide import DecisionService
+from tether.policy.search import Candidate, SearchService
 from tether.policy.values import Ask, Decision, Effect
 
 if TYPE_CHECKING:
@@ -79,6 +81,7 @@ class Gateway:
         read_secret: SecretReader,
         *,
         calls: CallRecorder | None = None,
+        search: SearchService | None = None,
         public_url: str | None = None,
     ) -> None:
         """``public_url``: the gateway's public base URL, whose origin alone a request with an
@@ -87,6 +90,7 @@ class Gateway:
         self.committer = committer
         self.read_secret = read_secret
         self.calls = calls or CallRecorder(committer, decisions.clock)
+        self.search = search or SearchService(decisions)
         self.configs = list(upstreams)
         self.links: dict[str, UpstreamLink] = {}
         self.names = Names(self.links)
@@ -127,11 +131,15 @@ class Gateway:
         self.links = {cfg.name: UpstreamLink(cfg, self.read_secret) for cfg in self.configs}
         self.names = Names(self.links)
         self.manager = _Manager(self.server, self.origin, self.call_tool)
-        async with self.manager.run(), anyio.create_task_group() as tg:
-            for link in self.links.values():
-                tg.start_soon(link.supervise)
-            yield self.manager
-            tg.cancel_scope.cancel()
+        self.search.sources[TOOL] = self._candidates  # /access/v1/search/resource finds them
+        try:
+            async with self.manager.run(), anyio.create_task_group() as tg:
+                for link in self.links.values():
+                    tg.start_soon(link.supervise)
+                yield self.manager
+                tg.cancel_scope.cancel()
+        finally:
+            self.search.sources.pop(TOOL, None)
 
     def status(self) -> list[dict[str, Any]]:
         return [link.status() for link in self.links.values()]
@@ -151,35 +159,43 @@ class Gateway:
     ) -> mt.ListToolsResult:
         caller = caller_of(ctx)
         names = self.names
-        named = [(link, tool) for link in self.links.values() for tool in link.tools.values()
-                 if names.shown(link, tool.name)]  # fmt: skip
-        asks = [
-            Ask.of(caller, "tool.call", TOOL, names.policy_id(link, tool.name),
-                   properties=_tool_properties(link.name, tool), context={})
-            for link, tool in named
-        ]  # fmt: skip
-        if not asks:
+        named = {names.policy_id(link, tool.name): (link, tool)
+                 for link in self.links.values() for tool in link.tools.values()
+                 if names.shown(link, tool.name)}  # fmt: skip
+        if not named:
             return mt.ListToolsResult(tools=[])
-        if not self.decisions.runtime.fresh():
-            await anyio.to_thread.run_sync(self.decisions.runtime.ensure_current)
-        decided = self.decisions.evaluate_many(asks)
+        # "Which tools may this agent call?" is an AuthZEN resource search over the tools,
+        # decided without arguments (nothing recorded for a list).
+        ask = Ask.of(caller, "tool.call", TOOL, "", properties={}, context={})
+        page = await self.search.resources(ask, candidates=self._candidates(named), limit=None,
+                                           record=False)  # fmt: skip
+        if page.refused is not None:  # the agent itself is refused: no tool at all
+            return mt.ListToolsResult(tools=[])
+        shown = {f.id for f in page.results} | {f.id for f in page.approval_required}
         compiled = self.decisions.runtime.policies
         tools = []
-        for (link, tool), ask, decision in zip(named, asks, decided, strict=True):
-            if decision.effect is Effect.DENY:
+        for policy_id, (link, tool) in named.items():
+            if policy_id not in shown:
                 # Denied without arguments: shown if some arguments could be allowed (a
-                # permit bounding context.args), unless the agent itself is refused.
-                refused = decision.error is not None or any(
-                    r.startswith("tether.") for r in decision.reasons
-                )
-                if (
-                    refused
-                    or compiled is None
-                    or not compiled.may_permit(self.decisions.cedar_request(ask))
-                ):
+                # permit bounding context.args; Cedar's partial evaluation).
+                one = replace(ask, resource_id=policy_id,
+                              properties=_tool_properties(link.name, tool))  # fmt: skip
+                if compiled is None or not compiled.may_permit(self.decisions.cedar_request(one)):
                     continue
             tools.append(tool.model_copy(update={"name": names.wire(link, tool.name)}))
         return mt.ListToolsResult(tools=tools)
+
+    def _candidates(
+        self, named: dict[str, tuple[UpstreamLink, mt.Tool]] | None = None
+    ) -> list[Candidate]:
+        """The tools as search candidates: their policy ids and the properties a call is
+        decided with (also what ``/access/v1/search/resource`` finds for type ``Tool``)."""
+        if named is None:
+            names = self.names
+            named = {names.policy_id(link, tool.name): (link, tool)
+                     for link in self.links.values() for tool in link.tools.values()}  # fmt: skip
+        return [Candidate(policy_id, _tool_properties(link.name, tool))
+                for policy_id, (link, tool) in named.items()]  # fmt: skip
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any], params: mt.CallToolRequestParams
