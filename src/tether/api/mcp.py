@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import orjson
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
@@ -105,6 +106,10 @@ class McpGate:
             )  # fmt: skip
         except (Unauthenticated, InvalidDPoPProof) as exc:
             return self._unauthorized(base, exc)
+        runtime = svc.decisions.runtime
+        if caller.principal.kind == "agent" and not runtime.fresh():
+            # As a decision does: catch up (one query) before judging the token by it.
+            await anyio.to_thread.run_sync(runtime.ensure_current)
         if (
             caller.principal.kind == "agent"
             and (why := svc.decisions.caller_refused(caller.principal.id, caller.jti, caller.chain))

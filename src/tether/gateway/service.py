@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
+import httpx2
 import mcp_types as mt
 import orjson
 from mcp.server.context import ServerRequestContext
@@ -230,13 +231,17 @@ class Gateway:
         started = time.perf_counter()
         outcome: Outcome = "ok"
         try:
-            result = await link.call(lambda s: s.call_tool(local, args or None,
-                                                           progress_callback=relay))  # fmt: skip
+            result = await link.call_tool(local, args or None, relay)
             if result.is_error:
                 outcome = "tool_error"
-        except (UpstreamDown, MCPError, TimeoutError, OSError) as exc:
+        except (UpstreamDown, MCPError, TimeoutError, OSError, ValidationError,
+                httpx2.TransportError, anyio.ClosedResourceError,
+                anyio.BrokenResourceError) as exc:  # fmt: skip
             outcome = "upstream_failure"
-            why = "timed out" if isinstance(exc, TimeoutError) else str(exc)[:300]
+            if isinstance(exc, ValidationError):  # a result that is no CallToolResult
+                why = "its answer was not a tool result"
+            else:
+                why = "timed out" if isinstance(exc, TimeoutError) else str(exc)[:300] or repr(exc)
             result = _error(f"upstream {link.name} failed: {why}")
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         try:
