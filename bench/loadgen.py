@@ -70,11 +70,14 @@ class HttpRequest:
     authorization: str
     body: bytes
     content_type: str = "application/json"
+    accept: str = ""  # e.g. MCP's "application/json, text/event-stream"
 
     def raw(self, host: str) -> bytes:
         head = [f"{self.method} {self.path} HTTP/1.1", f"Host: {host}"]
         if self.authorization:
             head.append(f"Authorization: {self.authorization}")
+        if self.accept:
+            head.append(f"Accept: {self.accept}")
         if self.body:
             head += [f"Content-Type: {self.content_type}", f"Content-Length: {len(self.body)}"]
         return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + self.body
@@ -128,9 +131,11 @@ end
 function init(args)
   expect = args[2]
   for line in io.lines(args[1]) do
-    local m, p, a, c, b = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+    local m, p, a, c, x, b = line:match(
+      "^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
     local headers = {}
     if a ~= "" then headers["Authorization"] = a end
+    if x ~= "" then headers["Accept"] = x end
     if b ~= "" then headers["Content-Type"] = c else b = nil end
     n = n + 1
     reqs[n] = wrk.format(m, p, headers, b)
@@ -199,7 +204,9 @@ class LoadGen:
             path = self.workdir / f"requests-{len(self._files)}.tsv"
             with path.open("wb") as f:
                 for r in reqs:
-                    head = f"{r.method}\t{r.path}\t{r.authorization}\t{r.content_type}\t"
+                    head = (
+                        f"{r.method}\t{r.path}\t{r.authorization}\t{r.content_type}\t{r.accept}\t"
+                    )
                     f.write(head.encode() + r.body + b"\n")
             self._files[key] = path
         return self._files[key]
@@ -344,12 +351,13 @@ async def _loadgen(cfg: dict[str, Any], startup_cpu: float) -> None:
     host, port, hostheader = cfg["host"], cfg["port"], cfg["hostheader"]
     reqs: list[bytes] = []
     for line in Path(cfg["requests"]).read_bytes().splitlines():
-        method, path, auth, ctype, body = line.split(b"\t", 4)
+        method, path, auth, ctype, accept, body = line.split(b"\t", 5)
         reqs.append(
-            HttpRequest(method.decode(), path.decode(), auth.decode(), body, ctype.decode()).raw(
-                hostheader
-            )
-        )
+            HttpRequest(
+                method.decode(), path.decode(), auth.decode(), body, ctype.decode(),
+                accept.decode(),
+            ).raw(hostheader)
+        )  # fmt: skip
     expect = cfg["expect"].encode()
     allow = b'"decision":true'
     n_conn, seconds, mode, rate = cfg["connections"], cfg["seconds"], cfg["mode"], cfg["rate"]

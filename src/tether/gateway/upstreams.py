@@ -33,6 +33,7 @@ from tether.gateway_config import SecretReader, Upstream
 log = logging.getLogger("tether.gateway")
 T = TypeVar("T")
 _CONNECT_SECONDS = 5.0
+_KEEPALIVE_SECONDS = 2.0
 
 
 class UpstreamDown(Exception):
@@ -120,11 +121,12 @@ class UpstreamLink:
             # A client of its own: no header of any inbound request can reach it.
             timeout = httpx2.Timeout(cfg.timeout_seconds, connect=_CONNECT_SECONDS)
             auth = await anyio.to_thread.run_sync(self._auth)  # a database read
-            http = await stack.enter_async_context(
-                httpx2.AsyncClient(
-                    auth=auth, timeout=timeout, event_hooks={"response": [self._session_of]}
-                )
-            )
+            # Idle connections dropped before a typical server's keep-alive timeout (uvicorn's
+            # and Node's are 5 s): a request on one the upstream has just closed fails.
+            limits = httpx2.Limits(keepalive_expiry=_KEEPALIVE_SECONDS)
+            http = await stack.enter_async_context(httpx2.AsyncClient(
+                auth=auth, timeout=timeout, limits=limits,
+                event_hooks={"response": [self._session_of]}))  # fmt: skip
             read, write = await stack.enter_async_context(
                 streamable_http_client(cfg.url, http_client=http)
             )
@@ -208,9 +210,11 @@ class UpstreamLink:
                     raise MCPError(code=mt.INTERNAL_ERROR, message=(
                         f"HTTP {response.status_code} from the upstream"))  # fmt: skip
                 answer = _answer_to(request_id, response)
-        except (httpx2.TransportError, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._broken.set()
+        except (httpx2.ConnectError, httpx2.ConnectTimeout):
+            self._broken.set()  # the upstream is gone: the supervisor reconnects
             raise
+        # Any other transport failure is this request's (a connection reset under it): the
+        # call fails, the link and the other calls go on.
         if "error" in answer:
             error = mt.ErrorData.model_validate(answer["error"])
             raise MCPError(code=error.code, message=error.message, data=error.data)
