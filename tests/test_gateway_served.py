@@ -36,7 +36,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import BACKENDS, backend_for
 from tests.serverproc import free_port, http_client, run_cli, running_server, stop
-from tests.test_gateway import POLICIES, _schema_with_args
+from tests.test_gateway import POLICIES, _Memory, _schema_with_args
 
 ROOT = Path(__file__).resolve().parents[1]
 INSPECTOR = "@modelcontextprotocol/inspector-cli@0.16.8"  # the last CLI that runs on Node 20
@@ -119,26 +119,6 @@ def _agent_with_key(admin: httpx.Client, name: str, roles: list[str]) -> tuple[s
     made = admin.post(f"/v1/agents/{agent}/credentials", json={"type": "public_key", "jwk": jwk})
     assert made.status_code == 201, made.text
     return agent, pem
-
-
-class _Memory:
-    """The SDK's token storage, in memory."""
-
-    def __init__(self) -> None:
-        self.tokens: Any = None
-        self.info: Any = None
-
-    async def get_tokens(self) -> Any:
-        return self.tokens
-
-    async def set_tokens(self, tokens: Any) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> Any:
-        return self.info
-
-    async def set_client_info(self, info: Any) -> None:
-        self.info = info
 
 
 def _as_agent(url: str, agent: str, pem: str, calls: list[tuple[str, dict[str, Any]]]) -> Any:

@@ -12,18 +12,18 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import tomlkit
 import typer
-from pydantic import ValidationError
-from tomlkit.exceptions import TOMLKitError
 
 from tether.cli.client import CliError
 from tether.cli.common import JsonOpt, client
 from tether.cli.render import emit_json, err, line, table
-from tether.config import config_file_path
-from tether.gateway_config import Upstream, check_unique
+
+if TYPE_CHECKING:  # loaded by the commands that use them: `tether --help` stays light
+    import tomlkit
+
+    from tether.gateway_config import Upstream
 
 app = typer.Typer(help="The MCP gateway's upstream servers (tether.toml).", no_args_is_help=True)
 KEY = "gateway_upstreams"
@@ -34,7 +34,16 @@ ConfigOpt = Annotated[
 ]
 
 
+def _path(config: Path | None) -> Path:
+    from tether.config import config_file_path
+
+    return config or config_file_path()
+
+
 def _load(path: Path) -> tomlkit.TOMLDocument:
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
     try:
         return (
             tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
@@ -53,6 +62,10 @@ def _configured(doc: tomlkit.TOMLDocument, path: Path) -> list[dict[str, Any]]:
 
 
 def _checked(upstreams: list[dict[str, Any]]) -> list[Upstream]:
+    from pydantic import ValidationError
+
+    from tether.gateway_config import Upstream, check_unique
+
     try:
         return check_unique([Upstream.model_validate(u) for u in upstreams])
     except ValidationError as exc:
@@ -68,6 +81,8 @@ def _checked(upstreams: list[dict[str, Any]]) -> list[Upstream]:
 
 def _write(path: Path, doc: tomlkit.TOMLDocument) -> None:
     """Whole or not at all: a new file beside it, then renamed over it."""
+    import tomlkit
+
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
@@ -77,6 +92,21 @@ def _write(path: Path, doc: tomlkit.TOMLDocument) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise CliError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _save(path: Path, doc: tomlkit.TOMLDocument, upstreams: list[dict[str, Any]]) -> None:
+    """``upstreams`` as the file's ``[[gateway_upstreams]]`` (none: the key goes), written."""
+    import tomlkit
+
+    if upstreams:
+        tables = tomlkit.aot()
+        for item in upstreams:
+            tables.append(tomlkit.item(item))
+        doc[KEY] = tables
+    elif KEY in doc:
+        del doc[KEY]
+    _write(path, doc)
+    _env_overrides()
 
 
 def _env_overrides() -> None:
@@ -152,7 +182,7 @@ def add(
                          "scope": scope}  # fmt: skip
     if timeout is not None:
         entry["timeout_seconds"] = timeout
-    path = config or config_file_path()
+    path = _path(config)
     doc = _load(path)
     existing = _configured(doc, path)
     if any(u.get("name") == name for u in existing) and not replace:
@@ -162,12 +192,7 @@ def add(
     checked = _checked([*kept[:at], entry, *kept[at:]])
     new = checked[at].model_dump(mode="json", exclude_defaults=True)
     new["name"] = name
-    tables = tomlkit.aot()
-    for item in [*kept[:at], new, *kept[at:]]:  # a replaced one keeps its place
-        tables.append(tomlkit.item(item))
-    doc[KEY] = tables
-    _write(path, doc)
-    _env_overrides()
+    _save(path, doc, [*kept[:at], new, *kept[at:]])  # a replaced one keeps its place
     if as_json:
         emit_json({"config": str(path), "upstream": new})
         return
@@ -177,21 +202,12 @@ def add(
 @app.command("remove")
 def remove(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Take an upstream out of tether.toml (its tools leave /mcp at the server's restart)."""
-    path = config or config_file_path()
+    path = _path(config)
     doc = _load(path)
     existing = _configured(doc, path)
     if not any(u.get("name") == name for u in existing):
         raise CliError(f"no upstream named {name!r} in {path} — `tether gateway list` shows them")
-    kept = [u for u in existing if u.get("name") != name]
-    if kept:
-        tables = tomlkit.aot()
-        for item in kept:
-            tables.append(tomlkit.item(item))
-        doc[KEY] = tables
-    else:
-        del doc[KEY]
-    _write(path, doc)
-    _env_overrides()
+    _save(path, doc, [u for u in existing if u.get("name") != name])
     if as_json:
         emit_json({"config": str(path), "removed": name})
         return
@@ -217,7 +233,7 @@ def list_(
         except ConfigurationError as exc:
             raise CliError(exc.message) from None
     else:
-        path = config or config_file_path()
+        path = _path(config)
         upstreams = _checked(_configured(_load(path), path))
     rows = [_row(u) for u in upstreams]
     if not offline:
