@@ -14,9 +14,7 @@ fails on a listed scenario that passes), and every other scenario must pass.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -27,14 +25,13 @@ from examples.conformance_upstream.server import http_app
 
 from tests.bearer_proxy import BearerProxy
 from tests.conftest import admin_client
+from tests.npm import installed
 from tests.pdp import credential, env_of
 from tests.serverproc import free_port, served_in_thread
 from tether.api.app import create_app
 from tether.container import Services
 
-ROOT = Path(__file__).resolve().parents[1]
 SUITE = "@modelcontextprotocol/conformance@0.1.12"
-PREFIX = ROOT / ".cache" / "npm-conformance"  # git-ignored
 BASELINE = Path(__file__).with_name("conformance_expected_failures.yml")
 ACTIVE_SCENARIOS = 30  # `conformance list --server`, less the two pending ones
 
@@ -46,27 +43,7 @@ permit (principal in Role::"conformance", action in
 
 
 def _suite() -> Path:
-    """The suite's CLI, installed from the npm registry into a git-ignored cache once (under a
-    lock: two test sessions may start together)."""
-    npm, node = shutil.which("npm"), shutil.which("node")
-    if npm is None or node is None:
-        pytest.skip("the MCP conformance suite needs Node.js and npm")
-    PREFIX.mkdir(parents=True, exist_ok=True)
-    cli = PREFIX / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
-    with (PREFIX / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not cli.exists():
-            got = subprocess.run(
-                [npm, "install", "--prefix", str(PREFIX), "--no-audit", "--no-fund",
-                 "--save-exact", SUITE],
-                capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-                check=False,
-            )  # fmt: skip
-            unreachable = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ETIMEDOUT", "ENETUNREACH")
-            if got.returncode != 0 and any(code in got.stderr for code in unreachable):
-                pytest.skip(f"the npm registry is unreachable: {got.stderr[-300:]}")
-            assert got.returncode == 0, got.stderr
-    return cli
+    return installed(SUITE, "npm-conformance", "@modelcontextprotocol/conformance/dist/index.js")
 
 
 def _baseline() -> list[str]:

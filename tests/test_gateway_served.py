@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from mcp.client.auth.extensions.client_credentials import (
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import BACKENDS, backend_for
+from tests.npm import installed
 from tests.serverproc import free_port, http_client, run_cli, running_server, stop
 from tests.test_gateway import POLICIES, _Memory, _schema_with_args
 
@@ -184,23 +184,7 @@ def test_two_agents_complete_the_mcp_authorization_flow_and_see_different_tools(
 
 
 def _inspector() -> Path:
-    """The Inspector CLI, installed from the npm registry into a git-ignored cache once."""
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        pytest.skip("the MCP Inspector needs Node.js and npm")
-    prefix = ROOT / ".cache" / "npm-inspector"
-    binary = prefix / "node_modules" / ".bin" / "mcp-inspector-cli"
-    if not binary.exists():
-        prefix.mkdir(parents=True, exist_ok=True)
-        got = subprocess.run(
-            [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", INSPECTOR],
-            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
-        )  # fmt: skip
-        if got.returncode != 0:
-            if "ENOTFOUND" in got.stderr or "EAI_AGAIN" in got.stderr:
-                pytest.skip(f"the npm registry is unreachable: {got.stderr[-300:]}")
-            raise AssertionError(got.stderr)
-    return binary
+    return installed(INSPECTOR, "npm-inspector", ".bin/mcp-inspector-cli")
 
 
 def test_the_mcp_inspector_cli_lists_and_calls_through_the_gateway(
