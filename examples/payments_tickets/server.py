@@ -35,10 +35,26 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
 from starlette.types import ASGIApp, Receive, Scope, Send
+from typing_extensions import TypedDict
 
 READ = ToolAnnotations(read_only_hint=True, idempotent_hint=True)
 WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False)
 IRREVERSIBLE = ToolAnnotations(read_only_hint=False, destructive_hint=True)
+
+
+class Refund(TypedDict):
+    id: str
+    payment_id: str
+    amount: int
+    currency: str
+    status: str
+
+
+class Ticket(TypedDict):
+    id: str
+    title: str
+    body: str
+    status: str
 
 
 @dataclass
@@ -50,8 +66,8 @@ class Ledger:
         "pay_1": {"id": "pay_1", "amount": 1200, "currency": "EUR", "customer": "c_17"},
         "pay_2": {"id": "pay_2", "amount": 80, "currency": "EUR", "customer": "c_42"},
     })  # fmt: skip
-    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tickets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refunds: dict[str, Refund] = field(default_factory=dict)
+    tickets: dict[str, Ticket] = field(default_factory=dict)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
@@ -74,7 +90,7 @@ def build(state: Ledger | None = None) -> MCPServer:
         return list(state.payments.values())
 
     @mcp.tool(annotations=WRITE)
-    def refund(payment_id: str, amount: int, currency: str = "EUR") -> dict[str, Any]:
+    def refund(payment_id: str, amount: int, currency: str = "EUR") -> Refund:
         """Refund part of a payment (cents). Undone by cancel_refund(refund_id)."""
         payment = state.payments.get(payment_id)
         if payment is None:
@@ -82,18 +98,18 @@ def build(state: Ledger | None = None) -> MCPServer:
         if not 0 < amount <= payment["amount"]:
             raise ValueError(f"amount must be 1-{payment['amount']}")
         refund_id = f"re_{next(state.ids)}"
-        state.refunds[refund_id] = {"id": refund_id, "payment_id": payment_id, "amount": amount,
-                                    "currency": currency, "status": "pending"}  # fmt: skip
-        return dict(state.refunds[refund_id])
+        state.refunds[refund_id] = Refund(id=refund_id, payment_id=payment_id, amount=amount,
+                                          currency=currency, status="pending")  # fmt: skip
+        return Refund(**state.refunds[refund_id])
 
     @mcp.tool(annotations=WRITE)
-    def cancel_refund(refund_id: str) -> dict[str, Any]:
+    def cancel_refund(refund_id: str) -> Refund:
         """Cancel a pending refund."""
         found = state.refunds.get(refund_id)
         if found is None:
             raise ValueError(f"no refund {refund_id!r}")
         found["status"] = "cancelled"
-        return dict(found)
+        return Refund(**found)
 
     @mcp.tool(annotations=IRREVERSIBLE)
     def transfer(from_account: str, to_account: str, amount: int) -> dict[str, Any]:
@@ -112,32 +128,31 @@ def build(state: Ledger | None = None) -> MCPServer:
 
 def _tickets(mcp: MCPServer, state: Ledger) -> None:
     @mcp.tool(annotations=READ)
-    def list_tickets(status: str | None = None) -> list[dict[str, Any]]:
+    def list_tickets(status: str | None = None) -> list[Ticket]:
         """Tickets, optionally of one status (open, closed)."""
         return [t for t in state.tickets.values() if status is None or t["status"] == status]
 
     @mcp.tool(annotations=READ)
-    def get_ticket(ticket_id: str) -> dict[str, Any]:
+    def get_ticket(ticket_id: str) -> Ticket:
         """One ticket."""
         if ticket_id not in state.tickets:
             raise ValueError(f"no ticket {ticket_id!r}")
-        return dict(state.tickets[ticket_id])
+        return Ticket(**state.tickets[ticket_id])
 
     @mcp.tool(annotations=WRITE)
-    def create_ticket(title: str, body: str = "") -> dict[str, Any]:
+    def create_ticket(title: str, body: str = "") -> Ticket:
         """Open a ticket. Undone by close_ticket(ticket_id)."""
         ticket_id = f"t_{next(state.ids)}"
-        state.tickets[ticket_id] = {"id": ticket_id, "title": title, "body": body,
-                                    "status": "open"}  # fmt: skip
-        return dict(state.tickets[ticket_id])
+        state.tickets[ticket_id] = Ticket(id=ticket_id, title=title, body=body, status="open")
+        return Ticket(**state.tickets[ticket_id])
 
     @mcp.tool(annotations=WRITE)
-    def close_ticket(ticket_id: str) -> dict[str, Any]:
+    def close_ticket(ticket_id: str) -> Ticket:
         """Close a ticket. Undone by reopen_ticket(ticket_id)."""
         return _set_status(state, ticket_id, "closed")
 
     @mcp.tool(annotations=WRITE)
-    def reopen_ticket(ticket_id: str) -> dict[str, Any]:
+    def reopen_ticket(ticket_id: str) -> Ticket:
         """Reopen a closed ticket."""
         return _set_status(state, ticket_id, "open")
 
@@ -165,11 +180,11 @@ def _faults(mcp: MCPServer) -> None:
         raise ValueError(message)
 
 
-def _set_status(state: Ledger, ticket_id: str, status: str) -> dict[str, Any]:
+def _set_status(state: Ledger, ticket_id: str, status: str) -> Ticket:
     if ticket_id not in state.tickets:
         raise ValueError(f"no ticket {ticket_id!r}")
     state.tickets[ticket_id]["status"] = status
-    return dict(state.tickets[ticket_id])
+    return Ticket(**state.tickets[ticket_id])
 
 
 class _Guard:

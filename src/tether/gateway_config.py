@@ -7,6 +7,11 @@ none, a static header whose value is a broker-only secret, or an OAuth client cr
 secret is one), and a ``timeout_seconds`` per call. The inbound token never goes upstream: a
 request to an upstream carries only what ``auth`` says.
 
+``tools`` says, per tool, what undoes it — ``[gateway_upstreams.tools.refund]`` with ``undo =
+"cancel_refund"`` and ``args = { refund_id = "{result.refund_id}" }`` — or that nothing does
+(``irreversible = true``); checked here for form, and against the upstream's tool schemas
+when it connects (:mod:`tether.compensation`).
+
 ``prefix = false`` shows one upstream's tools and prompts under their own names (``search``,
 not ``<name>.search``): for a client, or a test suite, that calls fixed names. At most one
 upstream may drop its prefix (two would collide); a prefixed upstream's ``<name>.`` takes
@@ -17,10 +22,12 @@ precedence over an unprefixed tool named alike. Policy and the ledger still name
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from tether.compensation import Compensation, CompensationError, parse_value
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 SecretReader = Callable[[str], str]  # a broker-only secret's value, by name
@@ -72,6 +79,38 @@ class ClientCredentialsAuth(_Strict):
 Auth = Annotated[NoAuth | HeaderAuth | ClientCredentialsAuth, Field(discriminator="kind")]
 
 
+_TOOL = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
+
+
+class ToolRule(_Strict):
+    """What undoes one of an upstream's tools: ``undo`` (a tool of the same upstream) called
+    with ``args`` (literals, ``"{args.<name>}"``, ``"{result.<field>}"``:
+    :mod:`tether.compensation`); or ``irreversible = true``: nothing undoes it."""
+
+    undo: _TOOL | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    irreversible: bool = False
+
+    @model_validator(mode="after")
+    def _undo_or_irreversible(self) -> ToolRule:
+        if self.undo is not None and self.irreversible:
+            raise ValueError("a tool with an undo is not irreversible: give one or the other")
+        if self.undo is None and self.args:
+            raise ValueError("args without undo: name the tool that undoes this one")
+        for name, value in self.args.items():
+            try:
+                parse_value(value, f"args.{name}")
+            except CompensationError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    def compensation(self, tool: str) -> Compensation | None:
+        if self.undo is None:
+            return None
+        parsed = {n: parse_value(v, f"args.{n}") for n, v in self.args.items()}
+        return Compensation(tool, self.undo, parsed)
+
+
 class Upstream(_Strict):
     name: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
     url: str | None = None
@@ -80,6 +119,7 @@ class Upstream(_Strict):
     auth: Auth = Field(default_factory=NoAuth)
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
     prefix: bool = True  # False: tools and prompts under their own names (at most one upstream)
+    tools: dict[_TOOL, ToolRule] = Field(default_factory=dict)  # compensations, by tool
 
     @model_validator(mode="after")
     def _one_transport(self) -> Upstream:

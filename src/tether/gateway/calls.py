@@ -65,10 +65,22 @@ class CallFacts:
     details: dict[str, Any] | None = None  # more, e.g. the gateway's server and tool
     action: str = "tool.call"
     resource: dict[str, Any] | None = None  # default: Tool::<tool>
+    journal: Journal | None = None  # how the call is undone (None: nothing to undo)
 
     def __post_init__(self) -> None:
         if self.resource is None:
             object.__setattr__(self, "resource", {"type": "Tool", "id": self.tool})
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """A completed call's compensation: ``undo`` (``{"tool", "arguments"}``) ready to run,
+    or not reversible (``undo`` None, ``error`` saying why when a declared undo could not be
+    derived from the call)."""
+
+    reversible: bool
+    undo: dict[str, Any] | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +113,14 @@ class CallRecorder:
             "args_digest": args_digest, "args": args_copy, "result_digest": result_digest,
             "result": result_copy, "duration_ms": round(facts.duration_ms, 2),
         }  # fmt: skip
+        if facts.journal is not None:  # the undo's digest and a redacted copy, as the call's
+            details["reversible"] = facts.journal.reversible
+            if facts.journal.undo is not None:
+                details["undo_digest"], details["undo"] = self.redactor.record(
+                    facts.journal.undo, needles
+                )
+            if facts.journal.error is not None:
+                details["undo_error"] = facts.journal.error
 
         def job(s: Session) -> Chain:
             # The gateway records the decision it has just made: no earlier record can name
@@ -123,9 +143,15 @@ class CallRecorder:
             def finish(chained: list[Event]) -> Recorded:
                 return Recorded(chained[0].id, chained[0].seq, args_digest, result_digest)
 
+            journal = facts.journal
+            undo = orjson.dumps(journal.undo).decode() if journal and journal.undo else None
+            reversible = journal.reversible if journal else None
+            why_not = journal.error[:300] if journal and journal.error else None
+
             def rows(chained: list[Event]) -> list[tuple[Table, tuple[Any, ...]]]:
-                return [(_TABLE, (facts.decision_event, chained[0].id, facts.agent_id,
-                                  facts.tool, facts.via, facts.outcome, now))]  # fmt: skip
+                row = (facts.decision_event, chained[0].id, facts.agent_id, facts.tool,
+                       facts.via, facts.outcome, now, reversible, undo, why_not)  # fmt: skip
+                return [(_TABLE, row)]
 
             return Chain([event], finish=finish, rows_of=rows)
 

@@ -1,10 +1,11 @@
 """The record of every tool call an agent made, through the gateway or the SDK's ``guard``:
 one row per call, keyed by the decision that allowed it (a decision allows one call), beside
-the call's ``tool.called`` ledger event. Rollback (issue 17) reads an agent's calls here."""
+the call's ``tool.called`` ledger event, in the same commit — and the compensation journal:
+each call's undo, derived when it completed, ready to run."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Index, String
+from sqlalchemy import BigInteger, Boolean, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tether.db.base import Base
@@ -20,5 +21,11 @@ class ToolCallRow(Base):
     via: Mapped[str] = mapped_column(String(16))  # "gateway" | "sdk"
     outcome: Mapped[str] = mapped_column(String(32))
     at: Mapped[int] = mapped_column(BigInteger)  # microseconds since the epoch
+    # The journal: whether the call can be undone (None: nothing to undo — refused, failed,
+    # read-only), the undo call ready to run (JSON: {"tool": <policy id>, "arguments": {…}}),
+    # and why a declared undo could not be derived from this call.
+    reversible: Mapped[bool | None] = mapped_column(Boolean)
+    undo: Mapped[str | None] = mapped_column(Text)
+    undo_error: Mapped[str | None] = mapped_column(String(300))
 
     __table_args__ = (Index("ix_tool_calls_agent_id_at", "agent_id", "at"),)

@@ -53,8 +53,9 @@ from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from tether.audit.group import GroupCommitter
+from tether.compensation import CompensationError
 from tether.errors import LedgerUnavailable
-from tether.gateway.calls import CallFacts, CallRecorder, Outcome
+from tether.gateway.calls import CallFacts, CallRecorder, Journal, Outcome
 from tether.gateway.metadata import CALLER
 from tether.gateway.naming import Names
 from tether.gateway.passthrough import Passthrough, caller_of, why
@@ -180,7 +181,7 @@ class Gateway:
                 # Denied without arguments: shown if some arguments could be allowed (a
                 # permit bounding context.args; Cedar's partial evaluation).
                 one = replace(ask, resource_id=policy_id,
-                              properties=_tool_properties(link.name, tool))  # fmt: skip
+                              properties=_tool_properties(link, tool))  # fmt: skip
                 if compiled is None or not compiled.may_permit(self.decisions.cedar_request(one)):
                     continue
             tools.append(tool.model_copy(update={"name": names.wire(link, tool.name)}))
@@ -195,7 +196,7 @@ class Gateway:
             names = self.names
             named = {names.policy_id(link, tool.name): (link, tool)
                      for link in self.links.values() for tool in link.tools.values()}  # fmt: skip
-        return [Candidate(policy_id, _tool_properties(link.name, tool))
+        return [Candidate(policy_id, _tool_properties(link, tool))
                 for policy_id, (link, tool) in named.items()]  # fmt: skip
 
     async def _call_tool(
@@ -216,7 +217,7 @@ class Gateway:
         if tool is None:
             raise MCPError(code=mt.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
         args = dict(params.arguments or {})
-        properties = _tool_properties(link.name, tool)
+        properties = _tool_properties(link, tool)
         policy_id = self.names.policy_id(link, local)
         ask = Ask.of(caller, "tool.call", TOOL, policy_id, properties=properties,
                      context={"args": args})  # fmt: skip
@@ -245,9 +246,10 @@ class Gateway:
             result = _error(f"upstream {link.name} failed: {why}")
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         try:
+            journal = _journal(link, tool, args, result) if outcome == "ok" else None
             await self._record(caller, policy_id, link, local=local, args=args,
                                result=result, decision=decision, outcome=outcome,
-                               duration_ms=duration_ms)  # fmt: skip
+                               duration_ms=duration_ms, journal=journal)  # fmt: skip
         except LedgerUnavailable:
             return _error("the call could not be recorded: its result is withheld")
         return _hidden(result, link.known)
@@ -255,7 +257,7 @@ class Gateway:
     async def _record(
         self, caller: Caller, name: str, link: UpstreamLink, *, local: str,
         args: dict[str, Any], result: mt.CallToolResult | None, decision: Decision,
-        outcome: Outcome, duration_ms: float,
+        outcome: Outcome, duration_ms: float, journal: Journal | None = None,
     ) -> None:  # fmt: skip
         shown = (result.model_dump(mode="json", by_alias=True, exclude_none=True)
                  if result is not None else None)  # fmt: skip
@@ -265,7 +267,7 @@ class Gateway:
             decision=decision.effect.value, reasons=decision.reasons,
             policy_version=decision.policy_version, args=args, result=shown, outcome=outcome,
             duration_ms=duration_ms, via="gateway", on_behalf_of=caller.on_behalf_of,
-            chain=caller.chain,
+            chain=caller.chain, journal=journal,
             details={"server": link.name, "tool": local,
                      "brokered": [link.config.auth.kind] if link.known else [],
                      **({"approval_id": decision.approval_id} if decision.approval_id else {})},
@@ -273,10 +275,34 @@ class Gateway:
         await self.calls.record(facts, known=link.known)
 
 
-def _tool_properties(server: str, tool: mt.Tool) -> dict[str, Any]:
+def _tool_properties(link: UpstreamLink, tool: mt.Tool) -> dict[str, Any]:
     hints = tool.annotations
     read_only = bool(hints and hints.read_only_hint)
-    return {"server": server, "tool": tool.name, "mutating": not read_only}
+    return {"server": link.name, "tool": tool.name, "mutating": not read_only,
+            "reversible": link.reversible(tool)}  # fmt: skip
+
+
+def _journal(link: UpstreamLink, tool: mt.Tool, args: dict[str, Any],
+             result: mt.CallToolResult) -> Journal | None:  # fmt: skip
+    """How a completed call is undone: its compensation derived from its arguments and its
+    result (the structured result, else the JSON of its text), or why it cannot be."""
+    comp = link.compensations.get(tool.name)
+    if comp is None:
+        read_only = bool(tool.annotations and tool.annotations.read_only_hint)
+        return None if read_only else Journal(reversible=False)
+    value: Any = result.structured_content
+    if value is None:
+        texts = [c.text for c in result.content if isinstance(c, mt.TextContent)]
+        try:
+            value = json.loads(texts[0]) if len(texts) == 1 else None
+        except ValueError:
+            value = None
+    try:
+        arguments = comp.derive(args, value)
+    except CompensationError as exc:
+        return Journal(reversible=False, error=str(exc))
+    return Journal(reversible=True, undo={"tool": f"{link.name}.{comp.undo}",
+                                         "arguments": arguments})  # fmt: skip
 
 
 def _refusal(name: str, decision: Decision) -> mt.CallToolResult:

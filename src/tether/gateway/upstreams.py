@@ -26,6 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
+from tether.compensation import Compensation, check_schemas
 from tether.errors import TetherError
 from tether.gateway.upstream_auth import upstream_auth
 from tether.gateway_config import SecretReader, Upstream
@@ -69,6 +70,7 @@ class UpstreamLink:
         self.tools: dict[str, mt.Tool] = {}
         self.resources: dict[str, mt.Resource] = {}
         self.prompts: dict[str, mt.Prompt] = {}
+        self.compensations: dict[str, Compensation] = {}  # by tool: what undoes it
         self.last_error: str | None = "not connected yet"
         self._broken = anyio.Event()
         # The raw relay (HTTP upstreams of a handshake-era protocol): the supervisor's client,
@@ -88,19 +90,24 @@ class UpstreamLink:
         backoff = 0.1
         while True:
             try:
+                refused: str | None = None
                 async with contextlib.AsyncExitStack() as stack:
                     session = await stack.enter_async_context(await self._connect(stack))
                     with anyio.fail_after(_CONNECT_SECONDS + self.config.timeout_seconds):
                         started = await session.initialize()
                         await self._list(session)
-                    version = started.protocol_version
-                    self._version = version if version in HANDSHAKE_PROTOCOL_VERSIONS else None
-                    self.session, self.last_error, backoff = session, None, 0.1
-                    log.info("upstream %s connected: %d tools", self.name, len(self.tools))
-                    await self._broken.wait()
+                    self.compensations, refused = self._compensations()
+                    if refused is None:
+                        version = started.protocol_version
+                        known = version in HANDSHAKE_PROTOCOL_VERSIONS
+                        self._version = version if known else None
+                        self.session, self.last_error, backoff = session, None, 0.1
+                        log.info("upstream %s connected: %d tools", self.name, len(self.tools))
+                        await self._broken.wait()
+                if refused is not None:  # out here: not wrapped by the client's tasks
+                    self._unconfigured(refused)
             except UpstreamUnconfigured as exc:
-                self.last_error = str(exc)[:300]
-                log.warning("upstream %s not configured: %s", self.name, self.last_error)
+                self._unconfigured(str(exc))
             except Exception as exc:  # an upstream's failure is its own: log it, retry
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("upstream %s unavailable: %s", self.name, self.last_error)
@@ -109,6 +116,10 @@ class UpstreamLink:
                 self._http = self._version = self._session_id = None
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _unconfigured(self, why: str) -> None:
+        self.last_error = why[:2000]
+        log.warning("upstream %s not configured: %s", self.name, self.last_error)
 
     async def _connect(self, stack: contextlib.AsyncExitStack) -> ClientSession:
         cfg = self.config
@@ -172,6 +183,38 @@ class UpstreamLink:
         except (httpx2.TransportError, anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._broken.set()
             raise
+
+    def _compensations(self) -> tuple[dict[str, Compensation], str | None]:
+        """The configured compensations, checked against the tools the upstream lists; and
+        why the upstream must not be served (every problem named), if one names a tool it
+        does not have, an argument a tool does not take or a result field a tool's output
+        schema does not declare."""
+        found: dict[str, Compensation] = {}
+        problems: list[str] = []
+        for name, rule in self.config.tools.items():
+            tool = self.tools.get(name)
+            if tool is None:
+                problems.append(f"tools.{name}: {self.name} has no tool {name!r}")
+                continue
+            comp = rule.compensation(name)
+            if comp is None:
+                continue
+            undo = self.tools.get(comp.undo)
+            output = dict(tool.output_schema) if tool.output_schema else None
+            problems += check_schemas(comp, dict(tool.input_schema), output,
+                                      dict(undo.input_schema) if undo else None)  # fmt: skip
+            found[name] = comp
+        if problems:
+            return {}, f"upstream {self.name}: " + "; ".join(problems)
+        return found, None
+
+    def reversible(self, tool: mt.Tool) -> bool:
+        """Whether a call of ``tool`` can be undone: it has a compensation, or it changes
+        nothing (read-only) — unless configuration says it is irreversible."""
+        rule = self.config.tools.get(tool.name)
+        if rule is not None and (rule.irreversible or rule.undo is not None):
+            return not rule.irreversible
+        return bool(tool.annotations and tool.annotations.read_only_hint)
 
     async def _session_of(self, response: httpx2.Response) -> None:
         if (sid := response.headers.get("mcp-session-id")) is not None:

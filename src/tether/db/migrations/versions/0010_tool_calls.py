@@ -1,4 +1,5 @@
-"""tool_calls: one row per recorded tool call (gateway or SDK guard), keyed by its decision
+"""tool_calls: one row per recorded tool call (gateway or SDK guard), keyed by its decision,
+with its compensation (the journal)
 
 Revision ID: 0010
 Revises: 0009
@@ -26,6 +27,9 @@ def upgrade() -> None:
         sa.Column("via", sa.String(length=16), nullable=False),
         sa.Column("outcome", sa.String(length=32), nullable=False),
         sa.Column("at", sa.BigInteger(), nullable=False),
+        sa.Column("reversible", sa.Boolean(), nullable=True),
+        sa.Column("undo", sa.Text(), nullable=True),
+        sa.Column("undo_error", sa.String(length=300), nullable=True),
         sa.PrimaryKeyConstraint("decision_event", name=op.f("pk_tool_calls")),
         sa.UniqueConstraint("event_id", name=op.f("uq_tool_calls_event_id")),
     )
