@@ -428,9 +428,9 @@ def test_the_tools_call_fast_path_answers_exactly_as_the_sdk_would(world: World)
     ]
     taken: list[str] = []
 
-    async def counted(caller: Any, params: Any, relay: Any) -> Any:
+    async def counted(caller: Any, params: Any, relay: Any, logs: Any = None) -> Any:
         taken.append(params.name)
-        return await fast(caller, params, relay)
+        return await fast(caller, params, relay, logs)
 
     answers = {}
     for on in (True, False):

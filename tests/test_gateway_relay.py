@@ -141,3 +141,32 @@ def test_answers_are_read_from_json_or_sse_and_must_answer_the_call() -> None:
     ]:
         with pytest.raises(MCPError):
             _answer_to(7, _response(content_type, body))
+
+
+def test_an_upstreams_logs_on_the_calls_own_stream_reach_that_caller(
+    make_services: Callable[..., Services], tmp_path: Path
+) -> None:
+    """Log notifications an upstream sends on a call's own stream are that call's: relayed
+    to its caller before the answer (an SSE answer), when it accepts a stream; a caller that
+    accepts only JSON gets the answer alone."""
+    port = free_port()
+    with served_in_thread(conformance_app(), port), \
+            _relay_world(make_services, tmp_path, port) as world:  # fmt: skip
+        _agent, token = world.token(["payer"])
+        body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                "params": {"name": "conf.test_tool_with_logging", "arguments": {}}}  # fmt: skip
+        base = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        streamed = httpx.post(f"{world.url}/mcp", json=body, headers={
+            **base, "Accept": "application/json, text/event-stream"})  # fmt: skip
+        assert streamed.status_code == 200, streamed.text
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        messages = [json.loads(d) for d in _sse_data(streamed.text)]
+        logs = [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
+        assert logs == ["Tool execution started", "Tool processing data",
+                        "Tool execution completed"]  # fmt: skip
+        assert messages[-1]["id"] == 5
+        assert not messages[-1]["result"].get("isError")
+        plain = httpx.post(f"{world.url}/mcp", json=body,
+                           headers={**base, "Accept": "application/json"})  # fmt: skip
+        assert plain.headers["content-type"].startswith("application/json")
+        assert plain.json()["id"] == 5

@@ -70,7 +70,10 @@ if TYPE_CHECKING:
     from tether.credentials.bearer import Caller
 
 log = logging.getLogger("tether.gateway")
-CallTool = Callable[["Caller", mt.CallToolRequestParams, Any], Awaitable[mt.CallToolResult]]
+CallTool = Callable[
+    ["Caller", mt.CallToolRequestParams, Any, "list[dict[str, Any]] | None"],
+    Awaitable[mt.CallToolResult],
+]
 TOOL = "Tool"
 
 
@@ -208,10 +211,12 @@ class Gateway:
         return await self.call_tool(caller_of(ctx), params, relay)
 
     async def call_tool(
-        self, caller: Caller, params: mt.CallToolRequestParams, relay: Any = None
-    ) -> mt.CallToolResult:
+        self, caller: Caller, params: mt.CallToolRequestParams, relay: Any = None,
+        logs: list[dict[str, Any]] | None = None,
+    ) -> mt.CallToolResult:  # fmt: skip
         """One tool call: decided, forwarded, recorded (raises MCPError for an unknown
-        tool); ``relay`` gets the upstream's progress notifications."""
+        tool); ``relay`` gets the upstream's progress notifications, ``logs`` the log
+        notifications it sent on the call's own stream (the upstream's secrets cut out)."""
         link, local = self.names.split(params.name)
         tool = link.tools.get(local)
         if tool is None:
@@ -232,7 +237,10 @@ class Gateway:
         started = time.perf_counter()
         outcome: Outcome = "ok"
         try:
-            result = await link.call_tool(local, args or None, relay)
+            heard: list[dict[str, Any]] = []
+            result = await link.call_tool(local, args or None, relay, heard)
+            if logs is not None:
+                logs.extend(hide(heard, link.known) if link.known else heard)
             if result.is_error:
                 outcome = "tool_error"
         except (UpstreamDown, MCPError, TimeoutError, OSError, ValidationError,
@@ -383,8 +391,9 @@ class _Manager(StreamableHTTPSessionManager):
         caller = scope.get("state", {}).get(CALLER)
         if caller is None:
             return False
+        logs: list[dict[str, Any]] = []
         try:
-            result = await self.call_tool(caller, params, None)
+            result = await self.call_tool(caller, params, None, logs)
             dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
             answer: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id,
                                       "result": methods.serialize_server_result(
@@ -396,9 +405,19 @@ class _Manager(StreamableHTTPSessionManager):
                 error = mt.ErrorData(code=mt.INTERNAL_ERROR, message="Internal error")
             answer = {"jsonrpc": "2.0", "id": request_id,
                       "error": error.model_dump(by_alias=True, exclude_none=True)}  # fmt: skip
-        raw = orjson.dumps(answer)
+        if logs and _accepts_sse(scope):
+            # The upstream logged on this call's stream: its messages, then the answer, as
+            # the SSE stream a streamable-HTTP server may answer with.
+            notes = [{"jsonrpc": "2.0", "method": "notifications/message", "params": p}
+                     for p in logs]  # fmt: skip
+            raw = b"".join(b"event: message\ndata: " + orjson.dumps(m) + b"\n\n"
+                           for m in [*notes, answer])  # fmt: skip
+            kind = b"text/event-stream"
+        else:
+            raw, kind = orjson.dumps(answer), b"application/json"
         await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+            (b"content-type", kind), (b"content-length", str(len(raw)).encode()),
+            (b"cache-control", b"no-cache, no-transform"),
         ]})  # fmt: skip
         await send({"type": "http.response.body", "body": raw})
         return True
@@ -453,6 +472,12 @@ def _plain_tool_call(
     except ValidationError:
         return None
     return request_id, typed, version
+
+
+def _accepts_sse(scope: Scope) -> bool:
+    accepts = {t.split(";")[0].strip().lower()
+               for t in Headers(scope=scope).get("accept", "").split(",")}  # fmt: skip
+    return bool({"text/event-stream", "text/*", "*/*"} & accepts)
 
 
 def _json_era(headers: Headers) -> str | None:

@@ -221,13 +221,16 @@ class UpstreamLink:
             self._session_id = sid
 
     async def call_tool(
-        self, name: str, arguments: dict[str, Any] | None, progress: Any = None
-    ) -> mt.CallToolResult:
+        self, name: str, arguments: dict[str, Any] | None, progress: Any = None,
+        logs: list[dict[str, Any]] | None = None,
+    ) -> mt.CallToolResult:  # fmt: skip
         """``tools/call`` on the upstream. An HTTP upstream speaking a handshake-era protocol
         gets the JSON-RPC message straight on the supervisor's HTTP client (its credential,
         its session id, the negotiated version: what the SDK's client transport sends),
         without the client session's streams and tasks (~1 ms less per call here); progress
-        relays and other transports go through the session."""
+        relays and other transports go through the session. ``logs`` gets the parameters of
+        the log notifications the upstream sent on this call's own stream (an SSE answer:
+        request-scoped, so they are this call's and no other agent's)."""
         http, version = self._http, self._version
         if http is None or version is None or progress is not None or self.session is None:
             return await self.call(lambda s: s.call_tool(name, arguments,
@@ -252,7 +255,7 @@ class UpstreamLink:
                 if response.status_code != 200:
                     raise MCPError(code=mt.INTERNAL_ERROR, message=(
                         f"HTTP {response.status_code} from the upstream"))  # fmt: skip
-                answer = _answer_to(request_id, response)
+                answer = _answer_to(request_id, response, logs)
         except (httpx2.ConnectError, httpx2.ConnectTimeout):
             self._broken.set()  # the upstream is gone: the supervisor reconnects
             raise
@@ -268,9 +271,12 @@ class UpstreamLink:
                 "error": self.last_error}  # fmt: skip
 
 
-def _answer_to(request_id: int, response: httpx2.Response) -> dict[str, Any]:
-    """The JSON-RPC response to ``request_id`` in a JSON or SSE body (notifications before it
-    are passed over); MCPError when there is none."""
+def _answer_to(
+    request_id: int, response: httpx2.Response, logs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The JSON-RPC response to ``request_id`` in a JSON or SSE body (the parameters of the
+    log notifications before it into ``logs``, other notifications passed over); MCPError
+    when there is none."""
     kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         if kind == "application/json":
@@ -282,12 +288,16 @@ def _answer_to(request_id: int, response: httpx2.Response) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         messages = []
     for message in messages:
-        if (
-            isinstance(message, dict)
-            and message.get("id") == request_id
-            and ("result" in message or "error" in message)
-        ):
+        if not isinstance(message, dict):
+            continue
+        if message.get("id") == request_id and ("result" in message or "error" in message):
             return message
+        if (
+            logs is not None
+            and message.get("method") == "notifications/message"
+            and isinstance(message.get("params"), dict)
+        ):
+            logs.append(message["params"])
     raise MCPError(code=mt.INTERNAL_ERROR, message="the upstream's answer was not a response to "
                    "the call")  # fmt: skip
 
