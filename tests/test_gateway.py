@@ -38,6 +38,7 @@ from tests.pdp import credential, env_of
 from tests.serverproc import free_port, served_in_thread
 from tether.api.app import create_app
 from tether.container import Services
+from tether.policy.values import _MAX_DEPTH as MAX_CEDAR_DEPTH
 
 POLICIES = """
 @id("read-payments")
@@ -416,6 +417,9 @@ def test_the_tools_call_fast_path_answers_exactly_as_the_sdk_would(world: World)
             text = text.replace(event_id, "evt_X")
         return dict(json.loads(text))
 
+    deep: Any = []
+    for _ in range(MAX_CEDAR_DEPTH + 2):
+        deep = [deep]
     cases: list[tuple[Any, ...]] = [
         (1, "payments.get_balance", {"account": "ops"}),
         ("a-string-id", "payments.list_payments", {}),
@@ -425,6 +429,8 @@ def test_the_tools_call_fast_path_answers_exactly_as_the_sdk_would(world: World)
         (6, "nowhere.get_balance", None),
         (7, "payments.get_balance", {"account": "ops"}, {"MCP-Protocol-Version": "2025-06-18"}),
         (8, "payments.get_balance", {"account": "ops"}, {"MCP-Protocol-Version": "2025-03-26"}),
+        (9, "payments.refund", {"payment_id": "pay_1", "amount": 1.5}),  # no Cedar value
+        (10, "payments.refund", {"payment_id": "pay_1", "amount": deep}),  # too deep
     ]
     taken: list[str] = []
 
@@ -447,6 +453,12 @@ def test_the_tools_call_fast_path_answers_exactly_as_the_sdk_would(world: World)
     assert fast_answers[1]["id"] == "a-string-id"
     assert fast_answers[2]["result"]["isError"] is True
     assert fast_answers[4]["error"]["code"] == -32602
+    # arguments Cedar cannot hold: the caller's error, said what, nothing decided or recorded
+    assert fast_answers[8]["error"] == {
+        "code": -32602, "message": "context.args.amount is a float; Cedar values are strings, "
+        "booleans, integers, lists and objects"}  # fmt: skip
+    assert fast_answers[9]["error"]["code"] == -32602
+    assert "nested too deeply" in fast_answers[9]["error"]["message"]
     # the SDK still answers what the fast path leaves: a batch, an unknown version, no JSON
     batch = httpx.post(f"{world.url}/mcp", headers=base, content=b"[" + json.dumps(
         {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode() + b"]")  # fmt: skip

@@ -34,6 +34,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.uri_template import UriTemplate
 from pydantic import BaseModel
 
+from tether.errors import ValidationFailed
 from tether.gateway.metadata import CALLER
 from tether.gateway.naming import Names
 from tether.gateway.redact import hide, shows_any
@@ -169,9 +170,12 @@ class Passthrough:
         self, ctx: ServerRequestContext[Any], action: str, kind: str, id_: str,
         link: UpstreamLink, *, shown: str,
     ) -> None:  # fmt: skip
-        ask = Ask.of(caller_of(ctx), action, kind, id_, properties={"server": link.name},
-                     context={})  # fmt: skip
-        decision = await self.decisions.decide(ask)
+        try:
+            ask = Ask.of(caller_of(ctx), action, kind, id_, properties={"server": link.name},
+                         context={})  # fmt: skip
+            decision = await self.decisions.decide(ask)
+        except ValidationFailed as exc:  # a name policy cannot hold (too long, a NUL)
+            raise MCPError(code=mt.INVALID_PARAMS, message=exc.message) from None
         if not decision.allowed:
             raise MCPError(code=mt.INVALID_REQUEST, message=why(shown, decision))
 

@@ -54,7 +54,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from tether.audit.group import GroupCommitter
 from tether.compensation import CompensationError
-from tether.errors import LedgerUnavailable
+from tether.errors import LedgerUnavailable, ValidationFailed
 from tether.gateway.calls import CallFacts, CallRecorder, Journal, Outcome
 from tether.gateway.metadata import CALLER
 from tether.gateway.naming import Names
@@ -226,7 +226,10 @@ class Gateway:
         policy_id = self.names.policy_id(link, local)
         ask = Ask.of(caller, "tool.call", TOOL, policy_id, properties=properties,
                      context={"args": args})  # fmt: skip
-        decision = await self.decisions.decide(ask)
+        try:
+            decision = await self.decisions.decide(ask)
+        except ValidationFailed as exc:  # arguments Cedar cannot hold (a float, too deep)
+            raise MCPError(code=mt.INVALID_PARAMS, message=exc.message) from None
         if not decision.allowed:
             if decision.event_id is not None:  # refused before any record (ledger down): none
                 with contextlib.suppress(LedgerUnavailable):
