@@ -47,7 +47,13 @@ from bench.common import (
     write_json,
 )
 from bench.loadgen import HttpRequest, LoadGen, LoadResult
-from bench.tokens import basic_authorization, bench_agent, open_deployment, tether_server
+from bench.tokens import (
+    Deployment,
+    basic_authorization,
+    bench_agent,
+    open_deployment,
+    tether_server,
+)
 from tether.secrets.service import SecretInput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,18 +101,31 @@ def upstream(workdir: Path) -> Iterator[str]:
         proc.wait(timeout=20)
 
 
-def _wait_for_gateway(url: str, tries: int = 20) -> None:
-    """Until ``tries`` answers in a row, each on a fresh connection (either worker), say the
-    upstream is up."""
+def wait_for_upstreams(url: str, names: set[str], tries: int = 20) -> None:
+    """Until ``tries`` answers in a row, each on a fresh connection (either worker), say every
+    upstream named is up."""
     deadline, in_a_row = time.monotonic() + 60, 0
     while in_a_row < tries:
         if time.monotonic() > deadline:
-            raise RuntimeError("the gateway never connected to the upstream")
+            raise RuntimeError(f"the gateway never connected to {', '.join(sorted(names))}")
         ready = httpx.get(f"{url}/readyz", timeout=5).json()
-        up = any(u["up"] for u in ready.get("upstreams", []))
+        up = names <= {u["name"] for u in ready.get("upstreams", []) if u["up"]}
         in_a_row = in_a_row + 1 if up else 0
         if not up:
             time.sleep(0.1)
+
+
+def gateway_caller(dep: Deployment, policies: str, name: str) -> str:
+    """``policies`` in force, the upstream's key stored as a broker-only secret, and a new
+    agent's access token for the gateway's resource URI."""
+    svc = dep.services
+    svc.policies.push(dep.admin, policies=policies, schema=None, note=None)
+    svc.secrets.put(dep.admin, "payments-key", SecretInput(KEY.encode(), broker_only=True))
+    agent_id = bench_agent(dep, name)
+    _cred, secret = svc.credentials.create_api_key(dep.admin, agent_id)
+    form = {"grant_type": "client_credentials",
+            "resource": f"http://127.0.0.1:{dep.port}/mcp"}  # fmt: skip
+    return str(svc.oauth.token(form, basic_authorization(agent_id, secret))["access_token"])
 
 
 def _latencies(
@@ -138,14 +157,7 @@ def _latencies(
 def run_backend(options: Options, backend: str, seconds: float) -> list[ResultTable]:
     tag = f"[gateway/{backend}]"
     with open_deployment(options, backend) as dep, upstream(dep.workdir) as direct:
-        svc = dep.services
-        svc.policies.push(dep.admin, policies=POLICIES, schema=None, note=None)
-        svc.secrets.put(dep.admin, "payments-key", SecretInput(KEY.encode(), broker_only=True))
-        agent_id = bench_agent(dep, "gateway-caller")
-        _cred, secret = svc.credentials.create_api_key(dep.admin, agent_id)
-        base = f"http://127.0.0.1:{dep.port}"
-        bearer = svc.oauth.token({"grant_type": "client_credentials", "resource": f"{base}/mcp"},
-                                 basic_authorization(agent_id, secret))["access_token"]  # fmt: skip
+        bearer = gateway_caller(dep, POLICIES, "gateway-caller")
         upstreams = [
             {
                 "name": "payments",
@@ -156,7 +168,7 @@ def run_backend(options: Options, backend: str, seconds: float) -> list[ResultTa
         env = {"TETHER_GATEWAY_UPSTREAMS": json.dumps(upstreams)}
         note(f"{tag} starting tether serve --workers 2 with the upstream behind /mcp")
         with tether_server(dep, 2, env) as server:
-            _wait_for_gateway(server.url)
+            wait_for_upstreams(server.url, {"payments"})
             blocks, calls = (3, 200) if options.quick else (6, 500)
             note(f"{tag} latency: {blocks} alternating blocks of {calls} calls each")
             d, g = _latencies(direct, f"{server.url}/mcp", bearer, blocks=blocks, calls=calls)

@@ -29,9 +29,8 @@ from bench.common import (
     percentile,
     write_json,
 )
-from bench.gateway import ACCEPT, KEY, upstream
-from bench.tokens import basic_authorization, bench_agent, open_deployment, tether_server
-from tether.secrets.service import SecretInput
+from bench.gateway import ACCEPT, gateway_caller, upstream, wait_for_upstreams
+from bench.tokens import open_deployment, tether_server
 
 POLICIES = """
 @id("tickets")
@@ -47,37 +46,17 @@ def _body(server: str, n: int) -> bytes:
                        "params": params}).encode()  # fmt: skip
 
 
-def _wait_for(url: str, names: set[str]) -> None:
-    """Until twenty fresh answers in a row (either worker) say every upstream is up."""
-    deadline, in_a_row = time.monotonic() + 60, 0
-    while in_a_row < 20:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the gateway never connected to its upstreams")
-        ready = httpx.get(f"{url}/readyz", timeout=5).json()
-        up = {u["name"] for u in ready.get("upstreams", []) if u["up"]}
-        in_a_row = in_a_row + 1 if names <= up else 0
-        if not names <= up:
-            time.sleep(0.1)
-
-
 def run_backend(options: Options, backend: str) -> ResultTable:
     tag = f"[journal/{backend}]"
     with open_deployment(options, backend) as dep, upstream(dep.workdir) as direct:
-        svc = dep.services
-        svc.policies.push(dep.admin, policies=POLICIES, schema=None, note=None)
-        svc.secrets.put(dep.admin, "payments-key", SecretInput(KEY.encode(), broker_only=True))
-        agent_id = bench_agent(dep, "journal-caller")
-        _cred, secret = svc.credentials.create_api_key(dep.admin, agent_id)
-        base = f"http://127.0.0.1:{dep.port}"
-        bearer = svc.oauth.token({"grant_type": "client_credentials", "resource": f"{base}/mcp"},
-                                 basic_authorization(agent_id, secret))["access_token"]  # fmt: skip
+        bearer = gateway_caller(dep, POLICIES, "journal-caller")
         auth = {"kind": "header", "header": "X-Api-Key", "secret": "payments-key"}
         journalled = {"name": "journalled", "url": direct, "auth": auth, "tools": RULE}
         upstreams = [{"name": "plain", "url": direct, "auth": auth}, journalled]
         env = {"TETHER_GATEWAY_UPSTREAMS": json.dumps(upstreams)}
         note(f"{tag} starting tether serve --workers 2 with the upstream behind /mcp twice")
         with tether_server(dep, 2, env) as server:
-            _wait_for(server.url, {"plain", "journalled"})
+            wait_for_upstreams(server.url, {"plain", "journalled"})
             blocks, calls = (3, 200) if options.quick else (6, 500)
             note(f"{tag} {blocks} alternating blocks of {calls} create_ticket calls each")
             headers = {"Accept": ACCEPT, "Content-Type": "application/json",
