@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
+import anyio
 import orjson
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
@@ -105,6 +106,8 @@ class CallRecorder:
         """The call's event and row, durable when this returns. ``known``: secret values to
         hide wherever they appear. ``check``: verify the decision first (an agent's report);
         the gateway's own calls come with the decision it just made."""
+        if check:  # the decision named: an event, never changed, so read before the lock
+            facts = await anyio.to_thread.run_sync(self._checked, facts)
         needles = list(known)
         args_digest, args_copy = self.redactor.record(facts.args, needles)
         result_digest, result_copy = self.redactor.record(facts.result, needles)
@@ -130,12 +133,11 @@ class CallRecorder:
                     f"the call decided by {facts.decision_event} is on the record already: "
                     "a decision allows one call — ask again for another"
                 )
-            decided = _decision_of(s, facts) if check else facts
             event = NewEvent(
                 EventType.TOOL_CALLED, facts.actor, agent_id=facts.agent_id,
                 on_behalf_of=facts.on_behalf_of, chain=tuple(facts.chain),
-                action=decided.action, resource=decided.resource, decision=decided.decision,
-                reasons=tuple(decided.reasons), policy_version=decided.policy_version,
+                action=facts.action, resource=facts.resource, decision=facts.decision,
+                reasons=tuple(facts.reasons), policy_version=facts.policy_version,
                 outcome=facts.outcome, details=details,
             )  # fmt: skip
             now = to_micros(self.clock.now())
@@ -156,6 +158,10 @@ class CallRecorder:
             return Chain([event], finish=finish, rows_of=rows)
 
         return cast(Recorded, await self.committer.run_async(_Once(job, facts.decision_event)))
+
+    def _checked(self, facts: CallFacts) -> CallFacts:
+        with self.committer.db.read() as s:
+            return _decision_of(s, facts)
 
 
 class _Once:
