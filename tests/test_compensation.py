@@ -209,7 +209,7 @@ def test_a_compensation_that_does_not_fit_the_tools_is_refused_naming_tool_and_f
     make_services: Callable[..., Services], tmp_path: Path
 ) -> None:
     bad = {"refund": {"undo": "cancel_refund", "args": {"refund_id": "{result.refund_idx}"}},
-           "create_ticket": {"undo": "delete_ticket", "args": {"ticket_id": "{result.id}"}},
+           "create_ticket": {"undo": "purge_ticket", "args": {"ticket_id": "{result.id}"}},
            "no_such_tool": {"irreversible": True}}  # fmt: skip
     with open_world(make_services, tmp_path, upstreams=_with_rules(bad), ready=(),
                     policies=POLICIES) as world:  # fmt: skip
@@ -220,5 +220,5 @@ def test_a_compensation_that_does_not_fit_the_tools_is_refused_naming_tool_and_f
         assert not link.up
         error = link.last_error or ""
         assert "refund_id = {result.refund_idx}: 'refund_idx' is not a field" in error
-        assert "no tool 'delete_ticket' to undo it" in error
+        assert "no tool 'purge_ticket' to undo it" in error
         assert "tools.no_such_tool: payments has no tool 'no_such_tool'" in error

@@ -24,7 +24,7 @@ import httpx2 as httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from examples.payments_tickets.server import http_app
+from examples.payments_tickets.server import Ledger, http_app
 from joserfc.jwk import ECKey
 from mcp import Client
 from mcp.client.auth.extensions.client_credentials import (
@@ -122,7 +122,7 @@ def open_world(
     make_services: Callable[..., Services], tmp_path: Path, *,
     upstreams: Callable[[int], list[dict[str, Any]]] = upstreams_at,
     ready: tuple[str, ...] = ("payments", "quick"), policies: str = POLICIES,
-    wrap: Callable[[Any], Any] | None = None, **settings: Any,
+    wrap: Callable[[Any], Any] | None = None, state: Ledger | None = None, **settings: Any,
 ) -> Iterator[World]:  # fmt: skip
     """Tether (``settings`` passed to ``make_services``: a ``clock`` too) and the example
     upstream (``wrap`` wrapping its ASGI app) served on ports of their own, ``policies`` in
@@ -139,7 +139,7 @@ def open_world(
         schema = _schema_with_args(http.get("/v1/policies").json()["schema"])
         pushed = http.put("/v1/policies", json={"policies": policies, "schema": schema})
         assert pushed.status_code == 200, pushed.text
-    upstream = http_app(api_key="k-upstream-123", header_log=str(log))
+    upstream = http_app(api_key="k-upstream-123", header_log=str(log), state=state)
     with served_in_thread(wrap(upstream) if wrap else upstream, up_port), \
             served_in_thread(create_app(services), port):  # fmt: skip
         world = World(services, f"http://127.0.0.1:{port}", log)

@@ -347,12 +347,12 @@ def setup(document: str, agents: dict[str, Row], schema: str = SCHEMA) -> Setup:
         current=lambda: True,
     )
     decisions = DecisionService(runtime, None, SystemClock(), None)  # type: ignore[arg-type]
-    every = [*service.BASE_POLICIES, *checked.policies]
+    every = [*checked.base, *checked.policies]
     return Setup(
         compiled,
         decisions,
         [*ACTION_ENTITIES, *(oracle_entity(row, roles) for row, roles in agents.values())],
-        service.BASE_POLICIES_TEXT + "\n" + document,
+        "\n".join([*(p.text for p in checked.base), document]),
         frozenset(p.id for p in every if p.approval and p.effect == "permit"),
         frozenset(p.id for p in every if p.approval and p.effect == "forbid"),
         "\n".join(p.text for p in every if not (p.approval and p.effect == "forbid")),

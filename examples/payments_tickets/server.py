@@ -4,9 +4,10 @@ in the tests, the README and the benchmarks.
 Tools (the gateway shows them as ``payments.<tool>`` when registered under the name
 ``payments``):
 
-- read: ``get_balance``, ``list_payments``, ``list_tickets``, ``get_ticket``;
-- write, each with its inverse: ``refund`` ↔ ``cancel_refund`` (by ``refund_id`` from the
-  result), ``create_ticket`` ↔ ``close_ticket``, ``close_ticket`` ↔ ``reopen_ticket``;
+- read: ``get_balance``, ``list_payments``, ``list_refunds``, ``list_tickets``, ``get_ticket``;
+- write, each with its inverse: ``refund`` (holds the amount from ``ops``) ↔
+  ``cancel_refund`` (by ``refund_id`` from the result; gives it back, once),
+  ``create_ticket`` ↔ ``delete_ticket``, ``close_ticket`` ↔ ``reopen_ticket``;
 - irreversible: ``transfer`` (money leaves; nothing undoes it);
 - ``slow`` (sleeps) and ``fail`` (a tool error) for fault tests.
 
@@ -97,19 +98,30 @@ def build(state: Ledger | None = None) -> MCPServer:
             raise ValueError(f"no payment {payment_id!r}")
         if not 0 < amount <= payment["amount"]:
             raise ValueError(f"amount must be 1-{payment['amount']}")
+        if state.balances["ops"] < amount:
+            raise ValueError("insufficient funds in ops")
         refund_id = f"re_{next(state.ids)}"
+        state.balances["ops"] -= amount  # held for the customer while the refund is pending
         state.refunds[refund_id] = Refund(id=refund_id, payment_id=payment_id, amount=amount,
                                           currency=currency, status="pending")  # fmt: skip
         return Refund(**state.refunds[refund_id])
 
     @mcp.tool(annotations=WRITE)
     def cancel_refund(refund_id: str) -> Refund:
-        """Cancel a pending refund."""
+        """Cancel a pending refund (its amount goes back to ops); a refund is cancelled once."""
         found = state.refunds.get(refund_id)
         if found is None:
             raise ValueError(f"no refund {refund_id!r}")
+        if found["status"] != "pending":
+            raise ValueError(f"refund {refund_id} is {found['status']}, not pending")
         found["status"] = "cancelled"
+        state.balances["ops"] += found["amount"]
         return Refund(**found)
+
+    @mcp.tool(annotations=READ)
+    def list_refunds() -> list[Refund]:
+        """Every refund."""
+        return list(state.refunds.values())
 
     @mcp.tool(annotations=IRREVERSIBLE)
     def transfer(from_account: str, to_account: str, amount: int) -> dict[str, Any]:
@@ -145,6 +157,13 @@ def _tickets(mcp: MCPServer, state: Ledger) -> None:
         ticket_id = f"t_{next(state.ids)}"
         state.tickets[ticket_id] = Ticket(id=ticket_id, title=title, body=body, status="open")
         return Ticket(**state.tickets[ticket_id])
+
+    @mcp.tool(annotations=WRITE)
+    def delete_ticket(ticket_id: str) -> Ticket:
+        """Delete a ticket (what undoes create_ticket)."""
+        if ticket_id not in state.tickets:
+            raise ValueError(f"no ticket {ticket_id!r}")
+        return Ticket(**state.tickets.pop(ticket_id))
 
     @mcp.tool(annotations=WRITE)
     def close_ticket(ticket_id: str) -> Ticket:

@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     approval_max_pending_per_agent: int = Field(
         default=20, ge=1, description="Pending approvals one agent may have; more are denied."
     )
+    rollback_offer_hours: int = Field(
+        default=24, ge=1, le=24 * 90,
+        description="A kill's answer counts the reversible calls of this many hours before "
+        "it, and gives the command that rolls them back.",
+    )  # fmt: skip
+    rollback_lease_seconds: int = Field(
+        default=120, ge=10, le=3600,
+        description="A running rollback's hold on its agent, renewed at each step; one whose "
+        "worker went away for this long is interrupted, and the next rollback resumes it.",
+    )  # fmt: skip
     approval_allow_self_approval: bool = Field(
         default=False,
         description="Let the human an agent acts for approve that agent's request.",

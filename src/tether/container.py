@@ -38,6 +38,7 @@ from tether.policy.runtime import AgentSection, DecisionSnapshot, PolicySection
 from tether.policy.search import Candidate, SearchService
 from tether.policy.service import PolicyService
 from tether.revocations.feed import RevocationFeed
+from tether.rollback.service import RollbackService
 from tether.runtime.snapshot import Runtime
 from tether.secrets.databases import DatabaseLogins
 from tether.secrets.runtime import RevokedLeases, SecretsSection
@@ -73,6 +74,7 @@ class Services:
     db_logins: DatabaseLogins
     gateway: GatewayHandle  # the MCP gateway; its upstream sessions live in the app's lifespan
     calls: CallRecorder  # tool calls on the record: the gateway's and the SDK guard's
+    rollback: RollbackService  # undoing an agent's calls from the compensation journal
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -179,6 +181,12 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     freeze_service.on_freeze.append(secrets.revoke_frozen)
     calls = CallRecorder(committer, clock)
     search = SearchService(decisions, {"Secret": partial(_held_secrets, secrets.section)})
+    gateway = GatewayHandle(settings.gateway_upstreams, decisions, committer,
+                            secrets.broker_value, settings.base_url, calls=calls,
+                            search=search)  # fmt: skip
+    rollback = RollbackService(db, ledger, clock, agents=agents, decisions=decisions,
+                               gateway=gateway, redactor=calls.redactor,
+                               lease_seconds=settings.rollback_lease_seconds)  # fmt: skip
     return Services(
         policies=policies,
         runtime=runtime,
@@ -214,13 +222,6 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         secrets=secrets,
         db_logins=db_logins,
         calls=calls,
-        gateway=GatewayHandle(
-            settings.gateway_upstreams,
-            decisions,
-            committer,
-            secrets.broker_value,
-            settings.base_url,
-            calls=calls,
-            search=search,
-        ),
+        gateway=gateway,
+        rollback=rollback,
     )

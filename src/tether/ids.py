@@ -27,6 +27,7 @@ class IdPrefix(StrEnum):
     FREEZE = "frz"
     SECRET_KEY = "smk"  # noqa: S105 - an id prefix, not a secret
     LEASE = "lse"
+    ROLLBACK = "rbk"
 
 
 def _encode(value: int, length: int) -> str:

@@ -34,6 +34,7 @@ from tether.api.routes import (
     ops,
     policies,
     revocations,
+    rollback,
     secrets,
     users,
 )
@@ -105,7 +106,7 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     app.router.routes.append(Route("/mcp", endpoint=McpGate(services), methods=METHODS))
     # The decision endpoints first: FastAPI tries routes in order, and they are the hot path.
     for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
-                   audit, revocations, secrets, gateway, calls):  # fmt: skip
+                   audit, revocations, secrets, gateway, calls, rollback):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
     app.add_middleware(TokenFastPath, services=services)  # innermost: after limits, metrics

@@ -51,9 +51,20 @@ class CutOff(BaseModel):
     leases: int
 
 
+class RollbackOffer(BaseModel):
+    """What the killed agent did that can still be undone, and how."""
+
+    reversible_actions: int  # its reversible calls in the window, not undone yet
+    hours: int
+    since: str
+    command: str  # the CLI command that shows the plan (then drop --dry-run to run it)
+    request: dict[str, Any]  # the same as POST /v1/agents/{id}/rollback
+
+
 class KillOut(BaseModel):
     revoked: list[str]
     cut_off: CutOff
+    rollback: RollbackOffer | None = None
 
 
 class UserOut(BaseModel):

@@ -56,6 +56,11 @@ class EventType(StrEnum):
     SECRETS_KEY_ROTATED = "secrets.master_key_rotated"
     # The MCP gateway: a tool call it forwarded (or refused), linked to its decision.
     TOOL_CALLED = "tool.called"
+    # A rollback (tether.rollback): its start (the window and the plan), each step (an undo
+    # run, refused or failed, linked to its decision and to the call it undoes), its end.
+    ROLLBACK_STARTED = "rollback.started"
+    ROLLBACK_STEP = "rollback.step"
+    ROLLBACK_FINISHED = "rollback.finished"
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,10 +149,13 @@ class CallRecorder:
             undo = orjson.dumps(journal.undo).decode() if journal and journal.undo else None
             reversible = journal.reversible if journal else None
             why_not = journal.error[:300] if journal and journal.error else None
+            before = [p for p in facts.chain if p != facts.agent_id]
+            chain = orjson.dumps(before).decode() if before else None
 
             def rows(chained: list[Event]) -> list[tuple[Table, tuple[Any, ...]]]:
                 row = (facts.decision_event, chained[0].id, facts.agent_id, facts.tool,
-                       facts.via, facts.outcome, now, reversible, undo, why_not)  # fmt: skip
+                       facts.via, facts.outcome, now, reversible, undo, why_not, chain,
+                       None, None, None, None)  # fmt: skip
                 return [(_TABLE, row)]
 
             return Chain([event], finish=finish, rows_of=rows)

@@ -27,5 +27,16 @@ class ToolCallRow(Base):
     reversible: Mapped[bool | None] = mapped_column(Boolean)
     undo: Mapped[str | None] = mapped_column(Text)
     undo_error: Mapped[str | None] = mapped_column(String(300))
+    # The delegation chain the call was made in (JSON list of the principals before the
+    # agent; None when it acted for itself): a rollback of an agent can take its delegates'.
+    chain: Mapped[str | None] = mapped_column(Text)
+    # Its undo, once a rollback took it (tether.rollback): "started" (claimed; the upstream
+    # may or may not have run it), "done", "failed" (the upstream refused it: nothing
+    # happened, it may run again), "uncertain" (no answer: it may have happened); the
+    # rollback that took it, its step's ledger event and when.
+    undo_state: Mapped[str | None] = mapped_column(String(16))
+    undo_rollback: Mapped[str | None] = mapped_column(String(40))
+    undo_event: Mapped[str | None] = mapped_column(String(40))
+    undo_at: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_tool_calls_agent_id_at", "agent_id", "at"),)

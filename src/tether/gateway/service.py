@@ -238,23 +238,10 @@ class Gateway:
                                        duration_ms=0.0)  # fmt: skip
             return _refusal(params.name, decision)
         started = time.perf_counter()
-        outcome: Outcome = "ok"
-        try:
-            heard: list[dict[str, Any]] = []
-            result = await link.call_tool(local, args or None, relay, heard)
-            if logs is not None:
-                logs.extend(hide(heard, link.known) if link.known else heard)
-            if result.is_error:
-                outcome = "tool_error"
-        except (UpstreamDown, MCPError, TimeoutError, OSError, ValidationError,
-                httpx2.TransportError, anyio.ClosedResourceError,
-                anyio.BrokenResourceError) as exc:  # fmt: skip
-            outcome = "upstream_failure"
-            if isinstance(exc, ValidationError):  # a result that is no CallToolResult
-                why = "its answer was not a tool result"
-            else:
-                why = "timed out" if isinstance(exc, TimeoutError) else str(exc)[:300] or repr(exc)
-            result = _error(f"upstream {link.name} failed: {why}")
+        heard: list[dict[str, Any]] = []
+        result, outcome = await _forward(link, local, args, relay, heard)
+        if logs is not None:
+            logs.extend(hide(heard, link.known) if link.known else heard)
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         try:
             journal = _journal(link, tool, args, result) if outcome == "ok" else None
@@ -264,6 +251,29 @@ class Gateway:
         except LedgerUnavailable:
             return _error("the call could not be recorded: its result is withheld")
         return _hidden(result, link.known)
+
+    def tool(self, policy_id: str) -> tuple[UpstreamLink, mt.Tool, dict[str, Any]]:
+        """The upstream and tool a policy id (``<server>.<tool>``) names, and the properties
+        a call of it is decided with; :class:`LookupError` saying why when none is served."""
+        server, _, local = policy_id.partition(".")
+        link = self.links.get(server)
+        if link is None:
+            raise LookupError(f"no upstream {server!r} is configured")
+        tool = link.tools.get(local)
+        if tool is None:
+            state = "" if link.up else f" (upstream {server} is not connected)"
+            raise LookupError(f"upstream {server} serves no tool {local!r}{state}")
+        return link, tool, _tool_properties(link, tool)
+
+    async def forward(
+        self, policy_id: str, args: dict[str, Any]
+    ) -> tuple[mt.CallToolResult, Outcome, Sequence[str]]:
+        """Run a tool already decided (a rollback's undo): its result, whether it ``ok``,
+        was a ``tool_error`` or an ``upstream_failure`` (no answer: it may or may not have
+        run), and the secret values this upstream was sent (to keep out of any record)."""
+        link, tool, _ = self.tool(policy_id)
+        result, outcome = await _forward(link, tool.name, args, None, None)
+        return _hidden(result, link.known), outcome, link.known
 
     async def _record(
         self, caller: Caller, name: str, link: UpstreamLink, *, local: str,
@@ -284,6 +294,25 @@ class Gateway:
                      **({"approval_id": decision.approval_id} if decision.approval_id else {})},
         )  # fmt: skip
         await self.calls.record(facts, known=link.known)
+
+
+async def _forward(
+    link: UpstreamLink, local: str, args: dict[str, Any], relay: Any,
+    heard: list[dict[str, Any]] | None,
+) -> tuple[mt.CallToolResult, Outcome]:  # fmt: skip
+    """``tools/call`` on the upstream: its result and outcome, a failure to reach it (or an
+    answer that is no tool result) as an ``upstream_failure`` tool error."""
+    try:
+        result = await link.call_tool(local, args or None, relay, heard)
+    except (UpstreamDown, MCPError, TimeoutError, OSError, ValidationError,
+            httpx2.TransportError, anyio.ClosedResourceError,
+            anyio.BrokenResourceError) as exc:  # fmt: skip
+        if isinstance(exc, ValidationError):  # a result that is no CallToolResult
+            why = "its answer was not a tool result"
+        else:
+            why = "timed out" if isinstance(exc, TimeoutError) else str(exc)[:300] or repr(exc)
+        return _error(f"upstream {link.name} failed: {why}"), "upstream_failure"
+    return result, ("tool_error" if result.is_error else "ok")
 
 
 def _tool_properties(link: UpstreamLink, tool: mt.Tool) -> dict[str, Any]:

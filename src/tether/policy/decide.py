@@ -37,6 +37,7 @@ from tether.policy.values import (
     INACTIVE_AGENT,
     INACTIVE_CHAIN,
     LEDGER_DOWN,
+    OPERATOR_AUTHORITY,
     REVOKED_TOKEN,
     STALE,
     UNKNOWN_ACTION,
@@ -176,6 +177,44 @@ class DecisionService:
             return _refuse(UNKNOWN_ACTION, version, "unknown_action",
                            f"the schema ({version}) declares no action {ask.action!r}")  # fmt: skip
         return None
+
+    def evaluate_operator(self, operator: Principal, ask: Ask) -> Decision:
+        """A human operator's own request (a rollback's undo: Cedar's principal is
+        ``User::"<id>"`` with its ``role``; no agent acts), once the caller has checked the
+        human's authority over the agent concerned: this worker current, the human still
+        there, then Cedar — when the schema declares the action; otherwise that authority
+        decides (reason ``tether.operator-authority``). ``ask.subject`` is the operator's id."""
+        rt = self.runtime
+        compiled = rt.policies
+        if compiled is None or not rt.current():
+            return _stale(compiled, 1)[0]
+        version = compiled.version
+        if operator.kind != "user" or operator.id not in rt.users:
+            return _refuse(INACTIVE_CHAIN, version, "operator_not_found",
+                           f"no user {operator.id}: only a human operator asks this")  # fmt: skip
+        if not compiled.knows_action(ask.action):
+            # Not declared (the base schema does not: its principals are agents): the
+            # authority the caller checked decides alone, and the record says so.
+            return Decision(Effect.ALLOW, (OPERATOR_AUTHORITY,), version, stage="runtime")
+        return decision_from_outcome(compiled.decide(operator_request(operator, ask)), version)
+
+    def operator_event(
+        self, operator: Principal, ask: Ask, decision: Decision, *, agent_id: str,
+        details: Mapping[str, Any],
+    ) -> NewEvent:  # fmt: skip
+        """The ledger event of :meth:`evaluate_operator`'s answer, on the record of the agent
+        ``agent_id`` whose action it concerns."""
+        full = {"caller": operator.ref, "stage": decision.stage,
+                "request_digest": ask.digest(), "context_digest": ask.context_digest(),
+                **details}  # fmt: skip
+        if decision.error:
+            full["error"] = decision.error["code"]
+        return NewEvent(
+            EventType.DECISION, operator.ref, agent_id=agent_id, action=ask.action[:200],
+            resource={"type": ask.resource_type, "id": ask.resource_id},
+            decision=decision.effect.value, reasons=decision.reasons,
+            policy_version=decision.policy_version, details=full,
+        )  # fmt: skip
 
     def caller_refused(self, agent_id: str, jti: str | None, chain: Sequence[str]) -> str | None:
         """Why an agent's token must not be honoured at all right now — revoked, the agent
@@ -373,6 +412,23 @@ def cedar_request(ask: Ask, agents: Mapping[str, AgentView]) -> CedarRequest:
         principal=("Agent", agent.id), principal_parents=agent.parents,
         principal_entity=agent.entity, action=ask.action, resource=resource,
         resource_parents=parents, resource_entity=entity, context=orjson.dumps(ctx).decode(),
+    )  # fmt: skip
+
+
+def operator_request(operator: Principal, ask: Ask) -> CedarRequest:
+    """An operator's request in Cedar's terms: ``User::"<id>"`` with its role, the resource
+    from the request's properties, the context as asked (no delegation chain)."""
+    uid = ("User", operator.id)
+    role = operator.role.value if operator.role is not None else ""
+    principal = orjson.dumps({"uid": {"type": "User", "id": operator.id},
+                              "attrs": {"role": role}, "parents": []}).decode()  # fmt: skip
+    resource = orjson.dumps({"uid": {"type": ask.resource_type, "id": ask.resource_id},
+                             "attrs": ask.properties, "parents": []}).decode()  # fmt: skip
+    return CedarRequest(
+        principal=uid, principal_parents=frozenset(), principal_entity=principal,
+        action=ask.action, resource=(ask.resource_type, ask.resource_id),
+        resource_parents=frozenset(), resource_entity=resource,
+        context=orjson.dumps(ask.context).decode(),
     )  # fmt: skip
 
 

@@ -36,6 +36,10 @@ _BASE = resources.files("tether.policy") / "base"
 BASE_SCHEMA = (_BASE / "schema.cedarschema").read_text()
 BASE_POLICIES_TEXT = (_BASE / "base.cedar").read_text()
 BASE_POLICIES = source.parse(BASE_POLICIES_TEXT, base=True)
+# The base permit for an operator's undo, in force when the schema declares "tool.undo" (a
+# schema pushed before that action existed keeps validating, without it).
+UNDO_POLICIES_TEXT = (_BASE / "undo.cedar").read_text()
+UNDO_POLICIES = source.parse(UNDO_POLICIES_TEXT, base=True)
 # Both fit one request body (TETHER_MAX_BODY_BYTES, 1 MiB) even fully \u-escaped.
 MAX_DOCUMENT = 60_000
 MAX_SCHEMA = 20_000
@@ -75,7 +79,7 @@ class PolicyVersion:
         }
         if full:
             out |= {"policies": self.policies, "schema": self.schema,
-                    "base_policies": BASE_POLICIES_TEXT}  # fmt: skip
+                    "base_policies": f"{BASE_POLICIES_TEXT}\n{UNDO_POLICIES_TEXT}"}  # fmt: skip
         return out
 
 
@@ -88,6 +92,15 @@ class Checked:
     schema_text: str
     schema: cedarpy.Schema
     digest: str
+    base: list[source.Policy]
+
+
+def base_policies(schema: cedarpy.Schema) -> list[source.Policy]:
+    """The base policies in force under ``schema``: always :data:`BASE_POLICIES`, and the
+    operators' undo permit when the schema declares its action."""
+    if source.validate(UNDO_POLICIES, schema):
+        return list(BASE_POLICIES)
+    return [*BASE_POLICIES, *UNDO_POLICIES]
 
 
 def _digest(policies: str, schema: str) -> str:
@@ -109,7 +122,8 @@ def check(policies: str, schema: str | None = None) -> Checked:
         problems.extend(exc.problems)
         parsed = exc.parsed
     # Type-check what parsed even when something else did not: every problem, in one answer.
-    problems.extend(source.validate([*BASE_POLICIES, *parsed], parsed_schema))
+    base = base_policies(parsed_schema)
+    problems.extend(source.validate([*base, *parsed], parsed_schema))
     problems.sort(key=lambda p: p.line or 0)
     if problems:
         n = len(problems)
@@ -117,7 +131,9 @@ def check(policies: str, schema: str | None = None) -> Checked:
             f"{n} problem{'s' if n != 1 else ''} in the policy document; nothing was changed",
             errors=_errors(problems),
         )
-    return Checked(parsed, policies, schema_text, parsed_schema, _digest(policies, schema_text))
+    return Checked(
+        parsed, policies, schema_text, parsed_schema, _digest(policies, schema_text), base
+    )
 
 
 def _errors(problems: list[source.Problem]) -> list[dict[str, Any]]:
@@ -127,7 +143,7 @@ def _errors(problems: list[source.Problem]) -> list[dict[str, Any]]:
 def compile_checked(
     version: str, checked: Checked, *, memo_capacity: int = MEMO_MAX
 ) -> CompiledPolicies:
-    compiled = CompiledPolicies.build(version, [*BASE_POLICIES, *checked.policies], checked.schema)
+    compiled = CompiledPolicies.build(version, [*checked.base, *checked.policies], checked.schema)
     compiled.set_memo_capacity(memo_capacity)
     return compiled
 

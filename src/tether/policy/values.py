@@ -38,6 +38,9 @@ INACTIVE_AGENT = "tether.agent-not-active"
 INACTIVE_CHAIN = "tether.chain-member-not-active"
 UNKNOWN_ACTION = "tether.unknown-action"
 LEDGER_DOWN = "tether.ledger-unavailable"
+# An operator's request whose action the schema does not declare: allowed by the authority
+# Tether checked (tether.agents.authority), not by Cedar.
+OPERATOR_AUTHORITY = "tether.operator-authority"
 
 
 class AgentCaller(Protocol):

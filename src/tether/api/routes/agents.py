@@ -18,6 +18,7 @@ from tether.agents.schemas import (
 from tether.api.deps import Cursor, Limit, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.params import AgentId
+from tether.api.routes import rollback
 from tether.api.schemas import AgentOut, AgentPage, KillOut
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
@@ -85,7 +86,8 @@ def retire_agent(
 def kill_agent(
     agent_id: AgentId, body: KillRequest, svc: ServicesDep, who: PrincipalDep
 ) -> dict[str, Any]:
-    return svc.agents.kill(who, agent_id, reason=body.reason, cascade=body.cascade)
+    killed = svc.agents.kill(who, agent_id, reason=body.reason, cascade=body.cascade)
+    return {**killed, "rollback": rollback.offer(svc, agent_id)}
 
 
 @router.post("/{agent_id}/clone", status_code=201, response_model=AgentOut, responses=_WRITE)
