@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         "it, and gives the command that rolls them back.",
     )  # fmt: skip
     rollback_lease_seconds: int = Field(
-        default=120, ge=10, le=3600,
+        default=120, ge=1, le=3600,
         description="A running rollback's hold on its agent, renewed at each step; one whose "
         "worker went away for this long is interrupted, and the next rollback resumes it.",
     )  # fmt: skip

@@ -163,6 +163,14 @@ class RollbackService:
         """Roll back ``window``: start (lease, plan, ``rollback.started``), each step, finish
         (``rollback.finished``); the report says what happened to every call."""
         _check(window)
+        # Shielded: a caller that goes away (a closed connection) does not cut a step in two.
+        with anyio.CancelScope(shield=True):
+            report = await self._run(actor, window, on_failure, retry_uncertain=retry_uncertain)
+        return report
+
+    async def _run(
+        self, actor: Principal, window: Window, on_failure: OnFailure, *, retry_uncertain: bool
+    ) -> Report:
         rollback_id, steps, interrupted = await anyio.to_thread.run_sync(
             self._start, actor, window, on_failure, retry_uncertain
         )
