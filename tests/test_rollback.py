@@ -11,10 +11,12 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from examples.payments_tickets.server import Ledger
 from mcp import Client
 
-from examples.payments_tickets.server import Ledger
-from tests.conftest import admin_client
+from tests.conftest import Api, admin_client
+from tests.pdp import AT, EXCHANGE, credential, env_of
+from tests.pdp import token as pdp_token
 from tests.test_gateway import World, open_world, upstreams_at
 from tether.container import Services
 
@@ -99,7 +101,8 @@ def test_dry_run_then_rollback_undoes_in_reverse_and_restores_the_upstream(stage
     plan = stage.rollback(agent, dry_run=True)
     assert plan.status_code == 200, plan.text
     body = plan.json()
-    assert body["dry_run"] is True and body["rollback_id"] is None
+    assert body["dry_run"] is True
+    assert body["rollback_id"] is None
     steps = [(s["tool"], s["plan"]) for s in body["steps"]]
     assert steps == [  # newest first; the read and the failed call are not in it
         ("payments.close_ticket", "undo"),
@@ -120,7 +123,8 @@ def test_dry_run_then_rollback_undoes_in_reverse_and_restores_the_upstream(stage
     done = stage.rollback(agent)
     assert done.status_code == 200, done.text
     report = done.json()
-    assert report["status"] == "done" and report["rollback_id"].startswith("rbk_")
+    assert report["status"] == "done"
+    assert report["rollback_id"].startswith("rbk_")
     assert [(s["tool"], s.get("outcome")) for s in report["steps"]] == [
         ("payments.close_ticket", "undone"),
         ("payments.refund", "undone"),
@@ -144,7 +148,8 @@ def test_dry_run_then_rollback_undoes_in_reverse_and_restores_the_upstream(stage
     finished = world.events("rollback.finished")
     step_events = world.events("rollback.step")
     assert [e["details"]["rollback_id"] for e in started + finished] == [report["rollback_id"]] * 2
-    assert len(step_events) == 5 and {e["outcome"] for e in step_events} == {"undone"}
+    assert len(step_events) == 5
+    assert {e["outcome"] for e in step_events} == {"undone"}
     undo_decisions = [e for e in world.events("decision") if e["action"] == "tool.undo"]
     assert len(undo_decisions) == 5
     assert {e["decision"] for e in undo_decisions} == {"allow"}
@@ -174,3 +179,218 @@ def test_dry_run_then_rollback_undoes_in_reverse_and_restores_the_upstream(stage
 def _admin_id(stage: Stage) -> str:
     with stage.http() as http:
         return str(http.get("/v1/users/me").json()["id"])
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+def _refunds(stage: Stage, token: str, *amounts: int) -> list[str]:
+    async def calls(c: Client) -> list[str]:
+        out = []
+        for amount in amounts:
+            got = await c.call_tool("payments.refund", {"payment_id": "pay_1", "amount": amount})
+            assert not got.is_error, got
+            out.append(str(got.structured_content["id"]))
+        return out
+
+    return stage.world.session(token, calls)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("on_failure", ["continue", "stop"])
+def test_a_compensation_failing_upstream_is_reported_and_continue_goes_on(
+    stage: Stage, on_failure: str
+) -> None:
+    agent, token = stage.world.token(["payer"])
+    first, middle, last = _refunds(stage, token, 10, 20, 30)
+    # Someone cancelled the middle refund by hand meanwhile: its undo fails upstream.
+    stage.state.refunds[middle]["status"] = "cancelled"
+    got = stage.rollback(agent, on_failure=on_failure)
+    assert got.status_code == 200, got.text
+    report = got.json()
+    outcomes = [s.get("outcome") for s in report["steps"]]  # newest first: last, middle, first
+    failed = report["steps"][1]
+    assert failed["outcome"] == "failed"
+    assert f"refund {middle} is cancelled, not pending" in failed["error"]
+    if on_failure == "continue":
+        assert outcomes == ["undone", "failed", "undone"]
+        assert report["status"] == "done"
+        assert stage.state.refunds[first]["status"] == "cancelled"
+    else:
+        assert outcomes == ["undone", "failed", "not_run"]
+        assert report["status"] == "stopped"
+        assert stage.state.refunds[first]["status"] == "pending"  # not touched
+    assert stage.state.refunds[last]["status"] == "cancelled"
+    steps = stage.world.events("rollback.step")
+    expected = ["failed", "undone", "undone"] if on_failure == "continue" else ["failed", "undone"]
+    assert sorted(e["outcome"] for e in steps) == expected
+    # The failed undo changed nothing upstream, so the next rollback may run it again (and
+    # with the refund back to pending it goes through); the undone ones are not run twice.
+    stage.state.refunds[middle]["status"] = "pending"
+    again = stage.rollback(agent).json()
+    assert [s["plan"] for s in again["steps"]] == [
+        "undone", "undo", "undo" if on_failure == "stop" else "undone"]  # fmt: skip
+    assert again["steps"][1]["outcome"] == "undone"
+    assert all(r["status"] == "cancelled" for r in stage.state.refunds.values())
+
+
+def test_only_those_who_answer_for_the_agent_roll_it_back(stage: Stage) -> None:
+    agent, token = stage.world.token(["payer"])
+    _refunds(stage, token, 10)
+    with admin_client(stage.world.services) as http:
+        api = Api(http)
+        stranger = api.user("stranger", "supervisor")
+        auditor = api.user("auditor1", "auditor")
+        supervisor = api.user("watcher", "supervisor")
+        patched = http.patch(f"/v1/agents/{agent}", json={"supervisors": [supervisor["id"]]})
+        assert patched.status_code == 200, patched.text
+    for who in (stranger, auditor):
+        for body in ({"dry_run": True}, {}):
+            refused = stage.rollback(agent, who["token"], **body)
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["error"]["code"] == "forbidden"
+    refused = stage.rollback(agent, token)  # the agent itself
+    assert refused.status_code in (401, 403), refused.text
+    assert not stage.world.events("rollback.started")
+    assert all(r["status"] == "pending" for r in stage.state.refunds.values())
+    done = stage.rollback(agent, supervisor["token"])  # a supervisor of the agent may
+    assert done.status_code == 200, done.text
+    assert done.json()["summary"]["outcome_undone"] == 1
+    step = stage.world.events("rollback.step")[0]
+    assert step["actor"] == f"user:{supervisor['id']}"
+
+
+@pytest.mark.parametrize("body", [
+    {"since": "yesterday"},
+    {"since": "2026-12-01T10:00:00"},  # no offset
+    {"since": 1733400000},
+    {"since": "2026-12-02T00:00:00Z", "until": "2026-12-01T00:00:00Z"},
+    {"on_failure": "retry"},
+    {"dry_run": "maybe"},
+    {"whatever": True},
+])  # fmt: skip
+def test_a_bad_window_or_option_is_422_and_nothing_changes(
+    stage: Stage, body: dict[str, Any]
+) -> None:
+    agent, token = stage.world.token(["payer"])
+    _refunds(stage, token, 10)
+    refused = stage.rollback(agent, **body)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["code"] == "validation_error"
+    assert not stage.world.events("rollback.started")
+    assert all(r["status"] == "pending" for r in stage.state.refunds.values())
+    assert stage.rollback("agt_01NOSUCHAGENT0000000000000", dry_run=True).status_code == 404
+
+
+def test_the_window_bounds_what_is_rolled_back(stage: Stage) -> None:
+    agent, token = stage.world.token(["payer"])
+    early = _refunds(stage, token, 10)
+    plan = stage.rollback(agent, dry_run=True).json()
+    cut = plan["steps"][0]["at"]
+    late = _refunds(stage, token, 20, 30)
+    since_cut = stage.rollback(agent, dry_run=True, since=cut).json()["steps"]
+    assert len(since_cut) == 3  # "since" is inclusive
+    done = stage.rollback(agent, until=cut).json()
+    assert [s["call"] for s in done["steps"]] == [plan["steps"][0]["call"]]
+    assert stage.state.refunds[early[0]]["status"] == "cancelled"
+    assert all(stage.state.refunds[r]["status"] == "pending" for r in late)
+
+
+UNDO_SCHEMA = """
+entity User { role: String };
+type UndoContext = { agent: String, undoes: String, call: String };
+action "tool.undo" appliesTo { principal: [User], resource: [Tool], context: UndoContext };
+"""
+
+
+def test_policies_restrict_who_undoes_what_once_the_schema_declares_it(stage: Stage) -> None:
+    agent, token = stage.world.token(["payer"])
+    with admin_client(stage.world.services) as http:
+        api = Api(http)
+        supervisor = api.user("watcher", "supervisor")
+        assert http.patch(f"/v1/agents/{agent}",
+                          json={"supervisors": [supervisor["id"]]}).status_code == 200  # fmt: skip
+        current = http.get("/v1/policies").json()
+        schema = current["schema"].replace("entity User;\n", "") + UNDO_SCHEMA
+        policies = (
+            current["policies"]
+            + """
+@id("refunds-undone-by-admins")
+forbid (principal, action == Action::"tool.undo", resource)
+when { resource has tool && resource.tool == "cancel_refund" && principal.role != "admin" };
+"""
+        )
+        pushed = http.put("/v1/policies", json={"policies": policies, "schema": schema})
+        assert pushed.status_code == 200, pushed.text
+
+    async def calls(c: Client) -> Any:
+        await c.call_tool("payments.refund", {"payment_id": "pay_1", "amount": 10})
+        return await c.call_tool("payments.create_ticket", {"title": "x"})
+
+    stage.world.session(token, calls)
+    report = stage.rollback(agent, supervisor["token"], on_failure="continue").json()
+    assert [(s["tool"], s["outcome"]) for s in report["steps"]] == [
+        ("payments.create_ticket", "undone"), ("payments.refund", "refused")]  # fmt: skip
+    assert "refunds-undone-by-admins" in report["steps"][1]["error"]
+    undo = [e for e in stage.world.events("decision") if e["action"] == "tool.undo"]
+    assert sorted((e["resource"]["id"], e["decision"]) for e in undo) == [
+        ("payments.cancel_refund", "deny"), ("payments.delete_ticket", "allow")]  # fmt: skip
+    assert all(r["status"] == "pending" for r in stage.state.refunds.values())
+    # the admin may; the refused step was never claimed, so it runs now
+    admin = stage.rollback(agent).json()
+    assert [(s["plan"], s.get("outcome")) for s in admin["steps"]] == [
+        ("undone", None), ("undo", "undone")]  # fmt: skip
+    assert all(r["status"] == "cancelled" for r in stage.state.refunds.values())
+
+
+def test_delegates_calls_are_rolled_back_with_the_agent_on_request(stage: Stage) -> None:
+    world = stage.world
+    with admin_client(world.services) as http, env_of(world.services, http) as e:
+        ids = []
+        for name in ("principal-agent", "helper-agent"):
+            body = {"name": name, "owner": "admin", "purpose": "p", "risk_tier": "minimal",
+                    "roles": ["payer"]}  # fmt: skip
+            ids.append(http.post("/v1/agents", json=body).json()["id"])
+        a, b = (credential(e, i) for i in ids)
+        mcp = {"resource": f"{world.url}/mcp"}
+        a_token, b_token = pdp_token(e, a, **mcp), pdp_token(e, b, **mcp)
+        got = e.anon.post("/oauth/token", data={
+            "grant_type": EXCHANGE, **b.form, "subject_token": a_token,
+            "subject_token_type": AT, "actor_token": b_token, "actor_token_type": AT, **mcp,
+        })  # fmt: skip
+        assert got.status_code == 200, got.text
+        delegated = got.json()["access_token"]
+    own = _refunds(stage, a_token, 10)
+    for_a = _refunds(stage, delegated, 20)
+    alone = _refunds(stage, b_token, 30)  # b for itself: never a's
+    plain = stage.rollback(a.agent_id, dry_run=True).json()
+    assert [s["agent_id"] for s in plain["steps"]] == [a.agent_id]
+    both = stage.rollback(a.agent_id, delegates=True).json()
+    assert [(s["agent_id"], s["outcome"]) for s in both["steps"]] == [
+        (b.agent_id, "undone"), (a.agent_id, "undone")]  # fmt: skip
+    assert stage.state.refunds[own[0]]["status"] == "cancelled"
+    assert stage.state.refunds[for_a[0]]["status"] == "cancelled"
+    assert stage.state.refunds[alone[0]]["status"] == "pending"
+
+
+def test_a_kill_offers_to_roll_back_what_the_agent_did(stage: Stage) -> None:
+    agent, token = stage.world.token(["payer"])
+    _refunds(stage, token, 10, 20)
+
+    async def more(c: Client) -> Any:
+        await c.call_tool("payments.get_balance", {"account": "ops"})  # read: nothing to undo
+        return await c.call_tool("payments.transfer", {"from_account": "ops",
+                                 "to_account": "sales", "amount": 5})  # fmt: skip
+
+    stage.world.session(token, more)
+    with stage.http() as http:
+        killed = http.post(f"/v1/agents/{agent}/kill", json={"reason": "misbehaving"})
+    assert killed.status_code == 200, killed.text
+    offer = killed.json()["rollback"]
+    assert offer["reversible_actions"] == 2
+    assert offer["hours"] == 24
+    assert offer["command"] == f"tether rollback {agent} --since {offer['since']} --dry-run"
+    assert offer["request"]["body"] == {"since": offer["since"], "dry_run": True}
+    # what it offers works on the killed agent: its calls are undone by the operator
+    done = stage.rollback(agent, since=offer["since"]).json()
+    assert done["summary"]["outcome_undone"] == 2
+    assert all(r["status"] == "cancelled" for r in stage.state.refunds.values())

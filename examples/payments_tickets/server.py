@@ -34,6 +34,7 @@ from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 from typing_extensions import TypedDict
@@ -82,7 +83,7 @@ def build(state: Ledger | None = None) -> MCPServer:
     def get_balance(account: str) -> dict[str, Any]:
         """The balance of an account, in cents."""
         if account not in state.balances:
-            raise ValueError(f"no account {account!r}")
+            raise ToolError(f"no account {account!r}")
         return {"account": account, "balance": state.balances[account]}
 
     @mcp.tool(annotations=READ)
@@ -95,11 +96,11 @@ def build(state: Ledger | None = None) -> MCPServer:
         """Refund part of a payment (cents). Undone by cancel_refund(refund_id)."""
         payment = state.payments.get(payment_id)
         if payment is None:
-            raise ValueError(f"no payment {payment_id!r}")
+            raise ToolError(f"no payment {payment_id!r}")
         if not 0 < amount <= payment["amount"]:
-            raise ValueError(f"amount must be 1-{payment['amount']}")
+            raise ToolError(f"amount must be 1-{payment['amount']}")
         if state.balances["ops"] < amount:
-            raise ValueError("insufficient funds in ops")
+            raise ToolError("insufficient funds in ops")
         refund_id = f"re_{next(state.ids)}"
         state.balances["ops"] -= amount  # held for the customer while the refund is pending
         state.refunds[refund_id] = Refund(id=refund_id, payment_id=payment_id, amount=amount,
@@ -111,9 +112,9 @@ def build(state: Ledger | None = None) -> MCPServer:
         """Cancel a pending refund (its amount goes back to ops); a refund is cancelled once."""
         found = state.refunds.get(refund_id)
         if found is None:
-            raise ValueError(f"no refund {refund_id!r}")
+            raise ToolError(f"no refund {refund_id!r}")
         if found["status"] != "pending":
-            raise ValueError(f"refund {refund_id} is {found['status']}, not pending")
+            raise ToolError(f"refund {refund_id} is {found['status']}, not pending")
         found["status"] = "cancelled"
         state.balances["ops"] += found["amount"]
         return Refund(**found)
@@ -127,7 +128,7 @@ def build(state: Ledger | None = None) -> MCPServer:
     def transfer(from_account: str, to_account: str, amount: int) -> dict[str, Any]:
         """Move money between accounts (cents). Irreversible."""
         if state.balances.get(from_account, 0) < amount or amount <= 0:
-            raise ValueError("insufficient funds or bad amount")
+            raise ToolError("insufficient funds or bad amount")
         state.balances[from_account] -= amount
         state.balances[to_account] = state.balances.get(to_account, 0) + amount
         return {"from": from_account, "to": to_account, "amount": amount,
@@ -148,7 +149,7 @@ def _tickets(mcp: MCPServer, state: Ledger) -> None:
     def get_ticket(ticket_id: str) -> Ticket:
         """One ticket."""
         if ticket_id not in state.tickets:
-            raise ValueError(f"no ticket {ticket_id!r}")
+            raise ToolError(f"no ticket {ticket_id!r}")
         return Ticket(**state.tickets[ticket_id])
 
     @mcp.tool(annotations=WRITE)
@@ -162,7 +163,7 @@ def _tickets(mcp: MCPServer, state: Ledger) -> None:
     def delete_ticket(ticket_id: str) -> Ticket:
         """Delete a ticket (what undoes create_ticket)."""
         if ticket_id not in state.tickets:
-            raise ValueError(f"no ticket {ticket_id!r}")
+            raise ToolError(f"no ticket {ticket_id!r}")
         return Ticket(**state.tickets.pop(ticket_id))
 
     @mcp.tool(annotations=WRITE)
@@ -196,12 +197,12 @@ def _faults(mcp: MCPServer) -> None:
     @mcp.tool(annotations=READ)
     def fail(message: str = "boom") -> str:
         """Always a tool error."""
-        raise ValueError(message)
+        raise ToolError(message)
 
 
 def _set_status(state: Ledger, ticket_id: str, status: str) -> Ticket:
     if ticket_id not in state.tickets:
-        raise ValueError(f"no ticket {ticket_id!r}")
+        raise ToolError(f"no ticket {ticket_id!r}")
     state.tickets[ticket_id]["status"] = status
     return Ticket(**state.tickets[ticket_id])
 
