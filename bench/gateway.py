@@ -121,11 +121,19 @@ def gateway_caller(dep: Deployment, policies: str, name: str) -> str:
     svc = dep.services
     svc.policies.push(dep.admin, policies=policies, schema=None, note=None)
     svc.secrets.put(dep.admin, "payments-key", SecretInput(KEY.encode(), broker_only=True))
+    return gateway_agent(dep, name)[1]
+
+
+def gateway_agent(dep: Deployment, name: str) -> tuple[str, str]:
+    """Another new agent (the policies and the key already in place): its id and its access
+    token for the gateway's resource URI."""
+    svc = dep.services
     agent_id = bench_agent(dep, name)
     _cred, secret = svc.credentials.create_api_key(dep.admin, agent_id)
     form = {"grant_type": "client_credentials",
             "resource": f"http://127.0.0.1:{dep.port}/mcp"}  # fmt: skip
-    return str(svc.oauth.token(form, basic_authorization(agent_id, secret))["access_token"])
+    token = svc.oauth.token(form, basic_authorization(agent_id, secret))["access_token"]
+    return agent_id, str(token)
 
 
 def _latencies(

@@ -166,7 +166,7 @@ class RollbackService:
         # Shielded: a caller that goes away (a closed connection) does not cut a step in two.
         with anyio.CancelScope(shield=True):
             report = await self._run(actor, window, on_failure, retry_uncertain=retry_uncertain)
-        return report
+        return report  # noqa: RET504 - out of the scope: mypy sees one that may swallow
 
     async def _run(
         self, actor: Principal, window: Window, on_failure: OnFailure, *, retry_uncertain: bool
