@@ -5,6 +5,8 @@ the upstream's state as before the agent's calls, the ledger verifying."""
 from __future__ import annotations
 
 import copy
+import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from mcp import Client
 from tests.conftest import Api, admin_client
 from tests.pdp import AT, EXCHANGE, credential, env_of
 from tests.pdp import token as pdp_token
+from tests.serverproc import run_cli
 from tests.test_gateway import World, open_world, upstreams_at
 from tether.container import Services
 
@@ -394,3 +397,47 @@ def test_a_kill_offers_to_roll_back_what_the_agent_did(stage: Stage) -> None:
     done = stage.rollback(agent, since=offer["since"]).json()
     assert done["summary"]["outcome_undone"] == 2
     assert all(r["status"] == "cancelled" for r in stage.state.refunds.values())
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def _cli(stage: Stage, *args: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env.update(TETHER_URL=stage.world.url, TETHER_TOKEN=stage.admin)
+    return run_cli("rollback", *args, env=env)
+
+
+def test_tether_rollback_shows_the_plan_then_runs_it_when_confirmed(stage: Stage) -> None:
+    agent, token = stage.world.token(["payer"])
+    refund = _refunds(stage, token, 10)[0]
+
+    async def transfer(c: Client) -> Any:
+        return await c.call_tool("payments.transfer", {"from_account": "ops",
+                                 "to_account": "sales", "amount": 5})  # fmt: skip
+
+    stage.world.session(token, transfer)
+    plan = _cli(stage, agent, "--since", "1h", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "payments.refund" in plan.stdout
+    assert "payments.cancel_refund" in plan.stdout
+    assert "irreversible" in plan.stdout
+    assert "1 to undo, 1 irreversible, 0 already undone, 0 uncertain" in plan.stdout
+    # no terminal and no --yes: refused, nothing runs
+    unconfirmed = _cli(stage, agent)
+    assert unconfirmed.returncode != 0
+    assert "add --yes" in unconfirmed.stderr
+    assert "Traceback" not in unconfirmed.stderr
+    assert stage.state.refunds[refund]["status"] == "pending"
+    done = _cli(stage, agent, "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["summary"]["outcome_undone"] == 1
+    assert stage.state.refunds[refund]["status"] == "cancelled"
+    again = _cli(stage, agent, "--yes")
+    assert again.returncode == 0, again.stderr
+    assert "nothing to undo" in again.stdout
+    bad = _cli(stage, agent, "--since", "yesterday", "--dry-run")
+    assert bad.returncode != 0
+    assert "since" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -306,3 +306,9 @@ def kill(
     table([{"id": a} for a in result["revoked"]], ["id"])
     cut = ", ".join(f"{k}: {v}" for k, v in result["cut_off"].items())
     out.print(f"cut off: {cut}")
+    offer = result.get("rollback")
+    if offer and offer["reversible_actions"]:
+        out.print(f"{agent_id} made {offer['reversible_actions']} reversible call(s) in the last "
+                  f"{offer['hours']} h; see what undoes them: {offer['command']}")  # fmt: skip
+    elif offer:
+        out.print(f"{agent_id} made no reversible call in the last {offer['hours']} h")

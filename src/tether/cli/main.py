@@ -21,6 +21,7 @@ from tether.cli import (
     freeze,
     gateway,
     policy,
+    rollback,
     secrets,
     serve,
     users,
@@ -58,6 +59,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(approvals.app, name="approvals")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(gateway.app, name="gateway")
+app.command("rollback")(rollback.rollback)
 app.command("freeze")(freeze.freeze)
 app.command("unfreeze")(freeze.unfreeze)
 app.add_typer(serve.db_app, name="db")
