@@ -22,6 +22,7 @@ from tests.pdp import token as pdp_token
 from tests.serverproc import run_cli
 from tests.test_gateway import World, open_world, upstreams_at
 from tether.container import Services
+from tether.sdk import AgentClient, guard
 
 RULES = {
     "refund": {"undo": "cancel_refund", "args": {"refund_id": "{result.id}"}},
@@ -441,3 +442,83 @@ def test_tether_rollback_shows_the_plan_then_runs_it_when_confirmed(stage: Stage
     assert bad.returncode != 0
     assert "since" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# -- the SDK's guard ------------------------------------------------------------------------------
+
+
+def test_guard_compensate_journals_in_process_calls_and_a_rollback_undoes_them(
+    stage: Stage,
+) -> None:
+    world, state = stage.world, stage.state
+    with admin_client(world.services) as http, env_of(world.services, http) as e:
+        body = {"name": "in-process", "owner": "admin", "purpose": "p", "risk_tier": "minimal",
+                "roles": ["payer"]}  # fmt: skip
+        agent_id = http.post("/v1/agents", json=body).json()["id"]
+        cred = credential(e, agent_id)
+    agent = AgentClient(world.url, agent_id, client_secret=cred.secret)
+
+    def hold(payment_id: str, amount: int) -> dict[str, Any]:
+        """The in-process tool: writes the payment system's state itself."""
+        refund_id = f"re_local_{len(state.refunds) + 1}"
+        state.balances["ops"] -= amount
+        state.refunds[refund_id] = {"id": refund_id, "payment_id": payment_id,
+                                    "amount": amount, "currency": "EUR", "status": "pending"}  # type: ignore[assignment]  # fmt: skip
+        return dict(state.refunds[refund_id])
+
+    def cancel(result: dict[str, Any], *_args: Any, **_kwargs: Any) -> dict[str, Any]:
+        return {"tool": "payments.cancel_refund", "arguments": {"refund_id": result["id"]}}
+
+    @guard("tool.call", resource="crm.hold_refund", client=agent, compensate=cancel)
+    def hold_refund(payment_id: str, amount: int) -> dict[str, Any]:
+        return hold(payment_id, amount)
+
+    @guard(
+        "tool.call", resource="crm.send_email", client=agent, compensate=lambda *_a, **_k: None
+    )  # nothing unsends an email
+    def send_email(to: str) -> str:
+        return f"sent to {to}"
+
+    @guard("tool.call", resource="crm.fails", client=agent, compensate=lambda *_: {"tool": "x.y"})
+    def fails() -> None:
+        raise RuntimeError("nope")
+
+    before = stage.snapshot()
+    held = hold_refund("pay_1", 40)
+    send_email("c_17@example.com")
+    with pytest.raises(RuntimeError):
+        fails()
+    assert stage.snapshot() != before
+    plan = stage.rollback(agent_id, dry_run=True).json()
+    assert [(s["tool"], s["plan"]) for s in plan["steps"]] == [
+        ("crm.send_email", "irreversible"), ("crm.hold_refund", "undo")]  # fmt: skip
+    assert plan["steps"][1]["undo"] == {"tool": "payments.cancel_refund", "declared_by": "agent",
+                                        "arguments": {"refund_id": held["id"]}}  # fmt: skip
+    assert plan["steps"][0]["note"] == "the agent declared it irreversible"
+    done = stage.rollback(agent_id).json()
+    assert done["summary"]["outcome_undone"] == 1
+    assert stage.snapshot() == before  # the refund cancelled by the upstream, its hold back
+    event = next(e for e in world.events("tool.called") if e["resource"]["id"] == "crm.hold_refund")
+    assert event["details"]["reversible"] is True
+    assert event["details"]["undo"]["tool"] == "payments.cancel_refund"
+
+
+def test_an_agents_journal_report_is_checked(stage: Stage) -> None:
+    with admin_client(stage.world.services) as http, env_of(stage.world.services, http) as e:
+        body = {"name": "reporter", "owner": "admin", "purpose": "p", "risk_tier": "minimal",
+                "roles": ["payer"]}  # fmt: skip
+        agent_id = http.post("/v1/agents", json=body).json()["id"]
+        cred = credential(e, agent_id)
+    agent = AgentClient(stage.world.url, agent_id, client_secret=cred.secret)
+    decision = agent.authorize("tool.call", resource="crm.lookup")
+    base = {"decision_event": decision.event_id, "tool": "crm.lookup", "outcome": "ok"}
+    undo = {"tool": "payments.cancel_refund", "arguments": {"refund_id": "re_1"}}
+    with stage.http(agent.access_token()) as http:
+        for bad in ({**base, "undo": undo, "irreversible": True},
+                    {**base, "outcome": "tool_error", "undo": undo},
+                    {**base, "undo": {"tool": "nodot"}},
+                    {**base, "undo": {"tool": "a.b", "arguments": [1]}},
+                    {**base, "undo": {"tool": "a.b", "extra": 1}}):  # fmt: skip
+            got = http.post("/v1/tool-calls", json=bad)
+            assert got.status_code == 422, (bad, got.text)
+    assert not [e for e in stage.world.events("tool.called") if e["agent_id"] == agent_id]

@@ -241,8 +241,9 @@ class RollbackService:
         except LookupError as exc:  # nothing ran: the step may run again later
             return await self._record_step(actor, rollback_id, step, Outcome.FAILED,
                                            error=f"cannot run {tool}: {exc}")  # fmt: skip
+        declared_by = str(step.undo.get("declared_by") or "config")
         context = {"agent": step.agent_id, "undoes": step.tool, "call": step.call,
-                   "args": arguments}  # fmt: skip
+                   "declared_by": declared_by, "args": arguments}  # fmt: skip
         ask = Ask(actor.id, UNDO, "Tool", tool, properties, context, caller=actor.ref)
         decision = self.decisions.evaluate_operator(actor, ask)
         try:

@@ -346,14 +346,19 @@ class AgentClient:
         result: Any,
         outcome: Literal["ok", "tool_error"],
         duration_ms: float,
+        undo: Mapping[str, Any] | None = None,
+        irreversible: bool = False,
     ) -> dict[str, Any]:
         """Put a tool call this agent made on Tether's record (``POST /v1/tool-calls``): the
         same ``tool.called`` ledger event a call through the MCP gateway makes, linked to
         ``decision`` (the ``allow`` for ``tool`` it was made under; a decision allows one
         call). Every secret value this client has read is cut out of ``args`` and ``result``
         before they leave; Tether keeps digests and redacted copies. Returns the event's
-        ``event_id``, ``seq`` and digests. Raises :class:`ApiError`
-        (``decision_not_found``, ``call_not_allowed``, ``call_already_recorded``…)."""
+        ``event_id``, ``seq`` and digests. With ``undo`` (``{"tool": "<server>.<tool>",
+        "arguments": {…}}``: a tool the MCP gateway serves) the call goes in the compensation
+        journal, ready for a rollback to run as the operator; ``irreversible`` says nothing
+        undoes it. Raises :class:`ApiError` (``decision_not_found``, ``call_not_allowed``,
+        ``call_already_recorded``…)."""
         if decision.event_id is None:
             raise ValueError("the decision has no event_id: it was not made by Tether")
         hide = [v for v in self._secrets.seen() if len(v) >= 4]
@@ -362,6 +367,11 @@ class AgentClient:
             "args": _hidden(_jsonable(dict(args)), hide),
             "result": _hidden(_jsonable(result), hide), "duration_ms": max(0.0, duration_ms),
         }  # fmt: skip
+        if undo is not None:
+            body["undo"] = {"tool": str(undo["tool"]),
+                            "arguments": _jsonable(dict(undo.get("arguments") or {}))}  # fmt: skip
+        if irreversible:
+            body["irreversible"] = True
         return self._api("POST", "/v1/tool-calls", json=body)
 
     def secret(self, name: str, *, version: int | None = None) -> str:

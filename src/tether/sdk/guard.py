@@ -85,6 +85,7 @@ def guard(
     properties: Computed = None,
     wait: float | None = None,
     record: bool = True,
+    compensate: Callable[..., Mapping[str, Any] | None] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a sync or async function so that each call first asks
     ``client.authorize(action, resource=…, resource_type=…)``. ``resource``, ``context``
@@ -94,7 +95,10 @@ def guard(
     deny; :class:`tether.sdk.ApiError` / :class:`tether.sdk.TokenError` when Tether cannot
     be asked (the function does not run). With ``record`` (the default) the call is then put
     on the record (:meth:`AgentClient.record_call`); :class:`CallNotRecorded` if it cannot
-    be."""
+    be. ``compensate(result, *args, **kwargs)``, called after a call that returned, says how
+    to undo it — ``{"tool": "<server>.<tool>", "arguments": {…}}``, a tool the MCP gateway
+    serves, which a rollback runs as the operator — or None: nothing undoes it
+    (irreversible); the call is journalled with its record, in the same commit."""
 
     def decide(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Decision, str]:
         name = resource(*args, **kwargs) if callable(resource) else resource
@@ -118,16 +122,19 @@ def guard(
             raise ApprovalRequired(decision)
         raise AccessDenied(decision)
 
-    def keep(decision: Decision, name: str, arguments: dict[str, Any], started: float, *,
-             result: Any = None, error: BaseException | None = None) -> None:  # fmt: skip
+    def keep(decision: Decision, name: str, call: tuple[tuple[Any, ...], dict[str, Any]],
+             arguments: dict[str, Any], started: float, *, result: Any = None,
+             error: BaseException | None = None) -> None:  # fmt: skip
         if not record:
             return
         shown = result if error is None else {"error": type(error).__name__,
                                               "message": str(error)[:500]}  # fmt: skip
+        undo, irreversible = _undo(compensate, call, result, error)
         try:
             client.record_call(decision, tool=name, args=arguments, result=shown,
                                outcome="ok" if error is None else "tool_error",
-                               duration_ms=(time.perf_counter() - started) * 1000)  # fmt: skip
+                               duration_ms=(time.perf_counter() - started) * 1000, undo=undo,
+                               irreversible=irreversible)  # fmt: skip
         except ApiError as exc:
             raise CallNotRecorded(exc, result, error) from error
 
@@ -154,13 +161,25 @@ def guard(
                 except Exception as exc:
                     await asyncio.to_thread(
                         functools.partial(
-                            keep, decision, name, arguments(args, kwargs), started, error=exc
+                            keep,
+                            decision,
+                            name,
+                            (args, kwargs),
+                            arguments(args, kwargs),
+                            started,
+                            error=exc,
                         )
                     )
                     raise
                 await asyncio.to_thread(
                     functools.partial(
-                        keep, decision, name, arguments(args, kwargs), started, result=result
+                        keep,
+                        decision,
+                        name,
+                        (args, kwargs),
+                        arguments(args, kwargs),
+                        started,
+                        result=result,
                     )
                 )
                 return result
@@ -174,9 +193,9 @@ def guard(
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                keep(decision, name, arguments(args, kwargs), started, error=exc)
+                keep(decision, name, (args, kwargs), arguments(args, kwargs), started, error=exc)
                 raise
-            keep(decision, name, arguments(args, kwargs), started, result=result)
+            keep(decision, name, (args, kwargs), arguments(args, kwargs), started, result=result)
             return result
 
         return run
@@ -188,3 +207,15 @@ def _value(
     given: Computed, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Mapping[str, Any] | None:
     return given(*args, **kwargs) if callable(given) else given
+
+
+def _undo(
+    compensate: Callable[..., Mapping[str, Any] | None] | None,
+    call: tuple[tuple[Any, ...], dict[str, Any]], result: Any, error: BaseException | None,
+) -> tuple[Mapping[str, Any] | None, bool]:  # fmt: skip
+    """A completed call's compensation, and whether it is irreversible (``compensate`` said
+    nothing undoes it); nothing for a call that raised or a tool without ``compensate``."""
+    if compensate is None or error is not None:
+        return None, False
+    undo = compensate(result, *call[0], **call[1])
+    return undo, undo is None

@@ -8,15 +8,23 @@ import dataclasses
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, JsonValue, StringConstraints
+from pydantic import BaseModel, Field, JsonValue, StringConstraints, model_validator
 
 from tether.api.deps import CallerDep, ServicesDep
 from tether.api.errors import responses
 from tether.errors import Forbidden
 from tether.fields import StrictModel
-from tether.gateway.calls import CallFacts
+from tether.gateway.calls import CallFacts, Journal
 
 router = APIRouter(prefix="/v1/tool-calls", tags=["tool calls"])
+
+
+class UndoIn(StrictModel):
+    tool: Annotated[str, StringConstraints(min_length=3, max_length=200,
+                                           pattern=r"^[^.\s]+\.\S+$")] = Field(
+        description="The undo's tool as policy names it: <server>.<tool>."
+    )  # fmt: skip
+    arguments: dict[str, JsonValue] = Field(default_factory=dict)
 
 
 class ToolCallIn(StrictModel):
@@ -30,6 +38,20 @@ class ToolCallIn(StrictModel):
     args: dict[str, JsonValue] = Field(default_factory=dict)
     result: JsonValue = None
     duration_ms: Annotated[float, Field(ge=0, le=86_400_000)] = 0.0
+    undo: UndoIn | None = Field(
+        default=None,
+        description="How this call is undone (the SDK's guard(compensate=…)): a tool the MCP "
+        "gateway serves and its arguments, run by a rollback as the operator.",
+    )
+    irreversible: bool = Field(default=False, description="Nothing undoes this call.")
+
+    @model_validator(mode="after")
+    def _one_journal(self) -> ToolCallIn:
+        if self.undo is not None and self.irreversible:
+            raise ValueError("a call with an undo is not irreversible: give one or the other")
+        if (self.undo is not None or self.irreversible) and self.outcome != "ok":
+            raise ValueError("only a call that completed (outcome ok) has anything to undo")
+        return self
 
 
 class ToolCallOut(BaseModel):
@@ -52,7 +74,19 @@ async def record_call(body: ToolCallIn, svc: ServicesDep, who: CallerDep) -> Any
         agent_id=agent.id, actor=agent.ref, tool=body.tool, decision_event=body.decision_event,
         decision="allow", reasons=(), policy_version=None, args=body.args, result=body.result,
         outcome=body.outcome, duration_ms=body.duration_ms, via="sdk",
-        on_behalf_of=who.on_behalf_of, chain=who.chain,
+        on_behalf_of=who.on_behalf_of, chain=who.chain, journal=_journal(body),
     )  # fmt: skip
     recorded = await svc.calls.record(facts, check=True)
     return dataclasses.asdict(recorded)
+
+
+def _journal(body: ToolCallIn) -> Journal | None:
+    """The agent's own compensation for its call: an undo it declared (marked so: a rollback
+    shows it, and policy sees ``context.declared_by == "agent"``), or irreversible."""
+    if body.irreversible:
+        return Journal(reversible=False, error="the agent declared it irreversible")
+    if body.undo is None:
+        return None
+    return Journal(reversible=True, undo={"tool": body.undo.tool,
+                                          "arguments": body.undo.arguments,
+                                          "declared_by": "agent"})  # fmt: skip
