@@ -191,7 +191,7 @@ def _table(backend: str, calls: int, rounds: int, times: dict[str, list[float]])
     table = ResultTable(
         f"Rollback speed on {backend}: {calls} create_ticket calls undone by delete_ticket, "
         f"sequential, median of {rounds} rounds (higher per s is better)",
-        ["", "per s", "per call", "range per s", "÷ direct"],
+        ["", "per s", "per call", "range (rounds)", "÷ direct"],
     )  # fmt: skip
     rows = (
         ("delete_ticket on the upstream directly (the floor)", "direct"),
@@ -200,19 +200,26 @@ def _table(backend: str, calls: int, rounds: int, times: dict[str, list[float]])
         ("dry run, POST …/rollback dry_run: calls planned", "plan"),
         ("(the agent's create_ticket through the gateway)", "create"),
     )
-    floor = calls / statistics.median(times["direct"])
     for label, key in rows:
         median = statistics.median(times[key])
         rates = [calls / t for t in times[key]]
+        # Paired: each round's rate over the same round's direct rate, then the median.
+        ratio = statistics.median(d / t for d, t in zip(times["direct"], times[key], strict=True))
         table.rows.append([label, fmt_rate(calls / median), fmt_latency(median / calls),
-                           f"{min(rates):,.0f}-{max(rates):,.0f}",
-                           "-" if key == "plan" else f"{calls / median / floor:.2f}x"])  # fmt: skip
+                           f"{min(rates):,.0f}-{max(rates):,.0f}/s",
+                           "-" if key == "plan" else f"{ratio:.2f}x"])  # fmt: skip
         table.records.append({"benchmark": f"rollback: {key}", "backend": backend,
                               "calls": calls, "rounds": rounds, "per_s": calls / median,
                               "per_call_s": median / calls, "seconds": times[key]})  # fmt: skip
-    added = (statistics.median(times["rollback"]) - statistics.median(times["gateway"])) / calls
-    table.rows.append(["added per step by the rollback over a gateway call", "",
-                       fmt_latency(added), "", ""])  # fmt: skip
+    for label, more, less in (("added per call by the gateway over the upstream", "gateway",
+                               "direct"),
+                              ("added per step by the rollback over a gateway call", "rollback",
+                               "gateway")):  # fmt: skip
+        added = [(m - x) / calls for m, x in zip(times[more], times[less], strict=True)]
+        table.rows.append([label, "", _signed(statistics.median(added)),
+                           f"{_signed(min(added))} to {_signed(max(added))}", ""])  # fmt: skip
+        table.records.append({"benchmark": f"rollback: {more} - {less}", "backend": backend,
+                              "added_per_call_s": statistics.median(added)})  # fmt: skip
     table.footnotes += [
         "A step: the operator's tool.undo decision with the call's claim (one commit), "
         "delete_ticket on the upstream over the gateway's link, the rollback.step event and the "
@@ -220,10 +227,16 @@ def _table(backend: str, calls: int, rounds: int, times: dict[str, list[float]])
         "relayed, its tool.called event and row (one commit). Rollback per s counts the whole "
         "request (its start and finish too) for N steps; the dry run plans N calls in one "
         "request.",
+        "÷ direct and the added rows are paired: each round against the same round's runs, "
+        "then the median over rounds (the three undo runs rotate their order).",
         "Each round: the plan said N to undo, the report status done with outcome_undone = N, "
         "and no ticket left on the upstream after each run.",
     ]
     return table
+
+
+def _signed(seconds: float) -> str:
+    return ("-" if seconds < 0 else "+") + fmt_latency(abs(seconds))
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
