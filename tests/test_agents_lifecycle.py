@@ -93,7 +93,10 @@ def test_kill_revokes(api: Api, start: str) -> None:
     if start == "suspended":
         api.ok(agent["id"], "suspend", reason="pause")
     killed = api.ok(agent["id"], "kill", reason="exfiltration")
+    offer = killed.pop("rollback")
     assert killed == {"revoked": [agent["id"]], "cut_off": ZERO_CUT}
+    assert offer["reversible_actions"] == 0  # it made no tool call
+    assert offer["command"].startswith(f"tether rollback {agent['id']} --since ")
     after = api.get(agent["id"])
     assert after["status"] == "revoked"
     assert after["status_reason"] == "exfiltration"
@@ -408,6 +411,7 @@ def test_kill_without_cascade_revokes_only_the_root(api: Api) -> None:
     parent, child, grandchild, unrelated = _family(api)
     before = api.events()
     result = api.ok(parent, "kill", reason="compromised", cascade=False)
+    assert result.pop("rollback")["reversible_actions"] == 0
     assert result == {"revoked": [parent], "cut_off": ZERO_CUT}
     assert api.get(parent)["status"] == "revoked"
     for agent_id in (child, grandchild, unrelated):

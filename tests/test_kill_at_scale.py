@@ -145,6 +145,7 @@ def test_a_family_of_200_with_1000_tokens_is_killed_whole(world: World) -> None:
 
     order = cascade_order(root, parents)
     assert len(order) == 201
+    assert killed.pop("rollback")["reversible_actions"] == 0
     assert killed == {
         "revoked": order,
         "cut_off": {"tokens": 1003, "keys": 0, "approvals": 0, "leases": 0},

@@ -57,6 +57,7 @@ from tether.credentials.bearer import Caller
 from tether.errors import Unauthenticated
 from tether.policy.values import Ask
 from tether.principals import SYSTEM, Principal, Role
+from tether.rollback.values import Window
 from tether.secrets.service import SecretInput
 
 SEED = 20_261_129
@@ -152,6 +153,8 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
     * 422 on an AuthZEN ``context`` or ``properties`` nested deeper than Cedar takes: the
       document's ``CedarValue`` is recursive, and JSON Schema bounds no recursion depth
       short of spelling out every level.
+    * 422 on a rollback's ``since`` after its ``until`` (two fields' order: JSON Schema
+      compares no two values), or a window holding more calls than one rollback takes.
     * OAuth 400s at the token endpoint (``_OAUTH_STATE_REFUSALS``): a ``scope`` beyond the
       agent's, and token-exchange subject / actor tokens the server did not issue or that are
       no longer live.
@@ -204,6 +207,8 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
             return message.startswith("no secret named ")
         if where == "connection":
             return message.startswith("no database connection ")
+        if where == "since":  # a rollback's window: since after until, or too many calls
+            return message == "since is after until" or message.startswith("more than ")
         if where in {"creation", "revocation"}:  # {{x}}: a template's own grammar
             return message.startswith("unknown placeholder")
     return False
@@ -284,6 +289,7 @@ class Existing:
     secret_names: tuple[str, ...] = ("none",)  # secrets to show, read, version and put again
     secrets_to_delete: tuple[str, ...] = ("none",)
     leases: tuple[str, ...] = ("lse_none",)  # leases to show, renew and revoke
+    rollbacks: tuple[str, ...] = ("rbk_none",)  # rollbacks to read
 
 
 def _existing(services: Services, admin_token: str) -> Existing:
@@ -316,7 +322,13 @@ def _existing(services: Services, admin_token: str) -> Existing:
     leases = tuple(
         asyncio.run(services.secrets.read(reader, names[i % len(names)])).lease.id for i in range(4)
     )
-    return Existing(client_id, secret, pools, keyholder, keys, approvals, names, doomed, leases)
+    # rollbacks to read (of an agent that made no call: nothing runs)
+    rollbacks = tuple(
+        asyncio.run(services.rollback.run(admin, Window(keyholder))).rollback_id or ""
+        for _ in range(2)
+    )
+    return Existing(client_id, secret, pools, keyholder, keys, approvals, names, doomed, leases,
+                    rollbacks)  # fmt: skip
 
 
 def _pending_approvals(services: Services, admin: Any) -> tuple[str, ...]:
@@ -366,6 +378,7 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                 "secret_names": {"values": list(existing.secret_names)},
                 "secrets_to_delete": {"values": list(existing.secrets_to_delete)},
                 "leases": {"values": list(existing.leases)},
+                "rollbacks": {"values": list(existing.rollbacks)},
                 "dsn_secrets": {"values": ["schemathesis-dsn"]},
                 "db_connections": {"values": ["schemathesis-db"]},
             },
@@ -436,6 +449,12 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                         ("/v1/approvals/{approval_id}/deny", "to_deny"),
                     )
                 ),
+                {
+                    "include-path": "/v1/rollbacks/{rollback_id}",
+                    "parameters": {
+                        "path.rollback_id": {"dictionary": "rollbacks", "probability": 0.6}
+                    },
+                },
                 {
                     # The stream never ends: schemathesis reads it until max-stream-events
                     # events have come (default 20). What is there comes at once (a reset,

@@ -25,7 +25,7 @@ from tether.audit.models import EventRow
 from tether.container import Services
 from tether.pagination import encode_cursor
 from tether.policy.models import DecisionInputRow
-from tether.policy.service import BASE_POLICIES_TEXT, BASE_SCHEMA
+from tether.policy.service import BASE_POLICIES_TEXT, BASE_SCHEMA, UNDO_POLICIES_TEXT
 
 P = "/v1/policies"
 EVAL = "/access/v1/evaluation"
@@ -133,7 +133,7 @@ def test_initially_v0_with_the_base_schema(client: TestClient) -> None:
     assert cur["version"] == "v0"
     assert cur["policies"] == ""
     assert cur["schema"] == BASE_SCHEMA
-    assert cur["base_policies"] == BASE_POLICIES_TEXT
+    assert cur["base_policies"] == f"{BASE_POLICIES_TEXT}\n{UNDO_POLICIES_TEXT}"
     assert cur["policy_count"] == 0
     assert [v["version"] for v in _versions(client, 50)] == ["v0"]
     v0 = client.get(f"{P}/versions/v0")

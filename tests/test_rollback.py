@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -450,13 +452,19 @@ def test_tether_rollback_shows_the_plan_then_runs_it_when_confirmed(stage: Stage
 def test_guard_compensate_journals_in_process_calls_and_a_rollback_undoes_them(
     stage: Stage,
 ) -> None:
-    world, state = stage.world, stage.state
+    world = stage.world
     with admin_client(world.services) as http, env_of(world.services, http) as e:
         body = {"name": "in-process", "owner": "admin", "purpose": "p", "risk_tier": "minimal",
                 "roles": ["payer"]}  # fmt: skip
         agent_id = http.post("/v1/agents", json=body).json()["id"]
         cred = credential(e, agent_id)
     agent = AgentClient(world.url, agent_id, client_secret=cred.secret)
+    with agent:
+        _guarded_calls_rolled_back(stage, agent, agent_id)
+
+
+def _guarded_calls_rolled_back(stage: Stage, agent: AgentClient, agent_id: str) -> None:
+    world, state = stage.world, stage.state
 
     def hold(payment_id: str, amount: int) -> dict[str, Any]:
         """The in-process tool: writes the payment system's state itself."""
@@ -509,16 +517,64 @@ def test_an_agents_journal_report_is_checked(stage: Stage) -> None:
                 "roles": ["payer"]}  # fmt: skip
         agent_id = http.post("/v1/agents", json=body).json()["id"]
         cred = credential(e, agent_id)
-    agent = AgentClient(stage.world.url, agent_id, client_secret=cred.secret)
-    decision = agent.authorize("tool.call", resource="crm.lookup")
+    with AgentClient(stage.world.url, agent_id, client_secret=cred.secret) as agent:
+        decision = agent.authorize("tool.call", resource="crm.lookup")
+        token = agent.access_token()
     base = {"decision_event": decision.event_id, "tool": "crm.lookup", "outcome": "ok"}
     undo = {"tool": "payments.cancel_refund", "arguments": {"refund_id": "re_1"}}
-    with stage.http(agent.access_token()) as http:
+    with stage.http(token) as http:
         for bad in ({**base, "undo": undo, "irreversible": True},
-                    {**base, "outcome": "tool_error", "undo": undo},
+                    {**base, "undo": "reversible"},
                     {**base, "undo": {"tool": "nodot"}},
+                    {**base, "args": {"a\u0000": 1}},
+                    {**base, "undo": {"tool": "a.b", "arguments": {"x": "\u0000"}}},
                     {**base, "undo": {"tool": "a.b", "arguments": [1]}},
                     {**base, "undo": {"tool": "a.b", "extra": 1}}):  # fmt: skip
             got = http.post("/v1/tool-calls", json=bad)
             assert got.status_code == 422, (bad, got.text)
     assert not [e for e in stage.world.events("tool.called") if e["agent_id"] == agent_id]
+
+
+def test_a_running_rollback_holds_its_agent_while_an_undo_runs_long(
+    make_services: Callable[..., Services], tmp_path: Path
+) -> None:
+    rules = {**RULES, "close_ticket": {"undo": "slow", "args": {"seconds": 2.5}}}
+
+    def upstreams(up_port: int) -> list[dict[str, Any]]:
+        first, *_ = upstreams_at(up_port)
+        return [{**first, "tools": rules}]
+
+    state = Ledger()
+    with open_world(make_services, tmp_path, upstreams=upstreams, ready=("payments",),
+                    policies=POLICIES, state=state, rollback_lease_seconds=1) as world:  # fmt: skip
+        stage = Stage(world, state)
+        agent, token = world.token(["payer"])
+
+        async def calls(c: Client) -> Any:
+            opened = await c.call_tool("payments.create_ticket", {"title": "t"})
+            return await c.call_tool("payments.close_ticket",
+                                     {"ticket_id": opened.structured_content["id"]})  # fmt: skip
+
+        world.session(token, calls)
+        answers: list[httpx.Response] = []
+        first = threading.Thread(target=lambda: answers.append(stage.rollback(agent)))
+        first.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+            e["resource"]["id"] == "payments.slow" for e in world.events("decision")
+        ):
+            time.sleep(0.05)
+        time.sleep(1.5)  # past one lease: held all the same while the upstream works
+        for body in ({}, {"retry_uncertain": True}):
+            second = stage.rollback(agent, **body)
+            assert second.status_code == 409, second.text
+            assert second.json()["error"]["code"] == "rollback_in_progress"
+        first.join(30)
+        assert answers[0].status_code == 200, answers[0].text
+        report = answers[0].json()
+        assert [s["outcome"] for s in report["steps"]] == ["undone", "undone"]
+        with stage.http() as http:
+            record = http.get(f"/v1/rollbacks/{report['rollback_id']}").json()
+        assert record["status"] == "done"
+        assert record["summary"]["outcome_undone"] == 2
+        assert len(world.events("rollback.started")) == 1

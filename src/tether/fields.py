@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import (
     AfterValidator,
@@ -13,6 +13,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     StringConstraints,
     field_validator,
 )
@@ -112,3 +116,32 @@ class StrictModel(BaseModel):
         if _has_nul(value):
             raise ValueError("must not contain NUL (\\x00) characters")
         return value
+
+
+# Any JSON a store can hold (a tool call's arguments and result): no NUL in any string or key,
+# said in the document too (``additionalProperties: false`` beside the keys' pattern, or the
+# document would admit the keys the validator refuses).
+_NoNulKey = Annotated[str, StringConstraints(pattern=NO_NUL)]
+if TYPE_CHECKING:
+    JsonData = Any
+else:
+    from typing_extensions import TypeAliasType
+
+    JsonData = TypeAliasType(
+        "JsonData",
+        Union[  # noqa: UP007 - a recursive alias needs the explicit Union
+            StrictBool,
+            StrictInt,
+            StrictFloat,
+            Annotated[StrictStr, StringConstraints(pattern=NO_NUL)],
+            list["JsonData"],
+            Annotated[
+                dict[_NoNulKey, "JsonData"],
+                Field(json_schema_extra={"additionalProperties": False}),
+            ],
+            None,
+        ],
+    )
+JsonObject = Annotated[
+    dict[_NoNulKey, JsonData], Field(json_schema_extra={"additionalProperties": False})
+]

@@ -26,6 +26,7 @@ CredentialId = Annotated[str, _id(IdPrefix.CREDENTIAL, "a credential")]
 TokenId = Annotated[str, _id(IdPrefix.USER_TOKEN, "a user token")]
 ApprovalId = Annotated[str, _id(IdPrefix.APPROVAL, "an approval")]
 LeaseId = Annotated[str, _id(IdPrefix.LEASE, "a secret lease")]
+RollbackId = Annotated[str, _id(IdPrefix.ROLLBACK, "a rollback")]
 UserRef = Annotated[
     str,
     Path(

@@ -245,6 +245,9 @@ class RollbackService:
         context = {"agent": step.agent_id, "undoes": step.tool, "call": step.call,
                    "declared_by": declared_by, "args": arguments}  # fmt: skip
         ask = Ask(actor.id, UNDO, "Tool", tool, properties, context, caller=actor.ref)
+        runtime = self.decisions.runtime
+        if not runtime.fresh():  # the poller is behind (or not running): catch up, as decide does
+            await anyio.to_thread.run_sync(runtime.ensure_current)
         decision = self.decisions.evaluate_operator(actor, ask)
         try:
             decision_event = await anyio.to_thread.run_sync(partial(
@@ -262,7 +265,12 @@ class RollbackService:
                 error=f"policy did not allow this undo ({decision.effect.value}): {why}",
             )  # fmt: skip
         assert gateway is not None
-        result, outcome, known = await gateway.forward(tool, arguments)
+        # The lease is held while the upstream runs the undo, however long it takes: no other
+        # rollback finds this one gone (and its claimed undo free) while it is at work.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._hold_lease, rollback_id)
+            result, outcome, known = await gateway.forward(tool, arguments)
+            tg.cancel_scope.cancel()
         shown = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         if outcome == "ok":
             return await self._record_step(actor, rollback_id, step, Outcome.UNDONE,
@@ -275,6 +283,19 @@ class RollbackService:
             Outcome.FAILED if outcome == "tool_error" else Outcome.UNCERTAIN,
             decision_event=decision_event, result=shown, known=known, error=error,
         )  # fmt: skip
+
+    async def _hold_lease(self, rollback_id: str) -> None:
+        """Renew the rollback's lease every third of it, until cancelled."""
+        while True:
+            await anyio.sleep(self.lease_us / 3_000_000)
+            await anyio.to_thread.run_sync(self._renew, rollback_id)
+
+    def _renew(self, rollback_id: str) -> None:
+        now_us = to_micros(self.clock.now())
+        with self.db.write() as s:
+            s.execute(update(RollbackRow).where(RollbackRow.id == rollback_id,
+                                                RollbackRow.status == "running")
+                      .values(lease_until=now_us + self.lease_us))  # fmt: skip
 
     def _decide_and_claim(
         self, actor: Principal, rollback_id: str, step: Step, ask: Ask, decision: Decision, *,
@@ -365,7 +386,9 @@ class RollbackService:
         now = self.clock.now()
         summary = report.summary()
         with self.db.write() as s:
-            s.execute(update(RollbackRow).where(RollbackRow.id == report.rollback_id).values(
+            # One found interrupted meanwhile (its lease lapsed: a stalled worker) stays so.
+            s.execute(update(RollbackRow).where(RollbackRow.id == report.rollback_id,
+                                                RollbackRow.status == "running").values(
                 status=report.status, finished_at=to_micros(now),
                 report=orjson.dumps(summary).decode(),
             ))  # fmt: skip

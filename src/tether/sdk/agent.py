@@ -370,8 +370,8 @@ class AgentClient:
         if undo is not None:
             body["undo"] = {"tool": str(undo["tool"]),
                             "arguments": _jsonable(dict(undo.get("arguments") or {}))}  # fmt: skip
-        if irreversible:
-            body["irreversible"] = True
+        elif irreversible:
+            body["undo"] = "irreversible"
         return self._api("POST", "/v1/tool-calls", json=body)
 
     def secret(self, name: str, *, version: int | None = None) -> str:

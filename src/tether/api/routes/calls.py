@@ -8,50 +8,43 @@ import dataclasses
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, JsonValue, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints
 
 from tether.api.deps import CallerDep, ServicesDep
 from tether.api.errors import responses
 from tether.errors import Forbidden
-from tether.fields import StrictModel
+from tether.fields import NO_NUL, JsonData, JsonObject, StrictModel
 from tether.gateway.calls import CallFacts, Journal
 
 router = APIRouter(prefix="/v1/tool-calls", tags=["tool calls"])
 
 
 class UndoIn(StrictModel):
-    tool: Annotated[str, StringConstraints(min_length=3, max_length=200,
-                                           pattern=r"^[^.\s]+\.\S+$")] = Field(
+    tool: Annotated[str, StringConstraints(max_length=200,
+                                           pattern=r"^[A-Za-z0-9_-]+[.][A-Za-z0-9_./-]+$")] = Field(
         description="The undo's tool as policy names it: <server>.<tool>."
     )  # fmt: skip
-    arguments: dict[str, JsonValue] = Field(default_factory=dict)
+    arguments: JsonObject = Field(default_factory=dict)
 
 
 class ToolCallIn(StrictModel):
     decision_event: Annotated[str, StringConstraints(pattern=r"^evt_[A-Za-z0-9]{1,36}$")] = Field(
         description="The event_id of the decision that allowed this call."
     )
-    tool: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+    tool: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)] = Field(
         description="The decided resource's id (the tool)."
     )
     outcome: Literal["ok", "tool_error"]
-    args: dict[str, JsonValue] = Field(default_factory=dict)
-    result: JsonValue = None
+    args: JsonObject = Field(default_factory=dict)
+    result: JsonData = None
     duration_ms: Annotated[float, Field(ge=0, le=86_400_000)] = 0.0
-    undo: UndoIn | None = Field(
+    undo: UndoIn | Literal["irreversible"] | None = Field(
         default=None,
         description="How this call is undone (the SDK's guard(compensate=…)): a tool the MCP "
-        "gateway serves and its arguments, run by a rollback as the operator.",
+        "gateway serves and its arguments, which a rollback runs as the operator; or "
+        '"irreversible": nothing undoes it. Only a call that completed (outcome ok) is '
+        "journalled.",
     )
-    irreversible: bool = Field(default=False, description="Nothing undoes this call.")
-
-    @model_validator(mode="after")
-    def _one_journal(self) -> ToolCallIn:
-        if self.undo is not None and self.irreversible:
-            raise ValueError("a call with an undo is not irreversible: give one or the other")
-        if (self.undo is not None or self.irreversible) and self.outcome != "ok":
-            raise ValueError("only a call that completed (outcome ok) has anything to undo")
-        return self
 
 
 class ToolCallOut(BaseModel):
@@ -83,10 +76,10 @@ async def record_call(body: ToolCallIn, svc: ServicesDep, who: CallerDep) -> Any
 def _journal(body: ToolCallIn) -> Journal | None:
     """The agent's own compensation for its call: an undo it declared (marked so: a rollback
     shows it, and policy sees ``context.declared_by == "agent"``), or irreversible."""
-    if body.irreversible:
-        return Journal(reversible=False, error="the agent declared it irreversible")
-    if body.undo is None:
+    if body.undo is None or body.outcome != "ok":
         return None
+    if body.undo == "irreversible":
+        return Journal(reversible=False, error="the agent declared it irreversible")
     return Journal(reversible=True, undo={"tool": body.undo.tool,
                                           "arguments": body.undo.arguments,
                                           "declared_by": "agent"})  # fmt: skip

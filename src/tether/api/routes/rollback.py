@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from tether.api.deps import PrincipalDep, ServicesDep
 from tether.api.errors import responses
-from tether.api.params import AgentId
+from tether.api.params import AgentId, RollbackId
 from tether.clock import to_micros, to_rfc3339
 from tether.container import Services
 from tether.fields import AwareDatetime, StrictModel
@@ -106,7 +106,7 @@ async def rollback_agent(
 
 @router.get("/v1/rollbacks/{rollback_id}", response_model=RollbackRecordOut,
             responses=responses(400, 401, 403, 404, 422))  # fmt: skip
-def get_rollback(rollback_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+def get_rollback(rollback_id: RollbackId, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     """A rollback's record: who ran it over which window, its status and final counts."""
     return svc.rollback.get(who, rollback_id)
 
