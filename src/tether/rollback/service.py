@@ -356,22 +356,18 @@ class RollbackService:
         def write() -> str:
             now = self.clock.now()
             with self.db.write() as s:
-                if claimed and state is not None:
-                    s.execute(update(ToolCallRow)
-                              .where(ToolCallRow.decision_event == step.call,
-                                     ToolCallRow.undo_rollback == rollback_id)
-                              .values(undo_state=state, undo_at=to_micros(now))
-                              .execution_options(synchronize_session=False))  # fmt: skip
                 event = NewEvent(
                     EventType.ROLLBACK_STEP, actor.ref, agent_id=step.agent_id,
                     action=UNDO, resource={"type": "Tool", "id": str(step.undo["tool"])},  # type: ignore[index]
                     outcome=outcome.value, details=details,
                 )  # fmt: skip
                 chained = self.ledger.append(s, [event], now=now)[0]
-                if claimed and state is not None:
+                if claimed and state is not None:  # the claim's row: its outcome and its step
                     s.execute(update(ToolCallRow)
-                              .where(ToolCallRow.decision_event == step.call)
-                              .values(undo_event=chained.id)
+                              .where(ToolCallRow.decision_event == step.call,
+                                     ToolCallRow.undo_rollback == rollback_id)
+                              .values(undo_state=state, undo_at=to_micros(now),
+                                      undo_event=chained.id)
                               .execution_options(synchronize_session=False))  # fmt: skip
                 return chained.id
 
