@@ -94,6 +94,8 @@ def test_readme_walkthrough_runs_as_written(server: tuple[Path, dict[str, str]])
     assert json.loads(answers[0])["context"]["decision"] in ("allow", "deny")
     assert "ok:" in result.stdout  # tether audit verify
     assert "suspended" in result.stdout  # the fingerprint change suspended the agent
+    # the kill says what a rollback could undo (nothing: this agent made no tool call)
+    assert "made no reversible call in the last 24 h" in result.stdout
     lines = (cwd / "audit.jsonl").read_text().splitlines()
     types = [json.loads(line)["type"] for line in lines]
     assert types[:4] == ["system.bootstrapped", "key.created", "user.created", "agent.created"]
