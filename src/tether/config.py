@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     approval_max_pending_per_agent: int = Field(
         default=20, ge=1, description="Pending approvals one agent may have; more are denied."
     )
+    console_idle_minutes: int = Field(
+        default=30, ge=1, le=24 * 60,
+        description="A console session ends after this long without a request.",
+    )  # fmt: skip
+    console_session_hours: int = Field(
+        default=12, ge=1, le=24 * 30,
+        description="A console session ends this long after sign-in, however active.",
+    )  # fmt: skip
     rollback_offer_hours: int = Field(
         default=24, ge=1, le=24 * 90,
         description="A kill's answer counts the reversible calls of this many hours before "

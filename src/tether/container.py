@@ -45,6 +45,7 @@ from tether.secrets.runtime import RevokedLeases, SecretsSection
 from tether.secrets.service import SecretService
 from tether.users.runtime import UserSection
 from tether.users.service import UserService
+from tether.users.signin import SignIn
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Services:
     gateway: GatewayHandle  # the MCP gateway; its upstream sessions live in the app's lifespan
     calls: CallRecorder  # tool calls on the record: the gateway's and the SDK guard's
     rollback: RollbackService  # undoing an agent's calls from the compensation journal
+    signin: SignIn  # humans' passwords and console sessions
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -224,4 +226,6 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         calls=calls,
         gateway=gateway,
         rollback=rollback,
+        signin=SignIn(db, ledger, clock, idle_seconds=settings.console_idle_minutes * 60,
+                      lifetime_seconds=settings.console_session_hours * 3600),
     )

@@ -28,6 +28,7 @@ class IdPrefix(StrEnum):
     SECRET_KEY = "smk"  # noqa: S105 - an id prefix, not a secret
     LEASE = "lse"
     ROLLBACK = "rbk"
+    SESSION = "ses"
 
 
 def _encode(value: int, length: int) -> str:

@@ -117,6 +117,21 @@ class AgentService:
             agents = read_model.to_agents(self.store, s, rows[:limit], now=now)
         return Page(agents, encode_cursor(agents[-1].id) if more else None)
 
+    def below(self, actor: Principal, agent_id: str, *, limit: int = 100) -> builtins.list[str]:
+        """The ids of the agents below ``agent_id`` (what its kill would take with it), nearest
+        generation first; the actor must be able to read it."""
+        with self.db.read() as s:
+            self.authorized_row(s, actor, agent_id, "read")
+            return [d.id for d in self.store.descendants(s, agent_id, limit=limit)]
+
+    def counts(self, actor: Principal) -> dict[tuple[str, str], int]:
+        """Agents the actor may see, counted per (status, risk tier)."""
+        if actor.kind != "system" and actor.role is None:
+            raise Forbidden("only users may list agents")
+        visible_to = actor.id if actor.role is Role.SUPERVISOR else None
+        with self.db.read() as s:
+            return self.store.counts(s, now_us=to_micros(self.clock.now()), visible_to=visible_to)
+
     # -- creating --------------------------------------------------------------------------
     def create(self, actor: Principal, spec: AgentCreate) -> Agent:
         now = self.clock.now()

@@ -13,7 +13,9 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     delete,
+    func,
     literal,
     or_,
     select,
@@ -167,6 +169,29 @@ class DatabaseAgentStore:
         if f.risk_tier is not None:
             q = q.where(AgentRow.risk_tier == f.risk_tier)
         return list(session.scalars(q.order_by(key).limit(f.limit)))
+
+    def counts(
+        self, session: Session, *, now_us: int, visible_to: str | None = None
+    ) -> dict[tuple[str, str], int]:
+        """How many agents per (status as readers see it, risk tier): one aggregate query
+        (two for a supervisor: what they own, and what they supervise but do not own)."""
+        passed = and_(AgentRow.expires_at.is_not(None), AgentRow.expires_at <= now_us,
+                      AgentRow.status.in_([str(s) for s in EXPIRABLE]))  # fmt: skip
+        shown = case((passed, Status.EXPIRED.value), else_=AgentRow.status)
+        base = select(shown, AgentRow.risk_tier, func.count()).group_by(shown, AgentRow.risk_tier)
+        queries = [base]
+        if visible_to is not None:
+            owned = base.where(AgentRow.owner_id == visible_to)
+            supervised = base.join(AgentSupervisorRow, and_(
+                AgentSupervisorRow.agent_id == AgentRow.id,
+                AgentSupervisorRow.user_id == visible_to,
+            )).where(AgentRow.owner_id != visible_to)  # fmt: skip
+            queries = [owned, supervised]
+        out: dict[tuple[str, str], int] = defaultdict(int)
+        for query in queries:
+            for status, tier, n in session.execute(query):
+                out[(str(status), str(tier))] += int(n)
+        return dict(out)
 
     def descendants(self, session: Session, root_id: str, *, limit: int) -> list[Descendant]:
         """Every agent below ``root_id`` (its children, theirs, …): nearest generation first,

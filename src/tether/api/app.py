@@ -17,6 +17,8 @@ from starlette.types import ASGIApp
 
 from tether import __version__, collector
 from tether.api import docs, errors, requestlog
+from tether.api.console import routes as console_routes
+from tether.api.console.session import ConsoleHeaders
 from tether.api.fastpath import DecisionFastPath, TokenFastPath
 from tether.api.limits import BodyLimitMiddleware
 from tether.api.mcp import METHODS, McpGate
@@ -109,11 +111,13 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
                    audit, revocations, secrets, gateway, calls, rollback):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
+    _add_routes(app, console_routes.router)  # the web console: pages, not the API's document
     app.add_middleware(TokenFastPath, services=services)  # innermost: after limits, metrics
     app.add_middleware(DecisionFastPath, services=services)
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes,
                        exempt=frozenset({"/mcp"}))  # the gateway's gate has its own  # fmt: skip
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(ConsoleHeaders)  # outermost: every /console answer, errors too
     return app
 
 

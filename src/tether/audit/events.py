@@ -15,6 +15,12 @@ class EventType(StrEnum):
     USER_CREATED = "user.created"
     USER_TOKEN_CREATED = "user.token_created"  # noqa: S105 - a name, not a secret
     USER_TOKEN_REVOKED = "user.token_revoked"  # noqa: S105 - a name, not a secret
+    # The web console: a password set, a sign-in (or a refused one: why, and from where), a
+    # sign-out or a session ended by its idle timeout.
+    USER_PASSWORD_SET = "user.password_set"  # noqa: S105 - a name, not a secret
+    USER_SIGNED_IN = "user.signed_in"
+    USER_SIGN_IN_FAILED = "user.sign_in_failed"
+    USER_SIGNED_OUT = "user.signed_out"
     AGENT_CREATED = "agent.created"
     AGENT_CLONED = "agent.cloned"
     AGENT_UPDATED = "agent.updated"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import getpass
+import secrets
+import sys
 from typing import Annotated
 
 import typer
 
+from tether.cli.client import CliError
 from tether.cli.common import JsonOpt, client, seg
-from tether.cli.render import bare, emit_json, show, table
+from tether.cli.render import bare, emit_json, err, show, table
 
 app = typer.Typer(
     help="Manage humans (admin, supervisor, auditor) and their tokens.", no_args_is_help=True
@@ -101,3 +105,29 @@ def subject_token(
         emit_json(result)
     else:
         bare(result["subject_token"])
+
+
+@app.command("set-password")
+def set_password(
+    ctx: typer.Context,
+    user: str,
+    generate: Annotated[
+        bool, typer.Option("--generate", help="Make up a strong one and print it once.")
+    ] = False,
+) -> None:
+    """Set USER's web console password (12+ characters): from stdin when it is not a terminal
+    (`... | tether users set-password alice`), else a hidden prompt, or --generate. Never an
+    argument: those end up in shell history. Ends the user's console sessions."""
+    if generate:
+        password = secrets.token_urlsafe(18)
+    elif not sys.stdin.isatty():
+        password = sys.stdin.read().rstrip("\r\n")
+    else:
+        password = getpass.getpass("new password (hidden): ")
+        if getpass.getpass("again: ") != password:
+            raise CliError("the two passwords differ: nothing was changed")
+    client(ctx).request("PUT", f"/v1/users/{seg(user)}/password", json={"password": password})
+    if generate:
+        bare(password)
+    else:
+        err.print(f"password set for {user}; their console sessions ended")

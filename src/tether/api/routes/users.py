@@ -142,6 +142,18 @@ def revoke_token(
     return svc.users.revoke_token(who, _ref(user, who), token_id).to_json()
 
 
+class PasswordSet(StrictModel):
+    password: Annotated[str, StringConstraints(min_length=12, max_length=1024, pattern=NO_NUL)]
+
+
+@router.put("/v1/users/{user}/password", status_code=204,
+            responses=responses(400, 401, 403, 404, 413, 422))  # fmt: skip
+def set_password(user: UserRef, body: PasswordSet, svc: ServicesDep, who: PrincipalDep) -> None:
+    """Set the user's web console password (their own, or anyone's for an admin): stored as
+    an argon2id hash; the user's console sessions end."""
+    svc.signin.set_password(who, _ref(user, who), body.password)
+
+
 class SubjectTokenCreate(StrictModel):
     agent: Annotated[str, StringConstraints(pattern=id_pattern(IdPrefix.AGENT))]
     scopes: Annotated[list[ScopeToken], Field(max_length=100)] = Field(default_factory=list)

@@ -1,0 +1,248 @@
+"""The web console (issue 18): sign-in with a password, sessions, CSRF, the security headers,
+and every page as each role sees it — through the real app, on both backends. The browser's
+side (Playwright driving Debian's chromium, axe-core) is tests/test_console_browser.py."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import Api
+from tether.api.app import create_app
+from tether.container import Services
+
+PASSWORD = "correct horse battery staple"
+PAGES = [
+    "/console", "/console/agents", "/console/approvals", "/console/activity",
+    "/console/policies", "/console/ledger", "/console/secrets", "/console/gateway",
+]  # fmt: skip
+
+
+class Console:
+    """A browser-like client of the console (its own cookie jar)."""
+
+    def __init__(self, app: Any) -> None:
+        self.http = TestClient(app, base_url="http://testserver", follow_redirects=False)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def sign_in(self, username: str, password: str = PASSWORD) -> Any:
+        page = self.http.get("/console/sign-in")
+        assert page.status_code == 200, page.text
+        token = _csrf(page.text)
+        form = {"csrf": token, "username": username, "password": password, "next": "/console"}
+        return self.http.post("/console/sign-in", data=form)
+
+    def csrf(self, path: str = "/console") -> str:
+        page = self.http.get(path)
+        assert page.status_code == 200, page.text
+        return _csrf(page.text)
+
+
+def _session_of(response: Any) -> str:
+    cookie = next(h for h in response.headers.get_list("set-cookie")
+                  if h.startswith("tether_session="))  # fmt: skip
+    return str(cookie.split(";")[0].split("=", 1)[1])
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html[:500]
+    return found.group(1)
+
+
+@pytest.fixture
+def people(api: Api, services: Services) -> dict[str, dict[str, Any]]:
+    """An admin, two supervisors and an auditor, each with a console password."""
+    out = {"admin": {"username": "admin"}}
+    for name, role in (("sam", "supervisor"), ("sue", "supervisor"), ("audrey", "auditor")):
+        out[name] = api.user(name, role)
+    for name in out:
+        got = api.client.put(f"/v1/users/{name}/password", json={"password": PASSWORD})
+        assert got.status_code == 204, got.text
+    return out
+
+
+@pytest.fixture
+def console(services: Services) -> Iterator[Any]:
+    made: list[Console] = []
+    app = create_app(services)
+
+    def factory() -> Console:
+        made.append(Console(app))
+        return made[-1]
+
+    yield factory
+    for c in made:
+        c.close()
+
+
+def test_sign_in_sets_a_strict_session_cookie_and_each_page_answers(
+    people: dict[str, Any], console: Any, api: Api
+) -> None:
+    c = console()
+    assert c.http.get("/console").status_code == 303  # to the sign-in page
+    signed = c.sign_in("admin")
+    assert signed.status_code == 303, signed.text
+    assert signed.headers["location"] == "/console"
+    cookie = next(
+        h for h in signed.headers.get_list("set-cookie") if h.startswith("tether_session=")
+    )
+    flags = {part.strip().lower() for part in cookie.split(";")}
+    assert "httponly" in flags
+    assert "samesite=strict" in flags
+    assert "path=/console" in flags
+    for path in PAGES:
+        page = c.http.get(path)
+        assert page.status_code == 200, (path, page.text[:300])
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp
+        assert "default-src 'none'" in csp
+        assert "frame-ancestors 'none'" in csp
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["cache-control"] == "no-store"
+        assert "<script>" not in page.text  # no inline script: every script is a file
+        assert re.search(r"\son[a-z]+=", page.text) is None  # no inline handlers
+    signed_in = api.events(type="user.signed_in")
+    assert [e["actor"] for e in signed_in] == [f"user:{api.client.get('/v1/whoami').json()['id']}"]
+    assert signed_in[0]["details"]["via"] == "password"
+
+
+def test_wrong_passwords_are_refused_alike_then_the_account_locks(
+    people: dict[str, Any], console: Any, api: Api
+) -> None:
+    c = console()
+    unknown = c.sign_in("nobody", "whatever-password")
+    wrong = c.sign_in("sam", "not-the-password")
+    assert unknown.status_code == wrong.status_code == 401
+    assert "wrong username or password" in unknown.text
+    assert "wrong username or password" in wrong.text
+    assert "tether_session" not in (wrong.headers.get("set-cookie") or "")
+    for _ in range(4):
+        c.sign_in("sam", "not-the-password")
+    locked = c.sign_in("sam")  # the right password, now too late
+    assert locked.status_code == 429, locked.text
+    assert "locked" in locked.text
+    assert int(locked.headers["retry-after"]) > 0
+    failed = api.events(type="user.sign_in_failed")
+    assert len(failed) >= 6
+    assert {e["details"]["reason"] for e in failed} >= {"unknown_user", "wrong_password",
+                                                        "locked"}  # fmt: skip
+    assert all("password" not in str(e["details"]).replace("_password", "") for e in failed)
+    # an admin setting a new password unlocks it
+    assert api.client.put("/v1/users/sam/password", json={"password": PASSWORD + "!"}
+                          ).status_code == 204  # fmt: skip
+    assert c.sign_in("sam", PASSWORD + "!").status_code == 303
+
+
+def test_forms_without_or_with_another_sessions_csrf_token_are_403(
+    people: dict[str, Any], console: Any, api: Api
+) -> None:
+    agent = api.agent()
+    a, b = console(), console()
+    a.sign_in("admin")
+    b.sign_in("admin")
+    theirs = b.csrf()
+    for data in ({"reason": "x"}, {"reason": "x", "csrf": theirs}, {"reason": "x", "csrf": ""}):
+        got = a.http.post(f"/console/agents/{agent['id']}/suspend", data=data)
+        assert got.status_code == 403, got.text
+    assert api.get(agent["id"])["status"] == "active"
+    mine = a.csrf()
+    done = a.http.post(f"/console/agents/{agent['id']}/suspend", data={"reason": "x",
+                                                                       "csrf": mine})  # fmt: skip
+    assert done.status_code == 303, done.text
+    assert api.get(agent["id"])["status"] == "suspended"
+    # the sign-in form too: without its cookie's value, no session
+    fresh = console()
+    refused = fresh.http.post("/console/sign-in", data={"username": "admin",
+                                                        "password": PASSWORD})  # fmt: skip
+    assert refused.status_code == 403
+    assert "tether_session" not in (refused.headers.get("set-cookie") or "")
+
+
+def test_a_sign_in_always_starts_a_new_session_and_sign_out_ends_it(
+    people: dict[str, Any], console: Any
+) -> None:
+    planted = console()
+    planted.http.cookies.set("tether_session", "tcs_planted-by-an-attacker", path="/console")
+    session = _session_of(planted.sign_in("admin"))
+    assert session.startswith("tcs_")
+    assert session != "tcs_planted-by-an-attacker"  # a session id given is never kept
+    c = console()
+    old = _session_of(c.sign_in("admin"))
+    assert old != session  # a new secret every time
+    token = c.csrf()
+    out = c.http.post("/console/sign-out", data={"csrf": token})
+    assert out.status_code == 303
+    replay = console()
+    replay.http.cookies.set("tether_session", old, path="/console")
+    assert replay.http.get("/console").status_code == 303  # the old cookie is worth nothing
+
+
+def test_an_auditor_reads_but_cannot_act(people: dict[str, Any], console: Any, api: Api) -> None:
+    agent = api.agent()
+    c = console()
+    c.sign_in("audrey")
+    page = c.http.get(f"/console/agents/{agent['id']}")
+    assert page.status_code == 200
+    assert "Kill" not in page.text
+    assert "Suspend" not in page.text
+    assert "Freeze every agent" not in c.http.get("/console").text
+    token = c.csrf()
+    for path, data in ((f"/console/agents/{agent['id']}/kill", {"confirm": agent["id"]}),
+                       (f"/console/agents/{agent['id']}/suspend", {}),
+                       ("/console/freeze", {"reason": "audit"})):  # fmt: skip
+        got = c.http.post(path, data={**data, "csrf": token})
+        assert got.status_code == 403, (path, got.text[:300])
+    assert api.get(agent["id"])["status"] == "active"
+    assert api.client.get("/v1/freeze").json()["frozen"] is False
+
+
+def test_a_supervisor_sees_and_acts_on_their_agents_only(
+    people: dict[str, Any], console: Any, api: Api
+) -> None:
+    mine = api.agent(owner="sam", name="sams-agent")
+    theirs = api.agent(owner="sue", name="sues-agent")
+    c = console()
+    c.sign_in("sam")
+    listed = c.http.get("/console/agents").text
+    assert "sams-agent" in listed
+    assert "sues-agent" not in listed
+    assert c.http.get(f"/console/agents/{theirs['id']}").status_code == 403
+    token = c.csrf()
+    got = c.http.post(f"/console/agents/{theirs['id']}/kill",
+                      data={"csrf": token, "confirm": theirs["id"], "reason": "x"})  # fmt: skip
+    assert got.status_code == 403
+    assert api.get(theirs["id"])["status"] == "active"
+    form = {"csrf": token, "confirm": mine["id"], "reason": "rogue"}
+    killed = c.http.post(f"/console/agents/{mine['id']}/kill", data=form)
+    assert killed.status_code == 303
+    assert api.get(mine["id"])["status"] == "revoked"
+    ledger = c.http.get("/console/ledger")
+    assert ledger.status_code == 403  # the ledger is for admins and auditors, as in the API
+
+
+def test_a_kill_needs_the_agents_id_typed(people: dict[str, Any], console: Any, api: Api) -> None:
+    agent = api.agent()
+    c = console()
+    c.sign_in("admin")
+    token = c.csrf()
+    got = c.http.post(f"/console/agents/{agent['id']}/kill",
+                      data={"csrf": token, "confirm": "yes", "reason": "x"})  # fmt: skip
+    assert got.status_code == 422
+    assert api.get(agent["id"])["status"] == "active"
+
+
+def test_sign_in_redirects_only_within_the_console(people: dict[str, Any], console: Any) -> None:
+    c = console()
+    page = c.http.get("/console/sign-in?next=https://evil.example/")
+    token = _csrf(page.text)
+    got = c.http.post("/console/sign-in", data={"csrf": token, "username": "admin",
+                                                 "password": PASSWORD,
+                                                 "next": "//evil.example/"})  # fmt: skip
+    assert got.headers["location"] == "/console"
