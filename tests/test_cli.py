@@ -280,3 +280,26 @@ def test_freeze_and_unfreeze_from_the_cli(shared: Shared) -> None:
     again = tether(env, cwd, "unfreeze")
     assert again.returncode == 0
     assert "nothing matching was frozen" in again.stdout
+
+
+def test_set_password_generates_one_that_signs_in_to_the_console(shared: Shared) -> None:
+    cwd, env = shared.cwd, shared.env
+    name = _unique("pw")
+    made = shared.api.post("/v1/users", json={"username": name, "role": "auditor"})
+    assert made.status_code == 201, made.text
+    empty = tether(env, cwd, "users", "set-password", name)  # stdin is empty, not a terminal
+    assert empty.returncode != 0
+    assert "password" in empty.stderr
+    assert "Traceback" not in empty.stderr
+    generated = tether(env, cwd, "users", "set-password", name, "--generate")
+    assert generated.returncode == 0, generated.stderr
+    password = generated.stdout.strip()
+    assert len(password) >= 20
+    with httpx.Client(base_url=str(shared.api.base_url), follow_redirects=False) as browser:
+        page = browser.get("/console/sign-in")
+        token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert token is not None
+        signed = browser.post("/console/sign-in", data={
+            "csrf": token.group(1), "username": name, "password": password})  # fmt: skip
+        assert signed.status_code == 303, signed.text
+        assert browser.get("/console").status_code == 200
