@@ -18,6 +18,7 @@ from tether.cli import (
     audit,
     backup,
     credentials,
+    demo,
     freeze,
     gateway,
     policy,
@@ -68,6 +69,7 @@ app.add_typer(admin.app, name="admin")
 app.add_typer(webhooks.app, name="webhooks")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
+app.command("demo")(demo.demo)
 
 
 def _print_version(wanted: bool) -> None:
