@@ -246,3 +246,27 @@ def test_sign_in_redirects_only_within_the_console(people: dict[str, Any], conso
                                                  "password": PASSWORD,
                                                  "next": "//evil.example/"})  # fmt: skip
     assert got.headers["location"] == "/console"
+
+
+def test_an_agents_page_lists_the_policies_that_may_apply_to_it(
+    people: dict[str, Any], console: Any, api: Api
+) -> None:
+    policies = """
+@id("payers-pay")
+permit (principal in Role::"payer", action == Action::"tool.call", resource);
+
+@id("nobody-reads-keys")
+forbid (principal, action == Action::"secret.read", resource);
+"""
+    assert api.client.put("/v1/policies", json={"policies": policies}).status_code == 200
+    payer = api.agent(roles=["payer"], name="payer")
+    other = api.agent(roles=["support"], name="other")
+    c = console()
+    c.sign_in("admin")
+    shown = c.http.get(f"/console/agents/{payer['id']}").text
+    assert "payers-pay" in shown
+    assert "nobody-reads-keys" in shown
+    assert "tether.active-only" in shown
+    elsewhere = c.http.get(f"/console/agents/{other['id']}").text
+    assert "payers-pay" not in elsewhere
+    assert "nobody-reads-keys" in elsewhere

@@ -125,6 +125,11 @@ class CompiledPolicies:
     def knows_action(self, action: str) -> bool:
         return action in self.actions
 
+    def for_principal(self, uid: Uid, parents: frozenset[Uid]) -> list[Policy]:
+        """The policies whose principal scope can match this principal (it, a role it holds,
+        its type, or anyone): what may apply to it — each one's conditions decide the rest."""
+        return [p for p in self.policies if scope_matches(p.est["principal"], uid, parents)]
+
     # -- slicing ---------------------------------------------------------------------------
     def _slice(self, req: CedarRequest) -> Slice:
         key = (

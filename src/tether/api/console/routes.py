@@ -292,10 +292,17 @@ def agent(request: Request, agent_id: str) -> Response:
             plan = svc.rollback.plan(me, Window(agent_id)).to_json()
         except TetherError as exc:
             return _error(request, visit, exc)
+    applicable: list[dict[str, Any]] = []
+    view, compiled = svc.decisions.runtime.agents.get(agent_id), svc.decisions.runtime.policies
+    if view is not None and compiled is not None:
+        found_policies = compiled.for_principal(("Agent", agent_id), view.parents)
+        applicable = [{"id": p.id, "effect": p.effect, "approval": p.approval, "text": p.text}
+                      for p in found_policies]  # fmt: skip
     decisions = [e for e in events if e["type"] == "decision"]
     calls = [e for e in events if e["type"] == "tool.called"]
     return render(request, "agent.html", visit, agent=found, credentials=creds,
                   decisions=decisions, calls=calls, below=below, plan=plan,
+                  applicable=applicable,
                   confirm=request.query_params.get("confirm"))  # fmt: skip
 
 
