@@ -80,7 +80,8 @@ def test_the_demo_plays_start_to_finish_and_leaves_nothing_behind(tmp_path: Path
     assert "Stopped now, its data dir removed" in done.stdout
     url = re.search(r"Console: (\S+)/console", done.stdout)
     data_dir = re.search(r"data dir (\S+)", done.stdout)
-    assert url and data_dir
+    assert url
+    assert data_dir
     assert not Path(data_dir.group(1)).exists()
     assert _gone(url.group(1))  # the server was stopped
     assert list(tmp_path.iterdir()) == []  # nothing written where it ran
@@ -124,7 +125,8 @@ def test_keep_leaves_it_running_to_explore_until_ctrl_c(tmp_path: Path) -> None:
         _told(text)
         signed = re.search(r"Console: (\S+)/console — sign in as (\w+), password (\S+)", text)
         cli = re.search(r"TETHER_URL=(\S+) TETHER_DATA_DIR=(\S+) tether agents list", text)
-        assert signed and cli
+        assert signed
+        assert cli
         url, user, password = signed.groups()
         with http_client(base_url=url) as http:  # the console signs the printed user in
             page = http.get("/console/sign-in")
