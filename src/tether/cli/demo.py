@@ -135,7 +135,8 @@ def demo(
                          "explore.")  # fmt: skip
     except KeyboardInterrupt:
         if not (keep and done):
-            raise DemoFailed("interrupted — the demo's processes are stopped") from None
+            raise DemoFailed(f"interrupted: its processes are stopped, its data dir kept in "
+                             f"{where}") from None  # fmt: skip
     except Exception as exc:  # the API's refusals, the SDK's and the transport's failures
         raise DemoFailed(f"{_first_line(exc)} (the logs are kept in {where})") from None
     finally:
