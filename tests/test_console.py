@@ -169,8 +169,12 @@ def test_a_sign_in_always_starts_a_new_session_and_sign_out_ends_it(
     people: dict[str, Any], console: Any
 ) -> None:
     planted = console()
-    planted.http.cookies.set("tether_session", "tcs_planted-by-an-attacker", path="/console")
-    session = _session_of(planted.sign_in("admin"))
+    page = planted.http.get("/console/sign-in")
+    pre = planted.http.cookies.get("tether_signin")
+    form = {"csrf": _csrf(page.text), "username": "admin", "password": PASSWORD}
+    cookie = f"tether_signin={pre}; tether_session=tcs_planted-by-an-attacker"
+    session = _session_of(planted.http.post("/console/sign-in", data=form,
+                                            headers={"cookie": cookie}))  # fmt: skip
     assert session.startswith("tcs_")
     assert session != "tcs_planted-by-an-attacker"  # a session id given is never kept
     c = console()
@@ -180,8 +184,12 @@ def test_a_sign_in_always_starts_a_new_session_and_sign_out_ends_it(
     out = c.http.post("/console/sign-out", data={"csrf": token})
     assert out.status_code == 303
     replay = console()
-    replay.http.cookies.set("tether_session", old, path="/console")
-    assert replay.http.get("/console").status_code == 303  # the old cookie is worth nothing
+    again = replay.http.get("/console", headers={"cookie": f"tether_session={old}"})
+    assert again.status_code == 303  # the old cookie is worth nothing
+    live = console()
+    fresh = _session_of(live.sign_in("admin"))
+    shown = replay.http.get("/console", headers={"cookie": f"tether_session={fresh}"})
+    assert shown.status_code == 200  # (the header does carry a session when there is one)
 
 
 def test_an_auditor_reads_but_cannot_act(people: dict[str, Any], console: Any, api: Api) -> None:

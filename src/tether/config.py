@@ -102,6 +102,27 @@ class Settings(BaseSettings):
         default=12, ge=1, le=24 * 30,
         description="A console session ends this long after sign-in, however active.",
     )  # fmt: skip
+    console_oidc_issuer: str | None = Field(
+        default=None,
+        description="An OpenID Connect provider humans may sign in to the console with "
+        "(its issuer URL; discovery at /.well-known/openid-configuration). Unset: passwords only.",
+    )
+    console_oidc_client_id: str | None = Field(default=None, description="Tether's client id there.")
+    console_oidc_client_secret: str | None = Field(
+        default=None, description="Tether's client secret there (client_secret_basic)."
+    )
+    console_oidc_role_claim: str = Field(
+        default="groups",
+        description="The ID token claim (a string or a list) whose values map to Tether roles.",
+    )
+    console_oidc_roles: dict[str, Literal["admin", "supervisor", "auditor"]] = Field(
+        default_factory=dict,
+        description='Claim value -> role, e.g. {"tether-admins": "admin", "support-leads": '
+        '"supervisor"}; several: the strongest; none: the sign-in is refused.',
+    )
+    console_oidc_username_claim: str = Field(
+        default="preferred_username", description="The claim that names the Tether user."
+    )
     rollback_offer_hours: int = Field(
         default=24, ge=1, le=24 * 90,
         description="A kill's answer counts the reversible calls of this many hours before "

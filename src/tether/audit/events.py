@@ -21,6 +21,7 @@ class EventType(StrEnum):
     USER_SIGNED_IN = "user.signed_in"
     USER_SIGN_IN_FAILED = "user.sign_in_failed"
     USER_SIGNED_OUT = "user.signed_out"
+    USER_ROLE_CHANGED = "user.role_changed"  # an identity provider gave another role
     AGENT_CREATED = "agent.created"
     AGENT_CLONED = "agent.cloned"
     AGENT_UPDATED = "agent.updated"

@@ -21,6 +21,9 @@ class UserRow(Base):
     password_hash: Mapped[str | None] = mapped_column(String(200))
     failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[int | None] = mapped_column(BigInteger)
+    # Who this human is at the OpenID Connect provider they sign in with ("<iss> <sub>"):
+    # set when the provider's first sign-in created them; a local user never gets one.
+    external_subject: Mapped[str | None] = mapped_column(String(300), unique=True)
 
 
 class UserTokenRow(Base):

@@ -35,7 +35,9 @@ from tether.db import Database
 from tether.errors import Forbidden, RateLimited, Unauthenticated, UserNotFound, ValidationFailed
 from tether.ids import IdPrefix, new_id
 from tether.principals import Principal, Role
+from tether.runtime import changes
 from tether.users.models import UserRow, UserSessionRow
+from tether.users.service import USERNAME
 from tether.users.store import DatabaseUserStore
 
 SESSION_PREFIX = "tcs_"
@@ -166,6 +168,56 @@ class SignIn:
             )], now=now)  # fmt: skip
         principal = Principal("user", user.id, user.username, Role(user.role))
         return secret, Signed(principal, row.id, row.expires_at)
+
+    def sign_in_external(
+        self, *, subject: str, username: str, role: Role, address: str, via: str
+    ) -> tuple[str, Signed]:
+        """A new session for the human an identity provider vouched for: ``subject``
+        (``"<iss> <sub>"``) names them there. Their first sign-in creates the user
+        ``username`` with ``role``; later ones find them by ``subject`` and set the role the
+        provider now gives. A local user of that name is never taken over: refused."""
+        now = self.clock.now()
+        now_us = to_micros(now)
+        if not USERNAME.match(username) or username == "me":
+            raise SignInFailed(f"the provider's username {username[:64]!r} is not one Tether "
+                               "can use (a-z, 0-9, '.', '_', '-')")  # fmt: skip
+        secret = SESSION_PREFIX + secrets.token_urlsafe(32)
+        with self.db.write() as s:
+            user = s.scalars(select(UserRow).where(UserRow.external_subject == subject)).first()
+            events: list[NewEvent] = []
+            if user is None:
+                if self.store.by_username(s, username) is not None:
+                    raise SignInFailed(f"user {username!r} exists in Tether and is not this "
+                                       "provider's: ask an admin")  # fmt: skip
+                user = UserRow(id=new_id(IdPrefix.USER), username=username, role=role.value,
+                               email=None, created_at=now_us, failed_sign_ins=0,
+                               external_subject=subject)  # fmt: skip
+                s.add(user)
+                s.flush()
+                changes.record(s, changes.Kind.USER, user.id, now_us=now_us)
+                events.append(NewEvent(EventType.USER_CREATED, f"oidc:{subject[:200]}",
+                                       resource={"type": "User", "id": user.id},
+                                       details={"username": username, "role": role.value,
+                                                "via": via}))  # fmt: skip
+            elif user.role != role.value:
+                previous, user.role = user.role, role.value
+                changes.record(s, changes.Kind.USER, user.id, now_us=now_us)
+                changed = {"from": previous, "to": role.value, "via": via}
+                events.append(NewEvent(EventType.USER_ROLE_CHANGED, f"oidc:{subject[:200]}",
+                                       resource={"type": "User", "id": user.id},
+                                       details=changed))  # fmt: skip
+            row = UserSessionRow(id=new_id(IdPrefix.SESSION), user_id=user.id,
+                                 digest=_digest(secret), created_at=now_us, last_seen_at=now_us,
+                                 expires_at=now_us + self.lifetime_us, ended_at=None)  # fmt: skip
+            s.add(row)
+            events.append(NewEvent(
+                EventType.USER_SIGNED_IN, f"user:{user.id}",
+                resource={"type": "User", "id": user.id},
+                details={"session_id": row.id, "address": address[:64], "via": via},
+            ))  # fmt: skip
+            self.ledger.append(s, events, now=now)
+            principal = Principal("user", user.id, user.username, Role(user.role))
+            return secret, Signed(principal, row.id, row.expires_at)
 
     def _failed(
         self, user: UserRow | None, username: str, address: str, why: str, now: datetime

@@ -23,6 +23,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from tether.api.console import oidc
 from tether.api.console import session as cs
 from tether.clock import to_rfc3339
 from tether.container import Services
@@ -80,8 +81,10 @@ def render(request: Request, template: str, visit: cs.Visit | None, *, http_stat
            **ctx: Any) -> HTMLResponse:  # fmt: skip
     flash = FLASH.get(request.query_params.get("flash", ""))
     who = visit.principal if visit else None
+    svc = _svc(request)
     body = _ENV.get_template(template).render(
-        request=request, me=who, csrf=visit.csrf if visit else "", flash=flash,
+        request=request, me=who, oidc=oidc.provider_name(svc.settings) if oidc.enabled(
+            svc.settings) else None, csrf=visit.csrf if visit else "", flash=flash,
         is_admin=bool(who and who.is_admin), can_operate=bool(who and who.role in
                                                              (Role.ADMIN, Role.SUPERVISOR)),
         reads_ledger=bool(who and who.role in (Role.ADMIN, Role.AUDITOR)), **ctx,
@@ -169,6 +172,46 @@ async def sign_in(request: Request) -> Response:
         return response
     response = RedirectResponse(target, status_code=303)
     cs.set_session(response, request, svc, secret)
+    return response
+
+
+@router.get("/console/sign-in/oidc")
+async def sign_in_oidc(request: Request) -> Response:
+    svc = _svc(request)
+    if not oidc.enabled(svc.settings):
+        why = "no identity provider is configured (TETHER_CONSOLE_OIDC_ISSUER)"
+        return render(request, "error.html", None, http_status=404, code="not_found",
+                      message=why)  # fmt: skip
+    try:
+        return await oidc.start(request, svc, _next(request.query_params.get("next")))
+    except TetherError as exc:
+        return _sign_in_again(request, exc)
+
+
+@router.get("/console/sign-in/oidc/callback")
+async def sign_in_oidc_callback(request: Request) -> Response:
+    svc = _svc(request)
+    if not oidc.enabled(svc.settings):
+        return Response("not found", status_code=404, media_type="text/plain")
+    try:
+        secret, target = await oidc.finish(request, svc)
+    except TetherError as exc:
+        response = _sign_in_again(request, exc)
+        response.delete_cookie(oidc.COOKIE, path=oidc.PATH)
+        return response
+    response = oidc.landing(_next(target))
+    cs.set_session(response, request, svc, secret)
+    response.delete_cookie(oidc.COOKIE, path=oidc.PATH)
+    return response
+
+
+def _sign_in_again(request: Request, exc: TetherError) -> HTMLResponse:
+    token, new = cs.pre_token(request)
+    response = render(request, "sign_in.html", None, http_status=exc.http_status, pre=token,
+                      next="/console", error=exc.message)  # fmt: skip
+    if new:
+        response.set_cookie(cs.PRE_COOKIE, token, httponly=True, samesite="strict",
+                            path=cs.PATH, secure=cs.secure(request, _svc(request)))  # fmt: skip
     return response
 
 

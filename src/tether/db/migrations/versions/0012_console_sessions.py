@@ -22,6 +22,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("failed_sign_ins", sa.Integer(), nullable=False,
                                    server_default="0"))  # fmt: skip
         batch.add_column(sa.Column("locked_until", sa.BigInteger(), nullable=True))
+        batch.add_column(sa.Column("external_subject", sa.String(length=300), nullable=True))
+        batch.create_unique_constraint(batch.f("uq_users_external_subject"), ["external_subject"])
     op.create_table(
         "user_sessions",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -44,5 +46,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_user_sessions_user_id"), table_name="user_sessions")
     op.drop_table("user_sessions")
     with op.batch_alter_table("users") as batch:
-        for column in ("locked_until", "failed_sign_ins", "password_hash"):
+        batch.drop_constraint(batch.f("uq_users_external_subject"), type_="unique")
+        for column in ("external_subject", "locked_until", "failed_sign_ins", "password_hash"):
             batch.drop_column(column)
