@@ -107,7 +107,9 @@ class Settings(BaseSettings):
         description="An OpenID Connect provider humans may sign in to the console with "
         "(its issuer URL; discovery at /.well-known/openid-configuration). Unset: passwords only.",
     )
-    console_oidc_client_id: str | None = Field(default=None, description="Tether's client id there.")
+    console_oidc_client_id: str | None = Field(
+        default=None, description="Tether's client id there."
+    )
     console_oidc_client_secret: str | None = Field(
         default=None, description="Tether's client secret there (client_secret_basic)."
     )
