@@ -226,6 +226,11 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         calls=calls,
         gateway=gateway,
         rollback=rollback,
-        signin=SignIn(db, ledger, clock, idle_seconds=settings.console_idle_minutes * 60,
-                      lifetime_seconds=settings.console_session_hours * 3600),
+        signin=SignIn(
+            db,
+            ledger,
+            clock,
+            idle_seconds=settings.console_idle_minutes * 60,
+            lifetime_seconds=settings.console_session_hours * 3600,
+        ),
     )
