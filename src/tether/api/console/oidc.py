@@ -19,12 +19,10 @@ import hmac
 import html
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx2
 import orjson
-from authlib.integrations.httpx_client import AsyncOAuth2Client  # type: ignore[import-untyped]
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -35,6 +33,9 @@ from tether.config import Settings
 from tether.container import Services
 from tether.errors import Unauthenticated
 from tether.principals import Role
+
+if TYPE_CHECKING:
+    from authlib.integrations.httpx_client import AsyncOAuth2Client  # type: ignore[import-untyped]
 
 COOKIE = "tether_oidc"
 PATH = "/console/sign-in/oidc"
@@ -86,6 +87,8 @@ async def _json(url: str) -> dict[str, Any]:
     found = _CACHE.get(url)
     if found is not None and found[0] > time.monotonic():
         return found[1]
+    import httpx2  # only a deployment with a provider loads an HTTP client for it
+
     try:
         async with httpx2.AsyncClient(timeout=10) as http:
             answer = await http.get(url)
@@ -106,6 +109,8 @@ async def _metadata(settings: Settings) -> dict[str, Any]:
 
 
 def _client(settings: Settings) -> AsyncOAuth2Client:
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
+
     return AsyncOAuth2Client(
         client_id=settings.console_oidc_client_id,
         client_secret=settings.console_oidc_client_secret,
