@@ -13,42 +13,41 @@ The example upstream is not part of the installed package: the demo needs a sour
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tether.cli.client import ApiClient, CliError
+from tether.cli.demo_stage import (
+    SCOPE,
+    Agent,
+    DemoFailed,
+    Narrator,
+    Stage,
+    deployment,
+    ms,
+    repo_root,
+    upstream_state,
+)
 
 if TYPE_CHECKING:
-    from tether.sdk import AgentClient
+    pass
 
 SUPERVISOR = "alice"
-SCOPE = "mcp:tools"  # what a token needs at the gateway here (TETHER_GATEWAY_SCOPE)
-# What undoes each write tool of the example upstream (README "MCP gateway", compensations).
-RULES = {
-    "refund": {"undo": "cancel_refund", "args": {"refund_id": "{result.id}"}},
-    "create_ticket": {"undo": "delete_ticket", "args": {"ticket_id": "{result.id}"}},
-    "close_ticket": {"undo": "reopen_ticket", "args": {"ticket_id": "{args.ticket_id}"}},
-    "transfer": {"irreversible": True},
-}
 POLICIES = """
 @id("refunds-read-payments")
 permit (principal in Role::"refunds", action == Action::"tool.call", resource)
@@ -75,16 +74,8 @@ when { resource has tool
 forbid (principal, action == Action::"secret.read", resource == Secret::"payments-key");
 """
 STEPS = 10
-_READY_SECONDS = 60.0
 _PROPAGATION_BOUND = 10.0  # a kill some worker still ignores after this long fails the demo
 _ASKS_AFTER_KILL = 20
-_PORT_TAKEN = (" is in use — ", "address already in use")
-
-
-class DemoFailed(CliError):
-    """A step did not go as the story says; the message says what happened instead."""
-
-    code = "demo_failed"
 
 
 def _check(holds: bool, what: str) -> None:
@@ -111,18 +102,18 @@ def demo(
     play a support org's story through the API and the gateway: scoped credentials, an
     approval, denials on the record, a kill measured across workers, a rollback, the ledger
     verified. Needs a source checkout of Tether (the example upstream is in examples/)."""
-    root = _repo_root()
+    root = repo_root()
     temporary = data_dir is None
     where = Path(tempfile.mkdtemp(prefix="tether-demo-")) if data_dir is None else data_dir
     if not temporary:
         if where.exists() and (not where.is_dir() or any(where.iterdir())):
             raise CliError(f"--data-dir {where} is not empty — give a new or empty directory")
         where.mkdir(parents=True, exist_ok=True)
-    tell = _Narrator(sys.stderr if as_json else sys.stdout)
+    tell = Narrator(sys.stderr if as_json else sys.stdout, steps=STEPS)
     done = False
     previous = signal.signal(signal.SIGTERM, _interrupted)
     try:
-        with _deployment(where.resolve(), root) as stage:
+        with deployment(where.resolve(), root) as stage:
             _play(stage, tell)
             done = True
             if as_json:
@@ -156,7 +147,7 @@ def _interrupted(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the demo as Ctrl-C does: processes stopped
 
 
-def _linger(stage: _Stage, tell: _Narrator) -> None:
+def _linger(stage: Stage, tell: Narrator) -> None:
     tell.say(f"Left running until Ctrl-C: {stage.url} (the API at /docs, the console at "
              f"/console); the CLI as admin: TETHER_URL={stage.url} "
              f"TETHER_DATA_DIR={stage.data_dir} tether agents list")  # fmt: skip
@@ -167,246 +158,7 @@ def _linger(stage: _Stage, tell: _Narrator) -> None:
         time.sleep(1)
 
 
-def _repo_root() -> Path:
-    """The source checkout holding ``examples/payments_tickets`` (beside ``src/tether``, or
-    the working directory); raises :class:`CliError` when there is none."""
-    import tether
-
-    for root in (Path(tether.__file__).resolve().parents[2], Path.cwd()):
-        if (root / "examples" / "payments_tickets" / "server.py").is_file():
-            return root
-    raise CliError("the demo runs the example MCP upstream (examples/payments_tickets), which "
-                   "is in Tether's source checkout, not the installed package — run it from "
-                   "the repository (after make run's setup)")  # fmt: skip
-
-
-# -- narration ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Narrator:
-    stream: IO[str]
-    started: float = field(default_factory=time.perf_counter)
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    def step(self, n: int, text: str) -> None:
-        self.say(f"[{n}/{STEPS}] {text}")
-
-    def more(self, text: str) -> None:
-        self.say(f"       {text}")
-
-    def say(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
-
-    def since_start(self) -> float:
-        return time.perf_counter() - self.started
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-# -- the deployment -------------------------------------------------------------------------
-
-
-@dataclass
-class _Stage:
-    data_dir: Path
-    url: str
-    upstream: str  # the example upstream's MCP URL
-    key: str  # the upstream's API key: the broker-only secret
-    server: subprocess.Popen[bytes]
-    upstream_proc: subprocess.Popen[bytes]
-    admin_token: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _deployment(data_dir: Path, root: Path) -> Iterator[_Stage]:
-    """The example upstream and ``tether serve --workers 2`` on ``data_dir``, both ready;
-    both stopped afterwards, whatever happens."""
-    key = secrets.token_urlsafe(18)
-    with ExitStack() as stack:
-        up_port = _free_port()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
-        upstream = stack.enter_context(_process(
-            [sys.executable, "-m", "examples.payments_tickets.server", "--port", str(up_port),
-             "--api-key", key], cwd=root, env=env, log=data_dir / "upstream.log",
-        ))  # fmt: skip
-        upstream_url = f"http://127.0.0.1:{up_port}/mcp"
-        for attempt in range(3):
-            port = _free_port()
-            url = f"http://127.0.0.1:{port}"
-            server = stack.enter_context(_process(
-                [sys.executable, "-m", "tether", "serve", "--workers", "2"], cwd=data_dir,
-                env=_server_env(data_dir, port, upstream_url), log=data_dir / "server.log",
-            ))  # fmt: skip
-            token = _wait_ready(server, url, data_dir, retry=attempt < 2)
-            if token is not None:
-                break
-        yield _Stage(data_dir, url, upstream_url, key, server, upstream, token or "")
-
-
-def _server_env(data_dir: Path, port: int, upstream: str) -> dict[str, str]:
-    """The server's environment: none of the caller's Tether settings (a tether.toml, a
-    database URL) — the demo's deployment is its own."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TETHER_") and k not in ("PROMETHEUS_MULTIPROC_DIR",
-                                                        "CREDENTIALS_DIRECTORY")}  # fmt: skip
-    upstreams = [{
-        "name": "payments", "url": upstream, "timeout_seconds": 10, "tools": RULES,
-        "auth": {"kind": "header", "header": "X-Api-Key", "secret": "payments-key"},
-    }]  # fmt: skip
-    env.update(
-        TETHER_DATA_DIR=str(data_dir),
-        TETHER_DATABASE_URL=f"sqlite:///{data_dir / 'tether.db'}",
-        TETHER_HOST="127.0.0.1",
-        TETHER_PORT=str(port),
-        TETHER_LOG_LEVEL="warning",
-        TETHER_GATEWAY_UPSTREAMS=json.dumps(upstreams),
-        TETHER_GATEWAY_SCOPE=SCOPE,
-    )
-    return env
-
-
-@contextmanager
-def _process(
-    argv: list[str], *, cwd: Path, env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``argv`` running (a session of its own: a Ctrl-C reaches only the demo, which stops
-    it), its output appended to ``log``; terminated at the end, killed if it lingers."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # the server and the workers it forked
-                proc.wait()
-
-
-def _wait_ready(
-    proc: subprocess.Popen[bytes], url: str, data_dir: Path, *, retry: bool
-) -> str | None:
-    """The admin token once the server at ``url`` is ready and is this deployment's; None if
-    it exited because another process took its port meanwhile (and ``retry``)."""
-    import httpx2 as httpx
-
-    deadline = time.monotonic() + _READY_SECONDS
-    log = data_dir / "server.log"
-    with httpx.Client(base_url=url, timeout=2) as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                said = log.read_text(errors="replace").strip().splitlines() or ["no output"]
-                if retry and any(taken in said[-1] for taken in _PORT_TAKEN):
-                    return None
-                raise DemoFailed(f"tether serve exited: {said[-1].strip()}")
-            try:
-                token = (data_dir / "admin.token").read_text().strip()
-                me = http.get("/v1/whoami", headers={"Authorization": f"Bearer {token}"})
-                if me.status_code == 200 and http.get("/readyz").status_code == 200:
-                    return token
-            except (OSError, httpx.TransportError):
-                pass
-            time.sleep(0.1)
-    raise DemoFailed(f"tether serve was not ready within {_READY_SECONDS:.0f} s")
-
-
-# -- MCP ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Call:
-    """A tool call through MCP: whether it succeeded, its JSON answer, its round trip."""
-
-    ok: bool
-    body: Any
-    seconds: float
-
-
-def _mcp(
-    url: str, headers: dict[str, str], *calls: tuple[str, dict[str, Any]]
-) -> tuple[list[str], list[_Call]]:
-    """The tools listed, then ``calls``, in one session of the ``mcp`` SDK's client at ``url``:
-    each call timed alone (the client lists the tools first, as an agent does: a first call
-    would list them itself, to check its result against the tool's output schema)."""
-    import httpx2 as httpx
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-
-    async def run() -> tuple[list[str], list[_Call]]:
-        done = []
-        async with (
-            httpx.AsyncClient(headers=headers, timeout=30) as http,
-            Client(streamable_http_client(url, http_client=http)) as client,
-        ):
-            names = sorted(tool.name for tool in (await client.list_tools()).tools)
-            for tool, args in calls:
-                started = time.perf_counter()
-                got = await client.call_tool(tool, args)
-                took = time.perf_counter() - started
-                done.append(_Call(not got.is_error, _answer(got), took))
-        return names, done
-
-    return asyncio.run(run())
-
-
-def _answer(got: Any) -> Any:
-    """A tool's answer as JSON: its structured content (a list comes as ``{"result": …}``),
-    else its text (a refusal is a JSON text)."""
-    if got.structured_content is not None:
-        body = got.structured_content
-        return body["result"] if set(body) == {"result"} else body
-    text = "".join(getattr(part, "text", "") for part in got.content)
-    try:
-        return json.loads(text)
-    except ValueError:
-        return {"text": text}
-
-
-@dataclass
-class _Agent:
-    name: str
-    id: str
-    url: str
-    api: AgentClient  # its tokens for Tether's own API
-    gateway: AgentClient  # its tokens for the gateway (resource=<url>/mcp)
-
-    def call(self, tool: str, **args: Any) -> _Call:
-        bearer = {"Authorization": f"Bearer {self.gateway.access_token()}"}
-        return _mcp(f"{self.url}/mcp", bearer, (f"payments.{tool}", args))[1][0]
-
-    def tools(self) -> list[str]:
-        bearer = {"Authorization": f"Bearer {self.gateway.access_token()}"}
-        return _mcp(f"{self.url}/mcp", bearer)[0]
-
-
-def _upstream_state(stage: _Stage) -> tuple[int, dict[str, str]]:
-    """What the upstream itself says (asked directly, with its key): the ``ops`` balance and
-    each refund's status."""
-    ops: dict[str, Any] = {"account": "ops"}
-    _, (balance, refunds) = _mcp(stage.upstream, {"X-Api-Key": stage.key},
-                                 ("get_balance", ops), ("list_refunds", {}))  # fmt: skip
-    return int(balance.body["balance"]), {r["id"]: r["status"] for r in refunds.body}
-
-
-# -- the story ------------------------------------------------------------------------------
-
-
-def _play(stage: _Stage, tell: _Narrator) -> None:
+def _play(stage: Stage, tell: Narrator) -> None:
     tell.say("Tether demo: a support org's agents, governed end to end")
     ready = tell.since_start()
     tell.figures.update(url=stage.url, data_dir=str(stage.data_dir), ready_seconds=ready)
@@ -416,7 +168,7 @@ def _play(stage: _Stage, tell: _Narrator) -> None:
     admin = ApiClient(stage.url, stage.admin_token)
     _govern(stage, admin, tell)
     alice, refunds, triage = _people(stage, admin, tell)
-    balance_before, _ = _upstream_state(stage)
+    balance_before, _ = upstream_state(stage)
     tickets = _triage(triage, tell)
     _refunds(stage, alice, refunds, tell)
     _out_of_bounds(refunds, tickets[0], tell)
@@ -437,7 +189,7 @@ def _play(stage: _Stage, tell: _Narrator) -> None:
              f"password {password}")  # fmt: skip
 
 
-def _govern(stage: _Stage, admin: ApiClient, tell: _Narrator) -> None:
+def _govern(stage: Stage, admin: ApiClient, tell: Narrator) -> None:
     """The upstream's key as a broker-only secret, the policies, the gateway connected."""
     admin.request("PUT", "/v1/secrets/payments-key", json={"value": stage.key,
                                                            "broker_only": True})  # fmt: skip
@@ -455,7 +207,7 @@ def _govern(stage: _Stage, admin: ApiClient, tell: _Narrator) -> None:
               f"{time.perf_counter() - started:.1f} s")  # fmt: skip
 
 
-def _wait_for_upstream(stage: _Stage) -> None:
+def _wait_for_upstream(stage: Stage) -> None:
     """Each worker connects to the upstream on its own once the secret is there: wait until
     twenty answers in a row, each on a new connection (so from either worker), say it is up."""
     import httpx2 as httpx
@@ -474,7 +226,7 @@ def _wait_for_upstream(stage: _Stage) -> None:
                 time.sleep(0.1)
 
 
-def _people(stage: _Stage, admin: ApiClient, tell: _Narrator) -> tuple[ApiClient, _Agent, _Agent]:
+def _people(stage: Stage, admin: ApiClient, tell: Narrator) -> tuple[ApiClient, Agent, Agent]:
     """A supervisor, and the two agents she owns with API keys and gateway tokens."""
     from tether.sdk import AgentClient
 
@@ -491,7 +243,7 @@ def _people(stage: _Stage, admin: ApiClient, tell: _Narrator) -> tuple[ApiClient
         key = alice.post(f"/v1/agents/{made['id']}/credentials",
                          {"type": "api_key", "scopes": [SCOPE], "expires_in": 86_400})  # fmt: skip
         secret = key["client_secret"]
-        agents.append(_Agent(
+        agents.append(Agent(
             name, made["id"], stage.url, AgentClient(stage.url, made["id"], client_secret=secret),
             AgentClient(stage.url, made["id"], client_secret=secret, resource=f"{stage.url}/mcp"),
         ))  # fmt: skip
@@ -506,26 +258,26 @@ def _people(stage: _Stage, admin: ApiClient, tell: _Narrator) -> tuple[ApiClient
     return alice, refunds, triage
 
 
-def _triage(triage: _Agent, tell: _Narrator) -> list[str]:
+def _triage(triage: Agent, tell: Narrator) -> list[str]:
     opened = [triage.call("create_ticket", title=title) for title in
               ("Refund for order 1017", "Card charged twice")]  # fmt: skip
     _check(all(c.ok for c in opened), f"triage-agent could not open a ticket: {opened}")
     ids = [str(c.body["id"]) for c in opened]
-    times = " and ".join(_ms(c.seconds) for c in opened)
+    times = " and ".join(ms(c.seconds) for c in opened)
     tell.step(4, f"triage-agent opened tickets {' and '.join(ids)} through the MCP gateway "
                  f"(calls of {times})")  # fmt: skip
     return ids
 
 
-def _refunds(stage: _Stage, alice: ApiClient, refunds: _Agent, tell: _Narrator) -> None:
+def _refunds(stage: Stage, alice: ApiClient, refunds: Agent, tell: Narrator) -> None:
     small = refunds.call("refund", payment_id="pay_2", amount=40)
     _check(small.ok, f"the small refund was refused: {small.body}")
     p50 = _decision_p50(stage, refunds.id)
     tell.figures.update(small_refund_ms=round(small.seconds * 1000, 2),
                         decision_p50_ms=round(p50 * 1000, 2))  # fmt: skip
     tell.step(5, f"refund-agent refunds 40 of pay_2: allowed, refund {small.body['id']} in "
-                 f"{_ms(small.seconds)} (decision, upstream call and record)")  # fmt: skip
-    tell.more(f"decision latency: {_ms(p50)} p50 over 20 AuthZEN asks")
+                 f"{ms(small.seconds)} (decision, upstream call and record)")  # fmt: skip
+    tell.more(f"decision latency: {ms(p50)} p50 over 20 AuthZEN asks")
     big = refunds.call("refund", payment_id="pay_1", amount=400)
     _check(not big.ok and big.body.get("error") == "approval_required",
            f"the large refund was not held for approval: {big.body}")  # fmt: skip
@@ -540,7 +292,7 @@ def _refunds(stage: _Stage, alice: ApiClient, refunds: _Agent, tell: _Narrator) 
               f"{again.body['id']}")  # fmt: skip
 
 
-def _approve_from_the_cli(stage: _Stage, alice: ApiClient, approval: str) -> None:
+def _approve_from_the_cli(stage: Stage, alice: ApiClient, approval: str) -> None:
     """``tether approvals approve`` as the supervisor runs it, with her token."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     env.update(TETHER_URL=stage.url, TETHER_TOKEN=alice.token or "")
@@ -555,7 +307,7 @@ def _approve_from_the_cli(stage: _Stage, alice: ApiClient, approval: str) -> Non
     _check(status == "approved", f"the approval is {status} after tether approvals approve")
 
 
-def _decision_p50(stage: _Stage, agent_id: str) -> float:
+def _decision_p50(stage: Stage, agent_id: str) -> float:
     import httpx2 as httpx
 
     admin = {"Authorization": f"Bearer {stage.admin_token}"}
@@ -576,7 +328,7 @@ def _ask(agent_id: str) -> dict[str, Any]:
                          "properties": {"server": "payments", "tool": "get_balance"}}}  # fmt: skip
 
 
-def _out_of_bounds(refunds: _Agent, ticket: str, tell: _Narrator) -> None:
+def _out_of_bounds(refunds: Agent, ticket: str, tell: Narrator) -> None:
     from tether.sdk import SecretError
 
     try:
@@ -595,7 +347,7 @@ def _out_of_bounds(refunds: _Agent, ticket: str, tell: _Narrator) -> None:
               "(a tool.called event, outcome refused)")  # fmt: skip
 
 
-def _kill(stage: _Stage, alice: ApiClient, refunds: _Agent, tell: _Narrator) -> dict[str, Any]:
+def _kill(stage: Stage, alice: ApiClient, refunds: Agent, tell: Narrator) -> dict[str, Any]:
     """The kill, as asks about the agent on new connections (either worker answers) see it."""
     import httpx2 as httpx
 
@@ -636,10 +388,10 @@ def _kill(stage: _Stage, alice: ApiClient, refunds: _Agent, tell: _Narrator) -> 
     kill_seconds = returned - sent
     tell.figures.update(kill_ms=round(kill_seconds * 1000, 2),
                         propagation_ms=round(first_denied * 1000, 2))  # fmt: skip
-    tell.step(8, f"{SUPERVISOR} kills refund-agent: the kill answered in {_ms(kill_seconds)} "
+    tell.step(8, f"{SUPERVISOR} kills refund-agent: the kill answered in {ms(kill_seconds)} "
                  f"(it returns once both workers applied it)")  # fmt: skip
     tell.more(f"kill propagation: the first denial ({', '.join(reasons)}) came "
-              f"{_ms(first_denied)} after the kill was sent; all {len(after)} decisions after "
+              f"{ms(first_denied)} after the kill was sent; all {len(after)} decisions after "
               "it returned, each on a new connection (either worker), denied")  # fmt: skip
     door = _gateway_status(stage, refunds)
     _check(door == 401, f"the killed agent's gateway token got {door}")
@@ -657,7 +409,7 @@ def _until(holds: Callable[[], bool], what: str) -> None:
         time.sleep(0.005)
 
 
-def _gateway_status(stage: _Stage, agent: _Agent) -> int:
+def _gateway_status(stage: Stage, agent: Agent) -> int:
     import httpx2 as httpx
 
     headers = {"Authorization": f"Bearer {agent.gateway.access_token()}",
@@ -667,12 +419,12 @@ def _gateway_status(stage: _Stage, agent: _Agent) -> int:
 
 
 def _rollback(
-    stage: _Stage, alice: ApiClient, refunds: _Agent, offer: dict[str, Any],
-    balance_before: int, tell: _Narrator,
+    stage: Stage, alice: ApiClient, refunds: Agent, offer: dict[str, Any],
+    balance_before: int, tell: Narrator,
 ) -> None:  # fmt: skip
     path = offer["request"]["path"]  # the offer's own request: the same window
     window = {k: v for k, v in offer["request"]["body"].items() if k != "dry_run"}
-    balance_after, _ = _upstream_state(stage)
+    balance_after, _ = upstream_state(stage)
     plan = alice.post(path, {**window, "dry_run": True})
     tell.step(9, f"Rollback plan for refund-agent (newest first), {plan['summary']['undo']} "
                  "to undo:")  # fmt: skip
@@ -686,10 +438,10 @@ def _rollback(
     undone = report["summary"]["outcome_undone"]
     _check(report["status"] == "done" and undone == plan["summary"]["undo"],
            f"the rollback ended {report['status']} with {undone} undone")  # fmt: skip
-    balance_now, statuses = _upstream_state(stage)
+    balance_now, statuses = upstream_state(stage)
     _check(balance_now == balance_before, f"ops holds {balance_now}, not {balance_before}")
     tell.figures.update(rollback_undone=undone, rollback_ms=round(took * 1000, 2))
-    tell.more(f"rollback {report['rollback_id']}: {undone} undone in {_ms(took)}, each undo "
+    tell.more(f"rollback {report['rollback_id']}: {undone} undone in {ms(took)}, each undo "
               f"decided and recorded; the upstream (asked directly): ops balance "
               f"{balance_before} -> {balance_after} -> {balance_now}, refunds "
               f"{', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}")  # fmt: skip
