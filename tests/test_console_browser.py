@@ -244,6 +244,8 @@ def test_sign_in_find_an_agent_and_every_page_is_clean(site: Site, console: Cons
     console.go("/console/sign-in")
     console.check("sign-in")
     console.sign_in()
+    figures = page.locator("section[aria-labelledby='hour-h'] dl").inner_text().split()
+    assert figures[:2] == ["Allowed", "1"], figures  # the last hour's decisions
     console.check("overview")
 
     # Find the agent: filter by name, then click through to its page.
