@@ -21,7 +21,8 @@ median, p95 and max over the rounds, after warm-up rounds. The target: every pag
 300 ms.
 
 Run: ``python -m bench.console [--postgres URL] [--no-sqlite] [--agents N] [--decisions N]
-[--rounds R] [--profile PATH]`` (``--profile``: cProfile the slowest page's endpoint, top 30 functions).
+[--rounds R] [--profile PATH]`` (``--profile``: cProfile the slowest page's endpoint, top 30
+functions).
 """
 
 from __future__ import annotations
