@@ -322,9 +322,10 @@ def test_approve_a_held_request_from_the_inbox(site: Site, console: Console) -> 
     agent = site.agent("payer", risk_tier="high")
     console.sign_in()
     page = console.page
-    console.go("/console/approvals")
+    # Its live feed reads the ledger from where it stood when the stream answered.
+    with page.expect_response(lambda r: r.url.endswith("/console/stream")):
+        console.go("/console/approvals")
     assert "No pending approvals" in page.inner_text("#approvals")
-    page.wait_for_timeout(700)  # the live feed has connected
     held = site.ask(agent, "tool.write", "ledger-db")
     assert held["decision"] == "approval_required", held
     approval_id = held["approval_id"]
