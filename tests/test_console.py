@@ -209,6 +209,19 @@ def test_an_auditor_reads_but_cannot_act(people: dict[str, Any], console: Any, a
         assert got.status_code == 403, (path, got.text[:300])
     assert api.get(agent["id"])["status"] == "active"
     assert api.client.get("/v1/freeze").json()["frozen"] is False
+    # nor decide an approval: no button, and the POST refused
+    held = '@id("held")\n@approval("required")\npermit (principal, action, resource);'
+    assert api.client.put("/v1/policies", json={"policies": held}).status_code == 200
+    asked = api.client.post("/access/v1/evaluation", json={
+        "subject": {"type": "agent", "id": agent["id"]}, "action": {"name": "tool.call"},
+        "resource": {"type": "Tool", "id": "refund"}})  # fmt: skip
+    approval = asked.json()["context"]["approval_id"]
+    inbox = c.http.get("/console/approvals")
+    assert approval in inbox.text
+    assert "Approve" not in inbox.text
+    got = c.http.post(f"/console/approvals/{approval}/approve", data={"csrf": token})
+    assert got.status_code == 403, got.text[:300]
+    assert api.client.get(f"/v1/approvals/{approval}").json()["status"] == "pending"
 
 
 def test_a_supervisor_sees_and_acts_on_their_agents_only(
