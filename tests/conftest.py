@@ -374,7 +374,10 @@ class _Templates:
             with self.admin().connect() as conn:
                 for table in _RECYCLER.tables:
                     rows = f"SELECT count(*) FROM {template}.{table}"
-                    if table != "runtime_positions" and conn.exec_driver_sql(rows).scalar_one():
+                    # (Rows the migrations themselves write, e.g. the alert projector's
+                    # cursor, are in a migrated schema already.)
+                    own = table in ("runtime_positions", "alert_state")
+                    if not own and conn.exec_driver_sql(rows).scalar_one():
                         copy.append(
                             f"INSERT INTO {{schema}}.{table} SELECT * FROM {template}.{table}"
                         )

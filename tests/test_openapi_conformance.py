@@ -290,6 +290,7 @@ class Existing:
     secrets_to_delete: tuple[str, ...] = ("none",)
     leases: tuple[str, ...] = ("lse_none",)  # leases to show, renew and revoke
     rollbacks: tuple[str, ...] = ("rbk_none",)  # rollbacks to read
+    alerts: tuple[str, ...] = ("alr_none",)  # alerts to acknowledge
 
 
 def _existing(services: Services, admin_token: str) -> Existing:
@@ -327,8 +328,13 @@ def _existing(services: Services, admin_token: str) -> Existing:
         asyncio.run(services.rollback.run(admin, Window(keyholder))).rollback_id or ""
         for _ in range(2)
     )
+    # alerts to acknowledge: suspensions of agents of their own, raised from the ledger
+    for i in range(3):
+        services.agents.suspend(admin, agent(f"schemathesis-alerted-{i}"), reason="alert")
+    services.alerts.project()
+    alerts = tuple(a.id for a in services.alerts.list(admin, limit=10).items)
     return Existing(client_id, secret, pools, keyholder, keys, approvals, names, doomed, leases,
-                    rollbacks)  # fmt: skip
+                    rollbacks, alerts)  # fmt: skip
 
 
 def _pending_approvals(services: Services, admin: Any) -> tuple[str, ...]:
@@ -379,6 +385,7 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                 "secrets_to_delete": {"values": list(existing.secrets_to_delete)},
                 "leases": {"values": list(existing.leases)},
                 "rollbacks": {"values": list(existing.rollbacks)},
+                "alerts": {"values": list(existing.alerts)},
                 "dsn_secrets": {"values": ["schemathesis-dsn"]},
                 "db_connections": {"values": ["schemathesis-db"]},
             },
@@ -449,6 +456,11 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                         ("/v1/approvals/{approval_id}/deny", "to_deny"),
                     )
                 ),
+                {
+                    "include-path": "/v1/alerts/{alert_id}/ack",
+                    "parameters": {"path.alert_id": {"dictionary": "alerts", "probability": 0.6}},
+                },
+                {"include-path": "/v1/alerts/stream", "max-stream-events": 1},
                 {
                     "include-path": "/v1/rollbacks/{rollback_id}",
                     "parameters": {

@@ -145,6 +145,34 @@ class Settings(BaseSettings):
     approval_webhook_secret: str | None = Field(
         default=None, description="HMAC-SHA256 key for webhook signatures; default: derived."
     )
+    alert_webhooks: list[str] = Field(
+        default_factory=list,
+        description="URLs every alert is delivered to (Standard Webhooks: webhook-id, "
+        "webhook-timestamp, webhook-signature), in order, retried until delivered.",
+    )
+    alert_webhook_secret: str | None = Field(
+        default=None,
+        description="The alert webhooks' signing secret (whsec_…, base64); default: derived "
+        "from the master key (tether alerts secret prints it).",
+    )
+    alert_retry_max_seconds: int = Field(
+        default=300, ge=1, le=3600,
+        description="The longest wait between two attempts of one alert delivery.",
+    )  # fmt: skip
+    alert_dead_after_hours: int = Field(
+        default=24, ge=1, le=24 * 30,
+        description="An alert not delivered this long after it was raised goes to the "
+        "dead-letter list (tether alerts replay sends it again).",
+    )  # fmt: skip
+    alert_poll_seconds: float = Field(
+        default=1.0, ge=0.05, le=60,
+        description="How often each node raises new alerts from the ledger and delivers them.",
+    )  # fmt: skip
+    alert_dedup_seconds: int = Field(
+        default=300, ge=0, le=86_400,
+        description="Alerts of one kind about one agent within this window fold into the "
+        "first (its suppressed count grows) until it is acknowledged.",
+    )  # fmt: skip
     secret_max_bytes: int = Field(
         default=65_536, ge=1, le=1_048_576, description="Largest secret value, in bytes."
     )

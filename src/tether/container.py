@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from tether.agents.service import AgentService
+from tether.alerts.service import AlertService, derived_secret
 from tether.approvals.notify import WebhookNotifier
 from tether.approvals.service import ApprovalService
 from tether.audit.checkpoint_file import CheckpointFile
@@ -77,6 +78,7 @@ class Services:
     calls: CallRecorder  # tool calls on the record: the gateway's and the SDK guard's
     rollback: RollbackService  # undoing an agent's calls from the compensation journal
     signin: SignIn  # humans' passwords and console sessions
+    alerts: AlertService  # notable events raised from the ledger, delivered to webhooks
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -226,6 +228,17 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         calls=calls,
         gateway=gateway,
         rollback=rollback,
+        alerts=AlertService(
+            db,
+            ledger,
+            clock,
+            agents=agents,
+            webhooks=settings.alert_webhooks,
+            secret=settings.alert_webhook_secret or derived_secret(keys.master_key),
+            dedup_seconds=settings.alert_dedup_seconds,
+            retry_max_seconds=settings.alert_retry_max_seconds,
+            dead_after_hours=settings.alert_dead_after_hours,
+        ),
         signin=SignIn(
             db,
             ledger,

@@ -29,6 +29,7 @@ class IdPrefix(StrEnum):
     LEASE = "lse"
     ROLLBACK = "rbk"
     SESSION = "ses"
+    ALERT = "alr"
 
 
 def _encode(value: int, length: int) -> str:

@@ -4,6 +4,7 @@ Above the domains (each owns its tables in its own ``models.py``), so that ``tet
 imports no domain: the storage layer is below them all."""
 
 from tether.agents import models as _agents  # noqa: F401
+from tether.alerts import models as _alerts  # noqa: F401
 from tether.approvals import models as _approvals  # noqa: F401
 from tether.audit import models as _audit  # noqa: F401
 from tether.credentials import models as _credentials  # noqa: F401

@@ -25,6 +25,7 @@ from tether.api.mcp import METHODS, McpGate
 from tether.api.metrics import MetricsMiddleware
 from tether.api.routes import (
     agents,
+    alerts,
     approvals,
     audit,
     calls,
@@ -65,6 +66,19 @@ async def _maintenance(services: Services) -> None:
                               interval)  # fmt: skip
 
 
+async def _alerts(services: Services) -> None:
+    """Every second: raise the alerts of new ledger events, deliver what is due (each
+    idempotent under the write lock, the delivery under a lease: one node sends)."""
+    interval = services.settings.alert_poll_seconds
+    while True:
+        await asyncio.sleep(interval)
+        for task in services.alerts.maintenance():
+            try:
+                await asyncio.to_thread(task.run)
+            except Exception:
+                log.exception("alerts task %s failed; retrying in %.0fs", task.name, interval)
+
+
 class _TetherAPI(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Outside Starlette's ServerErrorMiddleware, which answers an unhandled error itself:
@@ -82,15 +96,18 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
         services.runtime.start()
         if started is not None:
             started()
-        task = asyncio.create_task(_maintenance(services))
+        tasks = [asyncio.create_task(_maintenance(services)),
+                 asyncio.create_task(_alerts(services))]  # fmt: skip
         try:
             async with services.gateway.run():  # /mcp's sessions and upstream connections
                 yield
         finally:
             services.runtime.stop()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app = _TetherAPI(
         title="Tether",
@@ -108,7 +125,7 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     app.router.routes.append(Route("/mcp", endpoint=McpGate(services), methods=METHODS))
     # The decision endpoints first: FastAPI tries routes in order, and they are the hot path.
     for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
-                   audit, revocations, secrets, gateway, calls, rollback):  # fmt: skip
+                   audit, revocations, secrets, gateway, calls, rollback, alerts):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
     _add_routes(app, console_routes.router)  # the web console: pages, not the API's document

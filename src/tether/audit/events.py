@@ -68,6 +68,9 @@ class EventType(StrEnum):
     ROLLBACK_STARTED = "rollback.started"
     ROLLBACK_STEP = "rollback.step"
     ROLLBACK_FINISHED = "rollback.finished"
+    # Alerts (tether.alerts): one acknowledged by a human, dead-lettered deliveries replayed.
+    ALERT_ACKNOWLEDGED = "alert.acknowledged"
+    ALERTS_REPLAYED = "alerts.replayed"
 
 
 @dataclass(frozen=True, slots=True)

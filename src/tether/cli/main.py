@@ -14,6 +14,7 @@ from tether import __version__
 from tether.cli import (
     admin,
     agents,
+    alerts,
     approvals,
     audit,
     backup,
@@ -60,6 +61,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(approvals.app, name="approvals")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(gateway.app, name="gateway")
+app.add_typer(alerts.app, name="alerts")
 app.command("rollback")(rollback.rollback)
 app.command("freeze")(freeze.freeze)
 app.command("unfreeze")(freeze.unfreeze)
