@@ -5,15 +5,19 @@ side (Playwright driving Debian's chromium, axe-core) is tests/test_console_brow
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import Api
+from tests.conftest import Api, admin_client
+from tests.serverproc import free_port
 from tether.api.app import create_app
+from tether.clock import FrozenClock
 from tether.container import Services
+from tether.principals import SYSTEM
 
 PASSWORD = "correct horse battery staple"
 PAGES = [
@@ -291,3 +295,157 @@ forbid (principal, action == Action::"secret.read", resource);
     elsewhere = c.http.get(f"/console/agents/{other['id']}").text
     assert "payers-pay" not in elsewhere
     assert "nobody-reads-keys" in elsewhere
+
+
+# -- alerts (issue 19) ----------------------------------------------------------------------------
+
+
+def _alerted(api: Api, services: Services) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sam's agent and Sue's, each suspended: an open alert about each."""
+    mine = api.agent(owner="sam", name="sams-agent")
+    theirs = api.agent(owner="sue", name="sues-agent")
+    for agent in (mine, theirs):
+        assert api.act(agent["id"], "suspend", reason="watch it").status_code == 200
+    services.alerts.project()
+    return mine, theirs
+
+
+def _alert_about(api: Api, agent_id: str) -> dict[str, Any]:
+    found = api.client.get("/v1/alerts", params={"agent": agent_id}).json()["items"]
+    assert len(found) == 1, found
+    return dict(found[0])
+
+
+def test_the_alerts_page_as_each_role_sees_it(
+    people: dict[str, Any], console: Any, api: Api, services: Services
+) -> None:
+    mine, theirs = _alerted(api, services)
+    admin = console()
+    admin.sign_in("admin")
+    page = admin.http.get("/console/alerts")
+    assert page.status_code == 200, page.text[:300]
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "<script>" not in page.text
+    assert re.search(r"\son[a-z]+=", page.text) is None
+    for agent in (mine, theirs):
+        assert f'href="/console/agents/{agent["id"]}"' in page.text
+    assert page.text.index(theirs["id"]) < page.text.index(mine["id"])  # newest first
+    assert "agent.suspended" in page.text
+    assert "watch it" in page.text
+    assert page.text.count(">Acknowledge</button>") == 2
+    assert "Dead-lettered deliveries (0)" in page.text
+    assert 'data-alerts="/console/alerts/stream?after=' in page.text  # the live feed
+    assert '>Alerts <span class="count">(2<' in page.text  # the nav's open count
+    overview = admin.http.get("/console").text
+    assert "Open alerts (2)" in overview
+    assert "sues-agent" not in overview  # the summaries name agents by id
+    assert overview.count('href="/console/alerts#alr_') == 2
+
+    auditor = console()
+    auditor.sign_in("audrey")
+    read = auditor.http.get("/console/alerts").text
+    assert mine["id"] in read
+    assert theirs["id"] in read
+    assert ">Acknowledge</button>" not in read  # reads only
+    assert '/ack"' not in read
+    assert "Dead-lettered deliveries" in read
+    assert "Replay" not in read
+
+    sam = console()
+    sam.sign_in("sam")
+    own = sam.http.get("/console/alerts").text
+    assert mine["id"] in own
+    assert theirs["id"] not in own  # only the agents they supervise
+    assert own.count(">Acknowledge</button>") == 1
+    assert "Dead-lettered deliveries" not in own  # for admins and auditors
+    assert "Open alerts (1)" in sam.http.get("/console").text
+    assert sam.http.get("/console/alerts?status=acked").text.count("<article") == 0
+    # the live feed wants a session
+    assert console().http.get("/console/alerts/stream").status_code == 401
+
+
+def test_acknowledge_an_alert_from_the_console(
+    people: dict[str, Any], console: Any, api: Api, services: Services
+) -> None:
+    mine, theirs = _alerted(api, services)
+    alert, other = _alert_about(api, mine["id"]), _alert_about(api, theirs["id"])
+    sam = console()
+    sam.sign_in("sam")
+    token = sam.csrf("/console/alerts")
+    ack = f"/console/alerts/{alert['id']}/ack"
+    assert sam.http.post(ack, data={"note": "no csrf"}).status_code == 403
+    assert sam.http.post(ack, data={"note": "x", "csrf": "0" * 64}).status_code == 403
+    refused = sam.http.post(f"/console/alerts/{other['id']}/ack", data={"csrf": token})
+    assert refused.status_code == 403  # not their agent's
+    auditor = console()
+    auditor.sign_in("audrey")
+    refused = auditor.http.post(ack, data={"csrf": auditor.csrf(), "note": "mine now"})
+    assert refused.status_code == 403, refused.text[:300]
+    assert "acknowledges" in refused.text
+    assert api.events(type="alert.acknowledged") == []
+
+    done = sam.http.post(ack, data={"csrf": token, "note": "  a planned drill  "})
+    assert done.status_code == 303, done.text[:300]
+    assert done.headers["location"] == "/console/alerts?flash=acked"
+    recorded = api.events(type="alert.acknowledged")
+    assert [(e["actor"], e["details"]["note"]) for e in recorded] == [
+        (f"user:{people['sam']['id']}", "a planned drill")]  # fmt: skip
+    assert recorded[0]["resource"] == {"type": "Alert", "id": alert["id"]}
+    after = sam.http.get("/console/alerts?flash=acked").text
+    assert "Alert acknowledged." in after
+    assert alert["id"] not in after  # no longer open
+    acked = sam.http.get("/console/alerts?status=acked").text
+    assert alert["id"] in acked
+    assert "a planned drill" in acked
+    assert "Acknowledge</button>" not in acked
+    assert _alert_about(api, theirs["id"])["acked_at"] is None
+    missing = sam.http.post("/console/alerts/alr_nope/ack", data={"csrf": token})
+    assert missing.status_code == 404
+
+
+def test_dead_lettered_deliveries_an_admin_replays_from_the_console(
+    make_services: Callable[..., Services],
+) -> None:
+    clock = FrozenClock(datetime(2026, 12, 6, 12, 0, tzinfo=UTC))
+    hook = f"http://127.0.0.1:{free_port()}/hooks/s3cr3t-path-token"  # nobody listens there
+    svc = make_services(clock=clock, alert_webhooks=[hook], alert_dead_after_hours=1)
+    with admin_client(svc) as http:
+        agent = http.post("/v1/agents", json={"name": "lost", "owner": "admin",
+                                               "purpose": "p", "risk_tier": "minimal"})  # fmt: skip
+        assert agent.status_code == 201, agent.text
+        assert http.post(f"/v1/agents/{agent.json()['id']}/kill",
+                         json={"reason": "unheard"}).status_code == 200  # fmt: skip
+        assert http.post("/v1/users", json={"username": "audrey", "role": "auditor"}
+                         ).status_code == 201  # fmt: skip
+    for name in ("admin", "audrey"):
+        svc.signin.set_password(SYSTEM, name, PASSWORD)
+    svc.alerts.project()
+    svc.alerts.deliver()  # refused: retried later
+    clock.advance(2 * 3600)
+    svc.alerts.deliver()  # too late: a dead letter
+    assert len(svc.alerts.dead_letters(SYSTEM)) == 1
+    app = create_app(svc)
+    auditor, admin = Console(app), Console(app)
+    try:
+        auditor.sign_in("audrey")
+        read = auditor.http.get("/console/alerts").text
+        assert "Dead-lettered deliveries (1)" in read
+        assert "agent.killed" in read
+        assert "Replay" not in read
+        refused = auditor.http.post("/console/alerts/replay", data={"csrf": auditor.csrf()})
+        assert refused.status_code == 403
+        admin.sign_in("admin")
+        page = admin.http.get("/console/alerts").text
+        assert "Dead-lettered deliveries (1)" in page
+        assert "http://127.0.0.1<" in page.replace("</td>", "<")  # the receiver's host…
+        assert "s3cr3t" not in page  # …never its path
+        assert admin.http.post("/console/alerts/replay", data={}).status_code == 403  # no CSRF
+        bad = admin.http.post("/console/alerts/replay", data={"csrf": admin.csrf(), "id": "x"})
+        assert bad.status_code == 422
+        done = admin.http.post("/console/alerts/replay", data={"csrf": admin.csrf()})
+        assert done.status_code == 303, done.text[:300]
+        assert svc.alerts.dead_letters(SYSTEM) == []
+        assert "Dead-lettered deliveries (0)" in admin.http.get("/console/alerts").text
+    finally:
+        auditor.close()
+        admin.close()

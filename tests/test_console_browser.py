@@ -487,3 +487,47 @@ def test_sign_in_and_act_with_the_keyboard_alone(site: Site, console: Console) -
     with page.expect_navigation():
         page.keyboard.press("Enter")
     assert page.url.startswith(site.url + "/console/sign-in")
+
+
+def test_an_alert_appears_live_and_is_acknowledged_with_the_keyboard(
+    site: Site, console: Console
+) -> None:
+    agent = site.agent("flaky")
+    console.sign_in()
+    page = console.page
+    console.go("/console/alerts")
+    page.wait_for_function("() => document.getElementById('alerts-state').textContent === 'Live.'")
+    page.evaluate("() => { window.__same_page = true; }")  # gone if the page reloads
+    assert "No open alerts yet" in page.inner_text("#alerts")
+    console.check("alerts-none")
+    # The server's own loop raises the alert from the ledger (every second); the page's feed
+    # shows it without a reload.
+    suspended = site.api.post(f"/v1/agents/{agent}/suspend", json={"reason": "drill 7"})
+    assert suspended.status_code == 200, suspended.text
+    card = page.locator("#alerts article", has_text=agent)
+    card.wait_for(timeout=10_000)
+    assert page.evaluate("() => window.__same_page") is True
+    assert page.locator("#alerts-none").count() == 0
+    alert_id = card.get_attribute("id")
+    assert alert_id is not None
+    assert alert_id.startswith("alr_")
+    shown = card.inner_text()
+    for part in ("warning", "agent.suspended", "drill 7", "not yet"):
+        assert part in shown, shown
+    assert card.get_by_role("link", name=agent).get_attribute("href") == f"/console/agents/{agent}"
+    assert "New alert: agent.suspended" in page.inner_text("#alerts-state")
+    console.check("alerts-live")
+    # Acknowledge it with the keyboard: its note, then its button.
+    tab_to(page, f"[id='{alert_id}-note']")
+    page.keyboard.type("a drill, expected")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent") == "Acknowledge"
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert "Alert acknowledged" in console.flash()
+    assert "No open alerts" in page.inner_text("#alerts")
+    acked = site.api.get("/v1/alerts", params={"status": "acked"}).json()["items"]
+    assert [(a["id"], a["ack_note"]) for a in acked] == [(alert_id, "a drill, expected")]
+    console.go("/console/alerts?status=acked")
+    assert "a drill, expected" in page.inner_text(f"[id='{alert_id}']")
+    console.check("alerts-acked")

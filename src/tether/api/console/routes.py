@@ -14,7 +14,7 @@ from datetime import timedelta
 from functools import partial
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import anyio
 import orjson
@@ -24,6 +24,8 @@ from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from tether.alerts.models import AlertRow
+from tether.alerts.service import Alert
 from tether.api.console import oidc
 from tether.api.console import session as cs
 from tether.audit.models import EventRow
@@ -32,7 +34,7 @@ from tether.container import Services
 from tether.errors import NotFound, TetherError, Unauthenticated, ValidationFailed
 from tether.freeze.service import ScopeRequest
 from tether.policy.service import check
-from tether.principals import Role
+from tether.principals import Principal, Role
 from tether.rollback.values import Window
 
 router = APIRouter(include_in_schema=False)
@@ -60,7 +62,10 @@ FLASH = {
     "rolled-back": "Rollback finished: see its report on the agent's page.",
     "verified": "Ledger verified.",
     "password": "Password set.",
+    "acked": "Alert acknowledged.",
+    "replayed": "Replayed: those deliveries are queued again, in their order.",
 }
+ALERT_VIEWS = ("open", "acked", "all")
 
 
 def _svc(request: Request) -> Services:
@@ -84,6 +89,8 @@ def render(request: Request, template: str, visit: cs.Visit | None, *, http_stat
     flash = FLASH.get(request.query_params.get("flash", ""))
     who = visit.principal if visit else None
     svc = _svc(request)
+    if "open_alerts" not in ctx:
+        ctx["open_alerts"] = _open_alerts(svc, who)
     body = _ENV.get_template(template).render(
         request=request, me=who, oidc=oidc.provider_name(svc.settings) if oidc.enabled(
             svc.settings) else None, csrf=visit.csrf if visit else "", flash=flash,
@@ -92,6 +99,16 @@ def render(request: Request, template: str, visit: cs.Visit | None, *, http_stat
         reads_ledger=bool(who and who.role in (Role.ADMIN, Role.AUDITOR)), **ctx,
     )  # fmt: skip
     return HTMLResponse(body, status_code=http_status)
+
+
+def _open_alerts(svc: Services, who: Principal | None) -> int | None:
+    """How many alerts are open, for the nav: one count, for those who read every alert (a
+    supervisor's would be a look at each alert's agent: their nav shows no count)."""
+    if who is None or not (who.is_admin or who.role is Role.AUDITOR):
+        return None
+    counted = select(func.count()).select_from(AlertRow).where(AlertRow.acked_at.is_(None))
+    with svc.db.read() as s:
+        return int(s.scalar(counted) or 0)
 
 
 def _to_sign_in(request: Request) -> RedirectResponse:
@@ -248,9 +265,14 @@ def overview(request: Request) -> Response:
     if me.role in (Role.ADMIN, Role.AUDITOR):
         hour = _last_hour(svc)
     freeze = svc.freezes.state(me)
+    opened = svc.alerts.list(me, status="open", limit=5)
+    counted = _open_alerts(svc, me)
+    alerts_total = counted if counted is not None else len(opened.items)
     return render(request, "overview.html", visit, by_status=by_status, by_tier=by_tier,
                   total=sum(by_status.values()), pending=[a.to_json() for a in pending.items],
-                  hour=hour, freeze=freeze.to_json())  # fmt: skip
+                  hour=hour, freeze=freeze.to_json(), open_alerts=counted,
+                  alerts=[a.to_json() for a in opened.items], alerts_total=alerts_total,
+                  alerts_more=counted is None and opened.next_cursor is not None)  # fmt: skip
 
 
 def _last_hour(svc: Services) -> dict[str, int]:
@@ -423,6 +445,130 @@ async def approval_action(request: Request, approval_id: str, op: str) -> Respon
     except TetherError as exc:
         return _error(request, visit, exc)
     return _back("/console/approvals", "approved" if op == "approve" else "denied")
+
+
+# -- alerts ---------------------------------------------------------------------------------------
+
+
+def _may_ack(me: Principal, alert: Alert) -> bool:
+    """Whether the Acknowledge form is offered: an admin, or a supervisor for an alert about
+    one of their agents (the only ones they are shown). The service decides either way."""
+    if alert.acked_at is not None:
+        return False
+    return me.is_admin or (me.role is Role.SUPERVISOR and alert.agent_id is not None)
+
+
+def _alert_view(me: Principal, alert: Alert) -> dict[str, Any]:
+    return {**alert.to_json(), "can_ack": _may_ack(me, alert)}
+
+
+def _receiver(value: str) -> str:
+    """Where a dead delivery was going, without its path or query (a webhook URL's secret is
+    often there): its scheme and host."""
+    parts = urlsplit(value)
+    return f"{parts.scheme}://{parts.hostname}" if parts.scheme and parts.hostname else value
+
+
+@router.get("/console/alerts")
+def alerts_page(request: Request) -> Response:
+    visit = _visit(request)
+    if visit is None:
+        return _to_sign_in(request)
+    svc, me, q = _svc(request), visit.principal, request.query_params
+    view = q.get("status") if q.get("status") in ALERT_VIEWS else "open"
+    try:
+        head = svc.alerts.head()  # before the list: the live feed starts here, misses nothing
+        page = svc.alerts.list(me, status=None if view == "all" else view,
+                               cursor=q.get("cursor") or None, limit=50)  # fmt: skip
+        dead = None
+        if me.is_admin or me.role is Role.AUDITOR:
+            dead = [{**d, "receiver": _receiver(str(d["receiver"]))}
+                    for d in svc.alerts.dead_letters(me)]  # fmt: skip
+    except TetherError as exc:
+        return _error(request, visit, exc)
+    more = f"/console/alerts?{urlencode({'status': view, 'cursor': page.next_cursor})}" if (
+        page.next_cursor) else None  # fmt: skip
+    live = view != "acked" and not q.get("cursor")  # new alerts are open, and on top
+    return render(request, "alerts.html", visit, alerts=[_alert_view(me, a) for a in page.items],
+                  view=view, head=head, live=live, dead=dead, more=more)  # fmt: skip
+
+
+@router.post("/console/alerts/replay")
+async def alerts_replay(request: Request) -> Response:
+    visit = _visit(request)
+    if visit is None:
+        return _to_sign_in(request)
+    svc, fields = _svc(request), await cs.form(request)
+    cs.check_csrf(fields, visit.csrf)
+    one = fields.get("id") or ""
+    try:
+        if one and not (one.isdigit() and len(one) <= 18):
+            raise ValidationFailed("a delivery's id is a number", field="id")
+        ids = [int(one)] if one else None
+        await _run(lambda: svc.alerts.replay(visit.principal, ids))
+    except TetherError as exc:
+        return _error(request, visit, exc)
+    return _back("/console/alerts", "replayed")
+
+
+@router.post("/console/alerts/{alert_id}/ack")
+async def alert_ack(request: Request, alert_id: str) -> Response:
+    visit = _visit(request)
+    if visit is None:
+        return _to_sign_in(request)
+    svc, fields = _svc(request), await cs.form(request)
+    cs.check_csrf(fields, visit.csrf)
+    note = (fields.get("note") or "").strip()[:500] or None
+    try:
+        await _run(lambda: svc.alerts.ack(visit.principal, alert_id, note=note))
+    except TetherError as exc:
+        return _error(request, visit, exc)
+    return _back("/console/alerts", "acked")
+
+
+def _since(request: Request) -> int | None:
+    """Where a live feed resumes: the browser's ``Last-Event-ID`` on a reconnect, else the
+    page's ``after`` (the newest alert when it was rendered)."""
+    for value in (request.headers.get("last-event-id"), request.query_params.get("after")):
+        if value and value.isdigit() and len(value) <= 18:
+            return int(value)
+    return None
+
+
+@router.get("/console/alerts/stream")
+async def alerts_stream(request: Request) -> Response:
+    """New alerts the signed-in human may read, as server-sent events (``event: alert``, its
+    ``id`` the alert's seq): every alert for admins and auditors, their agents' for a
+    supervisor — the same feed as ``/v1/alerts/stream``, with whether they may acknowledge it."""
+    visit = _visit(request)
+    if visit is None:
+        return Response("sign in", status_code=401, media_type="text/plain")
+    svc, me = _svc(request), visit.principal
+    since = _since(request)
+    start = since if since is not None else await _run(svc.alerts.head)
+    try:
+        await _run(partial(svc.alerts.after, me, start))  # may they read alerts at all?
+    except TetherError as exc:
+        return Response(exc.message, status_code=exc.http_status, media_type="text/plain")
+
+    async def events() -> AsyncIterator[bytes]:
+        seen, quiet = start, 0
+        yield b"retry: 2000\n: live\n\n"
+        while not await request.is_disconnected():
+            found = await _run(partial(svc.alerts.after, me, seen))
+            for alert in found:
+                seen = max(seen, alert.seq)
+                yield (b"id: %d\nevent: alert\ndata: " % alert.seq
+                       + orjson.dumps(_alert_view(me, alert)) + b"\n\n")  # fmt: skip
+            quiet = 0 if found else quiet + 1
+            if quiet >= 30:  # a comment now and then keeps proxies from closing a quiet feed
+                quiet = 0
+                yield b": still here\n\n"
+            await asyncio.sleep(0.5)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-store",
+                                      "x-accel-buffering": "no"})  # fmt: skip
 
 
 # -- live activity --------------------------------------------------------------------------------
