@@ -176,7 +176,8 @@ def test_given_up_deliveries_are_dead_letters_an_admin_replays_in_order(
     svc.alerts.deliver()
     dead = svc.alerts.dead_letters(SYSTEM)
     assert [d["kind"] for d in dead] == ["agent.killed"] * 3
-    assert all(d["receiver"] == url for d in dead)
+    # the receiver shown without its path (it may hold a secret)
+    assert all(d["receiver"] == f"http://127.0.0.1:{port}" for d in dead)
     assert dead[0]["attempts"] >= 1
     assert svc.alerts.replay(SYSTEM) == 3
     assert svc.alerts.dead_letters(SYSTEM) == []
@@ -222,3 +223,21 @@ def test_each_role_reads_and_acknowledges_what_the_api_lets_it(
         missing = api.client.post(f"/v1/alerts/{new_id(IdPrefix.ALERT)}/ack", json={})
         assert missing.status_code == 404
         assert api.client.post("/v1/alerts/not-an-id/ack", json={}).status_code == 422
+
+
+def test_a_supervisor_finds_their_agents_alerts_behind_many_others(
+    make_services: Callable[..., Services], clock: FrozenClock, api: Api
+) -> None:
+    svc = make_services(clock=clock)
+    sam = api.user("sam", "supervisor")
+    mine = _agent(svc, "sams", owner="sam")
+    svc.agents.suspend(SYSTEM, mine, reason="mine")
+    for i in range(120):  # newer alerts about others push it far back
+        svc.agents.suspend(SYSTEM, _agent(svc, f"other{i}"), reason="theirs")
+    svc.alerts.project()
+    svc.alerts.project()
+    from tether.principals import Principal, Role
+
+    who = Principal("user", sam["id"], "sam", Role.SUPERVISOR)
+    page = svc.alerts.list(who, limit=5)
+    assert [a.agent_id for a in page.items] == [mine]

@@ -40,7 +40,7 @@ _STEPS = [
     r"refund-agent calls payments\.close_ticket on t_\d+: refused, not its tool",
     r"\[8/10\] alice kills refund-agent: the kill answered in [\d.]+ ms",
     r"kill propagation: the first denial \(tether\.agent-not-active\) came [\d.]+ ms after the "
-    r"kill was sent; all \d+ decisions after it returned, .* denied",
+    r"kill was sent; all \d+ decisions asked after it returned, .* denied",
     r"its gateway token is refused at the door \(401\); the kill offers a rollback of 2 "
     r"reversible call\(s\): tether rollback agt_\w+ --since \S+ --dry-run",
     r"payments\.refund +undo +payments\.cancel_refund",

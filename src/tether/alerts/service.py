@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from prometheus_client import Counter
@@ -298,19 +299,30 @@ class AlertService:
             raise ValidationFailed("status is open or acked", field="status")
         _reader(actor)
         before = decode_cursor(cursor)
+        upper = int(before) if before is not None and before.isdigit() else None
+        rows: builtins.list[Alert] = []
         with self.db.read() as s:
-            q = select(AlertRow).order_by(AlertRow.seq.desc())
-            if before is not None and before.isdigit():
-                q = q.where(AlertRow.seq < int(before))
-            if status == "open":
-                q = q.where(AlertRow.acked_at.is_(None))
-            elif status == "acked":
-                q = q.where(AlertRow.acked_at.is_not(None))
-            if agent is not None:
-                q = q.where(AlertRow.agent_id == agent)
-            rows = [Alert.of(r) for r in s.scalars(q.limit(limit * 4 + 1))]
-            if actor.role is Role.SUPERVISOR:
-                rows = [a for a in rows if a.agent_id and self._steward(s, actor, a.agent_id)]
+            # A supervisor's alerts among everyone's: read on in batches until a page is full.
+            for _ in range(50):
+                q = select(AlertRow).order_by(AlertRow.seq.desc())
+                if upper is not None:
+                    q = q.where(AlertRow.seq < upper)
+                if status == "open":
+                    q = q.where(AlertRow.acked_at.is_(None))
+                elif status == "acked":
+                    q = q.where(AlertRow.acked_at.is_not(None))
+                if agent is not None:
+                    q = q.where(AlertRow.agent_id == agent)
+                batch = [Alert.of(r) for r in s.scalars(q.limit(max(limit * 4, 200)))]
+                if not batch:
+                    break
+                upper = batch[-1].seq
+                if actor.role is Role.SUPERVISOR:
+                    batch = [a for a in batch
+                             if a.agent_id and self._steward(s, actor, a.agent_id)]  # fmt: skip
+                rows.extend(batch)
+                if len(rows) > limit:
+                    break
         return page_of(rows[: limit + 1], limit, key=lambda a: str(a.seq))
 
     def after(self, actor: Principal, seq: int) -> builtins.list[Alert]:
@@ -360,8 +372,9 @@ class AlertService:
                              .order_by(AlertDeliveryRow.seq).limit(1000)).all()  # fmt: skip
         return [{"id": d.id, "alert_id": d.alert_id, "kind": kind, "summary": summary,
                  "attempts": d.attempts, "last_error": d.last_error,
-                 "receiver": next((u for u in self.webhooks if endpoint_key(u) == d.endpoint),
-                                  d.endpoint)} for d, kind, summary in rows]  # fmt: skip
+                 "receiver": _origin(next((u for u in self.webhooks
+                                           if endpoint_key(u) == d.endpoint), d.endpoint))}
+                for d, kind, summary in rows]  # fmt: skip
 
     def replay(self, actor: Principal, ids: Sequence[int] | None = None) -> int:
         """Send dead-lettered deliveries again (all, or ``ids``), in their order; recorded."""
@@ -385,6 +398,12 @@ class AlertService:
         except (Forbidden, NotFound):
             return False
         return True
+
+
+def _origin(url: str) -> str:
+    """A receiver as it may be shown: scheme and host (its path often holds a secret)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url[:16]
 
 
 def _reader(actor: Principal) -> None:

@@ -351,7 +351,7 @@ def _kill(stage: Stage, alice: ApiClient, refunds: Agent, tell: Narrator) -> dic
     """The kill, as asks about the agent on new connections (either worker answers) see it."""
     import httpx2 as httpx
 
-    seen: list[tuple[float, bool, list[str]]] = []
+    seen: list[tuple[float, float, bool, list[str]]] = []  # asked, answered, allowed, why
     failures: list[str] = []
     stop = threading.Event()
 
@@ -361,8 +361,11 @@ def _kill(stage: Stage, alice: ApiClient, refunds: Agent, tell: Narrator) -> dic
                           limits=httpx.Limits(max_keepalive_connections=0)) as http:  # fmt: skip
             while not stop.is_set():
                 try:
+                    # When it was asked, not answered: an ask sent before the kill returned
+                    # may be decided before the kill took effect, and rightly allowed.
+                    asked = time.perf_counter()
                     got = http.post("/access/v1/evaluation", json=_ask(refunds.id)).json()
-                    seen.append((time.perf_counter(), bool(got["decision"]),
+                    seen.append((asked, time.perf_counter(), bool(got["decision"]),
                                  got["context"]["reasons"]))  # fmt: skip
                 except (httpx.HTTPError, ValueError, KeyError) as exc:
                     failures.append(str(exc) or type(exc).__name__)
@@ -381,9 +384,10 @@ def _kill(stage: Stage, alice: ApiClient, refunds: Agent, tell: Narrator) -> dic
         stop.set()
         poller.join(15)
     _check(not failures, f"a decision failed: {failures[:1]}")
-    after = [allowed for t, allowed, _ in seen if t > returned]
-    _check(not any(after), f"{sum(after)} of {len(after)} decisions after the kill allowed it")
-    denied_at, _, reasons = min(a for a in seen if not a[1])
+    after = [allowed for asked, _, allowed, _ in seen if asked > returned]
+    _check(not any(after), f"{sum(after)} of {len(after)} decisions asked after the kill "
+           "returned allowed it")  # fmt: skip
+    _, denied_at, _, reasons = min((a for a in seen if not a[2]), key=lambda a: a[1])
     first_denied = denied_at - sent
     kill_seconds = returned - sent
     tell.figures.update(kill_ms=round(kill_seconds * 1000, 2),
@@ -391,8 +395,8 @@ def _kill(stage: Stage, alice: ApiClient, refunds: Agent, tell: Narrator) -> dic
     tell.step(8, f"{SUPERVISOR} kills refund-agent: the kill answered in {ms(kill_seconds)} "
                  f"(it returns once both workers applied it)")  # fmt: skip
     tell.more(f"kill propagation: the first denial ({', '.join(reasons)}) came "
-              f"{ms(first_denied)} after the kill was sent; all {len(after)} decisions after "
-              "it returned, each on a new connection (either worker), denied")  # fmt: skip
+              f"{ms(first_denied)} after the kill was sent; all {len(after)} decisions asked "
+              "after it returned, each on a new connection (either worker), denied")  # fmt: skip
     door = _gateway_status(stage, refunds)
     _check(door == 401, f"the killed agent's gateway token got {door}")
     offer = killed.get("rollback") or {}
