@@ -129,6 +129,7 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
         _add_routes(app, module.router)
     docs.install(app)
     _add_routes(app, console_routes.router)  # the web console: pages, not the API's document
+    console_routes.install(app)
     app.add_middleware(TokenFastPath, services=services)  # innermost: after limits, metrics
     app.add_middleware(DecisionFastPath, services=services)
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes,

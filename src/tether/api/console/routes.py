@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from functools import partial
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 import anyio
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, FastAPI
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import func, select
 from starlette.requests import Request
@@ -114,6 +114,35 @@ def _open_alerts(svc: Services, who: Principal | None) -> int | None:
 def _to_sign_in(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/console/sign-in?next={quote(target, safe='')}", status_code=303)
+
+
+class SignInFirst(Exception):
+    """A page asked without a session: answered with the sign-in page's redirect."""
+
+    def __init__(self, request: Request) -> None:
+        super().__init__("sign in")
+        self.response = _to_sign_in(request)
+
+
+def _signed(request: Request) -> cs.Visit:
+    visit = _visit(request)
+    if visit is None:
+        raise SignInFirst(request)
+    return visit
+
+
+# A console page's human: the session's, or (none) a redirect to the sign-in page.
+Signed = Annotated[cs.Visit, Depends(_signed)]
+
+
+def install(app: FastAPI) -> None:
+    """The console's routes on ``app``, and its answer to a page asked without a session."""
+
+    async def sign_in_first(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, SignInFirst)
+        return exc.response
+
+    app.add_exception_handler(SignInFirst, sign_in_first)
 
 
 def _visit(request: Request) -> cs.Visit | None:
@@ -251,10 +280,7 @@ async def sign_out(request: Request) -> Response:
 
 
 @router.get("/console")
-def overview(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def overview(request: Request, visit: Signed) -> Response:
     svc, me = _svc(request), visit.principal
     counts = svc.agents.counts(me)
     by_status = {s: sum(n for (st, _), n in counts.items() if st == s) for s in STATUSES}
@@ -290,10 +316,7 @@ def _last_hour(svc: Services) -> dict[str, int]:
 
 
 @router.post("/console/freeze")
-async def freeze(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+async def freeze(request: Request, visit: Signed) -> Response:
     svc, fields = _svc(request), await cs.form(request)
     cs.check_csrf(fields, visit.csrf)
     try:
@@ -312,10 +335,7 @@ async def freeze(request: Request) -> Response:
 
 
 @router.get("/console/agents")
-def agents(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def agents(request: Request, visit: Signed) -> Response:
     svc, q = _svc(request), request.query_params
     status = q.get("status") if q.get("status") in STATUSES else None
     tier = q.get("risk_tier") if q.get("risk_tier") in TIERS else None
@@ -343,10 +363,7 @@ def agents(request: Request) -> Response:
 
 
 @router.get("/console/agents/{agent_id}")
-def agent(request: Request, agent_id: str) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def agent(request: Request, visit: Signed, agent_id: str) -> Response:
     svc, me = _svc(request), visit.principal
     try:
         found = svc.agents.get(me, agent_id).to_json()
@@ -378,10 +395,7 @@ def agent(request: Request, agent_id: str) -> Response:
 
 
 @router.post("/console/agents/{agent_id}/{op}")
-async def agent_action(request: Request, agent_id: str, op: str) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+async def agent_action(request: Request, visit: Signed, agent_id: str, op: str) -> Response:
     svc, me, fields = _svc(request), visit.principal, await cs.form(request)
     cs.check_csrf(fields, visit.csrf)
     reason = (fields.get("reason") or "").strip() or f"from the console by {me.name}"
@@ -411,10 +425,7 @@ async def agent_action(request: Request, agent_id: str, op: str) -> Response:
 
 
 @router.get("/console/approvals")
-def approvals(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def approvals(request: Request, visit: Signed) -> Response:
     svc = _svc(request)
     status = request.query_params.get("status") or "pending"
     try:
@@ -428,10 +439,7 @@ def approvals(request: Request) -> Response:
 
 
 @router.post("/console/approvals/{approval_id}/{op}")
-async def approval_action(request: Request, approval_id: str, op: str) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+async def approval_action(request: Request, visit: Signed, approval_id: str, op: str) -> Response:
     svc, fields = _svc(request), await cs.form(request)
     cs.check_csrf(fields, visit.csrf)
     note = (fields.get("note") or "").strip() or None
@@ -470,10 +478,7 @@ def _receiver(value: str) -> str:
 
 
 @router.get("/console/alerts")
-def alerts_page(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def alerts_page(request: Request, visit: Signed) -> Response:
     svc, me, q = _svc(request), visit.principal, request.query_params
     view = q.get("status") if q.get("status") in ALERT_VIEWS else "open"
     try:
@@ -494,10 +499,7 @@ def alerts_page(request: Request) -> Response:
 
 
 @router.post("/console/alerts/replay")
-async def alerts_replay(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+async def alerts_replay(request: Request, visit: Signed) -> Response:
     svc, fields = _svc(request), await cs.form(request)
     cs.check_csrf(fields, visit.csrf)
     one = fields.get("id") or ""
@@ -512,10 +514,7 @@ async def alerts_replay(request: Request) -> Response:
 
 
 @router.post("/console/alerts/{alert_id}/ack")
-async def alert_ack(request: Request, alert_id: str) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+async def alert_ack(request: Request, visit: Signed, alert_id: str) -> Response:
     svc, fields = _svc(request), await cs.form(request)
     cs.check_csrf(fields, visit.csrf)
     note = (fields.get("note") or "").strip()[:500] or None
@@ -575,10 +574,7 @@ async def alerts_stream(request: Request) -> Response:
 
 
 @router.get("/console/activity")
-def activity(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def activity(request: Request, visit: Signed) -> Response:
     return render(request, "activity.html", visit)
 
 
@@ -642,10 +638,7 @@ def _after(svc: Services, me: Any, seq: int, mine: set[str] | None) -> list[dict
 
 
 @router.get("/console/ledger")
-def ledger(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def ledger(request: Request, visit: Signed) -> Response:
     svc, me, q = _svc(request), visit.principal, request.query_params
     kind = (q.get("type") or "").strip()[:64] or None
     agent_id = (q.get("agent") or "").strip()[:64] or None
@@ -667,10 +660,7 @@ def ledger(request: Request) -> Response:
 
 
 @router.get("/console/ledger/export")
-def ledger_export(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def ledger_export(request: Request, visit: Signed) -> Response:
     svc, me = _svc(request), visit.principal
     try:
         events = svc.audit.export(me)
@@ -692,10 +682,7 @@ def ledger_export(request: Request) -> Response:
 
 
 @router.get("/console/policies")
-def policies(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def policies(request: Request, visit: Signed) -> Response:
     svc, me, q = _svc(request), visit.principal, request.query_params
     try:
         listed = svc.policies.versions(me, cursor=None, limit=50).items
@@ -715,10 +702,7 @@ def policies(request: Request) -> Response:
 
 
 @router.post("/console/policies/validate")
-async def validate_policies(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+async def validate_policies(request: Request, visit: Signed) -> Response:
     svc, fields = _svc(request), await cs.form(request)
     cs.check_csrf(fields, visit.csrf)
     text = fields.get("policies", "")
@@ -735,10 +719,7 @@ async def validate_policies(request: Request) -> Response:
 
 
 @router.get("/console/secrets")
-def secrets_page(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def secrets_page(request: Request, visit: Signed) -> Response:
     svc, me = _svc(request), visit.principal
     try:
         found = [s.to_json() for s in svc.secrets.page(me, cursor=None, limit=200).items]
@@ -751,10 +732,7 @@ def secrets_page(request: Request) -> Response:
 
 
 @router.get("/console/gateway")
-def gateway_page(request: Request) -> Response:
-    visit = _visit(request)
-    if visit is None:
-        return _to_sign_in(request)
+def gateway_page(request: Request, visit: Signed) -> Response:
     svc = _svc(request)
     upstreams = svc.gateway.status()
     tools = [
