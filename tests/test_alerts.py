@@ -241,3 +241,31 @@ def test_a_supervisor_finds_their_agents_alerts_behind_many_others(
     who = Principal("user", sam["id"], "sam", Role.SUPERVISOR)
     page = svc.alerts.list(who, limit=5)
     assert [a.agent_id for a in page.items] == [mine]
+
+
+def test_a_running_server_delivers_an_alert_for_a_kill_within_seconds(
+    make_services: Callable[..., Services],
+) -> None:
+    """Through the server's own loop (no test calling project or deliver): kill an agent over
+    the API, and a receiver verifying with the package gets the alert."""
+    import time
+
+    hook_port, port = free_port(), free_port()
+    svc = make_services(alert_webhooks=[f"http://127.0.0.1:{hook_port}/hook"],
+                        alert_poll_seconds=0.2)  # fmt: skip
+    receiver = Receiver(svc.alerts.secret)
+    agent = _agent(svc, "served")
+    token = svc.settings.admin_token_path.read_text().strip()
+    with served_in_thread(receiver.app(), hook_port), served_in_thread(create_app(svc), port):
+        import httpx2
+
+        killed = httpx2.post(f"http://127.0.0.1:{port}/v1/agents/{agent}/kill",
+                             json={"reason": "served"},
+                             headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        assert killed.status_code == 200, killed.text
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not receiver.got:
+            time.sleep(0.05)
+    assert receiver.refused == 0
+    assert [(r["type"], r["data"]["agent_id"]) for r in receiver.got] == [
+        ("alert.agent.killed", agent)]  # fmt: skip

@@ -303,3 +303,35 @@ def test_set_password_generates_one_that_signs_in_to_the_console(shared: Shared)
             "csrf": token.group(1), "username": name, "password": password})  # fmt: skip
         assert signed.status_code == 303, signed.text
         assert browser.get("/console").status_code == 200
+
+
+def test_alerts_list_ack_and_tail_for_people_and_scripts(shared: Shared) -> None:
+    cwd, env = shared.cwd, shared.env
+    made = shared.post(
+        "/v1/agents", name=_unique("alerted"), owner="admin", purpose="p", risk_tier="minimal"
+    )
+    agent = str(made["id"])
+    suspended = shared.api.post(f"/v1/agents/{agent}/suspend", json={"reason": "cli alerts"})
+    assert suspended.status_code == 200, suspended.text
+    deadline = time.monotonic() + 15  # the server's own loop raises it
+    found: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not found:
+        listed = tether(env, cwd, "alerts", "list", "--agent", agent, "--json")
+        assert listed.returncode == 0, listed.stderr
+        found = json.loads(listed.stdout)
+        time.sleep(0.2)
+    assert [a["kind"] for a in found] == ["agent.suspended"]
+    table_out = tether(env, cwd, "alerts", "list", "--agent", agent)
+    assert "agent.suspended" in table_out.stdout
+    acked = tether(env, cwd, "alerts", "ack", str(found[0]["id"]), "--note", "seen")
+    assert acked.returncode == 0, acked.stderr
+    assert f"acknowledged {found[0]['id']}" in acked.stdout
+    still_open = tether(env, cwd, "alerts", "list", "--agent", agent, "--json")
+    assert json.loads(still_open.stdout) == []
+    tail = tether(env, cwd, "alerts", "tail", "--json")
+    assert tail.returncode == 0, tail.stderr
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert any(line["id"] == found[0]["id"] and line["acked_by"] for line in lines)
+    missing = tether(env, cwd, "alerts", "ack", "alr_nope")
+    assert missing.returncode != 0
+    assert "Traceback" not in missing.stderr
