@@ -214,6 +214,7 @@ def test_each_role_reads_and_acknowledges_what_the_api_lets_it(
         done = api.client.post(f"/v1/alerts/{alert['id']}/ack", json={"note": "looked"})
         assert done.status_code == 200, done.text
         assert done.json()["acked_by"].startswith("user:")
+        assert done.json()["acked_by_name"] == "admin"
         assert [e["details"]["note"] for e in api.events(type="alert.acknowledged")] == ["looked"]
         assert http.get("/v1/alerts?status=open", headers=as_(audrey)).json()["items"]
         assert http.get("/v1/alerts/deliveries/dead", headers=as_(audrey)).status_code == 200

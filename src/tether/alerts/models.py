@@ -24,7 +24,8 @@ class AlertRow(Base):
     suppressed: Mapped[int] = mapped_column(Integer, default=0)  # later ones folded into it
     created_at: Mapped[int] = mapped_column(BigInteger)
     last_at: Mapped[int] = mapped_column(BigInteger)  # its latest occurrence
-    acked_by: Mapped[str | None] = mapped_column(String(80))
+    acked_by: Mapped[str | None] = mapped_column(String(80))  # the human's ref, user:<id>
+    acked_by_name: Mapped[str | None] = mapped_column(String(64))  # their username then
     acked_at: Mapped[int | None] = mapped_column(BigInteger)
     ack_note: Mapped[str | None] = mapped_column(String(500))
 

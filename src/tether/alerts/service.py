@@ -86,6 +86,7 @@ class Alert:
     created_at: int
     last_at: int
     acked_by: str | None
+    acked_by_name: str | None
     acked_at: int | None
     ack_note: str | None
 
@@ -93,7 +94,8 @@ class Alert:
     def of(cls, row: AlertRow) -> Alert:
         return cls(row.id, row.seq, row.event_id, row.kind, row.severity, row.agent_id,
                    row.summary, orjson.loads(row.details), row.suppressed, row.created_at,
-                   row.last_at, row.acked_by, row.acked_at, row.ack_note)  # fmt: skip
+                   row.last_at, row.acked_by, row.acked_by_name, row.acked_at,
+                   row.ack_note)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,7 +104,7 @@ class Alert:
             "details": self.details, "suppressed": self.suppressed,
             "created_at": to_rfc3339(from_micros(self.created_at)),
             "last_at": to_rfc3339(from_micros(self.last_at)),
-            "acked_by": self.acked_by,
+            "acked_by": self.acked_by, "acked_by_name": self.acked_by_name,
             "acked_at": to_rfc3339(from_micros(self.acked_at)) if self.acked_at else None,
             "ack_note": self.ack_note,
         }  # fmt: skip
@@ -353,6 +355,7 @@ class AlertService:
                                     "an alert")  # fmt: skip
             if row.acked_at is None:
                 row.acked_by, row.acked_at = actor.ref, to_micros(now)
+                row.acked_by_name = actor.name[:64]
                 row.ack_note = (note or "")[:500] or None
                 self.ledger.append(s, [NewEvent(
                     EventType.ALERT_ACKNOWLEDGED, actor.ref, agent_id=row.agent_id,

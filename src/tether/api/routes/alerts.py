@@ -35,6 +35,7 @@ class AlertOut(BaseModel):
     created_at: str
     last_at: str
     acked_by: str | None
+    acked_by_name: str | None
     acked_at: str | None
     ack_note: str | None
 

@@ -102,7 +102,7 @@ function alertCard(a, csrf) {
   fact("Agent", agent);
   fact("Raised", when(a.created_at) + (a.suppressed ? "; the latest " + when(a.last_at) : ""));
   fact("Acknowledged", a.acked_at
-    ? "by " + text(a.acked_by) + ", " + when(a.acked_at) + (a.ack_note ? ": " + a.ack_note : "")
+    ? "by " + text(a.acked_by_name || a.acked_by) + ", " + when(a.acked_at) + (a.ack_note ? ": " + a.ack_note : "")
     : "not yet");
   card.appendChild(facts);
   if (a.can_ack && csrf) {

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("last_at", sa.BigInteger(), nullable=False),
         sa.Column("acked_by", sa.String(length=80), nullable=True),
+        sa.Column("acked_by_name", sa.String(length=64), nullable=True),
         sa.Column("acked_at", sa.BigInteger(), nullable=True),
         sa.Column("ack_note", sa.String(length=500), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_alerts")),
