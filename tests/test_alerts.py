@@ -270,3 +270,23 @@ def test_a_running_server_delivers_an_alert_for_a_kill_within_seconds(
     assert receiver.refused == 0
     assert [(r["type"], r["data"]["agent_id"]) for r in receiver.got] == [
         ("alert.agent.killed", agent)]  # fmt: skip
+
+
+def test_a_failed_verification_is_on_the_record_and_a_critical_alert(
+    make_services: Callable[..., Services],
+) -> None:
+    from tests.ledger_tampering import small_ledger, tamper
+
+    svc = small_ledger(make_services)
+    assert svc.audit.verify(SYSTEM).ok
+    svc.alerts.project()
+    assert [a.kind for a in svc.alerts.list(SYSTEM).items] == []
+    tamper(svc, "UPDATE audit_events SET actor = 'user:forger' WHERE seq = 3")
+    result = svc.audit.verify(SYSTEM)
+    assert not result.ok
+    [event] = svc.audit.events(SYSTEM, type_="ledger.verification_failed").items
+    assert event.details["first_bad_seq"] == 3
+    svc.alerts.project()
+    [alert] = [a for a in svc.alerts.list(SYSTEM).items if a.kind == "ledger.verification_failed"]
+    assert alert.severity == "critical"
+    assert "from event 3" in alert.summary

@@ -94,7 +94,15 @@ def _sign_in_failed(e: Event) -> Raised | None:
                   f"(from {e.details.get('address')})", dict(e.details))  # fmt: skip
 
 
+def _verify_failed(e: Event) -> Raised:
+    d = e.details
+    return Raised("ledger.verification_failed", "critical",
+                  f"ledger verification failed ({d.get('problem')}) from event "
+                  f"{d.get('first_bad_seq')}: {d.get('message')}", dict(d))  # fmt: skip
+
+
 RULES: dict[str, Rule] = {
+    EventType.LEDGER_VERIFICATION_FAILED: _verify_failed,
     EventType.AGENT_KILLED: _killed,
     EventType.AGENT_SUSPENDED: _suspended,
     EventType.AGENT_UPDATED: _updated,

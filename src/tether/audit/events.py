@@ -40,6 +40,8 @@ class EventType(StrEnum):
     KEY_CREATED = "key.created"
     KEYS_ROTATED = "keys.rotated"
     POLICY_UPDATED = "policy.updated"
+    # `audit verify` found the chain, a checkpoint or the checkpoint file wrong (an alert).
+    LEDGER_VERIFICATION_FAILED = "ledger.verification_failed"
     DECISION = "decision"
     # An AuthZEN search (subjects, resources or actions): one event per search, not per
     # candidate evaluated (details: what was searched, how many results, their digest).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import datetime
@@ -9,6 +10,7 @@ from datetime import datetime
 from tether.audit.anchoring import FileState, judge_anchoring
 from tether.audit.chain import Checkpoint, Event, VerifyResult, verify_chain
 from tether.audit.checkpoint_file import CheckpointFile
+from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.audit.witness import HttpWitness
 from tether.clock import Clock, to_micros
@@ -17,6 +19,8 @@ from tether.errors import Forbidden, NotFound, ValidationFailed
 from tether.maintenance import Task
 from tether.pagination import Page, decode_seq_cursor, page_of
 from tether.principals import Principal, Role
+
+log = logging.getLogger("tether.audit")
 
 
 def _require_reader(actor: Principal) -> None:
@@ -133,13 +137,28 @@ class AuditService:
                 check_signature=self.ledger.signer.check,
                 progress=progress,
             )
-        if lines is None:
-            return result
-        not_in_db = {c.size for c in lines.checkpoints} - {c.size for c in checkpoints}
-        file = FileState(lines.bad_lines, len(checkpoints), sorted(not_in_db))
-        return judge_anchoring(
-            result, self.ledger.anchor_rule, file, now_us=to_micros(now), since_us=self.started_us
-        )
+        if lines is not None:
+            not_in_db = {c.size for c in lines.checkpoints} - {c.size for c in checkpoints}
+            file = FileState(lines.bad_lines, len(checkpoints), sorted(not_in_db))
+            result = judge_anchoring(result, self.ledger.anchor_rule, file,
+                                     now_us=to_micros(now), since_us=self.started_us)  # fmt: skip
+        if not result.ok:
+            self._failed(actor, result, now)
+        return result
+
+    def _failed(self, actor: Principal, result: VerifyResult, now: datetime) -> None:
+        """A failed verification on the record (and so an alert, tether.alerts): appended
+        after whatever the head now is — the answer already given is not changed by it."""
+        try:
+            with self.db.write() as s:
+                self.ledger.append(s, [NewEvent(
+                    EventType.LEDGER_VERIFICATION_FAILED, actor.ref,
+                    details={"problem": str(result.problem) if result.problem else None,
+                             "message": (result.message or "")[:500],
+                             "first_bad_seq": result.first_bad_seq, "checked": result.checked},
+                )], now=now)  # fmt: skip
+        except Exception:  # the failure is reported whatever the ledger can take now
+            log.exception("a failed ledger verification could not be recorded")
 
     def maintenance(self) -> list[Task]:
         return [Task("ledger.checkpoint", self.checkpoint_tick)]
