@@ -381,3 +381,21 @@ def write_json(path: Path, tables: Sequence[ResultTable], options: Options) -> N
         "tables": [{"title": t.title, "records": t.records} for t in tables],
     }
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def run_each_backend(
+    options: Options, run: Callable[[str], ResultTable | Sequence[ResultTable]]
+) -> None:
+    """``run`` on each backend asked for, its tables printed as they come, between the load
+    average before and after (with the date); all of them as JSON when ``--json`` asks."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    note(f"started {started}, load average {os.getloadavg()[0]:.2f}")
+    tables: list[ResultTable] = []
+    for backend in options.backends:
+        made = run(backend)
+        for table in [made] if isinstance(made, ResultTable) else made:
+            table.print()
+            tables.append(table)
+    note(f"ended, load average {os.getloadavg()[0]:.2f}")
+    if options.json_path:
+        write_json(options.json_path, tables, options)

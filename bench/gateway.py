@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from bench.common import (
     note,
     parse_options,
     percentile,
-    write_json,
+    run_each_backend,
 )
 from bench.loadgen import HttpRequest, LoadGen, LoadResult
 from bench.tokens import (
@@ -250,16 +249,7 @@ def _mean(values: Sequence[float]) -> float:
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options("python -m bench.gateway", "Tether's MCP gateway per tool call", argv)
     seconds = 2.0 if options.quick else 5.0
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    note(f"started {started}, load average {os.getloadavg()[0]:.2f}")
-    tables: list[ResultTable] = []
-    for backend in options.backends:
-        for table in run_backend(options, backend, seconds):
-            table.print()
-            tables.append(table)
-    note(f"ended, load average {os.getloadavg()[0]:.2f}")
-    if options.json_path:
-        write_json(options.json_path, tables, options)
+    run_each_backend(options, lambda backend: run_backend(options, backend, seconds))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Run: ``python -m bench.journal [--quick] [--postgres URL] [--no-sqlite]``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 
@@ -27,7 +26,7 @@ from bench.common import (
     note,
     parse_options,
     percentile,
-    write_json,
+    run_each_backend,
 )
 from bench.gateway import ACCEPT, gateway_caller, upstream, wait_for_upstreams
 from bench.tokens import open_deployment, tether_server
@@ -106,16 +105,7 @@ def run_backend(options: Options, backend: str) -> ResultTable:
 
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options("python -m bench.journal", "The compensation journal's cost", argv)
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    note(f"started {started}, load average {os.getloadavg()[0]:.2f}")
-    tables = []
-    for backend in options.backends:
-        table = run_backend(options, backend)
-        table.print()
-        tables.append(table)
-    note(f"ended, load average {os.getloadavg()[0]:.2f}")
-    if options.json_path:
-        write_json(options.json_path, tables, options)
+    run_each_backend(options, lambda backend: run_backend(options, backend))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from bench.common import (
     fmt_rate,
     note,
     parse_options,
-    write_json,
+    run_each_backend,
 )
 from bench.gateway import ACCEPT, KEY, gateway_agent, gateway_caller, upstream, wait_for_upstreams
 from bench.tokens import Deployment, open_deployment, tether_server
@@ -249,16 +248,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options("python -m bench.rollback", "Rollback speed (steps/s)", argv,
                             add_arguments=_arguments)  # fmt: skip
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    note(f"started {started}, load average {os.getloadavg()[0]:.2f}")
-    tables = []
-    for backend in options.backends:
-        table = run_backend(options, backend)
-        table.print()
-        tables.append(table)
-    note(f"ended, load average {os.getloadavg()[0]:.2f}")
-    if options.json_path:
-        write_json(options.json_path, tables, options)
+    run_each_backend(options, lambda backend: run_backend(options, backend))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from bench.common import (
     fmt_ratio,
     note,
     parse_options,
-    write_json,
+    run_each_backend,
 )
 from bench.loadgen import HttpRequest, LoadGen, LoadResult
 from bench.tokens import (
@@ -227,16 +226,7 @@ def _raw(sealed: str) -> bytes:
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options("python -m bench.secrets", "Tether secret reads over HTTP", argv)
     seconds = 2.0 if options.quick else 6.0
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    note(f"started {started}, load average {os.getloadavg()[0]:.2f}")
-    tables = []
-    for backend in options.backends:
-        table = run_backend(options, backend, seconds)
-        table.print()
-        tables.append(table)
-    note(f"ended, load average {os.getloadavg()[0]:.2f}")
-    if options.json_path:
-        write_json(options.json_path, tables, options)
+    run_each_backend(options, lambda backend: run_backend(options, backend, seconds))
 
 
 if __name__ == "__main__":

@@ -73,9 +73,13 @@ def _ours(http: httpx.Client, url: str, token_file: Path) -> bool:
 
 
 def _wait_ready(proc: Child, url: str, workdir: Path) -> bool:
-    """True once the server at ``url`` is ready and ours; False if it exited because its port
-    was taken; raises if it exited otherwise or is not ready within a minute."""
-    log = workdir / "server.log"
+    return wait_ready(proc, url, workdir / ".tether" / "admin.token", workdir / "server.log")
+
+
+def wait_ready(proc: Child, url: str, token_file: Path, log: Path) -> bool:
+    """True once the server at ``url`` is ready and ours (it knows the admin token in
+    ``token_file``); False if it exited because its port was taken (its output in ``log``
+    says so); raises if it exited otherwise or is not ready within a minute."""
     deadline = time.monotonic() + 60
     # One client for every poll: a refused connection then costs ~0.1 ms, and the poll takes
     # no CPU from the server it waits for (a client per poll was ~30 ms of CPU each).
@@ -90,7 +94,7 @@ def _wait_ready(proc: Child, url: str, workdir: Path) -> bool:
                 ready = http.get(f"{url}/readyz").status_code == 200
             except httpx.TransportError:
                 ready = False
-            if ready and _ours(http, url, workdir / ".tether" / "admin.token"):
+            if ready and _ours(http, url, token_file):
                 return True
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not become ready:\n" + log.read_text())

@@ -38,8 +38,7 @@ from starlette.testclient import TestClient
 
 from tests import forkserver
 from tests.conftest import PG_URL, Backend, backend_for
-from tests.forkserver import Child
-from tests.serverproc import free_port, http_client, running_server, server_env, stop
+from tests.serverproc import free_port, http_client, running_server, server_env, stop, wait_ready
 from tests.token_attacks.kit import assertion, assertion_form
 from tether.runtime.changes import channel
 from tether.sdk import JWKSCache, TetherAuthMiddleware
@@ -160,7 +159,7 @@ def _node(backend: Backend, data_dir: Path, workdir: Path, name: str) -> Iterato
         with log_path.open("wb") as log:
             proc = forkserver.spawn("serve", cwd=workdir, env=env, stdout=log)
         try:
-            ready = _wait_ready(proc, url, data_dir / "admin.token", log_path)
+            ready = wait_ready(proc, url, data_dir / "admin.token", log_path)
         except BaseException:
             stop(proc)
             raise
@@ -176,30 +175,6 @@ def _node(backend: Backend, data_dir: Path, workdir: Path, name: str) -> Iterato
     finally:
         node.http.close()
         stop(proc)
-
-
-def _wait_ready(proc: Child, url: str, token_file: Path, log: Path) -> bool:
-    """True once ``url`` is ready and answers this deployment's admin token; False if the
-    server exited because its port was taken."""
-    deadline = time.monotonic() + 60
-    with http_client(timeout=1) as http:  # one for every poll (see tests.serverproc.TLS)
-        while True:
-            if proc.poll() is not None:
-                output = log.read_text()
-                if "address already in use" in output or " is in use — " in output:
-                    return False
-                raise RuntimeError(output)
-            try:
-                token = token_file.read_text().strip() if token_file.exists() else ""
-                me = http.get(f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
-                ours = me.status_code == 200 and me.json().get("username") == "admin"
-                if ours and http.get(f"{url}/readyz").status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready:\n" + log.read_text())
-            time.sleep(0.05)
 
 
 @dataclass

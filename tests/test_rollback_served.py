@@ -41,7 +41,7 @@ from mcp.client.streamable_http import streamable_http_client
 from tests import forkserver
 from tests.conftest import Backend
 from tests.forkserver import Child
-from tests.serverproc import free_port, http_client, server_env, stop
+from tests.serverproc import free_port, http_client, server_env, stop, wait_ready
 from tests.test_gateway import _schema_with_args
 from tests.test_rollback import POLICIES
 
@@ -83,7 +83,7 @@ def _start(backend: Backend, workdir: Path, log_name: str, extra: dict[str, str]
             proc = forkserver.spawn("serve", env=env, cwd=workdir, stdout=log)
         url = f"http://127.0.0.1:{port}"
         try:
-            ready = _wait_ready(proc, url, workdir / ".tether" / "admin.token", log_path)
+            ready = wait_ready(proc, url, workdir / ".tether" / "admin.token", log_path)
         except BaseException:
             stop(proc)
             raise
@@ -91,30 +91,6 @@ def _start(backend: Backend, workdir: Path, log_name: str, extra: dict[str, str]
             return Tether(proc, url)
         stop(proc)
     raise RuntimeError("no free port in 5 attempts")
-
-
-def _wait_ready(proc: Child, url: str, token_file: Path, log: Path) -> bool:
-    """True once ``url`` is ready and ours; False if the server exited because its port was
-    taken; raises if it exited otherwise or is not ready within a minute."""
-    deadline = time.monotonic() + 60
-    with http_client(timeout=2) as http:
-        while True:
-            if proc.poll() is not None:
-                text = log.read_text()
-                if "address already in use" in text or " is in use — " in text:
-                    return False
-                raise RuntimeError(text)
-            try:
-                token = token_file.read_text().strip() if token_file.exists() else ""
-                me = http.get(f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
-                ours = me.status_code == 200 and me.json().get("username") == "admin"
-                if ours and http.get(f"{url}/readyz").status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready:\n" + log.read_text())
-            time.sleep(0.05)
 
 
 def _wait_for_upstream(url: str) -> None:
