@@ -50,6 +50,7 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.db import Database
+from tether.db.text import unstorable
 from tether.errors import Forbidden, NotFound, ValidationFailed
 from tether.ids import IdPrefix, new_id
 from tether.maintenance import Task
@@ -345,7 +346,7 @@ class AlertService:
         """Acknowledge: an admin, or a supervisor of the alert's agent (an auditor reads)."""
         now = self.clock.now()
         with self.db.write() as s:
-            row = s.get(AlertRow, alert_id)
+            row = None if unstorable(alert_id) else s.get(AlertRow, alert_id)
             if row is None:
                 raise AlertNotFound(f"no alert {alert_id!r}", alert=alert_id)
             steward = (actor.role is Role.SUPERVISOR and row.agent_id is not None

@@ -44,6 +44,7 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros
 from tether.db import Database
+from tether.db.text import unstorable
 from tether.errors import LedgerUnavailable, ValidationFailed
 from tether.gateway.models import ToolCallRow
 from tether.gateway.redact import Redactor
@@ -144,7 +145,7 @@ class RollbackService:
         base = Step(row.decision_event, row.event_id, row.agent_id, row.tool, row.at,
                     Plan.UNDO, undo, shown)  # fmt: skip
         if not row.reversible or undo is None:
-            why = row.undo_error or "no compensation is declared for this tool"
+            why = row.undo_error or "no compensation is declared for this tool (a write tool)"
             return Step(*_key(base), Plan.IRREVERSIBLE, note=why)
         state = row.undo_state
         if state == "done":
@@ -401,7 +402,7 @@ class RollbackService:
     def get(self, actor: Principal, rollback_id: str) -> dict[str, Any]:
         """A rollback's record: who, which window, its status and final counts."""
         with self.db.read() as s:
-            row = s.get(RollbackRow, rollback_id)
+            row = None if unstorable(rollback_id) else s.get(RollbackRow, rollback_id)
             if row is None:
                 raise RollbackNotFound(f"no rollback {rollback_id!r}", rollback=rollback_id)
             self.agents.authorized_row(s, actor, row.agent_id, "read")

@@ -19,9 +19,11 @@ import hmac
 import html
 import secrets
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import anyio
 import orjson
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -161,10 +163,10 @@ async def finish(request: Request, svc: Services) -> tuple[str, str]:
     role = _role(settings, claims.get(settings.console_oidc_role_claim))
     username = str(claims.get(settings.console_oidc_username_claim) or "").lower()
     address = request.client.host if request.client else "unknown"
-    secret, _ = svc.signin.sign_in_external(
-        subject=f"{claims['iss']} {claims['sub']}", username=username, role=role,
-        address=address, via="oidc",
-    )  # fmt: skip
+    secret, _ = await anyio.to_thread.run_sync(partial(
+        svc.signin.sign_in_external, subject=f"{claims['iss']} {claims['sub']}",
+        username=username, role=role, address=address, via="oidc",
+    ))  # fmt: skip
     return secret, str(flow.get("next") or "/console")
 
 

@@ -124,7 +124,7 @@ class SignInFirst(Exception):
         self.response = _to_sign_in(request)
 
 
-def _signed(request: Request) -> cs.Visit:
+def _signed(request: Request) -> cs.Visit:  # sync: FastAPI runs it in its thread pool
     visit = _visit(request)
     if visit is None:
         raise SignInFirst(request)
@@ -266,7 +266,7 @@ def _sign_in_again(request: Request, exc: TetherError) -> HTMLResponse:
 @router.post("/console/sign-out")
 async def sign_out(request: Request) -> Response:
     svc = _svc(request)
-    visit = _visit(request)
+    visit = await _run(partial(_visit, request))  # a database read: off the loop
     if visit is not None:
         cs.check_csrf(await cs.form(request), visit.csrf)
         secret = request.cookies.get(cs.COOKIE, "")
@@ -539,7 +539,7 @@ async def alerts_stream(request: Request) -> Response:
     """New alerts the signed-in human may read, as server-sent events (``event: alert``, its
     ``id`` the alert's seq): every alert for admins and auditors, their agents' for a
     supervisor — the same feed as ``/v1/alerts/stream``, with whether they may acknowledge it."""
-    visit = _visit(request)
+    visit = await _run(partial(_visit, request))  # a database read: off the loop
     if visit is None:
         return Response("sign in", status_code=401, media_type="text/plain")
     svc, me = _svc(request), visit.principal
@@ -582,7 +582,7 @@ def activity(request: Request, visit: Signed) -> Response:
 async def stream(request: Request) -> Response:
     """New ledger events the signed-in human may read, as server-sent events: every event for
     admins and auditors, their own agents' for a supervisor."""
-    visit = _visit(request)
+    visit = await _run(partial(_visit, request))  # a database read: off the loop
     if visit is None:
         return Response("sign in", status_code=401, media_type="text/plain")
     svc, me = _svc(request), visit.principal
@@ -706,14 +706,19 @@ async def validate_policies(request: Request, visit: Signed) -> Response:
     svc, fields = _svc(request), await cs.form(request)
     cs.check_csrf(fields, visit.csrf)
     text = fields.get("policies", "")
-    current = svc.policies.current(visit.principal)
-    try:
-        checked = check(text, current.schema)
-        result: dict[str, Any] = {"valid": True, "policies": len(checked.policies)}
-    except TetherError as exc:
-        result = {"valid": False, "message": exc.message, "errors": exc.details.get("errors")}
-    versions = [v.to_json(full=False) for v in svc.policies.versions(
-        visit.principal, cursor=None, limit=50).items]  # fmt: skip
+
+    def validated() -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+        current = svc.policies.current(visit.principal)
+        try:
+            checked = check(text, current.schema)
+            result: dict[str, Any] = {"valid": True, "policies": len(checked.policies)}
+        except TetherError as exc:
+            result = {"valid": False, "message": exc.message,
+                      "errors": exc.details.get("errors")}  # fmt: skip
+        listed = svc.policies.versions(visit.principal, cursor=None, limit=50).items
+        return current, result, [v.to_json(full=False) for v in listed]
+
+    current, result, versions = await _run(validated)  # Cedar's check: off the event loop
     return render(request, "policies.html", visit, versions=versions, shown=current.to_json(),
                   diff=None, a="", b="", validated=result, draft=text)  # fmt: skip
 

@@ -5,8 +5,10 @@ run through the MCP gateway and recorded (tether.rollback)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from typing import Any, Literal
 
+import anyio
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
@@ -97,8 +99,10 @@ async def rollback_agent(
         until=to_micros(body.until) if body.until else None,
         delegates=body.delegates,
     )
-    if body.dry_run:
-        return svc.rollback.plan(who, window, retry_uncertain=body.retry_uncertain).to_json()
+    if body.dry_run:  # a database read: off the event loop
+        plan = await anyio.to_thread.run_sync(partial(
+            svc.rollback.plan, who, window, retry_uncertain=body.retry_uncertain))  # fmt: skip
+        return plan.to_json()
     report = await svc.rollback.run(who, window, on_failure=body.on_failure,
                                     retry_uncertain=body.retry_uncertain)  # fmt: skip
     return report.to_json()
