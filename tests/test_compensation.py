@@ -172,6 +172,8 @@ def test_each_call_is_journalled_with_its_undo_in_the_commit_of_its_event(
         assert journal[2]["undo"] == {"tool": "payments.close_ticket",
                                       "arguments": {"ticket_id": ticket_id}}  # fmt: skip
         assert journal[3]["undo"] is None
+        assert journal[3]["undo_error"] == "declared irreversible in the configuration"
+        assert journal[4]["undo_error"] is None  # a failed call: nothing to undo, nothing said
         # the journal row and the ledger event are one: linked, and the event says the same
         events = {e["id"]: e for e in world.events("tool.called")}
         for row in journal:

@@ -123,7 +123,7 @@ def test_dry_run_then_rollback_undoes_in_reverse_and_restores_the_upstream(stage
         "tool": "payments.cancel_refund",
         "arguments": {"refund_id": did["refund2"].structured_content["id"]},
     }
-    assert "irreversible" in body["steps"][2]["note"] or body["steps"][2]["note"]
+    assert body["steps"][2]["note"] == "declared irreversible in the configuration"
     assert stage.snapshot() == after  # a dry run changes nothing
 
     done = stage.rollback(agent)

@@ -328,6 +328,9 @@ def _journal(link: UpstreamLink, tool: mt.Tool, args: dict[str, Any],
     result (the structured result, else the JSON of its text), or why it cannot be."""
     comp = link.compensations.get(tool.name)
     if comp is None:
+        rule = link.config.tools.get(tool.name)
+        if rule is not None and rule.irreversible:
+            return Journal(reversible=False, error="declared irreversible in the configuration")
         read_only = bool(tool.annotations and tool.annotations.read_only_hint)
         return None if read_only else Journal(reversible=False)
     value: Any = result.structured_content
