@@ -38,6 +38,11 @@ from tether.container import Services, build_services
 from tether.db import Database, migrate
 
 PG_URL = os.environ.get("TETHER_TEST_POSTGRES_URL", "")
+# Monitoring runs in every test (windows, principal.risk, context.session), without risk
+# rules: the suite's synthetic traffic (bursts of denials by design) would trip the default
+# ones. Monitoring's own tests (test_monitor*.py) set the rules they exercise.
+QUIET_MONITOR = '{"rules": []}'
+os.environ["TETHER_MONITOR"] = QUIET_MONITOR
 # What a fresh deployment's ledger holds: system.bootstrapped, key.created (signing keys).
 BOOTSTRAP_EVENTS = 2
 BACKENDS = ["sqlite", "postgresql"]

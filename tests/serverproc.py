@@ -45,6 +45,7 @@ def server_env(backend: Backend, data_dir: Path, port: int) -> dict[str, str]:
         TETHER_PORT=str(port),
         TETHER_URL=f"http://127.0.0.1:{port}",
         TETHER_LOG_LEVEL="warning",
+        TETHER_MONITOR='{"rules": []}',  # as in-process (tests/conftest.py)
     )
     if backend.schema:
         env["TETHER_DATABASE_SCHEMA"] = backend.schema

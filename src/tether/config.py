@@ -29,6 +29,7 @@ from pydantic_settings import (
 from tether.errors import ConfigurationError
 from tether.fields import SCOPE_RE
 from tether.gateway_config import Upstream, check_unique
+from tether.monitor.rules import MonitorConfig
 
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.\-_]*[a-z0-9])?$")
 # A server listening on every address is reached by a client on its own host at loopback.
@@ -173,6 +174,12 @@ class Settings(BaseSettings):
         description="Alerts of one kind about one agent within this window fold into the "
         "first (its suppressed count grows) until it is acknowledged.",
     )  # fmt: skip
+    monitor: MonitorConfig = Field(
+        default_factory=MonitorConfig,
+        description="Continuous monitoring (tether.toml [monitor], or TETHER_MONITOR as JSON): "
+        "behaviour windows, risk rules and thresholds (alert, require_approval, suspend); "
+        'see README, "Monitoring".',
+    )
     secret_max_bytes: int = Field(
         default=65_536, ge=1, le=1_048_576, description="Largest secret value, in bytes."
     )

@@ -33,6 +33,7 @@ from tether.gateway.calls import CallRecorder
 from tether.gateway.front import GatewayHandle
 from tether.keyfiles import RootKeys, load_root_keys
 from tether.maintenance import Task
+from tether.monitor.service import Monitor
 from tether.policy.decide import DecisionService
 from tether.policy.inputs import input_rows
 from tether.policy.runtime import AgentSection, DecisionSnapshot, PolicySection
@@ -79,6 +80,7 @@ class Services:
     rollback: RollbackService  # undoing an agent's calls from the compensation journal
     signin: SignIn  # humans' passwords and console sessions
     alerts: AlertService  # notable events raised from the ledger, delivered to webhooks
+    monitor: Monitor  # behaviour windows, risk, automatic responses (tether.monitor)
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -169,7 +171,10 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     )
     audit = AuditService(db, ledger, clock, agent_reader=agents.get,
                          checkpoint_file=checkpoint_file, witness=witness)  # fmt: skip
-    decisions = DecisionService(snapshot, committer, clock, approvals)
+    monitor = Monitor(settings.monitor, db, ledger, clock, agents)
+    runtime.register(monitor.section)
+    decisions = DecisionService(snapshot, committer, clock, approvals,
+                                monitor if settings.monitor.enabled else None)  # fmt: skip
     secrets = SecretService(
         db, ledger, clock, root_key=keys.master_key, decisions=decisions, committer=committer,
         max_bytes=settings.secret_max_bytes, versions_kept=settings.secret_versions_kept,
@@ -207,7 +212,9 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
             *runtime.maintenance(),
             *secrets.maintenance(),
             *db_logins.maintenance(),
+            *monitor.maintenance(),
         ],
+        monitor=monitor,
         bearers=bearers,
         notifier=notifier,
         settings=settings,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from tether.agents import schedule
 from tether.agents.fingerprint import normalize
 from tether.agents.models import AgentRow
 from tether.agents.schemas import MAX_ATTRIBUTES, AgentUpdate
@@ -56,6 +57,7 @@ def apply_columns(
                 f"{len(merged)} (set a key to null to remove it)",
                 field="attributes",
             )
+        check_schedule(merged)
         if record(changes, "attributes", current, merged):
             row.attributes = canonical_text(merged)
     if patch.scopes is not None:
@@ -115,3 +117,20 @@ def record(changes: dict[str, Any], field: str, old: Any, new: Any) -> bool:
         return False
     changes[field] = {"from": old, "to": new}
     return True
+
+
+def check_schedule(attributes: dict[str, Any]) -> None:
+    """The ``schedule`` attribute, when set, is one monitoring can read
+    (:mod:`tether.monitor.schedule`)."""
+    value = attributes.get("schedule")
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ValidationFailed(
+            'attributes.schedule is text like "mon-fri 08:00-18:00 UTC"',
+            field="attributes.schedule",
+        )
+    try:
+        schedule.parse(value)
+    except ValueError as exc:
+        raise ValidationFailed(f"attributes.schedule: {exc}", field="attributes.schedule") from None

@@ -162,6 +162,7 @@ class AgentService:
                         field="parent",
                     )
                 lineage = [parent.id, *loads(parent.lineage)]
+            edits.check_schedule(spec.attributes)
             row = self._new_row(
                 now,
                 name=spec.name,

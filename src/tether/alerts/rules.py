@@ -101,7 +101,20 @@ def _verify_failed(e: Event) -> Raised:
                   f"{d.get('first_bad_seq')}: {d.get('message')}", dict(d))  # fmt: skip
 
 
+def _risk(e: Event) -> Raised:
+    d = e.details
+    response = d.get("response")
+    rules = "; ".join(f"{r.get('rule')}: {r.get('because')}" for r in d.get("rules") or [])
+    what = {"suspend": "suspended", "require_approval": "stepped up (approval for every allow)",
+            "alert": "alert"}.get(str(response), str(response))  # fmt: skip
+    return Raised(f"risk.{d.get('level')}", "critical" if response == "suspend" else "warning",
+                  f"agent {_who(e)} risk {d.get('score')} ({d.get('level')}), {what} — {rules}",
+                  {"score": d.get("score"), "level": d.get("level"), "response": response,
+                   "rules": d.get("rules"), "signals": d.get("signals")})  # fmt: skip
+
+
 RULES: dict[str, Rule] = {
+    EventType.AGENT_RISK_RAISED: _risk,
     EventType.LEDGER_VERIFICATION_FAILED: _verify_failed,
     EventType.AGENT_KILLED: _killed,
     EventType.AGENT_SUSPENDED: _suspended,

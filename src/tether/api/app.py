@@ -79,6 +79,19 @@ async def _alerts(services: Services) -> None:
                 log.exception("alerts task %s failed; retrying in %.0fs", task.name, interval)
 
 
+async def _monitor(services: Services) -> None:
+    """Every ``monitor.sync_seconds``: publish this worker's behaviour counts and merge the
+    other workers' and nodes' (tether.monitor)."""
+    monitor = services.monitor
+    interval = services.settings.monitor.sync_seconds
+    while monitor.enabled:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(monitor.sync)
+        except Exception:
+            log.exception("monitor sync failed; retrying in %.1fs", interval)
+
+
 class _TetherAPI(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Outside Starlette's ServerErrorMiddleware, which answers an unhandled error itself:
@@ -97,7 +110,8 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
         if started is not None:
             started()
         tasks = [asyncio.create_task(_maintenance(services)),
-                 asyncio.create_task(_alerts(services))]  # fmt: skip
+                 asyncio.create_task(_alerts(services)),
+                 asyncio.create_task(_monitor(services))]  # fmt: skip
         try:
             async with services.gateway.run():  # /mcp's sessions and upstream connections
                 yield

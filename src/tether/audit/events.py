@@ -30,6 +30,10 @@ class EventType(StrEnum):
     AGENT_RETIRED = "agent.retired"
     AGENT_KILLED = "agent.killed"
     AGENT_EXPIRED = "agent.expired"
+    # Monitoring (tether.monitor): an agent's risk reached a level not yet acted on — the
+    # score, level and response, every rule that held with its evidence; a human cleared it.
+    AGENT_RISK_RAISED = "agent.risk_raised"
+    AGENT_RISK_CLEARED = "agent.risk_cleared"
     CREDENTIAL_CREATED = "credential.created"
     CREDENTIAL_DELETED = "credential.deleted"
     CLIENT_AUTH_FAILED = "client.auth_failed"

@@ -71,6 +71,24 @@ class ApprovalCheckpoints(Protocol):
     def announce(self, final: Decision, opened: Any) -> None: ...
 
 
+class Watcher(Protocol):
+    """What the decision path needs of monitoring (:class:`tether.monitor.service.Monitor`,
+    which implements it): the principal's risk and the session's history for Cedar, the
+    request counted before Cedar is asked, the answer after (and the response it may change
+    it into), and that response recorded before the answer leaves."""
+
+    def principal_entity(self, view: AgentView) -> str: ...
+
+    def session_context(self, ask: Ask, now_us: int) -> dict[str, Any]: ...
+
+    def before(self, ask: Ask, view: AgentView, now_us: int) -> Any: ...
+
+    def after(self, ask: Ask, decision: Decision, watch: Any, now_us: int
+              ) -> tuple[Decision, Any]: ...  # fmt: skip
+
+    def respond(self, response: Any) -> bool: ...
+
+
 class DecisionService:
     def __init__(
         self,
@@ -78,11 +96,13 @@ class DecisionService:
         committer: GroupCommitter,
         clock: Clock,
         approvals: ApprovalCheckpoints,
+        monitor: Watcher | None = None,
     ) -> None:
         self.runtime = runtime
         self.committer = committer
         self.clock = clock
         self.approvals = approvals
+        self.monitor = monitor
 
     def may_ask(self, asker: Principal, subject: str) -> None:
         """Who may ask about an agent's action — asking records an event and may open or use
@@ -110,10 +130,11 @@ class DecisionService:
         compiled = rt.policies
         if compiled is None or not rt.current():
             return _stale(compiled, 1)[0]
-        refused = self._precheck(ask, compiled, to_micros(self.clock.now()))
+        now_us = to_micros(self.clock.now())
+        refused = self._precheck(ask, compiled, now_us)
         if refused is not None:
             return refused
-        outcome = compiled.decide(cedar_request(ask, rt.agents))
+        outcome = compiled.decide(self._cedar(ask, now_us))
         return decision_from_outcome(outcome, compiled.version)
 
     def evaluate_many(self, asks: Sequence[Ask]) -> list[Decision]:
@@ -130,12 +151,66 @@ class DecisionService:
             refused = self._precheck(ask, compiled, now_us)
             out.append(refused)
             if refused is None:
-                pending.append((i, self.cedar_request(ask)))
+                pending.append((i, self._cedar(ask, now_us)))
         if pending:
             outcomes = compiled.decide_many([r for _, r in pending])
             for (i, _), outcome in zip(pending, outcomes, strict=True):
                 out[i] = decision_from_outcome(outcome, compiled.version)
         return [d for d in out if d is not None]
+
+    def _watched(self, asks: Sequence[Ask]) -> list[tuple[Decision, Any, Any]]:
+        """:meth:`evaluate_many` for decisions that will be recorded: each counted in its
+        agent's behaviour window; beside each decision, the monitor's response (None, or one
+        to record before the answer leaves) and what the monitor saw (its ``watch``)."""
+        monitor = self.monitor
+        if monitor is None:
+            return [(d, None, None) for d in self.evaluate_many(asks)]
+        rt = self.runtime
+        compiled = rt.policies
+        if compiled is None or not rt.current():
+            return [(d, None, None) for d in _stale(compiled, len(asks))]
+        now_us = to_micros(self.clock.now())
+        out: list[tuple[Decision, Any, Any] | None] = []
+        pending: list[tuple[int, Any, CedarRequest]] = []
+        for i, ask in enumerate(asks):
+            refused = self._precheck(ask, compiled, now_us)
+            if refused is not None:
+                out.append((refused, None, None))
+                continue
+            watch = monitor.before(ask, rt.agents[ask.subject], now_us)
+            out.append(None)
+            pending.append(
+                (
+                    i,
+                    watch,
+                    cedar_request(
+                        ask, rt.agents, session=watch.session, principal_entity=watch.entity
+                    ),
+                )
+            )
+        if pending:
+            reqs = [r for _, _, r in pending]
+            outcomes = [compiled.decide(reqs[0])] if len(reqs) == 1 else compiled.decide_many(reqs)
+            for (i, watch, _), outcome in zip(pending, outcomes, strict=True):
+                decision = decision_from_outcome(outcome, compiled.version)
+                final, response = monitor.after(asks[i], decision, watch, now_us)
+                out[i] = (final, response, watch)
+        return [x for x in out if x is not None]
+
+    async def _responded(self, watched: list[tuple[Decision, Any, Any]]) -> list[Decision]:
+        """Record the monitor's responses (before any of these answers leaves); a response
+        that cannot be recorded denies its decision (fail closed)."""
+        out = []
+        for decision, response, _ in watched:
+            if response is not None:
+                assert self.monitor is not None
+                try:
+                    await asyncio.to_thread(self.monitor.respond, response)
+                except Exception:
+                    out.append(self._ledger_down(decision))
+                    continue
+            out.append(decision)
+        return out
 
     def refusal(self, ask: Ask) -> Decision | None:
         """What :meth:`evaluate` answers ``ask`` without asking Cedar — this worker not
@@ -231,7 +306,18 @@ class DecisionService:
         return str(refused.error.get("message"))
 
     def cedar_request(self, ask: Ask) -> CedarRequest:
-        return cedar_request(ask, self.runtime.agents)
+        if self.monitor is None:
+            return cedar_request(ask, self.runtime.agents)
+        return self._cedar(ask, to_micros(self.clock.now()))
+
+    def _cedar(self, ask: Ask, now_us: int) -> CedarRequest:
+        monitor = self.monitor
+        if monitor is None:
+            return cedar_request(ask, self.runtime.agents)
+        return cedar_request(ask, self.runtime.agents,
+                             session=monitor.session_context(ask, now_us),
+                             principal_entity=monitor.principal_entity(
+                                 self.runtime.agents[ask.subject]))  # fmt: skip
 
     # -- recording -------------------------------------------------------------------------
     def event(self, ask: Ask, decision: Decision) -> NewEvent:
@@ -262,10 +348,15 @@ class DecisionService:
         )  # fmt: skip
 
     @staticmethod
-    def attachment(ask: Ask) -> str:
-        return orjson.dumps({"properties": ask.properties, "context": ask.context,
-                             "chain": list(ask.full_chain), "on_behalf_of": ask.on_behalf_of},
-                            option=orjson.OPT_SORT_KEYS).decode()  # fmt: skip
+    def attachment(ask: Ask, watch: Any = None) -> str:
+        """The decision's inputs kept beside its event: what was asked, and what monitoring
+        gave Cedar (``session``, and ``risk`` when not 0) — what a denial was based on, and
+        what a simulation replays."""
+        given = {"properties": ask.properties, "context": ask.context,
+                 "chain": list(ask.full_chain), "on_behalf_of": ask.on_behalf_of}  # fmt: skip
+        if watch is not None:
+            given |= watch.seen()
+        return orjson.dumps(given, option=orjson.OPT_SORT_KEYS).decode()
 
     async def decide(self, ask: Ask) -> Decision:
         return (await self.decide_many([ask]))[0]
@@ -280,14 +371,16 @@ class DecisionService:
             validate_ask(ask)
         if not self.runtime.fresh():  # the poller is behind (or not running): catch up
             await asyncio.to_thread(self.runtime.ensure_current)
-        decisions = self.evaluate_many(asks)
+        watched = self._watched(asks)
+        decisions = ([d for d, _, _ in watched] if all(r is None for _, r, _ in watched)
+                     else await self._responded(watched))  # fmt: skip
         out: list[Decision] = []
         waits: dict[int, asyncio.Future[Event]] = {}
-        for ask, decision in zip(asks, decisions, strict=True):
+        for ask, decision, (_, _, watch) in zip(asks, decisions, watched, strict=True):
             if decision.effect is Effect.APPROVAL_REQUIRED:
                 out.append(await self._checkpoint(ask, decision))
             else:
-                event, attachment = self.event(ask, decision), self.attachment(ask)
+                event, attachment = self.event(ask, decision), self.attachment(ask, watch)
                 waits[len(out)] = self.committer.submit_async(event, attachment)
                 out.append(decision)
             if stop_on is not None and out[-1].allowed == (stop_on is Effect.ALLOW):
@@ -314,7 +407,10 @@ class DecisionService:
         validate_ask(ask)
         if not self.runtime.fresh():
             await asyncio.to_thread(self.runtime.ensure_current)
-        decision = self.evaluate(ask)
+        watched = self._watched([ask])
+        decision, response, watch = watched[0]
+        if response is not None:
+            decision = (await self._responded(watched))[0]
         if decision.effect is Effect.APPROVAL_REQUIRED:
             final = await self._checkpoint(ask, decision)
             _COUNTED[final.effect].inc()
@@ -322,14 +418,25 @@ class DecisionService:
                 return final, None
             return final, await self.committer.run_async(_Then(then, final))
         if decision.effect is not Effect.ALLOW:
-            return (await self.decide_many([ask]))[0], None
-        job = _Then(then, decision, self.event(ask, decision), self.attachment(ask))
+            return await self._recorded(ask, decision, watch), None
+        job = _Then(then, decision, self.event(ask, decision), self.attachment(ask, watch))
         try:
             final, result = await self.committer.run_async(job)
         except LedgerUnavailable:
             final, result = self._ledger_down(decision), None
         _COUNTED[final.effect].inc()
         return final, result
+
+    async def _recorded(self, ask: Ask, decision: Decision, watch: Any) -> Decision:
+        """Record an answer already decided (and counted) that needs no approval."""
+        try:
+            event = await self.committer.submit_async(self.event(ask, decision),
+                                                      self.attachment(ask, watch))  # fmt: skip
+            final = replace(decision, event_id=event.id)
+        except LedgerUnavailable:
+            final = self._ledger_down(decision)
+        _COUNTED[final.effect].inc()
+        return final
 
     async def _checkpoint(self, ask: Ask, decision: Decision) -> Decision:
         """The approval workflow runs in the next group commit, like a plain decision event."""
@@ -390,9 +497,17 @@ class _Then:
             prepare(s, thens)
 
 
-def cedar_request(ask: Ask, agents: Mapping[str, AgentView]) -> CedarRequest:
-    """The request in Cedar's terms: the principal's prebuilt entity, the resource's from the
-    request's properties (or, for an agent, its entity), Tether's context fields added."""
+def cedar_request(
+    ask: Ask,
+    agents: Mapping[str, AgentView],
+    *,
+    session: dict[str, Any] | None = None,
+    principal_entity: str | None = None,
+) -> CedarRequest:
+    """The request in Cedar's terms: the principal's prebuilt entity (or ``principal_entity``,
+    the same with its current risk), the resource's from the request's properties (or, for an
+    agent, its entity), Tether's context fields added (``session``: what the session touched;
+    none when not given)."""
     agent = agents[ask.subject]
     resource = (ask.resource_type, ask.resource_id)
     target = agents.get(ask.resource_id) if ask.resource_type == "Agent" else None
@@ -405,12 +520,13 @@ def cedar_request(ask: Ask, agents: Mapping[str, AgentView]) -> CedarRequest:
     else:  # Cedar treats an entity it does not hold as one without attributes or parents
         entity, parents = None, frozenset()
     chain = ask.full_chain
-    ctx = {**ask.context, "chain": list(chain), "delegated": len(chain) > 1}
+    ctx = {**ask.context, "chain": list(chain), "delegated": len(chain) > 1,
+           "session": session or {"id": chain[0], "labels": [], "tools": []}}  # fmt: skip
     if ask.on_behalf_of is not None:
         ctx["on_behalf_of"] = ask.on_behalf_of
     return CedarRequest(
         principal=("Agent", agent.id), principal_parents=agent.parents,
-        principal_entity=agent.entity, action=ask.action, resource=resource,
+        principal_entity=principal_entity or agent.entity, action=ask.action, resource=resource,
         resource_parents=parents, resource_entity=entity, context=orjson.dumps(ctx).decode(),
     )  # fmt: skip
 

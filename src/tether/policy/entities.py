@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from tether.agents import schedule as schedules
 from tether.agents.authority import Liveness, is_live
 from tether.policy.slices import Uid
 
@@ -30,10 +31,14 @@ class AgentView:
     entity: str  # Cedar JSON entity
     parents: frozenset[Uid]
     liveness: Liveness
+    schedule: schedules.Schedule | None = None  # its ``schedule`` attribute, parsed
 
     def active_at(self, now_us: int) -> bool:
         """The agents domain's liveness rule (:func:`tether.agents.authority.is_live`)."""
         return is_live(self.liveness, now_us)
+
+
+NO_RISK = {"score": 0, "level": "low"}
 
 
 def _tag(value: Any) -> str:
@@ -54,15 +59,34 @@ def agent_view(
     supervisors: Iterable[str],
 ) -> AgentView:
     """The view of an agent: its Cedar entity (status, tier, owner, purpose and name as
-    attributes; its roles as parents; its registry attributes as tags) and its facts."""
+    attributes, its risk — 0 here, monitoring sets it per request; its roles as parents; its
+    registry attributes as tags) and its facts."""
     roles = frozenset(roles)
     parents = frozenset(("Role", r) for r in roles)
     entity = orjson.dumps({
         "uid": {"type": "Agent", "id": id},
         "attrs": {"status": status, "risk_tier": risk_tier, "owner": owner_id,
-                  "purpose": purpose, "name": name},
+                  "purpose": purpose, "name": name, "risk": NO_RISK},
         "parents": [{"type": "Role", "id": r} for r in sorted(roles)],
         "tags": {str(k): _tag(v) for k, v in attributes.items()},
     }).decode()  # fmt: skip
     return AgentView(id, status, risk_tier, owner_id, frozenset(supervisors), roles, expires_at,
-                     entity, parents, Liveness(status, expires_at))  # fmt: skip
+                     entity, parents, Liveness(status, expires_at),
+                     _schedule(attributes.get("schedule")))  # fmt: skip
+
+
+def _schedule(value: Any) -> schedules.Schedule | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return schedules.parse(value)
+    except ValueError:  # refused when set (tether.agents.edits); an older row: no schedule
+        return None
+
+
+def with_risk(entity: str, score: int, level: str) -> str:
+    """The agent's entity text with its current risk (``principal.risk``); the view's own has
+    :data:`NO_RISK`."""
+    data = orjson.loads(entity)
+    data["attrs"]["risk"] = {"score": score, "level": level}
+    return orjson.dumps(data).decode()

@@ -22,8 +22,9 @@ from tether.clock import from_micros, to_micros
 from tether.db import Database
 from tether.errors import Forbidden, ValidationFailed
 from tether.jsonutil import loads
-from tether.policy.decide import DecisionService, decision_from_outcome
+from tether.policy.decide import DecisionService, cedar_request, decision_from_outcome
 from tether.policy.engine import CompiledPolicies
+from tether.policy.entities import with_risk
 from tether.policy.models import DecisionInputRow
 from tether.policy.values import Ask
 from tether.principals import Principal, Role
@@ -97,11 +98,17 @@ def simulate(
                   given.get("context", {}), tuple(given.get("chain", ())),
                   given.get("on_behalf_of"))  # fmt: skip
         before = info.get("policy_decision", decision)
-        before_reasons = [r for r in loads(reasons) if not r.startswith("tether.approval-")]
+        before_reasons = [r for r in loads(reasons)
+                          if not r.startswith(("tether.approval-", "tether.risk-"))]  # fmt: skip
+        # As it was decided: the session's history and the agent's risk then, when recorded.
+        risk = given.get("risk")
         try:
-            outcome = decision_from_outcome(
-                candidate.decide(decisions.cedar_request(ask)), candidate.version
-            )
+            request = cedar_request(
+                ask, agents, session=given.get("session"),
+                principal_entity=with_risk(agents[agent_id].entity, risk["score"], risk["level"])
+                if isinstance(risk, dict) else None,
+            )  # fmt: skip
+            outcome = decision_from_outcome(candidate.decide(request), candidate.version)
         except ValidationFailed:  # recorded before Tether refused values Cedar cannot read
             result.skipped += 1
             continue

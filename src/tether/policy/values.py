@@ -26,7 +26,7 @@ class Effect(StrEnum):
     APPROVAL_REQUIRED = "approval_required"
 
 
-RESERVED_CONTEXT = frozenset({"chain", "delegated", "on_behalf_of"})
+RESERVED_CONTEXT = frozenset({"chain", "delegated", "on_behalf_of", "session"})
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 _MAX_DEPTH = 16
 

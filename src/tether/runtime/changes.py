@@ -36,6 +36,7 @@ class Kind(StrEnum):
     FREEZE = "freeze"
     LEASE = "lease"
     SECRET = "secret"  # noqa: S105 - a kind, not a secret
+    MONITOR = "monitor"  # an agent's risk state ("a:<id>"), a session's touches ("s:<key>")
 
 
 def channel(schema: str | None) -> str:

@@ -1,0 +1,1 @@
+"""Continuous monitoring: behaviour windows per agent, risk rules, sequence-aware context."""

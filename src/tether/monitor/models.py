@@ -1,0 +1,77 @@
+"""Monitoring's tables: exchange buffers between workers and nodes (recent counts, newly
+seen pairs, session touches) and each agent's risk state (what was raised, step-up)."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tether.db.base import Base
+
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class MonitorCountRow(Base):
+    """One worker's counts for one agent in one bucket (absolute, overwritten each sync)."""
+
+    __tablename__ = "monitor_counts"
+
+    worker: Mapped[str] = mapped_column(String(40), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    denies: Mapped[int] = mapped_column(Integer)
+    first_seen: Mapped[int] = mapped_column(Integer)
+    secret_reads: Mapped[int] = mapped_column(Integer)
+    approvals: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_monitor_counts_updated_at", "updated_at"),)
+
+
+class MonitorPairRow(Base):
+    """An (action, resource) pair a worker saw an agent use for the first time."""
+
+    __tablename__ = "monitor_pairs"
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    worker: Mapped[str] = mapped_column(String(40))
+    agent_id: Mapped[str] = mapped_column(String(40))
+    pair: Mapped[str] = mapped_column(String(700))  # action NUL type NUL id
+    at: Mapped[int] = mapped_column(BigInteger)
+
+
+class MonitorTouchRow(Base):
+    """A data label or a tool a session touched (a sequence-aware decision reads them)."""
+
+    __tablename__ = "monitor_touches"
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    worker: Mapped[str] = mapped_column(String(40))
+    session: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(8))  # "label" | "tool"
+    value: Mapped[str] = mapped_column(String(200))
+    agent_id: Mapped[str] = mapped_column(String(40))
+    at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_monitor_touches_session", "session"),
+                      Index("ix_monitor_touches_at", "at"))  # fmt: skip
+
+
+class AgentRiskRow(Base):
+    """What monitoring last raised for an agent, and whether it is stepped up (every allow an
+    approval checkpoint) until a human clears it."""
+
+    __tablename__ = "agent_risk"
+
+    agent_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    level: Mapped[str] = mapped_column(String(32))
+    rank: Mapped[int] = mapped_column(Integer)
+    score: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str | None] = mapped_column(String(32))
+    step_up: Mapped[bool] = mapped_column(Boolean)
+    raised_at: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[str | None] = mapped_column(String(40))
+    evidence: Mapped[str] = mapped_column(Text)  # JSON: the rules that held and their signals
+    cleared_at: Mapped[int | None] = mapped_column(BigInteger)
+    cleared_by: Mapped[str | None] = mapped_column(String(80))

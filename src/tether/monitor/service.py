@@ -1,0 +1,588 @@
+"""The monitor: behaviour windows fed from the decision path, risk scored by rule, the
+configured response taken within the decision that crossed the threshold.
+
+**On the hot path** (:meth:`Monitor.before`, :meth:`Monitor.after`; no I/O, a lock held for
+a few dict operations): each recorded decision counts in its agent's window; the risk is
+scored from the merged window; a response is returned when the agent reached a level not
+yet acted on. ``principal.risk`` and ``context.session`` are read from memory
+(:meth:`Monitor.principal_entity`, :meth:`Monitor.session_context`).
+
+**Off the hot path**:
+
+- :meth:`Monitor.respond` (before the decision that triggered it is answered) records the
+  response under the write lock, where the agent's risk row decides whether another worker
+  or node already did (so a spike seen by two nodes is acted on once): the row, an
+  ``agent.risk_raised`` ledger event naming the rules and their evidence, a change-feed key
+  so every worker knows of a step-up at once; for ``suspend``, the agent is suspended
+  (reversible by a human).
+- :meth:`Monitor.sync` (every ``sync_seconds`` on every worker) publishes this worker's
+  counts, newly seen pairs and session touches, and merges the other workers' and nodes'.
+  A session's new touch is also a change-feed key: the other workers read it at once
+  (NOTIFY, or the FIFO wake-up on one host), not at their next sync.
+- :class:`MonitorSection` is the runtime section: agents' risk rows and sessions' touches,
+  loaded at start and applied as they change.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from tether.agents.service import AgentService
+from tether.audit.events import EventType, NewEvent
+from tether.audit.ledger import Ledger
+from tether.clock import Clock, from_micros, to_micros, to_rfc3339
+from tether.db import Database
+from tether.errors import ValidationFailed
+from tether.maintenance import Task
+from tether.monitor.models import AgentRiskRow, MonitorCountRow, MonitorPairRow, MonitorTouchRow
+from tether.monitor.rules import SIGNALS, MonitorConfig, Risk, Rules, signals_dict
+from tether.monitor.windows import APPROVAL, DENY, FIRST, REQ, SECRET, AgentWindow, SessionHistory
+from tether.policy.entities import AgentView, with_risk
+from tether.policy.values import Ask, Decision, Effect
+from tether.principals import SYSTEM, Principal
+from tether.runtime import changes
+from tether.runtime.changes import Kind
+
+log = logging.getLogger("tether.monitor")
+RESPONSES = Counter("tether_monitor_responses", "Automatic responses to an agent's risk",
+                    ["action"])  # fmt: skip
+STEP_UP = "tether.risk-step-up"
+SUSPENDED = "tether.risk-suspended"
+_SECRET_ACTIONS = frozenset({"secret.read", "secret.lease"})
+_MAX_LABELS = 32  # labels taken from one resource
+_SYNC_SLACK_US = 5_000_000  # rows re-read across a sync's boundary (clocks differ a little)
+
+
+@dataclass(frozen=True, slots=True)
+class RiskState:
+    """An agent's risk row as every worker holds it."""
+
+    rank: int
+    level: str
+    score: int
+    step_up: bool
+    raised_at: int
+    evidence: dict[str, Any]
+    cleared_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What the decision that crossed a threshold triggers (recorded by :meth:`respond`)."""
+
+    agent_id: str
+    risk: Risk
+    signals: dict[str, Any]
+    decision: str  # the decision's effect, as Cedar (and the step-up) left it
+    action: str
+    resource: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """What :meth:`Monitor.before` found, for :meth:`Monitor.after`."""
+
+    window: AgentWindow
+    counts: list[int]
+    off_schedule: bool
+    depth: int
+    session: dict[str, Any]  # context.session as Cedar is given it
+    entity: str  # the principal's entity, with its risk
+
+    def seen(self) -> dict[str, Any]:
+        """What the decision's record keeps of it (for the console and simulations)."""
+        risk = self.window.risk
+        out: dict[str, Any] = {"session": self.session}
+        if risk.score:
+            out["risk"] = {"score": risk.score, "level": risk.level}
+        return out
+
+
+class Monitor:
+    def __init__(self, config: MonitorConfig, db: Database, ledger: Ledger, clock: Clock,
+                 agents: AgentService) -> None:  # fmt: skip
+        self.config = config
+        self.enabled = config.enabled
+        self.rules = Rules(config.rules, config.thresholds)
+        self.db = db
+        self.ledger = ledger
+        self.clock = clock
+        self.agents = agents
+        self.worker = f"wrk_{secrets.token_hex(8)}"
+        self._bucket_us = config.bucket_seconds * 1_000_000
+        self._width = config.window_seconds // config.bucket_seconds
+        self._session_us = config.session_window_seconds * 1_000_000
+        self._lock = threading.Lock()
+        self.windows: dict[str, AgentWindow] = {}
+        self.sessions: dict[str, SessionHistory] = {}
+        self.states: dict[str, RiskState] = {}
+        self._entities: dict[str, tuple[str, Risk, str]] = {}
+        # What this worker has to publish at its next sync
+        self._dirty: set[tuple[str, int]] = set()
+        self._new_pairs: list[tuple[str, str, int]] = []
+        self._new_touches: list[tuple[str, str, str, str, int]] = []
+        # The others' counts as last read: (worker, agent, bucket) -> counts
+        self._theirs: dict[tuple[str, str, int], list[int]] = {}
+        self._read_until = 0
+        self._pair_cursor: int | None = None
+        self.section = MonitorSection(self)
+
+    # -- read by every evaluation ------------------------------------------------------------
+    def principal_entity(self, view: AgentView) -> str:
+        """The agent's Cedar entity with its current risk (``principal.risk``)."""
+        w = self.windows.get(view.id)
+        risk = w.risk if w is not None else None
+        if risk is None or risk.score == 0:
+            return view.entity
+        cached = self._entities.get(view.id)
+        if cached is not None and cached[0] is view.entity and cached[1] is risk:
+            return cached[2]
+        text = with_risk(view.entity, risk.score, risk.level)
+        self._entities[view.id] = (view.entity, risk, text)
+        return text
+
+    def session_context(self, ask: Ask, now_us: int) -> dict[str, Any]:
+        """``context.session``: the id, and the labels and tools touched within the window by
+        the chain's root (and by the explicit ``context.session_id``, when given)."""
+        keys = session_keys(ask)
+        labels: list[str] = []
+        tools: list[str] = []
+        for key in keys:
+            hist = self.sessions.get(key)
+            if hist is not None:
+                seen_labels, seen_tools = hist.seen(now_us, self._session_us)
+                labels = sorted({*labels, *seen_labels}) if labels else seen_labels
+                tools = sorted({*tools, *seen_tools}) if tools else seen_tools
+        return {"id": keys[-1], "labels": labels, "tools": tools}
+
+    # -- the hot path ------------------------------------------------------------------------
+    def before(self, ask: Ask, view: AgentView, now_us: int) -> Watch:
+        """Count the request in its agent's window (before Cedar is asked)."""
+        cfg = self.config
+        b = now_us // self._bucket_us
+        with self._lock:
+            w = self.windows.get(ask.subject)
+            if w is None:
+                w = self.windows[ask.subject] = AgentWindow()
+            cur = w.current(b, self._width, cfg.baseline_alpha)
+            cur[REQ] += 1
+            pair = (ask.action, ask.resource_type, ask.resource_id)
+            if pair not in w.pairs and len(w.pairs) < cfg.pairs_per_agent:
+                w.pairs.add(pair)
+                self._new_pairs.append((ask.subject, "\x00".join(pair), now_us))
+                if w.learned(cfg.learn_buckets):
+                    cur[FIRST] += 1
+            self._dirty.add((ask.subject, b))
+        off = view.schedule is not None and not view.schedule.allows(now_us)
+        return Watch(w, cur, off, len(ask.full_chain) - 1, self.session_context(ask, now_us),
+                     self.principal_entity(view))  # fmt: skip
+
+    def after(self, ask: Ask, decision: Decision, watch: Watch, now_us: int
+              ) -> tuple[Decision, Response | None]:  # fmt: skip
+        """Count the answer, score the window, and apply the agent's response: a step-up
+        makes an allow an approval checkpoint; a new suspension a deny."""
+        cfg = self.config
+        w, cur = watch.window, watch.counts
+        effect = decision.effect
+        with self._lock:
+            if effect is Effect.DENY:
+                cur[DENY] += 1
+            elif effect is Effect.APPROVAL_REQUIRED:
+                cur[APPROVAL] += 1
+            elif ask.action in _SECRET_ACTIONS:
+                cur[SECRET] += 1
+            t = w.totals(cur)
+            ratio, z = w.rate(t[REQ], self._width, cfg.learn_buckets)
+            signals = (
+                t[REQ],
+                ratio,
+                z,
+                t[DENY],
+                t[DENY] / t[REQ] if t[REQ] else 0.0,
+                t[FIRST],
+                t[SECRET],
+                t[APPROVAL],
+                watch.off_schedule,
+                watch.depth,
+            )
+            risk = self.rules.score(signals)
+            w.risk = risk
+            state = self.states.get(ask.subject)
+            response = None
+            if risk.rank and risk.rank > w.pending and _new_level(state, risk, now_us, cfg):
+                w.pending = risk.rank
+                response = Response(ask.subject, risk, dict(signals_dict(signals)),
+                                    effect.value, ask.action,
+                                    {"type": ask.resource_type, "id": ask.resource_id})  # fmt: skip
+        if decision.allowed:
+            self._touched(ask, now_us)
+        action = response.action if response is not None else None
+        if action == "suspend":
+            return _suspended(decision), response
+        stepped = (state is not None and state.step_up) or action == "require_approval"
+        if stepped and decision.allowed:
+            return _stepped_up(decision), response
+        return decision, response
+
+    def _touched(self, ask: Ask, now_us: int) -> None:
+        labels = ask.properties.get("labels")
+        touched: list[tuple[str, str]] = []
+        if isinstance(labels, list):
+            touched += [("label", x) for x in labels[:_MAX_LABELS] if isinstance(x, str) and x]
+        if ask.resource_type == "Tool":
+            touched.append(("tool", ask.resource_id))
+        if not touched:
+            return
+        keys = session_keys(ask)
+        with self._lock:
+            for key in keys:
+                hist = self.sessions.get(key)
+                if hist is None:
+                    hist = self.sessions[key] = SessionHistory()
+                for kind, value in touched:
+                    if hist.touch(kind, value[:200], now_us):
+                        self._new_touches.append((key, kind, value[:200], ask.subject, now_us))
+
+    # -- responses ---------------------------------------------------------------------------
+    def respond(self, response: Response) -> bool:
+        """Record the response, unless another worker or node already acted on this level:
+        the risk row, the ledger event, the change key; then suspend when asked. True when
+        this call acted."""
+        now = self.clock.now()
+        now_us = to_micros(now)
+        risk = response.risk
+        acted = False
+        try:
+            with self.db.write() as s:
+                row = s.get(AgentRiskRow, response.agent_id)
+                state = _state(row) if row is not None else None
+                if _new_level(state, risk, now_us, self.config):
+                    evidence = {**risk.to_json(), "signals": response.signals,
+                                "trigger": {"action": response.action,
+                                            "resource": response.resource,
+                                            "decision": response.decision}}  # fmt: skip
+                    step_up = risk.action == "require_approval" or bool(row and row.step_up)
+                    event = self.ledger.append(s, [NewEvent(
+                        EventType.AGENT_RISK_RAISED, "system", agent_id=response.agent_id,
+                        action=response.action, resource=response.resource,
+                        details={"score": risk.score, "level": risk.level,
+                                 "response": risk.action, "step_up": step_up,
+                                 "rules": [h.to_json() for h in risk.hits],
+                                 "signals": response.signals},
+                    )], now=now)[0]  # fmt: skip
+                    if row is None:
+                        row = AgentRiskRow(agent_id=response.agent_id)
+                        s.add(row)
+                    row.level, row.rank, row.score = risk.level, risk.rank, risk.score
+                    row.action, row.step_up, row.raised_at = risk.action, step_up, now_us
+                    row.event_id, row.evidence = event.id, orjson.dumps(evidence).decode()
+                    changes.record(s, Kind.MONITOR, [f"a:{response.agent_id}"], now_us=now_us)
+                    acted = True
+            if acted and risk.action == "suspend":
+                rules = ", ".join(h.rule for h in risk.hits)
+                self.agents.suspend(SYSTEM, response.agent_id, reason=(
+                    f"automatic: risk {risk.score} ({risk.level}) by {rules}; a human resumes "
+                    f"it with tether agents resume {response.agent_id}"))  # fmt: skip
+        except Exception:
+            log.exception("response to agent %s's risk not recorded", response.agent_id)
+            raise
+        finally:
+            with self._lock:
+                w = self.windows.get(response.agent_id)
+                if w is not None and w.pending == risk.rank:
+                    w.pending = 0 if not acted else w.pending
+        if acted:
+            RESPONSES.labels(risk.action or "none").inc()
+        return acted
+
+    def clear(self, actor: Principal, agent_id: str, *, note: str | None) -> dict[str, Any]:
+        """A human clears the agent's risk: no more step-up, its windows start again (every
+        worker's, through the change feed), and the next rise is acted on afresh."""
+        if note is not None and len(note) > 500:
+            raise ValidationFailed("note is at most 500 characters", field="note")
+        now = self.clock.now()
+        now_us = to_micros(now)
+        with self.db.write() as s:
+            self.agents.authorized_row(s, actor, agent_id, "operate")
+            row = s.get(AgentRiskRow, agent_id)
+            before = _state(row) if row is not None else None
+            if row is None:
+                row = AgentRiskRow(agent_id=agent_id, level="low", rank=0, score=0,
+                                   action=None, step_up=False, raised_at=now_us,
+                                   event_id=None, evidence="{}")  # fmt: skip
+                s.add(row)
+            row.level, row.rank, row.score, row.step_up = "low", 0, 0, False
+            row.cleared_at, row.cleared_by = now_us, actor.ref
+            self.ledger.append(s, [NewEvent(
+                EventType.AGENT_RISK_CLEARED, actor.ref, agent_id=agent_id,
+                details={"note": note, "was": {"level": before.level, "score": before.score,
+                                               "step_up": before.step_up} if before else None},
+            )], now=now)  # fmt: skip
+            changes.record(s, Kind.MONITOR, [f"a:{agent_id}"], now_us=now_us)
+        return self.describe(agent_id)
+
+    def describe(self, agent_id: str) -> dict[str, Any]:
+        """The agent's risk as this worker sees it: the live score and its explanation, what
+        was last raised, whether it is stepped up, and its baseline."""
+        w = self.windows.get(agent_id)
+        live = w.risk if w is not None else None
+        state = self.states.get(agent_id)
+        return {
+            "agent_id": agent_id,
+            "score": live.score if live else 0,
+            "level": live.level if live else "low",
+            "rules": [h.to_json() for h in live.hits] if live else [],
+            "step_up": bool(state and state.step_up),
+            "raised": None if state is None or state.rank == 0 else {
+                "level": state.level, "score": state.score,
+                "at": to_rfc3339(from_micros(state.raised_at)),
+                "rules": state.evidence.get("rules", []),
+                "trigger": state.evidence.get("trigger"),
+            },
+            "cleared_at": to_rfc3339(from_micros(state.cleared_at))
+            if state and state.cleared_at else None,
+            "baseline": w.to_json() if w is not None else None,
+        }  # fmt: skip
+
+    def risk_of(self, agent_id: str) -> dict[str, Any]:
+        """``{score, level, step_up}`` for the registry's views."""
+        w = self.windows.get(agent_id)
+        state = self.states.get(agent_id)
+        risk = w.risk if w is not None else None
+        return {"score": risk.score if risk else 0, "level": risk.level if risk else "low",
+                "step_up": bool(state and state.step_up)}  # fmt: skip
+
+    # -- merging across workers and nodes ----------------------------------------------------
+    def sync(self) -> None:
+        """Publish this worker's news and read the others' (a few statements, off the hot
+        path)."""
+        if not self.enabled:
+            return
+        now_us = to_micros(self.clock.now())
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            rows = []
+            for agent, b in dirty:
+                w = self.windows.get(agent)
+                c = w.local.get(b) if w is not None else None
+                if c is not None:
+                    rows.append({"worker": self.worker, "agent_id": agent, "bucket": b,
+                                 "requests": c[REQ], "denies": c[DENY], "first_seen": c[FIRST],
+                                 "secret_reads": c[SECRET], "approvals": c[APPROVAL],
+                                 "updated_at": now_us})  # fmt: skip
+            pairs, self._new_pairs = self._new_pairs, []
+            touches, self._new_touches = self._new_touches, []
+        try:
+            if rows or pairs or touches:
+                self._publish(rows, pairs, touches, now_us)
+            self._merge(now_us)
+        except Exception:
+            with self._lock:  # published next time (counts are absolute: nothing doubles)
+                self._dirty |= dirty
+                self._new_pairs[:0] = pairs
+                self._new_touches[:0] = touches
+            raise
+
+    def _publish(
+        self, rows: list[dict[str, Any]], pairs: Sequence[tuple[str, str, int]],
+        touches: Sequence[tuple[str, str, str, str, int]], now_us: int,
+    ) -> None:  # fmt: skip
+        with self.db.write() as s:
+            if rows:
+                ins = (pg_insert if self.db.dialect == "postgresql" else sqlite_insert)(
+                    MonitorCountRow
+                )
+                cols = ("requests", "denies", "first_seen", "secret_reads", "approvals",
+                        "updated_at")  # fmt: skip
+                stmt = ins.on_conflict_do_update(
+                    index_elements=["worker", "agent_id", "bucket"],
+                    set_={c: getattr(ins.excluded, c) for c in cols})  # fmt: skip
+                s.execute(stmt, rows)
+            if pairs:
+                s.execute(MonitorPairRow.__table__.insert(), [  # type: ignore[attr-defined]
+                    {"worker": self.worker, "agent_id": a, "pair": p[:700], "at": at}
+                    for a, p, at in pairs])  # fmt: skip
+            if touches:
+                s.execute(MonitorTouchRow.__table__.insert(), [  # type: ignore[attr-defined]
+                    {"worker": self.worker, "session": k, "kind": kind, "value": v,
+                     "agent_id": a, "at": at} for k, kind, v, a, at in touches])  # fmt: skip
+                changes.record(s, Kind.MONITOR, sorted({f"s:{t[0]}" for t in touches}),
+                               now_us=now_us)  # fmt: skip
+
+    def _merge(self, now_us: int) -> None:
+        oldest = now_us // self._bucket_us - self._width - 1
+        with self.db.read() as s:
+            q = select(MonitorCountRow).where(
+                MonitorCountRow.worker != self.worker,
+                MonitorCountRow.bucket >= oldest,
+                MonitorCountRow.updated_at >= self._read_until - _SYNC_SLACK_US,
+            )
+            theirs = [(r.worker, r.agent_id, r.bucket,
+                       [r.requests, r.denies, r.first_seen, r.secret_reads, r.approvals])
+                      for r in s.scalars(q)]  # fmt: skip
+            if self._pair_cursor is None:  # pairs seen before this worker started: not news
+                self._pair_cursor = s.scalar(select(func.max(MonitorPairRow.id))) or 0
+                new_pairs: list[tuple[int, str, str]] = []
+            else:
+                new_pairs = [(i, a, p) for i, a, p in s.execute(
+                    select(MonitorPairRow.id, MonitorPairRow.agent_id, MonitorPairRow.pair)
+                    .where(MonitorPairRow.id > self._pair_cursor,
+                           MonitorPairRow.worker != self.worker)
+                    .order_by(MonitorPairRow.id).limit(100_000))]  # fmt: skip
+        self._read_until = now_us
+        with self._lock:
+            touched: set[str] = set()
+            for worker, agent, b, counts in theirs:
+                self._theirs[(worker, agent, b)] = counts
+                touched.add(agent)
+            for key in [k for k in self._theirs if k[2] < oldest]:
+                touched.add(key[1])
+                del self._theirs[key]
+            sums: dict[str, dict[int, list[int]]] = {a: {} for a in touched}
+            for (_, agent, b), counts in self._theirs.items():
+                if agent in sums:
+                    into = sums[agent].setdefault(b, [0, 0, 0, 0, 0])
+                    for i, v in enumerate(counts):
+                        into[i] += v
+            for agent, by_bucket in sums.items():
+                w = self.windows.get(agent)
+                if w is None:
+                    w = self.windows[agent] = AgentWindow()
+                w.remote = by_bucket
+                if w.bucket < 0:
+                    w.bucket = now_us // self._bucket_us
+                w.resum(self._width)
+            self._learn_pairs(new_pairs)
+
+    def _learn_pairs(self, new_pairs: Sequence[tuple[int, str, str]]) -> None:
+        """Pairs other workers saw first: not first-seen here either (under the lock)."""
+        for i, agent, pair in new_pairs:
+            self._pair_cursor = max(self._pair_cursor or 0, i)
+            w = self.windows.get(agent)
+            if w is None:
+                w = self.windows[agent] = AgentWindow()
+            parts = pair.split("\x00")
+            if len(parts) == 3 and len(w.pairs) < self.config.pairs_per_agent:
+                w.pairs.add((parts[0], parts[1], parts[2]))
+
+    # -- maintenance -------------------------------------------------------------------------
+    def maintenance(self) -> list[Task]:
+        return [Task("monitor.purge", self.purge)] if self.enabled else []
+
+    def purge(self) -> None:
+        """Forget exchanged rows nobody needs any more (idempotent on every node)."""
+        now_us = to_micros(self.clock.now())
+        oldest = now_us // self._bucket_us - self._width - 10
+        with self.db.write() as s:
+            s.execute(delete(MonitorCountRow).where(MonitorCountRow.bucket < oldest))
+            s.execute(delete(MonitorPairRow).where(MonitorPairRow.at < now_us - 86_400_000_000))
+            s.execute(delete(MonitorTouchRow).where(MonitorTouchRow.at < now_us - self._session_us))
+        with self._lock:
+            for key in [k for k, h in self.sessions.items()
+                        if (h.seen(now_us, self._session_us) or True) and h.empty]:  # fmt: skip
+                del self.sessions[key]
+
+
+class MonitorSection:
+    """The runtime section: every agent's risk row and the sessions' touches in the window."""
+
+    kinds = frozenset({Kind.MONITOR.value})
+    ready = True
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def load(self, s: Session, now_us: int) -> None:
+        m = self.monitor
+        states = {r.agent_id: _state(r) for r in s.scalars(select(AgentRiskRow))}
+        rows = s.execute(select(MonitorTouchRow.session, MonitorTouchRow.kind,
+                                MonitorTouchRow.value, MonitorTouchRow.at)
+                         .where(MonitorTouchRow.at >= now_us - m._session_us)).all()  # fmt: skip
+        with m._lock:
+            m.states = states
+            m.sessions = {}
+            for key, kind, value, at in rows:
+                m.sessions.setdefault(key, SessionHistory()).touch(kind, value, at)
+
+    def apply(self, s: Session, changed: Mapping[str, set[str]], now_us: int) -> None:
+        m = self.monitor
+        keys = changed[Kind.MONITOR.value]
+        agents = [k[2:] for k in keys if k.startswith("a:")]
+        sessions = [k[2:] for k in keys if k.startswith("s:")]
+        states = ({r.agent_id: _state(r) for r in s.scalars(
+            select(AgentRiskRow).where(AgentRiskRow.agent_id.in_(agents)))}
+            if agents else {})  # fmt: skip
+        rows = s.execute(select(MonitorTouchRow.session, MonitorTouchRow.kind,
+                                MonitorTouchRow.value, MonitorTouchRow.at)
+                         .where(MonitorTouchRow.session.in_(sessions),
+                                MonitorTouchRow.at >= now_us - m._session_us)
+                         ).all() if sessions else []  # fmt: skip
+        with m._lock:
+            for agent, state in states.items():
+                before = m.states.get(agent)
+                m.states[agent] = state
+                cleared = state.cleared_at and (
+                    before is None or before.cleared_at != state.cleared_at
+                )
+                w = m.windows.get(agent)
+                if cleared and w is not None:
+                    w.clear()
+                    w.reset_at = now_us
+            for key, kind, value, at in rows:
+                m.sessions.setdefault(key, SessionHistory()).touch(kind, value, at)
+
+    def purge(self, now_us: int) -> None:
+        del now_us
+
+
+def session_keys(ask: Ask) -> tuple[str, ...]:
+    """The chain's root always (an agent cannot leave its history by naming a new session),
+    and the explicit ``context.session_id`` when the caller gives one."""
+    root = ask.full_chain[0]
+    sid = ask.context.get("session_id")
+    if isinstance(sid, str) and sid and sid != root:
+        return (root, f"id:{sid[:190]}")
+    return (root,)
+
+
+def _new_level(state: RiskState | None, risk: Risk, now_us: int, cfg: MonitorConfig) -> bool:
+    """Whether reaching ``risk`` is news: a higher level than last raised, or the same level
+    again after the cool-down."""
+    if state is None or state.rank == 0:
+        return True
+    if risk.rank > state.rank:
+        return True
+    return now_us - state.raised_at >= cfg.cooldown_seconds * 1_000_000
+
+
+def _state(row: AgentRiskRow) -> RiskState:
+    return RiskState(row.rank, row.level, row.score, bool(row.step_up), row.raised_at,
+                     orjson.loads(row.evidence or "{}"), row.cleared_at)  # fmt: skip
+
+
+def _stepped_up(decision: Decision) -> Decision:
+    return Decision(Effect.APPROVAL_REQUIRED, (*decision.reasons, STEP_UP),
+                    decision.policy_version, stage=decision.stage,
+                    policy_effect=decision.policy_effect)  # fmt: skip
+
+
+def _suspended(decision: Decision) -> Decision:
+    return Decision(Effect.DENY, (*decision.reasons, SUSPENDED), decision.policy_version,
+                    error={"code": "agent_not_active", "message": "the agent's risk reached "
+                           "the suspension threshold: suspended until a human resumes it"},
+                    stage=decision.stage, policy_effect=decision.policy_effect)  # fmt: skip
+
+
+__all__ = ["SIGNALS", "Monitor", "MonitorSection", "Response", "Watch"]

@@ -1,0 +1,170 @@
+"""Behaviour windows, in memory: per agent, counts in time buckets (this worker's own, and the
+other workers' and nodes' as last merged), a baseline of its own request rate, the
+(action, resource) pairs it has used; per session, the data labels and tools it touched.
+
+Pure state and arithmetic, no I/O, time passed in (microseconds). The monitor service
+(:mod:`tether.monitor.service`) feeds it from the decision path and merges other workers'
+counts into it off the hot path.
+
+The baseline is an exponentially weighted mean and variance of the agent's requests per
+*active* bucket (a bucket with at least one request, this worker's and the others'), folded
+one bucket late so that the other workers' counts for it have arrived: an agent that works
+in bursts (a batch every hour, office hours) is compared with its own bursts, not with its
+nights. It has *learned* after ``learn_buckets`` active buckets; before that, ``rate_ratio``,
+``rate_z`` and ``first_seen`` stay 0 (every pair is new to a new agent).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.monitor.rules import LOW, Risk
+
+REQ, DENY, FIRST, SECRET, APPROVAL = range(5)
+COUNTS = 5
+
+
+def _zero() -> list[int]:
+    return [0] * COUNTS
+
+
+@dataclass(slots=True)
+class AgentWindow:
+    bucket: int = -1  # the current bucket's number
+    local: dict[int, list[int]] = field(default_factory=dict)  # this worker's, by bucket
+    remote: dict[int, list[int]] = field(default_factory=dict)  # the others', summed
+    closed: list[int] = field(default_factory=_zero)  # the window's buckets before the current
+    folded: int = -1  # the last bucket folded into the baseline
+    mean: float = 0.0
+    var: float = 0.0
+    active: int = 0  # active buckets folded
+    pairs: set[tuple[str, str, str]] = field(default_factory=set)
+    risk: Risk = LOW  # as of its latest decision
+    pending: int = 0  # the rank of a response on its way to the database
+    reset_at: int = 0  # a human cleared it: what came before does not count
+
+    def learned(self, learn_buckets: int) -> bool:
+        return self.active >= learn_buckets
+
+    def current(self, b: int, width: int, alpha: float) -> list[int]:
+        """This worker's counts for bucket ``b`` (rolling the window forward first)."""
+        if b != self.bucket:
+            self.roll(b, width, alpha)
+        cur = self.local.get(b)
+        if cur is None:
+            cur = self.local[b] = _zero()
+        return cur
+
+    def roll(self, b: int, width: int, alpha: float) -> None:
+        self.bucket = b
+        for old in [k for k in self.local if k <= b - width - 2]:
+            del self.local[old]
+        for old in [k for k in self.remote if k <= b - width - 2]:
+            del self.remote[old]
+        self.fold(b, alpha)
+        self.resum(width)
+
+    def fold(self, b: int, alpha: float) -> None:
+        """Fold every bucket up to ``b - 2`` not folded yet (one bucket of grace)."""
+        last = b - 2
+        if last <= self.folded:
+            return
+        keys = sorted({k for k in (*self.local, *self.remote) if self.folded < k <= last})
+        for k in keys:
+            x = self.local.get(k, _NONE)[REQ] + self.remote.get(k, _NONE)[REQ]
+            if x <= 0:
+                continue
+            if self.active == 0:
+                self.mean, self.var = float(x), 0.0
+            else:
+                diff = x - self.mean
+                incr = alpha * diff
+                self.mean += incr
+                self.var = (1 - alpha) * (self.var + diff * incr)
+            self.active += 1
+        self.folded = last
+
+    def resum(self, width: int) -> None:
+        total = _zero()
+        b = self.bucket
+        for counts in (self.local, self.remote):
+            for k, c in counts.items():
+                if b - width < k < b:
+                    for i in range(COUNTS):
+                        total[i] += c[i]
+        self.closed = total
+
+    def totals(self, cur: list[int]) -> list[int]:
+        rem = self.remote.get(self.bucket, _NONE)
+        c = self.closed
+        return [c[0] + cur[0] + rem[0], c[1] + cur[1] + rem[1], c[2] + cur[2] + rem[2],
+                c[3] + cur[3] + rem[3], c[4] + cur[4] + rem[4]]  # fmt: skip
+
+    def rate(self, requests: int, width: int, learn_buckets: int) -> tuple[float, float]:
+        """(rate_ratio, rate_z) of ``requests`` in the window against the baseline."""
+        if self.active < learn_buckets or self.mean <= 0:
+            return 0.0, 0.0
+        expected = self.mean * width
+        ratio = requests / expected
+        spread = math.sqrt(self.var * width)
+        z = (
+            (requests - expected) / spread
+            if spread > 0
+            else (0.0 if requests <= expected else float(requests - expected))
+        )
+        return ratio, z
+
+    def clear(self) -> None:
+        """A human cleared the agent's risk: its counts start again (baseline and pairs kept)."""
+        self.local.clear()
+        self.remote.clear()
+        self.closed = _zero()
+        self.risk = LOW
+        self.pending = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"baseline_per_bucket": round(self.mean, 2),
+                "baseline_deviation": round(math.sqrt(self.var), 2),
+                "active_buckets": self.active, "pairs_known": len(self.pairs)}  # fmt: skip
+
+
+_NONE = (0,) * COUNTS
+
+
+@dataclass(slots=True)
+class SessionHistory:
+    """What one session (a delegation chain's root, or an explicit session id) touched: each
+    data label and tool with the last time it was touched (microseconds)."""
+
+    labels: dict[str, int] = field(default_factory=dict)
+    tools: dict[str, int] = field(default_factory=dict)
+    _ctx: tuple[list[str], list[str]] | None = None
+    _valid_until: int = 0
+
+    def touch(self, kind: str, value: str, at: int) -> bool:
+        """Record it; True when it is new to this session (or was forgotten)."""
+        book = self.labels if kind == "label" else self.tools
+        before = book.get(value)
+        if before is None or before < at:
+            book[value] = at
+            self._ctx = None
+        return before is None
+
+    def seen(self, now_us: int, window_us: int) -> tuple[list[str], list[str]]:
+        """(labels, tools) touched within the window, sorted."""
+        if self._ctx is not None and now_us < self._valid_until:
+            return self._ctx
+        since = now_us - window_us
+        for book in (self.labels, self.tools):
+            for key in [k for k, at in book.items() if at < since]:
+                del book[key]
+        self._ctx = (sorted(self.labels), sorted(self.tools))
+        oldest = min((*self.labels.values(), *self.tools.values()), default=now_us)
+        self._valid_until = oldest + window_us if (self.labels or self.tools) else 2**62
+        return self._ctx
+
+    @property
+    def empty(self) -> bool:
+        return not self.labels and not self.tools
