@@ -37,7 +37,7 @@ class MonitorPairRow(Base):
     id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
     worker: Mapped[str] = mapped_column(String(40))
     agent_id: Mapped[str] = mapped_column(String(40))
-    pair: Mapped[str] = mapped_column(String(700))  # action NUL type NUL id
+    pair: Mapped[str] = mapped_column(String(700))  # JSON: [action, type, id]
     at: Mapped[int] = mapped_column(BigInteger)
 
 

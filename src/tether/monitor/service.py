@@ -181,7 +181,7 @@ class Monitor:
             pair = (ask.action, ask.resource_type, ask.resource_id)
             if pair not in w.pairs and len(w.pairs) < cfg.pairs_per_agent:
                 w.pairs.add(pair)
-                self._new_pairs.append((ask.subject, "\x00".join(pair), now_us))
+                self._new_pairs.append((ask.subject, orjson.dumps(pair).decode(), now_us))
                 if w.learned(cfg.learn_buckets):
                     cur[FIRST] += 1
             self._dirty.add((ask.subject, b))
@@ -228,7 +228,7 @@ class Monitor:
                                     {"type": ask.resource_type, "id": ask.resource_id})  # fmt: skip
         if decision.allowed:
             self._touched(ask, now_us)
-        action = response.action if response is not None else None
+        action = response.risk.action if response is not None else None
         if action == "suspend":
             return _suspended(decision), response
         stepped = (state is not None and state.step_up) or action == "require_approval"
@@ -240,8 +240,9 @@ class Monitor:
         labels = ask.properties.get("labels")
         touched: list[tuple[str, str]] = []
         if isinstance(labels, list):
-            touched += [("label", x) for x in labels[:_MAX_LABELS] if isinstance(x, str) and x]
-        if ask.resource_type == "Tool":
+            touched += [("label", x) for x in labels[:_MAX_LABELS]
+                        if isinstance(x, str) and x and "\x00" not in x]  # fmt: skip
+        if ask.resource_type == "Tool" and "\x00" not in ask.resource_id:
             touched.append(("tool", ask.resource_id))
         if not touched:
             return
@@ -412,8 +413,8 @@ class Monitor:
                 s.execute(stmt, rows)
             if pairs:
                 s.execute(MonitorPairRow.__table__.insert(), [  # type: ignore[attr-defined]
-                    {"worker": self.worker, "agent_id": a, "pair": p[:700], "at": at}
-                    for a, p, at in pairs])  # fmt: skip
+                    {"worker": self.worker, "agent_id": a, "pair": p, "at": at}
+                    for a, p, at in pairs if len(p) <= 700])  # fmt: skip
             if touches:
                 s.execute(MonitorTouchRow.__table__.insert(), [  # type: ignore[attr-defined]
                     {"worker": self.worker, "session": k, "kind": kind, "value": v,
@@ -473,9 +474,12 @@ class Monitor:
             w = self.windows.get(agent)
             if w is None:
                 w = self.windows[agent] = AgentWindow()
-            parts = pair.split("\x00")
+            try:
+                parts = orjson.loads(pair)
+            except orjson.JSONDecodeError:
+                continue
             if len(parts) == 3 and len(w.pairs) < self.config.pairs_per_agent:
-                w.pairs.add((parts[0], parts[1], parts[2]))
+                w.pairs.add((str(parts[0]), str(parts[1]), str(parts[2])))
 
     # -- maintenance -------------------------------------------------------------------------
     def maintenance(self) -> list[Task]:
@@ -552,7 +556,7 @@ def session_keys(ask: Ask) -> tuple[str, ...]:
     and the explicit ``context.session_id`` when the caller gives one."""
     root = ask.full_chain[0]
     sid = ask.context.get("session_id")
-    if isinstance(sid, str) and sid and sid != root:
+    if isinstance(sid, str) and sid and sid != root and "\x00" not in sid:
         return (root, f"id:{sid[:190]}")
     return (root,)
 
