@@ -148,6 +148,7 @@ def test_every_domain_registers_its_maintenance(services: Services) -> None:
         "runtime.purge",
         "secrets.purge_leases",
         "secrets.drop_logins",
+        "monitor.purge",
     ]
     for task in services.maintenance:
         task.run()  # each is safe to run at any time, on any node

@@ -29,7 +29,7 @@ from pydantic_settings import (
 from tether.errors import ConfigurationError
 from tether.fields import SCOPE_RE
 from tether.gateway_config import Upstream, check_unique
-from tether.monitor.rules import MonitorConfig
+from tether.monitor_config import MonitorConfig
 
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.\-_]*[a-z0-9])?$")
 # A server listening on every address is reached by a client on its own host at loopback.
