@@ -19,7 +19,7 @@ from tether.clock import FrozenClock
 from tether.container import Services
 from tether.monitor.rules import MonitorConfig, RuleConfig, ThresholdConfig
 from tether.policy.values import Ask, Decision
-from tether.principals import SYSTEM
+from tether.principals import SYSTEM, Principal, Role
 
 START = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)  # a Monday
 POLICIES = """
@@ -96,6 +96,16 @@ def test_a_rate_spike_steps_the_agent_up_at_the_decision_that_crossed(
     assert "tether.risk-step-up" in trigger.reasons
     assert _seq(svc, answers[first - 1].event_id) < raised[0].seq
     assert svc.monitor.describe(agent)["step_up"] is True
+    # a human approves the stepped-up request: the identical call goes through, once
+    with svc.db.read() as s:
+        user = svc.users.store.resolve(s, "admin")
+    assert user is not None
+    admin = Principal("user", user.id, user.username, Role.ADMIN)
+    asked = Ask(agent, "resource.read", "Resource", "r39")
+    assert answers[-1].approval_id is not None
+    svc.approvals.approve(admin, answers[-1].approval_id, note="expected")
+    assert _decide(svc, asked).allowed
+    assert _decide(svc, asked).effect.value == "approval_required"
     svc.monitor.clear(SYSTEM, agent, note="checked: a migration batch")
     clock.advance(1)
     assert _decide(svc, Ask(agent, "resource.read", "Resource", "docs")).allowed

@@ -47,7 +47,7 @@ from tether.db import Database
 from tether.errors import ValidationFailed
 from tether.maintenance import Task
 from tether.monitor.models import AgentRiskRow, MonitorCountRow, MonitorPairRow, MonitorTouchRow
-from tether.monitor.rules import SIGNALS, MonitorConfig, Risk, Rules, signals_dict
+from tether.monitor.rules import LOW, SIGNALS, MonitorConfig, Risk, Rules, signals_dict
 from tether.monitor.windows import APPROVAL, DENY, FIRST, REQ, SECRET, AgentWindow, SessionHistory
 from tether.policy.entities import AgentView, with_risk
 from tether.policy.values import Ask, Decision, Effect
@@ -236,6 +236,26 @@ class Monitor:
             return _stepped_up(decision), response
         return decision, response
 
+    def _signals(self, w: AgentWindow, t: list[int]) -> tuple[float | bool, ...]:
+        ratio, z = w.rate(t[REQ], self._width, self.config.learn_buckets)
+        return (t[REQ], ratio, z, t[DENY], t[DENY] / t[REQ] if t[REQ] else 0.0,
+                t[FIRST], t[SECRET], t[APPROVAL], *w.flags)  # fmt: skip
+
+    def current_risk(self, agent_id: str) -> tuple[Risk, dict[str, Any]]:
+        """The agent's risk now, from its merged window (what a decision now would see,
+        every worker's and node's counts as last merged; its latest request's schedule and
+        delegation depth), and the signals it was scored from."""
+        now_us = to_micros(self.clock.now())
+        with self._lock:
+            w = self.windows.get(agent_id)
+            if w is None:
+                return LOW, {}
+            b = now_us // self._bucket_us
+            if b != w.bucket:
+                w.roll(b, self._width, self.config.baseline_alpha)
+            signals = self._signals(w, w.totals(w.local.get(b) or [0] * 5))
+        return self.rules.score(signals), dict(signals_dict(signals))
+
     def _touched(self, ask: Ask, now_us: int) -> None:
         labels = ask.properties.get("labels")
         touched: list[tuple[str, str]] = []
@@ -337,14 +357,15 @@ class Monitor:
     def describe(self, agent_id: str) -> dict[str, Any]:
         """The agent's risk as this worker sees it: the live score and its explanation, what
         was last raised, whether it is stepped up, and its baseline."""
+        live, signals = self.current_risk(agent_id)
         w = self.windows.get(agent_id)
-        live = w.risk if w is not None else None
         state = self.states.get(agent_id)
         return {
             "agent_id": agent_id,
-            "score": live.score if live else 0,
-            "level": live.level if live else "low",
-            "rules": [h.to_json() for h in live.hits] if live else [],
+            "score": live.score,
+            "level": live.level,
+            "rules": [h.to_json() for h in live.hits],
+            "signals": signals,
             "step_up": bool(state and state.step_up),
             "raised": None if state is None or state.rank == 0 else {
                 "level": state.level, "score": state.score,
@@ -359,10 +380,9 @@ class Monitor:
 
     def risk_of(self, agent_id: str) -> dict[str, Any]:
         """``{score, level, step_up}`` for the registry's views."""
-        w = self.windows.get(agent_id)
+        risk, _ = self.current_risk(agent_id)
         state = self.states.get(agent_id)
-        risk = w.risk if w is not None else None
-        return {"score": risk.score if risk else 0, "level": risk.level if risk else "low",
+        return {"score": risk.score, "level": risk.level,
                 "step_up": bool(state and state.step_up)}  # fmt: skip
 
     # -- merging across workers and nodes ----------------------------------------------------

@@ -43,6 +43,7 @@ class AgentWindow:
     pairs: set[tuple[str, str, str]] = field(default_factory=set)
     risk: Risk = LOW  # as of its latest decision
     pending: int = 0  # the rank of a response on its way to the database
+    flags: tuple[bool, int] = (False, 0)  # its latest request's (off_schedule, depth)
     reset_at: int = 0  # a human cleared it: what came before does not count
 
     def learned(self, learn_buckets: int) -> bool:
