@@ -44,7 +44,7 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.db import Database
-from tether.errors import ValidationFailed
+from tether.errors import InvalidTransition, ValidationFailed
 from tether.maintenance import Task
 from tether.monitor.models import AgentRiskRow, MonitorCountRow, MonitorPairRow, MonitorTouchRow
 from tether.monitor.rules import LOW, SIGNALS, MonitorConfig, Risk, Rules, signals_dict
@@ -313,9 +313,12 @@ class Monitor:
                     acted = True
             if acted and risk.action == "suspend":
                 rules = ", ".join(h.rule for h in risk.hits)
-                self.agents.suspend(SYSTEM, response.agent_id, reason=(
-                    f"automatic: risk {risk.score} ({risk.level}) by {rules}; a human resumes "
-                    f"it with tether agents resume {response.agent_id}"))  # fmt: skip
+                try:
+                    self.agents.suspend(SYSTEM, response.agent_id, reason=(
+                        f"automatic: risk {risk.score} ({risk.level}) by {rules}; a human "
+                        f"resumes it with tether agents resume {response.agent_id}"))  # fmt: skip
+                except InvalidTransition:  # suspended, killed or retired meanwhile: it stops
+                    log.info("agent %s already stopped; not suspended again", response.agent_id)
         except Exception:
             log.exception("response to agent %s's risk not recorded", response.agent_id)
             raise
