@@ -285,10 +285,11 @@ class Monitor:
         now_us = to_micros(now)
         risk = response.risk
         acted = False
+        known: RiskState | None = None
         try:
             with self.db.write() as s:
                 row = s.get(AgentRiskRow, response.agent_id)
-                state = _state(row) if row is not None else None
+                state = known = _state(row) if row is not None else None
                 if _new_level(state, risk, now_us, self.config):
                     evidence = {**risk.to_json(), "signals": response.signals,
                                 "trigger": {"action": response.action,
@@ -310,7 +311,7 @@ class Monitor:
                     row.action, row.step_up, row.raised_at = risk.action, step_up, now_us
                     row.event_id, row.evidence = event.id, orjson.dumps(evidence).decode()
                     changes.record(s, Kind.MONITOR, [f"a:{response.agent_id}"], now_us=now_us)
-                    acted = True
+                    acted, known = True, _state(row)
             if acted and risk.action == "suspend":
                 rules = ", ".join(h.rule for h in risk.hits)
                 try:
@@ -323,10 +324,14 @@ class Monitor:
             log.exception("response to agent %s's risk not recorded", response.agent_id)
             raise
         finally:
+            # What the database holds now (acted on here or by another node) gates this
+            # worker's next decisions at once, before the change feed brings it.
             with self._lock:
+                if known is not None:
+                    self.states[response.agent_id] = known
                 w = self.windows.get(response.agent_id)
                 if w is not None and w.pending == risk.rank:
-                    w.pending = 0 if not acted else w.pending
+                    w.pending = 0
         if acted:
             RESPONSES.labels(risk.action or "none").inc()
         return acted
