@@ -17,6 +17,7 @@ from tests.serverproc import free_port
 from tether.api.app import create_app
 from tether.clock import FrozenClock
 from tether.container import Services
+from tether.monitor.rules import MonitorConfig, RuleConfig, ThresholdConfig
 from tether.principals import SYSTEM
 
 PASSWORD = "correct horse battery staple"
@@ -464,3 +465,178 @@ def test_a_nul_in_an_id_is_a_clear_not_found_not_a_server_error(
         got = c.http.post(path, data={"csrf": token})
         assert got.status_code == 404, (path, got.status_code, got.text[:200])
     assert c.http.get("/console/agents/agt_x%00y").status_code == 404
+
+
+# -- risk and session history (issue 19) -----------------------------------------------------------
+
+SESSION_POLICIES = """
+@id("read") permit (principal, action in [Action::"resource.read", Action::"tool.call"], resource);
+@id("pii-then-egress") forbid (principal, action == Action::"tool.call", resource) when {
+  context.session.labels.contains("pii") && resource has egress && resource.egress };
+"""
+BURST = RuleConfig(name="burst", when={"requests": ">= 3"}, score=70,
+                   because="{requests} requests in the window")  # fmt: skip
+THRESHOLDS = [ThresholdConfig(score=40, level="elevated", action="alert"),
+              ThresholdConfig(score=70, level="high", action="require_approval")]  # fmt: skip
+
+
+def _evaluate(http: TestClient, agent_id: str, action: str, kind: str, rid: str,
+              properties: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """An AuthZEN decision about the agent (asked by the admin); its answer's context."""
+    body = {"subject": {"type": "agent", "id": agent_id}, "action": {"name": action},
+            "resource": {"type": kind, "id": rid, "properties": properties or {}}}  # fmt: skip
+    got = http.post("/access/v1/evaluation", json=body)
+    assert got.status_code == 200, got.text
+    return dict(got.json()["context"])
+
+
+def _pii_then_egress(http: TestClient, agent_id: str) -> list[dict[str, Any]]:
+    """A tool call, a read of PII (both allowed), then an email out: denied."""
+    return [
+        _evaluate(http, agent_id, "tool.call", "Tool", "search"),
+        _evaluate(http, agent_id, "resource.read", "Resource", "crm/customers",
+                  {"labels": ["pii"]}),
+        _evaluate(http, agent_id, "tool.call", "Tool", "mail.send", {"egress": True}),
+    ]  # fmt: skip
+
+
+def _between(html: str, start: str, end: str) -> str:
+    """The part of a page from ``start`` up to ``end`` (a section, by its heading's id)."""
+    at = html.index(start)
+    return html[at : html.index(end, at)]
+
+
+def _decisions_of(http: TestClient, agent_id: str) -> list[dict[str, Any]]:
+    got = http.get("/v1/audit/events", params={"agent": agent_id, "type": "decision"})
+    assert got.status_code == 200, got.text
+    return list(got.json()["items"])
+
+
+def test_an_agents_risk_panel_and_clearing_it(make_services: Callable[..., Services]) -> None:
+    clock = FrozenClock(datetime(2026, 12, 7, 10, 0, tzinfo=UTC))
+    svc = make_services(clock=clock, monitor=MonitorConfig(rules=[BURST], thresholds=THRESHOLDS))
+    with admin_client(svc) as http:
+        assert http.put("/v1/policies", json={"policies": SESSION_POLICIES}).status_code == 200
+        for name, role in (("sam", "supervisor"), ("audrey", "auditor")):
+            assert http.post("/v1/users", json={"username": name, "role": role}
+                             ).status_code == 201  # fmt: skip
+        made = http.post("/v1/agents", json={"name": "bursty", "owner": "sam", "purpose": "p",
+                                              "risk_tier": "minimal"})  # fmt: skip
+        assert made.status_code == 201, made.text
+        agent = made.json()["id"]
+        answers = _pii_then_egress(http, agent)
+        # the third request crossed: denied by the policies, and the agent stepped up
+        assert [a["decision"] for a in answers] == ["allow", "allow", "deny"]
+        again = _evaluate(http, agent, "tool.call", "Tool", "mail.send", {"egress": True})
+        assert again["decision"] == "deny"  # decided with the risk the third one raised
+        decided = _decisions_of(http, agent)
+    for name in ("admin", "sam", "audrey"):
+        svc.signin.set_password(SYSTEM, name, PASSWORD)
+    assert svc.monitor.describe(agent)["step_up"] is True
+    app = create_app(svc)
+    auditor, sam = Console(app), Console(app)
+    try:
+        auditor.sign_in("audrey")
+        page = auditor.http.get(f"/console/agents/{agent}")
+        assert page.status_code == 200, page.text[:300]
+        panel = _between(page.text, 'id="risk-h"', 'id="perm-h"')
+        assert '<span class="badge risk-high">high</span> score 70' in panel
+        assert "Stepped up:" in panel
+        assert "<code>burst</code>" in panel
+        assert "4 requests in the window" in panel  # the rule's explanation now…
+        assert "<code>requests = 4</code>" in panel  # …and its evidence
+        # what was last raised: at the third request, by the decision that crossed
+        assert "by a tool.call on Tool::mail.send (deny): <code>burst</code> — 3 requests" in panel
+        assert "2026-12-07 10:00:00" in panel
+        assert "Clear risk" not in panel  # an auditor reads
+        forged = auditor.http.post(f"/console/agents/{agent}/clear-risk",
+                                   data={"csrf": auditor.csrf(), "note": "mine"})  # fmt: skip
+        assert forged.status_code == 403, forged.text[:300]
+        assert svc.monitor.describe(agent)["step_up"] is True
+
+        sam.sign_in("sam")
+        own = sam.http.get(f"/console/agents/{agent}").text
+        assert ">Clear risk</button>" in own
+        clear = f"/console/agents/{agent}/clear-risk"
+        assert sam.http.post(clear, data={"note": "no csrf"}).status_code == 403
+        long = sam.http.post(clear, data={"csrf": sam.csrf(), "note": "x" * 501})
+        assert long.status_code == 422
+        assert svc.monitor.describe(agent)["step_up"] is True
+        done = sam.http.post(clear, data={"csrf": sam.csrf(), "note": "  a load test  "})
+        assert done.status_code == 303, done.text[:300]
+        assert done.headers["location"] == f"/console/agents/{agent}?flash=risk-cleared"
+        risk = svc.monitor.describe(agent)
+        assert (risk["step_up"], risk["score"], risk["raised"]) == (False, 0, None)
+        assert risk["cleared_at"] is not None
+        after = sam.http.get(done.headers["location"]).text
+        assert "Risk cleared" in after
+        assert "Stepped up:" not in after
+        assert '<span class="badge risk-low">low</span> score 0' in after
+        assert ">Clear risk</button>" not in after  # nothing left to clear
+        with admin_client(svc) as http:
+            cleared = http.get("/v1/audit/events", params={"type": "agent.risk_cleared"})
+        items = cleared.json()["items"]
+        assert [(e["agent_id"], e["details"]["note"]) for e in items] == [(agent, "a load test")]
+        # A decision while at that risk: the risk it was decided with is on its page.
+        stepped = auditor.http.get(f"/console/events/{decided[-1]['id']}").text
+        touched = _between(stepped, 'id="session-h"', 'id="asked-h"')
+        assert '<span class="badge label">pii</span>' in touched
+        assert '<span class="badge risk-high">high</span> score 70' in touched
+    finally:
+        auditor.close()
+        sam.close()
+
+
+def test_a_denials_page_shows_what_its_session_had_touched(
+    people: dict[str, Any], console: Any, api: Api
+) -> None:
+    assert api.client.put("/v1/policies", json={"policies": SESSION_POLICIES}).status_code == 200
+    agent = api.agent(owner="sam", name="mailer")["id"]
+    answers = _pii_then_egress(api.client, agent)
+    assert [a["decision"] for a in answers] == ["allow", "allow", "deny"]
+    searched, read, denied = _decisions_of(api.client, agent)
+    assert denied["reasons"] == ["pii-then-egress"]
+    admin = console()
+    admin.sign_in("admin")
+    listed = admin.http.get(f"/console/agents/{agent}").text
+    for event in (searched, read, denied):  # each decision opens its own page
+        assert f'href="/console/events/{event["id"]}"' in listed
+    assert f'href="/console/events/{denied["id"]}"' in admin.http.get("/console/ledger").text
+    page = admin.http.get(f"/console/events/{denied['id']}")
+    assert page.status_code == 200, page.text[:300]
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "<script>" not in page.text
+    text = page.text
+    assert '<span class="badge deny">deny</span>' in text
+    assert "<code>pii-then-egress</code>" in text
+    touched = _between(text, 'id="session-h"', 'id="asked-h"')
+    assert "What this session had touched when decided" in touched
+    assert f"<code>{agent}</code>" in touched  # the session: the chain's root
+    assert '<span class="badge label">pii</span>' in touched
+    assert "<code>search</code>" in touched
+    assert "mail.send" not in touched  # not touched before: this request is what was denied
+    assert "score 0: below every threshold" in touched
+    assert "&#34;egress&#34;: true" in text  # what it was asked
+    # Before the read, the session had touched no data label.
+    first = admin.http.get(f"/console/events/{read['id']}").text
+    before = _between(first, 'id="session-h"', 'id="asked-h"')
+    assert "pii" not in before.split("Data labels touched")[1].split("</dd>")[0]
+    # Another kind of event has no session; a missing one is a 404.
+    created = api.events(type="agent.created", agent=agent)[0]
+    other = admin.http.get(f"/console/events/{created['id']}")
+    assert other.status_code == 200
+    assert 'id="session-h"' not in other.text
+    for missing in ("evt_nope", "evt_x%00y"):
+        assert admin.http.get(f"/console/events/{missing}").status_code == 404
+    # Who may read it: as the agent's events (its owner, auditors, admins), nobody else.
+    for who, status in (("sam", 200), ("audrey", 200), ("sue", 403)):
+        c = console()
+        c.sign_in(who)
+        got = c.http.get(f"/console/events/{denied['id']}")
+        assert got.status_code == status, (who, got.text[:300])
+        if status == 200:
+            assert '<span class="badge label">pii</span>' in got.text
+    sue = console()
+    sue.sign_in("sue")
+    first_event = api.events()[0]  # about no agent: for the ledger's readers only
+    assert sue.http.get(f"/console/events/{first_event['id']}").status_code == 403

@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from tests.pdp import EVAL
 from tests.serverproc import free_port, http_client, served_in_thread
 from tether.api.app import create_app
 from tether.container import Services
+from tether.monitor.rules import MonitorConfig, RuleConfig, ThresholdConfig
 
 CHROMIUM = shutil.which("chromium")
 # CI installs chromium (.ci/run); a developer machine without it skips, CI never does.
@@ -73,10 +75,19 @@ class Site:
         assert made.status_code == 201, made.text
         return str(made.json()["id"])
 
-    def ask(self, agent_id: str, action: str = "tool.call", rid: str = "tickets") -> dict[str, Any]:
+    def ask(
+        self,
+        agent_id: str,
+        action: str = "tool.call",
+        rid: str = "tickets",
+        *,
+        kind: str = "Tool",
+        properties: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """An AuthZEN decision about ``agent_id`` (asked by the admin); its answer's context."""
+        given = {"server": "pay"} if properties is None else properties
         body = {"subject": {"type": "agent", "id": agent_id}, "action": {"name": action},
-                "resource": {"type": "Tool", "id": rid, "properties": {"server": "pay"}},
+                "resource": {"type": kind, "id": rid, "properties": given},
                 "context": {"amount": 120, "currency": "EUR"}}  # fmt: skip
         got = self.api.post(EVAL, json=body)
         assert got.status_code == 200, got.text
@@ -85,8 +96,10 @@ class Site:
         return dict(answer["context"])
 
 
-@pytest.fixture
-def site(services: Services) -> Iterator[Site]:
+@contextmanager
+def serve(services: Services, policies: str = POLICIES) -> Iterator[Site]:
+    """Tether over ``services`` on a port of its own, with ``policies`` pushed, the admin's
+    console password set and a broker-only secret stored."""
     token = services.settings.admin_token_path.read_text().strip()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -94,7 +107,7 @@ def site(services: Services) -> Iterator[Site]:
         served_in_thread(create_app(services), port),
         http_client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as api,
     ):
-        pushed = api.put("/v1/policies", json={"policies": POLICIES})
+        pushed = api.put("/v1/policies", json={"policies": policies})
         assert pushed.status_code == 200, pushed.text
         password = api.put("/v1/users/admin/password", json={"password": PASSWORD})
         assert password.status_code == 204, password.text
@@ -102,6 +115,12 @@ def site(services: Services) -> Iterator[Site]:
         assert stored.status_code == 201, stored.text
         yield Site(url, "sqlite" if services.settings.database_schema is None else "postgresql",
                    services, api)  # fmt: skip
+
+
+@pytest.fixture
+def site(services: Services) -> Iterator[Site]:
+    with serve(services) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +182,9 @@ class Console:
         self.checked.append(name)
 
 
-@pytest.fixture
-def console(site: Site, browser: Any) -> Iterator[Console]:
+@contextmanager
+def watched(site: Site, browser: Any) -> Iterator[Console]:
+    """A new browser context on ``site``, its console errors and uncaught exceptions kept."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(10_000)
@@ -181,6 +201,12 @@ def console(site: Site, browser: Any) -> Iterator[Console]:
         assert seen.errors == []
     finally:
         context.close()
+
+
+@pytest.fixture
+def console(site: Site, browser: Any) -> Iterator[Console]:
+    with watched(site, browser) as seen:
+        yield seen
 
 
 def tab_through(page: Any) -> list[str]:
@@ -531,3 +557,71 @@ def test_an_alert_appears_live_and_is_acknowledged_with_the_keyboard(
     console.go("/console/alerts?status=acked")
     assert "a drill, expected" in page.inner_text(f"[id='{alert_id}']")
     console.check("alerts-acked")
+
+
+MONITORED = """
+@id("read") permit (principal, action in [Action::"resource.read", Action::"tool.call"], resource);
+@id("pii-then-egress") forbid (principal, action == Action::"tool.call", resource) when {
+  context.session.labels.contains("pii") && resource has egress && resource.egress };
+"""
+
+
+def test_an_agents_risk_a_denials_session_and_clearing_the_risk(
+    make_services: Callable[..., Services], browser: Any
+) -> None:
+    burst = RuleConfig(name="burst", when={"requests": ">= 3"}, score=70,
+                       because="{requests} requests in the window")  # fmt: skip
+    svc = make_services(monitor=MonitorConfig(rules=[burst], thresholds=[
+        ThresholdConfig(score=40, level="elevated", action="alert"),
+        ThresholdConfig(score=70, level="high", action="require_approval"),
+    ]))  # fmt: skip
+    with serve(svc, MONITORED) as site, watched(site, browser) as console:
+        agent = site.agent("mailer")
+        # A tool, PII read, then an email out: denied; that third request also steps it up.
+        assert site.ask(agent, "tool.call", "search", properties={})["decision"] == "allow"
+        read = site.ask(agent, "resource.read", "crm/customers", kind="Resource",
+                        properties={"labels": ["pii"]})  # fmt: skip
+        assert read["decision"] == "allow"
+        denied = site.ask(agent, "tool.call", "mail.send", properties={"egress": True})
+        assert (denied["decision"], denied["reasons"]) == ("deny", ["pii-then-egress"])
+        console.sign_in()
+        page = console.page
+        console.go(f"/console/agents/{agent}")
+        panel = page.locator("section[aria-labelledby='risk-h']")
+        shown = panel.inner_text()
+        for part in ("high", "score 70", "Stepped up:", "burst", "3 requests in the window",
+                     "requests = 3", "by a tool.call on Tool::mail.send (deny)"):  # fmt: skip
+            assert part in shown, (part, shown)
+        console.check("agent-risk")
+
+        # The denial's page: what its session had touched when it was decided.
+        row = page.locator("section[aria-labelledby='dec-h'] tbody tr", has_text="mail.send")
+        with page.expect_navigation():
+            row.get_by_role("link").click()
+        assert "/console/events/" in page.url
+        assert page.locator("h1").inner_text().endswith("decision deny")
+        touched = page.locator("section[aria-labelledby='session-h']")
+        assert touched.locator("h2").inner_text() == "What this session had touched when decided"
+        facts = touched.inner_text()
+        assert "pii" in facts
+        assert "search" in facts
+        assert "mail.send" not in facts
+        assert "Risk then" in facts  # the agent's risk it was decided with
+        assert "pii-then-egress" in page.inner_text("main")
+        console.check("event-denied")
+
+        # Clear the risk from the agent's page.
+        page.get_by_role("link", name=agent).first.click()
+        page.wait_for_url(f"**/console/agents/{agent}")
+        page.get_by_label("Why it is fine").fill("a planned export test")
+        with page.expect_navigation():
+            page.get_by_role("button", name="Clear risk").click()
+        assert "Risk cleared" in console.flash()
+        shown = page.locator("section[aria-labelledby='risk-h']").inner_text()
+        assert "Stepped up" not in shown
+        assert "low score 0" in shown
+        assert page.get_by_role("button", name="Clear risk").count() == 0
+        assert svc.monitor.describe(agent)["step_up"] is False
+        console.check("agent-risk-cleared")
+        # No more step-up: what the policies allow goes through again.
+        assert site.ask(agent, "tool.call", "search", properties={})["decision"] == "allow"

@@ -103,6 +103,23 @@ class AuditService:
             )
         return page_of(rows, limit, lambda e: str(e.seq))
 
+    def event(self, actor: Principal, event_id: str) -> Event:
+        """One event by id: admins and auditors read any; a supervisor, those about the agents
+        they own or supervise (as :meth:`events` with ``agent``). Raises :class:`NotFound` if
+        no event has this id, :class:`Forbidden` if the actor may not read it."""
+        steward = actor.role is Role.SUPERVISOR and self.agent_reader is not None
+        if not steward:
+            _require_reader(actor)
+        with self.db.read() as s:
+            found = self.store.get(s, event_id)
+        if found is None:
+            raise NotFound(f"no event {event_id!r}")
+        if steward and self.agent_reader is not None:
+            if found.agent_id is None:
+                raise Forbidden("only admins and auditors may read events about no agent")
+            self.agent_reader(actor, found.agent_id)  # their own agents' events only
+        return found
+
     def export(self, actor: Principal) -> Iterator[Event]:
         """Every event in order, streamed (JSON lines at the API)."""
         _require_reader(actor)

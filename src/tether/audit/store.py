@@ -131,6 +131,13 @@ class DatabaseLedgerStore:
         rows = session.execute(q.order_by(order).limit(limit)).all()
         return [_event(r) for r in rows]
 
+    def get(self, session: Session, event_id: str) -> Event | None:
+        """The event with this id (unique, indexed); None if there is none."""
+        if unstorable(event_id):
+            return None
+        row = session.execute(select(*_COLUMNS).where(_EV.c.id == event_id)).first()
+        return _event(row) if row is not None else None
+
     def stream(self, session: Session, *, batch: int = 5000) -> Generator[Event]:
         """Every event in ``seq`` order, fetched in batches (server-side cursor on PostgreSQL)."""
         result = session.execute(

@@ -18,13 +18,14 @@ from typing import Any
 import cedarpy
 from sqlalchemy.orm import Session
 
+from tether.audit.chain import Event
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros
 from tether.db import Database
 from tether.errors import Forbidden, PolicyInvalid, PolicyVersionNotFound
 from tether.pagination import Page, decode_seq_cursor, page_of
-from tether.policy import source
+from tether.policy import inputs, source
 from tether.policy.engine import MEMO_MAX, CompiledPolicies
 from tether.policy.models import PolicyVersionRow
 from tether.policy.store import MAX_NUMBER, DatabasePolicyVersionStore
@@ -193,6 +194,17 @@ class PolicyService:
         if len(rows) <= limit and before != 0:
             rows.append(_v0())
         return page_of(rows, limit, key=lambda v: v.version[1:])
+
+    def recorded_inputs(self, event: Event) -> dict[str, Any] | None:
+        """What a decision event was asked, kept beside it: the resource's properties, the
+        context and chain, and what monitoring gave Cedar (``session``: the labels and tools
+        the session had touched; ``risk`` when not 0). For an event the caller has read (who
+        may is :meth:`AuditService.event`'s to say); None for another type of event, or when
+        retention dropped its inputs."""
+        if event.type != EventType.DECISION:
+            return None
+        with self.db.read() as s:
+            return inputs.recorded(s, event.seq)
 
     def compiled(self, s: Session) -> CompiledPolicies:
         """The current version, compiled (cached per version); the runtime's loader."""

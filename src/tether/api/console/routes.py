@@ -64,6 +64,7 @@ FLASH = {
     "password": "Password set.",
     "acked": "Alert acknowledged.",
     "replayed": "Replayed: those deliveries are queued again, in their order.",
+    "risk-cleared": "Risk cleared: no more step-up; its behaviour is watched afresh.",
 }
 ALERT_VIEWS = ("open", "acked", "all")
 
@@ -390,7 +391,8 @@ def agent(request: Request, visit: Signed, agent_id: str) -> Response:
     calls = [e for e in events if e["type"] == "tool.called"]
     return render(request, "agent.html", visit, agent=found, credentials=creds,
                   decisions=decisions, calls=calls, below=below, plan=plan,
-                  applicable=applicable,
+                  applicable=applicable, risk=svc.monitor.describe(agent_id),
+                  monitoring=svc.monitor.enabled,
                   confirm=request.query_params.get("confirm"))  # fmt: skip
 
 
@@ -409,6 +411,9 @@ async def agent_action(request: Request, visit: Signed, agent_id: str, op: str) 
             if fields.get("confirm") != agent_id:
                 raise ValidationFailed("type the agent's id to confirm the kill", field="confirm")
             await _run(lambda: svc.agents.kill(me, agent_id, reason=reason, cascade=True))
+        elif op == "clear-risk":
+            note = (fields.get("note") or "").strip() or None
+            await _run(lambda: svc.monitor.clear(me, agent_id, note=note))
         elif op == "rollback":
             report = await svc.rollback.run(me, Window(agent_id), on_failure="continue")
             return render(request, "rollback.html", visit, report=report.to_json(),
@@ -417,7 +422,8 @@ async def agent_action(request: Request, visit: Signed, agent_id: str, op: str) 
             raise NotFound(f"no action {op!r}")
     except TetherError as exc:
         return _error(request, visit, exc)
-    done = {"suspend": "suspended", "resume": "resumed", "kill": "killed"}[op]
+    done = {"suspend": "suspended", "resume": "resumed", "kill": "killed",
+            "clear-risk": "risk-cleared"}[op]  # fmt: skip
     return _back(here, done)
 
 
@@ -676,6 +682,19 @@ def ledger_export(request: Request, visit: Signed) -> Response:
 
     return StreamingResponse(lines(), media_type="application/x-ndjson", headers={
         "content-disposition": 'attachment; filename="tether-ledger.jsonl"'})  # fmt: skip
+
+
+@router.get("/console/events/{event_id}")
+def event_page(request: Request, visit: Signed, event_id: str) -> Response:
+    """One event on the record; for a decision, also what it was asked and what its session
+    had touched when it was decided (the history a sequence-aware denial was based on)."""
+    svc = _svc(request)
+    try:
+        event = svc.audit.event(visit.principal, event_id)
+    except TetherError as exc:
+        return _error(request, visit, exc)
+    return render(request, "event.html", visit, event=event.to_json(),
+                  given=svc.policies.recorded_inputs(event))  # fmt: skip
 
 
 # -- policies, secrets, the gateway ---------------------------------------------------------------

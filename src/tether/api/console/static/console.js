@@ -23,7 +23,11 @@ function activity(table) {
     const e = JSON.parse(message.data);
     const row = document.createElement("tr");
     row.className = "new";
-    cell(row, e.seq);
+    const seq = cell(row, "");
+    const open = document.createElement("a");
+    open.href = "/console/events/" + encodeURIComponent(e.id);
+    open.textContent = text(e.seq);
+    seq.appendChild(open);
     cell(row, text(e.time).replace("T", " ").replace("Z", " UTC"));
     cell(row, e.type);
     const agent = cell(row, "");
