@@ -133,8 +133,9 @@ class ApprovalService:
             self.notifier.notify("approval.requested", self._notice(opened))
 
     def checkpoint(
-        self, s: Session, ask: Ask, decision: Decision, decisions: DecisionService
-    ) -> Chain:
+        self, s: Session, ask: Ask, decision: Decision, decisions: DecisionService,
+        watch: Any = None,
+    ) -> Chain:  # fmt: skip
         """Consume a granted approval for exactly this request, or reuse / open a pending
         one, in the caller's write transaction (the decision path runs it as a job of the
         group commit), and hand back the decision event (and any approval event) for that
@@ -193,7 +194,8 @@ class ApprovalService:
                 self.store.set_used_event(s, granted, chained[0].id)
             return replace(decided, event_id=chained[0].id), opened
 
-        return Chain([decisions.event(ask, final), *events], finish, decisions.attachment(ask))
+        attachment = decisions.attachment(ask, watch)
+        return Chain([decisions.event(ask, final), *events], finish, attachment)
 
     def _open(
         self, s: Session, ask: Ask, decision: Decision, digest: str, now: datetime

@@ -100,10 +100,12 @@ class Watch:
     depth: int
     session: dict[str, Any]  # context.session as Cedar is given it
     entity: str  # the principal's entity, with its risk
+    risk: Risk  # that risk (principal.risk)
 
     def seen(self) -> dict[str, Any]:
-        """What the decision's record keeps of it (for the console and simulations)."""
-        risk = self.window.risk
+        """What the decision's record keeps of it (for the console and simulations): what
+        Cedar was given, not what this request made of the risk."""
+        risk = self.risk
         out: dict[str, Any] = {"session": self.session}
         if risk.score:
             out["risk"] = {"score": risk.score, "level": risk.level}
@@ -187,7 +189,7 @@ class Monitor:
             self._dirty.add((ask.subject, b))
         off = view.schedule is not None and not view.schedule.allows(now_us)
         return Watch(w, cur, off, len(ask.full_chain) - 1, self.session_context(ask, now_us),
-                     self.principal_entity(view))  # fmt: skip
+                     self.principal_entity(view), w.risk)  # fmt: skip
 
     def after(self, ask: Ask, decision: Decision, watch: Watch, now_us: int
               ) -> tuple[Decision, Response | None]:  # fmt: skip

@@ -65,8 +65,9 @@ class ApprovalCheckpoints(Protocol):
     and the announcement once that commit is durable."""
 
     def checkpoint(
-        self, s: Session, ask: Ask, decision: Decision, decisions: DecisionService
-    ) -> Chain: ...
+        self, s: Session, ask: Ask, decision: Decision, decisions: DecisionService,
+        watch: Any = None,
+    ) -> Chain: ...  # fmt: skip
 
     def announce(self, final: Decision, opened: Any) -> None: ...
 
@@ -378,7 +379,7 @@ class DecisionService:
         waits: dict[int, asyncio.Future[Event]] = {}
         for ask, decision, (_, _, watch) in zip(asks, decisions, watched, strict=True):
             if decision.effect is Effect.APPROVAL_REQUIRED:
-                out.append(await self._checkpoint(ask, decision))
+                out.append(await self._checkpoint(ask, decision, watch))
             else:
                 event, attachment = self.event(ask, decision), self.attachment(ask, watch)
                 waits[len(out)] = self.committer.submit_async(event, attachment)
@@ -412,7 +413,7 @@ class DecisionService:
         if response is not None:
             decision = (await self._responded(watched))[0]
         if decision.effect is Effect.APPROVAL_REQUIRED:
-            final = await self._checkpoint(ask, decision)
+            final = await self._checkpoint(ask, decision, watch)
             _COUNTED[final.effect].inc()
             if not final.allowed:
                 return final, None
@@ -438,11 +439,17 @@ class DecisionService:
         _COUNTED[final.effect].inc()
         return final
 
-    async def _checkpoint(self, ask: Ask, decision: Decision) -> Decision:
+    async def _checkpoint(self, ask: Ask, decision: Decision, watch: Any = None) -> Decision:
         """The approval workflow runs in the next group commit, like a plain decision event."""
         try:
             final, opened = await self.committer.run_async(
-                partial(self.approvals.checkpoint, ask=ask, decision=decision, decisions=self)
+                partial(
+                    self.approvals.checkpoint,
+                    ask=ask,
+                    decision=decision,
+                    decisions=self,
+                    watch=watch,
+                )
             )
         except Exception:
             log.exception("approval checkpoint could not be recorded; denying")
