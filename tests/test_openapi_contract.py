@@ -136,7 +136,8 @@ def test_policy_documents_have_their_maximum_length(doc: dict[str, Any]) -> None
 def test_authzen_reserved_names_are_stated(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     context = schemas["Evaluation"]["properties"]["context"]
-    assert context["propertyNames"]["not"] == {"enum": ["chain", "delegated", "on_behalf_of"]}
+    reserved = ["chain", "delegated", "on_behalf_of", "session"]  # session: monitoring's
+    assert context["propertyNames"]["not"] == {"enum": reserved}
     kind = schemas["Resource"]["properties"]["type"]
     assert {"enum": ["Role", "User"]} in kind["not"]["anyOf"]
     batch = schemas["Evaluations"]

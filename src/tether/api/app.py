@@ -37,6 +37,7 @@ from tether.api.routes import (
     ops,
     policies,
     revocations,
+    risk,
     rollback,
     secrets,
     users,
@@ -139,7 +140,8 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     app.router.routes.append(Route("/mcp", endpoint=McpGate(services), methods=METHODS))
     # The decision endpoints first: FastAPI tries routes in order, and they are the hot path.
     for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
-                   audit, revocations, secrets, gateway, calls, rollback, alerts):  # fmt: skip
+                   audit, revocations, secrets, gateway, calls, rollback, alerts,
+                   risk):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
     _add_routes(app, console_routes.router)  # the web console: pages, not the API's document

@@ -15,6 +15,15 @@ class FingerprintOut(BaseModel):
     digest: str
 
 
+class RiskSummary(BaseModel):
+    """The agent's risk as monitoring scores it now (tether.monitor): its detail, with the
+    rules that hold and why, is ``GET /v1/agents/{id}/risk``."""
+
+    score: int
+    level: str  # "low", or the level of the highest threshold reached
+    step_up: bool  # every allowed request asks a human until someone clears it
+
+
 class AgentOut(BaseModel):
     id: str
     spiffe_id: str
@@ -37,6 +46,7 @@ class AgentOut(BaseModel):
     updated_at: str
     expires_at: str | None
     recertify_by: str | None
+    risk: RiskSummary
 
 
 class AgentPage(BaseModel):

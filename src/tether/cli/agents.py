@@ -1,4 +1,5 @@
-"""``tether agents …`` — the agent registry."""
+"""``tether agents …`` — the agent registry, each agent with its risk now (``risk`` and
+``clear-risk``: :mod:`tether.cli.risk`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from typing import Annotated, Any
 
 import typer
 
+from tether.cli import risk
 from tether.cli.client import CliError
 from tether.cli.common import JsonOpt, client, seg
 from tether.cli.render import emit_json, err, out, show, table
 
 app = typer.Typer(help="Register and govern agents.", no_args_is_help=True)
-LIST_COLUMNS = ["id", "name", "owner_username", "risk_tier", "status", "roles", "created_at"]
+app.command("risk")(risk.risk)
+app.command("clear-risk")(risk.clear_risk)
+LIST_COLUMNS = ["id", "name", "owner_username", "risk_tier", "status", "risk", "roles",
+                "created_at"]  # fmt: skip
 SHOW_COLUMNS = [
     "id",
     "spiffe_id",
@@ -35,6 +40,7 @@ SHOW_COLUMNS = [
     "updated_at",
     "expires_at",
     "recertify_by",
+    "risk",
 ]
 
 RoleOpt = Annotated[list[str] | None, typer.Option("--role", help="Repeat for several roles.")]
@@ -45,6 +51,15 @@ AttrOpt = Annotated[
     list[str] | None, typer.Option("--attr", help="key=value; value parsed as JSON if it can be.")
 ]
 SupOpt = Annotated[list[str] | None, typer.Option("--supervisor", help="Username or id; repeat.")]
+
+
+def _shown(value: Any, *, as_json: bool, columns: list[str]) -> None:
+    """Agents as JSON, or for people with their risk in a few words (``high 70, step-up``)."""
+    if not as_json:
+        many = value if isinstance(value, list) else [value]
+        people = [{**a, "risk": risk.summary(a.get("risk"))} for a in many]
+        value = people if isinstance(value, list) else people[0]
+    show(value, as_json=as_json, columns=columns)
 
 
 def _attrs(pairs: list[str] | None) -> dict[str, Any] | None:
@@ -122,7 +137,7 @@ def create(
         body["fingerprint"] = fingerprint
     if expires_at:
         body["expires_at"] = expires_at
-    show(client(ctx).post("/v1/agents", body), as_json=as_json, columns=SHOW_COLUMNS)
+    _shown(client(ctx).post("/v1/agents", body), as_json=as_json, columns=SHOW_COLUMNS)
 
 
 @app.command("list")
@@ -146,13 +161,13 @@ def list_(
             risk_tier=risk_tier,
         )
     )
-    show(items, as_json=as_json, columns=LIST_COLUMNS)
+    _shown(items, as_json=as_json, columns=LIST_COLUMNS)
 
 
 @app.command("show")
 def show_(ctx: typer.Context, agent_id: str, as_json: JsonOpt = False) -> None:
     """Show one agent."""
-    show(client(ctx).get(f"/v1/agents/{seg(agent_id)}"), as_json=as_json, columns=SHOW_COLUMNS)
+    _shown(client(ctx).get(f"/v1/agents/{seg(agent_id)}"), as_json=as_json, columns=SHOW_COLUMNS)
 
 
 UnsetAttrOpt = Annotated[
@@ -226,7 +241,7 @@ def update(
     api = client(ctx)
     before = api.get(f"/v1/agents/{seg(agent_id)}") if fingerprint else None
     agent = api.patch(f"/v1/agents/{seg(agent_id)}", body)
-    show(agent, as_json=as_json, columns=SHOW_COLUMNS)
+    _shown(agent, as_json=as_json, columns=SHOW_COLUMNS)
     if before and before["status"] != "suspended" and agent["status"] == "suspended":
         # On stderr, so that --json output stays one JSON document.
         err.print(
@@ -273,7 +288,7 @@ def clone(
     as_json: JsonOpt = False,
 ) -> None:
     """Clone an agent: new id, same roles and attributes, lineage kept, no credentials."""
-    show(
+    _shown(
         client(ctx).post(f"/v1/agents/{seg(agent_id)}/clone", {"name": name}),
         as_json=as_json,
         columns=SHOW_COLUMNS,
