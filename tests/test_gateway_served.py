@@ -234,5 +234,5 @@ def test_tether_gateway_list_shows_each_upstream_connected(deployment: Deploymen
     assert row["name"] == "payments"
     assert row["auth"] == "header X-Api-Key ← secret payments-key"
     assert row["up"] is True
-    assert row["tools"] == 14  # every tool of the example upstream
+    assert row["tools"] == 15  # every tool of the example upstream
     assert row["error"] is None

@@ -8,7 +8,9 @@ Tools (the gateway shows them as ``payments.<tool>`` when registered under the n
 - write, each with its inverse: ``refund`` (holds the amount from ``ops``) ↔
   ``cancel_refund`` (by ``refund_id`` from the result; gives it back, once),
   ``create_ticket`` ↔ ``delete_ticket``, ``close_ticket`` ↔ ``reopen_ticket``;
-- irreversible: ``transfer`` (money leaves; nothing undoes it);
+- irreversible: ``transfer`` (money leaves; nothing undoes it), ``send_email`` (a message to
+  any address, outside the organisation too: what the gateway's configuration can mark
+  ``egress``; nothing unsends it);
 - ``slow`` (sleeps) and ``fail`` (a tool error) for fault tests.
 
 A resource ``tickets://{id}`` and a prompt ``triage`` pass through the gateway too. State is in
@@ -70,6 +72,7 @@ class Ledger:
     })  # fmt: skip
     refunds: dict[str, Refund] = field(default_factory=dict)
     tickets: dict[str, Ticket] = field(default_factory=dict)
+    outbox: list[dict[str, str]] = field(default_factory=list)  # what send_email sent
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
@@ -133,6 +136,15 @@ def build(state: Ledger | None = None) -> MCPServer:
         state.balances[to_account] = state.balances.get(to_account, 0) + amount
         return {"from": from_account, "to": to_account, "amount": amount,
                 "transfer_id": f"tr_{next(state.ids)}"}  # fmt: skip
+
+    @mcp.tool(annotations=IRREVERSIBLE)
+    def send_email(to: str, subject: str, body: str = "") -> dict[str, Any]:
+        """Send an email to any address (kept in the outbox). Irreversible."""
+        if "@" not in to:
+            raise ToolError(f"{to!r} is no email address")
+        message_id = f"msg_{next(state.ids)}"
+        state.outbox.append({"id": message_id, "to": to, "subject": subject, "body": body})
+        return {"id": message_id, "to": to, "status": "sent"}
 
     _tickets(mcp, state)
     _faults(mcp)

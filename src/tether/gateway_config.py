@@ -10,7 +10,13 @@ request to an upstream carries only what ``auth`` says.
 ``tools`` says, per tool, what undoes it — ``[gateway_upstreams.tools.refund]`` with ``undo =
 "cancel_refund"`` and ``args = { refund_id = "{result.refund_id}" }`` — or that nothing does
 (``irreversible = true``); checked here for form, and against the upstream's tool schemas
-when it connects (:mod:`tether.compensation`).
+when it connects (:mod:`tether.compensation`). It also says what a tool touches, for
+sequence-aware policies: ``labels = ["pii"]``, the data labels of what it returns, and
+``egress = true``, that it sends data outside the organisation. A call is decided with them
+(``resource.labels``, ``resource.egress``), and an allowed one adds its labels to its
+session's (``context.session.labels``), so a policy can refuse egress after PII was read.
+``resource_labels`` gives the data labels of every resource the upstream serves
+(``resources/read``: ``resource.labels`` on ``Resource::"<uri>"``, and the session's).
 
 ``prefix = false`` shows one upstream's tools and prompts under their own names (``search``,
 not ``<name>.search``): for a client, or a test suite, that calls fixed names. At most one
@@ -25,7 +31,16 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    StringConstraints,
+    model_validator,
+)
 
 from tether.compensation import Compensation, CompensationError, parse_value
 
@@ -80,16 +95,34 @@ Auth = Annotated[NoAuth | HeaderAuth | ClientCredentialsAuth, Field(discriminato
 
 
 _TOOL = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
+LABEL_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MAX_LABELS = 32
+_LABEL = Annotated[StrictStr, StringConstraints(pattern=LABEL_PATTERN)]
+
+
+def _unique(labels: list[str]) -> list[str]:
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} given more than once")
+    return labels
+
+
+# A tool's or an upstream's data labels: at most 32, none twice (kept in order).
+Labels = Annotated[list[_LABEL], Field(max_length=MAX_LABELS), AfterValidator(_unique)]
 
 
 class ToolRule(_Strict):
     """What undoes one of an upstream's tools: ``undo`` (a tool of the same upstream) called
     with ``args`` (literals, ``"{args.<name>}"``, ``"{result.<field>}"``:
-    :mod:`tether.compensation`); or ``irreversible = true``: nothing undoes it."""
+    :mod:`tether.compensation`); or ``irreversible = true``: nothing undoes it. And what it
+    touches: ``labels``, the data labels of what it returns (``["pii"]``), and ``egress``,
+    whether it sends data outside the organisation."""
 
     undo: _TOOL | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     irreversible: bool = False
+    labels: Labels = Field(default_factory=list)
+    egress: StrictBool = False
 
     @model_validator(mode="after")
     def _undo_or_irreversible(self) -> ToolRule:
@@ -119,7 +152,8 @@ class Upstream(_Strict):
     auth: Auth = Field(default_factory=NoAuth)
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
     prefix: bool = True  # False: tools and prompts under their own names (at most one upstream)
-    tools: dict[_TOOL, ToolRule] = Field(default_factory=dict)  # compensations, by tool
+    tools: dict[_TOOL, ToolRule] = Field(default_factory=dict)  # compensations, labels, by tool
+    resource_labels: Labels = Field(default_factory=list)  # of every resource it serves
 
     @model_validator(mode="after")
     def _one_transport(self) -> Upstream:

@@ -3,8 +3,10 @@
 - ``resources/list`` and ``resources/templates/list``: every connected upstream's, unfiltered
   (a URI says little; reading is what is decided).
 - ``resources/read``, ``resources/subscribe``, ``resources/unsubscribe``: ``resource.read``
-  on ``Resource::"<uri>"`` (the upstream as its ``server`` attribute), then forwarded to the
-  upstream that lists the URI or a template matching it (the only upstream, if just one).
+  on ``Resource::"<uri>"`` (the upstream as its ``server`` attribute, its configured
+  ``resource_labels`` as ``labels``: an allowed read adds them to the session's), then
+  forwarded to the upstream that lists the URI or a template matching it (the only
+  upstream, if just one).
   A subscription is held by the gateway's own session with the upstream: the stateless front
   has no stream to carry ``notifications/resources/updated`` to the agent, so none is
   delivered — an agent that subscribes polls with ``resources/read``.
@@ -170,8 +172,11 @@ class Passthrough:
         self, ctx: ServerRequestContext[Any], action: str, kind: str, id_: str,
         link: UpstreamLink, *, shown: str,
     ) -> None:  # fmt: skip
+        properties: dict[str, Any] = {"server": link.name}
+        if kind == "Resource":  # the upstream's data labels: resource.labels, the session's
+            properties["labels"] = list(link.config.resource_labels)
         try:
-            ask = Ask.of(caller_of(ctx), action, kind, id_, properties={"server": link.name},
+            ask = Ask.of(caller_of(ctx), action, kind, id_, properties=properties,
                          context={})  # fmt: skip
             decision = await self.decisions.decide(ask)
         except ValidationFailed as exc:  # a name policy cannot hold (too long, a NUL)

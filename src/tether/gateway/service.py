@@ -316,10 +316,17 @@ async def _forward(
 
 
 def _tool_properties(link: UpstreamLink, tool: mt.Tool) -> dict[str, Any]:
+    """``Tool::"<server>.<tool>"``'s attributes: its upstream and name, whether it changes
+    anything and can be undone, and what configuration says it touches — the data labels of
+    what it returns (an allowed call adds them to its session's: ``context.session.labels``)
+    and whether it sends data outside the organisation (``egress``)."""
     hints = tool.annotations
     read_only = bool(hints and hints.read_only_hint)
+    rule = link.config.tools.get(tool.name)
     return {"server": link.name, "tool": tool.name, "mutating": not read_only,
-            "reversible": link.reversible(tool)}  # fmt: skip
+            "reversible": link.reversible(tool),
+            "labels": list(rule.labels) if rule is not None else [],
+            "egress": rule is not None and rule.egress}  # fmt: skip
 
 
 def _journal(link: UpstreamLink, tool: mt.Tool, args: dict[str, Any],
