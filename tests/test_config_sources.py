@@ -232,3 +232,20 @@ def test_secret_files_rank_between_the_environment_and_the_file(
     assert settings.trust_domain == "corp.example"  # the file still counts for the rest
     monkeypatch.setenv("TETHER_MASTER_KEY", "from-env")
     assert load_settings().master_key == "from-env"
+
+
+def test_an_unknown_key_inside_a_table_is_named_where_it_is(tmp_path: Path) -> None:
+    """A misspelt key inside monitoring's rules or an upstream is an error at that place —
+    in the variable it came from — not an unknown top-level key of the file."""
+    env = {**_quiet_env(),
+           "TETHER_MONITOR": '{"rules": [{"name": "x", "when": {"requests": 5}, "score": 1, '
+                             '"because": "b", "becuase": "typo"}]}'}  # fmt: skip
+    result = tether(tmp_path, env, "serve")
+    assert result.returncode == 1
+    assert "TETHER_MONITOR.rules[0].becuase: Extra inputs are not permitted" in result.stderr
+    assert "unknown key" not in result.stderr
+    env = {**_quiet_env(), "TETHER_MONITOR": '{"rules": [{"name": "x", "when": {"reqs": 5}, '
+                                              '"score": 1, "because": "b"}]}'}  # fmt: skip
+    result = tether(tmp_path, env, "serve")
+    assert "unknown signal 'reqs'" in result.stderr
+    assert "Traceback" not in result.stderr

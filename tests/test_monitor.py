@@ -133,6 +133,17 @@ def test_pii_then_egress_is_denied_also_across_a_delegation_chain(
     assert _decide(svc, Ask(b, "tool.call", "Tool", "mail.send", email)).allowed  # b alone
 
 
+def test_a_reload_forgets_no_touch_not_yet_published(
+    make_services: Callable[..., Services], clock: FrozenClock
+) -> None:
+    svc = make_services(clock=clock, monitor=monitor())
+    svc.policies.push(SYSTEM, note=None, schema=None, policies=POLICIES)
+    a = _agent(svc)
+    assert _decide(svc, Ask(a, "resource.read", "Resource", "crm", {"labels": ["pii"]})).allowed
+    svc.runtime.load()  # start-up, or a gap in the change feed: before the next sync
+    assert not _decide(svc, Ask(a, "tool.call", "Tool", "mail.send", {"egress": True})).allowed
+
+
 def _seq(svc: Services, event_id: str | None) -> int:
     with svc.db.read() as s:
         row = s.scalars(select(EventRow).where(EventRow.id == event_id)).one()

@@ -384,7 +384,8 @@ def load_settings(**overrides: Any) -> Settings:
 def _where(error: Any, overrides: Mapping[str, Any]) -> str:
     """One validation error, led by where the wrong value came from."""
     key = str(error["loc"][0]) if error["loc"] else ""
-    if error["type"] == "extra_forbidden":  # only the file can name an unknown key
+    if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:  # a top-level key:
+        # only the file can name an unknown one (inside a table, say where, as for any value)
         close = difflib.get_close_matches(key.lower().removeprefix("tether_"), _FIELDS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{config_file_path().resolve()}: unknown key '{key}'{hint}"

@@ -546,7 +546,8 @@ class MonitorSection:
                          .where(MonitorTouchRow.at >= now_us - m._session_us)).all()  # fmt: skip
         with m._lock:
             m.states = states
-            m.sessions = {}
+            # Merged into what this worker holds, not replacing it: a touch not published yet
+            # (the next sync writes it) must not be forgotten by a reload.
             for key, kind, value, at in rows:
                 m.sessions.setdefault(key, SessionHistory()).touch(kind, value, at)
 
