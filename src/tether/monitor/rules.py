@@ -60,13 +60,29 @@ class Hit:
                 "evidence": self.evidence}  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
 class Risk:
-    score: int
-    level: str  # "low" below every threshold
-    rank: int  # 0 below every threshold; 1 + the index of the threshold reached
-    action: str | None  # the reached threshold's
-    hits: tuple[Hit, ...] = ()
+    """A score, its level and response, and the rules that made it. Their explanations are
+    written when first asked for (:attr:`hits`), not on every decision."""
+
+    __slots__ = ("_hits", "_rules", "_signals", "action", "level", "rank", "score")
+
+    def __init__(  # noqa: PLR0917 - built on the hot path: positional is cheaper
+        self, score: int, level: str, rank: int, action: str | None,
+        rules: tuple[_Rule, ...] = (), signals: Sequence[float | bool] = (),
+    ) -> None:  # fmt: skip
+        self.score = score
+        self.level = level
+        self.rank = rank
+        self.action = action
+        self._rules = rules
+        self._signals = signals
+        self._hits: tuple[Hit, ...] | None = None if rules else ()
+
+    @property
+    def hits(self) -> tuple[Hit, ...]:
+        if self._hits is None:
+            self._hits = tuple(_hit(r, self._signals) for r in self._rules)
+        return self._hits
 
     def to_json(self) -> dict[str, Any]:
         return {"score": self.score, "level": self.level, "action": self.action,
@@ -77,16 +93,9 @@ LOW = Risk(0, "low", 0, None)
 
 
 @dataclass(frozen=True, slots=True)
-class _Clause:
-    signal: int  # index into the signals tuple
-    test: Callable[[Any, Any], bool]
-    value: float | bool
-
-
-@dataclass(frozen=True, slots=True)
 class _Rule:
     name: str
-    clauses: tuple[_Clause, ...]
+    clauses: tuple[tuple[int, Callable[[Any, Any], bool], float | bool], ...]  # index, test, value
     score: int
     because: str
     reads: tuple[str, ...]
@@ -97,19 +106,24 @@ class Rules:
 
     def __init__(self, rules: Sequence[RuleConfig], thresholds: Sequence[ThresholdConfig]):
         self.rules = tuple(_compile(r) for r in rules)
+        self._flat = tuple((r, r.clauses[0], r.clauses[1:]) for r in self.rules)
         self.thresholds = tuple(thresholds)
         self.levels = ("low", *(t.level for t in thresholds))
 
     def score(self, signals: Sequence[float | bool]) -> Risk:
         """The risk of these signals (ordered as :data:`SIGNALS`)."""
-        hits: list[_Rule] = []
-        for rule in self.rules:
-            for c in rule.clauses:
-                if not c.test(signals[c.signal], c.value):
+        hits: list[_Rule] | None = None
+        for rule, (signal, test, value), rest in self._flat:
+            if not test(signals[signal], value):  # most rules fail here: no inner loop
+                continue
+            for more, more_test, more_value in rest:
+                if not more_test(signals[more], more_value):
                     break
             else:
+                if hits is None:
+                    hits = []
                 hits.append(rule)
-        if not hits:
+        if hits is None:
             return LOW
         total = sum(r.score for r in hits)
         rank = 0
@@ -117,8 +131,7 @@ class Rules:
             if total >= t.score:
                 rank = i + 1
         action = self.thresholds[rank - 1].action if rank else None
-        return Risk(total, self.levels[rank], rank, action,
-                    tuple(_hit(r, signals) for r in hits))  # fmt: skip
+        return Risk(total, self.levels[rank], rank, action, tuple(hits), signals)
 
     def rank_of(self, level: str) -> int:
         return self.levels.index(level) if level in self.levels else 0
@@ -139,7 +152,7 @@ def _compile(rule: RuleConfig) -> _Rule:
             raw = m.group(2)
             test = _OPS[m.group(1)]
             value = raw == "true" if raw in ("true", "false") else float(raw)
-        clauses.append(_Clause(SIGNALS.index(signal), test, value))
+        clauses.append((SIGNALS.index(signal), test, value))
     reads = tuple(dict.fromkeys([*rule.when, *re.findall(r"{(\w+)}", rule.because)]))
     return _Rule(rule.name, tuple(clauses), rule.score, rule.because, reads)
 

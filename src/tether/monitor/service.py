@@ -30,11 +30,11 @@ import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from prometheus_client import Counter
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -56,13 +56,15 @@ from tether.runtime import changes
 from tether.runtime.changes import Kind
 
 log = logging.getLogger("tether.monitor")
+_COUNTS = cast(Table, MonitorCountRow.__table__)
 RESPONSES = Counter("tether_monitor_responses", "Automatic responses to an agent's risk",
                     ["action"])  # fmt: skip
 STEP_UP = "tether.risk-step-up"
 SUSPENDED = "tether.risk-suspended"
 _SECRET_ACTIONS = frozenset({"secret.read", "secret.lease"})
 _MAX_LABELS = 32  # labels taken from one resource
-_SYNC_SLACK_US = 5_000_000  # rows re-read across a sync's boundary (clocks differ a little)
+_NO_RATE = (0.0, 0.0)
+_SYNC_SLACK_US = 2_000_000  # rows re-read across a sync's boundary (clocks differ a little)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +92,16 @@ class Response:
     resource: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Watch:
-    """What :meth:`Monitor.before` found, for :meth:`Monitor.after`."""
+    """What :meth:`Monitor.before` found, for :meth:`Monitor.after` (not frozen: built on
+    every decision, and a frozen dataclass's constructor costs twice as much)."""
 
     window: AgentWindow
     counts: list[int]
     off_schedule: bool
     depth: int
-    session: dict[str, Any]  # context.session as Cedar is given it
+    session: dict[str, Any] | None  # context.session as Cedar is given it (None: not read)
     entity: str  # the principal's entity, with its risk
     risk: Risk  # that risk (principal.risk)
 
@@ -106,7 +109,7 @@ class Watch:
         """What the decision's record keeps of it (for the console and simulations): what
         Cedar was given, not what this request made of the risk."""
         risk = self.risk
-        out: dict[str, Any] = {"session": self.session}
+        out: dict[str, Any] = {} if self.session is None else {"session": self.session}
         if risk.score:
             out["risk"] = {"score": risk.score, "level": risk.level}
         return out
@@ -124,19 +127,23 @@ class Monitor:
         self.agents = agents
         self.worker = f"wrk_{secrets.token_hex(8)}"
         self._bucket_us = config.bucket_seconds * 1_000_000
+        self._alpha = config.baseline_alpha
+        self._learn = config.learn_buckets
+        self._pairs_cap = config.pairs_per_agent
         self._width = config.window_seconds // config.bucket_seconds
         self._session_us = config.session_window_seconds * 1_000_000
         self._lock = threading.Lock()
         self.windows: dict[str, AgentWindow] = {}
         self.sessions: dict[str, SessionHistory] = {}
         self.states: dict[str, RiskState] = {}
-        self._entities: dict[str, tuple[str, Risk, str]] = {}
+        self._entities: dict[str, tuple[str, tuple[int, str], str]] = {}
         # What this worker has to publish at its next sync
-        self._dirty: set[tuple[str, int]] = set()
+        self._dirty: set[str] = set()  # agents with buckets to publish (AgentWindow.dirty)
         self._new_pairs: list[tuple[str, str, int]] = []
         self._new_touches: list[tuple[str, str, str, str, int]] = []
-        # The others' counts as last read: (worker, agent, bucket) -> counts
-        self._theirs: dict[tuple[str, str, int], list[int]] = {}
+        # The others' counts as last read: agent -> (worker, bucket) -> counts
+        self._theirs: dict[str, dict[tuple[str, int], list[int]]] = {}
+        self._swept = 0
         self._read_until = 0
         self._pair_cursor: int | None = None
         self.section = MonitorSection(self)
@@ -145,103 +152,125 @@ class Monitor:
     def principal_entity(self, view: AgentView) -> str:
         """The agent's Cedar entity with its current risk (``principal.risk``)."""
         w = self.windows.get(view.id)
-        risk = w.risk if w is not None else None
-        if risk is None or risk.score == 0:
+        if w is None or w.risk.score == 0:
             return view.entity
+        return self._entity(view, w.risk)
+
+    def _entity(self, view: AgentView, risk: Risk) -> str:
         cached = self._entities.get(view.id)
-        if cached is not None and cached[0] is view.entity and cached[1] is risk:
+        if (
+            cached is not None
+            and cached[0] is view.entity
+            and cached[1] == (risk.score, risk.level)
+        ):
             return cached[2]
         text = with_risk(view.entity, risk.score, risk.level)
-        self._entities[view.id] = (view.entity, risk, text)
+        self._entities[view.id] = (view.entity, (risk.score, risk.level), text)
         return text
 
     def session_context(self, ask: Ask, now_us: int) -> dict[str, Any]:
         """``context.session``: the id, and the labels and tools touched within the window by
         the chain's root (and by the explicit ``context.session_id``, when given)."""
+        chain = ask.chain
+        root = chain[0] if chain else ask.subject
+        if "session_id" not in ask.context:  # the common case, in a few dict look-ups
+            hist = self.sessions.get(root)
+            if hist is None:
+                return {"id": root, "labels": [], "tools": []}
+            labels, tools = hist.seen(now_us, self._session_us)
+            return {"id": root, "labels": labels, "tools": tools}
         keys = session_keys(ask)
-        labels: list[str] = []
-        tools: list[str] = []
+        merged_labels: set[str] = set()
+        merged_tools: set[str] = set()
         for key in keys:
             hist = self.sessions.get(key)
             if hist is not None:
                 seen_labels, seen_tools = hist.seen(now_us, self._session_us)
-                labels = sorted({*labels, *seen_labels}) if labels else seen_labels
-                tools = sorted({*tools, *seen_tools}) if tools else seen_tools
-        return {"id": keys[-1], "labels": labels, "tools": tools}
+                merged_labels.update(seen_labels)
+                merged_tools.update(seen_tools)
+        return {"id": keys[-1], "labels": sorted(merged_labels), "tools": sorted(merged_tools)}
 
     # -- the hot path ------------------------------------------------------------------------
-    def before(self, ask: Ask, view: AgentView, now_us: int) -> Watch:
-        """Count the request in its agent's window (before Cedar is asked)."""
-        cfg = self.config
+    def before(self, ask: Ask, view: AgentView, now_us: int, *, session: bool = True) -> Watch:
+        """Count the request in its agent's window (before Cedar is asked); ``session``:
+        whether the policies read ``context.session`` (else it is not built)."""
+        subject = ask.subject
         b = now_us // self._bucket_us
-        with self._lock:
-            w = self.windows.get(ask.subject)
-            if w is None:
-                w = self.windows[ask.subject] = AgentWindow()
-            cur = w.current(b, self._width, cfg.baseline_alpha)
-            cur[REQ] += 1
-            pair = (ask.action, ask.resource_type, ask.resource_id)
-            if pair not in w.pairs and len(w.pairs) < cfg.pairs_per_agent:
-                w.pairs.add(pair)
-                self._new_pairs.append((ask.subject, orjson.dumps(pair).decode(), now_us))
-                if w.learned(cfg.learn_buckets):
-                    cur[FIRST] += 1
-            self._dirty.add((ask.subject, b))
-        off = view.schedule is not None and not view.schedule.allows(now_us)
-        return Watch(w, cur, off, len(ask.full_chain) - 1, self.session_context(ask, now_us),
-                     self.principal_entity(view), w.risk)  # fmt: skip
+        w = self.windows.get(subject)
+        if w is None:
+            w = self.windows.setdefault(subject, AgentWindow())
+        if b != w.bucket:
+            with self._lock:
+                w.roll(b, self._width, self._alpha)
+        cur = w.local.get(b)
+        if cur is None:
+            cur = w.local.setdefault(b, [0, 0, 0, 0, 0])
+        cur[REQ] += 1
+        pair = (ask.action, ask.resource_type, ask.resource_id)
+        pairs = w.pairs
+        if pair not in pairs and len(pairs) < self._pairs_cap:
+            pairs.add(pair)
+            self._new_pairs.append((subject, orjson.dumps(pair).decode(), now_us))
+            if w.active >= self._learn:
+                cur[FIRST] += 1
+        if b not in w.dirty:
+            w.dirty.add(b)
+            self._dirty.add(subject)
+        schedule = view.schedule
+        risk = w.risk
+        return Watch(
+            w, cur, schedule is not None and not schedule.allows(now_us),
+            len(ask.chain) - 1 if ask.chain else 0,
+            self.session_context(ask, now_us) if session else None,
+            view.entity if risk.score == 0 else self._entity(view, risk), risk,
+        )  # fmt: skip
 
     def after(self, ask: Ask, decision: Decision, watch: Watch, now_us: int
               ) -> tuple[Decision, Response | None]:  # fmt: skip
         """Count the answer, score the window, and apply the agent's response: a step-up
         makes an allow an approval checkpoint; a new suspension a deny."""
-        cfg = self.config
         w, cur = watch.window, watch.counts
         effect = decision.effect
-        with self._lock:
-            if effect is Effect.DENY:
-                cur[DENY] += 1
-            elif effect is Effect.APPROVAL_REQUIRED:
-                cur[APPROVAL] += 1
-            elif ask.action in _SECRET_ACTIONS:
-                cur[SECRET] += 1
-            t = w.totals(cur)
-            ratio, z = w.rate(t[REQ], self._width, cfg.learn_buckets)
-            signals = (
-                t[REQ],
-                ratio,
-                z,
-                t[DENY],
-                t[DENY] / t[REQ] if t[REQ] else 0.0,
-                t[FIRST],
-                t[SECRET],
-                t[APPROVAL],
-                watch.off_schedule,
-                watch.depth,
-            )
-            risk = self.rules.score(signals)
-            w.risk = risk
-            state = self.states.get(ask.subject)
-            response = None
-            if risk.rank and risk.rank > w.pending and _new_level(state, risk, now_us, cfg):
-                w.pending = risk.rank
-                response = Response(ask.subject, risk, dict(signals_dict(signals)),
-                                    effect.value, ask.action,
-                                    {"type": ask.resource_type, "id": ask.resource_id})  # fmt: skip
-        if decision.allowed:
+        if effect is Effect.DENY:
+            cur[DENY] += 1
+        elif effect is Effect.APPROVAL_REQUIRED:
+            cur[APPROVAL] += 1
+        elif ask.action in _SECRET_ACTIONS:
+            cur[SECRET] += 1
+        flags = w.flags
+        if flags[0] is not watch.off_schedule or flags[1] != watch.depth:
+            w.flags = flags = (watch.off_schedule, watch.depth)
+        signals = self._signals(w, w.totals(cur), flags)
+        risk = self.rules.score(signals)
+        w.risk = risk
+        state = self.states.get(ask.subject)
+        response = None
+        if risk.rank and risk.rank > w.pending and _new_level(state, risk, now_us, self.config):
+            with self._lock:
+                if risk.rank > w.pending:
+                    w.pending = risk.rank
+                    response = Response(
+                        ask.subject, risk, dict(signals_dict(signals)), effect.value,
+                        ask.action, {"type": ask.resource_type, "id": ask.resource_id},
+                    )  # fmt: skip
+        allowed = effect is Effect.ALLOW
+        if allowed and ("labels" in ask.properties or ask.resource_type == "Tool"):
             self._touched(ask, now_us)
-        action = response.risk.action if response is not None else None
-        if action == "suspend":
+        if response is not None and risk.action == "suspend":
             return _suspended(decision), response
-        stepped = (state is not None and state.step_up) or action == "require_approval"
-        if stepped and decision.allowed:
+        stepped = (state is not None and state.step_up) or (
+            response is not None and risk.action == "require_approval"
+        )
+        if allowed and stepped:
             return _stepped_up(decision), response
         return decision, response
 
-    def _signals(self, w: AgentWindow, t: list[int]) -> tuple[float | bool, ...]:
-        ratio, z = w.rate(t[REQ], self._width, self.config.learn_buckets)
-        return (t[REQ], ratio, z, t[DENY], t[DENY] / t[REQ] if t[REQ] else 0.0,
-                t[FIRST], t[SECRET], t[APPROVAL], *w.flags)  # fmt: skip
+    def _signals(self, w: AgentWindow, t: list[int], flags: tuple[bool, int]
+                 ) -> tuple[float | bool, ...]:  # fmt: skip
+        req = t[REQ]
+        ratio, z = w.rate(req, self._width, self._learn) if w.active >= self._learn else _NO_RATE
+        return (req, ratio, z, t[DENY], t[DENY] / req if req else 0.0,
+                t[FIRST], t[SECRET], t[APPROVAL], flags[0], flags[1])  # fmt: skip
 
     def current_risk(self, agent_id: str) -> tuple[Risk, dict[str, Any]]:
         """The agent's risk now, from its merged window (what a decision now would see,
@@ -255,28 +284,34 @@ class Monitor:
             b = now_us // self._bucket_us
             if b != w.bucket:
                 w.roll(b, self._width, self.config.baseline_alpha)
-            signals = self._signals(w, w.totals(w.local.get(b) or [0] * 5))
+            signals = self._signals(w, w.totals(w.local.get(b) or [0] * 5), w.flags)
         return self.rules.score(signals), dict(signals_dict(signals))
 
     def _touched(self, ask: Ask, now_us: int) -> None:
         labels = ask.properties.get("labels")
         touched: list[tuple[str, str]] = []
         if isinstance(labels, list):
-            touched += [("label", x) for x in labels[:_MAX_LABELS]
+            touched += [("label", x[:200]) for x in labels[:_MAX_LABELS]
                         if isinstance(x, str) and x and "\x00" not in x]  # fmt: skip
         if ask.resource_type == "Tool" and "\x00" not in ask.resource_id:
-            touched.append(("tool", ask.resource_id))
+            touched.append(("tool", ask.resource_id[:200]))
         if not touched:
             return
         keys = session_keys(ask)
+        if len(keys) == 1 and (hist := self.sessions.get(keys[0])) is not None:
+            books = {"label": hist.labels, "tool": hist.tools}
+            if all(value in books[kind] for kind, value in touched):  # known: times only
+                for kind, value in touched:
+                    hist.touch(kind, value, now_us)
+                return
         with self._lock:
             for key in keys:
                 hist = self.sessions.get(key)
                 if hist is None:
                     hist = self.sessions[key] = SessionHistory()
                 for kind, value in touched:
-                    if hist.touch(kind, value[:200], now_us):
-                        self._new_touches.append((key, kind, value[:200], ask.subject, now_us))
+                    if hist.touch(kind, value, now_us):
+                        self._new_touches.append((key, kind, value, ask.subject, now_us))
 
     # -- responses ---------------------------------------------------------------------------
     def respond(self, response: Response) -> bool:
@@ -404,15 +439,21 @@ class Monitor:
         now_us = to_micros(self.clock.now())
         with self._lock:
             dirty, self._dirty = self._dirty, set()
+            taken: list[tuple[str, set[int]]] = []
             rows = []
-            for agent, b in dirty:
+            for agent in dirty:
                 w = self.windows.get(agent)
-                c = w.local.get(b) if w is not None else None
-                if c is not None:
-                    rows.append({"worker": self.worker, "agent_id": agent, "bucket": b,
-                                 "requests": c[REQ], "denies": c[DENY], "first_seen": c[FIRST],
-                                 "secret_reads": c[SECRET], "approvals": c[APPROVAL],
-                                 "updated_at": now_us})  # fmt: skip
+                if w is None:
+                    continue
+                buckets, w.dirty = w.dirty, set()
+                taken.append((agent, buckets))
+                for b in buckets:
+                    c = w.local.get(b)
+                    if c is not None:
+                        rows.append({"worker": self.worker, "agent_id": agent, "bucket": b,
+                                     "requests": c[REQ], "denies": c[DENY],
+                                     "first_seen": c[FIRST], "secret_reads": c[SECRET],
+                                     "approvals": c[APPROVAL], "updated_at": now_us})  # fmt: skip
             pairs, self._new_pairs = self._new_pairs, []
             touches, self._new_touches = self._new_touches, []
         try:
@@ -421,7 +462,11 @@ class Monitor:
             self._merge(now_us)
         except Exception:
             with self._lock:  # published next time (counts are absolute: nothing doubles)
-                self._dirty |= dirty
+                for agent, buckets in taken:
+                    w = self.windows.get(agent)
+                    if w is not None:
+                        w.dirty |= buckets
+                        self._dirty.add(agent)
                 self._new_pairs[:0] = pairs
                 self._new_touches[:0] = touches
             raise
@@ -432,9 +477,7 @@ class Monitor:
     ) -> None:  # fmt: skip
         with self.db.write() as s:
             if rows:
-                ins = (pg_insert if self.db.dialect == "postgresql" else sqlite_insert)(
-                    MonitorCountRow
-                )
+                ins = (pg_insert if self.db.dialect == "postgresql" else sqlite_insert)(_COUNTS)
                 cols = ("requests", "denies", "first_seen", "secret_reads", "approvals",
                         "updated_at")  # fmt: skip
                 stmt = ins.on_conflict_do_update(
@@ -453,16 +496,17 @@ class Monitor:
                                now_us=now_us)  # fmt: skip
 
     def _merge(self, now_us: int) -> None:
+        """The other workers' counts updated since the last merge (with some slack for
+        clocks that differ), summed per agent and bucket into each window's ``remote``."""
         oldest = now_us // self._bucket_us - self._width - 1
+        c = _COUNTS.c
         with self.db.read() as s:
-            q = select(MonitorCountRow).where(
-                MonitorCountRow.worker != self.worker,
-                MonitorCountRow.bucket >= oldest,
-                MonitorCountRow.updated_at >= self._read_until - _SYNC_SLACK_US,
-            )
-            theirs = [(r.worker, r.agent_id, r.bucket,
-                       [r.requests, r.denies, r.first_seen, r.secret_reads, r.approvals])
-                      for r in s.scalars(q)]  # fmt: skip
+            theirs = s.execute(
+                select(c.worker, c.agent_id, c.bucket, c.requests, c.denies, c.first_seen,
+                       c.secret_reads, c.approvals)
+                .where(c.worker != self.worker, c.bucket >= oldest,
+                       c.updated_at >= self._read_until - _SYNC_SLACK_US)
+            ).all()  # fmt: skip
             if self._pair_cursor is None:  # pairs seen before this worker started: not news
                 self._pair_cursor = s.scalar(select(func.max(MonitorPairRow.id))) or 0
                 new_pairs: list[tuple[int, str, str]] = []
@@ -473,29 +517,46 @@ class Monitor:
                            MonitorPairRow.worker != self.worker)
                     .order_by(MonitorPairRow.id).limit(100_000))]  # fmt: skip
         self._read_until = now_us
+        sums = self._sums(theirs, now_us, oldest)
         with self._lock:
-            touched: set[str] = set()
-            for worker, agent, b, counts in theirs:
-                self._theirs[(worker, agent, b)] = counts
-                touched.add(agent)
-            for key in [k for k in self._theirs if k[2] < oldest]:
-                touched.add(key[1])
-                del self._theirs[key]
-            sums: dict[str, dict[int, list[int]]] = {a: {} for a in touched}
-            for (_, agent, b), counts in self._theirs.items():
-                if agent in sums:
-                    into = sums[agent].setdefault(b, [0, 0, 0, 0, 0])
-                    for i, v in enumerate(counts):
-                        into[i] += v
             for agent, by_bucket in sums.items():
                 w = self.windows.get(agent)
                 if w is None:
-                    w = self.windows[agent] = AgentWindow()
+                    w = self.windows.setdefault(agent, AgentWindow())
                 w.remote = by_bucket
                 if w.bucket < 0:
                     w.bucket = now_us // self._bucket_us
                 w.resum(self._width)
             self._learn_pairs(new_pairs)
+
+    def _sums(self, theirs: Sequence[Any], now_us: int, oldest: int
+              ) -> dict[str, dict[int, list[int]]]:  # fmt: skip
+        """Fold the rows read into what this worker holds of the others'; the changed agents'
+        counts summed over the other workers, by bucket."""
+        touched: set[str] = set()
+        for worker, agent, b, *counts in theirs:
+            self._theirs.setdefault(agent, {})[(worker, b)] = counts
+            touched.add(agent)
+        if now_us // self._bucket_us != self._swept:  # once a bucket: forget what is too old
+            self._swept = now_us // self._bucket_us
+            for agent, held in list(self._theirs.items()):
+                for key in [k for k in held if k[1] < oldest]:
+                    del held[key]
+                    touched.add(agent)
+                if not held:
+                    del self._theirs[agent]
+        sums: dict[str, dict[int, list[int]]] = {}
+        for agent in touched:
+            by_bucket: dict[int, list[int]] = {}
+            for (_, b), counts in self._theirs.get(agent, {}).items():
+                into = by_bucket.get(b)
+                if into is None:
+                    by_bucket[b] = list(counts)
+                else:
+                    for i, v in enumerate(counts):
+                        into[i] += v
+            sums[agent] = by_bucket
+        return sums
 
     def _learn_pairs(self, new_pairs: Sequence[tuple[int, str, str]]) -> None:
         """Pairs other workers saw first: not first-seen here either (under the lock)."""

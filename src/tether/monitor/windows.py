@@ -44,6 +44,7 @@ class AgentWindow:
     risk: Risk = LOW  # as of its latest decision
     pending: int = 0  # the rank of a response on its way to the database
     flags: tuple[bool, int] = (False, 0)  # its latest request's (off_schedule, depth)
+    dirty: set[int] = field(default_factory=set)  # buckets this worker has not published
     reset_at: int = 0  # a human cleared it: what came before does not count
 
     def learned(self, learn_buckets: int) -> bool:
@@ -91,7 +92,8 @@ class AgentWindow:
         total = _zero()
         b = self.bucket
         for counts in (self.local, self.remote):
-            for k, c in counts.items():
+            # a copy, taken in one call: the decision path adds buckets without a lock
+            for k, c in list(counts.items()):
                 if b - width < k < b:
                     for i in range(COUNTS):
                         total[i] += c[i]
@@ -148,9 +150,11 @@ class SessionHistory:
         """Record it; True when it is new to this session (or was forgotten)."""
         book = self.labels if kind == "label" else self.tools
         before = book.get(value)
-        if before is None or before < at:
+        if before is None:
             book[value] = at
-            self._ctx = None
+            self._ctx = None  # what the session touched changed
+        elif before < at:
+            book[value] = at  # only when: the cached answer holds until it is next due
         return before is None
 
     def seen(self, now_us: int, window_us: int) -> tuple[list[str], list[str]]:

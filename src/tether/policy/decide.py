@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import orjson
 from prometheus_client import Counter
@@ -82,7 +82,8 @@ class Watcher(Protocol):
 
     def session_context(self, ask: Ask, now_us: int) -> dict[str, Any]: ...
 
-    def before(self, ask: Ask, view: AgentView, now_us: int) -> Any: ...
+    def before(self, ask: Ask, view: AgentView, now_us: int, *, session: bool = True
+               ) -> Any: ...  # fmt: skip
 
     def after(self, ask: Ask, decision: Decision, watch: Any, now_us: int
               ) -> tuple[Decision, Any]: ...  # fmt: skip
@@ -178,17 +179,12 @@ class DecisionService:
             if refused is not None:
                 out.append((refused, None, None))
                 continue
-            watch = monitor.before(ask, rt.agents[ask.subject], now_us)
+            reads = compiled.reads_session
+            watch = monitor.before(ask, rt.agents[ask.subject], now_us, session=reads)
             out.append(None)
-            pending.append(
-                (
-                    i,
-                    watch,
-                    cedar_request(
-                        ask, rt.agents, session=watch.session, principal_entity=watch.entity
-                    ),
-                )
-            )
+            request = cedar_request(ask, rt.agents, session=watch.session if reads else False,
+                                    principal_entity=watch.entity)  # fmt: skip
+            pending.append((i, watch, request))
         if pending:
             reqs = [r for _, _, r in pending]
             outcomes = [compiled.decide(reqs[0])] if len(reqs) == 1 else compiled.decide_many(reqs)
@@ -315,8 +311,10 @@ class DecisionService:
         monitor = self.monitor
         if monitor is None:
             return cedar_request(ask, self.runtime.agents)
+        compiled = self.runtime.policies
+        reads = compiled is None or compiled.reads_session
         return cedar_request(ask, self.runtime.agents,
-                             session=monitor.session_context(ask, now_us),
+                             session=monitor.session_context(ask, now_us) if reads else False,
                              principal_entity=monitor.principal_entity(
                                  self.runtime.agents[ask.subject]))  # fmt: skip
 
@@ -505,12 +503,9 @@ class _Then:
 
 
 def cedar_request(
-    ask: Ask,
-    agents: Mapping[str, AgentView],
-    *,
-    session: dict[str, Any] | None = None,
-    principal_entity: str | None = None,
-) -> CedarRequest:
+    ask: Ask, agents: Mapping[str, AgentView], *,
+    session: dict[str, Any] | Literal[False] | None = None, principal_entity: str | None = None,
+) -> CedarRequest:  # fmt: skip
     """The request in Cedar's terms: the principal's prebuilt entity (or ``principal_entity``,
     the same with its current risk), the resource's from the request's properties (or, for an
     agent, its entity), Tether's context fields added (``session``: what the session touched;
@@ -527,8 +522,9 @@ def cedar_request(
     else:  # Cedar treats an entity it does not hold as one without attributes or parents
         entity, parents = None, frozenset()
     chain = ask.full_chain
-    ctx = {**ask.context, "chain": list(chain), "delegated": len(chain) > 1,
-           "session": session or {"id": chain[0], "labels": [], "tools": []}}  # fmt: skip
+    ctx = {**ask.context, "chain": list(chain), "delegated": len(chain) > 1}
+    if session is not False:  # False: no policy reads it (CompiledPolicies.reads_session)
+        ctx["session"] = session or {"id": chain[0], "labels": [], "tools": []}
     if ask.on_behalf_of is not None:
         ctx["on_behalf_of"] = ask.on_behalf_of
     return CedarRequest(

@@ -92,6 +92,7 @@ class CompiledPolicies:
     schema: cedarpy.Schema
     base_entities: cedarpy.Entities
     actions: dict[str, frozenset[str]]
+    reads_session: bool = field(init=False)
     _principal_uids: frozenset[Uid] = field(init=False)
     _resource_uids: frozenset[Uid] = field(init=False)
     _slices: dict[tuple[Any, ...], Slice] = field(init=False, default_factory=dict)
@@ -108,6 +109,9 @@ class CompiledPolicies:
     _memo_bytes: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        # Whether any policy reads the session's history (context.session): when none does,
+        # the decision path neither builds it nor hands it to Cedar to parse.
+        self.reads_session = any(b'"session"' in orjson.dumps(p.est) for p in self.policies)
         self._principal_uids = frozenset(
             uid for p in self.policies for uid in scope_uids(p.est["principal"])
         )
