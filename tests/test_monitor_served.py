@@ -324,11 +324,19 @@ class Workers:
         try:
             with engine.connect() as conn:
                 rows = conn.execute(text(
-                    "SELECT worker, sum(requests), sum(denies) FROM monitor_counts "
-                    "WHERE agent_id = :a GROUP BY worker"), {"a": agent}).all()  # fmt: skip
+                    "SELECT worker, counts FROM monitor_counts ORDER BY id")).all()  # fmt: skip
         finally:
             engine.dispose()
-        return {w: (int(r), int(d)) for w, r, d in rows}
+        latest: dict[tuple[str, int], tuple[int, int]] = {}  # each sync's counts are absolute
+        for worker, counts in rows:
+            for a, bucket, requests, denies, *_ in json.loads(counts):
+                if a == agent:
+                    latest[(worker, bucket)] = (requests, denies)
+        out: dict[str, tuple[int, int]] = {}
+        for (worker, _), (requests, denies) in latest.items():
+            r, d = out.get(worker, (0, 0))
+            out[worker] = (r + requests, d + denies)
+        return out
 
 
 def test_two_workers_on_sqlite_share_the_session_and_the_spike(tmp_path: Path) -> None:

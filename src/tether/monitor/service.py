@@ -34,9 +34,7 @@ from typing import Any, cast
 
 import orjson
 from prometheus_client import Counter
-from sqlalchemy import Table, delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from tether.agents.service import AgentService
@@ -289,6 +287,12 @@ class Monitor:
 
     def _touched(self, ask: Ask, now_us: int) -> None:
         labels = ask.properties.get("labels")
+        if labels is None and ask.resource_type == "Tool" and "session_id" not in ask.context:
+            chain = ask.chain
+            hist = self.sessions.get(chain[0] if chain else ask.subject)
+            if hist is not None and ask.resource_id in hist.tools:
+                hist.touch("tool", ask.resource_id, now_us)
+                return
         touched: list[tuple[str, str]] = []
         if isinstance(labels, list):
             touched += [("label", x[:200]) for x in labels[:_MAX_LABELS]
@@ -440,7 +444,7 @@ class Monitor:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             taken: list[tuple[str, set[int]]] = []
-            rows = []
+            rows: list[tuple[Any, ...]] = []
             for agent in dirty:
                 w = self.windows.get(agent)
                 if w is None:
@@ -450,10 +454,7 @@ class Monitor:
                 for b in buckets:
                     c = w.local.get(b)
                     if c is not None:
-                        rows.append({"worker": self.worker, "agent_id": agent, "bucket": b,
-                                     "requests": c[REQ], "denies": c[DENY],
-                                     "first_seen": c[FIRST], "secret_reads": c[SECRET],
-                                     "approvals": c[APPROVAL], "updated_at": now_us})  # fmt: skip
+                        rows.append((agent, b, *c))
             pairs, self._new_pairs = self._new_pairs, []
             touches, self._new_touches = self._new_touches, []
         try:
@@ -472,18 +473,13 @@ class Monitor:
             raise
 
     def _publish(
-        self, rows: list[dict[str, Any]], pairs: Sequence[tuple[str, str, int]],
+        self, rows: list[tuple[Any, ...]], pairs: Sequence[tuple[str, str, int]],
         touches: Sequence[tuple[str, str, str, str, int]], now_us: int,
     ) -> None:  # fmt: skip
         with self.db.write() as s:
             if rows:
-                ins = (pg_insert if self.db.dialect == "postgresql" else sqlite_insert)(_COUNTS)
-                cols = ("requests", "denies", "first_seen", "secret_reads", "approvals",
-                        "updated_at")  # fmt: skip
-                stmt = ins.on_conflict_do_update(
-                    index_elements=["worker", "agent_id", "bucket"],
-                    set_={c: getattr(ins.excluded, c) for c in cols})  # fmt: skip
-                s.execute(stmt, rows)
+                s.execute(insert(_COUNTS), {"worker": self.worker, "at": now_us,
+                                            "counts": orjson.dumps(rows).decode()})  # fmt: skip
             if pairs:
                 s.execute(MonitorPairRow.__table__.insert(), [  # type: ignore[attr-defined]
                     {"worker": self.worker, "agent_id": a, "pair": p, "at": at}
@@ -501,11 +497,10 @@ class Monitor:
         oldest = now_us // self._bucket_us - self._width - 1
         c = _COUNTS.c
         with self.db.read() as s:
-            theirs = s.execute(
-                select(c.worker, c.agent_id, c.bucket, c.requests, c.denies, c.first_seen,
-                       c.secret_reads, c.approvals)
-                .where(c.worker != self.worker, c.bucket >= oldest,
-                       c.updated_at >= self._read_until - _SYNC_SLACK_US)
+            synced = s.execute(
+                select(c.worker, c.counts)
+                .where(c.worker != self.worker, c.at >= self._read_until - _SYNC_SLACK_US)
+                .order_by(c.id)  # one worker's syncs in its order: the latest counts win
             ).all()  # fmt: skip
             if self._pair_cursor is None:  # pairs seen before this worker started: not news
                 self._pair_cursor = s.scalar(select(func.max(MonitorPairRow.id))) or 0
@@ -517,6 +512,7 @@ class Monitor:
                            MonitorPairRow.worker != self.worker)
                     .order_by(MonitorPairRow.id).limit(100_000))]  # fmt: skip
         self._read_until = now_us
+        theirs = [(worker, *entry) for worker, text in synced for entry in orjson.loads(text)]
         sums = self._sums(theirs, now_us, oldest)
         with self._lock:
             for agent, by_bucket in sums.items():
@@ -535,8 +531,9 @@ class Monitor:
         counts summed over the other workers, by bucket."""
         touched: set[str] = set()
         for worker, agent, b, *counts in theirs:
-            self._theirs.setdefault(agent, {})[(worker, b)] = counts
-            touched.add(agent)
+            if b >= oldest:
+                self._theirs.setdefault(agent, {})[(worker, b)] = counts
+                touched.add(agent)
         if now_us // self._bucket_us != self._swept:  # once a bucket: forget what is too old
             self._swept = now_us // self._bucket_us
             for agent, held in list(self._theirs.items()):
@@ -579,9 +576,9 @@ class Monitor:
     def purge(self) -> None:
         """Forget exchanged rows nobody needs any more (idempotent on every node)."""
         now_us = to_micros(self.clock.now())
-        oldest = now_us // self._bucket_us - self._width - 10
         with self.db.write() as s:
-            s.execute(delete(MonitorCountRow).where(MonitorCountRow.bucket < oldest))
+            s.execute(delete(MonitorCountRow).where(
+                MonitorCountRow.at < now_us - (self._width + 10) * self._bucket_us))  # fmt: skip
             s.execute(delete(MonitorPairRow).where(MonitorPairRow.at < now_us - 86_400_000_000))
             s.execute(delete(MonitorTouchRow).where(MonitorTouchRow.at < now_us - self._session_us))
         with self._lock:

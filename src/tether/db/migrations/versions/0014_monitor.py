@@ -22,18 +22,13 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def upgrade() -> None:
     op.create_table(
         "monitor_counts",
+        sa.Column("id", _ID, nullable=False, autoincrement=True),
         sa.Column("worker", sa.String(length=40), nullable=False),
-        sa.Column("agent_id", sa.String(length=40), nullable=False),
-        sa.Column("bucket", sa.BigInteger(), nullable=False),
-        sa.Column("requests", sa.Integer(), nullable=False),
-        sa.Column("denies", sa.Integer(), nullable=False),
-        sa.Column("first_seen", sa.Integer(), nullable=False),
-        sa.Column("secret_reads", sa.Integer(), nullable=False),
-        sa.Column("approvals", sa.Integer(), nullable=False),
-        sa.Column("updated_at", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("worker", "agent_id", "bucket", name=op.f("pk_monitor_counts")),
+        sa.Column("at", sa.BigInteger(), nullable=False),
+        sa.Column("counts", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_monitor_counts")),
     )
-    op.create_index("ix_monitor_counts_updated_at", "monitor_counts", ["updated_at"])
+    op.create_index("ix_monitor_counts_at", "monitor_counts", ["at"])
     op.create_table(
         "monitor_pairs",
         sa.Column("id", _ID, nullable=False, autoincrement=True),
@@ -79,5 +74,5 @@ def downgrade() -> None:
     op.drop_index("ix_monitor_touches_session", table_name="monitor_touches")
     op.drop_table("monitor_touches")
     op.drop_table("monitor_pairs")
-    op.drop_index("ix_monitor_counts_updated_at", table_name="monitor_counts")
+    op.drop_index("ix_monitor_counts_at", table_name="monitor_counts")
     op.drop_table("monitor_counts")
