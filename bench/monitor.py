@@ -72,11 +72,17 @@ from bench.tokens import Deployment, open_deployment, tether_server
 from tether.audit.events import EventType
 from tether.audit.models import EventRow
 from tether.monitor.models import AgentRiskRow, MonitorCountRow, MonitorPairRow, MonitorTouchRow
-from tether.monitor.rules import MonitorConfig
+from tether.monitor.rules import MonitorConfig, ThresholdConfig
 from tether.policy.decide import DecisionService
 from tether.policy.values import Ask, Decision
 
 OFF_ENV = {"TETHER_MONITOR": MonitorConfig(enabled=False).model_dump_json(include={"enabled"})}
+# On: the default rules, evaluated on every decision, with thresholds out of reach — the bench's
+# random workload (about half its requests denied, each agent asked many times a minute) is
+# what deny-burst rightly flags, and a run whose agents get stepped up or suspended measures
+# approvals and suspensions, not watching. --respond keeps the shipped thresholds.
+WATCH_ONLY = MonitorConfig(thresholds=[ThresholdConfig(score=1_000_000, level="x", action="alert")])
+ON_ENV = {"TETHER_MONITOR": WATCH_ONLY.model_dump_json(include={"thresholds"})}
 MEMO_OFF = {"TETHER_DECISION_MEMO_SIZE": "0"}
 TARGET_ADDED_US = 10.0  # in process, per decision on the evaluation path
 TARGET_FEWER = 0.05  # over HTTP, decisions/s
@@ -452,7 +458,8 @@ def inprocess_table(
         f"{_signed_us(watched['calm_added_p50_us'])} where the agent had no risk score).",
         "off = a DecisionService without a monitor (as tether.container builds it for "
         "MonitorConfig(enabled=False)); on = the deployment's own, with the default "
-        "MonitorConfig() (window 60 s in 10 s buckets, 8 rules, 3 thresholds). Both on the "
+        "rules (window 60 s in 10 s buckets, 8 rules; thresholds out of reach unless "
+        "--respond, so that no agent of the random workload is stepped up mid-run). Both on the "
         "same runtime snapshot, committer and clock; each block runs the same requests through "
         "both, the order flipping each block, after one untimed pass of each over every "
         f"request. {notes['asks']:,} requests of the decision workload (bench.decisions' "
@@ -510,7 +517,7 @@ def run_http(dep: Deployment, world: dbench.World, sizes: Sizes, kind: str) -> R
     for r in range(sizes.rounds):
         modes = ("off", "on") if r % 2 == 0 else ("on", "off")
         for mode in modes:
-            env = MEMO_OFF | (OFF_ENV if mode == "off" else {})
+            env = MEMO_OFF | (OFF_ENV if mode == "off" else ({} if ns_respond() else ON_ENV))
             note(f"{tag} round {r + 1}/{sizes.rounds}, monitoring {mode}: tether serve "
                  f"--workers {sizes.workers}; warm-up {sizes.http_warmup:g} s, /healthz "
                  f"{secs:g} s, evaluations {secs:g} s ({kind}, {conns} connections)")  # fmt: skip
@@ -547,7 +554,7 @@ def http_table(
     )  # fmt: skip
     by = {m: [b for b in blocks if b.mode == m] for m in ("off", "on")}
     for mode, label in (("off", 'off (TETHER_MONITOR={"enabled": false})'),
-                        ("on", "on (defaults)")):  # fmt: skip
+                        ("on", "on (default rules)")):  # fmt: skip
         bs = by[mode]
         rates = [b.evaluation.rate for b in bs]
         cpu = [b.evaluation.server_cpu / b.evaluation.ok for b in bs if b.evaluation.ok]
@@ -651,6 +658,10 @@ def run_backend(options: Options, backend: str) -> list[ResultTable]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agents", type=int, help="agents in the world (default 10000)")
+    parser.add_argument("--respond", action="store_true",
+                        help="on = the shipped thresholds too (agents of the random workload "
+                        "get stepped up and suspended mid-run); default: rules watched, "
+                        "thresholds out of reach")  # fmt: skip
     parser.add_argument("--blocks", type=int,
                         help="alternating in-process blocks (default 6)")  # fmt: skip
     parser.add_argument(
@@ -680,7 +691,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         add_arguments=add_arguments,
     )
     note(machine_line(options))
+    _RESPOND[0] = bool(getattr(options.extra, "respond", False))
+    if not _RESPOND[0]:  # the in-process deployment's settings, as the servers' (ON_ENV)
+        os.environ.update(ON_ENV)
     run_each_backend(options, lambda backend: run_backend(options, backend))
+
+
+_RESPOND = [False]
+
+
+def ns_respond() -> bool:
+    return _RESPOND[0]
 
 
 if __name__ == "__main__":

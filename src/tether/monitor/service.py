@@ -62,6 +62,7 @@ SUSPENDED = "tether.risk-suspended"
 _SECRET_ACTIONS = frozenset({"secret.read", "secret.lease"})
 _MAX_LABELS = 32  # labels taken from one resource
 _NO_RATE = (0.0, 0.0)
+_NONE = (0, 0, 0, 0, 0)
 _SYNC_SLACK_US = 2_000_000  # rows re-read across a sync's boundary (clocks differ a little)
 
 
@@ -238,7 +239,13 @@ class Monitor:
         flags = w.flags
         if flags[0] is not watch.off_schedule or flags[1] != watch.depth:
             w.flags = flags = (watch.off_schedule, watch.depth)
-        signals = self._signals(w, w.totals(cur), flags)
+        rem = w.remote.get(w.bucket, _NONE)
+        c = w.closed
+        req = c[0] + cur[0] + rem[0]
+        denies = c[1] + cur[1] + rem[1]
+        ratio, z = w.rate(req, self._width, self._learn) if w.active >= self._learn else _NO_RATE
+        signals = (req, ratio, z, denies, denies / req if req else 0.0, c[2] + cur[2] + rem[2],
+                   c[3] + cur[3] + rem[3], c[4] + cur[4] + rem[4], flags[0], flags[1])  # fmt: skip
         risk = self.rules.score(signals)
         w.risk = risk
         state = self.states.get(ask.subject)
