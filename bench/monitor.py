@@ -71,7 +71,7 @@ from bench.loadgen import HttpRequest, LoadGen, LoadResult
 from bench.tokens import Deployment, open_deployment, tether_server
 from tether.audit.events import EventType
 from tether.audit.models import EventRow
-from tether.monitor.models import AgentRiskRow, MonitorCountRow, MonitorPairRow, MonitorTouchRow
+from tether.monitor.models import AgentRiskRow, MonitorSyncRow, MonitorTouchRow
 from tether.monitor.rules import MonitorConfig, ThresholdConfig
 from tether.policy.decide import DecisionService
 from tether.policy.values import Ask, Decision
@@ -293,7 +293,7 @@ def forget_behaviour(dep: Deployment) -> int:
     pairs and touches, the agents' risk rows (with their step-ups) — so that the HTTP phase
     starts from windows of its own; the number of risk rows dropped."""
     with dep.services.db.write() as s:
-        for model in (MonitorCountRow, MonitorPairRow, MonitorTouchRow):
+        for model in (MonitorSyncRow, MonitorTouchRow):
             s.execute(delete(model))
         return s.execute(delete(AgentRiskRow)).rowcount or 0  # type: ignore[attr-defined]
 

@@ -324,12 +324,12 @@ class Workers:
         try:
             with engine.connect() as conn:
                 rows = conn.execute(text(
-                    "SELECT worker, counts FROM monitor_counts ORDER BY id")).all()  # fmt: skip
+                    "SELECT worker, data FROM monitor_syncs ORDER BY id")).all()  # fmt: skip
         finally:
             engine.dispose()
         latest: dict[tuple[str, int], tuple[int, int]] = {}  # each sync's counts are absolute
-        for worker, counts in rows:
-            for a, bucket, requests, denies, *_ in json.loads(counts):
+        for worker, data in rows:
+            for a, bucket, requests, denies, *_ in json.loads(data)["counts"]:
                 if a == agent:
                     latest[(worker, bucket)] = (requests, denies)
         out: dict[str, tuple[int, int]] = {}

@@ -34,7 +34,7 @@ from typing import Any, cast
 
 import orjson
 from prometheus_client import Counter
-from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from tether.agents.service import AgentService
@@ -44,7 +44,7 @@ from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.db import Database
 from tether.errors import InvalidTransition, ValidationFailed
 from tether.maintenance import Task
-from tether.monitor.models import AgentRiskRow, MonitorCountRow, MonitorPairRow, MonitorTouchRow
+from tether.monitor.models import AgentRiskRow, MonitorSyncRow, MonitorTouchRow
 from tether.monitor.rules import LOW, SIGNALS, MonitorConfig, Risk, Rules, signals_dict
 from tether.monitor.windows import APPROVAL, DENY, FIRST, REQ, SECRET, AgentWindow, SessionHistory
 from tether.policy.entities import AgentView, with_risk
@@ -54,7 +54,7 @@ from tether.runtime import changes
 from tether.runtime.changes import Kind
 
 log = logging.getLogger("tether.monitor")
-_COUNTS = cast(Table, MonitorCountRow.__table__)
+_SYNCS = cast(Table, MonitorSyncRow.__table__)
 RESPONSES = Counter("tether_monitor_responses", "Automatic responses to an agent's risk",
                     ["action"])  # fmt: skip
 STEP_UP = "tether.risk-step-up"
@@ -138,13 +138,12 @@ class Monitor:
         self._entities: dict[str, tuple[str, tuple[int, str], str]] = {}
         # What this worker has to publish at its next sync
         self._dirty: set[str] = set()  # agents with buckets to publish (AgentWindow.dirty)
-        self._new_pairs: list[tuple[str, str, int]] = []
+        self._new_pairs: list[tuple[str, str, str, str]] = []  # agent, action, type, id
         self._new_touches: list[tuple[str, str, str, str, int]] = []
         # The others' counts as last read: agent -> (worker, bucket) -> counts
         self._theirs: dict[str, dict[tuple[str, int], list[int]]] = {}
         self._swept = 0
         self._read_until = 0
-        self._pair_cursor: int | None = None
         self.section = MonitorSection(self)
 
     # -- read by every evaluation ------------------------------------------------------------
@@ -209,7 +208,7 @@ class Monitor:
         pairs = w.pairs
         if pair not in pairs and len(pairs) < self._pairs_cap:
             pairs.add(pair)
-            self._new_pairs.append((subject, orjson.dumps(pair).decode(), now_us))
+            self._new_pairs.append((subject, *pair))
             if w.active >= self._learn:
                 cur[FIRST] += 1
         if b not in w.dirty:
@@ -480,17 +479,13 @@ class Monitor:
             raise
 
     def _publish(
-        self, rows: list[tuple[Any, ...]], pairs: Sequence[tuple[str, str, int]],
+        self, rows: list[tuple[Any, ...]], pairs: Sequence[tuple[str, str, str, str]],
         touches: Sequence[tuple[str, str, str, str, int]], now_us: int,
     ) -> None:  # fmt: skip
         with self.db.write() as s:
-            if rows:
-                s.execute(insert(_COUNTS), {"worker": self.worker, "at": now_us,
-                                            "counts": orjson.dumps(rows).decode()})  # fmt: skip
-            if pairs:
-                s.execute(MonitorPairRow.__table__.insert(), [  # type: ignore[attr-defined]
-                    {"worker": self.worker, "agent_id": a, "pair": p, "at": at}
-                    for a, p, at in pairs if len(p) <= 700])  # fmt: skip
+            if rows or pairs:
+                data = orjson.dumps({"counts": rows, "pairs": pairs}).decode()
+                s.execute(insert(_SYNCS), {"worker": self.worker, "at": now_us, "data": data})
             if touches:
                 s.execute(MonitorTouchRow.__table__.insert(), [  # type: ignore[attr-defined]
                     {"worker": self.worker, "session": k, "kind": kind, "value": v,
@@ -502,24 +497,20 @@ class Monitor:
         """The other workers' counts updated since the last merge (with some slack for
         clocks that differ), summed per agent and bucket into each window's ``remote``."""
         oldest = now_us // self._bucket_us - self._width - 1
-        c = _COUNTS.c
+        c = _SYNCS.c
         with self.db.read() as s:
             synced = s.execute(
-                select(c.worker, c.counts)
+                select(c.worker, c.data)
                 .where(c.worker != self.worker, c.at >= self._read_until - _SYNC_SLACK_US)
                 .order_by(c.id)  # one worker's syncs in its order: the latest counts win
             ).all()  # fmt: skip
-            if self._pair_cursor is None:  # pairs seen before this worker started: not news
-                self._pair_cursor = s.scalar(select(func.max(MonitorPairRow.id))) or 0
-                new_pairs: list[tuple[int, str, str]] = []
-            else:
-                new_pairs = [(i, a, p) for i, a, p in s.execute(
-                    select(MonitorPairRow.id, MonitorPairRow.agent_id, MonitorPairRow.pair)
-                    .where(MonitorPairRow.id > self._pair_cursor,
-                           MonitorPairRow.worker != self.worker)
-                    .order_by(MonitorPairRow.id).limit(100_000))]  # fmt: skip
         self._read_until = now_us
-        theirs = [(worker, *entry) for worker, text in synced for entry in orjson.loads(text)]
+        theirs: list[tuple[Any, ...]] = []
+        new_pairs: list[list[str]] = []
+        for worker, text in synced:
+            data = orjson.loads(text)
+            theirs += [(worker, *entry) for entry in data.get("counts", ())]
+            new_pairs += data.get("pairs", ())
         sums = self._sums(theirs, now_us, oldest)
         with self._lock:
             for agent, by_bucket in sums.items():
@@ -562,19 +553,17 @@ class Monitor:
             sums[agent] = by_bucket
         return sums
 
-    def _learn_pairs(self, new_pairs: Sequence[tuple[int, str, str]]) -> None:
+    def _learn_pairs(self, new_pairs: Sequence[list[str]]) -> None:
         """Pairs other workers saw first: not first-seen here either (under the lock)."""
-        for i, agent, pair in new_pairs:
-            self._pair_cursor = max(self._pair_cursor or 0, i)
+        for entry in new_pairs:
+            if len(entry) != 4:  # agent, action, type, id
+                continue
+            agent, action, rtype, rid = entry
             w = self.windows.get(agent)
             if w is None:
                 w = self.windows[agent] = AgentWindow()
-            try:
-                parts = orjson.loads(pair)
-            except orjson.JSONDecodeError:
-                continue
-            if len(parts) == 3 and len(w.pairs) < self.config.pairs_per_agent:
-                w.pairs.add((str(parts[0]), str(parts[1]), str(parts[2])))
+            if len(w.pairs) < self._pairs_cap:
+                w.pairs.add((action, rtype, rid))
 
     # -- maintenance -------------------------------------------------------------------------
     def maintenance(self) -> list[Task]:
@@ -584,9 +573,8 @@ class Monitor:
         """Forget exchanged rows nobody needs any more (idempotent on every node)."""
         now_us = to_micros(self.clock.now())
         with self.db.write() as s:
-            s.execute(delete(MonitorCountRow).where(
-                MonitorCountRow.at < now_us - (self._width + 10) * self._bucket_us))  # fmt: skip
-            s.execute(delete(MonitorPairRow).where(MonitorPairRow.at < now_us - 86_400_000_000))
+            s.execute(delete(MonitorSyncRow).where(
+                MonitorSyncRow.at < now_us - (self._width + 10) * self._bucket_us))  # fmt: skip
             s.execute(delete(MonitorTouchRow).where(MonitorTouchRow.at < now_us - self._session_us))
         with self._lock:
             for key in [k for k, h in self.sessions.items()

@@ -1,5 +1,5 @@
-"""monitoring: counts, first-seen pairs and session touches exchanged between workers; each
-agent's risk state
+"""monitoring: each worker's syncs (counts, first-seen pairs) and session touches exchanged
+between workers; each agent's risk state
 
 Revision ID: 0014
 Revises: 0013
@@ -21,23 +21,14 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 def upgrade() -> None:
     op.create_table(
-        "monitor_counts",
+        "monitor_syncs",
         sa.Column("id", _ID, nullable=False, autoincrement=True),
         sa.Column("worker", sa.String(length=40), nullable=False),
         sa.Column("at", sa.BigInteger(), nullable=False),
-        sa.Column("counts", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_monitor_counts")),
+        sa.Column("data", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_monitor_syncs")),
     )
-    op.create_index("ix_monitor_counts_at", "monitor_counts", ["at"])
-    op.create_table(
-        "monitor_pairs",
-        sa.Column("id", _ID, nullable=False, autoincrement=True),
-        sa.Column("worker", sa.String(length=40), nullable=False),
-        sa.Column("agent_id", sa.String(length=40), nullable=False),
-        sa.Column("pair", sa.String(length=700), nullable=False),
-        sa.Column("at", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_monitor_pairs")),
-    )
+    op.create_index("ix_monitor_syncs_at", "monitor_syncs", ["at"])
     op.create_table(
         "monitor_touches",
         sa.Column("id", _ID, nullable=False, autoincrement=True),
@@ -73,6 +64,5 @@ def downgrade() -> None:
     op.drop_index("ix_monitor_touches_at", table_name="monitor_touches")
     op.drop_index("ix_monitor_touches_session", table_name="monitor_touches")
     op.drop_table("monitor_touches")
-    op.drop_table("monitor_pairs")
-    op.drop_index("ix_monitor_counts_at", table_name="monitor_counts")
-    op.drop_table("monitor_counts")
+    op.drop_index("ix_monitor_syncs_at", table_name="monitor_syncs")
+    op.drop_table("monitor_syncs")
