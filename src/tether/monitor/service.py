@@ -144,6 +144,7 @@ class Monitor:
         self._theirs: dict[str, dict[tuple[str, int], list[int]]] = {}
         self._swept = 0
         self._read_until = 0
+        self._read_ids: set[int] = set()  # the other workers' syncs already merged
         self.section = MonitorSection(self)
 
     # -- read by every evaluation ------------------------------------------------------------
@@ -499,12 +500,21 @@ class Monitor:
         oldest = now_us // self._bucket_us - self._width - 1
         c = _SYNCS.c
         with self.db.read() as s:
+            # The rows of the last few seconds (clocks differ a little, and on PostgreSQL a
+            # row may commit after one numbered later), each read once: their ids first.
+            recent = dict(s.execute(
+                select(c.id, c.at)
+                .where(c.worker != self.worker, c.at >= max(
+                    self._read_until - _SYNC_SLACK_US,  # at start: no older than the window
+                    now_us - (self._width + 1) * self._bucket_us))
+            ).all())  # fmt: skip
+            unseen = sorted(set(recent) - self._read_ids)
             synced = s.execute(
-                select(c.worker, c.data)
-                .where(c.worker != self.worker, c.at >= self._read_until - _SYNC_SLACK_US)
+                select(c.worker, c.data).where(c.id.in_(unseen))
                 .order_by(c.id)  # one worker's syncs in its order: the latest counts win
-            ).all()  # fmt: skip
+            ).all() if unseen else []  # fmt: skip
         self._read_until = now_us
+        self._read_ids = set(recent)
         theirs: list[tuple[Any, ...]] = []
         new_pairs: list[list[str]] = []
         for worker, text in synced:
