@@ -17,8 +17,9 @@ yet acted on. ``principal.risk`` and ``context.session`` are read from memory
   (reversible by a human).
 - :meth:`Monitor.sync` (every ``sync_seconds`` on every worker) publishes this worker's
   counts, newly seen pairs and session touches, and merges the other workers' and nodes'.
-  A session's new touch is also a change-feed key: the other workers read it at once
-  (NOTIFY, or the FIFO wake-up on one host), not at their next sync.
+  One row a sync (``monitor_syncs``): counts, newly seen pairs, session touches. A session's
+  new *data label* is also a change-feed key: the other workers read it at once (NOTIFY, or
+  the FIFO wake-up on one host), not at their next sync; a new tool comes with the merge.
 - :class:`MonitorSection` is the runtime section: agents' risk rows and sessions' touches,
   loaded at start and applied as they change.
 """
@@ -484,15 +485,24 @@ class Monitor:
         touches: Sequence[tuple[str, str, str, str, int]], now_us: int,
     ) -> None:  # fmt: skip
         with self.db.write() as s:
-            if rows or pairs:
-                data = orjson.dumps({"counts": rows, "pairs": pairs}).decode()
+            if rows or pairs or touches:
+                data = orjson.dumps(
+                    {
+                        "counts": rows,
+                        "pairs": pairs,
+                        "touches": [(key, kind, value, at) for key, kind, value, _, at in touches],
+                    }
+                ).decode()
                 s.execute(insert(_SYNCS), {"worker": self.worker, "at": now_us, "data": data})
             if touches:
                 s.execute(MonitorTouchRow.__table__.insert(), [  # type: ignore[attr-defined]
                     {"worker": self.worker, "session": k, "kind": kind, "value": v,
                      "agent_id": a, "at": at} for k, kind, v, a, at in touches])  # fmt: skip
-                changes.record(s, Kind.MONITOR, sorted({f"s:{t[0]}" for t in touches}),
-                               now_us=now_us)  # fmt: skip
+                # A new data label is news every worker must have at once (PII read here,
+                # egress asked there): the change feed. Tools come with the next merge.
+                labelled = sorted({f"s:{t[0]}" for t in touches if t[1] == "label"})
+                if labelled:
+                    changes.record(s, Kind.MONITOR, labelled, now_us=now_us)
 
     def _merge(self, now_us: int) -> None:
         """The other workers' counts updated since the last merge (with some slack for
@@ -517,10 +527,12 @@ class Monitor:
         self._read_ids = set(recent)
         theirs: list[tuple[Any, ...]] = []
         new_pairs: list[list[str]] = []
+        new_touches: list[list[Any]] = []
         for worker, text in synced:
             data = orjson.loads(text)
             theirs += [(worker, *entry) for entry in data.get("counts", ())]
             new_pairs += data.get("pairs", ())
+            new_touches += data.get("touches", ())
         sums = self._sums(theirs, now_us, oldest)
         with self._lock:
             for agent, by_bucket in sums.items():
@@ -532,6 +544,8 @@ class Monitor:
                     w.bucket = now_us // self._bucket_us
                 w.resum(self._width)
             self._learn_pairs(new_pairs)
+            for key, kind, value, at in new_touches:
+                self.sessions.setdefault(key, SessionHistory()).touch(kind, value, at)
 
     def _sums(self, theirs: Sequence[Any], now_us: int, oldest: int
               ) -> dict[str, dict[int, list[int]]]:  # fmt: skip
