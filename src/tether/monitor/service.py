@@ -525,57 +525,55 @@ class Monitor:
             ).all() if unseen else []  # fmt: skip
         self._read_until = now_us
         self._read_ids = set(recent)
-        theirs: list[tuple[Any, ...]] = []
         new_pairs: list[list[str]] = []
         new_touches: list[list[Any]] = []
+        current = now_us // self._bucket_us
         for worker, text in synced:
             data = orjson.loads(text)
-            theirs += [(worker, *entry) for entry in data.get("counts", ())]
+            self._fold_in(worker, data.get("counts", ()), oldest, current)
             new_pairs += data.get("pairs", ())
             new_touches += data.get("touches", ())
-        sums = self._sums(theirs, now_us, oldest)
+        if current != self._swept:  # once a bucket: forget the others' counts too old to count
+            self._swept = current
+            for agent, held in list(self._theirs.items()):
+                for key in [k for k in held if k[1] < oldest]:
+                    del held[key]
+                if not held:
+                    del self._theirs[agent]
         with self._lock:
-            for agent, by_bucket in sums.items():
-                w = self.windows.get(agent)
-                if w is None:
-                    w = self.windows.setdefault(agent, AgentWindow())
-                w.remote = by_bucket
-                if w.bucket < 0:
-                    w.bucket = now_us // self._bucket_us
-                w.resum(self._width)
             self._learn_pairs(new_pairs)
             for key, kind, value, at in new_touches:
                 self.sessions.setdefault(key, SessionHistory()).touch(kind, value, at)
 
-    def _sums(self, theirs: Sequence[Any], now_us: int, oldest: int
-              ) -> dict[str, dict[int, list[int]]]:  # fmt: skip
-        """Fold the rows read into what this worker holds of the others'; the changed agents'
-        counts summed over the other workers, by bucket."""
-        touched: set[str] = set()
-        for worker, agent, b, *counts in theirs:
-            if b >= oldest:
-                self._theirs.setdefault(agent, {})[(worker, b)] = counts
-                touched.add(agent)
-        if now_us // self._bucket_us != self._swept:  # once a bucket: forget what is too old
-            self._swept = now_us // self._bucket_us
-            for agent, held in list(self._theirs.items()):
-                for key in [k for k in held if k[1] < oldest]:
-                    del held[key]
-                    touched.add(agent)
-                if not held:
-                    del self._theirs[agent]
-        sums: dict[str, dict[int, list[int]]] = {}
-        for agent in touched:
-            by_bucket: dict[int, list[int]] = {}
-            for (_, b), counts in self._theirs.get(agent, {}).items():
-                into = by_bucket.get(b)
-                if into is None:
-                    by_bucket[b] = list(counts)
-                else:
-                    for i, v in enumerate(counts):
-                        into[i] += v
-            sums[agent] = by_bucket
-        return sums
+    def _fold_in(self, worker: str, entries: Sequence[list[Any]], oldest: int,
+                 current: int) -> None:  # fmt: skip
+        """One of the other workers' syncs: each (agent, bucket)'s counts, absolute, replace
+        what that worker had said of it; the difference goes into the agent's ``remote`` sum
+        (and its window's ``closed`` total when the bucket is in the window), not recomputed
+        from everything."""
+        for agent, b, *counts in entries:
+            if not isinstance(agent, str) or not isinstance(b, int) or b < oldest:
+                continue
+            held = self._theirs.get(agent)
+            if held is None:
+                held = self._theirs[agent] = {}
+            before = held.get((worker, b))
+            held[(worker, b)] = counts
+            w = self.windows.get(agent)
+            if w is None:
+                w = self.windows.setdefault(agent, AgentWindow(bucket=current))
+            with self._lock:  # the decision path's roll recomputes these: one at a time
+                rem = w.remote.get(b)
+                if rem is None:
+                    rem = w.remote[b] = [0, 0, 0, 0, 0]
+                in_window = w.bucket - self._width < b < w.bucket
+                closed = w.closed
+                for k in range(5):
+                    delta = int(counts[k]) - (int(before[k]) if before else 0)
+                    if delta:
+                        rem[k] += delta
+                        if in_window:
+                            closed[k] += delta
 
     def _learn_pairs(self, new_pairs: Sequence[list[str]]) -> None:
         """Pairs other workers saw first: not first-seen here either (under the lock)."""
