@@ -60,22 +60,34 @@ class AgentWindow:
         return cur
 
     def roll(self, b: int, width: int, alpha: float) -> None:
+        """Move the window to bucket ``b``: fold what closed into the baseline first, then
+        drop the buckets that left the window (and its grace), then total the window."""
         self.bucket = b
-        for old in [k for k in self.local if k <= b - width - 2]:
-            del self.local[old]
-        for old in [k for k in self.remote if k <= b - width - 2]:
-            del self.remote[old]
         self.fold(b, alpha)
+        limit = b - width - 2
+        local, remote = self.local, self.remote
+        if local:
+            for old in [k for k in local if k <= limit]:
+                del local[old]
+        if remote:
+            for old in [k for k in remote if k <= limit]:
+                del remote[old]
         self.resum(width)
 
     def fold(self, b: int, alpha: float) -> None:
         """Fold every bucket up to ``b - 2`` not folded yet (one bucket of grace)."""
         last = b - 2
-        if last <= self.folded:
+        folded = self.folded
+        if last <= folded:
             return
-        keys = sorted({k for k in (*self.local, *self.remote) if self.folded < k <= last})
+        local, remote = self.local, self.remote
+        keys = [k for k in local if folded < k <= last]
+        if remote:
+            keys += [k for k in remote if folded < k <= last and k not in local]
+        if len(keys) > 1:
+            keys.sort()
         for k in keys:
-            x = self.local.get(k, _NONE)[REQ] + self.remote.get(k, _NONE)[REQ]
+            x = local.get(k, _NONE)[REQ] + remote.get(k, _NONE)[REQ]
             if x <= 0:
                 continue
             if self.active == 0:
