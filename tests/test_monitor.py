@@ -314,13 +314,13 @@ def _poisson(rng: Any, lam: float) -> int:
 
 def test_an_agent_that_works_in_sparse_bursts_learns_its_baseline() -> None:
     """A bucket is folded into the baseline before it leaves the window: an agent asking once
-    a minute still learns (its active buckets counted), and is compared with its own rate."""
+    two minutes still learns (its active buckets counted), and is compared with its own rate."""
     from tether.monitor.windows import AgentWindow
 
     w = AgentWindow()
     bucket_us = 10_000_000
-    for minute in range(40):
-        b = (1_796_637_600_000_000 + minute * 60_000_000) // bucket_us
+    for burst in range(40):
+        b = (1_796_637_600_000_000 + burst * 120_000_000) // bucket_us
         w.current(b, 6, 0.02)[0] += 3
     assert w.active == 39  # every burst but the latest (one bucket of grace)
     assert w.mean == pytest.approx(3.0)
