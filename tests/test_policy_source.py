@@ -221,7 +221,7 @@ def test_duplicate_of_a_base_policy_id_is_the_reserved_prefix() -> None:
 
 SCHEMA_PROBLEMS = (
     '@id("typo") permit(principal, action, resource)\n'  # 1
-    '  when { principal.risk == "high" };\n'  # 2
+    '  when { principal.riks == "high" };\n'  # 2
     "\n"  # 3
     '@id("fine") permit(principal, action == Action::"tool.call", resource);\n'  # 4
     "// a comment\n"  # 5
@@ -240,7 +240,7 @@ def test_every_schema_validation_error_with_policy_id_and_line() -> None:
     by_policy: dict[str, list[str]] = {}
     for p in problems:
         by_policy.setdefault(p["policy"], []).append(p["message"])
-    assert any("risk" in m for m in by_policy["typo"])
+    assert any("riks" in m for m in by_policy["typo"])
     assert any("nope" in m for m in by_policy["no-action"])
     assert any("server" in m for m in by_policy["unguarded"])
     # Cedar's positional ids (policy0, policy3, …) never leak: messages name our @ids
