@@ -172,7 +172,7 @@ class Database:
         return self._writer
 
     @contextmanager
-    def write(self, *, then: str | None = None) -> Iterator[Session]:
+    def write(self, *, then: str | None = None, sequenced: bool = True) -> Iterator[Session]:
         """A transaction holding the write lock; commits on success, rolls back on error.
 
         ``then``: a fixed, parameterless query the caller runs first under the lock. On
@@ -180,12 +180,17 @@ class Database:
         statement of one simple query: under READ COMMITTED it reads what committed while
         the lock was awaited), its first row left in ``session.info[(READ_WITH_LOCK,
         then)]``; the lock is held from the first round trip to the commit, so one fewer is
-        one fewer for every writer waiting behind it. On SQLite the caller reads it itself."""
+        one fewer for every writer waiting behind it. On SQLite the caller reads it itself.
+
+        ``sequenced=False``: rows that need no place in the deployment's order (no ledger
+        event, no change-feed record: monitoring's exchange rows) — on PostgreSQL without the
+        deployment-wide lock, so they never hold up the ledger's writer; on SQLite, which has
+        one writer, as any other write."""
         with self._write_sessions() as session:
             session.info.update(self.session_info)
             session.info["tether.schema"] = self.schema
             with self._queue or nullcontext(), session.begin():
-                if self.dialect == "postgresql":  # on the driver's cursor: the hottest statement
+                if self.dialect == "postgresql" and sequenced:  # the driver's cursor: hottest
                     if then is None:
                         fetch_one_with(session, _PG_LOCK, (PG_WRITE_LOCK,))
                     else:

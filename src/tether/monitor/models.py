@@ -30,20 +30,19 @@ class MonitorSyncRow(Base):
 
 
 class MonitorTouchRow(Base):
-    """A data label or a tool a session touched (a sequence-aware decision reads them)."""
+    """One worker's sync's session touches — the data labels and tools sessions touched — as
+    JSON ``[[session, kind, value, agent, at], …]``, one row a sync (a row per touch made a
+    sync's write, under the write lock, grow with every new tool); kept for the session
+    window: a restarted worker reads them back (:meth:`MonitorSection.load`)."""
 
     __tablename__ = "monitor_touches"
 
     id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
     worker: Mapped[str] = mapped_column(String(40))
-    session: Mapped[str] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(8))  # "label" | "tool"
-    value: Mapped[str] = mapped_column(String(200))
-    agent_id: Mapped[str] = mapped_column(String(40))
     at: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[str] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_monitor_touches_session", "session"),
-                      Index("ix_monitor_touches_at", "at"))  # fmt: skip
+    __table_args__ = (Index("ix_monitor_touches_at", "at"),)
 
 
 class AgentRiskRow(Base):

@@ -56,6 +56,8 @@ from tether.runtime.changes import Kind
 
 log = logging.getLogger("tether.monitor")
 _SYNCS = cast(Table, MonitorSyncRow.__table__)
+_TOUCHES = cast(Table, MonitorTouchRow.__table__)
+_ANNOUNCED_US = 300_000_000  # how far back a worker looks for the touches just announced
 RESPONSES = Counter("tether_monitor_responses", "Automatic responses to an agent's risk",
                     ["action"])  # fmt: skip
 STEP_UP = "tether.risk-step-up"
@@ -484,7 +486,8 @@ class Monitor:
         self, rows: list[tuple[Any, ...]], pairs: Sequence[tuple[str, str, str, str]],
         touches: Sequence[tuple[str, str, str, str, int]], now_us: int,
     ) -> None:  # fmt: skip
-        with self.db.write() as s:
+        # No ledger event here: on PostgreSQL, not behind the deployment-wide lock.
+        with self.db.write(sequenced=False) as s:
             if rows or pairs or touches:
                 data = orjson.dumps(
                     {
@@ -495,14 +498,15 @@ class Monitor:
                 ).decode()
                 s.execute(insert(_SYNCS), {"worker": self.worker, "at": now_us, "data": data})
             if touches:
-                s.execute(MonitorTouchRow.__table__.insert(), [  # type: ignore[attr-defined]
-                    {"worker": self.worker, "session": k, "kind": kind, "value": v,
-                     "agent_id": a, "at": at} for k, kind, v, a, at in touches])  # fmt: skip
-                # A new data label is news every worker must have at once (PII read here,
-                # egress asked there): the change feed. Tools come with the next merge.
-                labelled = sorted({f"s:{t[0]}" for t in touches if t[1] == "label"})
-                if labelled:
-                    changes.record(s, Kind.MONITOR, labelled, now_us=now_us)
+                s.execute(insert(_TOUCHES), {"worker": self.worker, "at": now_us,
+                                             "data": orjson.dumps(touches).decode()})  # fmt: skip
+        # A new data label is news every worker must have at once (PII read here, egress
+        # asked there): the change feed, in order under the lock, once the touches are in.
+        # Tools come with the next merge.
+        labelled = sorted({f"s:{t[0]}" for t in touches if t[1] == "label"})
+        if labelled:
+            with self.db.write() as s:
+                changes.record(s, Kind.MONITOR, labelled, now_us=now_us)
 
     def _merge(self, now_us: int) -> None:
         """The other workers' counts updated since the last merge (with some slack for
@@ -598,6 +602,7 @@ class Monitor:
             s.execute(delete(MonitorSyncRow).where(
                 MonitorSyncRow.at < now_us - (self._width + 10) * self._bucket_us))  # fmt: skip
             s.execute(delete(MonitorTouchRow).where(MonitorTouchRow.at < now_us - self._session_us))
+
         with self._lock:
             for key in [k for k, h in self.sessions.items()
                         if (h.seen(now_us, self._session_us) or True) and h.empty]:  # fmt: skip
@@ -616,9 +621,7 @@ class MonitorSection:
     def load(self, s: Session, now_us: int) -> None:
         m = self.monitor
         states = {r.agent_id: _state(r) for r in s.scalars(select(AgentRiskRow))}
-        rows = s.execute(select(MonitorTouchRow.session, MonitorTouchRow.kind,
-                                MonitorTouchRow.value, MonitorTouchRow.at)
-                         .where(MonitorTouchRow.at >= now_us - m._session_us)).all()  # fmt: skip
+        rows = _touches(s, since=now_us - m._session_us)
         with m._lock:
             m.states = states
             # Merged into what this worker holds, not replacing it: a touch not published yet
@@ -634,11 +637,9 @@ class MonitorSection:
         states = ({r.agent_id: _state(r) for r in s.scalars(
             select(AgentRiskRow).where(AgentRiskRow.agent_id.in_(agents)))}
             if agents else {})  # fmt: skip
-        rows = s.execute(select(MonitorTouchRow.session, MonitorTouchRow.kind,
-                                MonitorTouchRow.value, MonitorTouchRow.at)
-                         .where(MonitorTouchRow.session.in_(sessions),
-                                MonitorTouchRow.at >= now_us - m._session_us)
-                         ).all() if sessions else []  # fmt: skip
+        wanted = set(sessions)
+        rows = [r for r in _touches(s, since=now_us - _ANNOUNCED_US) if r[0] in wanted
+                ] if sessions else []  # fmt: skip
         with m._lock:
             for agent, state in states.items():
                 before = m.states.get(agent)
@@ -655,6 +656,17 @@ class MonitorSection:
 
     def purge(self, now_us: int) -> None:
         del now_us
+
+
+def _touches(s: Session, *, since: int) -> list[tuple[str, str, str, int]]:
+    """The touches the workers published since ``since``: (session, kind, value, at)."""
+    out: list[tuple[str, str, str, int]] = []
+    for (data,) in s.execute(select(_TOUCHES.c.data).where(_TOUCHES.c.at >= since)):
+        for entry in orjson.loads(data):
+            if len(entry) == 5:  # session, kind, value, agent, at
+                key, kind, value, _, at = entry
+                out.append((str(key), str(kind), str(value), int(at)))
+    return out
 
 
 def session_keys(ask: Ask) -> tuple[str, ...]:

@@ -33,14 +33,10 @@ def upgrade() -> None:
         "monitor_touches",
         sa.Column("id", _ID, nullable=False, autoincrement=True),
         sa.Column("worker", sa.String(length=40), nullable=False),
-        sa.Column("session", sa.String(length=200), nullable=False),
-        sa.Column("kind", sa.String(length=8), nullable=False),
-        sa.Column("value", sa.String(length=200), nullable=False),
-        sa.Column("agent_id", sa.String(length=40), nullable=False),
         sa.Column("at", sa.BigInteger(), nullable=False),
+        sa.Column("data", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_monitor_touches")),
     )
-    op.create_index("ix_monitor_touches_session", "monitor_touches", ["session"])
     op.create_index("ix_monitor_touches_at", "monitor_touches", ["at"])
     op.create_table(
         "agent_risk",
@@ -62,7 +58,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("agent_risk")
     op.drop_index("ix_monitor_touches_at", table_name="monitor_touches")
-    op.drop_index("ix_monitor_touches_session", table_name="monitor_touches")
     op.drop_table("monitor_touches")
     op.drop_index("ix_monitor_syncs_at", table_name="monitor_syncs")
     op.drop_table("monitor_syncs")
