@@ -145,6 +145,7 @@ def test_every_domain_registers_its_maintenance(services: Services) -> None:
         "oauth.finish_cut_offs",
         "approvals.expire",
         "agents.expire",
+        "agents.recertify",
         "runtime.purge",
         "secrets.purge_leases",
         "secrets.drop_logins",

@@ -26,6 +26,12 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from tether.agents.recertification import (
+    DEFAULT_OVERDUE,
+    OverdueAction,
+    TierName,
+    default_overdue,
+)
 from tether.errors import ConfigurationError
 from tether.fields import SCOPE_RE
 from tether.gateway_config import Upstream, check_unique
@@ -174,6 +180,17 @@ class Settings(BaseSettings):
         description="Alerts of one kind about one agent within this window fold into the "
         "first (its suppressed count grows) until it is acknowledged.",
     )  # fmt: skip
+    recertify_notice_days: int = Field(
+        default=14, ge=0, le=365,
+        description="Days before an agent's recertify_by that its recertification is due "
+        "(an agent.recertification_due event and alert, once per due date).",
+    )  # fmt: skip
+    recertify_overdue: dict[TierName, OverdueAction] = Field(
+        default_factory=default_overdue,
+        description="What an agent whose recertify_by has passed meets, per risk tier (JSON): "
+        "alert (an event and alert only), require_approval (every allow needs a human's "
+        "approval until it is recertified) or suspend; a tier left out keeps its default.",
+    )
     monitor: MonitorConfig = Field(
         default_factory=MonitorConfig,
         description="Continuous monitoring (tether.toml [monitor], or TETHER_MONITOR as JSON): "
@@ -258,6 +275,11 @@ class Settings(BaseSettings):
             raise ValueError("gateway_scope must be space-separated scope-tokens (RFC 6749 §3.3)")
         return value
 
+    @field_validator("recertify_overdue")
+    @classmethod
+    def _every_tier(cls, value: dict[str, str]) -> dict[str, str]:
+        return {**DEFAULT_OVERDUE, **value}
+
     @field_validator("trust_domain")
     @classmethod
     def _check_trust_domain(cls, value: str) -> str:
@@ -294,6 +316,11 @@ class Settings(BaseSettings):
             sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets))
         toml = _read_config_file(config_file_path())
         return (*sources, InitSettingsSource(settings_cls, init_kwargs=toml))
+
+    @property
+    def recertify_responses(self) -> dict[str, str]:
+        """:attr:`recertify_overdue` as the agents domain and the decision path take it."""
+        return {str(tier): str(action) for tier, action in self.recertify_overdue.items()}
 
     @property
     def resolved_database_url(self) -> str:

@@ -128,7 +128,9 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         checkpoint_every_events=settings.checkpoint_every_events,
         checkpoint_every_seconds=settings.checkpoint_every_seconds,
     )
-    agents = AgentService(db, ledger, clock, trust_domain=settings.trust_domain)
+    agents = AgentService(db, ledger, clock, trust_domain=settings.trust_domain,
+                          recertify_notice_days=settings.recertify_notice_days,
+                          recertify_overdue=settings.recertify_responses)  # fmt: skip
     signing_keys = SigningKeys(
         db, ledger, clock, keys.master_key, alg=settings.token_signing_alg,
         max_token_ttl=settings.token_ttl_max_seconds, rotation_days=settings.key_rotation_days,
@@ -174,7 +176,8 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     monitor = Monitor(settings.monitor, db, ledger, clock, agents)
     runtime.register(monitor.section)
     decisions = DecisionService(snapshot, committer, clock, approvals,
-                                monitor if settings.monitor.enabled else None)  # fmt: skip
+                                monitor if settings.monitor.enabled else None,
+                                recertify_overdue=settings.recertify_responses)  # fmt: skip
     secrets = SecretService(
         db, ledger, clock, root_key=keys.master_key, decisions=decisions, committer=committer,
         max_bytes=settings.secret_max_bytes, versions_kept=settings.secret_versions_kept,
@@ -209,6 +212,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
             *oauth.maintenance(),
             *approvals.maintenance(),
             *agents.expiry.maintenance(),
+            *agents.recertification.maintenance(),
             *runtime.maintenance(),
             *secrets.maintenance(),
             *db_logins.maintenance(),

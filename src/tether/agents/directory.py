@@ -112,6 +112,7 @@ class AgentRecord:
     expires_at: int | None
     roles: tuple[str, ...]
     supervisors: tuple[str, ...]
+    recertify_by: int | None = None  # microseconds
 
 
 def records(s: Session, agent_ids: Collection[str] | None = None) -> list[AgentRecord]:
@@ -178,4 +179,5 @@ def record_of(row: Any, roles: Iterable[str], supervisors: Iterable[str]) -> Age
     return AgentRecord(
         row.id, row.name, row.owner_id, row.purpose, row.risk_tier, row.status,
         orjson.loads(row.attributes or "{}"), row.expires_at, tuple(roles), tuple(supervisors),
+        row.recertify_by,
     )  # fmt: skip

@@ -31,6 +31,10 @@ class AgentRow(Base):
     updated_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int | None] = mapped_column(BigInteger)
     recertify_by: Mapped[int | None] = mapped_column(BigInteger)
+    # How far the recertification sweep got for the current ``recertify_by``: None (nothing
+    # yet), "noticed" (agent.recertification_due), "overdue" (its response taken) or "closed"
+    # (revoked or retired: nothing to do). Reset whenever ``recertify_by`` changes.
+    recertify_stage: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (
         Index("ix_agents_owner_id_id", "owner_id", "id"),
@@ -39,6 +43,8 @@ class AgentRow(Base):
         Index("ix_agents_parent_id", "parent_id"),
         # The expiry sweep: agents of a status whose expires_at has passed.
         Index("ix_agents_status_expires_at", "status", "expires_at"),
+        # The recertification sweep: agents at a stage whose recertify_by is near or past.
+        Index("ix_agents_recertify_stage_by", "recertify_stage", "recertify_by"),
     )
 
 

@@ -200,6 +200,14 @@ class ResumeRequest(StrictModel):
     note: Annotated[str, StringConstraints(max_length=1000, pattern=NO_NUL)] | None = None
 
 
+class RecertifyRequest(StrictModel):
+    """``POST /v1/agents/{id}/recertify``: why the agent still needs what it has, and until
+    when (in the future, at most its risk tier's period from now; default: that period)."""
+
+    note: Reason
+    until: AwareDatetime | None = None
+
+
 class RetireRequest(StrictModel):
     reason: Reason
 

@@ -9,7 +9,8 @@ themselves.
 from __future__ import annotations
 
 import builtins
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -19,6 +20,8 @@ from tether.agents.cutoff import CutOff, Why, cut_off
 from tether.agents.expiry import AgentExpiry
 from tether.agents.fingerprint import normalize
 from tether.agents.models import AgentRow
+from tether.agents.recertification import DEFAULT_OVERDUE, RECERTIFY_DAYS, period
+from tether.agents.recertify_sweep import RecertificationSweep
 from tether.agents.schemas import AgentCreate, AgentUpdate
 from tether.agents.store import DatabaseAgentStore, Descendant
 from tether.agents.values import (
@@ -33,7 +36,7 @@ from tether.agents.values import (
 )
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
-from tether.clock import Clock, from_micros, to_micros
+from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.db import Database
 from tether.errors import (
     AgentNotFound,
@@ -46,18 +49,27 @@ from tether.errors import (
 from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text, loads
 from tether.pagination import Page, decode_cursor, encode_cursor
-from tether.principals import Principal, Role
+from tether.principals import SYSTEM, Principal, Role
 from tether.runtime import changes
 from tether.users.models import UserRow
 from tether.users.store import DatabaseUserStore
 
-# Default re-certification interval by risk tier (days), when the caller gives none.
-RECERTIFY_DAYS = {RiskTier.HIGH: 90, RiskTier.LIMITED: 180, RiskTier.MINIMAL: 365}
+__all__ = ["MAX_CASCADE", "RECERTIFY_DAYS", "AgentService"]
+
 MAX_CASCADE = 10_000
 
 
 class AgentService:
-    def __init__(self, db: Database, ledger: Ledger, clock: Clock, *, trust_domain: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        ledger: Ledger,
+        clock: Clock,
+        *,
+        trust_domain: str,
+        recertify_notice_days: int = 14,
+        recertify_overdue: Mapping[str, str] = DEFAULT_OVERDUE,
+    ) -> None:
         self.db = db
         self.ledger = ledger
         self.clock = clock
@@ -67,6 +79,9 @@ class AgentService:
         # Every domain that grants agents something takes it back here (tether.agents.cutoff).
         self.cut_offs: list[CutOff] = []
         self.expiry = AgentExpiry(db, ledger, clock, self.cut_offs)
+        self.recertification = RecertificationSweep(
+            db, ledger, clock, self, notice_days=recertify_notice_days, overdue=recertify_overdue
+        )
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, actor: Principal, agent_id: str) -> Agent:
@@ -272,6 +287,8 @@ class AgentService:
                 edits.apply_fingerprint(row, patch, changes)
             if changes:
                 row.updated_at = to_micros(now)
+                if "recertify_by" in changes:  # a new due date: notice and response anew
+                    row.recertify_stage = None
                 self._audit(
                     s,
                     actor,
@@ -306,6 +323,43 @@ class AgentService:
                 changes, "supervisors", self.store.supervisors_of(s, [row.id])[row.id], ids
             ):
                 self.store.set_supervisors(s, row.id, ids)
+
+    def recertify(
+        self, actor: Principal, agent_id: str, *, note: str, until: datetime | None = None
+    ) -> Agent:
+        """Confirm the agent still needs what it has: its ``recertify_by`` moves to ``until``
+        (in the future, at most its tier's period from now; default: that period from now),
+        lifting an overdue response (a suspended agent stays suspended until resumed), and
+        ``agent.recertified`` records the note, both dates and who. Raises
+        :class:`AgentNotFound`, :class:`Forbidden` (the ``operate`` authority),
+        :class:`ValidationFailed` (``until``), :class:`InvalidTransition` if revoked or
+        retired."""
+        now = self.clock.now()
+        with self.db.write() as s:
+            row = self._row(s, agent_id)
+            self._require(s, actor, row, "operate")
+            longest = now + period(row.risk_tier)
+            if until is not None:
+                self._check_future(until, now, "until")
+                if until > longest:
+                    raise ValidationFailed(
+                        f"until is more than a {row.risk_tier}-risk agent's recertification "
+                        f"period ({period(row.risk_tier).days} days) from now: at most "
+                        f"{to_rfc3339(longest)}",
+                        field="until",
+                    )
+            if Status(row.status) in TERMINAL:
+                raise self._terminal(row)
+            new = until or longest
+            previous = from_micros(row.recertify_by) if row.recertify_by is not None else None
+            row.recertify_by = to_micros(new)
+            row.recertify_stage = None
+            row.updated_at = to_micros(now)
+            self._audit(s, actor, EventType.AGENT_RECERTIFIED, row=row, now=now, details={
+                "note": note, "previous": to_rfc3339(previous) if previous else None,
+                "recertify_by": to_rfc3339(new), "by": actor.ref,
+            })  # fmt: skip
+            return read_model.to_agents(self.store, s, [row], now=now)[0]
 
     def suspend(self, actor: Principal, agent_id: str, *, reason: str) -> Agent:
         return self._transition(actor, agent_id, "suspend", EventType.AGENT_SUSPENDED, reason)
@@ -375,34 +429,45 @@ class AgentService:
         with self.db.write() as s:
             row = self._row(s, agent_id)
             self._require(s, actor, row, "manage" if op == "retire" else "operate")
-            self.expiry.catch_up(s, [row], now)
-            current = Status(row.status)
-            target = next_status(op, current)
-            if target is None:
-                if current in TERMINAL:
-                    raise self._terminal(row)
-                raise InvalidTransition(
-                    f"cannot {op} agent {row.id}: it is {current}", status=current.value
-                )
-            if target is Status.ACTIVE and has_expired(row.expires_at, to_micros(now)):
-                raise InvalidTransition(
-                    f"cannot {op} agent {row.id}: its expires_at has passed; move expires_at "
-                    "into the future first (PATCH)",
-                    status=current.value,
-                )
-            row.status = target.value
-            row.status_reason = None if target is Status.ACTIVE else reason
-            row.updated_at = to_micros(now)
-            details: dict[str, Any] = {"from": current.value, "to": target.value}
-            if reason is not None:
-                details["reason" if op != "resume" else "note"] = reason
-            stopped = {Status.SUSPENDED: Why.SUSPENDED, Status.RETIRED: Why.RETIRED}.get(target)
-            if stopped is not None:  # what must end even if it resumes (secret leases)
-                cut = cut_off(self.cut_offs, s, [row.id], now, why=stopped, counts={})
-                if any(cut.values()):
-                    details["cut_off"] = cut
-            self._audit(s, actor, event, row=row, now=now, details=details)
+            self._move(s, actor, row, op, event, reason=reason, now=now)
             return read_model.to_agents(self.store, s, [row], now=now)[0]
+
+    def suspend_within(self, s: Session, row: AgentRow, *, reason: str, now: datetime) -> None:
+        """For the agents domain's own sweeps, inside their write transaction: suspend
+        ``row`` as the system (the rules and record of :meth:`suspend`)."""
+        self._move(s, SYSTEM, row, "suspend", EventType.AGENT_SUSPENDED, reason=reason, now=now)
+
+    def _move(
+        self, s: Session, actor: Principal, row: AgentRow, op: str, event: EventType, *,
+        reason: str | None, now: datetime,
+    ) -> None:  # fmt: skip
+        self.expiry.catch_up(s, [row], now)
+        current = Status(row.status)
+        target = next_status(op, current)
+        if target is None:
+            if current in TERMINAL:
+                raise self._terminal(row)
+            raise InvalidTransition(
+                f"cannot {op} agent {row.id}: it is {current}", status=current.value
+            )
+        if target is Status.ACTIVE and has_expired(row.expires_at, to_micros(now)):
+            raise InvalidTransition(
+                f"cannot {op} agent {row.id}: its expires_at has passed; move expires_at "
+                "into the future first (PATCH)",
+                status=current.value,
+            )
+        row.status = target.value
+        row.status_reason = None if target is Status.ACTIVE else reason
+        row.updated_at = to_micros(now)
+        details: dict[str, Any] = {"from": current.value, "to": target.value}
+        if reason is not None:
+            details["reason" if op != "resume" else "note"] = reason
+        stopped = {Status.SUSPENDED: Why.SUSPENDED, Status.RETIRED: Why.RETIRED}.get(target)
+        if stopped is not None:  # what must end even if it resumes (secret leases)
+            cut = cut_off(self.cut_offs, s, [row.id], now, why=stopped, counts={})
+            if any(cut.values()):
+                details["cut_off"] = cut
+        self._audit(s, actor, event, row=row, now=now, details=details)
 
     def _descendants(self, s: Session, root_id: str) -> builtins.list[Descendant]:
         out = self.store.descendants(s, root_id, limit=MAX_CASCADE + 1)
@@ -433,7 +498,7 @@ class AgentService:
         recertify_by: datetime | None,
     ) -> AgentRow:
         agent_id = new_id(IdPrefix.AGENT)
-        recertify = recertify_by or now + timedelta(days=RECERTIFY_DAYS[tier])
+        recertify = recertify_by or now + period(tier)
         return AgentRow(
             id=agent_id,
             spiffe_id=spiffe_id(self.trust_domain, agent_id),

@@ -113,12 +113,30 @@ def _risk(e: Event) -> Raised:
                    "rules": d.get("rules"), "signals": d.get("signals")})  # fmt: skip
 
 
+def _recertification(e: Event) -> Raised:
+    d = e.details
+    if e.type == EventType.AGENT_RECERTIFICATION_DUE:
+        return Raised("agent.recertification_due", "info",
+                      f"agent {_who(e)} ({d.get('risk_tier')} risk) is due for recertification "
+                      f"by {d.get('recertify_by')} (then: {d.get('overdue_action')})",
+                      dict(d))  # fmt: skip
+    suspended = bool(d.get("suspended"))
+    then = {"suspend": "suspended" if suspended else "not suspended (it was not active)",
+            "require_approval": "every allow now needs an approval",
+            "alert": "alert only"}.get(str(d.get("overdue_action")), "")  # fmt: skip
+    return Raised("agent.recertification_overdue", "critical" if suspended else "warning",
+                  f"agent {_who(e)} ({d.get('risk_tier')} risk) missed its recertification "
+                  f"(due {d.get('recertify_by')}): {then}", dict(d))  # fmt: skip
+
+
 RULES: dict[str, Rule] = {
     EventType.AGENT_RISK_RAISED: _risk,
     EventType.LEDGER_VERIFICATION_FAILED: _verify_failed,
     EventType.AGENT_KILLED: _killed,
     EventType.AGENT_SUSPENDED: _suspended,
     EventType.AGENT_UPDATED: _updated,
+    EventType.AGENT_RECERTIFICATION_DUE: _recertification,
+    EventType.AGENT_RECERTIFICATION_OVERDUE: _recertification,
     EventType.FREEZE_STARTED: _freeze,
     EventType.FREEZE_LIFTED: _freeze,
     EventType.APPROVAL_REQUESTED: _approval,

@@ -30,6 +30,12 @@ class EventType(StrEnum):
     AGENT_RETIRED = "agent.retired"
     AGENT_KILLED = "agent.killed"
     AGENT_EXPIRED = "agent.expired"
+    # Recertification (tether.agents.recertification): a steward confirmed the agent (note,
+    # previous and new recertify_by, by whom); the date is near; the date has passed (the
+    # tier's response: alert, require_approval or suspend).
+    AGENT_RECERTIFIED = "agent.recertified"
+    AGENT_RECERTIFICATION_DUE = "agent.recertification_due"
+    AGENT_RECERTIFICATION_OVERDUE = "agent.recertification_overdue"
     # Monitoring (tether.monitor): an agent's risk reached a level not yet acted on — the
     # score, level and response, every rule that held with its evidence; a human cleared it.
     AGENT_RISK_RAISED = "agent.risk_raised"

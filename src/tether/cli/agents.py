@@ -273,6 +273,23 @@ def resume(
     show(agent, as_json=as_json, columns=["id", "name", "status"])
 
 
+@app.command("recertify")
+def recertify(
+    ctx: typer.Context,
+    agent_id: str,
+    note: Annotated[str, typer.Option(help="Why it still needs what it has.")],
+    until: Annotated[
+        str | None,
+        typer.Option(help="RFC 3339; default: its risk tier's period from now (the most)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recertify an agent: confirm it still needs what it has, moving its recertify_by."""
+    body: dict[str, Any] = {"note": note, **({"until": until} if until else {})}
+    agent = client(ctx).post(f"/v1/agents/{seg(agent_id)}/recertify", body)
+    show(agent, as_json=as_json, columns=["id", "name", "risk_tier", "status", "recertify_by"])
+
+
 @app.command("retire")
 def retire(ctx: typer.Context, agent_id: str, reason: ReasonOpt, as_json: JsonOpt = False) -> None:
     """Retire an agent for good (its id is never reused)."""

@@ -22,7 +22,7 @@ import orjson
 from prometheus_client import Counter
 from sqlalchemy.orm import Session
 
-from tether.agents import authority
+from tether.agents import authority, recertification
 from tether.agents.authority import Act, Stewards
 from tether.audit.chain import Event
 from tether.audit.events import EventType, NewEvent
@@ -38,6 +38,7 @@ from tether.policy.values import (
     INACTIVE_CHAIN,
     LEDGER_DOWN,
     OPERATOR_AUTHORITY,
+    RECERTIFICATION_OVERDUE,
     REVOKED_TOKEN,
     STALE,
     UNKNOWN_ACTION,
@@ -99,12 +100,15 @@ class DecisionService:
         clock: Clock,
         approvals: ApprovalCheckpoints,
         monitor: Watcher | None = None,
+        *,
+        recertify_overdue: Mapping[str, str] = recertification.DEFAULT_OVERDUE,
     ) -> None:
         self.runtime = runtime
         self.committer = committer
         self.clock = clock
         self.approvals = approvals
         self.monitor = monitor
+        self.recertify_overdue = dict(recertify_overdue)  # each tier's response when overdue
 
     def may_ask(self, asker: Principal, subject: str) -> None:
         """Who may ask about an agent's action — asking records an event and may open or use
@@ -137,7 +141,7 @@ class DecisionService:
         if refused is not None:
             return refused
         outcome = compiled.decide(self._cedar(ask, now_us))
-        return decision_from_outcome(outcome, compiled.version)
+        return self._overdue(ask, decision_from_outcome(outcome, compiled.version), now_us)
 
     def evaluate_many(self, asks: Sequence[Ask]) -> list[Decision]:
         if len(asks) == 1:
@@ -157,7 +161,8 @@ class DecisionService:
         if pending:
             outcomes = compiled.decide_many([r for _, r in pending])
             for (i, _), outcome in zip(pending, outcomes, strict=True):
-                out[i] = decision_from_outcome(outcome, compiled.version)
+                out[i] = self._overdue(asks[i], decision_from_outcome(outcome, compiled.version),
+                                       now_us)  # fmt: skip
         return [d for d in out if d is not None]
 
     def _watched(self, asks: Sequence[Ask]) -> list[tuple[Decision, Any, Any]]:
@@ -191,8 +196,24 @@ class DecisionService:
             for (i, watch, _), outcome in zip(pending, outcomes, strict=True):
                 decision = decision_from_outcome(outcome, compiled.version)
                 final, response = monitor.after(asks[i], decision, watch, now_us)
-                out[i] = (final, response, watch)
+                out[i] = (self._overdue(asks[i], final, now_us), response, watch)
         return [x for x in out if x is not None]
+
+    def _overdue(self, ask: Ask, decision: Decision, now_us: int) -> Decision:
+        """After Cedar (and monitoring): an allow of an agent whose recertification is overdue,
+        its tier's response being ``require_approval``, becomes an approval checkpoint — the
+        agents domain's rule (:func:`tether.agents.recertification.requires_approval`) over
+        the agent's view, no database read."""
+        if decision.effect is not Effect.ALLOW:
+            return decision
+        view = self.runtime.agents.get(ask.subject)
+        if view is None or not recertification.requires_approval(
+            view.risk_tier, view.recertify_by, self.recertify_overdue, now_us
+        ):
+            return decision
+        return Decision(Effect.APPROVAL_REQUIRED, (*decision.reasons, RECERTIFICATION_OVERDUE),
+                        decision.policy_version, stage=decision.stage,
+                        policy_effect=decision.policy_effect)  # fmt: skip
 
     async def _responded(self, watched: list[tuple[Decision, Any, Any]]) -> list[Decision]:
         """Record the monitor's responses (before any of these answers leaves); a response

@@ -32,6 +32,7 @@ class AgentView:
     parents: frozenset[Uid]
     liveness: Liveness
     schedule: schedules.Schedule | None = None  # its ``schedule`` attribute, parsed
+    recertify_by: int | None = None  # microseconds (tether.agents.recertification)
 
     def active_at(self, now_us: int) -> bool:
         """The agents domain's liveness rule (:func:`tether.agents.authority.is_live`)."""
@@ -57,6 +58,7 @@ def agent_view(
     expires_at: int | None,
     roles: Iterable[str],
     supervisors: Iterable[str],
+    recertify_by: int | None = None,
 ) -> AgentView:
     """The view of an agent: its Cedar entity (status, tier, owner, purpose and name as
     attributes, its risk — 0 here, monitoring sets it per request; its roles as parents; its
@@ -72,7 +74,7 @@ def agent_view(
     }).decode()  # fmt: skip
     return AgentView(id, status, risk_tier, owner_id, frozenset(supervisors), roles, expires_at,
                      entity, parents, Liveness(status, expires_at),
-                     _schedule(attributes.get("schedule")))  # fmt: skip
+                     _schedule(attributes.get("schedule")), recertify_by)  # fmt: skip
 
 
 def _schedule(value: Any) -> schedules.Schedule | None:

@@ -30,6 +30,7 @@ def view_of(record: AgentRecord) -> AgentView:
         id=record.id, name=record.name, owner_id=record.owner_id, purpose=record.purpose,
         risk_tier=record.risk_tier, status=record.status, attributes=record.attributes,
         expires_at=record.expires_at, roles=record.roles, supervisors=record.supervisors,
+        recertify_by=record.recertify_by,
     )  # fmt: skip
 
 

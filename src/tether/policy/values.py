@@ -41,6 +41,9 @@ LEDGER_DOWN = "tether.ledger-unavailable"
 # An operator's request whose action the schema does not declare: allowed by the authority
 # Tether checked (tether.agents.authority), not by Cedar.
 OPERATOR_AUTHORITY = "tether.operator-authority"
+# An allow turned into an approval checkpoint: the agent's recertification is overdue and its
+# tier's response is require_approval (tether.agents.recertification).
+RECERTIFICATION_OVERDUE = "tether.recertification-overdue"
 
 
 class AgentCaller(Protocol):

@@ -13,6 +13,7 @@ from tether.agents.schemas import (
     AgentUpdate,
     CloneRequest,
     KillRequest,
+    RecertifyRequest,
     ResumeRequest,
     RetireRequest,
     SuspendRequest,
@@ -83,6 +84,13 @@ def resume_agent(
 ) -> dict[str, Any]:
     agent = svc.agents.resume(who, agent_id, note=body.note if body else None)
     return _out(svc, agent)
+
+
+@router.post("/{agent_id}/recertify", response_model=AgentOut, responses=_WRITE)
+def recertify_agent(
+    agent_id: AgentId, body: RecertifyRequest, svc: ServicesDep, who: PrincipalDep
+) -> dict[str, Any]:
+    return _out(svc, svc.agents.recertify(who, agent_id, note=body.note, until=body.until))
 
 
 @router.post("/{agent_id}/retire", response_model=AgentOut, responses=_WRITE)
