@@ -7,6 +7,7 @@ import hmac
 from dataclasses import dataclass
 from functools import partial
 
+from tether.agents.inventory import AgentInventory
 from tether.agents.service import AgentService
 from tether.alerts.service import AlertService, derived_secret
 from tether.approvals.notify import WebhookNotifier
@@ -25,6 +26,7 @@ from tether.credentials.keys import SigningKeys
 from tether.credentials.oauth import OAuthService
 from tether.credentials.runtime import RevokedTokens
 from tether.credentials.service import CredentialService
+from tether.credentials.store import DatabaseCredentialStore
 from tether.db import Database
 from tether.freeze.gate import IN_FORCE
 from tether.freeze.runtime import FreezeSection
@@ -81,6 +83,7 @@ class Services:
     signin: SignIn  # humans' passwords and console sessions
     alerts: AlertService  # notable events raised from the ledger, delivered to webhooks
     monitor: Monitor  # behaviour windows, risk, automatic responses (tether.monitor)
+    inventory: AgentInventory  # the AI system register, exported as CSV or JSON
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -231,6 +234,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         audit=audit,
         signing_keys=signing_keys,
         credentials=CredentialService(db, ledger, clock, agents),
+        inventory=AgentInventory(db, ledger, clock, credentials=DatabaseCredentialStore().count_of),
         oauth=oauth,
         freezes=freeze_service,
         revocations=RevocationFeed(db, snapshot, clock, sources=[revoked_leases]),

@@ -33,6 +33,7 @@ from tether.api.routes import (
     decisions,
     freeze,
     gateway,
+    inventory,
     oauth,
     ops,
     policies,
@@ -139,9 +140,10 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     errors.install(app)
     app.router.routes.append(Route("/mcp", endpoint=McpGate(services), methods=METHODS))
     # The decision endpoints first: FastAPI tries routes in order, and they are the hot path.
-    for module in (decisions, ops, oauth, users, agents, freeze, credentials, policies, approvals,
-                   audit, revocations, secrets, gateway, calls, rollback, alerts,
-                   risk):  # fmt: skip
+    # The inventory's /v1/agents/export before the agents' /v1/agents/{agent_id}.
+    for module in (decisions, ops, oauth, users, inventory, agents, freeze, credentials,
+                   policies, approvals, audit, revocations, secrets, gateway, calls, rollback,
+                   alerts, risk):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
     _add_routes(app, console_routes.router)  # the web console: pages, not the API's document

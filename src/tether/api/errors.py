@@ -51,13 +51,17 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 def _allowed_methods(req: Request) -> list[str]:
-    """Every method some route serves at this request's path (the path of a 405)."""
+    """Every method some route serves at this request's path (the path of a 405): the routes
+    of the first path pattern that matches it, the one Starlette answers with (a literal
+    ``/v1/agents/export`` before ``/v1/agents/{agent_id}``: PATCH is not allowed on it)."""
     methods: set[str] = set()
+    path: str | None = None
     for route in _leaf_routes(req.app.router.routes):
         match, _ = route.matches(req.scope)
-        route_methods = getattr(route, "methods", None)
-        if match is not Match.NONE and route_methods:
-            methods.update(route_methods)
+        if match is Match.NONE or path not in (None, getattr(route, "path", None)):
+            continue
+        path = getattr(route, "path", None)
+        methods.update(getattr(route, "methods", None) or ())
     return sorted(methods)
 
 

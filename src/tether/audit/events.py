@@ -83,6 +83,9 @@ class EventType(StrEnum):
     # Alerts (tether.alerts): one acknowledged by a human, dead-lettered deliveries replayed.
     ALERT_ACKNOWLEDGED = "alert.acknowledged"
     ALERTS_REPLAYED = "alerts.replayed"
+    # The AI system register exported (tether.agents.inventory): who, in which format, how
+    # many agents, and the SHA-256 of the body they received.
+    INVENTORY_EXPORTED = "inventory.exported"
 
 
 @dataclass(frozen=True, slots=True)

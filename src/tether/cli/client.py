@@ -146,6 +146,22 @@ class ApiClient:
         except httpx.TransportError as exc:
             raise _unreachable(self.url, exc) from exc
 
+    def stream_bytes(self, path: str, *, params: dict[str, Any] | None = None) -> Iterator[bytes]:
+        """The body of a GET, chunk by chunk as it arrives, byte for byte (a CSV's CRLF line
+        endings and the newlines inside its quoted cells kept); an error answer raises
+        :class:`CliError` before the first chunk."""
+        import httpx2 as httpx
+
+        _check_path(path)
+        try:
+            with self._http.stream("GET", path, params=params) as resp:
+                if resp.status_code >= 300:
+                    resp.read()
+                    self._result(resp)
+                yield from resp.iter_bytes()
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+
     def _result(self, resp: httpx.Response) -> Any:
         if 300 <= resp.status_code < 400:
             target = resp.headers.get("location", "elsewhere")

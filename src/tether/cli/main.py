@@ -22,6 +22,7 @@ from tether.cli import (
     demo,
     freeze,
     gateway,
+    inventory,
     policy,
     rollback,
     secrets,
@@ -53,6 +54,7 @@ app = _Tether(
 )
 app.add_typer(users.app, name="users")
 app.add_typer(agents.app, name="agents")
+app.add_typer(inventory.app, name="inventory")
 app.add_typer(credentials.app, name="credentials")
 app.add_typer(credentials.keys_app, name="keys")
 app.command("token")(credentials.token)

@@ -115,6 +115,20 @@ class DatabaseCredentialStore:
             q = q.where(CredentialRow.id > after)
         return list(session.scalars(q.order_by(CredentialRow.id).limit(limit)))
 
+    def count_of(self, session: Session, agent_ids: Collection[str]) -> dict[str, int]:
+        """How many undeleted credentials (expired ones too, as :meth:`live` lists them) each
+        of these agents holds; an agent with none is absent. One grouped query on
+        ``ix_agent_credentials_agent_id``."""
+        ids = [a for a in agent_ids if not unstorable(a)]
+        if not ids:
+            return {}
+        q = (
+            select(CredentialRow.agent_id, func.count())
+            .where(CredentialRow.agent_id.in_(ids), CredentialRow.deleted_at.is_(None))
+            .group_by(CredentialRow.agent_id)
+        )
+        return {agent_id: int(n) for agent_id, n in session.execute(q)}
+
     def touch(self, session: Session, credential_id: str, now_us: int) -> None:
         """Set the credential's ``last_used_at`` (never backwards)."""
         session.execute(
