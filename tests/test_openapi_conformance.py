@@ -133,7 +133,8 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
 
     * 422 for an ``owner`` / ``supervisors`` entry that names no user (or an auditor), a
       ``parent`` agent that does not exist, an ``expires_at`` / ``recertify_by`` that is
-      not in the future, a credential's ``scopes`` ceiling beyond what the agent may hold, or
+      not in the future, a recertification's ``until`` not in the future or past the
+      agent's tier's period, a credential's ``scopes`` ceiling beyond what the agent may hold, or
       a subject token for an ``agent`` that is not an active agent (or is frozen: the run
       freezes and unfreezes too); a freeze ``scope`` naming no user, or a role no agent has;
       a merge patch's ``fingerprint`` without ``model`` for an agent that has no fingerprint
@@ -189,6 +190,8 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
             return message.endswith("does not exist")
         if where in {"expires_at", "recertify_by"}:
             return message.endswith("must be in the future")
+        if where == "until":  # a recertification: in the future, within the tier's period
+            return message.endswith("must be in the future") or "recertification period" in message
         if where == "scopes":
             return "exceed what the agent may hold" in message
         if where == "agent":  # not an active agent, or one under a freeze the run put in force
@@ -394,6 +397,7 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                 "body.supervisors[*]": {"dictionary": "humans", "probability": 0.6},
                 "body.expires_at": {"dictionary": "future", "probability": 0.5},
                 "body.recertify_by": {"dictionary": "future", "probability": 0.5},
+                "body.until": {"dictionary": "future", "probability": 0.3},
                 # Whenever a token request authenticates with client_secret_post, it is as the
                 # client handed over; it asks for some or all of that agent's scopes.
                 "body.client_id": {"dictionary": "clients", "probability": 1.0},
