@@ -237,6 +237,7 @@ def agent_rows(draw: st.DrawFn, aid: str) -> Row:
         name=f"name-{aid}",
         attributes=orjson.dumps(tags).decode(),
         expires_at=None,
+        recertify_by=None,
     )
     roles = draw(st.frozensets(st.sampled_from(ROLES), max_size=2))
     return row, roles
@@ -542,6 +543,7 @@ def _view(aid: str, *, tier: str = "minimal", status: str = "active", **tags: An
         name=aid,
         attributes=orjson.dumps(tags).decode(),
         expires_at=None,
+        recertify_by=None,
     )
     return row, frozenset()
 
