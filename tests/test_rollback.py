@@ -538,8 +538,9 @@ def test_an_agents_journal_report_is_checked(stage: Stage) -> None:
 def test_a_running_rollback_holds_its_agent_while_an_undo_runs_long(
     make_services: Callable[..., Services], tmp_path: Path
 ) -> None:
-    # 6 s: the two refused attempts below must land while it runs, on a loaded machine too
-    rules = {**RULES, "close_ticket": {"undo": "slow", "args": {"seconds": 6}}}
+    # 4 s (under the test upstream's timeout_seconds, 5): the two refused attempts below
+    # must land while it runs, on a loaded machine too
+    rules = {**RULES, "close_ticket": {"undo": "slow", "args": {"seconds": 4}}}
 
     def upstreams(up_port: int) -> list[dict[str, Any]]:
         first, *_ = upstreams_at(up_port)
