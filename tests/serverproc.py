@@ -73,10 +73,6 @@ def _ours(http: httpx.Client, url: str, token_file: Path) -> bool:
         return False
 
 
-def _wait_ready(proc: Child, url: str, workdir: Path) -> bool:
-    return wait_ready(proc, url, workdir / ".tether" / "admin.token", workdir / "server.log")
-
-
 def wait_ready(proc: Child, url: str, token_file: Path, log: Path) -> bool:
     """True once the server at ``url`` is ready and ours (it knows the admin token in
     ``token_file``); False if it exited because its port was taken (its output in ``log``
@@ -114,20 +110,28 @@ def stop(proc: Child | subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_server(
-    backend: Backend, workdir: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None
+    backend: Backend,
+    workdir: Path,
+    *,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """Yield ``(base_url, env)`` once ``/readyz`` answers; stop the server afterwards. The
     server's output is in ``workdir / "server.log"``; ``extra_env`` adds or overrides
-    ``TETHER_*`` variables."""
+    ``TETHER_*`` variables; ``data_dir`` (default ``workdir / ".tether"``) may be shared by
+    several servers, as the nodes of one deployment."""
+    data_dir = data_dir or workdir / ".tether"
+    workdir.mkdir(parents=True, exist_ok=True)
     for _attempt in range(_PORT_ATTEMPTS):
         port = free_port()
-        env = {**server_env(backend, workdir / ".tether", port), **(extra_env or {})}
+        env = {**server_env(backend, data_dir, port), **(extra_env or {})}
         url = f"http://127.0.0.1:{port}"
         with (workdir / "server.log").open("wb") as log:
             proc = forkserver.spawn("serve", "--workers", str(workers), env=env, cwd=workdir,
                                     stdout=log)  # fmt: skip
         try:
-            ready = _wait_ready(proc, url, workdir)
+            ready = wait_ready(proc, url, data_dir / "admin.token", workdir / "server.log")
         except BaseException:
             stop(proc)
             raise

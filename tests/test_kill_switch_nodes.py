@@ -36,9 +36,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from tests import forkserver
 from tests.conftest import PG_URL, Backend, backend_for
-from tests.serverproc import free_port, http_client, running_server, server_env, stop, wait_ready
+from tests.serverproc import http_client, running_server
 from tests.token_attacks.kit import assertion, assertion_form
 from tether.runtime.changes import channel
 from tether.sdk import JWKSCache, TetherAuthMiddleware
@@ -147,34 +146,16 @@ class Keyholder:
 @contextmanager
 def _node(backend: Backend, data_dir: Path, workdir: Path, name: str) -> Iterator[Node]:
     """``tether serve`` on ``backend`` with the shared ``data_dir`` and public URL, on a port of
-    its own (retried like tests.serverproc.running_server when another process took it)."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    its own (tests.serverproc.running_server)."""
     app_name = f"tether-{name}-{secrets.token_hex(4)}"
-    log_path = workdir / "server.log"
-    for _attempt in range(5):
-        port = free_port()
-        env = server_env(backend, data_dir, port)
-        env.update(TETHER_PUBLIC_URL=PUBLIC_URL, PGAPPNAME=app_name)
-        url = f"http://127.0.0.1:{port}"
-        with log_path.open("wb") as log:
-            proc = forkserver.spawn("serve", cwd=workdir, env=env, stdout=log)
+    env = {"TETHER_PUBLIC_URL": PUBLIC_URL, "PGAPPNAME": app_name}
+    with running_server(backend, workdir, extra_env=env, data_dir=data_dir) as (url, _env):
+        node = Node(name, url, app_name)
+        node.open((data_dir / "admin.token").read_text().strip())
         try:
-            ready = wait_ready(proc, url, data_dir / "admin.token", log_path)
-        except BaseException:
-            stop(proc)
-            raise
-        if ready:
-            break
-        stop(proc)
-    else:
-        raise RuntimeError("no free port in 5 attempts")
-    node = Node(name, url, app_name)
-    node.open((data_dir / "admin.token").read_text().strip())
-    try:
-        yield node
-    finally:
-        node.http.close()
-        stop(proc)
+            yield node
+        finally:
+            node.http.close()
 
 
 @dataclass

@@ -30,9 +30,8 @@ import httpx2 as httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests import forkserver
 from tests.conftest import Backend, backend_for
-from tests.serverproc import free_port, http_client, running_server, server_env, stop, wait_ready
+from tests.serverproc import http_client, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -144,32 +143,15 @@ def _risk_events(http: httpx.Client, agent_id: str) -> list[dict[str, Any]]:
 @contextmanager
 def _node(backend: Backend, data_dir: Path, workdir: Path, name: str) -> Iterator[Node]:
     """``tether serve`` on ``backend`` with the shared ``data_dir`` and public URL and the
-    monitor's rule, on a port of its own (retried when another process took it)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / "server.log"
-    for _attempt in range(5):
-        port = free_port()
-        env = {**server_env(backend, data_dir, port), **ENV, "TETHER_PUBLIC_URL": PUBLIC_URL}
-        url = f"http://127.0.0.1:{port}"
-        with log_path.open("wb") as log:
-            proc = forkserver.spawn("serve", cwd=workdir, env=env, stdout=log)
+    monitor's rule, on a port of its own (tests.serverproc.running_server)."""
+    env = {**ENV, "TETHER_PUBLIC_URL": PUBLIC_URL}
+    with running_server(backend, workdir, extra_env=env, data_dir=data_dir) as (url, _env):
+        node = Node(name, url)
+        node.open((data_dir / "admin.token").read_text().strip())
         try:
-            ready = wait_ready(proc, url, data_dir / "admin.token", log_path)
-        except BaseException:
-            stop(proc)
-            raise
-        if ready:
-            break
-        stop(proc)
-    else:
-        raise RuntimeError("no free port in 5 attempts")
-    node = Node(name, url)
-    node.open((data_dir / "admin.token").read_text().strip())
-    try:
-        yield node
-    finally:
-        node.http.close()
-        stop(proc)
+            yield node
+        finally:
+            node.http.close()
 
 
 @dataclass

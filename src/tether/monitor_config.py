@@ -17,7 +17,6 @@ SIGNALS = (
     "requests", "rate_ratio", "rate_z", "denies", "deny_ratio", "first_seen",
     "secret_reads", "approvals", "off_schedule", "delegation_depth",
 )  # fmt: skip
-ACTIONS = ("alert", "require_approval", "suspend")
 CONDITION = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?|true|false)\s*$")
 
 

@@ -133,9 +133,6 @@ class Rules:
         action = self.thresholds[rank - 1].action if rank else None
         return Risk(total, self.levels[rank], rank, action, tuple(hits), signals)
 
-    def rank_of(self, level: str) -> int:
-        return self.levels.index(level) if level in self.levels else 0
-
 
 def _compile(rule: RuleConfig) -> _Rule:
     clauses = []

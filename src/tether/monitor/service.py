@@ -242,13 +242,7 @@ class Monitor:
         flags = w.flags
         if flags[0] is not watch.off_schedule or flags[1] != watch.depth:
             w.flags = flags = (watch.off_schedule, watch.depth)
-        rem = w.remote.get(w.bucket, _NONE)
-        c = w.closed
-        req = c[0] + cur[0] + rem[0]
-        denies = c[1] + cur[1] + rem[1]
-        ratio, z = w.rate(req, self._width, self._learn) if w.active >= self._learn else _NO_RATE
-        signals = (req, ratio, z, denies, denies / req if req else 0.0, c[2] + cur[2] + rem[2],
-                   c[3] + cur[3] + rem[3], c[4] + cur[4] + rem[4], flags[0], flags[1])  # fmt: skip
+        signals = self._signals(w, cur, flags)
         risk = self.rules.score(signals)
         w.risk = risk
         state = self.states.get(ask.subject)
@@ -273,12 +267,18 @@ class Monitor:
             return _stepped_up(decision), response
         return decision, response
 
-    def _signals(self, w: AgentWindow, t: list[int], flags: tuple[bool, int]
+    def _signals(self, w: AgentWindow, cur: Sequence[int], flags: tuple[bool, int]
                  ) -> tuple[float | bool, ...]:  # fmt: skip
-        req = t[REQ]
+        """The signals (ordered as SIGNALS) of the window, ``cur`` this worker's counts in its
+        current bucket: the closed buckets' totals, then the current bucket's, this worker's
+        and the others', summed in one step."""
+        rem = w.remote.get(w.bucket, _NONE)
+        c = w.closed
+        req = c[0] + cur[0] + rem[0]
+        denies = c[1] + cur[1] + rem[1]
         ratio, z = w.rate(req, self._width, self._learn) if w.active >= self._learn else _NO_RATE
-        return (req, ratio, z, t[DENY], t[DENY] / req if req else 0.0,
-                t[FIRST], t[SECRET], t[APPROVAL], flags[0], flags[1])  # fmt: skip
+        return (req, ratio, z, denies, denies / req if req else 0.0, c[2] + cur[2] + rem[2],
+                c[3] + cur[3] + rem[3], c[4] + cur[4] + rem[4], flags[0], flags[1])  # fmt: skip
 
     def current_risk(self, agent_id: str) -> tuple[Risk, dict[str, Any]]:
         """The agent's risk now, from its merged window (what a decision now would see,
@@ -292,7 +292,7 @@ class Monitor:
             b = now_us // self._bucket_us
             if b != w.bucket:
                 w.roll(b, self._width, self.config.baseline_alpha)
-            signals = self._signals(w, w.totals(w.local.get(b) or [0] * 5), w.flags)
+            signals = self._signals(w, w.local.get(b) or _NONE, w.flags)
         return self.rules.score(signals), dict(signals_dict(signals))
 
     def _touched(self, ask: Ask, now_us: int) -> None:
@@ -604,9 +604,10 @@ class Monitor:
             s.execute(delete(MonitorTouchRow).where(MonitorTouchRow.at < now_us - self._session_us))
 
         with self._lock:
-            for key in [k for k, h in self.sessions.items()
-                        if (h.seen(now_us, self._session_us) or True) and h.empty]:  # fmt: skip
-                del self.sessions[key]
+            for key, hist in list(self.sessions.items()):
+                hist.seen(now_us, self._session_us)  # forgets what left the window
+                if hist.empty:
+                    del self.sessions[key]
 
 
 class MonitorSection:
@@ -650,7 +651,6 @@ class MonitorSection:
                 w = m.windows.get(agent)
                 if cleared and w is not None:
                     w.clear()
-                    w.reset_at = now_us
             for key, kind, value, at in rows:
                 m.sessions.setdefault(key, SessionHistory()).touch(kind, value, at)
 

@@ -45,19 +45,6 @@ class AgentWindow:
     pending: int = 0  # the rank of a response on its way to the database
     flags: tuple[bool, int] = (False, 0)  # its latest request's (off_schedule, depth)
     dirty: set[int] = field(default_factory=set)  # buckets this worker has not published
-    reset_at: int = 0  # a human cleared it: what came before does not count
-
-    def learned(self, learn_buckets: int) -> bool:
-        return self.active >= learn_buckets
-
-    def current(self, b: int, width: int, alpha: float) -> list[int]:
-        """This worker's counts for bucket ``b`` (rolling the window forward first)."""
-        if b != self.bucket:
-            self.roll(b, width, alpha)
-        cur = self.local.get(b)
-        if cur is None:
-            cur = self.local[b] = _zero()
-        return cur
 
     def roll(self, b: int, width: int, alpha: float) -> None:
         """Move the window to bucket ``b``: fold what closed into the baseline first, then
@@ -110,12 +97,6 @@ class AgentWindow:
                     for i in range(COUNTS):
                         total[i] += c[i]
         self.closed = total
-
-    def totals(self, cur: list[int]) -> list[int]:
-        rem = self.remote.get(self.bucket, _NONE)
-        c = self.closed
-        return [c[0] + cur[0] + rem[0], c[1] + cur[1] + rem[1], c[2] + cur[2] + rem[2],
-                c[3] + cur[3] + rem[3], c[4] + cur[4] + rem[4]]  # fmt: skip
 
     def rate(self, requests: int, width: int, learn_buckets: int) -> tuple[float, float]:
         """(rate_ratio, rate_z) of ``requests`` in the window against the baseline."""
