@@ -24,6 +24,7 @@ workers and nodes):
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,10 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
     "==": operator.eq, "!=": operator.ne,
 }  # fmt: skip
+
+
+# (window, cur, rem, flags) -> whether any rule holds (Rules.quick)
+Quick = Callable[[Any, Sequence[int], Sequence[int], tuple[bool, int]], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,55 @@ class Rules:
                 rank = i + 1
         action = self.thresholds[rank - 1].action if rank else None
         return Risk(total, self.levels[rank], rank, action, tuple(hits), signals)
+
+    def quick(self, rate: Callable[[Any, int], tuple[float, float]]) -> Quick:
+        """The decision path's first look: ``(window, cur, rem, flags) -> bool``, whether any
+        rule holds for the window's signals (as :meth:`score` reads them from
+        ``_signals``: the window's ``closed`` totals plus ``cur`` and ``rem``, this worker's
+        and the others' counts in the current bucket; ``rate(window, requests)`` its
+        (rate_ratio, rate_z)). Nearly always none does, and then nothing else is computed:
+        no signals tuple, no rate unless a rule's other clauses hold first. The rules are
+        compiled to one Python function (from validated numbers, comparison operators and
+        signal positions only; no configured text reaches the code)."""
+        lines = [
+            "def quick(w, cur, rem, flags):",
+            "    c = w.closed",
+            "    req = c[0] + cur[0] + rem[0]",
+            "    den = c[1] + cur[1] + rem[1]",
+            "    rt = None",
+        ]
+        namespace: dict[str, Any] = {"rate": rate}
+        for rule in self.rules:
+            # the rate last: it is the only signal that costs more than a sum
+            clauses = sorted(rule.clauses, key=lambda cl: cl[0] in _RATE)
+            depth = 1
+            for index, test, value in clauses:
+                pad = "    " * depth
+                if index in _RATE:
+                    lines.append(f"{pad}if rt is None:")
+                    lines.append(f"{pad}    rt = rate(w, req)")
+                literal = repr(value)
+                if not isinstance(value, bool) and not math.isfinite(value):  # inf, from TOML
+                    literal = f"v{len(namespace)}"
+                    namespace[literal] = value
+                lines.append(f"{pad}if {_EXPR[index]} {_OP_TEXT[test]} {literal}:")
+                depth += 1
+            lines.append(f"{'    ' * depth}return True")
+        lines.append("    return False")
+        exec(compile("\n".join(lines), f"<monitor rules {id(self):x}>", "exec"), namespace)  # noqa: S102
+        fn: Quick = namespace["quick"]
+        return fn
+
+
+# What the compiled first look (:meth:`Rules.quick`) reads for each signal (ordered as
+# SIGNALS): the sums of ``_signals`` in the monitor service, and its rate and flags.
+_EXPR = (
+    "req", "rt[0]", "rt[1]", "den", "(den / req if req else 0.0)",
+    "(c[2] + cur[2] + rem[2])", "(c[3] + cur[3] + rem[3])", "(c[4] + cur[4] + rem[4])",
+    "flags[0]", "flags[1]",
+)  # fmt: skip
+_RATE = frozenset({SIGNALS.index("rate_ratio"), SIGNALS.index("rate_z")})
+_OP_TEXT: dict[Callable[[Any, Any], bool], str] = {v: k for k, v in _OPS.items()}
 
 
 def _compile(rule: RuleConfig) -> _Rule:

@@ -108,8 +108,9 @@ class Watch:
     risk: Risk  # that risk (principal.risk)
 
     def seen(self) -> dict[str, Any]:
-        """What the decision's record keeps of it (for the console and simulations): what
-        Cedar was given, not what this request made of the risk."""
+        """What the decision's record keeps of it (for the console and simulations): the
+        session Cedar was given and the risk as scored before it (given to Cedar when a
+        policy reads it), not what this request made of the risk."""
         risk = self.risk
         out: dict[str, Any] = {} if self.session is None else {"session": self.session}
         if risk.score:
@@ -123,6 +124,7 @@ class Monitor:
         self.config = config
         self.enabled = config.enabled
         self.rules = Rules(config.rules, config.thresholds)
+        self._quick = self.rules.quick(self._rate)
         self.db = db
         self.ledger = ledger
         self.clock = clock
@@ -144,7 +146,7 @@ class Monitor:
         self._new_pairs: list[tuple[str, str, str, str]] = []  # agent, action, type, id
         self._new_touches: list[tuple[str, str, str, str, int]] = []
         # The others' counts as last read: agent -> (worker, bucket) -> counts
-        self._theirs: dict[str, dict[tuple[str, int], list[int]]] = {}
+        self._theirs: dict[str, dict[tuple[str, int], tuple[int, ...]]] = {}
         self._swept = 0
         self._read_until = 0
         self._read_ids: set[int] = set()  # the other workers' syncs already merged
@@ -193,9 +195,11 @@ class Monitor:
         return {"id": keys[-1], "labels": sorted(merged_labels), "tools": sorted(merged_tools)}
 
     # -- the hot path ------------------------------------------------------------------------
-    def before(self, ask: Ask, view: AgentView, now_us: int, *, session: bool = True) -> Watch:
-        """Count the request in its agent's window (before Cedar is asked); ``session``:
-        whether the policies read ``context.session`` (else it is not built)."""
+    def before(self, ask: Ask, view: AgentView, now_us: int, *, session: bool = True,
+               risk: bool = True) -> Watch:  # fmt: skip
+        """Count the request in its agent's window (before Cedar is asked); ``session``,
+        ``risk``: whether the policies read ``context.session`` (else it is not built) and
+        ``principal.risk`` (else the agent's own entity is given)."""
         subject = ask.subject
         b = now_us // self._bucket_us
         w = self.windows.get(subject)
@@ -219,12 +223,12 @@ class Monitor:
             w.dirty.add(b)
             self._dirty.add(subject)
         schedule = view.schedule
-        risk = w.risk
+        scored = w.risk
         return Watch(
             w, cur, schedule is not None and not schedule.allows(now_us),
             len(ask.chain) - 1 if ask.chain else 0,
             self.session_context(ask, now_us) if session else None,
-            view.entity if risk.score == 0 else self._entity(view, risk), risk,
+            view.entity if scored.score == 0 or not risk else self._entity(view, scored), scored,
         )  # fmt: skip
 
     def after(self, ask: Ask, decision: Decision, watch: Watch, now_us: int
@@ -242,8 +246,11 @@ class Monitor:
         flags = w.flags
         if flags[0] is not watch.off_schedule or flags[1] != watch.depth:
             w.flags = flags = (watch.off_schedule, watch.depth)
-        signals = self._signals(w, cur, flags)
-        risk = self.rules.score(signals)
+        if self._quick(w, cur, w.remote.get(w.bucket, _NONE), flags):  # a rule holds
+            signals = self._signals(w, cur, flags)
+            risk = self.rules.score(signals)
+        else:
+            signals, risk = (), LOW
         w.risk = risk
         state = self.states.get(ask.subject)
         response = None
@@ -267,6 +274,10 @@ class Monitor:
             return _stepped_up(decision), response
         return decision, response
 
+    def _rate(self, w: AgentWindow, requests: int) -> tuple[float, float]:
+        """(rate_ratio, rate_z) as :meth:`_signals` gives them."""
+        return w.rate(requests, self._width, self._learn) if w.active >= self._learn else _NO_RATE
+
     def _signals(self, w: AgentWindow, cur: Sequence[int], flags: tuple[bool, int]
                  ) -> tuple[float | bool, ...]:  # fmt: skip
         """The signals (ordered as SIGNALS) of the window, ``cur`` this worker's counts in its
@@ -276,7 +287,7 @@ class Monitor:
         c = w.closed
         req = c[0] + cur[0] + rem[0]
         denies = c[1] + cur[1] + rem[1]
-        ratio, z = w.rate(req, self._width, self._learn) if w.active >= self._learn else _NO_RATE
+        ratio, z = self._rate(w, req)
         return (req, ratio, z, denies, denies / req if req else 0.0, c[2] + cur[2] + rem[2],
                 c[3] + cur[3] + rem[3], c[4] + cur[4] + rem[4], flags[0], flags[1])  # fmt: skip
 
@@ -555,28 +566,31 @@ class Monitor:
         what that worker had said of it; the difference goes into the agent's ``remote`` sum
         (and its window's ``closed`` total when the bucket is in the window), not recomputed
         from everything."""
-        for agent, b, *counts in entries:
-            if not isinstance(agent, str) or not isinstance(b, int) or b < oldest:
-                continue
-            held = self._theirs.get(agent)
-            if held is None:
-                held = self._theirs[agent] = {}
-            before = held.get((worker, b))
-            held[(worker, b)] = counts
-            w = self.windows.get(agent)
-            if w is None:
-                w = self.windows.setdefault(agent, AgentWindow(bucket=current))
-            with self._lock:  # the decision path's roll recomputes these: one at a time
+        theirs, windows, width = self._theirs, self.windows, self._width
+        with self._lock:  # the decision path's roll moves these: one at a time
+            for agent, b, *counts in entries:
+                if (not isinstance(agent, str) or not isinstance(b, int) or b < oldest
+                        or len(counts) < 5):  # fmt: skip
+                    continue
+                held = theirs.get(agent)
+                if held is None:
+                    held = theirs[agent] = {}
+                key = (worker, b)
+                before = held.get(key, _NONE)
+                now = tuple(int(x) for x in counts[:5])  # a tuple of ints: the GC leaves it
+                held[key] = now
+                w = windows.get(agent)
+                if w is None:
+                    w = windows[agent] = AgentWindow(bucket=current)
                 rem = w.remote.get(b)
                 if rem is None:
                     rem = w.remote[b] = [0, 0, 0, 0, 0]
-                in_window = w.bucket - self._width < b < w.bucket
-                closed = w.closed
+                closed = w.closed if w.bucket - width < b < w.bucket else None
                 for k in range(5):
-                    delta = int(counts[k]) - (int(before[k]) if before else 0)
+                    delta = now[k] - before[k]
                     if delta:
                         rem[k] += delta
-                        if in_window:
+                        if closed is not None:
                             closed[k] += delta
 
     def _learn_pairs(self, new_pairs: Sequence[list[str]]) -> None:

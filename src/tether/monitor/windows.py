@@ -48,18 +48,42 @@ class AgentWindow:
 
     def roll(self, b: int, width: int, alpha: float) -> None:
         """Move the window to bucket ``b``: fold what closed into the baseline first, then
-        drop the buckets that left the window (and its grace), then total the window."""
+        move the window's total — the buckets that closed in, those that left out, not a
+        re-total (:meth:`resum`, after a jump of a whole window or back) — and drop the
+        buckets that left the window and its grace."""
+        old = self.bucket
         self.bucket = b
         self.fold(b, alpha)
-        limit = b - width - 2
         local, remote = self.local, self.remote
-        if local:
-            for old in [k for k in local if k <= limit]:
-                del local[old]
-        if remote:
-            for old in [k for k in remote if k <= limit]:
-                del remote[old]
-        self.resum(width)
+        if old < 0 or b < old or b - old >= width:
+            limit = b - width - 2
+            if local:
+                for k in [k for k in local if k <= limit]:
+                    del local[k]
+            if remote:
+                for k in [k for k in remote if k <= limit]:
+                    del remote[k]
+            self.resum(width)
+            return
+        self._move(old, b, width)
+
+    def _move(self, old: int, b: int, width: int) -> None:
+        """The window's total from bucket ``old`` to ``b`` (``old < b < old + width``)."""
+        local, remote = self.local, self.remote
+        closed = self.closed
+        for k in range(max(old, b - width + 1), b):  # closed, within the window
+            for counts in (local.get(k), remote.get(k)):
+                if counts is not None:
+                    for i in range(COUNTS):
+                        closed[i] += counts[i]
+        for k in range(old - width + 1, b - width + 1):  # left the window
+            for counts in (local.get(k), remote.get(k)):
+                if counts is not None:
+                    for i in range(COUNTS):
+                        closed[i] -= counts[i]
+        for k in range(old - width - 1, b - width - 1):  # left its grace too
+            local.pop(k, None)
+            remote.pop(k, None)
 
     def fold(self, b: int, alpha: float) -> None:
         """Fold every bucket up to ``b - 2`` not folded yet (one bucket of grace)."""

@@ -83,8 +83,8 @@ class Watcher(Protocol):
 
     def session_context(self, ask: Ask, now_us: int) -> dict[str, Any]: ...
 
-    def before(self, ask: Ask, view: AgentView, now_us: int, *, session: bool = True
-               ) -> Any: ...  # fmt: skip
+    def before(self, ask: Ask, view: AgentView, now_us: int, *, session: bool = True,
+               risk: bool = True) -> Any: ...  # fmt: skip
 
     def after(self, ask: Ask, decision: Decision, watch: Any, now_us: int
               ) -> tuple[Decision, Any]: ...  # fmt: skip
@@ -185,7 +185,8 @@ class DecisionService:
                 out.append((refused, None, None))
                 continue
             reads = compiled.reads_session
-            watch = monitor.before(ask, rt.agents[ask.subject], now_us, session=reads)
+            watch = monitor.before(ask, rt.agents[ask.subject], now_us, session=reads,
+                                   risk=compiled.reads_risk)  # fmt: skip
             out.append(None)
             request = cedar_request(ask, rt.agents, session=watch.session if reads else False,
                                     principal_entity=watch.entity)  # fmt: skip
@@ -334,10 +335,12 @@ class DecisionService:
             return cedar_request(ask, self.runtime.agents)
         compiled = self.runtime.policies
         reads = compiled is None or compiled.reads_session
+        view = self.runtime.agents[ask.subject]
+        risk = compiled is None or compiled.reads_risk
         return cedar_request(ask, self.runtime.agents,
                              session=monitor.session_context(ask, now_us) if reads else False,
-                             principal_entity=monitor.principal_entity(
-                                 self.runtime.agents[ask.subject]))  # fmt: skip
+                             principal_entity=monitor.principal_entity(view) if risk
+                             else view.entity)  # fmt: skip
 
     # -- recording -------------------------------------------------------------------------
     def event(self, ask: Ask, decision: Decision) -> NewEvent:

@@ -93,6 +93,7 @@ class CompiledPolicies:
     base_entities: cedarpy.Entities
     actions: dict[str, frozenset[str]]
     reads_session: bool = field(init=False)
+    reads_risk: bool = field(init=False)
     _principal_uids: frozenset[Uid] = field(init=False)
     _resource_uids: frozenset[Uid] = field(init=False)
     _slices: dict[tuple[Any, ...], Slice] = field(init=False, default_factory=dict)
@@ -111,7 +112,12 @@ class CompiledPolicies:
     def __post_init__(self) -> None:
         # Whether any policy reads the session's history (context.session): when none does,
         # the decision path neither builds it nor hands it to Cedar to parse.
-        self.reads_session = any(b'"session"' in orjson.dumps(p.est) for p in self.policies)
+        # Whether any policy may read the principal's risk (``principal.risk``: any mention
+        # of "risk" counts): when none does, Cedar is given the agent's own entity, whose
+        # handle is cached, not one rebuilt each time its score moves.
+        texts = [orjson.dumps(p.est) for p in self.policies]
+        self.reads_session = any(b'"session"' in t for t in texts)
+        self.reads_risk = any(b"risk" in t for t in texts)
         self._principal_uids = frozenset(
             uid for p in self.policies for uid in scope_uids(p.est["principal"])
         )
