@@ -33,6 +33,7 @@ from tether.freeze.runtime import FreezeSection
 from tether.freeze.service import FreezeService
 from tether.gateway.calls import CallRecorder
 from tether.gateway.front import GatewayHandle
+from tether.governance.reviews import ReviewService
 from tether.keyfiles import RootKeys, load_root_keys
 from tether.maintenance import Task
 from tether.monitor.service import Monitor
@@ -84,6 +85,7 @@ class Services:
     alerts: AlertService  # notable events raised from the ledger, delivered to webhooks
     monitor: Monitor  # behaviour windows, risk, automatic responses (tether.monitor)
     inventory: AgentInventory  # the AI system register, exported as CSV or JSON
+    reviews: ReviewService  # access review campaigns (tether.governance.reviews)
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -202,6 +204,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     rollback = RollbackService(db, ledger, clock, agents=agents, decisions=decisions,
                                gateway=gateway, redactor=calls.redactor,
                                lease_seconds=settings.rollback_lease_seconds)  # fmt: skip
+    credentials = CredentialService(db, ledger, clock, agents)
     return Services(
         policies=policies,
         runtime=runtime,
@@ -233,7 +236,9 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         agents=agents,
         audit=audit,
         signing_keys=signing_keys,
-        credentials=CredentialService(db, ledger, clock, agents),
+        credentials=credentials,
+        reviews=ReviewService(db, ledger, clock, agents=agents, credentials=credentials,
+                              policies=policies),  # fmt: skip
         inventory=AgentInventory(db, ledger, clock, credentials=DatabaseCredentialStore().count_of),
         oauth=oauth,
         freezes=freeze_service,

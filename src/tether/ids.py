@@ -30,6 +30,8 @@ class IdPrefix(StrEnum):
     ROLLBACK = "rbk"
     SESSION = "ses"
     ALERT = "alr"
+    REVIEW = "rvw"
+    REVIEW_LINE = "rvl"
 
 
 def _encode(value: int, length: int) -> str:

@@ -432,6 +432,39 @@ class AgentService:
             self._move(s, actor, row, op, event, reason=reason, now=now)
             return read_model.to_agents(self.store, s, [row], now=now)[0]
 
+    def retire_within(
+        self, s: Session, actor: Principal, agent_id: str, *, reason: str, now: datetime
+    ) -> AgentRow:
+        """For other domains inside their write transaction (an access review's confirmed
+        ``retire``): :meth:`retire`'s rules (``manage`` authority, a retirable status) and
+        record, the change committing or rolling back with the caller's."""
+        row = self.authorized_row(s, actor, agent_id, "manage")
+        self._move(s, actor, row, "retire", EventType.AGENT_RETIRED, reason=reason, now=now)
+        return row
+
+    def drop_role_within(
+        self, s: Session, actor: Principal, agent_id: str, role: str, *, now: datetime,
+        reason: str | None = None,
+    ) -> bool:  # fmt: skip
+        """For other domains inside their write transaction: take exactly ``role`` from the
+        agent, every other role kept (``manage`` authority; recorded as ``agent.updated``,
+        as :meth:`update` would). False if it does not hold the role (nothing written);
+        raises :class:`InvalidTransition` if the agent is revoked or retired."""
+        row = self.authorized_row(s, actor, agent_id, "manage")
+        if Status(row.status) in TERMINAL:
+            raise self._terminal(row)
+        held = self.store.roles_of(s, [row.id])[row.id]
+        if role not in held:
+            return False
+        kept = sorted(r for r in held if r != role)
+        self.store.set_roles(s, row.id, kept)
+        row.updated_at = to_micros(now)
+        details: dict[str, Any] = {"changes": {"roles": {"from": sorted(held), "to": kept}}}
+        if reason is not None:
+            details["reason"] = reason
+        self._audit(s, actor, EventType.AGENT_UPDATED, row=row, now=now, details=details)
+        return True
+
     def suspend_within(self, s: Session, row: AgentRow, *, reason: str, now: datetime) -> None:
         """For the agents domain's own sweeps, inside their write transaction: suspend
         ``row`` as the system (the rules and record of :meth:`suspend`)."""

@@ -37,6 +37,7 @@ from tether.api.routes import (
     oauth,
     ops,
     policies,
+    reviews,
     revocations,
     risk,
     rollback,
@@ -143,7 +144,7 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     # The inventory's /v1/agents/export before the agents' /v1/agents/{agent_id}.
     for module in (decisions, ops, oauth, users, inventory, agents, freeze, credentials,
                    policies, approvals, audit, revocations, secrets, gateway, calls, rollback,
-                   alerts, risk):  # fmt: skip
+                   alerts, risk, reviews):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
     _add_routes(app, console_routes.router)  # the web console: pages, not the API's document

@@ -86,6 +86,15 @@ class EventType(StrEnum):
     # The AI system register exported (tether.agents.inventory): who, in which format, how
     # many agents, and the SHA-256 of the body they received.
     INVENTORY_EXPORTED = "inventory.exported"
+    # Access reviews (tether.governance.reviews): a campaign started (its scope, due date and
+    # lines); an owner's answer to one line (keep, reduce or retire, with a note); a confirmed
+    # reduce or retire carried out (what it did, beside the domain's own event); a reduce of
+    # a permission handed to right-sizing (the policy named); the campaign closed.
+    REVIEW_STARTED = "review.started"
+    REVIEW_ANSWERED = "review.answered"
+    REVIEW_APPLIED = "review.applied"
+    REVIEW_RIGHTSIZING_REQUESTED = "review.rightsizing_requested"
+    REVIEW_CLOSED = "review.closed"
 
 
 @dataclass(frozen=True, slots=True)

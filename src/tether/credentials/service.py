@@ -142,17 +142,28 @@ class CredentialService:
         """Delete a credential; it stops working at once (checked on every authentication)."""
         now = self.clock.now()
         with self.db.write() as s:
-            self.agents.authorized_row(s, actor, agent_id, "manage")
-            row = self.store.get(s, credential_id)
-            if row is None or row.agent_id != agent_id or row.deleted_at is not None:
-                raise CredentialNotFound(f"no credential {credential_id!r} on agent {agent_id}")
-            row.deleted_at = to_micros(now)
-            self.ledger.append(s, [NewEvent(
-                EventType.CREDENTIAL_DELETED, actor.ref, agent_id=agent_id,
-                resource={"type": "Credential", "id": row.id}, outcome="success",
-                details={"type": row.type},
-            )], now=now)  # fmt: skip
-            return to_credential(row)
+            return self.delete_within(s, actor, agent_id, credential_id, now=now)
+
+    def delete_within(
+        self, s: Session, actor: Principal, agent_id: str, credential_id: str, *,
+        now: datetime, reason: str | None = None,
+    ) -> Credential:  # fmt: skip
+        """:meth:`delete` inside the caller's write transaction (an access review's confirmed
+        ``reduce``): the same rules and ``credential.deleted`` event; raises
+        :class:`CredentialNotFound` if the agent holds no such undeleted credential."""
+        self.agents.authorized_row(s, actor, agent_id, "manage")
+        row = self.store.get(s, credential_id)
+        if row is None or row.agent_id != agent_id or row.deleted_at is not None:
+            raise CredentialNotFound(f"no credential {credential_id!r} on agent {agent_id}")
+        row.deleted_at = to_micros(now)
+        details: dict[str, Any] = {"type": row.type}
+        if reason is not None:
+            details["reason"] = reason
+        self.ledger.append(s, [NewEvent(
+            EventType.CREDENTIAL_DELETED, actor.ref, agent_id=agent_id,
+            resource={"type": "Credential", "id": row.id}, outcome="success", details=details,
+        )], now=now)  # fmt: skip
+        return to_credential(row)
 
     # -- internals -------------------------------------------------------------------------
     def _manageable(self, s: Session, actor: Principal, agent_id: str) -> Any:

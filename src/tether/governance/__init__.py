@@ -1,0 +1,1 @@
+"""Governance: access reviews, right-sizing and compliance reports over the ledger."""
