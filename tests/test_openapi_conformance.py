@@ -138,7 +138,9 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
       a subject token for an ``agent`` that is not an active agent (or is frozen: the run
       freezes and unfreezes too); a freeze ``scope`` naming no user, or a role no agent has;
       a merge patch's ``fingerprint`` without ``model`` for an agent that has no fingerprint
-      yet (the patch merges into the agent's: only its state says whether ``model`` is new).
+      yet (the patch merges into the agent's: only its state says whether ``model`` is new);
+      an access review's ``owners`` or ``agents`` entry naming no user or agent, or a
+      ``due`` not in the future.
     * 422 on a secret's ``lease_seconds`` or ``value`` (a database role's ``ttl_seconds``)
       beyond the deployment's configured bounds (``TETHER_SECRET_LEASE_MAX_SECONDS``,
       ``TETHER_SECRET_MAX_BYTES``): settings, which one static document cannot state for
@@ -186,9 +188,13 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
     if status == 422 and code == "validation_error":
         if where in {"owner", "supervisors"}:
             return message.startswith("no user ") or "must be admins or supervisors" in message
+        if where == "owners":  # an access review's scope
+            return message.startswith("no user ")
+        if where == "agents":
+            return message.startswith("no agent ")
         if where == "parent":
             return message.endswith("does not exist")
-        if where in {"expires_at", "recertify_by"}:
+        if where in {"expires_at", "recertify_by", "due"}:
             return message.endswith("must be in the future")
         if where == "until":  # a recertification: in the future, within the tier's period
             return message.endswith("must be in the future") or "recertification period" in message

@@ -237,8 +237,9 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         audit=audit,
         signing_keys=signing_keys,
         credentials=credentials,
-        reviews=ReviewService(db, ledger, clock, agents=agents, credentials=credentials,
-                              policies=policies),  # fmt: skip
+        reviews=ReviewService(
+            db, ledger, clock, agents=agents, credentials=credentials, policies=policies
+        ),
         inventory=AgentInventory(db, ledger, clock, credentials=DatabaseCredentialStore().count_of),
         oauth=oauth,
         freezes=freeze_service,

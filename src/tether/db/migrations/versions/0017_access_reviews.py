@@ -57,10 +57,12 @@ def upgrade() -> None:
         sa.Column("applied_by", sa.String(length=80), nullable=True),
         sa.Column("applied_at", sa.BigInteger(), nullable=True),
         sa.Column("applied_seq", sa.BigInteger(), nullable=True),
-        sa.ForeignKeyConstraint(["agent_id"], ["agents.id"],
-                                name=op.f("fk_review_lines_agent_id_agents")),  # fmt: skip
-        sa.ForeignKeyConstraint(["review_id"], ["reviews.id"],
-                                name=op.f("fk_review_lines_review_id_reviews")),  # fmt: skip
+        sa.ForeignKeyConstraint(
+            ["agent_id"], ["agents.id"], name=op.f("fk_review_lines_agent_id_agents")
+        ),
+        sa.ForeignKeyConstraint(
+            ["review_id"], ["reviews.id"], name=op.f("fk_review_lines_review_id_reviews")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_review_lines")),
     )
     op.create_index("ix_review_lines_review_id_id", "review_lines", ["review_id", "id"])
