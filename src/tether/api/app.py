@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 
 from tether import __version__, collector
 from tether.api import docs, errors, requestlog
+from tether.api.console import kit as console_kit
 from tether.api.console import routes as console_routes
 from tether.api.console.session import ConsoleHeaders
 from tether.api.fastpath import DecisionFastPath, TokenFastPath
@@ -95,6 +96,10 @@ async def _monitor(services: Services) -> None:
             log.exception("monitor sync failed; retrying in %.1fs", interval)
 
 
+# The console's page modules, each a capability's own (tether.api.console.kit)
+CONSOLE_PAGES = [console_routes.router]
+
+
 class _TetherAPI(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Outside Starlette's ServerErrorMiddleware, which answers an unhandled error itself:
@@ -147,8 +152,9 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
                    alerts, risk, reviews):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
-    _add_routes(app, console_routes.router)  # the web console: pages, not the API's document
-    console_routes.install(app)
+    for pages in CONSOLE_PAGES:  # the web console: pages, not the API's document
+        _add_routes(app, pages)
+    console_kit.install(app)
     app.add_middleware(TokenFastPath, services=services)  # innermost: after limits, metrics
     app.add_middleware(DecisionFastPath, services=services)
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes,

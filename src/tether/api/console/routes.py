@@ -8,162 +8,43 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from functools import partial
 from importlib import resources
-from typing import Annotated, Any, TypeVar
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import anyio
 import orjson
-from fastapi import APIRouter, Depends, FastAPI
-from jinja2 import Environment, PackageLoader, select_autoescape
+from fastapi import APIRouter
 from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
-from tether.alerts.models import AlertRow
 from tether.alerts.service import Alert
 from tether.api.console import oidc
 from tether.api.console import session as cs
+from tether.api.console.kit import Signed, open_alerts, render
+from tether.api.console.kit import back as _back
+from tether.api.console.kit import error_page as _error
+from tether.api.console.kit import run as _run
+from tether.api.console.kit import services_of as _svc
+from tether.api.console.kit import visit_of as _visit
 from tether.audit.models import EventRow
 from tether.clock import to_micros, to_rfc3339
 from tether.container import Services
-from tether.errors import NotFound, TetherError, Unauthenticated, ValidationFailed
+from tether.errors import NotFound, TetherError, ValidationFailed
 from tether.freeze.service import ScopeRequest
 from tether.policy.service import check
 from tether.principals import Principal, Role
 from tether.rollback.values import Window
 
 router = APIRouter(include_in_schema=False)
-T = TypeVar("T")
-_ENV = Environment(
-    loader=PackageLoader("tether.api.console", "templates"),
-    autoescape=select_autoescape(default=True),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 _STATIC = {"console.css": "text/css; charset=utf-8",
            "console.js": "text/javascript; charset=utf-8"}  # fmt: skip
 STATUSES = ("active", "suspended", "expired", "revoked", "retired")
 TIERS = ("minimal", "limited", "high", "unacceptable")
-FLASH = {
-    "signed-in": "Signed in.",
-    "suspended": "Agent suspended: it is refused everything until resumed.",
-    "resumed": "Agent resumed.",
-    "killed": "Agent killed: revoked with its descendants; its tokens, keys, approvals and "
-    "leases cut off.",
-    "approved": "Approved: the identical request goes through once.",
-    "denied": "Denied.",
-    "frozen": "Frozen: the agents it holds are refused everything on every node.",
-    "unfrozen": "Freeze lifted.",
-    "rolled-back": "Rollback finished: see its report on the agent's page.",
-    "verified": "Ledger verified.",
-    "password": "Password set.",
-    "acked": "Alert acknowledged.",
-    "replayed": "Replayed: those deliveries are queued again, in their order.",
-    "risk-cleared": "Risk cleared: no more step-up; its behaviour is watched afresh.",
-}
 ALERT_VIEWS = ("open", "acked", "all")
-
-
-def _svc(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
-
-
-def _time(value: Any) -> str:
-    if value is None:
-        return "—"
-    text = value if isinstance(value, str) else to_rfc3339(value)
-    return text.replace("T", " ").replace("Z", " UTC")
-
-
-_ENV.filters["time"] = _time
-_ENV.filters["json"] = lambda v: json.dumps(v, indent=2, sort_keys=True, ensure_ascii=False)
-
-
-def render(request: Request, template: str, visit: cs.Visit | None, *, http_status: int = 200,
-           **ctx: Any) -> HTMLResponse:  # fmt: skip
-    flash = FLASH.get(request.query_params.get("flash", ""))
-    who = visit.principal if visit else None
-    svc = _svc(request)
-    if "open_alerts" not in ctx:
-        ctx["open_alerts"] = _open_alerts(svc, who)
-    body = _ENV.get_template(template).render(
-        request=request, me=who, oidc=oidc.provider_name(svc.settings) if oidc.enabled(
-            svc.settings) else None, csrf=visit.csrf if visit else "", flash=flash,
-        is_admin=bool(who and who.is_admin), can_operate=bool(who and who.role in
-                                                             (Role.ADMIN, Role.SUPERVISOR)),
-        reads_ledger=bool(who and who.role in (Role.ADMIN, Role.AUDITOR)), **ctx,
-    )  # fmt: skip
-    return HTMLResponse(body, status_code=http_status)
-
-
-def _open_alerts(svc: Services, who: Principal | None) -> int | None:
-    """How many alerts are open, for the nav: one count, for those who read every alert (a
-    supervisor's would be a look at each alert's agent: their nav shows no count)."""
-    if who is None or not (who.is_admin or who.role is Role.AUDITOR):
-        return None
-    counted = select(func.count()).select_from(AlertRow).where(AlertRow.acked_at.is_(None))
-    with svc.db.read() as s:
-        return int(s.scalar(counted) or 0)
-
-
-def _to_sign_in(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/console/sign-in?next={quote(target, safe='')}", status_code=303)
-
-
-class SignInFirst(Exception):
-    """A page asked without a session: answered with the sign-in page's redirect."""
-
-    def __init__(self, request: Request) -> None:
-        super().__init__("sign in")
-        self.response = _to_sign_in(request)
-
-
-def _signed(request: Request) -> cs.Visit:  # sync: FastAPI runs it in its thread pool
-    visit = _visit(request)
-    if visit is None:
-        raise SignInFirst(request)
-    return visit
-
-
-# A console page's human: the session's, or (none) a redirect to the sign-in page.
-Signed = Annotated[cs.Visit, Depends(_signed)]
-
-
-def install(app: FastAPI) -> None:
-    """The console's routes on ``app``, and its answer to a page asked without a session."""
-
-    async def sign_in_first(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, SignInFirst)
-        return exc.response
-
-    app.add_exception_handler(SignInFirst, sign_in_first)
-
-
-def _visit(request: Request) -> cs.Visit | None:
-    try:
-        return cs.visit(request)
-    except Unauthenticated:
-        return None
-
-
-def _back(path: str, flash: str) -> RedirectResponse:
-    return RedirectResponse(f"{path}?flash={flash}", status_code=303)
-
-
-def _error(request: Request, visit: cs.Visit | None, exc: TetherError) -> HTMLResponse:
-    return render(request, "error.html", visit, http_status=exc.http_status,
-                  message=exc.message, code=exc.code)  # fmt: skip
-
-
-async def _run(fn: Callable[[], T]) -> T:
-    return await anyio.to_thread.run_sync(fn)
 
 
 # -- static files ---------------------------------------------------------------------------------
@@ -293,7 +174,7 @@ def overview(request: Request, visit: Signed) -> Response:
         hour = _last_hour(svc)
     freeze = svc.freezes.state(me)
     opened = svc.alerts.list(me, status="open", limit=5)
-    counted = _open_alerts(svc, me)
+    counted = open_alerts(svc, me)
     alerts_total = counted if counted is not None else len(opened.items)
     return render(request, "overview.html", visit, by_status=by_status, by_tier=by_tier,
                   total=sum(by_status.values()), pending=[a.to_json() for a in pending.items],
