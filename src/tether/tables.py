@@ -11,6 +11,7 @@ from tether.credentials import models as _credentials  # noqa: F401
 from tether.db.base import Base
 from tether.freeze import models as _freeze  # noqa: F401
 from tether.gateway import models as _gateway  # noqa: F401
+from tether.governance import report_models as _reports  # noqa: F401
 from tether.governance import review_models as _reviews  # noqa: F401
 from tether.monitor import models as _monitor  # noqa: F401
 from tether.policy import models as _policy  # noqa: F401

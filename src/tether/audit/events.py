@@ -86,6 +86,10 @@ class EventType(StrEnum):
     # The AI system register exported (tether.agents.inventory): who, in which format, how
     # many agents, and the SHA-256 of the body they received.
     INVENTORY_EXPORTED = "inventory.exported"
+    # A compliance report built (tether.governance.report): the period, the ledger range its
+    # figures were counted from, and the SHA-256 of its JSON — the signed head after it binds
+    # the report to the ledger.
+    REPORT_BUILT = "report.built"
     # Access reviews (tether.governance.reviews): a campaign started (its scope, due date and
     # lines); an owner's answer to one line (keep, reduce or retire, with a note); a confirmed
     # reduce or retire carried out (what it did, beside the domain's own event); a reduce of

@@ -24,6 +24,7 @@ from tether.cli import (
     gateway,
     inventory,
     policy,
+    report,
     reviews,
     rollback,
     secrets,
@@ -56,6 +57,7 @@ app = _Tether(
 app.add_typer(users.app, name="users")
 app.add_typer(agents.app, name="agents")
 app.add_typer(inventory.app, name="inventory")
+app.add_typer(report.app, name="report")
 app.add_typer(reviews.app, name="reviews")
 app.add_typer(credentials.app, name="credentials")
 app.add_typer(credentials.keys_app, name="keys")

@@ -1,0 +1,92 @@
+"""/v1/reports — compliance reports for a period (tether.governance.report): built as JSON,
+HTML or PDF, and verified against the live ledger. Admins and auditors."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import Response
+from pydantic import Field
+
+from tether.api.deps import PrincipalDep, ServicesDep
+from tether.api.errors import responses
+from tether.fields import NO_NUL, StrictModel
+from tether.governance.report_render import Format, filename, render
+
+router = APIRouter(prefix="/v1/reports", tags=["reports"])
+
+_WHEN = "a date (2026-12-01, midnight UTC) or an RFC 3339 time with an offset"
+_FORMATS: dict[str, dict[str, Any]] = {
+    "application/json": {},
+    "text/html": {},
+    "application/pdf": {},
+}
+When = Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)]
+FormatName = Literal["json", "html", "pdf"]
+
+
+class PeriodIn(StrictModel):
+    from_: When = Field(alias="from", description=f"Start, included: {_WHEN}")
+    to: When = Field(description=f"End, excluded, not in the future: {_WHEN}")
+
+
+class ReportIn(StrictModel):
+    period: PeriodIn
+    format: FormatName = "json"
+
+
+def _report(svc: ServicesDep, who: PrincipalDep, start: str, end: str, fmt: str) -> Response:
+    envelope = svc.reports.build(who, start=start, end=end)
+    chosen = Format(fmt)
+    return Response(
+        render(envelope, chosen),
+        media_type=chosen.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename(envelope, chosen)}"'},
+    )
+
+
+_BUILT = {
+    **responses(401, 403, 404, 422),
+    200: {
+        "content": _FORMATS,
+        "description": "The report, as an attachment; its digest is in "
+        "a report.built ledger event and the signed checkpoint it embeds covers it",
+    },
+}
+
+
+@router.get("/compliance", response_class=Response, responses=_BUILT)
+def compliance(
+    svc: ServicesDep,
+    who: PrincipalDep,
+    start: Annotated[
+        str,
+        Query(alias="from", max_length=40, pattern=NO_NUL, description=f"Start, included: {_WHEN}"),
+    ],
+    to: Annotated[
+        str,
+        Query(
+            max_length=40, pattern=NO_NUL, description=f"End, excluded, not in the future: {_WHEN}"
+        ),
+    ],
+    format: Annotated[FormatName, Query(description="json, html or pdf")] = "json",
+) -> Response:
+    return _report(svc, who, start, to, format)
+
+
+@router.post("", response_class=Response, responses=_BUILT)
+def build(svc: ServicesDep, who: PrincipalDep, body: ReportIn) -> Response:
+    """API.md's form of the same: ``{period: {from, to}, format}``."""
+    return _report(svc, who, body.period.from_, body.period.to, body.format)
+
+
+@router.post("/compliance/verify", responses=responses(401, 403, 413, 422))
+def verify(
+    svc: ServicesDep,
+    who: PrincipalDep,
+    envelope: Annotated[dict[str, Any], Body(description="The report's JSON (its envelope)")],
+) -> dict[str, Any]:
+    """Recount every figure from its source range on the live ledger and check the report's
+    binding and checkpoint: ``{ok, figures_checked, problems: [{about, message}]}``."""
+    return svc.reports.verify(who, envelope)
