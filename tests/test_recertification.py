@@ -232,3 +232,35 @@ def test_cli_recertify(make_services: Callable[..., Services], clock: FrozenCloc
         assert refused.returncode != 0
         assert "until" in refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+def test_agents_due_for_recertification_are_listed_for_those_who_may_see_them(
+    make_services: Callable[..., Services], clock: FrozenClock
+) -> None:
+    svc = make_services(clock=clock)
+    with admin_client(svc) as client:
+        api = Api(client)
+        owner = api.user("owner")
+        high = api.agent(owner["token"], owner="owner", risk_tier="high", name="high")["id"]
+        limited = api.agent(owner["token"], owner="owner", risk_tier="limited", name="lim")["id"]
+        other = _agent(svc, "high", name="admins")  # the admin's: not the owner's to see
+        killed = _agent(svc, "high", name="gone")
+        svc.agents.kill(SYSTEM, killed, reason="test", cascade=True)
+
+        def due(within: int, who: dict[str, Any] | None = None) -> list[str]:
+            answer = client.get("/v1/agents", params={"recertify_due_within": within},
+                                headers=_bearer(who) if who else None)  # fmt: skip
+            assert answer.status_code == 200, answer.text
+            return sorted(a["id"] for a in answer.json()["items"])
+
+        assert due(0) == []  # nothing overdue yet
+        assert due(89) == []
+        assert due(90) == sorted([high, other])  # high risk: 90 days; the killed one is not
+        assert due(90, owner) == [high]
+        assert due(180) == sorted([high, limited, other])
+        _at(clock, START + timedelta(days=91))
+        assert due(0) == sorted([high, other])
+        svc.agents.recertify(SYSTEM, high, note="still needed")
+        assert due(0) == [other]
+        error = assert_error(client.get("/v1/agents", params={"recertify_due_within": -1}), 422)
+        assert "recertify_due_within" in str(error)

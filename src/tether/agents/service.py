@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -101,10 +101,12 @@ class AgentService:
         owner: str | None = None,
         role: str | None = None,
         risk_tier: str | None = None,
+        recertify_due_within: int | None = None,
     ) -> Page[Agent]:
         """Agents the actor may see, in creation order; supervisors see only their own.
         ``status`` matches the status readers see (an agent past ``expires_at`` is
-        ``expired`` before the sweep stores it)."""
+        ``expired`` before the sweep stores it); ``recertify_due_within`` (days; 0: overdue
+        now) keeps the active and suspended agents whose recertification is due by then."""
         if actor.kind != "system" and actor.role is None:
             raise Forbidden("only users may list agents")
         after = decode_cursor(cursor)
@@ -127,6 +129,8 @@ class AgentService:
                 risk_tier=risk_tier,
                 visible_to=visible_to,
                 now_us=to_micros(now),
+                due_by=None if recertify_due_within is None
+                else to_micros(now + timedelta(days=recertify_due_within)),
             )
             more = len(rows) > limit
             agents = read_model.to_agents(self.store, s, rows[:limit], now=now)

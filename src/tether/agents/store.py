@@ -39,6 +39,7 @@ class _Filters:
     risk_tier: str | None
     role: str | None
     now_us: int
+    due_by: int | None = None  # recertify_by at or before this (microseconds), still live
 
 
 class Descendant(NamedTuple):
@@ -112,10 +113,12 @@ class DatabaseAgentStore:
         risk_tier: str | None = None,
         visible_to: str | None = None,
         now_us: int = 0,
+        due_by: int | None = None,
     ) -> list[AgentRow]:
         """Agents in id order after ``after``; ``visible_to`` keeps those a user owns/supervises.
         ``status`` is the status readers see at ``now_us`` (an agent past ``expires_at`` is
-        ``expired`` whether or not the sweep has stored it yet).
+        ``expired`` whether or not the sweep has stored it yet); ``due_by`` keeps the active
+        and suspended agents whose recertification is due by then (microseconds).
 
         Each query is driven by the index that matches its most selective part (role,
         supervision), read in id order with a LIMIT: measured in bench/registry.py, an
@@ -123,7 +126,7 @@ class DatabaseAgentStore:
         """
         if unstorable(status, role, risk_tier):
             return []
-        filters = _Filters(after, limit, status, risk_tier, role, now_us)
+        filters = _Filters(after, limit, status, risk_tier, role, now_us, due_by)
         if visible_to is None:
             return self._page_branch(session, filters, owner_id=owner_id)
         # A supervisor's view: what they own, merged with what they supervise.
@@ -168,6 +171,10 @@ class DatabaseAgentStore:
             q = q.where(AgentRow.owner_id == owner_id)
         if f.risk_tier is not None:
             q = q.where(AgentRow.risk_tier == f.risk_tier)
+        if f.due_by is not None:
+            live = [Status.ACTIVE.value, Status.SUSPENDED.value]
+            q = q.where(AgentRow.recertify_by.is_not(None), AgentRow.recertify_by <= f.due_by,
+                        AgentRow.status.in_(live))  # fmt: skip
         return list(session.scalars(q.order_by(key).limit(f.limit)))
 
     def counts(

@@ -147,6 +147,10 @@ def list_(
     owner: Annotated[str | None, typer.Option()] = None,
     role: Annotated[str | None, typer.Option()] = None,
     risk_tier: Annotated[str | None, typer.Option()] = None,
+    recertify_due_within: Annotated[
+        int | None,
+        typer.Option(help="Only agents due for recertification within N days (0: overdue)."),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many (0 = all).")] = 100,
     as_json: JsonOpt = False,
 ) -> None:
@@ -159,6 +163,7 @@ def list_(
             owner=owner,
             role=role,
             risk_tier=risk_tier,
+            recertify_due_within=recertify_due_within,
         )
     )
     _shown(items, as_json=as_json, columns=LIST_COLUMNS)

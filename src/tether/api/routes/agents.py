@@ -50,12 +50,16 @@ def list_agents(
     owner: Annotated[str | None, Query(max_length=64)] = None,
     role: Annotated[str | None, Query(max_length=100)] = None,
     risk_tier: Literal["minimal", "limited", "high"] | None = None,
+    recertify_due_within: Annotated[int | None, Query(ge=0, le=3650)] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> dict[str, Any]:
+    """``recertify_due_within`` (days; 0: overdue now): only the active and suspended agents
+    whose recertification is due by then."""
     page = svc.agents.list(
-        who, cursor=cursor, limit=limit, status=status, owner=owner, role=role, risk_tier=risk_tier
-    )
+        who, cursor=cursor, limit=limit, status=status, owner=owner, role=role,
+        risk_tier=risk_tier, recertify_due_within=recertify_due_within,
+    )  # fmt: skip
     return {"items": [_out(svc, a) for a in page.items], "next_cursor": page.next_cursor}
 
 
