@@ -34,6 +34,7 @@ from tether.freeze.service import FreezeService
 from tether.gateway.calls import CallRecorder
 from tether.gateway.front import GatewayHandle
 from tether.governance.reviews import ReviewService
+from tether.governance.rightsizing import MAX_DAYS, RightsizingService
 from tether.keyfiles import RootKeys, load_root_keys
 from tether.maintenance import Task
 from tether.monitor.service import Monitor
@@ -86,6 +87,7 @@ class Services:
     monitor: Monitor  # behaviour windows, risk, automatic responses (tether.monitor)
     inventory: AgentInventory  # the AI system register, exported as CSV or JSON
     reviews: ReviewService  # access review campaigns (tether.governance.reviews)
+    rightsizing: RightsizingService  # least privilege: unused permissions, a narrower set
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
 
     def close(self) -> None:
@@ -239,6 +241,15 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         credentials=credentials,
         reviews=ReviewService(
             db, ledger, clock, agents=agents, credentials=credentials, policies=policies
+        ),
+        rightsizing=RightsizingService(
+            db,
+            clock,
+            agents=agents,
+            credentials=credentials,
+            policies=policies,
+            decisions=decisions,
+            max_days=MAX_DAYS,
         ),
         inventory=AgentInventory(db, ledger, clock, credentials=DatabaseCredentialStore().count_of),
         oauth=oauth,

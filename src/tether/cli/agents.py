@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tether.cli import risk
+from tether.cli import rightsizing, risk
 from tether.cli.client import CliError
 from tether.cli.common import JsonOpt, client, seg
 from tether.cli.render import emit_json, err, out, show, table
@@ -17,6 +17,7 @@ from tether.cli.render import emit_json, err, out, show, table
 app = typer.Typer(help="Register and govern agents.", no_args_is_help=True)
 app.command("risk")(risk.risk)
 app.command("clear-risk")(risk.clear_risk)
+app.command("rightsize")(rightsizing.rightsize)
 LIST_COLUMNS = ["id", "name", "owner_username", "risk_tier", "status", "risk", "roles",
                 "created_at"]  # fmt: skip
 SHOW_COLUMNS = [

@@ -8,8 +8,8 @@ Cedar as is (``tether.policy.engine`` caches the parsed entity per text).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -92,3 +92,13 @@ def with_risk(entity: str, score: int, level: str) -> str:
     data = orjson.loads(entity)
     data["attrs"]["risk"] = {"score": score, "level": level}
     return orjson.dumps(data).decode()
+
+
+def without_roles(view: AgentView, roles: Collection[str]) -> AgentView:
+    """The view as it would be without ``roles`` (their parents gone from its entity): what a
+    right-sizing proposal that drops them is simulated with (tether.governance)."""
+    keep = view.roles.difference(roles)
+    data = orjson.loads(view.entity)
+    data["parents"] = [{"type": "Role", "id": r} for r in sorted(keep)]
+    return replace(view, roles=keep, entity=orjson.dumps(data).decode(),
+                   parents=frozenset(("Role", r) for r in keep))  # fmt: skip

@@ -23,7 +23,7 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, from_micros, to_micros
 from tether.db import Database
-from tether.errors import Forbidden, PolicyInvalid, PolicyVersionNotFound
+from tether.errors import Conflict, Forbidden, PolicyInvalid, PolicyVersionNotFound
 from tether.pagination import Page, decode_seq_cursor, page_of
 from tether.policy import inputs, source
 from tether.policy.engine import MEMO_MAX, CompiledPolicies
@@ -227,13 +227,20 @@ class PolicyService:
 
     # -- changing --------------------------------------------------------------------------
     def push(
-        self, actor: Principal, *, policies: str, schema: str | None, note: str | None
-    ) -> PolicyVersion:
+        self, actor: Principal, *, policies: str, schema: str | None, note: str | None,
+        expect_version: str | None = None,
+    ) -> PolicyVersion:  # fmt: skip
+        """A new version; with ``expect_version``, only if that is still the current one
+        (:class:`Conflict` otherwise: a document derived from it would undo the newer)."""
         if not actor.is_admin:
             raise Forbidden("only an admin may change the policies")
         now = self.clock.now()
         with self.db.write() as s:
             current = self._current(s)
+            if expect_version is not None and current.version != expect_version:
+                raise Conflict(f"the policies changed ({expect_version} is no longer current: "
+                               f"{current.version} is); nothing was pushed",
+                               version=current.version)  # fmt: skip
             checked = check(policies, current.schema if schema is None else schema)
             number = self.store.next_number(s)
             row = PolicyVersionRow(

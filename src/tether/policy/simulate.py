@@ -11,6 +11,7 @@ unknown action…) are not policy decisions and are not replayed.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ from tether.errors import Forbidden, ValidationFailed
 from tether.jsonutil import loads
 from tether.policy.decide import DecisionService, cedar_request, decision_from_outcome
 from tether.policy.engine import CompiledPolicies
-from tether.policy.entities import with_risk
+from tether.policy.entities import AgentView, with_risk
 from tether.policy.models import DecisionInputRow
 from tether.policy.values import Ask
 from tether.principals import Principal, Role
@@ -65,6 +66,24 @@ def simulate(
 ) -> Simulation:
     if not (actor.is_admin or actor.role is Role.AUDITOR):
         raise Forbidden("only admins and auditors may simulate over the ledger")
+    return replay(db, decisions.runtime.agents, candidate, digest=digest, since=since,
+                  until=until, limit=limit)  # fmt: skip
+
+
+def replay(
+    db: Database,
+    agents: Mapping[str, AgentView],
+    candidate: CompiledPolicies,
+    *,
+    digest: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int = MAX_REPLAY,
+    subject: str | None = None,
+) -> Simulation:
+    """:func:`simulate` once the caller may: the agents are taken from ``agents`` (the
+    runtime's, or some of them as a proposal would make them). With ``subject``, only the
+    decisions that agent asked for itself (its own requests, not an operator's on its record)."""
     if since and until and since > until:
         raise ValidationFailed("since is after until", field="since")
     result = Simulation(digest)
@@ -81,11 +100,12 @@ def simulate(
         q = q.where(EventRow.time >= to_micros(since))
     if until is not None:
         q = q.where(EventRow.time <= to_micros(until))
+    if subject is not None:
+        q = q.where(EventRow.agent_id == subject, EventRow.actor == f"agent:{subject}")
     with db.read() as s:
         rows = s.execute(q).all()
     if len(rows) > limit:
         rows, result.truncated = rows[:limit], True
-    agents = decisions.runtime.agents
     for seq, time_us, agent_id, action, resource, decision, reasons, details, ev_id, inputs in rows:
         info = loads(details)
         if info.get("stage") != "cedar":
