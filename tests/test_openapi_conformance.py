@@ -158,6 +158,8 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
       short of spelling out every level.
     * 422 on a rollback's ``since`` after its ``until`` (two fields' order: JSON Schema
       compares no two values), or a window holding more calls than one rollback takes.
+    * 422 on a prune's ``retention_days`` left out when the deployment configures no
+      retention period (``TETHER_LEDGER_RETENTION_DAYS``): a setting again.
     * OAuth 400s at the token endpoint (``_OAUTH_STATE_REFUSALS``): a ``scope`` beyond the
       agent's, and token-exchange subject / actor tokens the server did not issue or that are
       no longer live.
@@ -220,6 +222,8 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
             return message == "since is after until" or message.startswith("more than ")
         if where in {"creation", "revocation"}:  # {{x}}: a template's own grammar
             return message.startswith("unknown placeholder")
+        if where == "retention_days":  # a prune with no period: none given, none configured
+            return message.startswith("no retention period")
     return False
 
 

@@ -32,6 +32,7 @@ from tether.agents.recertification import (
     TierName,
     default_overdue,
 )
+from tether.audit.retention_rule import MIN_RETENTION_DAYS, retention_problem
 from tether.errors import ConfigurationError
 from tether.fields import SCOPE_RE
 from tether.gateway_config import Upstream, check_unique
@@ -72,6 +73,12 @@ class Settings(BaseSettings):
         default=None,
         description="http(s) URL each signed checkpoint is POSTed to as JSON (best effort, "
         "retried on the next maintenance tick); a copy of the ledger's head off this host.",
+    )
+    ledger_retention_days: int | None = Field(
+        default=None,
+        description="Ledger events older than this many days are pruned (daily), a signed "
+        f"checkpoint kept at the cut; at least {MIN_RETENTION_DAYS} (six months: EU AI Act "
+        "Art. 19, 26(6)). Unset: every event is kept.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     token_ttl_seconds: int = Field(default=300, ge=10, description="Default access token TTL.")
@@ -286,6 +293,13 @@ class Settings(BaseSettings):
         # SPIFFE: lowercase, no port, path, query or fragment.
         if not _TRUST_DOMAIN.match(value) or ".." in value:
             raise ValueError("trust domain must be a lowercase DNS-like name without a port")
+        return value
+
+    @field_validator("ledger_retention_days")
+    @classmethod
+    def _check_retention(cls, value: int | None) -> int | None:
+        if value is not None and (problem := retention_problem(value)):
+            raise ValueError(f"ledger_retention_days {problem}")
         return value
 
     @field_validator("checkpoint_witness_url")

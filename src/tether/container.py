@@ -15,6 +15,7 @@ from tether.approvals.service import ApprovalService
 from tether.audit.checkpoint_file import CheckpointFile
 from tether.audit.group import GroupCommitter
 from tether.audit.ledger import Ledger
+from tether.audit.retention import RetentionService
 from tether.audit.service import AuditService
 from tether.audit.signing import LedgerSigner
 from tether.audit.witness import HttpWitness
@@ -33,13 +34,14 @@ from tether.freeze.runtime import FreezeSection
 from tether.freeze.service import FreezeService
 from tether.gateway.calls import CallRecorder
 from tether.gateway.front import GatewayHandle
+from tether.governance.report import ComplianceReports
 from tether.governance.reviews import ReviewService
 from tether.governance.rightsizing import MAX_DAYS, RightsizingService
 from tether.keyfiles import RootKeys, load_root_keys
 from tether.maintenance import Task
 from tether.monitor.service import Monitor
 from tether.policy.decide import DecisionService
-from tether.policy.inputs import input_rows
+from tether.policy.inputs import drop_through, input_rows
 from tether.policy.runtime import AgentSection, DecisionSnapshot, PolicySection
 from tether.policy.search import Candidate, SearchService
 from tether.policy.service import PolicyService
@@ -64,6 +66,9 @@ class Services:
     users: UserService
     agents: AgentService
     audit: AuditService
+    # Pruning the ledger past its retention period; a domain that references events keeps
+    # them with retention.add_hold(name, hold) (tether.audit.retention.RetentionHold).
+    retention: RetentionService
     signing_keys: SigningKeys
     credentials: CredentialService
     oauth: OAuthService
@@ -86,6 +91,7 @@ class Services:
     alerts: AlertService  # notable events raised from the ledger, delivered to webhooks
     monitor: Monitor  # behaviour windows, risk, automatic responses (tether.monitor)
     inventory: AgentInventory  # the AI system register, exported as CSV or JSON
+    reports: ComplianceReports  # compliance reports for a period, verifiable offline
     reviews: ReviewService  # access review campaigns (tether.governance.reviews)
     rightsizing: RightsizingService  # least privilege: unused permissions, a narrower set
     maintenance: list[Task]  # each domain's periodic work, in the order the loop runs it
@@ -119,6 +125,21 @@ def _dpop_nonces(settings: Settings, keys: RootKeys, purpose: Purpose) -> DPoPNo
     if settings.dpop_nonce == "off":
         return None
     return DPoPNonces.derive(keys.master_key, purpose, lifetime=settings.dpop_nonce_seconds)
+
+
+def _retention_stated(settings: Settings) -> dict[str, str]:
+    """What a compliance report says is kept, and for how long (EU AI Act Art. 19, 26(6))."""
+    days = settings.ledger_retention_days
+    ledger = "every event is kept (TETHER_LEDGER_RETENTION_DAYS unset)"
+    if days:
+        ledger = (
+            f"events older than {days} days are pruned daily, a signed checkpoint kept at the "
+            "cut; nothing a built report or an open review references is pruned"
+        )
+    checkpoints = f"also appended to {settings.checkpoint_file_path.name}, outside the database"
+    if settings.checkpoint_witness_url:
+        checkpoints += ", and sent to a witness"
+    return {"ledger": ledger, "checkpoints": checkpoints}
 
 
 def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
@@ -180,6 +201,10 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
     )
     audit = AuditService(db, ledger, clock, agent_reader=agents.get,
                          checkpoint_file=checkpoint_file, witness=witness)  # fmt: skip
+    retention = RetentionService(db, ledger, clock, retention_days=settings.ledger_retention_days)
+    retention.on_prune.append(drop_through)  # a pruned decision's inputs go with it
+    # What a built report counted stays, so the report verifies against the live ledger.
+    retention.add_hold("compliance_reports", ComplianceReports.held_from)
     monitor = Monitor(settings.monitor, db, ledger, clock, agents)
     runtime.register(monitor.section)
     decisions = DecisionService(snapshot, committer, clock, approvals,
@@ -207,6 +232,11 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
                                gateway=gateway, redactor=calls.redactor,
                                lease_seconds=settings.rollback_lease_seconds)  # fmt: skip
     credentials = CredentialService(db, ledger, clock, agents)
+    reviews = ReviewService(
+        db, ledger, clock, agents=agents, credentials=credentials, policies=policies
+    )
+    # An open access review keeps the events it cites (its start, its lines' last uses).
+    retention.add_hold("access_reviews", reviews.lowest_referenced_seq)
     return Services(
         policies=policies,
         runtime=runtime,
@@ -216,6 +246,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         search=search,
         maintenance=[
             *audit.maintenance(),
+            *retention.maintenance(),
             *signing_keys.maintenance(),
             *oauth.maintenance(),
             *approvals.maintenance(),
@@ -237,11 +268,10 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         users=users,
         agents=agents,
         audit=audit,
+        retention=retention,
         signing_keys=signing_keys,
         credentials=credentials,
-        reviews=ReviewService(
-            db, ledger, clock, agents=agents, credentials=credentials, policies=policies
-        ),
+        reviews=reviews,
         rightsizing=RightsizingService(
             db,
             clock,
@@ -249,9 +279,18 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
             credentials=credentials,
             policies=policies,
             decisions=decisions,
-            max_days=MAX_DAYS,
+            max_days=settings.ledger_retention_days or MAX_DAYS,
         ),
         inventory=AgentInventory(db, ledger, clock, credentials=DatabaseCredentialStore().count_of),
+        reports=ComplianceReports(
+            db,
+            ledger,
+            clock,
+            audit=audit,
+            inventory=AgentInventory(db, ledger, clock),
+            policies=policies,
+            retention=_retention_stated(settings),
+        ),
         oauth=oauth,
         freezes=freeze_service,
         revocations=RevocationFeed(db, snapshot, clock, sources=[revoked_leases]),

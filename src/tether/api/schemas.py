@@ -156,6 +156,7 @@ class VerifyOut(BaseModel):
             "external_checkpoints_missing",
             "db_checkpoints_missing",
             "unanchored_tail",
+            "cut_invalid",
         ]
         | None
     ) = None
@@ -178,6 +179,11 @@ class VerifyOut(BaseModel):
     )
     max_unanchored_seconds: float | None = Field(
         default=None, description="The longest an event waits for a checkpoint."
+    )
+    cut: CheckpointOut | None = Field(
+        default=None,
+        description="The retention cut the chain was verified from, when events were pruned: "
+        "the checkpoint signed at the last pruned event.",
     )
 
 

@@ -62,7 +62,7 @@ def judge_anchoring(
     ``since_us`` (when this server started: it could not sign while it was stopped) count
     as written then. The first problem found fails ``result``; it is returned either way."""
     result.limits = {
-        "unanchored": result.checked - result.anchored_size,
+        "unanchored": result.end - result.anchored_size,
         "max_unanchored": rule.max_unanchored,
         "max_unanchored_seconds": rule.max_unanchored_seconds,
     }
@@ -100,7 +100,7 @@ def _judge_file(result: VerifyResult, file: FileState) -> None:
 
 
 def _judge_tail(result: VerifyResult, rule: AnchorRule, *, now_us: int, since_us: int) -> None:
-    first, head = result.anchored_size + 1, result.checked
+    first, head = result.anchored_size + 1, result.end
     unanchored = head - result.anchored_size
     if unanchored > rule.max_unanchored:
         result.fail(

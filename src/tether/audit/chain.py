@@ -3,12 +3,16 @@
 ``hash = SHA-256(prev_hash_bytes || canonical_json(body))`` where ``body`` is every field of
 the event except ``hash`` (``seq`` and ``prev_hash`` included, so an event cannot move).
 The first event's ``prev_hash`` is 64 zeros. Checkpoints sign ``{size, head_hash, time}``.
+Once retention pruned the oldest events (tether.audit.retention), the chain starts after a
+*cut*: a checkpoint signed at the last pruned event, whose head the first kept event's
+``prev_hash`` must equal; verification starts there.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -39,6 +43,8 @@ class Problem(StrEnum):
     EXTERNAL_CHECKPOINTS_MISSING = "external_checkpoints_missing"
     DB_CHECKPOINTS_MISSING = "db_checkpoints_missing"  # in the file, deleted from the database
     UNANCHORED_TAIL = "unanchored_tail"  # more, or older, unsigned events than the rules allow
+    # The ledger starts after a retention cut whose signed checkpoint does not verify.
+    CUT_INVALID = "cut_invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,14 @@ class VerifyResult:
     anchored_size: int = 0
     first_unanchored_us: int | None = None
     limits: dict[str, int | float] | None = None  # set by tether.audit.anchoring
+    # The retention cut the chain was verified from (its signature checked), if it starts
+    # after one: events 1..cut.size were pruned.
+    cut: Checkpoint | None = None
+
+    @property
+    def end(self) -> int:
+        """The seq of the last event verified (0: none, and no cut)."""
+        return (self.cut.size if self.cut else 0) + self.checked
 
     def fail(
         self,
@@ -212,6 +226,8 @@ class VerifyResult:
             # the last hash before the problem (events past it may still be fine).
             "head_hash": self.head_hash if self.ok else None,
         }
+        if self.cut is not None:
+            out["cut"] = self.cut.to_json()
         if self.limits is not None:
             out["external_checkpoints"] = self.external_checkpoints
             out["anchored_size"] = self.anchored_size
@@ -231,6 +247,7 @@ def verify_chain(
     external: Iterable[Checkpoint] = (),
     check_signature: Callable[[Checkpoint], bool] = lambda _c: True,
     progress: Callable[[int], None] | None = None,
+    cut_at: Callable[[int], Checkpoint | None] | None = None,
 ) -> VerifyResult:
     """Walk the chain from the first event and stop at the first problem.
 
@@ -238,6 +255,11 @@ def verify_chain(
     hash is given (to tell a reordered event from an edited one). Checkpoints — the
     database's, and ``external`` ones from the checkpoint file — are checked for their
     signature and against the recomputed chain at their ``size``.
+
+    If the first event is not event 1, ``cut_at(size)`` gives the retention cut at the event
+    before it (None: there is none, and the events before it are missing); the walk starts
+    from that cut once its signature is checked. It is asked after the first event was read,
+    so a reader whose query is its own snapshot sees the cut that query's events follow.
     """
     result = VerifyResult()
     by_size = {c.size: c for c in checkpoints}
@@ -264,11 +286,20 @@ def verify_chain(
     }
     signed.update((size, (None, heads)) for size, heads in outside.items() if size not in by_size)
     newest = max(signed, default=0)
-    unanchored_from = newest + 1
-    expected_seq = 1
-    prev = GENESIS
-    for ev in events:
-        found = _event_problem(ev, expected_seq, prev, seq_of_hash)
+    walk = iter(events)
+    first = next(walk, None)
+    if first is not None and first.seq > 1:
+        cut = _cut(first, cut_at, check_signature)
+        if isinstance(cut, tuple):
+            return result.fail(*cut)
+        result.cut = cut
+    floor = result.cut.size if result.cut else 0
+    result.anchored_size = floor  # the cut is a signed checkpoint too
+    unanchored_from = max(newest, floor) + 1
+    expected_seq = floor + 1
+    prev = result.cut.head_hash if result.cut else GENESIS
+    for ev in _ahead(first, walk):
+        found = _event_problem(ev, expected_seq, prev, seq_of_hash, floor)
         if found is not None:
             return result.fail(*found)
         heads = signed.get(ev.seq)
@@ -288,9 +319,40 @@ def verify_chain(
     return _beyond_the_end(result, max(by_size, default=0), newest)
 
 
+def _ahead(first: Event | None, rest: Iterator[Event]) -> Iterator[Event]:
+    return rest if first is None else itertools.chain((first,), rest)
+
+
+def _cut(
+    first: Event,
+    cut_at: Callable[[int], Checkpoint | None] | None,
+    check_signature: Callable[[Checkpoint], bool],
+) -> Checkpoint | tuple[int, Problem, str]:
+    """The signed retention cut ``first`` follows, or the problem: events before it missing
+    with no cut to vouch for their pruning, or a cut whose signature does not verify."""
+    size = first.seq - 1
+    cut = cut_at(size) if cut_at is not None else None
+    if cut is None:
+        gone = "event 1 is" if size == 1 else f"events 1..{size} are"
+        return (
+            1,
+            Problem.MISSING,
+            f"{gone} missing (the first present is {first.seq}) and no signed retention cut "
+            f"at {size} vouches for their pruning",
+        )
+    if cut.size != size or not check_signature(cut):
+        return (
+            first.seq,
+            Problem.CUT_INVALID,
+            f"the retention cut at {size} (the checkpoint event {first.seq} follows) has an "
+            "invalid signature: it was edited or forged",
+        )
+    return cut
+
+
 def _beyond_the_end(result: VerifyResult, newest_in_db: int, newest: int) -> VerifyResult:
     """Fail ``result`` if a checkpoint covers more events than the ledger has."""
-    end = result.checked
+    end = result.end
     if newest_in_db > end:
         return result.fail(
             end + 1,
@@ -335,9 +397,15 @@ def _rewritten(
 
 
 def _event_problem(
-    ev: Event, expected_seq: int, prev: str, seq_of_hash: Callable[[str], int | None]
+    ev: Event,
+    expected_seq: int,
+    prev: str,
+    seq_of_hash: Callable[[str], int | None],
+    floor: int = 0,
 ) -> tuple[int, Problem, str] | None:
-    """What is wrong with ``ev`` at position ``expected_seq`` after hash ``prev``, if anything."""
+    """What is wrong with ``ev`` at position ``expected_seq`` after hash ``prev``, if anything.
+    ``floor``: the retention cut (0: none); the event after it follows a signed head, which
+    cannot have been rewritten: a link that does not match is that event's own problem."""
     if ev.seq != expected_seq:
         return (
             expected_seq,
@@ -345,21 +413,34 @@ def _event_problem(
             (f"event {expected_seq} is missing (next present is {ev.seq})"),
         )
     if ev.prev_hash != prev:
-        owner = seq_of_hash(ev.prev_hash)
-        if owner is not None and owner != ev.seq - 1:
-            return (
-                ev.seq,
-                Problem.REORDERED,
-                (f"event {ev.seq} follows event {owner} in the chain, not event {ev.seq - 1}"),
-            )
-        if ev.seq > 1 and event_hash(ev.prev_hash, ev.body()) == ev.hash:
-            # ``ev`` is intact, so its predecessor was rewritten (hash recomputed to hide it).
-            return (
-                ev.seq - 1,
-                Problem.EDITED,
-                (f"event {ev.seq - 1} was rewritten; event {ev.seq} links to another version"),
-            )
-        return ev.seq, Problem.EDITED, f"event {ev.seq} does not link to event {ev.seq - 1}"
+        return _link_problem(ev, seq_of_hash, floor)
     if event_hash(ev.prev_hash, ev.body()) != ev.hash:
         return ev.seq, Problem.EDITED, f"event {ev.seq} was altered after writing"
     return None
+
+
+def _link_problem(
+    ev: Event, seq_of_hash: Callable[[str], int | None], floor: int
+) -> tuple[int, Problem, str]:
+    """Why ``ev`` does not link to the event (or the cut) before it."""
+    owner = seq_of_hash(ev.prev_hash)
+    if owner is not None and owner != ev.seq - 1:
+        return (
+            ev.seq,
+            Problem.REORDERED,
+            (f"event {ev.seq} follows event {owner} in the chain, not event {ev.seq - 1}"),
+        )
+    if floor and ev.seq == floor + 1:
+        return (
+            ev.seq,
+            Problem.EDITED,
+            f"event {ev.seq} does not follow the signed retention cut at {floor}",
+        )
+    if ev.seq > 1 and event_hash(ev.prev_hash, ev.body()) == ev.hash:
+        # ``ev`` is intact, so its predecessor was rewritten (hash recomputed to hide it).
+        return (
+            ev.seq - 1,
+            Problem.EDITED,
+            (f"event {ev.seq - 1} was rewritten; event {ev.seq} links to another version"),
+        )
+    return ev.seq, Problem.EDITED, f"event {ev.seq} does not link to event {ev.seq - 1}"

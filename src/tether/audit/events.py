@@ -52,6 +52,9 @@ class EventType(StrEnum):
     POLICY_UPDATED = "policy.updated"
     # `audit verify` found the chain, a checkpoint or the checkpoint file wrong (an alert).
     LEDGER_VERIFICATION_FAILED = "ledger.verification_failed"
+    # Retention (tether.audit.retention) deleted the events before a cut: which, how many, why
+    # (the period, the cutoff, a hold that stopped it) and the checkpoint signed at the cut.
+    LEDGER_PRUNED = "ledger.pruned"
     DECISION = "decision"
     # An AuthZEN search (subjects, resources or actions): one event per search, not per
     # candidate evaluated (details: what was searched, how many results, their digest).

@@ -45,3 +45,19 @@ class CheckpointRow(Base):
     time: Mapped[int] = mapped_column(BigInteger)
     key_id: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(Text)  # base64url Ed25519 signature
+
+
+class CutRow(Base):
+    """A retention cut (tether.audit.retention): the checkpoint signed at the last event a
+    prune deleted — the head the first kept event follows — and what that prune did."""
+
+    __tablename__ = "audit_cuts"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    time: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(Text)  # base64url Ed25519, as a checkpoint's
+    pruned: Mapped[int] = mapped_column(BigInteger)  # events this prune deleted
+    cutoff: Mapped[int] = mapped_column(BigInteger)  # µs: events before it were due
+    event_id: Mapped[str] = mapped_column(String(40))  # its ledger.pruned event

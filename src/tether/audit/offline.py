@@ -7,6 +7,10 @@ witness's copies, or ``GET /v1/audit/checkpoints/latest`` bodies) and the ledger
 (:func:`tether.audit.chain.verify_chain`) and every checkpoint must be signed by that key and
 match the chain at its size. A problem is named by the line of the export that holds it.
 
+An export of a pruned ledger starts after its retention cut (tether.audit.retention): the
+cut's signed checkpoint must be among the checkpoints given (the server's
+``checkpoints.jsonl`` has every cut), and the export's first event must follow it.
+
 The key must come from the auditor, never from the files checked: whoever could rewrite the
 export could sign it with a key of their own.
 """
@@ -17,6 +21,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +50,7 @@ class OfflineResult:
         out = self.result.to_json()
         out["external_checkpoints"] = self.result.external_checkpoints
         out["anchored_size"] = self.result.anchored_size
-        out["unanchored"] = self.result.checked - self.result.anchored_size
+        out["unanchored"] = self.result.end - self.result.anchored_size
         if self.line is not None:
             out["line"] = self.line
         return out
@@ -111,6 +116,7 @@ def verify_export(
         seq_of_hash=index.seq_of_hash.get,
         external=checkpoints,
         check_signature=verifier.check,
+        cut_at=partial(_cut_at, checkpoints, index.first, verifier),
     )
     if result.ok:
         return OfflineResult(result)
@@ -119,6 +125,19 @@ def verify_export(
     if where is not None and result.problem in (Problem.EDITED, Problem.REORDERED):
         result.message = f"line {where}: {result.message}"
     return OfflineResult(result, where)
+
+
+def _cut_at(
+    checkpoints: list[Checkpoint], first: Event | None, verifier: LedgerVerifier, size: int
+) -> Checkpoint | None:
+    """The retention cut an export that starts after event ``size`` follows: a checkpoint at
+    ``size`` among those given (``checkpoints.jsonl`` has each cut), the one signed for the
+    head the export's first event follows if there is one."""
+    at = [c for c in checkpoints if c.size == size]
+    for cp in at:
+        if first is not None and cp.head_hash == first.prev_hash and verifier.check(cp):
+            return cp
+    return at[0] if at else None
 
 
 @dataclass(slots=True)
@@ -130,15 +149,20 @@ class _Index:
     line_of: dict[int, int]  # seq -> line
     seq_at: dict[int, int]  # line -> seq
     problem: tuple[int, Problem, str] | None = None
+    first: Event | None = None
 
 
 def _index(path: Path) -> _Index:
     index = _Index({}, {}, {})
-    expected, first_out_of_order = 1, None
+    expected: int | None = None
+    first_out_of_order: tuple[int, int, int] | None = None
     for number, event in _read(path):
         if isinstance(event, str):
             index.problem = (number, Problem.EDITED, f"line {number} is not an event: {event}")
             return index
+        if expected is None:  # an export of a pruned ledger starts after its cut
+            expected = event.seq
+            index.first = event
         index.seq_of_hash.setdefault(event.hash, event.seq)
         index.line_of.setdefault(event.seq, number)
         index.seq_at[number] = event.seq
@@ -169,6 +193,19 @@ def _out_of_order(index: _Index, line: int, seq: int, expected: int) -> tuple[in
         )
     again = f"line {line} holds event {seq} again, after event {expected - 1}"
     return line, Problem.REORDERED, again
+
+
+def read_events(path: Path) -> Iterator[Event]:
+    """The export's events in file order. Raises :class:`ValidationFailed` naming the first
+    line that is not an event, or if the file cannot be read."""
+    try:
+        for number, event in _read(path):
+            if isinstance(event, str):
+                raise ValidationFailed(f"line {number} of {path} is not an event: {event}",
+                                       field="--against")  # fmt: skip
+            yield event
+    except OSError as exc:
+        raise ValidationFailed(f"cannot read {path}: {exc.strerror}", field="--against") from exc
 
 
 def _events(path: Path) -> Iterator[Event]:

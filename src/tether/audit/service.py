@@ -43,6 +43,23 @@ def _micros(value: datetime | None, field: str) -> int | None:
         raise ValidationFailed(f"{field} is out of range", field=field) from exc
 
 
+def record_failure(
+    db: Database, ledger: Ledger, actor: str, result: VerifyResult, *, now: datetime
+) -> None:
+    """A failed verification on the record (and so an alert, tether.alerts): appended after
+    whatever the head now is — the answer already given is not changed by it."""
+    try:
+        with db.write() as s:
+            ledger.append(s, [NewEvent(
+                EventType.LEDGER_VERIFICATION_FAILED, actor,
+                details={"problem": str(result.problem) if result.problem else None,
+                         "message": (result.message or "")[:500],
+                         "first_bad_seq": result.first_bad_seq, "checked": result.checked},
+            )], now=now)  # fmt: skip
+    except Exception:  # the failure is reported whatever the ledger can take now
+        log.exception("a failed ledger verification could not be recorded")
+
+
 class AuditService:
     def __init__(
         self,
@@ -153,29 +170,19 @@ class AuditService:
                 external=lines.checkpoints if lines else (),
                 check_signature=self.ledger.signer.check,
                 progress=progress,
+                cut_at=lambda size: self.store.cut_at(s, size),
             )
+            cut_sizes = self.store.cut_sizes(s) if lines is not None else set()
         if lines is not None:
-            not_in_db = {c.size for c in lines.checkpoints} - {c.size for c in checkpoints}
+            # Retention cuts go to the file too (tether.audit.retention), from their own table.
+            in_db = {c.size for c in checkpoints} | cut_sizes
+            not_in_db = {c.size for c in lines.checkpoints} - in_db
             file = FileState(lines.bad_lines, len(checkpoints), sorted(not_in_db))
             result = judge_anchoring(result, self.ledger.anchor_rule, file,
                                      now_us=to_micros(now), since_us=self.started_us)  # fmt: skip
         if not result.ok:
-            self._failed(actor, result, now)
+            record_failure(self.db, self.ledger, actor.ref, result, now=now)
         return result
-
-    def _failed(self, actor: Principal, result: VerifyResult, now: datetime) -> None:
-        """A failed verification on the record (and so an alert, tether.alerts): appended
-        after whatever the head now is — the answer already given is not changed by it."""
-        try:
-            with self.db.write() as s:
-                self.ledger.append(s, [NewEvent(
-                    EventType.LEDGER_VERIFICATION_FAILED, actor.ref,
-                    details={"problem": str(result.problem) if result.problem else None,
-                             "message": (result.message or "")[:500],
-                             "first_bad_seq": result.first_bad_seq, "checked": result.checked},
-                )], now=now)  # fmt: skip
-        except Exception:  # the failure is reported whatever the ledger can take now
-            log.exception("a failed ledger verification could not be recorded")
 
     def maintenance(self) -> list[Task]:
         return [Task("ledger.checkpoint", self.checkpoint_tick)]

@@ -6,11 +6,11 @@ from collections.abc import Generator, Sequence
 from dataclasses import fields
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, insert, select
+from sqlalchemy import Row, Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from tether.audit.chain import Checkpoint, Event
-from tether.audit.models import CheckpointRow, EventRow
+from tether.audit.models import CheckpointRow, CutRow, EventRow
 from tether.db.bulk import Insert, fetch_one, insert_rows
 from tether.db.engine import READ_WITH_LOCK
 from tether.db.text import unstorable
@@ -18,6 +18,7 @@ from tether.jsonutil import canonical_text, loads
 
 _EV = cast(Table, EventRow.__table__)
 _CP = cast(Table, CheckpointRow.__table__)
+_CUT = cast(Table, CutRow.__table__)
 
 
 # Columns in Event's field order: rows are unpacked by position, which measured 3-4x faster
@@ -138,11 +139,15 @@ class DatabaseLedgerStore:
         row = session.execute(select(*_COLUMNS).where(_EV.c.id == event_id)).first()
         return _event(row) if row is not None else None
 
-    def stream(self, session: Session, *, batch: int = 5000) -> Generator[Event]:
-        """Every event in ``seq`` order, fetched in batches (server-side cursor on PostgreSQL)."""
-        result = session.execute(
-            select(*_COLUMNS).order_by(_EV.c.seq).execution_options(yield_per=batch)
-        )
+    def stream(
+        self, session: Session, *, batch: int = 5000, through: int | None = None
+    ) -> Generator[Event]:
+        """Every event in ``seq`` order (up to ``through``, if given), fetched in batches
+        (server-side cursor on PostgreSQL)."""
+        q = select(*_COLUMNS)
+        if through is not None:
+            q = q.where(_EV.c.seq <= through)
+        result = session.execute(q.order_by(_EV.c.seq).execution_options(yield_per=batch))
         try:
             for row in result:
                 yield _event(row)
@@ -178,6 +183,55 @@ class DatabaseLedgerStore:
 
     def checkpoints(self, session: Session) -> list[Checkpoint]:
         return [_checkpoint(r) for r in session.execute(select(_CP).order_by(_CP.c.size)).all()]
+
+    # Retention (tether.audit.retention): the events a prune deletes, and its cut.
+
+    def last_before(self, session: Session, time_us: int) -> tuple[int, str] | None:
+        """``(seq, hash)`` of the newest event written before ``time_us``; None if none was.
+        Times never run back along the chain (the ledger stamps each event no earlier than
+        the head), so every event up to it is older too."""
+        row = session.execute(
+            select(_EV.c.seq, _EV.c.hash)
+            .where(_EV.c.time < time_us)
+            .order_by(_EV.c.seq.desc())
+            .limit(1)
+        ).first()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def hash_at(self, session: Session, seq: int) -> str | None:
+        digest: str | None = session.scalar(select(_EV.c.hash).where(_EV.c.seq == seq))
+        return digest
+
+    def first_seq(self, session: Session) -> int | None:
+        first: int | None = session.scalar(select(func.min(_EV.c.seq)))
+        return first
+
+    def delete_through(self, session: Session, seq: int) -> int:
+        """Delete every event up to ``seq``; how many there were."""
+        result = session.execute(delete(_EV).where(_EV.c.seq <= seq))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def add_cut(
+        self, session: Session, cut: Checkpoint, *, pruned: int, cutoff_us: int, event_id: str
+    ) -> None:
+        session.execute(
+            insert(_CUT).values(
+                size=cut.size, head_hash=cut.head_hash, time=cut.time_us, key_id=cut.key_id,
+                signature=cut.signature, pruned=pruned, cutoff=cutoff_us, event_id=event_id,
+            )
+        )  # fmt: skip
+
+    def cut_at(self, session: Session, size: int) -> Checkpoint | None:
+        """The retention cut after event ``size`` (what event ``size + 1`` follows), if any."""
+        row = session.execute(select(_CUT).where(_CUT.c.size == size)).first()
+        return _checkpoint(row) if row else None
+
+    def latest_cut(self, session: Session) -> Checkpoint | None:
+        row = session.execute(select(_CUT).order_by(_CUT.c.size.desc()).limit(1)).first()
+        return _checkpoint(row) if row else None
+
+    def cut_sizes(self, session: Session) -> set[int]:
+        return set(session.scalars(select(_CUT.c.size)))
 
 
 def _checkpoint(row: Row[Any]) -> Checkpoint:

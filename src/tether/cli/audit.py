@@ -117,6 +117,11 @@ def verify(
             f"ok: {result['checked']} events and {result['checkpoints_checked']} "
             f"checkpoints verified; head {result['head_hash']}"
         )
+        if result.get("cut"):
+            out.print(
+                f"events 1..{result['cut']['size']} were pruned: the chain starts at the "
+                f"checkpoint signed at that cut (key {result['cut']['key_id']})"
+            )
         if result.get("anchored_size") is not None:
             out.print(
                 f"signed through seq {result['anchored_size']} ({result['external_checkpoints']}"
@@ -149,6 +154,47 @@ def checkpoint(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         out.print(
             f"signed checkpoint: size {cp['size']}, head {cp['head_hash']}, key {cp['key_id']}"
         )
+
+
+@app.command("prune")
+def prune(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say what would be pruned.")
+    ] = False,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(
+            "--retention-days",
+            help="Prune events older than this (at least six months: 184 days); default: "
+            "the server's TETHER_LEDGER_RETENTION_DAYS.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the events older than the retention period (admin), keeping a checkpoint signed
+    at the cut: `audit verify` starts there. Events an open review or report references stay."""
+    body: dict[str, Any] = {"dry_run": dry_run}
+    if retention_days is not None:
+        body["retention_days"] = retention_days
+    report = client(ctx).post("/v1/audit/prune", body)
+    if as_json:
+        emit_json(report)
+        return
+    rows = [{k: report.get(k) for k in _PRUNE_COLUMNS}]
+    rows[0]["checkpoint"] = (report.get("checkpoint") or {}).get("signature")
+    table(rows, [*_PRUNE_COLUMNS, "checkpoint"], title=_prune_title(report))
+
+
+_PRUNE_COLUMNS = ["pruned", "first_seq", "last_seq", "cutoff", "held_by", "held_from_seq"]
+
+
+def _prune_title(report: dict[str, Any]) -> str:
+    days = report["retention_days"]
+    if not report["pruned"]:
+        return f"nothing to prune ({days} days' retention)"
+    verb = "would prune" if report["dry_run"] else "pruned"
+    return f"{verb} {report['pruned']} events older than {days} days"
 
 
 @app.command("export")

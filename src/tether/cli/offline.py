@@ -41,10 +41,15 @@ def verify_file(
             f"{result.external_checkpoints} checkpoints signed by key {verifier.key_id}; "
             f"head {result.head_hash}"
         )
-        unsigned = result.checked - result.anchored_size
+        if result.cut is not None:
+            line(
+                f"events 1..{result.cut.size} were pruned: the export starts at the checkpoint "
+                "signed at that cut"
+            )
+        unsigned = result.end - result.anchored_size
         if unsigned:
             line(
-                f"events {result.anchored_size + 1}..{result.checked} come after the newest "
+                f"events {result.anchored_size + 1}..{result.end} come after the newest "
                 "checkpoint: no signature covers them (take a checkpoint after the export)"
             )
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
 from tether.audit.chain import Event
@@ -35,3 +35,9 @@ def recorded(session: Session, seq: int) -> dict[str, Any] | None:
         return None
     found = loads(text)
     return found if isinstance(found, dict) else None
+
+
+def drop_through(session: Session, seq: int) -> None:
+    """Drop the inputs kept with decision events up to ``seq``: ledger retention pruned them
+    (tether.audit.retention), and the request beside them goes with them."""
+    session.execute(delete(_INPUTS).where(_INPUTS.c.seq <= seq))

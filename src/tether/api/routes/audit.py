@@ -1,4 +1,4 @@
-"""/v1/audit — the ledger: events, verification, checkpoints, export."""
+"""/v1/audit — the ledger: events, verification, checkpoints, export, retention."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from tether.api.deps import PrincipalDep, SeqCursor, ServicesDep
 from tether.api.errors import responses
 from tether.api.schemas import CheckpointOut, EventPage, VerifyOut
-from tether.fields import AwareDatetime
+from tether.audit.retention_rule import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS, retention_problem
+from tether.fields import AwareDatetime, StrictModel
 from tether.jsonutil import canonical
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -91,3 +94,49 @@ def export(
             yield canonical(ev.to_json()) + b"\n"
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+class PruneRequest(StrictModel):
+    dry_run: bool = Field(default=False, description="Only say what would be pruned.")
+    retention_days: int | None = Field(
+        default=None,
+        description="Prune events older than this many days (default: the configured "
+        f"TETHER_LEDGER_RETENTION_DAYS); never under {MIN_RETENTION_DAYS} (six months: EU AI "
+        "Act Art. 19, 26(6)).",
+        # The document states the bounds; the validator says why in the 422.
+        json_schema_extra={"minimum": MIN_RETENTION_DAYS, "maximum": MAX_RETENTION_DAYS},
+    )
+
+    @field_validator("retention_days")
+    @classmethod
+    def _at_least_six_months(cls, value: int | None) -> int | None:
+        if value is not None and (problem := retention_problem(value)):
+            raise PydanticCustomError("retention_period", problem)
+        return value
+
+
+class PruneOut(BaseModel):
+    """What was (or, with ``dry_run``, would be) pruned: events ``first_seq..last_seq``
+    (none: both null), ``head_hash`` the last one's, ``checkpoint`` the one signed at that
+    cut, which the first kept event follows; ``held_by`` the hold that kept older events."""
+
+    dry_run: bool
+    retention_days: int
+    cutoff: str
+    pruned: int
+    first_seq: int | None
+    last_seq: int | None
+    head_hash: str | None
+    held_by: str | None
+    held_from_seq: int | None
+    checkpoint: CheckpointOut | None
+    event_id: str | None
+
+
+@router.post("/prune", response_model=PruneOut, responses=responses(401, 403, 409, 422))
+def prune(svc: ServicesDep, who: PrincipalDep, body: PruneRequest | None = None) -> dict[str, Any]:
+    """Delete the events older than the retention period, keeping a signed checkpoint at the
+    cut where verification starts (admin); the server also does it daily when configured."""
+    body = body or PruneRequest()
+    report = svc.retention.prune(who, retention_days=body.retention_days, dry_run=body.dry_run)
+    return report.to_json()
