@@ -31,6 +31,22 @@ class Server(Protocol):
     pid: int
 
 
+def process_children(root: int) -> set[int]:
+    """The pids of ``root``'s children now (Linux ``/proc``): a server's workers, so that a
+    run can tell whether one was replaced (a worker that stops answering its supervisor's
+    health check is killed and started afresh)."""
+    out: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = entry.joinpath("stat").read_text()
+            except OSError:
+                continue
+            if int(raw[raw.rfind(")") + 2 :].split()[1]) == root:
+                out.add(int(entry.name))
+    return out
+
+
 def process_tree_cpu(root: int) -> float:
     """CPU seconds (user + system) used so far by ``root`` and its descendants (Linux
     ``/proc``); NaN where that cannot be read."""

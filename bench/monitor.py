@@ -67,7 +67,7 @@ from bench.common import (
     run_each_backend,
 )
 from bench.decision_workload import make_requests
-from bench.loadgen import HttpRequest, LoadGen, LoadResult
+from bench.loadgen import HttpRequest, LoadGen, LoadResult, process_children
 from bench.tokens import Deployment, open_deployment, tether_server
 from tether.audit.events import EventType
 from tether.audit.models import EventRow
@@ -498,6 +498,7 @@ class Block:
     round: int
     healthz: LoadResult
     evaluation: LoadResult
+    replaced: int = 0  # workers the supervisor replaced during the block
 
 
 def run_http(dep: Deployment, world: dbench.World, sizes: Sizes, kind: str) -> ResultTable:
@@ -526,6 +527,7 @@ def run_http(dep: Deployment, world: dbench.World, sizes: Sizes, kind: str) -> R
                 tempfile.TemporaryDirectory() as tmp,
             ):
                 gen = LoadGen(server, Path(tmp), kind)
+                workers = process_children(server.pid)
                 w = gen.max_rate(evaluations, connections=conns, seconds=sizes.http_warmup,
                                  expect="decision")  # fmt: skip
                 if w.ok == 0:
@@ -533,12 +535,17 @@ def run_http(dep: Deployment, world: dbench.World, sizes: Sizes, kind: str) -> R
                 hz = gen.max_rate(health, connections=conns, seconds=secs, expect="status")
                 ev = gen.max_rate(evaluations, connections=conns, seconds=secs,
                                   expect="decision")  # fmt: skip
-            blocks.append(Block(mode, r, hz, ev))
-            note(f"{tag}   {mode}: {ev.rate:,.0f} decisions/s, /healthz {hz.rate:,.0f}/s")
+                replaced = len(workers - process_children(server.pid))
+            blocks.append(Block(mode, r, hz, ev, replaced))
+            note(f"{tag}   {mode}: {ev.rate:,.0f} decisions/s, /healthz {hz.rate:,.0f}/s"
+                 + (f"; {replaced} worker(s) replaced by the supervisor meanwhile" if replaced
+                    else ""))  # fmt: skip
     risk = events_of(dep, EventType.AGENT_RISK_RAISED) - risk0
     return http_table(dep, sizes, kind, blocks, {
         "load_before": load0, "load_after": os.getloadavg()[0], "risk_raised": risk,
         "risk_rows_dropped": dropped,
+        "workers_replaced": {m: sum(b.replaced for b in blocks if b.mode == m)
+                             for m in ("off", "on")},
     })  # fmt: skip
 
 
@@ -626,7 +633,10 @@ def http_table(
             for o, n in pairs
         )
         + f". Load average (1 min) {notes['load_before']:.2f} before the first server, "
-        f"{notes['load_after']:.2f} after the last.",
+        f"{notes['load_after']:.2f} after the last. Workers the supervisor replaced during the "
+        f"blocks (a worker that misses its health check for 5 s is killed and started "
+        f"afresh): off {notes['workers_replaced']['off']}, on {notes['workers_replaced']['on']}"
+        " — a block that lost one measures a restart, not monitoring.",
     ]
     failed = [b for b in blocks if b.evaluation.errors or b.healthz.errors]
     for b in failed[:2]:
