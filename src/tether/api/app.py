@@ -38,6 +38,7 @@ from tether.api.routes import (
     oauth,
     ops,
     policies,
+    reports,
     reviews,
     revocations,
     rightsizing,
@@ -150,7 +151,7 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     # The inventory's /v1/agents/export before the agents' /v1/agents/{agent_id}.
     for module in (decisions, ops, oauth, users, inventory, agents, freeze, credentials,
                    policies, approvals, audit, revocations, secrets, gateway, calls, rollback,
-                   alerts, risk, reviews, rightsizing):  # fmt: skip
+                   alerts, risk, reviews, rightsizing, reports):  # fmt: skip
         _add_routes(app, module.router)
     docs.install(app)
     for pages in CONSOLE_PAGES:  # the web console: pages, not the API's document
