@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 
 from tether import __version__, collector
 from tether.api import docs, errors, requestlog
+from tether.api.console import governance as console_governance
 from tether.api.console import kit as console_kit
 from tether.api.console import routes as console_routes
 from tether.api.console.session import ConsoleHeaders
@@ -99,7 +100,7 @@ async def _monitor(services: Services) -> None:
 
 
 # The console's page modules, each a capability's own (tether.api.console.kit)
-CONSOLE_PAGES = [console_routes.router]
+CONSOLE_PAGES = [console_routes.router, console_governance.router]
 
 
 class _TetherAPI(FastAPI):
