@@ -119,6 +119,11 @@ class AgentService:
                     return Page([], None)
                 owner_id = user.id
             visible_to = actor.id if actor.role is Role.SUPERVISOR else None
+            due_by = (
+                None
+                if recertify_due_within is None
+                else to_micros(now + timedelta(days=recertify_due_within))
+            )
             rows = self.store.page(
                 s,
                 after=after,
@@ -129,8 +134,7 @@ class AgentService:
                 risk_tier=risk_tier,
                 visible_to=visible_to,
                 now_us=to_micros(now),
-                due_by=None if recertify_due_within is None
-                else to_micros(now + timedelta(days=recertify_due_within)),
+                due_by=due_by,
             )
             more = len(rows) > limit
             agents = read_model.to_agents(self.store, s, rows[:limit], now=now)
