@@ -8,16 +8,18 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tether.api.deps import Cursor, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.params import AgentId
 from tether.fields import StrictModel
-from tether.governance.rightsizing import DEFAULT_DAYS, PAGE_MAX
+from tether.governance.rightsizing import DEFAULT_DAYS, MAX_DAYS, PAGE_MAX
 
 router = APIRouter(tags=["governance"])
-Days = Annotated[int, Query(description="The window: the last this many days, from 1.")]
+# The schema states the widest window; a ledger retention period narrows it (422 naming days).
+_DAYS_TEXT = "The window: the last this many days, at most the ledger's retention."
+Days = Annotated[int, Query(ge=1, le=MAX_DAYS, description=_DAYS_TEXT)]
 
 
 class PermissionOut(BaseModel):
@@ -110,7 +112,7 @@ class RightsizingPage(BaseModel):
 
 
 class ApplyIn(StrictModel):
-    days: int = DEFAULT_DAYS
+    days: Annotated[int, Field(ge=1, le=MAX_DAYS)] = DEFAULT_DAYS
 
 
 class AppliedOut(BaseModel):
