@@ -321,3 +321,26 @@ def test_a_page_about_nothing_is_a_clear_not_found(world: dict[str, Any]) -> Non
     assert c.http.get("/console/agents/agt_nothing/rightsizing").status_code == 404
     assert c.http.get(f"/console/agents/{world['sams']['id']}/rightsizing?days=x"
                       ).status_code == 422  # fmt: skip
+
+
+def test_an_admin_applies_a_safe_right_sizing_from_its_page(world: dict[str, Any]) -> None:
+    api = world["api"]
+    roles = POLICIES + '\n@id("writers") permit (principal in Role::"writer", ' + (
+        'action == Action::"dataset.write", resource);')  # fmt: skip
+    assert api.client.put("/v1/policies", json={"policies": roles}).status_code == 200
+    agent = api.agent(owner="sam", name="scribe", roles=["writer"])
+    path = f"/console/agents/{agent['id']}/rightsizing"
+    sam = world["console"]("sam")
+    shown = sam.http.get(path).text
+    assert "role <code>writer</code> dropped" in shown
+    assert "Apply:" not in shown  # an admin's to apply
+    assert _post(sam, f"{path}/apply").status_code == 403
+    c = world["console"]("admin")
+    page = c.http.get(path).text
+    assert "0 flips" in page
+    assert "Apply:" in page
+    done = _post(c, f"{path}/apply")
+    assert done.status_code == 303, done.text
+    assert done.headers["location"] == f"{path}?flash=rightsized"
+    assert api.get(agent["id"])["roles"] == []
+    assert "Nothing to remove" in c.http.get(f"{path}?flash=rightsized").text
