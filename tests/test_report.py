@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
+from starlette.testclient import TestClient
 
 from tests.conftest import Api, assert_error, bearer
 from tests.pdp import env_of, push_policies
@@ -92,7 +95,7 @@ def _figures(envelope: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f["id"]: f for s in envelope["report"]["sections"] for f in s["figures"]}
 
 
-def _sql_count(services: Services, source: dict[str, Any]) -> int:
+def _sql_count(services: Services, source: dict[str, Any]) -> int | float:
     """The figure's query, answered with SQL on the ledger table (not the report's code)."""
     where, params = ["seq BETWEEN :a AND :b"], {"a": source["seq_from"], "b": source["seq_to"]}
     if source.get("types"):
@@ -102,8 +105,8 @@ def _sql_count(services: Services, source: dict[str, Any]) -> int:
         where.append("type LIKE :prefix")
         params["prefix"] = source["type_prefix"] + "%"
     query = text(
-        f"SELECT actor, agent_id, decision, policy_version, details FROM audit_events "
-        f"WHERE {' AND '.join(where)}"
+        f"SELECT type, actor, agent_id, decision, policy_version, resource, details "
+        f"FROM audit_events WHERE {' AND '.join(where)}"
     )
     if "types" in params:
         from sqlalchemy import bindparam
@@ -113,6 +116,7 @@ def _sql_count(services: Services, source: dict[str, Any]) -> int:
         rows = [dict(r._mapping) for r in s.execute(query, params)]
     for row in rows:
         row["details"] = json.loads(row["details"])
+        row["resource"] = json.loads(row["resource"] or "null") or {}
     for path, value in (source.get("where") or {}).items():
         head, _, rest = path.partition(".")
         rows = [
@@ -121,6 +125,26 @@ def _sql_count(services: Services, source: dict[str, Any]) -> int:
     measure = source["measure"]
     if measure == "count":
         return len(rows)
+    kind, _, path = measure.partition(":")
+    if kind in ("median", "max"):
+        numbers = sorted(r["details"][path.removeprefix("details.")] for r in rows)
+        if not numbers:
+            return 0
+        if kind == "max":
+            return numbers[-1]
+        half = len(numbers) // 2
+        return numbers[half] if len(numbers) % 2 else (numbers[half - 1] + numbers[half]) / 2
+    if kind == "open":
+        assert path == "resource.id", path
+        due = datetime.fromisoformat(source["due_by"]["at"].replace("Z", "+00:00"))
+        opened = {
+            r["resource"]["id"]
+            for r in rows
+            if r["type"] == source["types"][0]
+            and datetime.fromisoformat(r["details"]["due"].replace("Z", "+00:00")) <= due
+        }
+        closed = {r["resource"]["id"] for r in rows if r["type"] != source["types"][0]}
+        return len(opened - closed)
     assert measure.startswith("distinct:"), measure
     path = measure.removeprefix("distinct:")
     head, _, rest = path.partition(".")
@@ -155,6 +179,10 @@ def test_every_figure_is_the_ledgers_and_verify_catches_edits(services: Services
         "reviews.recertified": 1,
         "inventory.registered": 4,
         "oversight.approvers": 1,
+        # One worker: nothing propagated elsewhere, nothing measured (test_propagation_*).
+        "oversight.propagation.kills.measured": 0,
+        "oversight.propagation.kills.max_seconds": 0,
+        "oversight.propagation.freezes.measured": 0,
     }
     assert {k: figures[k]["value"] for k in expected} == expected
     ledger = envelope["report"]["ledger"]
@@ -238,9 +266,9 @@ def test_html_and_pdf_carry_the_report_and_render(
     ).stdout
     for fid, fig in _figures(envelope).items():
         assert fig["value"] == _sql_count(services, fig["source"]), fid
-        row = re.search(r"(?<![\w.])" + re.escape(fid) + r"\s+(\d+)\s", shown)
+        row = re.search(r"(?<![\w.])" + re.escape(fid) + r"\s+(\d+(?:\.\d+)?)\s", shown)
         assert row is not None, fid
-        assert int(row.group(1)) == fig["value"], fid
+        assert float(row.group(1)) == pytest.approx(fig["value"], abs=1e-6), fid
 
 
 def test_cli_verifies_all_formats_online_and_offline(
@@ -364,3 +392,62 @@ def test_bad_periods_and_who_may(services: Services, api: Api) -> None:
     posted = api.client.post("/v1/reports", json={"period": ok, "format": "json"})
     assert posted.status_code == 200, posted.text
     assert assert_error(api.client.post(VERIFY, json={"kind": "x"}), 422)["details"]["field"]
+
+
+def test_propagation_of_kills_and_freezes_is_measured_and_reported(
+    make_services: Callable[..., Services],
+) -> None:
+    """Two workers on one database (two apps, each its runtime started): a kill, a suspension
+    and a freeze made through one each record, once the call returned, how long the other
+    took to apply it; the report shows them and verify recounts them."""
+    one, two = make_services(), make_services()
+    token = one.settings.admin_token_path.read_text().strip()
+    start = datetime.now(UTC)
+    with TestClient(create_app(one)) as a, TestClient(create_app(two)):
+        a.headers.update(bearer(token))
+        api = Api(a)
+        root = api.agent(name="root", roles=["ops"])
+        api.agent(name="leaf", parent=root["id"])
+        other = api.agent(name="other")
+        killed = api.ok(root["id"], "kill", reason="compromised")
+        api.ok(other["id"], "suspend", reason="odd")
+        assert a.post("/v1/freeze", json={"reason": "incident"}).status_code in (200, 201)
+        events = api.events()
+        by_seq = {e["seq"]: e for e in events}
+        measured = [e for e in events if e["type"] == "runtime.propagated"]
+        assert [m["details"]["change"] for m in measured] == [
+            "agent.killed", "agent.suspended", "freeze.started"]  # fmt: skip
+        for m in measured:
+            details = m["details"]
+            change = by_seq[details["event_seq"]]
+            assert change["type"] == details["change"]
+            assert m["seq"] > change["seq"]
+            assert details["seconds"] >= 0
+            assert details["confirmed"] is True
+            assert details["workers"] >= 1  # the other app's runtime
+        assert measured[0]["details"]["agents"] == len(killed["revoked"]) == 2
+        assert by_seq[measured[0]["details"]["event_seq"]]["agent_id"] == root["id"]
+
+        period = {"from": to_rfc3339(start), "to": to_rfc3339(datetime.now(UTC))}
+        got = a.get(REPORT, params=period)
+        assert got.status_code == 200, got.text
+        envelope = got.json()
+        figures = _figures(envelope)
+        for fid, fig in figures.items():
+            assert fig["value"] == _sql_count(one, fig["source"]), fid
+        for kind in ("kills", "suspensions", "freezes"):
+            parts = ("measured", "median_seconds", "max_seconds", "unconfirmed")
+            fig = {k: figures[f"oversight.propagation.{kind}.{k}"]["value"] for k in parts}
+            assert (fig["measured"], fig["unconfirmed"]) == (1, 0), kind
+            assert 0 <= fig["median_seconds"] == fig["max_seconds"], kind
+        verdict = a.post(VERIFY, json=envelope).json()
+        assert verdict["ok"] is True, verdict
+
+        edited = json.loads(json.dumps(envelope))
+        for fig in _figures(edited).values():
+            if fig["id"] == "oversight.propagation.kills.max_seconds":
+                fig["value"] += 0.5
+        verdict = a.post(VERIFY, json=edited).json()
+        assert verdict["ok"] is False
+        about = {p["about"] for p in verdict["problems"]}
+        assert "oversight.propagation.kills.max_seconds" in about

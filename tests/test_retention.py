@@ -16,7 +16,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.conftest import BOOTSTRAP_EVENTS, Api, admin_client, assert_error
+from tests.conftest import BOOTSTRAP_EVENTS, Api, admin_client, assert_error, bearer
 from tests.serverproc import free_port, run_cli, served_in_thread
 from tether.agents.schemas import AgentCreate
 from tether.api.app import create_app
@@ -248,11 +248,11 @@ def test_a_retention_below_six_months_is_refused_and_nothing_is_pruned(
 def test_holds_are_respected(pruned_later: Services) -> None:
     svc = pruned_later
     held_from = 5
-    svc.retention.add_hold("test_review", lambda _s: held_from)
-    svc.retention.add_hold("nothing_held", lambda _s: None)
-    svc.retention.add_hold("held_later", lambda _s: OLD + 2)  # above the cutoff: no say
+    svc.retention.add_hold("test_review", lambda _s, _c: held_from)
+    svc.retention.add_hold("nothing_held", lambda _s, _c: None)
+    svc.retention.add_hold("held_later", lambda _s, _c: OLD + 2)  # above the cutoff: no say
     with pytest.raises(ValueError, match="registered already"):
-        svc.retention.add_hold("test_review", lambda _s: 1)
+        svc.retention.add_hold("test_review", lambda _s, _c: 1)
     dry = svc.retention.prune(SYSTEM, retention_days=KEEP, dry_run=True)
     assert (dry.pruned, dry.last_seq, dry.held_by, dry.held_from_seq) == (
         held_from - 1, held_from - 1, "test_review", held_from)  # fmt: skip
@@ -415,3 +415,69 @@ def test_the_maintenance_task_prunes_daily_when_configured(
     assert later.last_seq == OLD + NEW_AGENTS + 1 + 2  # the first prune's event, "later" too
     result = svc.audit.verify(SYSTEM)
     assert result.ok, result.message
+
+
+def _report_at(client: Any) -> dict[str, Any]:
+    """A compliance report over the old events' hour, built now."""
+    period = {"from": "2026-01-05T09:00:00Z", "to": "2026-01-05T10:00:00Z"}
+    got = client.get("/v1/reports/compliance", params=period)
+    assert got.status_code == 200, got.text
+    return dict(got.json())
+
+
+def test_a_report_holds_its_range_until_it_is_older_than_the_retention_period(
+    make_services: Callable[..., Services], clock: FrozenClock
+) -> None:
+    svc = make_services(clock=clock, checkpoint_every_events=5, key_rotation_days=1000)
+    _agents(svc, OLD_AGENTS, "old")
+    clock.advance(100 * 86_400)
+    with admin_client(svc) as client:
+        envelope = _report_at(client)
+        (record,) = client.get("/v1/reports").json()
+    assert record["id"] == envelope["binding"]["event"]["id"]
+    assert record["held_from_seq"] == envelope["report"]["ledger"]["seq_from"] == 1
+    # 200 days on: the old events are past the period, the report (100 days old) is not.
+    clock.advance(100 * 86_400)
+    held = svc.retention.prune(SYSTEM, retention_days=KEEP)
+    assert (held.pruned, held.held_by, held.held_from_seq) == (0, "compliance_reports", 1)
+    # The report itself older than the period: it holds nothing, its range goes like the rest.
+    clock.advance(85 * 86_400)
+    report = svc.retention.prune(SYSTEM, retention_days=KEEP)
+    assert report.held_by is None
+    assert report.pruned >= OLD
+    assert svc.audit.verify(SYSTEM).ok
+
+
+def test_an_admin_forgets_a_report_and_its_hold_is_released(
+    make_services: Callable[..., Services], clock: FrozenClock
+) -> None:
+    svc = make_services(clock=clock, checkpoint_every_events=5, key_rotation_days=1000)
+    _agents(svc, OLD_AGENTS, "old")
+    clock.advance(100 * 86_400)
+    with admin_client(svc) as client:
+        api = Api(client)
+        envelope = _report_at(client)
+        report_id = envelope["binding"]["event"]["id"]
+        clock.advance(100 * 86_400)
+        assert svc.retention.prune(SYSTEM, retention_days=KEEP).held_by == "compliance_reports"
+        sup, aud = api.user("sue", "supervisor"), api.user("audrey", "auditor")
+        for who in (sup, aud):
+            refused = client.delete(f"/v1/reports/{report_id}", headers=bearer(who["token"]))
+            assert_error(refused, 403)
+        assert_error(client.get("/v1/reports", headers=bearer(sup["token"])), 403)
+        listed = client.get("/v1/reports", headers=bearer(aud["token"])).json()
+        assert [r["id"] for r in listed] == [report_id]
+        before = api.events()
+        forgot = client.delete(f"/v1/reports/{report_id}")
+        assert forgot.status_code == 200, forgot.text
+        (event,) = api.new_events(before)
+        assert (event["type"], event["resource"]) == (
+            "report.forgotten", {"type": "Report", "id": report_id})  # fmt: skip
+        assert event["details"]["held_from_seq"] == 1
+        assert event["details"]["sha256"] == envelope["binding"]["sha256"]
+        assert client.get("/v1/reports").json() == []
+        assert_error(client.delete(f"/v1/reports/{report_id}"), 404, "report_not_found")
+    report = svc.retention.prune(SYSTEM, retention_days=KEEP)
+    assert report.held_by is None
+    assert report.pruned >= OLD
+    assert svc.audit.verify(SYSTEM).ok

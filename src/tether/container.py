@@ -134,7 +134,8 @@ def _retention_stated(settings: Settings) -> dict[str, str]:
     if days:
         ledger = (
             f"events older than {days} days are pruned daily, a signed checkpoint kept at the "
-            "cut; nothing a built report or an open review references is pruned"
+            "cut; nothing an open review references is pruned, nor what a report built within "
+            "the retention period counted"
         )
     checkpoints = f"also appended to {settings.checkpoint_file_path.name}, outside the database"
     if settings.checkpoint_witness_url:
@@ -203,7 +204,8 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
                          checkpoint_file=checkpoint_file, witness=witness)  # fmt: skip
     retention = RetentionService(db, ledger, clock, retention_days=settings.ledger_retention_days)
     retention.on_prune.append(drop_through)  # a pruned decision's inputs go with it
-    # What a built report counted stays, so the report verifies against the live ledger.
+    # What a report built within the retention period counted stays, so it verifies
+    # against the live ledger (tether.governance.report: forgotten or aged, it holds nothing).
     retention.add_hold("compliance_reports", ComplianceReports.held_from)
     monitor = Monitor(settings.monitor, db, ledger, clock, agents)
     runtime.register(monitor.section)
@@ -289,7 +291,9 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
             audit=audit,
             inventory=AgentInventory(db, ledger, clock),
             policies=policies,
+            reviews=reviews,
             retention=_retention_stated(settings),
+            retention_days=settings.ledger_retention_days,
         ),
         oauth=oauth,
         freezes=freeze_service,

@@ -87,13 +87,13 @@ def test_while_announcements_are_heard_the_table_is_only_the_fallback(db: Databa
     me, b = _positions(db, clock, "me", "b")
     b.report(1)
     looks: list[int] = []
-    behind = me.behind
+    live = me.live
 
-    def counted(s: Session, seq: int) -> list[str]:
-        looks.append(seq)
-        return behind(s, seq)
+    def counted(s: Session) -> dict[str, int]:
+        looks.append(1)
+        return live(s)
 
-    me.behind = counted  # type: ignore[method-assign]
+    me.live = counted  # type: ignore[method-assign]
     me.listening = True
     assert me.await_applied(9, timeout=0.06) is False
     assert len(looks) <= 3  # at once, after 25 ms and at the timeout (the next, 75 ms, is past it)

@@ -34,8 +34,10 @@ from tether.agents.values import (
     next_status,
     spiffe_id,
 )
+from tether.audit.chain import Event
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
+from tether.audit.propagated import record_propagation
 from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.db import Database
 from tether.errors import (
@@ -50,7 +52,7 @@ from tether.ids import IdPrefix, new_id
 from tether.jsonutil import canonical_text, loads
 from tether.pagination import Page, decode_cursor, encode_cursor
 from tether.principals import SYSTEM, Principal, Role
-from tether.runtime import changes
+from tether.runtime import changes, propagation
 from tether.users.models import UserRow
 from tether.users.store import DatabaseUserStore
 
@@ -370,13 +372,20 @@ class AgentService:
             return read_model.to_agents(self.store, s, [row], now=now)[0]
 
     def suspend(self, actor: Principal, agent_id: str, *, reason: str) -> Agent:
-        return self._transition(actor, agent_id, "suspend", EventType.AGENT_SUSPENDED, reason)
+        """Suspend the agent; its propagation to every live worker is then recorded
+        (``runtime.propagated``, :func:`tether.audit.propagated.record_propagation`)."""
+        with propagation.watch() as seen:
+            agent, event = self._transition(
+                actor, agent_id, "suspend", EventType.AGENT_SUSPENDED, reason
+            )
+        record_propagation(self.db, self.ledger, self.clock, actor.ref, change=event, seen=seen)
+        return agent
 
     def resume(self, actor: Principal, agent_id: str, *, note: str | None = None) -> Agent:
-        return self._transition(actor, agent_id, "resume", EventType.AGENT_RESUMED, note)
+        return self._transition(actor, agent_id, "resume", EventType.AGENT_RESUMED, note)[0]
 
     def retire(self, actor: Principal, agent_id: str, *, reason: str) -> Agent:
-        return self._transition(actor, agent_id, "retire", EventType.AGENT_RETIRED, reason)
+        return self._transition(actor, agent_id, "retire", EventType.AGENT_RETIRED, reason)[0]
 
     def kill(
         self, actor: Principal, agent_id: str, *, reason: str, cascade: bool = True
@@ -394,10 +403,13 @@ class AgentService:
         tokens, their rows are marked revoked after the commit, a batch per write
         transaction, in the background once this returned (:func:`tether.agents.cutoff.defer`);
         they are refused meanwhile, their agents being revoked.
+
+        Once it returned, how long it took every live worker to apply it is recorded
+        (``runtime.propagated``, naming the root's ``agent.killed`` event), best effort.
         """
         now = self.clock.now()
         now_us = to_micros(now)
-        with self.db.write() as s:
+        with propagation.watch() as seen, self.db.write() as s:
             root = self._row(s, agent_id)
             self._require(s, actor, root, "operate")
             if next_status("kill", Status(root.status)) is None:
@@ -418,7 +430,7 @@ class AgentService:
             root_id = root.id  # the UPDATE expires the row: reading it after would reload it
             self.store.revoke(s, revoked, reason=reason, now_us=now_us)
             changes.record(s, changes.Kind.AGENT, revoked, now_us=now_us)
-            self.ledger.append(s, [
+            events = self.ledger.append(s, [
                 self._event(actor, EventType.AGENT_KILLED, agent_id=i, details={
                     "reason": reason, "previous_status": str(st), "cascade": cascade,
                     "root": root_id,
@@ -427,18 +439,21 @@ class AgentService:
             ], now=now)  # fmt: skip
             counts = {"tokens": 0, "keys": 0, "approvals": 0, "leases": 0}
             cut = cut_off(self.cut_offs, s, revoked, now, why=Why.KILLED, counts=counts)
-            return {"revoked": revoked, "cut_off": cut}
+        if events:
+            record_propagation(self.db, self.ledger, self.clock, actor.ref, change=events[0],
+                               seen=seen, extra={"agents": len(events)})  # fmt: skip
+        return {"revoked": revoked, "cut_off": cut}
 
     # -- internals -------------------------------------------------------------------------
     def _transition(
         self, actor: Principal, agent_id: str, op: str, event: EventType, reason: str | None
-    ) -> Agent:
+    ) -> tuple[Agent, Event]:
         now = self.clock.now()
         with self.db.write() as s:
             row = self._row(s, agent_id)
             self._require(s, actor, row, "manage" if op == "retire" else "operate")
-            self._move(s, actor, row, op, event, reason=reason, now=now)
-            return read_model.to_agents(self.store, s, [row], now=now)[0]
+            written = self._move(s, actor, row, op, event, reason=reason, now=now)
+            return read_model.to_agents(self.store, s, [row], now=now)[0], written
 
     def retire_within(
         self, s: Session, actor: Principal, agent_id: str, *, reason: str, now: datetime
@@ -481,7 +496,7 @@ class AgentService:
     def _move(
         self, s: Session, actor: Principal, row: AgentRow, op: str, event: EventType, *,
         reason: str | None, now: datetime,
-    ) -> None:  # fmt: skip
+    ) -> Event:  # fmt: skip
         self.expiry.catch_up(s, [row], now)
         current = Status(row.status)
         target = next_status(op, current)
@@ -508,7 +523,7 @@ class AgentService:
             cut = cut_off(self.cut_offs, s, [row.id], now, why=stopped, counts={})
             if any(cut.values()):
                 details["cut_off"] = cut
-        self._audit(s, actor, event, row=row, now=now, details=details)
+        return self._audit(s, actor, event, row=row, now=now, details=details)
 
     def _descendants(self, s: Session, root_id: str) -> builtins.list[Descendant]:
         out = self.store.descendants(s, root_id, limit=MAX_CASCADE + 1)
@@ -571,11 +586,12 @@ class AgentService:
         row: AgentRow,
         now: datetime,
         details: dict[str, Any],
-    ) -> None:
+    ) -> Event:
         changes.record(s, changes.Kind.AGENT, row.id, now_us=to_micros(now))
-        self.ledger.append(
+        (event,) = self.ledger.append(
             s, [self._event(actor, type_, agent_id=row.id, details=details)], now=now
         )
+        return event
 
     @staticmethod
     def _event(

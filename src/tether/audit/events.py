@@ -93,6 +93,13 @@ class EventType(StrEnum):
     # figures were counted from, and the SHA-256 of its JSON — the signed head after it binds
     # the report to the ledger.
     REPORT_BUILT = "report.built"
+    # A built report's record forgotten by an admin (its retention hold released; the report
+    # still verifies against an export taken before a prune).
+    REPORT_FORGOTTEN = "report.forgotten"
+    # How long a kill, suspension or freeze took to reach every live worker, measured by the
+    # runtime (tether.runtime.propagation): the change's event type and seq, the seconds,
+    # whether every worker confirmed within the wait, how many it waited for.
+    RUNTIME_PROPAGATED = "runtime.propagated"
     # Access reviews (tether.governance.reviews): a campaign started (its scope, due date and
     # lines); an owner's answer to one line (keep, reduce or retire, with a note); a confirmed
     # reduce or retire carried out (what it did, beside the domain's own event); a reduce of

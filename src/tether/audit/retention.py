@@ -19,8 +19,9 @@ Before anything is deleted the events to delete are verified (outside the lock, 
 deletion alone holds): a prune never destroys the evidence of an edit.
 
 A hold (:class:`RetentionHold`) is another domain's say: the lowest seq it still references
-(an open access review's evidence, a compliance report's source range). Registered with
-:meth:`RetentionService.add_hold`; events from the lowest hold on are kept.
+(an open access review's evidence, a compliance report's source range while the report is
+younger than the retention period). Registered with :meth:`RetentionService.add_hold`; events
+from the lowest hold on are kept.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ _ATTEMPTS = 3  # plans a prune makes when another node's prune moved the cut mea
 
 
 class RetentionHold(Protocol):
-    def __call__(self, session: Session) -> int | None:
+    def __call__(self, session: Session, cutoff_us: int) -> int | None:
         """The lowest ledger seq still referenced — that event and every later one are kept —
-        or None if nothing is. Called in the prune's read and again in its write transaction
-        (under the deployment-wide lock): a plain query, no write."""
+        or None if nothing is. ``cutoff_us``: the prune's ``now - retention``, for a hold
+        that lapses with age (a compliance report older than the period holds nothing).
+        Called in the prune's read and again in its write transaction (under the
+        deployment-wide lock): a plain query, no write."""
         ...
 
 
@@ -211,7 +214,7 @@ class RetentionService:
             first = self.store.first_seq(s)
             start = first - 1 if first else 0
             due = self.store.last_before(s, cutoff_us)
-            through, held_by, held_from = self._held(s, due[0] if due else start)
+            through, held_by, held_from = self._held(s, due[0] if due else start, cutoff_us)
             if through <= start:
                 return _Plan(start, start, None, held_by, held_from)
             result = verify_chain(
@@ -232,11 +235,13 @@ class RetentionService:
         start = result.cut.size if result.cut else 0  # as the walk's snapshot had it
         return _Plan(start, max(start, through), result.head_hash, held_by, held_from)
 
-    def _held(self, session: Session, through: int) -> tuple[int, str | None, int | None]:
+    def _held(
+        self, session: Session, through: int, cutoff_us: int
+    ) -> tuple[int, str | None, int | None]:
         """``through`` lowered below the lowest hold, and that hold (if it lowered it)."""
         held_by, held_from = None, None
         for name, hold in self.holds.items():
-            lowest = hold(session)
+            lowest = hold(session, cutoff_us)
             if (
                 lowest is not None
                 and lowest <= through
@@ -255,7 +260,7 @@ class RetentionService:
             if first is None or first - 1 != plan.start:
                 return None
             # Holds again under the lock: one taken since the plan counts.
-            through, held_by, held_from = self._held(s, plan.through)
+            through, held_by, held_from = self._held(s, plan.through, cutoff_us)
             if held_by is None:
                 held_by, held_from = plan.held_by, plan.held_from
             if through <= plan.start:

@@ -1,5 +1,6 @@
 """``tether report …`` — compliance reports (``GET /v1/reports/compliance``) and their
-verification, against the live ledger or offline against an export."""
+verification, against the live ledger or offline against an export; the reports on record
+(each holding its ledger range from retention) and forgetting one."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from tether.cli.client import CliError
-from tether.cli.common import JsonOpt, client
-from tether.cli.render import emit_json, err, line
+from tether.cli.common import JsonOpt, client, seg
+from tether.cli.render import emit_json, err, line, show
 
 app = typer.Typer(help="Compliance reports an auditor can verify offline.", no_args_is_help=True)
 
@@ -99,6 +100,28 @@ def verify(
             line(f"FAILED {problem['about']}: {problem['message']}")
     if not verdict["ok"]:
         raise typer.Exit(1)
+
+
+_RECORD_COLUMNS = ["id", "built_at", "built_by", "held_from_seq", "seq_to", "held", "held_until"]
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The reports on record, newest first, and whether each still holds its ledger range
+    from retention (until it is older than the retention period). Admins and auditors."""
+    show(client(ctx).get("/v1/reports"), as_json=as_json, columns=_RECORD_COLUMNS)
+
+
+@app.command("forget")
+def forget(
+    ctx: typer.Context,
+    report_id: Annotated[str, typer.Argument(help="The report's id (binding.event.id).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Forget a report's record: its ledger range is no longer held from retention (a
+    report.forgotten event says what it held). The report still verifies offline against an
+    export taken before a prune. Admins."""
+    show(client(ctx).delete(f"/v1/reports/{seg(report_id)}"), as_json=as_json)
 
 
 def _offline(

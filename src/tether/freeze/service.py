@@ -22,6 +22,7 @@ from tether.agents import directory
 from tether.agents.values import RiskTier
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
+from tether.audit.propagated import record_propagation
 from tether.clock import Clock, to_micros
 from tether.db import Database
 from tether.db.engine import AFTER_COMMIT
@@ -31,7 +32,7 @@ from tether.freeze.store import DatabaseFreezeStore
 from tether.freeze.values import Freeze, Scope
 from tether.ids import IdPrefix, new_id
 from tether.principals import Principal
-from tether.runtime import changes
+from tether.runtime import changes, propagation
 from tether.users.store import DatabaseUserStore
 
 log = logging.getLogger("tether.freeze")
@@ -118,12 +119,14 @@ class FreezeService:
         self, actor: Principal, *, reason: str, scope: ScopeRequest | None = None
     ) -> tuple[Freeze, bool]:
         """Freeze the agents ``scope`` holds (all without one). Returns the freeze and whether
-        it is new: freezing a scope already frozen returns that freeze and records nothing."""
+        it is new: freezing a scope already frozen returns that freeze and records nothing.
+        Once it returned, how long every live worker took to apply it is recorded
+        (``runtime.propagated``), best effort."""
         _require_admin(actor)
         why = _reason(reason, field="reason", required=True)
         assert why is not None
         now = self.clock.now()
-        with self.db.write() as s:
+        with propagation.watch() as seen, self.db.write() as s:
             wanted = self._scope(s, scope or ScopeRequest())
             for existing in self.store.in_force(s):
                 if existing.scope == wanted:
@@ -143,6 +146,7 @@ class FreezeService:
                 resource={"type": "Freeze", "id": freeze.id}, outcome="success", details=details,
             )], now=now)  # fmt: skip
             self._alert_after_commit(s, "freeze.started", freeze, event.id)
+        record_propagation(self.db, self.ledger, self.clock, actor.ref, change=event, seen=seen)
         return freeze, True
 
     def lift(

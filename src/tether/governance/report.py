@@ -19,7 +19,15 @@ the digest the signed chain holds (:mod:`tether.governance.report_verify`).
 
 The register (who owns what, purposes, risk tiers, overdue recertifications) is the registry's
 as it was at ``built_at`` — the ledger's events do not carry every field (an agent's purpose) —
-and is bound by the digest, not recounted.
+and is bound by the digest, not recounted; so are the access reviews' table (from the reviews
+service), whose counts are figures recounted from ``review.started``/``review.closed``.
+
+Each built report is kept on record (``governance_reports``) with the lowest seq its figures
+read: a retention hold (:meth:`ComplianceReports.held_from`) keeps those events so the report
+verifies against the live ledger — until the report itself is older than the retention period
+being pruned to (evidence while the law asks for the logs; after that its range goes like the
+rest), or an admin forgets it (:meth:`ComplianceReports.forget`, a ``report.forgotten`` event).
+Either way the report still verifies offline against an export taken before the prune.
 """
 
 from __future__ import annotations
@@ -38,13 +46,15 @@ from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.audit.models import EventRow
 from tether.audit.service import AuditService
-from tether.clock import Clock, to_micros, to_rfc3339
+from tether.clock import Clock, from_micros, to_micros, to_rfc3339
 from tether.db import Database
 from tether.errors import Forbidden, NotFound, ValidationFailed
 from tether.governance import report_sections as sections
 from tether.governance.report_figures import KIND, Figure, Tally, digest_of
 from tether.governance.report_models import ReportRow
 from tether.governance.report_tables import Register, Tables
+from tether.governance.review_values import ReviewPeriod
+from tether.governance.reviews import ReviewService
 from tether.policy.service import PolicyService
 from tether.principals import Principal, Role
 
@@ -95,6 +105,10 @@ def _when(value: str | None, field: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
+class ReportNotFound(NotFound):
+    code = "report_not_found"
+
+
 def require_reader(actor: Principal) -> None:
     if not (actor.is_admin or actor.role is Role.AUDITOR):
         raise Forbidden(
@@ -115,17 +129,22 @@ class ComplianceReports:
         audit: AuditService,
         inventory: AgentInventory,
         policies: PolicyService,
+        reviews: ReviewService,
         retention: dict[str, Any],
+        retention_days: int | None = None,
     ) -> None:
         """``retention``: what the deployment keeps and for how long (the report's logging
-        section states it)."""
+        section states it); ``retention_days``: the configured period, after which a report
+        on record no longer holds its range (None: never pruned unless asked)."""
         self.db = db
         self.ledger = ledger
         self.clock = clock
         self.audit = audit
         self.inventory = inventory
         self.policies = policies
+        self.reviews = reviews
         self.retention = retention
+        self.retention_days = retention_days
 
     def build(self, actor: Principal, *, start: str | None, end: str | None) -> dict[str, Any]:
         """The envelope for ``[start, end)``. Raises :class:`Forbidden` unless an admin or
@@ -140,7 +159,10 @@ class ComplianceReports:
                 raise NotFound("the ledger is empty")
             seq_from, seq_to = _range(s, period, head[0])
             types = _types(s, seq_from, seq_to)
-        specs = list(sections.figures(seq_from, seq_to, types))
+        reviewed = self.reviews.period(period.start, period.end, now=now)
+        oldest = min((r.started_seq for r in reviewed.overdue), default=seq_from)
+        specs = list(sections.figures(seq_from, seq_to, types, end=to_rfc3339(period.end),
+                                      overdue_from=oldest))  # fmt: skip
         tally = Tally({f.id: f.source for f in specs})
         tables = Tables()
         for ev in self._events(seq_from, seq_to):
@@ -170,7 +192,10 @@ class ComplianceReports:
                 "verification": verified,
             },
             "incidents": {"tables": [tables.risk()]},
-            "reviews": {"overdue": register.overdue(), "tables": [tables.recertifications()]},
+            "reviews": {
+                "overdue": register.overdue(),
+                "tables": [_reviews_table(reviewed), tables.recertifications()],
+            },
             "policy": {"tables": [self._versions(actor, period), tables.policy_updates()]},
         }
         for sec in sections.SECTIONS:
@@ -188,10 +213,13 @@ class ComplianceReports:
                     **extra[sec.id],
                 }
             )
-        return self._bind(actor, report, period)
+        return self._bind(actor, report, period, held=min(f.source.seq_from for f in specs))
 
-    def _bind(self, actor: Principal, report: dict[str, Any], period: Period) -> dict[str, Any]:
-        """Record ``report.built`` with the digest and sign the head that holds it."""
+    def _bind(
+        self, actor: Principal, report: dict[str, Any], period: Period, *, held: int
+    ) -> dict[str, Any]:
+        """Record ``report.built`` with the digest and sign the head that holds it; keep the
+        report on record with ``held``, the lowest seq any of its figures reads."""
         digest = digest_of(report)
         event = NewEvent(
             EventType.REPORT_BUILT,
@@ -217,7 +245,7 @@ class ComplianceReports:
                     built_by=actor.ref,
                     period_from=to_micros(period.start),
                     period_to=to_micros(period.end),
-                    seq_from=ledger["seq_from"],
+                    seq_from=held,
                     seq_to=ledger["seq_to"],
                     built_seq=built.seq,
                     sha256=digest,
@@ -252,11 +280,45 @@ class ComplianceReports:
         return verdict.to_json()
 
     @staticmethod
-    def held_from(session: Session) -> int | None:
-        """The retention hold (tether.audit.retention.RetentionHold): the lowest seq a built
-        report counted from — every report stays verifiable against the live ledger."""
-        first: int | None = session.scalar(select(func.min(ReportRow.seq_from)))
+    def held_from(session: Session, cutoff_us: int) -> int | None:
+        """The retention hold (tether.audit.retention.RetentionHold): the lowest seq a report
+        on record counted from, of those built at or after ``cutoff_us`` (the prune's
+        ``now - retention``) — a report older than the retention period holds nothing: its
+        events are as old as the law asks to keep logs."""
+        first: int | None = session.scalar(
+            select(func.min(ReportRow.seq_from)).where(ReportRow.built_at >= cutoff_us)
+        )
         return first
+
+    def records(self, actor: Principal) -> list[dict[str, Any]]:
+        """The reports on record, newest first: what each holds from retention (its figures'
+        lowest seq) and until when it is built recently enough to hold it (``held`` is
+        false once the configured retention period passed). Admins and auditors."""
+        require_reader(actor)
+        now_us = to_micros(self.clock.now())
+        with self.db.read() as s:
+            rows = list(s.scalars(select(ReportRow).order_by(ReportRow.built_at.desc())))
+        return [_record(row, self.retention_days, now_us) for row in rows]
+
+    def forget(self, actor: Principal, report_id: str) -> dict[str, Any]:
+        """Delete a report's record, releasing its retention hold; the ``report.forgotten``
+        event says what it held. The report itself still verifies offline against an export
+        taken before a prune. Raises :class:`Forbidden` unless an admin,
+        :class:`ReportNotFound` if no report on record has this id."""
+        if not actor.is_admin:
+            raise Forbidden("only an admin may forget a compliance report", required_role="admin")
+        with self.db.write() as s:
+            row = s.get(ReportRow, report_id) if len(report_id) <= 40 else None
+            if row is None:
+                raise ReportNotFound(f"no report {report_id!r} on record", report=report_id[:80])
+            record = _record(row, None, 0)
+            del record["held"], record["held_until"]
+            (event,) = self.ledger.append(s, [NewEvent(
+                EventType.REPORT_FORGOTTEN, actor.ref, action=str(EventType.REPORT_FORGOTTEN),
+                resource={"type": "Report", "id": row.id}, outcome="success", details=record,
+            )], now=self.clock.now())  # fmt: skip
+            s.delete(row)
+        return {**record, "event_id": event.id}
 
     def _events(self, seq_from: int, seq_to: int) -> Iterator[Event]:
         """The range's events in ``seq`` order, a read transaction per batch."""
@@ -314,6 +376,45 @@ _RECORDED = [
     "every change to agents, credentials, policies, secrets and users",
     "hash-chained (SHA-256) and signed (Ed25519 checkpoints), kept outside the database too",
 ]
+
+
+def _record(row: ReportRow, days: int | None, now_us: int) -> dict[str, Any]:
+    until = row.built_at + days * 86_400 * 1_000_000 if days is not None else None
+    return {
+        "id": row.id,
+        "built_at": to_rfc3339(from_micros(row.built_at)),
+        "built_by": row.built_by,
+        "period": {
+            "from": to_rfc3339(from_micros(row.period_from)),
+            "to": to_rfc3339(from_micros(row.period_to)),
+        },
+        "held_from_seq": row.seq_from,
+        "seq_to": row.seq_to,
+        "built_seq": row.built_seq,
+        "sha256": row.sha256,
+        "held": until is None or until > now_us,
+        "held_until": to_rfc3339(from_micros(until)) if until is not None else None,
+    }
+
+
+def _reviews_table(reviewed: ReviewPeriod) -> dict[str, Any]:
+    """The access reviews done in the period and those overdue at its end, each with the
+    ledger seqs of its ``review.started`` and ``review.closed`` events."""
+    rows: list[list[Any]] = []
+    for state, reviews in (("overdue", reviewed.overdue), ("done", reviewed.done)):
+        for r in reviews:
+            done = state
+            if state == "done":
+                done = "done on time" if r.on_time else "done late"
+            closed = to_rfc3339(r.closed_at) if r.closed_at else ""
+            rows.append([r.id, done, to_rfc3339(r.due), closed, r.lines, r.started_seq,
+                         r.closed_seq if r.closed_seq is not None else ""])  # fmt: skip
+    return {
+        "title": "Access reviews done in the period and overdue at its end",
+        "columns": ["review", "state", "due", "closed", "lines", "started seq", "closed seq"],
+        "rows": rows,
+        "more": 0,
+    }
 
 
 def _range(s: Session, period: Period, head: int) -> tuple[int, int]:

@@ -39,6 +39,21 @@ SECTIONS = (
 
 # (section, id, label, types, where, measure): the period's range is filled in by figures().
 _Spec = tuple[str, str, str, tuple[str, ...], tuple[tuple[str, object], ...], str]
+# Interventions whose propagation to every live worker is measured (runtime.propagated,
+# tether.audit.propagated): what changed, the figures' name, their label.
+_PROPAGATED = (
+    (T.AGENT_KILLED, "kills", "Kill propagation"),
+    (T.AGENT_SUSPENDED, "suspensions", "Suspension propagation"),
+    (T.FREEZE_STARTED, "freezes", "Freeze propagation"),
+)
+_PROPAGATION_FIGURES: tuple[tuple[str, str, tuple[tuple[str, object], ...], str], ...] = (
+    ("measured", "measured across other live workers (a cascade once)", (), "count"),
+    ("median_seconds", "median seconds until every live worker applied it", (),
+     "median:details.seconds"),
+    ("max_seconds", "longest, in seconds", (), "max:details.seconds"),
+    ("unconfirmed", "a live worker had not confirmed within the wait",
+     (("details.confirmed", False),), "count"),
+)  # fmt: skip
 _FIXED: tuple[_Spec, ...] = (
     (
         "inventory",
@@ -118,6 +133,18 @@ _FIXED: tuple[_Spec, ...] = (
     ("oversight", "oversight.resumptions", "Resumptions", (T.AGENT_RESUMED,), (), "count"),
     ("oversight", "oversight.freezes", "Freezes started", (T.FREEZE_STARTED,), (), "count"),
     ("oversight", "oversight.freezes_lifted", "Freezes lifted", (T.FREEZE_LIFTED,), (), "count"),
+    *(
+        (
+            "oversight",
+            f"oversight.propagation.{name}.{part}",
+            f"{label}: {what}",
+            (T.RUNTIME_PROPAGATED,),
+            (("details.change", str(change)), *where),
+            measure,
+        )
+        for change, name, label in _PROPAGATED
+        for part, what, where, measure in _PROPAGATION_FIGURES
+    ),
     (
         "oversight",
         "oversight.rollbacks",
@@ -224,6 +251,24 @@ _FIXED: tuple[_Spec, ...] = (
         (),
         "count",
     ),
+    ("reviews", "reviews.started", "Access reviews started", (T.REVIEW_STARTED,), (), "count"),
+    ("reviews", "reviews.done", "Access reviews done (closed)", (T.REVIEW_CLOSED,), (), "count"),
+    (
+        "reviews",
+        "reviews.done_on_time",
+        "Access reviews done by their due date",
+        (T.REVIEW_CLOSED,),
+        (("details.overdue", False),),
+        "count",
+    ),
+    (
+        "reviews",
+        "reviews.done_late",
+        "Access reviews done after their due date",
+        (T.REVIEW_CLOSED,),
+        (("details.overdue", True),),
+        "count",
+    ),
     ("reviews", "reviews.recertified", "Agents recertified", (T.AGENT_RECERTIFIED,), (), "count"),
     (
         "reviews",
@@ -262,9 +307,14 @@ class FigureSpec:
     source: Source
 
 
-def figures(seq_from: int, seq_to: int, types: Mapping[str, int]) -> Iterator[FigureSpec]:
+def figures(
+    seq_from: int, seq_to: int, types: Mapping[str, int], *, end: str, overdue_from: int
+) -> Iterator[FigureSpec]:
     """Every figure of a report over ``seq_from..seq_to``; ``types``: the event types that
-    occur in it (a figure per type for logging, and per access-review event type)."""
+    occur in it (a figure per type for logging, and per access-review event type). ``end``:
+    the period's end (RFC 3339); ``overdue_from``: the ``review.started`` seq of the oldest
+    review overdue then (the overdue count reads from there: such a review may have started
+    long before the period)."""
     for section, fid, label, kinds, where, measure in _FIXED:
         yield FigureSpec(
             section,
@@ -272,6 +322,18 @@ def figures(seq_from: int, seq_to: int, types: Mapping[str, int]) -> Iterator[Fi
             label,
             Source(seq_from, seq_to, tuple(map(str, kinds)), None, where, measure),
         )
+    yield FigureSpec(
+        "reviews",
+        "reviews.overdue",
+        "Access reviews overdue at the period's end (due by then, not closed by then)",
+        Source(
+            min(overdue_from, seq_from),
+            seq_to,
+            (str(T.REVIEW_STARTED), str(T.REVIEW_CLOSED)),
+            measure="open:resource.id",
+            due_by=("details.due", end),
+        ),
+    )
     yield FigureSpec(
         "reviews",
         "reviews.review_events",

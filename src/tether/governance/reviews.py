@@ -332,10 +332,12 @@ class ReviewService:
         with self.db.read() as s:
             return evidence.period(s, since, until, end=min(until, now or self.clock.now()))
 
-    def lowest_referenced_seq(self, session: Session) -> int | None:
+    def lowest_referenced_seq(self, session: Session, cutoff_us: int | None = None) -> int | None:
         """The lowest ledger sequence an open review references — its ``review.started``
         event, the decisions its lines cite as last use, their answers — or None when no
-        review is open: ledger retention must not prune from there on (a retention hold)."""
+        review is open: ledger retention must not prune from there on (a retention hold).
+        An open review holds whatever its age (``cutoff_us`` is not read): it is still
+        being answered."""
         return evidence.lowest_referenced_seq(session)
 
     # -- internals ---------------------------------------------------------------------------

@@ -126,13 +126,16 @@ class Positions:
 
     def behind(self, s: Session, seq: int) -> list[str]:
         """The live workers (other than this one) that have not applied ``seq``."""
+        return [w for w, applied in self.live(s).items() if applied < seq]
+
+    def live(self, s: Session) -> dict[str, int]:
+        """The live workers other than this one, with the newest change each applied."""
         since = to_micros(self.clock.now()) - self.live_us
-        q = select(RuntimePositionRow.runtime_id).where(
-            RuntimePositionRow.applied_seq < seq,
+        q = select(RuntimePositionRow.runtime_id, RuntimePositionRow.applied_seq).where(
             RuntimePositionRow.seen_at >= since,
             RuntimePositionRow.runtime_id != self.runtime_id,
         )
-        return list(s.scalars(q))
+        return {str(w): int(applied) for w, applied in s.execute(q)}
 
     def await_applied(self, seq: int, timeout: float) -> bool:
         """Wait until every live worker has applied ``seq`` (True), or ``timeout`` seconds
@@ -140,7 +143,13 @@ class Positions:
         it, but one may answer from before it meanwhile). The workers behind come from the
         table; each then counts as there once it announced ``seq`` or later, or the table
         says so at a later look (a worker that could not announce: SQLite, a lost ``NOTIFY``)."""
+        return self.wait(seq, timeout)[0]
+
+    def wait(self, seq: int, timeout: float) -> tuple[bool, int]:
+        """:meth:`await_applied`, and how many other live workers there were at the first
+        look (each had to apply ``seq``: those behind were waited for)."""
         started = time.monotonic()
+        workers = 0
         pause = 0.0
         waiting: set[str] | None = None
         looked = started
@@ -153,7 +162,10 @@ class Positions:
             late = now - started >= timeout
             if waiting is None or (waiting and (late or now - looked >= pause)):
                 with self.db.read(transaction=False) as s:
-                    behind = set(self.behind(s, seq))
+                    live = self.live(s)
+                behind = {w for w, applied in live.items() if applied < seq}
+                if waiting is None:
+                    workers = len(live)
                 waiting = behind if waiting is None else waiting & behind
                 with self._announced:  # what was announced meanwhile counts too
                     waiting = {w for w in waiting if self._heard.get(w, -1) < seq}
@@ -164,12 +176,12 @@ class Positions:
                     continue
             if not waiting:
                 WAITED.observe(time.monotonic() - started)
-                return True
+                return True, workers
             if late:
                 TIMEOUTS.inc()
                 log.warning("change %d not yet applied by %d live worker(s) after %.2fs: %s",
                             seq, len(waiting), timeout, ", ".join(sorted(waiting)[:5]))  # fmt: skip
-                return False
+                return False, workers
             # Until a worker announces, the time for the next look, or the timeout.
             self._await_announcement(seen, min(looked + pause, started + timeout) - now)
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from tether.clock import Clock, to_micros
 from tether.db import Database
 from tether.maintenance import Task
-from tether.runtime import changes
+from tether.runtime import changes, propagation
 from tether.runtime.changes import channel
 from tether.runtime.positions import Positions, positions_channel
 from tether.runtime.sections import Section
@@ -136,6 +136,7 @@ class Runtime:
         what the transaction wrote, :func:`changes.written`): the other processes on this
         host are woken (SQLite; PostgreSQL's NOTIFY left with the commit), then this one
         applies the changes."""
+        committed = time.monotonic()
         if self.wakeups is not None:
             self.wakeups.ring()
         rows = changes.written(written)
@@ -143,14 +144,20 @@ class Runtime:
             # Its numbers known (PostgreSQL), the wait for the others comes first: this
             # worker's poller, woken by the same NOTIFY, applies it meanwhile (or this
             # thread does after), in the time the others' apply takes anyway.
-            self.positions.await_applied(rows[-1][0], self.propagation_wait)
+            seq = rows[-1][0]
+            confirmed, workers = self.positions.wait(seq, self.propagation_wait)
             self.sync(rows)
-            return
-        self.sync(rows)
-        if self.propagation_wait > 0:
+        else:
+            self.sync(rows)
+            if self.propagation_wait <= 0:
+                return
             # Return only once every live worker (this node's and every other's) applied it:
             # after a kill returns, no worker anywhere answers from before it.
-            self.positions.await_applied(self.last_seq, self.propagation_wait)
+            seq = self.last_seq
+            confirmed, workers = self.positions.wait(seq, self.propagation_wait)
+        # Measured for the caller (a kill's service records it: tether.runtime.propagation).
+        spent = time.monotonic() - committed
+        propagation.measured(propagation.Propagation(seq, spent, confirmed, workers))
 
     def pushed(self, payload: str) -> None:
         """A change-feed ``NOTIFY`` arrived (the listener): the rows it carried wait for the

@@ -1,11 +1,12 @@
 """/v1/reports — compliance reports for a period (tether.governance.report): built as JSON,
-HTML or PDF, and verified against the live ledger. Admins and auditors."""
+HTML or PDF, and verified against the live ledger (admins and auditors); the reports on
+record, each holding its ledger range from retention, and an admin's forgetting one."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import Response
 from pydantic import Field
 
@@ -90,3 +91,24 @@ def verify(
     """Recount every figure from its source range on the live ledger and check the report's
     binding and checkpoint: ``{ok, figures_checked, problems: [{about, message}]}``."""
     return svc.reports.verify(who, envelope)
+
+
+@router.get("", responses=responses(401, 403))
+def records(svc: ServicesDep, who: PrincipalDep) -> list[dict[str, Any]]:
+    """The reports on record, newest first: ``{id, built_at, built_by, period, held_from_seq,
+    seq_to, built_seq, sha256, held, held_until}`` — ``held``: its range is kept from
+    retention (until the report is older than the retention period, ``held_until``)."""
+    return svc.reports.records(who)
+
+
+@router.delete("/{report_id}", responses=responses(401, 403, 404))
+def forget(
+    svc: ServicesDep,
+    who: PrincipalDep,
+    report_id: Annotated[
+        str, Path(max_length=40, pattern=NO_NUL, description="The report's id (its binding)")
+    ],
+) -> dict[str, Any]:
+    """Forget a report's record (admins): its retention hold is released, a report.forgotten
+    event says what it held. The report still verifies offline against an earlier export."""
+    return svc.reports.forget(who, report_id)
