@@ -20,13 +20,13 @@ import pytest
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
-from tests.conftest import Api, assert_error, bearer
+from tests.conftest import Api, admin_client, assert_error, bearer
 from tests.pdp import env_of, push_policies
 from tests.serverproc import free_port, run_cli, served_in_thread
 from tests.test_approvals import POLICIES, decide, pending, write
 from tether.api.app import create_app
 from tether.audit.events import EventType, NewEvent
-from tether.clock import to_rfc3339
+from tether.clock import FrozenClock, to_rfc3339
 from tether.container import Services
 from tether.governance.report_verify import load
 
@@ -451,3 +451,80 @@ def test_propagation_of_kills_and_freezes_is_measured_and_reported(
         assert verdict["ok"] is False
         about = {p["about"] for p in verdict["problems"]}
         assert "oversight.propagation.kills.max_seconds" in about
+
+
+def test_reviews_done_and_overdue_come_from_the_reviews_service_and_verify(
+    make_services: Callable[..., Services],
+) -> None:
+    """Access reviews in the report: started, done on time and late, and overdue at the
+    period's end (one started before the period) — the figures are the reviews service's
+    (ReviewService.period) and recount from review.started/review.closed."""
+    clock = FrozenClock(datetime.now(UTC) - timedelta(days=30))
+    svc = make_services(clock=clock, key_rotation_days=1000)
+    with admin_client(svc) as client:
+        api = Api(client)
+        api.agent(name="reviewed", roles=["ops"])  # a line to answer: it stays open
+
+        def start(due_in: timedelta) -> str:
+            got = client.post("/v1/reviews", json={"due": to_rfc3339(clock.now() + due_in)})
+            assert got.status_code == 201, got.text
+            return str(got.json()["id"])
+
+        def close(review: str) -> None:
+            got = client.post(f"/v1/reviews/{review}/close", json={"note": "done"})
+            assert got.status_code == 200, got.text
+
+        early = start(timedelta(hours=1))  # before the period, overdue at its end
+        clock.advance(600)
+        begin = clock.now()
+        clock.advance(60)
+        on_time, late = start(timedelta(days=1)), start(timedelta(days=2))
+        start(timedelta(days=20))  # open, not due yet
+        clock.advance(3600)
+        close(on_time)
+        clock.advance(3 * 86_400)
+        close(late)
+        overdue = start(timedelta(hours=1))
+        clock.advance(2 * 3600)
+        end = clock.now()
+        got = client.get(REPORT, params={"from": to_rfc3339(begin), "to": to_rfc3339(end)})
+        assert got.status_code == 200, got.text
+        envelope = got.json()
+        figures = _figures(envelope)
+        for fid, fig in figures.items():
+            assert fig["value"] == _sql_count(svc, fig["source"]), fid
+        period = svc.reviews.period(begin, end)
+        expected = {
+            "reviews.started": len(period.started),
+            "reviews.done": len(period.done),
+            "reviews.done_on_time": sum(r.on_time for r in period.done),
+            "reviews.done_late": sum(not r.on_time for r in period.done),
+            "reviews.overdue": len(period.overdue),
+        }
+        assert expected == {
+            "reviews.started": 4,
+            "reviews.done": 2,
+            "reviews.done_on_time": 1,
+            "reviews.done_late": 1,
+            "reviews.overdue": 2,
+        }
+        assert {k: figures[k]["value"] for k in expected} == expected
+        assert {r.id for r in period.overdue} == {early, overdue}
+        # The overdue count reads from the early review's start, before the period's range;
+        # the report's retention hold keeps that far.
+        source = figures["reviews.overdue"]["source"]
+        assert source["seq_from"] < envelope["report"]["ledger"]["seq_from"]
+        (record,) = client.get("/v1/reports").json()
+        assert record["held_from_seq"] == source["seq_from"]
+        sections = {s["id"]: s for s in envelope["report"]["sections"]}
+        table = sections["reviews"]["tables"][0]
+        assert {(r[0], r[1]) for r in table["rows"]} == {
+            (early, "overdue"), (overdue, "overdue"), (on_time, "done on time"),
+            (late, "done late")}  # fmt: skip
+        assert client.post(VERIFY, json=envelope).json()["ok"] is True
+        edited = json.loads(json.dumps(envelope))
+        for fig in _figures(edited).values():
+            if fig["id"] == "reviews.overdue":
+                fig["value"] = 0
+        verdict = client.post(VERIFY, json=edited).json()
+        assert "reviews.overdue" in {p["about"] for p in verdict["problems"]}

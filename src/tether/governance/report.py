@@ -165,9 +165,11 @@ class ComplianceReports:
                                       overdue_from=oldest))  # fmt: skip
         tally = Tally({f.id: f.source for f in specs})
         tables = Tables()
-        for ev in self._events(seq_from, seq_to):
+        held = min(f.source.seq_from for f in specs)  # the overdue reviews' count reads earlier
+        for ev in self._events(held, seq_to):
             tally.feed(ev)
-            tables.feed(ev)
+            if ev.seq >= seq_from:
+                tables.feed(ev)
         verified = self.audit.verify(actor).to_json()
         register = Register.of(self.inventory.entries(None, now=now), now=now)
         report: dict[str, Any] = {
@@ -213,7 +215,7 @@ class ComplianceReports:
                     **extra[sec.id],
                 }
             )
-        return self._bind(actor, report, period, held=min(f.source.seq_from for f in specs))
+        return self._bind(actor, report, period, held=held)
 
     def _bind(
         self, actor: Principal, report: dict[str, Any], period: Period, *, held: int
