@@ -22,6 +22,7 @@ from tether.api.app import create_app
 from tether.audit.models import EventRow
 from tether.clock import FrozenClock, to_rfc3339
 from tether.container import Services
+from tether.errors import InvalidTransition
 from tether.policy.values import Ask, Decision
 from tether.principals import SYSTEM
 
@@ -125,6 +126,12 @@ def test_an_overdue_high_risk_agent_is_suspended_on_schedule_with_its_ledger_eve
     svc.alerts.project()
     alerts = {a.kind: a for a in svc.alerts.list(SYSTEM).items}
     assert alerts["agent.recertification_overdue"].severity == "critical"
+    # a resume alone does not lift it: the recertification comes first
+    with pytest.raises(InvalidTransition) as refused:
+        svc.agents.resume(SYSTEM, agent)
+    assert refused.value.details["field"] == "recertify_by"
+    assert svc.agents.get(SYSTEM, agent).status == "suspended"
+    assert _events(svc, "agent.resumed", agent) == []
     # recertified and resumed, it is not suspended again for that date
     svc.agents.recertify(SYSTEM, agent, note="still needed for payroll")
     svc.agents.resume(SYSTEM, agent)

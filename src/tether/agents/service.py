@@ -20,7 +20,13 @@ from tether.agents.cutoff import CutOff, Why, cut_off
 from tether.agents.expiry import AgentExpiry
 from tether.agents.fingerprint import normalize
 from tether.agents.models import AgentRow
-from tether.agents.recertification import DEFAULT_OVERDUE, RECERTIFY_DAYS, period
+from tether.agents.recertification import (
+    DEFAULT_OVERDUE,
+    RECERTIFY_DAYS,
+    is_overdue,
+    overdue_action,
+    period,
+)
 from tether.agents.recertify_sweep import RecertificationSweep
 from tether.agents.schemas import AgentCreate, AgentUpdate
 from tether.agents.store import DatabaseAgentStore, Descendant
@@ -452,8 +458,25 @@ class AgentService:
         with self.db.write() as s:
             row = self._row(s, agent_id)
             self._require(s, actor, row, "manage" if op == "retire" else "operate")
+            if op == "resume":
+                self._require_recertified(row, now)
             written = self._move(s, actor, row, op, event, reason=reason, now=now)
             return read_model.to_agents(self.store, s, [row], now=now)[0], written
+
+    def _require_recertified(self, row: AgentRow, now: datetime) -> None:
+        """An agent whose tier suspends it once its recertification is overdue is not resumed
+        until it is recertified (else a resume would lift the response for good: the sweep
+        acts once per due date)."""
+        if (
+            is_overdue(row.recertify_by, to_micros(now))
+            and overdue_action(row.risk_tier, self.recertification.overdue) == "suspend"
+        ):
+            raise InvalidTransition(
+                f"agent {row.id}'s recertification is overdue (its tier's response is to "
+                f"suspend it): recertify it first — tether agents recertify {row.id} --note "
+                "'…' — then resume it",
+                field="recertify_by", agent_id=row.id,
+            )  # fmt: skip
 
     def retire_within(
         self, s: Session, actor: Principal, agent_id: str, *, reason: str, now: datetime
