@@ -98,19 +98,20 @@ def export(
 
 class PruneRequest(StrictModel):
     dry_run: bool = Field(default=False, description="Only say what would be pruned.")
-    retention_days: int | None = Field(
-        default=None,
-        description="Prune events older than this many days (default: the configured "
-        f"TETHER_LEDGER_RETENTION_DAYS); never under {MIN_RETENTION_DAYS} (six months: EU AI "
-        "Act Art. 19, 26(6)).",
-        # The document states the bounds; the validator says why in the 422.
-        json_schema_extra={"minimum": MIN_RETENTION_DAYS, "maximum": MAX_RETENTION_DAYS},
+    retention_days: Annotated[int, Field(ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)] | None = (
+        Field(
+            default=None,
+            description="Prune events older than this many days (default: the configured "
+            f"TETHER_LEDGER_RETENTION_DAYS); never under {MIN_RETENTION_DAYS} (six months: EU "
+            "AI Act Art. 19, 26(6)).",
+        )
     )
 
-    @field_validator("retention_days")
+    @field_validator("retention_days", mode="before")
     @classmethod
-    def _at_least_six_months(cls, value: int | None) -> int | None:
-        if value is not None and (problem := retention_problem(value)):
+    def _at_least_six_months(cls, value: object) -> object:
+        # Before the bounds: the 422 says why six months, not only "greater than or equal".
+        if type(value) is int and (problem := retention_problem(value)):
             raise PydanticCustomError("retention_period", problem)
         return value
 
@@ -133,7 +134,7 @@ class PruneOut(BaseModel):
     event_id: str | None
 
 
-@router.post("/prune", response_model=PruneOut, responses=responses(401, 403, 409, 422))
+@router.post("/prune", response_model=PruneOut, responses=responses(400, 401, 403, 409, 422))
 def prune(svc: ServicesDep, who: PrincipalDep, body: PruneRequest | None = None) -> dict[str, Any]:
     """Delete the events older than the retention period, keeping a signed checkpoint at the
     cut where verification starts (admin); the server also does it daily when configured."""
