@@ -277,7 +277,7 @@ def pruned_later(make_services: Callable[..., Services], clock: FrozenClock) -> 
     return _ledger(make_services, clock)
 
 
-def test_a_dry_run_changes_nothing(pruned_later: Services) -> None:
+def test_a_dry_run_changes_nothing(pruned_later: Services, tmp_path: Path) -> None:
     svc = pruned_later
     before, file_before = _events(svc), svc.settings.checkpoint_file_path.read_bytes()
     report = svc.retention.prune(SYSTEM, retention_days=KEEP, dry_run=True)
@@ -288,6 +288,18 @@ def test_a_dry_run_changes_nothing(pruned_later: Services) -> None:
         body = client.post("/v1/audit/prune", json={"dry_run": True, "retention_days": KEEP})
         assert body.status_code == 200, body.text
         assert body.json() == {**report.to_json(), "dry_run": True}
+    port = free_port()
+    env = {"TETHER_URL": f"http://127.0.0.1:{port}",
+           "TETHER_TOKEN": svc.settings.admin_token_path.read_text().strip(),
+           "TETHER_DATA_DIR": str(tmp_path / "cli-data")}  # fmt: skip
+    args = ("audit", "prune", "--dry-run", "--retention-days", str(KEEP))
+    with served_in_thread(create_app(svc), port):
+        table = run_cli(*args, env=env, cwd=tmp_path)
+        as_json = run_cli(*args, "--json", env=env, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert f"would prune {OLD} events older than {KEEP} days" in table.stdout
+    assert as_json.returncode == 0, as_json.stderr
+    assert orjson.loads(as_json.stdout) == report.to_json()
     assert _events(svc) == before
     assert _cuts(svc) == []
     assert svc.settings.checkpoint_file_path.read_bytes() == file_before
