@@ -52,9 +52,11 @@ from schemathesis.openapi.checks import RejectedPositiveData
 
 from tether.agents.schemas import AgentCreate
 from tether.api.app import create_app
+from tether.clock import to_rfc3339
 from tether.container import Services
 from tether.credentials.bearer import Caller
 from tether.errors import Unauthenticated
+from tether.governance.review_schemas import ReviewCreate
 from tether.policy.values import Ask
 from tether.principals import SYSTEM, Principal, Role
 from tether.rollback.values import Window
@@ -158,6 +160,9 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
       short of spelling out every level.
     * 422 on a rollback's ``since`` after its ``until`` (two fields' order: JSON Schema
       compares no two values), or a window holding more calls than one rollback takes.
+    * 422 on a compliance report's period: ``from`` not before ``to`` (two fields' order), a
+      ``to`` in the future (the clock), or a time whose offset takes it outside years 1-9999
+      in UTC (``date-time`` admits ``0001-01-01T00:00:00+01:00``).
     * 422 on a prune's ``retention_days`` left out when the deployment configures no
       retention period (``TETHER_LEDGER_RETENTION_DAYS``): a setting again.
     * OAuth 400s at the token endpoint (``_OAUTH_STATE_REFUSALS``): a ``scope`` beyond the
@@ -218,6 +223,9 @@ def _state_dependent_rejection(status: int, content: bytes) -> bool:
             return message.startswith("no secret named ")
         if where == "connection":
             return message.startswith("no database connection ")
+        if where in {"from", "to"}:  # a report's period: from before to, to not in the future
+            return (message == "from must be before to" or " is in the future: " in message
+                    or message.endswith("is out of range (years 1 to 9999 UTC)"))  # fmt: skip
         if where == "since":  # a rollback's window: since after until, or too many calls
             return message == "since is after until" or message.startswith("more than ")
         if where in {"creation", "revocation"}:  # {{x}}: a template's own grammar
@@ -304,6 +312,12 @@ class Existing:
     leases: tuple[str, ...] = ("lse_none",)  # leases to show, renew and revoke
     rollbacks: tuple[str, ...] = ("rbk_none",)  # rollbacks to read
     alerts: tuple[str, ...] = ("alr_none",)  # alerts to acknowledge
+    reviews: tuple[str, ...] = ("rvw_none",)  # an access review to read and close
+    to_confirm: tuple[str, ...] = ("rvw_none",)  # a review whose credential lines are reduced
+    lines_to_confirm: tuple[str, ...] = ("rvl_none",)  # ... those lines, to carry out
+    to_answer: tuple[str, ...] = ("rvw_none",)  # a review to answer
+    lines_to_answer: tuple[str, ...] = ("rvl_none",)
+    reports: tuple[str, ...] = ("evt_none",)  # compliance reports on record, to forget
 
 
 def _existing(services: Services, admin_token: str) -> Existing:
@@ -346,8 +360,28 @@ def _existing(services: Services, admin_token: str) -> Existing:
         services.agents.suspend(admin, agent(f"schemathesis-alerted-{i}"), reason="alert")
     services.alerts.project()
     alerts = tuple(a.id for a in services.alerts.list(admin, limit=10).items)
+    # access reviews, each over an agent of its own with API keys: one to read and close, one
+    # whose credential lines are answered reduce (to confirm), one to answer
+    reviews: list[tuple[str, tuple[str, ...]]] = []
+    for i in range(3):
+        reviewed = agent(f"schemathesis-reviewed-{i}")
+        for _ in range(3):
+            services.credentials.create_api_key(admin, reviewed)
+        review = services.reviews.start(admin, ReviewCreate(agents=[reviewed]))
+        lines = services.reviews.get(admin, review.id).lines or []
+        keys_lines = tuple(line.id for line in lines if line.kind == "credential")
+        reviews.append((review.id, keys_lines if i == 1 else tuple(x.id for x in lines)))
+    for line_id in reviews[1][1]:
+        services.reviews.answer(admin, reviews[1][0], line_id, "reduce", note="schemathesis")
+    # compliance reports on record (each an id to forget)
+    until = to_rfc3339(services.clock.now())
+    reports = tuple(
+        str(services.reports.build(admin, start="2020-01-01", end=until)["binding"]["event"]["id"])
+        for _ in range(3)
+    )
     return Existing(client_id, secret, pools, keyholder, keys, approvals, names, doomed, leases,
-                    rollbacks, alerts)  # fmt: skip
+                    rollbacks, alerts, (reviews[0][0],), (reviews[1][0],), reviews[1][1],
+                    (reviews[2][0],), reviews[2][1], reports)  # fmt: skip
 
 
 def _pending_approvals(services: Services, admin: Any) -> tuple[str, ...]:
@@ -399,6 +433,12 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                 "leases": {"values": list(existing.leases)},
                 "rollbacks": {"values": list(existing.rollbacks)},
                 "alerts": {"values": list(existing.alerts)},
+                "reviews": {"values": list(existing.reviews)},
+                "to_confirm": {"values": list(existing.to_confirm)},
+                "lines_to_confirm": {"values": list(existing.lines_to_confirm)},
+                "to_answer": {"values": list(existing.to_answer)},
+                "lines_to_answer": {"values": list(existing.lines_to_answer)},
+                "reports": {"values": list(existing.reports)},
                 "dsn_secrets": {"values": ["schemathesis-dsn"]},
                 "db_connections": {"values": ["schemathesis-db"]},
             },
@@ -470,6 +510,45 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                         ("/v1/approvals/{approval_id}/deny", "to_deny"),
                     )
                 ),
+                *(
+                    {
+                        # reviews and lines there are (a random id names nothing: 404 only)
+                        "include-name": name,
+                        "parameters": {
+                            "path.review_id": {"dictionary": review, "probability": 0.6},
+                            **(
+                                {"path.line_id": {"dictionary": lines, "probability": 0.6}}
+                                if lines
+                                else {}
+                            ),
+                        },
+                        # Not an id seen in a response: GET /v1/reviews names every review,
+                        # and a close (or a keep) of the one to confirm or answer would leave
+                        # those operations nothing they can do (409 only).
+                        "phases": {
+                            "coverage": {"extra-data-sources": {"responses": False}},
+                            "fuzzing": {"extra-data-sources": {"responses": False}},
+                        },
+                    }
+                    for name, review, lines in (
+                        ("GET /v1/reviews/{review_id}", "reviews", None),
+                        ("POST /v1/reviews/{review_id}/close", "reviews", None),
+                        (
+                            "POST /v1/reviews/{review_id}/lines/{line_id}/confirm",
+                            "to_confirm",
+                            "lines_to_confirm",
+                        ),
+                        (
+                            "POST /v1/reviews/{review_id}/lines/{line_id}/answer",
+                            "to_answer",
+                            "lines_to_answer",
+                        ),
+                    )
+                ),
+                {
+                    "include-name": "DELETE /v1/reports/{report_id}",
+                    "parameters": {"path.report_id": {"dictionary": "reports", "probability": 0.6}},
+                },
                 {
                     "include-path": "/v1/alerts/{alert_id}/ack",
                     "parameters": {"path.alert_id": {"dictionary": "alerts", "probability": 0.6}},

@@ -391,7 +391,15 @@ def test_bad_periods_and_who_may(services: Services, api: Api) -> None:
     assert api.client.get(REPORT, params=ok, headers=bearer(auditor["token"])).status_code == 200
     posted = api.client.post("/v1/reports", json={"period": ok, "format": "json"})
     assert posted.status_code == 200, posted.text
-    assert assert_error(api.client.post(VERIFY, json={"kind": "x"}), 422)["details"]["field"]
+    # a body that is no report is a verdict: not ok, about the report
+    for body in ({"kind": "x"}, {}):
+        verdict = api.client.post(VERIFY, json=body)
+        assert verdict.status_code == 200, verdict.text
+        assert verdict.json()["ok"] is False
+        assert verdict.json()["problems"][0]["about"] == "report"
+    # a period whose time leaves years 1-9999 in UTC: 422 naming it, not a 500
+    early = {"from": "0001-01-01T00:00:00+01:00", "to": ok["to"]}
+    assert assert_error(api.client.get(REPORT, params=early), 422)["details"]["field"] == "from"
 
 
 def test_propagation_of_kills_and_freezes_is_measured_and_reported(

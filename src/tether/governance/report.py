@@ -96,13 +96,18 @@ def _when(value: str | None, field: str) -> datetime:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         if parsed.tzinfo is None:
             raise ValidationFailed(f"{field} needs a UTC offset (use Z for UTC)", field=field)
-        to_micros(parsed)
-    except (ValueError, OverflowError) as exc:
+    except ValueError as exc:
         raise ValidationFailed(
             f"{field} must be a date (2026-12-01) or an RFC 3339 time (2026-12-01T00:00:00Z)",
             field=field,
         ) from exc
-    return parsed.astimezone(UTC)
+    try:
+        utc = parsed.astimezone(UTC)
+        to_micros(utc)
+    except (ValueError, OverflowError) as exc:
+        raise ValidationFailed(f"{field} is out of range (years 1 to 9999 UTC)",
+                               field=field) from exc  # fmt: skip
+    return utc
 
 
 class ReportNotFound(NotFound):
@@ -273,12 +278,17 @@ class ComplianceReports:
         require_reader(actor)
         store = self.ledger.store
         with self.db.read() as s:
-            verdict = check(
-                envelope,
-                store.stream(s),
-                check_signature=self.ledger.signer.check,
-                cut_at=lambda size: store.cut_at(s, size),
-            )
+            try:
+                verdict = check(
+                    envelope,
+                    store.stream(s),
+                    check_signature=self.ledger.signer.check,
+                    cut_at=lambda size: store.cut_at(s, size),
+                )
+            except ValidationFailed as exc:  # not a report at all: that is the verdict
+                return {"ok": False, "figures_checked": 0, "checkpoint": {},
+                        "problems": [{"about": str(exc.details.get("field", "report")),
+                                      "message": exc.message}]}  # fmt: skip
         return verdict.to_json()
 
     @staticmethod

@@ -4,11 +4,19 @@ record, each holding its ledger range from retention, and an admin's forgetting 
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import Response
-from pydantic import Field
+from pydantic import (
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from tether.api.deps import PrincipalDep, ServicesDep
 from tether.api.errors import responses
@@ -23,7 +31,29 @@ _FORMATS: dict[str, dict[str, Any]] = {
     "text/html": {},
     "application/pdf": {},
 }
-When = Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)]
+_INSTANT: TypeAdapter[AwareDatetime | date] = TypeAdapter(AwareDatetime | date)
+
+
+def _instant(value: Any) -> str:
+    """A date or a time with its offset (pydantic reads both as JSON Schema's ``date`` and
+    ``date-time`` define them), passed on as ISO text — the form the report service also
+    reads from the CLI. One error naming the field, not one per form."""
+    if not isinstance(value, str):  # not a number of seconds, as lax pydantic would take
+        raise ValueError(f"must be {_WHEN}")  # noqa: TRY004 - pydantic wants a ValueError
+    try:
+        return _INSTANT.validate_python(value).isoformat()
+    except ValidationError:
+        raise ValueError(f"must be {_WHEN}") from None
+
+
+# The document states both forms; the service checks the period (to not in the future, from
+# before to).
+When = Annotated[
+    str,
+    BeforeValidator(_instant),
+    WithJsonSchema({"anyOf": [{"type": "string", "format": "date"},
+                              {"type": "string", "format": "date-time"}]}),
+]  # fmt: skip
 FormatName = Literal["json", "html", "pdf"]
 
 
@@ -61,35 +91,28 @@ _BUILT = {
 def compliance(
     svc: ServicesDep,
     who: PrincipalDep,
-    start: Annotated[
-        str,
-        Query(alias="from", max_length=40, pattern=NO_NUL, description=f"Start, included: {_WHEN}"),
-    ],
-    to: Annotated[
-        str,
-        Query(
-            max_length=40, pattern=NO_NUL, description=f"End, excluded, not in the future: {_WHEN}"
-        ),
-    ],
+    start: Annotated[When, Query(alias="from", description=f"Start, included: {_WHEN}")],
+    to: Annotated[When, Query(description=f"End, excluded, not in the future: {_WHEN}")],
     format: Annotated[FormatName, Query(description="json, html or pdf")] = "json",
 ) -> Response:
     return _report(svc, who, start, to, format)
 
 
-@router.post("", response_class=Response, responses=_BUILT)
+@router.post("", response_class=Response, responses={**_BUILT, **responses(400, 413)})
 def build(svc: ServicesDep, who: PrincipalDep, body: ReportIn) -> Response:
     """API.md's form of the same: ``{period: {from, to}, format}``."""
     return _report(svc, who, body.period.from_, body.period.to, body.format)
 
 
-@router.post("/compliance/verify", responses=responses(401, 403, 413, 422))
+@router.post("/compliance/verify", responses=responses(400, 401, 403, 413, 422))
 def verify(
     svc: ServicesDep,
     who: PrincipalDep,
     envelope: Annotated[dict[str, Any], Body(description="The report's JSON (its envelope)")],
 ) -> dict[str, Any]:
     """Recount every figure from its source range on the live ledger and check the report's
-    binding and checkpoint: ``{ok, figures_checked, problems: [{about, message}]}``."""
+    binding and checkpoint: ``{ok, figures_checked, problems: [{about, message}]}`` — a body
+    that is no compliance report at all is a verdict too (``ok`` false, about ``report``)."""
     return svc.reports.verify(who, envelope)
 
 
