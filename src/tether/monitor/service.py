@@ -47,7 +47,18 @@ from tether.errors import InvalidTransition, ValidationFailed
 from tether.maintenance import Task
 from tether.monitor.models import AgentRiskRow, MonitorSyncRow, MonitorTouchRow
 from tether.monitor.rules import LOW, SIGNALS, MonitorConfig, Risk, Rules, signals_dict
-from tether.monitor.windows import APPROVAL, DENY, FIRST, REQ, SECRET, AgentWindow, SessionHistory
+from tether.monitor.windows import (
+    APPROVAL,
+    DENY,
+    FIRST,
+    REQ,
+    SECRET,
+    AgentWindow,
+    Counts,
+    SessionHistory,
+    new_counts,
+    pair_key,
+)
 from tether.policy.entities import AgentView, with_risk
 from tether.policy.values import Ask, Decision, Effect
 from tether.principals import SYSTEM, Principal
@@ -100,7 +111,7 @@ class Watch:
     every decision, and a frozen dataclass's constructor costs twice as much)."""
 
     window: AgentWindow
-    counts: list[int]
+    counts: Counts
     off_schedule: bool
     depth: int
     session: dict[str, Any] | None  # context.session as Cedar is given it (None: not read)
@@ -210,13 +221,13 @@ class Monitor:
                 w.roll(b, self._width, self._alpha)
         cur = w.local.get(b)
         if cur is None:
-            cur = w.local.setdefault(b, [0, 0, 0, 0, 0])
+            cur = w.local.setdefault(b, new_counts())
         cur[REQ] += 1
-        pair = (ask.action, ask.resource_type, ask.resource_id)
+        pair = f"{ask.action}\x00{ask.resource_type}\x00{ask.resource_id}"  # pair_key, inlined
         pairs = w.pairs
         if pair not in pairs and len(pairs) < self._pairs_cap:
             pairs.add(pair)
-            self._new_pairs.append((subject, *pair))
+            self._new_pairs.append((subject, ask.action, ask.resource_type, ask.resource_id))
             if w.active >= self._learn:
                 cur[FIRST] += 1
         if b not in w.dirty:
@@ -584,7 +595,7 @@ class Monitor:
                     w = windows[agent] = AgentWindow(bucket=current)
                 rem = w.remote.get(b)
                 if rem is None:
-                    rem = w.remote[b] = [0, 0, 0, 0, 0]
+                    rem = w.remote[b] = new_counts()
                 closed = w.closed if w.bucket - width < b < w.bucket else None
                 for k in range(5):
                     delta = now[k] - before[k]
@@ -603,7 +614,7 @@ class Monitor:
             if w is None:
                 w = self.windows[agent] = AgentWindow()
             if len(w.pairs) < self._pairs_cap:
-                w.pairs.add((action, rtype, rid))
+                w.pairs.add(pair_key(action, rtype, rid))
 
     # -- maintenance -------------------------------------------------------------------------
     def maintenance(self) -> list[Task]:

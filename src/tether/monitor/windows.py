@@ -17,6 +17,8 @@ nights. It has *learned* after ``learn_buckets`` active buckets; before that, ``
 from __future__ import annotations
 
 import math
+from array import array
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,21 +28,32 @@ REQ, DENY, FIRST, SECRET, APPROVAL = range(5)
 COUNTS = 5
 
 
-def _zero() -> list[int]:
-    return [0] * COUNTS
+# A bucket's counts: an array of machine integers, which the cyclic garbage collector does
+# not track (a list would be one more object for every collection to walk, per agent and
+# bucket: with thousands of agents, monitoring's state made each collection slower).
+Counts = MutableSequence[int]
+_ZERO = array("q", [0] * COUNTS)
+
+
+def new_counts() -> Counts:
+    return _ZERO[:]
+
+
+def _zero() -> Counts:
+    return _ZERO[:]
 
 
 @dataclass(slots=True)
 class AgentWindow:
     bucket: int = -1  # the current bucket's number
-    local: dict[int, list[int]] = field(default_factory=dict)  # this worker's, by bucket
-    remote: dict[int, list[int]] = field(default_factory=dict)  # the others', summed
-    closed: list[int] = field(default_factory=_zero)  # the window's buckets before the current
+    local: dict[int, Counts] = field(default_factory=dict)  # this worker's, by bucket
+    remote: dict[int, Counts] = field(default_factory=dict)  # the others', summed
+    closed: Counts = field(default_factory=_zero)  # the window's buckets before the current
     folded: int = -1  # the last bucket folded into the baseline
     mean: float = 0.0
     var: float = 0.0
     active: int = 0  # active buckets folded
-    pairs: set[tuple[str, str, str]] = field(default_factory=set)
+    pairs: set[str] = field(default_factory=set)  # pair_key(action, type, id): not tracked
     risk: Risk = LOW  # as of its latest decision
     pending: int = 0  # the rank of a response on its way to the database
     flags: tuple[bool, int] = (False, 0)  # its latest request's (off_schedule, depth)
@@ -151,6 +164,12 @@ class AgentWindow:
 
 
 _NONE = (0,) * COUNTS
+
+
+def pair_key(action: str, resource_type: str, resource_id: str) -> str:
+    """An (action, resource) pair as one string (a tuple would be one more object the garbage
+    collector walks, per pair and agent); the parts hold no NUL (the API refuses it)."""
+    return f"{action}\x00{resource_type}\x00{resource_id}"
 
 
 @dataclass(slots=True)
