@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from tether.api.deps import Cursor, PrincipalDep, ServicesDep
 from tether.api.errors import responses
@@ -111,8 +111,14 @@ class RightsizingPage(BaseModel):
     next_cursor: str | None
 
 
+def _whole(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes 1422.0: a whole float is that integer (a string or a
+    fraction is still refused by the strict model)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class ApplyIn(StrictModel):
-    days: Annotated[int, Field(ge=1, le=MAX_DAYS)] = DEFAULT_DAYS
+    days: Annotated[int, BeforeValidator(_whole), Field(ge=1, le=MAX_DAYS)] = DEFAULT_DAYS
 
 
 class AppliedOut(BaseModel):
