@@ -118,7 +118,7 @@ def _whole(value: Any) -> Any:
 
 
 class ApplyIn(StrictModel):
-    days: Annotated[int, BeforeValidator(_whole), Field(ge=1, le=MAX_DAYS)] = DEFAULT_DAYS
+    days: Annotated[int, Field(ge=1, le=MAX_DAYS), BeforeValidator(_whole)] = DEFAULT_DAYS
 
 
 class AppliedOut(BaseModel):
