@@ -417,6 +417,9 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                 "people": {"values": ["admin", who.username]},  # whose tokens to list
                 "roles": {"values": ["ops"]},
                 "future": {"values": ["2099-01-01T00:00:00Z", "2098-06-30T12:00:00.5+02:00"]},
+                # a report's period: from before to, to not in the future
+                "period_from": {"values": ["2020-01-01", "2021-06-30T00:00:00Z"]},
+                "period_to": {"values": ["2025-01-01", "2025-06-30T12:00:00+02:00"]},
                 "clients": {"values": [existing.client_id]},
                 "secrets": {"values": [existing.client_secret]},
                 "scope": {"values": ["tools:read", "tools:read tools:write", ""]},
@@ -457,6 +460,10 @@ def _config(existing: Existing | None = None, who: Identity | None = None) -> sc
                 "body.scope.owner": {"dictionary": "humans", "probability": 0.6},
                 "body.scope.role": {"dictionary": "roles", "probability": 0.6},
                 "query.owner": {"dictionary": "humans", "probability": 0.6},
+                "body.period.from": {"dictionary": "period_from", "probability": 0.5},
+                "body.period.to": {"dictionary": "period_to", "probability": 0.5},
+                "query.from": {"dictionary": "period_from", "probability": 0.5},
+                "query.to": {"dictionary": "period_to", "probability": 0.5},
                 "query.role": {"dictionary": "roles", "probability": 0.6},
             },
             "generation": {
