@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.agents.service import AgentService
+from tether.audit.chain import Event
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
 from tether.clock import Clock, to_micros, to_rfc3339
@@ -222,35 +224,28 @@ class ReviewService:
             if line.applied_at is not None:
                 raise LineSettled(f"line {line_id} was carried out ({line.outcome})", line=line_id)
             previous = line.answer
-            (event,) = self.ledger.append(
-                s,
-                [
-                    NewEvent(
-                        EventType.REVIEW_ANSWERED,
-                        actor.ref,
-                        agent_id=line.agent_id,
-                        action=str(EventType.REVIEW_ANSWERED),
-                        resource={"type": "ReviewLine", "id": line.id},
-                        outcome="success",
-                        details={
-                            "review": review.id,
-                            "line": line.id,
-                            "kind": line.kind,
-                            "subject": line.subject,
-                            "answer": chosen.value,
-                            "note": note,
-                            "previous": previous,
-                        },
-                    )
-                ],
-                now=now,
-            )
+            event = self._line_event(s, actor, line, EventType.REVIEW_ANSWERED, now=now, details={
+                "answer": chosen.value, "note": note, "previous": previous,
+            })  # fmt: skip
             line.answer, line.answer_note, line.answered_by = chosen.value, note, actor.ref
             line.answered_at, line.answer_seq = to_micros(now), event.seq
             line.state = state_after(chosen).value
             s.flush()
             self._close_if_done(s, actor, review, now)
             return reads.to_lines(s, [line])[0]
+
+    def _line_event(
+        self, s: Session, actor: Principal, line: ReviewLineRow, type_: EventType,
+        *, now: datetime, details: dict[str, Any],
+    ) -> Event:  # fmt: skip
+        """One ledger event about a review line (its review, id, kind and subject first)."""
+        (event,) = self.ledger.append(s, [NewEvent(
+            type_, actor.ref, agent_id=line.agent_id, action=str(type_),
+            resource={"type": "ReviewLine", "id": line.id}, outcome="success",
+            details={"review": line.review_id, "line": line.id, "kind": line.kind,
+                     "subject": line.subject, **details},
+        )], now=now)  # fmt: skip
+        return event
 
     def confirm(
         self, actor: Principal, review_id: str, line_id: str, *, note: str | None = None
@@ -274,30 +269,10 @@ class ReviewService:
                 )
             reason = f"access review {review.id}: {line.answer_note}"
             done = self.actions.apply(s, actor, line, now=now, reason=reason)
-            (event,) = self.ledger.append(
-                s,
-                [
-                    NewEvent(
-                        EventType.REVIEW_APPLIED,
-                        actor.ref,
-                        agent_id=line.agent_id,
-                        action=str(EventType.REVIEW_APPLIED),
-                        resource={"type": "ReviewLine", "id": line.id},
-                        outcome="success",
-                        details={
-                            "review": review.id,
-                            "line": line.id,
-                            "kind": line.kind,
-                            "subject": line.subject,
-                            "answer": line.answer,
-                            "outcome": done.outcome.value,
-                            "note": note,
-                            **done.details,
-                        },
-                    )
-                ],
-                now=now,
-            )
+            event = self._line_event(s, actor, line, EventType.REVIEW_APPLIED, now=now, details={
+                "answer": line.answer, "outcome": done.outcome.value, "note": note,
+                **done.details,
+            })  # fmt: skip
             settle = [line]
             if line.answer == Answer.RETIRE:  # the agent's other lines go with it
                 settle += self._unsettled_of(s, review.id, line.agent_id, but=line.id)
