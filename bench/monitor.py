@@ -71,6 +71,7 @@ from bench.loadgen import HttpRequest, LoadGen, LoadResult, process_children
 from bench.tokens import Deployment, open_deployment, tether_server
 from tether.audit.events import EventType
 from tether.audit.models import EventRow
+from tether.collector import settled
 from tether.monitor.models import AgentRiskRow, MonitorSyncRow, MonitorTouchRow
 from tether.monitor.rules import MonitorConfig, ThresholdConfig
 from tether.policy.decide import DecisionService
@@ -656,6 +657,7 @@ def run_backend(options: Options, backend: str) -> list[ResultTable]:
         world = dbench.populate(dep, world_sizes(sizes))
         if ns.inprocess:
             dep.services.runtime.start()  # the poller keeps it current, as in a server
+            settled()  # as a server's worker does once its start is over (tether.collector)
             try:
                 tables.append(run_inprocess(dep, world, sizes))
             finally:
