@@ -20,16 +20,18 @@ monitor) — called on the same requests in alternating blocks (the order flips 
   tasks, alternating time blocks; while monitoring is on, a thread runs ``Monitor.sync``
   every ``sync_seconds`` as a server's worker does (publishing this worker's counts).
 
-**Over HTTP** (one table): ``tether serve --workers 2`` on the same data, started afresh for
-each block — with ``TETHER_MONITOR`` unset (on) or ``{"enabled": false}`` (off), alternating,
-the order flipping each round — and in each block, after a warm-up, ``GET /healthz`` then
-``POST /access/v1/evaluation`` at the load generator's maximum (``wrk`` when installed),
+**Over HTTP** (one table): two ``tether serve --workers 2`` on the same data, side by side
+for the whole phase — one with ``TETHER_MONITOR`` unset (on), one with ``{"enabled": false}``
+(off) — loaded in turn, in short blocks, the order flipping each round (so that the machine's
+slow and fast minutes fall on both alike; the idle one's background work runs in both
+modes' blocks), each block ``GET /healthz`` then ``POST /access/v1/evaluation`` at the load
+generator's maximum (``wrk`` when installed), after one warm-up per server,
 the bootstrap admin's token, the decision bench's AuthZEN bodies (spread over many agents, so
 that few agents' windows trip a default rule — the table counts the ``agent.risk_raised``
 events — where a handful of agents each asking hundreds of times a second is what
 ``rate-flood`` is for). ``TETHER_DECISION_MEMO_SIZE=0`` on both, as in ``bench.decisions``:
 the bodies repeat. What the in-process rows left in the database (behaviour counts, risk
-rows) is deleted before the first server.
+rows) is deleted before the servers start.
 
 Run: ``python -m bench.monitor [--quick] [--postgres URL] [--no-sqlite] [--agents N]
 [--blocks B] [--calls N] [--rounds R] [--workers 2] [--connections 64] [--duration S]
@@ -68,7 +70,7 @@ from bench.common import (
 )
 from bench.decision_workload import make_requests
 from bench.loadgen import HttpRequest, LoadGen, LoadResult, process_children
-from bench.tokens import Deployment, open_deployment, tether_server
+from bench.tokens import Deployment, free_port, open_deployment, tether_server
 from tether.audit.events import EventType
 from tether.audit.models import EventRow
 from tether.collector import settled
@@ -99,17 +101,17 @@ class Sizes:
     decide_seconds: float  # per decide block and mode
     decide_tasks: int
     http_requests: int  # distinct AuthZEN bodies, cycled
-    rounds: int  # HTTP rounds (one server block per mode each)
+    rounds: int  # HTTP rounds (one block per server each)
     http_seconds: float  # per /healthz and per evaluation run
     http_warmup: float
     connections: int
     workers: int
 
 
-FULL = Sizes(agents=10_000, requests=20_000, blocks=6, calls=10_000, decide_blocks=4,
-             decide_seconds=3.0, decide_tasks=64, http_requests=20_000, rounds=3,
-             http_seconds=10.0, http_warmup=3.0, connections=64, workers=2)  # fmt: skip
-QUICK = Sizes(agents=2_000, requests=4_000, blocks=4, calls=2_000, decide_blocks=2,
+FULL = Sizes(agents=10_000, requests=20_000, blocks=40, calls=1_500, decide_blocks=4,
+             decide_seconds=3.0, decide_tasks=64, http_requests=20_000, rounds=8,
+             http_seconds=5.0, http_warmup=3.0, connections=64, workers=2)  # fmt: skip
+QUICK = Sizes(agents=2_000, requests=4_000, blocks=8, calls=1_000, decide_blocks=2,
               decide_seconds=1.0, decide_tasks=64, http_requests=2_000, rounds=2,
               http_seconds=3.0, http_warmup=1.5, connections=64, workers=2)  # fmt: skip
 
@@ -516,31 +518,41 @@ def run_http(dep: Deployment, world: dbench.World, sizes: Sizes, kind: str) -> R
     risk0 = events_of(dep, EventType.AGENT_RISK_RAISED)
     blocks: list[Block] = []
     conns, secs = sizes.connections, sizes.http_seconds
-    for r in range(sizes.rounds):
-        modes = ("off", "on") if r % 2 == 0 else ("on", "off")
-        for mode in modes:
-            env = MEMO_OFF | (OFF_ENV if mode == "off" else ({} if ns_respond() else ON_ENV))
-            note(f"{tag} round {r + 1}/{sizes.rounds}, monitoring {mode}: tether serve "
-                 f"--workers {sizes.workers}; warm-up {sizes.http_warmup:g} s, /healthz "
-                 f"{secs:g} s, evaluations {secs:g} s ({kind}, {conns} connections)")  # fmt: skip
-            with (
-                tether_server(dep, sizes.workers, env) as server,
-                tempfile.TemporaryDirectory() as tmp,
-            ):
-                gen = LoadGen(server, Path(tmp), kind)
-                workers = process_children(server.pid)
-                w = gen.max_rate(evaluations, connections=conns, seconds=sizes.http_warmup,
-                                 expect="decision")  # fmt: skip
-                if w.ok == 0:
-                    raise RuntimeError(f"no decision answered during warm-up: {w.first_error}")
+    note(f"{tag} two servers side by side, monitoring off and on: tether serve --workers "
+         f"{sizes.workers} each; {sizes.rounds} rounds of /healthz then evaluations, "
+         f"{secs:g} s each, per server ({kind}, {conns} connections)")  # fmt: skip
+    on_env = ON_ENV if not ns_respond() else {}
+    with (
+        tether_server(dep, sizes.workers, MEMO_OFF | OFF_ENV) as off_server,
+        tether_server(dep, sizes.workers, MEMO_OFF | on_env, port=free_port()) as on_server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        servers = {"off": off_server, "on": on_server}
+        gens = {}
+        for mode, server in servers.items():
+            (Path(tmp) / mode).mkdir()
+            gens[mode] = LoadGen(server, Path(tmp) / mode, kind)
+        children = {m: process_children(s.pid) for m, s in servers.items()}
+        for mode, gen in gens.items():
+            w = gen.max_rate(evaluations, connections=conns, seconds=sizes.http_warmup,
+                             expect="decision")  # fmt: skip
+            if w.ok == 0:
+                raise RuntimeError(f"no decision answered during warm-up ({mode}): "
+                                   f"{w.first_error}")  # fmt: skip
+        for r in range(sizes.rounds):
+            for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                gen = gens[mode]
                 hz = gen.max_rate(health, connections=conns, seconds=secs, expect="status")
                 ev = gen.max_rate(evaluations, connections=conns, seconds=secs,
                                   expect="decision")  # fmt: skip
-                replaced = len(workers - process_children(server.pid))
-            blocks.append(Block(mode, r, hz, ev, replaced))
-            note(f"{tag}   {mode}: {ev.rate:,.0f} decisions/s, /healthz {hz.rate:,.0f}/s"
-                 + (f"; {replaced} worker(s) replaced by the supervisor meanwhile" if replaced
-                    else ""))  # fmt: skip
+                now = process_children(servers[mode].pid)
+                replaced = len(children[mode] - now)
+                children[mode] = now
+                blocks.append(Block(mode, r, hz, ev, replaced))
+                note(f"{tag}   round {r + 1}/{sizes.rounds} {mode}: {ev.rate:,.0f} decisions/s, "
+                     f"/healthz {hz.rate:,.0f}/s"
+                     + (f"; {replaced} worker(s) replaced by the supervisor meanwhile"
+                        if replaced else ""))  # fmt: skip
     risk = events_of(dep, EventType.AGENT_RISK_RAISED) - risk0
     return http_table(dep, sizes, kind, blocks, {
         "load_before": load0, "load_after": os.getloadavg()[0], "risk_raised": risk,
@@ -612,29 +624,28 @@ def http_table(
         f"({median_fewer:.1%} fewer, the median of the rounds' on ÷ off; ÷ /healthz: the same "
         f"with each block's rate over its own server's /healthz, {statistics.median(fewer_hz):.1%}"
         " fewer).",
-        f"each block a fresh `tether serve --workers {sizes.workers}` (on: TETHER_MONITOR unset,"
-        ' the defaults; off: TETHER_MONITOR={"enabled": false}; both '
-        "TETHER_DECISION_MEMO_SIZE=0: the bodies repeat, Cedar decides each), the modes' order "
-        f"flipping each round: a {sizes.http_warmup:g} s warm-up of evaluations, then GET "
-        f"/healthz for {sizes.http_seconds:g} s, then the evaluations for "
-        f"{sizes.http_seconds:g} s, closed loop at the generator's maximum. Every answer a "
-        "decision event made durable by group commit before it is sent.",
+        f"two `tether serve --workers {sizes.workers}` side by side for the whole phase (on: "
+        'TETHER_MONITOR unset, the defaults; off: TETHER_MONITOR={"enabled": false}; both '
+        "TETHER_DECISION_MEMO_SIZE=0: the bodies repeat, Cedar decides each), loaded in turn, "
+        f"the order flipping each round: after a {sizes.http_warmup:g} s warm-up of evaluations "
+        f"each, per round and server GET /healthz for {sizes.http_seconds:g} s, then the "
+        f"evaluations for {sizes.http_seconds:g} s, closed loop at the generator's maximum. "
+        "Every answer a decision event made durable by group commit before it is sent.",
         f"requests: {sizes.http_requests:,} AuthZEN bodies of the decision workload (no "
         "delegation), cycled, with the bootstrap admin's token (asks for any agent); "
         f"agent.risk_raised events during the HTTP runs: {notes['risk_raised']:,}{tripped}. "
-        "Before the first server, the behaviour the in-process rows left in the database "
+        "Before the servers started, the behaviour the in-process rows left in the database "
         f"(counts, pairs, touches, {notes['risk_rows_dropped']:,} agents' risk rows) was "
-        "deleted: the servers' windows are their own (within a round's 60 s window, an on "
-        "server merges the previous on server's counts, as a restarted one does)"
-        ". CPU per decision = the server's process tree (/proc) over answered evaluations.",
+        "deleted: the on server's windows are its own. CPU per decision = the server's "
+        "process tree (/proc) over answered evaluations.",
         "per round, decisions/s off / on (÷ /healthz): "
         + "; ".join(
             f"{o.evaluation.rate:,.0f} ({o.evaluation.rate / o.healthz.rate:.2f}) / "
             f"{n.evaluation.rate:,.0f} ({n.evaluation.rate / n.healthz.rate:.2f})"
             for o, n in pairs
         )
-        + f". Load average (1 min) {notes['load_before']:.2f} before the first server, "
-        f"{notes['load_after']:.2f} after the last. Workers the supervisor replaced during the "
+        + f". Load average (1 min) {notes['load_before']:.2f} before the servers started, "
+        f"{notes['load_after']:.2f} after. Workers the supervisor replaced during the "
         f"blocks (a worker that misses its health check for 5 s is killed and started "
         f"afresh): off {notes['workers_replaced']['off']}, on {notes['workers_replaced']['on']}"
         " — a block that lost one measures a restart, not monitoring.",
@@ -675,17 +686,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "get stepped up and suspended mid-run); default: rules watched, "
                         "thresholds out of reach")  # fmt: skip
     parser.add_argument("--blocks", type=int,
-                        help="alternating in-process blocks (default 6)")  # fmt: skip
+                        help="alternating in-process blocks (default 40)")  # fmt: skip
     parser.add_argument(
-        "--calls", type=int, help="timed calls per in-process block and mode (default 10000)"
+        "--calls", type=int, help="timed calls per in-process block and mode (default 1500)"
     )
     parser.add_argument("--rounds", type=int,
-                        help="HTTP rounds, one server per mode each (default 3)")  # fmt: skip
+                        help="HTTP rounds, a block per server each (default 8)")  # fmt: skip
     parser.add_argument("--workers", type=int, help="server worker processes (default 2)")
     parser.add_argument("--connections", type=int,
                         help="HTTP connections of the load generator (default 64)")  # fmt: skip
     parser.add_argument(
-        "--duration", type=float, help="seconds per HTTP run: /healthz, evaluations (default 10)"
+        "--duration", type=float, help="seconds per HTTP run: /healthz, evaluations (default 5)"
     )
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                         help="HTTP load generator (default: wrk if installed)")  # fmt: skip

@@ -177,6 +177,8 @@ class DecisionService:
         if compiled is None or not rt.current():
             return [(d, None, None) for d in _stale(compiled, len(asks))]
         now_us = to_micros(self.clock.now())
+        if len(asks) == 1:  # decide, decide_then: one request, straight through
+            return [self._watched_one(asks[0], monitor, compiled, now_us)]
         out: list[tuple[Decision, Any, Any] | None] = []
         pending: list[tuple[int, Any, CedarRequest]] = []
         for i, ask in enumerate(asks):
@@ -199,6 +201,23 @@ class DecisionService:
                 final, response = monitor.after(asks[i], decision, watch, now_us)
                 out[i] = (self._overdue(asks[i], final, now_us), response, watch)
         return [x for x in out if x is not None]
+
+    def _watched_one(
+        self, ask: Ask, monitor: Watcher, compiled: CompiledPolicies, now_us: int
+    ) -> tuple[Decision, Any, Any]:
+        """:meth:`_watched` for one request: the same steps without the batch's lists."""
+        refused = self._precheck(ask, compiled, now_us)
+        if refused is not None:
+            return refused, None, None
+        agents = self.runtime.agents
+        reads = compiled.reads_session
+        watch = monitor.before(ask, agents[ask.subject], now_us, session=reads,
+                               risk=compiled.reads_risk)  # fmt: skip
+        request = cedar_request(ask, agents, session=watch.session if reads else False,
+                                principal_entity=watch.entity)  # fmt: skip
+        decision = decision_from_outcome(compiled.decide(request), compiled.version)
+        final, response = monitor.after(ask, decision, watch, now_us)
+        return self._overdue(ask, final, now_us), response, watch
 
     def _overdue(self, ask: Ask, decision: Decision, now_us: int) -> Decision:
         """After Cedar (and monitoring): an allow of an agent whose recertification is overdue,
