@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import statistics
@@ -521,7 +522,7 @@ def run_http(dep: Deployment, world: dbench.World, sizes: Sizes, kind: str) -> R
     note(f"{tag} two servers side by side, monitoring off and on: tether serve --workers "
          f"{sizes.workers} each; {sizes.rounds} rounds of /healthz then evaluations, "
          f"{secs:g} s each, per server ({kind}, {conns} connections)")  # fmt: skip
-    on_env = ON_ENV if not ns_respond() else {}
+    on_env = on_server_env()
     with (
         tether_server(dep, sizes.workers, MEMO_OFF | OFF_ENV) as off_server,
         tether_server(dep, sizes.workers, MEMO_OFF | on_env, port=free_port()) as on_server,
@@ -704,6 +705,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="in-process figures only (no server)")  # fmt: skip
     parser.add_argument("--http-only", dest="inprocess", action="store_false",
                         help="skip the in-process table")  # fmt: skip
+    parser.add_argument("--on-config", metavar="JSON", default="{}",
+                        help='more monitoring settings for the "on" servers, e.g. '
+                        '\'{"sync_seconds": 5}\'')  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -715,16 +719,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     note(machine_line(options))
     _RESPOND[0] = bool(getattr(options.extra, "respond", False))
+    _ON_EXTRA.update(json.loads(options.extra.on_config))
     if not _RESPOND[0]:  # the in-process deployment's settings, as the servers' (ON_ENV)
         os.environ.update(ON_ENV)
     run_each_backend(options, lambda backend: run_backend(options, backend))
 
 
 _RESPOND = [False]
+_ON_EXTRA: dict[str, Any] = {}
 
 
 def ns_respond() -> bool:
     return _RESPOND[0]
+
+
+def on_server_env() -> dict[str, str]:
+    """The "on" servers' TETHER_MONITOR: the defaults (thresholds out of reach unless
+    --respond), with --on-config's settings."""
+    config: dict[str, Any] = {} if ns_respond() else json.loads(ON_ENV["TETHER_MONITOR"])
+    config.update(_ON_EXTRA)
+    return {"TETHER_MONITOR": json.dumps(config)} if config else {}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -87,16 +88,21 @@ async def _alerts(services: Services) -> None:
 
 
 async def _monitor(services: Services) -> None:
-    """Every ``monitor.sync_seconds``: publish this worker's behaviour counts and merge the
-    other workers' and nodes' (tether.monitor)."""
+    """Every ``monitor.sync_seconds`` (longer while syncs are slow: Monitor.next_sync):
+    publish this worker's behaviour counts and merge the other workers' and nodes'
+    (tether.monitor)."""
     monitor = services.monitor
     interval = services.settings.monitor.sync_seconds
     while monitor.enabled:
         await asyncio.sleep(interval)
+        started = time.perf_counter()
         try:
             await asyncio.to_thread(monitor.sync)
         except Exception:
+            interval = services.settings.monitor.sync_seconds
             log.exception("monitor sync failed; retrying in %.1fs", interval)
+        else:
+            interval = monitor.next_sync(time.perf_counter() - started)
 
 
 # The console's page modules, each a capability's own (tether.api.console.kit)

@@ -69,6 +69,7 @@ log = logging.getLogger("tether.monitor")
 _SYNCS = cast(Table, MonitorSyncRow.__table__)
 _TOUCHES = cast(Table, MonitorTouchRow.__table__)
 _ANNOUNCED_US = 300_000_000  # how far back a worker looks for the touches just announced
+SYNC_SHARE = 0.01  # of a worker's time, at most, spent syncing (Monitor.next_sync)
 RESPONSES = Counter("tether_monitor_responses", "Automatic responses to an agent's risk",
                     ["action"])  # fmt: skip
 STEP_UP = "tether.risk-step-up"
@@ -147,6 +148,7 @@ class Monitor:
         self._pairs_cap = config.pairs_per_agent
         self._width = config.window_seconds // config.bucket_seconds
         self._session_us = config.session_window_seconds * 1_000_000
+        self._sync_ceiling = max(config.sync_seconds, config.bucket_seconds / 2)
         self._lock = threading.Lock()
         self.windows: dict[str, AgentWindow] = {}
         self.sessions: dict[str, SessionHistory] = {}
@@ -467,6 +469,15 @@ class Monitor:
                 "step_up": bool(state and state.step_up)}  # fmt: skip
 
     # -- merging across workers and nodes ----------------------------------------------------
+    def next_sync(self, took: float) -> float:
+        """Seconds until the next :meth:`sync`, given how long this one took (wall time):
+        ``sync_seconds``, or longer when a sync is slow — when thousands of agents are busy
+        each sync builds, writes, reads and folds in all their counts — so that syncing takes
+        about 1 % of the worker's time (:data:`SYNC_SHARE`) and the decisions keep the rest;
+        never more than half a bucket, so that the other workers' counts are at most that
+        late in a window of whole buckets."""
+        return min(max(self.config.sync_seconds, took / SYNC_SHARE), self._sync_ceiling)
+
     def sync(self) -> None:
         """Publish this worker's news and read the others' (a few statements, off the hot
         path)."""
