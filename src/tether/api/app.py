@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -95,14 +94,13 @@ async def _monitor(services: Services) -> None:
     interval = services.settings.monitor.sync_seconds
     while monitor.enabled:
         await asyncio.sleep(interval)
-        started = time.perf_counter()
         try:
-            await asyncio.to_thread(monitor.sync)
+            cpu = await asyncio.to_thread(monitor.sync)
         except Exception:
             interval = services.settings.monitor.sync_seconds
             log.exception("monitor sync failed; retrying in %.1fs", interval)
         else:
-            interval = monitor.next_sync(time.perf_counter() - started)
+            interval = monitor.next_sync(cpu)
 
 
 # The console's page modules, each a capability's own (tether.api.console.kit)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -152,6 +153,9 @@ class Monitor:
         self._lock = threading.Lock()
         self.windows: dict[str, AgentWindow] = {}
         self.sessions: dict[str, SessionHistory] = {}
+        # Every agent's known (action, resource) pairs in one set (pair_key), each window
+        # counting its own: one object for the collector to walk, not one per agent
+        self._pairs: set[str] = set()
         self.states: dict[str, RiskState] = {}
         self._entities: dict[str, tuple[str, tuple[int, str], str]] = {}
         # What this worker has to publish at its next sync
@@ -225,15 +229,17 @@ class Monitor:
         if cur is None:
             cur = w.local.setdefault(b, new_counts())
         cur[REQ] += 1
-        pair = f"{ask.action}\x00{ask.resource_type}\x00{ask.resource_id}"  # pair_key, inlined
-        pairs = w.pairs
-        if pair not in pairs and len(pairs) < self._pairs_cap:
+        pair = f"{subject}\x00{ask.action}\x00{ask.resource_type}\x00{ask.resource_id}"
+        pairs = self._pairs  # pair_key, inlined
+        if pair not in pairs and w.known < self._pairs_cap:
             pairs.add(pair)
+            w.known += 1
             self._new_pairs.append((subject, ask.action, ask.resource_type, ask.resource_id))
             if w.active >= self._learn:
                 cur[FIRST] += 1
-        if b not in w.dirty:
-            w.dirty.add(b)
+        dirty = w.dirty
+        if b not in dirty:
+            w.dirty = (*dirty, b)
             self._dirty.add(subject)
         schedule = view.schedule
         scored = w.risk
@@ -469,30 +475,39 @@ class Monitor:
                 "step_up": bool(state and state.step_up)}  # fmt: skip
 
     # -- merging across workers and nodes ----------------------------------------------------
-    def next_sync(self, took: float) -> float:
-        """Seconds until the next :meth:`sync`, given how long this one took (wall time):
-        ``sync_seconds``, or longer when a sync is slow — when thousands of agents are busy
-        each sync builds, writes, reads and folds in all their counts — so that syncing takes
-        about 1 % of the worker's time (:data:`SYNC_SHARE`) and the decisions keep the rest;
+    def next_sync(self, cpu: float) -> float:
+        """Seconds until the next :meth:`sync`, given the CPU time the last one took:
+        ``sync_seconds``, or longer when syncs are costly — when thousands of agents are busy
+        each builds, writes, reads and folds in all their counts — so that syncing takes
+        about 1 % of the worker's CPU (:data:`SYNC_SHARE`) and the decisions keep the rest;
         never more than half a bucket, so that the other workers' counts are at most that
-        late in a window of whole buckets."""
-        return min(max(self.config.sync_seconds, took / SYNC_SHARE), self._sync_ceiling)
+        late in a window of whole buckets. (CPU time, not wall time: waiting on the database
+        costs the decisions nothing.)"""
+        return min(max(self.config.sync_seconds, cpu / SYNC_SHARE), self._sync_ceiling)
 
-    def sync(self) -> None:
+    def sync(self) -> float:
         """Publish this worker's news and read the others' (a few statements, off the hot
-        path)."""
+        path); the CPU time it took (this thread's), for :meth:`next_sync`."""
         if not self.enabled:
-            return
+            return 0.0
+        started = time.thread_time()
+        try:
+            self._sync()
+        finally:
+            took = time.thread_time() - started
+        return took
+
+    def _sync(self) -> None:
         now_us = to_micros(self.clock.now())
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            taken: list[tuple[str, set[int]]] = []
+            taken: list[tuple[str, tuple[int, ...]]] = []
             rows: list[tuple[Any, ...]] = []
             for agent in dirty:
                 w = self.windows.get(agent)
                 if w is None:
                     continue
-                buckets, w.dirty = w.dirty, set()
+                buckets, w.dirty = w.dirty, ()
                 taken.append((agent, buckets))
                 for b in buckets:
                     c = w.local.get(b)
@@ -509,7 +524,7 @@ class Monitor:
                 for agent, buckets in taken:
                     w = self.windows.get(agent)
                     if w is not None:
-                        w.dirty |= buckets
+                        w.dirty = tuple({*w.dirty, *buckets})
                         self._dirty.add(agent)
                 self._new_pairs[:0] = pairs
                 self._new_touches[:0] = touches
@@ -624,8 +639,10 @@ class Monitor:
             w = self.windows.get(agent)
             if w is None:
                 w = self.windows[agent] = AgentWindow()
-            if len(w.pairs) < self._pairs_cap:
-                w.pairs.add(pair_key(action, rtype, rid))
+            key = pair_key(agent, action, rtype, rid)
+            if key not in self._pairs and w.known < self._pairs_cap:
+                self._pairs.add(key)
+                w.known += 1
 
     # -- maintenance -------------------------------------------------------------------------
     def maintenance(self) -> list[Task]:

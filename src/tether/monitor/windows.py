@@ -28,9 +28,10 @@ REQ, DENY, FIRST, SECRET, APPROVAL = range(5)
 COUNTS = 5
 
 
-# A bucket's counts: an array of machine integers, which the cyclic garbage collector does
-# not track (a list would be one more object for every collection to walk, per agent and
-# bucket: with thousands of agents, monitoring's state made each collection slower).
+# A bucket's counts: an array of machine integers, compact and mutable in place (the cyclic
+# collector walks it as it would a list — every array is tracked since Python 3.10 — so the
+# other per-agent state avoids containers: a serving process's collector runs rarely,
+# tether.collector).
 Counts = MutableSequence[int]
 _ZERO = array("q", [0] * COUNTS)
 
@@ -53,11 +54,12 @@ class AgentWindow:
     mean: float = 0.0
     var: float = 0.0
     active: int = 0  # active buckets folded
-    pairs: set[str] = field(default_factory=set)  # pair_key(action, type, id): not tracked
+    known: int = 0  # the (action, resource) pairs it is known to have used (Monitor._pairs)
     risk: Risk = LOW  # as of its latest decision
     pending: int = 0  # the rank of a response on its way to the database
     flags: tuple[bool, int] = (False, 0)  # its latest request's (off_schedule, depth)
-    dirty: set[int] = field(default_factory=set)  # buckets this worker has not published
+    dirty: tuple[int, ...] = ()  # buckets this worker has not published (a tuple of ints,
+    # which the collector stops tracking: a set would be one more object per agent)
 
     def roll(self, b: int, width: int, alpha: float) -> None:
         """Move the window to bucket ``b``: fold what closed into the baseline first, then
@@ -160,16 +162,16 @@ class AgentWindow:
     def to_json(self) -> dict[str, Any]:
         return {"baseline_per_bucket": round(self.mean, 2),
                 "baseline_deviation": round(math.sqrt(self.var), 2),
-                "active_buckets": self.active, "pairs_known": len(self.pairs)}  # fmt: skip
+                "active_buckets": self.active, "pairs_known": self.known}  # fmt: skip
 
 
 _NONE = (0,) * COUNTS
 
 
-def pair_key(action: str, resource_type: str, resource_id: str) -> str:
-    """An (action, resource) pair as one string (a tuple would be one more object the garbage
-    collector walks, per pair and agent); the parts hold no NUL (the API refuses it)."""
-    return f"{action}\x00{resource_type}\x00{resource_id}"
+def pair_key(agent: str, action: str, resource_type: str, resource_id: str) -> str:
+    """An agent's (action, resource) pair as one string (a tuple would be one more object the
+    garbage collector walks, per pair); the parts hold no NUL (the API refuses it)."""
+    return f"{agent}\x00{action}\x00{resource_type}\x00{resource_id}"
 
 
 @dataclass(slots=True)
