@@ -222,3 +222,23 @@ def test_a_bad_log_format_is_a_clear_configuration_error() -> None:
 
     with pytest.raises(ConfigurationError, match="log_format"):
         load_settings(log_format="xml")
+
+
+def _generated_here() -> str:
+    from tether.api import requestlog
+
+    return requestlog._IDS.next()
+
+
+def test_generated_ids_differ_across_processes_even_forked_ones() -> None:
+    """A generated id is a per-process random prefix and a counter: a forked worker draws its
+    own prefix, so two processes never hand out the same id."""
+    import multiprocessing
+
+    here = [_generated_here() for _ in range(3)]
+    assert len(set(here)) == 3
+    assert all(_is_generated(i) for i in here)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        there = pool.apply(_generated_here)
+    assert _is_generated(there)
+    assert there[:16] != here[0][:16]  # another prefix

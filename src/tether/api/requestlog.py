@@ -1,8 +1,10 @@
 """Request ids and the access log: one line per HTTP request, text or one JSON object a line.
 
 Every request gets an id: the client's ``X-Request-ID`` when it is a plausible one (at most
-128 characters of ``A-Z a-z 0-9 . _ ~ : / + = @ -``), otherwise 128 random bits as 32 hex
-digits. It is returned on
+128 characters of ``A-Z a-z 0-9 . _ ~ : / + = @ -``), otherwise 32 hex digits: 64 random bits
+drawn once per process and a 64-bit counter (unique like 128 random bits, without a
+``getrandom`` system call per request: ~20 µs each under load on these machines). It is
+returned on
 every response (AuthZEN Authorization API 1.0's HTTPS binding asks the PDP to echo it), kept in the
 ASGI scope for the handlers (:func:`context`: the decision routes write it into the ledger
 event, the authentication dependencies set the caller), and logged.
@@ -16,6 +18,7 @@ Starlette's 500 handler included, so that the id is on every response.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -68,6 +71,25 @@ def set_caller(scope: Scope, caller: str) -> None:
         ctx.caller = caller
 
 
+class _Ids:
+    """Request ids: this process's random prefix and a counter (drawn again in a forked
+    child, so that two processes never share a prefix)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_IDS = _Ids()
+
+
 def _accepted_id(scope: Scope) -> str:
     value: bytes
     for name, value in scope["headers"]:
@@ -75,7 +97,7 @@ def _accepted_id(scope: Scope) -> str:
             if _VALID.fullmatch(value):
                 return value.decode("ascii")
             break  # an implausible id is replaced, never logged
-    return os.urandom(16).hex()  # a fifth of str(uuid4())'s cost, as unique
+    return _IDS.next()
 
 
 class RequestLogMiddleware:
