@@ -21,7 +21,7 @@ from tether.api.console import governance as console_governance
 from tether.api.console import kit as console_kit
 from tether.api.console import routes as console_routes
 from tether.api.console.session import ConsoleHeaders
-from tether.api.fastpath import DecisionFastPath, TokenFastPath
+from tether.api.fastpath import HotPaths
 from tether.api.limits import BodyLimitMiddleware
 from tether.api.mcp import METHODS, McpGate
 from tether.api.metrics import MetricsMiddleware
@@ -109,9 +109,11 @@ CONSOLE_PAGES = [console_routes.router, console_governance.router]
 
 class _TetherAPI(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
-        # Outside Starlette's ServerErrorMiddleware, which answers an unhandled error itself:
-        # the request id is on that 500 too, and its line is logged.
-        return requestlog.RequestLogMiddleware(super().build_middleware_stack())
+        # The request log outside Starlette's ServerErrorMiddleware, which answers an
+        # unhandled error itself: the request id is on that 500 too, and its line is logged.
+        # The hot paths right inside it, ahead of every other layer (tether.api.fastpath).
+        stack = HotPaths(super().build_middleware_stack(), self.state.services)
+        return requestlog.RequestLogMiddleware(stack)
 
 
 def create_app(services: Services, *, started: Callable[[], None] | None = None) -> FastAPI:
@@ -162,8 +164,6 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     for pages in CONSOLE_PAGES:  # the web console: pages, not the API's document
         _add_routes(app, pages)
     console_kit.install(app)
-    app.add_middleware(TokenFastPath, services=services)  # innermost: after limits, metrics
-    app.add_middleware(DecisionFastPath, services=services)
     app.add_middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes,
                        exempt=frozenset({"/mcp"}))  # the gateway's gate has its own  # fmt: skip
     app.add_middleware(MetricsMiddleware)

@@ -163,8 +163,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return _error(500, "internal_error", "internal error; see the server log")
+        return unexpected(exc)
+
+
+def unexpected(exc: BaseException) -> JSONResponse:
+    """An error nobody handled: logged with its traceback, answered 500 without details."""
+    log.exception("unhandled error", exc_info=exc)
+    return _error(500, "internal_error", "internal error; see the server log")
 
 
 # Response headers that come with an error status, documented so that clients (and schemathesis'

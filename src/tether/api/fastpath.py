@@ -1,18 +1,25 @@
-"""The hot paths without FastAPI's per-request machinery: the AuthZEN endpoints (the PDP)
-and the token endpoint (:class:`TokenFastPath`).
+"""The hot paths without FastAPI's per-request machinery: the AuthZEN endpoints (the PDP) and
+the token endpoint.
 
-FastAPI spends more CPU on routing, dependency solving and body handling than Tether spends
-deciding (bench/README.md). This ASGI middleware answers ``POST /access/v1/evaluation`` and
-``/access/v1/evaluations`` directly: pydantic-core validates the body from JSON in one call,
-the caller is authenticated from in-memory state, and the answer is orjson. It is the same
-contract, not another one: the FastAPI routes in :mod:`tether.api.routes.decisions` stay the
-documented definition (OpenAPI), share their models and request mapping with this module,
-and errors render through :mod:`tether.api.errors`. Requests it does not recognise (another
-path or method, a body that is not JSON) go on to FastAPI untouched.
+FastAPI spends more CPU on routing, dependency solving, body handling and its middleware
+stack than Tether spends deciding (bench/README.md). :class:`HotPaths` sits right inside the
+request log (:mod:`tether.api.requestlog`: the request id and the access line), outside
+everything else, and answers ``POST /access/v1/evaluation``, ``/access/v1/evaluations`` and
+``/oauth/token`` itself: the body read under the same cap as every other request
+(:func:`tether.api.limits.reject_too_large`), pydantic-core validating it from JSON in one
+call, the caller authenticated from in-memory state, the answer orjson, the request counted
+in the same metrics (:func:`tether.api.metrics.observe`), an unexpected error the same 500
+(:func:`tether.api.errors.unexpected`). It is the same contract, not another one: the
+FastAPI routes in :mod:`tether.api.routes.decisions` and :mod:`tether.api.routes.oauth` stay
+the documented definition (OpenAPI), share their models, request mapping and token answer
+with this module, and errors render through :mod:`tether.api.errors`. Requests it does not
+recognise (another path or method, a decision body that is not JSON) go on to the
+application's full stack untouched.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +28,8 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tether.api import errors, requestlog
+from tether.api import errors, metrics, requestlog
+from tether.api.limits import reject_too_large
 from tether.api.routes.oauth import answer_token
 from tether.container import Services
 from tether.errors import TetherError
@@ -34,48 +42,81 @@ _TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path
 
 @dataclass(frozen=True, slots=True)
 class _Route:
-    """What the metrics middleware reads (``scope["route"].path``)."""
+    """What the metrics read (``scope["route"].path``), as for a FastAPI route."""
 
     path: str
 
 
-_ROUTES = {_SINGLE: _Route(_SINGLE), _BATCH: _Route(_BATCH)}
+_ROUTES = {p: _Route(p) for p in (_SINGLE, _BATCH, _TOKEN_PATH)}
 
 
-class DecisionFastPath:
+class _TooLarge(Exception):
+    pass
+
+
+class HotPaths:
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.services = services
+        self.max_bytes = services.settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = _ROUTES.get(scope["path"]) if scope["type"] == "http" else None
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        authorization, content_type, proofs = "", b"", []
+        authorization: str | None = None
+        content_type, proofs, length = b"", [], None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"content-type":
                 content_type = value
+            elif name == b"content-length":
+                length = value
             elif name == b"dpop":
                 proofs.append(value.decode("latin-1"))
-        if not content_type.startswith(b"application/json"):
+        path = route.path
+        if path != _TOKEN_PATH and not content_type.startswith(b"application/json"):
             await self.app(scope, receive, send)  # FastAPI's own answer for other bodies
             return
         scope["route"] = route
-        body = await _body(receive)
+        start = time.perf_counter()
         try:
-            response = await self._answer(scope, route.path, authorization, proofs, body)
-        except TetherError as exc:
-            response = errors.tether_error(exc)
-        except ValidationError as exc:
-            response = errors.validation_error(
-                {**e, "loc": ("body", *e["loc"])} for e in exc.errors()
-            )
-        await response(scope, receive, send)
+            body = await _body(receive, self.max_bytes, length)
+            response = await self._answer(scope, path, authorization=authorization,
+                                          content_type=content_type, proofs=proofs,
+                                          body=body)  # fmt: skip
+        except _TooLarge:
+            metrics.observe("POST", path, 413, time.perf_counter() - start)
+            await reject_too_large(send, self.max_bytes)
+            return
+        except Exception as exc:
+            response = errors.unexpected(exc)
+        try:
+            await response(scope, receive, send)
+        finally:
+            metrics.observe("POST", path, response.status_code, time.perf_counter() - start)
 
     async def _answer(
+        self, scope: Scope, path: str, *, authorization: str | None, content_type: bytes,
+        proofs: list[str], body: bytes,
+    ) -> Response:  # fmt: skip
+        svc = self.services
+        if path == _TOKEN_PATH:
+            try:
+                return await answer_token(svc, content_type.decode("latin-1"), body,
+                                          authorization, proofs)  # fmt: skip
+            except TetherError as exc:  # not an OAuth refusal: the ledger unavailable, say
+                return errors.tether_error(exc)
+        try:
+            return await self._decide(scope, path, authorization or "", proofs, body)
+        except TetherError as exc:
+            return errors.tether_error(exc)
+        except ValidationError as exc:
+            return errors.validation_error({**e, "loc": ("body", *e["loc"])} for e in exc.errors())
+
+    async def _decide(
         self, scope: Scope, path: str, authorization: str, proofs: list[str], body: bytes
     ) -> Response:
         svc = self.services
@@ -96,52 +137,26 @@ class DecisionFastPath:
         return _json({"evaluations": [d.to_authzen() for d in answers]})
 
 
-async def _body(receive: Receive) -> bytes:
+async def _body(receive: Receive, max_bytes: int, length: bytes | None) -> bytes:
+    """The whole body, refused (:class:`_TooLarge`) by its ``Content-Length`` or, chunked,
+    as soon as it passes ``max_bytes``."""
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise _TooLarge
     chunks: list[bytes] = []
+    size = 0
     while True:
         message: Message = await receive()
         if message["type"] != "http.request":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise _TooLarge
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _json(body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
-
-
-class TokenFastPath:
-    """``POST /oauth/token`` answered by the route's own function
-    (:func:`tether.api.routes.oauth.answer_token`) without FastAPI's routing, dependency
-    solving and thread hop: agents fetch tokens every few minutes, in bursts, and FastAPI's
-    share of a token request was about as much as the issuance's own work (bench/README.md).
-    The FastAPI route stays the documented definition (OpenAPI) and answers the same."""
-
-    def __init__(self, app: ASGIApp, services: Services) -> None:
-        self.app = app
-        self.services = services
-        self.route = _Route(_TOKEN_PATH)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != _TOKEN_PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        authorization: str | None = None
-        content_type, proofs = "", []
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = value.decode("latin-1")
-            elif name == b"dpop":
-                proofs.append(value.decode("latin-1"))
-        scope["route"] = self.route
-        body = await _body(receive)
-        response: Response
-        try:
-            response = await answer_token(self.services, content_type, body, authorization, proofs)
-        except TetherError as exc:  # not an OAuth refusal: the ledger unavailable, say
-            response = errors.tether_error(exc)
-        await response(scope, receive, send)

@@ -25,7 +25,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        length = _content_length(scope)
+        length = content_length(scope)
         if length is not None:
             if length > self.max_bytes:
                 await self._reject(send)
@@ -58,30 +58,35 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        body = canonical(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"request body exceeds {self.max_bytes} bytes",
-                    "details": {"field": "body", "max_bytes": self.max_bytes},
-                }
-            }
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await reject_too_large(send, self.max_bytes)
 
 
-def _content_length(scope: Scope) -> int | None:
+async def reject_too_large(send: Send, max_bytes: int) -> None:
+    """The 413 answer: the body is over ``max_bytes`` (the connection is closed after it)."""
+    body = canonical(
+        {
+            "error": {
+                "code": "payload_too_large",
+                "message": f"request body exceeds {max_bytes} bytes",
+                "details": {"field": "body", "max_bytes": max_bytes},
+            }
+        }
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", []):
         if name == b"content-length":
             try:

@@ -41,8 +41,13 @@ class MetricsMiddleware:
         finally:
             # The route template, not the raw path, so ids do not explode the label set.
             route = getattr(scope.get("route"), "path", "unmatched")
-            key = (scope["method"], route, status)
-            child = _children.get(key)
-            if child is None:
-                child = _children[key] = REQUEST_SECONDS.labels(scope["method"], route, str(status))
-            child.observe(time.perf_counter() - start)
+            observe(scope["method"], route, status, time.perf_counter() - start)
+
+
+def observe(method: str, route: str, status: int, seconds: float) -> None:
+    """One request's duration, by method, route template and status."""
+    key = (method, route, status)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = REQUEST_SECONDS.labels(method, route, str(status))
+    child.observe(seconds)

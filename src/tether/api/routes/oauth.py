@@ -390,7 +390,7 @@ async def answer_token(
     proofs: list[str],
 ) -> JSONResponse:  # fmt: skip
     """The token endpoint's answer to a request of these headers and body: this route's, and
-    :class:`tether.api.fastpath.TokenFastPath`'s without FastAPI's per-request machinery."""
+    :class:`tether.api.fastpath.HotPaths` without FastAPI's per-request machinery."""
     try:
         form = parse_form(content_type, body, (*_TOKEN_PARAMETERS, *_CLIENT_AUTH_PARAMETERS))
         _require_client_auth(form, authorization)
