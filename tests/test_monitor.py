@@ -347,3 +347,28 @@ def test_a_costly_sync_waits_longer_so_syncing_takes_about_one_percent_of_a_work
     _decide(svc, Ask(agent, "resource.read", "Resource", "docs"))
     cpu = m.sync()  # what it published and merged, in this thread's CPU seconds
     assert 0 < cpu < 1
+
+
+def test_the_servers_sync_on_the_event_loop_merges_what_the_thread_sync_does(
+    make_services: Callable[..., Services], clock: FrozenClock
+) -> None:
+    """``sync_async`` (a server worker's: its Python on the event loop in slices, only the
+    statements in a thread) publishes and merges exactly what ``sync`` does: more agents
+    than one slice, each seen at both nodes, are seen whole at each after a sync."""
+    one = make_services(clock=clock, monitor=monitor())
+    two = make_services(clock=clock, monitor=monitor())
+    one.policies.push(SYSTEM, note=None, schema=None, policies=POLICIES)
+    agents = [_agent(one, f"a{i}") for i in range(3)]
+    for node in (one, two):
+        node.runtime.ensure_current()
+    # More entries than one slice: one agent's window seen by many (action, resource) pairs
+    for node in (one, two):
+        for agent in agents:
+            for i in range(4):
+                assert _decide(node, Ask(agent, "resource.read", "Resource", f"r{i}")).allowed
+    assert asyncio.run(one.monitor.sync_async()) >= 0
+    two.monitor.sync()
+    assert asyncio.run(one.monitor.sync_async()) >= 0
+    for node in (one, two):
+        for agent in agents:
+            assert node.monitor.describe(agent)["signals"]["requests"] == 8, agent

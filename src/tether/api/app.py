@@ -95,7 +95,7 @@ async def _monitor(services: Services) -> None:
     while monitor.enabled:
         await asyncio.sleep(interval)
         try:
-            cpu = await asyncio.to_thread(monitor.sync)
+            cpu = await monitor.sync_async()
         except Exception:
             interval = services.settings.monitor.sync_seconds
             log.exception("monitor sync failed; retrying in %.1fs", interval)

@@ -26,11 +26,12 @@ yet acted on. ``principal.risk`` and ``context.session`` are read from memory
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -71,6 +72,21 @@ _SYNCS = cast(Table, MonitorSyncRow.__table__)
 _TOUCHES = cast(Table, MonitorTouchRow.__table__)
 _ANNOUNCED_US = 300_000_000  # how far back a worker looks for the touches just announced
 SYNC_SHARE = 0.01  # of a worker's time, at most, spent syncing (Monitor.next_sync)
+_SLICE = 500  # entries folded in between two looks at the event loop (Monitor.sync_async)
+
+
+@dataclass(frozen=True, slots=True)
+class _News:
+    """What a sync publishes: this worker's changed counts, new pairs and touches (and what
+    was taken, to put back if publishing fails)."""
+
+    now_us: int
+    taken: list[tuple[str, tuple[int, ...]]]
+    rows: list[tuple[Any, ...]]
+    pairs: list[tuple[str, str, str, str]]
+    touches: list[tuple[str, str, str, str, int]]
+
+
 RESPONSES = Counter("tether_monitor_responses", "Automatic responses to an agent's risk",
                     ["action"])  # fmt: skip
 STEP_UP = "tether.risk-step-up"
@@ -476,7 +492,7 @@ class Monitor:
 
     # -- merging across workers and nodes ----------------------------------------------------
     def next_sync(self, cpu: float) -> float:
-        """Seconds until the next :meth:`sync`, given the CPU time the last one took:
+        """Seconds until the next sync, given the CPU time the last one took:
         ``sync_seconds``, or longer when syncs are costly — when thousands of agents are busy
         each builds, writes, reads and folds in all their counts — so that syncing takes
         about 1 % of the worker's CPU (:data:`SYNC_SHARE`) and the decisions keep the rest;
@@ -487,17 +503,40 @@ class Monitor:
 
     def sync(self) -> float:
         """Publish this worker's news and read the others' (a few statements, off the hot
-        path); the CPU time it took (this thread's), for :meth:`next_sync`."""
+        path), all in the calling thread; the CPU time it took, for :meth:`next_sync`."""
         if not self.enabled:
             return 0.0
         started = time.thread_time()
-        try:
-            self._sync()
-        finally:
-            took = time.thread_time() - started
-        return took
+        news = self._take()
+        synced = self._exchange(news)
+        for _ in self._absorb(synced, news.now_us):
+            pass
+        return time.thread_time() - started
 
-    def _sync(self) -> None:
+    async def sync_async(self) -> float:
+        """:meth:`sync` as a server's worker runs it: what is pure Python (this worker's
+        counts gathered, the others' folded in) on the event loop, in slices between the
+        requests, and only the statements in a thread — a thread busy with Python for tens of
+        milliseconds takes the GIL from the event loop every switch interval, and a loaded
+        worker answered ~15 % fewer decisions while it did (bench/README.md, "Monitoring").
+        The CPU time the loop's share took (the thread's is waiting on the database)."""
+        if not self.enabled:
+            return 0.0
+        cpu = time.thread_time()
+        news = self._take()
+        cpu = time.thread_time() - cpu
+        synced = await asyncio.to_thread(self._exchange, news)
+        steps = self._absorb(synced, news.now_us)
+        while True:
+            started = time.thread_time()
+            done = next(steps, None) is None
+            cpu += time.thread_time() - started
+            if done:
+                return cpu
+            await asyncio.sleep(0)  # the requests waiting go first
+
+    def _take(self) -> _News:
+        """What this worker has to publish, taken (under the lock)."""
         now_us = to_micros(self.clock.now())
         with self._lock:
             dirty, self._dirty = self._dirty, set()
@@ -515,19 +554,24 @@ class Monitor:
                         rows.append((agent, b, *c))
             pairs, self._new_pairs = self._new_pairs, []
             touches, self._new_touches = self._new_touches, []
+        return _News(now_us, taken, rows, pairs, touches)
+
+    def _exchange(self, news: _News) -> list[tuple[str, dict[str, Any]]]:
+        """Publish ``news`` and read the other workers' syncs not read yet; on a failure,
+        ``news`` goes out with the next sync (counts are absolute: nothing doubles)."""
         try:
-            if rows or pairs or touches:
-                self._publish(rows, pairs, touches, now_us)
-            self._merge(now_us)
+            if news.rows or news.pairs or news.touches:
+                self._publish(news.rows, news.pairs, news.touches, news.now_us)
+            return self._read(news.now_us)
         except Exception:
-            with self._lock:  # published next time (counts are absolute: nothing doubles)
-                for agent, buckets in taken:
+            with self._lock:
+                for agent, buckets in news.taken:
                     w = self.windows.get(agent)
                     if w is not None:
                         w.dirty = tuple({*w.dirty, *buckets})
                         self._dirty.add(agent)
-                self._new_pairs[:0] = pairs
-                self._new_touches[:0] = touches
+                self._new_pairs[:0] = news.pairs
+                self._new_touches[:0] = news.touches
             raise
 
     def _publish(
@@ -556,10 +600,9 @@ class Monitor:
             with self.db.write() as s:
                 changes.record(s, Kind.MONITOR, labelled, now_us=now_us)
 
-    def _merge(self, now_us: int) -> None:
-        """The other workers' counts updated since the last merge (with some slack for
-        clocks that differ), summed per agent and bucket into each window's ``remote``."""
-        oldest = now_us // self._bucket_us - self._width - 1
+    def _read(self, now_us: int) -> list[tuple[str, dict[str, Any]]]:
+        """The other workers' syncs since the last read (with some slack for clocks that
+        differ), in their order, parsed."""
         c = _SYNCS.c
         with self.db.read() as s:
             # The rows of the last few seconds (clocks differ a little, and on PostgreSQL a
@@ -577,25 +620,39 @@ class Monitor:
             ).all() if unseen else []  # fmt: skip
         self._read_until = now_us
         self._read_ids = set(recent)
+        return [(worker, orjson.loads(text)) for worker, text in synced]
+
+    def _absorb(self, synced: list[tuple[str, dict[str, Any]]], now_us: int) -> Iterator[None]:
+        """The other workers' counts summed per agent and bucket into each window's
+        ``remote``, their pairs and touches learnt — a slice of :data:`_SLICE` entries at a
+        time (a generator: :meth:`sync_async` lets requests in between)."""
+        oldest = now_us // self._bucket_us - self._width - 1
+        current = now_us // self._bucket_us
         new_pairs: list[list[str]] = []
         new_touches: list[list[Any]] = []
-        current = now_us // self._bucket_us
-        for worker, text in synced:
-            data = orjson.loads(text)
-            self._fold_in(worker, data.get("counts", ()), oldest, current)
+        for worker, data in synced:
+            counts = data.get("counts", ())
+            for i in range(0, len(counts), _SLICE):
+                self._fold_in(worker, counts[i : i + _SLICE], oldest, current)
+                yield
             new_pairs += data.get("pairs", ())
             new_touches += data.get("touches", ())
         if current != self._swept:  # once a bucket: forget the others' counts too old to count
             self._swept = current
-            for agent, held in list(self._theirs.items()):
-                for key in [k for k in held if k[1] < oldest]:
-                    del held[key]
-                if not held:
-                    del self._theirs[agent]
-        with self._lock:
-            self._learn_pairs(new_pairs)
-            for key, kind, value, at in new_touches:
-                self.sessions.setdefault(key, SessionHistory()).touch(kind, value, at)
+            agents = list(self._theirs.items())
+            for i in range(0, len(agents), _SLICE):
+                for agent, held in agents[i : i + _SLICE]:
+                    for key in [k for k in held if k[1] < oldest]:
+                        del held[key]
+                    if not held:
+                        self._theirs.pop(agent, None)
+                yield
+        for i in range(0, max(len(new_pairs), len(new_touches)), _SLICE):
+            with self._lock:
+                self._learn_pairs(new_pairs[i : i + _SLICE])
+                for key, kind, value, at in new_touches[i : i + _SLICE]:
+                    self.sessions.setdefault(key, SessionHistory()).touch(kind, value, at)
+            yield
 
     def _fold_in(self, worker: str, entries: Sequence[list[Any]], oldest: int,
                  current: int) -> None:  # fmt: skip
