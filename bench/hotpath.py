@@ -1,0 +1,207 @@
+"""The decision hot path over HTTP against the server's own floor (issue 21): AuthZEN single
+evaluations beside ``GET /healthz`` on the same server, alternating, at several connection
+counts, and sequentially (one connection, closed loop).
+
+Per backend, one deployment populated with the decision benchmark's world
+(:func:`bench.decisions.populate`: 10,000 agents, the workload's 120 policies + Tether's 2),
+one ``tether serve --workers 2`` on it (``TETHER_DECISION_MEMO_SIZE=0``: the bodies repeat,
+Cedar decides each), the bootstrap admin's token, the decision bench's AuthZEN bodies. After a
+warm-up, for each connection count (16 and 64 by default) ``rounds`` rounds of a ``/healthz``
+block and an evaluation block (``wrk``, ``seconds`` each, the order flipping each round), then
+the same with one connection (sequential: each request sent when the previous one was
+answered). Each round's evaluations/s over the same round's ``/healthz``/s is one ratio; the
+table gives their median, the server's CPU per request (its process tree, ``/proc``) and the
+p50s. Targets (issue 21): evaluations ≥ 0.6x ``/healthz`` on SQLite, ≥ 0.5x on PostgreSQL;
+sequential p50 ≤ 2x ``/healthz``'s.
+
+Run: ``python -m bench.hotpath [--quick] [--postgres URL] [--no-sqlite] [--rounds R]
+[--duration S] [--conns 16,64] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bench import decisions as dbench
+from bench.common import (
+    Options,
+    ResultTable,
+    fmt_latency,
+    fmt_rate,
+    machine_line,
+    note,
+    parse_options,
+    run_each_backend,
+)
+from bench.decision_workload import make_requests
+from bench.loadgen import HttpRequest, LoadGen, LoadResult
+from bench.tokens import Deployment, open_deployment, tether_server
+
+MEMO_OFF = {"TETHER_DECISION_MEMO_SIZE": "0"}
+TARGET_RATIO = {"sqlite": 0.6, "postgresql": 0.5}  # evaluations/s ÷ /healthz/s, at least
+TARGET_SEQUENTIAL = 2.0  # evaluation p50 ÷ /healthz p50, at most
+
+
+@dataclass(frozen=True)
+class Sizes:
+    agents: int
+    requests: int
+    rounds: int
+    seconds: float
+    warmup: float
+    conns: tuple[int, ...]
+    workers: int
+
+
+FULL = Sizes(agents=10_000, requests=20_000, rounds=4, seconds=5.0, warmup=5.0,
+             conns=(16, 64), workers=2)  # fmt: skip
+QUICK = Sizes(agents=2_000, requests=2_000, rounds=2, seconds=2.0, warmup=2.0,
+              conns=(16, 64), workers=2)  # fmt: skip
+
+
+def sizes_for(options: Options) -> Sizes:
+    s = QUICK if options.quick else FULL
+    ns = options.extra
+    if ns.rounds:
+        s = replace(s, rounds=ns.rounds)
+    if ns.duration:
+        s = replace(s, seconds=ns.duration)
+    if ns.conns:
+        s = replace(s, conns=tuple(int(c) for c in ns.conns.split(",")))
+    return s
+
+
+@dataclass
+class Pair:
+    conns: int
+    round: int
+    healthz: LoadResult
+    evaluation: LoadResult
+
+
+def run_backend(options: Options, backend: str) -> ResultTable:
+    sizes = sizes_for(options)
+    tag = f"[hotpath/{backend}]"
+    note(f"{tag} bootstrapping a deployment")
+    with open_deployment(options, backend) as dep:
+        world = dbench.populate(dep, replace(dbench.FULL, agents=sizes.agents))
+        dep.services.runtime.stop()  # this process stays out of the server's way
+        return run_http(dep, world, sizes)
+
+
+def run_http(dep: Deployment, world: dbench.World, sizes: Sizes) -> ResultTable:
+    tag = f"[hotpath/{dep.backend}]"
+    admin = dep.services.settings.admin_token_path.read_text().strip()
+    reqs = make_requests(sizes.requests, sizes.agents, seed=2, policies=dbench.FULL.policies,
+                         world_seed=dbench.SEED)  # fmt: skip
+    evaluations = [HttpRequest("POST", dbench.EVALUATION, f"Bearer {admin}",
+                               dbench.authzen_body(world, r)) for r in reqs]  # fmt: skip
+    health = [HttpRequest("GET", dbench.HEALTHZ, "", b"")]
+    load0 = os.getloadavg()[0]
+    pairs: list[Pair] = []
+    with (
+        tether_server(dep, sizes.workers, MEMO_OFF) as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        gen = LoadGen(server, Path(tmp), "wrk")
+        note(f"{tag} warm-up {sizes.warmup:g} s")
+        w = gen.max_rate(evaluations, connections=64, seconds=sizes.warmup, expect="decision")
+        if w.ok == 0:
+            raise RuntimeError(f"no decision answered during warm-up: {w.first_error}")
+        for conns in (*sizes.conns, 1):
+            for r in range(sizes.rounds):
+                got: dict[str, LoadResult] = {}
+                order = (("healthz", health, "status"), ("evaluation", evaluations, "decision"))
+                for what, rs, expect in order if r % 2 == 0 else order[::-1]:
+                    got[what] = gen.max_rate(rs, connections=conns, seconds=sizes.seconds,
+                                             expect=expect)  # fmt: skip
+                pair = Pair(conns, r, got["healthz"], got["evaluation"])
+                pairs.append(pair)
+                note(f"{tag}   {conns} connection(s), round {r + 1}/{sizes.rounds}: "
+                     f"{pair.evaluation.rate:,.0f} evaluations/s, /healthz "
+                     f"{pair.healthz.rate:,.0f}/s")  # fmt: skip
+    return table_of(dep, sizes, pairs, load0)
+
+
+def table_of(dep: Deployment, sizes: Sizes, pairs: list[Pair], load0: float) -> ResultTable:
+    table = ResultTable(
+        f"AuthZEN single evaluations beside the same server's /healthz on {dep.backend}: "
+        f"`tether serve --workers {sizes.workers}`, wrk, {sizes.agents:,} agents, 120 + 2 "
+        f"policies, memo off — median of {sizes.rounds} alternating rounds",
+        ["connections", "evaluations/s", "/healthz/s", "÷ /healthz (rounds)", "eval p50",
+         "/healthz p50", "p50 ÷", "server CPU per evaluation", "per /healthz", "errors"],
+    )  # fmt: skip
+    verdicts: list[str] = []
+    for conns in (*sizes.conns, 1):
+        ps = [p for p in pairs if p.conns == conns]
+        ratios = [p.evaluation.rate / p.healthz.rate for p in ps if p.healthz.rate]
+        ev50 = statistics.median(p.evaluation.p50 for p in ps)
+        hz50 = statistics.median(p.healthz.p50 for p in ps)
+        cpu_ev = statistics.median(p.evaluation.server_cpu / p.evaluation.ok
+                                   for p in ps if p.evaluation.ok)  # fmt: skip
+        cpu_hz = statistics.median(p.healthz.server_cpu / p.healthz.ok for p in ps if p.healthz.ok)
+        errors = sum(p.evaluation.errors + p.healthz.errors for p in ps)
+        ratio = statistics.median(ratios)
+        table.rows.append([
+            "1 (sequential)" if conns == 1 else str(conns),
+            fmt_rate(statistics.median(p.evaluation.rate for p in ps)),
+            fmt_rate(statistics.median(p.healthz.rate for p in ps)),
+            f"{ratio:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
+            fmt_latency(ev50), fmt_latency(hz50), f"{ev50 / hz50:.2f}x",
+            fmt_latency(cpu_ev), fmt_latency(cpu_hz), f"{errors:,}",
+        ])  # fmt: skip
+        table.records += [{
+            "benchmark": "hot path", "backend": dep.backend, "connections": p.conns,
+            "round": p.round, "evaluations_per_s": p.evaluation.rate,
+            "healthz_per_s": p.healthz.rate, "evaluation_p50_s": p.evaluation.p50,
+            "healthz_p50_s": p.healthz.p50, "evaluation_server_cpu_s": p.evaluation.server_cpu,
+            "evaluations": p.evaluation.ok, "healthz_server_cpu_s": p.healthz.server_cpu,
+            "healthz": p.healthz.ok, "errors": p.evaluation.errors + p.healthz.errors,
+        } for p in ps]  # fmt: skip
+        if conns == 1:
+            met = ev50 / hz50 <= TARGET_SEQUENTIAL
+            verdicts.append(f"sequential p50 ≤ {TARGET_SEQUENTIAL:g}x /healthz's: "
+                            f"{'met' if met else 'NOT met'} ({ev50 / hz50:.2f}x)")  # fmt: skip
+        else:
+            want = TARGET_RATIO.get(dep.backend, 0.6)
+            verdicts.append(f"{conns} connections, ≥ {want:g}x /healthz: "
+                            f"{'met' if ratio >= want else 'NOT met'} ({ratio:.2f}x)")  # fmt: skip
+    table.footnotes += [
+        "targets (issue 21): " + "; ".join(verdicts) + ".",
+        "one server for the whole table; per connection count, rounds of a /healthz block and "
+        f"an evaluation block ({sizes.seconds:g} s each, wrk, closed loop, the order flipping "
+        "each round); ÷ /healthz = each round's evaluations/s over its /healthz/s, the median "
+        "and range over the rounds. Every evaluation's answer waits for its decision event to "
+        "be durable (group commit). CPU = the server's process tree (/proc) over answered "
+        "requests.",
+        f"load average (1 min) {load0:.2f} before the server started, "
+        f"{os.getloadavg()[0]:.2f} after.",
+    ]
+    return table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, help="alternating rounds per connection count")
+    parser.add_argument("--duration", type=float, help="seconds per block (default 5)")
+    parser.add_argument("--conns", help="connection counts besides 1, e.g. 16,64 (default)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_options(
+        "python -m bench.hotpath",
+        "AuthZEN evaluations over HTTP beside the same server's /healthz (issue 21)",
+        argv,
+        add_arguments=add_arguments,
+    )
+    note(machine_line(options))
+    run_each_backend(options, lambda backend: run_backend(options, backend))
+
+
+if __name__ == "__main__":
+    main()
