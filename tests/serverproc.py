@@ -84,7 +84,7 @@ def wait_ready(proc: Child, url: str, token_file: Path, log: Path) -> bool:
         while True:
             if proc.poll() is not None:
                 text = log.read_text()
-                if any(said in text for said in _PORT_TAKEN):
+                if any(said in text.lower() for said in _PORT_TAKEN):  # "[Errno 98] Address…"
                     return False
                 raise RuntimeError(text)
             try:
