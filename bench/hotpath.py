@@ -14,8 +14,15 @@ table gives their median, the server's CPU per request (its process tree, ``/pro
 p50s. Targets (issue 21): evaluations ≥ 0.6x ``/healthz`` on SQLite, ≥ 0.5x on PostgreSQL;
 sequential p50 ≤ 2x ``/healthz``'s.
 
+``--memory``: instead, the 100,000-agent lines — a deployment with 100,000 agents (``--agents``),
+``runtime.load()`` timed in this process (best of three), then ``tether serve --workers 2``
+and each worker's resident memory (``/proc``, VmRSS) once ready and idle, and again after
+``--load-seconds`` (60) of evaluations at the generator's maximum. Targets (issue 21): a
+worker ≤ 250 MB idle and after the load; a full runtime load ≤ 2 s.
+
 Run: ``python -m bench.hotpath [--quick] [--postgres URL] [--no-sqlite] [--rounds R]
-[--duration S] [--conns 16,64] [--json FILE]``.
+[--duration S] [--conns 16,64] [--memory [--agents 100000] [--load-seconds 60]]
+[--json FILE]``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,10 +48,11 @@ from bench.common import (
     run_each_backend,
 )
 from bench.decision_workload import make_requests
-from bench.loadgen import HttpRequest, LoadGen, LoadResult
+from bench.loadgen import HttpRequest, LoadGen, LoadResult, process_children
 from bench.tokens import Deployment, open_deployment, tether_server
 
 MEMO_OFF = {"TETHER_DECISION_MEMO_SIZE": "0"}
+MEMORY_AGENTS = 100_000
 TARGET_RATIO = {"sqlite": 0.6, "postgresql": 0.5}  # evaluations/s ÷ /healthz/s, at least
 TARGET_SEQUENTIAL = 2.0  # evaluation p50 ÷ /healthz p50, at most
 
@@ -88,11 +97,85 @@ class Pair:
 def run_backend(options: Options, backend: str) -> ResultTable:
     sizes = sizes_for(options)
     tag = f"[hotpath/{backend}]"
-    note(f"{tag} bootstrapping a deployment")
+    ns = options.extra
+    if ns.memory:
+        sizes = replace(sizes, agents=ns.agents or MEMORY_AGENTS)
+    note(f"{tag} bootstrapping a deployment ({sizes.agents:,} agents)")
     with open_deployment(options, backend) as dep:
         world = dbench.populate(dep, replace(dbench.FULL, agents=sizes.agents))
+        if ns.memory:
+            return run_memory(dep, world, sizes, ns.load_seconds)
         dep.services.runtime.stop()  # this process stays out of the server's way
         return run_http(dep, world, sizes)
+
+
+def worker_rss(server_pid: int) -> list[int]:
+    """Each of the supervisor's children's resident bytes (VmRSS): the workers, and
+    multiprocessing's small resource tracker (~12 MiB)."""
+    out = []
+    for pid in sorted(process_children(server_pid)):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        out += [int(line.split()[1]) * 1024 for line in status.splitlines()
+                if line.startswith("VmRSS:")]  # fmt: skip
+    return out
+
+
+def run_memory(dep: Deployment, world: dbench.World, sizes: Sizes, seconds: float) -> ResultTable:
+    tag = f"[hotpath/{dep.backend}]"
+    loads = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        dep.services.runtime.load()
+        loads.append(time.perf_counter() - t0)
+    dep.services.runtime.stop()
+    note(f"{tag} runtime.load() of {sizes.agents:,} agents: "
+         + ", ".join(f"{x:.2f} s" for x in loads))  # fmt: skip
+    admin = dep.services.settings.admin_token_path.read_text().strip()
+    reqs = make_requests(20_000, sizes.agents, seed=2, policies=dbench.FULL.policies,
+                         world_seed=dbench.SEED)  # fmt: skip
+    evaluations = [HttpRequest("POST", dbench.EVALUATION, f"Bearer {admin}",
+                               dbench.authzen_body(world, r)) for r in reqs]  # fmt: skip
+    load0 = os.getloadavg()[0]
+    with (
+        tether_server(dep, sizes.workers, MEMO_OFF) as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        time.sleep(5)  # both workers loaded (the first answered /readyz) and settled
+        idle = worker_rss(server.pid)
+        note(f"{tag} workers idle: " + ", ".join(f"{b / 2**20:.0f} MiB" for b in idle))
+        gen = LoadGen(server, Path(tmp), "wrk")
+        note(f"{tag} {seconds:g} s of evaluations, 64 connections")
+        r = gen.max_rate(evaluations, connections=64, seconds=seconds, expect="decision")
+        loaded = worker_rss(server.pid)
+        note(f"{tag} workers after the load: "
+             + ", ".join(f"{b / 2**20:.0f} MiB" for b in loaded))  # fmt: skip
+    table = ResultTable(
+        f"The runtime at {sizes.agents:,} agents on {dep.backend}: load time and each "
+        f"worker's resident memory (`tether serve --workers {sizes.workers}`)",
+        ["what", "figure", "target"],
+    )
+    mib = [b / 2**20 for b in (*idle, *loaded)]
+    table.rows += [
+        ["runtime.load(), in process (best of 3)", f"{min(loads):.2f} s", "≤ 2 s"],
+        ["worker RSS, idle", ", ".join(f"{b / 2**20:.0f} MiB" for b in idle), "≤ 250 MB"],
+        [f"worker RSS after {seconds:g} s of evaluations ({r.rate:,.0f}/s, {r.errors} errors)",
+         ", ".join(f"{b / 2**20:.0f} MiB" for b in loaded), "≤ 250 MB"],
+    ]  # fmt: skip
+    table.records.append({"benchmark": "hot path memory", "backend": dep.backend,
+                          "agents": sizes.agents, "load_s": loads, "idle_rss": idle,
+                          "loaded_rss": loaded, "per_s": r.rate, "errors": r.errors})  # fmt: skip
+    met_load = min(loads) <= 2.0
+    met_rss = all(m * 2**20 <= 250e6 for m in mib)
+    table.footnotes += [
+        f"targets (issue 21): full runtime load ≤ 2 s: {'met' if met_load else 'NOT met'}; "
+        f"each worker ≤ 250 MB idle and after the load: {'met' if met_rss else 'NOT met'}.",
+        f"load average (1 min) {load0:.2f} before the server started, "
+        f"{os.getloadavg()[0]:.2f} after.",
+    ]
+    return table
 
 
 def run_http(dep: Deployment, world: dbench.World, sizes: Sizes) -> ResultTable:
@@ -190,6 +273,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="alternating rounds per connection count")
     parser.add_argument("--duration", type=float, help="seconds per block (default 5)")
     parser.add_argument("--conns", help="connection counts besides 1, e.g. 16,64 (default)")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="the 100,000-agent lines instead: load time, worker RSS",
+    )
+    parser.add_argument("--agents", type=int, help="agents for --memory (default 100000)")
+    parser.add_argument(
+        "--load-seconds",
+        type=float,
+        default=60.0,
+        help="seconds of evaluations before the second RSS reading (--memory)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
