@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 from tether.api.deps import Cursor, PrincipalDep, ServicesDep
 from tether.api.errors import responses
 from tether.api.params import AgentId
-from tether.fields import StrictModel
+from tether.fields import StrictModel, integral
 from tether.governance.rightsizing import DEFAULT_DAYS, MAX_DAYS, PAGE_MAX
 
 router = APIRouter(tags=["governance"])
@@ -111,14 +111,8 @@ class RightsizingPage(BaseModel):
     next_cursor: str | None
 
 
-def _whole(value: Any) -> Any:
-    """JSON Schema's ``integer`` includes 1422.0: a whole float is that integer (a string or a
-    fraction is still refused by the strict model)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
 class ApplyIn(StrictModel):
-    days: Annotated[int, Field(ge=1, le=MAX_DAYS), BeforeValidator(_whole)] = DEFAULT_DAYS
+    days: Annotated[int, Field(ge=1, le=MAX_DAYS), BeforeValidator(integral)] = DEFAULT_DAYS
 
 
 class AppliedOut(BaseModel):
