@@ -271,6 +271,12 @@ def test_who_may_see_it_and_bad_input(services: Services, client: TestClient) ->
     assert "days" in json.dumps(error)
     error = assert_error(client.post(f"{url}/apply", json={"days": 0}), 422)
     assert error["details"]["field"] == "days", error
+    for fraction in (30.5, "30"):  # JSON's integer 30.0 is accepted; these are not integers
+        error = assert_error(client.post(f"{url}/apply", json={"days": fraction}), 422)
+        assert error["details"]["field"] == "days", error
+    whole = client.post(f"{url}/apply", json={"days": 30.0})
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["rightsizing"]["days"] == 30
     error = assert_error(client.get("/v1/rightsizing", params={"days": 0}), 422)
     assert error["details"]["field"] == "days", error
 
