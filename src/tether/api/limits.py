@@ -25,7 +25,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        length = content_length(scope)
+        length = _content_length(scope)
         if length is not None:
             if length > self.max_bytes:
                 await self._reject(send)
@@ -86,7 +86,7 @@ async def reject_too_large(send: Send, max_bytes: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def content_length(scope: Scope) -> int | None:
+def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", []):
         if name == b"content-length":
             try:

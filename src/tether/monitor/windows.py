@@ -40,16 +40,12 @@ def new_counts() -> Counts:
     return _ZERO[:]
 
 
-def _zero() -> Counts:
-    return _ZERO[:]
-
-
 @dataclass(slots=True)
 class AgentWindow:
     bucket: int = -1  # the current bucket's number
     local: dict[int, Counts] = field(default_factory=dict)  # this worker's, by bucket
     remote: dict[int, Counts] = field(default_factory=dict)  # the others', summed
-    closed: Counts = field(default_factory=_zero)  # the window's buckets before the current
+    closed: Counts = field(default_factory=new_counts)  # the window's buckets before the current
     folded: int = -1  # the last bucket folded into the baseline
     mean: float = 0.0
     var: float = 0.0
@@ -127,7 +123,7 @@ class AgentWindow:
         self.folded = last
 
     def resum(self, width: int) -> None:
-        total = _zero()
+        total = new_counts()
         b = self.bucket
         for counts in (self.local, self.remote):
             # a copy, taken in one call: the decision path adds buckets without a lock
@@ -155,7 +151,7 @@ class AgentWindow:
         """A human cleared the agent's risk: its counts start again (baseline and pairs kept)."""
         self.local.clear()
         self.remote.clear()
-        self.closed = _zero()
+        self.closed = new_counts()
         self.risk = LOW
         self.pending = 0
 

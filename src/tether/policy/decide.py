@@ -186,20 +186,14 @@ class DecisionService:
             if refused is not None:
                 out.append((refused, None, None))
                 continue
-            reads = compiled.reads_session
-            watch = monitor.before(ask, rt.agents[ask.subject], now_us, session=reads,
-                                   risk=compiled.reads_risk)  # fmt: skip
             out.append(None)
-            request = cedar_request(ask, rt.agents, session=watch.session if reads else False,
-                                    principal_entity=watch.entity)  # fmt: skip
-            pending.append((i, watch, request))
+            pending.append((i, *self._watch(ask, monitor, compiled, now_us)))
         if pending:
             reqs = [r for _, _, r in pending]
             outcomes = [compiled.decide(reqs[0])] if len(reqs) == 1 else compiled.decide_many(reqs)
             for (i, watch, _), outcome in zip(pending, outcomes, strict=True):
-                decision = decision_from_outcome(outcome, compiled.version)
-                final, response = monitor.after(asks[i], decision, watch, now_us)
-                out[i] = (self._overdue(asks[i], final, now_us), response, watch)
+                out[i] = self._watched_answer(asks[i], outcome, watch, monitor=monitor,
+                                              version=compiled.version, now_us=now_us)  # fmt: skip
         return [x for x in out if x is not None]
 
     def _watched_one(
@@ -209,13 +203,29 @@ class DecisionService:
         refused = self._precheck(ask, compiled, now_us)
         if refused is not None:
             return refused, None, None
+        watch, request = self._watch(ask, monitor, compiled, now_us)
+        return self._watched_answer(ask, compiled.decide(request), watch, monitor=monitor,
+                                    version=compiled.version, now_us=now_us)  # fmt: skip
+
+    def _watch(
+        self, ask: Ask, monitor: Watcher, compiled: CompiledPolicies, now_us: int
+    ) -> tuple[Any, CedarRequest]:
+        """The request counted in its agent's window, and Cedar's request with what the
+        monitor gives it (the session, the principal with its risk)."""
         agents = self.runtime.agents
         reads = compiled.reads_session
         watch = monitor.before(ask, agents[ask.subject], now_us, session=reads,
                                risk=compiled.reads_risk)  # fmt: skip
-        request = cedar_request(ask, agents, session=watch.session if reads else False,
-                                principal_entity=watch.entity)  # fmt: skip
-        decision = decision_from_outcome(compiled.decide(request), compiled.version)
+        return watch, cedar_request(ask, agents, session=watch.session if reads else False,
+                                    principal_entity=watch.entity)  # fmt: skip
+
+    def _watched_answer(
+        self, ask: Ask, outcome: Outcome, watch: Any, *, monitor: Watcher, version: str,
+        now_us: int,
+    ) -> tuple[Decision, Any, Any]:  # fmt: skip
+        """Cedar's outcome scored by the monitor (its response, if any), then the overdue
+        recertification's checkpoint."""
+        decision = decision_from_outcome(outcome, version)
         final, response = monitor.after(ask, decision, watch, now_us)
         return self._overdue(ask, final, now_us), response, watch
 
