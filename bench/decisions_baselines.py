@@ -88,16 +88,31 @@ def time_calls(
     for i in range(warmup):
         fn(requests[i % len(requests)])
     samples: list[float] = []
+    allowed = _timed(fn, requests, 0, n, samples, decisions)
+    return figures_of(samples, allowed)
+
+
+def _timed(
+    fn: Callable[[T], bool], requests: Sequence[T], start: int, count: int,
+    samples: list[float], decisions: list[bool] | None = None,
+) -> int:  # fmt: skip
+    """``count`` calls from ``requests[start]`` on (cycling), each timed alone into
+    ``samples``; how many were allowed."""
     allowed = 0
     clock = time.perf_counter_ns
-    for i in range(n):
+    for i in range(start, start + count):
         request = requests[i % len(requests)]
-        start = clock()
+        begin = clock()
         ok = fn(request)
-        samples.append((clock() - start) / 1000)
+        samples.append((clock() - begin) / 1000)
         allowed += bool(ok)
         if decisions is not None:
             decisions.append(bool(ok))
+    return allowed
+
+
+def figures_of(samples: list[float], allowed: int) -> dict[str, Any]:
+    n = len(samples)
     total_s = sum(samples) / 1e6
     return {
         "n": n,
@@ -108,6 +123,32 @@ def time_calls(
         "allowed": allowed,
         "denied": n - allowed,
     }
+
+
+@dataclass(frozen=True)
+class Case:
+    """One engine in :func:`alternating`: ``before`` runs (untimed) before each of its blocks."""
+
+    fn: Callable[[Any], bool]
+    requests: Sequence[Any]
+    before: Callable[[], None] | None = None
+
+
+def alternating(cases: Sequence[Case], n: int, *, blocks: int = 20) -> list[dict[str, Any]]:
+    """``n`` timed calls per case in ``blocks`` blocks, the cases taking turns block by block
+    (the order reversed every other round), so a machine that slows down or speeds up
+    mid-run weighs on every case alike; each case's figures over all its blocks."""
+    samples: list[list[float]] = [[] for _ in cases]
+    allowed = [0] * len(cases)
+    per_block = max(1, n // blocks)
+    for b in range(blocks):
+        order = range(len(cases)) if b % 2 == 0 else reversed(range(len(cases)))
+        for c in order:
+            case = cases[c]
+            if case.before is not None:
+                case.before()
+            allowed[c] += _timed(case.fn, case.requests, b * per_block, per_block, samples[c])
+    return [figures_of(s, a) for s, a in zip(samples, allowed, strict=True)]
 
 
 # -- the baselines -----------------------------------------------------------------------------
@@ -168,17 +209,25 @@ def casbin_baseline(
     policies (``fast``: a ``FastEnforcer`` indexed by object and action). The requests are
     mapped to casbin arguments before timing; building the enforcer (``build_ms``) is not
     timed per call."""
+    decide, args, build_ms = casbin_case(entities, specs, requests, fast=fast)
+    figures = time_calls(decide, args, n, warmup=warmup)
+    figures["build_ms"] = build_ms
+    return figures
+
+
+def casbin_case(
+    entities: list[dict[str, Any]], specs: list[PolicySpec], requests: Sequence[Request], *,
+    fast: bool = False,
+) -> tuple[Callable[[tuple[str, str, str]], bool], list[tuple[str, str, str]], float]:  # fmt: skip
+    """pycasbin's decision function, the requests as its arguments, and the build time (ms)."""
     start = time.perf_counter()
     enforcer = casbin_enforcer(entities, specs, fast=fast)
     built = time.perf_counter()
-    args = [casbin_request(r) for r in requests]
 
     def decide(sub_obj_act: tuple[str, str, str]) -> bool:
         return bool(enforcer.enforce(*sub_obj_act))
 
-    figures = time_calls(decide, args, n, warmup=warmup)
-    figures["build_ms"] = (built - start) * 1e3
-    return figures
+    return decide, [casbin_request(r) for r in requests], (built - start) * 1e3
 
 
 def agreement(

@@ -688,7 +688,9 @@ def test_erroring_forbid_never_becomes_an_approval() -> None:
 PAYMENTS_ONLY = '@id("pay") permit(principal in Role::"payments", action, resource);\n'
 
 
-def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def _counting(monkeypatch: pytest.MonkeyPatch, s: Setup) -> list[int]:
+    """Counts Cedar's decisions (Python's off: the memo is what these tests look at)."""
+    s.compiled.direct = False
     calls = [0]
     real = engine._authorize
 
@@ -702,7 +704,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def test_a_repeated_request_is_answered_without_cedar(monkeypatch: pytest.MonkeyPatch) -> None:
     s = setup(PAYMENTS_ONLY, {"a": (_view("a")[0], frozenset({"payments"}))})
-    calls = _counting(monkeypatch)
+    calls = _counting(monkeypatch, s)
     ask = Ask("a", "tool.call", "Tool", "t0", {"server": "s1"}, {"amount": 5})
     first = s.compiled.decide(s.decisions.cedar_request(ask))
     assert first.effect is Effect.ALLOW
@@ -735,7 +737,7 @@ def test_a_changed_agent_is_never_answered_from_memory() -> None:
 
 def test_the_memo_is_bounded_and_can_be_off(monkeypatch: pytest.MonkeyPatch) -> None:
     s = setup(PAYMENTS_ONLY, {"a": (_view("a")[0], frozenset({"payments"}))})
-    calls = _counting(monkeypatch)
+    calls = _counting(monkeypatch, s)
     long_context = Ask("a", "tool.call", "Tool", "t0", {}, {"note": "x" * 5000})
     long_properties = Ask("a", "tool.call", "Tool", "t0", {"server": "x" * 5000})
     for _ in range(3):
@@ -813,6 +815,7 @@ def test_inputs_no_policy_reads_are_left_out(monkeypatch: pytest.MonkeyPatch) ->
     )
     s = setup(doc, {"a": (_view("a")[0], frozenset({"payments"}))})
     s.compiled.set_memo_capacity(0)
+    s.compiled.direct = False  # what Cedar is given (Python would answer these)
     seen = _cedar_inputs(monkeypatch)
     props = {"classification": "secret"}
     asks = [

@@ -28,6 +28,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import cedarpy
@@ -35,6 +36,7 @@ import orjson
 from cedarpy import _internal as _cedar
 
 from tether.errors import ValidationFailed
+from tether.policy.direct import Inputs, checked
 from tether.policy.slices import (
     Reads,
     Slice,
@@ -108,6 +110,9 @@ class CompiledPolicies:
         init=False, default_factory=dict
     )
     _memo_bytes: int = field(init=False, default=0)
+    # decide a slice of plain policies in Python (tether.policy.direct); False: always Cedar
+    direct: bool = field(default=True, kw_only=True)
+    direct_answers: int = field(init=False, default=0)  # requests so decided
 
     def __post_init__(self) -> None:
         # Whether any policy reads the session's history (context.session): when none does,
@@ -224,12 +229,44 @@ class CompiledPolicies:
         sl = self._slice(req)
         if sl.policy_set is None:
             return Outcome(Effect.DENY, ())
+        if sl.direct is not None and self.direct:
+            found = self._in_python(sl, req)
+            if found is not None:
+                return found
         entities = self._principal_entities(req.principal_entity)
         if _needs_resource(sl.reads, req):
             entities = _with_resources(entities, f"[{req.resource_entity}]")
         request = _request(req, context=sl.reads.context or _ESCAPE in req.context)
         result = _authorize(request, sl.policy_set, entities)
         return self._finish(sl, request, result, entities)
+
+    def _in_python(self, sl: Slice, req: CedarRequest) -> Outcome | None:
+        """The slice's answer from its policies in Python, with Cedar's inputs checked as
+        Cedar checks them (only those Cedar would be given), or None: Cedar decides."""
+        assert sl.direct is not None
+        if req.resource == req.principal or not _cedar_type(req.resource[0]):
+            return None
+        context: dict[str, Any] | None = _NO_CONTEXT
+        if sl.reads.context or _ESCAPE in req.context:
+            context = checked(req.context)
+        resource = None
+        if _needs_resource(sl.reads, req):
+            assert req.resource_entity is not None
+            resource = checked(req.resource_entity)
+            if resource is None:
+                return None
+        if context is None:
+            return None
+        found = sl.direct.satisfied(Inputs(
+            principal=req.principal, principal_parents=req.principal_parents,
+            principal_text=req.principal_entity, action=req.action, actions=self.actions,
+            resource=req.resource, resource_parents=req.resource_parents,
+            resource_entity=resource, context=context,
+        ))  # fmt: skip
+        if found is None:
+            return None
+        self.direct_answers += 1
+        return _effect(sl, *found)
 
     def _principal_entities(self, entity: str) -> cedarpy.Entities:
         found = self._principals.get(entity)
@@ -248,6 +285,14 @@ class CompiledPolicies:
         out: list[Outcome | None] = [None] * len(reqs)
         for i, r in enumerate(reqs):
             out[i] = self._memo.get(_memo_key(r))
+            if out[i] is None and self.direct:
+                sl = self._slice(r)
+                if sl.policy_set is None:
+                    out[i] = Outcome(Effect.DENY, ())
+                elif sl.direct is not None:
+                    out[i] = self._in_python(sl, r)
+                if out[i] is not None:
+                    self._remember(_memo_key(r), r, out[i])  # type: ignore[arg-type]
             if out[i] is None:
                 groups.setdefault(r.principal_entity, []).append(i)
         for indexes in groups.values():
@@ -373,6 +418,37 @@ def _authorize_batch(
     requests: list[dict[str, Any]], policies: cedarpy.PolicySet, entities: cedarpy.Entities
 ) -> list[_Result]:
     return [_result(t) for t in _cedar.is_authorized_batch(requests, policies, entities._inner)]
+
+
+def _effect(sl: Slice, permits: list[str], forbids: list[str]) -> Outcome:
+    """The outcome of the satisfied policies, as :meth:`CompiledPolicies._finish` makes it of
+    Cedar's answer (no errors: Python hands any request that has one to Cedar)."""
+    if permits and not forbids:  # Cedar: allowed, for every satisfied permit
+        reasons = tuple(sorted(permits))
+        if sl.approval_ids.intersection(reasons):
+            return Outcome(Effect.APPROVAL_REQUIRED, reasons)
+        return Outcome(Effect.ALLOW, reasons)
+    reasons = tuple(sorted(forbids))  # denied, for every satisfied forbid (maybe none)
+    if reasons and permits and sl.approval_forbids.issuperset(reasons):
+        # only approval forbids stand in the way of a permit: _finish's lifted slice
+        return Outcome(Effect.APPROVAL_REQUIRED, tuple(sorted({*reasons, *permits})))
+    return Outcome(Effect.DENY, reasons)
+
+
+_NO_CONTEXT: dict[str, Any] = {}  # the slice reads no context: Cedar is given none
+
+
+@lru_cache(maxsize=1024)
+def _cedar_type(name: str) -> bool:
+    """Whether Cedar reads ``name`` as an entity type (it refuses a request naming one it
+    does not, e.g. ``if`` or ``a:b``): asked of Cedar once per name."""
+    try:
+        cedarpy.Entities.from_json_str(
+            orjson.dumps([{"uid": {"type": name, "id": ""}, "attrs": {}, "parents": []}]).decode()
+        )
+    except ValueError:
+        return False
+    return True
 
 
 def _uid_text(uid: Uid) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import cedarpy
 import orjson
 
+from tether.policy.direct import Direct
 from tether.policy.source import Policy, to_cedar_json
 
 Uid = tuple[str, str]
@@ -74,6 +75,7 @@ class Slice:
     approval_forbids: frozenset[str]
     approval_ids: frozenset[str]
     reads: Reads
+    direct: Direct | None  # the policies in Python, when all are plain (tether.policy.direct)
     lifted: cedarpy.PolicySet | None = None
 
     @classmethod
@@ -84,6 +86,7 @@ class Slice:
             frozenset(p.id for p in policies if p.approval and p.effect == "forbid"),
             frozenset(p.id for p in policies if p.approval),
             Reads.union(Reads.of(p) for p in policies),
+            Direct.of(policies),
         )
 
 
