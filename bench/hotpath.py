@@ -30,8 +30,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,20 +108,25 @@ def run_backend(options: Options, backend: str) -> ResultTable:
         if ns.memory:
             return run_memory(dep, world, sizes, ns.load_seconds)
         dep.services.runtime.stop()  # this process stays out of the server's way
-        return run_http(dep, world, sizes)
+        return run_http(dep, world, sizes, ns.profile)
 
 
 def worker_rss(server_pid: int) -> list[int]:
     """Each of the supervisor's children's resident bytes (VmRSS): the workers, and
     multiprocessing's small resource tracker (~12 MiB)."""
-    out = []
+    return list(worker_rss_by_pid(server_pid).values())
+
+
+def worker_rss_by_pid(server_pid: int) -> dict[int, int]:
+    out = {}
     for pid in sorted(process_children(server_pid)):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        out += [int(line.split()[1]) * 1024 for line in status.splitlines()
-                if line.startswith("VmRSS:")]  # fmt: skip
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                out[pid] = int(line.split()[1]) * 1024
     return out
 
 
@@ -178,7 +185,45 @@ def run_memory(dep: Deployment, world: dbench.World, sizes: Sizes, seconds: floa
     return table
 
 
-def run_http(dep: Deployment, world: dbench.World, sizes: Sizes) -> ResultTable:
+def profile_worker(
+    server_pid: int, gen: LoadGen, evaluations: list[HttpRequest], seconds: float, tmp: Path,
+    tag: str,
+) -> None:  # fmt: skip
+    """py-spy on the first worker while wrk loads the server with evaluations (64 connections)
+    for ``seconds``: its top functions by own samples and by total, printed."""
+    worker = max(worker_rss_by_pid(server_pid).items(), key=lambda kv: kv[1])[0]  # not the
+    # resource tracker
+    out = (
+        Path(tempfile.gettempdir()) / f"tether-hotpath-profile-{tag.strip('[]').split('/')[-1]}.txt"
+    )
+    spy = subprocess.Popen(
+        ["py-spy", "record", "--pid", str(worker), "--duration", str(int(seconds)),
+         "--format", "raw", "--output", str(out), "--nonblocking", "--rate", "250"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    gen.max_rate(evaluations, connections=64, seconds=seconds + 1, expect="decision")
+    spy.wait(timeout=60)
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        n = int(count)
+        samples += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    note(f"{tag} py-spy, worker {worker}, {samples:,} samples over {seconds:g} s "
+         f"(own time: the function itself; total: it and what it called); raw: {out}")  # fmt: skip
+    for label, counts in (("own", own), ("total", total)):
+        for frame, n in counts.most_common(25):
+            note(f"{tag}   {label:5} {n / samples:6.1%}  {frame[:150]}")
+
+
+def run_http(
+    dep: Deployment, world: dbench.World, sizes: Sizes, profile: float = 0.0
+) -> ResultTable:
     tag = f"[hotpath/{dep.backend}]"
     admin = dep.services.settings.admin_token_path.read_text().strip()
     reqs = make_requests(sizes.requests, sizes.agents, seed=2, policies=dbench.FULL.policies,
@@ -197,6 +242,8 @@ def run_http(dep: Deployment, world: dbench.World, sizes: Sizes) -> ResultTable:
         w = gen.max_rate(evaluations, connections=64, seconds=sizes.warmup, expect="decision")
         if w.ok == 0:
             raise RuntimeError(f"no decision answered during warm-up: {w.first_error}")
+        if profile:
+            profile_worker(server.pid, gen, evaluations, profile, Path(tmp), tag)
         for conns in (*sizes.conns, 1):
             for r in range(sizes.rounds):
                 got: dict[str, LoadResult] = {}
@@ -279,6 +326,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the 100,000-agent lines instead: load time, worker RSS",
     )
     parser.add_argument("--agents", type=int, help="agents for --memory (default 100000)")
+    parser.add_argument(
+        "--profile", type=float, default=0.0, metavar="S",
+        help="first, py-spy (on PATH) on one worker for S seconds of evaluations",
+    )  # fmt: skip
     parser.add_argument(
         "--load-seconds",
         type=float,
