@@ -9,13 +9,27 @@ in :mod:`tether.agents.authority`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-import orjson
-from sqlalchemy import CompoundSelect, Select, func, literal, select, union_all
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    CompoundSelect,
+    Integer,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    select,
+    union_all,
+)
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tether.agents.authority import Liveness, Stewards
 from tether.agents.models import AgentRoleRow, AgentRow, AgentSupervisorRow
@@ -115,54 +129,125 @@ class AgentRecord:
     recertify_by: int | None = None  # microseconds
 
 
-def records(s: Session, agent_ids: Collection[str] | None = None) -> list[AgentRecord]:
-    """Every agent (or those of ``agent_ids`` that exist), with its roles and supervisors, in
-    two queries whatever the number (the agents' columns; their roles and supervisors in one
-    ``UNION ALL``) — for a list of agents on PostgreSQL in one (the roles and supervisors as
-    arrays beside each agent's columns): the runtime applies each change to an agent with
-    this, on every worker, so its round trips are the apply's cost."""
-    ids = None if agent_ids is None else {"ids": [a for a in agent_ids if not unstorable(a)]}
-    if ids is not None and s.get_bind().dialect.name == "postgresql":
-        return [record_of(row, sorted(row.role_list or ()), sorted(row.supervisor_list or ()))
+def records(s: Session, agent_ids: Collection[str]) -> list[AgentRecord]:
+    """Those of ``agent_ids`` that exist, with their roles and supervisors, in two queries
+    whatever their number (the agents' columns; their roles and supervisors in one ``UNION
+    ALL``) — on PostgreSQL in one (the roles and supervisors beside each agent's columns):
+    the runtime applies each change to an agent with this, on every worker, so its round
+    trips are the apply's cost."""
+    ids = {"ids": [a for a in agent_ids if not unstorable(a)]}
+    if s.get_bind().dialect.name == "postgresql":
+        return [_record(row[:-2], _parsed(row.role_list), _parsed(row.supervisor_list))
                 for row in _RECORDS_OF.execute(s, ids)]  # fmt: skip
-    by_roles: dict[str, list[str]] = {}
-    by_sups: dict[str, list[str]] = {}
-    extras = s.execute(_ALL_EXTRAS) if ids is None else _EXTRAS_OF.execute(s, ids)
-    for agent_id, kind, value in extras:
-        (by_roles if kind == "r" else by_sups).setdefault(agent_id, []).append(value)
-    for found in (by_roles, by_sups):  # the order the tables' keys give, on every backend
-        for values in found.values():
-            values.sort()
-    agents = s.execute(_ALL_AGENTS) if ids is None else _AGENTS_OF.execute(s, ids)
-    return [record_of(row, by_roles.get(row.id, ()), by_sups.get(row.id, ()))
-            for row in agents]  # fmt: skip
+    return list(_joined(_AGENTS_OF.execute(s, ids), _EXTRAS_OF.execute(s, ids)))
 
 
-_AGENT_COLUMNS = tuple(AgentRow.__table__.c)
+# Agents a batch (~1 MB of rows). At 100,000 agents batches of 500 to 2,000 loaded in the
+# same time; 5,000 held 4 MiB more of the worker afterwards.
+_BATCH = 1000
 
 
-def _agents(d: str | None) -> Select[Any]:
-    """The agents' columns: all of them (``d`` None), or those whose ids are bound as
-    ``ids`` (one array on PostgreSQL, see :mod:`tether.db.lists`)."""
-    q = select(*_AGENT_COLUMNS)
-    return q if d is None else q.where(one_of(AgentRow.id, "ids", d))
+def every_record(s: Session, *, batch: int = _BATCH) -> Iterator[AgentRecord]:
+    """Every agent, as :func:`records` reads them, ``batch`` at a time in id order (two
+    queries a batch: the agents after the last id, then the roles and supervisors of that id
+    range). The runtime's full load builds each view as its batch comes, so 100,000 agents'
+    rows are never all in memory at once.
+
+    Batches rather than one cursor over every row: PostgreSQL's driver holds a cursor's
+    whole result (libpq), and the C allocator kept its 40 MiB after it was freed; a
+    server-side cursor needs a transaction, which a sync's reload does not have. On
+    PostgreSQL each statement sees the rows as of its own start, so each agent is at least
+    as new as any change read before the load began, which is what the runtime needs (a
+    change during the load is applied again by the next sync)."""
+    # On the session's connection: the ORM's execution builds each row again in Python.
+    conn = s.connection()
+    extras = _EXTRAS_BETWEEN[conn.dialect.name]
+    after = ""  # below every id
+    while True:
+        agents = conn.execute(_AGENTS_AFTER, {"after": after, "batch": batch}).all()
+        if not agents:
+            return
+        last = agents[-1][0]
+        yield from _joined(agents, conn.execute(extras, {"after": after, "last": last}))
+        if len(agents) < batch:
+            return
+        after = last
 
 
-def _extras(d: str | None) -> CompoundSelect[Any]:
-    """Their roles and supervisors, in one ``UNION ALL``."""
-    roles = select(AgentRoleRow.agent_id, literal("r"), AgentRoleRow.role)
-    sups = select(AgentSupervisorRow.agent_id, literal("s"), AgentSupervisorRow.user_id)
-    if d is not None:
-        roles = roles.where(one_of(AgentRoleRow.agent_id, "ids", d))
-        sups = sups.where(one_of(AgentSupervisorRow.agent_id, "ids", d))
-    return union_all(roles, sups)
+def _joined(agents: Iterable[Any], extras: Iterable[Any]) -> Iterator[AgentRecord]:
+    """The records of these agents' rows, given their roles' and supervisors' rows."""
+    lists: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    for agent_id, kind, listed in extras:
+        lists[kind == "s"][agent_id] = listed
+    roles, sups = lists
+    for row in agents:
+        yield _record(row, _parsed(roles.get(row[0])), _parsed(sups.get(row[0])))
+
+
+@lru_cache(maxsize=4096)
+def _parsed(listed: str | None) -> tuple[str, ...]:
+    """A list of roles or supervisors as the queries give it (a JSON array), sorted (the
+    order the tables' keys give, on every backend). Parsed once per distinct text: the same
+    few role sets, and no supervisors, recur across most agents."""
+    return () if listed is None else tuple(sorted(loads(listed)))
+
+
+def _record(row: Any, roles: tuple[str, ...], supervisors: tuple[str, ...]) -> AgentRecord:
+    # By position: a row's values by name cost more than the rest of the record.
+    id, name, owner, purpose, tier, status, attributes, expires, recertify = row
+    return AgentRecord(id, name, owner, purpose, tier, status, loads(attributes or "{}"),
+                       expires, roles, supervisors, recertify)  # fmt: skip
+
+
+# What a record holds, no more: the other columns (SPIFFE id, lineage, fingerprint...) were
+# most of the bytes each agent's row brought.
+_RECORD_COLUMNS: tuple[Any, ...] = (
+    AgentRow.id, AgentRow.name, AgentRow.owner_id, AgentRow.purpose, AgentRow.risk_tier,
+    AgentRow.status, AgentRow.attributes, AgentRow.expires_at, AgentRow.recertify_by,
+)  # fmt: skip
+_AFTER: BindParameter[str] = bindparam("after")
+_LAST: BindParameter[str] = bindparam("last")
+_AGENTS_AFTER = (
+    select(*_RECORD_COLUMNS)
+    .where(AgentRow.id > _AFTER)
+    .order_by(AgentRow.id)
+    .limit(bindparam("batch", type_=Integer))
+)
+_Column = InstrumentedAttribute[str]
+
+
+def _listed(value: _Column, d: str) -> ColumnElement[str]:
+    """An agent's values of ``value``, aggregated as one JSON array text."""
+    if d == "postgresql":
+        return cast(func.json_agg(value), Text)  # NULL for none
+    return func.json_group_array(value)
+
+
+def _extras(d: str, which: Callable[[_Column], ColumnElement[bool]]) -> CompoundSelect[Any]:
+    """``(agent id, "r" or "s", JSON array)``: the roles and the supervisors of each agent
+    ``which`` selects (given the ``agent_id`` column), in one ``UNION ALL``."""
+
+    def per_agent(kind: str, agent_id: _Column, value: _Column) -> Select[str, str, str]:
+        q = select(agent_id, literal(kind), _listed(value, d)).where(which(agent_id))
+        return q.group_by(agent_id)
+
+    return union_all(
+        per_agent("r", AgentRoleRow.agent_id, AgentRoleRow.role),
+        per_agent("s", AgentSupervisorRow.agent_id, AgentSupervisorRow.user_id),
+    )
+
+
+def _agents(d: str) -> Select[Any]:
+    """The agents whose ids are bound as ``ids`` (one array on PostgreSQL, see
+    :mod:`tether.db.lists`)."""
+    return select(*_RECORD_COLUMNS).where(one_of(AgentRow.id, "ids", d))
 
 
 def _records(d: str) -> Select[Any]:
-    """PostgreSQL: the agents bound as ``ids``, each with its roles and supervisors as arrays
-    (NULL for none)."""
-    roles = select(func.array_agg(AgentRoleRow.role)).where(AgentRoleRow.agent_id == AgentRow.id)
-    sups = select(func.array_agg(AgentSupervisorRow.user_id)).where(
+    """PostgreSQL: the agents bound as ``ids``, each with its roles and supervisors beside
+    its columns."""
+    roles = select(_listed(AgentRoleRow.role, d)).where(AgentRoleRow.agent_id == AgentRow.id)
+    sups = select(_listed(AgentSupervisorRow.user_id, d)).where(
         AgentSupervisorRow.agent_id == AgentRow.id
     )
     return _agents(d).add_columns(
@@ -170,14 +255,17 @@ def _records(d: str) -> Select[Any]:
     )
 
 
-_ALL_AGENTS, _ALL_EXTRAS = _agents(None), _extras(None)
-_AGENTS_OF, _EXTRAS_OF, _RECORDS_OF = PerDialect(_agents), PerDialect(_extras), PerDialect(_records)
+_AGENTS_OF, _RECORDS_OF = PerDialect(_agents), PerDialect(_records)
+_EXTRAS_OF = PerDialect(lambda d: _extras(d, lambda agent_id: one_of(agent_id, "ids", d)))
+_EXTRAS_BETWEEN = PerDialect(
+    lambda d: _extras(d, lambda agent_id: and_(agent_id > _AFTER, agent_id <= _LAST))
+)
 
 
 def record_of(row: Any, roles: Iterable[str], supervisors: Iterable[str]) -> AgentRecord:
     """The record of a registry row (anything with its columns)."""
     return AgentRecord(
         row.id, row.name, row.owner_id, row.purpose, row.risk_tier, row.status,
-        orjson.loads(row.attributes or "{}"), row.expires_at, tuple(roles), tuple(supervisors),
+        loads(row.attributes or "{}"), row.expires_at, tuple(roles), tuple(supervisors),
         row.recertify_by,
     )  # fmt: skip

@@ -57,7 +57,8 @@ class AgentSection:
         self.ready = True  # an empty registry is a registry
 
     def load(self, s: Session, now_us: int) -> None:
-        self.views = {r.id: view_of(r) for r in directory.records(s)}
+        # Built whole as the rows come, then swapped in: a reader sees the old map or this.
+        self.views = {r.id: view_of(r) for r in directory.every_record(s)}
 
     def apply(self, s: Session, changed: Mapping[str, set[str]], now_us: int) -> None:
         ids = changed[Kind.AGENT.value]
