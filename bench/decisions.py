@@ -417,7 +417,7 @@ def run_evaluate(dep: Deployment, world: World, sizes: Sizes, out: InProcess) ->
                 continue
             c = svc.decisions.cedar_request(ask)
             sl = compiled._slice(c)
-            if sl.policy_set is None:  # an empty slice is a deny without Cedar
+            if sl.empty:  # an empty slice is a deny without Cedar
                 continue
             handle = compiled._principal_entities(c.principal_entity)
             if engine._needs_resource(sl.reads, c):

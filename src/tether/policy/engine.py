@@ -194,7 +194,7 @@ class CompiledPolicies:
         (experimental in Cedar) with the context unknown: allowed, or undecided until the
         context is known. Never a decision: each call is decided on its whole request."""
         sl = self._slice(req)
-        if sl.policy_set is None:
+        if sl.empty:
             return False
         entities = self._principal_entities(req.principal_entity)
         if req.resource_entity is not None:
@@ -227,7 +227,7 @@ class CompiledPolicies:
 
     def _decide(self, req: CedarRequest) -> Outcome:
         sl = self._slice(req)
-        if sl.policy_set is None:
+        if sl.empty:
             return Outcome(Effect.DENY, ())
         if sl.direct is not None and self.direct:
             found = self._in_python(sl, req)
@@ -287,7 +287,7 @@ class CompiledPolicies:
             out[i] = self._memo.get(_memo_key(r))
             if out[i] is None and self.direct:
                 sl = self._slice(r)
-                if sl.policy_set is None:
+                if sl.empty:
                     out[i] = Outcome(Effect.DENY, ())
                 elif sl.direct is not None:
                     out[i] = self._in_python(sl, r)
@@ -319,7 +319,6 @@ class CompiledPolicies:
             ):
                 return [self._decide(r) for r in reqs]  # same uid, different properties
         union = self._union(ids)
-        assert union.policy_set is not None
         entities = self._principal_entities(reqs[0].principal_entity)
         if delta := ",".join(e for e in resources.values() if e):
             entities = _with_resources(entities, f"[{delta}]")

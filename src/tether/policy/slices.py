@@ -70,24 +70,43 @@ def _walk(root: Any, names: set[str], types: set[str]) -> None:
 
 @dataclass(slots=True)
 class Slice:
+    """The policies whose scope can match one request shape, what they read, and their
+    approval annotations; Cedar's ``PolicySet`` of them is parsed the first time Cedar is
+    asked (a slice decided in Python (``direct``) never needs it)."""
+
     policies: tuple[Policy, ...]
-    policy_set: cedarpy.PolicySet | None
     approval_forbids: frozenset[str]
     approval_ids: frozenset[str]
     reads: Reads
     direct: Direct | None  # the policies in Python, when all are plain (tether.policy.direct)
     lifted: cedarpy.PolicySet | None = None
+    _parsed: cedarpy.PolicySet | None = None
 
     @classmethod
     def of(cls, policies: Sequence[Policy]) -> Slice:
         return cls(
             tuple(policies),
-            cedarpy.PolicySet.from_json_str(to_cedar_json(list(policies))) if policies else None,
             frozenset(p.id for p in policies if p.approval and p.effect == "forbid"),
             frozenset(p.id for p in policies if p.approval),
             Reads.union(Reads.of(p) for p in policies),
             Direct.of(policies),
         )
+
+    @property
+    def empty(self) -> bool:
+        """No policy can match: the request is denied, by nothing."""
+        return not self.policies
+
+    @property
+    def policy_set(self) -> cedarpy.PolicySet:
+        """Cedar's ``PolicySet`` of the slice (parsed once; two threads may both parse it the
+        first time, and one result is kept — the same policies either way)."""
+        found = self._parsed
+        if found is None:
+            found = self._parsed = cedarpy.PolicySet.from_json_str(
+                to_cedar_json(list(self.policies))
+            )
+        return found
 
 
 def uid_of(value: Any) -> Uid | None:
