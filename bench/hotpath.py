@@ -28,6 +28,8 @@ Run: ``python -m bench.hotpath [--quick] [--postgres URL] [--no-sqlite] [--round
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import statistics
 import subprocess
@@ -52,8 +54,10 @@ from bench.common import (
 from bench.decision_workload import make_requests
 from bench.loadgen import HttpRequest, LoadGen, LoadResult, process_children
 from bench.tokens import Deployment, open_deployment, tether_server
+from tether import collector
 
 MEMO_OFF = {"TETHER_DECISION_MEMO_SIZE": "0"}
+_GC_DEFAULTS = gc.get_threshold()
 MEMORY_AGENTS = 100_000
 TARGET_RATIO = {"sqlite": 0.6, "postgresql": 0.5}  # evaluations/s ÷ /healthz/s, at least
 TARGET_SEQUENTIAL = 2.0  # evaluation p50 ÷ /healthz p50, at most
@@ -111,6 +115,11 @@ def run_backend(options: Options, backend: str) -> ResultTable:
         return run_http(dep, world, sizes, ns.profile)
 
 
+def server_env() -> dict[str, str]:
+    """More settings for the server, for experiments: ``TETHER_BENCH_SERVER_ENV`` as JSON."""
+    return dict(json.loads(os.environ.get("TETHER_BENCH_SERVER_ENV") or "{}"))
+
+
 def worker_rss(server_pid: int) -> list[int]:
     """Each of the supervisor's children's resident bytes (VmRSS): the workers, and
     multiprocessing's small resource tracker (~12 MiB)."""
@@ -133,10 +142,13 @@ def worker_rss_by_pid(server_pid: int) -> dict[int, int]:
 def run_memory(dep: Deployment, world: dbench.World, sizes: Sizes, seconds: float) -> ResultTable:
     tag = f"[hotpath/{dep.backend}]"
     loads = []
+    collector.starting()  # as a worker loads it: the collector set as during a start
     for _ in range(3):
+        gc.collect()
         t0 = time.perf_counter()
         dep.services.runtime.load()
         loads.append(time.perf_counter() - t0)
+    gc.set_threshold(*_GC_DEFAULTS)
     dep.services.runtime.stop()
     note(f"{tag} runtime.load() of {sizes.agents:,} agents: "
          + ", ".join(f"{x:.2f} s" for x in loads))  # fmt: skip
@@ -147,7 +159,7 @@ def run_memory(dep: Deployment, world: dbench.World, sizes: Sizes, seconds: floa
                                dbench.authzen_body(world, r)) for r in reqs]  # fmt: skip
     load0 = os.getloadavg()[0]
     with (
-        tether_server(dep, sizes.workers, MEMO_OFF) as server,
+        tether_server(dep, sizes.workers, {**MEMO_OFF, **server_env()}) as server,
         tempfile.TemporaryDirectory() as tmp,
     ):
         time.sleep(5)  # both workers loaded (the first answered /readyz) and settled
@@ -234,7 +246,7 @@ def run_http(
     load0 = os.getloadavg()[0]
     pairs: list[Pair] = []
     with (
-        tether_server(dep, sizes.workers, MEMO_OFF) as server,
+        tether_server(dep, sizes.workers, {**MEMO_OFF, **server_env()}) as server,
         tempfile.TemporaryDirectory() as tmp,
     ):
         gen = LoadGen(server, Path(tmp), "wrk")
