@@ -218,7 +218,7 @@ class CompiledPolicies:
     ) -> None:
         size = len(req.context) + len(req.resource_entity or "")
         if self.memo_capacity and size <= _MEMO_MAX_INPUT:
-            # the principal's entity text is the runtime's own string, not a copy
+            size += len(req.principal_entity)  # a view joins its text anew when not kept
             if len(self._memo) >= self.memo_capacity or self._memo_bytes > _MEMO_MAX_BYTES:
                 self._memo.clear()
                 self._memo_bytes = 0
