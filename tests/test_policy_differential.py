@@ -643,6 +643,10 @@ NAMING_ANOTHER_AGENT = [
                  '  when { Agent::"boss".hasTag("team") };\n', id="tag"),
     pytest.param('@id("boss-role") permit(principal, action, resource)\n'
                  '  when { Agent::"boss" in Role::"r0" };\n', id="ancestors"),
+    # the literal inside the operand read, not right in front of it
+    pytest.param('@id("boss-if") forbid(principal, action, resource)\n'
+                 '  when { (if true then Agent::"boss" else principal).status == "x" };\n',
+                 id="through-if"),
 ]  # fmt: skip
 
 

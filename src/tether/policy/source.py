@@ -208,14 +208,28 @@ def _entity_read(root: Any) -> str | None:
             continue
         for op, arg in node.items():
             if op in _READS and isinstance(arg, dict):
-                left = arg.get("left")
-                value = left.get("Value") if isinstance(left, dict) else None
-                entity = value.get("__entity") if isinstance(value, dict) else None
-                if isinstance(entity, dict) and not str(entity.get("type", "")).endswith(
-                    _LOADED_TYPES
-                ):
-                    return f'{entity.get("type")}::"{entity.get("id")}"'
+                # anywhere in the operand read: `(if c then Agent::"x" else principal).status`
+                # reads Agent::"x" as surely as `Agent::"x".status` does
+                if (entity := _unloaded_literal(arg.get("left"))) is not None:
+                    return entity
         stack.extend(reversed(list(node.values())))
+    return None
+
+
+def _unloaded_literal(root: Any) -> str | None:
+    """The first entity literal in ``root`` of a type the decision's store does not hold."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(reversed(node))
+        elif isinstance(node, dict):
+            entity = node.get("__entity")
+            if isinstance(entity, dict):
+                if not str(entity.get("type", "")).endswith(_LOADED_TYPES):
+                    return f'{entity.get("type")}::"{entity.get("id")}"'
+                continue
+            stack.extend(reversed(list(node.values())))
     return None
 
 
