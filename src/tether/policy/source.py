@@ -207,11 +207,13 @@ def _entity_read(root: Any) -> str | None:
         if not isinstance(node, dict):
             continue
         for op, arg in node.items():
-            if op in _READS and isinstance(arg, dict):
-                # anywhere in the operand read: `(if c then Agent::"x" else principal).status`
-                # reads Agent::"x" as surely as `Agent::"x".status` does
-                if (entity := _unloaded_literal(arg.get("left"))) is not None:
-                    return entity
+            # anywhere in the operand read: `(if c then Agent::"x" else principal).status`
+            # reads Agent::"x" as surely as `Agent::"x".status` does
+            if (
+                op in _READS and isinstance(arg, dict)
+                and (entity := _unloaded_literal(arg.get("left"))) is not None
+            ):  # fmt: skip
+                return entity
         stack.extend(reversed(list(node.values())))
     return None
 
