@@ -30,7 +30,8 @@ class Section(Protocol):
 
     @property
     def ready(self) -> bool:
-        """Loaded enough to answer (a worker with a section not ready is not current)."""
+        """Loaded enough to answer (a worker with a section not ready is not current); once
+        true, it stays true (the runtime stops asking)."""
         ...
 
     def load(self, s: Session, now_us: int) -> None:

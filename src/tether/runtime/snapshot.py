@@ -62,6 +62,7 @@ class Runtime:
         self.stale_seconds = stale_seconds
         self.sections: list[Section] = []
         self._loaded = False
+        self._all_ready = False
         self.last_seq = 0
         self._synced_at = 0.0
         self._lock = threading.Lock()
@@ -85,10 +86,17 @@ class Runtime:
 
     def register(self, *sections: Section) -> None:
         self.sections.extend(sections)
+        self._all_ready = False
 
     # -- state -----------------------------------------------------------------------------
     def _ready(self) -> bool:
-        return self._loaded and all(section.ready for section in self.sections)
+        """Loaded, and every section ready — which, once true, stays true (a section, once
+        ready, stays so): asked on every decision, the sections are not asked again."""
+        if self._all_ready:
+            return True
+        ready = self._loaded and all(section.ready for section in self.sections)
+        self._all_ready = ready
+        return ready
 
     def current(self) -> bool:
         """Loaded, synced within ``stale_seconds`` and — while it runs — able to tell the
