@@ -323,7 +323,7 @@ def test_an_agent_that_works_in_sparse_bursts_learns_its_baseline() -> None:
         b = (1_796_637_600_000_000 + burst * 120_000_000) // bucket_us
         if b != w.bucket:  # as the decision path does (Monitor.before)
             w.roll(b, 6, 0.02)
-        w.local.setdefault(b, [0, 0, 0, 0, 0])[0] += 3
+        w.req += 3
     assert w.active == 39  # every burst but the latest (one bucket of grace)
     assert w.mean == pytest.approx(3.0)
     ratio, _ = w.rate(3, 6, 10)

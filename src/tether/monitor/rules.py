@@ -47,8 +47,8 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
 }  # fmt: skip
 
 
-# (window, cur, rem, flags) -> whether any rule holds (Rules.quick)
-Quick = Callable[[Any, Sequence[int], Sequence[int], tuple[bool, int]], bool]
+# (window, flags) -> whether any rule holds (Rules.quick)
+Quick = Callable[[Any, tuple[bool, int]], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,19 +139,19 @@ class Rules:
         return Risk(total, self.levels[rank], rank, action, tuple(hits), signals)
 
     def quick(self, rate: Callable[[Any, int], tuple[float, float]]) -> Quick:
-        """The decision path's first look: ``(window, cur, rem, flags) -> bool``, whether any
-        rule holds for the window's signals (as :meth:`score` reads them from
-        ``_signals``: the window's ``closed`` totals plus ``cur`` and ``rem``, this worker's
-        and the others' counts in the current bucket; ``rate(window, requests)`` its
-        (rate_ratio, rate_z)). Nearly always none does, and then nothing else is computed:
-        no signals tuple, no rate unless a rule's other clauses hold first. The rules are
+        """The decision path's first look: ``(window, flags) -> bool``, whether any rule holds
+        for the window's signals (as :meth:`score` reads them from ``_signals``: the
+        window's other counts, ``rest``, plus this worker's in the current bucket, its
+        ``req`` … ``approval``; ``rate(window, requests)`` its (rate_ratio, rate_z)).
+        Nearly always none does, and then nothing else is computed: no signals tuple, no
+        rate unless a rule's other clauses hold first. The rules are
         compiled to one Python function (from validated numbers, comparison operators and
         signal positions only; no configured text reaches the code)."""
         lines = [
-            "def quick(w, cur, rem, flags):",
-            "    c = w.closed",
-            "    req = c[0] + cur[0] + rem[0]",
-            "    den = c[1] + cur[1] + rem[1]",
+            "def quick(w, flags):",
+            "    c = w.rest",
+            "    req = c[0] + w.req",
+            "    den = c[1] + w.deny",
             "    rt = None",
         ]
         namespace: dict[str, Any] = {"rate": rate}
@@ -181,7 +181,7 @@ class Rules:
 # SIGNALS): the sums of ``_signals`` in the monitor service, and its rate and flags.
 _EXPR = (
     "req", "rt[0]", "rt[1]", "den", "(den / req if req else 0.0)",
-    "(c[2] + cur[2] + rem[2])", "(c[3] + cur[3] + rem[3])", "(c[4] + cur[4] + rem[4])",
+    "(c[2] + w.first)", "(c[3] + w.secret)", "(c[4] + w.approval)",
     "flags[0]", "flags[1]",
 )  # fmt: skip
 _RATE = frozenset({SIGNALS.index("rate_ratio"), SIGNALS.index("rate_z")})

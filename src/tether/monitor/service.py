@@ -49,18 +49,7 @@ from tether.errors import InvalidTransition, ValidationFailed
 from tether.maintenance import Task
 from tether.monitor.models import AgentRiskRow, MonitorSyncRow, MonitorTouchRow
 from tether.monitor.rules import LOW, SIGNALS, MonitorConfig, Risk, Rules, signals_dict
-from tether.monitor.windows import (
-    APPROVAL,
-    DENY,
-    FIRST,
-    REQ,
-    SECRET,
-    AgentWindow,
-    Counts,
-    SessionHistory,
-    new_counts,
-    pair_key,
-)
+from tether.monitor.windows import COUNTS, AgentWindow, SessionHistory, pair_digest
 from tether.policy.entities import AgentView, with_risk
 from tether.policy.values import Ask, Decision, Effect
 from tether.principals import SYSTEM, Principal
@@ -77,11 +66,10 @@ _SLICE = 500  # entries folded in between two looks at the event loop (Monitor.s
 
 @dataclass(frozen=True, slots=True)
 class _News:
-    """What a sync publishes: this worker's changed counts, new pairs and touches (and what
-    was taken, to put back if publishing fails)."""
+    """What a sync publishes: this worker's changed counts (agent, bucket, *counts), new
+    pairs and touches."""
 
     now_us: int
-    taken: list[tuple[str, tuple[int, ...]]]
     rows: list[tuple[Any, ...]]
     pairs: list[tuple[str, str, str, str]]
     touches: list[tuple[str, str, str, str, int]]
@@ -94,7 +82,6 @@ SUSPENDED = "tether.risk-suspended"
 _SECRET_ACTIONS = frozenset({"secret.read", "secret.lease"})
 _MAX_LABELS = 32  # labels taken from one resource
 _NO_RATE = (0.0, 0.0)
-_NONE = (0, 0, 0, 0, 0)
 _SYNC_SLACK_US = 2_000_000  # rows re-read across a sync's boundary (clocks differ a little)
 
 
@@ -129,7 +116,6 @@ class Watch:
     every decision, and a frozen dataclass's constructor costs twice as much)."""
 
     window: AgentWindow
-    counts: Counts
     off_schedule: bool
     depth: int
     session: dict[str, Any] | None  # context.session as Cedar is given it (None: not read)
@@ -168,19 +154,19 @@ class Monitor:
         self._sync_ceiling = max(config.sync_seconds, config.bucket_seconds / 2)
         self._lock = threading.Lock()
         self.windows: dict[str, AgentWindow] = {}
+        self._bucket = -1  # the latest bucket's number, one int shared by the windows in it
         self.sessions: dict[str, SessionHistory] = {}
-        # Every agent's known (action, resource) pairs in one set (pair_key), each window
+        # Every agent's known (action, resource) pairs in one set (pair_digest), each window
         # counting its own: one object for the collector to walk, not one per agent
-        self._pairs: set[str] = set()
+        self._pairs: set[int] = set()
         self.states: dict[str, RiskState] = {}
         self._entities: dict[str, tuple[str, tuple[int, str], str]] = {}
         # What this worker has to publish at its next sync
-        self._dirty: set[str] = set()  # agents with buckets to publish (AgentWindow.dirty)
+        self._dirty: set[str] = set()  # agents whose current counts changed (AgentWindow.dirty)
+        self._rows: list[tuple[Any, ...]] = []  # counts of buckets left: agent, bucket, counts
         self._new_pairs: list[tuple[str, str, str, str]] = []  # agent, action, type, id
         self._new_touches: list[tuple[str, str, str, str, int]] = []
-        # The others' counts as last read: agent -> (worker, bucket) -> counts
-        self._theirs: dict[str, dict[tuple[str, int], tuple[int, ...]]] = {}
-        self._swept = 0
+        self._workers: dict[str, int] = {}  # the other workers' ids, numbered (AgentWindow.theirs)
         self._read_until = 0
         self._read_ids: set[int] = set()  # the other workers' syncs already merged
         self.section = MonitorSection(self)
@@ -236,31 +222,27 @@ class Monitor:
         subject = ask.subject
         b = now_us // self._bucket_us
         w = self.windows.get(subject)
-        if w is None:
-            w = self.windows.setdefault(subject, AgentWindow())
+        if w is None:  # keyed by the runtime's own string of the id, not one more per agent
+            w = self.windows.setdefault(view.id, AgentWindow())
         if b != w.bucket:
             with self._lock:
-                w.roll(b, self._width, self._alpha)
-        cur = w.local.get(b)
-        if cur is None:
-            cur = w.local.setdefault(b, new_counts())
-        cur[REQ] += 1
-        pair = f"{subject}\x00{ask.action}\x00{ask.resource_type}\x00{ask.resource_id}"
-        pairs = self._pairs  # pair_key, inlined
+                self._roll(subject, w, b)
+        w.req += 1
+        pair = hash(f"{subject}\x00{ask.action}\x00{ask.resource_type}\x00{ask.resource_id}") >> 4
+        pairs = self._pairs  # pair_digest, inlined
         if pair not in pairs and w.known < self._pairs_cap:
             pairs.add(pair)
             w.known += 1
             self._new_pairs.append((subject, ask.action, ask.resource_type, ask.resource_id))
             if w.active >= self._learn:
-                cur[FIRST] += 1
-        dirty = w.dirty
-        if b not in dirty:
-            w.dirty = (*dirty, b)
+                w.first += 1
+        if not w.dirty:
+            w.dirty = True
             self._dirty.add(subject)
         schedule = view.schedule
         scored = w.risk
         return Watch(
-            w, cur, schedule is not None and not schedule.allows(now_us),
+            w, schedule is not None and not schedule.allows(now_us),
             len(ask.chain) - 1 if ask.chain else 0,
             self.session_context(ask, now_us) if session else None,
             view.entity if scored.score == 0 or not risk else self._entity(view, scored), scored,
@@ -270,19 +252,19 @@ class Monitor:
               ) -> tuple[Decision, Response | None]:  # fmt: skip
         """Count the answer, score the window, and apply the agent's response: a step-up
         makes an allow an approval checkpoint; a new suspension a deny."""
-        w, cur = watch.window, watch.counts
+        w = watch.window
         effect = decision.effect
         if effect is Effect.DENY:
-            cur[DENY] += 1
+            w.deny += 1
         elif effect is Effect.APPROVAL_REQUIRED:
-            cur[APPROVAL] += 1
+            w.approval += 1
         elif ask.action in _SECRET_ACTIONS:
-            cur[SECRET] += 1
+            w.secret += 1
         flags = w.flags
         if flags[0] is not watch.off_schedule or flags[1] != watch.depth:
             w.flags = flags = (watch.off_schedule, watch.depth)
-        if self._quick(w, cur, w.remote.get(w.bucket, _NONE), flags):  # a rule holds
-            signals = self._signals(w, cur, flags)
+        if self._quick(w, flags):  # a rule holds
+            signals = self._signals(w, flags)
             risk = self.rules.score(signals)
         else:
             signals, risk = (), LOW
@@ -313,18 +295,29 @@ class Monitor:
         """(rate_ratio, rate_z) as :meth:`_signals` gives them."""
         return w.rate(requests, self._width, self._learn) if w.active >= self._learn else _NO_RATE
 
-    def _signals(self, w: AgentWindow, cur: Sequence[int], flags: tuple[bool, int]
-                 ) -> tuple[float | bool, ...]:  # fmt: skip
-        """The signals (ordered as SIGNALS) of the window, ``cur`` this worker's counts in its
-        current bucket: the closed buckets' totals, then the current bucket's, this worker's
-        and the others', summed in one step."""
-        rem = w.remote.get(w.bucket, _NONE)
-        c = w.closed
-        req = c[0] + cur[0] + rem[0]
-        denies = c[1] + cur[1] + rem[1]
+    def _signals(self, w: AgentWindow, flags: tuple[bool, int]) -> tuple[float | bool, ...]:
+        """The signals (ordered as SIGNALS) of the window: its other counts (``rest``) and
+        this worker's in the current bucket, summed in one step."""
+        c = w.rest
+        req = c[0] + w.req
+        denies = c[1] + w.deny
         ratio, z = self._rate(w, req)
-        return (req, ratio, z, denies, denies / req if req else 0.0, c[2] + cur[2] + rem[2],
-                c[3] + cur[3] + rem[3], c[4] + cur[4] + rem[4], flags[0], flags[1])  # fmt: skip
+        return (req, ratio, z, denies, denies / req if req else 0.0, c[2] + w.first,
+                c[3] + w.secret, c[4] + w.approval, flags[0], flags[1])  # fmt: skip
+
+    def _roll(self, agent: str, w: AgentWindow, b: int) -> None:
+        """Move ``w`` to bucket ``b`` (under the lock); the counts of the bucket it left, when
+        not published yet, go out with the next sync."""
+        left = w.roll(self._shared(b), self._width, self._alpha)
+        if left is not None:
+            self._rows.append((agent, *left))
+
+    def _shared(self, b: int) -> int:
+        """One int object for every window in bucket ``b`` (32 B each otherwise)."""
+        if b == self._bucket:
+            return self._bucket
+        self._bucket = b
+        return b
 
     def current_risk(self, agent_id: str) -> tuple[Risk, dict[str, Any]]:
         """The agent's risk now, from its merged window (what a decision now would see,
@@ -337,8 +330,8 @@ class Monitor:
                 return LOW, {}
             b = now_us // self._bucket_us
             if b != w.bucket:
-                w.roll(b, self._width, self.config.baseline_alpha)
-            signals = self._signals(w, w.local.get(b) or _NONE, w.flags)
+                self._roll(agent_id, w, b)
+            signals = self._signals(w, w.flags)
         return self.rules.score(signals), dict(signals_dict(signals))
 
     def _touched(self, ask: Ask, now_us: int) -> None:
@@ -540,21 +533,15 @@ class Monitor:
         now_us = to_micros(self.clock.now())
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            taken: list[tuple[str, tuple[int, ...]]] = []
-            rows: list[tuple[Any, ...]] = []
+            rows, self._rows = self._rows, []  # the buckets left: older, first
             for agent in dirty:
                 w = self.windows.get(agent)
-                if w is None:
-                    continue
-                buckets, w.dirty = w.dirty, ()
-                taken.append((agent, buckets))
-                for b in buckets:
-                    c = w.local.get(b)
-                    if c is not None:
-                        rows.append((agent, b, *c))
+                if w is not None and w.dirty:
+                    w.dirty = False
+                    rows.append((agent, w.bucket, *w.counts()))
             pairs, self._new_pairs = self._new_pairs, []
             touches, self._new_touches = self._new_touches, []
-        return _News(now_us, taken, rows, pairs, touches)
+        return _News(now_us, rows, pairs, touches)
 
     def _exchange(self, news: _News) -> list[tuple[str, dict[str, Any]]]:
         """Publish ``news`` and read the other workers' syncs not read yet; on a failure,
@@ -565,11 +552,7 @@ class Monitor:
             return self._read(news.now_us)
         except Exception:
             with self._lock:
-                for agent, buckets in news.taken:
-                    w = self.windows.get(agent)
-                    if w is not None:
-                        w.dirty = tuple({*w.dirty, *buckets})
-                        self._dirty.add(agent)
+                self._rows[:0] = news.rows  # before any taken since: the latest counts win
                 self._new_pairs[:0] = news.pairs
                 self._new_touches[:0] = news.touches
             raise
@@ -623,9 +606,9 @@ class Monitor:
         return [(worker, orjson.loads(text)) for worker, text in synced]
 
     def _absorb(self, synced: list[tuple[str, dict[str, Any]]], now_us: int) -> Iterator[None]:
-        """The other workers' counts summed per agent and bucket into each window's
-        ``remote``, their pairs and touches learnt — a slice of :data:`_SLICE` entries at a
-        time (a generator: :meth:`sync_async` lets requests in between)."""
+        """The other workers' counts merged into each agent's window, their pairs and touches
+        learnt — a slice of :data:`_SLICE` entries at a time (a generator: :meth:`sync_async`
+        lets requests in between)."""
         oldest = now_us // self._bucket_us - self._width - 1
         current = now_us // self._bucket_us
         new_pairs: list[list[str]] = []
@@ -637,16 +620,6 @@ class Monitor:
                 yield
             new_pairs += data.get("pairs", ())
             new_touches += data.get("touches", ())
-        if current != self._swept:  # once a bucket: forget the others' counts too old to count
-            self._swept = current
-            agents = list(self._theirs.items())
-            for i in range(0, len(agents), _SLICE):
-                for agent, held in agents[i : i + _SLICE]:
-                    for key in [k for k in held if k[1] < oldest]:
-                        del held[key]
-                    if not held:
-                        self._theirs.pop(agent, None)
-                yield
         for i in range(0, max(len(new_pairs), len(new_touches)), _SLICE):
             with self._lock:
                 self._learn_pairs(new_pairs[i : i + _SLICE])
@@ -657,35 +630,25 @@ class Monitor:
     def _fold_in(self, worker: str, entries: Sequence[list[Any]], oldest: int,
                  current: int) -> None:  # fmt: skip
         """One of the other workers' syncs: each (agent, bucket)'s counts, absolute, replace
-        what that worker had said of it; the difference goes into the agent's ``remote`` sum
-        (and its window's ``closed`` total when the bucket is in the window), not recomputed
-        from everything."""
-        theirs, windows, width = self._theirs, self.windows, self._width
+        what that worker had said of it in the agent's window — moved to the current bucket
+        first, as a request here would move it: what left the window is folded into the
+        baseline and dropped, so the counts of an agent only the others serve do not pile
+        up."""
+        windows, width = self.windows, self._width
         with self._lock:  # the decision path's roll moves these: one at a time
+            number = self._workers.setdefault(worker, len(self._workers))
             for agent, b, *counts in entries:
                 if (not isinstance(agent, str) or not isinstance(b, int) or b < oldest
-                        or len(counts) < 5):  # fmt: skip
+                        or len(counts) < COUNTS):  # fmt: skip
                     continue
-                held = theirs.get(agent)
-                if held is None:
-                    held = theirs[agent] = {}
-                key = (worker, b)
-                before = held.get(key, _NONE)
-                now = tuple(int(x) for x in counts[:5])  # a tuple of ints: the GC leaves it
-                held[key] = now
                 w = windows.get(agent)
                 if w is None:
-                    w = windows[agent] = AgentWindow(bucket=current)
-                rem = w.remote.get(b)
-                if rem is None:
-                    rem = w.remote[b] = new_counts()
-                closed = w.closed if w.bucket - width < b < w.bucket else None
-                for k in range(5):
-                    delta = now[k] - before[k]
-                    if delta:
-                        rem[k] += delta
-                        if closed is not None:
-                            closed[k] += delta
+                    w = windows[agent] = AgentWindow()
+                if w.bucket < 0:  # new here: what the others counted before folds at its roll
+                    w.bucket = self._shared(current)
+                elif w.bucket < current:
+                    self._roll(agent, w, current)
+                w.merge(number, b, [int(x) for x in counts[:COUNTS]], width)
 
     def _learn_pairs(self, new_pairs: Sequence[list[str]]) -> None:
         """Pairs other workers saw first: not first-seen here either (under the lock)."""
@@ -696,7 +659,7 @@ class Monitor:
             w = self.windows.get(agent)
             if w is None:
                 w = self.windows[agent] = AgentWindow()
-            key = pair_key(agent, action, rtype, rid)
+            key = pair_digest(agent, action, rtype, rid)
             if key not in self._pairs and w.known < self._pairs_cap:
                 self._pairs.add(key)
                 w.known += 1
@@ -761,6 +724,7 @@ class MonitorSection:
                 w = m.windows.get(agent)
                 if cleared and w is not None:
                     w.clear()
+                    m._rows = [r for r in m._rows if r[0] != agent]  # not published: cleared
             for key, kind, value, at in rows:
                 m.sessions.setdefault(key, SessionHistory()).touch(kind, value, at)
 
