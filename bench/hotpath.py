@@ -199,10 +199,10 @@ def run_memory(dep: Deployment, world: dbench.World, sizes: Sizes, seconds: floa
 
 def profile_worker(
     server_pid: int, gen: LoadGen, evaluations: list[HttpRequest], seconds: float, tmp: Path,
-    tag: str,
+    tag: str, conns: int = 64,
 ) -> None:  # fmt: skip
-    """py-spy on the first worker while wrk loads the server with evaluations (64 connections)
-    for ``seconds``: its top functions by own samples and by total, printed."""
+    """py-spy on the busiest worker while wrk loads the server with evaluations (``conns``
+    connections) for ``seconds``: its top functions by own samples and by total, printed."""
     worker = max(worker_rss_by_pid(server_pid).items(), key=lambda kv: kv[1])[0]  # not the
     # resource tracker
     out = (
@@ -213,7 +213,7 @@ def profile_worker(
          "--format", "raw", "--output", str(out), "--nonblocking", "--rate", "250"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    gen.max_rate(evaluations, connections=64, seconds=seconds + 1, expect="decision")
+    gen.max_rate(evaluations, connections=conns, seconds=seconds + 1, expect="decision")
     spy.wait(timeout=60)
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
@@ -255,7 +255,15 @@ def run_http(
         if w.ok == 0:
             raise RuntimeError(f"no decision answered during warm-up: {w.first_error}")
         if profile:
-            profile_worker(server.pid, gen, evaluations, profile, Path(tmp), tag)
+            profile_worker(
+                server.pid,
+                gen,
+                evaluations,
+                profile,
+                Path(tmp),
+                tag,
+                int(os.environ.get("TETHER_BENCH_PROFILE_CONNS", "64")),
+            )
         for conns in (*sizes.conns, 1):
             for r in range(sizes.rounds):
                 got: dict[str, LoadResult] = {}

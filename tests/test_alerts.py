@@ -103,6 +103,39 @@ def test_notable_events_raise_alerts_once_whichever_node_projects(
     assert one.alerts.project() == 0  # nothing new: nothing raised twice
 
 
+def test_projecting_reads_only_the_events_a_rule_reads(
+    make_services: Callable[..., Services], clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decisions, most of a ledger, are skipped by the database, and the cursor still moves
+    past them: an alerting event after them is raised once, and nothing is read twice."""
+    from tether.audit import store
+    from tether.audit.events import EventType, NewEvent
+
+    svc = make_services(clock=clock)
+    agent = _agent(svc, "busy")
+    svc.alerts.project()
+    decisions = [NewEvent(EventType.DECISION, f"agent:{agent}", agent_id=agent, decision="allow")
+                 for _ in range(30)]  # fmt: skip
+    with svc.db.write() as s:
+        svc.ledger.append(s, decisions, now=clock.now())
+    svc.agents.kill(SYSTEM, agent, reason="after the decisions")
+    read: list[str] = []
+    real = store._event
+
+    def counted(row: Any) -> Any:
+        event = real(row)
+        read.append(event.type)
+        return event
+
+    monkeypatch.setattr(store, "_event", counted)
+    assert svc.alerts.project() == 1
+    assert "decision" not in read
+    assert [a.kind for a in svc.alerts.list(SYSTEM).items] == ["agent.killed"]
+    read.clear()
+    assert svc.alerts.project() == 0  # the cursor is past all of it
+    assert read == []
+
+
 def test_a_burst_folds_into_one_alert_with_its_count_until_acknowledged(
     make_services: Callable[..., Services], clock: FrozenClock
 ) -> None:

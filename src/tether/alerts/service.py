@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 from tether.agents.authority import Act
 from tether.agents.service import AgentService
 from tether.alerts.models import AlertDeliveryRow, AlertRow, AlertStateRow
-from tether.alerts.rules import raised
+from tether.alerts.rules import RULES, raised
 from tether.audit.chain import Event
 from tether.audit.events import EventType, NewEvent
 from tether.audit.ledger import Ledger
@@ -65,6 +65,7 @@ for _result in ("delivered", "failed", "dead"):
     DELIVERIES.labels(result=_result)
 
 BATCH = 500  # events projected per transaction
+_READ = frozenset(str(t) for t in RULES)  # the event types some alert rule reads
 LEASE_US = 30_000_000
 _PROCESS = f"{os.getpid()}-{secrets.token_hex(4)}"
 
@@ -142,20 +143,26 @@ class AlertService:
 
     # -- raising --------------------------------------------------------------------------------
     def project(self) -> int:
-        """Raise the alerts of the ledger's events since the cursor; returns how many."""
+        """Raise the alerts of the ledger's events since the cursor; returns how many. Only
+        events of a type some rule reads are read (decisions, most of the ledger, are not:
+        reading and parsing each of them here, under the write lock, cost the decision path
+        — bench/README.md, "The decision hot path"); the cursor then moves to the head."""
         now_us = to_micros(self.clock.now())
         made: builtins.list[Alert] = []
         self._ensure("cursor", 0)
         with self.db.write() as s:
             state = s.get(AlertStateRow, "cursor")
             assert state is not None  # made above (or by the migration), never deleted
-            events = self.ledger.store.page(s, after_seq=state.value, limit=BATCH)
+            events = self.ledger.store.page(s, after_seq=state.value, limit=BATCH,
+                                            types=_READ)  # fmt: skip
             for event in events:
                 alert = self._raise(s, event, now_us)
                 if alert is not None:
                     made.append(alert)
-            if events:
+            if len(events) == BATCH:
                 state.value = events[-1].seq
+            elif (head := self.ledger.store.head(s)) is not None and head[0] > state.value:
+                state.value = head[0]  # under the write lock: nothing below it is to come
         for alert in made:  # committed: now it may be told
             RAISED.labels(alert.kind, alert.severity).inc()
             log.warning(json.dumps(_log_line(alert), sort_keys=True))
