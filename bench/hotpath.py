@@ -197,40 +197,60 @@ def run_memory(dep: Deployment, world: dbench.World, sizes: Sizes, seconds: floa
     return table
 
 
-def profile_worker(
-    server_pid: int, gen: LoadGen, evaluations: list[HttpRequest], seconds: float, tmp: Path,
+def profile_workers(
+    server_pid: int, gen: LoadGen, evaluations: list[HttpRequest], seconds: float,
     tag: str, conns: int = 64,
 ) -> None:  # fmt: skip
-    """py-spy on the busiest worker while wrk loads the server with evaluations (``conns``
-    connections) for ``seconds``: its top functions by own samples and by total, printed."""
-    worker = max(worker_rss_by_pid(server_pid).items(), key=lambda kv: kv[1])[0]  # not the
-    # resource tracker
-    out = (
-        Path(tempfile.gettempdir()) / f"tether-hotpath-profile-{tag.strip('[]').split('/')[-1]}.txt"
-    )
-    spy = subprocess.Popen(
-        ["py-spy", "record", "--pid", str(worker), "--duration", str(int(seconds)),
-         "--format", "raw", "--output", str(out), "--nonblocking", "--rate", "250"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    """py-spy on every worker while wrk loads the server with evaluations (``conns``
+    connections) for ``seconds``: the top functions of their samples together, by own
+    samples and by total, printed; the raw profiles kept (one file per worker)."""
+    rss = worker_rss_by_pid(server_pid)
+    workers = [pid for pid, b in rss.items() if b > 40 * 2**20]  # not the resource tracker
+    base = Path(tempfile.gettempdir()) / f"tether-hotpath-profile-{tag.strip('[]').split('/')[-1]}"
+    outs = [base.with_name(f"{base.name}-{pid}.txt") for pid in workers]
+    spies = [
+        subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+                "--rate",
+                "250",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid, out in zip(workers, outs, strict=True)
+    ]
     gen.max_rate(evaluations, connections=conns, seconds=seconds + 1, expect="decision")
-    spy.wait(timeout=60)
+    for spy in spies:
+        spy.wait(timeout=60)
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        n = int(count)
-        samples += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            total[frame] += n
-    note(f"{tag} py-spy, worker {worker}, {samples:,} samples over {seconds:g} s "
-         f"(own time: the function itself; total: it and what it called); raw: {out}")  # fmt: skip
+    for out in outs:
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = stack.split(";")
+            n = int(count)
+            samples += n
+            own[frames[-1]] += n
+            for frame in set(frames):
+                total[frame] += n
+    note(f"{tag} py-spy, workers {', '.join(map(str, workers))}, {samples:,} samples over "
+         f"{seconds:g} s, {conns} connection(s) (own time: the function itself; total: it and "
+         f"what it called); raw: {', '.join(map(str, outs))}")  # fmt: skip
     for label, counts in (("own", own), ("total", total)):
         for frame, n in counts.most_common(25):
-            note(f"{tag}   {label:5} {n / samples:6.1%}  {frame[:150]}")
+            note(f"{tag}   {label:5} {n / max(1, samples):6.1%}  {frame[:150]}")
 
 
 def run_http(
@@ -255,15 +275,8 @@ def run_http(
         if w.ok == 0:
             raise RuntimeError(f"no decision answered during warm-up: {w.first_error}")
         if profile:
-            profile_worker(
-                server.pid,
-                gen,
-                evaluations,
-                profile,
-                Path(tmp),
-                tag,
-                int(os.environ.get("TETHER_BENCH_PROFILE_CONNS", "64")),
-            )
+            conns = int(os.environ.get("TETHER_BENCH_PROFILE_CONNS", "64"))
+            profile_workers(server.pid, gen, evaluations, profile, tag, conns)
         for conns in (*sizes.conns, 1):
             for r in range(sizes.rounds):
                 got: dict[str, LoadResult] = {}
