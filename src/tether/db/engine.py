@@ -32,6 +32,7 @@ _PG_LOCK_LITERAL = f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"
 # :meth:`Database.write` read it right after taking the write lock, in the lock's round trip.
 READ_WITH_LOCK = "tether.read_with_lock"
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+_SQLITE_CACHE_KIB = 512
 _PING_AFTER_IDLE_SECONDS = 1.0
 _IDLE_SINCE = "tether.idle_since"
 # ``session.info[BEFORE_COMMIT]``: callables given the session once the write transaction's body
@@ -91,6 +92,9 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cur.execute("PRAGMA synchronous=FULL")  # durable: fsync on every commit
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        # Each connection's own page cache (SQLite's default: 2 MiB, of every worker's memory
+        # per connection); the kernel caches the file anyway (bench/README.md, "Memory").
+        cur.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -50,7 +50,7 @@ from tether.policy.source import Policy, to_cedar_json
 from tether.policy.values import Effect
 
 _SLICE_CACHE_MAX = 16_384
-_PRINCIPAL_CACHE_MAX = 4_096  # ~7 KB each (≤ 28 MiB); a slice decided in Python needs none
+_PRINCIPAL_CACHE_MAX = 1_024  # ~7 KB each (≤ 7 MiB): only slices Cedar decides need one
 MEMO_MAX = 32_768  # outcomes remembered per policy version (cleared when full)
 _MEMO_MAX_INPUT = 2_048  # a longer context + resource entity is decided every time
 _MEMO_MAX_BYTES = 16 * 1024 * 1024  # the inputs' text the memo may hold (cleared when over)

@@ -70,7 +70,7 @@ class AgentView:
 # The entity texts of the views asked for most recently, by the view's id(): the decision
 # path asks for one once or twice a request, a repeated request (the outcome memo) for the
 # same agent's. Cleared when full, as the engine's caches are.
-_TEXTS_MAX = 16_384
+_TEXTS_MAX = 8_192
 _TEXTS: dict[int, tuple[AgentView, str]] = {}
 
 
