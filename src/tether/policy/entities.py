@@ -49,10 +49,10 @@ class AgentView:
 
     @property
     def entity(self) -> str:
-        """Its Cedar entity (JSON): joined from its parts when asked, the texts of the
-        :data:`_TEXTS` views asked for most recently kept. A view holds ~150 bytes of its own
-        instead of the ~400 of the text (at 100,000 agents, ~25 MiB of each worker), and
-        joining costs ~1 µs when the text is not kept."""
+        """Its Cedar entity (JSON): joined from its parts when asked, and kept for a while
+        (up to ``_TEXTS_MAX`` texts, forgotten together when full). A view holds ~150 bytes
+        of its own instead of the ~400 of the text (at 100,000 agents, ~25 MiB of each
+        worker), and joining costs ~1 µs when the text is not kept."""
         kept = _TEXTS.get(id(self))
         if kept is not None and kept[0] is self:
             return kept[1]
@@ -67,9 +67,9 @@ class AgentView:
         return text
 
 
-# The entity texts of the views asked for most recently, by the view's id(): the decision
-# path asks for one once or twice a request, a repeated request (the outcome memo) for the
-# same agent's. Cleared when full, as the engine's caches are.
+# The entity texts of the views asked for lately, by the view's id(): the decision path asks
+# for one once or twice a request, a repeated request (the outcome memo) for the same agent's.
+# Cleared when full, as the engine's caches are (8,192: ~4 MiB of texts per worker).
 _TEXTS_MAX = 8_192
 _TEXTS: dict[int, tuple[AgentView, str]] = {}
 
