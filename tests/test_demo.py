@@ -149,3 +149,32 @@ def test_keep_leaves_it_running_to_explore_until_ctrl_c(tmp_path: Path) -> None:
             child.kill()
     assert not Path(cli.group(2)).exists()
     assert _gone(url)
+
+
+def test_an_upstream_key_beginning_with_a_dash_reaches_the_example_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``secrets.token_urlsafe`` begins with "-" once in 64 draws; given as a separate word,
+    argparse took it for an option and the example upstream exited (a flaky demo)."""
+    import argparse
+    from contextlib import contextmanager
+
+    from tether.cli import demo_stage
+
+    started: list[list[str]] = []
+
+    @contextmanager
+    def recorded(argv: list[str], **_: object) -> object:
+        started.append(argv)
+        raise RuntimeError("recorded")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(demo_stage.secrets, "token_urlsafe", lambda _n: "-dash-first-key")
+    monkeypatch.setattr(demo_stage, "process", recorded)
+    with pytest.raises(RuntimeError, match="recorded"), demo_stage.deployment(tmp_path, Path.cwd()):
+        pass  # pragma: no cover
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port")
+    parser.add_argument("--api-key")
+    args, _ = parser.parse_known_args(started[0][3:])
+    assert args.api_key == "-dash-first-key"

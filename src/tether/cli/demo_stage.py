@@ -108,14 +108,14 @@ def free_port() -> int:
 def deployment(data_dir: Path, root: Path) -> Iterator[Stage]:
     """The example upstream and ``tether serve --workers 2`` on ``data_dir``, both ready;
     both stopped afterwards, whatever happens."""
-    key = secrets.token_urlsafe(18)
+    key = secrets.token_urlsafe(18)  # may begin with "-": passed as --api-key=KEY below
     with ExitStack() as stack:
         up_port = free_port()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
         upstream = stack.enter_context(process(
             [sys.executable, "-m", "examples.payments_tickets.server", "--port", str(up_port),
-             "--api-key", key], cwd=root, env=env, log=data_dir / "upstream.log",
+             f"--api-key={key}"], cwd=root, env=env, log=data_dir / "upstream.log",
         ))  # fmt: skip
         upstream_url = f"http://127.0.0.1:{up_port}/mcp"
         for attempt in range(3):
