@@ -17,7 +17,7 @@ from tether.ids import new_ids
 from tether.monitor.rules import MonitorConfig
 from tether.policy.values import Ask, Decision, Effect
 
-N = 5_000
+N = 2_000
 HERE = 450  # bytes per agent, measured 290 to 340 (the dict and set grow in steps)
 MERGED = 650  # measured 445 to 460
 
