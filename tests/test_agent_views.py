@@ -50,7 +50,8 @@ def test_each_version_of_an_agent_has_its_own_entity_text() -> None:
     before = _view("agt_a")
     again = _view("agt_a")
     changed = _view("agt_a", status="suspended")
-    # The engine and monitoring know a changed agent by its entity text (the object).
+    # Each view joins its own text (a changed agent's differs; the engine's caches key by
+    # the text, so an unchanged one is the same input).
     assert again.entity == before.entity
     assert again.entity is not before.entity
     assert changed.entity is not before.entity

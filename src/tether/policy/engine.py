@@ -228,12 +228,19 @@ class CompiledPolicies:
 
     def _decide(self, req: CedarRequest) -> Outcome:
         sl = self._slice(req)
+        found = self._without_cedar(sl, req)
+        return found if found is not None else self._by_cedar(sl, req)
+
+    def _without_cedar(self, sl: Slice, req: CedarRequest) -> Outcome | None:
+        """The answer when Cedar is not needed for it: an empty slice, or one decided in
+        Python; else None."""
         if sl.empty:
             return Outcome(Effect.DENY, ())
         if sl.direct is not None and self.direct:
-            found = self._in_python(sl, req)
-            if found is not None:
-                return found
+            return self._in_python(sl, req)
+        return None
+
+    def _by_cedar(self, sl: Slice, req: CedarRequest) -> Outcome:
         entities = self._principal_entities(req.principal_entity)
         if _needs_resource(sl.reads, req):
             entities = _with_resources(entities, f"[{req.resource_entity}]")
@@ -247,17 +254,18 @@ class CompiledPolicies:
         assert sl.direct is not None
         if req.resource == req.principal or not _cedar_type(req.resource[0]):
             return None
-        context: dict[str, Any] | None = _NO_CONTEXT
+        context = _NO_CONTEXT
         if sl.reads.context or _ESCAPE in req.context:
-            context = checked(req.context)
+            read = checked(req.context)
+            if read is None:
+                return None
+            context = read
         resource = None
         if _needs_resource(sl.reads, req):
             assert req.resource_entity is not None
             resource = checked(req.resource_entity)
             if resource is None:
                 return None
-        if context is None:
-            return None
         found = sl.direct.satisfied(Inputs(
             principal=req.principal, principal_parents=req.principal_parents,
             principal_text=req.principal_entity, action=req.action, actions=self.actions,
@@ -286,14 +294,9 @@ class CompiledPolicies:
         out: list[Outcome | None] = [None] * len(reqs)
         for i, r in enumerate(reqs):
             out[i] = self._memo.get(_memo_key(r))
-            if out[i] is None and self.direct:
-                sl = self._slice(r)
-                if sl.empty:
-                    out[i] = Outcome(Effect.DENY, ())
-                elif sl.direct is not None:
-                    out[i] = self._in_python(sl, r)
-                if out[i] is not None:
-                    self._remember(_memo_key(r), r, out[i])  # type: ignore[arg-type]
+            if out[i] is None and (found := self._without_cedar(self._slice(r), r)) is not None:
+                out[i] = found
+                self._remember(_memo_key(r), r, found)
             if out[i] is None:
                 groups.setdefault(r.principal_entity, []).append(i)
         for indexes in groups.values():
@@ -304,12 +307,10 @@ class CompiledPolicies:
         return [o for o in out if o is not None]
 
     def _decide_group(self, reqs: list[CedarRequest]) -> list[Outcome]:
-        if len(reqs) == 1:
-            return [self._decide(reqs[0])]
-        slices = [self._slice(r) for r in reqs]
-        ids = frozenset(p.id for sl in slices for p in sl.policies)
-        if not ids:
-            return [Outcome(Effect.DENY, ()) for _ in reqs]
+        if len(reqs) == 1:  # already tried without Cedar (decide_many)
+            return [self._by_cedar(self._slice(reqs[0]), reqs[0])]
+        # none of them has an empty slice: decide_many answered those without Cedar
+        ids = frozenset(p.id for r in reqs for p in self._slice(r).policies)
         resources: dict[Uid, str] = {}
         for r in reqs:
             if r.resource == r.principal:
@@ -318,7 +319,8 @@ class CompiledPolicies:
             if resources.setdefault(r.resource, r.resource_entity or "") != (
                 r.resource_entity or ""
             ):
-                return [self._decide(r) for r in reqs]  # same uid, different properties
+                # same uid, different properties: one at a time
+                return [self._by_cedar(self._slice(r), r) for r in reqs]
         union = self._union(ids)
         entities = self._principal_entities(reqs[0].principal_entity)
         if delta := ",".join(e for e in resources.values() if e):
