@@ -16,6 +16,7 @@ from tether.audit.events import NewEvent
 from tether.audit.group import Chain, LedgerUnavailable
 from tether.audit.models import EventRow
 from tether.container import Services
+from tether.db import engine
 from tether.db.bulk import insert_tables
 from tether.policy.models import DecisionInputRow
 from tether.principals import SYSTEM
@@ -77,9 +78,9 @@ def test_a_failed_commit_fails_every_item_closed(
 
     inside: list[int] = []
 
-    def broken_insert(s: Session, inserts: Any) -> None:
+    def broken_insert(s: Session, inserts: Any, **_: Any) -> None:
         # fails after the job ran and the events were inserted: all of it must roll back
-        insert_tables(s, inserts)
+        insert_tables(s, inserts)  # without the commit that would go with them
         inside.append(s.scalar(select(func.count()).select_from(EventRow)) or 0)
         raise RuntimeError("disk full")
 
@@ -259,3 +260,117 @@ def test_what_queues_while_the_write_lock_is_awaited_joins_the_batch(services: S
     assert sorted(results) == [1, 2, 3, 4]
     assert len(batches) == 4
     assert all(b is batches[0] for b in batches), "one transaction for the four"
+
+
+def _one(services: Services, actor: str) -> Any:
+    async def main() -> Any:
+        return await services.committer.submit_async(NewEvent("test.event", actor), "inputs")
+
+    return asyncio.run(main())
+
+
+def test_the_last_statement_carries_the_commit_and_a_failing_one_commits_nothing(
+    services: Services,
+) -> None:
+    """The batch's rows and ``COMMIT`` go together (PostgreSQL: one pipeline). When that
+    statement fails (a row that already exists), nothing of the batch is written — neither
+    its events nor the job's rows — every item fails closed, and the next batch writes after
+    the same head."""
+    first = _one(services, "event:before")
+    before = _events(services)
+
+    def clashing(s: Session) -> Chain:
+        # A decision input for a seq that already has one: the batch's one INSERT fails.
+        return Chain([NewEvent("test.job", "job:x")], lambda evs: evs[0].seq,
+                     rows=[(DecisionInputRow.__table__, (first.seq, "again"))])  # fmt: skip
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            services.committer.submit_async(NewEvent("test.event", "event:x"), "inputs"),
+            services.committer.run_async(clashing),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, LedgerUnavailable) for r in results), results
+    assert _events(services) == before
+    with services.db.read() as s:
+        stored = s.get(DecisionInputRow, first.seq)
+        assert stored is not None
+        assert stored.request == "inputs"
+    after = _one(services, "event:after")
+    assert after.seq == first.seq + 1
+    assert services.audit.verify(SYSTEM).ok
+
+
+def test_a_jobs_orm_changes_commit_with_the_batch(services: Services) -> None:
+    """A job that leaves rows for the session to flush: the batch's statement does not carry
+    the COMMIT then, and the job's rows and the events commit together."""
+
+    def adding(s: Session) -> Chain:
+        s.add(DecisionInputRow(seq=10**12, request="orm"))  # flushed at the commit
+        return Chain([NewEvent("test.job", "job:orm")], lambda evs: evs[0].seq)
+
+    async def main() -> Any:
+        return await services.committer.run_async(adding)
+
+    seq = asyncio.run(main())
+    with services.db.read() as s:
+        assert s.get(DecisionInputRow, 10**12) is not None
+        assert s.scalar(select(EventRow.actor).where(EventRow.seq == seq)) == "job:orm"
+
+
+def test_the_writer_keeps_its_connection_and_recovers_when_it_is_lost(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group commit's connection is kept between batches; when the database drops it,
+    the batch that finds out fails closed and the next one writes on a new connection."""
+    monkeypatch.setattr(engine, "_PING_AFTER_IDLE_SECONDS", 3600.0)  # never idle here
+    _one(services, "event:1")
+    pinned = services.committer._pinned
+    assert pinned is not None
+    conn = pinned._conn
+    _one(services, "event:2")
+    assert pinned._conn is conn  # kept
+    if services.db.dialect == "postgresql":
+        assert conn is not None
+        pid = conn.connection.driver_connection.info.backend_pid
+        with services.db.read() as s:
+            s.execute(select(func.pg_terminate_backend(pid)))
+        with pytest.raises(LedgerUnavailable):
+            _one(services, "event:lost")
+        assert pinned._conn is None  # given back to the pool (which discards it)
+    after = _one(services, "event:3")
+    assert pinned._conn is not None
+    assert [actor for _, _, actor in _events(services)[-3:]] == ["event:1", "event:2", "event:3"]
+    assert after.seq == _events(services)[-1][0]
+    assert services.audit.verify(SYSTEM).ok
+
+
+def test_a_postgresql_commit_is_two_round_trips(
+    services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """On PostgreSQL a group commit is two waits for the server (libpq's own trace of the
+    writer's connection): ``BEGIN``, the write lock and the ledger's head in one query; the
+    rows and ``COMMIT`` in one pipeline, one ``Sync``."""
+    if services.db.dialect != "postgresql":
+        pytest.skip("round trips to a server: PostgreSQL's")
+    monkeypatch.setattr(engine, "_PING_AFTER_IDLE_SECONDS", 3600.0)
+    _one(services, "event:warm")
+    pinned = services.committer._pinned
+    assert pinned is not None
+    assert pinned._conn is not None
+    pgconn = pinned._conn.connection.driver_connection.pgconn
+    trace = tmp_path / "libpq.trace"
+    with trace.open("w") as out:
+        pgconn.trace(out.fileno())
+        try:
+            _one(services, "event:traced")
+        finally:
+            pgconn.untrace()
+    sent = [line.split("\t") for line in trace.read_text().splitlines()]
+    kinds = [fields[3] for fields in sent if len(fields) > 3 and fields[1] == "F"]
+    waits = [kind for kind in kinds if kind in ("Query", "Sync")]
+    assert waits == ["Query", "Sync"], kinds
+    assert kinds.count("Execute") == 2  # the rows' INSERT, then COMMIT
+    assert "BEGIN; SELECT pg_advisory_xact_lock" in trace.read_text()

@@ -368,15 +368,16 @@ def assert_rs_refuses(response: Any, error: str = "invalid_token") -> None:
 
 
 def counting_writes(svc: Services) -> list[int]:
-    """Count the write transactions begun from here on (one-item list)."""
+    """Count the write transactions begun from here on (one-item list): ``Database.write``'s
+    and the group commit's own (its pinned connection's), which both run ``_transaction``."""
     count = [0]
-    write = svc.db.write
+    transaction = svc.db._transaction
 
-    def counted(**options: Any) -> Any:
+    def counted(*args: Any, **options: Any) -> Any:
         count[0] += 1
-        return write(**options)
+        return transaction(*args, **options)
 
-    svc.db.write = counted  # type: ignore[method-assign]
+    svc.db._transaction = counted  # type: ignore[method-assign]
     return count
 
 

@@ -40,6 +40,7 @@ from tether.audit.store import HEAD_QUERY
 from tether.clock import Clock
 from tether.db import Database
 from tether.db.bulk import Insert, insert_tables
+from tether.db.engine import BEFORE_COMMIT, PinnedWriter
 from tether.errors import LedgerUnavailable
 
 log = logging.getLogger("tether.audit.group")
@@ -102,6 +103,7 @@ class GroupCommitter:
         self.attach = attach
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._pinned: PinnedWriter | None = None  # the writer thread's connection
         self._lock = threading.Lock()
         self._closed = False
 
@@ -159,6 +161,13 @@ class GroupCommitter:
             self._thread = None
 
     def _run(self) -> None:
+        self._pinned = self.db.pinned()
+        try:
+            self._loop()
+        finally:
+            self._pinned.close()
+
+    def _loop(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -196,7 +205,8 @@ class GroupCommitter:
         batch, another node's — and a batch that grows meanwhile costs one transaction less
         after it. (With two workers on PostgreSQL, the one with fewer connections otherwise
         committed batches of one, each a whole turn of the lock.)"""
-        with self.db.write(then=HEAD_QUERY) as s:  # the ledger's head with the lock
+        assert self._pinned is not None  # the writer thread's
+        with self._pinned.write(then=HEAD_QUERY) as s:  # the ledger's head with the lock
             self._gather(batch)
             now = self.clock.now()  # after the wait: no event is stamped before it was queued
             results: list[Any] = [None] * len(batch)
@@ -237,7 +247,10 @@ class GroupCommitter:
             inserts: list[Insert] = [*tables.items(), self.ledger.store.rows(events)]
             if self.attach is not None:
                 inserts.append(self.attach(attached))
-            insert_tables(s, inserts)
+            # The last write: on PostgreSQL the COMMIT goes with it, unless the jobs left
+            # something for the session to flush or the change feed to write.
+            last = not (s.new or s.dirty or s.deleted) and BEFORE_COMMIT not in s.info
+            insert_tables(s, inserts, commit=last)
         return results
 
     def _gather(self, batch: list[_Item]) -> None:

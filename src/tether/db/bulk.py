@@ -115,28 +115,45 @@ def _json_insert_sql(tables: tuple[Table, ...]) -> str:
     return (f"WITH {head} " if head else "") + insert(last)
 
 
-def insert_tables(session: Session, inserts: Sequence[Insert]) -> None:
+def insert_tables(session: Session, inserts: Sequence[Insert], *, commit: bool = False) -> None:
     """Every table's rows (as :func:`insert_rows`). On PostgreSQL one statement, one round
     trip however many tables and rows: each table's rows travel as one JSON array of objects,
     which ``json_populate_recordset`` turns back into the exact values (text, integers,
     nulls) — cheaper on the client than an INSERT's parameters or a COPY's rows, and one
-    round trip under the write lock instead of one per table (two for a COPY)."""
+    round trip under the write lock instead of one per table (two for a COPY).
+
+    ``commit``: these rows are the transaction's last write, and nothing is left for the
+    session to flush — on PostgreSQL the ``COMMIT`` goes with them, in the same round trip
+    (pipeline mode; the session's own commit then finds the transaction done and sends
+    nothing). The caller's commit, or rollback, stays as it was elsewhere."""
     present = [(table, rows) for table, rows in inserts if rows]
-    if not present:
+    if not present and not commit:
         return
     raw, dialect = _driver(session)
-    single = len(present) == 1 and len(present[0][1]) * len(present[0][0].columns) <= (
-        _PG_INSERT_PARAMS
-    )
-    if dialect != "postgresql" or single or sum(len(r) for _, r in present) > _JSON_MAX_ROWS:
+    if dialect != "postgresql" or sum(len(r) for _, r in present) > _JSON_MAX_ROWS:
         for table, rows in present:
             insert_rows(session, table, rows)
         return
-    sql = _json_insert_sql(tuple(table for table, _ in present))
-    params = [_as_json(table, rows) for table, rows in present]
+    few = len(present) == 1 and len(present[0][1]) * len(present[0][0].columns) <= _PG_INSERT_PARAMS
+    if few:
+        [(table, rows)] = present
+        sql = _insert_sql(table, dialect, len(rows))
+        params: list[Any] = [v for row in rows for v in row]
+    elif present:
+        sql = _json_insert_sql(tuple(table for table, _ in present))
+        params = [_as_json(table, rows) for table, rows in present]
+    else:
+        sql, params = "", []
     cur = raw.cursor()
     try:
-        cur.execute(sql, params)
+        if not commit:
+            if sql:
+                cur.execute(sql, params)
+            return
+        with raw.pipeline():  # one Sync: the rows, then COMMIT
+            if sql:
+                cur.execute(sql, params)
+            cur.execute("COMMIT")
     except _integrity_error(session) as exc:
         raise IntegrityError(sql, None, exc) from exc
     finally:
@@ -184,17 +201,17 @@ def fetch_one_with(session: Session, sql: str, params: tuple[Any, ...]) -> tuple
     return tuple(row) if row is not None else None
 
 
-def fetch_one_after(session: Session, first: str, then: str) -> tuple[Any, ...] | None:
-    """Two fixed, parameterless statements in one round trip (one simple query): ``first``
-    for its effect, then the first row of ``then``. Each statement reads what committed
-    before it started (PostgreSQL, READ COMMITTED), so ``then`` sees what ``first`` waited
-    for."""
+def fetch_last(session: Session, statements: Sequence[str]) -> tuple[Any, ...] | None:
+    """Fixed, parameterless statements in one round trip (one simple query): each for its
+    effect, and the first row of the last. Each reads what committed before it started
+    (PostgreSQL, READ COMMITTED), so a read after a lock sees what the lock waited for."""
     raw, _ = _driver(session)
     cur = raw.cursor()
     try:
-        cur.execute(f"{first}; {then}")
-        cur.nextset()
-        row = cur.fetchone()
+        cur.execute("; ".join(statements))
+        while cur.nextset():
+            pass
+        row = cur.fetchone() if cur.description is not None else None
     finally:
         cur.close()
     return tuple(row) if row is not None else None
