@@ -53,6 +53,7 @@ from bench.tokens import (
     open_deployment,
     tether_server,
 )
+from tether.monitor_config import DEFAULT_RULES
 from tether.secrets.service import SecretInput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +99,14 @@ def upstream(workdir: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# Monitoring on, as deployed, but without the rules a single agent calling flat out trips by
+# design (thousands of calls a minute: rate-flood, rate-spike), which would otherwise turn the
+# bench's calls into approval requests after the first few thousand.
+ONE_BUSY_AGENT = json.dumps({"rules": [
+    r.model_dump() for r in DEFAULT_RULES if r.name not in ("rate-flood", "rate-spike")
+]})  # fmt: skip
 
 
 def wait_for_upstreams(url: str, names: set[str], tries: int = 20) -> None:
@@ -172,7 +181,8 @@ def run_backend(options: Options, backend: str, seconds: float) -> list[ResultTa
                 "auth": {"kind": "header", "header": "X-Api-Key", "secret": "payments-key"},
             }
         ]
-        env = {"TETHER_GATEWAY_UPSTREAMS": json.dumps(upstreams)}
+        env = {"TETHER_GATEWAY_UPSTREAMS": json.dumps(upstreams),
+               "TETHER_MONITOR": ONE_BUSY_AGENT}  # fmt: skip
         note(f"{tag} starting tether serve --workers 2 with the upstream behind /mcp")
         with tether_server(dep, 2, env) as server:
             wait_for_upstreams(server.url, {"payments"})
