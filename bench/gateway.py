@@ -21,6 +21,7 @@ Run: ``python -m bench.gateway [--quick] [--postgres URL] [--no-sqlite]``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -45,6 +46,7 @@ from bench.common import (
     percentile,
     run_each_backend,
 )
+from bench.hotpath import profile_workers
 from bench.loadgen import HttpRequest, LoadGen, LoadResult
 from bench.tokens import (
     Deployment,
@@ -195,6 +197,9 @@ def run_backend(options: Options, backend: str, seconds: float) -> list[ResultTa
             through = [HttpRequest("POST", "/mcp", f"Bearer {bearer}", call, accept=ACCEPT)]
             health = [HttpRequest("GET", "/healthz", "", b"")]
             gen.max_rate(through, connections=16, seconds=1, expect='"balance')  # warm-up
+            if options.extra.profile:
+                profile_workers(server.pid, gen, through, options.extra.profile, tag, 16,
+                                '"balance')  # fmt: skip
             rows: list[tuple[str, LoadResult]] = []
             note(f"{tag} throughput: /healthz and tools/call, 16 and 64 connections, twice")
             for _ in range(2):
@@ -257,7 +262,13 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options = parse_options("python -m bench.gateway", "Tether's MCP gateway per tool call", argv)
+    def profile_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--profile", type=float, default=0.0, metavar="S",
+                            help="first, py-spy (on PATH) on every worker for S seconds of "
+                            "tools/call at 16 connections")  # fmt: skip
+
+    options = parse_options("python -m bench.gateway", "Tether's MCP gateway per tool call",
+                            argv, add_arguments=profile_option)  # fmt: skip
     seconds = 2.0 if options.quick else 5.0
     run_each_backend(options, lambda backend: run_backend(options, backend, seconds))
 

@@ -199,7 +199,7 @@ def run_memory(dep: Deployment, world: dbench.World, sizes: Sizes, seconds: floa
 
 def profile_workers(
     server_pid: int, gen: LoadGen, evaluations: list[HttpRequest], seconds: float,
-    tag: str, conns: int = 64,
+    tag: str, conns: int = 64, expect: str = "decision",
 ) -> None:  # fmt: skip
     """py-spy on every worker while wrk loads the server with evaluations (``conns``
     connections) for ``seconds``: the top functions of their samples together, by own
@@ -230,7 +230,7 @@ def profile_workers(
         )
         for pid, out in zip(workers, outs, strict=True)
     ]
-    gen.max_rate(evaluations, connections=conns, seconds=seconds + 1, expect="decision")
+    gen.max_rate(evaluations, connections=conns, seconds=seconds + 1, expect=expect)
     for spy in spies:
         spy.wait(timeout=60)
     own: Counter[str] = Counter()

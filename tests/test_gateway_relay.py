@@ -119,18 +119,18 @@ def test_a_session_the_upstream_forgot_is_reconnected(
                 assert link._session_id not in (None, old)
 
 
-def _response(content_type: str, body: str) -> httpx.Response:
-    return httpx.Response(200, headers={"content-type": content_type}, content=body.encode())
+def _response(content_type: str, body: str) -> tuple[str, bytes]:
+    return content_type, body.encode()
 
 
 def test_answers_are_read_from_json_or_sse_and_must_answer_the_call() -> None:
     result = {"content": [{"type": "text", "text": "ok"}]}
     ok = json.dumps({"jsonrpc": "2.0", "id": 7, "result": result})
-    assert _answer_to(7, _response("application/json", ok))["result"] == result
+    assert _answer_to(7, *_response("application/json", ok))["result"] == result
     progress = json.dumps({"jsonrpc": "2.0", "method": "notifications/progress",
                            "params": {"progressToken": 1, "progress": 1}})  # fmt: skip
     stream = f"event: message\ndata: {progress}\n\nid: 2\nevent: message\ndata: {ok}\n\n"
-    assert _answer_to(7, _response("text/event-stream", stream))["result"] == result
+    assert _answer_to(7, *_response("text/event-stream", stream))["result"] == result
     assert _sse_data("data: a\ndata: b\n\n: comment\ndata: c") == ["a\nb", "c"]
     for content_type, body in [
         ("application/json", ok.replace('"id": 7', '"id": 8')),  # another call's answer
@@ -140,7 +140,7 @@ def test_answers_are_read_from_json_or_sse_and_must_answer_the_call() -> None:
         ("application/json", json.dumps([json.loads(ok)])),  # a batch
     ]:
         with pytest.raises(MCPError):
-            _answer_to(7, _response(content_type, body))
+            _answer_to(7, *_response(content_type, body))
 
 
 def test_an_upstreams_logs_on_the_calls_own_stream_reach_that_caller(

@@ -9,14 +9,18 @@ import asyncio
 import base64
 from typing import Any
 
+import aiohttp
 import httpx2
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tests.serverproc import free_port, served_in_thread
 from tether.gateway.upstream_auth import ClientCredentials, StaticHeader, upstream_auth
-from tether.gateway_config import ClientCredentialsAuth, HeaderAuth, NoAuth
+from tether.gateway.upstreams import UpstreamLink
+from tether.gateway_config import ClientCredentialsAuth, HeaderAuth, NoAuth, Upstream
 
 
 class World:
@@ -104,3 +108,65 @@ def test_a_static_header_carries_the_secret_and_only_it() -> None:
     assert seen[0]["x-api-key"] == "k-123"
     assert "authorization" not in seen[0]
     assert upstream_auth(NoAuth(), {}.__getitem__) is None
+
+
+def test_the_relay_sends_the_same_credentials_over_its_own_client() -> None:
+    """tools/call's relay (aiohttp, over real HTTP): a client credential fetched once,
+    reused, fetched again before it expires and once more when the upstream says 401; a
+    static header with the secret and nothing else; a token endpoint out of reach is the
+    client's connection error (which ``call_tool`` makes this call's failure)."""
+    world, now, port = World(), [1000.0], free_port()
+    base = f"http://127.0.0.1:{port}"
+    cfg = CFG.model_copy(update={"token_url": f"{base}/token"})
+    credential = ClientCredentials(cfg, "s3cr:et", clock=lambda: now[0])
+    link = UpstreamLink(Upstream(name="up", url=f"{base}/mcp", auth=cfg), {}.__getitem__)
+    link._credential = credential
+    headers = {"content-type": "application/json"}
+
+    async def calls() -> list[int]:
+        codes = []
+        async with aiohttp.ClientSession() as relay:
+            for step in range(5):
+                if step == 2:
+                    now[0] += 100  # within 30 s of expiry: fetched again before sending
+                if step == 3:
+                    world.revoke_next = True  # the upstream revokes it: one retry, new token
+                codes.append((await link._post(relay, b"{}", headers))[0])
+        return codes
+
+    with served_in_thread(world.app(), port):
+        assert asyncio.run(calls()) == [200] * 5
+        assert world.issued == ["tok-1", "tok-2", "tok-3"]
+        basic = base64.b64encode(b"tether%20gw:s3cr%3Aet").decode()
+        first = {"auth": f"Basic {basic}", "grant_type": "client_credentials", "scope": "tools"}
+        assert world.token_requests[0] == first
+        assert [h["authorization"] for h in world.seen] == [
+            "Bearer tok-1", "Bearer tok-1", "Bearer tok-2", "Bearer tok-2", "Bearer tok-3",
+            "Bearer tok-3",
+        ]  # fmt: skip
+
+        link._credential = upstream_auth(
+            HeaderAuth(kind="header", header="X-Api-Key", secret="k"), {"k": "k-123"}.__getitem__
+        )  # fmt: skip
+        world.seen.clear()
+
+        async def keyed() -> int:
+            async with aiohttp.ClientSession() as relay:
+                return (await link._post(relay, b"{}", headers))[0]
+
+        assert asyncio.run(keyed()) == 401  # the upstream wants a token: said, not retried
+        assert len(world.seen) == 1
+        assert world.seen[0]["x-api-key"] == "k-123"
+        assert "authorization" not in world.seen[0]
+
+    # The token endpoint gone (the token kept has expired): no request leaves.
+    now[0] += 1000
+    link._credential = credential
+    link._relay, link._version = None, None
+
+    async def unreachable() -> None:
+        async with aiohttp.ClientSession() as relay:
+            await link._post(relay, b"{}", headers)
+
+    with pytest.raises(aiohttp.ClientConnectorError):
+        asyncio.run(unreachable())

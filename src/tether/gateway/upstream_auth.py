@@ -11,6 +11,7 @@ travels: the gateway's upstream clients are built with no inbound header at all.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -35,6 +36,10 @@ class StaticHeader(httpx2.Auth):
         request.headers[self.header] = self._value
         yield request
 
+    def headers(self) -> dict[str, str]:
+        """The header, for a client other than httpx2's."""
+        return {self.header: self._value}
+
     def __repr__(self) -> str:  # never the value
         return f"StaticHeader({self.header!r})"
 
@@ -48,6 +53,20 @@ class ClientCredentials(httpx2.Auth):
         self.cfg, self._secret, self.clock = cfg, secret, clock
         self._token: tuple[str, float] | None = None
         self._lock = threading.Lock()
+
+    def fresh(self) -> str | None:
+        """The token kept, unless it expires soon (None: fetch one with :meth:`token_request`)."""
+        return self._fresh()
+
+    def forget(self) -> None:
+        """The upstream refused the token kept (revoked): the next call fetches another."""
+        with self._lock:
+            self._token = None
+
+    def token_request(self) -> tuple[str, dict[str, str], bytes]:
+        """The token request as URL, headers and form body (for a client other than httpx2's)."""
+        request = self._token_request()
+        return str(request.url), dict(request.headers), request.read()
 
     def _fresh(self) -> str | None:
         with self._lock:
@@ -67,13 +86,16 @@ class ClientCredentials(httpx2.Auth):
                                        "Accept": "application/json"})  # fmt: skip
 
     def _keep(self, response: httpx2.Response) -> str:
+        return self.keep(response.status_code, response.content)
+
+    def keep(self, status: int, content: bytes) -> str:
+        """The token in a token endpoint's answer, kept until shortly before it expires."""
         try:
-            body = response.json()
+            body = json.loads(content)
             token, expires_in = str(body["access_token"]), float(body.get("expires_in", 300))
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamAuthError(
-                f"token endpoint {self.cfg.token_url} answered {response.status_code} without "
-                "an access token"
+                f"token endpoint {self.cfg.token_url} answered {status} without an access token"
             ) from exc
         with self._lock:
             self._token = (token, self.clock() + expires_in)
@@ -90,8 +112,7 @@ class ClientCredentials(httpx2.Auth):
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401:  # revoked upstream: once more with a new token
-            with self._lock:
-                self._token = None
+            self.forget()
             got = yield self._token_request()
             await got.aread()
             request.headers["Authorization"] = f"Bearer {self._keep(got)}"

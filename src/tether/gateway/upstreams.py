@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import aiohttp
 import anyio
 import httpx2
 import mcp_types as mt
@@ -28,7 +29,12 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from tether.compensation import Compensation, check_schemas
 from tether.errors import TetherError
-from tether.gateway.upstream_auth import upstream_auth
+from tether.gateway.upstream_auth import (
+    ClientCredentials,
+    StaticHeader,
+    UpstreamAuthError,
+    upstream_auth,
+)
 from tether.gateway_config import SecretReader, Upstream
 
 log = logging.getLogger("tether.gateway")
@@ -73,9 +79,10 @@ class UpstreamLink:
         self.compensations: dict[str, Compensation] = {}  # by tool: what undoes it
         self.last_error: str | None = "not connected yet"
         self._broken = anyio.Event()
-        # The raw relay (HTTP upstreams of a handshake-era protocol): the supervisor's client,
-        # the negotiated version and the session id the upstream gave, if any.
-        self._http: httpx2.AsyncClient | None = None
+        # The raw relay (HTTP upstreams of a handshake-era protocol): the supervisor's relay
+        # client and credential, the negotiated version and the session id the upstream gave.
+        self._relay: aiohttp.ClientSession | None = None
+        self._credential: httpx2.Auth | None = None
         self._version: str | None = None
         self._session_id: str | None = None
         self._ids = itertools.count(1)
@@ -113,7 +120,7 @@ class UpstreamLink:
                 log.warning("upstream %s unavailable: %s", self.name, self.last_error)
             finally:
                 self.session, self._broken = None, anyio.Event()
-                self._http = self._version = self._session_id = None
+                self._relay = self._credential = self._version = self._session_id = None
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -141,7 +148,13 @@ class UpstreamLink:
             read, write = await stack.enter_async_context(
                 streamable_http_client(cfg.url, http_client=http)
             )
-            self._http = http
+            # tools/call's relay: a client of its own too, aiohttp's (a third of httpx2's CPU
+            # a call, bench/README.md), idle connections dropped as above, no redirects.
+            self._relay = await stack.enter_async_context(aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(keepalive_timeout=_KEEPALIVE_SECONDS),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_SECONDS),
+                cookie_jar=aiohttp.DummyCookieJar()))  # fmt: skip
+            self._credential = auth
         return _RelaySession(read, write, read_timeout_seconds=cfg.timeout_seconds)
 
     def _auth(self) -> httpx2.Auth | None:
@@ -225,17 +238,16 @@ class UpstreamLink:
         logs: list[dict[str, Any]] | None = None,
     ) -> mt.CallToolResult:  # fmt: skip
         """``tools/call`` on the upstream. An HTTP upstream speaking a handshake-era protocol
-        gets the JSON-RPC message straight on the supervisor's HTTP client (its credential,
+        gets the JSON-RPC message straight on the supervisor's relay client (its credential,
         its session id, the negotiated version: what the SDK's client transport sends),
         without the client session's streams and tasks (~1 ms less per call here); progress
         relays and other transports go through the session. ``logs`` gets the parameters of
         the log notifications the upstream sent on this call's own stream (an SSE answer:
         request-scoped, so they are this call's and no other agent's)."""
-        http, version = self._http, self._version
-        if http is None or version is None or progress is not None or self.session is None:
+        relay, version = self._relay, self._version
+        if relay is None or version is None or progress is not None or self.session is None:
             return await self.call(lambda s: s.call_tool(name, arguments,
                                                          progress_callback=progress))  # fmt: skip
-        assert self.config.url is not None
         request_id = next(self._ids)
         params: dict[str, Any] = {"name": name}
         if arguments is not None:
@@ -248,44 +260,84 @@ class UpstreamLink:
             headers["mcp-session-id"] = self._session_id
         try:
             with anyio.fail_after(self.config.timeout_seconds):
-                response = await http.post(self.config.url, content=body, headers=headers)
-                if response.status_code == 404 and self._session_id is not None:
-                    self._broken.set()  # the upstream forgot the session: connect again
-                    raise UpstreamDown(f"upstream {self.name} ended its session")
-                if response.status_code != 200:
-                    raise MCPError(code=mt.INTERNAL_ERROR, message=(
-                        f"HTTP {response.status_code} from the upstream"))  # fmt: skip
-                answer = _answer_to(request_id, response, logs)
-        except (httpx2.ConnectError, httpx2.ConnectTimeout):
+                status, kind, content = await self._post(relay, body, headers)
+        except aiohttp.ClientConnectorError as exc:
             self._broken.set()  # the upstream is gone: the supervisor reconnects
-            raise
-        # Any other transport failure is this request's (a connection reset under it): the
-        # call fails, the link and the other calls go on.
+            raise UpstreamDown(f"upstream {self.name} is unreachable ({exc})") from None
+        except (aiohttp.ClientError, UpstreamAuthError) as exc:
+            # This request's failure (a connection reset under it, a token refused): the
+            # call fails, the link and the other calls go on.
+            raise MCPError(code=mt.INTERNAL_ERROR,
+                           message=f"{type(exc).__name__}: {exc}"[:300]) from None  # fmt: skip
+        if status == 404 and self._session_id is not None:
+            self._broken.set()  # the upstream forgot the session: connect again
+            raise UpstreamDown(f"upstream {self.name} ended its session")
+        if status != 200:
+            raise MCPError(code=mt.INTERNAL_ERROR, message=f"HTTP {status} from the upstream")
+        answer = _answer_to(request_id, kind, content, logs)
         if "error" in answer:
             error = mt.ErrorData.model_validate(answer["error"])
             raise MCPError(code=error.code, message=error.message, data=error.data)
         return mt.CallToolResult.model_validate(answer.get("result"), by_name=False)
+
+    async def _post(
+        self, relay: aiohttp.ClientSession, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str, bytes]:
+        """POST ``body`` with the upstream's credential: its status, content type and body. A
+        client credential's token is fetched when none is kept, and again once on a 401."""
+        assert self.config.url is not None
+        credential = self._credential
+        for attempt in (1, 2):
+            sent = dict(headers)
+            if isinstance(credential, StaticHeader):
+                sent |= credential.headers()
+            elif isinstance(credential, ClientCredentials):
+                sent["Authorization"] = f"Bearer {await _token(relay, credential)}"
+            async with relay.post(self.config.url, data=body, headers=sent,
+                                  allow_redirects=False) as response:  # fmt: skip
+                content = await response.read()
+                if (sid := response.headers.get("mcp-session-id")) is not None:
+                    self._session_id = sid
+                if (
+                    response.status == 401
+                    and attempt == 1
+                    and (isinstance(credential, ClientCredentials))
+                ):
+                    credential.forget()  # revoked upstream: once more with a new token
+                    continue
+                return response.status, response.headers.get("content-type", ""), content
+        raise AssertionError("unreachable: the second attempt returns")
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "up": self.up, "tools": len(self.tools),
                 "error": self.last_error}  # fmt: skip
 
 
+async def _token(relay: aiohttp.ClientSession, credential: ClientCredentials) -> str:
+    """The client credential's token: the one kept, or a new one from its token endpoint."""
+    token = credential.fresh()
+    if token is not None:
+        return token
+    url, headers, form = credential.token_request()
+    async with relay.post(url, data=form, headers=headers, allow_redirects=False) as got:
+        return credential.keep(got.status, await got.read())
+
+
 def _answer_to(
-    request_id: int, response: httpx2.Response, logs: list[dict[str, Any]] | None = None
+    request_id: int, content_type: str, content: bytes, logs: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """The JSON-RPC response to ``request_id`` in a JSON or SSE body (the parameters of the
     log notifications before it into ``logs``, other notifications passed over); MCPError
     when there is none."""
-    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    kind = content_type.split(";", 1)[0].strip().lower()
     try:
         if kind == "application/json":
-            messages = [orjson.loads(response.content)]
+            messages = [orjson.loads(content)]
         elif kind == "text/event-stream":
-            messages = [orjson.loads(data) for data in _sse_data(response.text)]
+            messages = [orjson.loads(data) for data in _sse_data(content.decode())]
         else:
             messages = []
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
         messages = []
     for message in messages:
         if not isinstance(message, dict):
