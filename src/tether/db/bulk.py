@@ -19,8 +19,20 @@ from sqlalchemy import Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+_DRIVER = "tether.driver"
+
+
+def remember_driver(session: Session) -> None:
+    """Begin ``session``'s transaction and keep its driver connection for these helpers (a
+    write transaction's session: one transaction, one connection, from begin to end)."""
+    conn = session.connection()
+    session.info[_DRIVER] = (conn.connection.driver_connection, conn.dialect.name)
+
 
 def _driver(session: Session) -> tuple[Any, str]:
+    got: tuple[Any, str] | None = session.info.get(_DRIVER)
+    if got is not None:
+        return got
     conn = session.connection()  # begins the session's transaction if it has not yet
     return conn.connection.driver_connection, conn.dialect.name
 

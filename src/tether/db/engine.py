@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from tether.db.bulk import fetch_last, fetch_one_with
+from tether.db.bulk import fetch_last, fetch_one_with, remember_driver
 
 # Arbitrary but fixed: the advisory lock id every Tether node agrees on ("TETH").
 PG_WRITE_LOCK = 0x54455448
@@ -150,8 +150,8 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    def _on_begin(conn: Any) -> None:  # on the driver: SQLAlchemy's statement set-up is most of it
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -259,6 +259,7 @@ class Database:
         session.info.update(self.session_info)
         session.info["tether.schema"] = self.schema
         with self._queue or nullcontext(), session.begin():
+            remember_driver(session)  # begins it (SQLite: BEGIN IMMEDIATE)
             if self.dialect == "postgresql" and sequenced:  # the driver's cursor: hottest
                 if then is None and not begin:
                     fetch_one_with(session, _PG_LOCK, (PG_WRITE_LOCK,))
