@@ -374,3 +374,87 @@ def test_a_postgresql_commit_is_two_round_trips(
     assert waits == ["Query", "Sync"], kinds
     assert kinds.count("Execute") == 2  # the rows' INSERT, then COMMIT
     assert "BEGIN; SELECT pg_advisory_xact_lock" in trace.read_text()
+
+
+def test_plain_events_fail_closed_together_when_their_statement_fails(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of plain events (written on the driver, without a session): when its one
+    statement fails, none of them is written, every caller fails closed, and the next batch
+    follows the same head."""
+    first = _one(services, "event:before")
+    before = _events(services)
+    clash = (DecisionInputRow.__table__, [(first.seq, "again")])
+    monkeypatch.setattr(services.committer, "attach", lambda _attached: clash)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(services.committer.submit_async(NewEvent("test.event", f"event:{i}"), "x")
+              for i in range(3)),
+            return_exceptions=True,
+        )  # fmt: skip
+
+    assert all(isinstance(r, LedgerUnavailable) for r in asyncio.run(main()))
+    assert _events(services) == before
+    monkeypatch.undo()
+    assert _one(services, "event:after").seq == first.seq + 1
+    assert services.audit.verify(SYSTEM).ok
+
+
+def test_plain_events_sign_and_publish_their_checkpoints(services: Services) -> None:
+    """Every N events a checkpoint is signed at the batch that reaches it — written in the
+    same statement as the events and handed to the publish sinks only after the commit."""
+    ledger = services.ledger
+    ledger.checkpoint_every_events = 3
+    published: list[int] = []
+    ledger.publish.append(lambda cp: published.append(cp.size))
+    heads = [_one(services, f"event:{i}").seq for i in range(7)]
+    with services.db.read() as s:
+        signed = [cp.size for cp in services.ledger.store.checkpoints(s)]
+    crossed = [seq for seq in heads if seq % 3 == 0]
+    assert crossed
+    assert set(crossed) <= set(signed)
+    assert published == crossed
+    assert services.audit.verify(SYSTEM).ok
+
+
+def test_a_job_queued_while_plain_events_await_the_lock_goes_in_the_next_batch(
+    services: Services,
+) -> None:
+    """Plain events and a job queued while the events' batch waits for the write lock: the
+    events before it are written together without a session; the job, and what queued
+    behind it, in the next transaction."""
+    committer = services.committer
+    held, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with services.db.write():
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=other_writer)
+    holder.start()
+    assert held.wait(10)
+    sessions: list[Session] = []
+
+    def job(s: Session) -> Chain:
+        sessions.append(s)
+        return Chain([NewEvent("test.job", "job:after")], lambda evs: evs[0].seq)
+
+    async def main() -> list[Any]:
+        first = committer.submit_async(NewEvent("test.event", "event:0"))
+        while not committer._queue.empty():  # taken: its batch waits for the lock
+            await asyncio.sleep(0.01)
+        rest = [committer.submit_async(NewEvent("test.event", "event:1")),
+                committer.run_async(job),
+                committer.submit_async(NewEvent("test.event", "event:2"))]  # fmt: skip
+        release.set()
+        return [await first, *[await r for r in rest]]
+
+    e0, e1, job_seq, e2 = asyncio.run(main())
+    holder.join(10)
+    assert len(sessions) == 1
+    assert (e0.seq, e1.seq) == (e1.seq - 1, e0.seq + 1)
+    # event:2 queued behind the job: in the job's batch, after its chain
+    assert e1.seq < job_seq < e2.seq
+    assert services.audit.verify(SYSTEM).ok

@@ -104,6 +104,9 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pinned: PinnedWriter | None = None  # the writer thread's connection
+        # A job met while a batch of plain events gathered (they go without a session): the
+        # next batch's first item.
+        self._carry: _Item | None = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -169,7 +172,7 @@ class GroupCommitter:
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
+            first, self._carry = self._carry or self._queue.get(), None
             if first is None:
                 return
             batch = [first]
@@ -199,6 +202,35 @@ class GroupCommitter:
             return
 
     def _write(self, batch: list[_Item]) -> list[Any]:
+        if all(item.job is None for item in batch):
+            return self._write_events(batch)
+        return self._write_jobs(batch)
+
+    def _write_events(self, batch: list[_Item]) -> list[Any]:
+        """:meth:`_write_jobs` for a batch of plain events (decisions): the same transaction
+        on the connection's driver, without a session — SQLAlchemy's session and transaction
+        set-up were most of a commit's CPU besides the fsync (bench/README.md). What queues
+        while the lock is awaited joins, up to the first job (the next batch's)."""
+        assert self._pinned is not None  # the writer thread's
+        checkpoint = None
+        with self._pinned.raw(then=HEAD_QUERY) as tx:
+            self._gather(batch, plain=True)
+            now = self.clock.now()  # after the wait: no event is stamped before it was queued
+            head = self.ledger.store.head_of(tx.head)
+            news = [item.event for item in batch if item.event is not None]
+            events, checkpoint = self.ledger.link_after(head, news, now=now)
+            inserts: list[Insert] = [self.ledger.store.rows(events)]
+            if self.attach is not None:
+                attached = [(ev, item.attachment) for ev, item in zip(events, batch, strict=True)]
+                inserts.append(self.attach(attached))
+            if checkpoint is not None:
+                inserts.append(self.ledger.store.checkpoint_rows(checkpoint))
+            tx.write(inserts)
+        if checkpoint is not None:
+            self.ledger.published(checkpoint)
+        return list(events)
+
+    def _write_jobs(self, batch: list[_Item]) -> list[Any]:
         """One write transaction for ``batch``: the jobs, then one append of every event.
         What was queued while the write lock was awaited joins ``batch`` (in place) once it
         is held: waiting for the lock is waiting for the other writers — another worker's
@@ -253,15 +285,19 @@ class GroupCommitter:
             insert_tables(s, inserts, commit=last)
         return results
 
-    def _gather(self, batch: list[_Item]) -> None:
-        """Add to ``batch`` what is queued, up to ``max_batch``; a close request stays queued."""
-        while len(batch) < self.max_batch:
+    def _gather(self, batch: list[_Item], *, plain: bool = False) -> None:
+        """Add to ``batch`` what is queued, up to ``max_batch``; a close request stays queued.
+        ``plain``: only events — a job ends the gathering and starts the next batch."""
+        while len(batch) < self.max_batch and self._carry is None:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
             if item is None:
                 self._queue.put(None)  # _run sees it next and stops
+                return
+            if plain and item.job is not None:
+                self._carry = item
                 return
             batch.append(item)
 

@@ -71,7 +71,18 @@ class Ledger:
         the group commit, whose one statement carries them with the rest of its batch."""
         if not events:
             return []
-        head = self.store.head_with_time(session)
+        out, checkpoint = self.link_after(self.store.head_with_time(session), events, now=now)
+        if checkpoint is not None:
+            self._keep(session, checkpoint)
+        return out
+
+    def link_after(
+        self, head: tuple[int, str, int] | None, events: Sequence[NewEvent], *, now: datetime
+    ) -> tuple[list[Event], Checkpoint | None]:
+        """``events`` chained after ``head`` (``(seq, hash, time_us)`` read under the write
+        lock; None: the ledger is empty), and the checkpoint signed at the last of them if the
+        batch reaches a multiple of N — for the caller to store in the same transaction and
+        hand to :meth:`published` once it committed."""
         seq, prev, head_time = head if head else (0, GENESIS, 0)
         # Callers read the clock before they got the write lock; under contention an event
         # could otherwise be stamped earlier than the one before it. Time never runs back.
@@ -86,8 +97,8 @@ class Ledger:
         # checkpoints come in between, from checkpoint_if_due / force_checkpoint).
         n = self.checkpoint_every_events
         if (first - 1) // n != seq // n:
-            self._sign(session, seq, prev, time_us)
-        return out
+            return out, self._signed(seq, prev, time_us)
+        return out, None
 
     def checkpoint_if_due(self, session: Session, *, now: datetime) -> Checkpoint | None:
         """The timed rule: sign the head if it moved and T seconds passed since the last one."""
@@ -105,12 +116,20 @@ class Ledger:
         return self._sign(session, size, head_hash, time_us)
 
     def _sign(self, session: Session, size: int, head_hash: str, time_us: int) -> Checkpoint:
+        cp = self._signed(size, head_hash, time_us)
+        self._keep(session, cp)
+        return cp
+
+    def _signed(self, size: int, head_hash: str, time_us: int) -> Checkpoint:
         cp = self.signer.sign(size, head_hash, time_us)
-        self.store.add_checkpoint(session, cp)
         CHECKPOINTS_SIGNED.inc()
+        return cp
+
+    def _keep(self, session: Session, cp: Checkpoint) -> None:
+        """``cp`` stored in ``session``'s transaction, and published once that committed."""
+        self.store.add_checkpoint(session, cp)
         if self.publish:
             session.info.setdefault(AFTER_COMMIT, []).append(partial(self.published, cp))
-        return cp
 
     def published(self, cp: Checkpoint) -> None:
         """Hand ``cp`` to every :attr:`publish` sink; call only once ``cp`` is committed."""

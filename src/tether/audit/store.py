@@ -89,6 +89,11 @@ class DatabaseLedgerStore:
         row = session.info.pop((READ_WITH_LOCK, _HEAD), _UNREAD)
         if row is _UNREAD:
             row = fetch_one(session, _HEAD)
+        return self.head_of(row)
+
+    @staticmethod
+    def head_of(row: Any) -> tuple[int, str, int] | None:
+        """``(seq, hash, time_us)`` from :data:`HEAD_QUERY`'s row (None: no event yet)."""
         return (int(row[0]), str(row[1]), int(row[2])) if row else None
 
     def insert(self, session: Session, events: Sequence[Event]) -> None:
@@ -169,6 +174,11 @@ class DatabaseLedgerStore:
     def count(self, session: Session) -> int:
         head = self.head(session)
         return head[0] if head else 0
+
+    @staticmethod
+    def checkpoint_rows(cp: Checkpoint) -> Insert:
+        """``cp``'s row, for :func:`tether.db.bulk.insert_tables`."""
+        return _CP, [(cp.size, cp.head_hash, cp.time_us, cp.key_id, cp.signature)]
 
     def add_checkpoint(self, session: Session, cp: Checkpoint) -> None:
         session.execute(

@@ -11,6 +11,7 @@ already be what the driver stores (``str``, ``int``, ``None``): nothing is conve
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -37,12 +38,15 @@ def _driver(session: Session) -> tuple[Any, str]:
     return conn.connection.driver_connection, conn.dialect.name
 
 
-def _integrity_error(session: Session) -> type[Exception]:
+def _integrity(dialect: str) -> type[Exception]:
     """The driver's constraint-violation class (``sqlite3.IntegrityError``,
     ``psycopg.IntegrityError``), which these helpers re-raise as SQLAlchemy's, as every other
     statement of the caller's would: a store fails the same way on every backend."""
-    error: type[Exception] = session.get_bind().dialect.loaded_dbapi.IntegrityError
-    return error
+    if dialect == "postgresql":
+        import psycopg
+
+        return psycopg.IntegrityError
+    return sqlite3.IntegrityError
 
 
 # Rows per INSERT statement. One multi-row statement is one step in the driver, and so one
@@ -75,9 +79,11 @@ _PG_INSERT_PARAMS = 50
 def insert_rows(session: Session, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
     """Insert every row (values in the table's column order): PostgreSQL one ``INSERT`` of
     a few rows or a ``COPY``, else ``INSERT``s of up to 32 rows each."""
-    if not rows:
-        return
-    raw, dialect = _driver(session)
+    if rows:
+        _insert_rows(*_driver(session), table, rows)
+
+
+def _insert_rows(raw: Any, dialect: str, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
     cur = raw.cursor()
     few = len(rows) * len(table.columns) <= _PG_INSERT_PARAMS
     sql = (
@@ -99,7 +105,7 @@ def insert_rows(session: Session, table: Table, rows: Sequence[tuple[Any, ...]])
             chunk = rows[start : start + _ROWS_PER_STATEMENT]
             params = [value for row in chunk for value in row]
             cur.execute(_insert_sql(table, dialect, len(chunk)), params)
-    except _integrity_error(session) as exc:
+    except _integrity(dialect) as exc:
         raise IntegrityError(sql, None, exc) from exc
     finally:
         cur.close()
@@ -135,16 +141,22 @@ def insert_tables(session: Session, inserts: Sequence[Insert], *, commit: bool =
     round trip under the write lock instead of one per table (two for a COPY).
 
     ``commit``: these rows are the transaction's last write, and nothing is left for the
-    session to flush — on PostgreSQL the ``COMMIT`` goes with them, in the same round trip
-    (pipeline mode; the session's own commit then finds the transaction done and sends
+    session to flush — the ``COMMIT`` goes with them (on PostgreSQL in the same round trip,
+    pipeline mode; the session's own commit then finds the transaction done and sends
     nothing). The caller's commit, or rollback, stays as it was elsewhere."""
+    if any(rows for _, rows in inserts) or commit:
+        write_tables(*_driver(session), inserts, commit=commit)
+
+
+def write_tables(raw: Any, dialect: str, inserts: Sequence[Insert], *, commit: bool) -> None:
+    """:func:`insert_tables` on a driver connection in a transaction its caller began on it
+    (``commit``: and committed)."""
     present = [(table, rows) for table, rows in inserts if rows]
-    if not present and not commit:
-        return
-    raw, dialect = _driver(session)
     if dialect != "postgresql" or sum(len(r) for _, r in present) > _JSON_MAX_ROWS:
         for table, rows in present:
-            insert_rows(session, table, rows)
+            _insert_rows(raw, dialect, table, rows)
+        if commit:
+            raw.execute("COMMIT") if dialect == "sqlite" else raw.commit()
         return
     few = len(present) == 1 and len(present[0][1]) * len(present[0][0].columns) <= _PG_INSERT_PARAMS
     if few:
@@ -166,7 +178,7 @@ def insert_tables(session: Session, inserts: Sequence[Insert], *, commit: bool =
             if sql:
                 cur.execute(sql, params)
             cur.execute("COMMIT")
-    except _integrity_error(session) as exc:
+    except _integrity(dialect) as exc:
         raise IntegrityError(sql, None, exc) from exc
     finally:
         cur.close()
@@ -217,13 +229,17 @@ def fetch_last(session: Session, statements: Sequence[str]) -> tuple[Any, ...] |
     """Fixed, parameterless statements in one round trip (one simple query): each for its
     effect, and the first row of the last. Each reads what committed before it started
     (PostgreSQL, READ COMMITTED), so a read after a lock sees what the lock waited for."""
-    raw, _ = _driver(session)
+    return fetch_last_on(_driver(session)[0], statements)
+
+
+def fetch_last_on(raw: Any, statements: Sequence[str]) -> tuple[Any, ...] | None:
+    """:func:`fetch_last` on a PostgreSQL driver connection."""
     cur = raw.cursor()
     try:
         cur.execute("; ".join(statements))
         while cur.nextset():
             pass
-        row = cur.fetchone() if cur.description is not None else None
+        row = cur.fetchone() if cur.pgresult is not None and cur.pgresult.ntuples else None
     finally:
         cur.close()
     return tuple(row) if row is not None else None
@@ -248,7 +264,7 @@ def execute_counted(session: Session, sql: str, params: tuple[Any, ...]) -> int:
     try:
         cur.execute(_paramstyle(sql, dialect), params)
         return int(cur.rowcount)
-    except _integrity_error(session) as exc:
+    except _integrity(dialect) as exc:
         raise IntegrityError(sql, None, exc) from exc
     finally:
         cur.close()

@@ -8,12 +8,13 @@ transaction-scoped advisory lock. Reads never take it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -22,7 +23,14 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from tether.db.bulk import fetch_last, fetch_one_with, remember_driver
+from tether.db.bulk import (
+    Insert,
+    fetch_last,
+    fetch_last_on,
+    fetch_one_with,
+    remember_driver,
+    write_tables,
+)
 
 # Arbitrary but fixed: the advisory lock id every Tether node agrees on ("TETH").
 PG_WRITE_LOCK = 0x54455448
@@ -112,6 +120,40 @@ class PinnedWriter:
             if not done:
                 self.close()
 
+    @contextmanager
+    def raw(self, *, then: str) -> Iterator[RawWrite]:
+        """A write transaction on the kept connection's driver, without a session (rows that
+        need nothing of the ORM: the group commit's plain events). The write lock is taken
+        and ``then`` read under it as :meth:`Database.write` does (PostgreSQL: with ``BEGIN``
+        in one round trip); the body writes with :meth:`RawWrite.write`, whose statement
+        carries the ``COMMIT``; an error rolls back. No callbacks run: such rows change no
+        runtime state."""
+        db = self._db
+        conn = self._connection()
+        driver: Any = conn.connection.driver_connection
+        done = False
+        try:
+            with db._queue or nullcontext():
+                if db.dialect == "postgresql":
+                    row = fetch_last_on(driver, ["BEGIN", _PG_LOCK_LITERAL, then])
+                else:
+                    driver.execute("BEGIN IMMEDIATE")
+                    row = driver.execute(then).fetchone()
+                tx = RawWrite(driver, db.dialect, row)
+                try:
+                    yield tx
+                except BaseException:
+                    _roll_back(driver, db.dialect)
+                    raise
+                if not tx.committed:
+                    _roll_back(driver, db.dialect)
+                    raise RuntimeError("a raw write transaction ended without its write")
+            done = True
+        finally:
+            self._used = time.monotonic()
+            if not done:
+                self.close()
+
     @property
     def _autocommit(self) -> bool:
         return self._db.dialect == "postgresql"
@@ -130,6 +172,29 @@ class PinnedWriter:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+class RawWrite:
+    """:meth:`PinnedWriter.raw`'s transaction: ``head``, the row read under the lock, and
+    :meth:`write`, its last statement (the rows, then ``COMMIT``)."""
+
+    def __init__(self, driver: Any, dialect: str, head: Any) -> None:
+        self.head, self.committed = head, False
+        self._driver, self._dialect = driver, dialect
+
+    def write(self, inserts: Sequence[Insert]) -> None:
+        write_tables(self._driver, self._dialect, inserts, commit=True)
+        self.committed = True
+
+
+def _roll_back(driver: Any, dialect: str) -> None:
+    """End a failed raw transaction; the connection is given back (and, if broken, dropped)
+    by the caller either way."""
+    with contextlib.suppress(Exception):
+        if dialect == "postgresql":
+            driver.rollback()
+        elif driver.in_transaction:
+            driver.execute("ROLLBACK")
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
