@@ -458,3 +458,46 @@ def test_a_job_queued_while_plain_events_await_the_lock_goes_in_the_next_batch(
     # event:2 queued behind the job: in the job's batch, after its chain
     assert e1.seq < job_seq < e2.seq
     assert services.audit.verify(SYSTEM).ok
+
+
+def test_a_chain_built_beforehand_is_appended_with_plain_events_without_a_session(
+    services: Services,
+) -> None:
+    """``append_async``: a chain that needs no session (the gateway's call record) goes in
+    the batch of plain events — its events first, its rows (built once chained) and the
+    events' inputs in the same statement — and no session transaction is opened."""
+    opened: list[object] = []
+    transaction = services.db._transaction
+
+    def counted(*args: Any, **options: Any) -> Any:
+        opened.append(args)
+        return transaction(*args, **options)
+
+    services.db._transaction = counted  # type: ignore[method-assign]
+
+    def rows_of(chained: list[Any]) -> list[tuple[Any, tuple[Any, ...]]]:
+        return [(DecisionInputRow.__table__, (chained[0].seq + 10**12, "rows_of"))]
+
+    chain = Chain([NewEvent("test.job", "chain:a"), NewEvent("test.job", "chain:b")],
+                  finish=lambda evs: [e.seq for e in evs], attachment="first's",
+                  rows_of=rows_of)  # fmt: skip
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            services.committer.submit_async(NewEvent("test.event", "event:1"), "plain's"),
+            services.committer.append_async(chain),
+        )
+
+    plain, seqs = asyncio.run(main())
+    assert opened == []
+    assert len(seqs) == 2
+    assert seqs[1] == seqs[0] + 1
+    with services.db.read() as s:
+        assert s.get(DecisionInputRow, seqs[0] + 10**12).request == "rows_of"  # type: ignore[union-attr]
+        assert s.get(DecisionInputRow, seqs[0]).request == "first's"  # type: ignore[union-attr]
+        assert s.get(DecisionInputRow, seqs[1]) is None
+        assert s.get(DecisionInputRow, plain.seq).request == "plain's"  # type: ignore[union-attr]
+    actors = {seq: actor for seq, _, actor in _events(services)}
+    assert (actors[seqs[0]], actors[seqs[1]], actors[plain.seq]) == ("chain:a", "chain:b",
+                                                                     "event:1")  # fmt: skip
+    assert services.audit.verify(SYSTEM).ok

@@ -27,13 +27,14 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
-from tether.audit.chain import Event
+from tether.audit.chain import Checkpoint, Event
 from tether.audit.events import NewEvent
 from tether.audit.ledger import Ledger
 from tether.audit.store import HEAD_QUERY
@@ -84,6 +85,7 @@ class _Item:
     future: asyncio.Future[Any] | concurrent.futures.Future[Any]
     loop: asyncio.AbstractEventLoop | None
     job: Job | None = None
+    chain: Chain | None = None  # built beforehand: appended without a session
 
 
 class GroupCommitter:
@@ -116,6 +118,13 @@ class GroupCommitter:
         every future of that loop, instead of one cross-thread hand-off per event."""
         return self._enqueue(event, attachment, None)
 
+    def append_async(self, chain: Chain) -> asyncio.Future[Any]:
+        """Append ``chain`` — built beforehand, needing nothing of a session (its events,
+        rows, finish) — in the next group transaction; the future resolves to what its
+        ``finish`` gave once that committed, or fails with :class:`LedgerUnavailable`. A
+        batch of such chains and plain events is written on the driver, like decisions."""
+        return self._enqueue(None, None, None, chain)
+
     def run_async(self, job: Job) -> asyncio.Future[Any]:
         """Run ``job(session)`` in the next group transaction; the future resolves to its
         result once that transaction committed, or fails with the job's exception (the rest
@@ -136,7 +145,7 @@ class GroupCommitter:
         return future.result(timeout)
 
     def _enqueue(
-        self, event: NewEvent | None, attachment: Any, job: Job | None
+        self, event: NewEvent | None, attachment: Any, job: Job | None, chain: Chain | None = None
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -144,7 +153,7 @@ class GroupCommitter:
             future.set_exception(LedgerUnavailable("the ledger writer is shut down"))
             return future
         self._ensure_thread()
-        self._queue.put(_Item(event, attachment, future, loop, job))
+        self._queue.put(_Item(event, attachment, future, loop, job, chain))
         return future
 
     def _ensure_thread(self) -> None:
@@ -207,28 +216,23 @@ class GroupCommitter:
         return self._write_jobs(batch)
 
     def _write_events(self, batch: list[_Item]) -> list[Any]:
-        """:meth:`_write_jobs` for a batch of plain events (decisions): the same transaction
-        on the connection's driver, without a session — SQLAlchemy's session and transaction
-        set-up were most of a commit's CPU besides the fsync (bench/README.md). What queues
-        while the lock is awaited joins, up to the first job (the next batch's)."""
+        """:meth:`_write_jobs` for a batch without jobs — plain events (decisions) and
+        chains built beforehand (the gateway's call records) — the same transaction on the
+        connection's driver, without a session: SQLAlchemy's session and transaction set-up
+        were most of a commit's CPU besides the fsync (bench/README.md). What queues while the
+        lock is awaited joins, up to the first job (the next batch's)."""
         assert self._pinned is not None  # the writer thread's
-        checkpoint = None
         with self._pinned.raw(then=HEAD_QUERY) as tx:
             self._gather(batch, plain=True)
             now = self.clock.now()  # after the wait: no event is stamped before it was queued
+            results: list[Any] = [None] * len(batch)
+            chains = [(i, item.chain) for i, item in enumerate(batch) if item.chain is not None]
             head = self.ledger.store.head_of(tx.head)
-            news = [item.event for item in batch if item.event is not None]
-            events, checkpoint = self.ledger.link_after(head, news, now=now)
-            inserts: list[Insert] = [self.ledger.store.rows(events)]
-            if self.attach is not None:
-                attached = [(ev, item.attachment) for ev, item in zip(events, batch, strict=True)]
-                inserts.append(self.attach(attached))
-            if checkpoint is not None:
-                inserts.append(self.ledger.store.checkpoint_rows(checkpoint))
+            inserts, checkpoint = self._append(batch, results, chains, head, now)
             tx.write(inserts)
         if checkpoint is not None:
             self.ledger.published(checkpoint)
-        return list(events)
+        return results
 
     def _write_jobs(self, batch: list[_Item]) -> list[Any]:
         """One write transaction for ``batch``: the jobs, then one append of every event.
@@ -242,7 +246,6 @@ class GroupCommitter:
             self._gather(batch)
             now = self.clock.now()  # after the wait: no event is stamped before it was queued
             results: list[Any] = [None] * len(batch)
-            plain = [i for i, item in enumerate(batch) if item.job is None]
             _prepare(s, [item.job for item in batch if item.job is not None])
             chains: list[tuple[int, Chain]] = []
             for i, item in enumerate(batch):
@@ -253,37 +256,56 @@ class GroupCommitter:
                         raise _JobFailed(i, exc) from exc
                     if isinstance(results[i], Chain):
                         chains.append((i, results[i]))
-            tables: dict[Table, list[tuple[Any, ...]]] = {}
-            for _, chain in chains:
-                for table, row in chain.rows:
-                    tables.setdefault(table, []).append(row)
-            news = [e for _, c in chains for e in c.events]
-            news += [e for i in plain if (e := batch[i].event) is not None]
-            events = self.ledger.chain_next(s, news, now=now)
-            attached: list[tuple[Event, Any]] = []
-            at = 0
-            for i, chain in chains:
-                mine = events[at : at + len(chain.events)]
-                at += len(chain.events)
-                results[i] = chain.finish(mine)
-                if chain.rows_of is not None:
-                    for table, row in chain.rows_of(mine):
-                        tables.setdefault(table, []).append(row)
-                if mine and chain.attachment is not None:
-                    attached.append((mine[0], chain.attachment))
-            for i, ev in zip(plain, events[at:], strict=True):
-                results[i] = ev
-                attached.append((ev, batch[i].attachment))
-            # Every row of the batch in one statement (PostgreSQL: one round trip under the
-            # lock, not one per table): the jobs' rows, the events, what is attached to them.
-            inserts: list[Insert] = [*tables.items(), self.ledger.store.rows(events)]
-            if self.attach is not None:
-                inserts.append(self.attach(attached))
+                elif item.chain is not None:
+                    chains.append((i, item.chain))
+            # Read after the jobs: one may have appended events of its own.
+            head = self.ledger.store.head_with_time(s)
+            inserts, checkpoint = self._append(batch, results, chains, head, now)
             # The last write: on PostgreSQL the COMMIT goes with it, unless the jobs left
             # something for the session to flush or the change feed to write.
             last = not (s.new or s.dirty or s.deleted) and BEFORE_COMMIT not in s.info
             insert_tables(s, inserts, commit=last)
+        if checkpoint is not None:
+            self.ledger.published(checkpoint)
         return results
+
+    def _append(
+        self, batch: list[_Item], results: list[Any], chains: list[tuple[int, Chain]],
+        head: tuple[int, str, int] | None, now: datetime,
+    ) -> tuple[list[Insert], Checkpoint | None]:  # fmt: skip
+        """The batch's events chained after ``head`` — the chains' first, in order, then the
+        plain events — each item's result set in ``results``, and every row of the batch
+        for one statement (PostgreSQL: one round trip under the lock, not one per table):
+        the chains' rows, the events, what is attached to them, the checkpoint if one is
+        due (to publish once committed)."""
+        tables: dict[Table, list[tuple[Any, ...]]] = {}
+        for _, chain in chains:
+            for table, row in chain.rows:
+                tables.setdefault(table, []).append(row)
+        plain = [i for i, item in enumerate(batch) if item.event is not None]
+        news = [e for _, c in chains for e in c.events]
+        news += [e for i in plain if (e := batch[i].event) is not None]
+        events, checkpoint = self.ledger.link_after(head, news, now=now) if news else ([], None)
+        attached: list[tuple[Event, Any]] = []
+        at = 0
+        for i, chain in chains:
+            mine = events[at : at + len(chain.events)]
+            at += len(chain.events)
+            results[i] = chain.finish(mine)
+            if chain.rows_of is not None:
+                for table, row in chain.rows_of(mine):
+                    tables.setdefault(table, []).append(row)
+            if mine and chain.attachment is not None:
+                attached.append((mine[0], chain.attachment))
+        for i, ev in zip(plain, events[at:], strict=True):
+            results[i] = ev
+            attached.append((ev, batch[i].attachment))
+        inserts: list[Insert] = [*tables.items(), self.ledger.store.rows(events)]
+        if self.attach is not None:
+            inserts.append(self.attach(attached))
+        if checkpoint is not None:
+            inserts.append(self.ledger.store.checkpoint_rows(checkpoint))
+        return inserts, checkpoint
 
     def _gather(self, batch: list[_Item], *, plain: bool = False) -> None:
         """Add to ``batch`` what is queued, up to ``max_batch``; a close request stays queued.

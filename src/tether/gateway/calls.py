@@ -125,40 +125,45 @@ class CallRecorder:
             if facts.journal.error is not None:
                 details["undo_error"] = facts.journal.error
 
-        def job(s: Session) -> Chain:
+        event = NewEvent(
+            EventType.TOOL_CALLED, facts.actor, agent_id=facts.agent_id,
+            on_behalf_of=facts.on_behalf_of, chain=tuple(facts.chain),
+            action=facts.action, resource=facts.resource, decision=facts.decision,
+            reasons=tuple(facts.reasons), policy_version=facts.policy_version,
+            outcome=facts.outcome, details=details,
+        )  # fmt: skip
+        now = to_micros(self.clock.now())
+
+        def finish(chained: list[Event]) -> Recorded:
+            return Recorded(chained[0].id, chained[0].seq, args_digest, result_digest)
+
+        journal = facts.journal
+        undo = orjson.dumps(journal.undo).decode() if journal and journal.undo else None
+        reversible = journal.reversible if journal else None
+        why_not = journal.error[:300] if journal and journal.error else None
+        before = [p for p in facts.chain if p != facts.agent_id]
+        chain = orjson.dumps(before).decode() if before else None
+
+        def rows(chained: list[Event]) -> list[tuple[Table, tuple[Any, ...]]]:
+            row = (facts.decision_event, chained[0].id, facts.agent_id, facts.tool,
+                   facts.via, facts.outcome, now, reversible, undo, why_not, chain,
+                   None, None, None, None)  # fmt: skip
+            return [(_TABLE, row)]
+
+        record = Chain([event], finish=finish, rows_of=rows)
+        if not check:
             # The gateway records the decision it has just made: no earlier record can name
-            # it (and the primary key stands guard). A report names a decision of its own.
-            if check and s.get(ToolCallRow, facts.decision_event) is not None:
+            # it (and the primary key stands guard) — appended without a session.
+            return cast(Recorded, await self.committer.append_async(record))
+
+        def job(s: Session) -> Chain:
+            # A report names a decision of its own: once only, checked under the lock.
+            if s.get(ToolCallRow, facts.decision_event) is not None:
                 raise CallAlreadyRecorded(
                     f"the call decided by {facts.decision_event} is on the record already: "
                     "a decision allows one call — ask again for another"
                 )
-            event = NewEvent(
-                EventType.TOOL_CALLED, facts.actor, agent_id=facts.agent_id,
-                on_behalf_of=facts.on_behalf_of, chain=tuple(facts.chain),
-                action=facts.action, resource=facts.resource, decision=facts.decision,
-                reasons=tuple(facts.reasons), policy_version=facts.policy_version,
-                outcome=facts.outcome, details=details,
-            )  # fmt: skip
-            now = to_micros(self.clock.now())
-
-            def finish(chained: list[Event]) -> Recorded:
-                return Recorded(chained[0].id, chained[0].seq, args_digest, result_digest)
-
-            journal = facts.journal
-            undo = orjson.dumps(journal.undo).decode() if journal and journal.undo else None
-            reversible = journal.reversible if journal else None
-            why_not = journal.error[:300] if journal and journal.error else None
-            before = [p for p in facts.chain if p != facts.agent_id]
-            chain = orjson.dumps(before).decode() if before else None
-
-            def rows(chained: list[Event]) -> list[tuple[Table, tuple[Any, ...]]]:
-                row = (facts.decision_event, chained[0].id, facts.agent_id, facts.tool,
-                       facts.via, facts.outcome, now, reversible, undo, why_not, chain,
-                       None, None, None, None)  # fmt: skip
-                return [(_TABLE, row)]
-
-            return Chain([event], finish=finish, rows_of=rows)
+            return record
 
         return cast(Recorded, await self.committer.run_async(_Once(job, facts.decision_event)))
 
