@@ -167,7 +167,7 @@ def _latencies(
                     t0 = time.perf_counter()
                     got = client.post(url, content=body, headers=headers)
                     times[label].append(time.perf_counter() - t0)
-                    if got.status_code != 200 or '"isError":true' in got.text:
+                    if got.status_code != 200 or '"balance' not in got.text:
                         raise RuntimeError(f"{label}: {got.status_code} {got.text[:300]}")
     return times["direct"], times["gateway"]
 
