@@ -347,14 +347,13 @@ def test_the_writer_keeps_its_connection_and_recovers_when_it_is_lost(
     assert services.audit.verify(SYSTEM).ok
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_a_postgresql_commit_is_two_round_trips(
     services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     """On PostgreSQL a group commit is two waits for the server (libpq's own trace of the
     writer's connection): ``BEGIN``, the write lock and the ledger's head in one query; the
     rows and ``COMMIT`` in one pipeline, one ``Sync``."""
-    if services.db.dialect != "postgresql":
-        pytest.skip("round trips to a server: PostgreSQL's")
     monkeypatch.setattr(engine, "_PING_AFTER_IDLE_SECONDS", 3600.0)
     _one(services, "event:warm")
     pinned = services.committer._pinned
@@ -500,4 +499,27 @@ def test_a_chain_built_beforehand_is_appended_with_plain_events_without_a_sessio
     actors = {seq: actor for seq, _, actor in _events(services)}
     assert (actors[seqs[0]], actors[seqs[1]], actors[plain.seq]) == ("chain:a", "chain:b",
                                                                      "event:1")  # fmt: skip
+    assert services.audit.verify(SYSTEM).ok
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_connection_dropped_while_the_writer_was_idle_is_replaced_before_a_batch(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database drops the writer's kept connection while no decision comes (a restart,
+    an idle timeout): the next batch pings it first and writes on a new one — no caller is
+    failed for it."""
+    monkeypatch.setattr(engine, "_PING_AFTER_IDLE_SECONDS", 0.05)
+    _one(services, "event:1")
+    pinned = services.committer._pinned
+    assert pinned is not None
+    assert pinned._conn is not None
+    pid = pinned._conn.connection.driver_connection.info.backend_pid
+    with services.db.read() as s:
+        s.execute(select(func.pg_terminate_backend(pid)))
+    time.sleep(0.2)
+    after = _one(services, "event:2")  # not LedgerUnavailable
+    assert pinned._conn is not None
+    assert pinned._conn.connection.driver_connection.info.backend_pid != pid
+    assert after.seq == _events(services)[-1][0]
     assert services.audit.verify(SYSTEM).ok

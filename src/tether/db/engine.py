@@ -96,8 +96,8 @@ class PinnedWriter:
     the driver's autocommit mode and ``BEGIN`` travels with the write lock's statement, one
     round trip fewer. The same transactions as :meth:`Database.write` (``sequenced``): a
     fresh session each, so nothing one loaded is seen by the next. The connection goes back
-    to the pool after a failed transaction, and before one that follows a second idle (the
-    pool pings such a connection when it hands it out again). Not shared between threads."""
+    to the pool after a failed transaction; after a second idle it is pinged first, and
+    replaced if the database dropped it meanwhile. Not shared between threads."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -160,7 +160,16 @@ class PinnedWriter:
 
     def _connection(self) -> Connection:
         if self._conn is not None and time.monotonic() - self._used >= _PING_AFTER_IDLE_SECONDS:
-            self.close()
+            # Idle long enough for a server restart or an idle timeout to have dropped it:
+            # pinged (one round trip), and replaced if it is gone — not found out by a batch.
+            try:
+                dbapi = self._conn.connection.dbapi_connection
+                assert dbapi is not None  # a checked-out connection has one
+                self._db.engine.dialect.do_ping(dbapi)
+            except Exception:
+                log.info("the writer's connection was lost while idle: reconnecting")
+                self._conn.invalidate()
+                self.close()
         if self._conn is None:
             conn = self._db.engine.connect()
             if self._autocommit:
