@@ -55,21 +55,16 @@ def _event(i: int) -> NewEvent:
                     policy_version="v1", details={**_DETAILS, "n": i})  # fmt: skip
 
 
-def _timed(
-    run: Callable[[int], Any], n: int, blocks: int
-) -> tuple[list[float], float]:  # latencies, CPU per call
+def _timed(run: Callable[[int], Any], n: int) -> tuple[list[float], float]:
+    """``n`` calls of ``run``: each one's latency, and this process's CPU per call."""
     samples: list[float] = []
-    cpu = 0.0
-    per = n // blocks
-    for b in range(blocks):
-        t0 = os.times()
-        for i in range(per):
-            start = time.perf_counter()
-            run(b * per + i)
-            samples.append(time.perf_counter() - start)
-        t1 = os.times()
-        cpu += (t1.user - t0.user) + (t1.system - t0.system)
-    return samples, cpu / max(1, per * blocks)
+    t0 = os.times()
+    for i in range(n):
+        start = time.perf_counter()
+        run(i)
+        samples.append(time.perf_counter() - start)
+    t1 = os.times()
+    return samples, ((t1.user - t0.user) + (t1.system - t0.system)) / max(1, n)
 
 
 def _raw_floor(env: Env) -> Callable[[int], None]:
@@ -138,7 +133,7 @@ def run_backend(env: Env, n: int, blocks: int) -> ResultTable:
     per = n // blocks
     for b in range(blocks):
         for label, run in cases if b % 2 == 0 else cases[::-1]:
-            samples, cpu = _timed(lambda i, run=run, b=b: run(2 * 10**6 + b * per + i), per, 1)
+            samples, cpu = _timed(lambda i, run=run, b=b: run(2 * 10**6 + b * per + i), per)
             got[label] = (got[label][0] + samples, got[label][1] + cpu / blocks)
     loop.close()
     table = ResultTable(

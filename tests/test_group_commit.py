@@ -222,11 +222,9 @@ def test_threads_outside_any_event_loop_run_jobs_and_get_results_or_errors(
     assert services.audit.verify(SYSTEM).ok
 
 
-def test_what_queues_while_the_write_lock_is_awaited_joins_the_batch(services: Services) -> None:
-    """A batch is formed, then waits for the deployment-wide write lock (another worker's or
-    node's batch holds it); what was queued meanwhile is written in that same transaction once
-    the lock is held, not in a transaction of its own after it."""
-    committer = services.committer
+def _write_lock_held(services: Services) -> tuple[threading.Event, threading.Thread]:
+    """Another writer holding the deployment-wide write lock (as another worker's batch
+    would) until the event returned is set; its thread, to join."""
     held, release = threading.Event(), threading.Event()
 
     def other_writer() -> None:
@@ -234,15 +232,24 @@ def test_what_queues_while_the_write_lock_is_awaited_joins_the_batch(services: S
             held.set()
             release.wait(10)
 
+    holder = threading.Thread(target=other_writer)
+    holder.start()
+    assert held.wait(10)
+    return release, holder
+
+
+def test_what_queues_while_the_write_lock_is_awaited_joins_the_batch(services: Services) -> None:
+    """A batch is formed, then waits for the deployment-wide write lock (another worker's or
+    node's batch holds it); what was queued meanwhile is written in that same transaction once
+    the lock is held, not in a transaction of its own after it."""
+    committer = services.committer
+    release, holder = _write_lock_held(services)
     batches: list[object] = []
 
     def job(s: Session) -> int:
         batches.append(s.info.setdefault("test.batch", object()))
         return len(batches)
 
-    holder = threading.Thread(target=other_writer)
-    holder.start()
-    assert held.wait(10)
     results: list[int] = []
     callers = [threading.Thread(target=lambda: results.append(committer.run(job, 20)))
                for _ in range(4)]  # fmt: skip
@@ -424,16 +431,7 @@ def test_a_job_queued_while_plain_events_await_the_lock_goes_in_the_next_batch(
     events before it are written together without a session; the job, and what queued
     behind it, in the next transaction."""
     committer = services.committer
-    held, release = threading.Event(), threading.Event()
-
-    def other_writer() -> None:
-        with services.db.write():
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=other_writer)
-    holder.start()
-    assert held.wait(10)
+    release, holder = _write_lock_held(services)
     sessions: list[Session] = []
 
     def job(s: Session) -> Chain:

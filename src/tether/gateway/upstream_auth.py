@@ -54,10 +54,6 @@ class ClientCredentials(httpx2.Auth):
         self._token: tuple[str, float] | None = None
         self._lock = threading.Lock()
 
-    def fresh(self) -> str | None:
-        """The token kept, unless it expires soon (None: fetch one with :meth:`token_request`)."""
-        return self._fresh()
-
     def forget(self) -> None:
         """The upstream refused the token kept (revoked): the next call fetches another."""
         with self._lock:
@@ -68,7 +64,8 @@ class ClientCredentials(httpx2.Auth):
         request = self._token_request()
         return str(request.url), dict(request.headers), request.read()
 
-    def _fresh(self) -> str | None:
+    def fresh(self) -> str | None:
+        """The token kept, unless it expires soon (None: fetch one with :meth:`token_request`)."""
         with self._lock:
             if self._token is not None and self._token[1] - _EARLY > self.clock():
                 return self._token[0]
@@ -84,9 +81,6 @@ class ClientCredentials(httpx2.Auth):
         return httpx2.Request("POST", self.cfg.token_url, data=form,
                               headers={"Authorization": f"Basic {basic}",
                                        "Accept": "application/json"})  # fmt: skip
-
-    def _keep(self, response: httpx2.Response) -> str:
-        return self.keep(response.status_code, response.content)
 
     def keep(self, status: int, content: bytes) -> str:
         """The token in a token endpoint's answer, kept until shortly before it expires."""
@@ -104,18 +98,17 @@ class ClientCredentials(httpx2.Auth):
     async def async_auth_flow(
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
-        token = self._fresh()
+        token = self.fresh()
         if token is None:
             got = yield self._token_request()
-            await got.aread()
-            token = self._keep(got)
+            token = self.keep(got.status_code, await got.aread())
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401:  # revoked upstream: once more with a new token
             self.forget()
             got = yield self._token_request()
-            await got.aread()
-            request.headers["Authorization"] = f"Bearer {self._keep(got)}"
+            token = self.keep(got.status_code, await got.aread())
+            request.headers["Authorization"] = f"Bearer {token}"
             yield request
 
     def __repr__(self) -> str:
