@@ -32,6 +32,7 @@ from mcp.client.auth.extensions.client_credentials import (
     SignedJWTParameters,
 )
 from mcp.client.streamable_http import streamable_http_client
+from prometheus_client import REGISTRY
 
 from tests.conftest import admin_client
 from tests.pdp import credential, env_of
@@ -493,3 +494,45 @@ def test_authzen_resource_search_finds_the_tools_tools_list_shows(world: World) 
     servers = {r["id"]: r["properties"]["server"] for r in page["results"]}
     assert servers["payments.get_balance"] == "payments"
     assert servers["quick.get_balance"] == "quick"
+
+
+def test_post_mcp_skips_the_framework_but_keeps_its_metrics_request_id_and_500(
+    world: World,
+) -> None:
+    """``POST /mcp`` is answered by the hot paths (tether.api.fastpath) straight from the
+    gateway's gate: still counted under its route in the metrics, still carrying the request
+    id, and an error nobody expected is still the API's structured 500, not a traceback."""
+
+    def counted(status: str) -> float:
+        labels = {"method": "POST", "route": "/mcp", "status": status}
+        return REGISTRY.get_sample_value("tether_http_request_duration_seconds_count", labels) or 0
+
+    _agent, token = world.token(["payer"])
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream"}  # fmt: skip
+    params = {"name": "payments.get_balance", "arguments": {"account": "ops"}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+    before_ok, before_401 = counted("200"), counted("401")
+    got = httpx.post(f"{world.url}/mcp", json=body, headers=headers)
+    assert got.status_code == 200, got.text
+    assert '"balance' in got.text
+    assert got.headers.get("x-request-id")
+    refused = httpx.post(f"{world.url}/mcp", json=body, headers={**headers, "Authorization": ""})
+    assert refused.status_code == 401
+    assert counted("200") == before_ok + 1
+    assert counted("401") == before_401 + 1
+
+    manager = world.services.gateway.manager
+
+    async def broken(*_: Any) -> Any:
+        raise KeyError("a bug")
+
+    manager.handle_request, original = broken, manager.handle_request
+    try:
+        failed = httpx.post(f"{world.url}/mcp", json=body, headers=headers)
+    finally:
+        manager.handle_request = original
+    assert failed.status_code == 500
+    assert failed.json()["error"]["code"] == "internal_error"
+    assert "a bug" not in failed.text
+    assert failed.headers.get("x-request-id")

@@ -112,7 +112,8 @@ class _TetherAPI(FastAPI):
         # The request log outside Starlette's ServerErrorMiddleware, which answers an
         # unhandled error itself: the request id is on that 500 too, and its line is logged.
         # The hot paths right inside it, ahead of every other layer (tether.api.fastpath).
-        stack = HotPaths(super().build_middleware_stack(), self.state.services)
+        stack = HotPaths(super().build_middleware_stack(), self.state.services,
+                         self.state.gateway)  # fmt: skip
         return requestlog.RequestLogMiddleware(stack)
 
 
@@ -153,7 +154,8 @@ def create_app(services: Services, *, started: Callable[[], None] | None = None)
     )
     app.state.services = services
     errors.install(app)
-    app.router.routes.append(Route("/mcp", endpoint=McpGate(services), methods=METHODS))
+    app.state.gateway = McpGate(services)  # POST /mcp answered by HotPaths, the rest here
+    app.router.routes.append(Route("/mcp", endpoint=app.state.gateway, methods=METHODS))
     # The decision endpoints first: FastAPI tries routes in order, and they are the hot path.
     # The inventory's /v1/agents/export before the agents' /v1/agents/{agent_id}.
     for module in (decisions, ops, oauth, users, inventory, agents, freeze, credentials,

@@ -1,5 +1,5 @@
-"""The hot paths without FastAPI's per-request machinery: the AuthZEN endpoints (the PDP) and
-the token endpoint.
+"""The hot paths without FastAPI's per-request machinery: the AuthZEN endpoints (the PDP), the
+token endpoint and the MCP gateway's ``POST /mcp``.
 
 FastAPI spends more CPU on routing, dependency solving, body handling and its middleware
 stack than Tether spends deciding (bench/README.md). :class:`HotPaths` sits right inside the
@@ -15,6 +15,11 @@ the documented definition (OpenAPI), share their models, request mapping and tok
 with this module, and errors render through :mod:`tether.api.errors`. Requests it does not
 recognise (another path or method, a decision body that is not JSON) go on to the
 application's full stack untouched.
+
+``POST /mcp`` goes straight to the gateway's gate (:class:`tether.api.mcp.McpGate`, which caps
+the body, authenticates and answers every error itself), counted in the same metrics; the
+FastAPI stack would add nothing to it but ~0.1 ms of middleware per tool call (bench/README.md,
+issue 16). Its other methods go on to its route.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from tether.policy import authzen
 _SINGLE = "/access/v1/evaluation"
 _BATCH = "/access/v1/evaluations"
 _TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path
+_GATEWAY = "/mcp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +53,7 @@ class _Route:
     path: str
 
 
-_ROUTES = {p: _Route(p) for p in (_SINGLE, _BATCH, _TOKEN_PATH)}
+_ROUTES = {p: _Route(p) for p in (_SINGLE, _BATCH, _TOKEN_PATH, _GATEWAY)}
 
 
 class _TooLarge(Exception):
@@ -55,15 +61,19 @@ class _TooLarge(Exception):
 
 
 class HotPaths:
-    def __init__(self, app: ASGIApp, services: Services) -> None:
+    def __init__(self, app: ASGIApp, services: Services, gateway: ASGIApp) -> None:
         self.app = app
         self.services = services
+        self.gateway = gateway  # POST /mcp's endpoint, as its route has it
         self.max_bytes = services.settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = _ROUTES.get(scope["path"]) if scope["type"] == "http" else None
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
+            return
+        if route.path == _GATEWAY:
+            await self._gateway(scope, receive, send)
             return
         authorization: str | None = None
         content_type, proofs, length = b"", [], None
@@ -97,6 +107,26 @@ class HotPaths:
             await response(scope, receive, send)
         finally:
             metrics.observe("POST", path, response.status_code, time.perf_counter() - start)
+
+    async def _gateway(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = _ROUTES[_GATEWAY]
+        start = time.perf_counter()
+        status, started = 500, False
+
+        async def sending(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        try:
+            await self.gateway(scope, receive, sending)
+        except Exception as exc:
+            if started:  # the answer has begun: the server ends the connection
+                raise
+            await errors.unexpected(exc)(scope, receive, send)
+        finally:
+            metrics.observe("POST", _GATEWAY, status, time.perf_counter() - start)
 
     async def _answer(
         self, scope: Scope, path: str, *, authorization: str | None, content_type: bytes,
