@@ -521,3 +521,91 @@ def test_a_connection_dropped_while_the_writer_was_idle_is_replaced_before_a_bat
     assert pinned._conn.connection.driver_connection.info.backend_pid != pid
     assert after.seq == _events(services)[-1][0]
     assert services.audit.verify(SYSTEM).ok
+
+
+def _written_on(services: Services, actor: str) -> tuple[int, int]:
+    """A chain appended from an event loop: the thread its events were chained on, and the
+    loop's own thread."""
+
+    async def main() -> tuple[int, int]:
+        chain = Chain([NewEvent("test.event", actor)],
+                      finish=lambda _evs: threading.get_ident())  # fmt: skip
+        return await services.committer.append_async(chain), threading.get_ident()
+
+    return asyncio.run(main())
+
+
+def test_a_lone_request_commits_on_its_event_loop_and_a_busy_one_queues(
+    services: Services,
+) -> None:
+    """With nothing else in flight (``inline_when``) and the write lock free, an event is
+    written on the event loop's own thread — durable before its answer, on the writer's
+    connection, the chain intact; with other requests in flight, it goes to the writer
+    thread as before."""
+    committer = services.committer
+    _one(services, "event:start")  # the writer thread and its connection are up
+    if not committer._pinned.can_skip_the_wait:  # type: ignore[union-attr]
+        committer.inline_when = lambda: True
+        on, loop = _written_on(services, "event:postgresql")
+        assert on != loop, "PostgreSQL's lock cannot be tried without waiting: queued"
+        return
+    committer.inline_when = lambda: False
+    on, loop = _written_on(services, "event:busy")
+    assert on != loop
+    committer.inline_when = lambda: True
+    on, loop = _written_on(services, "event:alone")
+    assert on == loop
+    actors = [actor for _, _, actor in _events(services)]
+    assert actors[-2:] == ["event:busy", "event:alone"]
+    assert services.audit.verify(SYSTEM).ok
+
+
+def test_a_lone_request_never_waits_on_another_writer_from_its_event_loop(
+    services: Services,
+) -> None:
+    """The write lock held by another writer (another worker's batch, a CLI): the lone
+    request's event queues for the writer thread instead of blocking the event loop, and is
+    written once the lock is free."""
+    committer = services.committer
+    _one(services, "event:start")
+    committer.inline_when = lambda: True
+    release, holder = _write_lock_held(services)
+    ticks: list[float] = []
+
+    async def main() -> tuple[int, int]:
+        async def tick() -> None:  # the loop stays free while the event waits for the lock
+            for _ in range(5):
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.02)
+            release.set()
+
+        ticker = asyncio.create_task(tick())
+        chain = Chain([NewEvent("test.event", "event:waited")],
+                      finish=lambda _evs: threading.get_ident())  # fmt: skip
+        on = await committer.append_async(chain)
+        await ticker
+        return on, threading.get_ident()
+
+    on, loop = asyncio.run(main())
+    holder.join(10)
+    assert on != loop
+    assert len(ticks) == 5
+    assert [actor for _, _, actor in _events(services)][-1] == "event:waited"
+
+
+def test_a_lone_request_whose_commit_fails_fails_closed_and_writes_nothing(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written on the event loop, a failing statement fails the caller closed (the ledger
+    unavailable), writes nothing, and the next event follows the same head."""
+    first = _one(services, "event:before")
+    before = _events(services)
+    services.committer.inline_when = lambda: True
+    clash = (DecisionInputRow.__table__, [(first.seq, "again")])
+    monkeypatch.setattr(services.committer, "attach", lambda _attached: clash)
+    with pytest.raises(LedgerUnavailable):
+        _one(services, "event:clash")
+    assert _events(services) == before
+    monkeypatch.undo()
+    assert _one(services, "event:after").seq == first.seq + 1
+    assert services.audit.verify(SYSTEM).ok

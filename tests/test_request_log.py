@@ -242,3 +242,55 @@ def test_generated_ids_differ_across_processes_even_forked_ones() -> None:
         there = pool.apply(_generated_here)
     assert _is_generated(there)
     assert there[:16] != here[0][:16]  # another prefix
+
+
+def test_requests_in_flight_are_counted_and_alone_only_with_one() -> None:
+    """``alone()`` (what lets the group commit write a lone request's event on the event loop)
+    holds with one request in flight and not with two; the count falls back as each ends,
+    an answer that failed included."""
+    import asyncio
+
+    from tether.api.requestlog import RequestLogMiddleware
+
+    seen: list[bool] = []
+    gates = [asyncio.Event(), asyncio.Event()]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(middleware.alone())
+        await gates[int(scope["path"][-1])].wait()
+        if scope["path"].endswith("1"):
+            raise RuntimeError("an answer that failed")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = RequestLogMiddleware(app)
+
+    async def request(path: str) -> None:
+        scope = {"type": "http", "method": "GET", "path": path, "headers": []}
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(_message: Any) -> None:
+            return None
+
+        await middleware(scope, receive, send)
+
+    async def main() -> None:
+        first = asyncio.create_task(request("/r0"))
+        await asyncio.sleep(0.01)
+        assert middleware.alone()
+        second = asyncio.create_task(request("/r1"))
+        await asyncio.sleep(0.01)
+        assert middleware.in_flight == 2
+        assert not middleware.alone()
+        gates[1].set()
+        with pytest.raises(RuntimeError):
+            await second
+        assert middleware.alone()
+        gates[0].set()
+        await first
+        assert middleware.in_flight == 0
+
+    asyncio.run(main())
+    assert seen == [True, False]

@@ -112,9 +112,13 @@ class _TetherAPI(FastAPI):
         # The request log outside Starlette's ServerErrorMiddleware, which answers an
         # unhandled error itself: the request id is on that 500 too, and its line is logged.
         # The hot paths right inside it, ahead of every other layer (tether.api.fastpath).
-        stack = HotPaths(super().build_middleware_stack(), self.state.services,
-                         self.state.gateway)  # fmt: skip
-        return requestlog.RequestLogMiddleware(stack)
+        services = self.state.services
+        stack = HotPaths(super().build_middleware_stack(), services, self.state.gateway)
+        logged = requestlog.RequestLogMiddleware(stack)
+        # The only request in flight has its decision or call record committed on the event
+        # loop itself, not handed to the writer thread and back (tether.audit.group).
+        services.committer.inline_when = logged.alone
+        return logged
 
 
 def create_app(services: Services, *, started: Callable[[], None] | None = None) -> FastAPI:

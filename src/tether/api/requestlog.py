@@ -103,11 +103,23 @@ def _accepted_id(scope: Scope) -> str:
 class RequestLogMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.in_flight = 0  # HTTP requests begun and not yet ended (on the server's loop)
+
+    def alone(self) -> bool:
+        """Whether at most one request is in flight: the caller's own, if it is one."""
+        return self.in_flight <= 1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.in_flight += 1
+        try:
+            await self._logged(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _logged(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = RequestContext(_accepted_id(scope))
         scope[_SCOPE_KEY] = ctx
         echo = (_HEADER_KEY, ctx.request_id.encode("ascii"))

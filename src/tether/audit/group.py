@@ -16,6 +16,16 @@ per batch either way. Jobs of a kind that each read something first (a token's c
 again under the lock) may read it for the whole batch in one statement: a job with a
 ``prepare(session, jobs)`` attribute has it called once per batch, before any job runs, with
 every job of the batch that has the same ``prepare``.
+
+When its process is otherwise idle — :attr:`GroupCommitter.inline_when` says so (the server:
+this request is the only one in flight), the writer thread is between batches, nothing is
+queued, and the write lock of a SQLite file is free at once — an event or a prebuilt chain
+submitted from an event loop is written right there, on the writer's connection, instead of
+being handed to the writer thread and back: the two thread wake-ups were a fifth of a
+sequential commit (bench/README.md, issue 16). Nothing else changes: the same transaction,
+answered only once it committed, failing closed the same way. With anything else in flight,
+or the lock held or awaited by anyone, it queues as before, so batching under load is as it
+was, and the event loop never waits on another writer.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from tether.audit.store import HEAD_QUERY
 from tether.clock import Clock
 from tether.db import Database
 from tether.db.bulk import Insert, insert_tables
-from tether.db.engine import BEFORE_COMMIT, PinnedWriter
+from tether.db.engine import BEFORE_COMMIT, PinnedWriter, WriteLockBusy
 from tether.errors import LedgerUnavailable
 
 log = logging.getLogger("tether.audit.group")
@@ -110,7 +120,13 @@ class GroupCommitter:
         # next batch's first item.
         self._carry: _Item | None = None
         self._lock = threading.Lock()
+        # Held while a batch is written, by the writer thread or by an event loop writing
+        # its own item (the kept connection is used by one thread at a time).
+        self._writing = threading.Lock()
         self._closed = False
+        # Whether the caller's process has nothing else in flight (None: never write on the
+        # caller's thread). Set by the server; read on the event loop, per item.
+        self.inline_when: Callable[[], bool] | None = None
 
     def submit_async(self, event: NewEvent, attachment: Any = None) -> asyncio.Future[Event]:
         """Queue ``event``; the future resolves to the chained event once it is durable, or
@@ -153,8 +169,32 @@ class GroupCommitter:
             future.set_exception(LedgerUnavailable("the ledger writer is shut down"))
             return future
         self._ensure_thread()
+        alone = self.inline_when
+        # Settled here, on this loop's own thread: no hand-off back (the item's loop None).
+        if (job is None and alone is not None and alone()
+                and self._inline(_Item(event, attachment, future, None, None, chain))):  # fmt: skip
+            return future
         self._queue.put(_Item(event, attachment, future, loop, job, chain))
         return future
+
+    def _inline(self, item: _Item) -> bool:
+        """Write ``item`` alone on this thread if nobody writes or waits to: True once it is
+        settled (committed, or failed closed); False, having done nothing, otherwise."""
+        pinned = self._pinned
+        if pinned is None or not pinned.can_skip_the_wait:
+            return False
+        if not self._writing.acquire(blocking=False):
+            return False
+        try:
+            if self._carry is not None or not self._queue.empty():
+                return False  # the writer has work: this item's turn is after it
+            try:
+                self._commit([item], wait=False)
+            except WriteLockBusy:
+                return False
+            return True
+        finally:
+            self._writing.release()
 
     def _ensure_thread(self) -> None:
         if self._thread is not None:
@@ -177,7 +217,8 @@ class GroupCommitter:
         try:
             self._loop()
         finally:
-            self._pinned.close()
+            with self._writing:  # not under an event loop's write
+                self._pinned.close()
 
     def _loop(self) -> None:
         while True:
@@ -185,13 +226,19 @@ class GroupCommitter:
             if first is None:
                 return
             batch = [first]
-            self._gather(batch)  # a close request stays queued: the next get() returns
-            self._commit(batch)
+            with self._writing:
+                self._gather(batch)  # a close request stays queued: the next get() returns
+                self._commit(batch)
 
-    def _commit(self, batch: list[_Item]) -> None:
+    def _commit(self, batch: list[_Item], *, wait: bool = True) -> None:
+        """Write ``batch`` and settle every item of it. ``wait=False`` (a batch of plain
+        items, written on an event loop): :class:`WriteLockBusy`, nothing written or
+        settled, unless the write lock is free at once."""
         while batch:
             try:
-                results = self._write(batch)
+                results = self._write(batch) if wait else self._write_events(batch, wait=False)
+            except WriteLockBusy:
+                raise  # nothing was written: the caller queues the batch instead
             except _JobFailed as failed:
                 # The whole transaction rolled back; that job fails alone, the rest go again.
                 # (Cheaper than a savepoint per job — two round trips each — since jobs fail
@@ -215,15 +262,17 @@ class GroupCommitter:
             return self._write_events(batch)
         return self._write_jobs(batch)
 
-    def _write_events(self, batch: list[_Item]) -> list[Any]:
+    def _write_events(self, batch: list[_Item], *, wait: bool = True) -> list[Any]:
         """:meth:`_write_jobs` for a batch without jobs — plain events (decisions) and
         chains built beforehand (the gateway's call records) — the same transaction on the
         connection's driver, without a session: SQLAlchemy's session and transaction set-up
         were most of a commit's CPU besides the fsync (bench/README.md). What queues while the
-        lock is awaited joins, up to the first job (the next batch's)."""
+        lock is awaited joins, up to the first job (the next batch's); ``wait=False``: only
+        if the lock is free at once (:class:`WriteLockBusy`), and ``batch`` alone."""
         assert self._pinned is not None  # the writer thread's
-        with self._pinned.raw(then=HEAD_QUERY) as tx:
-            self._gather(batch, plain=True)
+        with self._pinned.raw(then=HEAD_QUERY, wait=wait) as tx:
+            if wait:
+                self._gather(batch, plain=True)
             now = self.clock.now()  # after the wait: no event is stamped before it was queued
             results: list[Any] = [None] * len(batch)
             chains = [(i, item.chain) for i, item in enumerate(batch) if item.chain is not None]

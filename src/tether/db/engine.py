@@ -87,6 +87,29 @@ class _WriterQueue:
         finally:
             self._threads.release()
 
+    @contextmanager
+    def at_once(self) -> Iterator[None]:
+        """The turn, only if nobody holds or awaits it: :class:`WriteLockBusy` otherwise."""
+        if not self._threads.acquire(blocking=False):
+            raise WriteLockBusy("another thread of this process is writing")
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._threads.release()
+            raise WriteLockBusy("another process is writing") from None
+        except BaseException:
+            self._threads.release()
+            raise
+        with contextlib.ExitStack() as held:
+            held.callback(self.__exit__)
+            yield
+
+
+class WriteLockBusy(Exception):
+    """The write lock was not free at once (:meth:`PinnedWriter.raw` with ``wait=False``)."""
+
 
 class PinnedWriter:
     """Write transactions on one connection kept between them, for one thread that writes many
@@ -98,7 +121,7 @@ class PinnedWriter:
     round trip fewer. The same transactions as :meth:`Database.write` (``sequenced``): a
     fresh session each, so nothing one loaded is seen by the next. The connection goes back
     to the pool after a failed transaction; after a second idle it is pinged first, and
-    replaced if the database dropped it meanwhile. Not shared between threads."""
+    replaced if the database dropped it meanwhile. Used by one thread at a time."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -121,20 +144,34 @@ class PinnedWriter:
             if not done:
                 self.close()
 
+    @property
+    def can_skip_the_wait(self) -> bool:
+        """Whether :meth:`raw` can be asked not to wait (``wait=False``): a SQLite file,
+        whose writers queue on this process's lock and a file lock, both tried at once."""
+        return self._db._queue is not None
+
     @contextmanager
-    def raw(self, *, then: str) -> Iterator[RawWrite]:
+    def raw(self, *, then: str, wait: bool = True) -> Iterator[RawWrite]:
         """A write transaction on the kept connection's driver, without a session (rows that
         need nothing of the ORM: the group commit's plain events). The write lock is taken
         and ``then`` read under it as :meth:`Database.write` does (PostgreSQL: with ``BEGIN``
         in one round trip); the body writes with :meth:`RawWrite.write`, whose statement
         carries the ``COMMIT``; an error rolls back. No callbacks run: such rows change no
-        runtime state."""
-        db = self._db
+        runtime state. ``wait=False`` (only where :attr:`can_skip_the_wait`): raise
+        :class:`WriteLockBusy`, having done nothing, unless the lock is free at once."""
+        db, queue = self._db, self._db._queue
+        if not wait and queue is None:
+            raise WriteLockBusy("only a SQLite file's writers can be tried without waiting")
         conn = self._connection()
         driver: Any = conn.connection.driver_connection
-        done = False
-        try:
-            with db._queue or nullcontext():
+        with contextlib.ExitStack() as turn:
+            if wait:
+                turn.enter_context(queue or nullcontext())
+            else:  # WriteLockBusy before anything was sent: the connection is as it was
+                assert queue is not None  # checked above
+                turn.enter_context(queue.at_once())
+            done = False
+            try:
                 if db.dialect == "postgresql":
                     row = fetch_last_on(driver, ["BEGIN", _PG_LOCK_LITERAL, then])
                 else:
@@ -149,11 +186,11 @@ class PinnedWriter:
                 if not tx.committed:
                     _roll_back(driver, db.dialect)
                     raise RuntimeError("a raw write transaction ended without its write")
-            done = True
-        finally:
-            self._used = time.monotonic()
-            if not done:
-                self.close()
+                done = True
+            finally:
+                self._used = time.monotonic()
+                if not done:
+                    self.close()
 
     @property
     def _autocommit(self) -> bool:
