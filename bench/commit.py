@@ -4,7 +4,9 @@ Per backend, a bootstrapped deployment (fresh SQLite file on a real disk, or a f
 PostgreSQL schema) and its real :class:`~tether.audit.group.GroupCommitter`, driven from an
 event loop as the server drives it: a decision-like event with its inputs
 (``submit_async``), awaited before the next one; and a gateway-like call record (a chain
-built beforehand, with a row that names its event: ``append_async``). Beside them, in the
+built beforehand, with a row that names its event: ``append_async``); each again as the only
+request in flight (``inline_when``: on SQLite written on the event loop itself, on PostgreSQL
+queued as before). Beside them, in the
 same run and alternating blocks, the raw driver's floor for the same durable write on a
 table of the same shape: SQLite ``BEGIN IMMEDIATE``, the head read, ``INSERT``, ``COMMIT``
 (WAL, ``synchronous=FULL``); PostgreSQL ``BEGIN`` + advisory lock + head in one simple
@@ -120,9 +122,23 @@ def run_backend(env: Env, n: int, blocks: int) -> ResultTable:
         chain = Chain([_event(i)], finish=lambda evs: evs[0].seq, rows_of=rows_of)
         return await committer.append_async(chain)
 
+    def alone(run: Callable[[int], Any]) -> Callable[[int], Any]:
+        """``run`` as the only request in flight: written on the event loop if it can be."""
+
+        def inline(i: int) -> Any:
+            committer.inline_when = lambda: True
+            try:
+                return run(i)
+            finally:
+                committer.inline_when = None
+
+        return inline
+
     cases: list[tuple[str, Callable[[int], Any]]] = [
         ("group commit: a decision event + its inputs (submit_async)", awaited(decision)),
         ("group commit: a call record, chain built beforehand (append_async)", awaited(record)),
+        ("the same decision event, the only request in flight", alone(awaited(decision))),
+        ("the same call record, the only request in flight", alone(awaited(record))),
         ("raw driver floor: the same durable write", _raw_floor(env)),
     ]
     for _, run in cases:  # warm: connections, statements, caches
