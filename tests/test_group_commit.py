@@ -535,6 +535,13 @@ def _written_on(services: Services, actor: str) -> tuple[int, int]:
     return asyncio.run(main())
 
 
+def _writer_idle(committer: group.GroupCommitter) -> None:
+    deadline = time.monotonic() + 10
+    while not committer._writing.acquire(timeout=0.01):
+        assert time.monotonic() < deadline, "the writer thread never went idle"
+    committer._writing.release()
+
+
 def test_a_lone_request_commits_on_its_event_loop_and_a_busy_one_queues(
     services: Services,
 ) -> None:
@@ -552,6 +559,7 @@ def test_a_lone_request_commits_on_its_event_loop_and_a_busy_one_queues(
     committer.inline_when = lambda: False
     on, loop = _written_on(services, "event:busy")
     assert on != loop
+    _writer_idle(committer)  # it settles a batch a moment before it lets go of it
     committer.inline_when = lambda: True
     on, loop = _written_on(services, "event:alone")
     assert on == loop
@@ -568,6 +576,7 @@ def test_a_lone_request_never_waits_on_another_writer_from_its_event_loop(
     written once the lock is free."""
     committer = services.committer
     _one(services, "event:start")
+    _writer_idle(committer)
     committer.inline_when = lambda: True
     release, holder = _write_lock_held(services)
     ticks: list[float] = []
@@ -600,6 +609,7 @@ def test_a_lone_request_whose_commit_fails_fails_closed_and_writes_nothing(
     unavailable), writes nothing, and the next event follows the same head."""
     first = _one(services, "event:before")
     before = _events(services)
+    _writer_idle(services.committer)
     services.committer.inline_when = lambda: True
     clash = (DecisionInputRow.__table__, [(first.seq, "again")])
     monkeypatch.setattr(services.committer, "attach", lambda _attached: clash)
