@@ -70,12 +70,15 @@ class _WriterQueue:
         self._threads = threading.Lock()
         self._fd: int | None = None
 
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd
+
     def __enter__(self) -> None:
         self._threads.acquire()
         try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            fcntl.flock(self._file(), fcntl.LOCK_EX)
         except BaseException:
             self._threads.release()
             raise
@@ -93,18 +96,17 @@ class _WriterQueue:
         if not self._threads.acquire(blocking=False):
             raise WriteLockBusy("another thread of this process is writing")
         try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._file(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._threads.release()
             raise WriteLockBusy("another process is writing") from None
         except BaseException:
             self._threads.release()
             raise
-        with contextlib.ExitStack() as held:
-            held.callback(self.__exit__)
+        try:
             yield
+        finally:
+            self.__exit__()
 
 
 class WriteLockBusy(Exception):
