@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -354,32 +357,117 @@ def test_the_writer_keeps_its_connection_and_recovers_when_it_is_lost(
     assert services.audit.verify(SYSTEM).ok
 
 
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-def test_a_postgresql_commit_is_two_round_trips(
-    services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> None:
-    """On PostgreSQL a group commit is two waits for the server (libpq's own trace of the
-    writer's connection): ``BEGIN``, the write lock and the ledger's head in one query; the
-    rows and ``COMMIT`` in one pipeline, one ``Sync``."""
-    monkeypatch.setattr(engine, "_PING_AFTER_IDLE_SECONDS", 3600.0)
-    _one(services, "event:warm")
+def _traced(services: Services, actor: str, trace: Any) -> tuple[list[str], str]:
+    """One event committed while libpq traces the writer's connection: the kinds of the
+    messages it sent, and the whole trace."""
     pinned = services.committer._pinned
     assert pinned is not None
     assert pinned._conn is not None
     pgconn = pinned._conn.connection.driver_connection.pgconn
-    trace = tmp_path / "libpq.trace"
     with trace.open("w") as out:
         pgconn.trace(out.fileno())
         try:
-            _one(services, "event:traced")
+            _one(services, actor)
         finally:
             pgconn.untrace()
     sent = [line.split("\t") for line in trace.read_text().splitlines()]
-    kinds = [fields[3] for fields in sent if len(fields) > 3 and fields[1] == "F"]
+    return [fields[3] for fields in sent if len(fields) > 3 and fields[1] == "F"], trace.read_text()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_postgresql_commit_is_two_round_trips_then_one_while_nobody_else_appends(
+    services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """On PostgreSQL a group commit that must read the ledger's head is two waits for the
+    server (libpq's own trace of the writer's connection): ``BEGIN``, the write lock and the
+    head in one query; the rows and ``COMMIT`` in one pipeline, one ``Sync``. Once a batch
+    found the head this writer had left (nobody else appended), the next is built on the
+    head it left and is one wait: ``BEGIN``, the lock, the head's guard, the rows and
+    ``COMMIT`` in one pipeline."""
+    monkeypatch.setattr(engine, "_PING_AFTER_IDLE_SECONDS", 3600.0)
+    _one(services, "event:warm")
+    with services.db.write() as s:  # another writer appends: the head is read again
+        services.ledger.append(s, [NewEvent("test.event", "other")], now=services.clock.now())
+    kinds, text = _traced(services, "event:read", tmp_path / "read.trace")
     waits = [kind for kind in kinds if kind in ("Query", "Sync")]
     assert waits == ["Query", "Sync"], kinds
     assert kinds.count("Execute") == 2  # the rows' INSERT, then COMMIT
-    assert "BEGIN; SELECT pg_advisory_xact_lock" in trace.read_text()
+    assert "BEGIN; SELECT pg_advisory_xact_lock" in text
+    _one(services, "event:mine")  # reads the head this writer left: the next is guessed
+    kinds, text = _traced(services, "event:guessed", tmp_path / "guessed.trace")
+    waits = [kind for kind in kinds if kind in ("Query", "Sync")]
+    assert waits == ["Sync"], kinds
+    assert kinds.count("Execute") == 5  # BEGIN, the lock, the guard, the INSERT, COMMIT
+    assert "pg_advisory_xact_lock" in text
+    assert "AS head WHERE seq = $1 AND hash = $2" in text
+    assert [actor for _, _, actor in _events(services)[-5:]] == [
+        "event:warm", "other", "event:read", "event:mine", "event:guessed"]  # fmt: skip
+    assert services.audit.verify(SYSTEM).ok
+
+
+def _appended(kind: str) -> float:
+    return REGISTRY.get_sample_value("tether_ledger_events_appended_total", {"type": kind}) or 0.0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_guessed_head_that_another_writer_moved_writes_nothing_and_the_batch_goes_after_it(
+    services: Services,
+) -> None:
+    """Two writers (two workers' group committers) on one ledger. One that appended twice in
+    a row builds its next batch on the head it left; when the other appended meanwhile, the
+    guard fails under the write lock, that write is rolled back with nothing written, and
+    the batch is written after the other's events: one chain, no gap, no fork, every event
+    once, counted once."""
+    other = group.GroupCommitter(services.db, services.ledger, services.clock)
+    guarded: list[str] = []
+    real = engine.PinnedWriter.raw_guarded
+
+    @contextlib.contextmanager
+    def counting(self: engine.PinnedWriter, guard: str, params: Any) -> Iterator[Any]:
+        try:
+            with real(self, guard, params) as tx:
+                yield tx
+        except engine.GuardFailed:
+            guarded.append("failed")
+            raise
+        guarded.append("held")
+
+    counted_before = _appended("test.event")
+    try:
+        engine.PinnedWriter.raw_guarded = counting  # type: ignore[method-assign]
+        _one(services, "mine:1")
+        _one(services, "mine:2")  # read the head it left: the next is guessed
+        assert guarded == []
+        _one(services, "mine:3")
+        assert guarded == ["held"]
+
+        async def theirs() -> Any:
+            return await other.submit_async(NewEvent("test.event", "theirs:1"), None)
+
+        asyncio.run(theirs())
+        assert guarded == ["held"]  # the other writer read the head: not its own
+        before = _events(services)
+        last = _one(services, "mine:4")
+        assert guarded == ["held", "failed"]
+        _one(services, "mine:5")  # the head it read was the other's: read again
+        assert guarded == ["held", "failed"]
+        _one(services, "mine:6")
+        assert guarded == ["held", "failed", "held"]
+    finally:
+        engine.PinnedWriter.raw_guarded = real  # type: ignore[method-assign]
+        other.close()
+    events = _events(services)
+    assert events[: len(before)] == before
+    assert last.seq == before[-1][0] + 1
+    actors = [actor for _, _, actor in events if actor.startswith(("mine:", "theirs:"))]
+    assert actors == ["mine:1", "mine:2", "mine:3", "theirs:1", "mine:4", "mine:5", "mine:6"]
+    seqs = [seq for seq, _, _ in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert _appended("test.event") - counted_before == 7
+    with services.db.read() as s:  # the failed write's decision inputs went nowhere either
+        assert s.scalar(select(func.count()).select_from(DecisionInputRow)) == sum(
+            1 for a in actors if a.startswith("mine:"))  # fmt: skip
+    assert services.audit.verify(SYSTEM).ok
 
 
 def test_plain_events_fail_closed_together_when_their_statement_fails(

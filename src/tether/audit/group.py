@@ -46,12 +46,12 @@ from sqlalchemy.orm import Session
 
 from tether.audit.chain import Checkpoint, Event
 from tether.audit.events import NewEvent
-from tether.audit.ledger import Ledger
-from tether.audit.store import HEAD_QUERY
+from tether.audit.ledger import Ledger, counted
+from tether.audit.store import HEAD_IS, HEAD_QUERY
 from tether.clock import Clock
 from tether.db import Database
 from tether.db.bulk import Insert, insert_tables
-from tether.db.engine import BEFORE_COMMIT, PinnedWriter, WriteLockBusy
+from tether.db.engine import BEFORE_COMMIT, GuardFailed, PinnedWriter, RawWrite, WriteLockBusy
 from tether.errors import LedgerUnavailable
 
 log = logging.getLogger("tether.audit.group")
@@ -63,6 +63,8 @@ FAILED = Counter(
     "tether_ledger_group_commit_failures", "Group commits that failed (events lost: 0)"
 )
 
+# The ledger's head: (seq, hash, time_us) of its newest event.
+Head = tuple[int, str, int]
 # Rows that go with the chained events (and what each was submitted with) in their statement.
 Attach = Callable[[Sequence[tuple[Event, Any]]], Insert]
 
@@ -74,7 +76,8 @@ Job = Callable[[Session], Any]
 class Chain:
     """A job's events to append with the batch; ``finish(chained)`` (the chained events, in
     order) gives the job's result, still inside the transaction. ``attachment`` goes with
-    the first event, like a plain event's."""
+    the first event, like a plain event's. ``finish`` and ``rows_of`` may run more than once
+    (a batch built again): they must only build their result."""
 
     events: Sequence[NewEvent]
     finish: Callable[[list[Event]], Any]
@@ -127,6 +130,12 @@ class GroupCommitter:
         # Whether the caller's process has nothing else in flight (None: never write on the
         # caller's thread). Set by the server; read on the event loop, per item.
         self.inline_when: Callable[[], bool] | None = None
+        # The head after this writer's last batch, and — while the head it read for that batch
+        # was the one it had left (nobody else appends: one busy worker) — the head to build
+        # the next plain batch on without reading it (PostgreSQL: one round trip, not two).
+        # Under ``_writing``.
+        self._wrote: Head | None = None
+        self._guess: Head | None = None
 
     def submit_async(self, event: NewEvent, attachment: Any = None) -> asyncio.Future[Event]:
         """Queue ``event``; the future resolves to the chained event once it is durable, or
@@ -240,6 +249,7 @@ class GroupCommitter:
             except WriteLockBusy:
                 raise  # nothing was written: the caller queues the batch instead
             except _JobFailed as failed:
+                self._guess = self._wrote = None
                 # The whole transaction rolled back; that job fails alone, the rest go again.
                 # (Cheaper than a savepoint per job — two round trips each — since jobs fail
                 # only when the database misbehaves.)
@@ -248,6 +258,7 @@ class GroupCommitter:
                 batch = batch[: failed.index] + batch[failed.index + 1 :]
                 continue
             except Exception as exc:
+                self._guess = self._wrote = None
                 FAILED.inc()
                 log.exception("group commit of %d items failed; failing them closed", len(batch))
                 failure = LedgerUnavailable(str(exc))
@@ -268,17 +279,57 @@ class GroupCommitter:
         connection's driver, without a session: SQLAlchemy's session and transaction set-up
         were most of a commit's CPU besides the fsync (bench/README.md). What queues while the
         lock is awaited joins, up to the first job (the next batch's); ``wait=False``: only
-        if the lock is free at once (:class:`WriteLockBusy`), and ``batch`` alone."""
+        if the lock is free at once (:class:`WriteLockBusy`), and ``batch`` alone.
+
+        On PostgreSQL, while this writer is the only one appending, the batch is built on the
+        head it left and written in one round trip, guarded (:data:`HEAD_IS`): the head's read
+        is a round trip of the two a commit takes. If another writer appended meanwhile,
+        that write is rolled back with nothing written, and the batch goes the usual way."""
         assert self._pinned is not None  # the writer thread's
+        if wait and (guess := self._guess) is not None:
+            self._guess = None
+            try:
+                with self._pinned.raw_guarded(HEAD_IS, guess[:2]) as tx:
+                    results, events, checkpoint = self._write_on(tx, guess, batch)
+            except GuardFailed:
+                log.debug("another writer appended: the head is read under the lock again")
+            else:
+                self._guess = self._wrote = _after(guess, events)
+                return self._published(results, events, checkpoint)
         with self._pinned.raw(then=HEAD_QUERY, wait=wait) as tx:
             if wait:
                 self._gather(batch, plain=True)
-            now = self.clock.now()  # after the wait: no event is stamped before it was queued
-            results: list[Any] = [None] * len(batch)
-            chains = [(i, item.chain) for i, item in enumerate(batch) if item.chain is not None]
             head = self.ledger.store.head_of(tx.head)
-            inserts, checkpoint = self._append(batch, results, chains, head, now)
-            tx.write(inserts)
+            results, events, checkpoint = self._write_on(tx, head, batch)
+        self._moved(head, events)
+        return self._published(results, events, checkpoint)
+
+    def _write_on(
+        self, tx: RawWrite, head: Head | None, batch: list[_Item]
+    ) -> tuple[list[Any], list[Event], Checkpoint | None]:
+        """``batch`` appended after ``head`` in ``tx``: each item's result, the chained
+        events, and the checkpoint to publish once committed."""
+        now = self.clock.now()  # after the wait: no event is stamped before it was queued
+        results: list[Any] = [None] * len(batch)
+        chains = [(i, item.chain) for i, item in enumerate(batch) if item.chain is not None]
+        inserts, events, checkpoint = self._append(batch, results, chains, head, now)
+        tx.write(inserts)
+        return results, events, checkpoint
+
+    def _moved(self, head: Head | None, events: list[Event]) -> None:
+        """A batch read ``head`` under the lock and appended ``events``: the next one is built
+        on the head it leaves unread if ``head`` was the one this writer had left (nobody
+        else appended meanwhile) and the database can guard the write."""
+        after = _after(head, events)
+        assert self._pinned is not None
+        mine = head is not None and head == self._wrote and self._pinned.can_guard
+        self._wrote, self._guess = after, (after if mine else None)
+
+    def _published(
+        self, results: list[Any], events: list[Event], checkpoint: Checkpoint | None
+    ) -> list[Any]:
+        """Once committed: the batch's events counted, its checkpoint published."""
+        counted(events)
         if checkpoint is not None:
             self.ledger.published(checkpoint)
         return results
@@ -309,24 +360,24 @@ class GroupCommitter:
                     chains.append((i, item.chain))
             # Read after the jobs: one may have appended events of its own.
             head = self.ledger.store.head_with_time(s)
-            inserts, checkpoint = self._append(batch, results, chains, head, now)
+            inserts, events, checkpoint = self._append(batch, results, chains, head, now)
             # The last write: on PostgreSQL the COMMIT goes with it, unless the jobs left
             # something for the session to flush or the change feed to write.
             last = not (s.new or s.dirty or s.deleted) and BEFORE_COMMIT not in s.info
             insert_tables(s, inserts, commit=last)
-        if checkpoint is not None:
-            self.ledger.published(checkpoint)
-        return results
+        self._moved(head, events)
+        return self._published(results, events, checkpoint)
 
     def _append(
         self, batch: list[_Item], results: list[Any], chains: list[tuple[int, Chain]],
-        head: tuple[int, str, int] | None, now: datetime,
-    ) -> tuple[list[Insert], Checkpoint | None]:  # fmt: skip
+        head: Head | None, now: datetime,
+    ) -> tuple[list[Insert], list[Event], Checkpoint | None]:  # fmt: skip
         """The batch's events chained after ``head`` — the chains' first, in order, then the
-        plain events — each item's result set in ``results``, and every row of the batch
-        for one statement (PostgreSQL: one round trip under the lock, not one per table):
-        the chains' rows, the events, what is attached to them, the checkpoint if one is
-        due (to publish once committed)."""
+        plain events — each item's result set in ``results``; every row of the batch for one
+        statement (PostgreSQL: one round trip under the lock, not one per table): the chains'
+        rows, the events, what is attached to them, the checkpoint if one is due; the chained
+        events; the checkpoint (to publish once committed). Builds, writes nothing: a guarded
+        write that did not hold builds again (a chain's ``finish`` and ``rows_of`` run again)."""
         tables: dict[Table, list[tuple[Any, ...]]] = {}
         for _, chain in chains:
             for table, row in chain.rows:
@@ -354,7 +405,7 @@ class GroupCommitter:
             inserts.append(self.attach(attached))
         if checkpoint is not None:
             inserts.append(self.ledger.store.checkpoint_rows(checkpoint))
-        return inserts, checkpoint
+        return inserts, events, checkpoint
 
     def _gather(self, batch: list[_Item], *, plain: bool = False) -> None:
         """Add to ``batch`` what is queued, up to ``max_batch``; a close request stays queued.
@@ -371,6 +422,14 @@ class GroupCommitter:
                 self._carry = item
                 return
             batch.append(item)
+
+
+def _after(head: Head | None, events: list[Event]) -> Head | None:
+    """The head once ``events`` (chained after ``head``) are appended."""
+    if not events:
+        return head
+    last = events[-1]
+    return last.seq, last.hash, last.time_us
 
 
 def _prepare(s: Session, jobs: list[Job]) -> None:

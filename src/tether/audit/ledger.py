@@ -72,6 +72,7 @@ class Ledger:
         if not events:
             return []
         out, checkpoint = self.link_after(self.store.head_with_time(session), events, now=now)
+        counted(out)
         if checkpoint is not None:
             self._keep(session, checkpoint)
         return out
@@ -82,15 +83,14 @@ class Ledger:
         """``events`` chained after ``head`` (``(seq, hash, time_us)`` read under the write
         lock; None: the ledger is empty), and the checkpoint signed at the last of them if the
         batch reaches a multiple of N — for the caller to store in the same transaction and
-        hand to :meth:`published` once it committed."""
+        hand to :meth:`published` once it committed (and the events to :func:`counted`). Pure:
+        a write that does not happen (its guard failed) built them for nothing."""
         seq, prev, head_time = head if head else (0, GENESIS, 0)
         # Callers read the clock before they got the write lock; under contention an event
         # could otherwise be stamped earlier than the one before it. Time never runs back.
         time_us = max(to_micros(now), head_time)
         out = link(events, after_seq=seq, prev_hash=prev, time_us=time_us)
         seq, prev = out[-1].seq, out[-1].hash
-        for type_, n in Tally(ev.type for ev in out).items():
-            EVENTS_APPENDED.labels(type_).inc(n)
         first = out[0].seq
         # Every N events: sign when this batch reaches a multiple of N. Deciding from the
         # sequence alone keeps a checkpoint query off every append (timed and forced
@@ -148,3 +148,9 @@ class Ledger:
         if last is not None and last.size >= head[0]:
             return last
         return self._sign(session, head[0], head[1], to_micros(now))
+
+
+def counted(events: Sequence[Event]) -> None:
+    """``events`` appended: counted by type (:data:`EVENTS_APPENDED`)."""
+    for type_, n in Tally(ev.type for ev in events).items():
+        EVENTS_APPENDED.labels(type_).inc(n)

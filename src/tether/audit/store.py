@@ -74,6 +74,13 @@ if tuple(c.name for c in _COLUMNS) != _COLUMN_NAMES:  # pragma: no cover - a mod
     raise RuntimeError("audit_events must declare its columns in Event's field order")
 _HEAD = "SELECT seq, hash, time FROM audit_events ORDER BY seq DESC LIMIT 1"
 HEAD_QUERY = _HEAD  # for Database.write(then=...): the head read in the write lock's round trip
+# PostgreSQL: the head is still ``(seq, hash)`` — divides by zero otherwise (the guard of
+# :meth:`~tether.db.engine.PinnedWriter.raw_guarded`): a batch built on the head its writer
+# appended last, checked under the write lock in the batch's own round trip.
+HEAD_IS = (
+    "SELECT 1 / count(*)::int FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC "
+    "LIMIT 1) AS head WHERE seq = %s AND hash = %s"
+)
 _UNREAD = object()
 
 

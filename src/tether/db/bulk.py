@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from contextlib import nullcontext
 from functools import cache
 from typing import Any
 
@@ -148,11 +149,17 @@ def insert_tables(session: Session, inserts: Sequence[Insert], *, commit: bool =
         write_tables(*_driver(session), inserts, commit=commit)
 
 
-def write_tables(raw: Any, dialect: str, inserts: Sequence[Insert], *, commit: bool) -> None:
+def write_tables(
+    raw: Any, dialect: str, inserts: Sequence[Insert], *, commit: bool,
+    lead: Sequence[tuple[str, Sequence[Any]]] = (),
+) -> None:  # fmt: skip
     """:func:`insert_tables` on a driver connection in a transaction its caller began on it
-    (``commit``: and committed)."""
+    (``commit``: and committed). ``lead`` (PostgreSQL): statements to run first — with the
+    rows, in the same round trip (the transaction's ``BEGIN``, lock and guard)."""
     present = [(table, rows) for table, rows in inserts if rows]
     if dialect != "postgresql" or sum(len(r) for _, r in present) > _JSON_MAX_ROWS:
+        for first, args in lead:
+            raw.execute(first, args)
         for table, rows in present:
             _insert_rows(raw, dialect, table, rows)
         if commit:
@@ -170,14 +177,13 @@ def write_tables(raw: Any, dialect: str, inserts: Sequence[Insert], *, commit: b
         sql, params = "", []
     cur = raw.cursor()
     try:
-        if not commit:
+        with raw.pipeline() if commit else nullcontext():  # one Sync: lead, rows, COMMIT
+            for first, args in lead:
+                cur.execute(first, args)
             if sql:
                 cur.execute(sql, params)
-            return
-        with raw.pipeline():  # one Sync: the rows, then COMMIT
-            if sql:
-                cur.execute(sql, params)
-            cur.execute("COMMIT")
+            if commit:
+                cur.execute("COMMIT")
     except _integrity(dialect) as exc:
         raise IntegrityError(sql, None, exc) from exc
     finally:
