@@ -642,7 +642,7 @@ def test_a_lone_request_commits_on_its_event_loop_and_a_busy_one_queues(
     if not committer._pinned.can_skip_the_wait:  # type: ignore[union-attr]
         committer.inline_when = lambda: True
         on, loop = _written_on(services, "event:postgresql")
-        assert on != loop, "PostgreSQL's lock cannot be tried without waiting: queued"
+        assert on != loop, "PostgreSQL, the head not guessed yet: queued"
         return
     committer.inline_when = lambda: False
     on, loop = _written_on(services, "event:busy")
@@ -706,4 +706,130 @@ def test_a_lone_request_whose_commit_fails_fails_closed_and_writes_nothing(
     assert _events(services) == before
     monkeypatch.undo()
     assert _one(services, "event:after").seq == first.seq + 1
+    assert services.audit.verify(SYSTEM).ok
+
+
+async def _guessed_on_the_loop(committer: group.GroupCommitter) -> None:
+    """Lone events until the next is written from this event loop (PostgreSQL): the head
+    guessed, the loop's connection open, the writer thread idle."""
+    assert committer._on_loop is not None
+    loop = asyncio.get_running_loop()
+    for i in range(100):
+        await committer.submit_async(NewEvent("test.event", f"warm:{i}"), None)
+        await asyncio.sleep(0.01)
+        if committer._guess is not None and committer._on_loop.ready(loop):
+            return
+    raise AssertionError("the head was never guessed, or the loop's connection never opened")
+
+
+def _chain_noting_threads(actor: str, threads: list[int]) -> Chain:
+    def finish(_events: list[Any]) -> int:
+        threads.append(threading.get_ident())
+        return threading.get_ident()
+
+    return Chain([NewEvent("test.event", actor)], finish=finish)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_lone_request_on_postgresql_commits_from_its_event_loop_without_blocking_it(
+    services: Services,
+) -> None:
+    """PostgreSQL, nothing else in flight, the head guessed: the event is written by a task
+    of the request's own event loop on a connection of its own (no thread woken), durable
+    before its answer. While another writer holds the write lock, the loop keeps running and
+    the event is written once the lock is free — still from the loop."""
+    committer = services.committer
+    committer.inline_when = lambda: True
+    threads: list[int] = []
+    ticks: list[float] = []
+
+    async def main() -> tuple[int, int, int]:
+        await _guessed_on_the_loop(committer)
+        first = await committer.append_async(_chain_noting_threads("lone:1", threads))
+        release, holder = _write_lock_held(services)
+
+        async def tick() -> None:
+            for _ in range(5):
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.02)
+            release.set()
+
+        ticker = asyncio.create_task(tick())
+        waited = await committer.append_async(_chain_noting_threads("lone:waited", threads))
+        await ticker
+        holder.join(10)
+        return first, waited, threading.get_ident()
+
+    first, waited, loop = asyncio.run(main())
+    assert first == loop
+    assert waited == loop
+    assert threads == [loop, loop]  # each built once: no guard failed
+    assert len(ticks) == 5  # the loop ran while the event waited for the lock
+    actors = [actor for _, _, actor in _events(services)]
+    assert actors[-2:] == ["lone:1", "lone:waited"]
+    seqs = [seq for seq, _, _ in _events(services)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert services.audit.verify(SYSTEM).ok
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_lone_request_on_postgresql_after_another_writers_append_goes_to_the_writer_thread(
+    services: Services,
+) -> None:
+    """Another writer appended after the head the loop guessed: the loop's write is rolled
+    back by its guard under the lock, nothing written, and the writer thread reads the head
+    and writes the event after the other's — one chain, the event once."""
+    committer = services.committer
+    committer.inline_when = lambda: True
+    threads: list[int] = []
+
+    async def main() -> tuple[int, int]:
+        await _guessed_on_the_loop(committer)
+        with services.db.write() as s:
+            services.ledger.append(s, [NewEvent("test.event", "other")],
+                                   now=services.clock.now())  # fmt: skip
+        on = await committer.append_async(_chain_noting_threads("lone:after", threads))
+        return on, threading.get_ident()
+
+    on, loop = asyncio.run(main())
+    assert threads == [loop, on]  # built on the guess, then again by the writer thread
+    assert on != loop
+    actors = [actor for _, _, actor in _events(services)]
+    assert actors[-2:] == ["other", "lone:after"]
+    assert actors.count("lone:after") == 1
+    assert services.audit.verify(SYSTEM).ok
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_lone_request_on_postgresql_whose_commit_fails_fails_closed_and_writes_nothing(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written from the event loop, a failing statement fails the caller closed, writes
+    nothing (the guess forgotten, the loop's connection closed), and the next event follows
+    the same head."""
+    committer = services.committer
+    committer.inline_when = lambda: True
+    first = _one(services, "event:before")
+
+    async def main() -> tuple[BaseException | None, list[Any]]:
+        await _guessed_on_the_loop(committer)
+        before = _events(services)
+        clash = (DecisionInputRow.__table__, [(first.seq, "again")])
+        monkeypatch.setattr(committer, "attach", lambda _attached: clash)
+        failed: BaseException | None = None
+        try:
+            await committer.submit_async(NewEvent("test.event", "event:clash"), "x")
+        except LedgerUnavailable as exc:
+            failed = exc
+        assert _events(services) == before
+        assert committer._guess is None
+        assert committer._on_loop is not None
+        assert committer._on_loop._conn is None  # it failed on the loop's connection
+        monkeypatch.undo()
+        after = await committer.submit_async(NewEvent("test.event", "event:after"), "y")
+        return failed, [before[-1][0], after.seq]
+
+    failed, (head, after) = asyncio.run(main())
+    assert isinstance(failed, LedgerUnavailable)
+    assert after == head + 1
     assert services.audit.verify(SYSTEM).ok

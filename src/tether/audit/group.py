@@ -51,7 +51,14 @@ from tether.audit.store import HEAD_IS, HEAD_QUERY
 from tether.clock import Clock
 from tether.db import Database
 from tether.db.bulk import Insert, insert_tables
-from tether.db.engine import BEFORE_COMMIT, GuardFailed, PinnedWriter, RawWrite, WriteLockBusy
+from tether.db.engine import (
+    BEFORE_COMMIT,
+    GuardFailed,
+    LoopWriter,
+    PinnedWriter,
+    RawWrite,
+    WriteLockBusy,
+)
 from tether.errors import LedgerUnavailable
 
 log = logging.getLogger("tether.audit.group")
@@ -136,6 +143,8 @@ class GroupCommitter:
         # Under ``_writing``.
         self._wrote: Head | None = None
         self._guess: Head | None = None
+        # PostgreSQL: a lone item's guarded write from its event loop (_inline_guessed).
+        self._on_loop = LoopWriter(db) if db.dialect == "postgresql" else None
 
     def submit_async(self, event: NewEvent, attachment: Any = None) -> asyncio.Future[Event]:
         """Queue ``event``; the future resolves to the chained event once it is durable, or
@@ -179,29 +188,85 @@ class GroupCommitter:
             return future
         self._ensure_thread()
         alone = self.inline_when
-        # Settled here, on this loop's own thread: no hand-off back (the item's loop None).
-        if (job is None and alone is not None and alone()
-                and self._inline(_Item(event, attachment, future, None, None, chain))):  # fmt: skip
+        item = _Item(event, attachment, future, loop, job, chain)
+        if job is None and alone is not None and alone() and self._inline(item):
             return future
-        self._queue.put(_Item(event, attachment, future, loop, job, chain))
+        self._queue.put(item)
         return future
 
     def _inline(self, item: _Item) -> bool:
+        """``item`` (an event or a prebuilt chain, nothing else in flight) written without
+        the writer thread: on a SQLite file, right here; on PostgreSQL, by a task of this
+        loop, if the head is guessed. False, having done nothing, if neither can be."""
+        if self._pinned is None:
+            return False
+        if self._pinned.can_skip_the_wait:
+            return self._inline_here(item)
+        return self._inline_guessed(item)
+
+    def _inline_here(self, item: _Item) -> bool:
         """Write ``item`` alone on this thread if nobody writes or waits to: True once it is
         settled (committed, or failed closed); False, having done nothing, otherwise."""
-        pinned = self._pinned
-        if pinned is None or not pinned.can_skip_the_wait:
-            return False
         if not self._writing.acquire(blocking=False):
             return False
         try:
             if self._carry is not None or not self._queue.empty():
                 return False  # the writer has work: this item's turn is after it
+            here = _Item(item.event, item.attachment, item.future, None, None, item.chain)
             try:
-                self._commit([item], wait=False)
+                self._commit([here], wait=False)  # settled on this thread: no hand-off back
             except WriteLockBusy:
                 return False
             return True
+        finally:
+            self._writing.release()
+
+    def _inline_guessed(self, item: _Item) -> bool:
+        """PostgreSQL: write ``item`` from its event loop, guarded on the head this writer
+        left (:meth:`LoopWriter.write_guarded`, one round trip), by a task that holds the
+        writing turn until it is settled — if the head is guessed, nobody writes or waits
+        to, and the loop's connection is open. False, having done nothing, otherwise."""
+        on_loop, loop = self._on_loop, item.loop
+        if on_loop is None or loop is None or self._guess is None or not on_loop.ready(loop):
+            return False
+        if not self._writing.acquire(blocking=False):
+            return False
+        guess = self._guess
+        if self._carry is not None or not self._queue.empty() or guess is None:
+            self._writing.release()
+            return False
+        # The writer thread may wait on the turn meanwhile: it is never awaited on the loop.
+        loop.create_task(self._write_guessed(item, guess, on_loop))
+        return True
+
+    async def _write_guessed(self, item: _Item, guess: Head, on_loop: LoopWriter) -> None:
+        """:meth:`_inline_guessed`'s task: releases the writing turn once ``item`` is settled,
+        or queued for the writer thread if another writer appended since (it reads the head
+        under the lock and settles it)."""
+        future = item.future
+        assert isinstance(future, asyncio.Future)  # submitted from this loop
+        try:
+            results: list[Any] = [None]
+            chains = [(0, item.chain)] if item.chain is not None else []
+            try:
+                now = self.clock.now()
+                inserts, events, checkpoint = self._append([item], results, chains, guess, now)
+                await on_loop.write_guarded(HEAD_IS, guess[:2], inserts)
+            except GuardFailed:
+                self._guess = None
+                self._queue.put(item)
+                return
+            except BaseException as exc:  # a cancelled task too: committed or not, unknown
+                self._guess = self._wrote = None
+                FAILED.inc()
+                log.warning("group commit of 1 item failed; failing it closed", exc_info=True)
+                _settle_in_loop([(future, LedgerUnavailable(str(exc) or type(exc).__name__))])
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self._guess = self._wrote = _after(guess, events)
+            BATCH.observe(1)
+            _settle_in_loop([(future, self._published(results, events, checkpoint)[0])])
         finally:
             self._writing.release()
 
@@ -220,6 +285,8 @@ class GroupCommitter:
             self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
+        if self._on_loop is not None:
+            self._on_loop.close()
 
     def _run(self) -> None:
         self._pinned = self.db.pinned()

@@ -165,16 +165,7 @@ def write_tables(
         if commit:
             raw.execute("COMMIT") if dialect == "sqlite" else raw.commit()
         return
-    few = len(present) == 1 and len(present[0][1]) * len(present[0][0].columns) <= _PG_INSERT_PARAMS
-    if few:
-        [(table, rows)] = present
-        sql = _insert_sql(table, dialect, len(rows))
-        params: list[Any] = [v for row in rows for v in row]
-    elif present:
-        sql = _json_insert_sql(tuple(table for table, _ in present))
-        params = [_as_json(table, rows) for table, rows in present]
-    else:
-        sql, params = "", []
+    sql, params = _pg_statement(present)
     cur = raw.cursor()
     try:
         with raw.pipeline() if commit else nullcontext():  # one Sync: lead, rows, COMMIT
@@ -188,6 +179,44 @@ def write_tables(
         raise IntegrityError(sql, None, exc) from exc
     finally:
         cur.close()
+
+
+async def write_tables_async(
+    raw: Any, inserts: Sequence[Insert], *, lead: Sequence[tuple[str, Sequence[Any]]]
+) -> None:
+    """:func:`write_tables` (``commit=True``) on a PostgreSQL driver connection in the
+    driver's async mode, for a batch small enough for one statement: ``lead``, the rows and
+    ``COMMIT`` in one round trip."""
+    present = [(table, rows) for table, rows in inserts if rows]
+    if sum(len(r) for _, r in present) > _JSON_MAX_ROWS:
+        raise ValueError(f"more than {_JSON_MAX_ROWS} rows: use write_tables")
+    sql, params = _pg_statement(present)
+    cur = raw.cursor()
+    try:
+        async with raw.pipeline():
+            for first, args in lead:
+                await cur.execute(first, args)
+            if sql:
+                await cur.execute(sql, params)
+            await cur.execute("COMMIT")
+    except _integrity("postgresql") as exc:
+        raise IntegrityError(sql, None, exc) from exc
+    finally:
+        await cur.close()
+
+
+def _pg_statement(present: Sequence[Insert]) -> tuple[str, list[Any]]:
+    """PostgreSQL: one statement (and its parameters) that inserts every row of ``present``
+    (each table with rows): a plain ``INSERT`` for a few rows of one table, else one
+    statement of every table's rows as JSON."""
+    few = len(present) == 1 and len(present[0][1]) * len(present[0][0].columns) <= _PG_INSERT_PARAMS
+    if few:
+        [(table, rows)] = present
+        return _insert_sql(table, "postgresql", len(rows)), [v for row in rows for v in row]
+    if present:
+        sql = _json_insert_sql(tuple(table for table, _ in present))
+        return sql, [_as_json(table, rows) for table, rows in present]
+    return "", []
 
 
 @cache

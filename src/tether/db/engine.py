@@ -8,6 +8,7 @@ transaction-scoped advisory lock. Reads never take it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -30,6 +31,7 @@ from tether.db.bulk import (
     fetch_one_with,
     remember_driver,
     write_tables,
+    write_tables_async,
 )
 
 # Arbitrary but fixed: the advisory lock id every Tether node agrees on ("TETH").
@@ -288,6 +290,80 @@ class RawWrite:
         self.sent = True
         write_tables(self._driver, self._dialect, inserts, commit=True, lead=self._lead)
         self.committed = True
+
+
+class LoopWriter:
+    """:meth:`PinnedWriter.raw_guarded` for an event loop (PostgreSQL): guarded writes on a
+    connection of its own in the driver's async mode, kept between them, so that a write
+    waits for the database without blocking the loop, and wakes no thread. Opened in the
+    background (:meth:`open_soon`), never on a caller's path; a connection that failed, or
+    sat idle long enough to have been dropped, is closed and opened again that way. Used by
+    one task at a time, on the loop it was opened on."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._conn: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._used = 0.0
+
+    def ready(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a write can go now on ``loop``; if not, the connection is (re)opened in
+        the background for the next one."""
+        conn = self._conn
+        if (conn is not None and self._loop is loop and not conn.closed
+                and time.monotonic() - self._used < _PING_AFTER_IDLE_SECONDS):  # fmt: skip
+            return True
+        if self._opening is None or self._opening.done():
+            self.close()
+            self._opening = loop.create_task(self._open(loop))
+        return False
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        import psycopg  # PostgreSQL only
+
+        url = make_url(self._db.url).set(drivername="postgresql")
+        schema = self._db.schema
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                url.render_as_string(hide_password=False), autocommit=True,
+                options=f"-csearch_path={schema}" if schema else None,
+            )  # fmt: skip
+        except Exception:  # the writer thread's connection reports the outage; try later
+            log.info("the event loop's ledger connection could not open", exc_info=True)
+            return
+        self._conn, self._loop, self._used = conn, loop, time.monotonic()
+
+    async def write_guarded(
+        self, guard: str, params: Sequence[Any], inserts: Sequence[Insert]
+    ) -> None:
+        """``BEGIN``, the write lock, ``guard`` (see :meth:`PinnedWriter.raw_guarded`), the
+        rows and ``COMMIT``, in one round trip. :class:`GuardFailed`: rolled back, nothing
+        written. Any other failure: nothing committed, and the connection is closed."""
+        conn = self._conn
+        assert conn is not None  # ready() said so
+        lead = [("BEGIN", ()), (_PG_LOCK_LITERAL, ()), (guard, tuple(params))]
+        self._used = time.monotonic()
+        try:
+            await write_tables_async(conn, inserts, lead=lead)
+        except BaseException as exc:
+            guard_failed = getattr(exc, "sqlstate", None) == _GUARD_FAILED
+            try:
+                await conn.rollback()
+            except BaseException:
+                guard_failed = False
+            if guard_failed:
+                raise GuardFailed(str(exc).strip()) from None
+            self.close()
+            raise
+        finally:
+            self._used = time.monotonic()
+
+    def close(self) -> None:
+        """Close the connection (the driver's close is only the socket's: no loop needed)."""
+        conn, self._conn, self._loop = self._conn, None, None
+        if conn is not None:
+            conn.pgconn.finish()
 
 
 def _roll_back(driver: Any, dialect: str) -> None:
