@@ -69,6 +69,12 @@ BATCH = Histogram(
 FAILED = Counter(
     "tether_ledger_group_commit_failures", "Group commits that failed (events lost: 0)"
 )
+GUESSED = Counter(
+    "tether_ledger_group_commit_guessed",
+    "Batches built on the head their writer left, unread (PostgreSQL, one round trip): "
+    "held, or moved by another writer's append (then written again after it)",
+    ["head"],
+)
 
 # The ledger's head: (seq, hash, time_us) of its newest event.
 Head = tuple[int, str, int]
@@ -253,6 +259,7 @@ class GroupCommitter:
                 inserts, events, checkpoint = self._append([item], results, chains, guess, now)
                 await on_loop.write_guarded(HEAD_IS, guess[:2], inserts)
             except GuardFailed:
+                GUESSED.labels("moved").inc()
                 self._guess = None
                 self._queue.put(item)
                 return
@@ -264,6 +271,7 @@ class GroupCommitter:
                 if not isinstance(exc, Exception):
                     raise
                 return
+            GUESSED.labels("held").inc()
             self._guess = self._wrote = _after(guess, events)
             BATCH.observe(1)
             _settle_in_loop([(future, self._published(results, events, checkpoint)[0])])
@@ -359,8 +367,10 @@ class GroupCommitter:
                 with self._pinned.raw_guarded(HEAD_IS, guess[:2]) as tx:
                     results, events, checkpoint = self._write_on(tx, guess, batch)
             except GuardFailed:
+                GUESSED.labels("moved").inc()
                 log.debug("another writer appended: the head is read under the lock again")
             else:
+                GUESSED.labels("held").inc()
                 self._guess = self._wrote = _after(guess, events)
                 return self._published(results, events, checkpoint)
         with self._pinned.raw(then=HEAD_QUERY, wait=wait) as tx:
