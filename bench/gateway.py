@@ -172,6 +172,19 @@ def _latencies(
     return times["direct"], times["gateway"]
 
 
+def _guessed(url: str) -> str:
+    """The group commits built on a guessed head (PostgreSQL's one round trip), from the
+    server's /metrics: how many held, and how many another writer moved."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    counts = dict.fromkeys(("held", "moved"), 0.0)
+    for line in text.splitlines():
+        if line.startswith("tether_ledger_group_commit_guessed_total{"):
+            head = line.split('head="', 1)[1].split('"', 1)[0]
+            counts[head] = counts.get(head, 0.0) + float(line.rsplit(" ", 1)[1])
+    held, moved = counts["held"], counts["moved"]
+    return f"commits on a guessed head so far: {held:,.0f} held, {moved:,.0f} moved"
+
+
 def run_backend(options: Options, backend: str, seconds: float) -> list[ResultTable]:
     tag = f"[gateway/{backend}]"
     with open_deployment(options, backend) as dep, upstream(dep.workdir) as direct:
@@ -191,6 +204,7 @@ def run_backend(options: Options, backend: str, seconds: float) -> list[ResultTa
             blocks, calls = (3, 200) if options.quick else (6, 500)
             note(f"{tag} latency: {blocks} alternating blocks of {calls} calls each")
             d, g = _latencies(direct, f"{server.url}/mcp", bearer, blocks=blocks, calls=calls)
+            note(f"{tag} {_guessed(server.url)}")
             kind = "wrk" if shutil.which("wrk") else "python"
             gen = LoadGen(server, dep.workdir, kind)
             call = _call("payments.get_balance")
