@@ -306,11 +306,14 @@ class LoopWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Task[None] | None = None
         self._used = 0.0
+        self._busy = False  # a write is under way (however long the database takes)
 
     def ready(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether a write can go now on ``loop``; if not, the connection is (re)opened in
         the background for the next one."""
         conn = self._conn
+        if self._busy:
+            return False
         if (conn is not None and self._loop is loop and not conn.closed
                 and time.monotonic() - self._used < _PING_AFTER_IDLE_SECONDS):  # fmt: skip
             return True
@@ -343,7 +346,7 @@ class LoopWriter:
         conn = self._conn
         assert conn is not None  # ready() said so
         lead = [("BEGIN", ()), (_PG_LOCK_LITERAL, ()), (guard, tuple(params))]
-        self._used = time.monotonic()
+        self._busy = True
         try:
             await write_tables_async(conn, inserts, lead=lead)
         except BaseException as exc:
@@ -357,7 +360,7 @@ class LoopWriter:
             self.close()
             raise
         finally:
-            self._used = time.monotonic()
+            self._busy, self._used = False, time.monotonic()
 
     def close(self) -> None:
         """Close the connection (the driver's close is only the socket's: no loop needed)."""
