@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter as Tally
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy.orm import Session
@@ -150,7 +151,17 @@ class Ledger:
         return self._sign(session, head[0], head[1], to_micros(now))
 
 
+_APPENDED: dict[str, Any] = {}  # EVENTS_APPENDED's child per type (labels() is a lookup)
+
+
 def counted(events: Sequence[Event]) -> None:
     """``events`` appended: counted by type (:data:`EVENTS_APPENDED`)."""
-    for type_, n in Tally(ev.type for ev in events).items():
-        EVENTS_APPENDED.labels(type_).inc(n)
+    tally: Iterable[tuple[str, int]] = (
+        Tally(ev.type for ev in events).items() if len(events) > 1
+        else [(ev.type, 1) for ev in events]
+    )  # fmt: skip
+    for type_, n in tally:
+        child = _APPENDED.get(type_)
+        if child is None:
+            child = _APPENDED[type_] = EVENTS_APPENDED.labels(type_)
+        child.inc(n)
