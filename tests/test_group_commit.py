@@ -805,14 +805,27 @@ def test_a_lone_request_on_postgresql_whose_commit_fails_fails_closed_and_writes
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Written from the event loop, a failing statement fails the caller closed, writes
-    nothing (the guess forgotten, the loop's connection closed), and the next event follows
-    the same head."""
+    nothing (rolled back, the guess forgotten), and the next event follows the same head."""
     committer = services.committer
     committer.inline_when = lambda: True
     first = _one(services, "event:before")
 
+    tried: list[str] = []
+
     async def main() -> tuple[BaseException | None, list[Any]]:
         await _guessed_on_the_loop(committer)
+        on_loop = committer._on_loop
+        assert on_loop is not None
+        write = on_loop.write_guarded
+
+        async def noted(*args: Any) -> None:
+            try:
+                await write(*args)
+            except Exception:
+                tried.append("failed")
+                raise
+
+        monkeypatch.setattr(on_loop, "write_guarded", noted)
         before = _events(services)
         clash = (DecisionInputRow.__table__, [(first.seq, "again")])
         monkeypatch.setattr(committer, "attach", lambda _attached: clash)
@@ -823,8 +836,9 @@ def test_a_lone_request_on_postgresql_whose_commit_fails_fails_closed_and_writes
             failed = exc
         assert _events(services) == before
         assert committer._guess is None
+        assert tried == ["failed"]  # on the loop's connection, which is kept (rolled back)
         assert committer._on_loop is not None
-        assert committer._on_loop._conn is None  # it failed on the loop's connection
+        assert committer._on_loop._conn is not None
         monkeypatch.undo()
         after = await committer.submit_async(NewEvent("test.event", "event:after"), "y")
         return failed, [before[-1][0], after.seq]

@@ -181,28 +181,23 @@ def write_tables(
         cur.close()
 
 
-async def write_tables_async(
-    raw: Any, inserts: Sequence[Insert], *, lead: Sequence[tuple[str, Sequence[Any]]]
-) -> None:
-    """:func:`write_tables` (``commit=True``) on a PostgreSQL driver connection in the
-    driver's async mode, for a batch small enough for one statement: ``lead``, the rows and
-    ``COMMIT`` in one round trip."""
+def write_script(
+    quote: Any, inserts: Sequence[Insert], *, lead: Sequence[tuple[str, Sequence[Any]]]
+) -> bytes:
+    """PostgreSQL: ``lead``, every row of ``inserts`` and ``COMMIT`` as one script of simple
+    statements — one Query message, one round trip, nothing prepared — the values bound on
+    the client by the driver (``quote``: a psycopg client-side-binding cursor, whose
+    ``mogrify`` quotes every value as the server's settings require). For a batch small
+    enough for one statement."""
     present = [(table, rows) for table, rows in inserts if rows]
     if sum(len(r) for _, r in present) > _JSON_MAX_ROWS:
         raise ValueError(f"more than {_JSON_MAX_ROWS} rows: use write_tables")
     sql, params = _pg_statement(present)
-    cur = raw.cursor()
-    try:
-        async with raw.pipeline():
-            for first, args in lead:
-                await cur.execute(first, args)
-            if sql:
-                await cur.execute(sql, params)
-            await cur.execute("COMMIT")
-    except _integrity("postgresql") as exc:
-        raise IntegrityError(sql, None, exc) from exc
-    finally:
-        await cur.close()
+    parts = [quote.mogrify(first, args) if args else first for first, args in lead]
+    if sql:
+        parts.append(quote.mogrify(sql, params))
+    parts.append("COMMIT")
+    return "; ".join(parts).encode()
 
 
 def _pg_statement(present: Sequence[Insert]) -> tuple[str, list[Any]]:
