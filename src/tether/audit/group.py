@@ -26,6 +26,14 @@ sequential commit (bench/README.md, issue 16). Nothing else changes: the same tr
 answered only once it committed, failing closed the same way. With anything else in flight,
 or the lock held or awaited by anyone, it queues as before, so batching under load is as it
 was, and the event loop never waits on another writer.
+
+On PostgreSQL, a writer whose last batch found, under the lock, the very head it had left
+before (nobody else appends: one busy worker) builds its next batch on the head it left,
+unread, and writes it in one round trip instead of two, with a guard that rolls the write
+back, nothing written, if another writer appended meanwhile (then the batch goes the usual
+way). A lone request's event on such a guessed head is written by a task of its own event
+loop on a connection of its own (:class:`~tether.db.engine.LoopWriter`: the database awaited,
+never the loop blocked), and no thread is woken.
 """
 
 from __future__ import annotations
