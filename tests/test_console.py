@@ -19,6 +19,7 @@ from tether.clock import FrozenClock
 from tether.container import Services
 from tether.monitor.rules import MonitorConfig, RuleConfig, ThresholdConfig
 from tether.principals import SYSTEM
+from tether.users import signin
 
 PASSWORD = "correct horse battery staple"
 PAGES = [
@@ -116,6 +117,14 @@ def test_sign_in_sets_a_strict_session_cookie_and_each_page_answers(
     signed_in = api.events(type="user.signed_in")
     assert [e["actor"] for e in signed_in] == [f"user:{api.client.get('/v1/whoami').json()['id']}"]
     assert signed_in[0]["details"]["via"] == "password"
+
+
+def test_an_unknown_users_sign_in_verifies_a_hash_of_the_same_cost() -> None:
+    """The dummy an unknown username is checked against is a real hash under the hasher's
+    own parameters (written out, not hashed at import): its verification costs what a user's
+    does."""
+    assert not signin._HASHER.check_needs_rehash(signin._DUMMY)
+    assert signin._HASHER.verify(signin._DUMMY, "tether: a password nobody has")
 
 
 def test_wrong_passwords_are_refused_alike_then_the_account_locks(
