@@ -25,6 +25,8 @@ from is still current) and drops the roles and scopes through the agent registry
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -56,7 +58,7 @@ from tether.pagination import Page
 from tether.policy.decide import DecisionService
 from tether.policy.engine import CompiledPolicies
 from tether.policy.entities import AgentView, without_roles
-from tether.policy.service import PolicyService, PolicyVersion, check, compile_checked
+from tether.policy.service import Checked, PolicyService, PolicyVersion, check, compile_checked
 from tether.policy.simulate import Simulation, replay
 from tether.principals import Principal
 
@@ -64,6 +66,9 @@ DEFAULT_DAYS = 30
 MAX_DAYS = 3650  # the window when no ledger retention period bounds it
 PAGE_MAX = 100
 _CREDENTIAL_PAGE = 500
+# Policy documents kept checked and compiled (:meth:`RightsizingService._compiled`): the
+# current version's, and the proposals drawn from it (a page of agents often shares one).
+_COMPILED_KEPT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +176,9 @@ class RightsizingService:
         self.policies = policies
         self.decisions = decisions
         self.max_days = max_days
+        self._kept: OrderedDict[tuple[str, str, str], tuple[Checked, CompiledPolicies]]
+        self._kept = OrderedDict()
+        self._kept_lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------------
     def report(self, actor: Principal, agent_id: str, *, days: int = DEFAULT_DAYS) -> Rightsizing:
@@ -201,8 +209,7 @@ class RightsizingService:
         until = self.clock.now()
         since = until - timedelta(days=days)
         current = self.policies.current()
-        checked = check(current.policies, current.schema)
-        compiled = compile_checked(current.version, checked, memo_capacity=0)
+        _checked, compiled = self._compiled(current.version, current.policies, current.schema)
         view = self._view(agent.id)
         applies = Applicability(compiled.schema)
         permissions = permissions_of(compiled, view, applies)
@@ -217,6 +224,27 @@ class RightsizingService:
         proposal = self._simulated(draft, current, compiled, view, (since, until))
         return Rightsizing(agent, days, since, until, current.version, permissions, used,
                            scopes, roles_unused, proposal)  # fmt: skip
+
+    def _compiled(self, label: str, text: str, schema: str) -> tuple[Checked, CompiledPolicies]:
+        """``text`` checked against ``schema`` and compiled as version ``label`` (without a
+        decision memo), or :class:`PolicyInvalid`. Once per document, not once per agent:
+        checking and compiling were most of a page's CPU (every agent of a page under the same
+        current version, and often the same proposal). Both results are immutable (a
+        compiled set's caches are memos of pure results), so a kept one answers as a fresh
+        one would."""
+        key = (label, text, schema)
+        with self._kept_lock:
+            kept = self._kept.get(key)
+            if kept is not None:
+                self._kept.move_to_end(key)
+                return kept
+        checked = check(text, schema)
+        made = checked, compile_checked(label, checked, memo_capacity=0)
+        with self._kept_lock:
+            self._kept[key] = made
+            while len(self._kept) > _COMPILED_KEPT:
+                self._kept.popitem(last=False)
+        return made
 
     def _view(self, agent_id: str) -> AgentView:
         rt = self.decisions.runtime
@@ -294,8 +322,7 @@ class RightsizingService:
         rounds = sum(len(c.actions - c.keep) for c in draft.cuts) + len(draft.roles) + 3
         for _ in range(rounds):  # each round gives something up
             text = narrowing.rewrite(document, plan.cuts, by_id) if plan.cuts else document
-            candidate = check(text, current.schema)
-            proposed = compile_checked("proposed", candidate, memo_capacity=0)
+            candidate, proposed = self._compiled("proposed", text, current.schema)
             sim = replay(self.db, _Overlay(agents, without_roles(view, plan.roles)), proposed,
                          digest=candidate.digest, since=since, until=until,
                          subject=view.id)  # fmt: skip
