@@ -96,6 +96,19 @@ class Backend:
     schema: str | None
 
 
+@dataclass(frozen=True)
+class Prebuilt:
+    """What every test of a module starts from besides the deployment (users with console
+    passwords, say): ``build`` makes it through the real services of a started deployment
+    once per test process and backend, and returns what the tests need to know of it (ids,
+    tokens); each test then gets a copy of that database and data dir, as it gets a copy of
+    the deployment (:func:`at_head`). For state that is the same in every test and costly to
+    make: four console passwords were four argon2id hashes, ~0.7 s of CPU, per test."""
+
+    name: str
+    build: Callable[[Services], Any]
+
+
 class _Dropper:
     """Drops finished tests' PostgreSQL schemas on a thread of its own, so that a test's
     teardown does not wait for the catalog work (~10-70 ms a schema here): the next test
@@ -310,6 +323,10 @@ def _commit_asynchronously(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.commit()
 
 
+# Tables the migrations themselves write rows into (the alert projector's cursor, ...).
+_MIGRATION_ROWS = ("runtime_positions", "alert_state")
+
+
 class _Templates:
     """The newest schema, built once per test process (one per xdist worker) by a real
     migration and then copied: for SQLite the migrated file, for PostgreSQL the DDL Alembic
@@ -331,6 +348,10 @@ class _Templates:
         self._postgresql: str | None = None
         self._pg_deployed: tuple[str, Path, str] | None = None
         self._admin: Engine | None = None
+        # (name, backend kind) -> (its database: SQLite file or PostgreSQL copy statements,
+        # its data dir, what build returned)
+        self._prebuilt: dict[tuple[str, str], tuple[Path | str, Path, Any]] = {}
+        self._prebuilt_schemas: list[str] = []
 
     def sqlite(self) -> Path:
         if self._sqlite is None:
@@ -381,7 +402,7 @@ class _Templates:
                     rows = f"SELECT count(*) FROM {template}.{table}"
                     # (Rows the migrations themselves write, e.g. the alert projector's
                     # cursor, are in a migrated schema already.)
-                    own = table in ("runtime_positions", "alert_state")
+                    own = table in _MIGRATION_ROWS
                     if not own and conn.exec_driver_sql(rows).scalar_one():
                         copy.append(
                             f"INSERT INTO {{schema}}.{table} SELECT * FROM {template}.{table}"
@@ -398,6 +419,56 @@ class _Templates:
             self._pg_deployed = template, data, "; ".join(copy)
         return self._pg_deployed
 
+    def prebuilt(self, built: Prebuilt, kind: str) -> tuple[Path | str, Path, Any]:
+        """``built`` made on a copy of the started deployment of kind ``kind``: the SQLite
+        file, or the statements that copy its rows into another schema at head."""
+        key = (built.name, kind)
+        if key in self._prebuilt:
+            return self._prebuilt[key]
+        data = self._tmp / f"prebuilt-{built.name}-{kind}-data"
+        if kind == "sqlite":
+            path = self._tmp / f"prebuilt-{built.name}.db"
+            backend = Backend("sqlite", f"sqlite:///{path}", None)
+        else:
+            backend = Backend("postgresql", PG_URL, f"w_{secrets.token_hex(6)}")
+            self._prebuilt_schemas.append(backend.schema)  # type: ignore[arg-type]
+            with self.admin().connect() as conn:
+                conn.exec_driver_sql(f"CREATE SCHEMA {backend.schema}")
+        at_head(backend, self, deployed=data)
+        svc = build_services(make_settings(backend, data))
+        try:
+            prepare(svc)
+            value = built.build(svc)
+        finally:
+            svc.close()
+        if backend.schema is None:
+            assert not Path(f"{path}-wal").exists()
+            self._prebuilt[key] = path, data, value
+            return self._prebuilt[key]
+        # Every table as the build left it (the ones the migrations write too), as a replica
+        # (foreign keys unchecked: the order does not matter), and the sequences where it
+        # left them.
+        copy = ["SET session_replication_role = replica"]
+        with self.admin().connect() as conn:
+            for table in _RECYCLER.tables:
+                rows = conn.exec_driver_sql(f"SELECT count(*) FROM {backend.schema}.{table}")
+                if rows.scalar_one():
+                    copy.append(f"DELETE FROM {{schema}}.{table}")
+                    copy.append(
+                        f"INSERT INTO {{schema}}.{table} SELECT * FROM {backend.schema}.{table}"
+                    )
+                elif table in _MIGRATION_ROWS:
+                    copy.append(f"DELETE FROM {{schema}}.{table}")
+            for seq in _RECYCLER.sequences:
+                last, called = conn.exec_driver_sql(
+                    f"SELECT last_value, is_called FROM {backend.schema}.{seq}"
+                ).one()
+                if called:
+                    copy.append(f"SELECT setval('{{schema}}.{seq}', {last})")
+        copy.append("SET session_replication_role = DEFAULT")
+        self._prebuilt[key] = "; ".join(copy), data, value
+        return self._prebuilt[key]
+
     def _run_script(self, conn: Any, schema: str) -> None:
         conn.exec_driver_sql(f"SET search_path TO {schema}")
         try:
@@ -413,6 +484,8 @@ class _Templates:
         return self._admin
 
     def close(self) -> None:
+        for schema in self._prebuilt_schemas:
+            _DROPPER.drop(schema)
         if self._admin is not None:
             self._admin.dispose()
 
@@ -430,6 +503,20 @@ def schema_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Temp
     templates = _Templates(tmp_path_factory.mktemp("template"))
     yield templates
     templates.close()
+
+
+def at_prebuilt(backend: Backend, templates: _Templates, data_dir: Path, built: Prebuilt) -> Any:
+    """Bring an empty ``backend`` (and ``data_dir``) to a copy of ``built``; what its build
+    returned."""
+    source, data, value = templates.prebuilt(built, backend.name)
+    if isinstance(source, Path):
+        shutil.copyfile(source, backend.url.removeprefix("sqlite:///"))
+    else:
+        at_head(backend, templates)
+        with templates.admin().connect() as conn:
+            conn.connection.driver_connection.execute(source.format(schema=backend.schema))
+    shutil.copytree(data, data_dir, dirs_exist_ok=True)
+    return value
 
 
 def at_head(backend: Backend, templates: _Templates, deployed: Path | None = None) -> None:
@@ -482,10 +569,23 @@ def settings(backend: Backend, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def prebuilt() -> Prebuilt | None:
+    """What this test's ``services`` start from besides the deployment (:class:`Prebuilt`);
+    none here, a module with one overrides this fixture."""
+    return None
+
+
+@pytest.fixture
 def services(
-    settings: Settings, backend: Backend, schema_templates: _Templates
+    settings: Settings,
+    backend: Backend,
+    schema_templates: _Templates,
+    prebuilt: Prebuilt | None,
 ) -> Iterator[Services]:
-    at_head(backend, schema_templates, deployed=settings.data_dir)
+    if prebuilt is None:
+        at_head(backend, schema_templates, deployed=settings.data_dir)
+    else:
+        at_prebuilt(backend, schema_templates, settings.data_dir, prebuilt)
     svc = build_services(settings)
     prepare(svc)
     try:

@@ -4,6 +4,7 @@ side (Playwright driving Debian's chromium, axe-core) is tests/test_console_brow
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import Api, admin_client
+from tests.conftest import Api, Backend, Prebuilt, _Templates, admin_client
 from tests.serverproc import free_port
 from tether.api.app import create_app
 from tether.clock import FrozenClock
@@ -62,16 +63,33 @@ def _csrf(html: str) -> str:
     return found.group(1)
 
 
-@pytest.fixture
-def people(api: Api, services: Services) -> dict[str, dict[str, Any]]:
-    """An admin, two supervisors and an auditor, each with a console password."""
-    out = {"admin": {"username": "admin"}}
-    for name, role in (("sam", "supervisor"), ("sue", "supervisor"), ("audrey", "auditor")):
-        out[name] = api.user(name, role)
-    for name in out:
-        got = api.client.put(f"/v1/users/{name}/password", json={"password": PASSWORD})
-        assert got.status_code == 204, got.text
+def _people(svc: Services) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {"admin": {"username": "admin"}}
+    with admin_client(svc) as client:
+        api = Api(client)
+        for name, role in (("sam", "supervisor"), ("sue", "supervisor"), ("audrey", "auditor")):
+            out[name] = api.user(name, role)
+        for name in out:
+            got = client.put(f"/v1/users/{name}/password", json={"password": PASSWORD})
+            assert got.status_code == 204, got.text
     return out
+
+
+# Made once per test process and backend through the API, then copied for each test that asks
+# for ``people`` (tests.conftest.Prebuilt): its four argon2id hashes were most of such a test's CPU.
+PEOPLE = Prebuilt("console-people", _people)
+
+
+@pytest.fixture
+def prebuilt(request: pytest.FixtureRequest) -> Prebuilt | None:
+    return PEOPLE if "people" in request.fixturenames else None
+
+
+@pytest.fixture
+def people(services: Services, backend: Backend, schema_templates: _Templates) -> dict[str, Any]:
+    """An admin, two supervisors and an auditor, each with a console password (and a bearer
+    token under ``"token"``, the admin aside)."""
+    return copy.deepcopy(schema_templates.prebuilt(PEOPLE, backend.name)[2])
 
 
 @pytest.fixture
