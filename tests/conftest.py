@@ -107,6 +107,9 @@ class Prebuilt:
 
     name: str
     build: Callable[[Services], Any]
+    # The services' clock. With one, the deployment too is started on it (its first events at
+    # that clock's time, as ``make_services(clock=...)`` starts it), not copied.
+    clock: Callable[[], Clock] | None = None
 
 
 class _Dropper:
@@ -434,8 +437,12 @@ class _Templates:
             self._prebuilt_schemas.append(backend.schema)  # type: ignore[arg-type]
             with self.admin().connect() as conn:
                 conn.exec_driver_sql(f"CREATE SCHEMA {backend.schema}")
-        at_head(backend, self, deployed=data)
-        svc = build_services(make_settings(backend, data))
+        if built.clock is None:
+            at_head(backend, self, deployed=data)
+            svc = build_services(make_settings(backend, data))
+        else:
+            at_head(backend, self)
+            svc = build_services(make_settings(backend, data), clock=built.clock())
         try:
             prepare(svc)
             value = built.build(svc)

@@ -6,15 +6,17 @@ agents. The browser's side is tests/test_console_governance_browser.py."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Api, admin_client
+from tests.conftest import Api, Backend, Prebuilt, _Templates, admin_client, at_prebuilt
 from tests.test_console import PASSWORD, Console, _csrf
 from tether.api.app import create_app
 from tether.clock import FrozenClock, to_rfc3339
@@ -29,13 +31,9 @@ def clock() -> FrozenClock:
     return FrozenClock(START)
 
 
-@pytest.fixture
-def world(make_services: Callable[..., Services], clock: FrozenClock) -> Iterator[dict[str, Any]]:
-    """On a frozen clock: an admin, supervisors sam and sue, auditor audrey (each with a console
-    password); sam's agent (with an API key) and sue's, limited risk (180 days) and overdue by
-    a day; a high-risk agent of sam's due within 30 days; an open review of every agent; and a
-    console client factory."""
-    svc = make_services(clock=clock)
+def _governance(svc: Services) -> dict[str, Any]:
+    clock = svc.clock
+    assert isinstance(clock, FrozenClock)
     with admin_client(svc) as client:
         api = Api(client)
         for name, role in (("sam", "supervisor"), ("sue", "supervisor"), ("audrey", "auditor")):
@@ -53,6 +51,30 @@ def world(make_services: Callable[..., Services], clock: FrozenClock) -> Iterato
                          recertify_by=to_rfc3339(clock.now() + timedelta(days=10)))  # fmt: skip
         review = client.post("/v1/reviews", json={"note": "quarterly"})
         assert review.status_code == 201, review.text
+    return {"sams": sams, "sues": sues, "soon": soon, "key": key.json()["id"],
+            "review": review.json(), "now": clock.now()}  # fmt: skip
+
+
+# Made once per test process and backend on its own frozen clock, then copied for each test
+# (tests.conftest.Prebuilt): four argon2id hashes, a policy push, three agents and a review
+# were most of a test's CPU.
+GOVERNANCE = Prebuilt("console-governance", _governance, clock=lambda: FrozenClock(START))
+
+
+@pytest.fixture
+def world(
+    make_services: Callable[..., Services], clock: FrozenClock, backend: Backend,
+    tmp_path: Path, schema_templates: _Templates,
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """On a frozen clock: an admin, supervisors sam and sue, auditor audrey (each with a console
+    password); sam's agent (with an API key) and sue's, limited risk (180 days) and overdue by
+    a day; a high-risk agent of sam's due within 30 days; an open review of every agent; and a
+    console client factory."""
+    built = copy.deepcopy(at_prebuilt(backend, schema_templates, tmp_path / "data", GOVERNANCE))
+    clock.advance((built.pop("now") - clock.now()).total_seconds())  # where the build left it
+    svc = make_services(clock=clock)
+    with admin_client(svc) as client:
+        api = Api(client)
         app = create_app(svc)
         made: list[Console] = []
 
@@ -62,8 +84,7 @@ def world(make_services: Callable[..., Services], clock: FrozenClock) -> Iterato
             assert signed.status_code == 303, signed.text
             return made[-1]
 
-        yield {"svc": svc, "api": api, "sams": sams, "sues": sues, "soon": soon,
-               "key": key.json()["id"], "review": review.json(), "console": console}  # fmt: skip
+        yield {"svc": svc, "api": api, **built, "console": console}
         for c in made:
             c.close()
 
