@@ -847,3 +847,39 @@ def test_a_lone_request_on_postgresql_whose_commit_fails_fails_closed_and_writes
     assert isinstance(failed, LedgerUnavailable)
     assert after == head + 1
     assert services.audit.verify(SYSTEM).ok
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_loops_connection_dropped_while_idle_is_replaced_in_the_background(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database drops the event loop's connection while no request comes (a restart, an
+    idle timeout): the next lone event goes to the writer thread (which pings its own first)
+    while the loop's connection opens again in the background — no caller is failed for it,
+    and the loop writes again once it is open."""
+    committer = services.committer
+    committer.inline_when = lambda: True
+    threads: list[int] = []
+
+    async def main() -> tuple[int, int, int, int]:
+        await _guessed_on_the_loop(committer)
+        on_loop = committer._on_loop
+        assert on_loop is not None
+        pid = on_loop._conn.info.backend_pid
+        with services.db.read() as s:
+            s.execute(select(func.pg_terminate_backend(pid)))
+        monkeypatch.setattr(engine, "_PING_AFTER_IDLE_SECONDS", 0.05)
+        await asyncio.sleep(0.2)
+        after = await committer.append_async(_chain_noting_threads("after:drop", threads))
+        monkeypatch.undo()
+        await _guessed_on_the_loop(committer)
+        again = await committer.append_async(_chain_noting_threads("again", threads))
+        return pid, on_loop._conn.info.backend_pid, after, again
+
+    old, new, after, again = asyncio.run(main())
+    assert new != old
+    assert after != threading.get_ident()  # not failed: written by the writer thread
+    assert again == threading.get_ident()  # from the loop again, on its new connection
+    assert [actor for _, _, actor in _events(services)][-1] == "again"
+    assert "after:drop" in [actor for _, _, actor in _events(services)]
+    assert services.audit.verify(SYSTEM).ok
