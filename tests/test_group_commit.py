@@ -763,6 +763,9 @@ def test_a_lone_request_on_postgresql_commits_from_its_event_loop_without_blocki
     first, waited, loop = asyncio.run(main())
     assert first == loop
     assert waited == loop
+    prepared = committer._on_loop._prepared  # type: ignore[union-attr]
+    assert any(sql.startswith("SELECT 1 / count(*)") for sql in prepared)  # the guard
+    assert any(sql.startswith("INSERT INTO audit_events") for sql in prepared)
     assert threads == [loop, loop]  # each built once: no guard failed
     assert len(ticks) == 5  # the loop ran while the event waited for the lock
     actors = [actor for _, _, actor in _events(services)]
@@ -839,6 +842,7 @@ def test_a_lone_request_on_postgresql_whose_commit_fails_fails_closed_and_writes
         assert tried == ["failed"]  # on the loop's connection, which is kept (rolled back)
         assert committer._on_loop is not None
         assert committer._on_loop._conn is not None
+        assert committer._on_loop._prepared == {}  # deallocated with the rollback
         monkeypatch.undo()
         after = await committer.submit_async(NewEvent("test.event", "event:after"), "y")
         return failed, [before[-1][0], after.seq]

@@ -296,7 +296,8 @@ class LoopWriter:
     """:meth:`PinnedWriter.raw_guarded` for an event loop (PostgreSQL): guarded writes on a
     connection of its own, kept between them, so that a write waits for the database without
     blocking the loop, and wakes no thread. The write is one script of simple statements, its
-    values bound by the driver (:func:`~tether.db.bulk.write_script`), sent and answered
+    statements prepared by the connection and their values bound by the driver
+    (:func:`~tether.db.bulk.write_script`), sent and answered
     through libpq's asynchronous calls (``psycopg.pq``) with the loop watching the socket:
     the driver's async cursors cost ~60 µs more CPU per write here, more than the thread
     hand-off they would save. Opened in the background (:meth:`ready`), never on a caller's
@@ -307,6 +308,7 @@ class LoopWriter:
         self._db = db
         self._conn: Any = None  # psycopg.AsyncConnection: its pgconn is driven directly
         self._quote: Any = None  # a client-side-binding cursor of it, for mogrify
+        self._prepared: dict[str, str] = {}  # what this connection prepared: SQL -> name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Task[None] | None = None
         self._used = 0.0
@@ -339,7 +341,7 @@ class LoopWriter:
         except Exception:  # the writer thread's connection reports the outage; try later
             log.info("the event loop's ledger connection could not open", exc_info=True)
             return
-        self._quote = psycopg.AsyncClientCursor(conn)
+        self._quote, self._prepared = psycopg.AsyncClientCursor(conn), {}
         self._conn, self._loop, self._used = conn, loop, time.monotonic()
 
     async def write_guarded(
@@ -352,11 +354,13 @@ class LoopWriter:
         cancelled): nothing known to be committed, and the connection is closed."""
         assert self._conn is not None  # ready() said so
         lead = [("BEGIN", ()), (_PG_LOCK_LITERAL, ()), (guard, tuple(params))]
-        script = write_script(self._quote, inserts, lead=lead)
+        script = write_script(self._quote, inserts, lead=lead, prepared=self._prepared)
         self._busy = True
         try:
             failed = await self._run(script)
-            stuck = failed is not None and await self._run(b"ROLLBACK") is not None
+            if failed is not None:  # what it prepared may or may not be: none of it, surely
+                self._prepared.clear()
+            stuck = failed is not None and await self._run(b"ROLLBACK; DEALLOCATE ALL") is not None
         except BaseException:
             self.close()
             raise
