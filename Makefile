@@ -28,9 +28,9 @@ run: $(BIN)/tether
 # left ~20 % of the CPU idle while tests wait on the servers, CLI children and PostgreSQL they
 # drive; a third fills it (2026-12-06, this machine, back to back: -n 2 3:38-3:52, -n 3
 # 3:23-3:40). Worksteal lets an idle worker take queued tests from a busy one (the schemathesis
-# runs are 30-100 s each). The whole suite, 3,165 tests on both backends: 7:57 on 2026-12-07
-# (this 2-CPU machine, at nice 19 beside benchmarks; 14:14 the day's first run, before
-# shared per-module worlds, a precomputed sign-in dummy hash and right-sizing compiled once).
+# runs are 30-100 s each). The whole suite, 3,165 tests on both backends: 7:03 on 2026-12-07
+# at 19:30 UTC (this 2-CPU machine, nothing else running); 14:14 the day's first run, before
+# shared per-module worlds, a precomputed sign-in dummy hash and right-sizing compiled once.
 test: $(VENV)/.dev
 	$(BIN)/pytest -q -n 3 --dist worksteal
 
