@@ -358,8 +358,8 @@ class LoopWriter:
         self._busy = True
         try:
             failed = await self._run(script)
-            if failed is not None:  # what it prepared may or may not be: none of it, surely
-                self._prepared.clear()
+            if failed is not None:  # its PREPAREs may or may not have run: none is relied on
+                self._prepared.clear()  # (and DEALLOCATE ALL goes with the rollback)
             stuck = failed is not None and await self._run(b"ROLLBACK; DEALLOCATE ALL") is not None
         except BaseException:
             self.close()
