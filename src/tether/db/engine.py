@@ -184,27 +184,13 @@ class PinnedWriter:
             else:  # WriteLockBusy before anything was sent: the connection is as it was
                 assert queue is not None  # checked above
                 turn.enter_context(queue.at_once())
-            done = False
-            try:
+            with self._kept():
                 if db.dialect == "postgresql":
                     row = fetch_last_on(driver, ["BEGIN", _PG_LOCK_LITERAL, then])
                 else:
                     driver.execute("BEGIN IMMEDIATE")
                     row = driver.execute(then).fetchone()
-                tx = RawWrite(driver, db.dialect, row)
-                try:
-                    yield tx
-                except BaseException:
-                    _roll_back(driver, db.dialect)
-                    raise
-                if not tx.committed:
-                    _roll_back(driver, db.dialect)
-                    raise RuntimeError("a raw write transaction ended without its write")
-                done = True
-            finally:
-                self._used = time.monotonic()
-                if not done:
-                    self.close()
+                yield from _written(RawWrite(driver, db.dialect, row))
 
     @property
     def can_guard(self) -> bool:
@@ -226,20 +212,26 @@ class PinnedWriter:
         driver: Any = conn.connection.driver_connection
         lead = [("BEGIN", ()), (_PG_LOCK_LITERAL, ()), (guard, tuple(params))]
         tx = RawWrite(driver, self._db.dialect, None, lead)
-        done = False
-        try:
+        with self._kept():
             try:
-                yield tx
-            except BaseException as exc:
-                _roll_back(driver, self._db.dialect)
+                yield from _written(tx)
+            except Exception as exc:
                 if getattr(exc, "sqlstate", None) == _GUARD_FAILED and tx.sent:
-                    done = True  # the connection is as good as before
                     raise GuardFailed(str(exc).strip()) from None
                 raise
-            if not tx.committed:
-                _roll_back(driver, self._db.dialect)
-                raise RuntimeError("a raw write transaction ended without its write")
+
+    @contextmanager
+    def _kept(self) -> Iterator[None]:
+        """The connection kept for the next transaction, unless the block failed (then it
+        goes back to the pool, and a broken one is dropped) — but a :class:`GuardFailed`
+        was rolled back cleanly: that connection is as good as before."""
+        done = False
+        try:
+            yield
             done = True
+        except GuardFailed:
+            done = True
+            raise
         finally:
             self._used = time.monotonic()
             if not done:
@@ -284,11 +276,11 @@ class RawWrite:
         lead: Sequence[tuple[str, Sequence[Any]]] = (),
     ) -> None:  # fmt: skip
         self.head, self.committed, self.sent = head, False, False
-        self._driver, self._dialect, self._lead = driver, dialect, lead
+        self.driver, self.dialect, self._lead = driver, dialect, lead
 
     def write(self, inserts: Sequence[Insert]) -> None:
         self.sent = True
-        write_tables(self._driver, self._dialect, inserts, commit=True, lead=self._lead)
+        write_tables(self.driver, self.dialect, inserts, commit=True, lead=self._lead)
         self.committed = True
 
 
@@ -430,6 +422,19 @@ async def _watched(loop: asyncio.AbstractEventLoop, fd: int, *, writable: bool) 
             loop.remove_writer(fd)
         else:
             loop.remove_reader(fd)
+
+
+def _written(tx: RawWrite) -> Iterator[RawWrite]:
+    """The body of a raw transaction (``yield from`` in a context manager): ``tx`` given to
+    it, rolled back if it raises or ends without :meth:`RawWrite.write`."""
+    try:
+        yield tx
+    except BaseException:
+        _roll_back(tx.driver, tx.dialect)
+        raise
+    if not tx.committed:
+        _roll_back(tx.driver, tx.dialect)
+        raise RuntimeError("a raw write transaction ended without its write")
 
 
 def _roll_back(driver: Any, dialect: str) -> None:
