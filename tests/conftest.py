@@ -410,12 +410,7 @@ class _Templates:
                         copy.append(
                             f"INSERT INTO {{schema}}.{table} SELECT * FROM {template}.{table}"
                         )
-                for seq in _RECYCLER.sequences:
-                    last, called = conn.exec_driver_sql(
-                        f"SELECT last_value, is_called FROM {template}.{seq}"
-                    ).one()
-                    if called:
-                        copy.append(f"SELECT setval('{{schema}}.{seq}', {last})")
+                copy += _sequences_as_in(conn, template)
             # As a replica: foreign keys are not checked, so the tables' order does not matter.
             copy = ["SET session_replication_role = replica", *copy,
                     "SET session_replication_role = DEFAULT"]  # fmt: skip
@@ -466,12 +461,7 @@ class _Templates:
                     )
                 elif table in _MIGRATION_ROWS:
                     copy.append(f"DELETE FROM {{schema}}.{table}")
-            for seq in _RECYCLER.sequences:
-                last, called = conn.exec_driver_sql(
-                    f"SELECT last_value, is_called FROM {backend.schema}.{seq}"
-                ).one()
-                if called:
-                    copy.append(f"SELECT setval('{{schema}}.{seq}', {last})")
+            copy += _sequences_as_in(conn, backend.schema)
         copy.append("SET session_replication_role = DEFAULT")
         self._prebuilt[key] = "; ".join(copy), data, value
         return self._prebuilt[key]
@@ -495,6 +485,18 @@ class _Templates:
             _DROPPER.drop(schema)
         if self._admin is not None:
             self._admin.dispose()
+
+
+def _sequences_as_in(conn: Any, source: str) -> list[str]:
+    """Statements that set a new schema's (``{schema}``) sequences as ``source``'s stand."""
+    out = []
+    for seq in _RECYCLER.sequences:
+        last, called = conn.exec_driver_sql(
+            f"SELECT last_value, is_called FROM {source}.{seq}"
+        ).one()
+        if called:
+            out.append(f"SELECT setval('{{schema}}.{seq}', {last})")
+    return out
 
 
 def _bootstrap(backend: Backend, data_dir: Path) -> None:

@@ -85,15 +85,20 @@ def _append_from_another_process(settings: dict[str, Any], worker: int, start: A
         services.close()
 
 
-def test_processes_writing_at_once_keep_one_chain(make_services: Callable[..., Services]) -> None:
-    services = make_services(checkpoint_every_events=CHECKPOINT_EVERY)
+def _shared_settings(services: Services) -> dict[str, Any]:
+    """What a spawned process needs to build its own services over the same database."""
     settings = services.settings
-    shared = {
+    return {
         "data_dir": settings.data_dir,
         "database_url": settings.database_url,
         "database_schema": settings.database_schema,
         "checkpoint_every_events": CHECKPOINT_EVERY,
     }
+
+
+def test_processes_writing_at_once_keep_one_chain(make_services: Callable[..., Services]) -> None:
+    services = make_services(checkpoint_every_events=CHECKPOINT_EVERY)
+    shared = _shared_settings(services)
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(PROCESSES)
     workers = [
@@ -172,13 +177,7 @@ def test_lone_events_from_processes_at_once_keep_one_chain(
     PostgreSQL each builds on the head it left whenever nobody else appended, and the others'
     appends move it — one chain still, contiguous, every event once, one checkpoint per N."""
     services = make_services(checkpoint_every_events=CHECKPOINT_EVERY)
-    settings = services.settings
-    shared = {
-        "data_dir": settings.data_dir,
-        "database_url": settings.database_url,
-        "database_schema": settings.database_schema,
-        "checkpoint_every_events": CHECKPOINT_EVERY,
-    }
+    shared = _shared_settings(services)
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(PROCESSES)
     guessed = context.Queue()
