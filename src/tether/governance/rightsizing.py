@@ -25,11 +25,10 @@ from is still current) and drops the roles and scopes through the agent registry
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import select
@@ -66,9 +65,20 @@ DEFAULT_DAYS = 30
 MAX_DAYS = 3650  # the window when no ledger retention period bounds it
 PAGE_MAX = 100
 _CREDENTIAL_PAGE = 500
-# Policy documents kept checked and compiled (:meth:`RightsizingService._compiled`): the
+# Policy documents kept checked and compiled (:func:`_compiled`): the
 # current version's, and the proposals drawn from it (a page of agents often shares one).
 _COMPILED_KEPT = 8
+
+
+@lru_cache(maxsize=_COMPILED_KEPT)
+def _compiled(label: str, text: str, schema: str) -> tuple[Checked, CompiledPolicies]:
+    """``text`` checked against ``schema`` and compiled as version ``label`` (without a
+    decision memo), or :class:`PolicyInvalid`. Once per document, not once per agent:
+    checking and compiling were most of a page's CPU (every agent of a page under the same
+    current version, and often the same proposal). Both results are immutable (a compiled
+    set's caches are memos of pure results), so a kept one answers as a fresh one would."""
+    checked = check(text, schema)
+    return checked, compile_checked(label, checked, memo_capacity=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +186,6 @@ class RightsizingService:
         self.policies = policies
         self.decisions = decisions
         self.max_days = max_days
-        self._kept: OrderedDict[tuple[str, str, str], tuple[Checked, CompiledPolicies]]
-        self._kept = OrderedDict()
-        self._kept_lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------------
     def report(self, actor: Principal, agent_id: str, *, days: int = DEFAULT_DAYS) -> Rightsizing:
@@ -209,7 +216,7 @@ class RightsizingService:
         until = self.clock.now()
         since = until - timedelta(days=days)
         current = self.policies.current()
-        _checked, compiled = self._compiled(current.version, current.policies, current.schema)
+        _checked, compiled = _compiled(current.version, current.policies, current.schema)
         view = self._view(agent.id)
         applies = Applicability(compiled.schema)
         permissions = permissions_of(compiled, view, applies)
@@ -224,27 +231,6 @@ class RightsizingService:
         proposal = self._simulated(draft, current, compiled, view, (since, until))
         return Rightsizing(agent, days, since, until, current.version, permissions, used,
                            scopes, roles_unused, proposal)  # fmt: skip
-
-    def _compiled(self, label: str, text: str, schema: str) -> tuple[Checked, CompiledPolicies]:
-        """``text`` checked against ``schema`` and compiled as version ``label`` (without a
-        decision memo), or :class:`PolicyInvalid`. Once per document, not once per agent:
-        checking and compiling were most of a page's CPU (every agent of a page under the same
-        current version, and often the same proposal). Both results are immutable (a
-        compiled set's caches are memos of pure results), so a kept one answers as a fresh
-        one would."""
-        key = (label, text, schema)
-        with self._kept_lock:
-            kept = self._kept.get(key)
-            if kept is not None:
-                self._kept.move_to_end(key)
-                return kept
-        checked = check(text, schema)
-        made = checked, compile_checked(label, checked, memo_capacity=0)
-        with self._kept_lock:
-            self._kept[key] = made
-            while len(self._kept) > _COMPILED_KEPT:
-                self._kept.popitem(last=False)
-        return made
 
     def _view(self, agent_id: str) -> AgentView:
         rt = self.decisions.runtime
@@ -322,7 +308,7 @@ class RightsizingService:
         rounds = sum(len(c.actions - c.keep) for c in draft.cuts) + len(draft.roles) + 3
         for _ in range(rounds):  # each round gives something up
             text = narrowing.rewrite(document, plan.cuts, by_id) if plan.cuts else document
-            candidate, proposed = self._compiled("proposed", text, current.schema)
+            candidate, proposed = _compiled("proposed", text, current.schema)
             sim = replay(self.db, _Overlay(agents, without_roles(view, plan.roles)), proposed,
                          digest=candidate.digest, since=since, until=until,
                          subject=view.id)  # fmt: skip
