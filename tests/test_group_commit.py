@@ -734,8 +734,8 @@ def _chain_noting_threads(actor: str, threads: list[int]) -> Chain:
 def test_a_lone_request_on_postgresql_commits_from_its_event_loop_without_blocking_it(
     services: Services,
 ) -> None:
-    """PostgreSQL, nothing else in flight, the head guessed: the event is written by a task
-    of the request's own event loop on a connection of its own (no thread woken), durable
+    """PostgreSQL, nothing else in flight, the head guessed: the event is written from the
+    request's own event loop on a connection of its own (no thread woken), durable
     before its answer. While another writer holds the write lock, the loop keeps running and
     the event is written once the lock is free — still from the loop."""
     committer = services.committer
@@ -764,8 +764,8 @@ def test_a_lone_request_on_postgresql_commits_from_its_event_loop_without_blocki
     assert first == loop
     assert waited == loop
     prepared = committer._on_loop._prepared  # type: ignore[union-attr]
-    assert any(sql.startswith("SELECT 1 / count(*)") for sql in prepared)  # the guard
-    assert any(sql.startswith("INSERT INTO audit_events") for sql in prepared)
+    assert any(sql.startswith(b"SELECT 1 / count(*)") for sql in prepared)  # the guard
+    assert any(sql.startswith(b"INSERT INTO audit_events") for sql in prepared)
     assert threads == [loop, loop]  # each built once: no guard failed
     assert len(ticks) == 5  # the loop ran while the event waited for the lock
     actors = [actor for _, _, actor in _events(services)]
@@ -821,12 +821,14 @@ def test_a_lone_request_on_postgresql_whose_commit_fails_fails_closed_and_writes
         assert on_loop is not None
         write = on_loop.write_guarded
 
-        async def noted(*args: Any) -> None:
-            try:
-                await write(*args)
-            except Exception:
-                tried.append("failed")
-                raise
+        def noted(*args: Any) -> None:
+            *sent, done = args
+
+            def seen(failure: BaseException | None) -> None:
+                tried.append("failed" if failure is not None else "written")
+                done(failure)
+
+            write(*sent, seen)
 
         monkeypatch.setattr(on_loop, "write_guarded", noted)
         before = _events(services)
@@ -887,3 +889,78 @@ def test_the_loops_connection_dropped_while_idle_is_replaced_in_the_background(
     assert [actor for _, _, actor in _events(services)][-1] == "again"
     assert "after:drop" in [actor for _, _, actor in _events(services)]
     assert services.audit.verify(SYSTEM).ok
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_loops_connection_lost_mid_write_fails_that_write_closed_and_writes_nothing(
+    services: Services,
+) -> None:
+    """The event loop's connection is lost while its write waits (for another writer's lock):
+    that caller fails closed with nothing written, the loop is not blocked, and the next
+    events are written after the same head, the chain whole."""
+    committer = services.committer
+    committer.inline_when = lambda: True
+
+    async def main() -> tuple[BaseException | None, int]:
+        await _guessed_on_the_loop(committer)
+        on_loop = committer._on_loop
+        assert on_loop is not None
+        pid = on_loop._conn.info.backend_pid
+        before = _events(services)
+        release, holder = _write_lock_held(services)
+        waiting = committer.submit_async(NewEvent("test.event", "lost:mid-write"), None)
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # waits for the lock, the loop running meanwhile
+        with services.db.read() as s:
+            s.execute(select(func.pg_terminate_backend(pid)))
+        failed: BaseException | None = None
+        try:
+            await asyncio.wait_for(waiting, 10)
+        except LedgerUnavailable as exc:
+            failed = exc
+        release.set()
+        holder.join(10)
+        assert _events(services) == before
+        assert on_loop._conn is None  # closed: opened again in the background
+        after = await committer.submit_async(NewEvent("test.event", "after:lost"), None)
+        return failed, after.seq - before[-1][0]
+
+    failed, step = asyncio.run(main())
+    assert isinstance(failed, LedgerUnavailable)
+    assert step == 1
+    assert [actor for _, _, actor in _events(services)].count("lost:mid-write") == 0
+    assert services.audit.verify(SYSTEM).ok
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_closing_the_loops_connection_mid_write_fails_that_write_and_frees_the_writer(
+    services: Services,
+) -> None:
+    """Closed with a write under way (the committer shut down while the database has not
+    answered): the caller fails closed, and the writing turn is given back — the writer
+    thread is not left waiting for it."""
+    committer = services.committer
+    committer.inline_when = lambda: True
+
+    async def main() -> BaseException | None:
+        await _guessed_on_the_loop(committer)
+        on_loop = committer._on_loop
+        assert on_loop is not None
+        release, holder = _write_lock_held(services)
+        waiting = committer.submit_async(NewEvent("test.event", "closed:mid-write"), None)
+        await asyncio.sleep(0.1)
+        on_loop.close()
+        failed: BaseException | None = None
+        try:
+            await asyncio.wait_for(waiting, 10)
+        except LedgerUnavailable as exc:
+            failed = exc
+        release.set()
+        holder.join(10)
+        return failed
+
+    assert isinstance(asyncio.run(main()), LedgerUnavailable)
+    assert committer._writing.acquire(timeout=5)
+    committer._writing.release()
+    queued = committer.run(lambda _s: "the writer thread still writes", timeout=10)
+    assert queued == "the writer thread still writes"

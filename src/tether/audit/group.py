@@ -237,9 +237,10 @@ class GroupCommitter:
 
     def _inline_guessed(self, item: _Item) -> bool:
         """PostgreSQL: write ``item`` from its event loop, guarded on the head this writer
-        left (:meth:`LoopWriter.write_guarded`, one round trip), by a task that holds the
-        writing turn until it is settled — if the head is guessed, nobody writes or waits
-        to, and the loop's connection is open. False, having done nothing, otherwise."""
+        left (:meth:`LoopWriter.write_guarded`, one round trip), sent right here and settled
+        by the loop's reader callback, the writing turn held until then — if the head is
+        guessed, nobody writes or waits to, and the loop's connection is open. False,
+        having done nothing, otherwise."""
         on_loop, loop = self._on_loop, item.loop
         if on_loop is None or loop is None or self._guess is None or not on_loop.ready(loop):
             return False
@@ -250,34 +251,45 @@ class GroupCommitter:
             self._writing.release()
             return False
         # The writer thread may wait on the turn meanwhile: it is never awaited on the loop.
-        loop.create_task(self._write_guessed(item, guess, on_loop))
+        results: list[Any] = [None]
+        chains = [(0, item.chain)] if item.chain is not None else []
+        try:
+            inserts, events, checkpoint = self._append([item], results, chains, guess,
+                                                       self.clock.now())  # fmt: skip
+
+            def done(failure: BaseException | None) -> None:
+                self._guessed(item, guess, failure, results=results, events=events,
+                             checkpoint=checkpoint)  # fmt: skip
+
+            on_loop.write_guarded(HEAD_IS, guess[:2], inserts, done)
+        except BaseException as exc:  # nothing sent
+            self._guessed(item, guess, exc, results=results, events=[], checkpoint=None)
+            if not isinstance(exc, Exception):
+                raise
         return True
 
-    async def _write_guessed(self, item: _Item, guess: Head, on_loop: LoopWriter) -> None:
-        """:meth:`_inline_guessed`'s task: releases the writing turn once ``item`` is settled,
-        or queued for the writer thread if another writer appended since (it reads the head
-        under the lock and settles it)."""
-        future = item.future
-        assert isinstance(future, asyncio.Future)  # submitted from this loop
+    def _guessed(
+        self, item: _Item, guess: Head, failure: BaseException | None, *,
+        results: list[Any], events: list[Event], checkpoint: Checkpoint | None,
+    ) -> None:  # fmt: skip
+        """:meth:`_inline_guessed`'s write answered (on the loop): ``item`` settled, or —
+        another writer appended since — queued for the writer thread (it reads the head
+        under the lock and settles it); the writing turn released."""
         try:
-            results: list[Any] = [None]
-            chains = [(0, item.chain)] if item.chain is not None else []
-            try:
-                now = self.clock.now()
-                inserts, events, checkpoint = self._append([item], results, chains, guess, now)
-                await on_loop.write_guarded(HEAD_IS, guess[:2], inserts)
-            except GuardFailed:
+            if isinstance(failure, GuardFailed):
                 GUESSED.labels("moved").inc()
                 self._guess = None
                 self._queue.put(item)
                 return
-            except BaseException as exc:  # a cancelled task too: committed or not, unknown
+            future = item.future
+            assert isinstance(future, asyncio.Future)  # submitted from this loop
+            if failure is not None:  # committed or not, unknown: fail closed
                 self._guess = self._wrote = None
                 FAILED.inc()
-                log.warning("group commit of 1 item failed; failing it closed", exc_info=True)
-                _settle_in_loop([(future, LedgerUnavailable(str(exc) or type(exc).__name__))])
-                if not isinstance(exc, Exception):
-                    raise
+                log.warning("group commit of 1 item failed; failing it closed",
+                            exc_info=failure)  # fmt: skip
+                error = LedgerUnavailable(str(failure) or type(failure).__name__)
+                _settle_in_loop([(future, error)])
                 return
             GUESSED.labels("held").inc()
             self._guess = self._wrote = _after(guess, events)

@@ -14,7 +14,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from contextlib import nullcontext
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from sqlalchemy import Table
@@ -181,49 +181,27 @@ def write_tables(
         cur.close()
 
 
-def write_script(
-    quote: Any, inserts: Sequence[Insert], *, lead: Sequence[tuple[str, Sequence[Any]]],
-    prepared: dict[str, str],
-) -> bytes:  # fmt: skip
-    """PostgreSQL: ``lead``, every row of ``inserts`` (an ``INSERT`` per table) and
-    ``COMMIT`` as one script of simple statements — one Query message, one round trip. A
-    statement with parameters runs as ``EXECUTE`` of a statement the session prepared, its
-    arguments bound on the client by the driver (``quote``: a psycopg client-side-binding
-    cursor, whose ``mogrify`` quotes every value as the server's settings require): the
-    server plans it once per connection, not per write (without: 80 µs more a commit here).
-    ``prepared`` (the connection's: SQL → name) gains what this script prepares first; the
-    caller forgets it, and deallocates, if the script fails."""
-    present = [(table, rows) for table, rows in inserts if rows]
-    statements = [*lead, *(
-        (_insert_sql(table, "postgresql", len(rows)), [v for row in rows for v in row])
-        for table, rows in present
-    )]  # fmt: skip
-    prepare, parts = [], []
-    for sql, args in statements:
-        if not args:
-            parts.append(sql)
-            continue
-        name = prepared.get(sql)
-        if name is None and len(prepared) < _SCRIPT_PREPARED:
-            name = prepared[sql] = f"tether_w{len(prepared)}"
-            prepare.append(f"PREPARE {name} AS {_numbered(sql)}")
-        if name is None:  # many shapes seen: this one bound in place
-            parts.append(quote.mogrify(sql, args))
-        else:
-            marks = ", ".join(["%s"] * len(args))
-            parts.append(quote.mogrify(f"EXECUTE {name}({marks})", args))
-    return "; ".join([*prepare, *parts, "COMMIT"]).encode()
+def pipeline_statements(
+    inserts: Sequence[Insert], *, lead: Sequence[tuple[str, Sequence[Any]]]
+) -> list[tuple[bytes, Sequence[Any]]]:  # fmt: skip
+    """PostgreSQL: ``lead``, an ``INSERT`` of every row of each of ``inserts``' tables and
+    ``COMMIT``, each statement's SQL with ``$1``, ``$2``… placeholders (the extended
+    protocol's) and its arguments: a guarded write's statements, for one pipeline."""
+    out = [(_numbered(sql), args) for sql, args in lead]
+    out += [
+        (_numbered(_insert_sql(table, "postgresql", len(rows))), [v for row in rows for v in row])
+        for table, rows in inserts
+        if rows
+    ]
+    out.append((b"COMMIT", ()))
+    return out
 
 
-def _numbered(sql: str) -> str:
-    """``sql`` with its ``%s`` placeholders as PostgreSQL's ``$1``, ``$2``…"""
+@lru_cache(maxsize=256)
+def _numbered(sql: str) -> bytes:
+    """``sql`` with its ``%s`` placeholders as PostgreSQL's ``$1``, ``$2``…, encoded."""
     pieces = sql.split("%s")
-    return pieces[0] + "".join(f"${n}{piece}" for n, piece in enumerate(pieces[1:], 1))
-
-
-# At most this many statements a connection prepares for scripts (their shapes: a batch's
-# tables and row counts); beyond, a statement is bound in place.
-_SCRIPT_PREPARED = 32
+    return (pieces[0] + "".join(f"${n}{piece}" for n, piece in enumerate(pieces[1:], 1))).encode()
 
 
 def _pg_statement(present: Sequence[Insert]) -> tuple[str, list[Any]]:

@@ -29,8 +29,8 @@ from tether.db.bulk import (
     fetch_last,
     fetch_last_on,
     fetch_one_with,
+    pipeline_statements,
     remember_driver,
-    write_script,
     write_tables,
 )
 
@@ -44,6 +44,9 @@ READ_WITH_LOCK = "tether.read_with_lock"
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 _SQLITE_CACHE_KIB = 512
 _PING_AFTER_IDLE_SECONDS = 1.0
+# At most this many statements the event loop's connection prepares (their shapes: a write's
+# tables and row counts); beyond, a statement is parsed in place.
+_LOOP_PREPARED = 32
 _IDLE_SINCE = "tether.idle_since"
 # ``session.info[BEFORE_COMMIT]``: callables given the session once the write transaction's body
 # finished without error, in order, still inside it and under the write lock (what a body
@@ -286,31 +289,39 @@ class RawWrite:
 
 class LoopWriter:
     """:meth:`PinnedWriter.raw_guarded` for an event loop (PostgreSQL): guarded writes on a
-    connection of its own, kept between them, so that a write waits for the database without
-    blocking the loop, and wakes no thread. The write is one script of simple statements, its
-    statements prepared by the connection and their values bound by the driver
-    (:func:`~tether.db.bulk.write_script`), sent and answered
-    through libpq's asynchronous calls (``psycopg.pq``) with the loop watching the socket:
-    the driver's async cursors cost ~60 µs more CPU per write here, more than the thread
-    hand-off they would save. Opened in the background (:meth:`ready`), never on a caller's
-    path; a connection that failed, or sat idle long enough to have been dropped, is closed
-    and opened again that way. Used by one task at a time, on the loop it was opened on."""
+    connection of its own, kept between them, sent from the caller's own call and answered
+    in a reader callback of the loop — no thread woken, no task, the loop never blocked.
+    The connection stays in libpq's pipeline mode: a write's statements go as one pipeline
+    (:func:`~tether.db.bulk.pipeline_statements`), each with parameters prepared once per
+    connection and its arguments bound by the driver's adapters in text form, answered
+    once its ``Sync`` is (one round trip). Driven through libpq's asynchronous calls
+    (``psycopg.pq``): the driver's async cursors cost ~60 µs more CPU per write here, and a
+    task per write another loop turn (bench/README.md). Opened in the background
+    (:meth:`ready`), never on a caller's path; a connection that failed, or sat idle long
+    enough to have been dropped, is closed and opened again that way. One write at a time,
+    on the loop it was opened on."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._conn: Any = None  # psycopg.AsyncConnection: its pgconn is driven directly
-        self._quote: Any = None  # a client-side-binding cursor of it, for mogrify
-        self._prepared: dict[str, str] = {}  # what this connection prepared: SQL -> name
+        self._dump: Any = None  # the driver's adapters (a Transformer) of that connection
+        self._prepared: dict[bytes, bytes] = {}  # what this connection prepared: SQL -> name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Task[None] | None = None
         self._used = 0.0
-        self._busy = False  # a write is under way (however long the database takes)
+        # The write under way (however long the database takes): what to call once it is
+        # answered, and the first failed statement's (SQLSTATE, message).
+        self._done: Callable[[BaseException | None], None] | None = None
+        self._failed: tuple[str, str] | None = None
+        self._rolling: tuple[str, str] | None = None  # the failure being rolled back
+        self._gap = False  # the last result read ended a statement's results
+        self._fd = -1  # the socket watched while a write is under way
 
     def ready(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether a write can go now on ``loop``; if not, the connection is (re)opened in
         the background for the next one."""
         conn = self._conn
-        if self._busy:
+        if self._done is not None:
             return False
         if (conn is not None and self._loop is loop and not conn.closed
                 and time.monotonic() - self._used < _PING_AFTER_IDLE_SECONDS):  # fmt: skip
@@ -322,6 +333,7 @@ class LoopWriter:
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
         import psycopg  # PostgreSQL only
+        from psycopg.adapt import Transformer
 
         url = make_url(self._db.url).set(drivername="postgresql")
         schema = self._db.schema
@@ -330,98 +342,166 @@ class LoopWriter:
                 url.render_as_string(hide_password=False), autocommit=True,
                 options=f"-csearch_path={schema}" if schema else None,
             )  # fmt: skip
+            conn.pgconn.enter_pipeline_mode()
         except Exception:  # the writer thread's connection reports the outage; try later
             log.info("the event loop's ledger connection could not open", exc_info=True)
             return
-        self._quote, self._prepared = psycopg.AsyncClientCursor(conn), {}
+        self._dump, self._prepared = Transformer(conn), {}
         self._conn, self._loop, self._used = conn, loop, time.monotonic()
 
-    async def write_guarded(
-        self, guard: str, params: Sequence[Any], inserts: Sequence[Insert]
-    ) -> None:
-        """``BEGIN``, the write lock, ``guard`` (see :meth:`PinnedWriter.raw_guarded`), the
-        rows and ``COMMIT``, in one round trip. :class:`GuardFailed`: rolled back, nothing
-        written. Another statement's failure: rolled back, nothing written, raised as the
-        driver's error for its SQLSTATE. Anything else (the connection lost, the task
-        cancelled): nothing known to be committed, and the connection is closed."""
+    def write_guarded(
+        self, guard: str, params: Sequence[Any], inserts: Sequence[Insert],
+        done: Callable[[BaseException | None], None],
+    ) -> None:  # fmt: skip
+        """Send ``BEGIN``, the write lock, ``guard`` (see :meth:`PinnedWriter.raw_guarded`),
+        the rows and ``COMMIT`` now, in one round trip; ``done`` is called on the loop once
+        the database answered: with None once committed; with :class:`GuardFailed` (rolled
+        back, nothing written) if the guard did not hold; with the driver's error for its
+        SQLSTATE if another statement failed (rolled back, nothing written); with anything
+        else (the connection lost) if nothing is known to be committed — the connection is
+        then closed. Raises, nothing sent and ``done`` never called, if the write could not
+        be sent (the connection is closed)."""
         assert self._conn is not None  # ready() said so
-        lead = [("BEGIN", ()), (_PG_LOCK_LITERAL, ()), (guard, tuple(params))]
-        script = write_script(self._quote, inserts, lead=lead, prepared=self._prepared)
-        self._busy = True
+        assert self._loop is not None
+        lead = [("BEGIN", ()), (_PG_LOCK_LITERAL, ()), (guard, params)]
+        pgconn = self._conn.pgconn
         try:
-            failed = await self._run(script)
-            if failed is not None:  # its PREPAREs may or may not have run: none is relied on
-                self._prepared.clear()  # (and DEALLOCATE ALL goes with the rollback)
-            stuck = failed is not None and await self._run(b"ROLLBACK; DEALLOCATE ALL") is not None
+            self._send(pgconn, pipeline_statements(inserts, lead=lead))
+            unsent = pgconn.flush()  # 1: the rest when the socket takes it
         except BaseException:
             self.close()
             raise
-        finally:
-            self._busy, self._used = False, time.monotonic()
-        if stuck:
-            self.close()
-            raise RuntimeError("the event loop's ledger connection could not roll back")
-        if failed is not None:
-            import psycopg
+        self._done, self._failed, self._gap = done, None, False
+        self._fd = fd = pgconn.socket  # the descriptor watched (unreadable once lost)
+        self._loop.add_reader(fd, self._readable)
+        if unsent:
+            self._loop.add_writer(fd, self._writable)
 
-            sqlstate, message = failed
-            if sqlstate == _GUARD_FAILED:
-                raise GuardFailed(message)
-            try:
-                error: type[Exception] = psycopg.errors.lookup(sqlstate)
-            except KeyError:
-                error = psycopg.DatabaseError
-            raise error(message)
+    def _send(self, pgconn: Any, statements: Sequence[tuple[bytes, Sequence[Any]]]) -> None:
+        from psycopg.adapt import PyFormat
 
-    async def _run(self, script: bytes) -> tuple[str, str] | None:
-        """Send ``script`` and read every result, the loop watching the socket: the first
-        failed statement's ``(SQLSTATE, message)``, or None."""
+        prepared = self._prepared
+        for sql, args in statements:
+            if not args:
+                pgconn.send_query_params(sql, None)
+                continue
+            name = prepared.get(sql)
+            if name is None and len(prepared) < _LOOP_PREPARED:
+                name = prepared[sql] = f"tether_w{len(prepared)}".encode()
+                pgconn.send_prepare(name, sql)
+            values = self._dump.dump_sequence(args, [PyFormat.TEXT] * len(args))
+            if name is None:  # many shapes seen: this one parsed in place
+                pgconn.send_query_params(sql, values)
+            else:
+                pgconn.send_query_prepared(name, values)
+        pgconn.pipeline_sync()
+
+    def _writable(self) -> None:
+        try:
+            if self._conn.pgconn.flush() == 0:
+                assert self._loop is not None
+                self._loop.remove_writer(self._fd)
+        except Exception as exc:
+            self._settle(exc, broken=True)
+
+    def _readable(self) -> None:
+        """Read what arrived; once the pipeline's ``Sync`` is answered, the write is settled
+        (a failed one rolled back first)."""
         from psycopg import pq
 
         pgconn = self._conn.pgconn
-        loop = asyncio.get_running_loop()
-        fd = pgconn.socket
-        pgconn.send_query(script)
-        while pgconn.flush():  # 1: not all of it sent yet
-            await _watched(loop, fd, writable=True)
-        failed: tuple[str, str] | None = None
-        while True:
+        try:
             pgconn.consume_input()
             while not pgconn.is_busy():
                 result = pgconn.get_result()
-                if result is None:
-                    return failed
-                if result.status == pq.ExecStatus.FATAL_ERROR and failed is None:
+                if result is None:  # the end of one statement's results
+                    if self._gap:  # nothing more is coming (not expected before the Sync)
+                        break
+                    self._gap = True
+                    continue
+                self._gap = False
+                status = result.status
+                if status == pq.ExecStatus.PIPELINE_SYNC:
+                    self._answered()
+                    return
+                if status == pq.ExecStatus.FATAL_ERROR and self._failed is None:
                     state = result.error_field(pq.DiagnosticField.SQLSTATE) or b""
-                    failed = (state.decode(), result.get_error_message().strip())
-            await _watched(loop, fd, writable=False)
+                    message = (result.error_message or b"").decode(errors="replace")
+                    self._failed = (state.decode(), message.strip())
+        except Exception as exc:  # the connection lost: nothing known to be committed
+            self._settle(exc, broken=True)
+
+    def _answered(self) -> None:
+        """The ``Sync`` answered: the write settled, or — a statement failed — rolled back
+        first (and, the statements it may or may not have prepared forgotten, every
+        prepared statement deallocated) in another pipeline, then settled."""
+        failed, self._failed = self._failed, None
+        rolling, self._rolling = self._rolling, None
+        if rolling is not None:  # that other pipeline's Sync
+            if failed is not None:
+                self._settle(RuntimeError(f"the event loop's ledger connection could not "
+                                          f"roll back: {failed[1]}"), broken=True)  # fmt: skip
+            else:
+                self._settle(_error_of(*rolling))
+            return
+        if failed is None:
+            self._settle(None)
+            return
+        self._prepared.clear()
+        pgconn = self._conn.pgconn
+        try:
+            pgconn.send_query_params(b"ROLLBACK", None)
+            pgconn.send_query_params(b"DEALLOCATE ALL", None)
+            pgconn.pipeline_sync()
+            pgconn.flush()
+        except Exception as exc:
+            self._settle(exc, broken=True)
+            return
+        self._rolling, self._gap = failed, False
+
+    def _settle(self, failure: BaseException | None, *, broken: bool = False) -> None:
+        """The write settled: the socket unwatched, the connection closed if ``broken``,
+        then its ``done`` called with ``failure``."""
+        done, self._done = self._done, None
+        self._used = time.monotonic()
+        self._unwatch()
+        if broken:
+            self.close()
+        if done is not None:
+            done(failure)
+
+    def _unwatch(self) -> None:
+        if self._loop is not None and self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._fd = -1
 
     def close(self) -> None:
-        """Close the connection (the driver's close is only the socket's: no loop needed)."""
-        conn, self._conn, self._loop, self._quote = self._conn, None, None, None
+        """Close the connection (the driver's close is only the socket's: no loop needed). A
+        write under way is settled as failed: nothing known to be committed."""
+        done, self._done, self._rolling = self._done, None, None
+        if done is not None:
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                self._unwatch()
+        conn, self._conn, self._loop, self._dump = self._conn, None, None, None
         if conn is not None:
             conn.pgconn.finish()
+        if done is not None:
+            done(ConnectionError("the event loop's ledger connection was closed mid-write"))
 
 
-async def _watched(loop: asyncio.AbstractEventLoop, fd: int, *, writable: bool) -> None:
-    """Until ``fd`` is readable (or ``writable``)."""
-    ready: asyncio.Future[None] = loop.create_future()
+def _error_of(sqlstate: str, message: str) -> Exception:
+    """A failed statement's error: :class:`GuardFailed` for a guard's, else the driver's
+    for its SQLSTATE."""
+    if sqlstate == _GUARD_FAILED:
+        return GuardFailed(message)
+    import psycopg
 
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    if writable:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
     try:
-        await ready
-    finally:
-        if writable:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
+        error: type[Exception] = psycopg.errors.lookup(sqlstate)
+    except KeyError:
+        error = psycopg.DatabaseError
+    return error(message)
 
 
 def _written(tx: RawWrite) -> Iterator[RawWrite]:
