@@ -184,16 +184,16 @@ def write_tables(
 def pipeline_statements(
     inserts: Sequence[Insert], *, lead: Sequence[tuple[str, Sequence[Any]]]
 ) -> list[tuple[bytes, Sequence[Any]]]:  # fmt: skip
-    """PostgreSQL: ``lead``, an ``INSERT`` of every row of each of ``inserts``' tables and
-    ``COMMIT``, each statement's SQL with ``$1``, ``$2``… placeholders (the extended
-    protocol's) and its arguments: a guarded write's statements, for one pipeline."""
+    """PostgreSQL: ``lead`` and an ``INSERT`` of every row of each of ``inserts``' tables,
+    each statement's SQL with ``$1``, ``$2``… placeholders (the extended protocol's) and its
+    arguments: a guarded write's statements, for one pipeline (whose ``Sync`` commits them,
+    or rolls them back if one failed: an implicit transaction)."""
     out = [(_numbered(sql), args) for sql, args in lead]
     out += [
         (_numbered(_insert_sql(table, "postgresql", len(rows))), [v for row in rows for v in row])
         for table, rows in inserts
         if rows
     ]
-    out.append((b"COMMIT", ()))
     return out
 
 

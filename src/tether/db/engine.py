@@ -313,7 +313,7 @@ class LoopWriter:
         # answered, and the first failed statement's (SQLSTATE, message).
         self._done: Callable[[BaseException | None], None] | None = None
         self._failed: tuple[str, str] | None = None
-        self._rolling: tuple[str, str] | None = None  # the failure being rolled back
+        self._forgetting: tuple[str, str] | None = None  # a failed write's, while deallocating
         self._gap = False  # the last result read ended a statement's results
         self._fd = -1  # the socket watched while a write is under way
 
@@ -353,17 +353,18 @@ class LoopWriter:
         self, guard: str, params: Sequence[Any], inserts: Sequence[Insert],
         done: Callable[[BaseException | None], None],
     ) -> None:  # fmt: skip
-        """Send ``BEGIN``, the write lock, ``guard`` (see :meth:`PinnedWriter.raw_guarded`),
-        the rows and ``COMMIT`` now, in one round trip; ``done`` is called on the loop once
-        the database answered: with None once committed; with :class:`GuardFailed` (rolled
-        back, nothing written) if the guard did not hold; with the driver's error for its
-        SQLSTATE if another statement failed (rolled back, nothing written); with anything
-        else (the connection lost) if nothing is known to be committed — the connection is
-        then closed. Raises, nothing sent and ``done`` never called, if the write could not
-        be sent (the connection is closed)."""
+        """Send the write lock, ``guard`` (see :meth:`PinnedWriter.raw_guarded`) and the rows
+        now, as one pipeline: one implicit transaction, committed by its ``Sync`` (or rolled
+        back, nothing written, if a statement failed), answered in one round trip. ``done``
+        is called on the loop once the database answered: with None once committed; with
+        :class:`GuardFailed` if the guard did not hold; with the driver's error for its
+        SQLSTATE if another statement failed; with anything else (the connection lost, or
+        closed) if nothing is known to be committed — the connection is then closed. Raises,
+        nothing sent and ``done`` never called, if the write could not be sent (the
+        connection is closed)."""
         assert self._conn is not None  # ready() said so
         assert self._loop is not None
-        lead = [("BEGIN", ()), (_PG_LOCK_LITERAL, ()), (guard, params)]
+        lead = [(_PG_LOCK_LITERAL, ()), (guard, params)]
         pgconn = self._conn.pgconn
         try:
             self._send(pgconn, pipeline_statements(inserts, lead=lead))
@@ -405,8 +406,8 @@ class LoopWriter:
             self._settle(exc, broken=True)
 
     def _readable(self) -> None:
-        """Read what arrived; once the pipeline's ``Sync`` is answered, the write is settled
-        (a failed one rolled back first)."""
+        """Read what arrived; once the pipeline's ``Sync`` is answered, the write is
+        settled."""
         from psycopg import pq
 
         pgconn = self._conn.pgconn
@@ -432,32 +433,37 @@ class LoopWriter:
             self._settle(exc, broken=True)
 
     def _answered(self) -> None:
-        """The ``Sync`` answered: the write settled, or — a statement failed — rolled back
-        first (and, the statements it may or may not have prepared forgotten, every
-        prepared statement deallocated) in another pipeline, then settled."""
+        """The ``Sync`` answered: the write settled — a failed one (rolled back by that
+        ``Sync``) once the statements it may or may not have prepared are forgotten, every
+        prepared statement deallocated in another pipeline."""
+        from psycopg import pq
+
         failed, self._failed = self._failed, None
-        rolling, self._rolling = self._rolling, None
-        if rolling is not None:  # that other pipeline's Sync
+        pgconn = self._conn.pgconn
+        if pgconn.transaction_status != pq.TransactionStatus.IDLE:  # no implicit transaction
+            self._settle(RuntimeError("the event loop's ledger connection was left in a "
+                                      "transaction"), broken=True)  # fmt: skip
+            return
+        forgetting, self._forgetting = self._forgetting, None
+        if forgetting is not None:  # that other pipeline's Sync
             if failed is not None:
                 self._settle(RuntimeError(f"the event loop's ledger connection could not "
-                                          f"roll back: {failed[1]}"), broken=True)  # fmt: skip
+                                          f"deallocate: {failed[1]}"), broken=True)  # fmt: skip
             else:
-                self._settle(_error_of(*rolling))
+                self._settle(_error_of(*forgetting))
             return
         if failed is None:
             self._settle(None)
             return
         self._prepared.clear()
-        pgconn = self._conn.pgconn
         try:
-            pgconn.send_query_params(b"ROLLBACK", None)
             pgconn.send_query_params(b"DEALLOCATE ALL", None)
             pgconn.pipeline_sync()
             pgconn.flush()
         except Exception as exc:
             self._settle(exc, broken=True)
             return
-        self._rolling, self._gap = failed, False
+        self._forgetting, self._gap = failed, False
 
     def _settle(self, failure: BaseException | None, *, broken: bool = False) -> None:
         """The write settled: the socket unwatched, the connection closed if ``broken``,
@@ -479,7 +485,7 @@ class LoopWriter:
     def close(self) -> None:
         """Close the connection (the driver's close is only the socket's: no loop needed). A
         write under way is settled as failed: nothing known to be committed."""
-        done, self._done, self._rolling = self._done, None, None
+        done, self._done, self._forgetting = self._done, None, None
         if done is not None:
             with contextlib.suppress(Exception):  # the loop may be closed already
                 self._unwatch()
