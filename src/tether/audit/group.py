@@ -157,8 +157,10 @@ class GroupCommitter:
         # Under ``_writing``.
         self._wrote: Head | None = None
         self._guess: Head | None = None
-        # PostgreSQL: a lone item's guarded write from its event loop (_inline_guessed).
+        # PostgreSQL: a lone item's guarded write from its event loop (_inline_guessed), and
+        # what its commit leaves to do after its caller's answer (_wrote_guessed).
         self._on_loop = LoopWriter(db) if db.dialect == "postgresql" else None
+        self._written_after: tuple[Head, list[Event], Checkpoint | None] | None = None
 
     def submit_async(self, event: NewEvent, attachment: Any = None) -> asyncio.Future[Event]:
         """Queue ``event``; the future resolves to the chained event once it is durable, or
@@ -242,6 +244,7 @@ class GroupCommitter:
         guessed, nobody writes or waits to, and the loop's connection is open. False,
         having done nothing, otherwise."""
         on_loop, loop = self._on_loop, item.loop
+        self._wrote_guessed()  # the last loop write's, if its turn has not come yet
         if on_loop is None or loop is None or self._guess is None or not on_loop.ready(loop):
             return False
         if not self._writing.acquire(blocking=False):
@@ -274,7 +277,9 @@ class GroupCommitter:
     ) -> None:  # fmt: skip
         """:meth:`_inline_guessed`'s write answered (on the loop): ``item`` settled, or —
         another writer appended since — queued for the writer thread (it reads the head
-        under the lock and settles it); the writing turn released."""
+        under the lock and settles it); the writing turn released — once committed, on the
+        loop's next turn: the answer goes first (:meth:`_wrote_guessed`)."""
+        held = False
         try:
             if isinstance(failure, GuardFailed):
                 GUESSED.labels("moved").inc()
@@ -291,10 +296,28 @@ class GroupCommitter:
                 error = LedgerUnavailable(str(failure) or type(failure).__name__)
                 _settle_in_loop([(future, error)])
                 return
+            _settle_in_loop([(future, results[0])])
+            self._written_after = (guess, events, checkpoint)
+            future.get_loop().call_soon(self._wrote_guessed)
+            held = True
+        finally:
+            if not held:
+                self._writing.release()
+
+    def _wrote_guessed(self) -> None:
+        """After a committed write from the loop, once its caller has run on (its answer
+        sent): the head it left, the counts, the checkpoint published; the writing turn
+        released — nothing the answer waits for, and nothing another write can start before
+        (it needs the turn; a caller that submits again first does it right then). Once."""
+        written, self._written_after = self._written_after, None
+        if written is None:
+            return
+        guess, events, checkpoint = written
+        try:
             GUESSED.labels("held").inc()
             self._guess = self._wrote = _after(guess, events)
             BATCH.observe(1)
-            _settle_in_loop([(future, self._published(results, events, checkpoint)[0])])
+            self._published([], events, checkpoint)
         finally:
             self._writing.release()
 

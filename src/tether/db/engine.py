@@ -379,18 +379,18 @@ class LoopWriter:
             self._loop.add_writer(fd, self._writable)
 
     def _send(self, pgconn: Any, statements: Sequence[tuple[bytes, Sequence[Any]]]) -> None:
+        """Queue ``statements`` and the ``Sync`` that ends them: each prepared once per
+        connection (even the lock's, which has no parameters: parsed and planned once, not
+        per write), its arguments dumped as text by the driver's adapters."""
         from psycopg.adapt import PyFormat
 
         prepared = self._prepared
         for sql, args in statements:
-            if not args:
-                pgconn.send_query_params(sql, None)
-                continue
             name = prepared.get(sql)
             if name is None and len(prepared) < _LOOP_PREPARED:
                 name = prepared[sql] = f"tether_w{len(prepared)}".encode()
                 pgconn.send_prepare(name, sql)
-            values = self._dump.dump_sequence(args, [PyFormat.TEXT] * len(args))
+            values = self._dump.dump_sequence(args, [PyFormat.TEXT] * len(args)) if args else None
             if name is None:  # many shapes seen: this one parsed in place
                 pgconn.send_query_params(sql, values)
             else:
