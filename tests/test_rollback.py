@@ -538,13 +538,13 @@ def test_an_agents_journal_report_is_checked(stage: Stage) -> None:
 def test_a_running_rollback_holds_its_agent_while_an_undo_runs_long(
     make_services: Callable[..., Services], tmp_path: Path
 ) -> None:
-    # 4 s (under the test upstream's timeout_seconds, 5): the two refused attempts below
-    # must land while it runs, on a loaded machine too
-    rules = {**RULES, "close_ticket": {"undo": "slow", "args": {"seconds": 4}}}
+    # 8 s, under this upstream's timeout (20 s): the two refused attempts below must land
+    # while it runs, on a loaded machine too (4 s was once not enough for both on CI)
+    rules = {**RULES, "close_ticket": {"undo": "slow", "args": {"seconds": 8}}}
 
     def upstreams(up_port: int) -> list[dict[str, Any]]:
         first, *_ = upstreams_at(up_port)
-        return [{**first, "tools": rules}]
+        return [{**first, "tools": rules, "timeout_seconds": 20}]
 
     state = Ledger()
     with open_world(make_services, tmp_path, upstreams=upstreams, ready=("payments",),
