@@ -292,14 +292,14 @@ class LoopWriter:
     connection of its own, kept between them, sent from the caller's own call and answered
     in a reader callback of the loop — no thread woken, no task, the loop never blocked.
     The connection stays in libpq's pipeline mode: a write's statements go as one pipeline
-    (:func:`~tether.db.bulk.pipeline_statements`), each with parameters prepared once per
-    connection and its arguments bound by the driver's adapters in text form, answered
-    once its ``Sync`` is (one round trip). Driven through libpq's asynchronous calls
-    (``psycopg.pq``): the driver's async cursors cost ~60 µs more CPU per write here, and a
-    task per write another loop turn (bench/README.md). Opened in the background
-    (:meth:`ready`), never on a caller's path; a connection that failed, or sat idle long
-    enough to have been dropped, is closed and opened again that way. One write at a time,
-    on the loop it was opened on."""
+    (:func:`~tether.db.bulk.pipeline_statements`), each statement prepared once per
+    connection and its arguments bound by the driver's adapters in text form, committed by
+    its ``Sync`` as one implicit transaction and answered then (one round trip). Driven
+    through libpq's asynchronous calls (``psycopg.pq``): the driver's async cursors cost
+    ~60 µs more CPU per write here, and a task per write another loop turn
+    (bench/README.md). Opened in the background (:meth:`ready`), never on a caller's path;
+    a connection that failed, or sat idle long enough to have been dropped, is closed and
+    opened again that way. One write at a time, on the loop it was opened on."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
