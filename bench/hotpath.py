@@ -286,10 +286,21 @@ def run_http(
                                              expect=expect)  # fmt: skip
                 pair = Pair(conns, r, got["healthz"], got["evaluation"])
                 pairs.append(pair)
+                ev, hz = (_split(pair.evaluation, sizes.workers),
+                          _split(pair.healthz, sizes.workers))  # fmt: skip
                 note(f"{tag}   {conns} connection(s), round {r + 1}/{sizes.rounds}: "
-                     f"{pair.evaluation.rate:,.0f} evaluations/s, /healthz "
-                     f"{pair.healthz.rate:,.0f}/s")  # fmt: skip
+                     f"{pair.evaluation.rate:,.0f} evaluations/s{ev}, /healthz "
+                     f"{pair.healthz.rate:,.0f}/s{hz}")  # fmt: skip
     return table_of(dep, sizes, pairs, load0)
+
+
+def _split(result: LoadResult, workers: int) -> str:
+    """How the block's connections fell between the workers (a worker without any as 0),
+    for its note; nothing for one connection, or when it could not be read."""
+    if result.connections < 2 or not result.split:
+        return ""
+    counts = (*result.split, *[0] * (workers - len(result.split)))
+    return f" (workers {' / '.join(map(str, counts))})"
 
 
 def table_of(dep: Deployment, sizes: Sizes, pairs: list[Pair], load0: float) -> ResultTable:

@@ -31,6 +31,23 @@ class Server(Protocol):
     pid: int
 
 
+def connections_per_process(port: str) -> tuple[int, ...]:
+    """The established connections to ``port`` per process holding them, most first (``ss
+    -tnp``: every process's with enough privileges, as a benchmark runs); () if unreadable."""
+    try:
+        out = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    pids = Counter(m.split(",", 1)[0] for m in out.split("pid=")[1:])
+    return tuple(sorted(pids.values(), reverse=True))
+
+
 def process_children(root: int) -> set[int]:
     """The pids of ``root``'s children now (Linux ``/proc``): a server's workers, so that a
     run can tell whether one was replaced (a worker that stops answering its supervisor's
@@ -120,6 +137,10 @@ class LoadResult:
     target_rate: float = math.nan
     send_delay_p99: float = math.nan
     per_request: int = 1  # decisions per answered request (AuthZEN batch: more than one)
+    # The load's open connections per server process a moment into the run, most first (wrk:
+    # the workers share one listening socket, and how its connections fall between them
+    # moves a figure; bench/README.md, issue 21's sixth part); () when not read.
+    split: tuple[int, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -255,9 +276,12 @@ class LoadGen:
             "-s", str(script), self.server.url + reqs[0].path, "--", str(lines), expect,
         ]  # fmt: skip
         server0, gen0 = process_tree_cpu(self.server.pid), _child_cpu()
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, check=False, timeout=seconds + 60
-        )
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as wrk:  # fmt: skip
+            time.sleep(min(1.0, seconds / 3))
+            split = connections_per_process(self.server.url.rsplit(":", 1)[1])
+            out, err = wrk.communicate(timeout=seconds + 60)
+        proc = subprocess.CompletedProcess(cmd, wrk.returncode, out, err)
         server_cpu, gen_cpu = process_tree_cpu(self.server.pid) - server0, _child_cpu() - gen0
         data: dict[str, Any] | None = None
         first = ""
@@ -276,7 +300,7 @@ class LoadGen:
         return LoadResult(
             "wrk", "max", connections, data["duration_us"] / 1e6, ok, data["p50_us"] / 1e6,
             data["p99_us"] / 1e6, data["max_us"] / 1e6, data["allowed"], data["non200"],
-            data["bad"], socket_errors, 0, first, server_cpu, gen_cpu,
+            data["bad"], socket_errors, 0, first, server_cpu, gen_cpu, split=split,
         )  # fmt: skip
 
     def _python(
