@@ -309,7 +309,8 @@ class GroupCommitter:
         sent): the head it left, the counts, the checkpoint published; the writing turn
         released — nothing the answer waits for, and nothing another write can start before
         (it needs the turn; a caller that submits again first does it right then). Once."""
-        written, self._written_after = self._written_after, None
+        with self._lock:  # taken once, whichever thread comes first
+            written, self._written_after = self._written_after, None
         if written is None:
             return
         guess, events, checkpoint = written
