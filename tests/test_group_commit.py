@@ -891,6 +891,21 @@ def test_the_loops_connection_dropped_while_idle_is_replaced_in_the_background(
     assert services.audit.verify(SYSTEM).ok
 
 
+async def _failure_then_release(
+    waiting: asyncio.Future[Any], release: threading.Event, holder: threading.Thread
+) -> LedgerUnavailable | None:
+    """How ``waiting`` failed closed (None if it did not), then the other writer's lock
+    released (:func:`_write_lock_held`)."""
+    failed: LedgerUnavailable | None = None
+    try:
+        await asyncio.wait_for(waiting, 10)
+    except LedgerUnavailable as exc:
+        failed = exc
+    release.set()
+    holder.join(10)
+    return failed
+
+
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_the_loops_connection_lost_mid_write_fails_that_write_closed_and_writes_nothing(
     services: Services,
@@ -913,13 +928,7 @@ def test_the_loops_connection_lost_mid_write_fails_that_write_closed_and_writes_
         assert not waiting.done()  # waits for the lock, the loop running meanwhile
         with services.db.read() as s:
             s.execute(select(func.pg_terminate_backend(pid)))
-        failed: BaseException | None = None
-        try:
-            await asyncio.wait_for(waiting, 10)
-        except LedgerUnavailable as exc:
-            failed = exc
-        release.set()
-        holder.join(10)
+        failed = await _failure_then_release(waiting, release, holder)
         assert _events(services) == before
         assert on_loop._conn is None  # closed: opened again in the background
         after = await committer.submit_async(NewEvent("test.event", "after:lost"), None)
@@ -950,14 +959,7 @@ def test_closing_the_loops_connection_mid_write_fails_that_write_and_frees_the_w
         waiting = committer.submit_async(NewEvent("test.event", "closed:mid-write"), None)
         await asyncio.sleep(0.1)
         on_loop.close()
-        failed: BaseException | None = None
-        try:
-            await asyncio.wait_for(waiting, 10)
-        except LedgerUnavailable as exc:
-            failed = exc
-        release.set()
-        holder.join(10)
-        return failed
+        return await _failure_then_release(waiting, release, holder)
 
     assert isinstance(asyncio.run(main()), LedgerUnavailable)
     assert committer._writing.acquire(timeout=5)

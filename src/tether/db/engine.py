@@ -459,11 +459,13 @@ class LoopWriter:
         try:
             pgconn.send_query_params(b"DEALLOCATE ALL", None)
             pgconn.pipeline_sync()
-            pgconn.flush()
+            unsent = pgconn.flush()
         except Exception as exc:
             self._settle(exc, broken=True)
             return
         self._forgetting, self._gap = failed, False
+        if unsent and self._loop is not None:  # the rest when the socket takes it
+            self._loop.add_writer(self._fd, self._writable)
 
     def _settle(self, failure: BaseException | None, *, broken: bool = False) -> None:
         """The write settled: the socket unwatched, the connection closed if ``broken``,
