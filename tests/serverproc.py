@@ -176,17 +176,37 @@ def module_server(
         yield Served(tmp, url, env, token, backend)
 
 
+def _bindable(port: int, deadline: float) -> None:
+    """Until ``port`` can be bound as uvicorn binds it (``SO_REUSEADDR``), or the deadline: a
+    port that was free a moment ago (a server restarted on it) may be held for a while by
+    another test process's outgoing connection, whose source port the kernel picked from the
+    same range. (uvicorn's own failed bind comes after the app's lifespan has started, and
+    an app's lifespan may run only once.)"""
+    while True:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return  # uvicorn says why
+            else:
+                return
+        time.sleep(0.1)
+
+
 @contextmanager
 def served_in_thread(app: Any, port: int) -> Iterator[None]:
     """``app`` served by uvicorn on ``port`` in a thread of this process (its lifespan run),
-    until the block ends."""
+    until the block ends; a port still held is waited for (:func:`_bindable`)."""
     import uvicorn
 
+    deadline = time.monotonic() + 15
+    _bindable(port, deadline)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     if not server.started:
