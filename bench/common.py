@@ -383,13 +383,28 @@ def write_json(path: Path, tables: Sequence[ResultTable], options: Options) -> N
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def python_speed(steps: int = 1_000_000) -> str:
+    """This machine's speed at plain Python, for the record beside the figures: the best of
+    three runs of a loop of ``steps`` integer additions. The machines these benches run on
+    differ several-fold from day to day (bench/README.md), and most figures scale with it;
+    ratios to a baseline of the same run (``/healthz``, pycasbin, the driver) mostly do not."""
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(steps):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return f"Python speed: {steps / 1e6:g}M loop steps in {best * 1e3:.0f} ms (best of 3)"
+
+
 def run_each_backend(
     options: Options, run: Callable[[str], ResultTable | Sequence[ResultTable]]
 ) -> None:
     """``run`` on each backend asked for, its tables printed as they come, between the load
     average before and after (with the date); all of them as JSON when ``--json`` asks."""
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    note(f"started {started}, load average {os.getloadavg()[0]:.2f}")
+    note(f"started {started}, load average {os.getloadavg()[0]:.2f}, {python_speed()}")
     tables: list[ResultTable] = []
     for backend in options.backends:
         made = run(backend)
