@@ -43,6 +43,7 @@ _PG_LOCK_LITERAL = f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"
 READ_WITH_LOCK = "tether.read_with_lock"
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 _SQLITE_CACHE_KIB = 512
+_SQLITE_PAGE_BYTES = 2048
 _PING_AFTER_IDLE_SECONDS = 1.0
 # At most this many statements the event loop's connection prepares (their shapes: a write's
 # tables and row counts); beyond, a statement is parsed in place.
@@ -95,9 +96,9 @@ class _WriterQueue:
         finally:
             self._threads.release()
 
-    @contextmanager
-    def at_once(self) -> Iterator[None]:
-        """The turn, only if nobody holds or awaits it: :class:`WriteLockBusy` otherwise."""
+    def take_at_once(self) -> None:
+        """Take the turn only if nobody holds or awaits it (:class:`WriteLockBusy`
+        otherwise, nothing held); given back by ``__exit__``."""
         if not self._threads.acquire(blocking=False):
             raise WriteLockBusy("another thread of this process is writing")
         try:
@@ -108,10 +109,6 @@ class _WriterQueue:
         except BaseException:
             self._threads.release()
             raise
-        try:
-            yield
-        finally:
-            self.__exit__()
 
 
 class WriteLockBusy(Exception):
@@ -181,19 +178,27 @@ class PinnedWriter:
             raise WriteLockBusy("only a SQLite file's writers can be tried without waiting")
         conn = self._connection()
         driver: Any = conn.connection.driver_connection
-        with contextlib.ExitStack() as turn:
+        # Plain calls, not nested context managers: this runs once per lone commit.
+        if queue is not None:
             if wait:
-                turn.enter_context(queue or nullcontext())
+                queue.__enter__()
             else:  # WriteLockBusy before anything was sent: the connection is as it was
-                assert queue is not None  # checked above
-                turn.enter_context(queue.at_once())
-            with self._kept():
-                if db.dialect == "postgresql":
-                    row = fetch_last_on(driver, ["BEGIN", _PG_LOCK_LITERAL, then])
-                else:
-                    driver.execute("BEGIN IMMEDIATE")
-                    row = driver.execute(then).fetchone()
-                yield from _written(RawWrite(driver, db.dialect, row))
+                queue.take_at_once()
+        done = False
+        try:
+            if db.dialect == "postgresql":
+                row = fetch_last_on(driver, ["BEGIN", _PG_LOCK_LITERAL, then])
+            else:
+                driver.execute("BEGIN IMMEDIATE")
+                row = driver.execute(then).fetchone()
+            yield from _written(RawWrite(driver, db.dialect, row))
+            done = True
+        finally:
+            self._used = time.monotonic()
+            if not done:
+                self.close()
+            if queue is not None:
+                queue.__exit__()
 
     @property
     def can_guard(self) -> bool:
@@ -543,6 +548,11 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         # Take over transaction control from pysqlite so BEGIN IMMEDIATE is possible.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        # A new file's pages (an existing file keeps its own): every durable commit writes
+        # each page it changed to the WAL and syncs it, and a decision changes one leaf of
+        # each of six trees (the event, its four indexes, its inputs) — half the bytes to
+        # sync with 2 KiB pages than with SQLite's 4 KiB (bench/README.md, issue 21).
+        cur.execute(f"PRAGMA page_size={_SQLITE_PAGE_BYTES}")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")  # durable: fsync on every commit
         cur.execute("PRAGMA foreign_keys=ON")
