@@ -356,6 +356,7 @@ def machine_line(options: Options | None = None) -> str:
         f"Python {platform.python_version()}",
         f"SQLite {sqlite3.sqlite_version}",
         f"{os.cpu_count()} CPUs ({platform.machine()})",
+        python_speed(),
     ]
     if options is not None:
         where = options.workdir or Path(tempfile.gettempdir())
