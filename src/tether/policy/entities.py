@@ -130,6 +130,15 @@ def _supervisors(held: tuple[str, ...]) -> frozenset[str]:
     return _supervisors(canonical) if canonical != held else frozenset(canonical)
 
 
+@lru_cache(maxsize=_SHARED)
+def _head(status: str, risk_tier: str, owner_id: str) -> tuple[str, str, str, str]:
+    """The three, interned, and the entity's attributes they make (JSON, without braces):
+    one per status, tier and owner, shared by the views that have them."""
+    status, risk_tier, owner_id = sys.intern(status), sys.intern(risk_tier), sys.intern(owner_id)
+    head = _text({"status": status, "risk_tier": risk_tier, "owner": owner_id})[1:-1]
+    return status, risk_tier, owner_id, sys.intern(head)
+
+
 @lru_cache(maxsize=64)
 def _undated(status: str) -> Liveness:
     """The liveness of every agent with this status and no expiry."""
@@ -171,9 +180,7 @@ def agent_view(
     alike (status, tier and owner; roles; tags) are shared, only purpose and name are its own
     (:attr:`AgentView.entity` joins them)."""
     held = _roles(tuple(roles))
-    status, risk_tier = sys.intern(str(status)), sys.intern(str(risk_tier))
-    owner_id = sys.intern(str(owner_id))
-    head = sys.intern(_text({"status": status, "risk_tier": risk_tier, "owner": owner_id})[1:-1])
+    status, risk_tier, owner_id, head = _head(str(status), str(risk_tier), str(owner_id))
     liveness = _undated(status) if expires_at is None else Liveness(status, expires_at)
     return AgentView(id, status, risk_tier, owner_id, _supervisors(tuple(supervisors)),
                      held.names, expires_at, held.parents, liveness,
