@@ -295,11 +295,13 @@ def test_the_last_statement_carries_the_commit_and_a_failing_one_commits_nothing
                      rows=[(DecisionInputRow.__table__, (first.seq, "again"))])  # fmt: skip
 
     async def main() -> list[Any]:
-        return await asyncio.gather(
-            services.committer.submit_async(NewEvent("test.event", "event:x"), "inputs"),
-            services.committer.run_async(clashing),
-            return_exceptions=True,
-        )
+        committer = services.committer
+        # Both queued before the writer gathers its batch (it waits for its writing turn):
+        # else, on a busy machine, it may take the event alone before the job comes.
+        with committer._writing:
+            futures = [committer.submit_async(NewEvent("test.event", "event:x"), "inputs"),
+                       committer.run_async(clashing)]  # fmt: skip
+        return await asyncio.gather(*futures, return_exceptions=True)
 
     results = asyncio.run(main())
     assert all(isinstance(r, LedgerUnavailable) for r in results), results
