@@ -131,12 +131,11 @@ def test_a_jobs_chain_joins_the_batchs_one_append(services: Services) -> None:
         raise ValueError("refused")
 
     async def main() -> list[Any]:
-        return await asyncio.gather(
-            services.committer.submit_async(NewEvent("test.event", "event:1")),
-            services.committer.run_async(failing),
-            services.committer.run_async(chained),
-            return_exceptions=True,
-        )
+        committer = services.committer
+        with committer._writing:  # one batch: all queued before the writer gathers
+            futures = [committer.submit_async(NewEvent("test.event", "event:1")),
+                       committer.run_async(failing), committer.run_async(chained)]  # fmt: skip
+        return await asyncio.gather(*futures, return_exceptions=True)
 
     plain, failed, first_id = asyncio.run(main())
     assert isinstance(failed, ValueError)
