@@ -82,7 +82,7 @@ def new_ids(prefix: IdPrefix, count: int, *, now_ms: int) -> list[str]:
     """``count`` ids of one millisecond, from one random read."""
     stamp = f"{prefix}_{_stamp(now_ms)}"
     raw = secrets.token_bytes(10 * count)
-    if count == 1:
+    if count == 1:  # a lone decision's event: no slice, no comprehension (~1 µs of ~4)
         return [stamp + _random16(int.from_bytes(raw))]
     return [stamp + _random16(int.from_bytes(raw[i : i + 10])) for i in range(0, 10 * count, 10)]
 
